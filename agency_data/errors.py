@@ -1,0 +1,151 @@
+"""The exceptions agency-data raises: one tree, rooted in :class:`AgencyDataError`.
+
+```
+AgencyDataError
+ +-- ConfigError              a setting is missing or invalid (names the field)
+ +-- EmbeddedServerError      the embedded PostgreSQL or Valkey server could not start or stop
+ +-- BackendUnavailable       a server cannot be reached, or the pool had no connection in time
+ |    +-- PoolTimeout         no connection was free within the configured pool timeout
+ +-- QueryError               PostgreSQL rejected a statement (carries sqlstate)
+ |    +-- QueryTimeout        the statement ran past its timeout and was cancelled
+ |    +-- SerializationFailure  a serializable transaction conflicted (40001, 40P01)
+ +-- NotFound                 a record does not exist (or a reference points nowhere)
+ +-- Conflict                 a unique key or an expected version did not hold
+ +-- ValidationError          bad input, caught before (or by) the database
+ +-- LockNotAcquired          a lock could not be taken within its wait
+ +-- LockNotOwned             a lock was released or extended after it was lost
+ +-- MigrationError           a migration could not be planned, applied or rolled back
+      +-- MigrationChecksumMismatch  an applied migration's file has changed since
+      +-- BackupError         the backup before migrating failed
+```
+
+Driver errors are translated in one place per backend (:mod:`agency_data.postgres.errors`,
+:mod:`agency_data.redis.errors`), always chained with ``from`` so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgencyDataError",
+    "BackendUnavailable",
+    "BackupError",
+    "ConfigError",
+    "Conflict",
+    "EmbeddedServerError",
+    "LockNotAcquired",
+    "LockNotOwned",
+    "MigrationChecksumMismatch",
+    "MigrationError",
+    "NotFound",
+    "PoolTimeout",
+    "QueryError",
+    "QueryTimeout",
+    "SerializationFailure",
+    "ValidationError",
+]
+
+
+class AgencyDataError(Exception):
+    """Root of every error agency-data raises."""
+
+
+class ConfigError(AgencyDataError):
+    """A configuration value is missing or invalid."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class EmbeddedServerError(AgencyDataError):
+    """The embedded PostgreSQL or Valkey server could not be started or stopped."""
+
+    def __init__(self, message: str, *, server: str, log_file: str | None = None) -> None:
+        super().__init__(message)
+        self.server = server
+        self.log_file = log_file
+
+
+class BackendUnavailable(AgencyDataError):
+    """A backend (``"postgresql"`` or ``"redis"``) cannot be reached right now."""
+
+    def __init__(self, message: str, *, backend: str) -> None:
+        super().__init__(message)
+        self.backend = backend
+
+
+class PoolTimeout(BackendUnavailable):
+    """No pooled connection became free within the configured wait."""
+
+
+class QueryError(AgencyDataError):
+    """PostgreSQL rejected a statement."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class QueryTimeout(QueryError):
+    """A statement ran past its timeout and was cancelled; the connection stays usable."""
+
+
+class SerializationFailure(QueryError):
+    """A transaction lost a serialization conflict or deadlock, even after retries."""
+
+
+class NotFound(AgencyDataError):
+    """A record does not exist, or a reference points to one that does not."""
+
+    def __init__(self, message: str, *, entity: str | None = None, key: object = None) -> None:
+        super().__init__(message)
+        self.entity = entity
+        self.key = key
+
+
+class Conflict(AgencyDataError):
+    """A uniqueness rule or an expected version did not hold."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ValidationError(AgencyDataError):
+    """Input was rejected: wrong shape, out of range, or refused by a constraint."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class LockNotAcquired(AgencyDataError):
+    """A lock was not granted within its wait."""
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class LockNotOwned(AgencyDataError):
+    """A lock was released or extended by a holder that no longer owns it."""
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class MigrationError(AgencyDataError):
+    """A migration could not be planned, applied or rolled back."""
+
+    def __init__(self, message: str, *, migration: str | None = None) -> None:
+        super().__init__(message)
+        self.migration = migration
+
+
+class MigrationChecksumMismatch(MigrationError):
+    """An applied migration's file differs from what was applied."""
+
+
+class BackupError(MigrationError):
+    """The backup taken before migrating failed, so nothing was migrated."""

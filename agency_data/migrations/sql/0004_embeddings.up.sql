@@ -1,0 +1,20 @@
+-- The vector column carries no fixed dimension: each collection fixes its own, and its
+-- indexes are built per collection on a cast of this column (see the embedding store).
+CREATE TABLE embeddings (
+    id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    tenant_id    text NOT NULL DEFAULT 'default'
+                 CONSTRAINT embeddings_tenant_id_valid CHECK (tenant_id ~ '^[A-Za-z0-9_.:-]{1,64}$'),
+    collection   text NOT NULL DEFAULT 'default'
+                 CONSTRAINT embeddings_collection_valid CHECK (collection ~ '^[a-z][a-z0-9_]{0,47}$'),
+    entity_type  text NOT NULL
+                 CONSTRAINT embeddings_entity_type_not_blank CHECK (btrim(entity_type) <> ''),
+    entity_id    text NOT NULL,
+    vector       vector NOT NULL,
+    metadata     jsonb NOT NULL DEFAULT '{}'
+                 CONSTRAINT embeddings_metadata_object CHECK (jsonb_typeof(metadata) = 'object'),
+    content      text,
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE INDEX embeddings_entity ON embeddings (tenant_id, collection, entity_type, entity_id);
+CREATE INDEX embeddings_metadata ON embeddings USING gin (metadata jsonb_path_ops);

@@ -1,0 +1,67 @@
+"""The PostgreSQL connection pool, built from the config."""
+
+from __future__ import annotations
+
+import logging
+
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from agency_data.config import PostgresConfig
+from agency_data.errors import BackendUnavailable
+
+__all__ = ["Pool", "open_pool"]
+
+_log = logging.getLogger("agency_data.postgres")
+
+Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+
+async def _configure(conn: AsyncConnection[DictRow]) -> None:
+    # pgvector's types exist only once its extension does; until then vectors are not used.
+    info = await conn.execute("SELECT oid FROM pg_type WHERE typname = 'vector'")
+    if await info.fetchone() is not None:
+        from pgvector.psycopg import register_vector_async
+
+        await register_vector_async(conn)
+
+
+async def open_pool(config: PostgresConfig, conninfo: str) -> Pool:
+    """Open a pool on ``conninfo`` and wait until its minimum connections are up.
+
+    Every checkout is checked with a round trip, so a restarted server never hands out a dead
+    connection; statement_timeout is set per connection from the config.
+    """
+    options = f"-c statement_timeout={int(config.statement_timeout * 1000)}"
+    pool: Pool = AsyncConnectionPool(
+        conninfo,
+        connection_class=AsyncConnection[DictRow],
+        kwargs={"row_factory": dict_row, "options": options, "autocommit": True},
+        min_size=config.pool_min_size,
+        max_size=config.pool_max_size,
+        timeout=config.pool_timeout,
+        max_waiting=config.max_waiting,
+        configure=_configure,
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+        name="agency-data",
+    )
+    try:
+        await pool.open(wait=True, timeout=config.pool_timeout)
+    except PoolTimeout as exc:
+        await pool.close()
+        raise BackendUnavailable(
+            f"could not connect to PostgreSQL at {_where(conninfo)} within "
+            f"{config.pool_timeout:.1f} s; is the server running and the DSN right?",
+            backend="postgresql",
+        ) from exc
+    return pool
+
+
+def _where(conninfo: str) -> str:
+    params = conninfo_to_dict(conninfo)
+    return (
+        f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+    )

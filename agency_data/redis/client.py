@@ -1,0 +1,69 @@
+"""The redis.asyncio client, built from the config: standalone, Cluster or Sentinel."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+
+from agency_data.config import RedisConfig
+
+__all__ = ["RedisClient", "make_client"]
+
+RedisClient: TypeAlias = "Redis | RedisCluster"
+
+
+def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:
+    """A client for the configured server; ``url`` overrides it (the embedded server's URL).
+
+    Connections are made lazily, so building a client never fails because Redis is down.
+    """
+    # Few, quick retries: when Redis is down the cache must turn into misses fast, not stall.
+    timeouts: dict[str, Any] = {
+        "socket_timeout": config.socket_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.01), config.max_retries),
+    }
+    common = dict(timeouts)
+    password = config.password.get_secret_value() if config.password else None
+    if password is not None:
+        common["password"] = password
+    if config.sentinel is not None:
+        sentinels = [
+            (h, int(p)) for h, _, p in (s.rpartition(":") for s in config.sentinel.sentinels)
+        ]
+        sentinel_password = config.sentinel.password
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            sentinels,
+            sentinel_kwargs={
+                **timeouts,
+                "password": sentinel_password.get_secret_value() if sentinel_password else None,
+            },
+            **common,
+        )
+        master: Redis = sentinel.master_for(
+            config.sentinel.master_name,
+            db=config.db,
+            max_connections=config.max_connections,
+        )
+        return master
+    target = url or (config.url.get_secret_value() if config.url else None)
+    if config.cluster:
+        if target is not None:
+            return RedisCluster.from_url(target, **common)
+        return RedisCluster(host=config.host or "localhost", port=config.port, **common)
+    if target is not None:
+        return Redis.from_url(
+            target, db=config.db, max_connections=config.max_connections, **common
+        )
+    return Redis(
+        host=config.host or "localhost",
+        port=config.port,
+        db=config.db,
+        max_connections=config.max_connections,
+        **common,
+    )
