@@ -6,19 +6,22 @@ import hashlib
 import importlib.util
 import logging
 import os
+import pwd
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import psutil
 from filelock import FileLock, Timeout
 
 from agency_data.embedded._lease import Lease, LeaseFile
 from agency_data.errors import EmbeddedServerError
 
-__all__ = ["SharedServer", "package_dir", "run_tool", "socket_dir_for"]
+__all__ = ["SharedServer", "package_dir", "process_alive", "run_tool", "socket_dir_for"]
 
 _log = logging.getLogger("agency_data.embedded")
 
@@ -42,6 +45,15 @@ def package_dir(name: str) -> Path:
     return Path(spec.origin).parent
 
 
+def process_alive(pid: int, name: str) -> bool:
+    """True when ``pid`` runs a program whose name contains ``name`` (a zombie has exited)."""
+    try:
+        process = psutil.Process(pid)
+        return name in process.name() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def socket_dir_for(data_dir: Path) -> Path:
     """A directory for Unix sockets: inside ``data_dir`` when the path is short enough."""
     candidate = data_dir / "run"
@@ -60,14 +72,22 @@ def run_tool(
     user: str | None = None,
     timeout: float = 120.0,
 ) -> str:
-    """Run a server tool, turning failure into :class:`EmbeddedServerError` with its output."""
+    """Run a server tool, turning failure into :class:`EmbeddedServerError` with its output.
+
+    With ``user``, the tool runs as that user and its group only: keeping root's group would
+    make root-group permission bits, not the world's, decide what it may open.
+    """
+    identity: dict[str, Any] = {}
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
     try:
         done = subprocess.run(
             args,
             capture_output=True,
             text=True,
             timeout=timeout,
-            user=user,
+            **identity,
             check=False,
             stdin=subprocess.DEVNULL,
         )
@@ -85,7 +105,7 @@ def run_tool(
             server=server,
             log_file=str(log_file) if log_file else None,
         )
-    return done.stdout
+    return str(done.stdout)
 
 
 def _tail(log_file: Path, lines: int = 15) -> str:

@@ -10,11 +10,16 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-import psutil
 import psycopg
 from psycopg import sql
 
-from agency_data.embedded._server import SharedServer, package_dir, run_tool, socket_dir_for
+from agency_data.embedded._server import (
+    SharedServer,
+    package_dir,
+    process_alive,
+    run_tool,
+    socket_dir_for,
+)
 from agency_data.errors import EmbeddedServerError
 
 __all__ = ["DEFAULT_SETTINGS", "EmbeddedPostgres", "postgres_bin_dir"]
@@ -132,20 +137,18 @@ class EmbeddedPostgres(SharedServer):
             pid = int(first)
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            if "postgres" in psutil.Process(pid).name():
-                return pid
-        except psutil.Error:
-            pass
-        return None
+        return pid if process_alive(pid, "postgres") else None
 
     def _clear_stale_pid_file(self) -> None:
-        # A crashed run leaves postmaster.pid behind; if its pid now belongs to some other
-        # process, PostgreSQL would refuse to start, so drop the file when nobody owns it.
+        # A crashed run leaves postmaster.pid and the socket's lock file behind, naming a pid
+        # that may now be a zombie or another process; PostgreSQL would then refuse to start.
         pid_file = self.pgdata / "postmaster.pid"
-        if pid_file.exists() and self._postmaster_pid() is None:
-            _log.warning("removing stale %s left by a crashed run", pid_file)
-            pid_file.unlink()
+        if not pid_file.exists() or self._postmaster_pid() is not None:
+            return
+        _log.warning("removing the lock files a crashed run left in %s", self.pgdata)
+        pid_file.unlink()
+        for stale in self.socket_dir.glob(".s.PGSQL.*"):
+            stale.unlink(missing_ok=True)
 
     def _initdb(self) -> None:
         _log.info("initialising a new PostgreSQL cluster in %s", self.pgdata)

@@ -12,7 +12,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from agency_data.embedded._server import SharedServer, package_dir, run_tool, socket_dir_for
+from agency_data.embedded._server import (
+    SharedServer,
+    package_dir,
+    process_alive,
+    run_tool,
+    socket_dir_for,
+)
 from agency_data.errors import EmbeddedServerError
 
 __all__ = ["EmbeddedValkey"]
@@ -122,11 +128,9 @@ class EmbeddedValkey(SharedServer):
     def _pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text().strip())
-            if "valkey" in psutil.Process(pid).name():
-                return pid
-        except (OSError, ValueError, psutil.Error):
-            pass
-        return None
+        except (OSError, ValueError):
+            return None
+        return pid if process_alive(pid, "valkey") else None
 
     def _ping(self) -> bool:
         client = self._client(socket_timeout=2)

@@ -48,7 +48,13 @@ async def find_tool(name: str, server_major: int, configured: Path | None = None
 
 async def create_backup(conninfo: str, directory: Path, tool: Path) -> Path:
     """Dump the database of ``conninfo`` into ``directory`` and return the file's path."""
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupError(
+            f"cannot create the backup directory {directory}: {exc.strerror}; set "
+            "migration.backup_dir to a writable directory"
+        ) from exc
     params = conninfo_to_dict(conninfo)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     target = directory / f"{params.get('dbname', 'db')}-{stamp}.dump"

@@ -1,8 +1,8 @@
 """The one place where psycopg's errors become agency-data's.
 
-Use :func:`translate_errors` around any driver call::
+Use :func:`translate_errors` around any driver call (a plain ``with``, also in async code)::
 
-    async with translate_errors():
+    with translate_errors("creating an agent"):
         await conn.execute(query, params)
 """
 

@@ -1,0 +1,318 @@
+"""The migration service against a real PostgreSQL: apply, re-apply, roll back, refuse, lock, back up."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from agency_data import BackupError, MigrationChecksumMismatch, MigrationError
+from agency_data.embedded import postgres_bin_dir
+from agency_data.migrations import (
+    BUILTIN_SOURCE,
+    MigrationRunner,
+    MigrationSource,
+    find_tool,
+    restore_backup,
+)
+from tests.conftest import ServerSet
+
+CORE_TABLES = {"agents", "tasks", "embeddings"}
+
+
+def tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def write(directory: Path, files: dict[str, str]) -> MigrationSource:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return MigrationSource("app", directory)
+
+
+def runner(dsn: str, *sources: MigrationSource, **options: object) -> MigrationRunner:
+    return MigrationRunner(dsn, [BUILTIN_SOURCE, *sources], **options)  # type: ignore[arg-type]
+
+
+async def test_apply_reapply_rollback_and_forward(empty_database: str) -> None:
+    run = runner(empty_database)
+    first = await run.up()
+    assert first.applied == [
+        "agency_data:0001_foundation",
+        "agency_data:0002_agents",
+        "agency_data:0003_tasks",
+        "agency_data:0004_embeddings",
+    ]
+    assert tables(empty_database) >= CORE_TABLES
+
+    again = await run.up()
+    assert again.applied == []
+    assert again.steps == []
+
+    back = await run.down(to="0")
+    assert back.applied == list(reversed(first.applied))
+    assert tables(empty_database) == {"agency_data_migrations"}
+    assert {s.state for s in await run.status()} == {"pending"}
+
+    forward = await run.up()
+    assert forward.applied == first.applied
+    assert tables(empty_database) >= CORE_TABLES
+
+
+async def test_down_by_steps_and_to_version(empty_database: str) -> None:
+    run = runner(empty_database)
+    await run.up()
+    one = await run.down()
+    assert one.applied == ["agency_data:0004_embeddings"]
+    two = await run.down(to="0002")
+    assert two.applied == ["agency_data:0003_tasks"]
+    assert "agents" in tables(empty_database)
+    assert "tasks" not in tables(empty_database)
+    with pytest.raises(MigrationError, match="not applied"):
+        await run.down(to="0003")
+    with pytest.raises(MigrationError, match="at least 1"):
+        await run.down(steps=0)
+
+
+async def test_up_to_a_version_applies_only_it_and_its_dependencies(
+    empty_database: str, tmp_path: Path
+) -> None:
+    app = write(
+        tmp_path / "app",
+        {
+            "0001_notes.up.sql": "-- depends: agency_data:0002\nCREATE TABLE notes (agent uuid REFERENCES agents(id));",
+            "0001_notes.down.sql": "DROP TABLE notes;",
+        },
+    )
+    run = runner(empty_database, app)
+    report = await run.up(to="app:0001")
+    assert report.applied == [
+        "agency_data:0001_foundation",
+        "agency_data:0002_agents",
+        "app:0001_notes",
+    ]
+    assert "tasks" not in tables(empty_database)
+
+
+async def test_dependencies_order_across_sources(tmp_path: Path) -> None:
+    app = write(
+        tmp_path / "app",
+        {
+            "0001_first.up.sql": "-- depends: agency_data:0004_embeddings\nSELECT 1;",
+            "0002_second.up.sql": "SELECT 2;",
+        },
+    )
+    keys = [m.key for m in runner("", app).migrations()]
+    assert keys.index("app:0001_first") > keys.index("agency_data:0004_embeddings")
+    assert keys.index("app:0002_second") > keys.index("app:0001_first")
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"0001_a.up.sql": "-- depends: app:0002\nSELECT 1;", "0002_b.up.sql": "SELECT 1;"},
+            "cycle",
+        ),
+        ({"0001_a.up.sql": "-- depends: app:0009\nSELECT 1;"}, "no migration is named"),
+        ({"1_Bad Name.up.sql": "SELECT 1;"}, "is not named like"),
+        ({"0001_a.up.sql": "SELECT 1;", "0001_b.up.sql": "SELECT 1;"}, "appears twice"),
+        ({"0001_a.down.sql": "SELECT 1;"}, "without an up step"),
+        ({"0001_a.up.sql": "-- transaction: maybe\nSELECT 1;"}, "takes true or false"),
+    ],
+)
+def test_bad_migration_sets_are_refused(
+    tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    app = write(tmp_path / "app", files)
+    with pytest.raises(MigrationError, match=message):
+        runner("", app).migrations()
+
+
+def test_namespace_must_be_safe(tmp_path: Path) -> None:
+    with pytest.raises(MigrationError, match="namespace"):
+        MigrationSource("App; DROP", tmp_path)
+
+
+async def test_changed_applied_migration_is_refused(empty_database: str, tmp_path: Path) -> None:
+    app = write(tmp_path / "app", {"0001_notes.up.sql": "CREATE TABLE notes (id int);"})
+    run = runner(empty_database, app)
+    await run.up()
+    (tmp_path / "app" / "0001_notes.up.sql").write_text("CREATE TABLE notes (id bigint);")
+    states = {s.key: s.state for s in await run.status()}
+    assert states["app:0001_notes"] == "changed"
+    with pytest.raises(MigrationChecksumMismatch, match="app:0001_notes"):
+        await run.up()
+    # Whitespace at the ends and line endings do not count as a change.
+    (tmp_path / "app" / "0001_notes.up.sql").write_text("\r\nCREATE TABLE notes (id int);\r\n\n")
+    assert (await run.up()).applied == []
+
+
+async def test_missing_file_is_reported(empty_database: str, tmp_path: Path) -> None:
+    app = write(tmp_path / "app", {"0001_notes.up.sql": "CREATE TABLE notes (id int);"})
+    await runner(empty_database, app).up()
+    states = {s.key: s.state for s in await runner(empty_database).status()}
+    assert states["app:0001_notes"] == "missing"
+    with pytest.raises(MigrationError, match="no file for it"):
+        await runner(empty_database).down(steps=1)
+
+
+async def test_failed_migration_leaves_no_trace(empty_database: str, tmp_path: Path) -> None:
+    app = write(
+        tmp_path / "app",
+        {
+            "0001_ok.up.sql": "CREATE TABLE kept (id int);",
+            "0002_broken.up.sql": (
+                "CREATE TABLE half (id int);\nINSERT INTO half VALUES (1);\n"
+                "ALTER TABLE agents ADD COLUMN extra int;\nSELECT 1 / 0;"
+            ),
+        },
+    )
+    run = runner(empty_database, app)
+    with pytest.raises(MigrationError, match=r"app:0002_broken.*division by zero.*rolled back"):
+        await run.up()
+    present = tables(empty_database)
+    assert "kept" in present
+    assert "half" not in present
+    with psycopg.connect(empty_database) as conn:
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'agents'"
+        ).fetchall()
+    assert "extra" not in {c[0] for c in columns}
+    states = {s.key: s.state for s in await run.status()}
+    assert states["app:0001_ok"] == "applied"
+    assert states["app:0002_broken"] == "pending"
+
+
+async def test_dry_run_changes_nothing(empty_database: str) -> None:
+    run = runner(empty_database)
+    plan = await run.up(dry_run=True)
+    assert [s.key for s in plan.steps][-1] == "agency_data:0004_embeddings"
+    assert "CREATE TABLE agents" in plan.steps[1].sql
+    assert plan.applied == []
+    assert tables(empty_database) == set()  # not even the history table
+
+    await run.up()
+    rollback = await run.down(to="0", dry_run=True)
+    assert next(s.key for s in rollback.steps) == "agency_data:0004_embeddings"
+    assert "DROP TABLE IF EXISTS embeddings" in rollback.steps[0].sql
+    assert tables(empty_database) >= CORE_TABLES
+
+
+async def test_concurrent_migrators_apply_each_migration_once(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # A slow first step makes sure both migrators are in flight at once.
+    app = write(
+        tmp_path / "app",
+        {
+            "0001_slow.up.sql": "SELECT pg_sleep(0.5);\nCREATE TABLE slow (id int);",
+            "0002_after.up.sql": "CREATE TABLE after_slow (id int);",
+        },
+    )
+    runs = [runner(empty_database, app) for _ in range(3)]
+    reports = await asyncio.gather(*(r.up() for r in runs))
+    applied = [key for report in reports for key in report.applied]
+    assert sorted(applied) == sorted(m.key for m in runs[0].migrations())
+    assert len(applied) == len(set(applied))
+    with psycopg.connect(empty_database) as conn:
+        count = conn.execute("SELECT count(*) FROM agency_data_migrations").fetchone()
+    assert count is not None
+    assert count[0] == len(applied)
+
+
+async def test_migrator_gives_up_after_lock_timeout(empty_database: str) -> None:
+    run = runner(empty_database, lock_timeout=0.2)
+    with psycopg.connect(empty_database, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [run._lock_key])
+        with pytest.raises(MigrationError, match="another migrator"):
+            await run.up()
+
+
+async def test_non_transactional_migration(empty_database: str, tmp_path: Path) -> None:
+    app = write(
+        tmp_path / "app",
+        {
+            "0001_index.up.sql": (
+                "-- transaction: false\n-- depends: agency_data:0003\n"
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_error ON tasks (error);\n"
+                "-- a comment between statements; with a semicolon\n"
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_result ON tasks USING gin (result);\n"
+            ),
+            "0001_index.down.sql": (
+                "-- transaction: false\nDROP INDEX CONCURRENTLY IF EXISTS tasks_error;\n"
+                "DROP INDEX CONCURRENTLY IF EXISTS tasks_result;\n"
+            ),
+        },
+    )
+    run = runner(empty_database, app)
+    await run.up()
+
+    def indexes() -> set[str]:
+        with psycopg.connect(empty_database) as conn:
+            rows = conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'"
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    assert {"tasks_error", "tasks_result"} <= indexes()
+    await run.down(steps=1)
+    assert not {"tasks_error", "tasks_result"} & indexes()
+
+
+async def test_migration_without_down_step_cannot_roll_back(
+    empty_database: str, tmp_path: Path
+) -> None:
+    app = write(tmp_path / "app", {"0001_oneway.up.sql": "CREATE TABLE oneway (id int);"})
+    run = runner(empty_database, app)
+    await run.up()
+    with pytest.raises(MigrationError, match="no down step"):
+        await run.down(steps=1)
+
+
+async def test_backup_before_migrating_restores(
+    empty_database: str, servers: ServerSet, tmp_path: Path
+) -> None:
+    await runner(empty_database).up()
+    with psycopg.connect(empty_database) as conn:
+        conn.execute("INSERT INTO agents (name, type) VALUES ('planner', 'coordinator')")
+    app = write(tmp_path / "app", {"0001_more.up.sql": "CREATE TABLE more (id int);"})
+    report = await runner(empty_database, app, backup_dir=tmp_path / "backups").up()
+    assert report.backup_file is not None
+    assert report.backup_file.stat().st_size > 0
+    assert report.backup_file.parent == tmp_path / "backups"
+
+    target = servers.create_database()
+    try:
+        tool = await find_tool("pg_restore", 18)
+        await restore_backup(report.backup_file, servers.dsn(target), tool)
+        with psycopg.connect(servers.dsn(target)) as conn:
+            agents = conn.execute("SELECT name, type FROM agents").fetchall()
+            history = conn.execute("SELECT count(*) FROM agency_data_migrations").fetchone()
+        assert agents == [("planner", "coordinator")]
+        assert history == (4,)  # taken before app:0001_more ran
+        assert "more" not in tables(servers.dsn(target))
+    finally:
+        servers.drop_database(target)
+
+
+async def test_backup_failure_stops_the_migration(empty_database: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the backup directory should be")
+    run = runner(empty_database, backup_dir=blocker)
+    with pytest.raises(BackupError, match="cannot create the backup directory"):
+        await run.up()
+    assert tables(empty_database) == set()
+
+
+async def test_find_tool_refuses_too_old_versions() -> None:
+    assert (await find_tool("pg_dump", 18)).parent == postgres_bin_dir()
+    with pytest.raises(MigrationError, match="version 99 or newer"):
+        await find_tool("pg_dump", 99)
