@@ -78,9 +78,10 @@ def up(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
 
     async def job() -> None:
         async with DataLayer(_config(config, data_dir)) as dl:
-            console.print("[green]ready[/]")
-            console.print(f"PostgreSQL: {_safe_dsn(dl)}")
-            console.print(f"Redis:      {dl.redis_url or '(configured server)'}")
+            # Plain lines, never wrapped: scripts read the DSN and URL from here.
+            typer.echo("ready")
+            typer.echo(f"PostgreSQL: {_safe_dsn(dl)}")
+            typer.echo(f"Redis:      {dl.redis_url or '(configured server)'}")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
