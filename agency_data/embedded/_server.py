@@ -10,7 +10,7 @@ import pwd
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -124,11 +124,21 @@ class SharedServer(ABC):
     """
 
     name: str
+    default_settings: Mapping[str, str]
 
-    def __init__(self, data_dir: Path, *, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        start_timeout: float = 60.0,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir.expanduser().resolve()
         self.start_timeout = start_timeout
+        self.settings = {**self.default_settings, **(settings or {})}
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file = self.data_dir / f"{self.name}.log"
+        self.socket_dir = socket_dir_for(self.data_dir)
         self._lock = FileLock(self.data_dir / f"{self.name}.lock", timeout=start_timeout)
         self._leases = LeaseFile(self.data_dir / f"{self.name}.leases.json")
         self._lease: Lease | None = None

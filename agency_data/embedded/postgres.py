@@ -18,7 +18,6 @@ from agency_data.embedded._server import (
     package_dir,
     process_alive,
     run_tool,
-    socket_dir_for,
 )
 from agency_data.errors import EmbeddedServerError
 
@@ -55,6 +54,7 @@ class EmbeddedPostgres(SharedServer):
     """A PostgreSQL server in ``<data_dir>/postgres``, listening on a Unix socket only."""
 
     name = "postgres"
+    default_settings = DEFAULT_SETTINGS
 
     def __init__(
         self,
@@ -63,12 +63,9 @@ class EmbeddedPostgres(SharedServer):
         start_timeout: float = 60.0,
         settings: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(data_dir, start_timeout=start_timeout)
+        super().__init__(data_dir, start_timeout=start_timeout, settings=settings)
         self.pgdata = self.data_dir / "postgres"
-        self.log_file = self.data_dir / "postgres.log"
-        self.socket_dir = socket_dir_for(self.data_dir)
         self.bin_dir = postgres_bin_dir()
-        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self._run_as = _SYSTEM_USER if os.geteuid() == 0 else None
 
     @property

