@@ -46,9 +46,14 @@ from agency_data.models import (
     ComponentHealth,
     Embedding,
     HealthStatus,
+    Page,
     Task,
     TaskStatus,
 )
+from agency_data.postgres.agents import AgentStore
+from agency_data.postgres.database import Transaction
+from agency_data.postgres.tasks import TaskStore
+from agency_data.scope import TenantScope
 
 __version__ = "0.1.0"
 
@@ -57,6 +62,7 @@ __all__ = [
     "AgencyDataError",
     "Agent",
     "AgentStatus",
+    "AgentStore",
     "BackendUnavailable",
     "BackupError",
     "CacheConfig",
@@ -79,6 +85,7 @@ __all__ = [
     "MigrationSource",
     "MigrationState",
     "NotFound",
+    "Page",
     "PoolTimeout",
     "PostgresConfig",
     "QueryError",
@@ -88,6 +95,9 @@ __all__ = [
     "SerializationFailure",
     "Task",
     "TaskStatus",
+    "TaskStore",
+    "TenantScope",
+    "Transaction",
     "ValidationError",
     "VectorConfig",
     "__version__",

@@ -81,7 +81,8 @@ class PostgresConfig(_Section):
     pool_timeout: float = Field(5.0, gt=0, description="seconds to wait for a free connection")
     max_waiting: int = Field(0, ge=0, description="queued requests before refusing; 0 = no bound")
     statement_timeout: float = Field(30.0, ge=0, description="seconds; 0 disables")
-    max_retries: int = Field(3, ge=0, le=20)
+    max_retries: int = Field(3, ge=0, le=20, description="retries of serialization conflicts")
+    max_json_bytes: int = Field(1 << 20, ge=1, description="largest JSON document accepted")
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> PostgresConfig:

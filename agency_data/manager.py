@@ -13,16 +13,22 @@ from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.errors import AgencyDataError, BackendUnavailable
 from agency_data.health import check_health
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
-from agency_data.models import HealthStatus
+from agency_data.models import DEFAULT_TENANT, HealthStatus
+from agency_data.postgres._input import check_tenant
+from agency_data.postgres.agents import AgentStore
+from agency_data.postgres.database import Database
 from agency_data.postgres.pool import Pool, open_pool
+from agency_data.postgres.tasks import TaskStore
+from agency_data.postgres.wakeups import TaskWakeups
 from agency_data.redis.client import RedisClient, make_client
+from agency_data.scope import QueryMethods, TenantScope
 
 __all__ = ["DataLayer"]
 
 _log = logging.getLogger("agency_data")
 
 
-class DataLayer:
+class DataLayer(QueryMethods):
     """The data layer of an agent platform: PostgreSQL, pgvector and Redis behind one object.
 
     Usage::
@@ -48,6 +54,9 @@ class DataLayer:
         self._redis_url: str | None = None
         self._pool: Pool | None = None
         self._redis: RedisClient | None = None
+        self._db: Database | None = None
+        self._wakeups: TaskWakeups | None = None
+        self._scopes: dict[str, TenantScope] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -83,11 +92,18 @@ class DataLayer:
         if self.config.migration.auto_migrate:
             await self.migrate()
         self._pool = await open_pool(self.config.postgresql, self._conninfo)
+        self._db = Database(self._pool, self.config.postgresql)
+        self._wakeups = TaskWakeups(self._conninfo)
 
     async def aclose(self) -> None:
         """Close the pool and client, and release the embedded servers (the last user stops them)."""
         pool, self._pool = self._pool, None
         client, self._redis = self._redis, None
+        wakeups, self._wakeups = self._wakeups, None
+        self._db = None
+        self._scopes.clear()
+        if wakeups is not None:
+            await wakeups.aclose()
         if pool is not None:
             await pool.close()
         if client is not None:
@@ -118,6 +134,30 @@ class DataLayer:
         if self._pool is None:
             raise _not_connected()
         return self._pool
+
+    @property
+    def agents(self) -> AgentStore:
+        """The default tenant's agents."""
+        return self.tenant(DEFAULT_TENANT).agents
+
+    @property
+    def tasks(self) -> TaskStore:
+        """The default tenant's tasks."""
+        return self.tenant(DEFAULT_TENANT).tasks
+
+    def tenant(self, tenant_id: str) -> TenantScope:
+        """The same API, scoped to ``tenant_id``: no call through it sees another tenant's rows."""
+        scope = self._scopes.get(tenant_id)
+        if scope is None:
+            check_tenant(tenant_id)
+            scope = TenantScope(self._database(), tenant_id, self._wakeups)
+            self._scopes[tenant_id] = scope
+        return scope
+
+    def _database(self) -> Database:
+        if self._db is None:
+            raise _not_connected()
+        return self._db
 
     @property
     def redis(self) -> RedisClient:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,11 +16,13 @@ __all__ = [
     "ComponentHealth",
     "Embedding",
     "HealthStatus",
+    "Page",
     "Task",
     "TaskStatus",
 ]
 
 DEFAULT_TENANT = "default"
+T = TypeVar("T")
 
 
 class AgentStatus(StrEnum):
@@ -74,6 +76,8 @@ class Task(_Record):
     attempts: int = 0
     created_at: datetime
     updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class Embedding(_Record):
@@ -112,3 +116,10 @@ class HealthStatus(BaseModel):
     def ok(self) -> bool:
         """True when every component is up."""
         return self.status == "ok"
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing; pass ``next_cursor`` back to get the next (None: no more)."""
+
+    items: list[T]
+    next_cursor: str | None = None

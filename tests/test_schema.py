@@ -52,37 +52,37 @@ async def test_defaults_and_models(dl: DataLayer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("values", "constraint"),
+    ("values", "field"),
     [
-        ({"name": "   "}, "agents_name_not_blank"),
-        ({"name": "x" * 256}, "agents_name_not_blank"),
-        ({"type": ""}, "agents_type_not_blank"),
-        ({"status": "sleeping"}, "agents_status_valid"),
-        ({"capabilities": "[1, 2]"}, "agents_capabilities_object"),
-        ({"tenant_id": "acme'; DROP TABLE agents; --"}, "agents_tenant_id_valid"),
+        ({"name": "   "}, "name"),
+        ({"name": "x" * 256}, "name"),
+        ({"type": ""}, "type"),
+        ({"status": "sleeping"}, "status"),
+        ({"capabilities": "[1, 2]"}, "capabilities"),
+        ({"tenant_id": "acme'; DROP TABLE agents; --"}, "tenant_id"),
     ],
 )
-async def test_agent_constraints(dl: DataLayer, values: dict[str, Any], constraint: str) -> None:
+async def test_agent_constraints(dl: DataLayer, values: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         await new_agent(dl, **values)
-    assert info.value.field == constraint
+    assert info.value.field == field
     assert await run(dl, "SELECT count(*) AS n FROM agents") == [{"n": 0}]
 
 
 @pytest.mark.parametrize(
-    ("column", "value", "constraint"),
+    ("column", "value", "field"),
     [
-        ("priority", 1001, "tasks_priority_range"),
-        ("priority", -1, "tasks_priority_range"),
-        ("status", "done", "tasks_status_valid"),
-        ("data", '"text"', "tasks_data_object"),
-        ("attempts", -1, "tasks_attempts_not_negative"),
+        ("priority", 1001, "priority"),
+        ("priority", -1, "priority"),
+        ("status", "done", "status"),
+        ("data", '"text"', "data"),
+        ("attempts", -1, "attempts"),
     ],
 )
-async def test_task_constraints(dl: DataLayer, column: str, value: Any, constraint: str) -> None:
+async def test_task_constraints(dl: DataLayer, column: str, value: Any, field: str) -> None:
     with pytest.raises(ValidationError) as info:
         await run(dl, f"INSERT INTO tasks (type, {column}) VALUES ('t', %s)", [value])
-    assert info.value.field == constraint
+    assert info.value.field == field
 
 
 async def test_task_reference_to_missing_agent(dl: DataLayer) -> None:

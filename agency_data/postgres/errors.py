@@ -8,6 +8,7 @@ Use :func:`translate_errors` around any driver call (a plain ``with``, also in a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +31,10 @@ from agency_data.errors import (
 __all__ = ["to_agency_error", "translate_errors"]
 
 _BACKEND = "postgresql"
+_OUR_CONSTRAINT = re.compile(
+    r"^(?:agents|tasks|embeddings)_(?P<column>[a-z_]+?)"
+    r"_(?:valid|not_blank|object|range|not_negative|transition|fkey)$"
+)
 
 
 @contextmanager
@@ -64,7 +69,7 @@ def to_agency_error(exc: Exception, context: str = "") -> AgencyDataError:
     detail = diag.message_primary or str(exc).strip()
     if diag.message_detail:
         detail = f"{detail} ({diag.message_detail})"
-    field = diag.column_name or diag.constraint_name
+    field = diag.column_name or _constraint_field(diag.constraint_name)
 
     if isinstance(exc, pg.QueryCanceled):
         return QueryTimeout(
@@ -82,7 +87,8 @@ def to_agency_error(exc: Exception, context: str = "") -> AgencyDataError:
     if isinstance(exc, pg.ForeignKeyViolation):
         return NotFound(f"{prefix}a referenced record does not exist: {detail}", entity=field)
     if isinstance(exc, pg.IntegrityError | pg.DataError):
-        return ValidationError(f"{prefix}invalid value: {detail}", field=field)
+        where = f" ({field})" if field else ""
+        return ValidationError(f"{prefix}invalid value{where}: {detail}", field=field)
     if isinstance(exc, pg.OperationalError | pg.InterfaceError) and sqlstate is None:
         return BackendUnavailable(
             f"{prefix}PostgreSQL is unreachable: {str(exc).strip()}", backend=_BACKEND
@@ -91,3 +97,11 @@ def to_agency_error(exc: Exception, context: str = "") -> AgencyDataError:
         # Connection exceptions and admin shutdown / crash: the server went away mid-call.
         return BackendUnavailable(f"{prefix}PostgreSQL connection lost: {detail}", backend=_BACKEND)
     return QueryError(f"{prefix}{detail}", sqlstate=sqlstate)
+
+
+def _constraint_field(constraint: str | None) -> str | None:
+    # Our constraints are named <table>_<column>_<rule>; other schemas keep their own names.
+    if constraint is None:
+        return None
+    match = _OUR_CONSTRAINT.match(constraint)
+    return match["column"] if match else constraint

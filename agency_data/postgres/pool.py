@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from agency_data.config import PostgresConfig
@@ -20,6 +22,7 @@ Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 
 
 async def _configure(conn: AsyncConnection[DictRow]) -> None:
+    set_json_loads(orjson.loads, conn)
     # pgvector's types exist only once its extension does; until then vectors are not used.
     info = await conn.execute("SELECT oid FROM pg_type WHERE typname = 'vector'")
     if await info.fetchone() is not None:

@@ -1,0 +1,133 @@
+"""Checking input before it reaches the database: JSON values, limits, cursors, LIKE patterns."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import pydantic
+
+from agency_data.errors import ValidationError
+
+__all__ = [
+    "MAX_PAGE",
+    "as_list",
+    "as_uuid",
+    "check_limit",
+    "check_tenant",
+    "decode_cursor",
+    "encode_cursor",
+    "encode_json",
+    "like_pattern",
+    "validated",
+]
+
+MAX_PAGE = 1000
+_TENANT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def validated(model: type[M], values: dict[str, Any]) -> M:
+    """``model`` built from ``values``, or a :class:`ValidationError` naming the bad field."""
+    try:
+        return model.model_validate(values)
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        raise ValidationError(f"{field}: {first['msg']}", field=field) from None
+
+
+def encode_json(value: Any, field: str, max_bytes: int) -> str:
+    """``value`` as compact JSON text, refusing NaN, infinities, odd types and oversize documents."""
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"{field} is not valid JSON ({exc}); use dicts, lists, strings, finite numbers, "
+            "booleans and None",
+            field=field,
+        ) from None
+    if "\\u0000" in text:
+        raise ValidationError(
+            f"{field} contains a NUL character, which PostgreSQL cannot store", field=field
+        )
+    size = len(text.encode())
+    if size > max_bytes:
+        raise ValidationError(
+            f"{field} is {size} bytes of JSON, over the limit of {max_bytes} "
+            "(postgresql.max_json_bytes); store large payloads elsewhere and keep a reference",
+            field=field,
+        )
+    return text
+
+
+def check_tenant(tenant: str) -> str:
+    """``tenant`` if it is a valid tenant id."""
+    if not isinstance(tenant, str) or not _TENANT.match(tenant):
+        raise ValidationError(
+            f"tenant id {tenant!r} must be 1-64 letters, digits or _ . : -", field="tenant_id"
+        )
+    return tenant
+
+
+def check_limit(limit: int) -> int:
+    """``limit`` if it is a page size we serve."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ValidationError(
+            f"limit must be an integer from 1 to {MAX_PAGE}, not {limit!r}", field="limit"
+        )
+    return limit
+
+
+def as_list(value: Any, field: str, kind: type) -> list[Any] | None:
+    """One value or several, as a list of ``kind`` (None stays None)."""
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
+    for item in items:
+        if not isinstance(item, kind):
+            raise ValidationError(
+                f"{field} takes {kind.__name__} values, not {item!r}", field=field
+            )
+    return [str(item) if isinstance(item, str) else item for item in items]
+
+
+def as_uuid(value: Any, field: str = "id") -> UUID:
+    """``value`` as a UUID, or a :class:`ValidationError`."""
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise ValidationError(
+            f"{field} {value!r} is not a valid id (a UUID)", field=field
+        ) from None
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, with the user's own wildcards escaped."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def encode_cursor(created_at: datetime, id_: UUID) -> str:
+    """An opaque cursor for the row after ``(created_at, id)`` in keyset order."""
+    raw = json.dumps([created_at.isoformat(), str(id_)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The position an :func:`encode_cursor` cursor names."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, ident = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        return datetime.fromisoformat(created), UUID(ident)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ValidationError(
+            f"cursor {cursor[:40]!r} is not one this library issued; pass next_cursor from a page",
+            field="cursor",
+        ) from exc

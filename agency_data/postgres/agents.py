@@ -1,0 +1,299 @@
+"""Agents: registration, lookup, partial update with optimistic concurrency, filtered listing.
+
+SQL is built by the pure ``_..._sql`` functions (``(query, params)`` pairs); :class:`AgentStore`
+only validates input and runs them.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, LiteralString
+from uuid import UUID
+
+from psycopg import sql
+from pydantic import BaseModel, ConfigDict, Field
+
+from agency_data.errors import Conflict, NotFound, ValidationError
+from agency_data.models import Agent, AgentStatus, Page
+from agency_data.postgres._input import (
+    as_list,
+    as_uuid,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    encode_json,
+    like_pattern,
+    validated,
+)
+from agency_data.postgres.database import Database, Params, Query
+
+__all__ = ["AgentStore"]
+
+_COLUMNS: LiteralString = (
+    "id, tenant_id, name, type, capabilities, status, version, created_at, updated_at"
+)
+_UNSET: Any = object()
+
+
+class _AgentFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=255, pattern=r"\S")
+    type: str = Field(min_length=1, max_length=100, pattern=r"\S")
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+
+
+class _AgentChanges(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str | None = Field(None, min_length=1, max_length=255, pattern=r"\S")
+    type: str | None = Field(None, min_length=1, max_length=100, pattern=r"\S")
+    capabilities: dict[str, Any] | None = None
+
+
+class AgentStore:
+    """The agents of one tenant."""
+
+    def __init__(self, db: Database, tenant: str) -> None:
+        self._db = db
+        self.tenant = tenant
+
+    async def create(
+        self,
+        name: str,
+        type: str,
+        capabilities: dict[str, Any] | None = None,
+        status: AgentStatus | str = AgentStatus.ACTIVE,
+    ) -> Agent:
+        """Register an agent and return it."""
+        fields = validated(
+            _AgentFields,
+            {
+                "name": name,
+                "type": type,
+                "capabilities": {} if capabilities is None else capabilities,
+            },
+        )
+        caps = encode_json(fields.capabilities, "capabilities", self._db.config.max_json_bytes)
+        row = await self._db.fetch_one(
+            *_insert_sql(self.tenant, fields.name, fields.type, caps, _status(status)), model=Agent
+        )
+        assert row is not None
+        return row
+
+    async def get(self, agent_id: UUID | str) -> Agent:
+        """The agent with ``agent_id``; :class:`NotFound` if this tenant has none."""
+        row = await self._db.fetch_one(*_get_sql(self.tenant, as_uuid(agent_id)), model=Agent)
+        if row is None:
+            raise NotFound(f"agent {agent_id} does not exist", entity="agent", key=agent_id)
+        return row
+
+    async def get_many(self, agent_ids: Sequence[UUID | str]) -> builtins.list[Agent]:
+        """The agents that exist among ``agent_ids`` (one round trip), in no particular order."""
+        ids = [as_uuid(i) for i in agent_ids]
+        return await self._db.fetch(*_get_many_sql(self.tenant, ids), model=Agent)
+
+    async def update(
+        self,
+        agent_id: UUID | str,
+        *,
+        name: str = _UNSET,
+        type: str = _UNSET,
+        capabilities: dict[str, Any] = _UNSET,
+        status: AgentStatus | str = _UNSET,
+        expected_version: int | None = None,
+        expected_updated_at: datetime | None = None,
+    ) -> Agent:
+        """Change the given fields only.
+
+        With ``expected_version`` (or ``expected_updated_at``), the update applies only if the
+        row still has that version; otherwise :class:`Conflict`, and nothing changes.
+        """
+        given = {
+            key: value
+            for key, value in {
+                "name": name,
+                "type": type,
+                "capabilities": capabilities,
+                "status": status,
+            }.items()
+            if value is not _UNSET
+        }
+        if not given:
+            raise ValidationError("update needs at least one field to change", field=None)
+        for key, value in given.items():
+            if value is None:
+                raise ValidationError(f"{key} cannot be None", field=key)
+        status_value = _status(given.pop("status")) if "status" in given else None
+        changes = validated(_AgentChanges, given)
+        values: dict[str, Any] = {key: getattr(changes, key) for key in given}
+        if status_value is not None:
+            values["status"] = status_value
+        if "capabilities" in values:
+            values["capabilities"] = encode_json(
+                values["capabilities"], "capabilities", self._db.config.max_json_bytes
+            )
+        uid = as_uuid(agent_id)
+        row = await self._db.fetch_one(
+            *_update_sql(self.tenant, uid, values, expected_version, expected_updated_at),
+            model=Agent,
+        )
+        if row is not None:
+            return row
+        current = await self.get(uid)  # NotFound when it does not exist at all
+        raise Conflict(
+            f"agent {agent_id} was changed by someone else (now version {current.version}); "
+            "read it again and reapply your change",
+            field="version",
+        )
+
+    async def delete(self, agent_id: UUID | str) -> None:
+        """Delete the agent; its tasks stay, with no agent. :class:`NotFound` if absent."""
+        deleted = await self._db.execute(*_delete_sql(self.tenant, as_uuid(agent_id)))
+        if deleted == 0:
+            raise NotFound(f"agent {agent_id} does not exist", entity="agent", key=agent_id)
+
+    async def list(
+        self,
+        *,
+        type: str | Sequence[str] | None = None,
+        status: AgentStatus | str | Sequence[AgentStatus | str] | None = None,
+        capabilities: dict[str, Any] | None = None,
+        has_capabilities: Sequence[str] | None = None,
+        name_contains: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Agent]:
+        """Agents in creation order, filtered; follow ``next_cursor`` for the next page.
+
+        ``capabilities`` matches by JSON containment (``{"plan": True}`` finds agents whose
+        capabilities include that pair); ``has_capabilities`` requires every listed key.
+        """
+        check_limit(limit)
+        where, params = self._filters(type, status, capabilities, has_capabilities, name_contains)
+        if cursor is not None:
+            created_at, last_id = decode_cursor(cursor)
+            where.append(sql.SQL("(created_at, id) > (%s, %s)"))
+            params.extend([created_at, last_id])
+        query = sql.SQL(
+            "SELECT " + _COLUMNS + " FROM agents WHERE {} ORDER BY created_at, id LIMIT %s"
+        ).format(sql.SQL(" AND ").join(where))
+        rows = await self._db.fetch(query, [*params, limit + 1], model=Agent)
+        more = len(rows) > limit
+        items = rows[:limit]
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
+        return Page[Agent](items=items, next_cursor=next_cursor)
+
+    async def count(
+        self,
+        *,
+        type: str | Sequence[str] | None = None,
+        status: AgentStatus | str | Sequence[AgentStatus | str] | None = None,
+        capabilities: dict[str, Any] | None = None,
+        has_capabilities: Sequence[str] | None = None,
+        name_contains: str | None = None,
+    ) -> int:
+        """How many agents match the same filters as :meth:`list`."""
+        where, params = self._filters(type, status, capabilities, has_capabilities, name_contains)
+        query = sql.SQL("SELECT count(*) FROM agents WHERE {}").format(sql.SQL(" AND ").join(where))
+        return int(await self._db.fetch_value(query, params))
+
+    def _filters(
+        self,
+        type: str | Sequence[str] | None,
+        status: AgentStatus | str | Sequence[AgentStatus | str] | None,
+        capabilities: dict[str, Any] | None,
+        has_capabilities: Sequence[str] | None,
+        name_contains: str | None,
+    ) -> tuple[builtins.list[sql.Composable], builtins.list[Any]]:
+        where: builtins.list[sql.Composable] = [sql.SQL("tenant_id = %s")]
+        params: builtins.list[Any] = [self.tenant]
+        types = as_list(type, "type", str)
+        if types is not None:
+            where.append(sql.SQL("type = ANY(%s)"))
+            params.append(types)
+        statuses = as_list(status, "status", str)
+        if statuses is not None:
+            where.append(sql.SQL("status = ANY(%s)"))
+            params.append([_status(s) for s in statuses])
+        if capabilities is not None:
+            if not isinstance(capabilities, dict):
+                raise ValidationError("capabilities filter must be a dict", field="capabilities")
+            where.append(sql.SQL("capabilities @> %s::jsonb"))
+            params.append(encode_json(capabilities, "capabilities", self._db.config.max_json_bytes))
+        keys = as_list(has_capabilities, "has_capabilities", str)
+        if keys:
+            where.append(sql.SQL("capabilities ?& %s"))
+            params.append(keys)
+        if name_contains is not None:
+            if not isinstance(name_contains, str):
+                raise ValidationError("name_contains must be a string", field="name_contains")
+            where.append(sql.SQL("name ILIKE %s"))
+            params.append(like_pattern(name_contains))
+        return where, params
+
+
+def _status(value: Any) -> str:
+    try:
+        return AgentStatus(value).value
+    except ValueError:
+        allowed = ", ".join(s.value for s in AgentStatus)
+        raise ValidationError(
+            f"status {value!r} is not one of: {allowed}", field="status"
+        ) from None
+
+
+def _insert_sql(tenant: str, name: str, type_: str, caps: str, status: str) -> tuple[Query, Params]:
+    return (
+        "INSERT INTO agents (tenant_id, name, type, capabilities, status) "
+        "VALUES (%s, %s, %s, %s::jsonb, %s) RETURNING " + _COLUMNS,
+        [tenant, name, type_, caps, status],
+    )
+
+
+def _get_sql(tenant: str, agent_id: UUID) -> tuple[Query, Params]:
+    return "SELECT " + _COLUMNS + " FROM agents WHERE tenant_id = %s AND id = %s", [
+        tenant,
+        agent_id,
+    ]
+
+
+def _get_many_sql(tenant: str, ids: list[UUID]) -> tuple[Query, Params]:
+    return "SELECT " + _COLUMNS + " FROM agents WHERE tenant_id = %s AND id = ANY(%s)", [
+        tenant,
+        ids,
+    ]
+
+
+def _delete_sql(tenant: str, agent_id: UUID) -> tuple[Query, Params]:
+    return "DELETE FROM agents WHERE tenant_id = %s AND id = %s", [tenant, agent_id]
+
+
+def _update_sql(
+    tenant: str,
+    agent_id: UUID,
+    values: dict[str, Any],
+    expected_version: int | None,
+    expected_updated_at: datetime | None,
+) -> tuple[Query, Params]:
+    assignments: builtins.list[sql.Composable] = [
+        sql.SQL("{} = %s::jsonb" if key == "capabilities" else "{} = %s").format(
+            sql.Identifier(key)
+        )
+        for key in values
+    ]
+    assignments.append(sql.SQL("version = version + 1"))
+    where: list[sql.Composable] = [sql.SQL("tenant_id = %s"), sql.SQL("id = %s")]
+    params: list[Any] = [*values.values(), tenant, agent_id]
+    if expected_version is not None:
+        where.append(sql.SQL("version = %s"))
+        params.append(expected_version)
+    if expected_updated_at is not None:
+        where.append(sql.SQL("updated_at = %s"))
+        params.append(expected_updated_at)
+    query = sql.SQL("UPDATE agents SET {} WHERE {} RETURNING " + _COLUMNS).format(
+        sql.SQL(", ").join(assignments), sql.SQL(" AND ").join(where)
+    )
+    return query, params

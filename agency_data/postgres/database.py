@@ -1,0 +1,302 @@
+"""Running SQL: bind parameters only, a per-call timeout, rows as dicts or models, transactions.
+
+Inside ``async with db.transaction():`` every call made by the same task (and the store calls
+built on this class) runs on the transaction's connection; outside, each call borrows a pooled
+connection for its own duration. Nested transaction blocks become savepoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
+from typing import Any, Literal, LiteralString, TypeAlias, TypeVar, overload
+
+from psycopg import AsyncConnection, AsyncCursor, IsolationLevel, sql
+from psycopg.rows import DictRow
+from pydantic import BaseModel
+
+from agency_data.config import PostgresConfig
+from agency_data.errors import SerializationFailure
+from agency_data.postgres.errors import translate_errors
+from agency_data.postgres.pool import Pool
+
+__all__ = ["Database", "Isolation", "Operation", "Params", "Query", "Transaction"]
+
+_log = logging.getLogger("agency_data.postgres")
+
+Query: TypeAlias = LiteralString | sql.SQL | sql.Composed
+Params: TypeAlias = Sequence[Any] | dict[str, Any] | None
+Isolation: TypeAlias = Literal["read_committed", "repeatable_read", "serializable"]
+Operation: TypeAlias = "tuple[Query, Params] | Callable[[Transaction], Awaitable[Any]]"
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+Hook: TypeAlias = Callable[[], Awaitable[None] | None]
+
+_ISOLATION = {
+    "read_committed": IsolationLevel.READ_COMMITTED,
+    "repeatable_read": IsolationLevel.REPEATABLE_READ,
+    "serializable": IsolationLevel.SERIALIZABLE,
+}
+
+
+class Transaction:
+    """An open transaction (or savepoint, when nested): its connection and on-commit hooks."""
+
+    def __init__(self, conn: AsyncConnection[DictRow], parent: Transaction | None) -> None:
+        self.conn = conn
+        self.parent = parent
+        self._hooks: list[Hook] = []
+
+    @property
+    def nested(self) -> bool:
+        """True for a savepoint inside another transaction."""
+        return self.parent is not None
+
+    def on_commit(self, hook: Hook) -> None:
+        """Run ``hook`` (sync or async) after the outermost transaction commits; never on rollback."""
+        self._hooks.append(hook)
+
+
+class Database:
+    """Query execution and transactions over the pool."""
+
+    def __init__(self, pool: Pool, config: PostgresConfig) -> None:
+        self.pool = pool
+        self.config = config
+        self._current: ContextVar[Transaction | None] = ContextVar("agency_data_tx", default=None)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[DictRow]]:
+        """The current transaction's connection, or a pooled one for the block's duration."""
+        current = self._current.get()
+        if current is not None:
+            yield current.conn
+            return
+        with translate_errors():
+            async with self.pool.connection() as conn:
+                yield conn
+
+    @property
+    def in_transaction(self) -> bool:
+        """True inside a ``transaction()`` block of the calling task."""
+        return self._current.get() is not None
+
+    # -- queries -------------------------------------------------------------------------------
+
+    async def execute(
+        self, query: Query, params: Params = None, *, timeout: float | None = None
+    ) -> int:
+        """Run a statement; return the number of rows it affected."""
+        async with self.connection() as conn:
+            with translate_errors():
+                cursor = await self._run(conn, query, params, timeout)
+                return cursor.rowcount
+
+    @overload
+    async def fetch(
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        model: None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]: ...
+    @overload
+    async def fetch(
+        self, query: Query, params: Params = None, *, model: type[M], timeout: float | None = None
+    ) -> list[M]: ...
+    async def fetch(
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        model: type[M] | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]] | list[M]:
+        """All rows, as dicts or as instances of ``model``."""
+        async with self.connection() as conn:
+            with translate_errors():
+                cursor = await self._run(conn, query, params, timeout)
+                rows = await cursor.fetchall() if cursor.description else []
+        if model is None:
+            return rows
+        return [model.model_validate(row) for row in rows]
+
+    @overload
+    async def fetch_one(
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        model: None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any] | None: ...
+    @overload
+    async def fetch_one(
+        self, query: Query, params: Params = None, *, model: type[M], timeout: float | None = None
+    ) -> M | None: ...
+    async def fetch_one(
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        model: type[M] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any] | M | None:
+        """The first row (or None), as a dict or an instance of ``model``."""
+        async with self.connection() as conn:
+            with translate_errors():
+                cursor = await self._run(conn, query, params, timeout)
+                row = await cursor.fetchone() if cursor.description else None
+        if row is None or model is None:
+            return row
+        return model.model_validate(row)
+
+    async def fetch_value(
+        self, query: Query, params: Params = None, *, timeout: float | None = None
+    ) -> Any:
+        """The first column of the first row, or None when there is no row."""
+        row = await self.fetch_one(query, params, timeout=timeout)
+        return None if row is None else next(iter(row.values()))
+
+    async def _run(
+        self, conn: AsyncConnection[DictRow], query: Query, params: Params, timeout: float | None
+    ) -> AsyncCursor[DictRow]:
+        if timeout is None:
+            return await conn.execute(query, params)
+        if timeout <= 0:
+            from agency_data.errors import ValidationError
+
+            raise ValidationError(f"timeout must be positive, not {timeout}", field="timeout")
+        limit = f"{max(1, int(timeout * 1000))}ms"
+        set_limit = "SELECT set_config('statement_timeout', %s, true)"
+        if self.in_transaction:
+            # A timeout inside the caller's transaction applies to this statement only.
+            previous = await (await conn.execute("SHOW statement_timeout")).fetchone()
+            await conn.execute(set_limit, [limit])
+            cursor = await conn.execute(query, params)
+            await conn.execute(set_limit, [next(iter(previous.values())) if previous else "0"])
+            return cursor
+        async with conn.transaction():
+            await conn.execute(set_limit, [limit])
+            return await conn.execute(query, params)
+
+    # -- transactions --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, isolation: Isolation | None = None, readonly: bool = False
+    ) -> AsyncIterator[Transaction]:
+        """A transaction, or a savepoint when one is already open in this task."""
+        parent = self._current.get()
+        async with AsyncExitStack() as stack:
+            if parent is None:
+                conn = await stack.enter_async_context(self.connection())
+                await _prepare(conn, isolation, readonly)
+                stack.push_async_callback(_prepare, conn, None, False)
+            else:
+                conn = parent.conn
+                if isolation is not None and isolation != "read_committed":
+                    _log.debug(
+                        "isolation %s of a nested block is the outer transaction's", isolation
+                    )
+            tx = Transaction(conn, parent)
+            token = self._current.set(tx)
+            try:
+                with translate_errors():
+                    async with conn.transaction():
+                        yield tx
+            finally:
+                self._current.reset(token)
+        if parent is not None:
+            parent._hooks.extend(tx._hooks)
+        else:
+            await _run_hooks(tx._hooks)
+
+    async def run_in_transaction(
+        self,
+        fn: Callable[[Transaction], Awaitable[T]],
+        *,
+        isolation: Isolation | None = None,
+        retries: int | None = None,
+    ) -> T:
+        """Run ``fn`` in a transaction, retrying it on serialization conflicts and deadlocks.
+
+        ``fn`` must be safe to run again: it is called afresh for each attempt. Retries wait
+        with jittered exponential backoff; after ``retries`` (default: the config's
+        ``max_retries``) a :class:`SerializationFailure` says how many attempts were made.
+        """
+        if self.in_transaction:
+            # Only the outermost transaction can be retried; a savepoint's conflict aborts it.
+            async with self.transaction() as tx:
+                return await fn(tx)
+        bound = self.config.max_retries if retries is None else retries
+        attempt = 0
+        while True:
+            try:
+                async with self.transaction(isolation=isolation) as tx:
+                    return await fn(tx)
+            except SerializationFailure as exc:
+                if attempt >= bound:
+                    raise SerializationFailure(
+                        f"the transaction still conflicted after {attempt + 1} attempts: {exc}; "
+                        "retry later, raise postgresql.max_retries, or reduce contention",
+                        sqlstate=exc.sqlstate,
+                    ) from exc
+                attempt += 1
+                await asyncio.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+
+    async def execute_transaction(
+        self,
+        operations: Sequence[Operation],
+        *,
+        isolation: Isolation | None = None,
+        retries: int | None = None,
+    ) -> list[Any]:
+        """Run ``operations`` atomically; return each one's result in order.
+
+        An operation is ``(sql, params)`` (its rows as dicts, or its row count when it returns
+        none) or an async callable taking the :class:`Transaction`.
+        """
+
+        async def run_all(tx: Transaction) -> list[Any]:
+            results: list[Any] = []
+            for operation in operations:
+                if callable(operation):
+                    results.append(await operation(tx))
+                    continue
+                query, params = operation
+                with translate_errors():
+                    cursor = await tx.conn.execute(query, params)
+                    results.append(
+                        await cursor.fetchall() if cursor.description else cursor.rowcount
+                    )
+            return results
+
+        return await self.run_in_transaction(run_all, isolation=isolation, retries=retries)
+
+
+async def _prepare(
+    conn: AsyncConnection[DictRow], isolation: Isolation | None, readonly: bool
+) -> None:
+    # Setting these changes only the BEGIN that psycopg sends: no round trip of its own.
+    await conn.set_isolation_level(_ISOLATION[isolation] if isolation else None)
+    await conn.set_read_only(True if readonly else None)
+
+
+async def _run_hooks(hooks: list[Hook]) -> None:
+    for hook in hooks:
+        try:
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # noqa: BLE001
+            # The transaction is committed; a failing hook must not make it look failed.
+            _log.exception("an on-commit hook failed")

@@ -1,0 +1,86 @@
+"""Waking workers when tasks become pending: one LISTEN connection per DataLayer.
+
+The database sends ``NOTIFY agency_data_tasks, '<tenant>'`` whenever a statement leaves pending
+tasks behind (a trigger of the task lifecycle migration). Waiters register *before* they look
+for work, so a notification that arrives between an empty claim and the wait is not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from psycopg import AsyncConnection
+
+__all__ = ["CHANNEL", "TaskWakeups"]
+
+CHANNEL = "agency_data_tasks"
+_log = logging.getLogger("agency_data.postgres")
+
+
+class TaskWakeups:
+    """Tenant-keyed events, set by notifications from PostgreSQL."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    @asynccontextmanager
+    async def subscription(self, tenant: str) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever ``tenant`` gets pending work, while the block runs."""
+        self._ensure_listener()
+        event = asyncio.Event()
+        self._waiters.setdefault(tenant, set()).add(event)
+        try:
+            # Wait (briefly) for LISTEN to be in place, so the first notification is not missed.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listening.wait(), timeout=2.0)
+            yield event
+        finally:
+            waiters = self._waiters.get(tenant)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[tenant]
+
+    async def aclose(self) -> None:
+        """Stop listening."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="agency-data task wakeups")
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with await AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+                    await conn.execute("LISTEN " + CHANNEL)
+                    self._listening.set()
+                    delay = 0.1
+                    # A reconnect may have missed notifications: wake everyone to look again.
+                    self._wake_all()
+                    async for notify in conn.notifies():
+                        for event in self._waiters.get(notify.payload, ()):
+                            event.set()
+            except psycopg.Error as exc:
+                self._listening.clear()
+                _log.warning("task wake-up listener lost its connection (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()

@@ -1,0 +1,135 @@
+"""What one tenant sees: its stores, plus the query and transaction API every view shares."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel
+
+from agency_data.postgres.agents import AgentStore
+from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction
+from agency_data.postgres.tasks import TaskStore
+from agency_data.postgres.wakeups import TaskWakeups
+
+__all__ = ["QueryMethods", "TenantScope"]
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class QueryMethods(ABC):
+    """SQL and transactions (the design's executeQuery / executeTransaction), for any view."""
+
+    @abstractmethod
+    def _database(self) -> Database: ...
+
+    async def execute(
+        self, query: Query, params: Params = None, *, timeout: float | None = None
+    ) -> int:
+        """Run a statement with bind parameters; return the number of rows it affected."""
+        return await self._database().execute(query, params, timeout=timeout)
+
+    @overload
+    async def fetch(
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        model: None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]: ...
+    @overload
+    async def fetch(
+        self, query: Query, params: Params = None, *, model: type[M], timeout: float | None = None
+    ) -> list[M]: ...
+    async def fetch(
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        model: type[M] | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]] | list[M]:
+        """All rows of a query, as dicts or as instances of a pydantic ``model``."""
+        return await self._database().fetch(query, params, model=model, timeout=timeout)
+
+    @overload
+    async def fetch_one(
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        model: None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any] | None: ...
+    @overload
+    async def fetch_one(
+        self, query: Query, params: Params = None, *, model: type[M], timeout: float | None = None
+    ) -> M | None: ...
+    async def fetch_one(
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        model: type[M] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any] | M | None:
+        """The first row of a query, or None."""
+        return await self._database().fetch_one(query, params, model=model, timeout=timeout)
+
+    async def fetch_value(
+        self, query: Query, params: Params = None, *, timeout: float | None = None
+    ) -> Any:
+        """The first column of the first row, or None."""
+        return await self._database().fetch_value(query, params, timeout=timeout)
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, isolation: Isolation | None = None, readonly: bool = False
+    ) -> AsyncIterator[Transaction]:
+        """``async with dl.transaction() as tx:`` every store call inside joins it.
+
+        Nested blocks are savepoints. ``tx.on_commit(hook)`` runs ``hook`` only after the
+        outermost commit. A serialization conflict inside this form raises; use
+        :meth:`run_in_transaction` to have it retried.
+        """
+        async with self._database().transaction(isolation=isolation, readonly=readonly) as tx:
+            yield tx
+
+    async def run_in_transaction(
+        self,
+        fn: Callable[[Transaction], Awaitable[T]],
+        *,
+        isolation: Isolation | None = None,
+        retries: int | None = None,
+    ) -> T:
+        """Run ``fn(tx)`` in a transaction, retried with backoff on conflicts and deadlocks."""
+        return await self._database().run_in_transaction(fn, isolation=isolation, retries=retries)
+
+    async def execute_transaction(
+        self,
+        operations: Sequence[Operation],
+        *,
+        isolation: Isolation | None = None,
+        retries: int | None = None,
+    ) -> list[Any]:
+        """Run ``(sql, params)`` pairs or ``async fn(tx)`` callables atomically; return each result."""
+        return await self._database().execute_transaction(
+            operations, isolation=isolation, retries=retries
+        )
+
+
+class TenantScope(QueryMethods):
+    """The data layer as one tenant sees it: the same API, scoped to ``tenant_id``."""
+
+    def __init__(self, db: Database, tenant_id: str, wakeups: TaskWakeups | None) -> None:
+        self._db = db
+        self.tenant_id = tenant_id
+        self.agents = AgentStore(db, tenant_id)
+        self.tasks = TaskStore(db, tenant_id, wakeups)
+
+    def _database(self) -> Database:
+        return self._db
