@@ -165,7 +165,8 @@ def demo(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
 
     def show(step: DemoStep) -> None:
         console.print(
-            f"[bold cyan]{step.title:<20}[/] {step.seconds * 1000:9.1f} ms  {step.outcome}"
+            f"[bold cyan]{step.title:<18}[/] {step.seconds * 1000:8.1f} ms  {step.outcome}",
+            soft_wrap=True,
         )
 
     async def job() -> list[DemoStep]:

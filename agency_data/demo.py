@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from uuid import UUID
 
 from agency_data.config import DataLayerConfig
 from agency_data.manager import DataLayer
@@ -70,6 +73,8 @@ async def run_demo(
             started,
         )
 
+        await _agents_and_tasks(dl, record)
+
         started = time.perf_counter()
         dry = await dl.migrations().down(steps=1, dry_run=True)
         await record(
@@ -83,3 +88,59 @@ async def run_demo(
         await dl.aclose()
         await record("close", "pool closed, embedded servers released", started)
     return steps
+
+
+async def _agents_and_tasks(
+    dl: DataLayer, record: Callable[[str, str, float], Awaitable[None]]
+) -> None:
+    # Each run works in a tenant of its own, so repeated demos on one data dir do not mix.
+    scope = dl.tenant(f"demo-{uuid.uuid4().hex[:8]}")
+
+    started = time.perf_counter()
+    workers = [
+        await scope.agents.create(name=f"worker-{i}", type="worker", capabilities={"embed": True})
+        for i in range(4)
+    ]
+    planner = await scope.agents.create(
+        name="planner", type="coordinator", capabilities={"plan": True}
+    )
+    await record(
+        "agents", f"registered {len(workers) + 1} agents (1 coordinator, 4 workers)", started
+    )
+
+    started = time.perf_counter()
+    await scope.tasks.create(
+        type="summarize", priority=9, data={"doc": "quarterly planning report"}
+    )
+    await scope.tasks.create_many([{"type": "embed", "data": {"chunk": i}} for i in range(1000)])
+    await record("tasks", "queued 1,001 tasks (one create, one bulk create_many)", started)
+
+    started = time.perf_counter()
+    claimed_by: dict[str, int] = {}
+
+    async def work(agent_id: UUID, name: str) -> None:
+        while batch := await scope.tasks.claim(agent_id, types=["embed"], n=25):
+            for task in batch:
+                await scope.tasks.complete(task.id, result={"by": name})
+            claimed_by[name] = claimed_by.get(name, 0) + len(batch)
+
+    await asyncio.gather(*(work(w.id, w.name) for w in workers))
+    done = await scope.tasks.count(type="embed", status="completed")
+    shares = ", ".join(f"{name} {count}" for name, count in sorted(claimed_by.items()))
+    once = "each exactly once" if sum(claimed_by.values()) == done else "SOME TWICE"
+    elapsed = time.perf_counter() - started
+    await record(
+        "claim + complete",
+        f"4 concurrent workers finished {done} tasks, {once} ({shares}); {done / elapsed:,.0f} tasks/s",
+        started,
+    )
+
+    started = time.perf_counter()
+    (top,) = await scope.tasks.claim(planner.id, n=1)
+    await scope.tasks.complete(top.id, result={"summary": "on track"})
+    hits = await scope.tasks.search("planning")
+    await record(
+        "search",
+        f"the planner took the priority-9 task; full-text 'planning' finds {len(hits)} task(s)",
+        started,
+    )

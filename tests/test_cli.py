@@ -10,7 +10,11 @@ from pathlib import Path
 
 import psycopg
 
+from agency_data.migrations import BUILTIN_SOURCE
+from agency_data.migrations._loader import load_migrations
+
 CLI = [sys.executable, "-m", "agency_data"]
+BUILTIN_COUNT = len(load_migrations([BUILTIN_SOURCE]))
 
 
 def agency_data(
@@ -39,12 +43,12 @@ def test_migrate_status_dry_run_up_down(
     opts = {"dsn": empty_database, "redis_url": redis_url, "tmp_path": tmp_path}
     status = agency_data("migrate", "status", **opts)
     assert status.returncode == 0, status.stderr
-    assert status.stdout.count("pending") == 4
+    assert status.stdout.count("pending") == BUILTIN_COUNT
 
     dry = agency_data("migrate", "up", "--dry-run", **opts)
     assert dry.returncode == 0, dry.stderr
     assert "CREATE TABLE agents" in dry.stdout
-    assert "would run 4 migration(s)" in dry.stdout
+    assert f"would run {BUILTIN_COUNT} migration(s)" in dry.stdout
     assert "pending" in agency_data("migrate", "status", **opts).stdout
 
     up = agency_data("migrate", "up", "--to", "0002", **opts)

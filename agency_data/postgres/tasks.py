@@ -45,6 +45,7 @@ _CLAIMED_COLUMNS: LiteralString = (
     "t.attempts, t.created_at, t.updated_at, t.started_at, t.finished_at"
 )
 _MAX_ERROR = 10_000
+_Row = tuple[UUID, str, str, int, UUID | None]
 _MAX_CLAIM = 1000
 
 
@@ -75,11 +76,9 @@ class TaskStore:
         agent_id: UUID | str | None = None,
     ) -> Task:
         """Queue one task (pending) and return it."""
-        return (
-            await self.create_many(
-                [{"type": type, "data": data, "priority": priority, "agent_id": agent_id}]
-            )
-        )[0]
+        row = self._row({"type": type, "data": data, "priority": priority, "agent_id": agent_id})
+        (task,) = await self._db.fetch(*_insert_many_sql(self.tenant, [row]), model=Task)
+        return task
 
     async def create_many(self, items: Iterable[Mapping[str, Any]]) -> builtins.list[Task]:
         """Queue many tasks in one statement, all or none; returned in the order given.
@@ -87,29 +86,34 @@ class TaskStore:
         Each item is a mapping with ``type`` and optionally ``data``, ``priority``, ``agent_id``.
         Every item is validated before anything is written.
         """
-        rows: list[tuple[UUID, str, str, int, UUID | None]] = []
-        limit = self._db.config.max_json_bytes
+        rows = []
         for index, item in enumerate(items):
-            if not isinstance(item, Mapping):
-                raise ValidationError(f"task {index} is not a mapping", field=f"[{index}]")
-            values = dict(item)
-            if values.get("data") is None:
-                values.pop("data", None)
-            if values.get("agent_id") is not None:
-                values["agent_id"] = as_uuid(values["agent_id"], "agent_id")
             try:
-                fields = validated(_TaskFields, values)
-                data = encode_json(fields.data, "data", limit)
+                rows.append(self._row(item))
             except ValidationError as exc:
                 raise ValidationError(
                     f"task {index}: {exc}", field=f"[{index}].{exc.field}"
                 ) from None
-            rows.append((uuid.uuid4(), fields.type, data, fields.priority, fields.agent_id))
         if not rows:
             return []
         created = await self._db.fetch(*_insert_many_sql(self.tenant, rows), model=Task)
         order = {row[0]: i for i, row in enumerate(rows)}
         return sorted(created, key=lambda task: order[task.id])
+
+    def _row(self, item: Mapping[str, Any]) -> _Row:
+        if not isinstance(item, Mapping):
+            raise ValidationError(
+                f"a task must be a mapping, not {type(item).__name__}", field=None
+            )
+        values = dict(item)
+        if values.get("data") is None:
+            values.pop("data", None)
+        if values.get("agent_id") is not None:
+            values["agent_id"] = as_uuid(values["agent_id"], "agent_id")
+        fields = validated(_TaskFields, values)
+        data = encode_json(fields.data, "data", self._db.config.max_json_bytes)
+        # Ids are made here so that results can be put back in the caller's order.
+        return (uuid.uuid4(), fields.type, data, fields.priority, fields.agent_id)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -361,9 +365,7 @@ def _status(value: Any) -> str:
         ) from None
 
 
-def _insert_many_sql(
-    tenant: str, rows: list[tuple[UUID, str, str, int, UUID | None]]
-) -> tuple[Query, Params]:
+def _insert_many_sql(tenant: str, rows: list[_Row]) -> tuple[Query, Params]:
     ids, types, data, priorities, agents = (list(column) for column in zip(*rows, strict=True))
     return (
         "INSERT INTO tasks (id, tenant_id, type, data, priority, agent_id) "
