@@ -18,6 +18,7 @@ from agency_data import (
     Transaction,
     ValidationError,
 )
+from agency_data.sql import SQL, equals_all, identifier, identifiers
 
 
 class NameOnly(BaseModel):
@@ -254,3 +255,20 @@ async def test_raw_driver_errors_never_escape(dl: DataLayer) -> None:
         await dl.execute("SELECT * FROM no_such_table")
     assert info.value.sqlstate == "42P01"
     assert isinstance(info.value.__cause__, psycopg.Error)
+
+
+async def test_sql_composition_helpers(dl: DataLayer) -> None:
+    await dl.agents.create(name="a", type="worker")
+    where, params = equals_all({"type": "worker", "status": "active"})
+    query = SQL("SELECT {} FROM {} WHERE {}").format(
+        identifiers(["name", "type"]), identifier("public", "agents"), where
+    )
+    assert await dl.fetch(query, params) == [{"name": "a", "type": "worker"}]
+    hostile = identifier('name"; DROP TABLE agents; --')
+    with pytest.raises(QueryError, match="does not exist"):
+        await dl.fetch(SQL("SELECT {} FROM agents").format(hostile))
+    assert await dl.agents.count() == 1
+    with pytest.raises(ValidationError):
+        identifier("")
+    with pytest.raises(ValidationError):
+        identifiers([])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import select
 
 import orjson
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
@@ -31,10 +33,22 @@ async def _configure(conn: AsyncConnection[DictRow]) -> None:
         await register_vector_async(conn)
 
 
+async def _check(conn: AsyncConnection[DictRow]) -> None:
+    # A full check is a round trip, which would double the cost of a point read. A connection
+    # whose server went away (restart, crash, termination) has an unread message or EOF on its
+    # socket, so only a readable idle socket earns the round trip, which then fails and makes
+    # the pool replace the connection. (A silent network partition is caught by the query.)
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 async def open_pool(config: PostgresConfig, conninfo: str) -> Pool:
     """Open a pool on ``conninfo`` and wait until its minimum connections are up.
 
-    Every checkout is checked with a round trip, so a restarted server never hands out a dead
+    Every checkout is checked (see ``_check``), so a restarted server never hands out a dead
     connection; statement_timeout is set per connection from the config.
     """
     options = f"-c statement_timeout={int(config.statement_timeout * 1000)}"
@@ -47,7 +61,7 @@ async def open_pool(config: PostgresConfig, conninfo: str) -> Pool:
         timeout=config.pool_timeout,
         max_waiting=config.max_waiting,
         configure=_configure,
-        check=AsyncConnectionPool.check_connection,
+        check=_check,
         open=False,
         name="agency-data",
     )
