@@ -9,6 +9,7 @@ import pytest
 
 from agency_data import (
     Agent,
+    Conflict,
     DataLayer,
     NotFound,
     QueryError,
@@ -135,3 +136,13 @@ async def test_other_errors_carry_sqlstate(dl: DataLayer) -> None:
         await run(dl, "SELEC 1")
     assert info.value.sqlstate == "42601"
     assert isinstance(info.value.__cause__, Exception)  # the driver's error stays chained
+
+
+async def test_unique_violation_is_a_conflict_naming_the_constraint(dl: DataLayer) -> None:
+    await dl.execute("CREATE UNIQUE INDEX agents_unique_name ON agents (tenant_id, name)")
+    await dl.agents.create(name="solo", type="t")
+    with pytest.raises(Conflict) as info:
+        await dl.agents.create(name="solo", type="t")
+    assert info.value.field == "agents_unique_name"
+    assert "already exists" in str(info.value)
+    assert await dl.agents.count() == 1
