@@ -43,10 +43,16 @@ from agency_data.models import (
     DEFAULT_TENANT,
     Agent,
     AgentStatus,
+    CollectionInfo,
     ComponentHealth,
     Embedding,
     HealthStatus,
+    IndexInfo,
+    IndexProgress,
+    OptimizeReport,
     Page,
+    SimilarityQuery,
+    SimilarityResult,
     Task,
     TaskStatus,
 )
@@ -54,6 +60,7 @@ from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Transaction
 from agency_data.postgres.tasks import TaskStore
 from agency_data.scope import TenantScope
+from agency_data.vectors import Collection, EmbeddingStore
 
 __version__ = "0.1.0"
 
@@ -66,6 +73,8 @@ __all__ = [
     "BackendUnavailable",
     "BackupError",
     "CacheConfig",
+    "Collection",
+    "CollectionInfo",
     "ComponentHealth",
     "ConfigError",
     "Conflict",
@@ -74,7 +83,10 @@ __all__ = [
     "EmbeddedConfig",
     "EmbeddedServerError",
     "Embedding",
+    "EmbeddingStore",
     "HealthStatus",
+    "IndexInfo",
+    "IndexProgress",
     "LockNotAcquired",
     "LockNotOwned",
     "MigrationChecksumMismatch",
@@ -85,6 +97,7 @@ __all__ = [
     "MigrationSource",
     "MigrationState",
     "NotFound",
+    "OptimizeReport",
     "Page",
     "PoolTimeout",
     "PostgresConfig",
@@ -93,6 +106,8 @@ __all__ = [
     "RedisConfig",
     "SentinelConfig",
     "SerializationFailure",
+    "SimilarityQuery",
+    "SimilarityResult",
     "Task",
     "TaskStatus",
     "TaskStore",

@@ -22,6 +22,8 @@ from agency_data.postgres.tasks import TaskStore
 from agency_data.postgres.wakeups import TaskWakeups
 from agency_data.redis.client import RedisClient, make_client
 from agency_data.scope import QueryMethods, TenantScope
+from agency_data.vectors.catalog import Catalog
+from agency_data.vectors.store import EmbeddingStore
 
 __all__ = ["DataLayer"]
 
@@ -56,6 +58,7 @@ class DataLayer(QueryMethods):
         self._redis: RedisClient | None = None
         self._db: Database | None = None
         self._wakeups: TaskWakeups | None = None
+        self._catalog: Catalog | None = None
         self._scopes: dict[str, TenantScope] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -94,6 +97,7 @@ class DataLayer(QueryMethods):
         self._pool = await open_pool(self.config.postgresql, self._conninfo)
         self._db = Database(self._pool, self.config.postgresql)
         self._wakeups = TaskWakeups(self._conninfo)
+        self._catalog = Catalog(self._db)
 
     async def aclose(self) -> None:
         """Close the pool and client, and release the embedded servers (the last user stops them)."""
@@ -101,6 +105,7 @@ class DataLayer(QueryMethods):
         client, self._redis = self._redis, None
         wakeups, self._wakeups = self._wakeups, None
         self._db = None
+        self._catalog = None
         self._scopes.clear()
         if wakeups is not None:
             await wakeups.aclose()
@@ -145,12 +150,20 @@ class DataLayer(QueryMethods):
         """The default tenant's tasks."""
         return self.tenant(DEFAULT_TENANT).tasks
 
+    @property
+    def embeddings(self) -> EmbeddingStore:
+        """The default tenant's embeddings (the default collection, and the others by name)."""
+        return self.tenant(DEFAULT_TENANT).embeddings
+
     def tenant(self, tenant_id: str) -> TenantScope:
         """The same API, scoped to ``tenant_id``: no call through it sees another tenant's rows."""
         scope = self._scopes.get(tenant_id)
         if scope is None:
             check_tenant(tenant_id)
-            scope = TenantScope(self._database(), tenant_id, self._wakeups)
+            assert self._catalog is not None
+            scope = TenantScope(
+                self._database(), tenant_id, self._wakeups, self._catalog, self.config.vector
+            )
             self._scopes[tenant_id] = scope
         return scope
 

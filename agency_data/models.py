@@ -13,10 +13,16 @@ __all__ = [
     "DEFAULT_TENANT",
     "Agent",
     "AgentStatus",
+    "CollectionInfo",
     "ComponentHealth",
     "Embedding",
     "HealthStatus",
+    "IndexInfo",
+    "IndexProgress",
+    "OptimizeReport",
     "Page",
+    "SimilarityQuery",
+    "SimilarityResult",
     "Task",
     "TaskStatus",
 ]
@@ -85,13 +91,84 @@ class Embedding(_Record):
 
     id: UUID
     tenant_id: str = DEFAULT_TENANT
-    collection: str = "default"
     entity_type: str
     entity_id: str
     vector: list[float]
     metadata: dict[str, Any] = Field(default_factory=dict)
     content: str | None = None
     created_at: datetime
+
+
+class SimilarityQuery(BaseModel):
+    """One query of a batch search."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    vector: Any
+    limit: int = 10
+    threshold: float | None = None
+    filter: dict[str, Any] | None = None
+
+
+class SimilarityResult(BaseModel):
+    """One hit of a similarity search, best first.
+
+    ``score`` is cosine similarity for cosine, the inner product for inner_product, and the
+    distance itself for euclidean and manhattan; ``distance`` is pgvector's raw distance.
+    """
+
+    id: UUID
+    score: float
+    distance: float
+    entity_type: str
+    entity_id: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    content: str | None = None
+    created_at: datetime
+    vector: list[float] | None = None
+
+
+class IndexInfo(BaseModel):
+    """A collection's approximate-nearest-neighbour index."""
+
+    name: str
+    kind: Literal["hnsw", "ivfflat"]
+    quantization: Literal["none", "binary"] = "none"
+    options: dict[str, Any] = Field(default_factory=dict)
+    valid: bool
+    size_bytes: int
+
+
+class CollectionInfo(BaseModel):
+    """What ``describe`` reports: shape, size, storage cost and the index."""
+
+    name: str
+    dimension: int
+    metric: str
+    storage: Literal["vector", "halfvec"]
+    rows: int
+    table_bytes: int
+    bytes_per_vector: float | None
+    index: IndexInfo | None = None
+
+
+class IndexProgress(BaseModel):
+    """A snapshot of an index build (from ``pg_stat_progress_create_index``)."""
+
+    phase: str
+    blocks_done: int = 0
+    blocks_total: int = 0
+    tuples_done: int = 0
+    tuples_total: int = 0
+
+
+class OptimizeReport(BaseModel):
+    """What ``optimize`` looked at, did and suggests."""
+
+    rows: int
+    dead_fraction: float
+    actions: list[str] = Field(default_factory=list)
+    suggested_lists: int | None = None
 
 
 class ComponentHealth(BaseModel):

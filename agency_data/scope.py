@@ -9,10 +9,13 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
+from agency_data.config import VectorConfig
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction
 from agency_data.postgres.tasks import TaskStore
 from agency_data.postgres.wakeups import TaskWakeups
+from agency_data.vectors.catalog import Catalog
+from agency_data.vectors.store import EmbeddingStore
 
 __all__ = ["QueryMethods", "TenantScope"]
 
@@ -125,11 +128,19 @@ class QueryMethods(ABC):
 class TenantScope(QueryMethods):
     """The data layer as one tenant sees it: the same API, scoped to ``tenant_id``."""
 
-    def __init__(self, db: Database, tenant_id: str, wakeups: TaskWakeups | None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        tenant_id: str,
+        wakeups: TaskWakeups | None,
+        catalog: Catalog,
+        vector_config: VectorConfig,
+    ) -> None:
         self._db = db
         self.tenant_id = tenant_id
         self.agents = AgentStore(db, tenant_id)
         self.tasks = TaskStore(db, tenant_id, wakeups)
+        self.embeddings = EmbeddingStore(db, catalog, tenant_id, vector_config)
 
     def _database(self) -> Database:
         return self._db

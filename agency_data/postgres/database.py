@@ -84,6 +84,14 @@ class Database:
                 yield conn
 
     @property
+    def conninfo(self) -> str:
+        """The pool's connection string, for the rare job that needs a connection of its own."""
+        conninfo = self.pool.conninfo
+        if not isinstance(conninfo, str):
+            raise TypeError("the pool was built with a conninfo callable; no plain string to give")
+        return conninfo
+
+    @property
     def in_transaction(self) -> bool:
         """True inside a ``transaction()`` block of the calling task."""
         return self._current.get() is not None

@@ -26,11 +26,17 @@ Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 async def _configure(conn: AsyncConnection[DictRow]) -> None:
     set_json_loads(orjson.loads, conn)
     # pgvector's types exist only once its extension does; until then vectors are not used.
-    info = await conn.execute("SELECT oid FROM pg_type WHERE typname = 'vector'")
-    if await info.fetchone() is not None:
+    cursor = await conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    row = await cursor.fetchone()
+    if row is not None:
         from pgvector.psycopg import register_vector_async
 
         await register_vector_async(conn)
+        if tuple(int(p) for p in row["extversion"].split(".")[:2]) >= (0, 8):
+            # Filtered searches keep scanning the index until LIMIT rows pass the filter
+            # (results come back nearly sorted; the store sorts them exactly).
+            await conn.execute("SET hnsw.iterative_scan = relaxed_order")
+            await conn.execute("SET ivfflat.iterative_scan = relaxed_order")
 
 
 async def _check(conn: AsyncConnection[DictRow]) -> None:
@@ -51,7 +57,9 @@ async def open_pool(config: PostgresConfig, conninfo: str) -> Pool:
     Every checkout is checked (see ``_check``), so a restarted server never hands out a dead
     connection; statement_timeout is set per connection from the config.
     """
-    options = f"-c statement_timeout={int(config.statement_timeout * 1000)}"
+    # UTC sessions: timestamps without an offset (in JSON metadata, say) mean the same
+    # instant on every machine.
+    options = f"-c statement_timeout={int(config.statement_timeout * 1000)} -c timezone=UTC"
     pool: Pool = AsyncConnectionPool(
         conninfo,
         connection_class=AsyncConnection[DictRow],

@@ -1,0 +1,8 @@
+"""The embedding store on pgvector: collections, storing, filtered similarity search, indexes."""
+
+from agency_data.vectors.collection import Collection
+from agency_data.vectors.filter_ast import parse_filter
+from agency_data.vectors.filter_eval import matches
+from agency_data.vectors.store import EmbeddingStore
+
+__all__ = ["Collection", "EmbeddingStore", "matches", "parse_filter"]

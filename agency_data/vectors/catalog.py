@@ -1,0 +1,224 @@
+"""The collections catalog: which collections exist, their shape, and their tables.
+
+Each collection is a row of ``embedding_collections`` and a table of its own, created together
+in one transaction. Specs are cached per DataLayer; a stale cache costs speed (a search plan
+that does not use a newer index), never correctness.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from psycopg import sql
+
+from agency_data.errors import Conflict, NotFound, ValidationError
+from agency_data.postgres.database import Database
+from agency_data.vectors.metrics import metric_spec
+from agency_data.vectors.validation import MAX_DIMENSION
+
+__all__ = ["Catalog", "CollectionSpec"]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+# Up to this many bytes a vector stays in the row (PLAIN storage) instead of TOAST: TOASTed
+# vectors make the table look tiny to the planner and exact scans several times slower.
+_PLAIN_LIMIT = 7000
+
+Storage = Literal["vector", "halfvec"]
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """A collection's fixed shape and its current index."""
+
+    name: str
+    table: str
+    dimension: int
+    metric: str
+    storage: Storage
+    index_kind: str | None = None
+    index_quantization: str = "none"
+    index_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def table_id(self) -> sql.Identifier:
+        """The table's quoted name."""
+        return sql.Identifier(self.table)
+
+    @property
+    def index_name(self) -> str:
+        """The name of the collection's vector index."""
+        return f"{self.table}_ann"
+
+    @property
+    def vector_type(self) -> sql.Composable:
+        """``vector(d)`` or ``halfvec(d)``."""
+        return sql.SQL("{}({})").format(sql.SQL(self.storage), sql.Literal(self.dimension))
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid collection name."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValidationError(
+            f"collection name {name!r} must be 1-48 lower-case letters, digits or _, starting "
+            "with a letter",
+            field="name",
+        )
+    return name
+
+
+class Catalog:
+    """Reads and writes collection specs, with a per-process cache."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._cache: dict[str, CollectionSpec] = {}
+
+    async def get(self, name: str) -> CollectionSpec:
+        """The spec of collection ``name``; :class:`NotFound` if it does not exist."""
+        spec = self._cache.get(name)
+        if spec is None:
+            spec = await self.load(name)
+        return spec
+
+    async def load(self, name: str) -> CollectionSpec:
+        """The spec of ``name`` as the database has it now."""
+        row = await self._db.fetch_one(
+            "SELECT name, table_name, dimension, metric, storage, index_kind, index_quantization, "
+            "index_options FROM embedding_collections WHERE name = %s",
+            [check_name(name)],
+        )
+        if row is None:
+            self._cache.pop(name, None)
+            raise NotFound(
+                f"collection {name!r} does not exist; create it with create_collection()",
+                entity="collection",
+                key=name,
+            )
+        spec = CollectionSpec(
+            name=row["name"],
+            table=row["table_name"],
+            dimension=row["dimension"],
+            metric=row["metric"],
+            storage=row["storage"],
+            index_kind=row["index_kind"],
+            index_quantization=row["index_quantization"],
+            index_options=row["index_options"],
+        )
+        self._cache[name] = spec
+        return spec
+
+    async def names(self) -> list[str]:
+        """Every collection's name, sorted."""
+        rows = await self._db.fetch("SELECT name FROM embedding_collections ORDER BY name")
+        return [row["name"] for row in rows]
+
+    async def create(
+        self, name: str, dimension: int, metric: str, storage: str, *, exist_ok: bool
+    ) -> CollectionSpec:
+        """Create a collection and its table, or return the existing one when it matches."""
+        check_name(name)
+        metric_spec(metric)
+        if storage not in ("vector", "halfvec"):
+            raise ValidationError(
+                f"storage must be 'vector' or 'halfvec', not {storage!r}", field="storage"
+            )
+        if (
+            isinstance(dimension, bool)
+            or not isinstance(dimension, int)
+            or not 1 <= dimension <= MAX_DIMENSION
+        ):
+            raise ValidationError(
+                f"dimension must be an integer from 1 to {MAX_DIMENSION}, not {dimension!r}",
+                field="dimension",
+            )
+        spec = CollectionSpec(name, f"emb_{name}", dimension, metric, storage)  # type: ignore[arg-type]
+        try:
+            async with self._db.transaction():
+                await self._db.execute(
+                    "INSERT INTO embedding_collections (name, table_name, dimension, metric, storage) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    [name, spec.table, dimension, metric, storage],
+                )
+                for statement in _table_ddl(spec):
+                    await self._db.execute(statement)
+        except Conflict:
+            existing = await self.load(name)
+            same = (existing.dimension, existing.metric, existing.storage) == (
+                dimension,
+                metric,
+                storage,
+            )
+            if exist_ok and same:
+                return existing
+            raise Conflict(
+                f"collection {name!r} already exists ({existing.dimension} dimensions, "
+                f"{existing.metric}, {existing.storage})"
+                + ("" if same else "; its shape differs from the one asked for"),
+                field="name",
+            ) from None
+        self._cache[name] = spec
+        return spec
+
+    async def drop(self, name: str) -> None:
+        """Drop the collection and every embedding in it (all tenants)."""
+        spec = await self.get(name)
+        async with self._db.transaction():
+            await self._db.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(spec.table_id))
+            await self._db.execute("DELETE FROM embedding_collections WHERE name = %s", [name])
+        self._cache.pop(name, None)
+
+    async def set_index(
+        self, spec: CollectionSpec, kind: str | None, quantization: str, options: dict[str, Any]
+    ) -> CollectionSpec:
+        """Record the collection's index."""
+        import json
+
+        await self._db.execute(
+            "UPDATE embedding_collections SET index_kind = %s, index_quantization = %s, "
+            "index_options = %s::jsonb WHERE name = %s",
+            [kind, quantization, json.dumps(options), spec.name],
+        )
+        updated = replace(
+            spec, index_kind=kind, index_quantization=quantization, index_options=options
+        )
+        self._cache[spec.name] = updated
+        return updated
+
+
+def _table_ddl(spec: CollectionSpec) -> list[sql.Composed]:
+    table = spec.table_id
+    statements = [
+        sql.SQL(
+            """CREATE TABLE {table} (
+                id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+                tenant_id   text NOT NULL DEFAULT 'default'
+                            CHECK (tenant_id ~ '^[A-Za-z0-9_.:-]{{1,64}}$'),
+                entity_type text NOT NULL CHECK (btrim(entity_type) <> ''),
+                entity_id   text NOT NULL,
+                vector      {vtype} NOT NULL,
+                metadata    jsonb NOT NULL DEFAULT '{{}}' CHECK (jsonb_typeof(metadata) = 'object'),
+                content     text,
+                content_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', coalesce(content, ''))) STORED,
+                created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+            )"""
+        ).format(table=table, vtype=spec.vector_type),
+        sql.SQL("CREATE INDEX {} ON {} (tenant_id, entity_type, entity_id)").format(
+            sql.Identifier(f"{spec.table}_entity"), table
+        ),
+        sql.SQL("CREATE INDEX {} ON {} USING gin (metadata jsonb_path_ops)").format(
+            sql.Identifier(f"{spec.table}_metadata"), table
+        ),
+        sql.SQL("CREATE INDEX {} ON {} USING gin (content_tsv)").format(
+            sql.Identifier(f"{spec.table}_content"), table
+        ),
+        # Exact scans of large collections can then use both cores.
+        sql.SQL("ALTER TABLE {} SET (parallel_workers = 2)").format(table),
+    ]
+    bytes_per_vector = 8 + spec.dimension * (4 if spec.storage == "vector" else 2)
+    if bytes_per_vector <= _PLAIN_LIMIT:
+        statements.append(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN vector SET STORAGE PLAIN").format(table)
+        )
+    return statements

@@ -1,0 +1,595 @@
+"""One collection of embeddings, as one tenant sees it: storing, reading and searching.
+
+Bulk writes use binary COPY; searches are one statement (two with per-query settings, sent
+together in a pipeline); batches of searches share one round trip.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import numpy as np
+import numpy.typing as npt
+from pgvector import HalfVector
+from psycopg import AsyncConnection, sql
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from agency_data.errors import Conflict, NotFound, ValidationError
+from agency_data.models import (
+    CollectionInfo,
+    Embedding,
+    IndexProgress,
+    OptimizeReport,
+    SimilarityQuery,
+    SimilarityResult,
+)
+from agency_data.postgres._input import as_uuid, check_limit, encode_json
+from agency_data.postgres.database import Database
+from agency_data.postgres.errors import translate_errors
+from agency_data.vectors import _sql, indexes
+from agency_data.vectors.catalog import Catalog, CollectionSpec
+from agency_data.vectors.filter_ast import FilterNode, parse_filter
+from agency_data.vectors.metrics import MetricSpec, metric_spec
+from agency_data.vectors.validation import as_matrix, as_vector
+
+__all__ = ["Collection"]
+
+_ITEM_KEYS = {"id", "entity_type", "entity_id", "vector", "metadata", "content"}
+_MAX_ENTITY = 1000
+_MAX_BATCH_QUERIES = 1000
+
+
+def _same(text: str) -> str:
+    return text
+
+
+class Collection:
+    """A named collection of embeddings, scoped to one tenant."""
+
+    def __init__(self, db: Database, catalog: Catalog, tenant: str, name: str) -> None:
+        self._db = db
+        self._catalog = catalog
+        self.tenant = tenant
+        self.name = name
+
+    async def _spec(self) -> CollectionSpec:
+        return await self._catalog.get(self.name)
+
+    # -- storing -------------------------------------------------------------------------------
+
+    async def store(self, item: Embedding | Mapping[str, Any]) -> UUID:
+        """Store one embedding (replacing the one with its ``id``, if given); return its id."""
+        return (await self.store_many([item]))[0]
+
+    async def store_many(
+        self, items: Iterable[Embedding | Mapping[str, Any]]
+    ) -> builtins.list[UUID]:
+        """Store embeddings in one binary COPY, all or none; return their ids in order.
+
+        Items are :class:`Embedding` objects or mappings with ``entity_type``, ``entity_id``,
+        ``vector`` and optionally ``id``, ``metadata``, ``content``. Everything is checked
+        before anything is written. Items with an ``id`` replace the stored embedding of that id.
+        """
+        spec = await self._spec()
+        rows, matrix, upsert = self._prepare(list(items), spec)
+        if not rows:
+            return []
+        vectors: Sequence[Any] = (
+            [HalfVector(v) for v in matrix] if spec.storage == "halfvec" else builtins.list(matrix)
+        )
+        types = ["uuid", "text", "text", "text", spec.storage, "jsonb", "text"]
+        async with self._db.transaction() as tx:
+            with translate_errors(f"storing into {self.name!r}"):
+                target = spec.table_id
+                if upsert:
+                    target = sql.Identifier(f"staging_{uuid.uuid4().hex[:12]}")
+                    await tx.conn.execute(
+                        sql.SQL(
+                            "CREATE TEMP TABLE {} (id uuid, tenant_id text, entity_type text, "
+                            "entity_id text, vector {}, metadata jsonb, content text) ON COMMIT DROP"
+                        ).format(target, spec.vector_type)
+                    )
+                async with tx.conn.cursor().copy(_sql.copy_sql(target)) as copy:
+                    copy.set_types(types)
+                    for (id_, entity_type, entity_id, metadata, content), vector in zip(
+                        rows, vectors, strict=True
+                    ):
+                        await copy.write_row(
+                            (
+                                id_,
+                                self.tenant,
+                                entity_type,
+                                entity_id,
+                                vector,
+                                Jsonb(metadata, dumps=_same),
+                                content,
+                            )
+                        )
+                if upsert:
+                    cursor = await tx.conn.execute(_sql.upsert_from_staging_sql(spec, target))
+                    written = {row["id"] for row in await cursor.fetchall()}
+                    if len(written) != len(rows):
+                        taken = [str(r[0]) for r in rows if r[0] not in written][:5]
+                        raise Conflict(
+                            f"ids already used by another tenant: {', '.join(taken)}; nothing was stored",
+                            field="id",
+                        )
+        return [row[0] for row in rows]
+
+    async def stream_store(
+        self,
+        items: AsyncIterable[Embedding | Mapping[str, Any]]
+        | Iterable[Embedding | Mapping[str, Any]],
+        *,
+        batch_size: int = 1000,
+    ) -> int:
+        """Store an unbounded stream in batches of ``batch_size``; return how many were stored.
+
+        Each batch is atomic; a bad item stops the stream with the batches before it stored.
+        """
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or not 1 <= batch_size <= 100_000
+        ):
+            raise ValidationError(
+                "batch_size must be an integer from 1 to 100,000", field="batch_size"
+            )
+        stored = 0
+        batch: builtins.list[Embedding | Mapping[str, Any]] = []
+        async for item in _aiter(items):
+            batch.append(item)
+            if len(batch) >= batch_size:
+                stored += len(await self.store_many(batch))
+                batch = []
+        if batch:
+            stored += len(await self.store_many(batch))
+        return stored
+
+    def _prepare(
+        self, items: builtins.list[Embedding | Mapping[str, Any]], spec: CollectionSpec
+    ) -> tuple[
+        builtins.list[tuple[UUID, str, str, str, str | None]], npt.NDArray[np.float32], bool
+    ]:
+        rows: builtins.list[tuple[UUID, str, str, str, str | None]] = []
+        raw_vectors: builtins.list[Any] = []
+        upsert = False
+        seen: set[UUID] = set()
+        limit = self._db.config.max_json_bytes
+        for index, item in enumerate(items):
+            where = f"[{index}]"
+            values = _as_mapping(item, where)
+            unknown = set(values) - _ITEM_KEYS
+            if unknown:
+                raise ValidationError(f"{where} has unknown fields {sorted(unknown)}", field=where)
+            given_id = values.get("id")
+            if given_id is None:
+                id_ = uuid.uuid4()
+            else:
+                id_ = as_uuid(given_id, f"{where}.id")
+                upsert = True
+                if id_ in seen:
+                    raise ValidationError(
+                        f"{where}.id {id_} appears twice in one batch", field=f"{where}.id"
+                    )
+                seen.add(id_)
+            entity_type = _text(values.get("entity_type"), f"{where}.entity_type", blank=False)
+            entity_id = values.get("entity_id")
+            if isinstance(entity_id, int | UUID) and not isinstance(entity_id, bool):
+                entity_id = str(entity_id)
+            entity_id = _text(entity_id, f"{where}.entity_id", blank=True)
+            metadata = values.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise ValidationError(f"{where}.metadata must be a dict", field=f"{where}.metadata")
+            content = values.get("content")
+            if content is not None:
+                content = _text(content, f"{where}.content", blank=True, limit=1_000_000)
+            if "vector" not in values:
+                raise ValidationError(f"{where}.vector is missing", field=f"{where}.vector")
+            raw_vectors.append(values["vector"])
+            rows.append(
+                (
+                    id_,
+                    entity_type,
+                    entity_id,
+                    encode_json(metadata, f"{where}.metadata", limit),
+                    content,
+                )
+            )
+        if not rows:
+            return rows, np.empty((0, spec.dimension), dtype=np.float32), False
+        matrix = as_matrix(raw_vectors, spec.dimension, spec.storage)
+        return rows, matrix, upsert
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def get(self, embedding_id: UUID | str) -> Embedding:
+        """The embedding with ``embedding_id``; :class:`NotFound` if this tenant has none."""
+        found = await self.get_many([embedding_id])
+        if not found:
+            raise NotFound(
+                f"embedding {embedding_id} does not exist in {self.name!r}", entity="embedding"
+            )
+        return found[0]
+
+    async def get_many(self, embedding_ids: Sequence[UUID | str]) -> builtins.list[Embedding]:
+        """The embeddings that exist among ``embedding_ids``, in no particular order."""
+        spec = await self._spec()
+        ids = [as_uuid(i) for i in embedding_ids]
+        rows = await self._db.fetch(
+            sql.SQL(
+                "SELECT "
+                + _sql.ROW_COLUMNS
+                + ", tenant_id, vector FROM {} WHERE tenant_id = %s AND id = ANY(%s)"
+            ).format(spec.table_id),
+            [self.tenant, ids],
+        )
+        return [Embedding(**{**row, "vector": row["vector"].to_list()}) for row in rows]
+
+    async def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """How many of this tenant's embeddings match ``filter`` (all, without one)."""
+        spec = await self._spec()
+        where, params = _sql.where_sql(self.tenant, _parse(filter))
+        query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(spec.table_id, where)
+        return int(await self._db.fetch_value(query, params))
+
+    async def delete(
+        self, ids: Sequence[UUID | str] | None = None, *, filter: Mapping[str, Any] | None = None
+    ) -> int:
+        """Delete by ids, or every embedding matching ``filter``; return how many went."""
+        if (ids is None) == (filter is None):
+            raise ValidationError("delete takes ids or a filter (one of them)", field="ids")
+        spec = await self._spec()
+        if ids is not None:
+            return await self._db.execute(
+                sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND id = ANY(%s)").format(
+                    spec.table_id
+                ),
+                [self.tenant, [as_uuid(i) for i in ids]],
+            )
+        where, params = _sql.where_sql(self.tenant, _parse(filter))
+        return await self._db.execute(
+            sql.SQL("DELETE FROM {} WHERE {}").format(spec.table_id, where), params
+        )
+
+    async def update_metadata(
+        self, embedding_id: UUID | str, metadata: dict[str, Any], *, merge: bool = True
+    ) -> Embedding:
+        """Replace the metadata, or (``merge=True``) add and overwrite top-level keys."""
+        if not isinstance(metadata, dict):
+            raise ValidationError("metadata must be a dict", field="metadata")
+        spec = await self._spec()
+        encoded = encode_json(metadata, "metadata", self._db.config.max_json_bytes)
+        assign: sql.Composable = sql.SQL("metadata || %s::jsonb" if merge else "%s::jsonb")
+        updated = await self._db.execute(
+            sql.SQL("UPDATE {} SET metadata = {} WHERE tenant_id = %s AND id = %s").format(
+                spec.table_id, assign
+            ),
+            [encoded, self.tenant, as_uuid(embedding_id)],
+        )
+        if updated == 0:
+            raise NotFound(
+                f"embedding {embedding_id} does not exist in {self.name!r}", entity="embedding"
+            )
+        return await self.get(embedding_id)
+
+    # -- searching -----------------------------------------------------------------------------
+
+    async def find_similar(
+        self,
+        vector: Any,
+        limit: int = 10,
+        *,
+        threshold: float | None = None,
+        filter: Mapping[str, Any] | None = None,
+        include_vectors: bool = False,
+        ef_search: int | None = None,
+        probes: int | None = None,
+        exact: bool = False,
+        rerank: int = 10,
+    ) -> builtins.list[SimilarityResult]:
+        """The ``limit`` nearest embeddings to ``vector``, best first.
+
+        ``threshold`` keeps only results at least that good (see :mod:`.metrics` for what
+        score means per metric). ``filter`` narrows by metadata and columns; with pgvector
+        0.8's iterative index scans a selective filter still returns ``limit`` results when
+        that many match. ``ef_search`` / ``probes`` tune HNSW / IVFFlat for this query;
+        ``exact`` skips the index. With a binary-quantized index, ``rerank`` x ``limit``
+        candidates are re-ranked by full-precision distance.
+        """
+        (results,) = await self.batch_search(
+            [SimilarityQuery(vector=vector, limit=limit, threshold=threshold, filter=filter)],
+            include_vectors=include_vectors,
+            ef_search=ef_search,
+            probes=probes,
+            exact=exact,
+            rerank=rerank,
+        )
+        return results
+
+    async def batch_search(
+        self,
+        queries: Sequence[SimilarityQuery | Mapping[str, Any]],
+        *,
+        include_vectors: bool = False,
+        ef_search: int | None = None,
+        probes: int | None = None,
+        exact: bool = False,
+        rerank: int = 10,
+    ) -> builtins.list[builtins.list[SimilarityResult]]:
+        """Run many searches in one round trip (a pipeline); one result list per query."""
+        if len(queries) > _MAX_BATCH_QUERIES:
+            raise ValidationError(
+                f"at most {_MAX_BATCH_QUERIES} queries in one batch", field="queries"
+            )
+        spec = await self._spec()
+        metric = metric_spec(spec.metric)
+        binary = spec.index_quantization == "binary" and not exact
+        planned = []
+        candidates = 0
+        for index, raw in enumerate(queries):
+            query = raw if isinstance(raw, SimilarityQuery) else SimilarityQuery(**raw)
+            check_limit(query.limit)
+            where = "vector" if len(queries) == 1 else f"[{index}].vector"
+            param = self._query_param(query.vector, spec, where)
+            _check_rerank(rerank)
+            candidates = max(candidates, min(1000, max(40, query.limit * rerank)))
+            statement, params = _sql.search_sql(
+                spec,
+                self.tenant,
+                param,
+                query.limit,
+                _parse(query.filter),
+                include_vectors=include_vectors,
+                rerank_candidates=min(1000, max(40, query.limit * rerank)) if binary else None,
+            )
+            planned.append((statement, params, query.threshold))
+        settings = _settings(ef_search, probes, exact, candidates if binary else None)
+        async with self._db.connection() as conn:
+            results = await _run_pipelined(conn, settings, [(q, p) for q, p, _ in planned])
+        return [
+            _results(rows, metric, threshold)
+            for rows, (_, _, threshold) in zip(results, planned, strict=True)
+        ]
+
+    async def search_stream(
+        self,
+        vector: Any,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        threshold: float | None = None,
+        include_vectors: bool = False,
+        batch_size: int = 500,
+    ) -> AsyncIterator[SimilarityResult]:
+        """Every matching embedding, nearest first, fetched ``batch_size`` at a time.
+
+        A server-side cursor keeps memory flat however many rows match; stop iterating at any
+        point (a ``threshold`` stops it once results get worse than that).
+        """
+        spec = await self._spec()
+        metric = metric_spec(spec.metric)
+        param = self._query_param(vector, spec, "vector")
+        where, params = _sql.where_sql(self.tenant, _parse(filter))
+        columns = sql.SQL(_sql.ROW_COLUMNS + (", vector" if include_vectors else ""))
+        query = sql.SQL(
+            "SELECT {}, vector "
+            + metric.operator
+            + " %b AS distance FROM {} WHERE {} ORDER BY distance"
+        ).format(columns, spec.table_id, where)
+        async with self._db.connection() as conn, conn.transaction():
+            with translate_errors("streaming search"):
+                cursor = conn.cursor(name=f"agency_stream_{uuid.uuid4().hex[:12]}")
+                cursor.itersize = max(1, batch_size)
+                await cursor.execute(query, [param, *params])
+                async for row in cursor:
+                    result = _result(row, metric.score)
+                    if threshold is not None and not metric.passes(result.score, threshold):
+                        break
+                    yield result
+                await cursor.close()
+
+    async def hybrid_search(
+        self,
+        text: str,
+        vector: Any,
+        limit: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        k: int = 60,
+        candidates: int | None = None,
+    ) -> builtins.list[SimilarityResult]:
+        """Full-text and vector results fused by reciprocal rank fusion, best first.
+
+        Each side contributes its top ``candidates`` (default 4 x limit); an embedding's score
+        is the sum of ``1 / (k + rank)`` over the sides that found it. ``distance`` is still
+        the vector distance.
+        """
+        if not isinstance(text, str):
+            raise ValidationError("text must be a string", field="text")
+        check_limit(limit)
+        pool_size = candidates or min(1000, limit * 4)
+        check_limit(pool_size)
+        spec = await self._spec()
+        metric = metric_spec(spec.metric)
+        param = self._query_param(vector, spec, "vector")
+        node = _parse(filter)
+        statements = [
+            _sql.hybrid_text_sql(spec, self.tenant, text, param, pool_size, node),
+            _sql.search_sql(spec, self.tenant, param, pool_size, node, include_vectors=False),
+        ]
+        async with self._db.connection() as conn:
+            text_rows, vector_rows = await _run_pipelined(
+                conn, _settings(None, None, False, None), statements
+            )
+        fused: dict[UUID, float] = {}
+        rows_by_id: dict[UUID, dict[str, Any]] = {}
+        for rows in (text_rows, sorted(vector_rows, key=lambda r: r["distance"])):
+            for rank, row in enumerate(rows, start=1):
+                fused[row["id"]] = fused.get(row["id"], 0.0) + 1.0 / (k + rank)
+                rows_by_id[row["id"]] = row
+        best = sorted(fused, key=lambda i: (-fused[i], rows_by_id[i]["distance"]))[:limit]
+        return [
+            _result(rows_by_id[i], metric.score).model_copy(update={"score": fused[i]})
+            for i in best
+        ]
+
+    def _query_param(self, vector: Any, spec: CollectionSpec, where: str) -> Any:
+        array = as_vector(vector, spec.dimension, spec.storage, where=where)
+        return HalfVector(array) if spec.storage == "halfvec" else array
+
+    # -- indexes and upkeep --------------------------------------------------------------------
+
+    async def create_index(
+        self,
+        kind: str = "hnsw",
+        *,
+        m: int = 16,
+        ef_construction: int = 64,
+        lists: int | None = None,
+        quantization: str = "none",
+        replace: bool = False,
+        progress: Callable[[IndexProgress], Any] | None = None,
+    ) -> CollectionInfo:
+        """Build the collection's ANN index concurrently (writes go on meanwhile).
+
+        ``kind`` is ``hnsw`` (``m``, ``ef_construction``) or ``ivfflat`` (``lists``, by default
+        from the row count). ``quantization="binary"`` indexes one bit per dimension and has
+        searches re-rank candidates at full precision. ``progress`` is called with snapshots
+        of the build. An existing index is :class:`Conflict` unless ``replace``.
+        """
+        spec = await self._catalog.load(self.name)
+        await indexes.create_index(
+            self._db,
+            self._catalog,
+            spec,
+            kind=kind,
+            m=m,
+            ef_construction=ef_construction,
+            lists=lists,
+            quantization=quantization,
+            replace=replace,
+            progress=progress,
+        )
+        return await self.describe()
+
+    async def drop_index(self) -> None:
+        """Drop the ANN index (searches become exact scans)."""
+        await indexes.drop_index(self._db, self._catalog, await self._catalog.load(self.name))
+
+    async def reindex(self) -> None:
+        """Rebuild the ANN index concurrently."""
+        await indexes.reindex(self._db, await self._catalog.load(self.name))
+
+    async def optimize(self) -> OptimizeReport:
+        """ANALYZE; rebuild a bloated index; resize IVFFlat lists that no longer fit the rows."""
+        return await indexes.optimize(self._db, self._catalog, await self._catalog.load(self.name))
+
+    async def describe(self) -> CollectionInfo:
+        """Rows (this tenant's), sizes, bytes per vector, and the index with its validity."""
+        return await indexes.describe(self._db, await self._catalog.load(self.name), self.tenant)
+
+
+async def _aiter(items: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+def _as_mapping(item: Any, where: str) -> dict[str, Any]:
+    if isinstance(item, Embedding):
+        return item.model_dump(include=_ITEM_KEYS)
+    if isinstance(item, Mapping):
+        return dict(item)
+    raise ValidationError(f"{where} is not an Embedding or a mapping", field=where)
+
+
+def _text(value: Any, where: str, *, blank: bool, limit: int = _MAX_ENTITY) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{where} must be a string", field=where)
+    if not blank and not value.strip():
+        raise ValidationError(f"{where} must not be blank", field=where)
+    if len(value) > limit or "\x00" in value:
+        raise ValidationError(f"{where} is over {limit} characters or holds NUL", field=where)
+    return value
+
+
+def _parse(raw: Mapping[str, Any] | None) -> FilterNode | None:
+    return None if raw is None else parse_filter(raw)
+
+
+def _check_rerank(rerank: int) -> None:
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= 100:
+        raise ValidationError("rerank must be an integer from 1 to 100", field="rerank")
+
+
+def _settings(
+    ef_search: int | None, probes: int | None, exact: bool, candidates: int | None
+) -> builtins.list[tuple[str, str]]:
+    settings: builtins.list[tuple[str, str]] = []
+    for name, value, top in (
+        ("hnsw.ef_search", ef_search, 1000),
+        ("ivfflat.probes", probes, 32768),
+    ):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise ValidationError(
+                    f"{name.split('.')[1]} must be an integer from 1 to {top}", field=name
+                )
+            settings.append((name, str(value)))
+    if candidates is not None and ef_search is None:
+        # HNSW hands back at most ef_search rows per scan: enough for the candidate pool.
+        settings.append(("hnsw.ef_search", str(candidates)))
+    if exact:
+        settings += [("enable_indexscan", "off"), ("enable_bitmapscan", "off")]
+    return settings
+
+
+async def _run_pipelined(
+    conn: AsyncConnection[DictRow],
+    settings: builtins.list[tuple[str, str]],
+    statements: Sequence[tuple[Any, Any]],
+) -> builtins.list[builtins.list[dict[str, Any]]]:
+    with translate_errors("searching"):
+        if not settings and len(statements) == 1:
+            cursor = await conn.execute(*statements[0])
+            return [await cursor.fetchall()]
+        async with conn.pipeline():
+            if settings:
+                async with conn.transaction():
+                    for name, value in settings:
+                        await conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+                    cursors = [await conn.execute(q, p) for q, p in statements]
+                    return [await c.fetchall() for c in cursors]
+            cursors = [await conn.execute(q, p) for q, p in statements]
+            return [await c.fetchall() for c in cursors]
+
+
+def _result(row: dict[str, Any], score: Callable[[float], float]) -> SimilarityResult:
+    vector = row.get("vector")
+    return SimilarityResult(
+        id=row["id"],
+        score=score(row["distance"]),
+        distance=row["distance"],
+        entity_type=row["entity_type"],
+        entity_id=row["entity_id"],
+        metadata=row["metadata"],
+        content=row["content"],
+        created_at=row["created_at"],
+        vector=vector.to_list() if vector is not None else None,
+    )
+
+
+def _results(
+    rows: builtins.list[dict[str, Any]], metric: MetricSpec, threshold: float | None
+) -> builtins.list[SimilarityResult]:
+    # Iterative index scans in relaxed order may return near-ties out of order: sort here.
+    ordered = (_result(row, metric.score) for row in sorted(rows, key=lambda r: r["distance"]))
+    return [r for r in ordered if threshold is None or metric.passes(r.score, threshold)]

@@ -1,0 +1,274 @@
+"""The metadata filter language, parsed and checked into a small tree.
+
+A filter is a JSON-like dict::
+
+    {"kind": "fact"}                                   # shorthand for {"kind": {"$eq": "fact"}}
+    {"score": {"$gte": 0.5, "$lt": 0.9}}               # several operators on one field: all hold
+    {"$or": [{"tags": {"$contains": "red"}}, {"lang": {"$in": ["en", "fr"]}}]}
+    {"$not": {"source": {"$like": "%.pdf"}}}
+    {"author.name": {"$exists": True}}                 # dots reach into nested objects
+    {"created_at": {"$gte": datetime(2025, 1, 1, tzinfo=UTC)}}   # the record's own column
+
+Fields are metadata keys, except the record's own columns (``id``, ``entity_type``,
+``entity_id``, ``content``, ``created_at``); ``metadata.<key>`` always means metadata.
+Comparisons are typed by the value given: numbers compare as numbers, strings as strings (by
+code point), datetimes as instants; a value of another type never matches. ``$ne`` and ``$nin``
+also match records where the field is missing (they are ``$not`` of ``$eq`` and ``$in``).
+
+The same tree is compiled to SQL (:mod:`.filter_sql`) and evaluated in Python
+(:mod:`.filter_eval`); the tests hold the two to the same answers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Literal, TypeAlias
+from uuid import UUID
+
+from agency_data.errors import ValidationError
+
+__all__ = [
+    "COLUMNS",
+    "And",
+    "Comparison",
+    "Field",
+    "FilterNode",
+    "Not",
+    "Or",
+    "parse_filter",
+]
+
+MAX_DEPTH = 12
+MAX_NODES = 256
+MAX_LIST = 1000
+MAX_STRING = 10_000
+
+ColumnKind = Literal["uuid", "text", "timestamptz"]
+COLUMNS: dict[str, ColumnKind] = {
+    "id": "uuid",
+    "entity_type": "text",
+    "entity_id": "text",
+    "content": "text",
+    "created_at": "timestamptz",
+}
+Operator = Literal[
+    "$eq", "$gt", "$gte", "$lt", "$lte", "$in", "$exists", "$contains", "$like", "$ilike"
+]
+_ORDERING = ("$gt", "$gte", "$lt", "$lte")
+_KEY = re.compile(r"^[^\x00]{1,256}$")
+
+
+@dataclass(frozen=True)
+class Field:
+    """What a comparison looks at: one of the record's columns, or a path into metadata."""
+
+    column: str | None
+    path: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.column or "metadata." + ".".join(self.path)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``field <op> value``. ``value`` is a JSON scalar, a datetime, or a tuple of them."""
+
+    field: Field
+    op: Operator
+    value: Any
+
+
+@dataclass(frozen=True)
+class And:
+    """Every child holds (an empty And always holds)."""
+
+    children: tuple[FilterNode, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    """At least one child holds (an empty Or never holds)."""
+
+    children: tuple[FilterNode, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    """The child does not hold."""
+
+    child: FilterNode
+
+
+FilterNode: TypeAlias = "Comparison | And | Or | Not"
+
+
+def parse_filter(raw: Any) -> FilterNode:
+    """Check ``raw`` and turn it into a tree; :class:`ValidationError` says what is wrong."""
+    counter = [0]
+    return _parse(raw, depth=0, counter=counter, where="filter")
+
+
+def _fail(where: str, message: str) -> ValidationError:
+    return ValidationError(f"{where}: {message}", field=where)
+
+
+def _parse(raw: Any, *, depth: int, counter: list[int], where: str) -> FilterNode:
+    if depth > MAX_DEPTH:
+        raise _fail(where, f"filters nest deeper than {MAX_DEPTH} levels")
+    if not isinstance(raw, dict):
+        raise _fail(where, f"a filter is a dict, not {type(raw).__name__}")
+    children: list[FilterNode] = []
+    for key, value in raw.items():
+        counter[0] += 1
+        if counter[0] > MAX_NODES:
+            raise _fail(where, f"the filter has more than {MAX_NODES} parts")
+        if not isinstance(key, str):
+            raise _fail(where, f"keys are strings, not {key!r}")
+        inner = f"{where}.{key}" if where != "filter" else key
+        if key in ("$and", "$or"):
+            if not isinstance(value, list | tuple):
+                raise _fail(inner, f"{key} takes a list of filters")
+            parsed = tuple(
+                _parse(item, depth=depth + 1, counter=counter, where=f"{inner}[{i}]")
+                for i, item in enumerate(value)
+            )
+            children.append(And(parsed) if key == "$and" else Or(parsed))
+        elif key == "$not":
+            children.append(Not(_parse(value, depth=depth + 1, counter=counter, where=inner)))
+        elif key.startswith("$"):
+            raise _fail(inner, f"unknown operator {key}; use $and, $or, $not at this level")
+        else:
+            children.extend(_field_conditions(_field(key, inner), value, inner))
+    return children[0] if len(children) == 1 else And(tuple(children))
+
+
+def _field(key: str, where: str) -> Field:
+    if not _KEY.match(key):
+        raise _fail(where, "field names are 1-256 characters without NUL")
+    if key in COLUMNS:
+        return Field(column=key)
+    path = key.removeprefix("metadata.") if key.startswith("metadata.") else key
+    parts = tuple(path.split("."))
+    if any(part == "" for part in parts):
+        raise _fail(where, f"{key!r} has an empty path segment")
+    return Field(column=None, path=parts)
+
+
+def _field_conditions(field: Field, value: Any, where: str) -> list[FilterNode]:
+    if not (
+        isinstance(value, dict)
+        and value
+        and all(isinstance(k, str) and k.startswith("$") for k in value)
+    ):
+        # A bare value means equality; a dict without operators is compared as a whole.
+        return [_comparison(field, "$eq", value, where)]
+    nodes: list[FilterNode] = []
+    for op, operand in value.items():
+        inner = f"{where}.{op}"
+        if op == "$ne":
+            nodes.append(Not(_comparison(field, "$eq", operand, inner)))
+        elif op == "$nin":
+            nodes.append(Not(_comparison(field, "$in", operand, inner)))
+        elif op == "$not":
+            sub = _field_conditions(field, operand, inner)
+            nodes.append(Not(sub[0] if len(sub) == 1 else And(tuple(sub))))
+        elif op in ("$eq", "$in", "$exists", "$contains", "$like", "$ilike", *_ORDERING):
+            nodes.append(_comparison(field, op, operand, inner))
+        else:
+            raise _fail(
+                inner,
+                f"unknown operator {op}; known: $eq $ne $gt $gte $lt $lte $in $nin $exists "
+                "$contains $like $ilike $not",
+            )
+    return nodes
+
+
+def _comparison(field: Field, op: Operator, operand: Any, where: str) -> Comparison:
+    kind = COLUMNS.get(field.column or "")
+    if op == "$exists":
+        if not isinstance(operand, bool):
+            raise _fail(where, "$exists takes true or false")
+        return Comparison(field, op, operand)
+    if op == "$in":
+        if not isinstance(operand, list | tuple | set | frozenset):
+            raise _fail(where, "$in and $nin take a list")
+        if len(operand) > MAX_LIST:
+            raise _fail(where, f"$in lists hold at most {MAX_LIST} values")
+        values = tuple(_value(item, kind, where, allow_json=True) for item in operand)
+        if kind is None and any(isinstance(v, datetime) for v in values):
+            raise _fail(where, "$in compares metadata as JSON; use $gte/$lte for datetimes")
+        return Comparison(field, op, values)
+    if op in ("$like", "$ilike"):
+        if not isinstance(operand, str):
+            raise _fail(where, f"{op} takes a string pattern")
+        if kind not in (None, "text"):
+            raise _fail(where, f"{op} works on text, not on {field}")
+        return Comparison(field, op, _value(operand, kind, where))
+    if op == "$contains":
+        if isinstance(operand, dict | list | tuple) or operand is None:
+            raise _fail(where, "$contains takes a string, number or boolean")
+        if kind not in (None, "text"):
+            raise _fail(where, f"$contains works on text or arrays, not on {field}")
+        return Comparison(field, op, _value(operand, kind, where))
+    if op in _ORDERING:
+        if kind == "uuid":
+            raise _fail(where, f"{op} does not apply to ids")
+        value = _value(operand, kind, where)
+        if value is None or isinstance(value, bool):
+            raise _fail(where, f"{op} compares numbers, strings or datetimes, not {operand!r}")
+        return Comparison(field, op, value)
+    return Comparison(field, op, _value(operand, kind, where, allow_json=True))
+
+
+def _value(value: Any, kind: ColumnKind | None, where: str, *, allow_json: bool = False) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(where, "NaN and infinities cannot be compared")
+    if isinstance(value, str) and (len(value) > MAX_STRING or "\x00" in value):
+        raise _fail(where, f"strings in filters are at most {MAX_STRING} characters, without NUL")
+    if isinstance(value, str | int | float | bool) or value is None:
+        _check_column_value(value, kind, where)
+        return value
+    if allow_json and kind is None and isinstance(value, dict | list):
+        _check_json(value, where)
+        return value
+    raise _fail(where, f"cannot compare with a {type(value).__name__}")
+
+
+def _check_column_value(value: Any, kind: ColumnKind | None, where: str) -> None:
+    if kind == "uuid":
+        try:
+            UUID(str(value))
+        except ValueError:
+            raise _fail(where, f"{value!r} is not a UUID") from None
+    elif kind == "text" and not isinstance(value, str):
+        raise _fail(where, f"this column holds text, not {value!r}")
+    elif kind == "timestamptz":
+        raise _fail(where, "compare created_at with a datetime")
+
+
+def _check_json(value: Any, where: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise _fail(where, "the value nests too deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _fail(where, "object keys must be strings")
+            _check_json(item, where, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, where, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise _fail(where, "NaN and infinities cannot be compared")
+    elif not (isinstance(value, str | int | float | bool) or value is None):
+        raise _fail(where, f"cannot compare with a {type(value).__name__}")

@@ -1,0 +1,110 @@
+"""Compiling a parsed filter to a SQL condition: bind parameters only, never NULL.
+
+Every comparison is wrapped so that it yields true or false (a missing field or a value of
+another type is false), which keeps ``$not`` exact. Metadata paths travel as ``text[]``
+parameters to ``#>``; the typed views (``agency_data_json_number`` and friends) come from the
+embedding-collections migration.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, LiteralString
+
+from psycopg import sql
+
+from agency_data.vectors.filter_ast import COLUMNS, And, Comparison, FilterNode, Not, Or
+
+__all__ = ["compile_filter"]
+
+_ORDER_SQL: dict[str, LiteralString] = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def compile_filter(node: FilterNode) -> tuple[sql.Composable, list[Any]]:
+    """The SQL condition for ``node`` and its parameters, in order."""
+    params: list[Any] = []
+    return _compile(node, params), params
+
+
+def _compile(node: FilterNode, params: list[Any]) -> sql.Composable:
+    if isinstance(node, And):
+        if not node.children:
+            return sql.SQL("TRUE")
+        return sql.SQL("({})").format(
+            sql.SQL(" AND ").join(_compile(c, params) for c in node.children)
+        )
+    if isinstance(node, Or):
+        if not node.children:
+            return sql.SQL("FALSE")
+        return sql.SQL("({})").format(
+            sql.SQL(" OR ").join(_compile(c, params) for c in node.children)
+        )
+    if isinstance(node, Not):
+        return sql.SQL("(NOT {})").format(_compile(node.child, params))
+    if node.field.column is not None:
+        return _column(node, params)
+    return _metadata(node, params)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _metadata(node: Comparison, params: list[Any]) -> sql.Composable:
+    target = sql.SQL("(metadata #> %s)")
+    params.append(list(node.field.path))
+    op, value = node.op, node.value
+    if op == "$exists":
+        return sql.SQL("({} IS NOT NULL)" if value else "({} IS NULL)").format(target)
+    if op == "$eq":
+        if isinstance(value, datetime):
+            params.append(value)
+            return sql.SQL("COALESCE(agency_data_json_timestamptz({}) = %s, false)").format(target)
+        params.append(_json(value))
+        return sql.SQL("COALESCE({} = %s::jsonb, false)").format(target)
+    if op == "$in":
+        params.append([_json(v) for v in value])
+        return sql.SQL("COALESCE({} = ANY(%s::jsonb[]), false)").format(target)
+    if op == "$contains":
+        params.append(_json(value))
+        return sql.SQL("COALESCE(agency_data_json_contains({}, %s::jsonb), false)").format(target)
+    if op in ("$like", "$ilike"):
+        params.append(value)
+        like: LiteralString = "LIKE" if op == "$like" else "ILIKE"
+        return sql.SQL("COALESCE(agency_data_json_text({}) " + like + " %s, false)").format(target)
+    comparator = _ORDER_SQL[op]
+    params.append(value)
+    if isinstance(value, datetime):
+        typed = sql.SQL("agency_data_json_timestamptz({}) " + comparator + " %s")
+    elif isinstance(value, str):
+        typed = sql.SQL('agency_data_json_text({}) COLLATE "C" ' + comparator + " %s")
+    else:
+        typed = sql.SQL("agency_data_json_number({}) " + comparator + " %s::numeric")
+    return sql.SQL("COALESCE({}, false)").format(typed.format(target))
+
+
+def _column(node: Comparison, params: list[Any]) -> sql.Composable:
+    column = node.field.column
+    assert column is not None
+    kind = COLUMNS[column]
+    ident = sql.Identifier(column)
+    op, value = node.op, node.value
+    if op == "$exists":
+        return sql.SQL("({} IS NOT NULL)" if value else "({} IS NULL)").format(ident)
+    if op == "$in":
+        params.append(list(value))
+        cast: LiteralString = {"uuid": "uuid[]", "text": "text[]", "timestamptz": "timestamptz[]"}[
+            kind
+        ]
+        return sql.SQL("COALESCE({} = ANY(%s::" + cast + "), false)").format(ident)
+    params.append(value)
+    if op == "$eq":
+        return sql.SQL("COALESCE({} = %s, false)").format(ident)
+    if op == "$contains":
+        return sql.SQL("COALESCE(strpos({}, %s) > 0, false)").format(ident)
+    if op in ("$like", "$ilike"):
+        like: LiteralString = "LIKE" if op == "$like" else "ILIKE"
+        return sql.SQL("COALESCE({} " + like + " %s, false)").format(ident)
+    collate: LiteralString = ' COLLATE "C"' if kind == "text" else ""
+    return sql.SQL("COALESCE({}" + collate + " " + _ORDER_SQL[op] + " %s, false)").format(ident)

@@ -1,0 +1,287 @@
+"""Index management for a collection: build (concurrently, with progress), drop, reindex, optimize.
+
+Builds run on a dedicated connection with no statement timeout (an index over a million vectors
+takes minutes), outside any transaction as ``CREATE INDEX CONCURRENTLY`` requires, while a
+second connection reads ``pg_stat_progress_create_index`` for the progress callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+
+from agency_data.errors import Conflict, ValidationError
+from agency_data.models import CollectionInfo, IndexInfo, IndexProgress, OptimizeReport
+from agency_data.postgres.database import Database
+from agency_data.postgres.errors import to_agency_error, translate_errors
+from agency_data.vectors.catalog import Catalog, CollectionSpec
+from agency_data.vectors.metrics import metric_spec
+from agency_data.vectors.validation import INDEX_LIMITS
+
+__all__ = ["create_index", "describe", "drop_index", "optimize", "reindex", "suggested_lists"]
+
+_DEAD_FRACTION_REBUILD = 0.2
+
+
+def suggested_lists(rows: int) -> int:
+    """pgvector's advice for IVFFlat: rows / 1000 up to a million rows, sqrt(rows) beyond."""
+    return max(1, rows // 1000 if rows <= 1_000_000 else int(math.sqrt(rows)))
+
+
+def _int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(
+            f"{name} must be an integer from {low} to {high}, not {value!r}", field=name
+        )
+    return value
+
+
+def _index_sql(
+    spec: CollectionSpec, name: str, kind: str, quantization: str, options: dict[str, int]
+) -> sql.Composed:
+    metric = metric_spec(spec.metric)
+    column: sql.Composable
+    opclass: sql.Composable
+    if quantization == "binary":
+        if spec.metric not in ("cosine", "euclidean", "inner_product"):
+            raise ValidationError(
+                "binary quantization re-ranks cosine, euclidean or inner product",
+                field="quantization",
+            )
+        column = sql.SQL("(binary_quantize(vector)::bit({}))").format(sql.Literal(spec.dimension))
+        opclass = sql.SQL("bit_hamming_ops")
+    else:
+        column = sql.SQL("vector")
+        opclass = sql.Identifier(f"{spec.storage}_{metric.opclass}")
+    with_clause = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(key), sql.Literal(value))
+        for key, value in options.items()
+    )
+    return sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING {} ({} {}) WITH ({})").format(
+        sql.Identifier(name), spec.table_id, sql.SQL(kind), column, opclass, with_clause
+    )
+
+
+async def create_index(
+    db: Database,
+    catalog: Catalog,
+    spec: CollectionSpec,
+    *,
+    kind: str,
+    m: int,
+    ef_construction: int,
+    lists: int | None,
+    quantization: str,
+    replace: bool,
+    progress: Callable[[IndexProgress], Any] | None,
+) -> CollectionSpec:
+    """Build the index described, swap it in for any old one, and record it in the catalog."""
+    if kind not in ("hnsw", "ivfflat"):
+        raise ValidationError(f"index kind must be 'hnsw' or 'ivfflat', not {kind!r}", field="kind")
+    if quantization not in ("none", "binary"):
+        raise ValidationError("quantization must be 'none' or 'binary'", field="quantization")
+    limit = INDEX_LIMITS["bit" if quantization == "binary" else spec.storage]
+    if spec.dimension > limit:
+        raise ValidationError(
+            f"{kind} indexes {spec.storage} up to {limit} dimensions; this collection has "
+            f"{spec.dimension} (use halfvec storage or binary quantization)",
+            field="dimension",
+        )
+    if kind == "ivfflat" and quantization == "none" and not metric_spec(spec.metric).ivfflat:
+        raise ValidationError(
+            "IVFFlat has no manhattan (L1) operator class; use HNSW", field="kind"
+        )
+    if kind == "hnsw":
+        options = {
+            "m": _int("m", m, 2, 100),
+            "ef_construction": _int("ef_construction", ef_construction, 4, 1000),
+        }
+        if options["ef_construction"] < 2 * options["m"]:
+            raise ValidationError("ef_construction must be at least 2 x m", field="ef_construction")
+    else:
+        if lists is None:
+            rows = await db.fetch_value(sql.SQL("SELECT count(*) FROM {}").format(spec.table_id))
+            lists = suggested_lists(int(rows))
+        options = {"lists": _int("lists", lists, 1, 32768)}
+    if spec.index_kind is not None and not replace and await _index_exists(db, spec.index_name):
+        raise Conflict(
+            f"collection {spec.name!r} already has a {spec.index_kind} index; pass replace=True",
+            field="index",
+        )
+    building = f"{spec.index_name}_new"
+    async with _build_connection(db) as conn:
+        await conn.execute(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(building))
+        )
+        watcher = (
+            asyncio.create_task(_watch(db, conn.info.backend_pid, progress)) if progress else None
+        )
+        try:
+            await conn.execute(_index_sql(spec, building, kind, quantization, options))
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute(
+                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(building))
+                )
+            raise to_agency_error(exc, f"building the {kind} index of {spec.name!r}") from exc
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+    async with db.transaction():
+        await db.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(spec.index_name)))
+        await db.execute(
+            sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                sql.Identifier(building), sql.Identifier(spec.index_name)
+            )
+        )
+        updated = await catalog.set_index(spec, kind, quantization, options)
+    await db.execute(sql.SQL("ANALYZE {}").format(spec.table_id))
+    return updated
+
+
+async def drop_index(db: Database, catalog: Catalog, spec: CollectionSpec) -> None:
+    """Drop the collection's ANN index, if it has one."""
+    async with _build_connection(db) as conn:
+        await conn.execute(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(spec.index_name))
+        )
+    await catalog.set_index(spec, None, "none", {})
+
+
+async def reindex(db: Database, spec: CollectionSpec) -> None:
+    """Rebuild the ANN index concurrently."""
+    if not await _index_exists(db, spec.index_name):
+        raise ValidationError(f"collection {spec.name!r} has no index to rebuild", field="index")
+    async with _build_connection(db) as conn:
+        await conn.execute(
+            sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(spec.index_name))
+        )
+
+
+async def optimize(db: Database, catalog: Catalog, spec: CollectionSpec) -> OptimizeReport:
+    """ANALYZE, vacuum and rebuild when dead rows pile up, and fit IVFFlat lists to the rows."""
+    actions: list[str] = []
+    async with _build_connection(db) as conn:
+        await conn.execute(sql.SQL("ANALYZE {}").format(spec.table_id))
+        actions.append("analyzed")
+        cursor = await conn.execute(
+            "SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relname = %s",
+            [spec.table],
+        )
+        live, dead = await cursor.fetchone() or (0, 0)
+        dead_fraction = dead / (live + dead) if live + dead else 0.0
+        has_index = await _index_exists(db, spec.index_name)
+        if dead_fraction > _DEAD_FRACTION_REBUILD:
+            await conn.execute(sql.SQL("VACUUM {}").format(spec.table_id))
+            actions.append(f"vacuumed ({dead_fraction:.0%} dead rows)")
+            if has_index:
+                await conn.execute(
+                    sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(spec.index_name))
+                )
+                actions.append("rebuilt the index")
+    rows = int(live)
+    lists = suggested_lists(rows)
+    current = spec.index_options.get("lists")
+    if (
+        has_index
+        and spec.index_kind == "ivfflat"
+        and current
+        and not lists / 2 <= current <= lists * 2
+    ):
+        await create_index(
+            db,
+            catalog,
+            spec,
+            kind="ivfflat",
+            m=16,
+            ef_construction=64,
+            lists=lists,
+            quantization=spec.index_quantization,
+            replace=True,
+            progress=None,
+        )
+        actions.append(f"rebuilt IVFFlat with {lists} lists (was {current})")
+    return OptimizeReport(
+        rows=rows, dead_fraction=dead_fraction, actions=actions, suggested_lists=lists
+    )
+
+
+async def describe(db: Database, spec: CollectionSpec, tenant: str) -> CollectionInfo:
+    """Rows of ``tenant``, table size, average stored bytes per vector, and the index."""
+    table = spec.table_id
+    row = await db.fetch_one(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM {t} WHERE tenant_id = %s) AS rows, "
+            "pg_table_size(%s::regclass) AS table_bytes, "
+            "(SELECT avg(pg_column_size(vector)) FROM (SELECT vector FROM {t} LIMIT 1000) AS s) AS per_vector"
+        ).format(t=table),
+        [tenant, spec.table],
+    )
+    assert row is not None
+    index = None
+    found = await db.fetch_one(
+        "SELECT i.indisvalid AS valid, pg_relation_size(i.indexrelid) AS size FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+        [spec.index_name],
+    )
+    if found is not None and spec.index_kind is not None:
+        index = IndexInfo(
+            name=spec.index_name,
+            kind=spec.index_kind,
+            quantization=spec.index_quantization,
+            options=spec.index_options,
+            valid=found["valid"],
+            size_bytes=found["size"],
+        )
+    return CollectionInfo(
+        name=spec.name,
+        dimension=spec.dimension,
+        metric=spec.metric,
+        storage=spec.storage,
+        rows=row["rows"],
+        table_bytes=row["table_bytes"],
+        bytes_per_vector=float(row["per_vector"]) if row["per_vector"] is not None else None,
+        index=index,
+    )
+
+
+async def _index_exists(db: Database, name: str) -> bool:
+    return await db.fetch_value("SELECT to_regclass(%s) IS NOT NULL", [name]) is True
+
+
+@asynccontextmanager
+async def _build_connection(db: Database) -> AsyncIterator[AsyncConnection[Any]]:
+    try:
+        conn = await AsyncConnection.connect(db.conninfo, autocommit=True)
+    except psycopg.Error as exc:
+        raise to_agency_error(exc, "connecting to build an index") from exc
+    try:
+        with translate_errors():
+            await conn.execute("SET statement_timeout = 0")
+            yield conn
+    finally:
+        await conn.close()
+
+
+async def _watch(db: Database, pid: int, progress: Callable[[IndexProgress], Any]) -> None:
+    while True:
+        row = await db.fetch_one(
+            "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total "
+            "FROM pg_stat_progress_create_index WHERE pid = %s",
+            [pid],
+        )
+        if row is not None:
+            result = progress(IndexProgress(**row))
+            if inspect.isawaitable(result):
+                await result
+        await asyncio.sleep(0.25)
