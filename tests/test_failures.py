@@ -74,8 +74,12 @@ async def test_restart_costs_only_the_in_flight_calls(redis_url: str, tmp_path: 
     try:
         async with DataLayer(config) as dl:
             writers = [asyncio.create_task(writer(i)) for i in range(4)]
+            # A call that is certainly in flight when the server goes down.
+            in_flight = asyncio.create_task(dl.execute("SELECT pg_sleep(10)"))
             await asyncio.sleep(0.3)
             await asyncio.to_thread(pg.stop)
+            with pytest.raises(BackendUnavailable):
+                await in_flight
             await asyncio.sleep(0.3)
             await asyncio.to_thread(pg.start)
             before = len(created)
@@ -83,7 +87,8 @@ async def test_restart_costs_only_the_in_flight_calls(redis_url: str, tmp_path: 
             stop.set()
             await asyncio.gather(*writers)
 
-            assert failures, "calls in flight during the restart must fail"
+            # Short writes either slipped through or waited for the pool; any that failed
+            # failed as "unavailable", never with a raw driver error.
             assert all(isinstance(f, BackendUnavailable) for f in failures), failures
             assert len(created) > before, "the pool recovered by itself"
             stored = {row["name"] for row in await dl.fetch("SELECT name FROM agents")}
