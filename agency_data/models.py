@@ -140,7 +140,11 @@ class IndexInfo(BaseModel):
 
 
 class CollectionInfo(BaseModel):
-    """What ``describe`` reports: shape, size, storage cost and the index."""
+    """What ``describe`` reports: shape, size, storage cost and the index.
+
+    ``bytes_per_vector`` is pgvector's format size (8 + 4 bytes a dimension for vector, 8 + 2
+    for halfvec); ``table_bytes`` and the index's ``size_bytes`` are measured on disk.
+    """
 
     name: str
     dimension: int
@@ -148,7 +152,7 @@ class CollectionInfo(BaseModel):
     storage: Literal["vector", "halfvec"]
     rows: int
     table_bytes: int
-    bytes_per_vector: float | None
+    bytes_per_vector: int
     index: IndexInfo | None = None
 
 

@@ -31,6 +31,8 @@ BASE = datetime(2025, 1, 1, tzinfo=UTC)
 texts = st.text(alphabet="abAB%_ \\", max_size=4)
 numbers = st.one_of(st.integers(-3, 3), st.sampled_from([0.5, -1.25, 2.0, 1e-3]))
 instants = st.integers(-5, 5).map(lambda d: BASE + timedelta(days=d, hours=d % 3))
+# A pattern may not end in a lone escape character (refused, tested below).
+like_patterns = texts.filter(lambda t: (len(t) - len(t.rstrip("\\"))) % 2 == 0)
 iso_strings = instants.map(lambda t: t.isoformat())
 scalars = st.one_of(texts, numbers, st.booleans(), st.none(), iso_strings)
 values = st.one_of(
@@ -40,7 +42,9 @@ values = st.one_of(
 )
 documents = st.dictionaries(st.sampled_from(KEYS), values, max_size=5)
 
-fields = st.one_of(st.sampled_from(KEYS), st.just("nested.x"), st.just("tags.0"), st.just("metadata.a"))
+fields = st.one_of(
+    st.sampled_from(KEYS), st.just("nested.x"), st.just("tags.0"), st.just("metadata.a")
+)
 column_fields = st.sampled_from(["entity_type", "content"])
 
 
@@ -53,17 +57,20 @@ def comparisons() -> st.SearchStrategy[dict[str, Any]]:
         st.tuples(st.sampled_from(["$in", "$nin"]), st.lists(scalars, max_size=3)),
         st.tuples(st.just("$exists"), st.booleans()),
         st.tuples(st.just("$contains"), st.one_of(texts, numbers, st.booleans())),
-        st.tuples(st.sampled_from(["$like", "$ilike"]), texts),
+        st.tuples(st.sampled_from(["$like", "$ilike"]), like_patterns),
     )
     metadata = st.builds(lambda f, op: {f: {op[0]: op[1]}}, fields, operator)
     column_op = st.one_of(
-        st.tuples(st.sampled_from(["$eq", "$ne", "$gt", "$lte", "$contains", "$like", "$ilike"]), texts),
+        st.tuples(st.sampled_from(["$eq", "$ne", "$gt", "$lte", "$contains"]), texts),
+        st.tuples(st.sampled_from(["$like", "$ilike"]), like_patterns),
         st.tuples(st.sampled_from(["$in", "$nin"]), st.lists(texts, max_size=3)),
         st.tuples(st.just("$exists"), st.booleans()),
     )
     column = st.builds(lambda f, op: {f: {op[0]: op[1]}}, column_fields, column_op)
     created = st.builds(
-        lambda op, t: {"created_at": {op: t}}, st.sampled_from(["$gt", "$gte", "$lt", "$lte", "$eq"]), instants
+        lambda op, t: {"created_at": {op: t}},
+        st.sampled_from(["$gt", "$gte", "$lt", "$lte", "$eq"]),
+        instants,
     )
     shorthand = st.builds(lambda f, v: {f: v}, st.sampled_from(KEYS), scalars)
     return st.one_of(metadata, column, created, shorthand)
@@ -80,13 +87,16 @@ filters = st.recursive(
     max_leaves=6,
 )
 records = st.lists(
-    st.fixed_dictionaries({
-        "metadata": documents,
-        "entity_type": texts.filter(lambda t: t.strip() != ""),
-        "content": st.one_of(st.none(), texts),
-        "created_at": instants,
-    }),
-    min_size=1, max_size=12,
+    st.fixed_dictionaries(
+        {
+            "metadata": documents,
+            "entity_type": texts.filter(lambda t: t.strip() != ""),
+            "content": st.one_of(st.none(), texts),
+            "created_at": instants,
+        }
+    ),
+    min_size=1,
+    max_size=12,
 )
 
 
@@ -103,9 +113,13 @@ def conn(servers: ServerSet) -> Iterator[psycopg.Connection[Any]]:
     servers.drop_database(name)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(rows=records, raw=filters)
-def test_sql_agrees_with_python(conn: psycopg.Connection[Any], rows: list[dict[str, Any]], raw: dict[str, Any]) -> None:
+def test_sql_agrees_with_python(
+    conn: psycopg.Connection[Any], rows: list[dict[str, Any]], raw: dict[str, Any]
+) -> None:
     node = parse_filter(raw)  # every generated filter is valid; bad ones are tested below
     conn.execute("TRUNCATE docs")
     ids = []
@@ -133,6 +147,7 @@ def test_sql_agrees_with_python(conn: psycopg.Connection[Any], rows: list[dict[s
         ({"a": {"$in": "x"}}, "take a list"),
         ({"a": {"$exists": "yes"}}, "true or false"),
         ({"a": {"$like": 5}}, "string pattern"),
+        ({"a": {"$like": "50\\"}}, "escape character"),
         ({"a": {"$contains": {"x": 1}}}, "string, number or boolean"),
         ({"a": {"$eq": float("nan")}}, "NaN"),
         ({"a": {"$lt": float("inf")}}, "NaN"),
@@ -173,7 +188,9 @@ def test_deep_and_huge_filters_are_refused() -> None:
         "$$; DROP TABLE docs; $$",
     ],
 )
-def test_injection_in_keys_and_values_stays_data(conn: psycopg.Connection[Any], hostile: str) -> None:
+def test_injection_in_keys_and_values_stays_data(
+    conn: psycopg.Connection[Any], hostile: str
+) -> None:
     conn.execute("TRUNCATE docs")
     conn.execute(
         "INSERT INTO docs VALUES (%s, 'default', 't', 'e', NULL, now(), %s)",
@@ -183,7 +200,9 @@ def test_injection_in_keys_and_values_stays_data(conn: psycopg.Connection[Any], 
     for raw in ({key: hostile}, {"safe": {"$in": [hostile, 1]}}, {key: {"$like": hostile}}):
         condition, params = compile_filter(parse_filter(raw))
         assert hostile not in condition.as_string(conn)  # only ever a parameter
-        count = conn.execute(sql.SQL("SELECT count(*) FROM docs WHERE {}").format(condition), params).fetchone()
+        count = conn.execute(
+            sql.SQL("SELECT count(*) FROM docs WHERE {}").format(condition), params
+        ).fetchone()
         assert count == (1,)
     assert conn.execute("SELECT count(*) FROM docs").fetchone() == (1,)
 
@@ -193,7 +212,13 @@ def test_semantics_by_example() -> None:
         "entity_type": "doc",
         "content": None,
         "created_at": BASE,
-        "metadata": {"n": 5, "s": "5", "when": "2025-01-02T00:00:00Z", "tags": ["red", 1], "flag": True},
+        "metadata": {
+            "n": 5,
+            "s": "5",
+            "when": "2025-01-02T00:00:00Z",
+            "tags": ["red", 1],
+            "flag": True,
+        },
     }
 
     def check(raw: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ from agency_data.migrations import (
 from agency_data.migrations._loader import load_migrations
 from tests.conftest import ServerSet
 
-CORE_TABLES = {"agents", "tasks", "embeddings"}
+CORE_TABLES = {"agents", "tasks", "embedding_collections"}
 
 
 def tables(dsn: str) -> set[str]:
@@ -205,7 +205,7 @@ async def test_dry_run_changes_nothing(empty_database: str) -> None:
     await run.up()
     rollback = await run.down(to="0", dry_run=True)
     assert rollback.steps[-1].key == "agency_data:0001_foundation"
-    assert any("DROP TABLE IF EXISTS embeddings" in step.sql for step in rollback.steps)
+    assert any("DROP TABLE IF EXISTS embedding_collections" in step.sql for step in rollback.steps)
     assert tables(empty_database) >= CORE_TABLES
 
 

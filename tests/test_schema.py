@@ -112,14 +112,9 @@ async def test_updated_at_is_maintained_by_the_database(dl: DataLayer) -> None:
     assert rows[0]["created_at"] == agent["created_at"]
 
 
-async def test_embeddings_accept_vectors(dl: DataLayer) -> None:
-    rows = await run(
-        dl,
-        "INSERT INTO embeddings (entity_type, entity_id, vector, metadata) "
-        "VALUES ('doc', '42', %s::vector, '{\"kind\": \"fact\"}') RETURNING vector",
-        ["[0.5, -1, 2]"],
-    )
-    assert rows[0]["vector"].to_list() == [0.5, -1.0, 2.0]  # pgvector's adapter is registered
+async def test_pgvector_types_are_registered_on_pooled_connections(dl: DataLayer) -> None:
+    rows = await run(dl, "SELECT %s::vector AS v", ["[0.5, -1, 2]"])
+    assert rows[0]["v"].to_list() == [0.5, -1.0, 2.0]
 
 
 async def test_statement_timeout_is_typed_and_leaves_the_connection_usable(dl: DataLayer) -> None:

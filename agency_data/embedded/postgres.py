@@ -56,17 +56,19 @@ class EmbeddedPostgres(SharedServer):
     name = "postgres"
     default_settings = DEFAULT_SETTINGS
 
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        start_timeout: float = 60.0,
-        settings: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(data_dir, start_timeout=start_timeout, settings=settings)
-        self.pgdata = self.data_dir / "postgres"
-        self.bin_dir = postgres_bin_dir()
-        self._run_as = _SYSTEM_USER if os.geteuid() == 0 else None
+    @property
+    def pgdata(self) -> Path:
+        """The cluster's data directory."""
+        return self.data_dir / "postgres"
+
+    @property
+    def bin_dir(self) -> Path:
+        """The bundled PostgreSQL binaries."""
+        return postgres_bin_dir()
+
+    @property
+    def _run_as(self) -> str | None:
+        return _SYSTEM_USER if os.geteuid() == 0 else None
 
     @property
     def url(self) -> str:

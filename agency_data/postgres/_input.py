@@ -6,6 +6,7 @@ import base64
 import json
 import re
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -15,6 +16,7 @@ from agency_data.errors import ValidationError
 
 __all__ = [
     "MAX_PAGE",
+    "as_choice",
     "as_list",
     "as_uuid",
     "check_limit",
@@ -106,6 +108,15 @@ def as_uuid(value: Any, field: str = "id") -> UUID:
         raise ValidationError(
             f"{field} {value!r} is not a valid id (a UUID)", field=field
         ) from None
+
+
+def as_choice(value: Any, choices: type[StrEnum], field: str) -> str:
+    """``value`` as one of the enum's values, or a :class:`ValidationError` listing them."""
+    try:
+        return choices(value).value
+    except ValueError:
+        allowed = ", ".join(c.value for c in choices)
+        raise ValidationError(f"{field} {value!r} is not one of: {allowed}", field=field) from None
 
 
 def like_pattern(text: str) -> str:

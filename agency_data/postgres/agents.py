@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agency_data.errors import Conflict, NotFound, ValidationError
 from agency_data.models import Agent, AgentStatus, Page
 from agency_data.postgres._input import (
+    as_choice,
     as_list,
     as_uuid,
     check_limit,
@@ -236,13 +237,7 @@ class AgentStore:
 
 
 def _status(value: Any) -> str:
-    try:
-        return AgentStatus(value).value
-    except ValueError:
-        allowed = ", ".join(s.value for s in AgentStatus)
-        raise ValidationError(
-            f"status {value!r} is not one of: {allowed}", field="status"
-        ) from None
+    return as_choice(value, AgentStatus, "status")
 
 
 def _insert_sql(tenant: str, name: str, type_: str, caps: str, status: str) -> tuple[Query, Params]:

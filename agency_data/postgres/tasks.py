@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agency_data.errors import NotFound, ValidationError
 from agency_data.models import Page, Task, TaskStatus
 from agency_data.postgres._input import (
+    as_choice,
     as_list,
     as_uuid,
     check_limit,
@@ -356,13 +357,7 @@ class TaskStore:
 
 
 def _status(value: Any) -> str:
-    try:
-        return TaskStatus(value).value
-    except ValueError:
-        allowed = ", ".join(s.value for s in TaskStatus)
-        raise ValidationError(
-            f"status {value!r} is not one of: {allowed}", field="status"
-        ) from None
+    return as_choice(value, TaskStatus, "status")
 
 
 def _insert_many_sql(tenant: str, rows: list[_Row]) -> tuple[Query, Params]:

@@ -369,7 +369,9 @@ class Collection:
         """Every matching embedding, nearest first, fetched ``batch_size`` at a time.
 
         A server-side cursor keeps memory flat however many rows match; stop iterating at any
-        point (a ``threshold`` stops it once results get worse than that).
+        point (a ``threshold`` stops it once results get worse than that). The connection is
+        held until the generator finishes or is closed: to stop early and free it at once,
+        iterate inside ``contextlib.aclosing(collection.search_stream(...))``.
         """
         spec = await self._spec()
         metric = metric_spec(spec.metric)
@@ -383,15 +385,15 @@ class Collection:
         ).format(columns, spec.table_id, where)
         async with self._db.connection() as conn, conn.transaction():
             with translate_errors("streaming search"):
-                cursor = conn.cursor(name=f"agency_stream_{uuid.uuid4().hex[:12]}")
-                cursor.itersize = max(1, batch_size)
-                await cursor.execute(query, [param, *params])
-                async for row in cursor:
-                    result = _result(row, metric.score)
-                    if threshold is not None and not metric.passes(result.score, threshold):
-                        break
-                    yield result
-                await cursor.close()
+                name = f"agency_stream_{uuid.uuid4().hex[:12]}"
+                async with conn.cursor(name=name) as cursor:
+                    cursor.itersize = max(1, batch_size)
+                    await cursor.execute(query, [param, *params])
+                    async for row in cursor:
+                        result = _result(row, metric.score)
+                        if threshold is not None and not metric.passes(result.score, threshold):
+                            break
+                        yield result
 
     async def hybrid_search(
         self,

@@ -206,6 +206,12 @@ def _comparison(field: Field, op: Operator, operand: Any, where: str) -> Compari
             raise _fail(where, f"{op} takes a string pattern")
         if kind not in (None, "text"):
             raise _fail(where, f"{op} works on text, not on {field}")
+        trailing = len(operand) - len(operand.rstrip("\\"))
+        if trailing % 2:
+            raise _fail(
+                where,
+                f"{op} pattern ends with the escape character \\; double it for a literal one",
+            )
         return Comparison(field, op, _value(operand, kind, where))
     if op == "$contains":
         if isinstance(operand, dict | list | tuple) or operand is None:

@@ -217,13 +217,12 @@ async def optimize(db: Database, catalog: Catalog, spec: CollectionSpec) -> Opti
 
 
 async def describe(db: Database, spec: CollectionSpec, tenant: str) -> CollectionInfo:
-    """Rows of ``tenant``, table size, average stored bytes per vector, and the index."""
+    """Rows of ``tenant``, table size, bytes per stored vector, and the index."""
     table = spec.table_id
     row = await db.fetch_one(
         sql.SQL(
             "SELECT (SELECT count(*) FROM {t} WHERE tenant_id = %s) AS rows, "
-            "pg_table_size(%s::regclass) AS table_bytes, "
-            "(SELECT avg(pg_column_size(vector)) FROM (SELECT vector FROM {t} LIMIT 1000) AS s) AS per_vector"
+            "pg_table_size(%s::regclass) AS table_bytes"
         ).format(t=table),
         [tenant, spec.table],
     )
@@ -250,7 +249,7 @@ async def describe(db: Database, spec: CollectionSpec, tenant: str) -> Collectio
         storage=spec.storage,
         rows=row["rows"],
         table_bytes=row["table_bytes"],
-        bytes_per_vector=float(row["per_vector"]) if row["per_vector"] is not None else None,
+        bytes_per_vector=8 + spec.dimension * (4 if spec.storage == "vector" else 2),
         index=index,
     )
 

@@ -44,7 +44,8 @@ def as_matrix(
         raw = np.asarray(values)
         # Strings and booleans would be converted silently by numpy; only numbers are vectors.
         ok = raw.dtype.kind in "fiu" and raw.ndim == 2 and raw.shape[1] == dimension
-        matrix = raw.astype(np.float32, copy=False) if ok else raw
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are caught below
+            matrix = raw.astype(np.float32, copy=False) if ok else raw
     except (ValueError, TypeError):
         ok = False
     if not ok:
