@@ -166,14 +166,24 @@ class VectorConfig(_Section):
 
 
 class CacheConfig(_Section):
-    """Cache defaults: TTL in seconds, the L1 size bound and its eviction policy."""
+    """The cache: levels, TTLs in seconds, the L1 size bound and its eviction policy."""
 
+    l1: bool = Field(True, description="keep an in-process cache in front of Redis")
+    l2: bool = Field(True, description="use Redis (shared between processes)")
     default_ttl: int = Field(3600, ge=1)
+    l1_ttl: float = Field(30.0, gt=0, description="longest an entry lives in L1")
     max_memory: str = Field("64MB", pattern=r"^\d+\s*(B|KB|MB|GB)?$")
     max_entries: int = Field(10_000, ge=0)
     eviction_policy: Literal["lru", "lfu", "random"] = "lru"
     compression: bool = False
     compression_threshold: int = Field(1024, ge=0)
+    max_value_bytes: int = Field(8 << 20, ge=16)
+    retry_after: float = Field(1.0, gt=0, description="seconds to skip Redis after it failed")
+    broadcast_invalidations: bool = True
+    fill_lock_ttl: float = Field(5.0, gt=0, description="the cross-process get_or_set lock")
+    record_ttl: int = Field(
+        0, ge=0, description="cache agents read by id for this long (0: do not cache them)"
+    )
 
     @property
     def max_memory_bytes(self) -> int:

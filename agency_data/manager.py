@@ -8,7 +8,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from agency_data.cache.backend import CacheBackend
+from agency_data.cache.store import Cache
 from agency_data.config import DataLayerConfig
+from agency_data.coord.locks import Lock, register_lock_scripts
+from agency_data.coord.pubsub import PubSub, Streams
+from agency_data.coord.scripts import ScriptRegistry
+from agency_data.coord.sessions import SessionStore
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.errors import AgencyDataError, BackendUnavailable
 from agency_data.health import check_health
@@ -59,6 +65,7 @@ class DataLayer(QueryMethods):
         self._db: Database | None = None
         self._wakeups: TaskWakeups | None = None
         self._catalog: Catalog | None = None
+        self._cache_backend: CacheBackend | None = None
         self._scopes: dict[str, TenantScope] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -98,6 +105,10 @@ class DataLayer(QueryMethods):
         self._db = Database(self._pool, self.config.postgresql)
         self._wakeups = TaskWakeups(self._conninfo)
         self._catalog = Catalog(self._db)
+        self._cache_backend = CacheBackend(self.config.cache, self._redis)
+        assert self._cache_backend.scripts is not None
+        register_lock_scripts(self._cache_backend.scripts)
+        self._cache_backend.start_listener()
 
     async def aclose(self) -> None:
         """Close the pool and client, and release the embedded servers (the last user stops them)."""
@@ -107,6 +118,9 @@ class DataLayer(QueryMethods):
         self._db = None
         self._catalog = None
         self._scopes.clear()
+        backend, self._cache_backend = self._cache_backend, None
+        if backend is not None:
+            await backend.aclose()
         if wakeups is not None:
             await wakeups.aclose()
         if pool is not None:
@@ -151,6 +165,39 @@ class DataLayer(QueryMethods):
         return self.tenant(DEFAULT_TENANT).tasks
 
     @property
+    def cache(self) -> Cache:
+        """The default tenant's cache (L1 in process, L2 in Redis)."""
+        return self.tenant(DEFAULT_TENANT).cache
+
+    @property
+    def sessions(self) -> SessionStore:
+        """The default tenant's sessions."""
+        return self.tenant(DEFAULT_TENANT).sessions
+
+    @property
+    def pubsub(self) -> PubSub:
+        """The default tenant's pub/sub channels (at-most-once)."""
+        return self.tenant(DEFAULT_TENANT).pubsub
+
+    @property
+    def streams(self) -> Streams:
+        """The default tenant's durable streams (at-least-once, acknowledged)."""
+        return self.tenant(DEFAULT_TENANT).streams
+
+    @property
+    def scripts(self) -> ScriptRegistry:
+        """Named Lua scripts on Redis (EVALSHA, reloaded after a server restart)."""
+        if self._cache_backend is None or self._cache_backend.scripts is None:
+            raise _not_connected()
+        return self._cache_backend.scripts
+
+    def lock(
+        self, name: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
+    ) -> Lock:
+        """A distributed lock of the default tenant; ``async with dl.lock(...) as lock:``."""
+        return self.tenant(DEFAULT_TENANT).lock(name, ttl=ttl, wait=wait, auto_renew=auto_renew)
+
+    @property
     def embeddings(self) -> EmbeddingStore:
         """The default tenant's embeddings (the default collection, and the others by name)."""
         return self.tenant(DEFAULT_TENANT).embeddings
@@ -161,8 +208,15 @@ class DataLayer(QueryMethods):
         if scope is None:
             check_tenant(tenant_id)
             assert self._catalog is not None
+            assert self._cache_backend is not None
             scope = TenantScope(
-                self._database(), tenant_id, self._wakeups, self._catalog, self.config.vector
+                self._database(),
+                tenant_id,
+                self._wakeups,
+                self._catalog,
+                self.config,
+                self._cache_backend,
+                self.redis,
             )
             self._scopes[tenant_id] = scope
         return scope
@@ -195,7 +249,10 @@ class DataLayer(QueryMethods):
 
     async def health(self, timeout: float = 2.0) -> HealthStatus:
         """Probe PostgreSQL and Redis: ``ok``, ``degraded`` (Redis down) or ``down``."""
-        return await check_health(self.pool, self.redis, timeout)
+        report = await check_health(self.pool, self.redis, timeout)
+        if self._cache_backend is not None:
+            report.components["redis"].details["cache"] = self._cache_backend.stats().model_dump()
+        return report
 
     def migrations(self) -> MigrationRunner:
         """The migration runner for our schema and every directory in ``config.migration``."""

@@ -13,16 +13,20 @@ __all__ = [
     "DEFAULT_TENANT",
     "Agent",
     "AgentStatus",
+    "CacheStats",
     "CollectionInfo",
     "ComponentHealth",
     "Embedding",
     "HealthStatus",
     "IndexInfo",
     "IndexProgress",
+    "Message",
     "OptimizeReport",
     "Page",
+    "Session",
     "SimilarityQuery",
     "SimilarityResult",
+    "StreamMessage",
     "Task",
     "TaskStatus",
 ]
@@ -99,6 +103,34 @@ class Embedding(_Record):
     created_at: datetime
 
 
+class Session(BaseModel):
+    """An agent's session: free data, expiring ``ttl`` seconds after its last touch."""
+
+    id: str
+    agent_id: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    expires_at: datetime
+    ttl: float
+
+
+class Message(BaseModel):
+    """A pub/sub message as a subscriber receives it."""
+
+    channel: str
+    data: Any
+    pattern: str | None = None
+
+
+class StreamMessage(BaseModel):
+    """A message of a durable stream; ``attempts`` counts deliveries (more than 1: redelivered)."""
+
+    id: str
+    stream: str
+    data: Any
+    attempts: int = 1
+
+
 class SimilarityQuery(BaseModel):
     """One query of a batch search."""
 
@@ -173,6 +205,45 @@ class OptimizeReport(BaseModel):
     dead_fraction: float
     actions: list[str] = Field(default_factory=list)
     suggested_lists: int | None = None
+
+
+class CacheStats(BaseModel):
+    """The cache's counters since the DataLayer connected."""
+
+    l1_hits: int
+    l1_misses: int
+    l2_hits: int
+    l2_misses: int
+    sets: int
+    l1_evictions: int
+    l1_entries: int
+    l1_bytes: int
+    degraded_reads: int
+    degraded_writes: int
+    invalidations_sent: int
+    invalidations_received: int
+    lock_waits: int
+    lock_wait_seconds: float
+    redis_available: bool
+
+    @property
+    def l1_hit_rate(self) -> float:
+        """L1 hits over L1 lookups (0 when none)."""
+        total = self.l1_hits + self.l1_misses
+        return self.l1_hits / total if total else 0.0
+
+    @property
+    def l2_hit_rate(self) -> float:
+        """L2 hits over L2 lookups (0 when none)."""
+        total = self.l2_hits + self.l2_misses
+        return self.l2_hits / total if total else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Lookups answered by any level, over lookups."""
+        # Every lookup goes through L1 first when there is one; otherwise straight to L2.
+        lookups = (self.l1_hits + self.l1_misses) or (self.l2_hits + self.l2_misses)
+        return (self.l1_hits + self.l2_hits) / lookups if lookups else 0.0
 
 
 class ComponentHealth(BaseModel):

@@ -9,11 +9,18 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
-from agency_data.config import VectorConfig
+from agency_data.cache.backend import CacheBackend
+from agency_data.cache.keys import Keys
+from agency_data.cache.store import Cache
+from agency_data.config import DataLayerConfig
+from agency_data.coord.locks import Lock
+from agency_data.coord.pubsub import PubSub, Streams
+from agency_data.coord.sessions import SessionStore
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction
 from agency_data.postgres.tasks import TaskStore
 from agency_data.postgres.wakeups import TaskWakeups
+from agency_data.redis.client import RedisClient
 from agency_data.vectors.catalog import Catalog
 from agency_data.vectors.store import EmbeddingStore
 
@@ -134,13 +141,38 @@ class TenantScope(QueryMethods):
         tenant_id: str,
         wakeups: TaskWakeups | None,
         catalog: Catalog,
-        vector_config: VectorConfig,
+        config: DataLayerConfig,
+        backend: CacheBackend,
+        client: RedisClient,
     ) -> None:
         self._db = db
+        self._backend = backend
+        self._keys = Keys(tenant_id)
         self.tenant_id = tenant_id
-        self.agents = AgentStore(db, tenant_id)
+        self.cache = Cache(backend, tenant_id)
+        self.agents = AgentStore(
+            db, tenant_id, self.cache.with_namespace("records"), config.cache.record_ttl
+        )
         self.tasks = TaskStore(db, tenant_id, wakeups)
-        self.embeddings = EmbeddingStore(db, catalog, tenant_id, vector_config)
+        self.embeddings = EmbeddingStore(db, catalog, tenant_id, config.vector)
+        self.sessions = SessionStore(client, self._keys, config.cache.default_ttl)
+        self.pubsub = PubSub(client, self._keys)
+        self.streams = Streams(client, self._keys)
+
+    def lock(
+        self, name: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
+    ) -> Lock:
+        """A distributed lock (see :mod:`agency_data.coord.locks`); use ``async with``."""
+        assert self._backend.scripts is not None
+        return Lock(
+            self._backend,
+            self._backend.scripts,
+            self._keys,
+            name,
+            ttl=ttl,
+            wait=wait,
+            auto_renew=auto_renew,
+        )
 
     def _database(self) -> Database:
         return self._db

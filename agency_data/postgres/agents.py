@@ -15,6 +15,7 @@ from uuid import UUID
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 
+from agency_data.cache.store import Cache
 from agency_data.errors import Conflict, NotFound, ValidationError
 from agency_data.models import Agent, AgentStatus, Page
 from agency_data.postgres._input import (
@@ -57,9 +58,13 @@ class _AgentChanges(BaseModel):
 class AgentStore:
     """The agents of one tenant."""
 
-    def __init__(self, db: Database, tenant: str) -> None:
+    def __init__(
+        self, db: Database, tenant: str, cache: Cache | None = None, cache_ttl: int = 0
+    ) -> None:
         self._db = db
         self.tenant = tenant
+        self._cache = cache
+        self._cache_ttl = cache_ttl
 
     async def create(
         self,
@@ -84,12 +89,42 @@ class AgentStore:
         assert row is not None
         return row
 
-    async def get(self, agent_id: UUID | str) -> Agent:
-        """The agent with ``agent_id``; :class:`NotFound` if this tenant has none."""
-        row = await self._db.fetch_one(*_get_sql(self.tenant, as_uuid(agent_id)), model=Agent)
+    async def get(self, agent_id: UUID | str, *, cached: bool | None = None) -> Agent:
+        """The agent with ``agent_id``; :class:`NotFound` if this tenant has none.
+
+        With ``cached`` (default: on when ``cache.record_ttl`` is set), the read goes through
+        the cache. Writes through this store invalidate it once their transaction commits, so
+        a reader sees a committed change at once, or (if it raced the write, or Redis was
+        down when the write committed) within ``record_ttl`` seconds. Reads inside a
+        transaction always go to PostgreSQL.
+        """
+        uid = as_uuid(agent_id)
+        use_cache = self._cache_ttl > 0 if cached is None else cached
+        if not use_cache or self._cache is None or self._db.in_transaction:
+            return await self._load(uid)
+        ttl = self._cache_ttl or None
+        data = await self._cache.get_or_set(_cache_key(uid), lambda: self._load_json(uid), ttl=ttl)
+        return Agent.model_validate(data)
+
+    async def _load(self, agent_id: UUID) -> Agent:
+        row = await self._db.fetch_one(*_get_sql(self.tenant, agent_id), model=Agent)
         if row is None:
             raise NotFound(f"agent {agent_id} does not exist", entity="agent", key=agent_id)
         return row
+
+    async def _load_json(self, agent_id: UUID) -> dict[str, Any]:
+        return (await self._load(agent_id)).model_dump(mode="json")
+
+    async def _invalidate(self, agent_id: UUID) -> None:
+        if self._cache is None:
+            return
+        cache = self._cache
+        tx = self._db.current_transaction()
+        if tx is not None:
+            # After the commit only: a rolled-back write must leave the cache alone.
+            tx.on_commit(lambda: cache.delete(_cache_key(agent_id)))
+        else:
+            await cache.delete(_cache_key(agent_id))
 
     async def get_many(self, agent_ids: Sequence[UUID | str]) -> builtins.list[Agent]:
         """The agents that exist among ``agent_ids`` (one round trip), in no particular order."""
@@ -143,7 +178,7 @@ class AgentStore:
         )
         if row is not None:
             return row
-        current = await self.get(uid)  # NotFound when it does not exist at all
+        current = await self._load(uid)  # NotFound when it does not exist at all
         raise Conflict(
             f"agent {agent_id} was changed by someone else (now version {current.version}); "
             "read it again and reapply your change",
@@ -152,9 +187,11 @@ class AgentStore:
 
     async def delete(self, agent_id: UUID | str) -> None:
         """Delete the agent; its tasks stay, with no agent. :class:`NotFound` if absent."""
-        deleted = await self._db.execute(*_delete_sql(self.tenant, as_uuid(agent_id)))
+        uid = as_uuid(agent_id)
+        deleted = await self._db.execute(*_delete_sql(self.tenant, uid))
         if deleted == 0:
             raise NotFound(f"agent {agent_id} does not exist", entity="agent", key=agent_id)
+        await self._invalidate(uid)
 
     async def list(
         self,
@@ -234,6 +271,10 @@ class AgentStore:
             where.append(sql.SQL("name ILIKE %s"))
             params.append(like_pattern(name_contains))
         return where, params
+
+
+def _cache_key(agent_id: UUID) -> str:
+    return f"agent:{agent_id}"
 
 
 def _status(value: Any) -> str:

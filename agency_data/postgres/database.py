@@ -91,6 +91,10 @@ class Database:
             raise TypeError("the pool was built with a conninfo callable; no plain string to give")
         return conninfo
 
+    def current_transaction(self) -> Transaction | None:
+        """The calling task's open transaction, if any."""
+        return self._current.get()
+
     @property
     def in_transaction(self) -> bool:
         """True inside a ``transaction()`` block of the calling task."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeAlias
 
 from redis.asyncio import Redis
@@ -12,9 +13,19 @@ from redis.backoff import ExponentialBackoff
 
 from agency_data.config import RedisConfig
 
-__all__ = ["RedisClient", "make_client"]
+__all__ = ["RedisClient", "cancelling", "make_client"]
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
+
+
+def cancelling() -> bool:
+    """True when the running task has been asked to stop.
+
+    redis-py's read timeouts can turn a cancellation that lands mid-read into a TimeoutError;
+    loops that retry on timeouts check this so that they still stop when cancelled.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:

@@ -1,0 +1,249 @@
+"""What every tenant's cache shares within one DataLayer: L1, the Redis client, the codec,
+the statistics, the circuit breaker that makes a dead Redis cheap, and the listener that
+applies other processes' invalidations to L1.
+
+Invalidations travel on one pub/sub channel; a message names keys, a pattern, tags or
+everything, and the process it came from (which has already applied it). Delivery takes a
+few milliseconds. If the listener loses Redis, messages may have been missed, so L1 is
+cleared when it reconnects: an L1 entry is never stale for longer than that, and never for
+longer than ``cache.l1_ttl`` in any case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import redis.exceptions as rx
+
+from agency_data.cache.codec import Codec
+from agency_data.cache.keys import glob_to_regex
+from agency_data.cache.local import LocalCache
+from agency_data.config import CacheConfig
+from agency_data.coord.scripts import ScriptRegistry
+from agency_data.errors import BackendUnavailable
+from agency_data.models import CacheStats
+from agency_data.redis.client import RedisClient, cancelling
+
+__all__ = ["INVALIDATION_CHANNEL", "CacheBackend", "RedisDown"]
+
+INVALIDATION_CHANNEL = "ad:invalidate"
+_log = logging.getLogger("agency_data.cache")
+T = TypeVar("T")
+
+TAG_INVALIDATE = """
+local removed = 0
+for _, tag in ipairs(KEYS) do
+    local members = redis.call('SMEMBERS', tag)
+    for i = 1, #members, 500 do
+        removed = removed + redis.call('UNLINK', unpack(members, i, math.min(i + 499, #members)))
+    end
+    redis.call('UNLINK', tag)
+end
+return removed
+"""
+
+# Errors that mean "Redis is not there right now", as opposed to a bad command.
+_DOWN = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, OSError, TimeoutError)
+
+
+class RedisDown(Exception):
+    """Raised inside the cache when Redis is unreachable; callers degrade instead of failing."""
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self.l1_hits = self.l1_misses = self.l2_hits = self.l2_misses = 0
+        self.sets = self.degraded_reads = self.degraded_writes = 0
+        self.invalidations_sent = self.invalidations_received = 0
+        self.lock_waits = 0
+        self.lock_wait_seconds = 0.0
+
+
+class CacheBackend:
+    """The shared parts of the cache of one DataLayer."""
+
+    def __init__(self, config: CacheConfig, client: RedisClient | None) -> None:
+        self.config = config
+        self.redis = client if config.l2 else None
+        self.l1 = (
+            LocalCache(
+                max_entries=config.max_entries,
+                max_bytes=config.max_memory_bytes,
+                policy=config.eviction_policy,
+            )
+            if config.l1
+            else None
+        )
+        self.codec = Codec(
+            compression=config.compression,
+            threshold=config.compression_threshold,
+            max_bytes=config.max_value_bytes,
+        )
+        self.scripts = ScriptRegistry(client) if client is not None else None
+        if self.scripts is not None:
+            self.scripts.register("invalidate_tags", TAG_INVALIDATE)
+        self.origin = uuid.uuid4().hex
+        self.counters = _Counters()
+        self._down_until = 0.0
+        self._was_down = False
+        self._listener: asyncio.Task[None] | None = None
+        self._warned_at = 0.0
+        self.pending_invalidations: set[str] = set()
+
+    # -- Redis calls with degradation --------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open (Redis failed within the last ``retry_after``)."""
+        return self.redis is not None and time.monotonic() >= self._down_until
+
+    async def call(self, operation: Callable[[RedisClient], Awaitable[T]]) -> T:
+        """Run ``operation`` on Redis; :class:`RedisDown` (fast, while the breaker is open)."""
+        if self.redis is None:
+            raise RedisDown("the cache has no Redis level")
+        if not self.available:
+            raise RedisDown("Redis was unreachable moments ago")
+        try:
+            result = await operation(self.redis)
+        except (*_DOWN, BackendUnavailable) as exc:
+            self._trip(exc)
+            raise RedisDown(str(exc)) from exc
+        if self._was_down:
+            await self._recovered()
+        return result
+
+    def _trip(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self.config.retry_after
+        self._was_down = True
+        now = time.monotonic()
+        if now - self._warned_at > 10:
+            self._warned_at = now
+            _log.warning(
+                "Redis is unreachable (%s); the cache runs degraded: misses, dropped writes", exc
+            )
+
+    async def _recovered(self) -> None:
+        self._was_down = False
+        _log.info("Redis is back; dropping L1 (it may have missed invalidations)")
+        if self.l1 is not None:
+            self.l1.clear()
+        await self.retry_pending()
+
+    async def retry_pending(self) -> None:
+        """Re-send invalidations that failed while Redis was down."""
+        if not self.pending_invalidations or self.redis is None:
+            return
+        keys, self.pending_invalidations = list(self.pending_invalidations), set()
+        try:
+            await self.redis.unlink(*keys)
+            await self.publish({"k": keys})
+        except _DOWN:
+            self.pending_invalidations.update(keys)
+
+    def degraded_write(self) -> None:
+        """Count a write that Redis was not there to take."""
+        self.counters.degraded_writes += 1
+
+    # -- invalidation broadcast --------------------------------------------------------------
+
+    async def publish(self, message: dict[str, Any]) -> None:
+        """Tell the other processes to drop what ``message`` names from their L1."""
+        if self.redis is None or not self.config.broadcast_invalidations:
+            return
+        message["o"] = self.origin
+        await self.redis.publish(INVALIDATION_CHANNEL, orjson.dumps(message))
+        self.counters.invalidations_sent += 1
+
+    def apply(self, message: dict[str, Any]) -> None:
+        """Drop from L1 what an invalidation ``message`` names."""
+        if self.l1 is None:
+            return
+        if "all" in message:
+            self.l1.clear()
+        for key in message.get("k", ()):
+            self.l1.discard(key)
+        if "p" in message:
+            regex = glob_to_regex(message["p"])
+            self.l1.discard_where(lambda key, _tags: regex.fullmatch(key) is not None)
+        if "t" in message:
+            doomed = set(message["t"])
+            self.l1.discard_where(lambda _key, tags: not doomed.isdisjoint(tags))
+
+    def start_listener(self) -> None:
+        """Listen for other processes' invalidations (only useful with an L1)."""
+        if self.l1 is not None and self.redis is not None and self._listener is None:
+            self._listener = asyncio.create_task(
+                self._listen(), name="agency-data cache invalidations"
+            )
+
+    async def aclose(self) -> None:
+        """Stop listening."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _listen(self) -> None:
+        assert self.redis is not None
+        delay = 0.05
+        connected_before = False
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(INVALIDATION_CHANNEL)
+                if connected_before and self.l1 is not None:
+                    # Messages sent while we were away are lost: forget everything.
+                    self.l1.clear()
+                connected_before = True
+                delay = 0.05
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if cancelling():
+                        # redis-py may swallow a cancellation that lands mid-read.
+                        raise asyncio.CancelledError
+                    if message is None or message["type"] != "message":
+                        continue
+                    payload = orjson.loads(message["data"])
+                    if payload.get("o") != self.origin:
+                        self.apply(payload)
+                        self.counters.invalidations_received += 1
+            except _DOWN as exc:
+                if cancelling():
+                    raise asyncio.CancelledError from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """Hits, misses and hit rates per level, evictions, L1 size, degraded-mode counters."""
+        c = self.counters
+        l1 = self.l1
+        return CacheStats(
+            l1_hits=c.l1_hits,
+            l1_misses=c.l1_misses,
+            l2_hits=c.l2_hits,
+            l2_misses=c.l2_misses,
+            sets=c.sets,
+            l1_evictions=l1.evictions if l1 else 0,
+            l1_entries=len(l1) if l1 else 0,
+            l1_bytes=l1.bytes if l1 else 0,
+            degraded_reads=c.degraded_reads,
+            degraded_writes=c.degraded_writes,
+            invalidations_sent=c.invalidations_sent,
+            invalidations_received=c.invalidations_received,
+            lock_waits=c.lock_waits,
+            lock_wait_seconds=c.lock_wait_seconds,
+            redis_available=self.available,
+        )

@@ -1,0 +1,358 @@
+"""``dl.cache``: a multi-level cache (in-process L1 in front of Redis L2) for one tenant.
+
+Reads look in L1, then Redis; writes go to both and tell other processes to drop their L1
+copy. When Redis is down, reads are misses (L1 still serves what it holds), writes are dropped
+with a warning and a counter, and nothing raises: a cache must never take the application
+down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from agency_data.cache.backend import CacheBackend, RedisDown
+from agency_data.cache.keys import Keys, check_key, check_namespace, escape_glob
+from agency_data.errors import ValidationError
+from agency_data.models import CacheStats
+from agency_data.redis.client import RedisClient
+
+__all__ = ["Cache"]
+
+_MISSING: Any = object()
+# Each stored value starts with its absolute expiry (ms since the epoch), so an L2 hit tells L1
+# how long the entry has left without a second command.
+_EXPIRY = struct.Struct(">Q")
+_SCAN_BATCH = 500
+
+
+Loader = Callable[[], Awaitable[Any] | Any]
+
+
+class Cache:
+    """The cache of one tenant; ``namespace`` separates independent users of it."""
+
+    def __init__(self, backend: CacheBackend, tenant: str, namespace: str = "default") -> None:
+        self._backend = backend
+        self._keys = Keys(tenant)
+        self.namespace = check_namespace(namespace)
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+
+    def with_namespace(self, namespace: str) -> Cache:
+        """The same tenant's cache under another namespace."""
+        return Cache(self._backend, self._keys.tenant, namespace)
+
+    def stats(self) -> CacheStats:
+        """The cache's counters (shared by every tenant and namespace of this DataLayer)."""
+        return self._backend.stats()
+
+    def _full(self, key: str) -> str:
+        return self._keys.cache(self.namespace, check_key(key))
+
+    def _ttl(self, ttl: float | None) -> float:
+        value = self._backend.config.default_ttl if ttl is None else ttl
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValidationError(
+                f"ttl must be a positive number of seconds, not {ttl!r}", field="ttl"
+            )
+        return float(value)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The cached value of ``key``, or ``default``."""
+        full = self._full(key)
+        value = self._l1_get(full)
+        if value is not _MISSING:
+            return value
+        found = await self._l2_get_many([full])
+        return found.get(full, default)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The cached values of ``keys`` that exist (one Redis round trip for the L1 misses)."""
+        result: dict[str, Any] = {}
+        wanted: dict[str, str] = {}
+        for key in keys:
+            full = self._full(key)
+            value = self._l1_get(full)
+            if value is _MISSING:
+                wanted[full] = key
+            else:
+                result[key] = value
+        if wanted:
+            found = await self._l2_get_many(list(wanted))
+            for full, value in found.items():
+                result[wanted[full]] = value
+        return result
+
+    def _l1_get(self, full: str) -> Any:
+        l1 = self._backend.l1
+        if l1 is None:
+            return _MISSING
+        value = l1.get(full, _MISSING)
+        counters = self._backend.counters
+        if value is _MISSING:
+            counters.l1_misses += 1
+            return _MISSING
+        counters.l1_hits += 1
+        return value
+
+    async def _l2_get_many(self, fulls: list[str]) -> dict[str, Any]:
+        backend = self._backend
+        if backend.redis is None:
+            return {}
+        try:
+            raw: list[Any] = await backend.call(lambda r: r.mget(fulls))
+        except RedisDown:
+            backend.counters.degraded_reads += len(fulls)
+            return {}
+        found: dict[str, Any] = {}
+        now_ms = time.time() * 1000
+        for full, data in zip(fulls, raw, strict=True):
+            if data is None or len(data) <= _EXPIRY.size:
+                backend.counters.l2_misses += 1
+                continue
+            (expires_ms,) = _EXPIRY.unpack_from(data)
+            value = backend.codec.decode(data[_EXPIRY.size :])
+            backend.counters.l2_hits += 1
+            found[full] = value
+            if backend.l1 is not None:
+                left = min(backend.config.l1_ttl, (expires_ms - now_ms) / 1000)
+                backend.l1.set(full, value, ttl=left, size=len(data))
+        return found
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def set(
+        self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None:
+        """Cache ``value`` for ``ttl`` seconds (default ``cache.default_ttl``), labelled ``tags``."""
+        await self.set_many({key: value}, ttl=ttl, tags=tags)
+
+    async def set_many(
+        self, items: Mapping[str, Any], ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None:
+        """Cache several values in one Redis round trip."""
+        seconds = self._ttl(ttl)
+        tag_list = [check_key(t, "tag") for t in tags]
+        backend = self._backend
+        expires_ms = int(time.time() * 1000 + seconds * 1000)
+        encoded: dict[str, bytes] = {}
+        for key, value in items.items():
+            encoded[self._full(key)] = _EXPIRY.pack(expires_ms) + backend.codec.encode(value)
+        backend.counters.sets += len(encoded)
+        if backend.l1 is not None:
+            for (full, data), value in zip(encoded.items(), items.values(), strict=True):
+                backend.l1.set(
+                    full,
+                    value,
+                    ttl=min(seconds, backend.config.l1_ttl),
+                    size=len(data),
+                    tags=tag_list,
+                )
+        if backend.redis is None:
+            return
+        millis = max(1, int(seconds * 1000))
+
+        async def write(redis: RedisClient) -> None:
+            pipe = redis.pipeline(transaction=False)
+            for full, data in encoded.items():
+                pipe.set(full, data, px=millis)
+            for tag in tag_list:
+                tag_key = self._keys.tag(tag)
+                pipe.sadd(tag_key, *encoded)
+                pipe.pexpire(tag_key, millis, gt=True)
+                pipe.pexpire(tag_key, millis, nx=True)
+            await pipe.execute()
+            await backend.publish({"k": list(encoded)})
+
+        try:
+            await backend.call(write)
+        except RedisDown:
+            backend.degraded_write()
+
+    async def delete(self, *keys: str) -> None:
+        """Remove ``keys`` everywhere (retried when Redis returns, if it is down now)."""
+        fulls = [self._full(k) for k in keys]
+        await self._forget(fulls)
+
+    async def _forget(self, fulls: list[str]) -> None:
+        backend = self._backend
+        if backend.l1 is not None:
+            for full in fulls:
+                backend.l1.discard(full)
+        if backend.redis is None or not fulls:
+            return
+
+        async def unlink(redis: RedisClient) -> None:
+            await redis.unlink(*fulls)
+            await backend.publish({"k": fulls})
+
+        try:
+            await backend.call(unlink)
+        except RedisDown:
+            backend.degraded_write()
+            backend.pending_invalidations.update(fulls)
+
+    async def get_or_set(
+        self,
+        key: str,
+        loader: Loader,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        *,
+        across_processes: bool = False,
+    ) -> Any:
+        """The cached value, or ``loader()``'s result, cached; concurrent misses load once.
+
+        Within a process, concurrent callers for one key share one ``loader`` call. With
+        ``across_processes``, a short Redis lock makes other processes wait for the first
+        one's result instead of loading too.
+        """
+        value = await self.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        full = self._full(key)
+        inflight = self._inflight.get(full)
+        if inflight is not None:
+            return await asyncio.shield(inflight)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inflight[full] = future
+        try:
+            value = await self._fill(key, full, loader, ttl, tags, across_processes)
+            future.set_result(value)
+            return value
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            del self._inflight[full]
+
+    async def _fill(
+        self,
+        key: str,
+        full: str,
+        loader: Loader,
+        ttl: float | None,
+        tags: Iterable[str],
+        shared: bool,
+    ) -> Any:
+        backend = self._backend
+        lock_key = self._keys.fill_lock(self.namespace, key)
+        token = uuid.uuid4().hex
+        holds = False
+        if shared and backend.available:
+            deadline = time.monotonic() + backend.config.fill_lock_ttl
+            while True:
+                try:
+                    holds = bool(
+                        await backend.call(
+                            lambda r: r.set(
+                                lock_key,
+                                token,
+                                nx=True,
+                                px=int(backend.config.fill_lock_ttl * 1000),
+                            )
+                        )
+                    )
+                except RedisDown:
+                    break
+                if holds:
+                    break
+                await asyncio.sleep(0.01)
+                found = await self._l2_get_many([full])
+                if full in found:
+                    return found[full]
+                if time.monotonic() > deadline:
+                    break  # the other loader is slow or gone: load ourselves
+        try:
+            result = loader()
+            value = await result if inspect.isawaitable(result) else result
+            await self.set(key, value, ttl=ttl, tags=tags)
+            return value
+        finally:
+            if holds:
+                with contextlib.suppress(RedisDown):
+                    await backend.call(lambda r: r.delete(lock_key))
+
+    # -- invalidating --------------------------------------------------------------------------
+
+    async def invalidate(self, pattern: str) -> int:
+        """Remove every key of this namespace matching the Redis glob ``pattern``.
+
+        Glob characters in ``pattern`` act as wildcards; to match text literally, pass it
+        through :func:`agency_data.cache.escape_glob` or use :meth:`invalidate_prefix`.
+        Uses SCAN and UNLINK, never KEYS. Returns how many Redis keys went.
+        """
+        check_key(pattern, "pattern")
+        full_pattern = escape_glob(self._keys.cache_prefix(self.namespace)) + pattern
+        return await self._invalidate_pattern(full_pattern)
+
+    async def invalidate_prefix(self, prefix: str) -> int:
+        """Remove every key that starts with ``prefix`` (taken literally)."""
+        check_key(prefix, "prefix")
+        return await self._invalidate_pattern(
+            escape_glob(self._keys.cache_prefix(self.namespace) + prefix) + "*"
+        )
+
+    async def clear(self, namespace: str | None = None) -> int:
+        """Remove every key of ``namespace`` (default: this cache's)."""
+        prefix = self._keys.cache_prefix(check_namespace(namespace or self.namespace))
+        return await self._invalidate_pattern(escape_glob(prefix) + "*")
+
+    async def _invalidate_pattern(self, full_pattern: str) -> int:
+        backend = self._backend
+        if backend.l1 is not None:
+            backend.apply({"p": full_pattern})
+        if backend.redis is None:
+            return 0
+
+        async def scan_and_unlink(redis: RedisClient) -> int:
+            removed = 0
+            batch: list[Any] = []
+            async for found in redis.scan_iter(match=full_pattern, count=_SCAN_BATCH):
+                batch.append(found)
+                if len(batch) >= _SCAN_BATCH:
+                    removed += await redis.unlink(*batch)
+                    batch = []
+            if batch:
+                removed += await redis.unlink(*batch)
+            await backend.publish({"p": full_pattern})
+            return removed
+
+        try:
+            return await backend.call(scan_and_unlink)
+        except RedisDown:
+            backend.degraded_write()
+            return 0
+
+    async def invalidate_tags(self, *tags: str) -> int:
+        """Remove every key set with any of ``tags``; returns how many Redis keys went."""
+        tag_list = [check_key(t, "tag") for t in tags]
+        if not tag_list:
+            return 0
+        backend = self._backend
+        if backend.l1 is not None:
+            backend.apply({"t": tag_list})
+        if backend.redis is None:
+            return 0
+        tag_keys = [self._keys.tag(t) for t in tag_list]
+
+        async def run(redis: RedisClient) -> int:
+            assert backend.scripts is not None
+            removed = int(await backend.scripts.run("invalidate_tags", keys=tag_keys))
+            await backend.publish({"t": tag_list})
+            return removed
+
+        try:
+            return await backend.call(run)
+        except RedisDown:
+            backend.degraded_write()
+            return 0

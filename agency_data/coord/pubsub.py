@@ -1,0 +1,210 @@
+"""Messaging: Redis pub/sub (fast, at-most-once) and Redis Streams (durable, acknowledged).
+
+**Pub/sub is at-most-once.** A message reaches the subscribers connected at that moment and no
+one else: a subscriber that is down, reconnecting or slow to read misses it, and Redis keeps no
+copy. Subscriptions here survive a Redis restart (they reconnect and resubscribe by
+themselves), but what was published during the gap is gone. Use it for notifications whose
+loss is harmless (status pings, cache invalidations).
+
+**Streams are at-least-once.** ``dl.streams.publish`` appends to a stream that Redis keeps;
+consumers in a group each get different messages and must ``ack`` them. A message that was
+delivered but not acknowledged (its consumer crashed) is delivered again after ``claim_after``
+seconds, so handlers must tolerate the occasional repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import orjson
+import redis.exceptions as rx
+
+from agency_data.cache.keys import Keys, check_key
+from agency_data.errors import ValidationError
+from agency_data.models import Message, StreamMessage
+from agency_data.redis.client import RedisClient, cancelling
+from agency_data.redis.errors import translate_errors
+
+__all__ = ["PubSub", "Streams"]
+
+_log = logging.getLogger("agency_data.pubsub")
+_DOWN = (rx.ConnectionError, rx.TimeoutError, OSError)
+_MAX_MESSAGE = 1 << 20
+
+
+def _encode(message: Any) -> bytes:
+    try:
+        data = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise ValidationError(f"messages must be JSON-shaped ({exc})", field="message") from None
+    if len(data) > _MAX_MESSAGE:
+        raise ValidationError(
+            f"the message is {len(data)} bytes; the limit is {_MAX_MESSAGE}", field="message"
+        )
+    return data
+
+
+class PubSub:
+    """Publish and subscribe on one tenant's channels."""
+
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
+        self._redis = client
+        self._keys = keys
+
+    async def publish(self, channel: str, message: Any) -> int:
+        """Send ``message`` (JSON-shaped) to ``channel``; return how many subscribers got it."""
+        with translate_errors("publishing"):
+            return int(
+                await self._redis.publish(
+                    self._keys.channel(check_key(channel, "channel")), _encode(message)
+                )
+            )
+
+    async def subscribe(
+        self, *channels: str, patterns: Sequence[str] = (), reconnect_delay: float = 0.1
+    ) -> AsyncIterator[Message]:
+        """Messages on ``channels`` (and channels matching glob ``patterns``) as they arrive.
+
+        Iterate with ``async for``; stop by breaking out (or use ``contextlib.aclosing``).
+        If Redis goes away, the subscription waits and resubscribes when it is back.
+        """
+        names = [self._keys.channel(check_key(c, "channel")) for c in channels]
+        globs = [self._keys.channel(check_key(p, "pattern")) for p in patterns]
+        if not names and not globs:
+            raise ValidationError("subscribe to at least one channel or pattern", field="channels")
+        prefix = len(self._keys.channel(""))
+        delay = reconnect_delay
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                if names:
+                    await pubsub.subscribe(*names)
+                if globs:
+                    await pubsub.psubscribe(*globs)
+                delay = reconnect_delay
+                while True:
+                    raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if cancelling():
+                        # redis-py may swallow a cancellation that lands mid-read.
+                        raise asyncio.CancelledError
+                    if raw is None or raw["type"] not in ("message", "pmessage"):
+                        continue
+                    pattern = raw.get("pattern")
+                    yield Message(
+                        channel=raw["channel"].decode()[prefix:],
+                        data=orjson.loads(raw["data"]),
+                        pattern=pattern.decode()[prefix:] if pattern else None,
+                    )
+            except _DOWN as exc:
+                if cancelling():
+                    raise asyncio.CancelledError from exc
+                _log.warning("subscription lost Redis (%s); resubscribing", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+class Streams:
+    """Durable messaging on one tenant's Redis Streams, with consumer groups."""
+
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
+        self._redis = client
+        self._keys = keys
+
+    async def publish(self, stream: str, message: Any, *, max_length: int | None = 100_000) -> str:
+        """Append ``message``; return its id. The stream is trimmed near ``max_length`` entries."""
+        key = self._keys.stream(check_key(stream, "stream"))
+        with translate_errors("appending to a stream"):
+            ident = await self._redis.xadd(
+                key, {"d": _encode(message)}, maxlen=max_length, approximate=True
+            )
+        return ident.decode() if isinstance(ident, bytes) else str(ident)
+
+    async def consume(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        count: int = 10,
+        block: float = 1.0,
+        claim_after: float = 30.0,
+    ) -> AsyncIterator[StreamMessage]:
+        """Messages for ``consumer`` of ``group``, redelivering ones others left unacknowledged.
+
+        The group is created (from the stream's start) if needed. Acknowledge each message with
+        :meth:`ack` once handled.
+        """
+        key = self._keys.stream(check_key(stream, "stream"))
+        check_key(group, "group")
+        check_key(consumer, "consumer")
+        await self._ensure_group(key, group)
+        while True:
+            with translate_errors("reading a stream"):
+                # First whatever idled too long at other consumers, then new messages.
+                reclaimed: Any = await self._redis.xautoclaim(
+                    key, group, consumer, min_idle_time=int(claim_after * 1000), count=count
+                )
+                claimed = reclaimed[1]
+                entries: Any = (
+                    [(key.encode(), claimed)]
+                    if claimed
+                    else await self._redis.xreadgroup(
+                        group, consumer, {key: ">"}, count=count, block=int(block * 1000)
+                    )
+                )
+                attempts = await self._attempts(key, group, entries)
+            for _, items in entries or []:
+                for ident, fields in items:
+                    if not fields:  # deleted meanwhile
+                        continue
+                    text = ident.decode() if isinstance(ident, bytes) else str(ident)
+                    yield StreamMessage(
+                        id=text,
+                        stream=stream,
+                        data=orjson.loads(fields[b"d"]),
+                        attempts=attempts.get(text, 1),
+                    )
+
+    async def ack(self, stream: str, group: str, *message_ids: str) -> int:
+        """Acknowledge handled messages; return how many were pending."""
+        key = self._keys.stream(check_key(stream, "stream"))
+        with translate_errors("acknowledging"):
+            return int(await self._redis.xack(key, group, *message_ids))
+
+    async def pending(self, stream: str, group: str) -> int:
+        """How many delivered messages the group has not acknowledged."""
+        key = self._keys.stream(check_key(stream, "stream"))
+        with translate_errors("reading pending messages"):
+            summary = await self._redis.xpending(key, group)
+        return int(summary["pending"])
+
+    async def _ensure_group(self, key: str, group: str) -> None:
+        with translate_errors("creating a consumer group"):
+            try:
+                await self._redis.xgroup_create(key, group, id="0", mkstream=True)
+            except rx.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):  # the group exists already: fine
+                    raise
+
+    async def _attempts(self, key: str, group: str, entries: Any) -> dict[str, int]:
+        ids = [i for _, items in entries or [] for i, _ in items]
+        if not ids:
+            return {}
+        details = await self._redis.xpending_range(
+            key, group, min=ids[0], max=ids[-1], count=len(ids) + 100
+        )
+        return {
+            (
+                d["message_id"].decode()
+                if isinstance(d["message_id"], bytes)
+                else str(d["message_id"])
+            ): int(d["times_delivered"])
+            for d in details
+        }

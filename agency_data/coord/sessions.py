@@ -1,0 +1,150 @@
+"""Agent sessions in Redis: JSON documents with a sliding expiry, findable by agent.
+
+A session is one key with a TTL; an agent's session ids are a set beside it (same hash tag),
+pruned of expired ids whenever it is listed. Sessions live in Redis only: while Redis is down,
+session calls raise :class:`BackendUnavailable` rather than pretend.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from agency_data.cache.keys import Keys, check_key
+from agency_data.errors import NotFound, ValidationError
+from agency_data.models import Session
+from agency_data.postgres._input import encode_json
+from agency_data.redis.client import RedisClient
+from agency_data.redis.errors import translate_errors
+
+__all__ = ["SessionStore"]
+
+_MAX_TTL = 30 * 24 * 3600
+_MAX_BYTES = 1 << 20
+
+
+class SessionStore:
+    """The sessions of one tenant."""
+
+    def __init__(self, client: RedisClient, keys: Keys, default_ttl: int) -> None:
+        self._redis = client
+        self._keys = keys
+        self._default_ttl = default_ttl
+
+    async def create(
+        self, agent_id: Any, data: dict[str, Any] | None = None, ttl: float | None = None
+    ) -> Session:
+        """Open a session for ``agent_id`` that expires ``ttl`` seconds after its last touch."""
+        seconds = self._ttl(ttl)
+        agent = check_key(str(agent_id), "agent_id")
+        now = datetime.now(UTC)
+        session = Session(
+            id=uuid.uuid4().hex,
+            agent_id=agent,
+            data=self._data(data),
+            created_at=now,
+            expires_at=now + timedelta(seconds=seconds),
+            ttl=seconds,
+        )
+        await self._write(session, new=True)
+        return session
+
+    async def get(self, session_id: str) -> Session:
+        """The live session; :class:`NotFound` once it expired or was deleted."""
+        with translate_errors("reading a session"):
+            raw = await self._redis.get(self._keys.session(check_key(session_id, "session_id")))
+        if raw is None:
+            raise NotFound(
+                f"session {session_id} does not exist or has expired",
+                entity="session",
+                key=session_id,
+            )
+        return Session.model_validate(orjson.loads(raw))
+
+    async def update(self, session_id: str, data: dict[str, Any], *, merge: bool = True) -> Session:
+        """Change the data (merging top-level keys, or replacing it); also slides the expiry."""
+        session = await self.get(session_id)
+        new_data = {**session.data, **self._data(data)} if merge else self._data(data)
+        updated = session.model_copy(update={"data": new_data})
+        return await self._slide(updated)
+
+    async def touch(self, session_id: str, ttl: float | None = None) -> Session:
+        """Push the expiry out to ``ttl`` (default: the session's own) seconds from now."""
+        session = await self.get(session_id)
+        if ttl is not None:
+            session = session.model_copy(update={"ttl": self._ttl(ttl)})
+        return await self._slide(session)
+
+    async def delete(self, session_id: str) -> None:
+        """End a session; :class:`NotFound` if there was none."""
+        session = await self.get(session_id)
+        with translate_errors("deleting a session"):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.delete(self._keys.session(session.id))
+            pipe.srem(self._keys.agent_sessions(session.agent_id), session.id)
+            await pipe.execute()
+
+    async def list_by_agent(self, agent_id: Any) -> list[Session]:
+        """The agent's live sessions, oldest first; expired ids are pruned on the way."""
+        index = self._keys.agent_sessions(check_key(str(agent_id), "agent_id"))
+        with translate_errors("listing sessions"):
+            members = await self._redis.smembers(index)
+            ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+            if not ids:
+                return []
+            raws = await self._redis.mget([self._keys.session(i) for i in ids])
+            gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
+            if gone:
+                await self._redis.srem(index, *gone)
+        sessions = [Session.model_validate(orjson.loads(raw)) for raw in raws if raw is not None]
+        return sorted(sessions, key=lambda s: s.created_at)
+
+    async def _slide(self, session: Session) -> Session:
+        slid = session.model_copy(
+            update={"expires_at": datetime.now(UTC) + timedelta(seconds=session.ttl)}
+        )
+        await self._write(slid, new=False)
+        return slid
+
+    async def _write(self, session: Session, *, new: bool) -> None:
+        key = self._keys.session(session.id)
+        index = self._keys.agent_sessions(session.agent_id)
+        millis = int(session.ttl * 1000)
+        with translate_errors("writing a session"):
+            pipe = self._redis.pipeline(transaction=True)
+            # xx: an update never resurrects a session that expired meanwhile.
+            pipe.set(key, session.model_dump_json(), px=millis, nx=new, xx=not new)
+            pipe.sadd(index, session.id)
+            pipe.pexpire(index, millis, gt=True)
+            pipe.pexpire(index, millis, nx=True)
+            written, *_ = await pipe.execute()
+        if not written:
+            raise NotFound(
+                f"session {session.id} expired while being updated",
+                entity="session",
+                key=session.id,
+            )
+
+    def _ttl(self, ttl: float | None) -> float:
+        value = self._default_ttl if ttl is None else ttl
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value <= _MAX_TTL
+        ):
+            raise ValidationError(
+                f"ttl must be from 0 to {_MAX_TTL} seconds, not {ttl!r}", field="ttl"
+            )
+        return float(value)
+
+    @staticmethod
+    def _data(data: dict[str, Any] | None) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValidationError("session data must be a dict", field="data")
+        encode_json(data, "data", _MAX_BYTES)
+        return data
