@@ -27,6 +27,7 @@ from agency_data.postgres.pool import Pool, open_pool
 from agency_data.postgres.tasks import TaskStore
 from agency_data.postgres.wakeups import TaskWakeups
 from agency_data.redis.client import RedisClient, make_client
+from agency_data.redis.client import prepare as prepare_redis
 from agency_data.scope import QueryMethods, TenantScope
 from agency_data.vectors.catalog import Catalog
 from agency_data.vectors.store import EmbeddingStore
@@ -99,6 +100,7 @@ class DataLayer(QueryMethods):
             )
             self._redis_url = await asyncio.to_thread(self._embedded_redis.acquire)
         self._redis = make_client(self.config.redis, self._redis_url)
+        await prepare_redis(self._redis)
         if self.config.migration.auto_migrate:
             await self.migrate()
         self._pool = await open_pool(self.config.postgresql, self._conninfo)

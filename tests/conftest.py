@@ -19,10 +19,12 @@ import pytest
 import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from redis.cluster import RedisCluster
 
 from agency_data import DataLayer, DataLayerConfig
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.migrations import BUILTIN_SOURCE, MigrationRunner
+from tests.servers import ValkeyProcesses, start_cluster, start_sentinel
 
 # Test servers trade durability for speed; the library's own defaults keep fsync on.
 FAST_POSTGRES = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -140,3 +142,38 @@ async def dl(database: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Dat
     """A connected DataLayer on a fresh, migrated database."""
     async with DataLayer(make_config(database, redis_url, tmp_path)) as layer:
         yield layer
+
+
+@pytest.fixture(scope="session")
+def valkey_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyProcesses]:
+    """Extra Valkey servers (cluster, sentinel), started on demand, stopped after the session."""
+    processes = ValkeyProcesses(tmp_path_factory.mktemp("valkey-extra"))
+    yield processes
+    processes.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_url(valkey_processes: ValkeyProcesses) -> str:
+    """A real 3-node Valkey Cluster (or the one AGENCY_DATA_TEST_REDIS_CLUSTER_URL names)."""
+    return os.environ.get("AGENCY_DATA_TEST_REDIS_CLUSTER_URL") or start_cluster(valkey_processes)
+
+
+@pytest.fixture(scope="session")
+def sentinel(valkey_processes: ValkeyProcesses) -> tuple[str, str]:
+    """A Sentinel watching a primary named ``main``: (master name, sentinel host:port)."""
+    return start_sentinel(valkey_processes)
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_section(request: pytest.FixtureRequest, servers: ServerSet) -> dict[str, Any]:
+    """The ``redis`` config section of each kind of deployment, emptied first."""
+    if request.param == "standalone":
+        client = redis.Redis.from_url(servers.redis_url)
+        client.flushdb()
+        client.close()
+        return {"url": servers.redis_url}
+    url = request.getfixturevalue("cluster_url")
+    cluster = RedisCluster.from_url(url)
+    cluster.flushall(target_nodes=RedisCluster.ALL_NODES)
+    cluster.close()
+    return {"url": url, "cluster": True}

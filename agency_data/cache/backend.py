@@ -29,7 +29,7 @@ from agency_data.config import CacheConfig
 from agency_data.coord.scripts import ScriptRegistry
 from agency_data.errors import BackendUnavailable
 from agency_data.models import CacheStats
-from agency_data.redis.client import RedisClient, cancelling
+from agency_data.redis.client import RedisClient, cancelling, pubsub_client
 
 __all__ = ["INVALIDATION_CHANNEL", "CacheBackend", "RedisDown"]
 
@@ -194,35 +194,42 @@ class CacheBackend:
     async def _listen(self) -> None:
         assert self.redis is not None
         delay = 0.05
-        connected_before = False
+        first = True
         while True:
-            pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(INVALIDATION_CHANNEL)
-                if connected_before and self.l1 is not None:
-                    # Messages sent while we were away are lost: forget everything.
-                    self.l1.clear()
-                connected_before = True
-                delay = 0.05
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if cancelling():
-                        # redis-py may swallow a cancellation that lands mid-read.
-                        raise asyncio.CancelledError
-                    if message is None or message["type"] != "message":
-                        continue
-                    payload = orjson.loads(message["data"])
-                    if payload.get("o") != self.origin:
-                        self.apply(payload)
-                        self.counters.invalidations_received += 1
-            except _DOWN as exc:
+                async with pubsub_client(self.redis) as source:
+                    pubsub = source.pubsub()
+                    try:
+                        await pubsub.subscribe(INVALIDATION_CHANNEL)
+                        if not first and self.l1 is not None:
+                            # Messages sent while we were away are lost: forget everything.
+                            self.l1.clear()
+                        first = False
+                        delay = 0.05
+                        await self._receive(pubsub)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            except Exception as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
+                if not isinstance(exc, _DOWN):
+                    _log.warning("cache invalidation listener failed (%r); restarting it", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _receive(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if cancelling():
+                # redis-py may swallow a cancellation that lands mid-read.
+                raise asyncio.CancelledError
+            if message is None or message["type"] != "message":
+                continue
+            payload = orjson.loads(message["data"])
+            if payload.get("o") != self.origin:
+                self.apply(payload)
+                self.counters.invalidations_received += 1
 
     # -- statistics ----------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import redis.exceptions as rx
 from agency_data.cache.keys import Keys, check_key
 from agency_data.errors import ValidationError
 from agency_data.models import Message, StreamMessage
-from agency_data.redis.client import RedisClient, cancelling
+from agency_data.redis.client import RedisClient, cancelling, pubsub_client
 from agency_data.redis.errors import translate_errors
 
 __all__ = ["PubSub", "Streams"]
@@ -79,35 +79,39 @@ class PubSub:
         prefix = len(self._keys.channel(""))
         delay = reconnect_delay
         while True:
-            pubsub = self._redis.pubsub()
             try:
-                if names:
-                    await pubsub.subscribe(*names)
-                if globs:
-                    await pubsub.psubscribe(*globs)
-                delay = reconnect_delay
-                while True:
-                    raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if cancelling():
-                        # redis-py may swallow a cancellation that lands mid-read.
-                        raise asyncio.CancelledError
-                    if raw is None or raw["type"] not in ("message", "pmessage"):
-                        continue
-                    pattern = raw.get("pattern")
-                    yield Message(
-                        channel=raw["channel"].decode()[prefix:],
-                        data=orjson.loads(raw["data"]),
-                        pattern=pattern.decode()[prefix:] if pattern else None,
-                    )
+                async with pubsub_client(self._redis) as source:
+                    pubsub = source.pubsub()
+                    try:
+                        if names:
+                            await pubsub.subscribe(*names)
+                        if globs:
+                            await pubsub.psubscribe(*globs)
+                        delay = reconnect_delay
+                        while True:
+                            raw = await pubsub.get_message(
+                                ignore_subscribe_messages=True, timeout=1.0
+                            )
+                            if cancelling():
+                                # redis-py may swallow a cancellation that lands mid-read.
+                                raise asyncio.CancelledError
+                            if raw is None or raw["type"] not in ("message", "pmessage"):
+                                continue
+                            pattern = raw.get("pattern")
+                            yield Message(
+                                channel=raw["channel"].decode()[prefix:],
+                                data=orjson.loads(raw["data"]),
+                                pattern=pattern.decode()[prefix:] if pattern else None,
+                            )
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await pubsub.aclose()  # type: ignore[no-untyped-call]
             except _DOWN as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 _log.warning("subscription lost Redis (%s); resubscribing", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 class Streams:

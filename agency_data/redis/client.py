@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 from redis.asyncio import Redis
@@ -10,10 +13,13 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
 from agency_data.config import RedisConfig
 
-__all__ = ["RedisClient", "cancelling", "make_client"]
+__all__ = ["RedisClient", "cancelling", "make_client", "prepare", "pubsub_client"]
+
+_log = logging.getLogger("agency_data.redis")
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
@@ -26,6 +32,44 @@ def cancelling() -> bool:
     """
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+@asynccontextmanager
+async def pubsub_client(client: RedisClient) -> AsyncIterator[Redis]:
+    """A plain client to subscribe with.
+
+    On a Cluster, classic pub/sub reaches subscribers on every node, so one node will do; a
+    connection of its own keeps the long-lived subscription apart from the cluster client's
+    command connections (sharing them misbehaves under load in redis-py 8.1).
+    """
+    if not isinstance(client, RedisCluster):
+        yield client
+        return
+    await client.initialize()
+    node = client.get_default_node()
+    kwargs = node.connection_kwargs
+    own = Redis(
+        host=node.host,
+        port=int(node.port),
+        username=kwargs.get("username"),
+        password=kwargs.get("password"),
+        socket_timeout=kwargs.get("socket_timeout"),
+        socket_connect_timeout=kwargs.get("socket_connect_timeout"),
+    )
+    try:
+        yield own
+    finally:
+        await own.aclose()
+
+
+async def prepare(client: RedisClient) -> None:
+    """Learn a Cluster's slot map now: concurrent first commands on an uninitialised
+    redis-py cluster client race each other's initialisation. Redis being down is fine here."""
+    if isinstance(client, RedisCluster):
+        try:
+            await client.initialize()
+        except (RedisError, OSError) as exc:
+            _log.warning("could not reach the Redis Cluster yet (%s); will retry on first use", exc)
 
 
 def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:
@@ -64,6 +108,9 @@ def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:
         return master
     target = url or (config.url.get_secret_value() if config.url else None)
     if config.cluster:
+        # The cluster client retries per node itself; sharing one Retry object across its
+        # connections makes concurrent commands fail (seen with redis-py 8.1).
+        common.pop("retry", None)
         if target is not None:
             return RedisCluster.from_url(target, **common)
         return RedisCluster(host=config.host or "localhost", port=config.port, **common)
