@@ -9,6 +9,7 @@ object::
         print(await dl.health())
 """
 
+from agency_data.cache import Cache, escape_glob
 from agency_data.config import (
     CacheConfig,
     DataLayerConfig,
@@ -19,6 +20,7 @@ from agency_data.config import (
     SentinelConfig,
     VectorConfig,
 )
+from agency_data.coord import Lock, PubSub, ScriptRegistry, SessionStore, Streams
 from agency_data.errors import (
     AgencyDataError,
     BackendUnavailable,
@@ -43,16 +45,20 @@ from agency_data.models import (
     DEFAULT_TENANT,
     Agent,
     AgentStatus,
+    CacheStats,
     CollectionInfo,
     ComponentHealth,
     Embedding,
     HealthStatus,
     IndexInfo,
     IndexProgress,
+    Message,
     OptimizeReport,
     Page,
+    Session,
     SimilarityQuery,
     SimilarityResult,
+    StreamMessage,
     Task,
     TaskStatus,
 )
@@ -72,7 +78,9 @@ __all__ = [
     "AgentStore",
     "BackendUnavailable",
     "BackupError",
+    "Cache",
     "CacheConfig",
+    "CacheStats",
     "Collection",
     "CollectionInfo",
     "ComponentHealth",
@@ -87,8 +95,10 @@ __all__ = [
     "HealthStatus",
     "IndexInfo",
     "IndexProgress",
+    "Lock",
     "LockNotAcquired",
     "LockNotOwned",
+    "Message",
     "MigrationChecksumMismatch",
     "MigrationConfig",
     "MigrationError",
@@ -101,13 +111,19 @@ __all__ = [
     "Page",
     "PoolTimeout",
     "PostgresConfig",
+    "PubSub",
     "QueryError",
     "QueryTimeout",
     "RedisConfig",
+    "ScriptRegistry",
     "SentinelConfig",
     "SerializationFailure",
+    "Session",
+    "SessionStore",
     "SimilarityQuery",
     "SimilarityResult",
+    "StreamMessage",
+    "Streams",
     "Task",
     "TaskStatus",
     "TaskStore",
@@ -116,4 +132,5 @@ __all__ = [
     "ValidationError",
     "VectorConfig",
     "__version__",
+    "escape_glob",
 ]

@@ -146,6 +146,7 @@ class RedisConfig(_Section):
     cluster: bool = False
     sentinel: SentinelConfig | None = None
     max_connections: int = Field(50, ge=1)
+    pool_timeout: float = Field(5.0, gt=0, description="seconds to wait for a free connection")
     max_retries: int = Field(1, ge=0, le=10)
     socket_timeout: float = Field(2.0, gt=0)
     connect_timeout: float = Field(1.0, gt=0)

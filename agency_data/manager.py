@@ -26,7 +26,7 @@ from agency_data.postgres.database import Database
 from agency_data.postgres.pool import Pool, open_pool
 from agency_data.postgres.tasks import TaskStore
 from agency_data.postgres.wakeups import TaskWakeups
-from agency_data.redis.client import RedisClient, make_client
+from agency_data.redis.client import RedisClient, close_client, make_client
 from agency_data.redis.client import prepare as prepare_redis
 from agency_data.scope import QueryMethods, TenantScope
 from agency_data.vectors.catalog import Catalog
@@ -128,7 +128,7 @@ class DataLayer(QueryMethods):
         if pool is not None:
             await pool.close()
         if client is not None:
-            await client.aclose()
+            await close_client(client)
         stop = self.config.embedded.stop_on_close
         for server in (self._embedded_pg, self._embedded_redis):
             if server is not None:

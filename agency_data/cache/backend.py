@@ -37,12 +37,16 @@ INVALIDATION_CHANNEL = "ad:invalidate"
 _log = logging.getLogger("agency_data.cache")
 T = TypeVar("T")
 
+# Returns the keys it removed: other processes' L1 copies (filled from L2 reads, which do not
+# carry tags) are dropped by key.
 TAG_INVALIDATE = """
-local removed = 0
+local removed = {}
 for _, tag in ipairs(KEYS) do
     local members = redis.call('SMEMBERS', tag)
     for i = 1, #members, 500 do
-        removed = removed + redis.call('UNLINK', unpack(members, i, math.min(i + 499, #members)))
+        local batch = {unpack(members, i, math.min(i + 499, #members))}
+        redis.call('UNLINK', unpack(batch))
+        for _, key in ipairs(batch) do removed[#removed + 1] = key end
     end
     redis.call('UNLINK', tag)
 end

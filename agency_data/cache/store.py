@@ -347,9 +347,10 @@ class Cache:
 
         async def run(redis: RedisClient) -> int:
             assert backend.scripts is not None
-            removed = int(await backend.scripts.run("invalidate_tags", keys=tag_keys))
-            await backend.publish({"t": tag_list})
-            return removed
+            removed = await backend.scripts.run("invalidate_tags", keys=tag_keys)
+            keys = [k.decode() if isinstance(k, bytes) else str(k) for k in removed]
+            await backend.publish({"t": tag_list, "k": keys})
+            return len(keys)
 
         try:
             return await backend.call(run)

@@ -96,13 +96,17 @@ class Lock:
         self._fence_key = keys.fence(name)
         self._token = uuid.uuid4().hex
         self.fencing_token: int | None = None
+        self._acquired = False
         self.lost = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
 
     @property
     def held(self) -> bool:
-        """True between a successful acquire and release (as far as this holder knows)."""
-        return self.fencing_token is not None and not self.lost.is_set()
+        """True between a successful acquire and release (as far as this holder knows).
+
+        ``fencing_token`` stays set after release: it names the grant this holder had.
+        """
+        return self._acquired and not self.lost.is_set()
 
     async def acquire(self) -> int:
         """Take the lock, waiting up to ``wait`` seconds; return the fencing token."""
@@ -134,6 +138,7 @@ class Lock:
             self._backend.counters.lock_waits += 1
             self._backend.counters.lock_wait_seconds += time.monotonic() - started
         self.fencing_token = granted
+        self._acquired = True
         self.lost.clear()
         if self.auto_renew:
             self._renewer = asyncio.create_task(self._renew(), name=f"renew lock {self.name}")
@@ -142,12 +147,12 @@ class Lock:
     async def release(self) -> None:
         """Let go; :class:`LockNotOwned` if it expired (or was taken) meanwhile."""
         await self._stop_renewing()
-        if self.fencing_token is None:
-            raise LockNotOwned(f"lock {self.name!r} was never acquired", name=self.name)
+        if not self._acquired:
+            raise LockNotOwned(f"lock {self.name!r} is not held by this holder", name=self.name)
         released = int(
             await self._scripts.run("lock_release", keys=[self._key], args=[self._token])
         )
-        self.fencing_token = None
+        self._acquired = False
         if not released:
             raise LockNotOwned(
                 f"lock {self.name!r} expired before it was released (ttl {self.ttl:g} s); writes "

@@ -177,6 +177,7 @@ class AgentStore:
             model=Agent,
         )
         if row is not None:
+            await self._invalidate(uid)
             return row
         current = await self._load(uid)  # NotFound when it does not exist at all
         raise Conflict(

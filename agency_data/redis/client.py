@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -17,9 +18,11 @@ from redis.exceptions import RedisError
 
 from agency_data.config import RedisConfig
 
-__all__ = ["RedisClient", "cancelling", "make_client", "prepare", "pubsub_client"]
+__all__ = ["RedisClient", "cancelling", "close_client", "make_client", "prepare", "pubsub_client"]
 
 _log = logging.getLogger("agency_data.redis")
+# The Sentinel behind each client made through one, so that closing the client closes it too.
+_sentinels: weakref.WeakKeyDictionary[Redis, Sentinel] = weakref.WeakKeyDictionary()
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
@@ -60,6 +63,15 @@ async def pubsub_client(client: RedisClient) -> AsyncIterator[Redis]:
         yield own
     finally:
         await own.aclose()
+
+
+async def close_client(client: RedisClient) -> None:
+    """Close ``client`` and, when it came through Sentinel, the connections to the sentinels."""
+    await client.aclose()
+    sentinel = _sentinels.pop(client, None) if isinstance(client, Redis) else None
+    if sentinel is not None:
+        for connection in sentinel.sentinels:
+            await connection.aclose()
 
 
 async def prepare(client: RedisClient) -> None:
@@ -105,6 +117,7 @@ def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:
             db=config.db,
             max_connections=config.max_connections,
         )
+        _sentinels[master] = sentinel
         return master
     target = url or (config.url.get_secret_value() if config.url else None)
     if config.cluster:
@@ -114,14 +127,23 @@ def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:
         if target is not None:
             return RedisCluster.from_url(target, **common)
         return RedisCluster(host=config.host or "localhost", port=config.port, **common)
+    # A blocking pool: when every connection is busy, callers wait (up to pool_timeout) for
+    # one instead of failing at once with "Too many connections".
     if target is not None:
-        return Redis.from_url(
-            target, db=config.db, max_connections=config.max_connections, **common
+        pool = BlockingConnectionPool.from_url(
+            target,
+            db=config.db,
+            max_connections=config.max_connections,
+            timeout=config.pool_timeout,
+            **common,
         )
-    return Redis(
-        host=config.host or "localhost",
-        port=config.port,
-        db=config.db,
-        max_connections=config.max_connections,
-        **common,
-    )
+    else:
+        pool = BlockingConnectionPool(
+            host=config.host or "localhost",
+            port=config.port,
+            db=config.db,
+            max_connections=config.max_connections,
+            timeout=config.pool_timeout,
+            **common,
+        )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
