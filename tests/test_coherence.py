@@ -150,3 +150,28 @@ async def test_committed_write_invalidates_only_after_commit(cached: DataLayer) 
         assert (await cached.agents.get(agent.id)).name == "after"
     finally:
         await cached.aclose()
+
+
+async def test_stampede_protection_across_processes(
+    database: str, redis_url: str, tmp_path: Path
+) -> None:
+    calls = 0
+
+    async def loader() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)
+        return "loaded"
+
+    async with (
+        DataLayer(make_config(database, redis_url, tmp_path)) as a,
+        DataLayer(make_config(database, redis_url, tmp_path)) as b,
+    ):
+        results = await asyncio.gather(
+            *(
+                layer.cache.get_or_set("costly", loader, across_processes=True)
+                for layer in (a, b) * 5
+            )
+        )
+    assert results == ["loaded"] * 10
+    assert calls == 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import orjson
@@ -66,7 +66,7 @@ class PubSub:
 
     async def subscribe(
         self, *channels: str, patterns: Sequence[str] = (), reconnect_delay: float = 0.1
-    ) -> AsyncIterator[Message]:
+    ) -> AsyncGenerator[Message, None]:
         """Messages on ``channels`` (and channels matching glob ``patterns``) as they arrive.
 
         Iterate with ``async for``; stop by breaking out (or use ``contextlib.aclosing``).
@@ -139,7 +139,7 @@ class Streams:
         count: int = 10,
         block: float = 1.0,
         claim_after: float = 30.0,
-    ) -> AsyncIterator[StreamMessage]:
+    ) -> AsyncGenerator[StreamMessage, None]:
         """Messages for ``consumer`` of ``group``, redelivering ones others left unacknowledged.
 
         The group is created (from the stream's start) if needed. Acknowledge each message with

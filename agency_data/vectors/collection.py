@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 from uuid import UUID
 
@@ -365,7 +373,7 @@ class Collection:
         threshold: float | None = None,
         include_vectors: bool = False,
         batch_size: int = 500,
-    ) -> AsyncIterator[SimilarityResult]:
+    ) -> AsyncGenerator[SimilarityResult, None]:
         """Every matching embedding, nearest first, fetched ``batch_size`` at a time.
 
         A server-side cursor keeps memory flat however many rows match; stop iterating at any
