@@ -110,7 +110,7 @@ class DataLayer(QueryMethods):
         self._cache_backend = CacheBackend(self.config.cache, self._redis)
         assert self._cache_backend.scripts is not None
         register_lock_scripts(self._cache_backend.scripts)
-        self._cache_backend.start_listener()
+        await self._cache_backend.start_listener()
 
     async def aclose(self) -> None:
         """Close the pool and client, and release the embedded servers (the last user stops them)."""

@@ -316,8 +316,10 @@ async def test_search_stream_walks_everything_in_order(small: DataLayer) -> None
 async def test_hybrid_search_fuses_text_and_vectors(small: DataLayer) -> None:
     col = small.embeddings.collection("small")
     matrix = vectors(100)
-    ids = await col.store_many(items(matrix))
-    # Item 14 is about planning and is the vector's own nearest neighbour: it must lead.
+    batch = items(matrix)
+    batch[14]["content"] = "planning, planning and more planning"
+    ids = await col.store_many(batch)
+    # Item 14 is the best text match and the vector's own nearest neighbour: it must lead.
     hits = await col.hybrid_search("planning", matrix[14], limit=5)
     assert hits[0].id == ids[14]
     assert all(hits[i].score >= hits[i + 1].score for i in range(len(hits) - 1))

@@ -98,6 +98,7 @@ class CacheBackend:
         self._down_until = 0.0
         self._was_down = False
         self._listener: asyncio.Task[None] | None = None
+        self._first_attempt = asyncio.Event()
         self._warned_at = 0.0
         self.pending_invalidations: set[str] = set()
 
@@ -180,12 +181,19 @@ class CacheBackend:
             doomed = set(message["t"])
             self.l1.discard_where(lambda _key, tags: not doomed.isdisjoint(tags))
 
-    def start_listener(self) -> None:
-        """Listen for other processes' invalidations (only useful with an L1)."""
+    async def start_listener(self, wait: float = 2.0) -> None:
+        """Listen for other processes' invalidations (only useful with an L1).
+
+        Waits (up to ``wait`` seconds) until the subscription is in place: L1 entries filled
+        before that could miss an invalidation. If Redis is down, the first failed attempt ends
+        the wait (the listener keeps retrying in the background).
+        """
         if self.l1 is not None and self.redis is not None and self._listener is None:
             self._listener = asyncio.create_task(
                 self._listen(), name="agency-data cache invalidations"
             )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_attempt.wait(), timeout=wait)
 
     async def aclose(self) -> None:
         """Stop listening."""
@@ -205,6 +213,7 @@ class CacheBackend:
                     pubsub = source.pubsub()
                     try:
                         await pubsub.subscribe(INVALIDATION_CHANNEL)
+                        self._first_attempt.set()
                         if not first and self.l1 is not None:
                             # Messages sent while we were away are lost: forget everything.
                             self.l1.clear()
@@ -215,6 +224,7 @@ class CacheBackend:
                         with contextlib.suppress(Exception):
                             await pubsub.aclose()  # type: ignore[no-untyped-call]
             except Exception as exc:
+                self._first_attempt.set()
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 if not isinstance(exc, _DOWN):
