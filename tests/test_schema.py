@@ -18,6 +18,7 @@ from agency_data import (
     ValidationError,
 )
 from agency_data.postgres import translate_errors
+from agency_data.vectors._compat import vector_to_list
 
 
 async def run(dl: DataLayer, query: str, params: Any = None) -> list[dict[str, Any]]:
@@ -114,7 +115,7 @@ async def test_updated_at_is_maintained_by_the_database(dl: DataLayer) -> None:
 
 async def test_pgvector_types_are_registered_on_pooled_connections(dl: DataLayer) -> None:
     rows = await run(dl, "SELECT %s::vector AS v", ["[0.5, -1, 2]"])
-    assert rows[0]["v"].to_list() == [0.5, -1.0, 2.0]
+    assert vector_to_list(rows[0]["v"]) == [0.5, -1.0, 2.0]
 
 
 async def test_statement_timeout_is_typed_and_leaves_the_connection_usable(dl: DataLayer) -> None:

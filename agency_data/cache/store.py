@@ -108,7 +108,11 @@ class Cache:
         if backend.redis is None:
             return {}
         try:
-            raw: list[Any] = await backend.call(lambda r: r.mget(fulls))
+            if len(fulls) == 1:
+                # GET, not a one-key MGET: it is what a hand-written client sends, and cheaper.
+                raw: list[Any] = [await backend.call(lambda r: r.get(fulls[0]))]
+            else:
+                raw = await backend.call(lambda r: r.mget(fulls))
         except RedisDown:
             backend.counters.degraded_reads += len(fulls)
             return {}

@@ -22,7 +22,6 @@ from uuid import UUID
 
 import numpy as np
 import numpy.typing as npt
-from pgvector import HalfVector
 from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
@@ -40,6 +39,7 @@ from agency_data.postgres._input import as_uuid, check_limit, encode_json
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
 from agency_data.vectors import _sql, indexes
+from agency_data.vectors._compat import HalfVector, vector_to_list
 from agency_data.vectors.catalog import Catalog, CollectionSpec
 from agency_data.vectors.filter_ast import FilterNode, parse_filter
 from agency_data.vectors.metrics import MetricSpec, metric_spec
@@ -237,7 +237,7 @@ class Collection:
             ).format(spec.table_id),
             [self.tenant, ids],
         )
-        return [Embedding(**{**row, "vector": row["vector"].to_list()}) for row in rows]
+        return [Embedding(**{**row, "vector": vector_to_list(row["vector"])}) for row in rows]
 
     async def count(self, filter: Mapping[str, Any] | None = None) -> int:
         """How many of this tenant's embeddings match ``filter`` (all, without one)."""
@@ -593,7 +593,7 @@ def _result(row: dict[str, Any], score: Callable[[float], float]) -> SimilarityR
         metadata=row["metadata"],
         content=row["content"],
         created_at=row["created_at"],
-        vector=vector.to_list() if vector is not None else None,
+        vector=vector_to_list(vector) if vector is not None else None,
     )
 
 

@@ -1,0 +1,148 @@
+"""``python -m bench [SCENARIO ...] [--quick] [--size 100k|1m]``: every figure beside its
+baseline, measured in the same run on the same data.
+
+It runs on embedded servers in ``.bench-data`` (a data directory of its own, which it empties),
+or on the servers that AGENCY_DATA_POSTGRESQL__DSN / AGENCY_DATA_REDIS__URL name: point
+those at throwaway databases, as the benchmark deletes what it finds there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from agency_data import DataLayer, DataLayerConfig
+from bench import cache, coord, relational, vectors
+from bench.context import Bench
+from bench.harness import Result, environment, print_table, write_json
+
+SCENARIOS = [
+    "point-reads",
+    "writes",
+    "claiming",
+    "vector-ingest",
+    "vector-search",
+    "cache",
+    "locks",
+    "pubsub",
+    "concurrency",
+]
+SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
+ROOT = Path(__file__).parent.parent
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        choices=[[], *SCENARIOS],
+        metavar="SCENARIO",
+        help=f"any of: {', '.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: about 3 minutes in all")
+    parser.add_argument(
+        "--size",
+        choices=list(SIZES),
+        default=None,
+        help="vectors for the search scenario (default: 100k, or 20k with --quick)",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="timed runs per figure (the median is kept)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results")
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace) -> None:
+    console = Console(width=max(140, Console().width))
+    chosen = args.scenarios or SCENARIOS
+    size = SIZES[args.size] if args.size else (20_000 if args.quick else 100_000)
+    config = DataLayerConfig(
+        embedded={"data_dir": ROOT / ".bench-data"},
+        migration={"backup_before_migration": False},
+        postgresql={
+            "pool_max_size": 20,
+            "pool_min_size": 4,
+            "pool_timeout": 30,
+            "statement_timeout": 0,
+        },
+        cache={"max_entries": 20_000},
+    )
+    l2_config = config.model_copy(update={"cache": config.cache.model_copy(update={"l1": False})})
+    results: list[Result] = []
+    started = time.perf_counter()
+    async with DataLayer(config) as dl, DataLayer(l2_config) as l2_only:
+        await _reset(dl)
+        redis_url = dl.redis_url or str(
+            config.redis.url.get_secret_value() if config.redis.url else ""
+        )
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            b = Bench(dl=dl, quick=args.quick, vectors=size, runs=args.runs, progress=progress)
+            b.task = progress.add_task("starting", total=None)
+            jobs: dict[str, Callable[[], Awaitable[list[Result]]]] = {
+                "point-reads": lambda: relational.point_reads(b, l2_only),
+                "writes": lambda: relational.writes(b),
+                "claiming": lambda: relational.claiming(b),
+                "vector-ingest": lambda: vectors.ingest(b),
+                "vector-search": lambda: vectors.search(b),
+                "cache": lambda: cache.cache(b, l2_only, redis_url),
+                "locks": lambda: coord.locks(b),
+                "pubsub": lambda: coord.pubsub(b),
+                "concurrency": lambda: relational.concurrency(b),
+            }
+            for name in SCENARIOS:
+                if name in chosen:
+                    results += await jobs[name]()
+                    await _reset(dl)
+    print_table(results, console)
+    missed = [r for r in results if r.met is False]
+    console.print(
+        f"{len(results)} figures in {time.perf_counter() - started:.0f} s; "
+        f"targets met: {sum(1 for r in results if r.met)}, missed: {len(missed)}"
+    )
+    env = environment(
+        {
+            "quick": args.quick,
+            "vectors": size,
+            "runs": args.runs,
+            "scenarios": chosen,
+            "postgres": await _server_settings(dl_config=config),
+        }
+    )
+    path = args.json or ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    write_json(path, results, env)
+    console.print(f"results written to {path}")
+
+
+async def _reset(dl: DataLayer) -> None:
+    await dl.execute("TRUNCATE tasks, agents")
+    await dl.redis.flushdb()
+
+
+async def _server_settings(dl_config: DataLayerConfig) -> dict[str, Any]:
+    async with DataLayer(dl_config) as dl:
+        rows = await dl.fetch(
+            "SELECT name, setting, unit FROM pg_settings WHERE name IN "
+            "('shared_buffers', 'work_mem', 'maintenance_work_mem', 'max_wal_size', 'fsync', "
+            "'synchronous_commit', 'max_parallel_maintenance_workers', 'server_version')"
+        )
+    return {r["name"]: f"{r['setting']}{r['unit'] or ''}" for r in rows}
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))

@@ -1,0 +1,359 @@
+"""Vector scenarios: ingest and search, against psycopg by hand and langchain-postgres."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from agency_data.vectors import _sql
+from bench.context import Bench, clustered
+from bench.harness import Result, percentiles, timed
+
+DIM = 768
+
+
+def _items(vectors: np.ndarray, offset: int = 0) -> list[dict[str, Any]]:
+    return [
+        {
+            "entity_type": "doc",
+            "entity_id": str(offset + i),
+            "vector": v,
+            "metadata": {"bucket": (offset + i) % 100, "decile": (offset + i) % 10},
+        }
+        for i, v in enumerate(vectors)
+    ]
+
+
+async def ingest(b: Bench) -> list[Result]:
+    """store_many against binary COPY into an identical table, and langchain-postgres."""
+    dl = b.dl
+    n = b.size(5_000, 20_000)
+    vectors = clustered(b.rng(1), n, DIM)
+    items = _items(vectors)
+    col = await dl.embeddings.create_collection("bench_ingest", dimension=DIM, exist_ok=True)
+    spec = await dl.embeddings._catalog.load("bench_ingest")
+    raw_table = sql.Identifier("bench_raw_ingest")
+    await dl.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(raw_table))
+    await dl.execute(
+        sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(raw_table, spec.table_id)
+    )
+
+    async def ours() -> None:
+        await dl.execute(sql.SQL("TRUNCATE {}").format(spec.table_id))
+        await col.store_many(items)
+
+    async def raw_copy() -> None:
+        await dl.execute(sql.SQL("TRUNCATE {}").format(raw_table))
+        async with (
+            dl.pool.connection() as conn,
+            conn.cursor() as cursor,
+            cursor.copy(
+                sql.SQL(
+                    "COPY {} (id, tenant_id, entity_type, entity_id, vector, metadata, content) "
+                    "FROM STDIN WITH (FORMAT BINARY)"
+                ).format(raw_table)
+            ) as copy,
+        ):
+            copy.set_types(["uuid", "text", "text", "text", "vector", "jsonb", "text"])
+            for item in items:
+                await copy.write_row(
+                    (
+                        uuid.uuid4(),
+                        "default",
+                        "doc",
+                        item["entity_id"],
+                        item["vector"],
+                        Jsonb(item["metadata"]),
+                        None,
+                    )
+                )
+
+    b.step(f"vector ingest: {n:,} x {DIM}")
+    ours_rate = n / await timed(ours, b.runs)
+    copy_rate = n / await timed(raw_copy, b.runs)
+    results = [
+        Result(
+            "vector ingest",
+            f"store_many ({n:,} x {DIM}-d)",
+            "vectors/s",
+            ours_rate,
+            copy_rate,
+            "psycopg binary COPY",
+            target="within 15% of COPY",
+            met=copy_rate / ours_rate - 1 <= 0.15,
+        ),
+    ]
+    lc_rate = await _langchain_ingest(b, vectors[: b.size(500, 2_000)])
+    if lc_rate is not None:
+        results.append(
+            Result(
+                "vector ingest",
+                "store_many vs langchain-postgres",
+                "vectors/s",
+                ours_rate,
+                lc_rate,
+                "PGVectorStore.aadd_embeddings",
+                target=">= 5x",
+                met=ours_rate >= 5 * lc_rate,
+            )
+        )
+    await dl.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(raw_table))
+    await dl.embeddings.drop_collection("bench_ingest")
+    return results
+
+
+def _langchain_url(b: Bench) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(b.dl.conninfo)
+    host = params.get("host", "localhost")
+    if str(host).startswith("/"):
+        return (
+            f"postgresql+psycopg://{params.get('user', 'postgres')}@/{params['dbname']}?host={host}"
+        )
+    return f"postgresql+psycopg://{params.get('user', 'postgres')}@{host}:{params.get('port', 5432)}/{params['dbname']}"
+
+
+async def _langchain_store(b: Bench, table: str) -> Any:
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_postgres import PGEngine, PGVectorStore
+
+    engine = PGEngine.from_connection_string(_langchain_url(b))
+    await engine.ainit_vectorstore_table(table, DIM, overwrite_existing=True)
+    store = await PGVectorStore.create(
+        engine, table_name=table, embedding_service=DeterministicFakeEmbedding(size=DIM)
+    )
+    return engine, store
+
+
+async def _langchain_ingest(b: Bench, vectors: np.ndarray) -> float | None:
+    b.step(f"vector ingest: langchain-postgres ({len(vectors):,})")
+    engine, store = await _langchain_store(b, "bench_langchain_ingest")
+    texts = [f"doc {i}" for i in range(len(vectors))]
+    embeddings = [v.tolist() for v in vectors]
+    metadatas = [{"bucket": i % 100} for i in range(len(vectors))]
+    started = time.perf_counter()
+    await store.aadd_embeddings(texts, embeddings, metadatas=metadatas)
+    rate = len(vectors) / (time.perf_counter() - started)
+    await b.dl.execute("DROP TABLE IF EXISTS bench_langchain_ingest")
+    await engine.close()
+    return rate
+
+
+async def search(b: Bench) -> list[Result]:
+    """Latency and recall@10 for HNSW (ef 40 / 100), halfvec, binary, exact, and filters."""
+    dl = b.dl
+    n = b.vectors
+    queries = b.size(100, 200)
+    rng = b.rng(2)
+    data = clustered(rng, n + queries, DIM)
+    base, probes = data[:n], data[n:]
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    truth = np.argsort(-(probes @ unit.T), axis=1)[:, :10]
+
+    results: list[Result] = []
+    collections: dict[str, Any] = {}
+    for name, storage, quantization in (
+        ("bench_hnsw", "vector", "none"),
+        ("bench_half", "halfvec", "none"),
+        ("bench_bits", "vector", "binary"),
+    ):
+        b.step(f"vector search: loading {n:,} into {name}")
+        await _drop(dl, name)
+        col = await dl.embeddings.create_collection(name, dimension=DIM, storage=storage)
+        ids: list[Any] = []
+        for start in range(0, n, 20_000):
+            ids += await col.store_many(_items(base[start : start + 20_000], start))
+        b.step(f"vector search: building the {name} index")
+        started = time.perf_counter()
+        info = await col.create_index(
+            kind="hnsw", m=16, ef_construction=64, quantization=quantization
+        )
+        build = time.perf_counter() - started
+        collections[name] = (col, {ident: i for i, ident in enumerate(ids)})
+        results.append(
+            Result(
+                "vector search",
+                f"{name}: HNSW build ({n:,})",
+                "s",
+                build,
+                higher_is_better=False,
+                extra={"index_bytes": info.index.size_bytes if info.index else None},
+            )
+        )
+
+    async def measure(label: str, name: str, count: int, **options: Any) -> None:
+        col, position = collections[name]
+        samples, found = [], 0
+        for i, q in enumerate(probes[:count]):
+            started = time.perf_counter()
+            hits = await col.find_similar(q, limit=10, **options)
+            samples.append((time.perf_counter() - started) * 1000)
+            found += len({position[h.id] for h in hits} & set(truth[i]))
+        p = percentiles(samples)
+        recall = found / (10 * count)
+        target_ok = p["p95"] < (5 if n <= 100_000 else 20) and recall >= 0.95
+        results.append(
+            Result(
+                "vector search",
+                f"{label}: p95 latency",
+                "ms",
+                p["p95"],
+                higher_is_better=False,
+                target="p95 < 5 ms, recall >= 0.95"
+                if "HNSW ef 40" in label and n <= 100_000
+                else "",
+                met=target_ok if "HNSW ef 40" in label and n <= 100_000 else None,
+                extra={**p, "recall@10": recall},
+            )
+        )
+        results.append(Result("vector search", f"{label}: recall@10", "recall", recall, extra=p))
+
+    b.step("vector search: HNSW")
+    await measure("HNSW ef 40", "bench_hnsw", queries)
+    await measure("HNSW ef 100", "bench_hnsw", queries, ef_search=100)
+    await measure("halfvec HNSW ef 40", "bench_half", queries)
+    await measure("binary + re-rank", "bench_bits", queries)
+    b.step("vector search: exact")
+    await measure("exact scan", "bench_hnsw", b.size(10, 20), exact=True)
+    results += await _filtered(b, collections["bench_hnsw"], probes, base)
+    results += await _baselines(b, collections["bench_hnsw"][0], probes)
+    for name in collections:
+        await _drop(dl, name)
+    return results
+
+
+async def _filtered(
+    b: Bench, collection: tuple[Any, dict[Any, int]], probes: np.ndarray, base: np.ndarray
+) -> list[Result]:
+    col, position = collection
+    results = []
+    for label, field, divisor, value in (("10%", "decile", 10, 3), ("1%", "bucket", 100, 7)):
+        b.step(f"vector search: filtered {label}")
+        mask = np.arange(len(base)) % divisor == value
+        subset = np.flatnonzero(mask)
+        unit = base[subset] / np.linalg.norm(base[subset], axis=1, keepdims=True)
+        samples, found, short = [], 0, 0
+        count = b.size(50, 100)
+        for q in probes[:count]:
+            truth = set(subset[np.argsort(-(unit @ q))[:10]])
+            started = time.perf_counter()
+            hits = await col.find_similar(q, limit=10, filter={field: value})
+            samples.append((time.perf_counter() - started) * 1000)
+            found += len({position[h.id] for h in hits} & truth)
+            short += len(hits) < 10
+        p = percentiles(samples)
+        results.append(
+            Result(
+                "vector search",
+                f"filtered {label}: p95 latency",
+                "ms",
+                p["p95"],
+                higher_is_better=False,
+                target="full limit returned",
+                met=short == 0,
+                extra={**p, "recall@10": found / (10 * count), "short_results": short},
+            )
+        )
+        results.append(
+            Result("vector search", f"filtered {label}: recall@10", "recall", found / (10 * count))
+        )
+    return results
+
+
+async def _baselines(b: Bench, col: Any, probes: np.ndarray) -> list[Result]:
+    dl = b.dl
+    count = b.size(100, 200)
+    spec = await dl.embeddings._catalog.load(col.name)
+
+    async def ours_p(q: np.ndarray) -> None:
+        await col.find_similar(q, limit=10)
+
+    async def raw_p(q: np.ndarray) -> None:
+        query, params = _sql.search_sql(spec, "default", q, 10, None, include_vectors=False)
+        async with dl.pool.connection() as conn:
+            cursor = await conn.execute(query, params)
+            await cursor.fetchall()
+
+    b.step("vector search: the same SQL by psycopg")
+    ours = await _latency(ours_p, probes[:count])
+    raw = await _latency(raw_p, probes[:count])
+    results = [
+        Result(
+            "vector search",
+            "find_similar p50 (HNSW ef 40)",
+            "ms",
+            ours["p50"],
+            raw["p50"],
+            "psycopg, same SQL",
+            higher_is_better=False,
+            target="<= 10% overhead",
+            met=ours["p50"] / raw["p50"] - 1 <= 0.10,
+            extra={"ours": ours, "raw": raw},
+        )
+    ]
+    lc = await _langchain_search(b, spec, probes[:count])
+    if lc is not None:
+        results.append(
+            Result(
+                "vector search",
+                "find_similar p50 vs langchain-postgres",
+                "ms",
+                ours["p50"],
+                lc["p50"],
+                "asimilarity_search_by_vector",
+                higher_is_better=False,
+                extra={"langchain": lc},
+            )
+        )
+    return results
+
+
+async def _latency(op: Any, probes: np.ndarray) -> dict[str, float]:
+    for q in probes[:10]:
+        await op(q)
+    samples = []
+    for q in probes:
+        started = time.perf_counter()
+        await op(q)
+        samples.append((time.perf_counter() - started) * 1000)
+    return percentiles(samples)
+
+
+async def _langchain_search(b: Bench, spec: Any, probes: np.ndarray) -> dict[str, float] | None:
+    from langchain_postgres.v2.indexes import DistanceStrategy, HNSWIndex
+
+    b.step("vector search: langchain-postgres on the same data and index")
+    engine, store = await _langchain_store(b, "bench_langchain_search")
+    await b.dl.execute(
+        sql.SQL(
+            "INSERT INTO bench_langchain_search (langchain_id, content, embedding, langchain_metadata) "
+            "SELECT id, entity_id, vector, metadata FROM {}"
+        ).format(spec.table_id)
+    )
+    await store.aapply_vector_index(
+        HNSWIndex(
+            name="bench_langchain_hnsw",
+            distance_strategy=DistanceStrategy.COSINE_DISTANCE,
+            m=16,
+            ef_construction=64,
+        )
+    )
+
+    async def op(q: np.ndarray) -> None:
+        await store.asimilarity_search_by_vector(q.tolist(), k=10)
+
+    result = await _latency(op, probes)
+    await b.dl.execute("DROP TABLE IF EXISTS bench_langchain_search")
+    await engine.close()
+    return result
+
+
+async def _drop(dl: Any, name: str) -> None:
+    if name in await dl.embeddings.list_collections():
+        await dl.embeddings.drop_collection(name)
