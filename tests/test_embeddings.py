@@ -181,7 +181,7 @@ def _bad_items() -> list[tuple[Any, str]]:
         ({**good, "entity_type": " "}, "blank"),
         ({**good, "entity_id": None}, "must be a string"),
         ({**good, "metadata": [1]}, "must be a dict"),
-        ({**good, "metadata": {"x": math.nan}}, "not valid JSON"),
+        ({**good, "metadata": {"x": math.nan}}, "NaN"),
         ({**good, "metadata": {"x": "y" * (1 << 20)}}, "over the limit"),
         ({**good, "colour": "red"}, "unknown fields"),
         ({**good, "id": "not-a-uuid"}, "not a valid id"),

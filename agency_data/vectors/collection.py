@@ -170,45 +170,40 @@ class Collection:
         seen: set[UUID] = set()
         limit = self._db.config.max_json_bytes
         for index, item in enumerate(items):
-            where = f"[{index}]"
-            values = _as_mapping(item, where)
-            unknown = set(values) - _ITEM_KEYS
-            if unknown:
-                raise ValidationError(f"{where} has unknown fields {sorted(unknown)}", field=where)
+            # Messages are only built on failure: this loop runs once per vector ingested.
+            values = _as_mapping(item, index)
+            if not _ITEM_KEYS.issuperset(values):
+                unknown = sorted(set(values) - _ITEM_KEYS)
+                raise ValidationError(f"[{index}] has unknown fields {unknown}", field=f"[{index}]")
             given_id = values.get("id")
             if given_id is None:
                 id_ = uuid.uuid4()
             else:
-                id_ = as_uuid(given_id, f"{where}.id")
+                id_ = as_uuid(given_id, f"[{index}].id")
                 upsert = True
                 if id_ in seen:
                     raise ValidationError(
-                        f"{where}.id {id_} appears twice in one batch", field=f"{where}.id"
+                        f"[{index}].id {id_} appears twice in one batch", field=f"[{index}].id"
                     )
                 seen.add(id_)
-            entity_type = _text(values.get("entity_type"), f"{where}.entity_type", blank=False)
+            entity_type = _text(values.get("entity_type"), index, "entity_type", blank=False)
             entity_id = values.get("entity_id")
             if isinstance(entity_id, int | UUID) and not isinstance(entity_id, bool):
                 entity_id = str(entity_id)
-            entity_id = _text(entity_id, f"{where}.entity_id", blank=True)
+            entity_id = _text(entity_id, index, "entity_id", blank=True)
             metadata = values.get("metadata") or {}
             if not isinstance(metadata, dict):
-                raise ValidationError(f"{where}.metadata must be a dict", field=f"{where}.metadata")
+                raise ValidationError(
+                    f"[{index}].metadata must be a dict", field=f"[{index}].metadata"
+                )
             content = values.get("content")
             if content is not None:
-                content = _text(content, f"{where}.content", blank=True, limit=1_000_000)
+                content = _text(content, index, "content", blank=True, limit=1_000_000)
             if "vector" not in values:
-                raise ValidationError(f"{where}.vector is missing", field=f"{where}.vector")
+                raise ValidationError(f"[{index}].vector is missing", field=f"[{index}].vector")
             raw_vectors.append(values["vector"])
-            rows.append(
-                (
-                    id_,
-                    entity_type,
-                    entity_id,
-                    encode_json(metadata, f"{where}.metadata", limit),
-                    content,
-                )
-            )
+            encoded = encode_json(metadata, f"[{index}].metadata", limit) if metadata else "{}"
+            rows.append((id_, entity_type, entity_id, encoded, content))
         if not rows:
             return rows, np.empty((0, spec.dimension), dtype=np.float32), False
         matrix = as_matrix(raw_vectors, spec.dimension, spec.storage)
@@ -513,22 +508,28 @@ async def _aiter(items: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any
             yield item
 
 
-def _as_mapping(item: Any, where: str) -> dict[str, Any]:
+def _as_mapping(item: Any, index: int) -> Mapping[str, Any]:
+    if isinstance(item, Mapping):
+        return item
     if isinstance(item, Embedding):
         return item.model_dump(include=_ITEM_KEYS)
-    if isinstance(item, Mapping):
-        return dict(item)
-    raise ValidationError(f"{where} is not an Embedding or a mapping", field=where)
+    raise ValidationError(f"[{index}] is not an Embedding or a mapping", field=f"[{index}]")
 
 
-def _text(value: Any, where: str, *, blank: bool, limit: int = _MAX_ENTITY) -> str:
+def _text(value: Any, index: int, name: str, *, blank: bool, limit: int = _MAX_ENTITY) -> str:
+    if (
+        isinstance(value, str)
+        and (blank or value.strip())
+        and len(value) <= limit
+        and "\x00" not in value
+    ):
+        return value
+    where = f"[{index}].{name}"
     if not isinstance(value, str):
         raise ValidationError(f"{where} must be a string", field=where)
     if not blank and not value.strip():
         raise ValidationError(f"{where} must not be blank", field=where)
-    if len(value) > limit or "\x00" in value:
-        raise ValidationError(f"{where} is over {limit} characters or holds NUL", field=where)
-    return value
+    raise ValidationError(f"{where} is over {limit} characters or holds NUL", field=where)
 
 
 def _parse(raw: Mapping[str, Any] | None) -> FilterNode | None:
