@@ -281,8 +281,7 @@ async def _baselines(b: Bench, col: Any, probes: np.ndarray) -> list[Result]:
             await cursor.fetchall()
 
     b.step("vector search: the same SQL by psycopg")
-    ours = await _latency(ours_p, probes[:count])
-    raw = await _latency(raw_p, probes[:count])
+    ours, raw = await _paired_latency(ours_p, raw_p, probes[:count])
     results = [
         Result(
             "vector search",
@@ -312,6 +311,23 @@ async def _baselines(b: Bench, col: Any, probes: np.ndarray) -> list[Result]:
             )
         )
     return results
+
+
+async def _paired_latency(
+    ours: Any, base: Any, probes: np.ndarray
+) -> tuple[dict[str, float], dict[str, float]]:
+    # Query by query, alternating which goes first, so both see the same machine.
+    for q in probes[:10]:
+        await ours(q)
+        await base(q)
+    samples: tuple[list[float], list[float]] = ([], [])
+    for i, q in enumerate(probes):
+        order = ((ours, 0), (base, 1)) if i % 2 == 0 else ((base, 1), (ours, 0))
+        for op, slot in order:
+            started = time.perf_counter()
+            await op(q)
+            samples[slot].append((time.perf_counter() - started) * 1000)
+    return percentiles(samples[0]), percentiles(samples[1])
 
 
 async def _latency(op: Any, probes: np.ndarray) -> dict[str, float]:

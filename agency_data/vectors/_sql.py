@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, LiteralString
 
 from psycopg import sql
@@ -48,34 +49,63 @@ def search_sql(
     *,
     include_vectors: bool,
     rerank_candidates: int | None = None,
-) -> tuple[sql.Composed, list[Any]]:
+) -> tuple[sql.Composable, list[Any]]:
     """Top ``limit`` rows by distance to ``query``.
 
     With ``rerank_candidates`` (binary quantization), the bit index picks that many candidates
     by Hamming distance first, and only those are ranked by full-precision distance.
     """
-    where, params = where_sql(tenant, node)
-    columns = sql.SQL(ROW_COLUMNS + (", vector" if include_vectors else ""))
-    if rerank_candidates is None:
+    reranked = rerank_candidates is not None
+    text: sql.SQL | sql.Composed
+    if node is None:
+        text = _unfiltered(spec.table, spec.metric, spec.dimension, include_vectors, reranked)
+        params: list[Any] = [tenant]
+    else:
+        where, params = where_sql(tenant, node)
+        text = _search_template(
+            spec.table, spec.metric, spec.dimension, include_vectors, reranked, where
+        )
+    if reranked:
+        return text, [query, *params, query, rerank_candidates, limit]
+    return text, [query, *params, limit]
+
+
+@lru_cache(maxsize=256)
+def _unfiltered(
+    table: str, metric: str, dimension: int, include_vectors: bool, reranked: bool
+) -> sql.SQL:
+    # Composing costs tens of microseconds a call; without a filter the text never changes.
+    template = _search_template(
+        table, metric, dimension, include_vectors, reranked, sql.SQL("tenant_id = %s")
+    )
+    return sql.SQL(template.as_string(None))
+
+
+def _search_template(
+    table: str,
+    metric: str,
+    dimension: int,
+    include_vectors: bool,
+    reranked: bool,
+    where: sql.Composable,
+) -> sql.Composed:
+    distance = sql.SQL("vector " + metric_spec(metric).operator + " %b")
+    table_id = sql.Identifier(table)
+    if not reranked:
         # ORDER BY the select-list alias is the same expression to the planner: the index
         # serves it, and the vector is sent once.
-        return (
-            sql.SQL("SELECT {}, {} AS distance FROM {} WHERE {} ORDER BY distance LIMIT %s").format(
-                columns, _distance(spec), spec.table_id, where
-            ),
-            [query, *params, limit],
-        )
-    bits = sql.SQL("binary_quantize(vector)::bit({})").format(sql.Literal(spec.dimension))
+        columns = sql.SQL(ROW_COLUMNS + (", vector" if include_vectors else ""))
+        return sql.SQL(
+            "SELECT {}, {} AS distance FROM {} WHERE {} ORDER BY distance LIMIT %s"
+        ).format(columns, distance, table_id, where)
+    bits = sql.SQL("binary_quantize(vector)::bit({})").format(sql.Literal(dimension))
     inner = sql.SQL(
         "SELECT {columns}, vector FROM {table} WHERE {where} "
         "ORDER BY {bits} <~> binary_quantize(%b) LIMIT %s"
-    ).format(columns=sql.SQL(ROW_COLUMNS), table=spec.table_id, where=where, bits=bits)
+    ).format(columns=sql.SQL(ROW_COLUMNS), table=table_id, where=where, bits=bits)
     outer_columns = sql.SQL(_CANDIDATE_COLUMNS + (", c.vector" if include_vectors else ""))
-    return (
-        sql.SQL("SELECT {}, c.{} AS distance FROM ({}) AS c ORDER BY distance LIMIT %s").format(
-            outer_columns, _distance(spec), inner
-        ),
-        [query, *params, query, rerank_candidates, limit],
+    return sql.SQL("SELECT {}, c.{} AS distance FROM ({}) AS c ORDER BY distance LIMIT %s").format(
+        outer_columns, distance, inner
     )
 
 

@@ -7,6 +7,7 @@ together in a pipeline); batches of searches share one round trip.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import uuid
 from collections.abc import (
     AsyncGenerator,
@@ -305,8 +306,8 @@ class Collection:
         ``exact`` skips the index. With a binary-quantized index, ``rerank`` x ``limit``
         candidates are re-ranked by full-precision distance.
         """
-        (results,) = await self.batch_search(
-            [SimilarityQuery(vector=vector, limit=limit, threshold=threshold, filter=filter)],
+        (results,) = await self._search(
+            [(vector, limit, threshold, filter)],
             include_vectors=include_vectors,
             ef_search=ef_search,
             probes=probes,
@@ -330,28 +331,51 @@ class Collection:
             raise ValidationError(
                 f"at most {_MAX_BATCH_QUERIES} queries in one batch", field="queries"
             )
+        plain = []
+        for raw in queries:
+            query = raw if isinstance(raw, SimilarityQuery) else SimilarityQuery(**raw)
+            plain.append((query.vector, query.limit, query.threshold, query.filter))
+        return await self._search(
+            plain,
+            include_vectors=include_vectors,
+            ef_search=ef_search,
+            probes=probes,
+            exact=exact,
+            rerank=rerank,
+        )
+
+    async def _search(
+        self,
+        queries: Sequence[tuple[Any, int, float | None, Mapping[str, Any] | None]],
+        *,
+        include_vectors: bool,
+        ef_search: int | None,
+        probes: int | None,
+        exact: bool,
+        rerank: int,
+    ) -> builtins.list[builtins.list[SimilarityResult]]:
+        _check_rerank(rerank)
         spec = await self._spec()
         metric = metric_spec(spec.metric)
         binary = spec.index_quantization == "binary" and not exact
         planned = []
         candidates = 0
-        for index, raw in enumerate(queries):
-            query = raw if isinstance(raw, SimilarityQuery) else SimilarityQuery(**raw)
-            check_limit(query.limit)
+        for index, (vector, limit, threshold, filter_) in enumerate(queries):
+            check_limit(limit)
             where = "vector" if len(queries) == 1 else f"[{index}].vector"
-            param = self._query_param(query.vector, spec, where)
-            _check_rerank(rerank)
-            candidates = max(candidates, min(1000, max(40, query.limit * rerank)))
+            param = self._query_param(vector, spec, where)
+            pool = min(1000, max(40, limit * rerank))
+            candidates = max(candidates, pool)
             statement, params = _sql.search_sql(
                 spec,
                 self.tenant,
                 param,
-                query.limit,
-                _parse(query.filter),
+                limit,
+                _parse(filter_),
                 include_vectors=include_vectors,
-                rerank_candidates=min(1000, max(40, query.limit * rerank)) if binary else None,
+                rerank_candidates=pool if binary else None,
             )
-            planned.append((statement, params, query.threshold))
+            planned.append((statement, params, threshold))
         settings = _settings(ef_search, probes, exact, candidates if binary else None)
         async with self._db.connection() as conn:
             results = await _run_pipelined(conn, settings, [(q, p) for q, p, _ in planned])
@@ -439,8 +463,7 @@ class Collection:
                 rows_by_id[row["id"]] = row
         best = sorted(fused, key=lambda i: (-fused[i], rows_by_id[i]["distance"]))[:limit]
         return [
-            _result(rows_by_id[i], metric.score).model_copy(update={"score": fused[i]})
-            for i in best
+            dataclasses.replace(_result(rows_by_id[i], metric.score), score=fused[i]) for i in best
         ]
 
     def _query_param(self, vector: Any, spec: CollectionSpec, where: str) -> Any:
