@@ -189,6 +189,8 @@ async def search(b: Bench) -> list[Result]:
 
     async def measure(label: str, name: str, count: int, **options: Any) -> None:
         col, position = collections[name]
+        for q in probes[:count]:  # warm-up: the same queries once, so pages are in memory
+            await col.find_similar(q, limit=10, **options)
         samples, found = [], 0
         for i, q in enumerate(probes[:count]):
             started = time.perf_counter()

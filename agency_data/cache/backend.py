@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import orjson
 import redis.exceptions as rx
 
+from agency_data._tasks import cancel_and_wait
 from agency_data.cache.codec import Codec
 from agency_data.cache.keys import glob_to_regex
 from agency_data.cache.local import LocalCache
@@ -198,10 +199,7 @@ class CacheBackend:
     async def aclose(self) -> None:
         """Stop listening."""
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        await cancel_and_wait(listener)
 
     async def _listen(self) -> None:
         assert self.redis is not None

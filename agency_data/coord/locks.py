@@ -19,7 +19,6 @@ releasing or extending a lock that expired meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -27,6 +26,7 @@ import uuid
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from agency_data._tasks import cancel_and_wait
 from agency_data.cache.keys import Keys, check_key
 from agency_data.coord.scripts import ScriptRegistry
 from agency_data.errors import LockNotAcquired, LockNotOwned, ValidationError
@@ -185,10 +185,7 @@ class Lock:
 
     async def _stop_renewing(self) -> None:
         renewer, self._renewer = self._renewer, None
-        if renewer is not None:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+        await cancel_and_wait(renewer)
 
     async def __aenter__(self) -> Lock:
         await self.acquire()

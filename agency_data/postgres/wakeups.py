@@ -16,6 +16,8 @@ from contextlib import asynccontextmanager
 import psycopg
 from psycopg import AsyncConnection
 
+from agency_data._tasks import cancel_and_wait
+
 __all__ = ["CHANNEL", "TaskWakeups"]
 
 CHANNEL = "agency_data_tasks"
@@ -52,10 +54,7 @@ class TaskWakeups:
     async def aclose(self) -> None:
         """Stop listening."""
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        await cancel_and_wait(listener)
 
     def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():

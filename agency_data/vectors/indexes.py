@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection, sql
 
+from agency_data._tasks import cancel_and_wait
 from agency_data.errors import Conflict, ValidationError
 from agency_data.models import CollectionInfo, IndexInfo, IndexProgress, OptimizeReport
 from agency_data.postgres.database import Database
@@ -133,10 +134,7 @@ async def create_index(
                 )
             raise to_agency_error(exc, f"building the {kind} index of {spec.name!r}") from exc
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            await cancel_and_wait(watcher)
     async with db.transaction():
         await db.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(spec.index_name)))
         await db.execute(
