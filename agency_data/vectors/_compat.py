@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-try:
-    from pgvector import HalfVector
-except ImportError:  # pgvector < 0.4
-    from pgvector.utils import HalfVector
+import pgvector
+
+# Looked up rather than imported, so that the type checker is happy with either release.
+HalfVector: Any = (
+    getattr(pgvector, "HalfVector", None) or importlib.import_module("pgvector.utils").HalfVector
+)
 
 __all__ = ["HalfVector", "vector_to_list"]
 
