@@ -374,3 +374,14 @@ async def test_stored_inside_a_failed_transaction_is_gone(small: DataLayer) -> N
             await col.store_many(items(vectors(10)))
             await small.agents.create(name="", type="t")
     assert await col.count() == 0
+
+
+async def test_a_bad_item_in_a_later_slice_stores_nothing(small: DataLayer) -> None:
+    # store_many checks and sends 1,000 items at a time; the batch must still be all or none.
+    col = small.embeddings.collection("small")
+    batch = items(vectors(2_500))
+    batch[2_200]["vector"] = [math.nan] * DIM
+    with pytest.raises(ValidationError) as info:
+        await col.store_many(batch)
+    assert info.value.field == "[2200].vector"
+    assert await col.count() == 0

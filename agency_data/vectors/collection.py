@@ -51,6 +51,7 @@ __all__ = ["Collection"]
 _ITEM_KEYS = {"id", "entity_type", "entity_id", "vector", "metadata", "content"}
 _MAX_ENTITY = 1000
 _MAX_BATCH_QUERIES = 1000
+_SLICE = 1000
 
 
 def _same(text: str) -> str:
@@ -81,17 +82,17 @@ class Collection:
         """Store embeddings in one binary COPY, all or none; return their ids in order.
 
         Items are :class:`Embedding` objects or mappings with ``entity_type``, ``entity_id``,
-        ``vector`` and optionally ``id``, ``metadata``, ``content``. Everything is checked
-        before anything is written. Items with an ``id`` replace the stored embedding of that id.
+        ``vector`` and optionally ``id``, ``metadata``, ``content``. A bad item anywhere in the
+        batch stores nothing. Items with an ``id`` replace the stored embedding of that id.
         """
         spec = await self._spec()
-        rows, matrix, upsert = self._prepare(list(items), spec)
-        if not rows:
+        batch = builtins.list(items)
+        if not batch:
             return []
-        vectors: Sequence[Any] = (
-            [HalfVector(v) for v in matrix] if spec.storage == "halfvec" else builtins.list(matrix)
-        )
+        upsert = any(_given_id(item) is not None for item in batch)
         types = ["uuid", "text", "text", "text", spec.storage, "jsonb", "text"]
+        seen: set[UUID] = set()
+        ids: builtins.list[UUID] = []
         async with self._db.transaction() as tx:
             with translate_errors(f"storing into {self.name!r}"):
                 target = spec.table_id
@@ -105,30 +106,43 @@ class Collection:
                     )
                 async with tx.conn.cursor().copy(_sql.copy_sql(target)) as copy:
                     copy.set_types(types)
-                    for (id_, entity_type, entity_id, metadata, content), vector in zip(
-                        rows, vectors, strict=True
-                    ):
-                        await copy.write_row(
-                            (
-                                id_,
-                                self.tenant,
-                                entity_type,
-                                entity_id,
-                                vector,
-                                Jsonb(metadata, dumps=_same),
-                                content,
-                            )
+                    # Checked and sent a slice at a time: the server stores one slice while the
+                    # next is checked. A bad item in any slice aborts the COPY, so the batch
+                    # stays all or none.
+                    for offset in range(0, len(batch), _SLICE):
+                        rows, matrix = self._prepare(
+                            batch[offset : offset + _SLICE], spec, offset, seen
                         )
+                        vectors: Sequence[Any] = (
+                            [HalfVector(v) for v in matrix]
+                            if spec.storage == "halfvec"
+                            else builtins.list(matrix)
+                        )
+                        for (id_, entity_type, entity_id, metadata, content), vector in zip(
+                            rows, vectors, strict=True
+                        ):
+                            await copy.write_row(
+                                (
+                                    id_,
+                                    self.tenant,
+                                    entity_type,
+                                    entity_id,
+                                    vector,
+                                    Jsonb(metadata, dumps=_same),
+                                    content,
+                                )
+                            )
+                        ids.extend(row[0] for row in rows)
                 if upsert:
                     cursor = await tx.conn.execute(_sql.upsert_from_staging_sql(spec, target))
                     written = {row["id"] for row in await cursor.fetchall()}
-                    if len(written) != len(rows):
-                        taken = [str(r[0]) for r in rows if r[0] not in written][:5]
+                    if len(written) != len(ids):
+                        taken = [str(i) for i in ids if i not in written][:5]
                         raise Conflict(
                             f"ids already used by another tenant: {', '.join(taken)}; nothing was stored",
                             field="id",
                         )
-        return [row[0] for row in rows]
+        return ids
 
     async def stream_store(
         self,
@@ -161,16 +175,16 @@ class Collection:
         return stored
 
     def _prepare(
-        self, items: builtins.list[Embedding | Mapping[str, Any]], spec: CollectionSpec
-    ) -> tuple[
-        builtins.list[tuple[UUID, str, str, str, str | None]], npt.NDArray[np.float32], bool
-    ]:
+        self,
+        items: builtins.list[Embedding | Mapping[str, Any]],
+        spec: CollectionSpec,
+        offset: int,
+        seen: set[UUID],
+    ) -> tuple[builtins.list[tuple[UUID, str, str, str, str | None]], npt.NDArray[np.float32]]:
         rows: builtins.list[tuple[UUID, str, str, str, str | None]] = []
         raw_vectors: builtins.list[Any] = []
-        upsert = False
-        seen: set[UUID] = set()
         limit = self._db.config.max_json_bytes
-        for index, item in enumerate(items):
+        for index, item in enumerate(items, start=offset):
             # Messages are only built on failure: this loop runs once per vector ingested.
             values = _as_mapping(item, index)
             if not _ITEM_KEYS.issuperset(values):
@@ -181,7 +195,6 @@ class Collection:
                 id_ = uuid.uuid4()
             else:
                 id_ = as_uuid(given_id, f"[{index}].id")
-                upsert = True
                 if id_ in seen:
                     raise ValidationError(
                         f"[{index}].id {id_} appears twice in one batch", field=f"[{index}].id"
@@ -205,10 +218,8 @@ class Collection:
             raw_vectors.append(values["vector"])
             encoded = encode_json(metadata, f"[{index}].metadata", limit) if metadata else "{}"
             rows.append((id_, entity_type, entity_id, encoded, content))
-        if not rows:
-            return rows, np.empty((0, spec.dimension), dtype=np.float32), False
-        matrix = as_matrix(raw_vectors, spec.dimension, spec.storage)
-        return rows, matrix, upsert
+        matrix = as_matrix(raw_vectors, spec.dimension, spec.storage, offset=offset)
+        return rows, matrix
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -529,6 +540,12 @@ async def _aiter(items: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any
     else:
         for item in items:
             yield item
+
+
+def _given_id(item: Any) -> Any:
+    if isinstance(item, Mapping):
+        return item.get("id")
+    return getattr(item, "id", None)
 
 
 def _as_mapping(item: Any, index: int) -> Mapping[str, Any]:
