@@ -273,6 +273,8 @@ async def test_bad_queries(small: DataLayer) -> None:
         await col.find_similar(q, ef_search=0)
     with pytest.raises(ValidationError, match="batch"):
         await col.batch_search([SimilarityQuery(vector=q)] * 1001)
+    with pytest.raises(ValidationError, match="k must be"):
+        await col.hybrid_search("text", q, k=0)
 
 
 async def test_batch_search_matches_single_searches(small: DataLayer) -> None:

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
-import redis.exceptions as rx
 
 from agency_data._tasks import cancel_and_wait
 from agency_data.cache.codec import Codec
@@ -30,7 +29,8 @@ from agency_data.config import CacheConfig
 from agency_data.coord.scripts import ScriptRegistry
 from agency_data.errors import BackendUnavailable
 from agency_data.models import CacheStats
-from agency_data.redis.client import RedisClient, cancelling, pubsub_client
+from agency_data.redis.client import RedisClient, cancelling
+from agency_data.redis.subscription import CONNECTION_ERRORS, Resubscribed, subscription
 
 __all__ = ["INVALIDATION_CHANNEL", "CacheBackend", "RedisDown"]
 
@@ -53,9 +53,6 @@ for _, tag in ipairs(KEYS) do
 end
 return removed
 """
-
-# Errors that mean "Redis is not there right now", as opposed to a bad command.
-_DOWN = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, OSError, TimeoutError)
 
 
 class RedisDown(Exception):
@@ -118,7 +115,7 @@ class CacheBackend:
             raise RedisDown("Redis was unreachable moments ago")
         try:
             result = await operation(self.redis)
-        except (*_DOWN, BackendUnavailable) as exc:
+        except (*CONNECTION_ERRORS, BackendUnavailable) as exc:
             self._trip(exc)
             raise RedisDown(str(exc)) from exc
         if self._was_down:
@@ -150,7 +147,7 @@ class CacheBackend:
         try:
             await self.redis.unlink(*keys)
             await self.publish({"k": keys})
-        except _DOWN:
+        except CONNECTION_ERRORS:
             self.pending_invalidations.update(keys)
 
     def degraded_write(self) -> None:
@@ -203,45 +200,28 @@ class CacheBackend:
 
     async def _listen(self) -> None:
         assert self.redis is not None
-        delay = 0.05
-        first = True
         while True:
             try:
-                async with pubsub_client(self.redis) as source:
-                    pubsub = source.pubsub()
-                    try:
-                        await pubsub.subscribe(INVALIDATION_CHANNEL)
-                        self._first_attempt.set()
-                        if not first and self.l1 is not None:
+                async for event in subscription(
+                    self.redis,
+                    [INVALIDATION_CHANNEL],
+                    reconnect_delay=0.05,
+                    on_attempt=self._first_attempt.set,
+                ):
+                    if isinstance(event, Resubscribed):
+                        if not event.first and self.l1 is not None:
                             # Messages sent while we were away are lost: forget everything.
                             self.l1.clear()
-                        first = False
-                        delay = 0.05
-                        await self._receive(pubsub)
-                    finally:
-                        with contextlib.suppress(Exception):
-                            await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        continue
+                    payload = orjson.loads(event["data"])
+                    if payload.get("o") != self.origin:
+                        self.apply(payload)
+                        self.counters.invalidations_received += 1
             except Exception as exc:
-                self._first_attempt.set()
                 if cancelling():
                     raise asyncio.CancelledError from exc
-                if not isinstance(exc, _DOWN):
-                    _log.warning("cache invalidation listener failed (%r); restarting it", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    async def _receive(self, pubsub: Any) -> None:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if cancelling():
-                # redis-py may swallow a cancellation that lands mid-read.
-                raise asyncio.CancelledError
-            if message is None or message["type"] != "message":
-                continue
-            payload = orjson.loads(message["data"])
-            if payload.get("o") != self.origin:
-                self.apply(payload)
-                self.counters.invalidations_received += 1
+                _log.warning("cache invalidation listener failed (%r); restarting it", exc)
+                await asyncio.sleep(1.0)
 
     # -- statistics ----------------------------------------------------------------------------
 

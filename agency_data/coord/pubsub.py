@@ -14,9 +14,6 @@ seconds, so handlers must tolerate the occasional repeat.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -26,13 +23,12 @@ import redis.exceptions as rx
 from agency_data.cache.keys import Keys, check_key
 from agency_data.errors import ValidationError
 from agency_data.models import Message, StreamMessage
-from agency_data.redis.client import RedisClient, cancelling, pubsub_client
+from agency_data.redis.client import RedisClient
 from agency_data.redis.errors import translate_errors
+from agency_data.redis.subscription import Resubscribed, subscription
 
 __all__ = ["PubSub", "Streams"]
 
-_log = logging.getLogger("agency_data.pubsub")
-_DOWN = (rx.ConnectionError, rx.TimeoutError, OSError)
 _MAX_MESSAGE = 1 << 20
 
 
@@ -77,41 +73,15 @@ class PubSub:
         if not names and not globs:
             raise ValidationError("subscribe to at least one channel or pattern", field="channels")
         prefix = len(self._keys.channel(""))
-        delay = reconnect_delay
-        while True:
-            try:
-                async with pubsub_client(self._redis) as source:
-                    pubsub = source.pubsub()
-                    try:
-                        if names:
-                            await pubsub.subscribe(*names)
-                        if globs:
-                            await pubsub.psubscribe(*globs)
-                        delay = reconnect_delay
-                        while True:
-                            raw = await pubsub.get_message(
-                                ignore_subscribe_messages=True, timeout=1.0
-                            )
-                            if cancelling():
-                                # redis-py may swallow a cancellation that lands mid-read.
-                                raise asyncio.CancelledError
-                            if raw is None or raw["type"] not in ("message", "pmessage"):
-                                continue
-                            pattern = raw.get("pattern")
-                            yield Message(
-                                channel=raw["channel"].decode()[prefix:],
-                                data=orjson.loads(raw["data"]),
-                                pattern=pattern.decode()[prefix:] if pattern else None,
-                            )
-                    finally:
-                        with contextlib.suppress(Exception):
-                            await pubsub.aclose()  # type: ignore[no-untyped-call]
-            except _DOWN as exc:
-                if cancelling():
-                    raise asyncio.CancelledError from exc
-                _log.warning("subscription lost Redis (%s); resubscribing", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        async for event in subscription(self._redis, names, globs, reconnect_delay=reconnect_delay):
+            if isinstance(event, Resubscribed):
+                continue
+            pattern = event.get("pattern")
+            yield Message(
+                channel=event["channel"].decode()[prefix:],
+                data=orjson.loads(event["data"]),
+                pattern=pattern.decode()[prefix:] if pattern else None,
+            )
 
 
 class Streams:

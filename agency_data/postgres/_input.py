@@ -115,7 +115,7 @@ def as_list(value: Any, field: str, kind: type) -> list[Any] | None:
             raise ValidationError(
                 f"{field} takes {kind.__name__} values, not {item!r}", field=field
             )
-    return [str(item) if isinstance(item, str) else item for item in items]
+    return items
 
 
 def as_uuid(value: Any, field: str = "id") -> UUID:

@@ -22,13 +22,11 @@ from agency_data.postgres._input import (
     as_choice,
     as_list,
     as_uuid,
-    check_limit,
-    decode_cursor,
-    encode_cursor,
     encode_json,
     like_pattern,
     validated,
 )
+from agency_data.postgres._paging import count_where, keyset_page
 from agency_data.postgres.database import Database, Params, Query
 
 __all__ = ["AgentStore"]
@@ -210,20 +208,10 @@ class AgentStore:
         ``capabilities`` matches by JSON containment (``{"plan": True}`` finds agents whose
         capabilities include that pair); ``has_capabilities`` requires every listed key.
         """
-        check_limit(limit)
         where, params = self._filters(type, status, capabilities, has_capabilities, name_contains)
-        if cursor is not None:
-            created_at, last_id = decode_cursor(cursor)
-            where.append(sql.SQL("(created_at, id) > (%s, %s)"))
-            params.extend([created_at, last_id])
-        query = sql.SQL(
-            "SELECT " + _COLUMNS + " FROM agents WHERE {} ORDER BY created_at, id LIMIT %s"
-        ).format(sql.SQL(" AND ").join(where))
-        rows = await self._db.fetch(query, [*params, limit + 1], model=Agent)
-        more = len(rows) > limit
-        items = rows[:limit]
-        next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
-        return Page[Agent](items=items, next_cursor=next_cursor)
+        return await keyset_page(
+            self._db, "agents", _COLUMNS, where, params, model=Agent, limit=limit, cursor=cursor
+        )
 
     async def count(
         self,
@@ -236,8 +224,7 @@ class AgentStore:
     ) -> int:
         """How many agents match the same filters as :meth:`list`."""
         where, params = self._filters(type, status, capabilities, has_capabilities, name_contains)
-        query = sql.SQL("SELECT count(*) FROM agents WHERE {}").format(sql.SQL(" AND ").join(where))
-        return int(await self._db.fetch_value(query, params))
+        return await count_where(self._db, "agents", where, params)
 
     def _filters(
         self,

@@ -21,7 +21,7 @@ from psycopg.rows import DictRow
 from pydantic import BaseModel
 
 from agency_data.config import PostgresConfig
-from agency_data.errors import SerializationFailure
+from agency_data.errors import SerializationFailure, ValidationError
 from agency_data.postgres.errors import translate_errors
 from agency_data.postgres.pool import Pool
 
@@ -184,8 +184,6 @@ class Database:
         if timeout is None:
             return await conn.execute(query, params)
         if timeout <= 0:
-            from agency_data.errors import ValidationError
-
             raise ValidationError(f"timeout must be positive, not {timeout}", field="timeout")
         limit = f"{max(1, int(timeout * 1000))}ms"
         set_limit = "SELECT set_config('statement_timeout', %s, true)"

@@ -27,11 +27,10 @@ from agency_data.postgres._input import (
     as_list,
     as_uuid,
     check_limit,
-    decode_cursor,
-    encode_cursor,
     encode_json,
     validated,
 )
+from agency_data.postgres._paging import count_where, keyset_page
 from agency_data.postgres.database import Database, Params, Query
 from agency_data.postgres.wakeups import TaskWakeups
 
@@ -152,7 +151,6 @@ class TaskStore:
         cursor: str | None = None,
     ) -> Page[Task]:
         """Tasks in creation order, filtered; follow ``next_cursor`` for the next page."""
-        check_limit(limit)
         where, params = self._filters(
             agent_id,
             status,
@@ -163,19 +161,8 @@ class TaskStore:
             created_before,
             data_contains,
         )
-        if cursor is not None:
-            created_at, last_id = decode_cursor(cursor)
-            where.append(sql.SQL("(created_at, id) > (%s, %s)"))
-            params.extend([created_at, last_id])
-        query = sql.SQL(
-            "SELECT " + _COLUMNS + " FROM tasks WHERE {} ORDER BY created_at, id LIMIT %s"
-        ).format(sql.SQL(" AND ").join(where))
-        rows = await self._db.fetch(query, [*params, limit + 1], model=Task)
-        items = rows[:limit]
-        more = len(rows) > limit
-        return Page[Task](
-            items=items,
-            next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None,
+        return await keyset_page(
+            self._db, "tasks", _COLUMNS, where, params, model=Task, limit=limit, cursor=cursor
         )
 
     async def count(
@@ -201,8 +188,7 @@ class TaskStore:
             created_before,
             data_contains,
         )
-        query = sql.SQL("SELECT count(*) FROM tasks WHERE {}").format(sql.SQL(" AND ").join(where))
-        return int(await self._db.fetch_value(query, params))
+        return await count_where(self._db, "tasks", where, params)
 
     async def search(
         self,

@@ -452,6 +452,8 @@ class Collection:
         if not isinstance(text, str):
             raise ValidationError("text must be a string", field="text")
         check_limit(limit)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValidationError(f"k must be a positive integer, not {k!r}", field="k")
         pool_size = candidates or min(1000, limit * 4)
         check_limit(pool_size)
         spec = await self._spec()
