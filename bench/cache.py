@@ -4,6 +4,7 @@ and cashews."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -50,8 +51,7 @@ async def cache(b: Bench, l2_only: DataLayer, redis_url: str) -> list[Result]:
     everything = list(zip(keys_drawn.tolist(), writes.tolist(), strict=True))
     warmup, workload = everything[:ops], everything[ops:]
     ideal = _ideal_hit_rate(warmup, workload)
-    await _zipf_ours(dl, warmup, value)
-    ours_rate, hit_rate = await _zipf_ours(dl, workload, value)
+    ours_rate, hit_rate = await _zipf_ours(dl, warmup, workload, value)
     raw_mixed = await _zipf_raw(raw, workload, value)
     cashews_rate, cashews_hits = await _zipf_cashews(redis_url, warmup, workload, value)
     await raw.aclose()
@@ -112,23 +112,38 @@ async def cache(b: Bench, l2_only: DataLayer, redis_url: str) -> list[Result]:
     ]
 
 
-async def _zipf_ours(
-    dl: DataLayer, workload: list[tuple[int, bool]], value: Any
+async def _replay(
+    get: Callable[[str], Awaitable[Any]],
+    put: Callable[[str, Any], Awaitable[Any]],
+    workload: list[tuple[int, bool]],
+    value: Any,
 ) -> tuple[float, float]:
-    cache = dl.cache.with_namespace("zipf")
+    """Run the read-through workload on one cache; ops/s and the hit rate of its reads."""
     hits = 0
     started = time.perf_counter()
     for key, write in workload:
         name = f"k{key}"
         if write:
-            await cache.set(name, value, ttl=3600)
-        elif await cache.get(name) is not None:
+            await put(name, value)
+        elif await get(name) is not None:
             hits += 1
         else:
-            await cache.set(name, value, ttl=3600)
+            await put(name, value)
     elapsed = time.perf_counter() - started
     reads = sum(1 for _, w in workload if not w)
     return len(workload) / elapsed, hits / reads
+
+
+async def _zipf_ours(
+    dl: DataLayer, warmup: list[tuple[int, bool]], workload: list[tuple[int, bool]], value: Any
+) -> tuple[float, float]:
+    cache = dl.cache.with_namespace("zipf")
+
+    async def put(name: str, v: Any) -> None:
+        await cache.set(name, v, ttl=3600)
+
+    await _replay(cache.get, put, warmup, value)
+    return await _replay(cache.get, put, workload, value)
 
 
 async def _zipf_raw(raw: aioredis.Redis, workload: list[tuple[int, bool]], value: Any) -> float:
@@ -167,19 +182,14 @@ async def _zipf_cashews(
     peer.setup("redis://localhost", address=redis_url, client_side=False, suppress=False)
     await peer.init()
     await peer.ping()
-    for key, _ in warmup:
-        await peer.set(f"cashews:{key}", value, expire=3600)
-    hits = 0
-    started = time.perf_counter()
-    for key, write in workload:
-        name = f"cashews:{key}"
-        if write:
-            await peer.set(name, value, expire=3600)
-        elif await peer.get(name) is not None:
-            hits += 1
-        else:
-            await peer.set(name, value, expire=3600)
-    elapsed = time.perf_counter() - started
+
+    async def put(name: str, v: Any) -> None:
+        await peer.set(f"cashews:{name}", v, expire=3600)
+
+    async def get(name: str) -> Any:
+        return await peer.get(f"cashews:{name}")
+
+    await _replay(get, put, warmup, value)
+    result = await _replay(get, put, workload, value)
     await peer.close()
-    reads = sum(1 for _, w in workload if not w)
-    return len(workload) / elapsed, hits / reads
+    return result
