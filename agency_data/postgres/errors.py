@@ -4,6 +4,10 @@ Use :func:`translate_errors` around any driver call (a plain ``with``, also in a
 
     with translate_errors("creating an agent"):
         await conn.execute(query, params)
+
+Driver text can carry pieces of a connection string, so every message built from it goes
+through :func:`~agency_data.config.redact_dsn`, and libpq's connection-string parse errors
+(which quote the string, or a bare piece of the password) are not passed on at all.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg
 
+from agency_data.config import redact_dsn
 from agency_data.errors import (
     AgencyDataError,
     BackendUnavailable,
     Conflict,
     NotFound,
+    PermissionDenied,
     PoolTimeout,
     QueryError,
     QueryTimeout,
@@ -34,6 +40,13 @@ _BACKEND = "postgresql"
 _OUR_CONSTRAINT = re.compile(
     r"^(?:agents|tasks|embeddings)_(?P<column>[a-z_]+?)"
     r"_(?:valid|not_blank|object|range|not_negative|transition|fkey)$"
+)
+# libpq's messages about a connection string it cannot parse: they quote the string or a
+# piece of it (say, the part of a password around a bad percent-escape), which no redaction
+# can recognise.
+_CONNINFO_PARSE_ERROR = re.compile(
+    r"connection info string|percent-encoded|invalid connection option|in URI|URI query"
+    r"|unexpected spaces found|invalid URI"
 )
 
 
@@ -51,24 +64,24 @@ def to_agency_error(exc: Exception, context: str = "") -> AgencyDataError:
     prefix = f"{context}: " if context else ""
     if isinstance(exc, psycopg_pool.PoolTimeout):
         return PoolTimeout(
-            f"{prefix}no PostgreSQL connection became free in time ({exc}); raise "
+            f"{prefix}no PostgreSQL connection became free in time ({_text(exc)}); raise "
             "postgresql.pool_max_size or pool_timeout, or hold connections for less time",
             backend=_BACKEND,
         )
     if isinstance(exc, psycopg_pool.TooManyRequests):
         return PoolTimeout(
-            f"{prefix}too many requests are waiting for a PostgreSQL connection ({exc}); "
-            "raise postgresql.max_waiting or reduce concurrency",
+            f"{prefix}too many requests are waiting for a PostgreSQL connection "
+            f"({_text(exc)}); raise postgresql.max_waiting or reduce concurrency",
             backend=_BACKEND,
         )
     if not isinstance(exc, psycopg.Error):
-        return AgencyDataError(f"{prefix}{exc}")
+        return AgencyDataError(f"{prefix}{_text(exc)}")
 
     sqlstate = exc.sqlstate
     diag = exc.diag
-    detail = diag.message_primary or str(exc).strip()
+    detail = redact_dsn(diag.message_primary or "") or _text(exc)
     if diag.message_detail:
-        detail = f"{detail} ({diag.message_detail})"
+        detail = f"{detail} ({redact_dsn(diag.message_detail)})"
     field = diag.column_name or _constraint_field(diag.constraint_name)
 
     if isinstance(exc, pg.QueryCanceled):
@@ -91,12 +104,32 @@ def to_agency_error(exc: Exception, context: str = "") -> AgencyDataError:
         return ValidationError(f"{prefix}invalid value{where}: {detail}", field=field)
     if isinstance(exc, pg.OperationalError | pg.InterfaceError) and sqlstate is None:
         return BackendUnavailable(
-            f"{prefix}PostgreSQL is unreachable: {str(exc).strip()}", backend=_BACKEND
+            f"{prefix}PostgreSQL is unreachable: {_text(exc)}", backend=_BACKEND
         )
     if sqlstate is not None and sqlstate.startswith(("08", "57P")):
         # Connection exceptions and admin shutdown / crash: the server went away mid-call.
         return BackendUnavailable(f"{prefix}PostgreSQL connection lost: {detail}", backend=_BACKEND)
+    if isinstance(exc, pg.InsufficientPrivilege):
+        return PermissionDenied(
+            f"{prefix}{detail}; the connection's role lacks this privilege. The pool's role may "
+            "only read and write the rows of its tenant (row-level security); DDL and "
+            "collection administration go through dl.admin (the owner role), and server files "
+            "and programs are a superuser's",
+            sqlstate=sqlstate,
+        )
     return QueryError(f"{prefix}{detail}", sqlstate=sqlstate)
+
+
+def _text(exc: BaseException) -> str:
+    # The driver's message, safe to show: redacted, or withheld when libpq is quoting a
+    # connection string it could not parse.
+    text = str(exc).strip()
+    if isinstance(exc, psycopg.Error) and _CONNINFO_PARSE_ERROR.search(text):
+        return (
+            "the connection string is malformed (libpq's message is withheld because it may "
+            "quote the password); check postgresql.dsn and postgresql.admin_dsn"
+        )
+    return redact_dsn(text)
 
 
 def _constraint_field(constraint: str | None) -> str | None:
