@@ -9,6 +9,7 @@ object::
         print(await dl.health())
 """
 
+from agency_data.admin import Admin
 from agency_data.cache import Cache, escape_glob
 from agency_data.config import (
     CacheConfig,
@@ -33,6 +34,7 @@ from agency_data.errors import (
     MigrationChecksumMismatch,
     MigrationError,
     NotFound,
+    PermissionDenied,
     PoolTimeout,
     QueryError,
     QueryTimeout,
@@ -66,12 +68,14 @@ from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Transaction
 from agency_data.postgres.tasks import TaskStore
 from agency_data.scope import TenantScope
-from agency_data.vectors import Collection, EmbeddingStore
+from agency_data.security.roles import RoleNames
+from agency_data.vectors import Collection, EmbeddingStore, ManagedCollection, ManagedEmbeddingStore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TENANT",
+    "Admin",
     "AgencyDataError",
     "Agent",
     "AgentStatus",
@@ -98,6 +102,8 @@ __all__ = [
     "Lock",
     "LockNotAcquired",
     "LockNotOwned",
+    "ManagedCollection",
+    "ManagedEmbeddingStore",
     "Message",
     "MigrationChecksumMismatch",
     "MigrationConfig",
@@ -109,12 +115,14 @@ __all__ = [
     "NotFound",
     "OptimizeReport",
     "Page",
+    "PermissionDenied",
     "PoolTimeout",
     "PostgresConfig",
     "PubSub",
     "QueryError",
     "QueryTimeout",
     "RedisConfig",
+    "RoleNames",
     "ScriptRegistry",
     "SentinelConfig",
     "SerializationFailure",

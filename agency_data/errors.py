@@ -9,6 +9,7 @@ AgencyDataError
  +-- QueryError               PostgreSQL rejected a statement (carries sqlstate)
  |    +-- QueryTimeout        the statement ran past its timeout and was cancelled
  |    +-- SerializationFailure  a serializable transaction conflicted (40001, 40P01)
+ |    +-- PermissionDenied    the role lacks the privilege (42501): tenancy and least privilege
  +-- NotFound                 a record does not exist (or a reference points nowhere)
  +-- Conflict                 a unique key or an expected version did not hold
  +-- ValidationError          bad input, caught before (or by) the database
@@ -37,6 +38,7 @@ __all__ = [
     "MigrationChecksumMismatch",
     "MigrationError",
     "NotFound",
+    "PermissionDenied",
     "PoolTimeout",
     "QueryError",
     "QueryTimeout",
@@ -92,6 +94,10 @@ class QueryTimeout(QueryError):
 
 class SerializationFailure(QueryError):
     """A transaction lost a serialization conflict or deadlock, even after retries."""
+
+
+class PermissionDenied(QueryError):
+    """The database role lacks the privilege: DDL from a tenant's view, server files, programs."""
 
 
 class NotFound(AgencyDataError):

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import psycopg
+from psycopg import AsyncConnection
+
+from agency_data.admin import Admin
 from agency_data.cache.backend import CacheBackend
 from agency_data.cache.store import Cache
 from agency_data.config import DataLayerConfig
@@ -16,6 +21,7 @@ from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.scripts import ScriptRegistry
 from agency_data.coord.sessions import SessionStore
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
+from agency_data.embedded.postgres import DATABASE, SUPERUSER
 from agency_data.errors import AgencyDataError, BackendUnavailable
 from agency_data.health import check_health
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
@@ -23,14 +29,16 @@ from agency_data.models import DEFAULT_TENANT, HealthStatus
 from agency_data.postgres._input import check_tenant
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database
+from agency_data.postgres.errors import to_agency_error
 from agency_data.postgres.pool import Pool, open_pool
 from agency_data.postgres.tasks import TaskStore
 from agency_data.postgres.wakeups import TaskWakeups
 from agency_data.redis.client import RedisClient, close_client, make_client
 from agency_data.redis.client import prepare as prepare_redis
 from agency_data.scope import QueryMethods, TenantScope
+from agency_data.security.roles import RoleNames, setup_roles, use_owner_role
 from agency_data.vectors.catalog import Catalog
-from agency_data.vectors.store import EmbeddingStore
+from agency_data.vectors.store import ManagedEmbeddingStore
 
 __all__ = ["DataLayer"]
 
@@ -60,8 +68,12 @@ class DataLayer(QueryMethods):
         self._embedded_pg: EmbeddedPostgres | None = None
         self._embedded_redis: EmbeddedValkey | None = None
         self._conninfo: str | None = None
+        self._admin_conninfo: str | None = None
         self._redis_url: str | None = None
         self._pool: Pool | None = None
+        self._admin_pool: Pool | None = None
+        self._admin: Admin | None = None
+        self._embeddings: ManagedEmbeddingStore | None = None
         self._redis: RedisClient | None = None
         self._db: Database | None = None
         self._wakeups: TaskWakeups | None = None
@@ -83,15 +95,22 @@ class DataLayer(QueryMethods):
 
     async def _connect(self) -> None:
         embedded = self.config.embedded
-        if self.config.postgresql.is_embedded:
-            self._embedded_pg = EmbeddedPostgres(
+        postgres = self.config.postgresql
+        roles = RoleNames.from_config(postgres)
+        if postgres.is_embedded:
+            self._embedded_pg = server = EmbeddedPostgres(
                 embedded.data_dir,
                 start_timeout=embedded.start_timeout,
                 settings=embedded.postgres_settings,
             )
-            self._conninfo = await asyncio.to_thread(self._embedded_pg.acquire)
+            superuser = await asyncio.to_thread(server.acquire)
+            await _setup_embedded_roles(superuser, roles, self.config.migration.table_name)
+            # The pool is the application role's; migrations and DDL are the owner's.
+            self._conninfo = server.dsn(DATABASE, user=roles.app)
+            self._admin_conninfo = server.dsn(DATABASE, user=roles.owner)
         else:
-            self._conninfo = self.config.postgresql.conninfo()
+            self._conninfo = postgres.conninfo()
+            self._admin_conninfo = postgres.admin_conninfo() or self._conninfo
         if self.config.redis.is_embedded:
             self._embedded_redis = EmbeddedValkey(
                 embedded.data_dir,
@@ -103,10 +122,24 @@ class DataLayer(QueryMethods):
         await prepare_redis(self._redis)
         if self.config.migration.auto_migrate:
             await self.migrate()
-        self._pool = await open_pool(self.config.postgresql, self._conninfo)
-        self._db = Database(self._pool, self.config.postgresql)
+        self._pool = await open_pool(postgres, self._conninfo)
+        self._db = Database(self._pool, postgres)
+        if self._admin_conninfo == self._conninfo:
+            admin_db = self._db
+        else:
+            self._admin_pool = await open_pool(
+                postgres,
+                self._admin_conninfo,
+                setup=_owner_setup(roles.owner),
+                # One connection at once: a wrong admin_dsn fails connect(), not a later DDL.
+                min_size=1,
+                max_size=2,
+                name="agency-data-admin",
+            )
+            admin_db = Database(self._admin_pool, postgres, setup=_owner_setup(roles.owner))
         self._wakeups = TaskWakeups(self._conninfo)
-        self._catalog = Catalog(self._db)
+        self._catalog = Catalog(self._db, admin_db, self.config.vector)
+        self._admin = Admin(admin_db, self._db, self._catalog)
         self._cache_backend = CacheBackend(self.config.cache, self._redis)
         assert self._cache_backend.scripts is not None
         register_lock_scripts(self._cache_backend.scripts)
@@ -115,6 +148,9 @@ class DataLayer(QueryMethods):
     async def aclose(self) -> None:
         """Close the pool and client, and release the embedded servers (the last user stops them)."""
         pool, self._pool = self._pool, None
+        admin_pool, self._admin_pool = self._admin_pool, None
+        self._admin = None
+        self._embeddings = None
         client, self._redis = self._redis, None
         wakeups, self._wakeups = self._wakeups, None
         self._db = None
@@ -125,8 +161,9 @@ class DataLayer(QueryMethods):
             await backend.aclose()
         if wakeups is not None:
             await wakeups.aclose()
-        if pool is not None:
-            await pool.close()
+        for open_one in (pool, admin_pool):
+            if open_one is not None:
+                await open_one.close()
         if client is not None:
             await close_client(client)
         stop = self.config.embedded.stop_on_close
@@ -200,19 +237,31 @@ class DataLayer(QueryMethods):
         return self.tenant(DEFAULT_TENANT).lock(name, ttl=ttl, wait=wait, auto_renew=auto_renew)
 
     @property
-    def embeddings(self) -> EmbeddingStore:
-        """The default tenant's embeddings (the default collection, and the others by name)."""
-        return self.tenant(DEFAULT_TENANT).embeddings
+    def embeddings(self) -> ManagedEmbeddingStore:
+        """The default tenant's embeddings, plus collection administration (as the owner)."""
+        if self._embeddings is None:
+            assert self._admin is not None
+            self._embeddings = ManagedEmbeddingStore(
+                self._database(), self._catalog_or_fail(), DEFAULT_TENANT, self._admin
+            )
+        return self._embeddings
+
+    @property
+    def admin(self) -> Admin:
+        """Administration as the owner role: collections, indexes, role checks, raw DDL."""
+        if self._admin is None:
+            raise _not_connected()
+        return self._admin
 
     def tenant(self, tenant_id: str) -> TenantScope:
         """The same API, scoped to ``tenant_id``: no call through it sees another tenant's rows."""
         scope = self._scopes.get(tenant_id)
         if scope is None:
             check_tenant(tenant_id)
-            assert self._catalog is not None
-            assert self._cache_backend is not None
+            if self._db is None or self._catalog is None or self._cache_backend is None:
+                raise _not_connected()
             scope = TenantScope(
-                self._database(),
+                self._db,
                 tenant_id,
                 self._wakeups,
                 self._catalog,
@@ -224,9 +273,13 @@ class DataLayer(QueryMethods):
         return scope
 
     def _database(self) -> Database:
-        if self._db is None:
+        # The unscoped data layer is the default tenant's, raw SQL included.
+        return self.tenant(DEFAULT_TENANT)._database()
+
+    def _catalog_or_fail(self) -> Catalog:
+        if self._catalog is None:
             raise _not_connected()
-        return self._db
+        return self._catalog
 
     @property
     def redis(self) -> RedisClient:
@@ -237,10 +290,17 @@ class DataLayer(QueryMethods):
 
     @property
     def conninfo(self) -> str:
-        """The PostgreSQL connection string in use (may hold a password: do not log it)."""
+        """The pool's PostgreSQL connection string (may hold a password: do not log it)."""
         if self._conninfo is None:
             raise _not_connected()
         return self._conninfo
+
+    @property
+    def admin_conninfo(self) -> str:
+        """The owner role's connection string (may hold a password: do not log it)."""
+        if self._admin_conninfo is None:
+            raise _not_connected()
+        return self._admin_conninfo
 
     @property
     def redis_url(self) -> str | None:
@@ -257,8 +317,8 @@ class DataLayer(QueryMethods):
         return report
 
     def migrations(self) -> MigrationRunner:
-        """The migration runner for our schema and every directory in ``config.migration``."""
-        if self._conninfo is None:
+        """The migration runner (as the owner role) for our schema and ``config.migration``'s."""
+        if self._admin_conninfo is None:
             raise _not_connected()
         cfg = self.config.migration
         sources = [BUILTIN_SOURCE] + [
@@ -269,8 +329,9 @@ class DataLayer(QueryMethods):
         if cfg.backup_before_migration:
             backup_dir = cfg.backup_dir or self.config.embedded.data_dir / "backups"
         return MigrationRunner(
-            self._conninfo,
+            self._admin_conninfo,
             sources,
+            role=RoleNames.from_config(self.config.postgresql),
             table_name=cfg.table_name,
             lock_timeout=cfg.lock_timeout,
             backup_dir=backup_dir,
@@ -287,6 +348,23 @@ class DataLayer(QueryMethods):
             # New types (pgvector's) must be registered on fresh connections.
             await self._pool.drain()
         return report
+
+
+async def _setup_embedded_roles(superuser: str, roles: RoleNames, migrations_table: str) -> None:
+    # Idempotent, and cheap when there is nothing to do; an older release's data directory
+    # (everything owned by the superuser) is handed over to the owner role here.
+    try:
+        async with await AsyncConnection.connect(superuser, autocommit=True) as conn:
+            await setup_roles(conn, roles, adopt_from=SUPERUSER, migrations_table=migrations_table)
+    except psycopg.Error as exc:
+        raise to_agency_error(exc, "setting up the embedded server's roles") from exc
+
+
+def _owner_setup(owner: str) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
+    async def setup(conn: AsyncConnection[Any]) -> None:
+        await use_owner_role(conn, owner)
+
+    return setup
 
 
 def _not_connected() -> AgencyDataError:

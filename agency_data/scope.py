@@ -133,7 +133,12 @@ class QueryMethods(ABC):
 
 
 class TenantScope(QueryMethods):
-    """The data layer as one tenant sees it: the same API, scoped to ``tenant_id``."""
+    """The data layer as one tenant sees it: the same API, scoped to ``tenant_id``.
+
+    PostgreSQL enforces the scope: every statement runs with the tenant named to the row-level
+    security policies, so raw SQL through this view sees and changes only this tenant's rows
+    (when the pool's role is not a superuser; see ``agency-data health``).
+    """
 
     def __init__(
         self,
@@ -145,6 +150,7 @@ class TenantScope(QueryMethods):
         backend: CacheBackend,
         client: RedisClient,
     ) -> None:
+        db = db.for_tenant(tenant_id)
         self._db = db
         self._backend = backend
         self._keys = Keys(tenant_id)
@@ -154,7 +160,7 @@ class TenantScope(QueryMethods):
             db, tenant_id, self.cache.with_namespace("records"), config.cache.record_ttl
         )
         self.tasks = TaskStore(db, tenant_id, wakeups)
-        self.embeddings = EmbeddingStore(db, catalog, tenant_id, config.vector)
+        self.embeddings = EmbeddingStore(db, catalog, tenant_id)
         self.sessions = SessionStore(client, self._keys, config.cache.default_ttl)
         self.pubsub = PubSub(client, self._keys)
         self.streams = Streams(client, self._keys)

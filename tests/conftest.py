@@ -1,15 +1,22 @@
 """Real servers for the tests: the embedded ones by default, or the ones the environment names.
 
-``AGENCY_DATA_TEST_PG_DSN`` / ``AGENCY_DATA_TEST_REDIS_URL`` point the suite at other servers.
-Each test that needs PostgreSQL gets a database of its own, copied from a migrated template
-(``CREATE DATABASE ... TEMPLATE`` is a file copy: a few milliseconds) or created empty.
+``AGENCY_DATA_TEST_PG_DSN`` (a superuser) / ``AGENCY_DATA_TEST_REDIS_URL`` point the suite at
+other servers. Each test that needs PostgreSQL gets a database of its own, copied from a migrated
+template (``CREATE DATABASE ... TEMPLATE`` is a file copy: a few milliseconds) or created empty.
+The layer connects as it would in production: the pool as the application role, migrations and
+DDL as the owner role; the superuser only makes and drops databases.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +31,20 @@ from redis.cluster import RedisCluster
 from agency_data import DataLayer, DataLayerConfig
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.migrations import BUILTIN_SOURCE, MigrationRunner
+from agency_data.security.roles import RoleNames, setup_roles
 from tests.servers import ValkeyProcesses, start_cluster, start_sentinel
 
 # Test servers trade durability for speed; the library's own defaults keep fsync on.
 FAST_POSTGRES = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 TEMPLATE_DB = "agency_test_template"
+ROLES = RoleNames(owner="agency_owner", app="agency_app", readonly="agency_readonly")
+
+
+class DatabaseDsn(str):
+    """The application role's DSN of a test database, carrying the owner's and superuser's."""
+
+    owner: str
+    superuser: str
 
 
 @dataclass
@@ -37,20 +53,33 @@ class ServerSet:
 
     admin_dsn: str
     redis_url: str
+    passwords: dict[str, str]
 
-    def dsn(self, database: str) -> str:
-        """DSN of ``database`` on the test server."""
+    def dsn(self, database: str, user: str | None = None) -> str:
+        """DSN of ``database`` on the test server, as the superuser or as ``user``."""
         params = conninfo_to_dict(self.admin_dsn)
         params["dbname"] = database
+        if user is not None:
+            params["user"] = user
+            params.pop("password", None)
+            if user in self.passwords:
+                params["password"] = self.passwords[user]
         return make_conninfo("", **params)
 
+    def database_dsn(self, database: str) -> DatabaseDsn:
+        """The three DSNs of ``database``: application (the string), owner and superuser."""
+        dsn = DatabaseDsn(self.dsn(database, ROLES.app))
+        dsn.owner = self.dsn(database, ROLES.owner)
+        dsn.superuser = self.dsn(database)
+        return dsn
+
     def create_database(self, template: str = "template0") -> str:
-        """A new, uniquely named database; returns its name."""
+        """A new, uniquely named database owned by the owner role; returns its name."""
         name = f"t_{uuid.uuid4().hex[:16]}"
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(template)
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(template), sql.Identifier(ROLES.owner)
                 )
             )
         return name
@@ -68,8 +97,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerSet]:
     """The session's PostgreSQL and Redis, started once (unless the environment names them)."""
     pg_dsn = os.environ.get("AGENCY_DATA_TEST_PG_DSN")
     redis_url = os.environ.get("AGENCY_DATA_TEST_REDIS_URL")
-    data_dir = tmp_path_factory.mktemp("servers")
+    data_dir = reachable_dir(tmp_path_factory) / "servers"
     started: list[EmbeddedPostgres | EmbeddedValkey] = []
+    # The embedded server lets the OS user in as any role (peer); others need passwords.
+    passwords = (
+        {} if pg_dsn is None else {name: secrets.token_urlsafe(16) for name in vars(ROLES).values()}
+    )
     if pg_dsn is None:
         pg = EmbeddedPostgres(data_dir, settings=FAST_POSTGRES)
         pg.acquire()
@@ -79,7 +112,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerSet]:
         valkey = EmbeddedValkey(data_dir)
         redis_url = valkey.acquire()
         started.append(valkey)
-    test_servers = ServerSet(admin_dsn=pg_dsn, redis_url=redis_url)
+    test_servers = ServerSet(admin_dsn=pg_dsn, redis_url=redis_url, passwords=passwords)
     _build_template(test_servers)
     try:
         yield test_servers
@@ -89,29 +122,70 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerSet]:
             server.release()
 
 
-def _build_template(servers: ServerSet) -> None:
-    import asyncio
+_REACHABLE: list[Path] = []
 
-    servers.drop_database(TEMPLATE_DB)
-    with psycopg.connect(servers.admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
-    runner = MigrationRunner(servers.dsn(TEMPLATE_DB), [BUILTIN_SOURCE])
-    asyncio.run(runner.up())
+
+def reachable_dir(factory: pytest.TempPathFactory) -> Path:
+    """A new empty folder for embedded servers' data directories.
+
+    Under root, the PostgreSQL server runs as a system user that must be able to pass through
+    every folder on the way to its data, and pytest's own temp folders are private to root;
+    so the folder is made in the system temp directory, traversable (not listable) by others.
+    """
+    if os.geteuid() != 0:
+        return factory.mktemp("data")
+    folder = Path(tempfile.mkdtemp(prefix="agency-data-tests-"))
+    folder.chmod(0o711)
+    _REACHABLE.append(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_reachable_dirs() -> Iterator[None]:
+    yield
+    for folder in _REACHABLE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
-def database(servers: ServerSet) -> Iterator[str]:
-    """DSN of a fresh database with the core schema applied."""
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory (not yet made) for an embedded server of the test's own."""
+    return reachable_dir(tmp_path_factory) / "data"
+
+
+def _build_template(servers: ServerSet) -> None:
+    servers.drop_database(TEMPLATE_DB)
+    with psycopg.connect(servers.admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
+
+    async def prepare() -> None:
+        async with await psycopg.AsyncConnection.connect(
+            servers.dsn(TEMPLATE_DB), autocommit=True
+        ) as conn:
+            await setup_roles(conn, ROLES, passwords=servers.passwords)
+        runner = MigrationRunner(
+            servers.dsn(TEMPLATE_DB, ROLES.owner), [BUILTIN_SOURCE], role=ROLES
+        )
+        await runner.up()
+
+    asyncio.run(prepare())
+
+
+@pytest.fixture
+def database(servers: ServerSet) -> Iterator[DatabaseDsn]:
+    """DSNs of a fresh database with the core schema applied (the application role's first)."""
     name = servers.create_database(TEMPLATE_DB)
-    yield servers.dsn(name)
+    yield servers.database_dsn(name)
     servers.drop_database(name)
 
 
 @pytest.fixture
-def empty_database(servers: ServerSet) -> Iterator[str]:
-    """DSN of a fresh database with nothing in it."""
+def empty_database(servers: ServerSet) -> Iterator[DatabaseDsn]:
+    """DSNs of a fresh database with nothing in it but pgvector (owned by the owner role)."""
     name = servers.create_database()
-    yield servers.dsn(name)
+    with psycopg.connect(servers.dsn(name), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+    yield servers.database_dsn(name)
     servers.drop_database(name)
 
 
@@ -124,11 +198,28 @@ def redis_url(servers: ServerSet) -> Iterator[str]:
     return servers.redis_url
 
 
+@asynccontextmanager
+async def other_connection(
+    dl: DataLayer, tenant: str = "default"
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A pooled connection of its own (outside the caller's transaction), as ``tenant``.
+
+    Its statements run in one transaction that names the tenant to row-level security, and
+    commit when the block ends.
+    """
+    async with dl.pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('agency_data.tenant', %s, true)", [tenant])
+        yield conn
+
+
 def make_config(dsn: str, redis_url: str, tmp_path: Path, **sections: Any) -> DataLayerConfig:
     """A config on the given servers, with backups (if any) under ``tmp_path``."""
+    postgresql: dict[str, Any] = {"dsn": dsn, "pool_min_size": 1, "pool_max_size": 4}
+    if isinstance(dsn, DatabaseDsn):
+        postgresql["admin_dsn"] = dsn.owner
     values: dict[str, Any] = {
-        "postgresql": {"dsn": dsn, "pool_min_size": 1, "pool_max_size": 4},
-        "redis": {"url": redis_url},
+        "postgresql": postgresql,
+        "redis": {"url": redis_url} if redis_url else {},
         "migration": {"backup_before_migration": False, "backup_dir": tmp_path / "backups"},
         "embedded": {"data_dir": tmp_path / "unused-embedded"},
     }

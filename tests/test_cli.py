@@ -12,6 +12,7 @@ import psycopg
 
 from agency_data.migrations import BUILTIN_SOURCE
 from agency_data.migrations._loader import load_migrations
+from tests.conftest import DatabaseDsn
 
 CLI = [sys.executable, "-m", "agency_data"]
 BUILTIN_COUNT = len(load_migrations([BUILTIN_SOURCE]))
@@ -30,6 +31,8 @@ def agency_data(
     }
     if dsn is not None:
         env["AGENCY_DATA_POSTGRESQL__DSN"] = dsn
+        if isinstance(dsn, DatabaseDsn):
+            env["AGENCY_DATA_POSTGRESQL__ADMIN_DSN"] = dsn.owner
     if redis_url is not None:
         env["AGENCY_DATA_REDIS__URL"] = redis_url
     return subprocess.run(
@@ -38,7 +41,7 @@ def agency_data(
 
 
 def test_migrate_status_dry_run_up_down(
-    empty_database: str, redis_url: str, tmp_path: Path
+    empty_database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:
     opts = {"dsn": empty_database, "redis_url": redis_url, "tmp_path": tmp_path}
     status = agency_data("migrate", "status", **opts)
@@ -59,7 +62,7 @@ def test_migrate_status_dry_run_up_down(
     down = agency_data("migrate", "down", "--to", "0", **opts)
     assert down.returncode == 0, down.stderr
     assert "ran 2 migration(s)" in down.stdout
-    with psycopg.connect(empty_database) as conn:
+    with psycopg.connect(empty_database.owner) as conn:
         left = conn.execute("SELECT count(*) FROM agency_data_migrations").fetchone()
     assert left == (0,)
 
@@ -110,13 +113,12 @@ def test_demo_on_configured_servers(database: str, redis_url: str, tmp_path: Pat
         assert step in result.stdout
 
 
-def test_up_serves_until_interrupted(tmp_path: Path) -> None:
+def test_up_serves_until_interrupted(tmp_path: Path, data_dir: Path) -> None:
     env = {
         **os.environ,
         "AGENCY_DATA_EMBEDDED__POSTGRES_SETTINGS": '{"fsync": "off"}',
         "AGENCY_DATA_MIGRATION__BACKUP_BEFORE_MIGRATION": "false",
     }
-    data_dir = tmp_path / "data"
     process = subprocess.Popen(
         [*CLI, "up", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,

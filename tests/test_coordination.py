@@ -76,7 +76,7 @@ async def test_a_crashed_holder_lock_expires(dl: DataLayer) -> None:
 
 
 async def test_a_paused_holder_is_fenced_off(dl: DataLayer) -> None:
-    await dl.execute(
+    await dl.admin.execute(
         "CREATE TABLE resources (id int PRIMARY KEY, value text, fence bigint NOT NULL)"
     )
     await dl.execute("INSERT INTO resources VALUES (7, 'initial', 0)")

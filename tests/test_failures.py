@@ -49,8 +49,10 @@ async def test_configured_statement_timeout(database: str, redis_url: str, tmp_p
         assert await dl.fetch_value("SELECT 41 + 1") == 42
 
 
-async def test_restart_costs_only_the_in_flight_calls(redis_url: str, tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "own-pg", settings=FAST_POSTGRES)
+async def test_restart_costs_only_the_in_flight_calls(
+    redis_url: str, tmp_path: Path, data_dir: Path
+) -> None:
+    pg = EmbeddedPostgres(data_dir, settings=FAST_POSTGRES)
     dsn = pg.acquire()
     config = make_config(
         dsn, redis_url, tmp_path, postgresql={"pool_timeout": 1.0, "pool_max_size": 4}

@@ -48,8 +48,10 @@ async def test_degraded_when_redis_stops_and_ok_when_it_returns(
         valkey.release()
 
 
-async def test_restarted_postgres_is_reconnected(redis_url: str, tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "own-pg", settings=FAST_POSTGRES)
+async def test_restarted_postgres_is_reconnected(
+    redis_url: str, tmp_path: Path, data_dir: Path
+) -> None:
+    pg = EmbeddedPostgres(data_dir, settings=FAST_POSTGRES)
     dsn = pg.acquire()
     try:
         async with DataLayer(make_config(dsn, redis_url, tmp_path)) as dl:
@@ -87,8 +89,7 @@ async def test_unreachable_redis_does_not_block_connect(database: str, tmp_path:
     async with DataLayer(make_config(database, url, tmp_path)) as dl:
         report = await dl.health()
         assert report.status == "degraded"
-        async with dl.pool.connection() as conn:
-            await conn.execute("INSERT INTO agents (name, type) VALUES ('still', 'writes')")
+        await dl.execute("INSERT INTO agents (name, type) VALUES ('still', 'writes')")
 
 
 async def test_using_a_closed_layer_says_how_to_fix(

@@ -18,9 +18,15 @@ from agency_data.migrations import (
     restore_backup,
 )
 from agency_data.migrations._loader import load_migrations
-from tests.conftest import ServerSet
+from tests.conftest import DatabaseDsn, ServerSet
 
 CORE_TABLES = {"agents", "tasks", "embedding_collections"}
+
+
+@pytest.fixture
+def empty_database(empty_database: DatabaseDsn) -> str:
+    """Migrating is the owner role's work: these tests connect as it."""
+    return empty_database.owner
 
 
 def tables(dsn: str) -> set[str]:
@@ -285,6 +291,7 @@ async def test_backup_before_migrating_restores(
 ) -> None:
     await runner(empty_database).up()
     with psycopg.connect(empty_database) as conn:
+        conn.execute("SELECT set_config('agency_data.tenant', 'default', true)")
         conn.execute("INSERT INTO agents (name, type) VALUES ('planner', 'coordinator')")
     app = write(tmp_path / "app", {"0001_more.up.sql": "CREATE TABLE more (id int);"})
     report = await runner(empty_database, app, backup_dir=tmp_path / "backups").up()

@@ -12,6 +12,7 @@ from agency_data import (
     Conflict,
     DataLayer,
     NotFound,
+    PermissionDenied,
     QueryError,
     QueryTimeout,
     Task,
@@ -22,10 +23,8 @@ from agency_data.vectors._compat import vector_to_list
 
 
 async def run(dl: DataLayer, query: str, params: Any = None) -> list[dict[str, Any]]:
-    async with dl.pool.connection() as conn:
-        with translate_errors():
-            cursor = await conn.execute(query, params)  # type: ignore[arg-type]
-            return await cursor.fetchall() if cursor.description else []
+    # Through the layer, so the statement runs as the default tenant (row-level security).
+    return await dl.fetch(query, params)  # type: ignore[arg-type]
 
 
 async def new_agent(dl: DataLayer, **values: Any) -> dict[str, Any]:
@@ -61,13 +60,20 @@ async def test_defaults_and_models(dl: DataLayer) -> None:
         ({"type": ""}, "type"),
         ({"status": "sleeping"}, "status"),
         ({"capabilities": "[1, 2]"}, "capabilities"),
-        ({"tenant_id": "acme'; DROP TABLE agents; --"}, "tenant_id"),
     ],
 )
 async def test_agent_constraints(dl: DataLayer, values: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         await new_agent(dl, **values)
     assert info.value.field == field
+    assert await run(dl, "SELECT count(*) AS n FROM agents") == [{"n": 0}]
+
+
+async def test_a_row_of_another_tenant_is_refused(dl: DataLayer) -> None:
+    # Row-level security checks the tenant before the column's own constraint.
+    for tenant in ("acme", "acme'; DROP TABLE agents; --"):
+        with pytest.raises(PermissionDenied):
+            await new_agent(dl, tenant_id=tenant)
     assert await run(dl, "SELECT count(*) AS n FROM agents") == [{"n": 0}]
 
 
@@ -135,10 +141,10 @@ async def test_other_errors_carry_sqlstate(dl: DataLayer) -> None:
 
 
 async def test_unique_violation_is_a_conflict_naming_the_constraint(dl: DataLayer) -> None:
-    await dl.execute("CREATE UNIQUE INDEX agents_unique_name ON agents (tenant_id, name)")
+    await dl.admin.execute("CREATE UNIQUE INDEX agents_unique_name ON agents (tenant_id, name)")
     await dl.agents.create(name="solo", type="t")
     with pytest.raises(Conflict) as info:
         await dl.agents.create(name="solo", type="t")
     assert info.value.field == "agents_unique_name"
-    assert "already exists" in str(info.value)
+    assert "agents_unique_name" in str(info.value)  # row-level security hides the key values
     assert await dl.agents.count() == 1

@@ -19,6 +19,7 @@ from agency_data import (
     ValidationError,
 )
 from agency_data.sql import SQL, equals_all, identifier, identifiers
+from tests.conftest import other_connection
 
 
 class NameOnly(BaseModel):
@@ -77,7 +78,7 @@ async def test_commit_makes_writes_visible(dl: DataLayer) -> None:
 
 
 async def _count_elsewhere(dl: DataLayer) -> int:
-    async with dl.pool.connection() as conn:
+    async with other_connection(dl) as conn:
         row = await (await conn.execute("SELECT count(*) AS n FROM agents")).fetchone()
     assert row is not None
     return int(row["n"])
@@ -204,7 +205,7 @@ async def test_conflicts_past_the_bound_raise(dl: DataLayer) -> None:
     async def always_conflicts(tx: Transaction) -> None:
         await dl.fetch_value("SELECT count(*) FROM agents")
         # Another connection commits a conflicting write in between: this one must fail.
-        async with dl.pool.connection() as other:
+        async with other_connection(dl) as other:
             await other.execute("UPDATE agents SET version = version + 1 WHERE name = 'contended'")
         await dl.execute("UPDATE agents SET version = version + 1 WHERE name = 'contended'")
 

@@ -32,6 +32,7 @@ from agency_data.migrations._model import (
 )
 from agency_data.migrations.backup import create_backup, find_tool
 from agency_data.postgres.errors import to_agency_error
+from agency_data.security.roles import RoleNames, grant_privileges, use_owner_role
 
 __all__ = ["MigrationRunner"]
 
@@ -61,10 +62,13 @@ class MigrationRunner:
         lock_timeout: float = 60.0,
         backup_dir: Path | None = None,
         pg_dump_path: Path | None = None,
+        role: RoleNames | None = None,
     ) -> None:
         self.conninfo = conninfo
+        self.role = role
         self.sources = list(sources)
         self.table = sql.Identifier(table_name)
+        self.table_name = table_name
         self.lock_timeout = lock_timeout
         self.backup_dir = backup_dir
         self.pg_dump_path = pg_dump_path
@@ -107,6 +111,7 @@ class MigrationRunner:
             for migration in pending:
                 await self._apply(conn, migration)
                 report.applied.append(migration.key)
+            await self._grant(conn)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -172,10 +177,19 @@ class MigrationRunner:
     async def _connect(self) -> AsyncIterator[AsyncConnection[TupleRow]]:
         try:
             conn = await AsyncConnection.connect(self.conninfo, autocommit=True)
+            if self.role is not None:
+                # What migrations create belongs to the owner role, whoever logs in.
+                await use_owner_role(conn, self.role.owner)
         except psycopg.Error as exc:
             raise to_agency_error(exc, "connecting to migrate") from exc
         try:
             yield conn
+        except psycopg.Error as exc:
+            # Reading the history, creating its table: the role may lack the rights.
+            raise MigrationError(
+                f"migrating failed: {to_agency_error(exc)}; migrations run as the owner role "
+                "(postgresql.admin_dsn, or postgresql.dsn when there is none)"
+            ) from exc
         finally:
             await conn.close()
 
@@ -204,6 +218,26 @@ class MigrationRunner:
             if not conn.closed:
                 with suppress(psycopg.Error):
                     await conn.execute("SELECT pg_advisory_unlock(%s)", [self._lock_key])
+
+    async def _grant(self, conn: AsyncConnection[TupleRow]) -> None:
+        # New tables reach the application and read-only roles by default privileges; the
+        # history and the collections catalog must then be taken back from the application.
+        if self.role is None:
+            return
+        cursor = await conn.execute(
+            "SELECT current_user = %s AND EXISTS (SELECT FROM pg_roles WHERE rolname = %s) "
+            "AND EXISTS (SELECT FROM pg_roles WHERE rolname = %s)",
+            [self.role.owner, self.role.app, self.role.readonly],
+        )
+        row = await cursor.fetchone()
+        if row is None or not row[0]:
+            return
+        try:
+            await grant_privileges(conn, self.role, migrations_table=self.table_name)
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"granting the roles their privileges failed: {to_agency_error(exc)}"
+            ) from exc
 
     async def _history(self, conn: AsyncConnection[TupleRow]) -> dict[str, _Applied]:
         exists = await (

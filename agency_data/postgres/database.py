@@ -3,6 +3,12 @@
 Inside ``async with db.transaction():`` every call made by the same task (and the store calls
 built on this class) runs on the transaction's connection; outside, each call borrows a pooled
 connection for its own duration. Nested transaction blocks become savepoints.
+
+A database bound to a tenant (:meth:`Database.for_tenant`) names that tenant to PostgreSQL in
+every transaction it runs, as the transaction-local setting ``agency_data.tenant`` that the
+row-level security policies compare each row's ``tenant_id`` with. The setting travels in the
+same round trip as the statement (a pipeline, whose statements share one implicit
+transaction), and inside an explicit transaction it is sent only when it changes.
 """
 
 from __future__ import annotations
@@ -16,16 +22,26 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, Literal, LiteralString, TypeAlias, TypeVar, overload
 
+import psycopg
 from psycopg import AsyncConnection, AsyncCursor, IsolationLevel, sql
 from psycopg.rows import DictRow
 from pydantic import BaseModel
 
 from agency_data.config import PostgresConfig
 from agency_data.errors import SerializationFailure, ValidationError
-from agency_data.postgres.errors import translate_errors
+from agency_data.postgres.errors import to_agency_error, translate_errors
 from agency_data.postgres.pool import Pool
 
-__all__ = ["Database", "Isolation", "Operation", "Params", "Query", "Transaction"]
+__all__ = [
+    "TENANT_SETTING",
+    "Database",
+    "Isolation",
+    "Operation",
+    "Params",
+    "Query",
+    "Setup",
+    "Transaction",
+]
 
 _log = logging.getLogger("agency_data.postgres")
 
@@ -36,12 +52,26 @@ Operation: TypeAlias = "tuple[Query, Params] | Callable[[Transaction], Awaitable
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 Hook: TypeAlias = Callable[[], Awaitable[None] | None]
+Setup: TypeAlias = Callable[[AsyncConnection[Any]], Awaitable[None]]
+
+# The setting the row-level security policies read (see agency_data_current_tenant()).
+TENANT_SETTING = "agency_data.tenant"
+_SET_TENANT: LiteralString = "SELECT set_config('agency_data.tenant', %s, true)"
 
 _ISOLATION = {
     "read_committed": IsolationLevel.READ_COMMITTED,
     "repeatable_read": IsolationLevel.REPEATABLE_READ,
     "serializable": IsolationLevel.SERIALIZABLE,
 }
+
+
+class _Session:
+    """What one transaction's connection has been told: the tenant now set, if known."""
+
+    __slots__ = ("tenant",)
+
+    def __init__(self) -> None:
+        self.tenant: str | None = None
 
 
 class Transaction:
@@ -51,6 +81,7 @@ class Transaction:
         self.conn = conn
         self.parent = parent
         self._hooks: list[Hook] = []
+        self._session: _Session = parent._session if parent is not None else _Session()
 
     @property
     def nested(self) -> bool:
@@ -63,12 +94,28 @@ class Transaction:
 
 
 class Database:
-    """Query execution and transactions over the pool."""
+    """Query execution and transactions over the pool, for one tenant or for none."""
 
-    def __init__(self, pool: Pool, config: PostgresConfig) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        config: PostgresConfig,
+        *,
+        tenant: str | None = None,
+        setup: Setup | None = None,
+    ) -> None:
         self.pool = pool
         self.config = config
+        self.tenant = tenant
+        self._setup = setup
         self._current: ContextVar[Transaction | None] = ContextVar("agency_data_tx", default=None)
+
+    def for_tenant(self, tenant: str) -> Database:
+        """The same pool and ambient transaction, with every statement scoped to ``tenant``."""
+        view = Database(self.pool, self.config, tenant=tenant, setup=self._setup)
+        # One transaction per task, whichever tenant's view opened it.
+        view._current = self._current
+        return view
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -82,6 +129,21 @@ class Database:
         with translate_errors():
             async with self.pool.connection() as conn:
                 yield conn
+
+    @asynccontextmanager
+    async def dedicated(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection of its own, outside the pool and set up like the pool's (long DDL)."""
+        try:
+            conn = await AsyncConnection.connect(self.conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise to_agency_error(exc, "opening a connection") from exc
+        try:
+            with translate_errors():
+                if self._setup is not None:
+                    await self._setup(conn)
+                yield conn
+        finally:
+            await conn.close()
 
     @property
     def conninfo(self) -> str:
@@ -178,25 +240,116 @@ class Database:
         row = await self.fetch_one(query, params, timeout=timeout)
         return None if row is None else next(iter(row.values()))
 
+    async def enter_tenant(self, conn: AsyncConnection[DictRow]) -> None:
+        """Name this view's tenant to ``conn``'s open transaction, unless it already was.
+
+        For the few jobs that run statements on the transaction's connection themselves
+        (COPY, server-side cursors); ordinary calls do this on their own.
+        """
+        current = self._current.get()
+        if self.tenant is None or (current is not None and current._session.tenant == self.tenant):
+            return
+        await conn.execute(_SET_TENANT, [self.tenant])
+        if current is not None:
+            current._session.tenant = self.tenant
+
+    def tenant_statement(self) -> tuple[LiteralString, list[str]] | None:
+        """The statement that names this view's tenant, when the calling task must send it."""
+        current = self._current.get()
+        if self.tenant is None or (current is not None and current._session.tenant == self.tenant):
+            return None
+        return _SET_TENANT, [self.tenant]
+
+    async def fetch_many(
+        self,
+        statements: Sequence[tuple[Query, Params]],
+        *,
+        settings: Sequence[tuple[str, str]] = (),
+    ) -> list[list[dict[str, Any]]]:
+        """The rows of several queries, sent together in one round trip (a pipeline).
+
+        ``settings`` (``(name, value)`` pairs, such as ``hnsw.ef_search``) hold for these
+        queries only.
+        """
+        async with self.connection() as conn:
+            with translate_errors():
+                scoped = self.tenant_statement()
+                if scoped is None and not settings and len(statements) == 1:
+                    cursor = await conn.execute(*statements[0])
+                    return [await cursor.fetchall()]
+                async with conn.pipeline(), conn.transaction():
+                    # A transaction (a savepoint inside the caller's) keeps the settings
+                    # local to these queries.
+                    if scoped is not None:
+                        await conn.execute(*scoped)
+                    for name, value in settings:
+                        await conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+                    cursors = [await conn.execute(q, p) for q, p in statements]
+                    results = [await cursor.fetchall() for cursor in cursors]
+        current = self._current.get()
+        if scoped is not None and current is not None:
+            current._session.tenant = self.tenant
+        return results
+
     async def _run(
         self, conn: AsyncConnection[DictRow], query: Query, params: Params, timeout: float | None
     ) -> AsyncCursor[DictRow]:
+        if timeout is not None and timeout <= 0:
+            raise ValidationError(f"timeout must be positive, not {timeout}", field="timeout")
+        current = self._current.get()
+        scoped = self.tenant is not None and (
+            current is None or current._session.tenant != self.tenant
+        )
+        if timeout is None and not scoped:
+            return await conn.execute(query, params)
+        if current is not None:
+            return await self._run_in_transaction(conn, current, query, params, timeout)
+        if params is None and timeout is None:
+            # No parameters: the simple protocol, which runs several statements in one query
+            # (pipelines cannot); one implicit transaction covers the setting and the query.
+            assert self.tenant is not None
+            prefix = sql.SQL("SELECT set_config('agency_data.tenant', {}, true); ").format(
+                sql.Literal(self.tenant)
+            )
+            body = sql.SQL(query) if isinstance(query, str) else query
+            cursor = await conn.execute(prefix + body)
+            cursor.nextset()
+            return cursor
+        # Statements up to the pipeline's sync share one implicit transaction, so settings
+        # made local to it hold for the query and vanish after it: one round trip in all.
+        async with conn.pipeline():
+            if scoped:
+                await conn.execute(_SET_TENANT, [self.tenant])
+            if timeout is not None:
+                await conn.execute(_SET_TIMEOUT, [_millis(timeout)])
+            cursor = await conn.execute(query, params)
+        return cursor
+
+    async def _run_in_transaction(
+        self,
+        conn: AsyncConnection[DictRow],
+        current: Transaction,
+        query: Query,
+        params: Params,
+        timeout: float | None,
+    ) -> AsyncCursor[DictRow]:
+        if self.tenant is not None and current._session.tenant != self.tenant:
+            if timeout is None:
+                async with conn.pipeline():
+                    await conn.execute(_SET_TENANT, [self.tenant])
+                    cursor = await conn.execute(query, params)
+                current._session.tenant = self.tenant
+                return cursor
+            await conn.execute(_SET_TENANT, [self.tenant])
+            current._session.tenant = self.tenant
         if timeout is None:
             return await conn.execute(query, params)
-        if timeout <= 0:
-            raise ValidationError(f"timeout must be positive, not {timeout}", field="timeout")
-        limit = f"{max(1, int(timeout * 1000))}ms"
-        set_limit = "SELECT set_config('statement_timeout', %s, true)"
-        if self.in_transaction:
-            # A timeout inside the caller's transaction applies to this statement only.
-            previous = await (await conn.execute("SHOW statement_timeout")).fetchone()
-            await conn.execute(set_limit, [limit])
-            cursor = await conn.execute(query, params)
-            await conn.execute(set_limit, [next(iter(previous.values())) if previous else "0"])
-            return cursor
-        async with conn.transaction():
-            await conn.execute(set_limit, [limit])
-            return await conn.execute(query, params)
+        # A timeout inside the caller's transaction applies to this statement only.
+        previous = await (await conn.execute("SHOW statement_timeout")).fetchone()
+        await conn.execute(_SET_TIMEOUT, [_millis(timeout)])
+        cursor = await conn.execute(query, params)
+        await conn.execute(_SET_TIMEOUT, [next(iter(previous.values())) if previous else "0"])
+        return cursor
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -223,6 +376,10 @@ class Database:
                 with translate_errors():
                     async with conn.transaction():
                         yield tx
+            except BaseException:
+                # A rolled-back savepoint takes its settings with it: send the tenant again.
+                tx._session.tenant = None
+                raise
             finally:
                 self._current.reset(token)
         if parent is not None:
@@ -284,13 +441,20 @@ class Database:
                     continue
                 query, params = operation
                 with translate_errors():
-                    cursor = await tx.conn.execute(query, params)
+                    cursor = await self._run(tx.conn, query, params, None)
                     results.append(
                         await cursor.fetchall() if cursor.description else cursor.rowcount
                     )
             return results
 
         return await self.run_in_transaction(run_all, isolation=isolation, retries=retries)
+
+
+_SET_TIMEOUT: LiteralString = "SELECT set_config('statement_timeout', %s, true)"
+
+
+def _millis(timeout: float) -> str:
+    return f"{max(1, int(timeout * 1000))}ms"
 
 
 async def _prepare(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import select
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 import psycopg
@@ -13,8 +15,8 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from agency_data.config import PostgresConfig
-from agency_data.errors import BackendUnavailable
+from agency_data.config import PostgresConfig, _postgres_dsn_problem, redact_dsn
+from agency_data.errors import BackendUnavailable, ConfigError
 
 __all__ = ["Pool", "open_pool"]
 
@@ -39,6 +41,16 @@ async def _configure(conn: AsyncConnection[DictRow]) -> None:
             await conn.execute("SET ivfflat.iterative_scan = relaxed_order")
 
 
+def _then(
+    setup: Callable[[AsyncConnection[Any]], Awaitable[None]],
+) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]:
+    async def configure(conn: AsyncConnection[DictRow]) -> None:
+        await _configure(conn)
+        await setup(conn)
+
+    return configure
+
+
 async def _check(conn: AsyncConnection[DictRow]) -> None:
     # A full check is a round trip, which would double the cost of a point read. A connection
     # whose server went away (restart, crash, termination) has an unread message or EOF on its
@@ -51,12 +63,29 @@ async def _check(conn: AsyncConnection[DictRow]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
-async def open_pool(config: PostgresConfig, conninfo: str) -> Pool:
+async def open_pool(
+    config: PostgresConfig,
+    conninfo: str,
+    *,
+    setup: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    name: str = "agency-data",
+) -> Pool:
     """Open a pool on ``conninfo`` and wait until its minimum connections are up.
 
     Every checkout is checked (see ``_check``), so a restarted server never hands out a dead
-    connection; statement_timeout is set per connection from the config.
+    connection; statement_timeout is set per connection from the config. ``setup`` runs on
+    each new connection (the owner's pool uses it to act as the owner role); the sizes
+    default to the config's.
     """
+    # psycopg_pool logs each failed connection attempt's error at WARNING, and libpq's error
+    # for a malformed string quotes it, password included: refuse it before the pool sees it.
+    if problem := _postgres_dsn_problem(conninfo):
+        raise ConfigError(
+            f"the PostgreSQL connection string is not valid (check postgresql.dsn and "
+            f"postgresql.admin_dsn): {problem}"
+        )
     # UTC sessions: timestamps without an offset (in JSON metadata, say) mean the same
     # instant on every machine.
     options = f"-c statement_timeout={int(config.statement_timeout * 1000)} -c timezone=UTC"
@@ -64,14 +93,14 @@ async def open_pool(config: PostgresConfig, conninfo: str) -> Pool:
         conninfo,
         connection_class=AsyncConnection[DictRow],
         kwargs={"row_factory": dict_row, "options": options, "autocommit": True},
-        min_size=config.pool_min_size,
-        max_size=config.pool_max_size,
+        min_size=config.pool_min_size if min_size is None else min_size,
+        max_size=config.pool_max_size if max_size is None else max_size,
         timeout=config.pool_timeout,
         max_waiting=config.max_waiting,
-        configure=_configure,
+        configure=_configure if setup is None else _then(setup),
         check=_check,
         open=False,
-        name="agency-data",
+        name=name,
     )
     try:
         await pool.open(wait=True, timeout=config.pool_timeout)
@@ -86,7 +115,12 @@ async def open_pool(config: PostgresConfig, conninfo: str) -> Pool:
 
 
 def _where(conninfo: str) -> str:
-    params = conninfo_to_dict(conninfo)
-    return (
-        f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
-    )
+    """``host:port/dbname`` of ``conninfo`` for messages: never a password, never a raise."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except Exception:  # noqa: BLE001 - a message helper must not replace the real error
+        # (psycopg's parse error would quote the string, password included.)
+        return "the configured server"
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    where = f"{host}:{params.get('port') or 5432}/{params.get('dbname', '')}"
+    return redact_dsn(where)

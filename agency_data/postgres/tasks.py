@@ -362,13 +362,16 @@ def _claim_sql(
 ) -> tuple[Query, Params]:
     type_filter: LiteralString = "AND type = ANY(%s) " if types is not None else ""
     params: list[Any] = [tenant, *([types] if types is not None else []), n, agent_id]
+    # UPDATE ... RETURNING has no order of its own: the claimed rows are sorted again.
     return (
         "WITH next AS ("
         " SELECT id FROM tasks WHERE tenant_id = %s AND status = 'pending' "
         + type_filter
-        + " ORDER BY priority DESC, created_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
-        "UPDATE tasks AS t SET status = 'running', agent_id = %s FROM next WHERE t.id = next.id "
-        "RETURNING " + _CLAIMED_COLUMNS,
+        + " ORDER BY priority DESC, created_at, id LIMIT %s FOR UPDATE SKIP LOCKED), "
+        "claimed AS ("
+        " UPDATE tasks AS t SET status = 'running', agent_id = %s FROM next WHERE t.id = next.id "
+        " RETURNING " + _CLAIMED_COLUMNS + ") "
+        "SELECT * FROM claimed ORDER BY priority DESC, created_at, id",
         params,
     )
 

@@ -1,8 +1,17 @@
 """The embedding store on pgvector: collections, storing, filtered similarity search, indexes."""
 
+from agency_data.vectors.admin import CollectionAdmin, ManagedCollection
 from agency_data.vectors.collection import Collection
 from agency_data.vectors.filter_ast import parse_filter
 from agency_data.vectors.filter_eval import matches
-from agency_data.vectors.store import EmbeddingStore
+from agency_data.vectors.store import EmbeddingStore, ManagedEmbeddingStore
 
-__all__ = ["Collection", "EmbeddingStore", "matches", "parse_filter"]
+__all__ = [
+    "Collection",
+    "CollectionAdmin",
+    "EmbeddingStore",
+    "ManagedCollection",
+    "ManagedEmbeddingStore",
+    "matches",
+    "parse_filter",
+]

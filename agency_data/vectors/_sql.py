@@ -16,6 +16,7 @@ __all__ = [
     "ROW_COLUMNS",
     "copy_sql",
     "hybrid_text_sql",
+    "insert_from_staging_sql",
     "search_sql",
     "upsert_from_staging_sql",
     "where_sql",
@@ -49,7 +50,7 @@ def search_sql(
     *,
     include_vectors: bool,
     rerank_candidates: int | None = None,
-) -> tuple[sql.Composable, list[Any]]:
+) -> tuple[sql.SQL | sql.Composed, list[Any]]:
     """Top ``limit`` rows by distance to ``query``.
 
     With ``rerank_candidates`` (binary quantization), the bit index picks that many candidates
@@ -126,6 +127,13 @@ def hybrid_text_sql(
 def copy_sql(table: sql.Identifier) -> sql.Composed:
     """Binary COPY of new rows into ``table``."""
     return sql.SQL("COPY {} (" + COPY_COLUMNS + ") FROM STDIN WITH (FORMAT BINARY)").format(table)
+
+
+def insert_from_staging_sql(spec: CollectionSpec, staging: sql.Identifier) -> sql.Composed:
+    """Move staged rows (new ids only) into the collection."""
+    return sql.SQL(
+        "INSERT INTO {table} (" + COPY_COLUMNS + ") SELECT " + COPY_COLUMNS + " FROM {staging}"
+    ).format(table=spec.table_id, staging=staging)
 
 
 def upsert_from_staging_sql(spec: CollectionSpec, staging: sql.Identifier) -> sql.Composed:

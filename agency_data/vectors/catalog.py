@@ -1,24 +1,29 @@
 """The collections catalog: which collections exist, their shape, and their tables.
 
 Each collection is a row of ``embedding_collections`` and a table of its own, created together
-in one transaction. Specs are cached per DataLayer; a stale cache costs speed (a search plan
-that does not use a newer index), never correctness.
+in one transaction by the owner role, with row-level security on from the start. The
+application role only reads the catalog. Specs are cached per DataLayer; a stale cache costs
+speed (a search plan that does not use a newer index), never correctness.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from psycopg import sql
 
+from agency_data.config import VectorConfig
 from agency_data.errors import Conflict, NotFound, ValidationError
 from agency_data.postgres.database import Database
 from agency_data.vectors.metrics import metric_spec
 from agency_data.vectors.validation import MAX_DIMENSION
 
-__all__ = ["Catalog", "CollectionSpec"]
+__all__ = ["DEFAULT_COLLECTION", "Catalog", "CollectionSpec"]
+
+DEFAULT_COLLECTION = "default"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 # Up to this many bytes a vector stays in the row (PLAIN storage) instead of TOAST: TOASTed
@@ -69,17 +74,34 @@ def check_name(name: str) -> str:
 
 
 class Catalog:
-    """Reads and writes collection specs, with a per-process cache."""
+    """Reads collection specs (as the application) and writes them (as the owner), with a cache.
 
-    def __init__(self, db: Database) -> None:
+    The default collection, shaped by ``config.vector``, is made on first use.
+    """
+
+    def __init__(self, db: Database, admin: Database, config: VectorConfig) -> None:
         self._db = db
+        self._admin = admin
+        self._config = config
         self._cache: dict[str, CollectionSpec] = {}
 
     async def get(self, name: str) -> CollectionSpec:
         """The spec of collection ``name``; :class:`NotFound` if it does not exist."""
         spec = self._cache.get(name)
         if spec is None:
-            spec = await self.load(name)
+            try:
+                spec = await self.load(name)
+            except NotFound:
+                if name != DEFAULT_COLLECTION:
+                    raise
+                config = self._config
+                spec = await self.create(
+                    DEFAULT_COLLECTION,
+                    config.dimension,
+                    config.distance_metric,
+                    "halfvec" if config.quantization == "halfvec" else "vector",
+                    exist_ok=True,
+                )
         return spec
 
     async def load(self, name: str) -> CollectionSpec:
@@ -135,14 +157,14 @@ class Catalog:
             )
         spec = CollectionSpec(name, f"emb_{name}", dimension, metric, storage)  # type: ignore[arg-type]
         try:
-            async with self._db.transaction():
-                await self._db.execute(
+            async with self._admin.transaction():
+                await self._admin.execute(
                     "INSERT INTO embedding_collections (name, table_name, dimension, metric, storage) "
                     "VALUES (%s, %s, %s, %s, %s)",
                     [name, spec.table, dimension, metric, storage],
                 )
                 for statement in _table_ddl(spec):
-                    await self._db.execute(statement)
+                    await self._admin.execute(statement)
         except Conflict:
             existing = await self.load(name)
             same = (existing.dimension, existing.metric, existing.storage) == (
@@ -163,19 +185,17 @@ class Catalog:
 
     async def drop(self, name: str) -> None:
         """Drop the collection and every embedding in it (all tenants)."""
-        spec = await self.get(name)
-        async with self._db.transaction():
-            await self._db.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(spec.table_id))
-            await self._db.execute("DELETE FROM embedding_collections WHERE name = %s", [name])
+        spec = await self.load(name)
+        async with self._admin.transaction():
+            await self._admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(spec.table_id))
+            await self._admin.execute("DELETE FROM embedding_collections WHERE name = %s", [name])
         self._cache.pop(name, None)
 
     async def set_index(
         self, spec: CollectionSpec, kind: str | None, quantization: str, options: dict[str, Any]
     ) -> CollectionSpec:
         """Record the collection's index."""
-        import json
-
-        await self._db.execute(
+        await self._admin.execute(
             "UPDATE embedding_collections SET index_kind = %s, index_quantization = %s, "
             "index_options = %s::jsonb WHERE name = %s",
             [kind, quantization, json.dumps(options), spec.name],
@@ -215,6 +235,13 @@ def _table_ddl(spec: CollectionSpec) -> list[sql.Composed]:
         ),
         # Exact scans of large collections can then use both cores.
         sql.SQL("ALTER TABLE {} SET (parallel_workers = 2)").format(table),
+        # Each tenant sees and writes only its own rows, whatever SQL reaches the table.
+        sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table),
+        sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(table),
+        sql.SQL(
+            "CREATE POLICY tenant_isolation ON {} USING (tenant_id = agency_data_current_tenant()) "
+            "WITH CHECK (tenant_id = agency_data_current_tenant())"
+        ).format(table),
     ]
     bytes_per_vector = 8 + spec.dimension * (4 if spec.storage == "vector" else 2)
     if bytes_per_vector <= _PLAIN_LIMIT:

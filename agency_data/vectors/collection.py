@@ -23,16 +23,13 @@ from uuid import UUID
 
 import numpy as np
 import numpy.typing as npt
-from psycopg import AsyncConnection, sql
-from psycopg.rows import DictRow
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from agency_data.errors import Conflict, NotFound, ValidationError
 from agency_data.models import (
     CollectionInfo,
     Embedding,
-    IndexProgress,
-    OptimizeReport,
     SimilarityQuery,
     SimilarityResult,
 )
@@ -95,16 +92,18 @@ class Collection:
         ids: builtins.list[UUID] = []
         async with self._db.transaction() as tx:
             with translate_errors(f"storing into {self.name!r}"):
-                target = spec.table_id
-                if upsert:
-                    target = sql.Identifier(f"staging_{uuid.uuid4().hex[:12]}")
-                    await tx.conn.execute(
-                        sql.SQL(
-                            "CREATE TEMP TABLE {} (id uuid, tenant_id text, entity_type text, "
-                            "entity_id text, vector {}, metadata jsonb, content text) ON COMMIT DROP"
-                        ).format(target, spec.vector_type)
-                    )
-                async with tx.conn.cursor().copy(_sql.copy_sql(target)) as copy:
+                # PostgreSQL refuses COPY FROM into a table under row-level security, so rows
+                # are copied into a private staging table and moved with one INSERT, which
+                # the tenant policy checks row by row.
+                staging = sql.Identifier(f"staging_{uuid.uuid4().hex[:12]}")
+                await self._db.enter_tenant(tx.conn)
+                await tx.conn.execute(
+                    sql.SQL(
+                        "CREATE TEMP TABLE {} (id uuid, tenant_id text, entity_type text, "
+                        "entity_id text, vector {}, metadata jsonb, content text) ON COMMIT DROP"
+                    ).format(staging, spec.vector_type)
+                )
+                async with tx.conn.cursor().copy(_sql.copy_sql(staging)) as copy:
                     copy.set_types(types)
                     # Checked and sent a slice at a time: the server stores one slice while the
                     # next is checked. A bad item in any slice aborts the COPY, so the batch
@@ -133,15 +132,17 @@ class Collection:
                                 )
                             )
                         ids.extend(row[0] for row in rows)
-                if upsert:
-                    cursor = await tx.conn.execute(_sql.upsert_from_staging_sql(spec, target))
-                    written = {row["id"] for row in await cursor.fetchall()}
-                    if len(written) != len(ids):
-                        taken = [str(i) for i in ids if i not in written][:5]
-                        raise Conflict(
-                            f"ids already used by another tenant: {', '.join(taken)}; nothing was stored",
-                            field="id",
-                        )
+                if not upsert:
+                    await tx.conn.execute(_sql.insert_from_staging_sql(spec, staging))
+                    return ids
+                cursor = await tx.conn.execute(_sql.upsert_from_staging_sql(spec, staging))
+                written = {row["id"] for row in await cursor.fetchall()}
+                if len(written) != len(ids):
+                    taken = [str(i) for i in ids if i not in written][:5]
+                    raise Conflict(
+                        f"ids already used by another tenant: {', '.join(taken)}; nothing was stored",
+                        field="id",
+                    )
         return ids
 
     async def stream_store(
@@ -388,8 +389,8 @@ class Collection:
             )
             planned.append((statement, params, threshold))
         settings = _settings(ef_search, probes, exact, candidates if binary else None)
-        async with self._db.connection() as conn:
-            results = await _run_pipelined(conn, settings, [(q, p) for q, p, _ in planned])
+        with translate_errors("searching"):
+            results = await self._db.fetch_many([(q, p) for q, p, _ in planned], settings=settings)
         return [
             _results(rows, metric, threshold)
             for rows, (_, _, threshold) in zip(results, planned, strict=True)
@@ -423,6 +424,7 @@ class Collection:
         ).format(columns, spec.table_id, where)
         async with self._db.connection() as conn, conn.transaction():
             with translate_errors("streaming search"):
+                await self._db.enter_tenant(conn)
                 name = f"agency_stream_{uuid.uuid4().hex[:12]}"
                 async with conn.cursor(name=name) as cursor:
                     cursor.itersize = max(1, batch_size)
@@ -464,10 +466,8 @@ class Collection:
             _sql.hybrid_text_sql(spec, self.tenant, text, param, pool_size, node),
             _sql.search_sql(spec, self.tenant, param, pool_size, node, include_vectors=False),
         ]
-        async with self._db.connection() as conn:
-            text_rows, vector_rows = await _run_pipelined(
-                conn, _settings(None, None, False, None), statements
-            )
+        with translate_errors("searching"):
+            text_rows, vector_rows = await self._db.fetch_many(statements)
         fused: dict[UUID, float] = {}
         rows_by_id: dict[UUID, dict[str, Any]] = {}
         for rows in (text_rows, sorted(vector_rows, key=lambda r: r["distance"])):
@@ -483,55 +483,11 @@ class Collection:
         array = as_vector(vector, spec.dimension, spec.storage, where=where)
         return HalfVector(array) if spec.storage == "halfvec" else array
 
-    # -- indexes and upkeep --------------------------------------------------------------------
-
-    async def create_index(
-        self,
-        kind: str = "hnsw",
-        *,
-        m: int = 16,
-        ef_construction: int = 64,
-        lists: int | None = None,
-        quantization: str = "none",
-        replace: bool = False,
-        progress: Callable[[IndexProgress], Any] | None = None,
-    ) -> CollectionInfo:
-        """Build the collection's ANN index concurrently (writes go on meanwhile).
-
-        ``kind`` is ``hnsw`` (``m``, ``ef_construction``) or ``ivfflat`` (``lists``, by default
-        from the row count). ``quantization="binary"`` indexes one bit per dimension and has
-        searches re-rank candidates at full precision. ``progress`` is called with snapshots
-        of the build. An existing index is :class:`Conflict` unless ``replace``.
-        """
-        spec = await self._catalog.load(self.name)
-        await indexes.create_index(
-            self._db,
-            self._catalog,
-            spec,
-            kind=kind,
-            m=m,
-            ef_construction=ef_construction,
-            lists=lists,
-            quantization=quantization,
-            replace=replace,
-            progress=progress,
-        )
-        return await self.describe()
-
-    async def drop_index(self) -> None:
-        """Drop the ANN index (searches become exact scans)."""
-        await indexes.drop_index(self._db, self._catalog, await self._catalog.load(self.name))
-
-    async def reindex(self) -> None:
-        """Rebuild the ANN index concurrently."""
-        await indexes.reindex(self._db, await self._catalog.load(self.name))
-
-    async def optimize(self) -> OptimizeReport:
-        """ANALYZE; rebuild a bloated index; resize IVFFlat lists that no longer fit the rows."""
-        return await indexes.optimize(self._db, self._catalog, await self._catalog.load(self.name))
+    # -- what it is ----------------------------------------------------------------------------
 
     async def describe(self) -> CollectionInfo:
         """Rows (this tenant's), sizes, bytes per vector, and the index with its validity."""
+        await self._spec()  # the default collection is made on first use
         return await indexes.describe(self._db, await self._catalog.load(self.name), self.tenant)
 
 
@@ -603,26 +559,6 @@ def _settings(
     if exact:
         settings += [("enable_indexscan", "off"), ("enable_bitmapscan", "off")]
     return settings
-
-
-async def _run_pipelined(
-    conn: AsyncConnection[DictRow],
-    settings: builtins.list[tuple[str, str]],
-    statements: Sequence[tuple[Any, Any]],
-) -> builtins.list[builtins.list[dict[str, Any]]]:
-    with translate_errors("searching"):
-        if not settings and len(statements) == 1:
-            cursor = await conn.execute(*statements[0])
-            return [await cursor.fetchall()]
-        async with conn.pipeline():
-            if settings:
-                async with conn.transaction():
-                    for name, value in settings:
-                        await conn.execute("SELECT set_config(%s, %s, true)", [name, value])
-                    cursors = [await conn.execute(q, p) for q, p in statements]
-                    return [await c.fetchall() for c in cursors]
-            cursors = [await conn.execute(q, p) for q, p in statements]
-            return [await c.fetchall() for c in cursors]
 
 
 def _result(row: dict[str, Any], score: Callable[[float], float]) -> SimilarityResult:

@@ -1,43 +1,53 @@
-"""``dl.embeddings``: the default collection, plus creating, listing and dropping collections."""
+"""``embeddings``: the default collection, and the other collections by name.
+
+A tenant's view (``dl.tenant(t).embeddings``) stores, reads, searches and deletes that tenant's
+rows. The unscoped ``dl.embeddings`` is the default tenant's view plus collection
+administration (create, drop, list, indexes), which runs as the owner role.
+"""
 
 from __future__ import annotations
 
-from agency_data.config import VectorConfig
-from agency_data.errors import NotFound
 from agency_data.postgres.database import Database
-from agency_data.vectors.catalog import Catalog, CollectionSpec, check_name
+from agency_data.vectors.admin import CollectionAdmin, ManagedCollection
+from agency_data.vectors.catalog import DEFAULT_COLLECTION, Catalog, check_name
 from agency_data.vectors.collection import Collection
 
-__all__ = ["DEFAULT_COLLECTION", "EmbeddingStore"]
-
-DEFAULT_COLLECTION = "default"
+__all__ = ["DEFAULT_COLLECTION", "EmbeddingStore", "ManagedEmbeddingStore"]
 
 
 class EmbeddingStore(Collection):
-    """The default collection (shaped by ``config.vector``, made on first use) and the others.
+    """A tenant's embeddings: the default collection (made on first use) and the others.
+
+    Usage::
+
+        memories = dl.tenant("acme").embeddings.collection("memories")
+        await memories.store_many(items)
+        await dl.tenant("acme").embeddings.find_similar(vector)   # the default collection
+    """
+
+    def __init__(self, db: Database, catalog: Catalog, tenant: str) -> None:
+        super().__init__(db, catalog, tenant, DEFAULT_COLLECTION)
+
+    def collection(self, name: str) -> Collection:
+        """The collection ``name`` (it must exist by the time it is used)."""
+        if name == DEFAULT_COLLECTION:
+            return self
+        return Collection(self._db, self._catalog, self.tenant, check_name(name))
+
+
+class ManagedEmbeddingStore(ManagedCollection):
+    """The default tenant's embeddings, plus creating, listing and dropping collections.
 
     Usage::
 
         await dl.embeddings.create_collection("memories", dimension=768, storage="halfvec")
         memories = dl.embeddings.collection("memories")
+        await memories.create_index("hnsw")
         await dl.embeddings.store_many(items)     # the default collection
     """
 
-    def __init__(self, db: Database, catalog: Catalog, tenant: str, config: VectorConfig) -> None:
-        super().__init__(db, catalog, tenant, DEFAULT_COLLECTION)
-        self._config = config
-
-    async def _spec(self) -> CollectionSpec:
-        try:
-            return await self._catalog.get(DEFAULT_COLLECTION)
-        except NotFound:
-            return await self._catalog.create(
-                DEFAULT_COLLECTION,
-                self._config.dimension,
-                self._config.distance_metric,
-                "halfvec" if self._config.quantization == "halfvec" else "vector",
-                exist_ok=True,
-            )
+    def __init__(self, db: Database, catalog: Catalog, tenant: str, admin: CollectionAdmin) -> None:
+        super().__init__(db, catalog, tenant, DEFAULT_COLLECTION, admin)
 
     async def create_collection(
         self,
@@ -47,21 +57,23 @@ class EmbeddingStore(Collection):
         storage: str = "vector",
         *,
         exist_ok: bool = False,
-    ) -> Collection:
+    ) -> ManagedCollection:
         """Create a collection (shared by all tenants; each sees only its own rows)."""
-        await self._catalog.create(name, dimension, metric, storage, exist_ok=exist_ok)
+        await self._admin.create_collection(name, dimension, metric, storage, exist_ok=exist_ok)
         return self.collection(name)
 
-    def collection(self, name: str) -> Collection:
+    def collection(self, name: str) -> ManagedCollection:
         """The collection ``name`` (it must exist by the time it is used)."""
         if name == DEFAULT_COLLECTION:
             return self
-        return Collection(self._db, self._catalog, self.tenant, check_name(name))
+        return ManagedCollection(
+            self._db, self._catalog, self.tenant, check_name(name), self._admin
+        )
 
     async def list_collections(self) -> list[str]:
         """The names of every collection."""
-        return await self._catalog.names()
+        return await self._admin.list_collections()
 
     async def drop_collection(self, name: str) -> None:
         """Drop a collection with every embedding in it, for all tenants."""
-        await self._catalog.drop(check_name(name))
+        await self._admin.drop_collection(name)

@@ -1,0 +1,41 @@
+"""``dl.admin``: administration, as the owner role, apart from any tenant's view.
+
+Collection DDL and index upkeep, the pool role's check, and raw SQL as the owner, which sees
+every tenant's rows when the owner role bypasses row-level security (as the embedded server's
+and ``agency-data roles setup``'s do). Keep it away from code that serves one tenant: that code
+gets ``dl.tenant(t)``.
+"""
+
+from __future__ import annotations
+
+from agency_data.postgres.database import Database
+from agency_data.scope import QueryMethods
+from agency_data.security.roles import role_warnings
+from agency_data.vectors.admin import CollectionAdmin
+from agency_data.vectors.catalog import Catalog
+
+__all__ = ["Admin"]
+
+
+class Admin(QueryMethods, CollectionAdmin):
+    """What the owner role does: collections, indexes, checks; raw SQL across tenants.
+
+    Usage::
+
+        await dl.admin.create_collection("memories", dimension=768, storage="halfvec")
+        await dl.admin.create_index("memories", "hnsw", m=16, ef_construction=64)
+        print(await dl.admin.list_collections())
+        print(await dl.admin.role_warnings())     # [] when the pool's role is least-privilege
+    """
+
+    def __init__(self, admin: Database, app: Database, catalog: Catalog) -> None:
+        CollectionAdmin.__init__(self, catalog, admin)
+        self._app = app
+
+    def _database(self) -> Database:
+        return self._admin
+
+    async def role_warnings(self) -> list[str]:
+        """What is unsafe about the pool's role (superuser, BYPASSRLS, owns tables); [] if fine."""
+        async with self._app.connection() as conn:
+            return await role_warnings(conn)
