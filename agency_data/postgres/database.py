@@ -107,12 +107,16 @@ class Database:
         self.pool = pool
         self.config = config
         self.tenant = tenant
+        # Whether statements name the tenant to PostgreSQL. Only the benchmark turns it off, to
+        # measure what row-level security costs against tables without it.
+        self.names_tenant = True
         self._setup = setup
         self._current: ContextVar[Transaction | None] = ContextVar("agency_data_tx", default=None)
 
     def for_tenant(self, tenant: str) -> Database:
         """The same pool and ambient transaction, with every statement scoped to ``tenant``."""
         view = Database(self.pool, self.config, tenant=tenant, setup=self._setup)
+        view.names_tenant = self.names_tenant
         # One transaction per task, whichever tenant's view opened it.
         view._current = self._current
         return view
@@ -247,7 +251,7 @@ class Database:
         (COPY, server-side cursors); ordinary calls do this on their own.
         """
         current = self._current.get()
-        if self.tenant is None or (current is not None and current._session.tenant == self.tenant):
+        if not self._scoped(current):
             return
         await conn.execute(_SET_TENANT, [self.tenant])
         if current is not None:
@@ -255,10 +259,17 @@ class Database:
 
     def tenant_statement(self) -> tuple[LiteralString, list[str]] | None:
         """The statement that names this view's tenant, when the calling task must send it."""
-        current = self._current.get()
-        if self.tenant is None or (current is not None and current._session.tenant == self.tenant):
+        if self.tenant is None or not self._scoped(self._current.get()):
             return None
         return _SET_TENANT, [self.tenant]
+
+    def _scoped(self, current: Transaction | None) -> bool:
+        """True when the tenant must be (re)sent before this view's next statement."""
+        return (
+            self.tenant is not None
+            and self.names_tenant
+            and (current is None or current._session.tenant != self.tenant)
+        )
 
     async def fetch_many(
         self,
@@ -297,13 +308,11 @@ class Database:
         if timeout is not None and timeout <= 0:
             raise ValidationError(f"timeout must be positive, not {timeout}", field="timeout")
         current = self._current.get()
-        scoped = self.tenant is not None and (
-            current is None or current._session.tenant != self.tenant
-        )
+        scoped = self._scoped(current)
         if timeout is None and not scoped:
             return await conn.execute(query, params)
         if current is not None:
-            return await self._run_in_transaction(conn, current, query, params, timeout)
+            return await self._run_in_transaction(conn, current, query, params, timeout, scoped)
         if params is None and timeout is None:
             # No parameters: the simple protocol, which runs several statements in one query
             # (pipelines cannot); one implicit transaction covers the setting and the query.
@@ -332,8 +341,9 @@ class Database:
         query: Query,
         params: Params,
         timeout: float | None,
+        scoped: bool,
     ) -> AsyncCursor[DictRow]:
-        if self.tenant is not None and current._session.tenant != self.tenant:
+        if scoped:
             if timeout is None:
                 async with conn.pipeline():
                     await conn.execute(_SET_TENANT, [self.tenant])
