@@ -43,6 +43,7 @@ __all__ = [
     "RedisConfig",
     "SentinelConfig",
     "VectorConfig",
+    "default_data_dir",
     "redact_dsn",
     "redact_url",
 ]
@@ -450,10 +451,21 @@ class MigrationConfig(_Section):
         return self
 
 
+def default_data_dir() -> Path:
+    """Where the embedded servers keep their data when ``embedded.data_dir`` is not set.
+
+    The user's data directory (``~/.local/share/agency-data``); under root ``/var/lib/agency-data``,
+    because PostgreSQL then runs as a system user, which cannot enter root's private home.
+    """
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/agency-data")
+    return Path(platformdirs.user_data_dir("agency-data"))
+
+
 class EmbeddedConfig(_Section):
     """Where the embedded servers keep their data, and whether they outlive the last user."""
 
-    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("agency-data")))
+    data_dir: Path = Field(default_factory=default_data_dir)
     stop_on_close: bool = True
     start_timeout: float = Field(60.0, gt=0)
     postgres_settings: dict[str, str] = Field(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from agency_data.embedded._fs import write_private
+from agency_data.files import write_private
 
 __all__ = ["Lease", "LeaseFile"]
 

@@ -16,9 +16,10 @@ from typing import Any
 import psutil
 from filelock import FileLock, Timeout
 
-from agency_data.embedded._fs import make_private_dirs, private_file, socket_dir_for
 from agency_data.embedded._lease import Lease, LeaseFile
+from agency_data.embedded._sockets import socket_dir_for
 from agency_data.errors import EmbeddedServerError
+from agency_data.files import make_private_dirs, private_file
 
 __all__ = ["SYSTEM_USER", "SharedServer", "package_dir", "process_alive", "run_tool", "system_user"]
 
@@ -163,14 +164,22 @@ class SharedServer(ABC):
         # folders we make for it; nobody else may.
         account = system_user()
         group = account.pw_gid if account is not None else None
-        for folder in make_private_dirs(self.data_dir):
-            if group is not None:
-                os.chown(folder, -1, group)
-                folder.chmod(0o710)
+        try:
+            for folder in make_private_dirs(self.data_dir):
+                if group is not None:
+                    os.chown(folder, -1, group)
+                    folder.chmod(0o710)
+            self.socket_dir = socket_dir_for(self.data_dir, group=group)
+            lock_file = self.data_dir / f"{self.name}.lock"
+            private_file(lock_file)
+        except OSError as exc:
+            raise EmbeddedServerError(
+                f"cannot prepare the data directory {self.data_dir}: {exc.strerror or exc}"
+                f"{f' ({exc.filename})' if exc.filename else ''}; choose a data directory you "
+                "can write to (embedded.data_dir or --data-dir)",
+                server=self.name,
+            ) from exc
         self.log_file = self.data_dir / f"{self.name}.log"
-        self.socket_dir = socket_dir_for(self.data_dir, group=group)
-        lock_file = self.data_dir / f"{self.name}.lock"
-        private_file(lock_file)
         self._lock = FileLock(lock_file, timeout=start_timeout, mode=0o600)
         self._leases = LeaseFile(self.data_dir / f"{self.name}.leases.json")
         self._lease: Lease | None = None

@@ -20,13 +20,6 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from agency_data.embedded._fs import (
-    blocking_folder,
-    make_private_dirs,
-    private_file,
-    tighten,
-    write_private,
-)
 from agency_data.embedded._server import (
     SharedServer,
     package_dir,
@@ -35,6 +28,13 @@ from agency_data.embedded._server import (
     system_user,
 )
 from agency_data.errors import EmbeddedServerError
+from agency_data.files import (
+    blocking_folder,
+    make_private_dirs,
+    private_file,
+    tighten,
+    write_private,
+)
 
 __all__ = ["DATABASE", "DEFAULT_SETTINGS", "SUPERUSER", "EmbeddedPostgres", "postgres_bin_dir"]
 

@@ -13,7 +13,6 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from agency_data.embedded._fs import make_private_dirs, tighten, write_private
 from agency_data.embedded._server import (
     SharedServer,
     package_dir,
@@ -21,6 +20,7 @@ from agency_data.embedded._server import (
     run_tool,
 )
 from agency_data.errors import EmbeddedServerError
+from agency_data.files import make_private_dirs, tighten, write_private
 
 __all__ = ["EmbeddedValkey"]
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from agency_data.config import redact_dsn
 from agency_data.errors import BackupError
+from agency_data.files import make_private_dirs, private_file
 
 __all__ = ["create_backup", "find_tool", "restore_backup"]
 
@@ -48,17 +50,23 @@ async def find_tool(name: str, server_major: int, configured: Path | None = None
 
 async def create_backup(conninfo: str, directory: Path, tool: Path) -> Path:
     """Dump the database of ``conninfo`` into ``directory`` and return the file's path."""
+    params = conninfo_to_dict(conninfo)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = directory / f"{params.get('dbname', 'db')}-{stamp}.dump"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        # Folders we make are 0700; the dump is made 0600 before pg_dump writes into it.
+        make_private_dirs(directory)
+        private_file(target)
     except OSError as exc:
         raise BackupError(
             f"cannot create the backup directory {directory}: {exc.strerror}; set "
             "migration.backup_dir to a writable directory"
         ) from exc
-    params = conninfo_to_dict(conninfo)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    target = directory / f"{params.get('dbname', 'db')}-{stamp}.dump"
-    await _run(tool, ["--format=custom", f"--file={target}"], conninfo, "backup")
+    try:
+        await _run(tool, ["--format=custom", f"--file={target}"], conninfo, "backup")
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
     return target
 
 
@@ -86,9 +94,14 @@ async def _run(tool: Path, args: list[str], conninfo: str, what: str) -> None:
     )
     _, stderr = await process.communicate()
     if process.returncode != 0:
-        raise BackupError(
-            f"{what} with {tool.name} failed: {stderr.decode(errors='replace').strip()}"
-        )
+        message = redact_dsn(stderr.decode(errors="replace").strip())
+        if "row-level security" in message:
+            message += (
+                "; a backup must read every tenant's rows, so the migrating role needs BYPASSRLS "
+                "(`agency-data roles setup` run by a superuser grants it to the owner role), or "
+                "set migration.backup_before_migration = false"
+            )
+        raise BackupError(f"{what} with {tool.name} failed: {message}")
 
 
 async def _major_version(tool: Path) -> int | None:
