@@ -9,6 +9,7 @@ gets ``dl.tenant(t)``.
 from __future__ import annotations
 
 from agency_data.postgres.database import Database
+from agency_data.postgres.errors import translate_errors
 from agency_data.scope import QueryMethods
 from agency_data.security.roles import role_warnings
 from agency_data.vectors.admin import CollectionAdmin
@@ -38,4 +39,5 @@ class Admin(QueryMethods, CollectionAdmin):
     async def role_warnings(self) -> list[str]:
         """What is unsafe about the pool's role (superuser, BYPASSRLS, owns tables); [] if fine."""
         async with self._app.connection() as conn:
-            return await role_warnings(conn)
+            with translate_errors("checking the pool's role"):
+                return await role_warnings(conn)

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import psycopg
 import typer
+from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.table import Table
 
-from agency_data.config import DataLayerConfig
+from agency_data.config import DataLayerConfig, redact_dsn
 from agency_data.demo import DemoStep, run_demo
 from agency_data.errors import AgencyDataError
 from agency_data.manager import DataLayer
 from agency_data.migrations import MigrationReport
+from agency_data.postgres.errors import to_agency_error
+from agency_data.security.roles import RoleNames, setup_roles
 
 __all__ = ["app"]
 
@@ -80,8 +85,12 @@ def up(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
         async with DataLayer(_config(config, data_dir)) as dl:
             # Plain lines, never wrapped: scripts read the DSN and URL from here.
             typer.echo("ready")
-            typer.echo(f"PostgreSQL: {_safe_dsn(dl)}")
-            typer.echo(f"Redis:      {dl.redis_url or '(configured server)'}")
+            typer.echo(f"PostgreSQL: {redact_dsn(dl.conninfo)}")
+            configured = dl.config.redis.url
+            redis_url = dl.redis_url or (configured.get_secret_value() if configured else None)
+            typer.echo(f"Redis:      {redact_dsn(redis_url or '(configured server)')}")
+            for warning in (await dl.health()).warnings:
+                typer.echo(f"warning:    {warning}")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -152,11 +161,76 @@ def health(
                     part.error or "",
                 )
             console.print(table)
+            for warning in report.warnings:
+                console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
             console.print(f"status: [bold]{report.status}[/]")
         return report.status
 
     status = _run(job)
     raise typer.Exit({"ok": 0, "degraded": 1}.get(status, 2))
+
+
+roles_app = typer.Typer(help="The owner, application and read-only roles.", no_args_is_help=True)
+app.add_typer(roles_app, name="roles")
+
+_PASSWORD_ENV = {
+    "owner": "AGENCY_DATA_OWNER_PASSWORD",
+    "app": "AGENCY_DATA_APP_PASSWORD",
+    "readonly": "AGENCY_DATA_READONLY_PASSWORD",
+}
+
+
+@roles_app.command("setup")
+def roles_setup(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Create the roles and grants (idempotent). Connects with postgresql.admin_dsn (else dsn).
+
+    Run it as a superuser, or a role with CREATEROLE that owns the database. Passwords are
+    set from AGENCY_DATA_OWNER_PASSWORD / _APP_PASSWORD / _READONLY_PASSWORD when given (the
+    application role's also from postgresql.dsn when it names that role); none is printed.
+    """
+
+    async def job() -> list[str]:
+        cfg = _config(config, data_dir, migration={"auto_migrate": False})
+        names = RoleNames.from_config(cfg.postgresql)
+        if cfg.postgresql.is_embedded:
+            # Connecting sets the embedded server's roles up.
+            async with DataLayer(cfg):
+                return [f"the embedded server's roles are in place: {_role_line(names)}"]
+        conninfo = cfg.postgresql.admin_conninfo() or cfg.postgresql.conninfo()
+        passwords = _passwords(cfg, names)
+        async with await _connect(conninfo) as conn:
+            done = await setup_roles(
+                conn, names, passwords=passwords, migrations_table=cfg.migration.table_name
+            )
+        return [*done, f"roles in place: {_role_line(names)}"]
+
+    for line in _run(job):
+        console.print(line, markup=False, highlight=False)
+
+
+def _role_line(names: RoleNames) -> str:
+    return f"owner {names.owner}, application {names.app}, read-only {names.readonly}"
+
+
+def _passwords(cfg: DataLayerConfig, names: RoleNames) -> dict[str, str]:
+    passwords: dict[str, str] = {}
+    dsn = cfg.postgresql.dsn
+    if dsn is not None:
+        params = conninfo_to_dict(dsn.get_secret_value())
+        if params.get("user") == names.app and params.get("password"):
+            passwords[names.app] = str(params["password"])
+    for key, variable in _PASSWORD_ENV.items():
+        value = os.environ.get(variable)
+        if value:
+            passwords[getattr(names, key)] = value
+    return passwords
+
+
+async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    except psycopg.Error as exc:
+        raise to_agency_error(exc, "connecting to set the roles up") from exc
 
 
 @app.command()
@@ -191,9 +265,3 @@ def _print_report(report: MigrationReport) -> None:
     if report.backup_file is not None:
         console.print(f"backup written to {report.backup_file}")
     console.print(f"{verb} {len(report.steps)} migration(s) in {report.seconds:.2f} s")
-
-
-def _safe_dsn(dl: DataLayer) -> str:
-    from agency_data.config import redact_url
-
-    return redact_url(dl.conninfo) if "://" in dl.conninfo else "(configured server)"

@@ -11,6 +11,7 @@ import psycopg
 import psycopg_pool
 import redis.exceptions
 
+from agency_data.config import redact_dsn
 from agency_data.models import ComponentHealth, HealthStatus
 from agency_data.postgres.pool import Pool
 from agency_data.redis.client import RedisClient
@@ -32,7 +33,9 @@ async def probe_postgres(pool: Pool, timeout: float) -> ComponentHealth:
         async with pool.connection(timeout=timeout) as conn:
             row = await (await conn.execute(_VERSIONS_SQL)).fetchone()
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-        return ComponentHealth(name="postgresql", up=False, details=stats, error=str(exc).strip())
+        return ComponentHealth(
+            name="postgresql", up=False, details=stats, error=redact_dsn(str(exc).strip())
+        )
     latency = (time.perf_counter() - started) * 1000
     versions = {k: str(v) for k, v in (row or {}).items() if v is not None}
     return ComponentHealth(
@@ -49,7 +52,9 @@ async def probe_redis(client: RedisClient, timeout: float) -> ComponentHealth:
             latency = (time.perf_counter() - started) * 1000
             info = await client.info("server")
     except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-        return ComponentHealth(name="redis", up=False, error=str(exc) or type(exc).__name__)
+        return ComponentHealth(
+            name="redis", up=False, error=redact_dsn(str(exc)) or type(exc).__name__
+        )
     versions = {"redis": str(info.get("redis_version", "unknown"))}
     if "valkey_version" in info:
         versions["valkey"] = str(info["valkey_version"])

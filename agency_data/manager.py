@@ -314,6 +314,12 @@ class DataLayer(QueryMethods):
         report = await check_health(self.pool, self.redis, timeout)
         if self._cache_backend is not None:
             report.components["redis"].details["cache"] = self._cache_backend.stats().model_dump()
+        if report.components["postgresql"].up:
+            try:
+                async with asyncio.timeout(timeout):
+                    report.warnings = await self.admin.role_warnings()
+            except (AgencyDataError, TimeoutError):
+                pass  # the probe above already reports on PostgreSQL's health
         return report
 
     def migrations(self) -> MigrationRunner:

@@ -267,6 +267,9 @@ class HealthStatus(BaseModel):
     status: Literal["ok", "degraded", "down"]
     components: dict[str, ComponentHealth]
     checked_at: datetime
+    warnings: list[str] = Field(
+        default_factory=list, description="unsafe settings, such as a superuser pool role"
+    )
 
     @property
     def ok(self) -> bool:

@@ -137,3 +137,52 @@ def test_up_serves_until_interrupted(tmp_path: Path, data_dir: Path) -> None:
     assert process.returncode == 0, out + err
     assert "stopping" in out
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
+
+
+def test_roles_setup_is_idempotent_and_prints_no_secret(
+    empty_database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "AGENCY_DATA_POSTGRESQL__DSN": empty_database,
+        # The DBA's connection: a superuser, as on a managed server's admin account.
+        "AGENCY_DATA_POSTGRESQL__ADMIN_DSN": empty_database.superuser,
+        "AGENCY_DATA_REDIS__URL": redis_url,
+        "AGENCY_DATA_READONLY_PASSWORD": "ro-Secret-123",
+    }
+    runs = [
+        subprocess.run(
+            [*CLI, "roles", "setup"], capture_output=True, text=True, env=env, check=False
+        )
+        for _ in range(2)
+    ]
+    for result in runs:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "roles in place: owner agency_owner, application agency_app" in result.stdout
+        assert "ro-Secret-123" not in result.stdout + result.stderr
+    assert "set the password of agency_readonly" in runs[0].stdout
+    assert "created role" not in runs[1].stdout  # the roles exist: nothing is made twice
+    with psycopg.connect(empty_database.superuser) as conn:
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+    assert owner == ("agency_owner",)
+
+
+def test_roles_setup_without_the_rights_is_a_clear_error(
+    empty_database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    # The application role may not create roles nor touch the database's privileges.
+    env = {
+        **os.environ,
+        "AGENCY_DATA_POSTGRESQL__DSN": empty_database,
+        "AGENCY_DATA_REDIS__URL": redis_url,
+    }
+    result = subprocess.run(
+        [*CLI, "roles", "setup"], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "error:" in result.stdout
+    assert "superuser" in result.stdout
+    assert "Traceback" not in result.stderr

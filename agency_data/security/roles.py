@@ -93,9 +93,21 @@ async def _setup_roles(
     migrations_table: str,
     done: list[str],
 ) -> list[str]:
-    superuser = bool(
-        await _value(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    rights = await _row(
+        conn,
+        "SELECT r.rolname, r.rolsuper, r.rolcreaterole, pg_has_role(r.oid, d.datdba, 'MEMBER'), "
+        "d.datname FROM pg_roles r, pg_database d "
+        "WHERE r.rolname = current_user AND d.datname = current_database()",
     )
+    user, superuser, createrole, owns_database, database = rights
+    # GRANT without the right only warns in PostgreSQL: check first, rather than report
+    # success after doing nothing.
+    if not (superuser or (createrole and owns_database)):
+        raise PermissionDenied(
+            f"role {user} can neither create roles nor grant on database {database}; run the "
+            "role setup as a superuser, or as a role with CREATEROLE that owns the database "
+            "(postgresql.admin_dsn)"
+        )
     for name in (names.owner, names.app, names.readonly):
         exists = await _value(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", [name])
         if exists is None:
@@ -137,7 +149,6 @@ async def _setup_roles(
             )
         )
         done.append(f"set the password of {name}")
-    database = str(await _value(conn, "SELECT current_database()"))
     db = sql.Identifier(database)
     await conn.execute(
         sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}, {}, {}").format(
@@ -169,13 +180,12 @@ async def _setup_roles(
     )
     if adopt_from is not None and await _adopt(conn, adopt_from, names.owner):
         done.append(f"handed the schema's objects owned by {adopt_from} to {names.owner}")
-    if superuser:
-        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(names.owner)))
+    # The grants are the owner's to give; a superuser or a member acts as it for them.
+    await use_owner_role(conn, names.owner)
     try:
         await grant_privileges(conn, names, migrations_table=migrations_table)
     finally:
-        if superuser:
-            await conn.execute("RESET ROLE")
+        await conn.execute("RESET ROLE")
     return done
 
 

@@ -1,0 +1,208 @@
+"""Tenancy enforced by PostgreSQL: row-level security, least-privilege roles, the admin surface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from agency_data import DataLayer, PermissionDenied, TenantScope
+from tests.conftest import DatabaseDsn, make_config, other_connection
+
+DIM = 3
+
+
+@pytest.fixture
+async def two_tenants(dl: DataLayer) -> DataLayer:
+    """Tenants a and b, each with an agent, a task and an embedding in two collections."""
+    await dl.embeddings.create_collection("notes", dimension=DIM)
+    for tenant in ("a", "b"):
+        scope = dl.tenant(tenant)
+        agent = await scope.agents.create(name=f"{tenant}-agent", type="worker")
+        await scope.tasks.create(type="job", data={"owner": tenant}, agent_id=agent.id)
+        item = {"entity_type": "doc", "entity_id": tenant, "vector": [1, 2, 3]}
+        await scope.embeddings.collection("notes").store(item)
+        await scope.embeddings.store({**item, "vector": [0.1] * 768})
+    return dl
+
+
+async def tenant_tables(dl: DataLayer) -> list[str]:
+    """Every table of the schema with a tenant_id column (later ones included)."""
+    rows = await dl.admin.fetch(
+        "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' "
+        "AND column_name = 'tenant_id' ORDER BY table_name"
+    )
+    return [row["table_name"] for row in rows]
+
+
+async def test_every_tenant_table_has_forced_rls_and_its_policy(two_tenants: DataLayer) -> None:
+    dl = two_tenants
+    tables = await tenant_tables(dl)
+    assert {"agents", "tasks", "emb_notes", "emb_default"} <= set(tables)
+    for table in tables:
+        row = await dl.admin.fetch_one(
+            "SELECT c.relrowsecurity, c.relforcerowsecurity, "
+            "(SELECT count(*) FROM pg_policies p WHERE p.schemaname = 'public' "
+            " AND p.tablename = c.relname AND p.qual LIKE '%%agency_data_current_tenant()%%' "
+            " AND p.with_check LIKE '%%agency_data_current_tenant()%%' "
+            " AND p.cmd = 'ALL' AND p.permissive = 'PERMISSIVE') AS policies "
+            "FROM pg_class c WHERE c.oid = %s::regclass",
+            [table],
+        )
+        assert row == {"relrowsecurity": True, "relforcerowsecurity": True, "policies": 1}, table
+
+
+async def test_the_pool_role_is_least_privilege(dl: DataLayer) -> None:
+    row = await dl.fetch_one(
+        "SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole, r.rolcreatedb, "
+        "(SELECT count(*) FROM pg_class c WHERE c.relowner = r.oid) AS owned, "
+        "has_schema_privilege('public', 'CREATE') AS can_create, "
+        "pg_has_role('pg_read_server_files', 'MEMBER') AS read_files, "
+        "pg_has_role('pg_write_server_files', 'MEMBER') AS write_files, "
+        "pg_has_role('pg_execute_server_program', 'MEMBER') AS programs "
+        "FROM pg_roles r WHERE r.rolname = current_user"
+    )
+    assert row == {
+        "rolsuper": False,
+        "rolbypassrls": False,
+        "rolcreaterole": False,
+        "rolcreatedb": False,
+        "owned": 0,
+        "can_create": False,
+        "read_files": False,
+        "write_files": False,
+        "programs": False,
+    }
+    assert await dl.admin.role_warnings() == []
+    assert (await dl.health()).warnings == []
+
+
+async def test_raw_sql_through_a_tenant_sees_and_changes_only_its_rows(
+    two_tenants: DataLayer,
+) -> None:
+    dl = two_tenants
+    a, b = dl.tenant("a"), dl.tenant("b")
+    for table in await tenant_tables(dl):
+        name = sql.Identifier(table)
+        every = sql.SQL("SELECT tenant_id FROM {}").format(name)
+        assert {r["tenant_id"] for r in await a.fetch(every)} == {"a"}, table
+        # Naming the other tenant outright, forgetting the condition, or changing rows in bulk:
+        # b's rows are out of a's reach whatever the SQL says.
+        assert await a.fetch(sql.SQL("{} WHERE tenant_id = %s").format(every), ["b"]) == []
+        assert await a.fetch_value(sql.SQL("SELECT count(*) FROM {}").format(name)) == 1
+        changed = await a.execute(
+            sql.SQL("UPDATE {} SET tenant_id = tenant_id WHERE tenant_id <> 'a'").format(name)
+        )
+        assert changed == 0
+        assert await a.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = 'b'").format(name)) == 0
+        with pytest.raises(PermissionDenied):  # moving a's row to b
+            await a.execute(sql.SQL("UPDATE {} SET tenant_id = 'b'").format(name))
+        assert {r["tenant_id"] for r in await b.fetch(every)} == {"b"}, table
+    with pytest.raises(PermissionDenied):
+        await a.execute("INSERT INTO agents (tenant_id, name, type) VALUES ('b', 'spy', 't')")
+    assert await a.execute("DELETE FROM tasks") == 1
+    assert await b.tasks.count() == 1
+
+
+async def test_a_transaction_may_span_tenants_and_each_statement_keeps_its_own(
+    two_tenants: DataLayer,
+) -> None:
+    dl = two_tenants
+    a, b = dl.tenant("a"), dl.tenant("b")
+    names = "SELECT name FROM agents"
+    async with a.transaction():
+        assert await a.fetch(names) == [{"name": "a-agent"}]
+        assert await b.fetch(names) == [{"name": "b-agent"}]
+        with pytest.raises(PermissionDenied):
+            async with b.transaction():  # a savepoint, rolled back with its setting
+                await b.execute("INSERT INTO agents (tenant_id, name, type) VALUES ('a', 'x', 't')")
+        assert await a.fetch(names) == [{"name": "a-agent"}]
+        assert await b.fetch(names) == [{"name": "b-agent"}]
+        assert await a.fetch_value("SELECT count(*) FROM agents", timeout=5) == 1
+    assert await dl.execute_transaction([("SELECT name FROM agents", None)]) == [[]]
+    results = await a.execute_transaction([("SELECT name FROM agents", None)])
+    assert results == [[{"name": "a-agent"}]]
+
+
+async def test_without_a_tenant_nothing_is_visible(two_tenants: DataLayer) -> None:
+    async with two_tenants.pool.connection() as conn:
+        row = await (await conn.execute("SELECT count(*) AS n FROM agents")).fetchone()
+    assert row == {"n": 0}
+    async with other_connection(two_tenants, "b") as conn:
+        row = await (await conn.execute("SELECT count(*) AS n FROM agents")).fetchone()
+    assert row == {"n": 1}
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT pg_read_file('postgresql.conf')",
+        "SELECT pg_ls_dir('.')",
+        "COPY (SELECT 1) TO PROGRAM 'id'",
+        "COPY agents FROM '/etc/passwd'",
+        "CREATE TABLE planted (id int)",
+        "CREATE FUNCTION planted() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "DROP TABLE agents",
+        "TRUNCATE tasks",
+        "ALTER TABLE agents DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE agents NO FORCE ROW LEVEL SECURITY",
+        "DROP POLICY tenant_isolation ON agents",
+        "CREATE INDEX planted ON agents (name)",
+        "DELETE FROM embedding_collections",
+        "DELETE FROM agency_data_migrations",
+        "DROP TABLE emb_notes",
+        "CREATE ROLE planted SUPERUSER",
+        "SET ROLE agency_owner",
+    ],
+)
+async def test_server_files_programs_and_ddl_are_refused(
+    two_tenants: DataLayer, statement: str
+) -> None:
+    with pytest.raises(PermissionDenied) as info:
+        await two_tenants.tenant("a").execute(statement)  # type: ignore[arg-type]
+    assert "lacks this privilege" in str(info.value)
+    assert await two_tenants.tenant("b").agents.count() == 1
+
+
+async def test_a_tenant_view_stores_and_searches_but_administers_nothing(
+    two_tenants: DataLayer,
+) -> None:
+    scope: TenantScope = two_tenants.tenant("a")
+    notes = scope.embeddings.collection("notes")
+    hits = await notes.find_similar([1, 2, 3], limit=10)
+    assert [h.entity_id for h in hits] == ["a"]
+    assert await notes.count() == 1
+    assert (await notes.describe()).rows == 1
+    for admin_only in ("create_collection", "drop_collection", "list_collections"):
+        assert not hasattr(scope.embeddings, admin_only)
+    for admin_only in ("create_index", "drop_index", "reindex", "optimize"):
+        assert not hasattr(notes, admin_only)
+    # The unscoped store and dl.admin still administer, as the owner.
+    assert await two_tenants.embeddings.list_collections() == ["default", "notes"]
+    await two_tenants.admin.create_index("notes", "hnsw")
+    report = await two_tenants.embeddings.collection("notes").optimize()
+    assert report.rows == 2  # every tenant's, for the owner's eyes only
+    assert await notes.count() == 1
+
+
+async def test_the_owner_reads_across_tenants(two_tenants: DataLayer) -> None:
+    rows = await two_tenants.admin.fetch("SELECT tenant_id FROM agents ORDER BY tenant_id")
+    assert [r["tenant_id"] for r in rows] == ["a", "b"]
+
+
+async def test_a_superuser_pool_is_warned_about(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(database.superuser, redis_url, tmp_path)
+    async with DataLayer(config) as dl:
+        warnings = (await dl.health()).warnings
+    assert any("superuser" in w for w in warnings), warnings
+    with psycopg.connect(database.owner) as conn:
+        owner: Any = conn.execute("SELECT current_user").fetchone()
+    config = make_config(database.owner, redis_url, tmp_path)
+    async with DataLayer(config) as dl:
+        warnings = (await dl.health()).warnings
+    assert any(f"{owner[0]} owns tables" in w for w in warnings), warnings
