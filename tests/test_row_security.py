@@ -206,3 +206,11 @@ async def test_a_superuser_pool_is_warned_about(
     async with DataLayer(config) as dl:
         warnings = (await dl.health()).warnings
     assert any(f"{owner[0]} owns tables" in w for w in warnings), warnings
+
+
+async def test_statements_on_the_transactions_own_connection_run_as_its_tenant(
+    two_tenants: DataLayer,
+) -> None:
+    async with two_tenants.tenant("b").transaction() as tx:
+        cursor = await tx.conn.execute("SELECT name FROM agents")
+        assert await cursor.fetchall() == [{"name": "b-agent"}]

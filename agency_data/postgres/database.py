@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from typing import Any, Literal, LiteralString, TypeAlias, TypeVar, overload
 
 import psycopg
-from psycopg import AsyncConnection, AsyncCursor, IsolationLevel, sql
+from psycopg import AsyncConnection, AsyncCursor, AsyncTransaction, IsolationLevel, sql
 from psycopg.rows import DictRow
 from pydantic import BaseModel
 
@@ -384,7 +384,18 @@ class Database:
             token = self._current.set(tx)
             try:
                 with translate_errors():
-                    async with conn.transaction():
+                    async with AsyncExitStack() as block:
+                        if parent is None and self.tenant is not None and self.names_tenant:
+                            # BEGIN and the tenant in one round trip, so that even statements
+                            # sent on tx.conn directly run as this tenant.
+                            # (AsyncTransaction itself: conn.transaction() entered in a
+                            # pipeline would keep the whole block in pipeline mode.)
+                            async with conn.pipeline():
+                                await block.enter_async_context(AsyncTransaction(conn))
+                                await conn.execute(_SET_TENANT, [self.tenant])
+                            tx._session.tenant = self.tenant
+                        else:
+                            await block.enter_async_context(conn.transaction())
                         yield tx
             except BaseException:
                 # A rolled-back savepoint takes its settings with it: send the tenant again.
