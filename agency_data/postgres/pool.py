@@ -15,7 +15,8 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from agency_data.config import PostgresConfig, _postgres_dsn_problem, redact_dsn
+from agency_data.config import PostgresConfig
+from agency_data.dsn import postgres_dsn_problem, redact_dsn
 from agency_data.errors import BackendUnavailable, ConfigError
 
 __all__ = ["Pool", "open_pool"]
@@ -81,7 +82,7 @@ async def open_pool(
     """
     # psycopg_pool logs each failed connection attempt's error at WARNING, and libpq's error
     # for a malformed string quotes it, password included: refuse it before the pool sees it.
-    if problem := _postgres_dsn_problem(conninfo):
+    if problem := postgres_dsn_problem(conninfo):
         raise ConfigError(
             f"the PostgreSQL connection string is not valid (check postgresql.dsn and "
             f"postgresql.admin_dsn): {problem}"
