@@ -7,14 +7,14 @@ reachable from a tenant's view: a tenant can store, search and delete its rows, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Unpack
 
-from agency_data.models import CollectionInfo, IndexProgress, OptimizeReport
+from agency_data.models import CollectionInfo, OptimizeReport
 from agency_data.postgres.database import Database
 from agency_data.vectors import indexes
 from agency_data.vectors.catalog import Catalog, check_name
 from agency_data.vectors.collection import Collection
+from agency_data.vectors.indexes import IndexOptions
 
 __all__ = ["CollectionAdmin", "ManagedCollection"]
 
@@ -47,31 +47,11 @@ class CollectionAdmin:
         return await self._catalog.names()
 
     async def create_index(
-        self,
-        collection: str,
-        kind: str = "hnsw",
-        *,
-        m: int = 16,
-        ef_construction: int = 64,
-        lists: int | None = None,
-        quantization: str = "none",
-        replace: bool = False,
-        progress: Callable[[IndexProgress], Any] | None = None,
+        self, collection: str, kind: str = "hnsw", **options: Unpack[IndexOptions]
     ) -> None:
         """Build a collection's ANN index concurrently; see :meth:`ManagedCollection.create_index`."""
         spec = await self._catalog.load(check_name(collection))
-        await indexes.create_index(
-            self._admin,
-            self._catalog,
-            spec,
-            kind=kind,
-            m=m,
-            ef_construction=ef_construction,
-            lists=lists,
-            quantization=quantization,
-            replace=replace,
-            progress=progress,
-        )
+        await indexes.create_index(self._admin, self._catalog, spec, kind=kind, **options)
 
     async def drop_index(self, collection: str) -> None:
         """Drop a collection's ANN index (searches become exact scans)."""
@@ -98,34 +78,17 @@ class ManagedCollection(Collection):
         self._admin = admin
 
     async def create_index(
-        self,
-        kind: str = "hnsw",
-        *,
-        m: int = 16,
-        ef_construction: int = 64,
-        lists: int | None = None,
-        quantization: str = "none",
-        replace: bool = False,
-        progress: Callable[[IndexProgress], Any] | None = None,
+        self, kind: str = "hnsw", **options: Unpack[IndexOptions]
     ) -> CollectionInfo:
         """Build the collection's ANN index concurrently (writes go on meanwhile).
 
-        ``kind`` is ``hnsw`` (``m``, ``ef_construction``) or ``ivfflat`` (``lists``, by default
-        from the row count). ``quantization="binary"`` indexes one bit per dimension and has
-        searches re-rank candidates at full precision. ``progress`` is called with snapshots
-        of the build. An existing index is :class:`Conflict` unless ``replace``.
+        ``kind`` is ``hnsw`` (``m`` 16, ``ef_construction`` 64) or ``ivfflat`` (``lists``, by
+        default from the row count). ``quantization="binary"`` indexes one bit per dimension
+        and has searches re-rank candidates at full precision. ``progress`` is called with
+        snapshots of the build. An existing index is :class:`Conflict` unless ``replace``.
         """
         await self._spec()  # the default collection is made on first use
-        await self._admin.create_index(
-            self.name,
-            kind,
-            m=m,
-            ef_construction=ef_construction,
-            lists=lists,
-            quantization=quantization,
-            replace=replace,
-            progress=progress,
-        )
+        await self._admin.create_index(self.name, kind, **options)
         return await self.describe()
 
     async def drop_index(self) -> None:

@@ -15,7 +15,7 @@ import inspect
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypedDict
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -29,7 +29,15 @@ from agency_data.vectors.catalog import Catalog, CollectionSpec
 from agency_data.vectors.metrics import metric_spec
 from agency_data.vectors.validation import INDEX_LIMITS
 
-__all__ = ["create_index", "describe", "drop_index", "optimize", "reindex", "suggested_lists"]
+__all__ = [
+    "IndexOptions",
+    "create_index",
+    "describe",
+    "drop_index",
+    "optimize",
+    "reindex",
+    "suggested_lists",
+]
 
 _DEAD_FRACTION_REBUILD = 0.2
 
@@ -73,18 +81,29 @@ def _index_sql(
     )
 
 
+class IndexOptions(TypedDict, total=False):
+    """How to build an index: ``m`` and ``ef_construction`` (HNSW), ``lists`` (IVFFlat), etc."""
+
+    m: int
+    ef_construction: int
+    lists: int | None
+    quantization: str
+    replace: bool
+    progress: Callable[[IndexProgress], Any] | None
+
+
 async def create_index(
     db: Database,
     catalog: Catalog,
     spec: CollectionSpec,
     *,
-    kind: str,
-    m: int,
-    ef_construction: int,
-    lists: int | None,
-    quantization: str,
-    replace: bool,
-    progress: Callable[[IndexProgress], Any] | None,
+    kind: str = "hnsw",
+    m: int = 16,
+    ef_construction: int = 64,
+    lists: int | None = None,
+    quantization: str = "none",
+    replace: bool = False,
+    progress: Callable[[IndexProgress], Any] | None = None,
 ) -> CollectionSpec:
     """Build the index described, swap it in for any old one, and record it in the catalog."""
     if kind not in ("hnsw", "ivfflat"):
