@@ -240,9 +240,8 @@ class DataLayer(QueryMethods):
     def embeddings(self) -> ManagedEmbeddingStore:
         """The default tenant's embeddings, plus collection administration (as the owner)."""
         if self._embeddings is None:
-            assert self._admin is not None
             self._embeddings = ManagedEmbeddingStore(
-                self._database(), self._catalog_or_fail(), DEFAULT_TENANT, self._admin
+                self._database(), self._catalog_or_fail(), DEFAULT_TENANT, self.admin
             )
         return self._embeddings
 

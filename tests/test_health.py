@@ -103,3 +103,8 @@ async def test_using_a_closed_layer_says_how_to_fix(
     await layer.aclose()  # closing twice is harmless
     with pytest.raises(BackendUnavailable, match="not connected"):
         _ = layer.pool
+    for surface in ("admin", "embeddings", "agents", "tasks", "cache"):
+        with pytest.raises(BackendUnavailable, match="not connected"):
+            getattr(layer, surface)
+    with pytest.raises(BackendUnavailable, match="not connected"):
+        await layer.fetch("SELECT 1")
