@@ -214,3 +214,27 @@ async def test_statements_on_the_transactions_own_connection_run_as_its_tenant(
     async with two_tenants.tenant("b").transaction() as tx:
         cursor = await tx.conn.execute("SELECT name FROM agents")
         assert await cursor.fetchall() == [{"name": "b-agent"}]
+
+
+async def test_search_settings_and_the_tenant_hold_for_one_call_only(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    # One connection, so whatever a call leaves behind, the next call would see.
+    config = make_config(database, redis_url, tmp_path, postgresql={"pool_max_size": 1})
+    async with DataLayer(config) as dl:
+        await dl.embeddings.create_collection("notes", dimension=DIM)
+        notes = dl.tenant("a").embeddings.collection("notes")
+        await notes.store({"entity_type": "doc", "entity_id": "1", "vector": [1, 2, 3]})
+        settings = "SELECT current_setting('enable_indexscan') AS scan, current_setting('hnsw.ef_search') AS ef"
+        for _ in range(2):
+            assert len(await notes.find_similar([1, 2, 3], exact=True, ef_search=7)) == 1
+            async with dl.pool.connection() as conn:
+                row = await (await conn.execute(settings)).fetchone()
+                tenant = await (
+                    await conn.execute("SELECT current_setting('agency_data.tenant', true) AS t")
+                ).fetchone()
+            assert row == {"scan": "on", "ef": "40"}
+            assert tenant in ({"t": None}, {"t": ""})
+        async with dl.tenant("a").transaction():
+            await notes.find_similar([1, 2, 3], exact=True, ef_search=7)
+            assert await dl.tenant("a").fetch_one(settings) == {"scan": "on", "ef": "40"}

@@ -277,27 +277,32 @@ class Database:
         *,
         settings: Sequence[tuple[str, str]] = (),
     ) -> list[list[dict[str, Any]]]:
-        """The rows of several queries, sent together in one round trip (a pipeline).
+        """The rows of several read-only queries, sent together in one round trip (a pipeline).
 
         ``settings`` (``(name, value)`` pairs, such as ``hnsw.ef_search``) hold for these
         queries only.
         """
+        current = self._current.get()
         async with self.connection() as conn:
             with translate_errors():
                 scoped = self.tenant_statement()
                 if scoped is None and not settings and len(statements) == 1:
                     cursor = await conn.execute(*statements[0])
                     return [await cursor.fetchall()]
-                async with conn.pipeline(), conn.transaction():
-                    # A transaction (a savepoint inside the caller's) keeps the settings
-                    # local to these queries.
+                async with AsyncExitStack() as stack:
+                    await stack.enter_async_context(conn.pipeline())
                     if scoped is not None:
                         await conn.execute(*scoped)
+                    if settings and current is not None:
+                        # Inside the caller's transaction, a savepoint rolled back after the
+                        # queries takes the settings away again (releasing it would not);
+                        # outside, the pipeline's implicit transaction ends them, with no
+                        # BEGIN or COMMIT to send.
+                        await stack.enter_async_context(conn.transaction(force_rollback=True))
                     for name, value in settings:
                         await conn.execute("SELECT set_config(%s, %s, true)", [name, value])
                     cursors = [await conn.execute(q, p) for q, p in statements]
-                    results = [await cursor.fetchall() for cursor in cursors]
-        current = self._current.get()
+                results = [await cursor.fetchall() for cursor in cursors]
         if scoped is not None and current is not None:
             current._session.tenant = self.tenant
         return results

@@ -18,6 +18,7 @@ __all__ = [
     "hybrid_text_sql",
     "insert_from_staging_sql",
     "search_sql",
+    "staging_sql",
     "upsert_from_staging_sql",
     "where_sql",
 ]
@@ -121,6 +122,23 @@ def hybrid_text_sql(
             "WHERE content_tsv @@ q AND {} ORDER BY ts_rank_cd(content_tsv, q) DESC, id LIMIT %s"
         ).format(sql.SQL(ROW_COLUMNS), _distance(spec), spec.table_id, where),
         [query, text, *params, limit],
+    )
+
+
+def staging_sql(spec: CollectionSpec, staging: sql.Identifier) -> sql.Composed:
+    """A temporary table for COPY, dropped at commit (one simple-protocol query).
+
+    Vectors stay in the row as in the collection: TOAST's attempts to compress them would
+    cost more than the copy itself.
+    """
+    create = sql.SQL(
+        "CREATE TEMP TABLE {} (id uuid, tenant_id text, entity_type text, entity_id text, "
+        "vector {}, metadata jsonb, content text) ON COMMIT DROP"
+    ).format(staging, spec.vector_type)
+    if not spec.plain_storage:
+        return create
+    return sql.Composed(
+        [create, sql.SQL("; ALTER TABLE {} ALTER COLUMN vector SET STORAGE PLAIN").format(staging)]
     )
 
 

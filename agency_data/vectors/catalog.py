@@ -57,6 +57,11 @@ class CollectionSpec:
         return f"{self.table}_ann"
 
     @property
+    def plain_storage(self) -> bool:
+        """True when a vector fits the row, so it is stored PLAIN (never TOASTed)."""
+        return 8 + self.dimension * (4 if self.storage == "vector" else 2) <= _PLAIN_LIMIT
+
+    @property
     def vector_type(self) -> sql.Composable:
         """``vector(d)`` or ``halfvec(d)``."""
         return sql.SQL("{}({})").format(sql.SQL(self.storage), sql.Literal(self.dimension))
@@ -243,8 +248,7 @@ def _table_ddl(spec: CollectionSpec) -> list[sql.Composed]:
             "WITH CHECK (tenant_id = agency_data_current_tenant())"
         ).format(table),
     ]
-    bytes_per_vector = 8 + spec.dimension * (4 if spec.storage == "vector" else 2)
-    if bytes_per_vector <= _PLAIN_LIMIT:
+    if spec.plain_storage:
         statements.append(
             sql.SQL("ALTER TABLE {} ALTER COLUMN vector SET STORAGE PLAIN").format(table)
         )

@@ -97,12 +97,7 @@ class Collection:
                 # the tenant policy checks row by row.
                 staging = sql.Identifier(f"staging_{uuid.uuid4().hex[:12]}")
                 await self._db.enter_tenant(tx.conn)
-                await tx.conn.execute(
-                    sql.SQL(
-                        "CREATE TEMP TABLE {} (id uuid, tenant_id text, entity_type text, "
-                        "entity_id text, vector {}, metadata jsonb, content text) ON COMMIT DROP"
-                    ).format(staging, spec.vector_type)
-                )
+                await tx.conn.execute(_sql.staging_sql(spec, staging))
                 async with tx.conn.cursor().copy(_sql.copy_sql(staging)) as copy:
                     copy.set_types(types)
                     # Checked and sent a slice at a time: the server stores one slice while the
