@@ -3,7 +3,9 @@ baseline, measured in the same run on the same data.
 
 It runs on embedded servers in ``.bench-data`` (a data directory of its own, which it empties),
 or on the servers that AGENCY_DATA_POSTGRESQL__DSN / AGENCY_DATA_REDIS__URL name: point
-those at throwaway databases, as the benchmark deletes what it finds there.
+those at throwaway databases, as the benchmark deletes what it finds there. The raw baselines
+log in as the owner role (the embedded server's, or AGENCY_DATA_POSTGRESQL__ADMIN_DSN's), which
+must bypass row-level security; the ``rls`` scenario also creates and drops a database of its own.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from agency_data import DataLayer, DataLayerConfig
-from bench import cache, coord, relational, vectors
+from bench import cache, coord, relational, rls, vectors
 from bench.context import Bench
+from bench.databases import raw_pool
 from bench.harness import Result, environment, print_table, write_json
 
 SCENARIOS = [
@@ -30,6 +33,7 @@ SCENARIOS = [
     "claiming",
     "vector-ingest",
     "vector-search",
+    "rls",
     "cache",
     "locks",
     "pubsub",
@@ -80,7 +84,11 @@ async def main(args: argparse.Namespace) -> None:
     l2_config = config.model_copy(update={"cache": config.cache.model_copy(update={"l1": False})})
     results: list[Result] = []
     started = time.perf_counter()
-    async with DataLayer(config) as dl, DataLayer(l2_config) as l2_only:
+    async with (
+        DataLayer(config) as dl,
+        DataLayer(l2_config) as l2_only,
+        raw_pool(dl) as raw,
+    ):
         await _reset(dl)
         redis_url = dl.redis_url or str(
             config.redis.url.get_secret_value() if config.redis.url else ""
@@ -92,7 +100,9 @@ async def main(args: argparse.Namespace) -> None:
             console=console,
             transient=True,
         ) as progress:
-            b = Bench(dl=dl, quick=args.quick, vectors=size, runs=args.runs, progress=progress)
+            b = Bench(
+                dl=dl, raw=raw, quick=args.quick, vectors=size, runs=args.runs, progress=progress
+            )
             b.task = progress.add_task("starting", total=None)
             jobs: dict[str, Callable[[], Awaitable[list[Result]]]] = {
                 "point-reads": lambda: relational.point_reads(b, l2_only),
@@ -100,6 +110,7 @@ async def main(args: argparse.Namespace) -> None:
                 "claiming": lambda: relational.claiming(b),
                 "vector-ingest": lambda: vectors.ingest(b),
                 "vector-search": lambda: vectors.search(b),
+                "rls": lambda: rls.rls(b),
                 "cache": lambda: cache.cache(b, l2_only, redis_url),
                 "locks": lambda: coord.locks(b),
                 "pubsub": lambda: coord.pubsub(b),
@@ -130,7 +141,8 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def _reset(dl: DataLayer) -> None:
-    await dl.execute("TRUNCATE tasks, agents")
+    # The owner's: the application role may not truncate, and sees one tenant only.
+    await dl.admin.execute("TRUNCATE tasks, agents")
     await dl.redis.flushdb()
 
 

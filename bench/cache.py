@@ -23,6 +23,9 @@ async def cache(b: Bench, l2_only: DataLayer, redis_url: str) -> list[Result]:
     await dl.cache.set("hot", value, ttl=3600)
     await l2_only.cache.set("hot", value, ttl=3600)
     raw_key = "ad:{default}:c:default:hot"
+    # The baselines read the keys the layer wrote: were the key layout to change, they would
+    # time misses.
+    assert await raw.get(raw_key) is not None, f"no {raw_key} in Redis"
     n = b.size(20_000, 50_000)
 
     b.step("cache: L1 hits")
@@ -36,6 +39,7 @@ async def cache(b: Bench, l2_only: DataLayer, redis_url: str) -> list[Result]:
     keys = [f"many:{i}" for i in range(100)]
     await l2_only.cache.set_many({k: value for k in keys}, ttl=3600)
     raw_keys = [f"ad:{{default}}:c:default:{k}" for k in keys]
+    assert None not in await raw.mget(raw_keys), "MGET finds every key the layer wrote"
     many_ops, mget_ops = await paired(
         lambda: l2_only.cache.get_many(keys), lambda: raw.mget(raw_keys), n // 100, b.runs
     )

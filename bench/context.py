@@ -1,4 +1,5 @@
-"""What every scenario gets: the DataLayer under test, sizes, the seed, and progress reporting."""
+"""What every scenario gets: the DataLayer under test, the baselines' pool, sizes, the seed, and
+progress reporting."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 from rich.progress import Progress, TaskID
 
 from agency_data import DataLayer
+from bench.databases import RawPool
 
 
 @dataclass
@@ -15,6 +17,7 @@ class Bench:
     """A benchmark run's shared state."""
 
     dl: DataLayer
+    raw: RawPool  # the raw baselines': the owner role's, unfiltered by row-level security
     quick: bool
     vectors: int
     runs: int

@@ -9,19 +9,22 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
+
+T = TypeVar("T")
 
 __all__ = [
     "Result",
     "latencies",
     "paired",
+    "paired_latency",
     "percentiles",
     "print_table",
     "throughput",
@@ -97,6 +100,26 @@ async def paired(
                 await op()
             rates.append(count / (time.perf_counter() - started))
     return statistics.median(ours_rates), statistics.median(base_rates)
+
+
+async def paired_latency(
+    ours: Callable[[T], Awaitable[Any]], base: Callable[[T], Awaitable[Any]], args: Sequence[T]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Latency percentiles (ms) of ``ours`` and ``base``, called once each per item of ``args``.
+
+    Item by item, alternating which goes first, so both see the same machine.
+    """
+    for arg in args[:10]:
+        await ours(arg)
+        await base(arg)
+    samples: tuple[list[float], list[float]] = ([], [])
+    for i, arg in enumerate(args):
+        order = ((ours, 0), (base, 1)) if i % 2 == 0 else ((base, 1), (ours, 0))
+        for op, slot in order:
+            started = time.perf_counter()
+            await op(arg)
+            samples[slot].append((time.perf_counter() - started) * 1000)
+    return percentiles(samples[0]), percentiles(samples[1])
 
 
 async def timed(job: Callable[[], Awaitable[Any]], runs: int = 3) -> float:

@@ -19,14 +19,15 @@ from agency_data.config import PostgresConfig
 from agency_data.dsn import postgres_dsn_problem, redact_dsn
 from agency_data.errors import BackendUnavailable, ConfigError
 
-__all__ = ["Pool", "open_pool"]
+__all__ = ["Pool", "configure_connection", "open_pool"]
 
 _log = logging.getLogger("agency_data.postgres")
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 
 
-async def _configure(conn: AsyncConnection[DictRow]) -> None:
+async def configure_connection(conn: AsyncConnection[DictRow]) -> None:
+    """What every pooled connection gets: orjson for JSON, pgvector's types, iterative scans."""
     set_json_loads(orjson.loads, conn)
     # pgvector's types exist only once its extension does; until then vectors are not used.
     cursor = await conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
@@ -46,7 +47,7 @@ def _then(
     setup: Callable[[AsyncConnection[Any]], Awaitable[None]],
 ) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]:
     async def configure(conn: AsyncConnection[DictRow]) -> None:
-        await _configure(conn)
+        await configure_connection(conn)
         await setup(conn)
 
     return configure
@@ -98,7 +99,7 @@ async def open_pool(
         max_size=config.pool_max_size if max_size is None else max_size,
         timeout=config.pool_timeout,
         max_waiting=config.max_waiting,
-        configure=_configure if setup is None else _then(setup),
+        configure=configure_connection if setup is None else _then(setup),
         check=_check,
         open=False,
         name=name,
