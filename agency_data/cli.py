@@ -83,18 +83,20 @@ def up(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
 
     async def job() -> None:
         async with DataLayer(_config(config, data_dir)) as dl:
+            # Handlers first: whoever reads "ready" may signal at once.
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            warnings = (await dl.health()).warnings
             # Plain lines, never wrapped: scripts read the DSN and URL from here.
             typer.echo("ready")
             typer.echo(f"PostgreSQL: {redact_dsn(dl.conninfo)}")
             configured = dl.config.redis.url
             redis_url = dl.redis_url or (configured.get_secret_value() if configured else None)
             typer.echo(f"Redis:      {redact_dsn(redis_url or '(configured server)')}")
-            for warning in (await dl.health()).warnings:
+            for warning in warnings:
                 typer.echo(f"warning:    {warning}")
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
             await stop.wait()
             console.print("stopping")
 

@@ -40,7 +40,7 @@ class QueryMethods(ABC):
         self, query: Query, params: Params = None, *, timeout: float | None = None
     ) -> int:
         """Run a statement with bind parameters; return the number of rows it affected."""
-        return await self._database().execute(query, params, timeout=timeout)
+        return await self._database().as_raw().execute(query, params, timeout=timeout)
 
     @overload
     async def fetch(
@@ -64,7 +64,7 @@ class QueryMethods(ABC):
         timeout: float | None = None,
     ) -> list[dict[str, Any]] | list[M]:
         """All rows of a query, as dicts or as instances of a pydantic ``model``."""
-        return await self._database().fetch(query, params, model=model, timeout=timeout)
+        return await self._database().as_raw().fetch(query, params, model=model, timeout=timeout)
 
     @overload
     async def fetch_one(
@@ -88,13 +88,15 @@ class QueryMethods(ABC):
         timeout: float | None = None,
     ) -> dict[str, Any] | M | None:
         """The first row of a query, or None."""
-        return await self._database().fetch_one(query, params, model=model, timeout=timeout)
+        return (
+            await self._database().as_raw().fetch_one(query, params, model=model, timeout=timeout)
+        )
 
     async def fetch_value(
         self, query: Query, params: Params = None, *, timeout: float | None = None
     ) -> Any:
         """The first column of the first row, or None."""
-        return await self._database().fetch_value(query, params, timeout=timeout)
+        return await self._database().as_raw().fetch_value(query, params, timeout=timeout)
 
     @asynccontextmanager
     async def transaction(
@@ -127,8 +129,10 @@ class QueryMethods(ABC):
         retries: int | None = None,
     ) -> list[Any]:
         """Run ``(sql, params)`` pairs or ``async fn(tx)`` callables atomically; return each result."""
-        return await self._database().execute_transaction(
-            operations, isolation=isolation, retries=retries
+        return (
+            await self._database()
+            .as_raw()
+            .execute_transaction(operations, isolation=isolation, retries=retries)
         )
 
 

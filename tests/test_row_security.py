@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from agency_data import DataLayer, PermissionDenied, TenantScope
+from agency_data import AgencyDataError, DataLayer, PermissionDenied, TenantScope, ValidationError
 from tests.conftest import DatabaseDsn, make_config, other_connection
 
 DIM = 3
@@ -238,3 +239,94 @@ async def test_search_settings_and_the_tenant_hold_for_one_call_only(
         async with dl.tenant("a").transaction():
             await notes.find_similar([1, 2, 3], exact=True, ef_search=7)
             assert await dl.tenant("a").fetch_one(settings) == {"scan": "on", "ef": "40"}
+
+
+async def one_connection(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> DataLayer:
+    config = make_config(database, redis_url, tmp_path, postgresql={"pool_max_size": 1})
+    return DataLayer(config)
+
+
+async def test_session_state_left_by_raw_sql_never_reaches_another_tenant(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    # One connection: whatever a's raw SQL leaves on it, b's next call would meet.
+    async with await one_connection(database, redis_url, tmp_path) as dl:
+        a, b = dl.tenant("a"), dl.tenant("b")
+        await a.execute("CREATE TEMP TABLE agents (LIKE public.agents INCLUDING DEFAULTS)")
+        await a.execute("SET search_path = pg_temp, public")
+        await a.fetch("SELECT pg_advisory_lock(42)")
+        await a.execute("PREPARE planted AS SELECT 1")
+        await b.agents.create(name="b-secret", type="t")
+        # The temporary table went with the reset of a's connection, before b got it.
+        assert await a.fetch_value("SELECT to_regclass('pg_temp.agents') IS NULL") is True
+        assert [x.name for x in (await b.agents.list()).items] == ["b-secret"]
+        assert await b.fetch_value("SHOW search_path") == "public,pg_temp"
+        assert await b.fetch_value("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+        assert (
+            await b.fetch_value(
+                "SELECT count(*) FROM pg_prepared_statements WHERE name = 'planted'"
+            )
+            == 0
+        )
+        # The same through a transaction's own connection.
+        async with a.transaction() as tx:
+            await tx.conn.execute("CREATE TEMP TABLE tasks (LIKE public.tasks INCLUDING DEFAULTS)")
+        await b.tasks.create(type="b-job")
+        assert await b.tasks.count() == 1
+
+
+async def test_a_rolled_back_block_never_leaves_a_tenant_behind(two_tenants: DataLayer) -> None:
+    dl = two_tenants
+    a, b = dl.tenant("a"), dl.tenant("b")
+    notes = a.embeddings.collection("notes")
+    names = "SELECT name FROM agents"
+    async with b.transaction():
+        async for _ in notes.search_stream([1, 2, 3]):
+            break  # an early stop rolls the stream's savepoint back
+        assert await b.fetch(names) == [{"name": "b-agent"}]
+        assert await a.fetch(names) == [{"name": "a-agent"}]
+        async with b.transaction():
+            raise_rollback()  # psycopg's own way to roll a block back quietly
+        assert await a.fetch(names) == [{"name": "a-agent"}]
+        assert await b.fetch(names) == [{"name": "b-agent"}]
+
+
+def raise_rollback() -> None:
+    raise psycopg.Rollback()
+
+
+async def test_tasks_sharing_a_transaction_each_keep_their_tenant(two_tenants: DataLayer) -> None:
+    dl = two_tenants
+    a, b = dl.tenant("a"), dl.tenant("b")
+    names = "SELECT name FROM agents"
+    async with dl.transaction():
+        for _ in range(20):
+            seen_a, seen_b, hits = await asyncio.gather(
+                a.fetch(names),
+                b.fetch(names),
+                b.embeddings.collection("notes").find_similar([1, 2, 3]),
+            )
+            assert (seen_a, seen_b) == ([{"name": "a-agent"}], [{"name": "b-agent"}])
+            assert [h.entity_id for h in hits] == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("query", "params", "timeout"),
+    [
+        ("", None, None),
+        ("-- only a comment", None, None),
+        (123, None, None),
+        ("SELECT 1", None, float("nan")),
+        ("SELECT 1", None, float("inf")),
+        ("SELECT 1", None, "1"),
+        ("SELECT 1", None, -1),
+    ],
+)
+async def test_bad_queries_are_typed_errors(
+    two_tenants: DataLayer, query: Any, params: Any, timeout: Any
+) -> None:
+    for view in (two_tenants, two_tenants.tenant("a")):
+        with pytest.raises(AgencyDataError):
+            await view.fetch(query, params, timeout=timeout)
+    with pytest.raises(ValidationError):
+        await two_tenants.execute_transaction([("SELECT 1",)])  # type: ignore[list-item]

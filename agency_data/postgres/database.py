@@ -4,11 +4,15 @@ Inside ``async with db.transaction():`` every call made by the same task (and th
 built on this class) runs on the transaction's connection; outside, each call borrows a pooled
 connection for its own duration. Nested transaction blocks become savepoints.
 
-A database bound to a tenant (:meth:`Database.for_tenant`) names that tenant to PostgreSQL in
-every transaction it runs, as the transaction-local setting ``agency_data.tenant`` that the
+A database bound to a tenant (:meth:`Database.for_tenant`) names that tenant to PostgreSQL with
+every statement it runs, as the transaction-local setting ``agency_data.tenant`` that the
 row-level security policies compare each row's ``tenant_id`` with. The setting travels in the
-same round trip as the statement (a pipeline, whose statements share one implicit
-transaction), and inside an explicit transaction it is sent only when it changes.
+same round trip as the statement (a pipeline, whose statements share one implicit transaction,
+or the caller's), so no cache of "what the connection was told" can go stale after a rollback.
+
+Raw SQL (the query methods of ``dl`` and ``dl.tenant(t)``, and ``tx.conn``) may leave session
+state behind: temporary tables, settings, prepared statements, advisory locks. Such a
+connection is reset (``DISCARD ALL``) before the pool hands it to anyone else.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -30,7 +35,7 @@ from pydantic import BaseModel
 from agency_data.config import PostgresConfig
 from agency_data.errors import SerializationFailure, ValidationError
 from agency_data.postgres.errors import to_agency_error, translate_errors
-from agency_data.postgres.pool import Pool
+from agency_data.postgres.pool import Pool, mark_dirty
 
 __all__ = [
     "TENANT_SETTING",
@@ -65,23 +70,22 @@ _ISOLATION = {
 }
 
 
-class _Session:
-    """What one transaction's connection has been told: the tenant now set, if known."""
-
-    __slots__ = ("tenant",)
-
-    def __init__(self) -> None:
-        self.tenant: str | None = None
-
-
 class Transaction:
     """An open transaction (or savepoint, when nested): its connection and on-commit hooks."""
 
     def __init__(self, conn: AsyncConnection[DictRow], parent: Transaction | None) -> None:
-        self.conn = conn
+        self._conn = conn
         self.parent = parent
         self._hooks: list[Hook] = []
-        self._session: _Session = parent._session if parent is not None else _Session()
+        # Tasks that share the transaction (asyncio.gather inside it) take turns: a statement
+        # and its tenant setting must not interleave with another task's.
+        self._lock: asyncio.Lock = parent._lock if parent is not None else asyncio.Lock()
+
+    @property
+    def conn(self) -> AsyncConnection[DictRow]:
+        """The transaction's connection, for statements of your own (reset when returned)."""
+        mark_dirty(self._conn)
+        return self._conn
 
     @property
     def nested(self) -> bool:
@@ -103,23 +107,38 @@ class Database:
         *,
         tenant: str | None = None,
         setup: Setup | None = None,
+        raw: bool = False,
     ) -> None:
         self.pool = pool
         self.config = config
         self.tenant = tenant
+        # A view for the caller's own SQL: its connections are reset before reuse.
+        self.raw = raw
         # Whether statements name the tenant to PostgreSQL. Only the benchmark turns it off, to
         # measure what row-level security costs against tables without it.
         self.names_tenant = True
         self._setup = setup
+        self._raw_view: Database | None = None
         self._current: ContextVar[Transaction | None] = ContextVar("agency_data_tx", default=None)
 
-    def for_tenant(self, tenant: str) -> Database:
-        """The same pool and ambient transaction, with every statement scoped to ``tenant``."""
-        view = Database(self.pool, self.config, tenant=tenant, setup=self._setup)
+    def for_tenant(self, tenant: str | None, *, raw: bool = False) -> Database:
+        """The same pool and ambient transaction, with every statement scoped to ``tenant``.
+
+        ``raw`` marks a view that runs the caller's own SQL (see the module's docstring).
+        """
+        view = Database(self.pool, self.config, tenant=tenant, setup=self._setup, raw=raw)
         view.names_tenant = self.names_tenant
         # One transaction per task, whichever tenant's view opened it.
         view._current = self._current
         return view
+
+    def as_raw(self) -> Database:
+        """This view for the caller's own SQL: its connections are reset before reuse."""
+        if self.raw:
+            return self
+        if self._raw_view is None:
+            self._raw_view = self.for_tenant(self.tenant, raw=True)
+        return self._raw_view
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -128,10 +147,14 @@ class Database:
         """The current transaction's connection, or a pooled one for the block's duration."""
         current = self._current.get()
         if current is not None:
-            yield current.conn
+            if self.raw:
+                mark_dirty(current._conn)
+            yield current._conn
             return
         with translate_errors():
             async with self.pool.connection() as conn:
+                if self.raw:
+                    mark_dirty(conn)
                 yield conn
 
     @asynccontextmanager
@@ -245,31 +268,22 @@ class Database:
         return None if row is None else next(iter(row.values()))
 
     async def enter_tenant(self, conn: AsyncConnection[DictRow]) -> None:
-        """Name this view's tenant to ``conn``'s open transaction, unless it already was.
+        """Name this view's tenant to ``conn``'s open transaction.
 
         For the few jobs that run statements on the transaction's connection themselves
         (COPY, server-side cursors); ordinary calls do this on their own.
         """
-        current = self._current.get()
-        if not self._scoped(current):
-            return
-        await conn.execute(_SET_TENANT, [self.tenant])
-        if current is not None:
-            current._session.tenant = self.tenant
+        if self._scoped():
+            await conn.execute(_SET_TENANT, [self.tenant])
 
     def tenant_statement(self) -> tuple[LiteralString, list[str]] | None:
-        """The statement that names this view's tenant, when the calling task must send it."""
-        if self.tenant is None or not self._scoped(self._current.get()):
+        """The statement that names this view's tenant, if it has one."""
+        if self.tenant is None or not self._scoped():
             return None
         return _SET_TENANT, [self.tenant]
 
-    def _scoped(self, current: Transaction | None) -> bool:
-        """True when the tenant must be (re)sent before this view's next statement."""
-        return (
-            self.tenant is not None
-            and self.names_tenant
-            and (current is None or current._session.tenant != self.tenant)
-        )
+    def _scoped(self) -> bool:
+        return self.tenant is not None and self.names_tenant
 
     async def fetch_many(
         self,
@@ -283,9 +297,9 @@ class Database:
         queries only.
         """
         current = self._current.get()
-        async with self.connection() as conn:
+        scoped = self.tenant_statement()
+        async with self.connection() as conn, _turn(current):
             with translate_errors():
-                scoped = self.tenant_statement()
                 if scoped is None and not settings and len(statements) == 1:
                     cursor = await conn.execute(*statements[0])
                     return [await cursor.fetchall()]
@@ -302,68 +316,49 @@ class Database:
                     for name, value in settings:
                         await conn.execute("SELECT set_config(%s, %s, true)", [name, value])
                     cursors = [await conn.execute(q, p) for q, p in statements]
-                results = [await cursor.fetchall() for cursor in cursors]
-        if scoped is not None and current is not None:
-            current._session.tenant = self.tenant
-        return results
+                return [await cursor.fetchall() for cursor in cursors]
 
     async def _run(
         self, conn: AsyncConnection[DictRow], query: Query, params: Params, timeout: float | None
     ) -> AsyncCursor[DictRow]:
-        if timeout is not None and timeout <= 0:
-            raise ValidationError(f"timeout must be positive, not {timeout}", field="timeout")
+        _check_query(query, timeout)
         current = self._current.get()
-        scoped = self._scoped(current)
+        async with _turn(current):
+            return await self._send(conn, current is not None, query, params, timeout)
+
+    async def _send(
+        self,
+        conn: AsyncConnection[DictRow],
+        in_transaction: bool,
+        query: Query,
+        params: Params,
+        timeout: float | None,
+    ) -> AsyncCursor[DictRow]:
+        scoped = self._scoped()
         if timeout is None and not scoped:
             return await conn.execute(query, params)
-        if current is not None:
-            return await self._run_in_transaction(conn, current, query, params, timeout, scoped)
-        if params is None and timeout is None:
+        if params is None and timeout is None and not in_transaction:
             # No parameters: the simple protocol, which runs several statements in one query
             # (pipelines cannot); one implicit transaction covers the setting and the query.
-            assert self.tenant is not None
             prefix = sql.SQL("SELECT set_config('agency_data.tenant', {}, true); ").format(
                 sql.Literal(self.tenant)
             )
             body = sql.SQL(query) if isinstance(query, str) else query
             cursor = await conn.execute(prefix + body)
-            cursor.nextset()
+            if not cursor.nextset():
+                raise ValidationError("the query holds no statement", field="query")
             return cursor
-        # Statements up to the pipeline's sync share one implicit transaction, so settings
-        # made local to it hold for the query and vanish after it: one round trip in all.
+        # Statements up to the pipeline's sync share one implicit transaction (or the caller's),
+        # so the settings hold for the query: one round trip in all. Inside the caller's
+        # transaction a timeout is put back as it was, with the value the server saved.
         async with conn.pipeline():
             if scoped:
                 await conn.execute(_SET_TENANT, [self.tenant])
             if timeout is not None:
-                await conn.execute(_SET_TIMEOUT, [_millis(timeout)])
+                await conn.execute(_SAVE_AND_SET_TIMEOUT, [_millis(timeout)])
             cursor = await conn.execute(query, params)
-        return cursor
-
-    async def _run_in_transaction(
-        self,
-        conn: AsyncConnection[DictRow],
-        current: Transaction,
-        query: Query,
-        params: Params,
-        timeout: float | None,
-        scoped: bool,
-    ) -> AsyncCursor[DictRow]:
-        if scoped:
-            if timeout is None:
-                async with conn.pipeline():
-                    await conn.execute(_SET_TENANT, [self.tenant])
-                    cursor = await conn.execute(query, params)
-                current._session.tenant = self.tenant
-                return cursor
-            await conn.execute(_SET_TENANT, [self.tenant])
-            current._session.tenant = self.tenant
-        if timeout is None:
-            return await conn.execute(query, params)
-        # A timeout inside the caller's transaction applies to this statement only.
-        previous = await (await conn.execute("SHOW statement_timeout")).fetchone()
-        await conn.execute(_SET_TIMEOUT, [_millis(timeout)])
-        cursor = await conn.execute(query, params)
-        await conn.execute(_SET_TIMEOUT, [next(iter(previous.values())) if previous else "0"])
+            if timeout is not None and in_transaction:
+                await conn.execute(_RESTORE_TIMEOUT)
         return cursor
 
     # -- transactions --------------------------------------------------------------------------
@@ -390,7 +385,7 @@ class Database:
             try:
                 with translate_errors():
                     async with AsyncExitStack() as block:
-                        if parent is None and self.tenant is not None and self.names_tenant:
+                        if parent is None and self._scoped():
                             # BEGIN and the tenant in one round trip, so that even statements
                             # sent on tx.conn directly run as this tenant.
                             # (AsyncTransaction itself: conn.transaction() entered in a
@@ -398,14 +393,9 @@ class Database:
                             async with conn.pipeline():
                                 await block.enter_async_context(AsyncTransaction(conn))
                                 await conn.execute(_SET_TENANT, [self.tenant])
-                            tx._session.tenant = self.tenant
                         else:
                             await block.enter_async_context(conn.transaction())
                         yield tx
-            except BaseException:
-                # A rolled-back savepoint takes its settings with it: send the tenant again.
-                tx._session.tenant = None
-                raise
             finally:
                 self._current.reset(token)
         if parent is not None:
@@ -459,6 +449,15 @@ class Database:
         none) or an async callable taking the :class:`Transaction`.
         """
 
+        for index, operation in enumerate(operations):
+            if not callable(operation) and (
+                not isinstance(operation, tuple | list) or len(operation) != 2
+            ):
+                raise ValidationError(
+                    f"operation {index} is neither a (sql, params) pair nor an async callable",
+                    field=f"operations[{index}]",
+                )
+
         async def run_all(tx: Transaction) -> list[Any]:
             results: list[Any] = []
             for operation in operations:
@@ -467,7 +466,7 @@ class Database:
                     continue
                 query, params = operation
                 with translate_errors():
-                    cursor = await self._run(tx.conn, query, params, None)
+                    cursor = await self._run(tx._conn, query, params, None)
                     results.append(
                         await cursor.fetchall() if cursor.description else cursor.rowcount
                     )
@@ -476,7 +475,38 @@ class Database:
         return await self.run_in_transaction(run_all, isolation=isolation, retries=retries)
 
 
-_SET_TIMEOUT: LiteralString = "SELECT set_config('statement_timeout', %s, true)"
+_SAVE_AND_SET_TIMEOUT: LiteralString = (
+    "SELECT set_config('agency_data.saved_timeout', current_setting('statement_timeout'), true), "
+    "set_config('statement_timeout', %s, true)"
+)
+_RESTORE_TIMEOUT: LiteralString = (
+    "SELECT set_config('statement_timeout', current_setting('agency_data.saved_timeout'), true)"
+)
+
+
+def _check_query(query: Any, timeout: Any) -> None:
+    if not isinstance(query, str | sql.Composable):
+        raise ValidationError(
+            f"a query is a string or psycopg.sql object, not {type(query).__name__}", field="query"
+        )
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValidationError(
+            f"timeout must be a positive number of seconds, not {timeout!r}", field="timeout"
+        )
+
+
+@asynccontextmanager
+async def _turn(current: Transaction | None) -> AsyncIterator[None]:
+    if current is None:
+        yield
+        return
+    async with current._lock:
+        yield
 
 
 def _millis(timeout: float) -> str:

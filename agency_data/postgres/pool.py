@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import select
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,11 +20,21 @@ from agency_data.config import PostgresConfig
 from agency_data.dsn import postgres_dsn_problem, redact_dsn
 from agency_data.errors import BackendUnavailable, ConfigError
 
-__all__ = ["Pool", "configure_connection", "open_pool"]
+__all__ = ["Pool", "configure_connection", "mark_dirty", "open_pool"]
 
 _log = logging.getLogger("agency_data.postgres")
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+# Connections that ran the caller's own SQL, which may have left session state behind
+# (temporary tables shadowing ours, settings, prepared statements, advisory locks): the pool
+# resets them before anyone else gets them. The library's own statements leave none.
+_dirty: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+
+
+def mark_dirty(conn: AsyncConnection[Any]) -> None:
+    """Have ``conn`` reset (``DISCARD ALL``) when it goes back to its pool."""
+    _dirty.add(conn)
 
 
 async def configure_connection(conn: AsyncConnection[DictRow]) -> None:
@@ -51,6 +62,19 @@ def _then(
         await setup(conn)
 
     return configure
+
+
+def _resetter(
+    configure: Callable[[AsyncConnection[DictRow]], Awaitable[None]],
+) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]:
+    async def reset(conn: AsyncConnection[DictRow]) -> None:
+        if conn in _dirty:
+            _dirty.discard(conn)
+            # DISCARD ALL also drops the settings made when the connection was configured.
+            await conn.execute("DISCARD ALL")
+            await configure(conn)
+
+    return reset
 
 
 async def _check(conn: AsyncConnection[DictRow]) -> None:
@@ -90,7 +114,12 @@ async def open_pool(
         )
     # UTC sessions: timestamps without an offset (in JSON metadata, say) mean the same
     # instant on every machine.
-    options = f"-c statement_timeout={int(config.statement_timeout * 1000)} -c timezone=UTC"
+    # pg_temp last: a temporary table can never stand in for one of ours by name.
+    options = (
+        f"-c statement_timeout={int(config.statement_timeout * 1000)} -c timezone=UTC "
+        "-c search_path=public,pg_temp"
+    )
+    configure = configure_connection if setup is None else _then(setup)
     pool: Pool = AsyncConnectionPool(
         conninfo,
         connection_class=AsyncConnection[DictRow],
@@ -99,7 +128,8 @@ async def open_pool(
         max_size=config.pool_max_size if max_size is None else max_size,
         timeout=config.pool_timeout,
         max_waiting=config.max_waiting,
-        configure=configure_connection if setup is None else _then(setup),
+        configure=configure,
+        reset=_resetter(configure),
         check=_check,
         open=False,
         name=name,

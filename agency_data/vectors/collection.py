@@ -90,15 +90,15 @@ class Collection:
         types = ["uuid", "text", "text", "text", spec.storage, "jsonb", "text"]
         seen: set[UUID] = set()
         ids: builtins.list[UUID] = []
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(), self._db.connection() as conn:
             with translate_errors(f"storing into {self.name!r}"):
                 # PostgreSQL refuses COPY FROM into a table under row-level security, so rows
                 # are copied into a private staging table and moved with one INSERT, which
                 # the tenant policy checks row by row.
                 staging = sql.Identifier(f"staging_{uuid.uuid4().hex[:12]}")
-                await self._db.enter_tenant(tx.conn)
-                await tx.conn.execute(_sql.staging_sql(spec, staging))
-                async with tx.conn.cursor().copy(_sql.copy_sql(staging)) as copy:
+                await self._db.enter_tenant(conn)
+                await conn.execute(_sql.staging_sql(spec, staging))
+                async with conn.cursor().copy(_sql.copy_sql(staging)) as copy:
                     copy.set_types(types)
                     # Checked and sent a slice at a time: the server stores one slice while the
                     # next is checked. A bad item in any slice aborts the COPY, so the batch
@@ -128,9 +128,9 @@ class Collection:
                             )
                         ids.extend(row[0] for row in rows)
                 if not upsert:
-                    await tx.conn.execute(_sql.insert_from_staging_sql(spec, staging))
+                    await conn.execute(_sql.insert_from_staging_sql(spec, staging))
                     return ids
-                cursor = await tx.conn.execute(_sql.upsert_from_staging_sql(spec, staging))
+                cursor = await conn.execute(_sql.upsert_from_staging_sql(spec, staging))
                 written = {row["id"] for row in await cursor.fetchall()}
                 if len(written) != len(ids):
                     taken = [str(i) for i in ids if i not in written][:5]
