@@ -8,6 +8,7 @@ never widens (or narrows) what it did not create. Errors are the operating syste
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -36,13 +37,16 @@ def make_private_dirs(path: Path) -> list[Path]:
 
 
 def tighten(path: Path, mode: int) -> None:
-    """Set ``mode`` on a file or folder of ours (by its name inside our data directory)."""
+    """Set ``mode`` on a file or folder of ours (by its name inside our data directory).
+
+    A symbolic link is left alone: it would carry the change to whatever it points at.
+    """
     try:
-        current = stat.S_IMODE(path.lstat().st_mode)
+        info = path.lstat()
     except FileNotFoundError:
         return
-    if not stat.S_ISLNK(path.lstat().st_mode) and current != mode:
-        path.chmod(mode)
+    if not stat.S_ISLNK(info.st_mode) and stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode, follow_symlinks=False)
 
 
 def private_file(path: Path) -> None:
@@ -54,16 +58,30 @@ def private_file(path: Path) -> None:
         os.close(fd)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Replace ``path`` atomically with ``text``, readable by its owner only."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+def write_private(path: Path, text: str, *, owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` atomically with ``text``, readable by its owner only.
+
+    Safe in a folder another user can write to (the PostgreSQL server's, under root): the
+    folder is held open, the new file gets a random name that must not exist yet, its owner
+    (``(uid, gid)``) is set on the open file, and the rename replaces whatever stands at
+    ``path`` (a planted link included) without following it.
+    """
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
+        tmp = f".{path.name}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=folder
+        )
+        try:
+            os.fchmod(fd, 0o600)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        os.close(folder)
 
 
 def blocking_folder(path: Path, uid: int, gids: set[int]) -> Path | None:

@@ -132,6 +132,30 @@ def run_tool(
     return str(done.stdout)
 
 
+# A data directory of ours holds this file (or, from older releases, our servers' own).
+_MARKER = ".agency-data"
+_OURS = (_MARKER, "postgres.lock", "valkey.lock", "postgres", "valkey")
+
+
+def _check_ours(data_dir: Path) -> None:
+    # The folders and files inside take their modes and owners from us: a folder of someone
+    # else's (the home folder, /) must not be reshaped because it was named as data_dir.
+    if not data_dir.is_dir() or data_dir.is_symlink():
+        raise EmbeddedServerError(
+            f"the data directory {data_dir} is not a folder (or is a symbolic link); name a "
+            "folder (embedded.data_dir or --data-dir)",
+            server="embedded",
+        )
+    if any((data_dir / name).exists() for name in _OURS) or not any(data_dir.iterdir()):
+        return
+    raise EmbeddedServerError(
+        f"the data directory {data_dir} is not empty and holds no agency-data servers; "
+        "agency-data sets the modes of what it keeps there, so it takes a new or empty folder "
+        "(embedded.data_dir or --data-dir), such as a subfolder of this one",
+        server="embedded",
+    )
+
+
 def _tail(log_file: Path, lines: int = 15) -> str:
     try:
         text = log_file.read_text(errors="replace").splitlines()[-lines:]
@@ -165,10 +189,14 @@ class SharedServer(ABC):
         account = system_user()
         group = account.pw_gid if account is not None else None
         try:
-            for folder in make_private_dirs(self.data_dir):
+            created = make_private_dirs(self.data_dir)
+            for folder in created:
                 if group is not None:
                     os.chown(folder, -1, group)
                     folder.chmod(0o710)
+            if not created:
+                _check_ours(self.data_dir)
+            private_file(self.data_dir / _MARKER)
             self.socket_dir = socket_dir_for(self.data_dir, group=group)
             lock_file = self.data_dir / f"{self.name}.lock"
             private_file(lock_file)

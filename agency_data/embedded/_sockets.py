@@ -30,10 +30,14 @@ def socket_dir_for(data_dir: Path, *, group: int | None = None) -> Path:
     """
     candidate = data_dir / "run"
     if len(os.fsencode(str(candidate))) <= _SOCKET_DIR_LIMIT:
-        # Ours by its name in our data directory, even if an older release made it wider.
+        # Ours by its name in our data directory, even if an older release made it wider; a
+        # link or another user's folder there is refused rather than followed or taken.
         make_private_dirs(candidate)
+        info = candidate.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            _refuse(candidate, "it is a symbolic link, not a folder, or not yours")
         if group is not None:
-            os.chown(candidate, -1, group)
+            os.chown(candidate, -1, group, follow_symlinks=False)
         tighten(candidate, 0o700 if group is None else 0o710)
         return candidate
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
@@ -60,9 +64,13 @@ def _check_ours(folder: Path, group: int | None) -> None:
     elif mode & 0o027 or (mode & 0o070 and info.st_gid != group):
         problem = f"its mode {mode:04o} lets other users in"
     if problem is not None:
-        raise EmbeddedServerError(
-            f"the socket folder {folder} already exists and {problem}; another user may have "
-            "made it to intercept the servers. Remove it, or choose a shorter data directory "
-            "(embedded.data_dir or --data-dir) so that the sockets live inside it",
-            server="embedded",
-        )
+        _refuse(folder, problem)
+
+
+def _refuse(folder: Path, problem: str) -> None:
+    raise EmbeddedServerError(
+        f"the socket folder {folder} already exists and {problem}; another user may have "
+        "made it to intercept the servers. Remove it, or choose another data directory "
+        "(embedded.data_dir or --data-dir)",
+        server="embedded",
+    )

@@ -224,11 +224,9 @@ class EmbeddedPostgres(SharedServer):
             "agency_data_hba.conf": _HBA,
             "agency_data_ident.conf": ident,
         }
+        owner = (account.pw_uid, account.pw_gid) if account is not None else None
         for name, text in files.items():
-            target = self.pgdata / name
-            write_private(target, text)
-            if account is not None:
-                os.chown(target, account.pw_uid, account.pw_gid)
+            write_private(self.pgdata / name, text, owner=owner)
 
     def _ensure_database(self) -> None:
         try:
@@ -258,15 +256,22 @@ class EmbeddedPostgres(SharedServer):
         self._owned_dir(self.pg_socket_dir, 0o700)
         private_file(self.log_file)
         if account is not None:
-            os.chown(self.log_file, account.pw_uid, account.pw_gid)
+            os.chown(self.log_file, account.pw_uid, account.pw_gid, follow_symlinks=False)
         return self._server_bin_dir(account)
 
     def _owned_dir(self, path: Path, mode: int) -> None:
-        # Folders of ours by name; under root they belong to the server's user.
+        # Folders of ours by name in our data directory; under root they belong to the
+        # server's user. A link there is not ours to follow.
         make_private_dirs(path)
+        if path.is_symlink() or not path.is_dir():
+            raise EmbeddedServerError(
+                f"{path} is a symbolic link or not a folder; agency-data made it a folder. "
+                "Remove it, or choose another data directory",
+                server=self.name,
+            )
         account = system_user()
         if account is not None:
-            os.chown(path, account.pw_uid, account.pw_gid)
+            os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
         tighten(path, mode)
 
     def _server_bin_dir(self, account: pwd.struct_passwd | None) -> Path:

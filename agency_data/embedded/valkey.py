@@ -79,17 +79,35 @@ class EmbeddedValkey(SharedServer):
 
     def _password(self) -> str:
         try:
-            return self.password_file.read_text().strip()
+            password = self.password_file.read_text().strip()
+            if password:  # an empty requirepass would turn authentication off
+                return password
         except FileNotFoundError:
-            password = secrets.token_urlsafe(32)
-            write_private(self.password_file, password + "\n")
-            return password
+            pass
+        password = secrets.token_urlsafe(32)
+        write_private(self.password_file, password + "\n")
+        return password
 
     def is_running(self) -> bool:
         """True when the server's process lives and answers PING on its socket."""
-        if self._pid() is None:
+        pid = self._pid()
+        if pid is None:
             return False
-        return self._ping()
+        client = self._client(socket_timeout=2)
+        try:
+            return bool(client.ping())
+        except redis.AuthenticationError as exc:
+            # Starting another server on the same files would be worse than stopping here.
+            raise EmbeddedServerError(
+                f"the running Valkey (pid {pid}) refused the password in {self.password_file}, "
+                "which changed since it started; stop that process or put the file back",
+                server=self.name,
+                log_file=str(self.log_file),
+            ) from exc
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
 
     def start(self) -> None:
         """Write the config and start the server, waiting until it answers."""

@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agency_data.config import redact_dsn
 from agency_data.errors import BackupError
-from agency_data.files import make_private_dirs, private_file
+from agency_data.files import make_private_dirs, private_file, tighten
 
 __all__ = ["create_backup", "find_tool", "restore_backup"]
 
@@ -57,6 +57,10 @@ async def create_backup(conninfo: str, directory: Path, tool: Path) -> Path:
         # Folders we make are 0700; the dump is made 0600 before pg_dump writes into it.
         make_private_dirs(directory)
         private_file(target)
+        # Dumps an older release left readable by others (0644) are made private too.
+        for older in directory.glob("*.dump"):
+            if older.lstat().st_uid == os.geteuid():
+                tighten(older, 0o600)
     except OSError as exc:
         raise BackupError(
             f"cannot create the backup directory {directory}: {exc.strerror}; set "

@@ -102,16 +102,22 @@ class MigrationRunner:
             )
             pending = [m for m in wanted if m.key not in applied]
             report.steps = [PlannedStep(m.key, "up", m.up_sql, m.transactional) for m in pending]
-            if dry_run or not pending:
+            if dry_run:
                 report.seconds = time.perf_counter() - started
                 return report
-            if self.backup_dir is not None:
-                report.backup_file = await self._backup(conn)
-            await self._ensure_history_table(conn)
-            for migration in pending:
-                await self._apply(conn, migration)
-                report.applied.append(migration.key)
-            await self._grant(conn)
+            try:
+                if pending and self.backup_dir is not None:
+                    report.backup_file = await self._backup(conn)
+                if pending:
+                    await self._ensure_history_table(conn)
+                for migration in pending:
+                    await self._apply(conn, migration)
+                    report.applied.append(migration.key)
+            finally:
+                # Also after a failed migration, and when nothing was pending: the tables
+                # made so far must not stay writable by the application role.
+                if not conn.closed:
+                    await self._grant(conn)
         report.seconds = time.perf_counter() - started
         return report
 
