@@ -8,12 +8,14 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agency_data import EmbeddedServerError, MigrationError
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.files import write_private
 from agency_data.migrations import BUILTIN_SOURCE, MigrationRunner, MigrationSource
-from agency_data.security.roles import setup_roles
+from agency_data.security.roles import RoleNames, setup_roles
 from tests.conftest import FAST_POSTGRES, ROLES, DatabaseDsn
 
 
@@ -109,3 +111,45 @@ def test_a_postgres_data_folder_that_is_a_link_is_refused(
     with pytest.raises(EmbeddedServerError):
         server.acquire()
     assert elsewhere.stat().st_uid == os.geteuid()
+
+
+async def test_roles_set_up_by_a_createrole_database_owner(empty_database: DatabaseDsn) -> None:
+    # The managed-server path: not a superuser, but CREATEROLE and the database's owner.
+    names = RoleNames(owner="cr_owner", app="cr_app", readonly="cr_readonly")
+    with psycopg.connect(empty_database.superuser, autocommit=True) as su:
+        su.execute("DROP ROLE IF EXISTS cr_dba")
+        su.execute("CREATE ROLE cr_dba LOGIN CREATEROLE")
+        dbname = su.execute("SELECT current_database()").fetchone()
+        assert dbname is not None
+        su.execute(sql.SQL("ALTER DATABASE {} OWNER TO cr_dba").format(sql.Identifier(dbname[0])))
+        su.execute("ALTER SCHEMA public OWNER TO cr_dba")
+    params = conninfo_to_dict(empty_database.superuser)
+    dba = make_conninfo("", **{**params, "user": "cr_dba"})
+    try:
+        async with await psycopg.AsyncConnection.connect(dba, autocommit=True) as conn:
+            done = await setup_roles(conn, names)
+        assert "created role cr_owner" in done
+        with psycopg.connect(dba) as conn:
+            row = conn.execute(
+                "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'cr_app'"
+            ).fetchone()
+        assert row == (False, False)
+        with psycopg.connect(dba) as conn:
+            defaults = conn.execute(
+                "SELECT count(*) FROM pg_default_acl d JOIN pg_roles r ON r.oid = d.defaclrole "
+                "WHERE r.rolname = 'cr_owner'"
+            ).fetchone()
+        assert defaults is not None and defaults[0] >= 2  # tables and sequences, as the owner
+    finally:
+        with psycopg.connect(empty_database.superuser, autocommit=True) as su:
+            dbname = su.execute("SELECT current_database()").fetchone()
+            assert dbname is not None
+            su.execute(
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(dbname[0]), sql.Identifier(ROLES.owner)
+                )
+            )
+            su.execute("ALTER SCHEMA public OWNER TO pg_database_owner")
+            for role in ("cr_owner", "cr_app", "cr_readonly", "cr_dba"):
+                su.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                su.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

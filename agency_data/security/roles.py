@@ -180,8 +180,21 @@ async def _setup_roles(
     )
     if adopt_from is not None and await _adopt(conn, adopt_from, names.owner):
         done.append(f"handed the schema's objects owned by {adopt_from} to {names.owner}")
+    if not superuser and conn.info.server_version >= 160000:
+        # A CREATEROLE role administers the roles it made, but may act as one only with
+        # the SET option, which PostgreSQL 16 no longer grants by itself.
+        await conn.execute(
+            sql.SQL("GRANT {} TO CURRENT_USER WITH SET TRUE, INHERIT FALSE").format(
+                sql.Identifier(names.owner)
+            )
+        )
     # The grants are the owner's to give; a superuser or a member acts as it for them.
     await use_owner_role(conn, names.owner)
+    if await _value(conn, "SELECT current_user") != names.owner:
+        raise PermissionDenied(
+            f"role {user} may not act as {names.owner} (SET ROLE), so the owner's default "
+            f"privileges cannot be set; grant it: GRANT {names.owner} TO {user} WITH SET TRUE"
+        )
     try:
         await grant_privileges(conn, names, migrations_table=migrations_table)
     finally:
@@ -256,11 +269,13 @@ async def use_owner_role(conn: AsyncConnection[Any], owner: str) -> None:
     otherwise own the tables it creates, and the grants made by default privileges would
     not apply to them.
     """
+    # PostgreSQL 16 split membership: SET ROLE needs the SET option, not just membership.
+    may_set = "SET" if conn.info.server_version >= 160000 else "MEMBER"
     row = await _row(
         conn,
-        "SELECT current_user = %s, pg_has_role(current_user, oid, 'MEMBER') "
+        "SELECT current_user = %s, pg_has_role(current_user, oid, %s) "
         "FROM pg_roles WHERE rolname = %s",
-        [owner, owner],
+        [owner, may_set, owner],
     )
     if row is not None and not row[0] and row[1]:
         await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
