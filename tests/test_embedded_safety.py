@@ -139,7 +139,8 @@ async def test_roles_set_up_by_a_createrole_database_owner(empty_database: Datab
                 "SELECT count(*) FROM pg_default_acl d JOIN pg_roles r ON r.oid = d.defaclrole "
                 "WHERE r.rolname = 'cr_owner'"
             ).fetchone()
-        assert defaults is not None and defaults[0] >= 2  # tables and sequences, as the owner
+        assert defaults is not None
+        assert defaults[0] >= 2  # tables and sequences, as the owner
     finally:
         with psycopg.connect(empty_database.superuser, autocommit=True) as su:
             dbname = su.execute("SELECT current_database()").fetchone()
