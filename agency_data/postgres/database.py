@@ -321,10 +321,13 @@ class Database:
     async def _run(
         self, conn: AsyncConnection[DictRow], query: Query, params: Params, timeout: float | None
     ) -> AsyncCursor[DictRow]:
-        _check_query(query, timeout)
+        if type(query) is not str or timeout is not None:
+            _check_query(query, timeout)
         current = self._current.get()
-        async with _turn(current):
-            return await self._send(conn, current is not None, query, params, timeout)
+        if current is None:
+            return await self._send(conn, False, query, params, timeout)
+        async with current._lock:
+            return await self._send(conn, True, query, params, timeout)
 
     async def _send(
         self,
