@@ -11,7 +11,7 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from agency_data import EmbeddedServerError, MigrationError
+from agency_data import DataLayer, EmbeddedServerError, MigrationError
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.files import write_private
 from agency_data.migrations import BUILTIN_SOURCE, MigrationRunner, MigrationSource
@@ -154,3 +154,15 @@ async def test_roles_set_up_by_a_createrole_database_owner(empty_database: Datab
             for role in ("cr_owner", "cr_app", "cr_readonly", "cr_dba"):
                 su.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
                 su.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+async def test_a_data_directory_with_spaces_works(data_dir: Path) -> None:
+    spaced = data_dir.parent / "Application Support" / "agency data"
+    async with DataLayer(
+        embedded={"data_dir": spaced, "postgres_settings": FAST_POSTGRES},
+        migration={"backup_before_migration": False},
+    ) as dl:
+        await dl.agents.create(name="spaced", type="t")
+        assert await dl.agents.count() == 1
+        assert await dl.cache.set("k", 1) is None
+        assert await dl.cache.get("k") == 1

@@ -146,7 +146,10 @@ def _check_ours(data_dir: Path) -> None:
             "folder (embedded.data_dir or --data-dir)",
             server="embedded",
         )
-    if any((data_dir / name).exists() for name in _OURS) or not any(data_dir.iterdir()):
+    # One listing, so that another process creating our marker meanwhile cannot make the
+    # folder look foreign (not empty, yet none of ours) between two looks.
+    names = {entry.name for entry in data_dir.iterdir()}
+    if not names or names.intersection(_OURS):
         return
     raise EmbeddedServerError(
         f"the data directory {data_dir} is not empty and holds no agency-data servers; "

@@ -16,6 +16,7 @@ import stat
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -99,7 +100,8 @@ class EmbeddedPostgres(SharedServer):
 
     def dsn(self, database: str, user: str = SUPERUSER) -> str:
         """DSN of ``database`` on this server, logging in as ``user`` (peer authentication)."""
-        return f"postgresql://{user}@/{database}?host={self.pg_socket_dir}"
+        # Percent-encoded: a data directory may have spaces (macOS's "Application Support").
+        return f"postgresql://{user}@/{database}?host={quote(str(self.pg_socket_dir), safe='/')}"
 
     def is_running(self) -> bool:
         """True when a postmaster of this data directory is alive and accepts connections."""

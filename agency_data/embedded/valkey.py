@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 import redis
@@ -75,7 +76,7 @@ class EmbeddedValkey(SharedServer):
     @property
     def url(self) -> str:
         """``unix://`` URL of the server's socket, with the password (a secret: do not log it)."""
-        return f"unix://:{self._password()}@{self.socket_path}"
+        return f"unix://:{self._password()}@{quote(str(self.socket_path), safe='/')}"
 
     def _password(self) -> str:
         try:
