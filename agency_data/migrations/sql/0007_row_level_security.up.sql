@@ -21,19 +21,32 @@ CREATE POLICY tenant_isolation ON tasks
     USING (tenant_id = agency_data_current_tenant())
     WITH CHECK (tenant_id = agency_data_current_tenant());
 
--- The collections made before this migration (later ones get it when they are created).
-DO $$
-DECLARE
-    collection record;
+-- 0004's generic embeddings table, gone since 0006 unless a database kept or restored it
+-- (its policy is made below, with the collections').
+ALTER TABLE IF EXISTS embeddings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE IF EXISTS embeddings FORCE ROW LEVEL SECURITY;
+
+-- What every collection's table gets, made here and by the collections catalog alike (and
+-- there for tables of your own migrations with a tenant_id).
+CREATE FUNCTION agency_data_isolate_tenants(target regclass) RETURNS void
+LANGUAGE plpgsql AS $$
 BEGIN
-    FOR collection IN SELECT table_name FROM embedding_collections LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', collection.table_name);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', collection.table_name);
-        EXECUTE format(
-            'CREATE POLICY tenant_isolation ON %I USING (tenant_id = agency_data_current_tenant()) '
-            'WITH CHECK (tenant_id = agency_data_current_tenant())',
-            collection.table_name
-        );
-    END LOOP;
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', target);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', target);
+    EXECUTE format(
+        'CREATE POLICY tenant_isolation ON %s USING (tenant_id = agency_data_current_tenant()) '
+        'WITH CHECK (tenant_id = agency_data_current_tenant())',
+        target
+    );
+END;
+$$;
+
+DO $$
+BEGIN
+    IF to_regclass('embeddings') IS NOT NULL THEN
+        PERFORM agency_data_isolate_tenants('embeddings');
+    END IF;
+    -- The collections made before this migration (later ones get it when they are created).
+    PERFORM agency_data_isolate_tenants(table_name::regclass) FROM embedding_collections;
 END;
 $$;
