@@ -17,15 +17,14 @@ from agency_data.cache.store import Cache
 from agency_data.config import DataLayerConfig
 from agency_data.coord.locks import Lock, register_lock_scripts
 from agency_data.coord.pubsub import PubSub, Streams
-from agency_data.coord.scripts import ScriptRegistry
 from agency_data.coord.sessions import SessionStore
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.embedded.postgres import DATABASE, SUPERUSER
 from agency_data.errors import AgencyDataError, BackendUnavailable
 from agency_data.health import check_health
+from agency_data.inputs import check_tenant
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
 from agency_data.models import DEFAULT_TENANT, HealthStatus
-from agency_data.postgres._input import check_tenant
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import to_agency_error
@@ -34,6 +33,7 @@ from agency_data.postgres.tasks import TaskStore
 from agency_data.postgres.wakeups import TaskWakeups
 from agency_data.redis.client import RedisClient, close_client, make_client
 from agency_data.redis.client import prepare as prepare_redis
+from agency_data.redis.scripts import ScriptRegistry
 from agency_data.scope import QueryMethods, TenantScope
 from agency_data.security.roles import RoleNames, setup_roles, use_owner_role
 from agency_data.vectors.catalog import Catalog

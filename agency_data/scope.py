@@ -10,7 +10,6 @@ from typing import Any, TypeVar, overload
 from pydantic import BaseModel
 
 from agency_data.cache.backend import CacheBackend
-from agency_data.cache.keys import Keys
 from agency_data.cache.store import Cache
 from agency_data.config import DataLayerConfig
 from agency_data.coord.locks import Lock
@@ -21,6 +20,7 @@ from agency_data.postgres.database import Database, Isolation, Operation, Params
 from agency_data.postgres.tasks import TaskStore
 from agency_data.postgres.wakeups import TaskWakeups
 from agency_data.redis.client import RedisClient
+from agency_data.redis.keys import Keys
 from agency_data.vectors.catalog import Catalog
 from agency_data.vectors.store import EmbeddingStore
 
@@ -175,13 +175,13 @@ class TenantScope(QueryMethods):
         """A distributed lock (see :mod:`agency_data.coord.locks`); use ``async with``."""
         assert self._backend.scripts is not None
         return Lock(
-            self._backend,
             self._backend.scripts,
             self._keys,
             name,
             ttl=ttl,
             wait=wait,
             auto_renew=auto_renew,
+            on_wait=self._backend.record_lock_wait,
         )
 
     def _database(self) -> Database:

@@ -23,13 +23,13 @@ import orjson
 
 from agency_data._tasks import cancel_and_wait
 from agency_data.cache.codec import Codec
-from agency_data.cache.keys import glob_to_regex
 from agency_data.cache.local import LocalCache
 from agency_data.config import CacheConfig
-from agency_data.coord.scripts import ScriptRegistry
 from agency_data.errors import BackendUnavailable
 from agency_data.models import CacheStats
 from agency_data.redis.client import RedisClient, cancelling
+from agency_data.redis.keys import glob_to_regex
+from agency_data.redis.scripts import ScriptRegistry
 from agency_data.redis.subscription import CONNECTION_ERRORS, Resubscribed, subscription
 
 __all__ = ["INVALIDATION_CHANNEL", "CacheBackend", "RedisDown"]
@@ -149,6 +149,11 @@ class CacheBackend:
             await self.publish({"k": keys})
         except CONNECTION_ERRORS:
             self.pending_invalidations.update(keys)
+
+    def record_lock_wait(self, seconds: float) -> None:
+        """Count a lock acquire that had to wait ``seconds`` (locks share the cache's stats)."""
+        self.counters.lock_waits += 1
+        self.counters.lock_wait_seconds += seconds
 
     def degraded_write(self) -> None:
         """Count a write that Redis was not there to take."""

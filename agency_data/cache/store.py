@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from agency_data.cache.backend import CacheBackend, RedisDown
-from agency_data.cache.keys import Keys, check_key, check_namespace, escape_glob
-from agency_data.errors import ValidationError
+from agency_data.inputs import check_seconds
 from agency_data.models import CacheStats
 from agency_data.redis.client import RedisClient
+from agency_data.redis.keys import Keys, check_key, check_namespace, escape_glob
 
 __all__ = ["Cache"]
 
@@ -30,6 +30,8 @@ _MISSING: Any = object()
 # how long the entry has left without a second command.
 _EXPIRY = struct.Struct(">Q")
 _SCAN_BATCH = 500
+# A year: past this, an entry is not a cache entry, and Redis's PX milliseconds overflow near 1e16.
+MAX_TTL = 366 * 24 * 3600
 
 
 Loader = Callable[[], Awaitable[Any] | Any]
@@ -57,11 +59,7 @@ class Cache:
 
     def _ttl(self, ttl: float | None) -> float:
         value = self._backend.config.default_ttl if ttl is None else ttl
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ValidationError(
-                f"ttl must be a positive number of seconds, not {ttl!r}", field="ttl"
-            )
-        return float(value)
+        return check_seconds(value, "ttl", low=0.001, high=MAX_TTL)
 
     # -- reading -------------------------------------------------------------------------------
 

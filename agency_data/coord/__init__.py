@@ -2,7 +2,7 @@
 
 from agency_data.coord.locks import Lock
 from agency_data.coord.pubsub import PubSub, Streams
-from agency_data.coord.scripts import ScriptRegistry
 from agency_data.coord.sessions import SessionStore
+from agency_data.redis.scripts import ScriptRegistry
 
 __all__ = ["Lock", "PubSub", "ScriptRegistry", "SessionStore", "Streams"]

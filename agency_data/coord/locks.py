@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from agency_data._tasks import cancel_and_wait
-from agency_data.cache.keys import Keys, check_key
-from agency_data.coord.scripts import ScriptRegistry
 from agency_data.errors import LockNotAcquired, LockNotOwned, ValidationError
-
-if TYPE_CHECKING:  # the cache's backend imports the script registry, which sits beside us
-    from agency_data.cache.backend import CacheBackend
+from agency_data.redis.keys import Keys, check_key
+from agency_data.redis.scripts import ScriptRegistry
+from agency_data.retry import Backoff
 
 __all__ = ["ACQUIRE", "EXTEND", "RELEASE", "Lock"]
 
@@ -70,7 +67,6 @@ class Lock:
 
     def __init__(
         self,
-        backend: CacheBackend,
         scripts: ScriptRegistry,
         keys: Keys,
         name: str,
@@ -78,6 +74,7 @@ class Lock:
         ttl: float = 30.0,
         wait: float = 0.0,
         auto_renew: bool = False,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self.name = check_key(name, "name")
         for field, value in (("ttl", ttl), ("wait", wait)):
@@ -90,7 +87,7 @@ class Lock:
         self.ttl = float(ttl)
         self.wait = float(wait)
         self.auto_renew = auto_renew
-        self._backend = backend
+        self._on_wait = on_wait
         self._scripts = scripts
         self._key = keys.lock(name)
         self._fence_key = keys.fence(name)
@@ -112,7 +109,7 @@ class Lock:
         """Take the lock, waiting up to ``wait`` seconds; return the fencing token."""
         started = time.monotonic()
         deadline = started + self.wait
-        delay = 0.005
+        backoff = Backoff(first=0.005, most=0.1)
         waited = False
         while True:
             granted = int(
@@ -130,13 +127,9 @@ class Lock:
                     name=self.name,
                 )
             waited = True
-            await asyncio.sleep(
-                min(delay * random.uniform(0.5, 1.5), max(0.0, deadline - time.monotonic()))
-            )
-            delay = min(delay * 2, 0.1)
-        if waited:
-            self._backend.counters.lock_waits += 1
-            self._backend.counters.lock_wait_seconds += time.monotonic() - started
+            await backoff.sleep(deadline)
+        if waited and self._on_wait is not None:
+            self._on_wait(time.monotonic() - started)
         self.fencing_token = granted
         self._acquired = True
         self.lost.clear()

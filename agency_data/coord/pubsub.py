@@ -20,11 +20,11 @@ from typing import Any
 import orjson
 import redis.exceptions as rx
 
-from agency_data.cache.keys import Keys, check_key
 from agency_data.errors import ValidationError
 from agency_data.models import Message, StreamMessage
 from agency_data.redis.client import RedisClient
 from agency_data.redis.errors import translate_errors
+from agency_data.redis.keys import Keys, check_key
 from agency_data.redis.subscription import Resubscribed, subscription
 
 __all__ = ["PubSub", "Streams"]

@@ -13,12 +13,12 @@ from typing import Any
 
 import orjson
 
-from agency_data.cache.keys import Keys, check_key
 from agency_data.errors import NotFound, ValidationError
+from agency_data.inputs import check_seconds, encode_json
 from agency_data.models import Session
-from agency_data.postgres._input import encode_json
 from agency_data.redis.client import RedisClient
 from agency_data.redis.errors import translate_errors
+from agency_data.redis.keys import Keys, check_key
 
 __all__ = ["SessionStore"]
 
@@ -130,15 +130,7 @@ class SessionStore:
 
     def _ttl(self, ttl: float | None) -> float:
         value = self._default_ttl if ttl is None else ttl
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not 0 < value <= _MAX_TTL
-        ):
-            raise ValidationError(
-                f"ttl must be from 0 to {_MAX_TTL} seconds, not {ttl!r}", field="ttl"
-            )
-        return float(value)
+        return check_seconds(value, "ttl", low=0.001, high=_MAX_TTL)
 
     @staticmethod
     def _data(data: dict[str, Any] | None) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any, LiteralString, TypeVar
 from psycopg import sql
 from pydantic import BaseModel
 
+from agency_data.inputs import check_limit, decode_cursor, encode_cursor
 from agency_data.models import Page
-from agency_data.postgres._input import check_limit, decode_cursor, encode_cursor
 from agency_data.postgres.database import Database
 
 __all__ = ["count_where", "keyset_page"]

@@ -17,8 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agency_data.cache.store import Cache
 from agency_data.errors import Conflict, NotFound, ValidationError
-from agency_data.models import Agent, AgentStatus, Page
-from agency_data.postgres._input import (
+from agency_data.inputs import (
     as_choice,
     as_list,
     as_uuid,
@@ -26,6 +25,7 @@ from agency_data.postgres._input import (
     like_pattern,
     validated,
 )
+from agency_data.models import Agent, AgentStatus, Page
 from agency_data.postgres._paging import count_where, keyset_page
 from agency_data.postgres.database import Database, Params, Query
 

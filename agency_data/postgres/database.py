@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
@@ -34,8 +32,10 @@ from pydantic import BaseModel
 
 from agency_data.config import PostgresConfig
 from agency_data.errors import SerializationFailure, ValidationError
+from agency_data.inputs import check_seconds
 from agency_data.postgres.errors import to_agency_error, translate_errors
 from agency_data.postgres.pool import Pool, Setup, mark_dirty
+from agency_data.retry import Backoff
 
 __all__ = [
     "TENANT_SETTING",
@@ -423,6 +423,7 @@ class Database:
                 return await fn(tx)
         bound = self.config.max_retries if retries is None else retries
         attempt = 0
+        backoff = Backoff(first=0.02, most=1.0, jitter=1.0)
         while True:
             try:
                 async with self.transaction(isolation=isolation) as tx:
@@ -435,7 +436,7 @@ class Database:
                         sqlstate=exc.sqlstate,
                     ) from exc
                 attempt += 1
-                await asyncio.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+                await backoff.sleep()
 
     async def execute_transaction(
         self,
@@ -490,15 +491,8 @@ def _check_query(query: Any, timeout: Any) -> None:
         raise ValidationError(
             f"a query is a string or psycopg.sql object, not {type(query).__name__}", field="query"
         )
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise ValidationError(
-            f"timeout must be a positive number of seconds, not {timeout!r}", field="timeout"
-        )
+    if timeout is not None:
+        check_seconds(timeout, "timeout", low=0.001)
 
 
 @asynccontextmanager

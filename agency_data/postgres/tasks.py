@@ -21,15 +21,16 @@ from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 
 from agency_data.errors import NotFound, ValidationError
-from agency_data.models import Page, Task, TaskStatus
-from agency_data.postgres._input import (
+from agency_data.inputs import (
     as_choice,
     as_list,
     as_uuid,
+    check_int,
     check_limit,
     encode_json,
     validated,
 )
+from agency_data.models import Page, Task, TaskStatus
 from agency_data.postgres._paging import count_where, keyset_page
 from agency_data.postgres.database import Database, Params, Query
 from agency_data.postgres.wakeups import TaskWakeups
@@ -230,10 +231,7 @@ class TaskStore:
         """
         agent = as_uuid(agent_id, "agent_id")
         wanted = as_list(types, "types", str)
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_CLAIM:
-            raise ValidationError(
-                f"n must be an integer from 1 to {_MAX_CLAIM}, not {n!r}", field="n"
-            )
+        check_int(n, "n", 1, _MAX_CLAIM)
         query, params = _claim_sql(self.tenant, agent, wanted, n)
         if not wait or self._wakeups is None or self._db.in_transaction:
             return await self._db.fetch(query, params, model=Task)
@@ -321,8 +319,7 @@ class TaskStore:
             ("priority_max", priority_max, "priority <= %s"),
         ):
             if bound is not None:
-                if isinstance(bound, bool) or not isinstance(bound, int):
-                    raise ValidationError(f"{name} must be an integer", field=name)
+                check_int(bound, name, -(2**31), 2**31 - 1)
                 add(clause, bound)
         for name, moment, clause in (
             ("created_after", created_after, "created_at > %s"),

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from agency_data._tasks import cancel_and_wait
+from agency_data.retry import Backoff
 
 __all__ = ["CHANNEL", "TaskWakeups"]
 
@@ -61,13 +62,13 @@ class TaskWakeups:
             self._listener = asyncio.create_task(self._listen(), name="agency-data task wakeups")
 
     async def _listen(self) -> None:
-        delay = 0.1
+        backoff = Backoff(first=0.1, most=5.0)
         while True:
             try:
                 async with await AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
                     await conn.execute("LISTEN " + CHANNEL)
                     self._listening.set()
-                    delay = 0.1
+                    backoff.reset()
                     # A reconnect may have missed notifications: wake everyone to look again.
                     self._wake_all()
                     async for notify in conn.notifies():
@@ -76,8 +77,7 @@ class TaskWakeups:
             except psycopg.Error as exc:
                 self._listening.clear()
                 _log.warning("task wake-up listener lost its connection (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.sleep()
 
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():

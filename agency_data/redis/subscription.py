@@ -17,6 +17,7 @@ from typing import Any
 import redis.exceptions as rx
 
 from agency_data.redis.client import RedisClient, cancelling, pubsub_client
+from agency_data.retry import Backoff
 
 __all__ = ["CONNECTION_ERRORS", "Resubscribed", "subscription"]
 
@@ -52,7 +53,7 @@ async def subscription(
     ``on_attempt`` is called after every attempt to subscribe, whether it worked or not.
     Errors other than connection errors propagate.
     """
-    delay = reconnect_delay
+    backoff = Backoff(first=reconnect_delay, most=max(reconnect_delay, 2.0))
     first = True
     while True:
         try:
@@ -66,7 +67,8 @@ async def subscription(
                     if on_attempt is not None:
                         on_attempt()
                     yield Resubscribed(first=first)
-                    first, delay = False, reconnect_delay
+                    first = False
+                    backoff.reset()
                     while True:
                         raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if cancelling():
@@ -83,5 +85,4 @@ async def subscription(
             if cancelling():
                 raise asyncio.CancelledError from exc
             _log.warning("subscription lost Redis (%s); resubscribing", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await backoff.sleep()

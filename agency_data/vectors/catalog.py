@@ -17,6 +17,7 @@ from psycopg import sql
 
 from agency_data.config import VectorConfig
 from agency_data.errors import Conflict, NotFound, ValidationError
+from agency_data.inputs import check_int
 from agency_data.postgres.database import Database
 from agency_data.vectors.metrics import metric_spec
 from agency_data.vectors.validation import MAX_DIMENSION
@@ -151,15 +152,7 @@ class Catalog:
             raise ValidationError(
                 f"storage must be 'vector' or 'halfvec', not {storage!r}", field="storage"
             )
-        if (
-            isinstance(dimension, bool)
-            or not isinstance(dimension, int)
-            or not 1 <= dimension <= MAX_DIMENSION
-        ):
-            raise ValidationError(
-                f"dimension must be an integer from 1 to {MAX_DIMENSION}, not {dimension!r}",
-                field="dimension",
-            )
+        check_int(dimension, "dimension", 1, MAX_DIMENSION)
         spec = CollectionSpec(name, f"emb_{name}", dimension, metric, storage)  # type: ignore[arg-type]
         try:
             async with self._admin.transaction():

@@ -27,13 +27,13 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from agency_data.errors import Conflict, NotFound, ValidationError
+from agency_data.inputs import as_uuid, check_int, check_limit, encode_json
 from agency_data.models import (
     CollectionInfo,
     Embedding,
     SimilarityQuery,
     SimilarityResult,
 )
-from agency_data.postgres._input import as_uuid, check_limit, encode_json
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
 from agency_data.vectors import _sql, indexes
@@ -151,14 +151,7 @@ class Collection:
 
         Each batch is atomic; a bad item stops the stream with the batches before it stored.
         """
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or not 1 <= batch_size <= 100_000
-        ):
-            raise ValidationError(
-                "batch_size must be an integer from 1 to 100,000", field="batch_size"
-            )
+        check_int(batch_size, "batch_size", 1, 100_000)
         stored = 0
         batch: builtins.list[Embedding | Mapping[str, Any]] = []
         async for item in _aiter(items):
@@ -449,8 +442,7 @@ class Collection:
         if not isinstance(text, str):
             raise ValidationError("text must be a string", field="text")
         check_limit(limit)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValidationError(f"k must be a positive integer, not {k!r}", field="k")
+        check_int(k, "k", 1, 1_000_000)
         pool_size = candidates or min(1000, limit * 4)
         check_limit(pool_size)
         spec = await self._spec()
@@ -530,8 +522,7 @@ def _parse(raw: Mapping[str, Any] | None) -> FilterNode | None:
 
 
 def _check_rerank(rerank: int) -> None:
-    if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= 100:
-        raise ValidationError("rerank must be an integer from 1 to 100", field="rerank")
+    check_int(rerank, "rerank", 1, 100)
 
 
 def _settings(
@@ -543,10 +534,7 @@ def _settings(
         ("ivfflat.probes", probes, 32768),
     ):
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise ValidationError(
-                    f"{name.split('.')[1]} must be an integer from 1 to {top}", field=name
-                )
+            check_int(value, name.split(".")[1], 1, top)
             settings.append((name, str(value)))
     if candidates is not None and ef_search is None:
         # HNSW hands back at most ef_search rows per scan: enough for the candidate pool.

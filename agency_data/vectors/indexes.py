@@ -22,6 +22,7 @@ from psycopg import AsyncConnection, sql
 
 from agency_data._tasks import cancel_and_wait
 from agency_data.errors import Conflict, ValidationError
+from agency_data.inputs import check_int
 from agency_data.models import CollectionInfo, IndexInfo, IndexProgress, OptimizeReport
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import to_agency_error
@@ -48,11 +49,7 @@ def suggested_lists(rows: int) -> int:
 
 
 def _int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValidationError(
-            f"{name} must be an integer from {low} to {high}, not {value!r}", field=name
-        )
-    return value
+    return check_int(value, name, low, high)
 
 
 def _index_sql(

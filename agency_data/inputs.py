@@ -1,4 +1,8 @@
-"""Checking input before it reaches the database: JSON values, limits, cursors, LIKE patterns."""
+"""Checking input before it reaches a server: numbers, seconds, JSON values, limits, cursors.
+
+Every public entry point checks its arguments with these, so bad input becomes a
+:class:`ValidationError` naming the argument before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ __all__ = [
     "as_choice",
     "as_list",
     "as_uuid",
+    "check_int",
     "check_limit",
+    "check_seconds",
     "check_tenant",
     "decode_cursor",
     "encode_cursor",
@@ -96,13 +102,44 @@ def check_tenant(tenant: str) -> str:
     return tenant
 
 
+def check_int(value: Any, field: str, low: int, high: int) -> int:
+    """``value`` if it is an integer (not a bool) from ``low`` to ``high``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(
+            f"{field} must be an integer from {low} to {high}, not {_short(value)}", field=field
+        )
+    return value
+
+
+def check_seconds(
+    value: Any, field: str, *, low: float = 0.0, high: float = 86_400.0 * 366
+) -> float:
+    """``value`` as float seconds if it is a finite number from ``low`` to ``high``.
+
+    NaN and infinities are refused: a NaN compares false with every bound, so a loop waiting
+    ``nan`` seconds would never end, and an infinite TTL overflows Redis's integer milliseconds.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise ValidationError(
+            f"{field} must be a number of seconds from {low:g} to {high:g}, not {_short(value)}",
+            field=field,
+        )
+    return float(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def check_limit(limit: int) -> int:
     """``limit`` if it is a page size we serve."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise ValidationError(
-            f"limit must be an integer from 1 to {MAX_PAGE}, not {limit!r}", field="limit"
-        )
-    return limit
+    return check_int(limit, "limit", 1, MAX_PAGE)
 
 
 def as_list(value: Any, field: str, kind: type) -> list[Any] | None:
