@@ -39,6 +39,7 @@ from agency_data.errors import (
     QueryError,
     QueryTimeout,
     SerializationFailure,
+    StorageFull,
     ValidationError,
 )
 from agency_data.manager import DataLayer
@@ -130,6 +131,7 @@ __all__ = [
     "SessionStore",
     "SimilarityQuery",
     "SimilarityResult",
+    "StorageFull",
     "StreamMessage",
     "Streams",
     "Task",

@@ -10,6 +10,7 @@ AgencyDataError
  |    +-- QueryTimeout        the statement ran past its timeout and was cancelled
  |    +-- SerializationFailure  a serializable transaction conflicted (40001, 40P01)
  |    +-- PermissionDenied    the role lacks the privilege (42501): tenancy and least privilege
+ |    +-- StorageFull         the server's disk is full (53100); the statement wrote nothing
  +-- NotFound                 a record does not exist (or a reference points nowhere)
  +-- Conflict                 a unique key or an expected version did not hold
  +-- ValidationError          bad input, caught before (or by) the database
@@ -43,6 +44,7 @@ __all__ = [
     "QueryError",
     "QueryTimeout",
     "SerializationFailure",
+    "StorageFull",
     "ValidationError",
 ]
 
@@ -98,6 +100,14 @@ class SerializationFailure(QueryError):
 
 class PermissionDenied(QueryError):
     """The database role lacks the privilege: DDL from a tenant's view, server files, programs."""
+
+
+class StorageFull(QueryError):
+    """The database server's disk is full (53100): the statement failed and wrote nothing.
+
+    Inside a transaction the whole transaction is rolled back. Free space on the volume that
+    holds PostgreSQL's data directory (tables, WAL, temporary files), then retry.
+    """
 
 
 class NotFound(AgencyDataError):

@@ -8,6 +8,10 @@ Use :func:`translate_errors` around any driver call (a plain ``with``, also in a
 Driver text can carry pieces of a connection string, so every message built from it goes
 through :func:`~agency_data.config.redact_dsn`, and libpq's connection-string parse errors
 (which quote the string, or a bare piece of the password) are not passed on at all.
+
+A pool timeout is told apart by its cause: the pool raises :class:`ServerUnreachable` when its
+latest connection attempt had failed (the server is down), a plain ``PoolTimeout`` when every
+connection was simply busy.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from agency_data.errors import (
     QueryError,
     QueryTimeout,
     SerializationFailure,
+    StorageFull,
     ValidationError,
 )
 
-__all__ = ["to_agency_error", "translate_errors"]
+__all__ = ["ServerUnreachable", "connect_error_text", "to_agency_error", "translate_errors"]
 
 _BACKEND = "postgresql"
 _OUR_CONSTRAINT = re.compile(
@@ -50,6 +55,19 @@ _CONNINFO_PARSE_ERROR = re.compile(
 )
 
 
+class ServerUnreachable(psycopg_pool.PoolTimeout):
+    """A pool checkout timed out while the pool's latest connection attempt had failed.
+
+    Raised by the library's pool in place of ``PoolTimeout``: waiting longer or a bigger pool
+    would not help, the server is down or refusing connections. ``connect_error`` is that
+    attempt's exception (also the ``__cause__``).
+    """
+
+    def __init__(self, message: str, connect_error: Exception) -> None:
+        super().__init__(message)
+        self.connect_error = connect_error
+
+
 @contextmanager
 def translate_errors(context: str = "") -> Iterator[None]:
     """Re-raise psycopg and pool errors raised inside the block as agency-data errors."""
@@ -62,6 +80,13 @@ def translate_errors(context: str = "") -> Iterator[None]:
 def to_agency_error(exc: Exception, context: str = "") -> AgencyDataError:
     """The most specific agency-data error for a driver exception."""
     prefix = f"{context}: " if context else ""
+    if isinstance(exc, ServerUnreachable):
+        return BackendUnavailable(
+            f"{prefix}PostgreSQL is unreachable: no connection could be made in time, and the "
+            f"pool's latest connection attempt failed: {connect_error_text(exc.connect_error)}. "
+            "Check that the server is running and that postgresql.dsn points at it",
+            backend=_BACKEND,
+        )
     if isinstance(exc, psycopg_pool.PoolTimeout):
         return PoolTimeout(
             f"{prefix}no PostgreSQL connection became free in time ({_text(exc)}); raise "
@@ -88,6 +113,16 @@ def to_agency_error(exc: Exception, context: str = "") -> AgencyDataError:
         return QueryTimeout(
             f"{prefix}the statement was cancelled after running past its timeout; narrow the "
             "query, add an index, or raise the timeout",
+            sqlstate=sqlstate,
+        )
+    if isinstance(exc, pg.DiskFull):
+        # Class 53's siblings (out of memory, too many connections, configuration limits) are
+        # not about storage and stay plain QueryErrors.
+        return StorageFull(
+            f"{prefix}the database server ran out of disk space, so the statement failed and "
+            f"wrote nothing (inside a transaction, the whole transaction was rolled back): "
+            f"{detail}. Free space on the volume that holds PostgreSQL's data directory "
+            "(tables, WAL, temporary files), then retry",
             sqlstate=sqlstate,
         )
     if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected):
@@ -118,6 +153,11 @@ def to_agency_error(exc: Exception, context: str = "") -> AgencyDataError:
             sqlstate=sqlstate,
         )
     return QueryError(f"{prefix}{detail}", sqlstate=sqlstate)
+
+
+def connect_error_text(exc: BaseException) -> str:
+    """Why a connection attempt failed, safe to show: redacted, one line, never empty."""
+    return " ".join(_text(exc).split()) or type(exc).__name__
 
 
 def _text(exc: BaseException) -> str:

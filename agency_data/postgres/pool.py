@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import select
+import sys
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from agency_data.config import PostgresConfig
 from agency_data.dsn import postgres_dsn_problem, redact_dsn
 from agency_data.errors import BackendUnavailable, ConfigError
+from agency_data.postgres.errors import ServerUnreachable, connect_error_text
 
 __all__ = ["Pool", "Setup", "configure_connection", "mark_dirty", "open_pool"]
 
@@ -84,9 +86,57 @@ async def _check(conn: AsyncConnection[DictRow]) -> None:
     # the pool replace the connection. (A silent network partition is caught by the query.)
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")
-    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    if readable:
+    if _readable(conn.pgconn.socket):
         await AsyncConnectionPool.check_connection(conn)
+
+
+if sys.platform == "win32":
+    # Windows' select() limits how many sockets it watches, not how high their numbers go.
+    def _readable(fd: int) -> bool:
+        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(readable)
+
+else:
+
+    def _readable(fd: int) -> bool:
+        # poll(), not select(): select() refuses descriptors of 1024 and up (FD_SETSIZE), which
+        # a busy process's sockets reach. A hang-up or an error counts as readable too.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+
+
+class _Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
+    """The pool, remembering whether its latest connection attempt failed, and why.
+
+    A checkout that times out meanwhile raises ``ServerUnreachable`` (the server is down),
+    not a plain ``PoolTimeout`` (every connection busy), so the error can say which.
+    """
+
+    # The latest connection attempt's error; None once an attempt succeeds.
+    connect_error: Exception | None = None
+
+    async def _connect(self, timeout: float | None = None) -> AsyncConnection[DictRow]:
+        # psycopg_pool's one place where connections are made (its retries included). Were it
+        # renamed, nothing is recorded and timeouts read as a busy pool, as before.
+        try:
+            conn = await super()._connect(timeout)
+        except Exception as exc:
+            self.connect_error = exc
+            raise
+        self.connect_error = None
+        return conn
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[DictRow]:
+        """A connection, as ``AsyncConnectionPool.getconn``; see the class for its timeout."""
+        try:
+            return await super().getconn(timeout)
+        except PoolTimeout as exc:
+            if (error := self.connect_error) is None:
+                raise
+            raise ServerUnreachable(
+                f"{exc}; the latest connection attempt failed: {connect_error_text(error)}", error
+            ) from error
 
 
 async def open_pool(
@@ -120,7 +170,7 @@ async def open_pool(
         "-c search_path=public,pg_temp"
     )
     configure = configure_connection if setup is None else _then(setup)
-    pool: Pool = AsyncConnectionPool(
+    pool = _Pool(
         conninfo,
         connection_class=AsyncConnection[DictRow],
         kwargs={"row_factory": dict_row, "options": options, "autocommit": True},
@@ -137,10 +187,12 @@ async def open_pool(
     try:
         await pool.open(wait=True, timeout=config.pool_timeout)
     except PoolTimeout as exc:
+        error = pool.connect_error
         await pool.close()
+        why = f" (the latest attempt failed: {connect_error_text(error)})" if error else ""
         raise BackendUnavailable(
             f"could not connect to PostgreSQL at {_where(conninfo)} within "
-            f"{config.pool_timeout:.1f} s; is the server running and the DSN right?",
+            f"{config.pool_timeout:.1f} s{why}; is the server running and the DSN right?",
             backend="postgresql",
         ) from exc
     return pool
