@@ -1,26 +1,40 @@
-"""The ``agency-data`` command line: a thin layer over the public API."""
+"""The ``agency-data`` command line: a thin layer over the public API.
+
+Output habits: results go to stdout, errors (``error: ...``), warnings and questions to stderr.
+When stdout is not a terminal, output is plain text that is never wrapped nor cut, so that
+``agency-data migrate up --dry-run > plan.sql`` saves valid SQL and scripts can read tables.
+Exit codes: 0 done, 1 declined (or ``health``: degraded), 2 error (or ``health``: down).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TextIO, TypeVar
 
 import psycopg
 import typer
 from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from agency_data import __version__
 from agency_data.config import DataLayerConfig, redact_dsn
 from agency_data.demo import DemoStep, run_demo
-from agency_data.errors import AgencyDataError
+from agency_data.errors import AgencyDataError, ConfigError, EmbeddedServerError
+from agency_data.health import postgres_unreachable, versions_text
 from agency_data.manager import DataLayer
-from agency_data.migrations import MigrationReport
+from agency_data.migrations import MigrationReport, MigrationState, PlannedStep
+from agency_data.models import HealthStatus
 from agency_data.postgres.errors import to_agency_error
 from agency_data.security.roles import RoleNames, setup_roles
 
@@ -32,6 +46,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+err_console = Console(stderr=True)
 T = TypeVar("T")
 
 ConfigOption = Annotated[
@@ -43,6 +58,37 @@ ConfigOption = Annotated[
 DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="Data directory of the embedded servers.")
 ]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"agency-data {__version__}")
+        raise typer.Exit()
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    # A user of the command wants the warning, not the library's source line that raised it.
+    typer.echo(f"warning: {message}", err=True)
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """agency-data: PostgreSQL + pgvector + Redis as one data layer for agent systems."""
+    warnings.showwarning = _show_warning
 
 
 class MigrateAction(StrEnum):
@@ -69,12 +115,49 @@ def _config(
     return DataLayerConfig.load(config_file, **merged)
 
 
-def _run(job: Callable[[], Awaitable[T]]) -> T:
+def _plain() -> bool:
+    """True when stdout is no terminal: plain lines then, never wrapped nor cut."""
+    return not sys.stdout.isatty()
+
+
+def _error(message: str) -> None:
+    if sys.stderr.isatty():
+        err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    else:
+        typer.echo(f"error: {message}", err=True)
+
+
+@contextmanager
+def _errors_exit() -> Iterator[None]:
     try:
-        return asyncio.run(job())  # type: ignore[arg-type]
+        yield
     except AgencyDataError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        _error(str(exc))
         raise typer.Exit(2) from exc
+
+
+def _run(job: Callable[[], Awaitable[T]]) -> T:
+    with _errors_exit():
+        return asyncio.run(job())  # type: ignore[arg-type]
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A table: rich on a terminal (long cells fold onto more lines), aligned text otherwise."""
+    if _plain():
+        widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+        for row in [headers, *rows]:
+            typer.echo(
+                "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
+            )
+        return
+    table = Table()
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
 
 
 @app.command()
@@ -88,14 +171,14 @@ def up(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            warnings = (await dl.health()).warnings
+            found = (await dl.health()).warnings
             # Plain lines, never wrapped: scripts read the DSN and URL from here.
             typer.echo("ready")
             typer.echo(f"PostgreSQL: {redact_dsn(dl.conninfo)}")
             configured = dl.config.redis.url
             redis_url = dl.redis_url or (configured.get_secret_value() if configured else None)
             typer.echo(f"Redis:      {redact_dsn(redis_url or '(configured server)')}")
-            for warning in warnings:
+            for warning in found:
                 typer.echo(f"warning:    {warning}")
             await stop.wait()
             console.print("stopping")
@@ -115,28 +198,46 @@ def migrate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan and SQL; change nothing.")
     ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="With down: roll back without asking for confirmation."),
+    ] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Apply (up), roll back (down) or list (status) the schema migrations."""
+    """Apply (up), roll back (down) or list (status) the schema migrations.
 
-    async def job() -> None:
+    down prints what it destroys (tables and columns, with their rows) and asks first; --yes skips the question, and with no terminal to ask on it refuses (exit code 2). Both directions write a backup first when backups are on.
+    """
+    with _errors_exit(), asyncio.Runner() as loop:
         cfg = _config(config, data_dir, migration={"auto_migrate": False})
-        async with DataLayer(cfg) as dl:
+
+        def run(step: Coroutine[Any, Any, T]) -> T:
+            return loop.run(step)
+
+        dl = DataLayer(cfg)
+        try:
+            run(dl.connect())
             runner = dl.migrations()
             if action is MigrateAction.STATUS:
-                table = Table("migration", "state", "applied at")
-                for state in await runner.status():
-                    table.add_row(state.key, state.state, str(state.applied_at or ""))
-                console.print(table)
-                return
-            if action is MigrateAction.UP:
-                report = await runner.up(to=to, dry_run=dry_run)
+                _print_status(run(runner.status()))
+            elif action is MigrateAction.UP:
+                _print_report(run(runner.up(to=to, dry_run=dry_run)))
+            elif dry_run:
+                _print_report(run(runner.down(to=to, steps=steps, dry_run=True)))
             else:
-                report = await runner.down(to=to, steps=steps, dry_run=dry_run)
-            _print_report(report)
-
-    _run(job)
+                plan = run(runner.down(to=to, steps=steps, dry_run=True))
+                if not plan.steps:
+                    _print_report(plan)
+                    return
+                # The prompt waits outside the event loop, and the run then insists on the
+                # very plan that was confirmed.
+                if not yes:
+                    _confirm_rollback(plan, redact_dsn(runner.conninfo), runner.backup_dir)
+                keys = [step.key for step in plan.steps]
+                _print_report(run(runner.down(to=to, steps=steps, expect=keys)))
+        finally:
+            run(dl.aclose())
 
 
 @app.command()
@@ -145,31 +246,66 @@ def health(
     data_dir: DataDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Check PostgreSQL and Redis. Exit code 0: ok, 1: degraded, 2: down."""
+    """Check PostgreSQL and Redis, changing nothing. Exit code 0: ok, 1: degraded, 2: down.
 
-    async def job() -> str:
-        async with DataLayer(_config(config, data_dir)) as dl:
-            report = await dl.health()
-        if as_json:
-            console.print_json(report.model_dump_json())
-        else:
-            table = Table("component", "up", "latency", "versions", "error")
-            for part in report.components.values():
-                table.add_row(
-                    part.name,
-                    "yes" if part.up else "[red]no[/]",
-                    f"{part.latency_ms:.2f} ms" if part.latency_ms is not None else "-",
-                    ", ".join(f"{k} {v}" for k, v in part.versions.items()),
-                    part.error or "",
-                )
-            console.print(table)
-            for warning in report.warnings:
-                console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
-            console.print(f"status: [bold]{report.status}[/]")
-        return report.status
+    Read-only: no migration runs (pending ones are reported) and no backup is written. An
+    embedded server is started for the check when nobody runs it, as any command would.
+    """
+    with _errors_exit():
+        # One pooled connection is enough for a probe.
+        cfg = _config(
+            config, data_dir, migration={"auto_migrate": False}, postgresql={"pool_min_size": 1}
+        )
+    report = _run(lambda: _health_report(cfg))
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        rows = [
+            [
+                part.name,
+                "yes" if part.up else "no",
+                f"{part.latency_ms:.2f} ms" if part.latency_ms is not None else "-",
+                versions_text(part),
+                part.error or "",
+            ]
+            for part in report.components.values()
+        ]
+        _table(["component", "up", "latency", "versions", "error"], rows)
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}")
+        typer.echo(f"status: {report.status}")
+    raise typer.Exit({"ok": 0, "degraded": 1}.get(report.status, 2))
 
-    status = _run(job)
-    raise typer.Exit({"ok": 0, "degraded": 1}.get(status, 2))
+
+async def _health_report(cfg: DataLayerConfig) -> HealthStatus:
+    dl = DataLayer(cfg)
+    try:
+        await dl.connect()
+    except ConfigError:
+        raise
+    except EmbeddedServerError as exc:
+        if exc.server != "postgres":
+            raise
+        return await postgres_unreachable(cfg, str(exc))
+    except AgencyDataError as exc:
+        # Messages of ours name host, port and database, never a password.
+        return await postgres_unreachable(cfg, str(exc))
+    try:
+        report = await dl.health()
+        try:
+            states = await dl.migrations().status()
+        except AgencyDataError:
+            states = []  # the owner's connection failing is health's own finding
+        counts = Counter(s.state for s in states if s.state != "applied")
+        if counts:
+            summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+            report.warnings.append(
+                f"{counts.total()} migration(s) not applied as registered ({summary}); "
+                "see `agency-data migrate status`"
+            )
+        return report
+    finally:
+        await dl.aclose()
 
 
 roles_app = typer.Typer(help="The owner, application and read-only roles.", no_args_is_help=True)
@@ -207,7 +343,7 @@ def roles_setup(config: ConfigOption = None, data_dir: DataDirOption = None) -> 
         return [*done, f"roles in place: {_role_line(names)}"]
 
     for line in _run(job):
-        console.print(line, markup=False, highlight=False)
+        typer.echo(line)
 
 
 def _role_line(names: RoleNames) -> str:
@@ -252,18 +388,69 @@ def demo(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     console.print(f"[green]demo finished[/] in {sum(s.seconds for s in steps):.2f} s")
 
 
-def _print_report(report: MigrationReport) -> None:
-    verb = "would run" if report.dry_run else "ran"
-    if not report.steps:
-        console.print(f"nothing to do ({report.direction}): the schema is up to date")
-        return
-    for step in report.steps:
-        console.print(
-            f"[bold]{report.direction} {step.key}[/]"
-            + ("" if step.transactional else " (no transaction)")
+def _print_status(states: Sequence[MigrationState]) -> None:
+    rows = [
+        [s.key, s.state, s.applied_at.isoformat(" ", "seconds") if s.applied_at else ""]
+        for s in states
+    ]
+    _table(["migration", "state", "applied at"], rows)
+
+
+def _plan_lines(steps: Sequence[PlannedStep], *, done: bool = False) -> list[str]:
+    """Each step, and for a down step what it destroys; plain text, one item a line."""
+    lines: list[str] = []
+    for step in steps:
+        lines.append(
+            f"{step.direction} {step.key}" + ("" if step.transactional else " (no transaction)")
         )
-        if report.dry_run:
-            console.print(step.sql.strip(), markup=False, highlight=False)
+        if step.direction != "down":
+            continue
+        verb = "dropped" if done else "drops"
+        lines.extend(f"  {verb} {loss.describe()}" for loss in step.data_loss)
+        if not step.data_loss:
+            lines.append(f"  {verb} no table or column")
+        if step.loss_note:
+            lines.append(f"  ({step.loss_note})")
+    return lines
+
+
+def _confirm_rollback(plan: MigrationReport, where: str, backup_dir: Path | None) -> None:
+    """Show what the rollback destroys and ask; without a terminal to ask on, refuse."""
+    typer.echo(f"Rolling back {len(plan.steps)} migration(s) of {where}:", err=True)
+    for line in _plan_lines(plan.steps):
+        typer.echo(f"  {line}", err=True)
+    if backup_dir is not None:
+        typer.echo(f"A backup of the database is written to {backup_dir} first.", err=True)
+    else:
+        typer.echo("No backup is written (migration.backup_before_migration is off).", err=True)
+    if not sys.stdin.isatty():
+        _error(
+            "not rolling back without a confirmation, and stdin is not a terminal to ask on: "
+            "run again with --yes to roll back as planned above, or --dry-run to see the SQL"
+        )
+        raise typer.Exit(2)
+    typer.echo("Roll back these migrations? [y/N] ", err=True, nl=False)
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        typer.echo("Nothing was rolled back.", err=True)
+        raise typer.Exit(1)
+
+
+def _print_report(report: MigrationReport) -> None:
+    if not report.steps:
+        typer.echo(f"nothing to do ({report.direction}): the schema is up to date")
+        return
+    if report.dry_run:
+        # The whole output is SQL: the plan in comments, each step's script after it.
+        for step in report.steps:
+            for line in _plan_lines([step]):
+                typer.echo(f"-- {line}")
+            typer.echo(step.sql.strip())
+            typer.echo("")
+        typer.echo(f"-- would run {len(report.steps)} migration(s); this dry run changed nothing")
+        return
+    for line in _plan_lines(report.steps, done=True):
+        typer.echo(line)
     if report.backup_file is not None:
-        console.print(f"backup written to {report.backup_file}")
-    console.print(f"{verb} {len(report.steps)} migration(s) in {report.seconds:.2f} s")
+        typer.echo(f"backup written to {report.backup_file}")
+    typer.echo(f"ran {len(report.steps)} migration(s) in {report.seconds:.2f} s")

@@ -7,7 +7,9 @@ Usage forms, highest precedence first::
     DataLayerConfig.load("agency-data.toml")       # a TOML file (or AGENCY_DATA_CONFIG_FILE)
     DataLayerConfig()                               # defaults: embedded servers in the data dir
 
-Nested fields are reached from the environment with a double underscore. Invalid values raise
+Nested fields are reached from the environment with a double underscore; a variable that names
+no section (``AGENCY_DATA_POSTGRES__DSN``) is ignored with a :class:`ConfigWarning`. Relative
+paths in a TOML file are relative to that file. Invalid values raise
 :class:`~agency_data.errors.ConfigError` naming the field; secrets (passwords, DSNs, URLs) are
 ``SecretStr`` and never appear in a repr, a log line or an error. DSNs and Redis URLs are parsed
 when the config is built, and :func:`redact_dsn` hides the passwords in any other text.
@@ -16,7 +18,9 @@ when the config is built, and :func:`redact_dsn` hides the passwords in any othe
 from __future__ import annotations
 
 import contextvars
+import difflib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +39,7 @@ from agency_data.errors import ConfigError
 
 __all__ = [
     "CacheConfig",
+    "ConfigWarning",
     "DataLayerConfig",
     "EmbeddedConfig",
     "MigrationConfig",
@@ -48,6 +53,7 @@ __all__ = [
 ]
 
 _CONFIG_FILE_ENV = "AGENCY_DATA_CONFIG_FILE"
+_ENV_PREFIX = "AGENCY_DATA_"
 _toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "agency_data_toml_file", default=None
 )
@@ -244,6 +250,9 @@ class MigrationConfig(_Section):
     auto_migrate: bool = True
     backup_before_migration: bool = True
     backup_dir: Path | None = None
+    keep_backups: int = Field(
+        5, ge=0, description="backups of a database kept in backup_dir (oldest go); 0: keep all"
+    )
     pg_dump_path: Path | None = None
     lock_timeout: float = Field(60.0, gt=0, description="seconds to wait for another migrator")
 
@@ -279,6 +288,10 @@ class EmbeddedConfig(_Section):
     )
 
 
+class ConfigWarning(UserWarning):
+    """A setting was given in a way that has no effect (an environment variable naming no section)."""
+
+
 class DataLayerConfig(BaseSettings):
     """Every setting of the data layer, validated once at load.
 
@@ -287,7 +300,7 @@ class DataLayerConfig(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="AGENCY_DATA_",
+        env_prefix=_ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
@@ -302,6 +315,7 @@ class DataLayerConfig(BaseSettings):
     embedded: EmbeddedConfig = Field(default_factory=EmbeddedConfig)
 
     def __init__(self, **values: Any) -> None:
+        _warn_unknown_sections(type(self).model_fields)
         try:
             super().__init__(**values)
         except pydantic.ValidationError as exc:
@@ -327,7 +341,7 @@ class DataLayerConfig(BaseSettings):
         if toml_file is not None:
             if not toml_file.is_file():
                 raise ConfigError(f"config file {toml_file} does not exist", field="config_file")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            sources.append(_TomlSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
 
     @classmethod
@@ -340,6 +354,64 @@ class DataLayerConfig(BaseSettings):
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
         finally:
             _toml_file.reset(token)
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """The TOML file, with its relative paths taken relative to the file, not to the cwd."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        return _relative_to(data, Path(file_path).resolve().parent)
+
+
+# (section, field) of each path setting; for directories, each value of the table is a path.
+_PATH_FIELDS = (
+    ("migration", "directories"),
+    ("migration", "backup_dir"),
+    ("migration", "pg_dump_path"),
+    ("embedded", "data_dir"),
+)
+
+
+def _relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    def absolute(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value  # not a path: validation will say so
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base / path)
+
+    for section_name, field in _PATH_FIELDS:
+        section = data.get(section_name)
+        if not isinstance(section, dict) or field not in section:
+            continue
+        value = section[field]
+        if isinstance(value, dict):
+            section[field] = {key: absolute(item) for key, item in value.items()}
+        else:
+            section[field] = absolute(value)
+    return data
+
+
+def _warn_unknown_sections(fields: dict[str, Any]) -> None:
+    # pydantic-settings reads only the variables of known sections and silently skips the
+    # rest, so a misspelt section would fall back to the defaults (the embedded servers).
+    sections = sorted(fields)
+    for name in os.environ:
+        upper = name.upper()
+        if not upper.startswith(_ENV_PREFIX) or "__" not in upper:
+            continue
+        section = upper[len(_ENV_PREFIX) :].split("__", 1)[0].lower()
+        if section in fields:
+            continue
+        close = difflib.get_close_matches(section, sections, n=1)
+        hint = f"; did you mean {_ENV_PREFIX}{close[0].upper()}__...?" if close else ""
+        # The name only: the value may be a password.
+        warnings.warn(
+            f"the environment variable {name} is ignored: {section!r} is not a config section "
+            f"(the sections are {', '.join(sections)}){hint}",
+            ConfigWarning,
+            stacklevel=3,
+        )
 
 
 def _env_toml_file() -> Path | None:

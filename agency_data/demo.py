@@ -14,6 +14,7 @@ from uuid import UUID
 import numpy as np
 
 from agency_data.config import DataLayerConfig
+from agency_data.health import versions_text
 from agency_data.manager import DataLayer
 
 __all__ = ["DemoStep", "run_demo"]
@@ -59,10 +60,8 @@ async def run_demo(
         pg, cache = health.components["postgresql"], health.components["redis"]
         await record(
             "health",
-            f"{health.status}: PostgreSQL {pg.versions.get('postgresql', '?')} with pgvector "
-            f"{pg.versions.get('pgvector', '?')} ({pg.latency_ms or 0:.2f} ms), Redis "
-            f"{cache.versions.get('valkey') or cache.versions.get('redis', '?')} "
-            f"({'up' if cache.up else 'down'})",
+            f"{health.status}: {versions_text(pg)} ({pg.latency_ms or 0:.2f} ms); "
+            f"{versions_text(cache) or 'Redis'} ({'up' if cache.up else 'down'})",
             started,
         )
 

@@ -1,8 +1,14 @@
-"""Health probes: one round trip to each backend, timed, with versions and pool statistics."""
+"""Health probes: one round trip to each backend, timed, with versions and pool statistics.
+
+:func:`versions_text` is the one way the versions are written for people (``agency-data health``
+and the demo both use it); :func:`postgres_unreachable` reports on Redis alone when no
+connection to PostgreSQL could be made at all.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -11,12 +17,27 @@ import psycopg
 import psycopg_pool
 import redis.exceptions
 
-from agency_data.config import redact_dsn
+from agency_data.config import DataLayerConfig, redact_dsn
+from agency_data.embedded import EmbeddedValkey
+from agency_data.errors import EmbeddedServerError
 from agency_data.models import ComponentHealth, HealthStatus
 from agency_data.postgres.pool import Pool
-from agency_data.redis.client import RedisClient
+from agency_data.redis.client import RedisClient, close_client, make_client
 
-__all__ = ["check_health", "probe_postgres", "probe_redis"]
+__all__ = [
+    "check_health",
+    "postgres_unreachable",
+    "probe_postgres",
+    "probe_redis",
+    "versions_text",
+]
+
+_PRODUCTS = {
+    "postgresql": "PostgreSQL",
+    "pgvector": "pgvector",
+    "redis": "Redis",
+    "valkey": "Valkey",
+}
 
 _VERSIONS_SQL = """
 SELECT current_setting('server_version') AS postgresql,
@@ -77,3 +98,57 @@ async def check_health(pool: Pool, client: RedisClient, timeout: float = 2.0) ->
         components={postgres.name: postgres, cache.name: cache},
         checked_at=datetime.now(UTC),
     )
+
+
+async def postgres_unreachable(
+    config: DataLayerConfig, error: str, timeout: float = 2.0
+) -> HealthStatus:
+    """The report when connecting to PostgreSQL failed with ``error``: it down, Redis probed alone.
+
+    ``error`` must already be fit to show (no password). An embedded Valkey is started for the
+    probe when nobody runs it, as connecting would have, and released after.
+    """
+    postgres = ComponentHealth(name="postgresql", up=False, error=error)
+    cache = await _probe_redis_alone(config, timeout)
+    return HealthStatus(
+        status="down",
+        components={postgres.name: postgres, cache.name: cache},
+        checked_at=datetime.now(UTC),
+    )
+
+
+async def _probe_redis_alone(config: DataLayerConfig, timeout: float) -> ComponentHealth:
+    server: EmbeddedValkey | None = None
+    url: str | None = None
+    try:
+        if config.redis.is_embedded:
+            embedded = config.embedded
+            server = EmbeddedValkey(
+                embedded.data_dir,
+                start_timeout=embedded.start_timeout,
+                settings=embedded.valkey_settings,
+            )
+            url = await asyncio.to_thread(server.acquire)
+        client = make_client(config.redis, url)
+        try:
+            return await probe_redis(client, timeout)
+        finally:
+            await close_client(client)
+    except EmbeddedServerError as exc:
+        return ComponentHealth(name="redis", up=False, error=str(exc))
+    finally:
+        if server is not None:
+            with contextlib.suppress(EmbeddedServerError):
+                await asyncio.to_thread(server.release, stop_if_last=config.embedded.stop_on_close)
+
+
+def versions_text(component: ComponentHealth) -> str:
+    """The component's versions for people: ``PostgreSQL 18.1, pgvector 0.8.1``, ``Valkey 8.1.4``.
+
+    Valkey also reports the Redis version it is compatible with; that is shown in brackets.
+    """
+    versions = dict(component.versions)
+    if "valkey" in versions and "redis" in versions:
+        compatible = versions.pop("redis")
+        versions["valkey"] = f"{versions['valkey']} (Redis {compatible} compatible)"
+    return ", ".join(f"{_PRODUCTS.get(name, name)} {value}" for name, value in versions.items())

@@ -341,12 +341,17 @@ class DataLayer(QueryMethods):
             lock_timeout=cfg.lock_timeout,
             backup_dir=backup_dir,
             pg_dump_path=cfg.pg_dump_path,
+            keep_backups=cfg.keep_backups,
         )
 
     async def migrate(
         self, *, to: str | None = None, dry_run: bool | None = None
     ) -> MigrationReport:
         """Apply pending migrations; see :meth:`MigrationRunner.up`."""
+        if to is not None:
+            check_text(to, "to", max_length=200)
+        if dry_run is not None:
+            check_bool(dry_run, "dry_run")
         dry = self.config.migration.dry_run if dry_run is None else dry_run
         report = await self.migrations().up(to=to, dry_run=dry)
         if report.applied and self._pool is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agency_data import ConfigError, DataLayerConfig
-from agency_data.config import redact_url
+from agency_data.config import ConfigWarning, redact_url
 
 
 def test_defaults_use_embedded_servers() -> None:
@@ -144,3 +144,51 @@ def test_redact_url() -> None:
     assert redact_url("postgresql://app:s3cr3t@db:5432/x") == "postgresql://app:***@db:5432/x"
     assert redact_url("redis://:s3cr3t@cache/0") == "redis://:***@cache/0"
     assert redact_url("postgresql://app@db/x") == "postgresql://app@db/x"
+
+
+def test_paths_in_a_toml_file_are_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    path = folder / "agency-data.toml"
+    path.write_text(
+        "[migration]\n"
+        'directories = { myapp = "db/migrations", shared = "/srv/migrations" }\n'
+        'backup_dir = "backups"\n'
+        "[embedded]\n"
+        'data_dir = "../data"\n'
+    )
+    monkeypatch.chdir(tmp_path)  # anywhere but the file's folder
+    config = DataLayerConfig.load(Path("project/agency-data.toml"))
+    assert config.migration.directories == {
+        "myapp": folder / "db" / "migrations",
+        "shared": Path("/srv/migrations"),
+    }
+    assert config.migration.backup_dir == folder / "backups"
+    assert config.embedded.data_dir == folder / ".." / "data"
+    # Values from the environment stay as given: relative to the working directory.
+    monkeypatch.setenv("AGENCY_DATA_MIGRATION__BACKUP_DIR", "elsewhere")
+    assert DataLayerConfig.load(path).migration.backup_dir == Path("elsewhere")
+
+
+def test_misspelt_environment_section_warns_without_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENCY_DATA_POSTGRES__DSN", "postgresql://app:hunter2@db/agents")
+    with pytest.warns(ConfigWarning) as caught:
+        config = DataLayerConfig()
+    assert config.postgresql.is_embedded  # ignored, as the warning says
+    (warning,) = caught
+    message = str(warning.message)
+    assert "AGENCY_DATA_POSTGRES__DSN" in message
+    assert "postgresql" in message  # the known sections, and the likely one
+    assert "hunter2" not in message
+
+
+def test_backups_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert DataLayerConfig().migration.keep_backups == 5
+    monkeypatch.setenv("AGENCY_DATA_MIGRATION__KEEP_BACKUPS", "2")
+    assert DataLayerConfig().migration.keep_backups == 2
+    with pytest.raises(ConfigError, match=r"migration\.keep_backups"):
+        DataLayerConfig(migration={"keep_backups": -1})

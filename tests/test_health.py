@@ -65,6 +65,8 @@ async def test_restarted_postgres_is_reconnected(
                 await conn.execute("SELECT 1")
     finally:
         pg.release()
+    # Probing readiness around each stop and start logs in as a role that exists.
+    assert "does not exist" not in pg.log_file.read_text()
 
 
 async def test_unreachable_postgres_fails_fast_and_clearly(redis_url: str, tmp_path: Path) -> None:

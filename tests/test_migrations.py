@@ -7,18 +7,20 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from agency_data import BackupError, MigrationChecksumMismatch, MigrationError
+from agency_data import BackupError, DataLayer, MigrationChecksumMismatch, MigrationError
 from agency_data.embedded import postgres_bin_dir
 from agency_data.migrations import (
     BUILTIN_SOURCE,
+    DataLoss,
     MigrationRunner,
     MigrationSource,
     find_tool,
     restore_backup,
 )
 from agency_data.migrations._loader import load_migrations
-from tests.conftest import DatabaseDsn, ServerSet
+from tests.conftest import DatabaseDsn, ServerSet, make_config
 
 CORE_TABLES = {"agents", "tasks", "embedding_collections"}
 
@@ -326,3 +328,155 @@ async def test_find_tool_refuses_too_old_versions() -> None:
     assert (await find_tool("pg_dump", 18)).parent == postgres_bin_dir()
     with pytest.raises(MigrationError, match="version 99 or newer"):
         await find_tool("pg_dump", 99)
+
+
+async def test_rollback_plan_says_what_it_destroys(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    async with DataLayer(make_config(database, redis_url, tmp_path)) as dl:
+        notes = await dl.embeddings.create_collection("notes", dimension=3)
+        await notes.store_many(
+            {"entity_type": "note", "entity_id": str(i), "vector": [1.0, i, 0.0]} for i in range(3)
+        )
+        await dl.agents.create(name="planner", type="coordinator")
+        await dl.tasks.create(type="plan")
+    with psycopg.connect(database.owner) as conn:
+        row = conn.execute(
+            "SELECT table_name FROM embedding_collections WHERE name = 'notes'"
+        ).fetchone()
+        collections = conn.execute("SELECT count(*) FROM embedding_collections").fetchone()
+    assert row is not None
+    assert collections is not None
+    before = tables(database.owner)
+
+    plan = await runner(database.owner).down(to="0004", dry_run=True)
+    by_step = {step.key: step for step in plan.steps}
+    assert list(by_step) == [
+        "agency_data:0007_row_level_security",
+        "agency_data:0006_embedding_collections",
+        "agency_data:0005_task_lifecycle",
+    ]
+    assert by_step["agency_data:0007_row_level_security"].data_loss == ()
+    assert set(by_step["agency_data:0006_embedding_collections"].data_loss) == {
+        DataLoss(row[0], rows=3),  # dropped from a loop in dynamic SQL
+        DataLoss("embedding_collections", rows=collections[0]),
+    }
+    # started_at and finished_at hold data (none yet); the generated search column does not.
+    assert set(by_step["agency_data:0005_task_lifecycle"].data_loss) == {
+        DataLoss("tasks", "started_at", 0),
+        DataLoss("tasks", "finished_at", 0),
+    }
+    assert all(step.loss_note is None for step in plan.steps)
+    assert DataLoss(row[0], rows=3).describe() == f"table {row[0]} (3 rows)"
+    assert tables(database.owner) == before  # the trial was rolled back
+
+    everything = await runner(database.owner).down(to="0", dry_run=True)
+    assert DataLoss("agents", rows=1) in everything.data_loss
+    assert DataLoss("tasks", rows=1) in everything.data_loss
+    assert tables(database.owner) == before
+
+
+async def test_down_backs_up_first(
+    database: DatabaseDsn, servers: ServerSet, tmp_path: Path
+) -> None:
+    with psycopg.connect(database.owner) as conn:
+        conn.execute("INSERT INTO agents (tenant_id, name, type) VALUES ('default', 'kept', 'w')")
+    report = await runner(database.owner, backup_dir=tmp_path / "backups").down(to="0001")
+    assert "agents" not in tables(database.owner)
+    assert report.backup_file is not None
+    assert report.backup_file.parent == tmp_path / "backups"
+
+    target = servers.create_database()
+    try:
+        tool = await find_tool("pg_restore", 18)
+        await restore_backup(report.backup_file, servers.dsn(target), tool)
+        with psycopg.connect(servers.dsn(target)) as conn:
+            agents = conn.execute("SELECT name FROM agents").fetchall()
+        assert agents == [("kept",)]
+    finally:
+        servers.drop_database(target)
+
+
+async def test_down_refuses_a_plan_other_than_the_one_shown(empty_database: str) -> None:
+    run = runner(empty_database)
+    await run.up()
+    with pytest.raises(MigrationError, match="plan changed since it was shown"):
+        await run.down(steps=1, expect=["agency_data:0006_embedding_collections"])
+    assert all(state.state == "applied" for state in await run.status())
+
+
+async def test_failed_statement_outside_a_transaction_is_named(
+    empty_database: str, tmp_path: Path
+) -> None:
+    app = write(
+        tmp_path / "app",
+        {
+            "0001_indexes.up.sql": (
+                "-- transaction: false\n-- depends: agency_data:0003\n"
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_type_idx ON tasks (type);\n"
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS broken_idx\n    ON no_such_table (id);\n"
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_error_idx ON tasks (error);\n"
+            ),
+        },
+    )
+    run = runner(empty_database, app)
+    with pytest.raises(MigrationError) as info:
+        await run.up()
+    message = str(info.value)
+    assert "statement 2 of 3 (CREATE INDEX CONCURRENTLY IF NOT EXISTS broken_idx)" in message
+    assert "no_such_table" in message  # the cause
+    assert "the 1 statement before it took effect" in message
+    states = {s.key: s.state for s in await run.status()}
+    assert states["app:0001_indexes"] == "pending"
+
+
+async def test_rollback_outside_a_transaction_lists_the_tables_it_names(
+    empty_database: str, tmp_path: Path
+) -> None:
+    app = write(
+        tmp_path / "app",
+        {
+            "0001_log.up.sql": (
+                "-- transaction: false\n-- depends: agency_data:0002\nCREATE TABLE log (id int);"
+            ),
+            "0001_log.down.sql": (
+                "DROP INDEX CONCURRENTLY IF EXISTS log_id;\n"
+                "DROP TABLE IF EXISTS log, missing CASCADE;\n"
+            ),
+        },
+    )
+    run = runner(empty_database, app)
+    await run.up()
+    with psycopg.connect(empty_database) as conn:
+        conn.execute("INSERT INTO log SELECT generate_series(1, 5)")
+    (step,) = (await run.down(steps=1, dry_run=True)).steps
+    assert step.data_loss == (DataLoss("log", rows=5),)
+    assert step.loss_note is not None
+    assert "outside a transaction" in step.loss_note
+
+
+async def test_old_backups_are_pruned_and_nothing_else(empty_database: str, tmp_path: Path) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    database = conninfo_to_dict(empty_database)["dbname"]
+    others = [
+        backups / "notes.txt",
+        backups / f"{database}-manual.dump",
+        backups / "other_db-20200101T000000000000Z.dump",
+        backups / f"{database}-20200101T000000000000Z.dump.keep",
+    ]
+    for other in others:
+        other.write_text("not ours to delete")
+    oldest = backups / f"{database}-20200101T000000000000Z.dump"
+    oldest.write_text("an older release's backup")
+    (backups / f"{database}-20200102T000000000000Z.dump").symlink_to(backups / "notes.txt")
+    app = write(tmp_path / "app", {"0001_broken.up.sql": "SELECT 1 / 0;"})
+    run = runner(empty_database, app, backup_dir=backups, keep_backups=2)
+    for _ in range(3):
+        with pytest.raises(MigrationError, match="division by zero"):
+            await run.up()
+    ours = sorted(p for p in backups.glob(f"{database}-2*.dump") if not p.is_symlink())
+    assert len(ours) == 2
+    assert oldest not in ours
+    assert all(other.read_text() == "not ours to delete" for other in others)
+    assert (backups / f"{database}-20200102T000000000000Z.dump").is_symlink()

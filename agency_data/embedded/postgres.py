@@ -109,8 +109,21 @@ class EmbeddedPostgres(SharedServer):
         pid = self._postmaster_pid()
         if pid is None:
             return False
+        # As a role that exists, into a database that exists: otherwise each probe leaves a
+        # FATAL line in the server's log (the OS user's name is no role of this cluster).
         done = subprocess.run(
-            [str(self.bin_dir / "pg_isready"), "-h", str(self.pg_socket_dir), "-q", "-t", "3"],
+            [
+                str(self.bin_dir / "pg_isready"),
+                "-h",
+                str(self.pg_socket_dir),
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+                "-q",
+                "-t",
+                "3",
+            ],
             check=False,
             stdin=subprocess.DEVNULL,
         )

@@ -6,17 +6,24 @@ directories of their own (``MigrationSource("myapp", Path("migrations"))``) besi
 
 from agency_data.migrations._model import (
     BUILTIN_SOURCE,
+    DataLoss,
     Migration,
     MigrationReport,
     MigrationSource,
     MigrationState,
     PlannedStep,
 )
-from agency_data.migrations.backup import create_backup, find_tool, restore_backup
+from agency_data.migrations.backup import (
+    create_backup,
+    find_tool,
+    prune_backups,
+    restore_backup,
+)
 from agency_data.migrations.runner import MigrationRunner
 
 __all__ = [
     "BUILTIN_SOURCE",
+    "DataLoss",
     "Migration",
     "MigrationReport",
     "MigrationRunner",
@@ -25,5 +32,6 @@ __all__ = [
     "PlannedStep",
     "create_backup",
     "find_tool",
+    "prune_backups",
     "restore_backup",
 ]

@@ -13,6 +13,7 @@ from agency_data.errors import MigrationError
 
 __all__ = [
     "BUILTIN_SOURCE",
+    "DataLoss",
     "Migration",
     "MigrationReport",
     "MigrationSource",
@@ -78,13 +79,45 @@ class Migration:
 
 
 @dataclass(frozen=True)
+class DataLoss:
+    """Data a down step destroys: a table with its rows, or a column with its values.
+
+    ``rows`` is None when they could not be counted (row-level security hid them from the
+    migrating role, or the table stayed locked); ``at_least`` means counting stopped at ``rows``
+    before the end of the table.
+    """
+
+    table: str
+    column: str | None = None
+    rows: int | None = None
+    at_least: bool = False
+
+    def describe(self) -> str:
+        """``table agents (12 rows)``, ``column tasks.started_at (3 values)``."""
+        if self.column is None:
+            what, unit = f"table {self.table}", "row"
+        else:
+            what, unit = f"column {self.table}.{self.column}", "value"
+        if self.rows is None:
+            return f"{what} ({unit}s not counted)"
+        more = "more than " if self.at_least else ""
+        return f"{what} ({more}{self.rows:,} {unit}{'' if self.rows == 1 else 's'})"
+
+
+@dataclass(frozen=True)
 class PlannedStep:
-    """One migration to run, in one direction, with the SQL that will run."""
+    """One migration to run, in one direction, with the SQL that will run.
+
+    A down step also says what data it destroys (``data_loss``); ``loss_note`` says how that was
+    worked out when it could not be tried in a rolled-back transaction, or is None.
+    """
 
     key: str
     direction: Literal["up", "down"]
     sql: str
     transactional: bool
+    data_loss: tuple[DataLoss, ...] = ()
+    loss_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,3 +143,8 @@ class MigrationReport:
     applied: list[str] = field(default_factory=list)
     backup_file: Path | None = None
     seconds: float = 0.0
+
+    @property
+    def data_loss(self) -> list[DataLoss]:
+        """Everything the planned down steps destroy, in the order they destroy it."""
+        return [loss for step in self.steps for loss in step.data_loss]

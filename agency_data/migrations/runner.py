@@ -2,7 +2,8 @@
 
 The runner holds a dedicated connection for the whole run: the session-level advisory lock lives
 on it, so two migrators (processes or machines) never interleave; the second waits, then finds
-the work done.
+the work done. A rollback's plan says what data it destroys (see ``_loss``), and with a backup
+directory both directions write a backup first.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 
 from agency_data.errors import MigrationChecksumMismatch, MigrationError
+from agency_data.inputs import check_int
 from agency_data.migrations._loader import load_migrations, resolve
+from agency_data.migrations._loss import data_loss
 from agency_data.migrations._model import (
     Migration,
     MigrationReport,
@@ -30,7 +33,7 @@ from agency_data.migrations._model import (
     MigrationState,
     PlannedStep,
 )
-from agency_data.migrations.backup import create_backup, find_tool
+from agency_data.migrations.backup import create_backup, find_tool, prune_backups
 from agency_data.postgres.errors import to_agency_error
 from agency_data.security.roles import RoleNames, grant_privileges, use_owner_role
 
@@ -51,7 +54,11 @@ class _Applied:
 
 
 class MigrationRunner:
-    """Plans and runs the migrations of ``sources`` against the database of ``conninfo``."""
+    """Plans and runs the migrations of ``sources`` against the database of ``conninfo``.
+
+    With ``backup_dir``, a non-dry ``up`` or ``down`` that has work to do writes a ``pg_dump``
+    backup there first, and keeps the newest ``keep_backups`` of this database's (0: all).
+    """
 
     def __init__(
         self,
@@ -63,6 +70,7 @@ class MigrationRunner:
         backup_dir: Path | None = None,
         pg_dump_path: Path | None = None,
         role: RoleNames | None = None,
+        keep_backups: int = 5,
     ) -> None:
         self.conninfo = conninfo
         self.role = role
@@ -72,6 +80,7 @@ class MigrationRunner:
         self.lock_timeout = lock_timeout
         self.backup_dir = backup_dir
         self.pg_dump_path = pg_dump_path
+        self.keep_backups = check_int(keep_backups, "keep_backups", 0, 1_000_000)
         self._lock_key = int.from_bytes(
             hashlib.sha256(f"agency_data:{table_name}".encode()).digest()[:8], "big", signed=True
         )
@@ -122,11 +131,19 @@ class MigrationRunner:
         return report
 
     async def down(
-        self, *, to: str | None = None, steps: int | None = None, dry_run: bool = False
+        self,
+        *,
+        to: str | None = None,
+        steps: int | None = None,
+        dry_run: bool = False,
+        expect: Sequence[str] | None = None,
     ) -> MigrationReport:
         """Roll back the last ``steps`` migrations, or every one applied after ``to``.
 
-        ``to="0"`` rolls back everything. With neither argument, one step is rolled back.
+        ``to="0"`` rolls back everything. With neither argument, one step is rolled back. Each
+        planned step's ``data_loss`` names the tables and columns it destroys, with their rows
+        (worked out in a transaction that is rolled back). ``expect``: the keys of a plan shown
+        to someone earlier (a dry run's); if the plan differs now, nothing is rolled back.
         """
         if to is not None and steps is not None:
             raise MigrationError("give either to or steps, not both")
@@ -165,12 +182,29 @@ class MigrationRunner:
                         migration=key,
                     )
                 rollback.append(migration)
+            if expect is not None and [m.key for m in rollback] != list(expect):
+                planned = ", ".join(m.key for m in rollback) or "nothing"
+                raise MigrationError(
+                    f"the rollback plan changed since it was shown (it is now: {planned}), "
+                    "perhaps another migrator ran; nothing was rolled back. Run the command again"
+                )
+            losses = await data_loss(conn, rollback)
             report.steps = [
-                PlannedStep(m.key, "down", m.down_sql or "", m.transactional) for m in rollback
+                PlannedStep(
+                    m.key,
+                    "down",
+                    m.down_sql or "",
+                    m.transactional,
+                    losses[m.key].losses,
+                    losses[m.key].note,
+                )
+                for m in rollback
             ]
             if dry_run:
                 report.seconds = time.perf_counter() - started
                 return report
+            if rollback and self.backup_dir is not None:
+                report.backup_file = await self._backup(conn)
             for migration in rollback:
                 await self._revert(conn, migration)
                 report.applied.append(migration.key)
@@ -284,8 +318,7 @@ class MigrationRunner:
                     elapsed = int((time.perf_counter() - started) * 1000)
                     await conn.execute(record, [migration.key, migration.checksum, elapsed])
             else:
-                for statement in _statements(migration.up_sql):
-                    await conn.execute(statement)
+                await _one_by_one(conn, migration, "up", migration.up_sql)
                 elapsed = int((time.perf_counter() - started) * 1000)
                 await conn.execute(record, [migration.key, migration.checksum, elapsed])
         except psycopg.Error as exc:
@@ -301,8 +334,7 @@ class MigrationRunner:
                     await conn.execute(down_sql)
                     await conn.execute(forget, [migration.key])
             else:
-                for statement in _statements(down_sql):
-                    await conn.execute(statement)
+                await _one_by_one(conn, migration, "down", down_sql)
                 await conn.execute(forget, [migration.key])
         except psycopg.Error as exc:
             raise _failed(migration, "down", exc) from exc
@@ -313,6 +345,9 @@ class MigrationRunner:
         tool = await find_tool("pg_dump", server_major, self.pg_dump_path)
         path = await create_backup(self.conninfo, self.backup_dir, tool)
         _log.info("backed up the database to %s before migrating", path)
+        if self.keep_backups:
+            # Pruned at once, not after success: each failed run would otherwise add one.
+            prune_backups(self.backup_dir, self.conninfo, self.keep_backups)
         return path
 
 
@@ -365,6 +400,29 @@ def _statements(script: str) -> list[str]:
     # query as one implicit transaction, which CREATE INDEX CONCURRENTLY refuses.
     pieces = (sqlparse.format(s, strip_comments=True).strip() for s in sqlparse.split(script))
     return [piece for piece in pieces if piece and piece != ";"]
+
+
+async def _one_by_one(
+    conn: AsyncConnection[TupleRow], migration: Migration, direction: str, script: str
+) -> None:
+    statements = _statements(script)
+    for number, statement in enumerate(statements, 1):
+        try:
+            await conn.execute(statement)
+        except psycopg.Error as exc:
+            first_line = statement.strip().splitlines()[0]
+            if len(first_line) > 120:
+                first_line = first_line[:117] + "..."
+            done = number - 1
+            raise MigrationError(
+                f"migration {migration.key} ({direction}) failed at statement {number} of "
+                f"{len(statements)} ({first_line}): {to_agency_error(exc)}; it runs outside a "
+                f"transaction, so the {done} statement{'' if done == 1 else 's'} before it "
+                "took effect, and the migration is not recorded "
+                f"as {'applied' if direction == 'up' else 'rolled back'}; its steps should use "
+                "IF [NOT] EXISTS so that it can be run again",
+                migration=migration.key,
+            ) from exc
 
 
 def _failed(migration: Migration, direction: str, exc: psycopg.Error) -> MigrationError:
