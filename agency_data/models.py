@@ -229,6 +229,9 @@ class CacheStats(BaseModel):
     lock_waits: int
     lock_wait_seconds: float
     redis_available: bool
+    l1_serving: bool = Field(
+        description="whether L1 serves reads: off while the invalidation listener is down"
+    )
 
     @property
     def l1_hit_rate(self) -> float:

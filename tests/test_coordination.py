@@ -107,7 +107,7 @@ async def test_auto_renewal_and_extend(dl: DataLayer) -> None:
             await dl.lock("long", wait=0).acquire()
     lock = dl.lock("extend", ttl=0.3)
     await lock.acquire()
-    await lock.extend(5)
+    await lock.extend(5, replace_ttl=True)
     await asyncio.sleep(0.4)
     await lock.release()
     with pytest.raises(LockNotOwned):

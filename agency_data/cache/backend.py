@@ -4,9 +4,14 @@ applies other processes' invalidations to L1.
 
 Invalidations travel on one pub/sub channel; a message names keys, a pattern, tags or
 everything, and the process it came from (which has already applied it). Delivery takes a
-few milliseconds. If the listener loses Redis, messages may have been missed, so L1 is
-cleared when it reconnects: an L1 entry is never stale for longer than that, and never for
-longer than ``cache.l1_ttl`` in any case.
+few milliseconds.
+
+L1 is only trusted while the listener is subscribed. The moment its connection fails, L1 is
+dropped and bypassed (no reads, no fills) until the listener has subscribed again, since any
+invalidation sent meanwhile is lost; a connection that goes silent without failing is caught
+by a PING within two seconds. Each fill of L1 from Redis carries the listener's generation,
+so a value read before a loss is not stored after it. An L1 entry is never older than
+``cache.l1_ttl`` in any case.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from agency_data.config import CacheConfig
 from agency_data.errors import BackendUnavailable
 from agency_data.models import CacheStats
 from agency_data.redis.client import RedisClient, cancelling
-from agency_data.redis.keys import glob_to_regex
+from agency_data.redis.keys import glob_matcher
 from agency_data.redis.scripts import ScriptRegistry
-from agency_data.redis.subscription import CONNECTION_ERRORS, Resubscribed, subscription
+from agency_data.redis.subscription import CONNECTION_ERRORS, Lost, Resubscribed, subscription
+from agency_data.retry import Backoff
 
 __all__ = ["INVALIDATION_CHANNEL", "CacheBackend", "RedisDown"]
 
@@ -93,12 +99,41 @@ class CacheBackend:
             self.scripts.register("invalidate_tags", TAG_INVALIDATE)
         self.origin = uuid.uuid4().hex
         self.counters = _Counters()
+        # Without Redis there is nothing L1 could miss; with it, L1 waits for the listener.
+        self._l1_trusted = self.l1 is not None and self.redis is None
+        self.l1_generation = 0
         self._down_until = 0.0
         self._was_down = False
         self._listener: asyncio.Task[None] | None = None
         self._first_attempt = asyncio.Event()
         self._warned_at = 0.0
         self.pending_invalidations: set[str] = set()
+
+    # -- whether L1 may serve -------------------------------------------------------------------
+
+    @property
+    def usable_l1(self) -> LocalCache | None:
+        """L1, while it can be trusted to have heard every invalidation; else None."""
+        return self.l1 if self._l1_trusted else None
+
+    def fillable_l1(self, generation: int) -> LocalCache | None:
+        """L1 for storing a value read from Redis when the listener was at ``generation``."""
+        return self.l1 if self._l1_trusted and generation == self.l1_generation else None
+
+    def distrust_l1(self, reason: str, *, quiet: bool = False) -> None:
+        """Drop L1 and stop using it until the listener has subscribed again."""
+        self.l1_generation += 1
+        if self.l1 is not None:
+            if self._l1_trusted and not quiet:
+                _log.warning("dropping the L1 cache: %s", reason)
+            self.l1.clear()
+        self._l1_trusted = False
+
+    def _trust_l1(self) -> None:
+        self.l1_generation += 1
+        if self.l1 is not None:
+            self.l1.clear()  # entries stored before the subscription may have missed messages
+        self._l1_trusted = True
 
     # -- Redis calls with degradation --------------------------------------------------------
 
@@ -170,19 +205,31 @@ class CacheBackend:
         self.counters.invalidations_sent += 1
 
     def apply(self, message: dict[str, Any]) -> None:
-        """Drop from L1 what an invalidation ``message`` names."""
+        """Drop from L1 what an invalidation ``message`` names.
+
+        Tags are full tag keys (tenant included), so one tenant's tags never evict another's
+        entries. A message this process cannot read makes it drop all of L1: guessing what
+        it meant could leave a stale entry behind.
+        """
         if self.l1 is None:
             return
+        if not isinstance(message, dict):
+            raise ValueError("an invalidation message is a JSON object")
         if "all" in message:
             self.l1.clear()
-        for key in message.get("k", ()):
+        keys = message.get("k", ())
+        tags = message.get("t", ())
+        pattern = message.get("p")
+        if not isinstance(keys, list | tuple) or not isinstance(tags, list | tuple):
+            raise ValueError("keys and tags of an invalidation are lists")
+        matches = glob_matcher(pattern) if pattern is not None else None
+        for key in keys:
             self.l1.discard(key)
-        if "p" in message:
-            regex = glob_to_regex(message["p"])
-            self.l1.discard_where(lambda key, _tags: regex.fullmatch(key) is not None)
-        if "t" in message:
-            doomed = set(message["t"])
-            self.l1.discard_where(lambda _key, tags: not doomed.isdisjoint(tags))
+        if matches is not None:
+            self.l1.discard_where(lambda key, _tags: matches(key))
+        if tags:
+            doomed = set(tags)
+            self.l1.discard_where(lambda _key, entry_tags: not doomed.isdisjoint(entry_tags))
 
     async def start_listener(self, wait: float = 2.0) -> None:
         """Listen for other processes' invalidations (only useful with an L1).
@@ -205,6 +252,7 @@ class CacheBackend:
 
     async def _listen(self) -> None:
         assert self.redis is not None
+        backoff = Backoff(first=0.05, most=2.0)
         while True:
             try:
                 async for event in subscription(
@@ -214,19 +262,32 @@ class CacheBackend:
                     on_attempt=self._first_attempt.set,
                 ):
                     if isinstance(event, Resubscribed):
-                        if not event.first and self.l1 is not None:
-                            # Messages sent while we were away are lost: forget everything.
-                            self.l1.clear()
-                        continue
-                    payload = orjson.loads(event["data"])
-                    if payload.get("o") != self.origin:
-                        self.apply(payload)
-                        self.counters.invalidations_received += 1
+                        self._trust_l1()
+                        backoff.reset()
+                    elif isinstance(event, Lost):
+                        self.distrust_l1(f"the invalidation listener lost Redis ({event.error})")
+                    else:
+                        self._receive(event["data"])
             except Exception as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
+                self.distrust_l1(f"the invalidation listener failed ({exc!r})")
                 _log.warning("cache invalidation listener failed (%r); restarting it", exc)
-                await asyncio.sleep(1.0)
+                await backoff.sleep()
+            finally:
+                self.distrust_l1("the invalidation listener stopped", quiet=True)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            payload = orjson.loads(data)
+            if isinstance(payload, dict) and payload.get("o") == self.origin:
+                return
+            self.apply(payload)
+            self.counters.invalidations_received += 1
+        except Exception as exc:  # noqa: BLE001 - any process can publish on the channel
+            self.distrust_l1(f"an invalidation message could not be applied ({exc!r})")
+            # Trust returns at once: the listener is still subscribed, nothing else was missed.
+            self._trust_l1()
 
     # -- statistics ----------------------------------------------------------------------------
 
@@ -250,4 +311,5 @@ class CacheBackend:
             lock_waits=c.lock_waits,
             lock_wait_seconds=c.lock_wait_seconds,
             redis_available=self.available,
+            l1_serving=self.usable_l1 is not None,
         )

@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from agency_data.cache.backend import CacheBackend, RedisDown
+from agency_data.errors import ValidationError
 from agency_data.inputs import check_seconds
 from agency_data.models import CacheStats
 from agency_data.redis.client import RedisClient
-from agency_data.redis.keys import Keys, check_key, check_namespace, escape_glob
+from agency_data.redis.keys import Keys, check_key, check_namespace, check_pattern, escape_glob
 
 __all__ = ["Cache"]
 
@@ -57,6 +58,16 @@ class Cache:
     def _full(self, key: str) -> str:
         return self._keys.cache(self.namespace, check_key(key))
 
+    @staticmethod
+    def _tags(tags: Iterable[str]) -> list[str]:
+        # A lone string is iterable too; taking it letter by letter would tag "abc" as a, b, c.
+        if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
+            raise ValidationError(
+                f"tags takes a list of strings (e.g. tags=[{tags!r}]), not {type(tags).__name__}",
+                field="tags",
+            )
+        return [check_key(t, "tag") for t in tags]
+
     def _ttl(self, ttl: float | None) -> float:
         value = self._backend.config.default_ttl if ttl is None else ttl
         return check_seconds(value, "ttl", low=0.001, high=MAX_TTL)
@@ -90,7 +101,7 @@ class Cache:
         return result
 
     def _l1_get(self, full: str) -> Any:
-        l1 = self._backend.l1
+        l1 = self._backend.usable_l1
         if l1 is None:
             return _MISSING
         value = l1.get(full, _MISSING)
@@ -105,6 +116,7 @@ class Cache:
         backend = self._backend
         if backend.redis is None:
             return {}
+        generation = backend.l1_generation
         try:
             if len(fulls) == 1:
                 # GET, not a one-key MGET: it is what a hand-written client sends, and cheaper.
@@ -116,6 +128,7 @@ class Cache:
             return {}
         found: dict[str, Any] = {}
         now_ms = time.time() * 1000
+        l1 = backend.fillable_l1(generation)
         for full, data in zip(fulls, raw, strict=True):
             if data is None or len(data) <= _EXPIRY.size:
                 backend.counters.l2_misses += 1
@@ -124,9 +137,9 @@ class Cache:
             value = backend.codec.decode(data[_EXPIRY.size :])
             backend.counters.l2_hits += 1
             found[full] = value
-            if backend.l1 is not None:
+            if l1 is not None:
                 left = min(backend.config.l1_ttl, (expires_ms - now_ms) / 1000)
-                backend.l1.set(full, value, ttl=left, size=len(data))
+                l1.set(full, value, ttl=left, size=len(data))
         return found
 
     # -- writing -------------------------------------------------------------------------------
@@ -141,22 +154,29 @@ class Cache:
         self, items: Mapping[str, Any], ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Cache several values in one Redis round trip."""
+        if not isinstance(items, Mapping):
+            raise ValidationError(
+                f"items must be a mapping of keys to values, not {type(items).__name__}",
+                field="items",
+            )
         seconds = self._ttl(ttl)
-        tag_list = [check_key(t, "tag") for t in tags]
+        tag_list = self._tags(tags)
+        tag_keys = [self._keys.tag(t) for t in tag_list]
         backend = self._backend
         expires_ms = int(time.time() * 1000 + seconds * 1000)
         encoded: dict[str, bytes] = {}
         for key, value in items.items():
             encoded[self._full(key)] = _EXPIRY.pack(expires_ms) + backend.codec.encode(value)
         backend.counters.sets += len(encoded)
-        if backend.l1 is not None:
+        l1 = backend.usable_l1
+        if l1 is not None:
             for (full, data), value in zip(encoded.items(), items.values(), strict=True):
-                backend.l1.set(
+                l1.set(
                     full,
                     value,
                     ttl=min(seconds, backend.config.l1_ttl),
                     size=len(data),
-                    tags=tag_list,
+                    tags=tag_keys,
                 )
         if backend.redis is None:
             return
@@ -166,8 +186,7 @@ class Cache:
             pipe = redis.pipeline(transaction=False)
             for full, data in encoded.items():
                 pipe.set(full, data, px=millis)
-            for tag in tag_list:
-                tag_key = self._keys.tag(tag)
+            for tag_key in tag_keys:
                 pipe.sadd(tag_key, *encoded)
                 pipe.pexpire(tag_key, millis, gt=True)
                 pipe.pexpire(tag_key, millis, nx=True)
@@ -293,7 +312,7 @@ class Cache:
         through :func:`agency_data.cache.escape_glob` or use :meth:`invalidate_prefix`.
         Uses SCAN and UNLINK, never KEYS. Returns how many Redis keys went.
         """
-        check_key(pattern, "pattern")
+        check_pattern(pattern)
         full_pattern = escape_glob(self._keys.cache_prefix(self.namespace)) + pattern
         return await self._invalidate_pattern(full_pattern)
 
@@ -337,21 +356,20 @@ class Cache:
 
     async def invalidate_tags(self, *tags: str) -> int:
         """Remove every key set with any of ``tags``; returns how many Redis keys went."""
-        tag_list = [check_key(t, "tag") for t in tags]
-        if not tag_list:
+        tag_keys = [self._keys.tag(check_key(t, "tag")) for t in tags]
+        if not tag_keys:
             return 0
         backend = self._backend
-        if backend.l1 is not None:
-            backend.apply({"t": tag_list})
+        # Tag keys carry the tenant: another tenant's entries with a tag of the same name stay.
+        backend.apply({"t": tag_keys})
         if backend.redis is None:
             return 0
-        tag_keys = [self._keys.tag(t) for t in tag_list]
 
         async def run(redis: RedisClient) -> int:
             assert backend.scripts is not None
             removed = await backend.scripts.run("invalidate_tags", keys=tag_keys)
             keys = [k.decode() if isinstance(k, bytes) else str(k) for k in removed]
-            await backend.publish({"t": tag_list, "k": keys})
+            await backend.publish({"t": tag_keys, "k": keys})
             return len(keys)
 
         try:

@@ -13,7 +13,9 @@ fencing token is for: each grant also increments a counter, and a write guarded 
         )
 
 Locks fail loudly: :class:`LockNotAcquired` after ``wait``, :class:`LockNotOwned` when
-releasing or extending a lock that expired meanwhile.
+releasing or extending a lock that expired meanwhile. A cancelled ``acquire()`` never leaves
+the lock held: if the grant raced the cancellation, it is given back before the cancellation
+propagates.
 """
 
 from __future__ import annotations
@@ -27,13 +29,19 @@ from types import TracebackType
 
 from agency_data._tasks import cancel_and_wait
 from agency_data.errors import LockNotAcquired, LockNotOwned, ValidationError
+from agency_data.inputs import check_seconds
+from agency_data.redis.client import cancelling
 from agency_data.redis.keys import Keys, check_key
 from agency_data.redis.scripts import ScriptRegistry
 from agency_data.retry import Backoff
 
-__all__ = ["ACQUIRE", "EXTEND", "RELEASE", "Lock"]
+__all__ = ["ACQUIRE", "EXTEND", "RELEASE", "Lock", "register_lock_scripts"]
 
 _log = logging.getLogger("agency_data.locks")
+
+MAX_TTL = 30 * 24 * 3600.0
+MAX_WAIT = 24 * 3600.0
+MIN_TTL = 0.01
 
 ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -47,11 +55,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# ARGV[3] == '1' replaces the TTL; otherwise the time is added to what is left of it.
 EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
 end
-return 0
+local millis = tonumber(ARGV[2])
+if ARGV[3] ~= '1' then
+    local left = redis.call('PTTL', KEYS[1])
+    if left > 0 then millis = millis + left end
+end
+return redis.call('PEXPIRE', KEYS[1], millis)
+"""
+OWNER = """
+return redis.call('GET', KEYS[1])
 """
 
 
@@ -60,6 +77,7 @@ def register_lock_scripts(scripts: ScriptRegistry) -> None:
     scripts.register("lock_acquire", ACQUIRE)
     scripts.register("lock_release", RELEASE)
     scripts.register("lock_extend", EXTEND)
+    scripts.register("lock_owner", OWNER)
 
 
 class Lock:
@@ -77,15 +95,10 @@ class Lock:
         on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self.name = check_key(name, "name")
-        for field, value in (("ttl", ttl), ("wait", wait)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValidationError(
-                    f"{field} must be a non-negative number of seconds", field=field
-                )
-        if ttl < 0.01:
-            raise ValidationError("ttl must be at least 10 ms", field="ttl")
-        self.ttl = float(ttl)
-        self.wait = float(wait)
+        self.ttl = check_seconds(ttl, "ttl", low=MIN_TTL, high=MAX_TTL)
+        self.wait = check_seconds(wait, "wait", high=MAX_WAIT)
+        if not isinstance(auto_renew, bool):
+            raise ValidationError("auto_renew must be True or False", field="auto_renew")
         self.auto_renew = auto_renew
         self._on_wait = on_wait
         self._scripts = scripts
@@ -102,33 +115,56 @@ class Lock:
         """True between a successful acquire and release (as far as this holder knows).
 
         ``fencing_token`` stays set after release: it names the grant this holder had.
+        Ask Redis with :meth:`owned`.
         """
         return self._acquired and not self.lost.is_set()
 
+    async def locked(self) -> bool:
+        """Whether anyone holds the lock now (asked of Redis)."""
+        return await self._owner() is not None
+
+    async def owned(self) -> bool:
+        """Whether this holder holds the lock now (asked of Redis, not remembered)."""
+        return await self._owner() == self._token
+
     async def acquire(self) -> int:
         """Take the lock, waiting up to ``wait`` seconds; return the fencing token."""
+        if self._acquired:
+            raise LockNotAcquired(
+                f"lock {self.name!r} is already held by this holder; release it first",
+                name=self.name,
+            )
         started = time.monotonic()
         deadline = started + self.wait
         backoff = Backoff(first=0.005, most=0.1)
-        waited = False
-        while True:
-            granted = int(
-                await self._scripts.run(
-                    "lock_acquire",
-                    keys=[self._key, self._fence_key],
-                    args=[self._token, int(self.ttl * 1000)],
+        try:
+            while True:
+                granted = int(
+                    await self._scripts.run(
+                        "lock_acquire",
+                        keys=[self._key, self._fence_key],
+                        args=[self._token, int(self.ttl * 1000)],
+                    )
                 )
-            )
-            if granted:
-                break
-            if time.monotonic() >= deadline:
-                raise LockNotAcquired(
-                    f"lock {self.name!r} is held by someone else; gave up after {self.wait:g} s",
-                    name=self.name,
-                )
-            waited = True
-            await backoff.sleep(deadline)
-        if waited and self._on_wait is not None:
+                if cancelling():
+                    # redis-py can swallow a cancellation that lands mid-read and retry.
+                    raise asyncio.CancelledError
+                if granted:
+                    break
+                if time.monotonic() >= deadline:
+                    raise LockNotAcquired(
+                        f"lock {self.name!r} is held by someone else; gave up after "
+                        f"{self.wait:g} s",
+                        name=self.name,
+                    )
+                await backoff.sleep(deadline)
+        except LockNotAcquired:
+            raise
+        except BaseException:
+            # The request may have reached Redis and granted the lock all the same.
+            await self._give_back()
+            raise
+        if backoff.attempts and self._on_wait is not None:
             self._on_wait(time.monotonic() - started)
         self.fencing_token = granted
         self._acquired = True
@@ -153,17 +189,47 @@ class Lock:
                 name=self.name,
             )
 
-    async def extend(self, ttl: float | None = None) -> None:
-        """Reset the lock's TTL to ``ttl`` (default: its own); :class:`LockNotOwned` if lost."""
-        millis = int((self.ttl if ttl is None else ttl) * 1000)
+    async def extend(self, additional: float | None = None, *, replace_ttl: bool = False) -> None:
+        """Give the lock ``additional`` seconds more; :class:`LockNotOwned` if it was lost.
+
+        With ``replace_ttl`` the lock's time left becomes ``additional`` instead (as in
+        redis-py). Without ``additional``, the time left is reset to the lock's own ``ttl``.
+        """
+        if additional is None:
+            seconds, replace = self.ttl, True
+        else:
+            seconds = check_seconds(additional, "additional", low=MIN_TTL, high=MAX_TTL)
+            if not isinstance(replace_ttl, bool):
+                raise ValidationError("replace_ttl must be True or False", field="replace_ttl")
+            replace = replace_ttl
+        if not self._acquired:
+            raise LockNotOwned(f"lock {self.name!r} is not held by this holder", name=self.name)
         extended = int(
-            await self._scripts.run("lock_extend", keys=[self._key], args=[self._token, millis])
+            await self._scripts.run(
+                "lock_extend",
+                keys=[self._key],
+                args=[self._token, int(seconds * 1000), "1" if replace else "0"],
+            )
         )
         if not extended:
             self.lost.set()
             raise LockNotOwned(
                 f"lock {self.name!r} expired before it could be extended", name=self.name
             )
+
+    async def _owner(self) -> str | None:
+        owner = await self._scripts.run("lock_owner", keys=[self._key])
+        return owner.decode() if isinstance(owner, bytes) else owner
+
+    async def _give_back(self) -> None:
+        # Shielded: a second cancellation must not stop the release half-way.
+        release = asyncio.ensure_future(
+            self._scripts.run("lock_release", keys=[self._key], args=[self._token])
+        )
+        try:
+            await asyncio.shield(release)
+        except BaseException as exc:  # noqa: BLE001 - the caller's own error is what matters
+            _log.warning("could not give back lock %r after a failed acquire: %r", self.name, exc)
 
     async def _renew(self) -> None:
         while True:
@@ -175,6 +241,9 @@ class Lock:
                 return
             except Exception as exc:  # noqa: BLE001 - keep trying until the TTL runs out
                 _log.warning("could not renew lock %r: %s", self.name, exc)
+            if cancelling():
+                # A cancellation redis-py swallowed mid-read must still end the renewal.
+                raise asyncio.CancelledError
 
     async def _stop_renewing(self) -> None:
         renewer, self._renewer = self._renewer, None

@@ -14,6 +14,8 @@ seconds, so handlers must tolerate the occasional repeat.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -21,15 +23,19 @@ import orjson
 import redis.exceptions as rx
 
 from agency_data.errors import ValidationError
+from agency_data.inputs import check_int, check_seconds
 from agency_data.models import Message, StreamMessage
-from agency_data.redis.client import RedisClient
+from agency_data.redis.client import RedisClient, cancelling
 from agency_data.redis.errors import translate_errors
 from agency_data.redis.keys import Keys, check_key
-from agency_data.redis.subscription import Resubscribed, subscription
+from agency_data.redis.subscription import Lost, Resubscribed, subscription
 
 __all__ = ["PubSub", "Streams"]
 
 _MAX_MESSAGE = 1 << 20
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+# A week: a message idle longer than that at a consumer is never going to be claimed back.
+MAX_CLAIM = 7 * 24 * 3600.0
 
 
 def _encode(message: Any) -> bytes:
@@ -68,13 +74,16 @@ class PubSub:
         Iterate with ``async for``; stop by breaking out (or use ``contextlib.aclosing``).
         If Redis goes away, the subscription waits and resubscribes when it is back.
         """
+        check_seconds(reconnect_delay, "reconnect_delay", low=0.001, high=60)
+        if isinstance(patterns, str) or not isinstance(patterns, Sequence):
+            raise ValidationError("patterns takes a list of strings", field="patterns")
         names = [self._keys.channel(check_key(c, "channel")) for c in channels]
         globs = [self._keys.channel(check_key(p, "pattern")) for p in patterns]
         if not names and not globs:
             raise ValidationError("subscribe to at least one channel or pattern", field="channels")
         prefix = len(self._keys.channel(""))
         async for event in subscription(self._redis, names, globs, reconnect_delay=reconnect_delay):
-            if isinstance(event, Resubscribed):
+            if isinstance(event, Resubscribed | Lost):
                 continue
             pattern = event.get("pattern")
             yield Message(
@@ -94,6 +103,8 @@ class Streams:
     async def publish(self, stream: str, message: Any, *, max_length: int | None = 100_000) -> str:
         """Append ``message``; return its id. The stream is trimmed near ``max_length`` entries."""
         key = self._keys.stream(check_key(stream, "stream"))
+        if max_length is not None:
+            check_int(max_length, "max_length", 1, 1 << 40)
         with translate_errors("appending to a stream"):
             ident = await self._redis.xadd(
                 key, {"d": _encode(message)}, maxlen=max_length, approximate=True
@@ -118,22 +129,29 @@ class Streams:
         key = self._keys.stream(check_key(stream, "stream"))
         check_key(group, "group")
         check_key(consumer, "consumer")
+        check_int(count, "count", 1, 10_000)
+        block_ms = int(check_seconds(block, "block", low=0.001, high=3600) * 1000)
+        idle_ms = int(check_seconds(claim_after, "claim_after", low=0.001, high=MAX_CLAIM) * 1000)
         await self._ensure_group(key, group)
         while True:
             with translate_errors("reading a stream"):
                 # First whatever idled too long at other consumers, then new messages.
                 reclaimed: Any = await self._redis.xautoclaim(
-                    key, group, consumer, min_idle_time=int(claim_after * 1000), count=count
+                    key, group, consumer, min_idle_time=idle_ms, count=count
                 )
                 claimed = reclaimed[1]
                 entries: Any = (
                     [(key.encode(), claimed)]
                     if claimed
                     else await self._redis.xreadgroup(
-                        group, consumer, {key: ">"}, count=count, block=int(block * 1000)
+                        group, consumer, {key: ">"}, count=count, block=block_ms
                     )
                 )
                 attempts = await self._attempts(key, group, entries)
+            if cancelling():
+                # redis-py can swallow a cancellation that lands mid-read; what was read stays
+                # pending for this consumer and is claimed again after claim_after.
+                raise asyncio.CancelledError
             for _, items in entries or []:
                 for ident, fields in items:
                     if not fields:  # deleted meanwhile
@@ -149,12 +167,22 @@ class Streams:
     async def ack(self, stream: str, group: str, *message_ids: str) -> int:
         """Acknowledge handled messages; return how many were pending."""
         key = self._keys.stream(check_key(stream, "stream"))
+        check_key(group, "group")
+        for ident in message_ids:
+            if not isinstance(ident, str) or not _STREAM_ID.fullmatch(ident):
+                raise ValidationError(
+                    f"message id {ident!r} is not a stream id like '1700000000000-0'",
+                    field="message_ids",
+                )
+        if not message_ids:
+            return 0
         with translate_errors("acknowledging"):
             return int(await self._redis.xack(key, group, *message_ids))
 
     async def pending(self, stream: str, group: str) -> int:
         """How many delivered messages the group has not acknowledged."""
         key = self._keys.stream(check_key(stream, "stream"))
+        check_key(group, "group")
         with translate_errors("reading pending messages"):
             summary = await self._redis.xpending(key, group)
         return int(summary["pending"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import orjson
 
@@ -39,7 +40,7 @@ class SessionStore:
     ) -> Session:
         """Open a session for ``agent_id`` that expires ``ttl`` seconds after its last touch."""
         seconds = self._ttl(ttl)
-        agent = check_key(str(agent_id), "agent_id")
+        agent = _agent(agent_id)
         now = datetime.now(UTC)
         session = Session(
             id=uuid.uuid4().hex,
@@ -66,16 +67,20 @@ class SessionStore:
 
     async def update(self, session_id: str, data: dict[str, Any], *, merge: bool = True) -> Session:
         """Change the data (merging top-level keys, or replacing it); also slides the expiry."""
+        if not isinstance(merge, bool):
+            raise ValidationError("merge must be True or False", field="merge")
+        new_data = self._data(data)
         session = await self.get(session_id)
-        new_data = {**session.data, **self._data(data)} if merge else self._data(data)
+        new_data = {**session.data, **new_data} if merge else new_data
         updated = session.model_copy(update={"data": new_data})
         return await self._slide(updated)
 
     async def touch(self, session_id: str, ttl: float | None = None) -> Session:
         """Push the expiry out to ``ttl`` (default: the session's own) seconds from now."""
+        seconds = None if ttl is None else self._ttl(ttl)
         session = await self.get(session_id)
-        if ttl is not None:
-            session = session.model_copy(update={"ttl": self._ttl(ttl)})
+        if seconds is not None:
+            session = session.model_copy(update={"ttl": seconds})
         return await self._slide(session)
 
     async def delete(self, session_id: str) -> None:
@@ -89,7 +94,7 @@ class SessionStore:
 
     async def list_by_agent(self, agent_id: Any) -> list[Session]:
         """The agent's live sessions, oldest first; expired ids are pruned on the way."""
-        index = self._keys.agent_sessions(check_key(str(agent_id), "agent_id"))
+        index = self._keys.agent_sessions(_agent(agent_id))
         with translate_errors("listing sessions"):
             members = await self._redis.smembers(index)
             ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
@@ -140,3 +145,14 @@ class SessionStore:
             raise ValidationError("session data must be a dict", field="data")
         encode_json(data, "data", _MAX_BYTES)
         return data
+
+
+def _agent(agent_id: Any) -> str:
+    """An agent id as sessions key it: a string, or a UUID or integer written as one."""
+    if isinstance(agent_id, UUID) or (isinstance(agent_id, int) and not isinstance(agent_id, bool)):
+        return str(agent_id)
+    if not isinstance(agent_id, str):
+        raise ValidationError(
+            f"agent_id must be a string or UUID, not {type(agent_id).__name__}", field="agent_id"
+        )
+    return check_key(agent_id, "agent_id")
