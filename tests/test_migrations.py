@@ -352,10 +352,12 @@ async def test_rollback_plan_says_what_it_destroys(
     plan = await runner(database.owner).down(to="0004", dry_run=True)
     by_step = {step.key: step for step in plan.steps}
     assert list(by_step) == [
+        "agency_data:0008_no_metadata_gin",
         "agency_data:0007_row_level_security",
         "agency_data:0006_embedding_collections",
         "agency_data:0005_task_lifecycle",
     ]
+    assert by_step["agency_data:0008_no_metadata_gin"].data_loss == ()
     assert by_step["agency_data:0007_row_level_security"].data_loss == ()
     assert set(by_step["agency_data:0006_embedding_collections"].data_loss) == {
         DataLoss(row[0], rows=3),  # dropped from a loop in dynamic SQL
@@ -480,3 +482,28 @@ async def test_old_backups_are_pruned_and_nothing_else(empty_database: str, tmp_
     assert oldest not in ours
     assert all(other.read_text() == "not ours to delete" for other in others)
     assert (backups / f"{database}-20200102T000000000000Z.dump").is_symlink()
+
+
+async def test_collections_made_before_0008_lose_their_metadata_index(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    async with DataLayer(make_config(database, redis_url, tmp_path)) as dl:
+        await dl.embeddings.create_collection("older", dimension=3)
+    run = runner(database.owner)
+    await run.down(to="0007")
+    with psycopg.connect(database.owner) as conn:
+        table = conn.execute(
+            "SELECT table_name FROM embedding_collections WHERE name = 'older'"
+        ).fetchone()
+        assert table is not None
+        indexes = {
+            r[0]
+            for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", table)
+        }
+    assert f"{table[0]}_metadata" in indexes  # as 0006's collections had it
+    await run.up()
+    with psycopg.connect(database.owner) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = %s", [f"{table[0]}_metadata"]
+        ).fetchone()
+    assert left == (0,)

@@ -225,9 +225,8 @@ def _table_ddl(spec: CollectionSpec) -> list[sql.Composed]:
         sql.SQL("CREATE INDEX {} ON {} (tenant_id, entity_type, entity_id)").format(
             sql.Identifier(f"{spec.table}_entity"), table
         ),
-        sql.SQL("CREATE INDEX {} ON {} USING gin (metadata jsonb_path_ops)").format(
-            sql.Identifier(f"{spec.table}_metadata"), table
-        ),
+        # No GIN index on metadata: under row-level security only leakproof operators may use
+        # an index, and jsonb's @> is not one (migration 0008).
         sql.SQL("CREATE INDEX {} ON {} USING gin (content_tsv)").format(
             sql.Identifier(f"{spec.table}_content"), table
         ),

@@ -17,6 +17,10 @@ also match records where the field is missing (they are ``$not`` of ``$eq`` and 
 
 The same tree is compiled to SQL (:mod:`.filter_sql`) and evaluated in Python
 (:mod:`.filter_eval`); the tests hold the two to the same answers.
+
+A filter is bounded in depth, parts, values and characters (the ``MAX_*`` below), counted as
+they appear, so that a small object reused many times cannot grow into a huge query; nesting is
+refused before it is followed, never by running out of Python's stack.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from uuid import UUID
 from agency_data.errors import ValidationError
 
 __all__ = [
+    "ARRAY_INDEX",
     "COLUMNS",
     "And",
     "Comparison",
@@ -41,10 +46,14 @@ __all__ = [
     "parse_filter",
 ]
 
-MAX_DEPTH = 12
-MAX_NODES = 256
-MAX_LIST = 1000
-MAX_STRING = 10_000
+# Every part and value is counted where it appears: a list or dict used twice counts twice,
+# since it is compiled (and sent) twice.
+MAX_DEPTH = 12  # nesting of $and / $or / $not, at the filter's level or a field's
+MAX_NODES = 256  # conditions, and the $and / $or / $not that combine them
+MAX_LIST = 1000  # values in one $in / $nin
+MAX_VALUES = 10_000  # values in all, counting each element of a list or object
+MAX_STRING = 10_000  # characters in one string
+MAX_CHARS = 1_000_000  # characters in all the filter's strings together
 
 ColumnKind = Literal["uuid", "text", "timestamptz"]
 COLUMNS: dict[str, ColumnKind] = {
@@ -59,6 +68,9 @@ Operator = Literal[
 ]
 _ORDERING = ("$gt", "$gte", "$lt", "$lte")
 _KEY = re.compile(r"^[^\x00]{1,256}$")
+# A path step that PostgreSQL's ``#>`` reads as an array position when it meets an array
+# (strtol's syntax: leading blanks, a sign, ASCII digits); any other step only names a key.
+ARRAY_INDEX = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,11 @@ class Field:
 
     def __str__(self) -> str:
         return self.column or "metadata." + ".".join(self.path)
+
+    @property
+    def keys_only(self) -> bool:
+        """True for a metadata path that can only pass through objects, never array elements."""
+        return self.column is None and not any(ARRAY_INDEX.fullmatch(p) for p in self.path)
 
 
 @dataclass(frozen=True)
@@ -107,42 +124,190 @@ FilterNode: TypeAlias = "Comparison | And | Or | Not"
 
 def parse_filter(raw: Any) -> FilterNode:
     """Check ``raw`` and turn it into a tree; :class:`ValidationError` says what is wrong."""
-    counter = [0]
-    return _parse(raw, depth=0, counter=counter, where="filter")
+    return _Parser().filter(raw, depth=0, where="filter")
 
 
 def _fail(where: str, message: str) -> ValidationError:
     return ValidationError(f"{where}: {message}", field=where)
 
 
-def _parse(raw: Any, *, depth: int, counter: list[int], where: str) -> FilterNode:
-    if depth > MAX_DEPTH:
-        raise _fail(where, f"filters nest deeper than {MAX_DEPTH} levels")
-    if not isinstance(raw, dict):
-        raise _fail(where, f"a filter is a dict, not {type(raw).__name__}")
-    children: list[FilterNode] = []
-    for key, value in raw.items():
-        counter[0] += 1
-        if counter[0] > MAX_NODES:
-            raise _fail(where, f"the filter has more than {MAX_NODES} parts")
-        if not isinstance(key, str):
-            raise _fail(where, f"keys are strings, not {key!r}")
-        inner = f"{where}.{key}" if where != "filter" else key
-        if key in ("$and", "$or"):
-            if not isinstance(value, list | tuple):
-                raise _fail(inner, f"{key} takes a list of filters")
-            parsed = tuple(
-                _parse(item, depth=depth + 1, counter=counter, where=f"{inner}[{i}]")
-                for i, item in enumerate(value)
+class _Parser:
+    """One filter's parse: what it has used of the limits so far.
+
+    Depth is checked before each step down, so hostile nesting is refused long before
+    Python's recursion limit; counts grow as parts are met, so a huge filter fails early.
+    """
+
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.values = 0
+        self.chars = 0
+
+    def node(self, where: str) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _fail(where, f"the filter has more than {MAX_NODES} parts; simplify it")
+
+    def value(self, where: str, count: int = 1) -> None:
+        self.values += count
+        if self.values > MAX_VALUES:
+            raise _fail(where, f"the filter holds more than {MAX_VALUES} values in all; use fewer")
+
+    def text(self, value: str, where: str) -> None:
+        if len(value) > MAX_STRING or "\x00" in value:
+            raise _fail(
+                where, f"strings in filters are at most {MAX_STRING} characters, without NUL"
             )
-            children.append(And(parsed) if key == "$and" else Or(parsed))
-        elif key == "$not":
-            children.append(Not(_parse(value, depth=depth + 1, counter=counter, where=inner)))
-        elif key.startswith("$"):
-            raise _fail(inner, f"unknown operator {key}; use $and, $or, $not at this level")
-        else:
-            children.extend(_field_conditions(_field(key, inner), value, inner))
-    return children[0] if len(children) == 1 else And(tuple(children))
+        self.chars += len(value)
+        if self.chars > MAX_CHARS:
+            raise _fail(where, f"the filter's strings hold more than {MAX_CHARS} characters in all")
+
+    def filter(self, raw: Any, *, depth: int, where: str) -> FilterNode:
+        if not isinstance(raw, dict):
+            raise _fail(where, f"a filter is a dict, not {type(raw).__name__}")
+        children: list[FilterNode] = []
+        for key, value in raw.items():
+            if not isinstance(key, str):
+                raise _fail(where, f"keys are strings, not {key!r}")
+            inner = f"{where}.{key}" if where != "filter" else key
+            if key in ("$and", "$or"):
+                if not isinstance(value, list | tuple):
+                    raise _fail(inner, f"{key} takes a list of filters")
+                self.node(inner)
+                _deeper(depth, inner)
+                parsed = tuple(
+                    self.filter(item, depth=depth + 1, where=f"{inner}[{i}]")
+                    for i, item in enumerate(value)
+                )
+                children.append(And(parsed) if key == "$and" else Or(parsed))
+            elif key == "$not":
+                self.node(inner)
+                _deeper(depth, inner)
+                children.append(Not(self.filter(value, depth=depth + 1, where=inner)))
+            elif key.startswith("$"):
+                raise _fail(inner, f"unknown operator {key}; use $and, $or, $not at this level")
+            else:
+                children.extend(self.conditions(_field(key, inner), value, depth, inner))
+        if len(children) == 1:
+            return children[0]
+        self.node(where)
+        return And(tuple(children))
+
+    def conditions(self, field: Field, value: Any, depth: int, where: str) -> list[FilterNode]:
+        if not (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(k, str) and k.startswith("$") for k in value)
+        ):
+            # A bare value means equality; a dict without operators is compared as a whole.
+            return [self.comparison(field, "$eq", value, where)]
+        nodes: list[FilterNode] = []
+        for op, operand in value.items():
+            inner = f"{where}.{op}"
+            if op == "$ne":
+                nodes.append(self.negation(self.comparison(field, "$eq", operand, inner), inner))
+            elif op == "$nin":
+                nodes.append(self.negation(self.comparison(field, "$in", operand, inner), inner))
+            elif op == "$not":
+                _deeper(depth, inner)
+                sub = self.conditions(field, operand, depth + 1, inner)
+                if len(sub) > 1:
+                    self.node(inner)
+                nodes.append(self.negation(sub[0] if len(sub) == 1 else And(tuple(sub)), inner))
+            elif op in ("$eq", "$in", "$exists", "$contains", "$like", "$ilike", *_ORDERING):
+                nodes.append(self.comparison(field, op, operand, inner))
+            else:
+                raise _fail(
+                    inner,
+                    f"unknown operator {op}; known: $eq $ne $gt $gte $lt $lte $in $nin $exists "
+                    "$contains $like $ilike $not",
+                )
+        return nodes
+
+    def negation(self, node: FilterNode, where: str) -> Not:
+        self.node(where)
+        return Not(node)
+
+    def comparison(self, field: Field, op: Operator, operand: Any, where: str) -> Comparison:
+        self.node(where)
+        kind = COLUMNS.get(field.column or "")
+        if op == "$exists":
+            if not isinstance(operand, bool):
+                raise _fail(where, "$exists takes true or false")
+            return Comparison(field, op, operand)
+        if op == "$in":
+            if not isinstance(operand, list | tuple | set | frozenset):
+                raise _fail(where, "$in and $nin take a list")
+            if len(operand) > MAX_LIST:
+                raise _fail(where, f"$in lists hold at most {MAX_LIST} values")
+            values = tuple(self.operand(item, kind, where, allow_json=True) for item in operand)
+            if kind is None and any(isinstance(v, datetime) for v in values):
+                raise _fail(where, "$in compares metadata as JSON; use $gte/$lte for datetimes")
+            return Comparison(field, op, values)
+        if op in ("$like", "$ilike"):
+            if not isinstance(operand, str):
+                raise _fail(where, f"{op} takes a string pattern")
+            if kind not in (None, "text"):
+                raise _fail(where, f"{op} works on text, not on {field}")
+            trailing = len(operand) - len(operand.rstrip("\\"))
+            if trailing % 2:
+                raise _fail(
+                    where,
+                    f"{op} pattern ends with the escape character \\; double it for a literal one",
+                )
+            return Comparison(field, op, self.operand(operand, kind, where))
+        if op == "$contains":
+            if isinstance(operand, dict | list | tuple) or operand is None:
+                raise _fail(where, "$contains takes a string, number or boolean")
+            if kind not in (None, "text"):
+                raise _fail(where, f"$contains works on text or arrays, not on {field}")
+            return Comparison(field, op, self.operand(operand, kind, where))
+        if op in _ORDERING:
+            if kind == "uuid":
+                raise _fail(where, f"{op} does not apply to ids")
+            value = self.operand(operand, kind, where)
+            if value is None or isinstance(value, bool):
+                raise _fail(where, f"{op} compares numbers, strings or datetimes, not {operand!r}")
+            return Comparison(field, op, value)
+        return Comparison(field, op, self.operand(operand, kind, where, allow_json=True))
+
+    def operand(
+        self, value: Any, kind: ColumnKind | None, where: str, *, allow_json: bool = False
+    ) -> Any:
+        self.value(where)
+        if allow_json and kind is None and isinstance(value, dict | list):
+            self.json(value, where)
+            return value
+        return _value(value, kind, where, self)
+
+    def json(self, value: dict[str, Any] | list[Any], where: str) -> None:
+        # A stack, not recursion: the depth limit is checked before each step down.
+        pending: list[tuple[Any, int]] = [(value, 0)]
+        while pending:
+            item, depth = pending.pop()
+            if isinstance(item, dict | list):
+                if depth >= MAX_DEPTH:
+                    raise _fail(where, "the value nests too deep")
+                self.value(where, len(item))
+                if isinstance(item, dict):
+                    for key, inner in item.items():
+                        if not isinstance(key, str):
+                            raise _fail(where, "object keys must be strings")
+                        self.text(key, where)
+                        pending.append((inner, depth + 1))
+                else:
+                    pending.extend((inner, depth + 1) for inner in item)
+            elif isinstance(item, str):
+                self.text(item, where)
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise _fail(where, "NaN and infinities cannot be compared")
+            elif not (isinstance(item, int | float | bool) or item is None):
+                raise _fail(where, f"cannot compare with a {type(item).__name__}")
+
+
+def _deeper(depth: int, where: str) -> None:
+    if depth >= MAX_DEPTH:
+        raise _fail(where, f"filters nest deeper than {MAX_DEPTH} levels")
 
 
 def _field(key: str, where: str) -> Field:
@@ -157,79 +322,7 @@ def _field(key: str, where: str) -> Field:
     return Field(column=None, path=parts)
 
 
-def _field_conditions(field: Field, value: Any, where: str) -> list[FilterNode]:
-    if not (
-        isinstance(value, dict)
-        and value
-        and all(isinstance(k, str) and k.startswith("$") for k in value)
-    ):
-        # A bare value means equality; a dict without operators is compared as a whole.
-        return [_comparison(field, "$eq", value, where)]
-    nodes: list[FilterNode] = []
-    for op, operand in value.items():
-        inner = f"{where}.{op}"
-        if op == "$ne":
-            nodes.append(Not(_comparison(field, "$eq", operand, inner)))
-        elif op == "$nin":
-            nodes.append(Not(_comparison(field, "$in", operand, inner)))
-        elif op == "$not":
-            sub = _field_conditions(field, operand, inner)
-            nodes.append(Not(sub[0] if len(sub) == 1 else And(tuple(sub))))
-        elif op in ("$eq", "$in", "$exists", "$contains", "$like", "$ilike", *_ORDERING):
-            nodes.append(_comparison(field, op, operand, inner))
-        else:
-            raise _fail(
-                inner,
-                f"unknown operator {op}; known: $eq $ne $gt $gte $lt $lte $in $nin $exists "
-                "$contains $like $ilike $not",
-            )
-    return nodes
-
-
-def _comparison(field: Field, op: Operator, operand: Any, where: str) -> Comparison:
-    kind = COLUMNS.get(field.column or "")
-    if op == "$exists":
-        if not isinstance(operand, bool):
-            raise _fail(where, "$exists takes true or false")
-        return Comparison(field, op, operand)
-    if op == "$in":
-        if not isinstance(operand, list | tuple | set | frozenset):
-            raise _fail(where, "$in and $nin take a list")
-        if len(operand) > MAX_LIST:
-            raise _fail(where, f"$in lists hold at most {MAX_LIST} values")
-        values = tuple(_value(item, kind, where, allow_json=True) for item in operand)
-        if kind is None and any(isinstance(v, datetime) for v in values):
-            raise _fail(where, "$in compares metadata as JSON; use $gte/$lte for datetimes")
-        return Comparison(field, op, values)
-    if op in ("$like", "$ilike"):
-        if not isinstance(operand, str):
-            raise _fail(where, f"{op} takes a string pattern")
-        if kind not in (None, "text"):
-            raise _fail(where, f"{op} works on text, not on {field}")
-        trailing = len(operand) - len(operand.rstrip("\\"))
-        if trailing % 2:
-            raise _fail(
-                where,
-                f"{op} pattern ends with the escape character \\; double it for a literal one",
-            )
-        return Comparison(field, op, _value(operand, kind, where))
-    if op == "$contains":
-        if isinstance(operand, dict | list | tuple) or operand is None:
-            raise _fail(where, "$contains takes a string, number or boolean")
-        if kind not in (None, "text"):
-            raise _fail(where, f"$contains works on text or arrays, not on {field}")
-        return Comparison(field, op, _value(operand, kind, where))
-    if op in _ORDERING:
-        if kind == "uuid":
-            raise _fail(where, f"{op} does not apply to ids")
-        value = _value(operand, kind, where)
-        if value is None or isinstance(value, bool):
-            raise _fail(where, f"{op} compares numbers, strings or datetimes, not {operand!r}")
-        return Comparison(field, op, value)
-    return Comparison(field, op, _value(operand, kind, where, allow_json=True))
-
-
-def _value(value: Any, kind: ColumnKind | None, where: str, *, allow_json: bool = False) -> Any:
+def _value(value: Any, kind: ColumnKind | None, where: str, parser: _Parser) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
@@ -240,13 +333,10 @@ def _value(value: Any, kind: ColumnKind | None, where: str, *, allow_json: bool 
         return str(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise _fail(where, "NaN and infinities cannot be compared")
-    if isinstance(value, str) and (len(value) > MAX_STRING or "\x00" in value):
-        raise _fail(where, f"strings in filters are at most {MAX_STRING} characters, without NUL")
+    if isinstance(value, str):
+        parser.text(value, where)
     if isinstance(value, str | int | float | bool) or value is None:
         _check_column_value(value, kind, where)
-        return value
-    if allow_json and kind is None and isinstance(value, dict | list):
-        _check_json(value, where)
         return value
     raise _fail(where, f"cannot compare with a {type(value).__name__}")
 
@@ -261,20 +351,3 @@ def _check_column_value(value: Any, kind: ColumnKind | None, where: str) -> None
         raise _fail(where, f"this column holds text, not {value!r}")
     elif kind == "timestamptz":
         raise _fail(where, "compare created_at with a datetime")
-
-
-def _check_json(value: Any, where: str, depth: int = 0) -> None:
-    if depth > MAX_DEPTH:
-        raise _fail(where, "the value nests too deep")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _fail(where, "object keys must be strings")
-            _check_json(item, where, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_json(item, where, depth + 1)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise _fail(where, "NaN and infinities cannot be compared")
-    elif not (isinstance(value, str | int | float | bool) or value is None):
-        raise _fail(where, f"cannot compare with a {type(value).__name__}")

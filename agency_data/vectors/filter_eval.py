@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from agency_data.vectors.filter_ast import COLUMNS, And, Comparison, FilterNode, Not, Or
+from agency_data.vectors.filter_ast import (
+    ARRAY_INDEX,
+    COLUMNS,
+    And,
+    Comparison,
+    FilterNode,
+    Not,
+    Or,
+)
 
 __all__ = ["json_equal", "matches"]
 
@@ -61,9 +70,12 @@ def _lookup(document: Any, path: tuple[str, ...]) -> Any:
                 return _MISSING
             current = current[part]
         elif isinstance(current, list):
+            # As PostgreSQL's #> reads a position: Python's int() would also take "1_0" or "1 ".
+            if not ARRAY_INDEX.fullmatch(part):
+                return _MISSING
             try:
                 current = current[int(part)]
-            except (ValueError, IndexError):
+            except IndexError:
                 return _MISSING
         else:
             return _MISSING
@@ -83,20 +95,83 @@ def _as_datetime(value: Any) -> datetime | None:
 
 
 def _like(pattern: str, text: str, *, ignore_case: bool) -> bool:
-    # PostgreSQL LIKE: % any run, _ one character, backslash escapes the next character.
-    out: list[str] = []
+    """PostgreSQL's LIKE: ``%`` any run, ``_`` one character, backslash escapes the next one.
+
+    Matched piece by piece without backtracking: the pieces between ``%`` are placed leftmost,
+    first to last, which finds a match whenever there is one. Time grows with the text times
+    the pattern at worst, never exponentially (a regex's ``.*`` would, on ``%a%a%a...b``).
+    """
+    if ignore_case:
+        pattern, text = _lower(pattern), _lower(text)
+    pieces = _pieces(pattern)
+    if len(pieces) == 1:
+        return pieces[0].size == len(text) and pieces[0].fits(text, 0)
+    first, *middle, last = pieces
+    end = len(text) - last.size
+    if first.size > end or not first.fits(text, 0) or not last.fits(text, end):
+        return False
+    at = first.size
+    for piece in middle:
+        found = piece.find(text, at, end)
+        if found < 0:
+            return False
+        at = found + piece.size
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """Part of a LIKE pattern between two ``%``: a plain string, or (with ``_``) a regex.
+
+    The regex is literal characters and ``.`` only, of fixed length: trying it at one place
+    costs at most its length, so searching is never worse than text times piece.
+    """
+
+    size: int
+    literal: str | None
+    regex: re.Pattern[str] | None
+
+    def fits(self, text: str, at: int) -> bool:
+        """True when the piece matches ``text`` from ``at`` (which leaves room for it)."""
+        if self.regex is None:
+            return text.startswith(self.literal or "", at)
+        return self.regex.match(text, at) is not None
+
+    def find(self, text: str, start: int, end: int) -> int:
+        """Where the piece first fits inside ``text[start:end]``, or -1."""
+        if self.regex is None:
+            return text.find(self.literal or "", start, end)
+        found = self.regex.search(text, start, end)
+        return -1 if found is None else found.start()
+
+
+def _pieces(pattern: str) -> list[_Piece]:
+    """The pattern cut at each unescaped ``%``: always one more piece than there are ``%``."""
+    cut: list[list[str | None]] = [[]]  # None stands for "_"
     chars = iter(pattern)
     for char in chars:
-        if char == "\\":
-            out.append(re.escape(next(chars, "\\")))
-        elif char == "%":
-            out.append(".*")
+        if char == "%":
+            cut.append([])
         elif char == "_":
-            out.append(".")
+            cut[-1].append(None)
         else:
-            out.append(re.escape(char))
-    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
-    return re.fullmatch("".join(out), text, flags) is not None
+            cut[-1].append(next(chars, "\\") if char == "\\" else char)
+    pieces = []
+    for piece in cut:
+        if None in piece:
+            regex = "".join("." if c is None else re.escape(c) for c in piece)
+            pieces.append(_Piece(len(piece), None, re.compile(regex, re.DOTALL)))
+        else:
+            pieces.append(_Piece(len(piece), "".join(c or "" for c in piece), None))
+    return pieces
+
+
+def _lower(text: str) -> str:
+    # Character by character, as PostgreSQL's ILIKE lowers each character on its own: no
+    # context rules (Greek final sigma), and one character stays one ("İ" becomes "i").
+    if text.isascii():
+        return text.lower()
+    return "".join(c.lower()[0] for c in text)
 
 
 def _ordered(value: Any, op: str, bound: Any) -> bool:

@@ -4,6 +4,17 @@ Every comparison is wrapped so that it yields true or false (a missing field or 
 another type is false), which keeps ``$not`` exact. Metadata paths travel as ``text[]``
 parameters to ``#>``; the typed views (``agency_data_json_number`` and friends) come from the
 embedding-collections migration.
+
+Where it means exactly the same, a metadata condition is written as containment instead,
+``metadata @> '{"kind": "fact"}'``, which each collection's GIN index (``jsonb_path_ops``)
+answers: ``$eq`` / ``$in`` of JSON scalars, and ``$contains`` of a number or boolean. Only on
+paths that pass through objects alone (a step such as ``0`` may also pick an array element,
+which containment cannot), and only for scalars: containment of an object or array would
+also match a larger one, and of a string in an array would not be a substring test.
+
+The index serves only queries that row-level security does not filter (the owner role, which
+bypasses it): under row-level security PostgreSQL lets a condition use an index only if its
+operator is leakproof, and none of ``jsonb_path_ops``'s operators is.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from typing import Any, LiteralString
 
 from psycopg import sql
 
-from agency_data.vectors.filter_ast import COLUMNS, And, Comparison, FilterNode, Not, Or
+from agency_data.vectors.filter_ast import COLUMNS, And, Comparison, Field, FilterNode, Not, Or
 
 __all__ = ["compile_filter"]
 
@@ -51,7 +62,44 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _containment(node: Comparison, params: list[Any]) -> sql.Composable | None:
+    """``metadata @> ...`` when that is exactly ``node``, else None."""
+    op, value = node.op, node.value
+    if not node.field.keys_only:
+        return None
+    if op == "$eq" and _is_scalar(value):
+        params.append(_json(_nest(node.field, value)))
+        return sql.SQL(_CONTAINS)
+    if op == "$in" and all(_is_scalar(v) for v in value):
+        params.append([_json(_nest(node.field, v)) for v in value])
+        return sql.SQL(_CONTAINS_ANY)
+    if op == "$contains" and not isinstance(value, str):
+        # A number or boolean is never a substring: only array elements can match.
+        params.append(_json(_nest(node.field, [value])))
+        return sql.SQL(_CONTAINS)
+    return None
+
+
+# ``AND metadata IS NOT NULL`` keeps a NULL document false (so NOT of it true), as the other
+# forms are; on the collections' NOT NULL column the planner drops it, leaving the index clause.
+_CONTAINS: LiteralString = "(metadata @> %s::jsonb AND metadata IS NOT NULL)"
+_CONTAINS_ANY: LiteralString = "(metadata @> ANY(%s::jsonb[]) AND metadata IS NOT NULL)"
+
+
+def _nest(field: Field, value: Any) -> Any:
+    for key in reversed(field.path):
+        value = {key: value}
+    return value
+
+
 def _metadata(node: Comparison, params: list[Any]) -> sql.Composable:
+    contained = _containment(node, params)
+    if contained is not None:
+        return contained
     target = sql.SQL("(metadata #> %s)")
     params.append(list(node.field.path))
     op, value = node.op, node.value
