@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import resource
 from collections.abc import Iterator
@@ -213,3 +214,19 @@ async def test_other_resource_errors_are_not_storage_full(dl: DataLayer) -> None
         )
     assert not isinstance(info.value, StorageFull)
     assert info.value.sqlstate == "53200"
+
+
+async def test_resetting_after_raw_sql_keeps_prepared_statements(
+    dl: DataLayer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Raw SQL marks its connection for a reset; psycopg prepares a query it ran five times.
+    # The reset must leave those statements alone, or the connection is lost on reuse.
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        for i in range(30):
+            assert await dl.fetch_value("SELECT %s::int + 1", [i]) == i + 1
+    assert not [r for r in caplog.records if r.name.startswith("psycopg")], caplog.text
+    stats = dl.pool.get_stats()
+    assert stats.get("connections_lost", 0) == 0
+    # The reset still clears what the caller's SQL left behind.
+    await dl.execute("SET application_name = 'left-behind'")
+    assert await dl.fetch_value("SHOW application_name") != "left-behind"

@@ -9,8 +9,9 @@ few milliseconds.
 L1 is only trusted while the listener is subscribed. The moment its connection fails, L1 is
 dropped and bypassed (no reads, no fills) until the listener has subscribed again, since any
 invalidation sent meanwhile is lost; a connection that goes silent without failing is caught
-by a PING within two seconds. Each fill of L1 from Redis carries the listener's generation,
-so a value read before a loss is not stored after it. An L1 entry is never older than
+by a PING within two seconds. Each fill of L1 from Redis carries L1's generation, which
+moves on every loss, write and invalidation, so a value read before any of them is not stored
+after it. An L1 entry is never older than
 ``cache.l1_ttl`` in any case.
 """
 
@@ -33,7 +34,7 @@ from agency_data.config import CacheConfig
 from agency_data.errors import BackendUnavailable
 from agency_data.models import CacheStats
 from agency_data.redis.client import RedisClient, cancelling
-from agency_data.redis.keys import glob_matcher
+from agency_data.redis.keys import MAX_KEY, check_pattern, glob_matcher
 from agency_data.redis.scripts import ScriptRegistry
 from agency_data.redis.subscription import CONNECTION_ERRORS, Lost, Resubscribed, subscription
 from agency_data.retry import Backoff
@@ -117,8 +118,16 @@ class CacheBackend:
         return self.l1 if self._l1_trusted else None
 
     def fillable_l1(self, generation: int) -> LocalCache | None:
-        """L1 for storing a value read from Redis when the listener was at ``generation``."""
+        """L1 for storing a value read from Redis when L1 was at ``generation``.
+
+        None when anything changed meanwhile: a large reply takes several event-loop turns,
+        and an invalidation applied in between would otherwise be undone by the fill.
+        """
         return self.l1 if self._l1_trusted and generation == self.l1_generation else None
+
+    def l1_changed(self) -> None:
+        """Note a write or invalidation: fills of values read before it are skipped."""
+        self.l1_generation += 1
 
     def distrust_l1(self, reason: str, *, quiet: bool = False) -> None:
         """Drop L1 and stop using it until the listener has subscribed again."""
@@ -211,6 +220,7 @@ class CacheBackend:
         entries. A message this process cannot read makes it drop all of L1: guessing what
         it meant could leave a stale entry behind.
         """
+        self.l1_changed()
         if self.l1 is None:
             return
         if not isinstance(message, dict):
@@ -222,6 +232,9 @@ class CacheBackend:
         pattern = message.get("p")
         if not isinstance(keys, list | tuple) or not isinstance(tags, list | tuple):
             raise ValueError("keys and tags of an invalidation are lists")
+        # Any process can publish here: a pattern this layer would refuse is not matched.
+        if pattern is not None:
+            check_pattern(pattern, "pattern", max_length=2 * MAX_KEY)
         matches = glob_matcher(pattern) if pattern is not None else None
         for key in keys:
             self.l1.discard(key)

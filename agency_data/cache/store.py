@@ -1,9 +1,9 @@
 """``dl.cache``: a multi-level cache (in-process L1 in front of Redis L2) for one tenant.
 
 Reads look in L1, then Redis; writes go to both and tell other processes to drop their L1
-copy. When Redis is down, reads are misses (L1 still serves what it holds), writes are dropped
-with a warning and a counter, and nothing raises: a cache must never take the application
-down with it.
+copy. When Redis is down, reads are misses (L1 is set aside too: it would miss other
+processes' invalidations), writes are dropped with a warning and a counter, and nothing raises:
+a cache must never take the application down with it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from agency_data.cache.backend import CacheBackend, RedisDown
 from agency_data.errors import ValidationError
-from agency_data.inputs import check_seconds
+from agency_data.inputs import as_items, brief, check_callable, check_seconds
 from agency_data.models import CacheStats
 from agency_data.redis.client import RedisClient
 from agency_data.redis.keys import Keys, check_key, check_namespace, check_pattern, escape_glob
@@ -63,7 +63,8 @@ class Cache:
         # A lone string is iterable too; taking it letter by letter would tag "abc" as a, b, c.
         if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
             raise ValidationError(
-                f"tags takes a list of strings (e.g. tags=[{tags!r}]), not {type(tags).__name__}",
+                f"tags takes a list of strings (e.g. tags=[{brief(tags)}]), "
+                f"not {type(tags).__name__}",
                 field="tags",
             )
         return [check_key(t, "tag") for t in tags]
@@ -87,7 +88,7 @@ class Cache:
         """The cached values of ``keys`` that exist (one Redis round trip for the L1 misses)."""
         result: dict[str, Any] = {}
         wanted: dict[str, str] = {}
-        for key in keys:
+        for key in as_items(keys, "keys"):
             full = self._full(key)
             value = self._l1_get(full)
             if value is _MISSING:
@@ -148,7 +149,7 @@ class Cache:
         self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Cache ``value`` for ``ttl`` seconds (default ``cache.default_ttl``), labelled ``tags``."""
-        await self.set_many({key: value}, ttl=ttl, tags=tags)
+        await self.set_many({check_key(key): value}, ttl=ttl, tags=tags)
 
     async def set_many(
         self, items: Mapping[str, Any], ttl: float | None = None, tags: Iterable[str] = ()
@@ -168,6 +169,7 @@ class Cache:
         for key, value in items.items():
             encoded[self._full(key)] = _EXPIRY.pack(expires_ms) + backend.codec.encode(value)
         backend.counters.sets += len(encoded)
+        backend.l1_changed()
         l1 = backend.usable_l1
         if l1 is not None:
             for (full, data), value in zip(encoded.items(), items.values(), strict=True):
@@ -205,6 +207,7 @@ class Cache:
 
     async def _forget(self, fulls: list[str]) -> None:
         backend = self._backend
+        backend.l1_changed()
         if backend.l1 is not None:
             for full in fulls:
                 backend.l1.discard(full)
@@ -236,6 +239,11 @@ class Cache:
         ``across_processes``, a short Redis lock makes other processes wait for the first
         one's result instead of loading too.
         """
+        check_callable(loader, "loader")
+        if not isinstance(across_processes, bool):
+            raise ValidationError(
+                "across_processes must be True or False", field="across_processes"
+            )
         value = await self.get(key, _MISSING)
         if value is not _MISSING:
             return value

@@ -21,6 +21,7 @@ propagates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -38,14 +39,26 @@ from agency_data.retry import Backoff
 __all__ = ["ACQUIRE", "EXTEND", "RELEASE", "Lock", "register_lock_scripts"]
 
 _log = logging.getLogger("agency_data.locks")
+# Give-backs still running after their acquire() ended; held so they are not collected.
+_GIVING_BACK: set[asyncio.Future[None]] = set()
 
 MAX_TTL = 30 * 24 * 3600.0
 MAX_WAIT = 24 * 3600.0
 MIN_TTL = 0.01
 
+# Returns {fencing token, expiry in Unix ms}, or 0. redis-py resends a command whose reply
+# timed out, so a call may run twice: the second finds its own token and reports that grant.
+# A token given back (KEYS[3] set by GIVE_BACK) is never granted: a cancelled acquire still
+# queued in Redis behind a slow command may run after the give-back sent on another connection.
 ACQUIRE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+    return 0
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return {tonumber(redis.call('GET', KEYS[2])), redis.call('PEXPIRETIME', KEYS[1])}
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return redis.call('INCR', KEYS[2])
+    return {redis.call('INCR', KEYS[2]), redis.call('PEXPIRETIME', KEYS[1])}
 end
 return 0
 """
@@ -55,17 +68,29 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# ARGV[3] == '1' replaces the TTL; otherwise the time is added to what is left of it.
+# ARGV[3] == '1' replaces the TTL; otherwise ARGV[2] ms are added to the expiry the holder
+# last saw (ARGV[4], Unix ms), as an absolute time, so that a resent call cannot add twice.
+# Returns the new expiry, or 0 when the lock is not the holder's.
 EXTEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
 end
-local millis = tonumber(ARGV[2])
-if ARGV[3] ~= '1' then
-    local left = redis.call('PTTL', KEYS[1])
-    if left > 0 then millis = millis + left end
+if ARGV[3] == '1' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+    local target = tonumber(ARGV[4]) + tonumber(ARGV[2])
+    if redis.call('PEXPIRETIME', KEYS[1]) < target then
+        redis.call('PEXPIREAT', KEYS[1], target)
+    end
 end
-return redis.call('PEXPIRE', KEYS[1], millis)
+return redis.call('PEXPIRETIME', KEYS[1])
+"""
+GIVE_BACK = """
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 OWNER = """
 return redis.call('GET', KEYS[1])
@@ -78,6 +103,7 @@ def register_lock_scripts(scripts: ScriptRegistry) -> None:
     scripts.register("lock_release", RELEASE)
     scripts.register("lock_extend", EXTEND)
     scripts.register("lock_owner", OWNER)
+    scripts.register("lock_give_back", GIVE_BACK)
 
 
 class Lock:
@@ -102,10 +128,12 @@ class Lock:
         self.auto_renew = auto_renew
         self._on_wait = on_wait
         self._scripts = scripts
+        self._keys = keys
         self._key = keys.lock(name)
         self._fence_key = keys.fence(name)
         self._token = uuid.uuid4().hex
         self.fencing_token: int | None = None
+        self._expires_ms = 0
         self._acquired = False
         self.lost = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
@@ -139,12 +167,10 @@ class Lock:
         backoff = Backoff(first=0.005, most=0.1)
         try:
             while True:
-                granted = int(
-                    await self._scripts.run(
-                        "lock_acquire",
-                        keys=[self._key, self._fence_key],
-                        args=[self._token, int(self.ttl * 1000)],
-                    )
+                granted = await self._scripts.run(
+                    "lock_acquire",
+                    keys=[self._key, self._fence_key, self._revoked_key(self._token)],
+                    args=[self._token, int(self.ttl * 1000)],
                 )
                 if cancelling():
                     # redis-py can swallow a cancellation that lands mid-read and retry.
@@ -166,12 +192,14 @@ class Lock:
             raise
         if backoff.attempts and self._on_wait is not None:
             self._on_wait(time.monotonic() - started)
-        self.fencing_token = granted
+        fence, expires_ms = (int(part) for part in granted)
+        self.fencing_token = fence
+        self._expires_ms = expires_ms
         self._acquired = True
         self.lost.clear()
         if self.auto_renew:
             self._renewer = asyncio.create_task(self._renew(), name=f"renew lock {self.name}")
-        return granted
+        return fence
 
     async def release(self) -> None:
         """Let go; :class:`LockNotOwned` if it expired (or was taken) meanwhile."""
@@ -195,41 +223,68 @@ class Lock:
         With ``replace_ttl`` the lock's time left becomes ``additional`` instead (as in
         redis-py). Without ``additional``, the time left is reset to the lock's own ``ttl``.
         """
+        if not isinstance(replace_ttl, bool):
+            raise ValidationError("replace_ttl must be True or False", field="replace_ttl")
         if additional is None:
             seconds, replace = self.ttl, True
         else:
             seconds = check_seconds(additional, "additional", low=MIN_TTL, high=MAX_TTL)
-            if not isinstance(replace_ttl, bool):
-                raise ValidationError("replace_ttl must be True or False", field="replace_ttl")
             replace = replace_ttl
         if not self._acquired:
             raise LockNotOwned(f"lock {self.name!r} is not held by this holder", name=self.name)
-        extended = int(
+        expires_ms = int(
             await self._scripts.run(
                 "lock_extend",
                 keys=[self._key],
-                args=[self._token, int(seconds * 1000), "1" if replace else "0"],
+                args=[
+                    self._token,
+                    int(seconds * 1000),
+                    "1" if replace else "0",
+                    self._expires_ms,
+                ],
             )
         )
-        if not extended:
+        if expires_ms > 0:
+            self._expires_ms = expires_ms
+        else:
             self.lost.set()
             raise LockNotOwned(
                 f"lock {self.name!r} expired before it could be extended", name=self.name
             )
+
+    def _revoked_key(self, token: str) -> str:
+        return self._keys.lock_revoked(self.name, token)
 
     async def _owner(self) -> str | None:
         owner = await self._scripts.run("lock_owner", keys=[self._key])
         return owner.decode() if isinstance(owner, bytes) else owner
 
     async def _give_back(self) -> None:
-        # Shielded: a second cancellation must not stop the release half-way.
-        release = asyncio.ensure_future(
-            self._scripts.run("lock_release", keys=[self._key], args=[self._token])
-        )
-        try:
-            await asyncio.shield(release)
-        except BaseException as exc:  # noqa: BLE001 - the caller's own error is what matters
-            _log.warning("could not give back lock %r after a failed acquire: %r", self.name, exc)
+        # In a task of its own: a second cancellation of the caller must not stop it, and when
+        # Redis is slow it keeps trying until the grant it may have made has expired anyway.
+        token, self._token = self._token, uuid.uuid4().hex  # the next acquire is a new grant
+        task = asyncio.ensure_future(self._release_until_expired(token))
+        _GIVING_BACK.add(task)
+        task.add_done_callback(_GIVING_BACK.discard)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    async def _release_until_expired(self, token: str) -> None:
+        deadline = time.monotonic() + self.ttl
+        backoff = Backoff(first=0.01, most=0.5)
+        while True:
+            try:
+                await self._scripts.run(
+                    "lock_give_back",
+                    keys=[self._key, self._revoked_key(token)],
+                    args=[token, int(self.ttl * 1000) + 1000],
+                )
+                return
+            except Exception as exc:  # noqa: BLE001 - retried until the grant has expired
+                if time.monotonic() >= deadline:
+                    _log.warning("could not give back lock %r (%r); it expired", self.name, exc)
+                    return
+            await backoff.sleep(deadline)
 
     async def _renew(self) -> None:
         while True:

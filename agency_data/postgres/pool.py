@@ -36,8 +36,35 @@ Setup = Callable[[AsyncConnection[Any]], Awaitable[None]]
 _dirty: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
 
 
+# DISCARD ALL, but deallocating only the caller's prepared statements: psycopg keeps those it
+# prepared itself (_pg3_<n>, after five runs of one query) in a cache of its own, and would run
+# into "prepared statement _pg3_0 does not exist" and lose the connection. RESET ALL also drops
+# the settings made when the connection was configured, so it is configured again.
+_RESET = """
+CLOSE ALL;
+SET SESSION AUTHORIZATION DEFAULT;
+RESET ALL;
+UNLISTEN *;
+SELECT pg_advisory_unlock_all();
+DISCARD PLANS;
+DISCARD TEMP;
+DISCARD SEQUENCES;
+DO $$
+DECLARE
+    statement text;
+BEGIN
+    FOR statement IN
+        SELECT name FROM pg_prepared_statements WHERE name !~ '^_pg3_[0-9]+$'
+    LOOP
+        EXECUTE format('DEALLOCATE %I', statement);
+    END LOOP;
+END
+$$
+"""
+
+
 def mark_dirty(conn: AsyncConnection[Any]) -> None:
-    """Have ``conn`` reset (``DISCARD ALL``) when it goes back to its pool."""
+    """Have ``conn`` reset (as by ``DISCARD ALL``) when it goes back to its pool."""
     _dirty.add(conn)
 
 
@@ -72,8 +99,7 @@ def _resetter(
     async def reset(conn: AsyncConnection[DictRow]) -> None:
         if conn in _dirty:
             _dirty.discard(conn)
-            # DISCARD ALL also drops the settings made when the connection was configured.
-            await conn.execute("DISCARD ALL")
+            await conn.execute(_RESET)
             await configure(conn)
 
     return reset

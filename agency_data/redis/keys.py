@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any, cast
 
 from agency_data.errors import ValidationError
+from agency_data.inputs import brief
 
 __all__ = ["Keys", "check_key", "check_namespace", "check_pattern", "escape_glob", "glob_matcher"]
 
@@ -49,13 +50,17 @@ def glob_matcher(pattern: str) -> Callable[[str], bool]:
     return lambda key: _match(tokens, key.encode())
 
 
-def check_pattern(pattern: object, field: str = "pattern") -> str:
+def check_pattern(pattern: object, field: str = "pattern", *, max_length: int = MAX_KEY) -> str:
     """``pattern`` if it is a key-sized glob with at most :data:`MAX_PATTERN_STARS` stars.
 
     Redis gives up on patterns nesting over a thousand stars (they match nothing there); a
     bound far below that keeps every process's matching of the pattern cheap.
     """
-    text = check_key(pattern, field)  # type: ignore[arg-type]
+    if not isinstance(pattern, str) or not pattern or len(pattern) > max_length:
+        raise ValidationError(
+            f"{field} must be a non-empty string of at most {max_length} characters", field=field
+        )
+    text = pattern
     if text.count("*") > MAX_PATTERN_STARS:
         raise ValidationError(
             f"{field} has {text.count('*')} '*' wildcards; at most {MAX_PATTERN_STARS} are allowed",
@@ -159,7 +164,8 @@ def check_namespace(namespace: str) -> str:
     """``namespace`` if it is 1-64 letters, digits or ``_ . : -``."""
     if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
         raise ValidationError(
-            f"namespace {namespace!r} must be 1-64 letters, digits or _ . : -", field="namespace"
+            f"namespace {brief(namespace)} must be 1-64 letters, digits or _ . : -",
+            field="namespace",
         )
     return namespace
 
@@ -199,6 +205,13 @@ class Keys:
     def lock(self, name: str) -> str:
         """A distributed lock."""
         return f"{self.prefix}lock:{name}"
+
+    def lock_revoked(self, name: str, token: str) -> str:
+        """Marks a lock token given back after a cancelled acquire: it is never granted."""
+        return f"{self._lock_revoked_prefix(name)}{token}"
+
+    def _lock_revoked_prefix(self, name: str) -> str:
+        return f"{self.prefix}lock-revoked:{name}:"
 
     def fence(self, name: str) -> str:
         """The fencing counter of a lock."""

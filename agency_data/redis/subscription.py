@@ -90,8 +90,18 @@ async def subscription(
                     yield Resubscribed(first=first)
                     first = False
                     backoff.reset()
-                    async for raw in _messages(pubsub, ping_every):
-                        yield raw
+                    try:
+                        # aclosing: the connection gets its retries back before it is released.
+                        async with contextlib.aclosing(_messages(pubsub, ping_every)) as messages:
+                            async for raw in messages:
+                                yield raw
+                    except CONNECTION_ERRORS as exc:
+                        if cancelling():
+                            raise asyncio.CancelledError from exc
+                        # Said before the cleanup below, which may itself wait on the socket.
+                        _log.warning("subscription lost Redis (%s); resubscribing", exc)
+                        subscribed = False
+                        yield Lost(error=str(exc))
                 finally:
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -103,7 +113,7 @@ async def subscription(
             if subscribed:
                 _log.warning("subscription lost Redis (%s); resubscribing", exc)
                 yield Lost(error=str(exc))
-            await backoff.sleep()
+        await backoff.sleep()
 
 
 async def _messages(pubsub: Any, ping_every: float) -> AsyncGenerator[dict[str, Any], None]:
