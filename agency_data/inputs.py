@@ -7,9 +7,12 @@ Every public entry point checks its arguments with these, so bad input becomes a
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 import re
+import reprlib
+from collections.abc import AsyncIterable, Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -23,12 +26,22 @@ from agency_data.errors import ValidationError
 __all__ = [
     "MAX_PAGE",
     "as_choice",
+    "as_items",
     "as_list",
     "as_uuid",
+    "brief",
+    "check_bool",
+    "check_callable",
+    "check_choice",
+    "check_datetime",
     "check_int",
+    "check_iterable",
     "check_limit",
+    "check_mapping",
+    "check_number",
     "check_seconds",
     "check_tenant",
+    "check_text",
     "decode_cursor",
     "encode_cursor",
     "encode_json",
@@ -37,6 +50,9 @@ __all__ = [
 ]
 
 MAX_PAGE = 1000
+# The longest text a UUID is written as ("urn:uuid:" and braces included), and a cursor.
+_UUID_TEXT = 45
+_MAX_CURSOR = 200
 _TENANT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -93,11 +109,12 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
-def check_tenant(tenant: str) -> str:
+def check_tenant(tenant: Any) -> str:
     """``tenant`` if it is a valid tenant id."""
     if not isinstance(tenant, str) or not _TENANT.match(tenant):
         raise ValidationError(
-            f"tenant id {tenant!r} must be 1-64 letters, digits or _ . : -", field="tenant_id"
+            f"tenant id {brief(tenant)} must be 1-64 letters, digits or _ . : -",
+            field="tenant_id",
         )
     return tenant
 
@@ -106,7 +123,7 @@ def check_int(value: Any, field: str, low: int, high: int) -> int:
     """``value`` if it is an integer (not a bool) from ``low`` to ``high``."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValidationError(
-            f"{field} must be an integer from {low} to {high}, not {_short(value)}", field=field
+            f"{field} must be an integer from {low} to {high}, not {brief(value)}", field=field
         )
     return value
 
@@ -119,22 +136,149 @@ def check_seconds(
     NaN and infinities are refused: a NaN compares false with every bound, so a loop waiting
     ``nan`` seconds would never end, and an infinite TTL overflows Redis's integer milliseconds.
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
+    if not _finite_in(value, low, high):
         raise ValidationError(
-            f"{field} must be a number of seconds from {low:g} to {high:g}, not {_short(value)}",
+            f"{field} must be a number of seconds from {low:g} to {high:g}, not {brief(value)}",
             field=field,
         )
     return float(value)
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def check_number(
+    value: Any, field: str, *, low: float = -math.inf, high: float = math.inf
+) -> float:
+    """``value`` as a float if it is a finite number (not a bool) from ``low`` to ``high``.
+
+    NaN is refused: it compares false with everything, so a filter holding it silently
+    matches nothing (or everything).
+    """
+    if not _finite_in(value, low, high):
+        bounds = "" if math.isinf(low) and math.isinf(high) else f" from {low:g} to {high:g}"
+        raise ValidationError(
+            f"{field} must be a finite number{bounds}, not {brief(value)}", field=field
+        )
+    return float(value)
+
+
+def _finite_in(value: Any, low: float, high: float) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
+
+
+def check_datetime(value: Any, field: str) -> datetime:
+    """``value`` if it is a datetime with a timezone.
+
+    A naive datetime is refused rather than guessed at: PostgreSQL would read it in the
+    session's time zone, so the same call would filter differently on another server.
+    """
+    if not isinstance(value, datetime):
+        raise ValidationError(
+            f"{field} must be a datetime with a timezone, not {brief(value)}", field=field
+        )
+    if value.utcoffset() is None:
+        raise ValidationError(
+            f"{field} is a naive datetime (no timezone), which would be read in the server's "
+            "time zone; pass an aware one, such as datetime.now(UTC) or "
+            "datetime(2024, 5, 1, tzinfo=UTC)",
+            field=field,
+        )
+    return value
+
+
+def check_text(value: Any, field: str, *, max_length: int = 10_000) -> str:
+    """``value`` if it is a string of at most ``max_length`` characters, without NUL."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string, not {brief(value)}", field=field)
+    if len(value) > max_length:
+        raise ValidationError(
+            f"{field} is {len(value)} characters long; the limit is {max_length}", field=field
+        )
+    if "\x00" in value:
+        raise ValidationError(
+            f"{field} contains a NUL character, which PostgreSQL cannot store", field=field
+        )
+    return value
+
+
+def check_mapping(value: Any, field: str) -> dict[str, Any]:
+    """``value`` as a dict if it is a mapping with string keys."""
+    if not isinstance(value, Mapping):
+        raise ValidationError(
+            f"{field} must be a dict with string keys, not {brief(value)}", field=field
+        )
+    for key in value:
+        if not isinstance(key, str):
+            raise ValidationError(
+                f"{field} has the key {brief(key)}; keys must be strings", field=field
+            )
+    return dict(value)
+
+
+def check_bool(value: Any, field: str) -> bool:
+    """``value`` if it is True or False (not merely truthy: ``"no"`` would read as yes)."""
+    if not isinstance(value, bool):
+        raise ValidationError(f"{field} must be True or False, not {brief(value)}", field=field)
+    return value
+
+
+def check_callable(value: Any, field: str) -> Any:
+    """``value`` if it is a function (or other callable that is not a class)."""
+    # A class is called to make an object, not to do the work asked for.
+    if not callable(value) or isinstance(value, type):
+        raise ValidationError(f"{field} must be a function, not {brief(value)}", field=field)
+    return value
+
+
+# Iterables that are one value, not a collection of items.
+_SINGLE = (str, bytes, bytearray, memoryview, Mapping)
+
+
+def as_items(value: Any, field: str, *, most: int | None = None) -> list[Any]:
+    """The items of a list, tuple or other iterable, as a new list.
+
+    None, strings, bytes, mappings (a dict is one item, not several) and things that cannot
+    be iterated are refused, naming ``field``; so is an iterable of more than ``most`` items
+    (read no further than that, so an endless generator cannot hang the caller).
+    """
+    if isinstance(value, list | tuple):
+        items = list(value)
+    elif isinstance(value, _SINGLE) or not isinstance(value, Iterable):
+        raise ValidationError(_not_items(value, field), field=field)
+    else:
+        items = list(value if most is None else itertools.islice(value, most + 1))
+    if most is not None and len(items) > most:
+        raise ValidationError(
+            f"{field} holds more than {most} items; send at most {most} in one batch", field=field
+        )
+    return items
+
+
+def check_iterable(value: Any, field: str) -> Any:
+    """``value`` if it is an iterable or async iterable of items (see :func:`as_items`)."""
+    if isinstance(value, _SINGLE) or not isinstance(value, Iterable | AsyncIterable):
+        raise ValidationError(_not_items(value, field), field=field)
+    return value
+
+
+def _not_items(value: Any, field: str) -> str:
+    return f"{field} must be a list (or tuple) of items, not {brief(value)}"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 40
+_REPR.maxlevel = 2
+
+
+def brief(value: Any) -> str:
+    """``value``'s repr for an error message: short however large or deeply nested, never failing."""
+    try:
+        return _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+        return f"a {type(value).__name__}"
 
 
 def check_limit(limit: int) -> int:
@@ -150,7 +294,7 @@ def as_list(value: Any, field: str, kind: type) -> list[Any] | None:
     for item in items:
         if not isinstance(item, kind):
             raise ValidationError(
-                f"{field} takes {kind.__name__} values, not {item!r}", field=field
+                f"{field} takes {kind.__name__} values, not {brief(item)}", field=field
             )
     return items
 
@@ -160,20 +304,29 @@ def as_uuid(value: Any, field: str = "id") -> UUID:
     if isinstance(value, UUID):
         return value
     try:
-        return UUID(str(value))
-    except ValueError:
-        raise ValidationError(
-            f"{field} {value!r} is not a valid id (a UUID)", field=field
-        ) from None
+        # Other UUID types (asyncpg's, uuid_utils') are accepted by their text.
+        text = value if isinstance(value, str) else str(value)
+        if len(text) <= _UUID_TEXT:
+            return UUID(text)
+    except Exception:  # noqa: BLE001 - any failure means "not a UUID", said below
+        pass
+    raise ValidationError(f"{field} {brief(value)} is not a valid id (a UUID)", field=field)
 
 
 def as_choice(value: Any, choices: type[StrEnum], field: str) -> str:
     """``value`` as one of the enum's values, or a :class:`ValidationError` listing them."""
-    try:
-        return choices(value).value
-    except ValueError:
-        allowed = ", ".join(c.value for c in choices)
-        raise ValidationError(f"{field} {value!r} is not one of: {allowed}", field=field) from None
+    # The members are strings: anything else is refused before the enum looks it up.
+    return choices(check_choice(value, field, [c.value for c in choices])).value
+
+
+def check_choice(value: Any, field: str, allowed: Iterable[str]) -> str:
+    """``value`` if it is one of the ``allowed`` strings, or a :class:`ValidationError` listing them."""
+    choices = list(allowed)
+    if not isinstance(value, str) or value not in choices:
+        raise ValidationError(
+            f"{field} {brief(value)} is not one of: {', '.join(choices)}", field=field
+        )
+    return value
 
 
 def like_pattern(text: str) -> str:
@@ -188,14 +341,20 @@ def encode_cursor(created_at: datetime, id_: UUID) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+def decode_cursor(cursor: Any) -> tuple[datetime, UUID]:
     """The position an :func:`encode_cursor` cursor names."""
     try:
+        if not isinstance(cursor, str) or len(cursor) > _MAX_CURSOR:
+            raise TypeError("not a cursor")
         padded = cursor + "=" * (-len(cursor) % 4)
         created, ident = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return datetime.fromisoformat(created), UUID(ident)
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        moment = datetime.fromisoformat(created)
+        if moment.utcoffset() is None:
+            raise ValueError("naive")
+        return moment, UUID(ident)
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValidationError(
-            f"cursor {cursor[:40]!r} is not one this library issued; pass next_cursor from a page",
+            f"cursor {brief(cursor)} is not one this library issued; pass next_cursor from a "
+            "page, or None for the first page",
             field="cursor",
         ) from exc

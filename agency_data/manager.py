@@ -20,9 +20,9 @@ from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.embedded.postgres import DATABASE, SUPERUSER
-from agency_data.errors import AgencyDataError, BackendUnavailable
+from agency_data.errors import AgencyDataError, BackendUnavailable, ConfigError
 from agency_data.health import check_health
-from agency_data.inputs import check_tenant
+from agency_data.inputs import check_bool, check_seconds, check_tenant, check_text
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
 from agency_data.models import DEFAULT_TENANT, HealthStatus
 from agency_data.postgres.agents import AgentStore
@@ -42,6 +42,7 @@ from agency_data.vectors.store import ManagedEmbeddingStore
 __all__ = ["DataLayer"]
 
 _log = logging.getLogger("agency_data")
+_MAX_HEALTH_TIMEOUT = 300.0
 
 
 class DataLayer(QueryMethods):
@@ -61,8 +62,16 @@ class DataLayer(QueryMethods):
     """
 
     def __init__(self, config: DataLayerConfig | None = None, **overrides: Any) -> None:
+        if config is not None and not isinstance(config, DataLayerConfig):
+            raise ConfigError(
+                f"config must be a DataLayerConfig (or None), not {type(config).__name__}; "
+                "pass settings as keyword arguments: DataLayer(postgresql={'dsn': ...})",
+                field="config",
+            )
         if config is not None and overrides:
-            config = config.model_copy(update=overrides)
+            # Validated like any other config (model_copy would take the overrides unchecked).
+            sections = {name: getattr(config, name) for name in type(config).model_fields}
+            config = DataLayerConfig(**{**sections, **overrides})
         self.config = config if config is not None else DataLayerConfig(**overrides)
         self._embedded_pg: EmbeddedPostgres | None = None
         self._embedded_redis: EmbeddedValkey | None = None
@@ -254,9 +263,8 @@ class DataLayer(QueryMethods):
 
     def tenant(self, tenant_id: str) -> TenantScope:
         """The same API, scoped to ``tenant_id``: no call through it sees another tenant's rows."""
-        scope = self._scopes.get(tenant_id)
+        scope = self._scopes.get(check_tenant(tenant_id))
         if scope is None:
-            check_tenant(tenant_id)
             if self._db is None or self._catalog is None or self._cache_backend is None:
                 raise _not_connected()
             scope = TenantScope(
@@ -310,6 +318,7 @@ class DataLayer(QueryMethods):
 
     async def health(self, timeout: float = 2.0) -> HealthStatus:
         """Probe PostgreSQL and Redis: ``ok``, ``degraded`` (Redis down) or ``down``."""
+        check_seconds(timeout, "timeout", low=0.001, high=_MAX_HEALTH_TIMEOUT)
         report = await check_health(self.pool, self.redis, timeout)
         if self._cache_backend is not None:
             report.components["redis"].details["cache"] = self._cache_backend.stats().model_dump()

@@ -133,9 +133,9 @@ class StreamMessage(BaseModel):
 
 
 class SimilarityQuery(BaseModel):
-    """One query of a batch search."""
+    """One query of a batch search (a mapping with the same keys does as well)."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     vector: Any
     limit: int = 10

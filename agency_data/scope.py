@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, overload
 
@@ -15,6 +15,7 @@ from agency_data.config import DataLayerConfig
 from agency_data.coord.locks import Lock
 from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
+from agency_data.errors import BackendUnavailable
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction
 from agency_data.postgres.tasks import TaskStore
@@ -123,7 +124,7 @@ class QueryMethods(ABC):
 
     async def execute_transaction(
         self,
-        operations: Sequence[Operation],
+        operations: Iterable[Operation],
         *,
         isolation: Isolation | None = None,
         retries: int | None = None,
@@ -173,7 +174,10 @@ class TenantScope(QueryMethods):
         self, name: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
     ) -> Lock:
         """A distributed lock (see :mod:`agency_data.coord.locks`); use ``async with``."""
-        assert self._backend.scripts is not None
+        if self._backend.scripts is None:
+            raise BackendUnavailable(
+                "locks need Redis, and this DataLayer has no Redis client", backend="redis"
+            )
         return Lock(
             self._backend.scripts,
             self._keys,

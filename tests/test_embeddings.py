@@ -196,7 +196,7 @@ async def test_bad_items_fail_the_whole_batch(small: DataLayer, bad: Any, messag
     with pytest.raises(ValidationError, match=message) as info:
         await col.store_many(batch)
     assert info.value.field is not None
-    assert info.value.field.startswith("[3]")
+    assert info.value.field.startswith("items[3]")
     assert await col.count() == 0
 
 
@@ -385,5 +385,5 @@ async def test_a_bad_item_in_a_later_slice_stores_nothing(small: DataLayer) -> N
     batch[2_200]["vector"] = [math.nan] * DIM
     with pytest.raises(ValidationError) as info:
         await col.store_many(batch)
-    assert info.value.field == "[2200].vector"
+    assert info.value.field == "items[2200].vector"
     assert await col.count() == 0

@@ -28,22 +28,22 @@ async def test_create_many_keeps_order_and_is_atomic(dl: DataLayer) -> None:
     assert await dl.tasks.create_many([]) == []
 
     items: list[dict[str, Any]] = [{"type": "ok"}] * 5 + [{"type": "bad", "priority": 5000}]
-    with pytest.raises(ValidationError, match="task 5") as info:
+    with pytest.raises(ValidationError, match=r"items\[5\]\.priority") as info:
         await dl.tasks.create_many(items)
-    assert info.value.field == "[5].priority"
+    assert info.value.field == "items[5].priority"
     assert await dl.tasks.count() == 1000
 
 
 @pytest.mark.parametrize(
     ("item", "field"),
     [
-        ({"type": ""}, "[0].type"),
-        ({"type": "t", "priority": -1}, "[0].priority"),
-        ({"type": "t", "priority": "high"}, "[0].priority"),
-        ({"type": "t", "data": [1, 2]}, "[0].data"),
-        ({"type": "t", "data": {"x": float("nan")}}, "[0].data"),
-        ({"type": "t", "agent_id": "not-a-uuid"}, "[0].agent_id"),
-        ({"type": "t", "colour": "red"}, "[0].colour"),
+        ({"type": ""}, "items[0].type"),
+        ({"type": "t", "priority": -1}, "items[0].priority"),
+        ({"type": "t", "priority": "high"}, "items[0].priority"),
+        ({"type": "t", "data": [1, 2]}, "items[0].data"),
+        ({"type": "t", "data": {"x": float("nan")}}, "items[0].data"),
+        ({"type": "t", "agent_id": "not-a-uuid"}, "items[0].agent_id"),
+        ({"type": "t", "colour": "red"}, "items[0].colour"),
     ],
 )
 async def test_bad_tasks_are_refused(dl: DataLayer, item: dict[str, Any], field: str) -> None:

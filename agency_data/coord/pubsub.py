@@ -23,7 +23,7 @@ import orjson
 import redis.exceptions as rx
 
 from agency_data.errors import ValidationError
-from agency_data.inputs import check_int, check_seconds
+from agency_data.inputs import brief, check_int, check_seconds
 from agency_data.models import Message, StreamMessage
 from agency_data.redis.client import RedisClient, cancelling
 from agency_data.redis.errors import translate_errors
@@ -171,7 +171,7 @@ class Streams:
         for ident in message_ids:
             if not isinstance(ident, str) or not _STREAM_ID.fullmatch(ident):
                 raise ValidationError(
-                    f"message id {ident!r} is not a stream id like '1700000000000-0'",
+                    f"message_ids: {brief(ident)} is not a stream id like '1700000000000-0'",
                     field="message_ids",
                 )
         if not message_ids:

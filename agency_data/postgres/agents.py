@@ -7,7 +7,7 @@ only validates input and runs them.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, LiteralString
 from uuid import UUID
@@ -19,8 +19,14 @@ from agency_data.cache.store import Cache
 from agency_data.errors import Conflict, NotFound, ValidationError
 from agency_data.inputs import (
     as_choice,
+    as_items,
     as_list,
     as_uuid,
+    check_bool,
+    check_datetime,
+    check_int,
+    check_mapping,
+    check_text,
     encode_json,
     like_pattern,
     validated,
@@ -35,6 +41,8 @@ _COLUMNS: LiteralString = (
     "id, tenant_id, name, type, capabilities, status, version, created_at, updated_at"
 )
 _UNSET: Any = object()
+_MAX_INT = 2**31 - 1
+_MAX_NAME = 255
 
 
 class _AgentFields(BaseModel):
@@ -96,8 +104,8 @@ class AgentStore:
         down when the write committed) within ``record_ttl`` seconds. Reads inside a
         transaction always go to PostgreSQL.
         """
-        uid = as_uuid(agent_id)
-        use_cache = self._cache_ttl > 0 if cached is None else cached
+        uid = as_uuid(agent_id, "agent_id")
+        use_cache = self._cache_ttl > 0 if cached is None else check_bool(cached, "cached")
         if not use_cache or self._cache is None or self._db.in_transaction:
             return await self._load(uid)
         ttl = self._cache_ttl or None
@@ -124,9 +132,11 @@ class AgentStore:
         else:
             await cache.delete(_cache_key(agent_id))
 
-    async def get_many(self, agent_ids: Sequence[UUID | str]) -> builtins.list[Agent]:
+    async def get_many(self, agent_ids: Iterable[UUID | str]) -> builtins.list[Agent]:
         """The agents that exist among ``agent_ids`` (one round trip), in no particular order."""
-        ids = [as_uuid(i) for i in agent_ids]
+        ids = [
+            as_uuid(i, f"agent_ids[{n}]") for n, i in enumerate(as_items(agent_ids, "agent_ids"))
+        ]
         return await self._db.fetch(*_get_many_sql(self.tenant, ids), model=Agent)
 
     async def update(
@@ -142,9 +152,15 @@ class AgentStore:
     ) -> Agent:
         """Change the given fields only.
 
-        With ``expected_version`` (or ``expected_updated_at``), the update applies only if the
-        row still has that version; otherwise :class:`Conflict`, and nothing changes.
+        With ``expected_version`` (or ``expected_updated_at``, a datetime with a timezone), the
+        update applies only if the row still has that version; otherwise :class:`Conflict`, and
+        nothing changes.
         """
+        uid = as_uuid(agent_id, "agent_id")
+        if expected_version is not None:
+            check_int(expected_version, "expected_version", 1, _MAX_INT)
+        if expected_updated_at is not None:
+            check_datetime(expected_updated_at, "expected_updated_at")
         given = {
             key: value
             for key, value in {
@@ -169,7 +185,6 @@ class AgentStore:
             values["capabilities"] = encode_json(
                 values["capabilities"], "capabilities", self._db.config.max_json_bytes
             )
-        uid = as_uuid(agent_id)
         row = await self._db.fetch_one(
             *_update_sql(self.tenant, uid, values, expected_version, expected_updated_at),
             model=Agent,
@@ -186,7 +201,7 @@ class AgentStore:
 
     async def delete(self, agent_id: UUID | str) -> None:
         """Delete the agent; its tasks stay, with no agent. :class:`NotFound` if absent."""
-        uid = as_uuid(agent_id)
+        uid = as_uuid(agent_id, "agent_id")
         deleted = await self._db.execute(*_delete_sql(self.tenant, uid))
         if deleted == 0:
             raise NotFound(f"agent {agent_id} does not exist", entity="agent", key=agent_id)
@@ -245,8 +260,7 @@ class AgentStore:
             where.append(sql.SQL("status = ANY(%s)"))
             params.append([_status(s) for s in statuses])
         if capabilities is not None:
-            if not isinstance(capabilities, dict):
-                raise ValidationError("capabilities filter must be a dict", field="capabilities")
+            check_mapping(capabilities, "capabilities")
             where.append(sql.SQL("capabilities @> %s::jsonb"))
             params.append(encode_json(capabilities, "capabilities", self._db.config.max_json_bytes))
         keys = as_list(has_capabilities, "has_capabilities", str)
@@ -254,8 +268,7 @@ class AgentStore:
             where.append(sql.SQL("capabilities ?& %s"))
             params.append(keys)
         if name_contains is not None:
-            if not isinstance(name_contains, str):
-                raise ValidationError("name_contains must be a string", field="name_contains")
+            check_text(name_contains, "name_contains", max_length=_MAX_NAME)
             where.append(sql.SQL("name ILIKE %s"))
             params.append(like_pattern(name_contains))
         return where, params

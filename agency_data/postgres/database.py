@@ -20,19 +20,35 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import Any, Literal, LiteralString, TypeAlias, TypeVar, overload
 
 import psycopg
+import pydantic
 from psycopg import AsyncConnection, AsyncCursor, AsyncTransaction, IsolationLevel, sql
 from psycopg.rows import DictRow
 from pydantic import BaseModel
 
 from agency_data.config import PostgresConfig
 from agency_data.errors import SerializationFailure, ValidationError
-from agency_data.inputs import check_seconds
+from agency_data.inputs import (
+    as_items,
+    check_bool,
+    check_callable,
+    check_choice,
+    check_int,
+    check_seconds,
+)
 from agency_data.postgres.errors import to_agency_error, translate_errors
 from agency_data.postgres.pool import Pool, Setup, mark_dirty
 from agency_data.retry import Backoff
@@ -220,13 +236,16 @@ class Database:
         timeout: float | None = None,
     ) -> list[dict[str, Any]] | list[M]:
         """All rows, as dicts or as instances of ``model``."""
+        if model is not None:
+            _check_model(model)
         async with self.connection() as conn:
             with translate_errors():
                 cursor = await self._run(conn, query, params, timeout)
                 rows = await cursor.fetchall() if cursor.description else []
         if model is None:
             return rows
-        return [model.model_validate(row) for row in rows]
+        with _rows_fit(model):
+            return [model.model_validate(row) for row in rows]
 
     @overload
     async def fetch_one(
@@ -250,13 +269,16 @@ class Database:
         timeout: float | None = None,
     ) -> dict[str, Any] | M | None:
         """The first row (or None), as a dict or an instance of ``model``."""
+        if model is not None:
+            _check_model(model)
         async with self.connection() as conn:
             with translate_errors():
                 cursor = await self._run(conn, query, params, timeout)
                 row = await cursor.fetchone() if cursor.description else None
         if row is None or model is None:
             return row
-        return model.model_validate(row)
+        with _rows_fit(model):
+            return model.model_validate(row)
 
     async def fetch_value(
         self, query: Query, params: Params = None, *, timeout: float | None = None
@@ -319,8 +341,8 @@ class Database:
     async def _run(
         self, conn: AsyncConnection[DictRow], query: Query, params: Params, timeout: float | None
     ) -> AsyncCursor[DictRow]:
-        if type(query) is not str or timeout is not None:
-            _check_query(query, timeout)
+        if type(query) is not str or timeout is not None or type(params) not in _PLAIN_PARAMS:
+            _check_query(query, params, timeout)
         current = self._current.get()
         if current is None:
             return await self._send(conn, False, query, params, timeout)
@@ -369,6 +391,9 @@ class Database:
         self, *, isolation: Isolation | None = None, readonly: bool = False
     ) -> AsyncIterator[Transaction]:
         """A transaction, or a savepoint when one is already open in this task."""
+        if isolation is not None:
+            check_choice(isolation, "isolation", _ISOLATION)
+        check_bool(readonly, "readonly")
         parent = self._current.get()
         async with AsyncExitStack() as stack:
             if parent is None:
@@ -417,17 +442,22 @@ class Database:
         with jittered exponential backoff; after ``retries`` (default: the config's
         ``max_retries``) a :class:`SerializationFailure` says how many attempts were made.
         """
+        check_callable(fn, "fn")
+        if isolation is not None:
+            check_choice(isolation, "isolation", _ISOLATION)
+        if retries is not None:
+            check_int(retries, "retries", 0, _MAX_RETRIES)
         if self.in_transaction:
             # Only the outermost transaction can be retried; a savepoint's conflict aborts it.
             async with self.transaction() as tx:
-                return await fn(tx)
+                return await _call(fn, tx)
         bound = self.config.max_retries if retries is None else retries
         attempt = 0
         backoff = Backoff(first=0.02, most=1.0, jitter=1.0)
         while True:
             try:
                 async with self.transaction(isolation=isolation) as tx:
-                    return await fn(tx)
+                    return await _call(fn, tx)
             except SerializationFailure as exc:
                 if attempt >= bound:
                     raise SerializationFailure(
@@ -440,7 +470,7 @@ class Database:
 
     async def execute_transaction(
         self,
-        operations: Sequence[Operation],
+        operations: Iterable[Operation],
         *,
         isolation: Isolation | None = None,
         retries: int | None = None,
@@ -450,21 +480,29 @@ class Database:
         An operation is ``(sql, params)`` (its rows as dicts, or its row count when it returns
         none) or an async callable taking the :class:`Transaction`.
         """
-
-        for index, operation in enumerate(operations):
-            if not callable(operation) and (
-                not isinstance(operation, tuple | list) or len(operation) != 2
-            ):
+        # Every operation is checked before the first runs, so a bad one runs none.
+        checked: list[Operation] = as_items(operations, "operations")
+        for index, operation in enumerate(checked):
+            if callable(operation):
+                check_callable(operation, f"operations[{index}]")
+                continue
+            if not isinstance(operation, tuple | list) or len(operation) != 2:
                 raise ValidationError(
-                    f"operation {index} is neither a (sql, params) pair nor an async callable",
+                    f"operations[{index}] is neither a (sql, params) pair nor an async callable",
                     field=f"operations[{index}]",
                 )
+            try:
+                _check_query(operation[0], operation[1], None)
+            except ValidationError as exc:
+                # Each message starts with the field it names: "params must be ...".
+                where = f"operations[{index}].{exc.field}"
+                raise ValidationError(f"operations[{index}].{exc}", field=where) from None
 
         async def run_all(tx: Transaction) -> list[Any]:
             results: list[Any] = []
-            for operation in operations:
+            for index, operation in enumerate(checked):
                 if callable(operation):
-                    results.append(await operation(tx))
+                    results.append(await _call(operation, tx, f"operations[{index}]"))
                     continue
                 query, params = operation
                 with translate_errors():
@@ -486,13 +524,60 @@ _RESTORE_TIMEOUT: LiteralString = (
 )
 
 
-def _check_query(query: Any, timeout: Any) -> None:
+_PLAIN_PARAMS = frozenset({list, tuple, dict, type(None)})
+_MAX_RETRIES = 100
+
+
+def _check_query(query: Any, params: Any, timeout: Any) -> None:
     if not isinstance(query, str | sql.Composable):
         raise ValidationError(
-            f"a query is a string or psycopg.sql object, not {type(query).__name__}", field="query"
+            f"query must be a string or psycopg.sql object, not {type(query).__name__}",
+            field="query",
+        )
+    if params is not None and (
+        isinstance(params, str | bytes | bytearray) or not isinstance(params, Sequence | Mapping)
+    ):
+        raise ValidationError(
+            "params must be a list (or tuple) of values for %s placeholders, or a dict for "
+            f"%(name)s ones, not {type(params).__name__}",
+            field="params",
         )
     if timeout is not None:
         check_seconds(timeout, "timeout", low=0.001)
+
+
+def _check_model(model: Any) -> None:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ValidationError(
+            "model must be a pydantic BaseModel subclass, not "
+            + (f"the type {model.__name__}" if isinstance(model, type) else type(model).__name__),
+            field="model",
+        )
+
+
+@contextmanager
+def _rows_fit(model: type[BaseModel]) -> Iterator[None]:
+    try:
+        yield
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValidationError(
+            f"a row does not fit model {model.__name__} ({where}: {first['msg']}); select "
+            "columns named like its fields",
+            field="model",
+        ) from None
+
+
+async def _call(fn: Callable[[Transaction], Awaitable[T]], tx: Transaction, field: str = "fn") -> T:
+    result = fn(tx)
+    if not inspect.isawaitable(result):
+        raise ValidationError(
+            f"{field} must be an async function (one returning an awaitable) so that it runs "
+            f"inside the transaction; it returned {type(result).__name__}",
+            field=field,
+        )
+    return await result
 
 
 @asynccontextmanager

@@ -23,10 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from agency_data.errors import NotFound, ValidationError
 from agency_data.inputs import (
     as_choice,
+    as_items,
     as_list,
     as_uuid,
+    check_datetime,
     check_int,
     check_limit,
+    check_mapping,
+    check_seconds,
+    check_text,
     encode_json,
     validated,
 )
@@ -48,6 +53,9 @@ _CLAIMED_COLUMNS: LiteralString = (
 _MAX_ERROR = 10_000
 _Row = tuple[UUID, str, str, int, UUID | None]
 _MAX_CLAIM = 1000
+# The longest a claim waits for work: a worker's long poll, not a way to sleep for days.
+MAX_CLAIM_WAIT = 3600.0
+_MAX_SEARCH = 1000
 
 
 class _TaskFields(BaseModel):
@@ -88,13 +96,16 @@ class TaskStore:
         Every item is validated before anything is written.
         """
         rows = []
-        for index, item in enumerate(items):
+        for index, item in enumerate(as_items(items, "items")):
             try:
                 rows.append(self._row(item))
             except ValidationError as exc:
-                raise ValidationError(
-                    f"task {index}: {exc}", field=f"[{index}].{exc.field}"
-                ) from None
+                # "type: ..." becomes "items[3].type: ...", naming the task and its field.
+                text = str(exc)
+                named = exc.field is not None and text.startswith(exc.field)
+                where = f"items[{index}]" + (f".{exc.field}" if exc.field else "")
+                message = f"items[{index}].{text}" if named else f"items[{index}]: {text}"
+                raise ValidationError(message, field=where) from None
         if not rows:
             return []
         created = await self._db.fetch(*_insert_many_sql(self.tenant, rows), model=Task)
@@ -104,7 +115,7 @@ class TaskStore:
     def _row(self, item: Mapping[str, Any]) -> _Row:
         if not isinstance(item, Mapping):
             raise ValidationError(
-                f"a task must be a mapping, not {type(item).__name__}", field=None
+                f"a task must be a mapping with a type, not {type(item).__name__}", field=None
             )
         values = dict(item)
         if values.get("data") is None:
@@ -122,18 +133,19 @@ class TaskStore:
         """The task with ``task_id``; :class:`NotFound` if this tenant has none."""
         task = await self._db.fetch_one(
             "SELECT " + _COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
-            [self.tenant, as_uuid(task_id)],
+            [self.tenant, as_uuid(task_id, "task_id")],
             model=Task,
         )
         if task is None:
             raise NotFound(f"task {task_id} does not exist", entity="task", key=task_id)
         return task
 
-    async def get_many(self, task_ids: Sequence[UUID | str]) -> builtins.list[Task]:
+    async def get_many(self, task_ids: Iterable[UUID | str]) -> builtins.list[Task]:
         """The tasks that exist among ``task_ids`` (one round trip), in no particular order."""
+        ids = [as_uuid(i, f"task_ids[{n}]") for n, i in enumerate(as_items(task_ids, "task_ids"))]
         return await self._db.fetch(
             "SELECT " + _COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = ANY(%s)",
-            [self.tenant, [as_uuid(i) for i in task_ids]],
+            [self.tenant, ids],
             model=Task,
         )
 
@@ -151,7 +163,11 @@ class TaskStore:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page[Task]:
-        """Tasks in creation order, filtered; follow ``next_cursor`` for the next page."""
+        """Tasks in creation order, filtered; follow ``next_cursor`` for the next page.
+
+        ``created_after`` / ``created_before`` are datetimes with a timezone; naive ones are
+        refused, since the server would read them in its own time zone.
+        """
         where, params = self._filters(
             agent_id,
             status,
@@ -203,8 +219,7 @@ class TaskStore:
 
         ``text`` is read like a web search: words, ``"quoted phrases"``, ``or``, ``-excluded``.
         """
-        if not isinstance(text, str):
-            raise ValidationError("search text must be a string", field="text")
+        check_text(text, "text", max_length=_MAX_SEARCH)
         check_limit(limit)
         where, params = self._filters(None, status, type, None, None, None, None, None)
         query = sql.SQL(
@@ -226,12 +241,15 @@ class TaskStore:
         """Take up to ``n`` pending tasks for ``agent_id``: highest priority first, then oldest.
 
         Claimed tasks are ``running``, assigned to the agent, with ``attempts`` counted. With
-        ``wait`` (seconds), an empty queue is waited on (LISTEN/NOTIFY, no polling) until work
-        arrives or the time is up; the result may still be empty.
+        ``wait`` (seconds, from 0 to :data:`MAX_CLAIM_WAIT`; 0 or None: no wait), an empty
+        queue is waited on (LISTEN/NOTIFY, no polling) until work arrives or the time is up;
+        the result may still be empty.
         """
         agent = as_uuid(agent_id, "agent_id")
         wanted = as_list(types, "types", str)
         check_int(n, "n", 1, _MAX_CLAIM)
+        if wait is not None:
+            wait = check_seconds(wait, "wait", high=MAX_CLAIM_WAIT)
         query, params = _claim_sql(self.tenant, agent, wanted, n)
         if not wait or self._wakeups is None or self._db.in_transaction:
             return await self._db.fetch(query, params, model=Task)
@@ -275,14 +293,15 @@ class TaskStore:
     async def delete(self, task_id: UUID | str) -> None:
         """Delete a task; :class:`NotFound` if this tenant has none with that id."""
         deleted = await self._db.execute(
-            "DELETE FROM tasks WHERE tenant_id = %s AND id = %s", [self.tenant, as_uuid(task_id)]
+            "DELETE FROM tasks WHERE tenant_id = %s AND id = %s",
+            [self.tenant, as_uuid(task_id, "task_id")],
         )
         if deleted == 0:
             raise NotFound(f"task {task_id} does not exist", entity="task", key=task_id)
 
     async def _transition(self, task_id: UUID | str, status: str, **values: Any) -> Task:
         task = await self._db.fetch_one(
-            *_transition_sql(self.tenant, as_uuid(task_id), status, values), model=Task
+            *_transition_sql(self.tenant, as_uuid(task_id, "task_id"), status, values), model=Task
         )
         if task is None:
             raise NotFound(f"task {task_id} does not exist", entity="task", key=task_id)
@@ -326,12 +345,9 @@ class TaskStore:
             ("created_before", created_before, "created_at < %s"),
         ):
             if moment is not None:
-                if not isinstance(moment, datetime):
-                    raise ValidationError(f"{name} must be a datetime", field=name)
-                add(clause, moment)
+                add(clause, check_datetime(moment, name))
         if data_contains is not None:
-            if not isinstance(data_contains, dict):
-                raise ValidationError("data_contains must be a dict", field="data_contains")
+            check_mapping(data_contains, "data_contains")
             add(
                 "data @> %s::jsonb",
                 encode_json(data_contains, "data_contains", self._db.config.max_json_bytes),

@@ -50,21 +50,23 @@ class CollectionAdmin:
         self, collection: str, kind: str = "hnsw", **options: Unpack[IndexOptions]
     ) -> None:
         """Build a collection's ANN index concurrently; see :meth:`ManagedCollection.create_index`."""
-        spec = await self._catalog.load(check_name(collection))
+        spec = await self._catalog.load(check_name(collection, "collection"))
         await indexes.create_index(self._admin, self._catalog, spec, kind=kind, **options)
 
     async def drop_index(self, collection: str) -> None:
         """Drop a collection's ANN index (searches become exact scans)."""
-        spec = await self._catalog.load(check_name(collection))
+        spec = await self._catalog.load(check_name(collection, "collection"))
         await indexes.drop_index(self._admin, self._catalog, spec)
 
     async def reindex(self, collection: str) -> None:
         """Rebuild a collection's ANN index concurrently."""
-        await indexes.reindex(self._admin, await self._catalog.load(check_name(collection)))
+        await indexes.reindex(
+            self._admin, await self._catalog.load(check_name(collection, "collection"))
+        )
 
     async def optimize(self, collection: str) -> OptimizeReport:
         """ANALYZE; rebuild a bloated index; resize IVFFlat lists (rows: every tenant's)."""
-        spec = await self._catalog.load(check_name(collection))
+        spec = await self._catalog.load(check_name(collection, "collection"))
         return await indexes.optimize(self._admin, self._catalog, spec)
 
 

@@ -17,9 +17,9 @@ from psycopg import sql
 
 from agency_data.config import VectorConfig
 from agency_data.errors import Conflict, NotFound, ValidationError
-from agency_data.inputs import check_int
+from agency_data.inputs import brief, check_bool, check_choice, check_int
 from agency_data.postgres.database import Database
-from agency_data.vectors.metrics import metric_spec
+from agency_data.vectors.metrics import METRICS
 from agency_data.vectors.validation import MAX_DIMENSION
 
 __all__ = ["DEFAULT_COLLECTION", "Catalog", "CollectionSpec"]
@@ -68,13 +68,13 @@ class CollectionSpec:
         return sql.SQL("{}({})").format(sql.SQL(self.storage), sql.Literal(self.dimension))
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, field: str = "name") -> str:
     """``name`` if it is a valid collection name."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValidationError(
-            f"collection name {name!r} must be 1-48 lower-case letters, digits or _, starting "
-            "with a letter",
-            field="name",
+            f"collection name {brief(name)} must be 1-48 lower-case letters, digits or _, "
+            "starting with a letter",
+            field=field,
         )
     return name
 
@@ -147,12 +147,10 @@ class Catalog:
     ) -> CollectionSpec:
         """Create a collection and its table, or return the existing one when it matches."""
         check_name(name)
-        metric_spec(metric)
-        if storage not in ("vector", "halfvec"):
-            raise ValidationError(
-                f"storage must be 'vector' or 'halfvec', not {storage!r}", field="storage"
-            )
+        check_choice(metric, "metric", METRICS)
+        check_choice(storage, "storage", ("vector", "halfvec"))
         check_int(dimension, "dimension", 1, MAX_DIMENSION)
+        check_bool(exist_ok, "exist_ok")
         spec = CollectionSpec(name, f"emb_{name}", dimension, metric, storage)  # type: ignore[arg-type]
         try:
             async with self._admin.transaction():

@@ -18,7 +18,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import numpy as np
@@ -27,7 +27,18 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from agency_data.errors import Conflict, NotFound, ValidationError
-from agency_data.inputs import as_uuid, check_int, check_limit, encode_json
+from agency_data.inputs import (
+    MAX_PAGE,
+    as_items,
+    as_uuid,
+    check_bool,
+    check_int,
+    check_iterable,
+    check_mapping,
+    check_number,
+    check_text,
+    encode_json,
+)
 from agency_data.models import (
     CollectionInfo,
     Embedding,
@@ -46,9 +57,14 @@ from agency_data.vectors.validation import as_matrix, as_vector
 __all__ = ["Collection"]
 
 _ITEM_KEYS = {"id", "entity_type", "entity_id", "vector", "metadata", "content"}
+_QUERY_KEYS = {"vector", "limit", "threshold", "filter"}
 _MAX_ENTITY = 1000
 _MAX_BATCH_QUERIES = 1000
+_MAX_STREAM_BATCH = 100_000
+_MAX_TEXT_QUERY = 10_000
 _SLICE = 1000
+# A search as checked: vector, limit, threshold, parsed filter, and the vector's name in errors.
+_Query: TypeAlias = "tuple[Any, int, float | None, FilterNode | None, str]"
 
 
 def _same(text: str) -> str:
@@ -71,19 +87,32 @@ class Collection:
 
     async def store(self, item: Embedding | Mapping[str, Any]) -> UUID:
         """Store one embedding (replacing the one with its ``id``, if given); return its id."""
-        return (await self.store_many([item]))[0]
+        try:
+            return (await self._store([item], 0))[0]
+        except ValidationError as exc:
+            # The checks name a batch's items ("items[0].vector"); here there is one: "item".
+            if exc.field is None or not exc.field.startswith("items[0]"):
+                raise
+            field = "item" + exc.field.removeprefix("items[0]")
+            raise ValidationError(str(exc).replace("items[0]", "item", 1), field=field) from None
 
     async def store_many(
         self, items: Iterable[Embedding | Mapping[str, Any]]
     ) -> builtins.list[UUID]:
         """Store embeddings in one binary COPY, all or none; return their ids in order.
 
-        Items are :class:`Embedding` objects or mappings with ``entity_type``, ``entity_id``,
-        ``vector`` and optionally ``id``, ``metadata``, ``content``. A bad item anywhere in the
-        batch stores nothing. Items with an ``id`` replace the stored embedding of that id.
+        ``items`` is a list, tuple or other iterable of :class:`Embedding` objects or mappings
+        with ``entity_type``, ``entity_id``, ``vector`` and optionally ``id``, ``metadata``,
+        ``content``. A bad item anywhere in the batch stores nothing, and the error names it
+        (``items[3].vector``). Items with an ``id`` replace the stored embedding of that id.
         """
+        return await self._store(as_items(items, "items"), 0)
+
+    async def _store(
+        self, batch: builtins.list[Embedding | Mapping[str, Any]], start: int
+    ) -> builtins.list[UUID]:
+        # ``start``: the index of the batch's first item in what the caller passed (for errors).
         spec = await self._spec()
-        batch = builtins.list(items)
         if not batch:
             return []
         upsert = any(_given_id(item) is not None for item in batch)
@@ -105,7 +134,7 @@ class Collection:
                     # stays all or none.
                     for offset in range(0, len(batch), _SLICE):
                         rows, matrix = self._prepare(
-                            batch[offset : offset + _SLICE], spec, offset, seen
+                            batch[offset : offset + _SLICE], spec, start + offset, seen
                         )
                         vectors: Sequence[Any] = (
                             [HalfVector(v) for v in matrix]
@@ -149,18 +178,20 @@ class Collection:
     ) -> int:
         """Store an unbounded stream in batches of ``batch_size``; return how many were stored.
 
-        Each batch is atomic; a bad item stops the stream with the batches before it stored.
+        Each batch is atomic; a bad item stops the stream with the batches before it stored, and
+        the error names its place in the stream (``items[12345].vector``).
         """
-        check_int(batch_size, "batch_size", 1, 100_000)
+        check_iterable(items, "items")
+        check_int(batch_size, "batch_size", 1, _MAX_STREAM_BATCH)
         stored = 0
         batch: builtins.list[Embedding | Mapping[str, Any]] = []
         async for item in _aiter(items):
             batch.append(item)
             if len(batch) >= batch_size:
-                stored += len(await self.store_many(batch))
+                stored += len(await self._store(batch, stored))
                 batch = []
         if batch:
-            stored += len(await self.store_many(batch))
+            stored += len(await self._store(batch, stored))
         return stored
 
     def _prepare(
@@ -177,16 +208,21 @@ class Collection:
             # Messages are only built on failure: this loop runs once per vector ingested.
             values = _as_mapping(item, index)
             if not _ITEM_KEYS.issuperset(values):
-                unknown = sorted(set(values) - _ITEM_KEYS)
-                raise ValidationError(f"[{index}] has unknown fields {unknown}", field=f"[{index}]")
+                unknown = sorted(str(key) for key in set(values) - _ITEM_KEYS)
+                raise ValidationError(
+                    f"items[{index}] has unknown fields {unknown}; an item has "
+                    f"{', '.join(sorted(_ITEM_KEYS))}",
+                    field=f"items[{index}]",
+                )
             given_id = values.get("id")
             if given_id is None:
                 id_ = uuid.uuid4()
             else:
-                id_ = as_uuid(given_id, f"[{index}].id")
+                id_ = as_uuid(given_id, f"items[{index}].id")
                 if id_ in seen:
                     raise ValidationError(
-                        f"[{index}].id {id_} appears twice in one batch", field=f"[{index}].id"
+                        f"items[{index}].id {id_} appears twice in one batch",
+                        field=f"items[{index}].id",
                     )
                 seen.add(id_)
             entity_type = _text(values.get("entity_type"), index, "entity_type", blank=False)
@@ -194,37 +230,43 @@ class Collection:
             if isinstance(entity_id, int | UUID) and not isinstance(entity_id, bool):
                 entity_id = str(entity_id)
             entity_id = _text(entity_id, index, "entity_id", blank=True)
-            metadata = values.get("metadata") or {}
-            if not isinstance(metadata, dict):
+            metadata = values.get("metadata")
+            if metadata is None:
+                metadata = {}
+            elif not isinstance(metadata, dict):
                 raise ValidationError(
-                    f"[{index}].metadata must be a dict", field=f"[{index}].metadata"
+                    f"items[{index}].metadata must be a dict", field=f"items[{index}].metadata"
                 )
             content = values.get("content")
             if content is not None:
                 content = _text(content, index, "content", blank=True, limit=1_000_000)
             if "vector" not in values:
-                raise ValidationError(f"[{index}].vector is missing", field=f"[{index}].vector")
+                raise ValidationError(
+                    f"items[{index}].vector is missing", field=f"items[{index}].vector"
+                )
             raw_vectors.append(values["vector"])
-            encoded = encode_json(metadata, f"[{index}].metadata", limit) if metadata else "{}"
+            encoded = encode_json(metadata, f"items[{index}].metadata", limit) if metadata else "{}"
             rows.append((id_, entity_type, entity_id, encoded, content))
-        matrix = as_matrix(raw_vectors, spec.dimension, spec.storage, offset=offset)
+        matrix = as_matrix(raw_vectors, spec.dimension, spec.storage, offset=offset, items="items")
         return rows, matrix
 
     # -- reading -------------------------------------------------------------------------------
 
     async def get(self, embedding_id: UUID | str) -> Embedding:
         """The embedding with ``embedding_id``; :class:`NotFound` if this tenant has none."""
-        found = await self.get_many([embedding_id])
+        found = await self._get_many([as_uuid(embedding_id, "embedding_id")])
         if not found:
             raise NotFound(
                 f"embedding {embedding_id} does not exist in {self.name!r}", entity="embedding"
             )
         return found[0]
 
-    async def get_many(self, embedding_ids: Sequence[UUID | str]) -> builtins.list[Embedding]:
+    async def get_many(self, embedding_ids: Iterable[UUID | str]) -> builtins.list[Embedding]:
         """The embeddings that exist among ``embedding_ids``, in no particular order."""
+        return await self._get_many(_ids(embedding_ids, "embedding_ids"))
+
+    async def _get_many(self, ids: builtins.list[UUID]) -> builtins.list[Embedding]:
         spec = await self._spec()
-        ids = [as_uuid(i) for i in embedding_ids]
         rows = await self._db.fetch(
             sql.SQL(
                 "SELECT "
@@ -237,26 +279,30 @@ class Collection:
 
     async def count(self, filter: Mapping[str, Any] | None = None) -> int:
         """How many of this tenant's embeddings match ``filter`` (all, without one)."""
+        node = _parse(filter)
         spec = await self._spec()
-        where, params = _sql.where_sql(self.tenant, _parse(filter))
+        where, params = _sql.where_sql(self.tenant, node)
         query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(spec.table_id, where)
         return int(await self._db.fetch_value(query, params))
 
     async def delete(
-        self, ids: Sequence[UUID | str] | None = None, *, filter: Mapping[str, Any] | None = None
+        self, ids: Iterable[UUID | str] | None = None, *, filter: Mapping[str, Any] | None = None
     ) -> int:
         """Delete by ids, or every embedding matching ``filter``; return how many went."""
         if (ids is None) == (filter is None):
             raise ValidationError("delete takes ids or a filter (one of them)", field="ids")
-        spec = await self._spec()
         if ids is not None:
+            uuids = _ids(ids, "ids")
+            spec = await self._spec()
             return await self._db.execute(
                 sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND id = ANY(%s)").format(
                     spec.table_id
                 ),
-                [self.tenant, [as_uuid(i) for i in ids]],
+                [self.tenant, uuids],
             )
-        where, params = _sql.where_sql(self.tenant, _parse(filter))
+        node = _parse(filter)
+        spec = await self._spec()
+        where, params = _sql.where_sql(self.tenant, node)
         return await self._db.execute(
             sql.SQL("DELETE FROM {} WHERE {}").format(spec.table_id, where), params
         )
@@ -265,22 +311,21 @@ class Collection:
         self, embedding_id: UUID | str, metadata: dict[str, Any], *, merge: bool = True
     ) -> Embedding:
         """Replace the metadata, or (``merge=True``) add and overwrite top-level keys."""
-        if not isinstance(metadata, dict):
-            raise ValidationError("metadata must be a dict", field="metadata")
-        spec = await self._spec()
+        uid = as_uuid(embedding_id, "embedding_id")
+        check_mapping(metadata, "metadata")
+        check_bool(merge, "merge")
         encoded = encode_json(metadata, "metadata", self._db.config.max_json_bytes)
+        spec = await self._spec()
         assign: sql.Composable = sql.SQL("metadata || %s::jsonb" if merge else "%s::jsonb")
         updated = await self._db.execute(
             sql.SQL("UPDATE {} SET metadata = {} WHERE tenant_id = %s AND id = %s").format(
                 spec.table_id, assign
             ),
-            [encoded, self.tenant, as_uuid(embedding_id)],
+            [encoded, self.tenant, uid],
         )
         if updated == 0:
-            raise NotFound(
-                f"embedding {embedding_id} does not exist in {self.name!r}", entity="embedding"
-            )
-        return await self.get(embedding_id)
+            raise NotFound(f"embedding {uid} does not exist in {self.name!r}", entity="embedding")
+        return await self.get(uid)
 
     # -- searching -----------------------------------------------------------------------------
 
@@ -307,7 +352,7 @@ class Collection:
         candidates are re-ranked by full-precision distance.
         """
         (results,) = await self._search(
-            [(vector, limit, threshold, filter)],
+            [_checked_query(vector, limit, threshold, filter, "")],
             include_vectors=include_vectors,
             ef_search=ef_search,
             probes=probes,
@@ -318,7 +363,7 @@ class Collection:
 
     async def batch_search(
         self,
-        queries: Sequence[SimilarityQuery | Mapping[str, Any]],
+        queries: Iterable[SimilarityQuery | Mapping[str, Any]],
         *,
         include_vectors: bool = False,
         ef_search: int | None = None,
@@ -326,15 +371,15 @@ class Collection:
         exact: bool = False,
         rerank: int = 10,
     ) -> builtins.list[builtins.list[SimilarityResult]]:
-        """Run many searches in one round trip (a pipeline); one result list per query."""
-        if len(queries) > _MAX_BATCH_QUERIES:
-            raise ValidationError(
-                f"at most {_MAX_BATCH_QUERIES} queries in one batch", field="queries"
-            )
-        plain = []
-        for raw in queries:
-            query = raw if isinstance(raw, SimilarityQuery) else SimilarityQuery(**raw)
-            plain.append((query.vector, query.limit, query.threshold, query.filter))
+        """Run many searches in one round trip (a pipeline); one result list per query.
+
+        Each query is a :class:`SimilarityQuery` or a mapping with ``vector`` and optionally
+        ``limit``, ``threshold`` and ``filter``; errors name the query (``queries[2].limit``).
+        """
+        plain = [
+            _as_query(raw, index)
+            for index, raw in enumerate(as_items(queries, "queries", most=_MAX_BATCH_QUERIES))
+        ]
         return await self._search(
             plain,
             include_vectors=include_vectors,
@@ -346,7 +391,7 @@ class Collection:
 
     async def _search(
         self,
-        queries: Sequence[tuple[Any, int, float | None, Mapping[str, Any] | None]],
+        queries: Sequence[_Query],
         *,
         include_vectors: bool,
         ef_search: int | None,
@@ -355,14 +400,14 @@ class Collection:
         rerank: int,
     ) -> builtins.list[builtins.list[SimilarityResult]]:
         _check_rerank(rerank)
+        check_bool(include_vectors, "include_vectors")
+        check_bool(exact, "exact")
         spec = await self._spec()
         metric = metric_spec(spec.metric)
         binary = spec.index_quantization == "binary" and not exact
         planned = []
         candidates = 0
-        for index, (vector, limit, threshold, filter_) in enumerate(queries):
-            check_limit(limit)
-            where = "vector" if len(queries) == 1 else f"[{index}].vector"
+        for vector, limit, threshold, node, where in queries:
             param = self._query_param(vector, spec, where)
             pool = min(1000, max(40, limit * rerank))
             candidates = max(candidates, pool)
@@ -371,7 +416,7 @@ class Collection:
                 self.tenant,
                 param,
                 limit,
-                _parse(filter_),
+                node,
                 include_vectors=include_vectors,
                 rerank_candidates=pool if binary else None,
             )
@@ -400,10 +445,15 @@ class Collection:
         held until the generator finishes or is closed: to stop early and free it at once,
         iterate inside ``contextlib.aclosing(collection.search_stream(...))``.
         """
+        check_int(batch_size, "batch_size", 1, _MAX_STREAM_BATCH)
+        if threshold is not None:
+            check_number(threshold, "threshold")
+        check_bool(include_vectors, "include_vectors")
+        node = _parse(filter)
         spec = await self._spec()
         metric = metric_spec(spec.metric)
         param = self._query_param(vector, spec, "vector")
-        where, params = _sql.where_sql(self.tenant, _parse(filter))
+        where, params = _sql.where_sql(self.tenant, node)
         columns = sql.SQL(_sql.ROW_COLUMNS + (", vector" if include_vectors else ""))
         query = sql.SQL(
             "SELECT {}, vector "
@@ -415,7 +465,7 @@ class Collection:
                 await self._db.enter_tenant(conn)
                 name = f"agency_stream_{uuid.uuid4().hex[:12]}"
                 async with conn.cursor(name=name) as cursor:
-                    cursor.itersize = max(1, batch_size)
+                    cursor.itersize = batch_size
                     await cursor.execute(query, [param, *params])
                     async for row in cursor:
                         result = _result(row, metric.score)
@@ -439,16 +489,17 @@ class Collection:
         is the sum of ``1 / (k + rank)`` over the sides that found it. ``distance`` is still
         the vector distance.
         """
-        if not isinstance(text, str):
-            raise ValidationError("text must be a string", field="text")
-        check_limit(limit)
+        check_text(text, "text", max_length=_MAX_TEXT_QUERY)
+        check_int(limit, "limit", 1, MAX_PAGE)
         check_int(k, "k", 1, 1_000_000)
-        pool_size = candidates or min(1000, limit * 4)
-        check_limit(pool_size)
+        if candidates is None:
+            pool_size = min(MAX_PAGE, limit * 4)
+        else:
+            pool_size = check_int(candidates, "candidates", 1, MAX_PAGE)
+        node = _parse(filter)
         spec = await self._spec()
         metric = metric_spec(spec.metric)
         param = self._query_param(vector, spec, "vector")
-        node = _parse(filter)
         statements = [
             _sql.hybrid_text_sql(spec, self.tenant, text, param, pool_size, node),
             _sql.search_sql(spec, self.tenant, param, pool_size, node, include_vectors=False),
@@ -498,7 +549,46 @@ def _as_mapping(item: Any, index: int) -> Mapping[str, Any]:
         return item
     if isinstance(item, Embedding):
         return item.model_dump(include=_ITEM_KEYS)
-    raise ValidationError(f"[{index}] is not an Embedding or a mapping", field=f"[{index}]")
+    raise ValidationError(
+        f"items[{index}] is not an Embedding or a mapping, but a {type(item).__name__}",
+        field=f"items[{index}]",
+    )
+
+
+def _ids(values: Any, field: str) -> builtins.list[UUID]:
+    return [as_uuid(value, f"{field}[{n}]") for n, value in enumerate(as_items(values, field))]
+
+
+def _as_query(raw: Any, index: int) -> _Query:
+    where = f"queries[{index}]"
+    if isinstance(raw, SimilarityQuery):
+        return _checked_query(raw.vector, raw.limit, raw.threshold, raw.filter, f"{where}.")
+    if not isinstance(raw, Mapping):
+        raise ValidationError(
+            f"{where} must be a SimilarityQuery or a mapping with a vector, not "
+            f"a {type(raw).__name__}",
+            field=where,
+        )
+    unknown = set(raw) - _QUERY_KEYS
+    if unknown:
+        raise ValidationError(
+            f"{where} has unknown keys {sorted(str(key) for key in unknown)}; a query has "
+            f"{', '.join(sorted(_QUERY_KEYS))}",
+            field=where,
+        )
+    if "vector" not in raw:
+        raise ValidationError(f"{where}.vector is missing", field=f"{where}.vector")
+    return _checked_query(
+        raw["vector"], raw.get("limit", 10), raw.get("threshold"), raw.get("filter"), f"{where}."
+    )
+
+
+def _checked_query(vector: Any, limit: Any, threshold: Any, filter_: Any, prefix: str) -> _Query:
+    # ``prefix`` names the query in errors: "" for a single search, "queries[2]." in a batch.
+    check_int(limit, f"{prefix}limit", 1, MAX_PAGE)
+    if threshold is not None:
+        check_number(threshold, f"{prefix}threshold")
+    return vector, limit, threshold, _parse(filter_, f"{prefix}filter"), f"{prefix}vector"
 
 
 def _text(value: Any, index: int, name: str, *, blank: bool, limit: int = _MAX_ENTITY) -> str:
@@ -509,7 +599,7 @@ def _text(value: Any, index: int, name: str, *, blank: bool, limit: int = _MAX_E
         and "\x00" not in value
     ):
         return value
-    where = f"[{index}].{name}"
+    where = f"items[{index}].{name}"
     if not isinstance(value, str):
         raise ValidationError(f"{where} must be a string", field=where)
     if not blank and not value.strip():
@@ -517,8 +607,16 @@ def _text(value: Any, index: int, name: str, *, blank: bool, limit: int = _MAX_E
     raise ValidationError(f"{where} is over {limit} characters or holds NUL", field=where)
 
 
-def _parse(raw: Mapping[str, Any] | None) -> FilterNode | None:
-    return None if raw is None else parse_filter(raw)
+def _parse(raw: Any, field: str = "filter") -> FilterNode | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ValidationError(
+            f"{field} must be a dict of conditions (such as {{'kind': 'note'}}), not "
+            f"a {type(raw).__name__}",
+            field=field,
+        )
+    return parse_filter(raw)
 
 
 def _check_rerank(rerank: int) -> None:

@@ -22,7 +22,7 @@ from psycopg import AsyncConnection, sql
 
 from agency_data._tasks import cancel_and_wait
 from agency_data.errors import Conflict, ValidationError
-from agency_data.inputs import check_int
+from agency_data.inputs import check_bool, check_callable, check_choice, check_int
 from agency_data.models import CollectionInfo, IndexInfo, IndexProgress, OptimizeReport
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import to_agency_error
@@ -103,10 +103,18 @@ async def create_index(
     progress: Callable[[IndexProgress], Any] | None = None,
 ) -> CollectionSpec:
     """Build the index described, swap it in for any old one, and record it in the catalog."""
-    if kind not in ("hnsw", "ivfflat"):
-        raise ValidationError(f"index kind must be 'hnsw' or 'ivfflat', not {kind!r}", field="kind")
-    if quantization not in ("none", "binary"):
-        raise ValidationError("quantization must be 'none' or 'binary'", field="quantization")
+    check_choice(kind, "kind", ("hnsw", "ivfflat"))
+    check_choice(quantization, "quantization", ("none", "binary"))
+    # Every option is checked, also those the other kind of index ignores.
+    hnsw = {
+        "m": _int("m", m, 2, 100),
+        "ef_construction": _int("ef_construction", ef_construction, 4, 1000),
+    }
+    if lists is not None:
+        _int("lists", lists, 1, 32768)
+    check_bool(replace, "replace")
+    if progress is not None:
+        check_callable(progress, "progress")
     limit = INDEX_LIMITS["bit" if quantization == "binary" else spec.storage]
     if spec.dimension > limit:
         raise ValidationError(
@@ -119,10 +127,7 @@ async def create_index(
             "IVFFlat has no manhattan (L1) operator class; use HNSW", field="kind"
         )
     if kind == "hnsw":
-        options = {
-            "m": _int("m", m, 2, 100),
-            "ef_construction": _int("ef_construction", ef_construction, 4, 1000),
-        }
+        options = hnsw
         if options["ef_construction"] < 2 * options["m"]:
             raise ValidationError("ef_construction must be at least 2 x m", field="ef_construction")
     else:

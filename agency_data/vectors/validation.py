@@ -35,11 +35,13 @@ def as_matrix(
     where: str = "vector",
     single: bool = False,
     offset: int = 0,
+    items: str = "",
 ) -> npt.NDArray[np.float32]:
     """``values`` as an ``(n, dimension)`` float32 matrix, or a :class:`ValidationError`.
 
-    The error names the first offending item (counting from ``offset``): wrong length, not
-    numbers, NaN or infinite, or (for halfvec) beyond half precision's range.
+    The error names the first offending item (counting from ``offset``), as
+    ``{items}[{index}].{where}``: wrong length, not numbers, NaN or infinite, or (for halfvec)
+    beyond half precision's range.
     """
     try:
         raw = np.asarray(values)
@@ -51,28 +53,28 @@ def as_matrix(
         ok = False
     if not ok:
         for index, value in enumerate(values):
-            _check_one(value, dimension, _label(where, index + offset, single))
+            _check_one(value, dimension, _label(where, index + offset, single, items))
         raise ValidationError(f"{where}: vectors must be sequences of numbers", field=where)
     finite = np.isfinite(matrix)
     if not finite.all():
         index = int(np.argmin(finite.all(axis=1)))
         raise ValidationError(
-            f"{_label(where, index + offset, single)} holds NaN or an infinite value (or one beyond float32's range)",
-            field=_label(where, index + offset, single),
+            f"{_label(where, index + offset, single, items)} holds NaN or an infinite value (or one beyond float32's range)",
+            field=_label(where, index + offset, single, items),
         )
     if storage == "halfvec":
         too_big = np.abs(matrix) > HALF_MAX
         if too_big.any():
             index = int(np.argmax(too_big.any(axis=1)))
             raise ValidationError(
-                f"{_label(where, index + offset, single)} has a value beyond half precision's ±{HALF_MAX:g}",
-                field=_label(where, index + offset, single),
+                f"{_label(where, index + offset, single, items)} has a value beyond half precision's ±{HALF_MAX:g}",
+                field=_label(where, index + offset, single, items),
             )
     return matrix
 
 
-def _label(where: str, index: int, single: bool) -> str:
-    return where if single else f"[{index}].{where}"
+def _label(where: str, index: int, single: bool, items: str = "") -> str:
+    return where if single else f"{items}[{index}].{where}"
 
 
 def _check_one(value: Any, dimension: int, label: str) -> None:
