@@ -263,8 +263,11 @@ class DataLayer(QueryMethods):
 
     def tenant(self, tenant_id: str) -> TenantScope:
         """The same API, scoped to ``tenant_id``: no call through it sees another tenant's rows."""
-        scope = self._scopes.get(check_tenant(tenant_id))
+        # Looked up before it is checked: every dl.cache / dl.agents call comes through here, and
+        # only strings that passed the check are ever stored.
+        scope = self._scopes.get(tenant_id) if isinstance(tenant_id, str) else None
         if scope is None:
+            check_tenant(tenant_id)
             if self._db is None or self._catalog is None or self._cache_backend is None:
                 raise _not_connected()
             scope = TenantScope(
