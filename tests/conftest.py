@@ -190,7 +190,7 @@ def empty_database(servers: ServerSet) -> Iterator[DatabaseDsn]:
 
 
 @pytest.fixture
-def redis_url(servers: ServerSet) -> Iterator[str]:
+def redis_url(servers: ServerSet) -> str:
     """URL of an emptied Redis database."""
     client = redis.Redis.from_url(servers.redis_url)
     client.flushdb()
@@ -268,3 +268,24 @@ def redis_section(request: pytest.FixtureRequest, servers: ServerSet) -> dict[st
     cluster.flushall(target_nodes=RedisCluster.ALL_NODES)
     cluster.close()
     return {"url": url, "cluster": True}
+
+
+@asynccontextmanager
+async def holding_connections(dl: DataLayer, count: int) -> AsyncIterator[None]:
+    """Keep ``count`` of ``dl``'s pooled connections busy (each in a transaction) in the block."""
+    release = asyncio.Event()
+    held = asyncio.Barrier(count + 1)
+
+    async def hold() -> None:
+        async with dl.transaction():
+            await dl.fetch_value("SELECT 1")
+            await held.wait()
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(count)]
+    await held.wait()
+    try:
+        yield
+    finally:
+        release.set()
+        await asyncio.gather(*holders)

@@ -10,7 +10,7 @@ import pytest
 
 from agency_data import AgencyDataError, BackendUnavailable, DataLayer, PoolTimeout, QueryTimeout
 from agency_data.embedded import EmbeddedPostgres
-from tests.conftest import FAST_POSTGRES, make_config
+from tests.conftest import FAST_POSTGRES, holding_connections, make_config
 
 
 async def test_pool_exhaustion_fails_after_the_wait(
@@ -20,24 +20,12 @@ async def test_pool_exhaustion_fails_after_the_wait(
         database, redis_url, tmp_path, postgresql={"pool_max_size": 2, "pool_timeout": 0.3}
     )
     async with DataLayer(config) as dl:
-        hold = asyncio.Event()
-        holding = asyncio.Barrier(3)
-
-        async def hold_a_connection() -> None:
-            async with dl.transaction():
-                await dl.fetch_value("SELECT 1")
-                await holding.wait()
-                await hold.wait()
-
-        holders = [asyncio.create_task(hold_a_connection()) for _ in range(2)]
-        await holding.wait()
-        started = time.monotonic()
-        with pytest.raises(PoolTimeout, match="pool_max_size") as info:
-            await dl.agents.count()
-        assert 0.25 < time.monotonic() - started < 3
-        assert isinstance(info.value, BackendUnavailable)
-        hold.set()
-        await asyncio.gather(*holders)
+        async with holding_connections(dl, 2):
+            started = time.monotonic()
+            with pytest.raises(PoolTimeout, match="pool_max_size") as info:
+                await dl.agents.count()
+            assert 0.25 < time.monotonic() - started < 3
+            assert isinstance(info.value, BackendUnavailable)
         assert await dl.agents.count() == 0  # the pool is fine again
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from agency_data import BackendUnavailable, DataLayer, PoolTimeout, QueryError, StorageFull
 from agency_data.embedded import EmbeddedPostgres
-from tests.conftest import FAST_POSTGRES, DatabaseDsn, make_config
+from tests.conftest import FAST_POSTGRES, DatabaseDsn, holding_connections, make_config
 
 # select() cannot watch a descriptor numbered FD_SETSIZE (1024) or higher.
 _FD_SETSIZE = 1024
@@ -130,21 +130,9 @@ async def test_outage_says_unreachable_not_pool_too_small(
                 await asyncio.sleep(0.1)
             else:
                 pytest.fail("the pool did not reconnect after the server came back")
-            hold = asyncio.Event()
-            holding = asyncio.Barrier(3)
-
-            async def hold_a_connection() -> None:
-                async with dl.transaction():
+            async with holding_connections(dl, 2):
+                with pytest.raises(PoolTimeout, match="pool_max_size"):
                     await dl.fetch_value("SELECT 1")
-                    await holding.wait()
-                    await hold.wait()
-
-            holders = [asyncio.create_task(hold_a_connection()) for _ in range(2)]
-            await holding.wait()
-            with pytest.raises(PoolTimeout, match="pool_max_size"):
-                await dl.fetch_value("SELECT 1")
-            hold.set()
-            await asyncio.gather(*holders)
     finally:
         pg.release()
 
