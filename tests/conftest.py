@@ -274,18 +274,30 @@ def redis_section(request: pytest.FixtureRequest, servers: ServerSet) -> dict[st
 async def holding_connections(dl: DataLayer, count: int) -> AsyncIterator[None]:
     """Keep ``count`` of ``dl``'s pooled connections busy (each in a transaction) in the block."""
     release = asyncio.Event()
-    held = asyncio.Barrier(count + 1)
+    everyone = asyncio.Event()
+    held = 0
 
     async def hold() -> None:
+        nonlocal held
         async with dl.transaction():
             await dl.fetch_value("SELECT 1")
-            await held.wait()
+            held += 1
+            if held == count:
+                everyone.set()
             await release.wait()
 
     holders = [asyncio.create_task(hold()) for _ in range(count)]
-    await held.wait()
+    waiting = asyncio.create_task(everyone.wait())
+    # A holder that fails ends the wait with its error; nobody waits on anybody else for ever.
+    await asyncio.wait([waiting, *holders], timeout=30, return_when=asyncio.FIRST_COMPLETED)
     try:
+        if not everyone.is_set():
+            for holder in holders:
+                if holder.done():
+                    holder.result()
+            raise AssertionError(f"{count} connections could not all be held within 30 s")
         yield
     finally:
         release.set()
-        await asyncio.gather(*holders)
+        waiting.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
