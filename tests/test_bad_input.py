@@ -185,6 +185,10 @@ BAD_QUERIES: list[tuple[Any, str]] = [
     ([{"vector": VECTOR, "threshold": math.nan}], "queries[0].threshold"),
     ([{"vector": VECTOR, "threshold": "x"}], "queries[0].threshold"),
     ([{"vector": VECTOR, "filter": "kind = note"}], "queries[0].filter"),
+    (
+        [{"vector": VECTOR}, {"vector": VECTOR, "filter": {"k": {"$bogus": 1}}}],
+        "queries[1].filter.k.$bogus",
+    ),
     ([{"vector": [1.0]}], "queries[0].vector"),
     ([{"limit": 3}], "queries[0].vector"),
     ([{"vector": VECTOR, "limt": 3}], "queries[0]"),

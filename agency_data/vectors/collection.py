@@ -616,7 +616,13 @@ def _parse(raw: Any, field: str = "filter") -> FilterNode | None:
             f"a {type(raw).__name__}",
             field=field,
         )
-    return parse_filter(raw)
+    if field == "filter":
+        return parse_filter(raw)
+    try:
+        return parse_filter(raw)
+    except ValidationError as exc:
+        # In a batch, say which query's filter: "queries[2].filter.kind.$bogus: ...".
+        raise ValidationError(f"{field}.{exc}", field=f"{field}.{exc.field}") from None
 
 
 def _check_rerank(rerank: int) -> None:
