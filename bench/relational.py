@@ -54,6 +54,15 @@ async def point_reads(b: Bench, cached_l2: DataLayer) -> list[Result]:
     b.step("point reads: through the cache")
     l1_rate = await throughput(l1_hit, n * 5, b.runs, warmup=400)
     l2_rate = await throughput(l2_hit, n, b.runs, warmup=400)
+
+    # The caller's own SQL: its connection is reset before reuse (session state it may have
+    # left must not reach the next caller), which costs one round trip more.
+    async def ours_sql() -> None:
+        row = await dl.fetch_one(_AGENT_SQL, ["default", next(ids)])
+        assert row is not None, "the layer's raw SQL reads the agent"
+
+    b.step("point reads: dl.fetch_one (raw SQL) vs psycopg")
+    sql_rate, sql_raw_rate = await paired(ours_sql, raw, n, b.runs)
     overhead = raw_rate / ours_rate - 1
     return [
         Result(
@@ -69,6 +78,14 @@ async def point_reads(b: Bench, cached_l2: DataLayer) -> list[Result]:
         Result("point reads", "dl.agents.get, L1 hit", "q/s", l1_rate, ours_rate, "no cache"),
         Result(
             "point reads", "dl.agents.get, L2 (Redis) hit", "q/s", l2_rate, ours_rate, "no cache"
+        ),
+        Result(
+            "point reads",
+            "dl.fetch_one (your SQL, RLS)",
+            "q/s",
+            sql_rate,
+            sql_raw_rate,
+            "psycopg, owner pool (no RLS)",
         ),
     ]
 

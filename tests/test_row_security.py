@@ -246,6 +246,27 @@ async def one_connection(database: DatabaseDsn, redis_url: str, tmp_path: Path) 
     return DataLayer(config)
 
 
+async def test_the_reset_after_raw_sql_restores_the_layers_own_settings(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    # The reset is one round trip: it must still put back what each connection was set up with.
+    async with await one_connection(database, redis_url, tmp_path) as dl:
+        expected = {
+            "hnsw.iterative_scan": "relaxed_order",
+            "ivfflat.iterative_scan": "relaxed_order",
+            "statement_timeout": await dl.fetch_value("SHOW statement_timeout"),
+            "TimeZone": "UTC",
+            "search_path": "public,pg_temp",
+        }
+        for name in expected:
+            await dl.execute(f"SET {name} = DEFAULT")
+        for name, value in expected.items():
+            assert await dl.fetch_value(f"SHOW {name}") == value, name
+        owner = await dl.admin.fetch_value("SELECT current_user")
+        await dl.admin.execute("RESET ROLE")
+        assert await dl.admin.fetch_value("SELECT current_user") == owner
+
+
 async def test_session_state_left_by_raw_sql_never_reaches_another_tenant(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:

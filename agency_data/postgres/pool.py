@@ -38,8 +38,10 @@ _dirty: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
 
 # DISCARD ALL, but deallocating only the caller's prepared statements: psycopg keeps those it
 # prepared itself (_pg3_<n>, after five runs of one query) in a cache of its own, and would run
-# into "prepared statement _pg3_0 does not exist" and lose the connection. RESET ALL also drops
-# the settings made when the connection was configured, so it is configured again.
+# into "prepared statement _pg3_0 does not exist" and lose the connection. RESET ALL returns the
+# settings given at connect time (statement_timeout, timezone, search_path) to those values,
+# and drops the ones configure_connection SET, which are sent again in the same round trip
+# (_SESSION_SQL); psycopg's adapters (JSON, pgvector's types) live in the client and stay.
 _RESET = """
 CLOSE ALL;
 SET SESSION AUTHORIZATION DEFAULT;
@@ -63,6 +65,10 @@ $$
 """
 
 
+# What configure_connection SET on each connection, to be set again after a reset.
+_session_sql: weakref.WeakKeyDictionary[AsyncConnection[Any], str] = weakref.WeakKeyDictionary()
+
+
 def mark_dirty(conn: AsyncConnection[Any]) -> None:
     """Have ``conn`` reset (as by ``DISCARD ALL``) when it goes back to its pool."""
     _dirty.add(conn)
@@ -81,8 +87,12 @@ async def configure_connection(conn: AsyncConnection[DictRow]) -> None:
         if tuple(int(p) for p in row["extversion"].split(".")[:2]) >= (0, 8):
             # Filtered searches keep scanning the index until LIMIT rows pass the filter
             # (results come back nearly sorted; the store sorts them exactly).
-            await conn.execute("SET hnsw.iterative_scan = relaxed_order")
-            await conn.execute("SET ivfflat.iterative_scan = relaxed_order")
+            settings = (
+                "SET hnsw.iterative_scan = relaxed_order; "
+                "SET ivfflat.iterative_scan = relaxed_order"
+            )
+            await conn.execute(settings)
+            _session_sql[conn] = settings
 
 
 def _then(setup: Setup) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]:
@@ -93,14 +103,14 @@ def _then(setup: Setup) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]
     return configure
 
 
-def _resetter(
-    configure: Callable[[AsyncConnection[DictRow]], Awaitable[None]],
-) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]:
+def _resetter(setup: Setup | None) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]:
     async def reset(conn: AsyncConnection[DictRow]) -> None:
         if conn in _dirty:
             _dirty.discard(conn)
-            await conn.execute(_RESET)
-            await configure(conn)
+            # One round trip (two with a setup, such as the owner pool's SET ROLE).
+            await conn.execute(_RESET + ";\n" + _session_sql.get(conn, ""))
+            if setup is not None:
+                await setup(conn)
 
     return reset
 
@@ -205,7 +215,7 @@ async def open_pool(
         timeout=config.pool_timeout,
         max_waiting=config.max_waiting,
         configure=configure,
-        reset=_resetter(configure),
+        reset=_resetter(setup),
         check=_check,
         open=False,
         name=name,
