@@ -166,6 +166,56 @@ async def test_changed_applied_migration_is_refused(empty_database: str, tmp_pat
     assert (await run.up()).applied == []
 
 
+async def test_an_edit_that_names_the_old_checksum_is_accepted(
+    empty_database: str, tmp_path: Path
+) -> None:
+    app = write(tmp_path / "app", {"0001_notes.up.sql": "CREATE TABLE notes (id int);"})
+    run = runner(empty_database, app)
+    await run.up()
+    old = next(m for m in load_migrations([app]) if m.key == "app:0001_notes").checksum
+    (tmp_path / "app" / "0001_notes.up.sql").write_text(
+        f"-- replaces: {old}\nCREATE TABLE notes (id int);\nCREATE INDEX ON notes (id);"
+    )
+    states = {s.key: s.state for s in await run.status()}
+    assert states["app:0001_notes"] == "applied"
+    assert (await run.up()).applied == []
+    (tmp_path / "app" / "0001_notes.up.sql").write_text(
+        f"-- replaces: {'0' * 64}\nCREATE TABLE notes (id bigint);"
+    )
+    with pytest.raises(MigrationChecksumMismatch, match="app:0001_notes"):
+        await run.up()
+
+
+def test_replaces_takes_checksums_only(tmp_path: Path) -> None:
+    app = write(tmp_path / "app", {"0001_x.up.sql": "-- replaces: 0004\nSELECT 1;"})
+    with pytest.raises(MigrationError, match=r"replaces.*SHA-256"):
+        load_migrations([app])
+
+
+async def test_databases_that_ran_0004_before_its_row_security_still_migrate(
+    empty_database: str,
+) -> None:
+    run = runner(empty_database)
+    await run.up()
+    before = "5e180c567bd2b0dd0d8e5fcb2aa142c79b943867d979604c434f71053ee9343c"
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE agency_data_migrations SET checksum = %s WHERE id = %s",
+            [before, "agency_data:0004_embeddings"],
+        )
+    assert {s.state for s in await run.status()} == {"applied"}
+    assert (await run.up()).applied == []
+    # Rolled back to where the table exists again, it is a tenant table like any other.
+    await run.down(to="0005")
+    with psycopg.connect(empty_database) as conn:
+        row = conn.execute(
+            "SELECT relrowsecurity, relforcerowsecurity, "
+            "(SELECT count(*) FROM pg_policies WHERE tablename = 'embeddings') "
+            "FROM pg_class WHERE oid = 'embeddings'::regclass"
+        ).fetchone()
+    assert row == (True, True, 1)
+
+
 async def test_missing_file_is_reported(empty_database: str, tmp_path: Path) -> None:
     app = write(tmp_path / "app", {"0001_notes.up.sql": "CREATE TABLE notes (id int);"})
     await runner(empty_database, app).up()

@@ -5,8 +5,12 @@ Header comments at the top of the up file set its options::
 
     -- depends: agency_data:0002, myapp:0007_users
     -- transaction: false
+    -- replaces: 5e180c56...9343c
 
-Each migration also depends on the one before it in its own directory.
+Each migration also depends on the one before it in its own directory. ``replaces`` names
+the checksums of earlier versions of an applied file that databases may have recorded: an
+edit that only adds what later migrations already guarantee (so databases that ran the old
+text need nothing more) is then not refused as a changed migration.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from agency_data.migrations._model import Migration, MigrationSource
 __all__ = ["load_migrations", "resolve"]
 
 _FILE = re.compile(r"^(?P<version>\d+)_(?P<name>[a-z0-9_]+)\.(?P<direction>up|down)\.sql$")
-_HEADER = re.compile(r"^--\s*(?P<key>depends|transaction)\s*:\s*(?P<value>.*?)\s*$", re.IGNORECASE)
+_HEADER = re.compile(
+    r"^--\s*(?P<key>depends|transaction|replaces)\s*:\s*(?P<value>.*?)\s*$", re.IGNORECASE
+)
+_CHECKSUM = re.compile(r"^[0-9a-f]{64}$")
 
 
 def load_migrations(sources: Sequence[MigrationSource]) -> list[Migration]:
@@ -81,7 +88,7 @@ def _load_source(source: MigrationSource) -> list[Migration]:
     previous: str | None = None
     for version in sorted(ups, key=int):
         name, up_sql = ups[version]
-        depends, transactional = _headers(up_sql, source, f"{version}_{name}")
+        depends, transactional, replaces = _headers(up_sql, source, f"{version}_{name}")
         if previous is not None:
             depends = (previous, *depends)
         migration = Migration(
@@ -92,6 +99,7 @@ def _load_source(source: MigrationSource) -> list[Migration]:
             down_sql=downs.get(f"{version}_{name}"),
             depends=depends,
             transactional=transactional,
+            replaces=replaces,
             path=source.directory / f"{version}_{name}.up.sql",
         )
         migrations.append(migration)
@@ -99,8 +107,11 @@ def _load_source(source: MigrationSource) -> list[Migration]:
     return migrations
 
 
-def _headers(up_sql: str, source: MigrationSource, ident: str) -> tuple[tuple[str, ...], bool]:
+def _headers(
+    up_sql: str, source: MigrationSource, ident: str
+) -> tuple[tuple[str, ...], bool, tuple[str, ...]]:
     depends: list[str] = []
+    replaces: list[str] = []
     transactional = True
     for line in up_sql.splitlines():
         stripped = line.strip()
@@ -111,9 +122,19 @@ def _headers(up_sql: str, source: MigrationSource, ident: str) -> tuple[tuple[st
         header = _HEADER.match(stripped)
         if header is None:
             continue
-        if header["key"].lower() == "depends":
+        key = header["key"].lower()
+        if key == "depends":
             for ref in filter(None, (r.strip() for r in header["value"].split(","))):
                 depends.append(ref if ":" in ref else f"{source.namespace}:{ref}")
+        elif key == "replaces":
+            for checksum in filter(None, (c.strip() for c in header["value"].split(","))):
+                if not _CHECKSUM.match(checksum):
+                    raise MigrationError(
+                        f"{source.namespace}:{ident}: '-- replaces:' takes SHA-256 checksums "
+                        f"(64 lower-case hex digits, as `migrate status` records them), "
+                        f"not {checksum[:80]!r}"
+                    )
+                replaces.append(checksum)
         else:
             value = header["value"].lower()
             if value not in ("true", "false"):
@@ -121,7 +142,7 @@ def _headers(up_sql: str, source: MigrationSource, ident: str) -> tuple[tuple[st
                     f"{source.namespace}:{ident}: '-- transaction:' takes true or false, not {value!r}"
                 )
             transactional = value == "true"
-    return tuple(depends), transactional
+    return tuple(depends), transactional, tuple(replaces)
 
 
 def _ordered(migrations: list[Migration]) -> list[Migration]:

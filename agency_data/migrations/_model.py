@@ -58,6 +58,7 @@ class Migration:
     depends: tuple[str, ...]
     transactional: bool
     path: Path
+    replaces: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -69,6 +70,11 @@ class Migration:
         """SHA-256 of the up step, line endings normalised; a changed file changes it."""
         text = self.up_sql.replace("\r\n", "\n").strip()
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def accepts(self, checksum: str) -> bool:
+        """True when a database that recorded ``checksum`` ran this migration (or a version
+        of it that its ``-- replaces:`` header names)."""
+        return checksum == self.checksum or checksum in self.replaces
 
     def matches(self, ref: str) -> bool:
         """True when ``ref`` names this migration (full key, ``ns:version``, id or version)."""

@@ -360,7 +360,7 @@ def _states(migrations: Sequence[Migration], applied: dict[str, _Applied]) -> li
             states.append(MigrationState(migration.key, "pending"))
         else:
             state: Literal["applied", "changed"] = (
-                "applied" if row.checksum == migration.checksum else "changed"
+                "applied" if migration.accepts(row.checksum) else "changed"
             )
             states.append(MigrationState(migration.key, state, row.applied_at))
     states.extend(
@@ -373,7 +373,7 @@ def _states(migrations: Sequence[Migration], applied: dict[str, _Applied]) -> li
 
 def _refuse_changed(migrations: Sequence[Migration], applied: dict[str, _Applied]) -> None:
     changed = [
-        m.key for m in migrations if m.key in applied and applied[m.key].checksum != m.checksum
+        m.key for m in migrations if m.key in applied and not m.accepts(applied[m.key].checksum)
     ]
     if changed:
         raise MigrationChecksumMismatch(

@@ -30,3 +30,8 @@ CREATE TABLE embeddings (
 );
 CREATE INDEX embeddings_entity ON embeddings (tenant_id, collection, entity_type, entity_id);
 CREATE INDEX embeddings_metadata ON embeddings USING gin (metadata jsonb_path_ops);
+ALTER TABLE embeddings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE embeddings FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON embeddings
+    USING (tenant_id = current_setting('agency_data.tenant', true))
+    WITH CHECK (tenant_id = current_setting('agency_data.tenant', true));
