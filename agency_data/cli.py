@@ -28,8 +28,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from agency_data import __version__
-from agency_data.config import DataLayerConfig, redact_dsn
+from agency_data.config import DataLayerConfig
 from agency_data.demo import DemoStep, run_demo
+from agency_data.dsn import redact_dsn
 from agency_data.errors import AgencyDataError, ConfigError, EmbeddedServerError
 from agency_data.health import postgres_unreachable, versions_text
 from agency_data.manager import DataLayer

@@ -17,7 +17,8 @@ import psycopg
 import psycopg_pool
 import redis.exceptions
 
-from agency_data.config import DataLayerConfig, redact_dsn
+from agency_data.config import DataLayerConfig
+from agency_data.dsn import redact_dsn
 from agency_data.embedded import EmbeddedValkey
 from agency_data.errors import EmbeddedServerError
 from agency_data.models import ComponentHealth, HealthStatus

@@ -12,7 +12,8 @@ import json
 import math
 import re
 import reprlib
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -45,7 +46,9 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "encode_json",
+    "first_problem",
     "like_pattern",
+    "located",
     "validated",
 ]
 
@@ -62,9 +65,31 @@ def validated(model: type[M], values: dict[str, Any]) -> M:
     try:
         return model.model_validate(values)
     except pydantic.ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(part) for part in first["loc"]) or None
-        raise ValidationError(f"{field}: {first['msg']}", field=field) from None
+        field, problem = first_problem(exc)
+        raise ValidationError(f"{field}: {problem}", field=field) from None
+
+
+def first_problem(exc: pydantic.ValidationError) -> tuple[str | None, str]:
+    """The dotted place (None at the top) and the message of pydantic's first complaint."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    return ".".join(str(part) for part in first["loc"]) or None, first["msg"]
+
+
+@contextmanager
+def located(where: str) -> Iterator[None]:
+    """Re-raise the block's :class:`ValidationError` as one about a part of ``where``.
+
+    ``type: ...`` raised for the fourth item of a batch becomes ``items[3].type: ...``, with
+    the field ``items[3].type``, so a caller knows which item was wrong.
+    """
+    try:
+        yield
+    except ValidationError as exc:
+        text = str(exc)
+        if exc.field is not None and text.startswith(exc.field):
+            raise ValidationError(f"{where}.{text}", field=f"{where}.{exc.field}") from None
+        field = f"{where}.{exc.field}" if exc.field else where
+        raise ValidationError(f"{where}: {text}", field=field) from None
 
 
 def encode_json(value: Any, field: str, max_bytes: int) -> str:

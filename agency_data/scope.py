@@ -32,7 +32,12 @@ T = TypeVar("T")
 
 
 class QueryMethods(ABC):
-    """SQL and transactions (the design's executeQuery / executeTransaction), for any view."""
+    """SQL and transactions (the design's executeQuery / executeTransaction), for any view.
+
+    Your SQL may leave session state behind (a setting, a temporary table, a prepared
+    statement), so its connection is reset before anyone else uses it: one round trip more
+    than the library's own calls, which leave none.
+    """
 
     @abstractmethod
     def _database(self) -> Database: ...

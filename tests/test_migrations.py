@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import psycopg
@@ -44,6 +46,17 @@ def write(directory: Path, files: dict[str, str]) -> MigrationSource:
     for name, text in files.items():
         (directory / name).write_text(text)
     return MigrationSource("app", directory)
+
+
+@asynccontextmanager
+async def restored(servers: ServerSet, backup: Path) -> AsyncIterator[str]:
+    """The DSN of a new database holding ``backup`` restored with pg_restore."""
+    target = servers.create_database()
+    try:
+        await restore_backup(backup, servers.dsn(target), await find_tool("pg_restore", 18))
+        yield servers.dsn(target)
+    finally:
+        servers.drop_database(target)
 
 
 def runner(dsn: str, *sources: MigrationSource, **options: object) -> MigrationRunner:
@@ -351,18 +364,13 @@ async def test_backup_before_migrating_restores(
     assert report.backup_file.stat().st_size > 0
     assert report.backup_file.parent == tmp_path / "backups"
 
-    target = servers.create_database()
-    try:
-        tool = await find_tool("pg_restore", 18)
-        await restore_backup(report.backup_file, servers.dsn(target), tool)
-        with psycopg.connect(servers.dsn(target)) as conn:
+    async with restored(servers, report.backup_file) as target:
+        with psycopg.connect(target) as conn:
             agents = conn.execute("SELECT name, type FROM agents").fetchall()
             history = conn.execute("SELECT count(*) FROM agency_data_migrations").fetchone()
         assert agents == [("planner", "coordinator")]
         assert history == (len(load_migrations([BUILTIN_SOURCE])),)  # taken before app:0001_more
-        assert "more" not in tables(servers.dsn(target))
-    finally:
-        servers.drop_database(target)
+        assert "more" not in tables(target)
 
 
 async def test_backup_failure_stops_the_migration(empty_database: str, tmp_path: Path) -> None:
@@ -438,15 +446,10 @@ async def test_down_backs_up_first(
     assert report.backup_file is not None
     assert report.backup_file.parent == tmp_path / "backups"
 
-    target = servers.create_database()
-    try:
-        tool = await find_tool("pg_restore", 18)
-        await restore_backup(report.backup_file, servers.dsn(target), tool)
-        with psycopg.connect(servers.dsn(target)) as conn:
+    async with restored(servers, report.backup_file) as target:
+        with psycopg.connect(target) as conn:
             agents = conn.execute("SELECT name FROM agents").fetchall()
         assert agents == [("kept",)]
-    finally:
-        servers.drop_database(target)
 
 
 async def test_down_refuses_a_plan_other_than_the_one_shown(empty_database: str) -> None:

@@ -131,18 +131,17 @@ class CacheBackend:
 
     def distrust_l1(self, reason: str, *, quiet: bool = False) -> None:
         """Drop L1 and stop using it until the listener has subscribed again."""
-        self.l1_generation += 1
-        if self.l1 is not None:
-            if self._l1_trusted and not quiet:
-                _log.warning("dropping the L1 cache: %s", reason)
-            self.l1.clear()
-        self._l1_trusted = False
+        if self.l1 is not None and self._l1_trusted and not quiet:
+            _log.warning("dropping the L1 cache: %s", reason)
+        self._restart_l1(trusted=False)
 
-    def _trust_l1(self) -> None:
+    def _restart_l1(self, *, trusted: bool) -> None:
+        # Emptied either way: what it held may have missed an invalidation. The generation
+        # moves on, so fills read before now are not stored.
         self.l1_generation += 1
         if self.l1 is not None:
-            self.l1.clear()  # entries stored before the subscription may have missed messages
-        self._l1_trusted = True
+            self.l1.clear()
+        self._l1_trusted = trusted
 
     # -- Redis calls with degradation --------------------------------------------------------
 
@@ -275,7 +274,7 @@ class CacheBackend:
                     on_attempt=self._first_attempt.set,
                 ):
                     if isinstance(event, Resubscribed):
-                        self._trust_l1()
+                        self._restart_l1(trusted=True)
                         backoff.reset()
                     elif isinstance(event, Lost):
                         self.distrust_l1(f"the invalidation listener lost Redis ({event.error})")
@@ -298,9 +297,9 @@ class CacheBackend:
             self.apply(payload)
             self.counters.invalidations_received += 1
         except Exception as exc:  # noqa: BLE001 - any process can publish on the channel
-            self.distrust_l1(f"an invalidation message could not be applied ({exc!r})")
-            # Trust returns at once: the listener is still subscribed, nothing else was missed.
-            self._trust_l1()
+            _log.warning("dropping the L1 cache: an invalidation could not be applied (%r)", exc)
+            # Still subscribed, so nothing but this message was missed: L1 serves on, empty.
+            self._restart_l1(trusted=True)
 
     # -- statistics ----------------------------------------------------------------------------
 

@@ -18,8 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from agency_data.cache.backend import CacheBackend, RedisDown
-from agency_data.errors import ValidationError
-from agency_data.inputs import as_items, brief, check_callable, check_seconds
+from agency_data.inputs import as_items, check_bool, check_callable, check_mapping, check_seconds
 from agency_data.models import CacheStats
 from agency_data.redis.client import RedisClient
 from agency_data.redis.keys import Keys, check_key, check_namespace, check_pattern, escape_glob
@@ -60,14 +59,8 @@ class Cache:
 
     @staticmethod
     def _tags(tags: Iterable[str]) -> list[str]:
-        # A lone string is iterable too; taking it letter by letter would tag "abc" as a, b, c.
-        if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
-            raise ValidationError(
-                f"tags takes a list of strings (e.g. tags=[{brief(tags)}]), "
-                f"not {type(tags).__name__}",
-                field="tags",
-            )
-        return [check_key(t, "tag") for t in tags]
+        # as_items refuses a lone string, which would otherwise tag "abc" as a, b and c.
+        return [check_key(t, "tag") for t in as_items(tags, "tags")]
 
     def _ttl(self, ttl: float | None) -> float:
         value = self._backend.config.default_ttl if ttl is None else ttl
@@ -149,17 +142,14 @@ class Cache:
         self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Cache ``value`` for ``ttl`` seconds (default ``cache.default_ttl``), labelled ``tags``."""
+        # Checked before it becomes a dict key: a list would fail to hash, not be refused.
         await self.set_many({check_key(key): value}, ttl=ttl, tags=tags)
 
     async def set_many(
         self, items: Mapping[str, Any], ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Cache several values in one Redis round trip."""
-        if not isinstance(items, Mapping):
-            raise ValidationError(
-                f"items must be a mapping of keys to values, not {type(items).__name__}",
-                field="items",
-            )
+        items = check_mapping(items, "items")
         seconds = self._ttl(ttl)
         tag_list = self._tags(tags)
         tag_keys = [self._keys.tag(t) for t in tag_list]
@@ -240,10 +230,7 @@ class Cache:
         one's result instead of loading too.
         """
         check_callable(loader, "loader")
-        if not isinstance(across_processes, bool):
-            raise ValidationError(
-                "across_processes must be True or False", field="across_processes"
-            )
+        check_bool(across_processes, "across_processes")
         value = await self.get(key, _MISSING)
         if value is not _MISSING:
             return value

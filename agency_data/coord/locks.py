@@ -29,8 +29,8 @@ from collections.abc import Callable
 from types import TracebackType
 
 from agency_data._tasks import cancel_and_wait
-from agency_data.errors import LockNotAcquired, LockNotOwned, ValidationError
-from agency_data.inputs import check_seconds
+from agency_data.errors import LockNotAcquired, LockNotOwned
+from agency_data.inputs import check_bool, check_seconds
 from agency_data.redis.client import cancelling
 from agency_data.redis.keys import Keys, check_key
 from agency_data.redis.scripts import ScriptRegistry
@@ -123,9 +123,7 @@ class Lock:
         self.name = check_key(name, "name")
         self.ttl = check_seconds(ttl, "ttl", low=MIN_TTL, high=MAX_TTL)
         self.wait = check_seconds(wait, "wait", high=MAX_WAIT)
-        if not isinstance(auto_renew, bool):
-            raise ValidationError("auto_renew must be True or False", field="auto_renew")
-        self.auto_renew = auto_renew
+        self.auto_renew = check_bool(auto_renew, "auto_renew")
         self._on_wait = on_wait
         self._scripts = scripts
         self._keys = keys
@@ -223,8 +221,7 @@ class Lock:
         With ``replace_ttl`` the lock's time left becomes ``additional`` instead (as in
         redis-py). Without ``additional``, the time left is reset to the lock's own ``ttl``.
         """
-        if not isinstance(replace_ttl, bool):
-            raise ValidationError("replace_ttl must be True or False", field="replace_ttl")
+        check_bool(replace_ttl, "replace_ttl")
         if additional is None:
             seconds, replace = self.ttl, True
         else:

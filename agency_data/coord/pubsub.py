@@ -23,7 +23,7 @@ import orjson
 import redis.exceptions as rx
 
 from agency_data.errors import ValidationError
-from agency_data.inputs import brief, check_int, check_seconds
+from agency_data.inputs import as_items, brief, check_int, check_seconds
 from agency_data.models import Message, StreamMessage
 from agency_data.redis.client import RedisClient, cancelling
 from agency_data.redis.errors import translate_errors
@@ -75,10 +75,10 @@ class PubSub:
         If Redis goes away, the subscription waits and resubscribes when it is back.
         """
         check_seconds(reconnect_delay, "reconnect_delay", low=0.001, high=60)
-        if isinstance(patterns, str) or not isinstance(patterns, Sequence):
-            raise ValidationError("patterns takes a list of strings", field="patterns")
         names = [self._keys.channel(check_key(c, "channel")) for c in channels]
-        globs = [self._keys.channel(check_key(p, "pattern")) for p in patterns]
+        globs = [
+            self._keys.channel(check_key(p, "pattern")) for p in as_items(patterns, "patterns")
+        ]
         if not names and not globs:
             raise ValidationError("subscribe to at least one channel or pattern", field="channels")
         prefix = len(self._keys.channel(""))

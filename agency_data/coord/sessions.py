@@ -15,7 +15,7 @@ from uuid import UUID
 import orjson
 
 from agency_data.errors import NotFound, ValidationError
-from agency_data.inputs import check_seconds, encode_json
+from agency_data.inputs import check_bool, check_mapping, check_seconds, encode_json
 from agency_data.models import Session
 from agency_data.redis.client import RedisClient
 from agency_data.redis.errors import translate_errors
@@ -67,8 +67,7 @@ class SessionStore:
 
     async def update(self, session_id: str, data: dict[str, Any], *, merge: bool = True) -> Session:
         """Change the data (merging top-level keys, or replacing it); also slides the expiry."""
-        if not isinstance(merge, bool):
-            raise ValidationError("merge must be True or False", field="merge")
+        check_bool(merge, "merge")
         new_data = self._data(data)
         session = await self.get(session_id)
         new_data = {**session.data, **new_data} if merge else new_data
@@ -141,10 +140,9 @@ class SessionStore:
     def _data(data: dict[str, Any] | None) -> dict[str, Any]:
         if data is None:
             return {}
-        if not isinstance(data, dict):
-            raise ValidationError("session data must be a dict", field="data")
-        encode_json(data, "data", _MAX_BYTES)
-        return data
+        checked = check_mapping(data, "data")
+        encode_json(checked, "data", _MAX_BYTES)
+        return checked
 
 
 def _agent(agent_id: Any) -> str:

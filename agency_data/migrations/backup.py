@@ -21,7 +21,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from agency_data.config import redact_dsn
+from agency_data.dsn import redact_dsn
 from agency_data.errors import BackupError
 from agency_data.files import make_private_dirs, private_file, tighten
 from agency_data.inputs import check_int

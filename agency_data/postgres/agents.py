@@ -137,6 +137,8 @@ class AgentStore:
         ids = [
             as_uuid(i, f"agent_ids[{n}]") for n, i in enumerate(as_items(agent_ids, "agent_ids"))
         ]
+        if not ids:
+            return []
         return await self._db.fetch(*_get_many_sql(self.tenant, ids), model=Agent)
 
     async def update(

@@ -48,6 +48,8 @@ from agency_data.inputs import (
     check_choice,
     check_int,
     check_seconds,
+    first_problem,
+    located,
 )
 from agency_data.postgres.errors import to_agency_error, translate_errors
 from agency_data.postgres.pool import Pool, Setup, mark_dirty
@@ -491,12 +493,8 @@ class Database:
                     f"operations[{index}] is neither a (sql, params) pair nor an async callable",
                     field=f"operations[{index}]",
                 )
-            try:
+            with located(f"operations[{index}]"):
                 _check_query(operation[0], operation[1], None)
-            except ValidationError as exc:
-                # Each message starts with the field it names: "params must be ...".
-                where = f"operations[{index}].{exc.field}"
-                raise ValidationError(f"operations[{index}].{exc}", field=where) from None
 
         async def run_all(tx: Transaction) -> list[Any]:
             results: list[Any] = []
@@ -560,10 +558,9 @@ def _rows_fit(model: type[BaseModel]) -> Iterator[None]:
     try:
         yield
     except pydantic.ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where, problem = first_problem(exc)
         raise ValidationError(
-            f"a row does not fit model {model.__name__} ({where}: {first['msg']}); select "
+            f"a row does not fit model {model.__name__} ({where}: {problem}); select "
             "columns named like its fields",
             field="model",
         ) from None

@@ -24,7 +24,7 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg
 
-from agency_data.config import redact_dsn
+from agency_data.dsn import redact_dsn
 from agency_data.errors import (
     AgencyDataError,
     BackendUnavailable,

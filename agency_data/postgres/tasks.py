@@ -33,6 +33,7 @@ from agency_data.inputs import (
     check_seconds,
     check_text,
     encode_json,
+    located,
     validated,
 )
 from agency_data.models import Page, Task, TaskStatus
@@ -97,15 +98,8 @@ class TaskStore:
         """
         rows = []
         for index, item in enumerate(as_items(items, "items")):
-            try:
+            with located(f"items[{index}]"):
                 rows.append(self._row(item))
-            except ValidationError as exc:
-                # "type: ..." becomes "items[3].type: ...", naming the task and its field.
-                text = str(exc)
-                named = exc.field is not None and text.startswith(exc.field)
-                where = f"items[{index}]" + (f".{exc.field}" if exc.field else "")
-                message = f"items[{index}].{text}" if named else f"items[{index}]: {text}"
-                raise ValidationError(message, field=where) from None
         if not rows:
             return []
         created = await self._db.fetch(*_insert_many_sql(self.tenant, rows), model=Task)
@@ -143,6 +137,8 @@ class TaskStore:
     async def get_many(self, task_ids: Iterable[UUID | str]) -> builtins.list[Task]:
         """The tasks that exist among ``task_ids`` (one round trip), in no particular order."""
         ids = [as_uuid(i, f"task_ids[{n}]") for n, i in enumerate(as_items(task_ids, "task_ids"))]
+        if not ids:
+            return []
         return await self._db.fetch(
             "SELECT " + _COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = ANY(%s)",
             [self.tenant, ids],

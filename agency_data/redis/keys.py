@@ -208,10 +208,7 @@ class Keys:
 
     def lock_revoked(self, name: str, token: str) -> str:
         """Marks a lock token given back after a cancelled acquire: it is never granted."""
-        return f"{self._lock_revoked_prefix(name)}{token}"
-
-    def _lock_revoked_prefix(self, name: str) -> str:
-        return f"{self.prefix}lock-revoked:{name}:"
+        return f"{self.prefix}lock-revoked:{name}:{token}"
 
     def fence(self, name: str) -> str:
         """The fencing counter of a lock."""

@@ -106,13 +106,11 @@ async def subscription(
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
         except CONNECTION_ERRORS as exc:
+            # Subscribing failed (a loss once subscribed was reported above).
             if on_attempt is not None and not subscribed:
                 on_attempt()
             if cancelling():
                 raise asyncio.CancelledError from exc
-            if subscribed:
-                _log.warning("subscription lost Redis (%s); resubscribing", exc)
-                yield Lost(error=str(exc))
         await backoff.sleep()
 
 

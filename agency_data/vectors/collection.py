@@ -38,6 +38,7 @@ from agency_data.inputs import (
     check_number,
     check_text,
     encode_json,
+    located,
 )
 from agency_data.models import (
     CollectionInfo,
@@ -266,7 +267,9 @@ class Collection:
         return await self._get_many(_ids(embedding_ids, "embedding_ids"))
 
     async def _get_many(self, ids: builtins.list[UUID]) -> builtins.list[Embedding]:
-        spec = await self._spec()
+        spec = await self._spec()  # first: a collection that does not exist is still an error
+        if not ids:
+            return []
         rows = await self._db.fetch(
             sql.SQL(
                 "SELECT "
@@ -294,6 +297,8 @@ class Collection:
         if ids is not None:
             uuids = _ids(ids, "ids")
             spec = await self._spec()
+            if not uuids:
+                return 0
             return await self._db.execute(
                 sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND id = ANY(%s)").format(
                     spec.table_id
@@ -409,7 +414,7 @@ class Collection:
         candidates = 0
         for vector, limit, threshold, node, where in queries:
             param = self._query_param(vector, spec, where)
-            pool = min(1000, max(40, limit * rerank))
+            pool = min(MAX_PAGE, max(40, limit * rerank))
             candidates = max(candidates, pool)
             statement, params = _sql.search_sql(
                 spec,
@@ -618,11 +623,9 @@ def _parse(raw: Any, field: str = "filter") -> FilterNode | None:
         )
     if field == "filter":
         return parse_filter(raw)
-    try:
+    # In a batch, say which query's filter: "queries[2].filter.kind.$bogus: ...".
+    with located(field):
         return parse_filter(raw)
-    except ValidationError as exc:
-        # In a batch, say which query's filter: "queries[2].filter.kind.$bogus: ...".
-        raise ValidationError(f"{field}.{exc}", field=f"{field}.{exc.field}") from None
 
 
 def _check_rerank(rerank: int) -> None:
