@@ -19,6 +19,7 @@ from agency_data.config import (
     PostgresConfig,
     RedisConfig,
     SentinelConfig,
+    TasksConfig,
     VectorConfig,
 )
 from agency_data.coord import Lock, PubSub, ScriptRegistry, SessionStore, Streams
@@ -29,6 +30,7 @@ from agency_data.errors import (
     ConfigError,
     Conflict,
     EmbeddedServerError,
+    LeaseLost,
     LockNotAcquired,
     LockNotOwned,
     MigrationChecksumMismatch,
@@ -40,6 +42,7 @@ from agency_data.errors import (
     QueryTimeout,
     SerializationFailure,
     StorageFull,
+    TaskCancelled,
     ValidationError,
 )
 from agency_data.manager import DataLayer
@@ -63,13 +66,16 @@ from agency_data.models import (
     SimilarityResult,
     StreamMessage,
     Task,
+    TaskSchedule,
+    TaskStats,
     TaskStatus,
+    TaskTypePolicy,
 )
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Transaction
-from agency_data.postgres.tasks import TaskStore
 from agency_data.scope import TenantScope
 from agency_data.security.roles import RoleNames
+from agency_data.tasks import Job, TaskStore, Worker
 from agency_data.vectors import Collection, EmbeddingStore, ManagedCollection, ManagedEmbeddingStore
 
 __version__ = "0.1.0"
@@ -100,6 +106,8 @@ __all__ = [
     "HealthStatus",
     "IndexInfo",
     "IndexProgress",
+    "Job",
+    "LeaseLost",
     "Lock",
     "LockNotAcquired",
     "LockNotOwned",
@@ -135,12 +143,18 @@ __all__ = [
     "StreamMessage",
     "Streams",
     "Task",
+    "TaskCancelled",
+    "TaskSchedule",
+    "TaskStats",
     "TaskStatus",
     "TaskStore",
+    "TaskTypePolicy",
+    "TasksConfig",
     "TenantScope",
     "Transaction",
     "ValidationError",
     "VectorConfig",
+    "Worker",
     "__version__",
     "escape_glob",
 ]

@@ -46,6 +46,7 @@ __all__ = [
     "PostgresConfig",
     "RedisConfig",
     "SentinelConfig",
+    "TasksConfig",
     "VectorConfig",
     "default_data_dir",
     "redact_dsn",
@@ -239,6 +240,25 @@ class CacheConfig(_Section):
         return int(text)
 
 
+class TasksConfig(_Section):
+    """The task queue's defaults, in seconds; a type's policy (``dl.tasks.set_policy``) wins.
+
+    A claimed task is leased for ``lease_seconds``; a worker that neither heartbeats nor
+    finishes within it loses the task to the next claim. A failed attempt comes back after
+    ``retry_first`` seconds, doubling per attempt up to ``retry_most``, spread by
+    +-``retry_jitter``; after ``max_attempts`` the task is dead.
+    """
+
+    lease_seconds: float = Field(60.0, gt=0, le=86400)
+    max_attempts: int = Field(5, ge=1, le=1000)
+    retry_first: float = Field(1.0, ge=0, le=86400)
+    retry_most: float = Field(3600.0, ge=0, le=2592000)
+    retry_jitter: float = Field(0.2, ge=0, le=1)
+    rescue_interval: float = Field(
+        1.0, gt=0, le=3600, description="how often a claim also rescues expired leases"
+    )
+
+
 class MigrationConfig(_Section):
     """The migration service: extra directories, history table, dry run, backup."""
 
@@ -312,6 +332,7 @@ class DataLayerConfig(BaseSettings):
     vector: VectorConfig = Field(default_factory=VectorConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     migration: MigrationConfig = Field(default_factory=MigrationConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
     embedded: EmbeddedConfig = Field(default_factory=EmbeddedConfig)
 
     def __init__(self, **values: Any) -> None:

@@ -13,6 +13,8 @@ AgencyDataError
  |    +-- StorageFull         the server's disk is full (53100); the statement wrote nothing
  +-- NotFound                 a record does not exist (or a reference points nowhere)
  +-- Conflict                 a unique key or an expected version did not hold
+ |    +-- LeaseLost           a worker's lease on a task ran out and the task moved on
+ |    +-- TaskCancelled       the task a worker holds was cancelled
  +-- ValidationError          bad input, caught before (or by) the database
  +-- LockNotAcquired          a lock could not be taken within its wait
  +-- LockNotOwned             a lock was released or extended after it was lost
@@ -34,6 +36,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "EmbeddedServerError",
+    "LeaseLost",
     "LockNotAcquired",
     "LockNotOwned",
     "MigrationChecksumMismatch",
@@ -45,6 +48,7 @@ __all__ = [
     "QueryTimeout",
     "SerializationFailure",
     "StorageFull",
+    "TaskCancelled",
     "ValidationError",
 ]
 
@@ -125,6 +129,28 @@ class Conflict(AgencyDataError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class LeaseLost(Conflict):
+    """A worker acted on a task whose lease it no longer holds: nothing was changed.
+
+    The lease ran out (the worker stopped heartbeating) and the task was rescued, given to
+    another worker, or finished by someone else. ``status`` is the task's status now.
+    """
+
+    def __init__(self, message: str, *, task_id: object, status: str | None = None) -> None:
+        super().__init__(message, field="lease_token")
+        self.task_id = task_id
+        self.status = status
+
+
+class TaskCancelled(Conflict):
+    """The task a worker holds was cancelled: stop working on it (nothing was changed)."""
+
+    def __init__(self, message: str, *, task_id: object, reason: str | None = None) -> None:
+        super().__init__(message, field="status")
+        self.task_id = task_id
+        self.reason = reason
 
 
 class ValidationError(AgencyDataError):

@@ -29,13 +29,13 @@ from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import to_agency_error
 from agency_data.postgres.pool import Pool, Setup, open_pool
-from agency_data.postgres.tasks import TaskStore
-from agency_data.postgres.wakeups import TaskWakeups
 from agency_data.redis.client import RedisClient, close_client, make_client
 from agency_data.redis.client import prepare as prepare_redis
 from agency_data.redis.scripts import ScriptRegistry
 from agency_data.scope import QueryMethods, TenantScope
 from agency_data.security.roles import RoleNames, setup_roles, use_owner_role
+from agency_data.tasks import TaskRuntime, TaskStore
+from agency_data.tasks.wakeups import TaskWakeups
 from agency_data.vectors.catalog import Catalog
 from agency_data.vectors.store import ManagedEmbeddingStore
 
@@ -84,7 +84,7 @@ class DataLayer(QueryMethods):
         self._embeddings: ManagedEmbeddingStore | None = None
         self._redis: RedisClient | None = None
         self._db: Database | None = None
-        self._wakeups: TaskWakeups | None = None
+        self._tasks: TaskRuntime | None = None
         self._catalog: Catalog | None = None
         self._cache_backend: CacheBackend | None = None
         self._scopes: dict[str, TenantScope] = {}
@@ -146,7 +146,7 @@ class DataLayer(QueryMethods):
                 name="agency-data-admin",
             )
             admin_db = Database(self._admin_pool, postgres, setup=as_owner)
-        self._wakeups = TaskWakeups(self._conninfo)
+        self._tasks = TaskRuntime(self._db, self.config.tasks, TaskWakeups(self._conninfo))
         self._catalog = Catalog(self._db, admin_db, self.config.vector)
         self._admin = Admin(admin_db, self._db, self._catalog)
         self._cache_backend = CacheBackend(self.config.cache, self._redis)
@@ -161,15 +161,15 @@ class DataLayer(QueryMethods):
         self._admin = None
         self._embeddings = None
         client, self._redis = self._redis, None
-        wakeups, self._wakeups = self._wakeups, None
+        tasks, self._tasks = self._tasks, None
         self._db = None
         self._catalog = None
         self._scopes.clear()
         backend, self._cache_backend = self._cache_backend, None
         if backend is not None:
             await backend.aclose()
-        if wakeups is not None:
-            await wakeups.aclose()
+        if tasks is not None:
+            await tasks.aclose()
         for open_one in (pool, admin_pool):
             if open_one is not None:
                 await open_one.close()
@@ -268,12 +268,17 @@ class DataLayer(QueryMethods):
         scope = self._scopes.get(tenant_id) if isinstance(tenant_id, str) else None
         if scope is None:
             check_tenant(tenant_id)
-            if self._db is None or self._catalog is None or self._cache_backend is None:
+            if (
+                self._db is None
+                or self._catalog is None
+                or self._cache_backend is None
+                or self._tasks is None
+            ):
                 raise _not_connected()
             scope = TenantScope(
                 self._db,
                 tenant_id,
-                self._wakeups,
+                self._tasks,
                 self._catalog,
                 self.config,
                 self._cache_backend,

@@ -29,7 +29,10 @@ __all__ = [
     "SimilarityResult",
     "StreamMessage",
     "Task",
+    "TaskSchedule",
+    "TaskStats",
     "TaskStatus",
+    "TaskTypePolicy",
 ]
 
 DEFAULT_TENANT = "default"
@@ -52,6 +55,7 @@ class TaskStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    DEAD = "dead"
 
 
 class _Record(BaseModel):
@@ -85,10 +89,17 @@ class Task(_Record):
     result: Any = None
     error: str | None = None
     attempts: int = 0
+    max_attempts: int = 5
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    run_at: datetime | None = None
+    key: str | None = None
+    lease_token: UUID | None = None
+    lease_expires_at: datetime | None = None
+    blocked_by: int = 0
+    traceback: str | None = None
 
 
 class Embedding(_Record):
@@ -285,3 +296,53 @@ class Page(BaseModel, Generic[T]):
 
     items: list[T]
     next_cursor: str | None = None
+
+
+class TaskTypePolicy(_Record):
+    """What one task type gets when a call does not say: None means the configured default."""
+
+    type: str
+    paused: bool = False
+    lease_seconds: float | None = None
+    max_attempts: int | None = None
+    retry_first: float | None = None
+    retry_most: float | None = None
+
+
+class TaskSchedule(_Record):
+    """A periodic task: ``cron`` or ``every_seconds``, and the task each tick enqueues."""
+
+    name: str
+    cron: str | None = None
+    every_seconds: float | None = None
+    timezone: str = "UTC"
+    type: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int | None = None
+    next_run_at: datetime
+    last_run_at: datetime | None = None
+    last_task_id: UUID | None = None
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    """The queue at a glance (one tenant).
+
+    ``counts`` maps status -> type -> number of tasks. ``oldest_pending_age`` is how long the
+    oldest task that is due and not waiting on another has waited (seconds; None when none
+    is). ``expired_leases`` counts running tasks whose lease has run out and that the next
+    claim or sweep will rescue; ``next_lease_expiry`` is the earliest lease still running.
+    """
+
+    counts: dict[str, dict[str, int]]
+    oldest_pending_age: float | None
+    scheduled: int
+    blocked: int
+    expired_leases: int
+    next_lease_expiry: datetime | None
+    paused_types: list[str]
+
+    def total(self, status: str) -> int:
+        """How many tasks have ``status``, over all types."""
+        return sum(self.counts.get(status, {}).values())

@@ -18,10 +18,9 @@ from agency_data.coord.sessions import SessionStore
 from agency_data.errors import BackendUnavailable
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction
-from agency_data.postgres.tasks import TaskStore
-from agency_data.postgres.wakeups import TaskWakeups
 from agency_data.redis.client import RedisClient
 from agency_data.redis.keys import Keys
+from agency_data.tasks import TaskRuntime, TaskStore
 from agency_data.vectors.catalog import Catalog
 from agency_data.vectors.store import EmbeddingStore
 
@@ -154,7 +153,7 @@ class TenantScope(QueryMethods):
         self,
         db: Database,
         tenant_id: str,
-        wakeups: TaskWakeups | None,
+        tasks: TaskRuntime,
         catalog: Catalog,
         config: DataLayerConfig,
         backend: CacheBackend,
@@ -169,7 +168,7 @@ class TenantScope(QueryMethods):
         self.agents = AgentStore(
             db, tenant_id, self.cache.with_namespace("records"), config.cache.record_ttl
         )
-        self.tasks = TaskStore(db, tenant_id, wakeups)
+        self.tasks = TaskStore(db, tenant_id, tasks)
         self.embeddings = EmbeddingStore(db, catalog, tenant_id)
         self.sessions = SessionStore(client, self._keys, config.cache.default_ttl)
         self.pubsub = PubSub(client, self._keys)

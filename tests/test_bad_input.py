@@ -44,8 +44,8 @@ from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.inputs import brief
 from agency_data.postgres.agents import AgentStore
-from agency_data.postgres.tasks import TaskStore
 from agency_data.scope import TenantScope
+from agency_data.tasks import TaskStore
 from agency_data.vectors.collection import Collection
 from agency_data.vectors.store import ManagedEmbeddingStore
 from tests.conftest import TEMPLATE_DB, ServerSet, make_config

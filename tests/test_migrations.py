@@ -410,11 +410,30 @@ async def test_rollback_plan_says_what_it_destroys(
     plan = await runner(database.owner).down(to="0004", dry_run=True)
     by_step = {step.key: step for step in plan.steps}
     assert list(by_step) == [
+        "agency_data:0009_task_queue",
         "agency_data:0008_no_metadata_gin",
         "agency_data:0007_row_level_security",
         "agency_data:0006_embedding_collections",
         "agency_data:0005_task_lifecycle",
     ]
+    assert set(by_step["agency_data:0009_task_queue"].data_loss) == {
+        DataLoss("task_schedules", rows=0),
+        DataLoss("task_types", rows=0),
+        DataLoss("task_dependencies", rows=0),
+        *(
+            DataLoss("tasks", column, rows)
+            for column, rows in [
+                ("run_at", 1),
+                ("max_attempts", 1),
+                ("lease_token", 0),
+                ("lease_expires_at", 0),
+                ("key", 0),
+                ("blocked_by", 1),
+                ("has_dependents", 1),
+                ("traceback", 0),
+            ]
+        ),
+    }
     assert by_step["agency_data:0008_no_metadata_gin"].data_loss == ()
     assert by_step["agency_data:0007_row_level_security"].data_loss == ()
     assert set(by_step["agency_data:0006_embedding_collections"].data_loss) == {

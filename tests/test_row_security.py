@@ -18,12 +18,16 @@ DIM = 3
 
 @pytest.fixture
 async def two_tenants(dl: DataLayer) -> DataLayer:
-    """Tenants a and b, each with an agent, a task and an embedding in two collections."""
+    """Tenants a and b, each with an agent, two tasks (one waiting on the other), a task type
+    policy, a schedule and an embedding in two collections."""
     await dl.embeddings.create_collection("notes", dimension=DIM)
     for tenant in ("a", "b"):
         scope = dl.tenant(tenant)
         agent = await scope.agents.create(name=f"{tenant}-agent", type="worker")
-        await scope.tasks.create(type="job", data={"owner": tenant}, agent_id=agent.id)
+        first = await scope.tasks.create(type="job", data={"owner": tenant}, agent_id=agent.id)
+        await scope.tasks.create(type="job", depends_on=[first.id])
+        await scope.tasks.pause("job")
+        await scope.tasks.schedule("nightly", type="job", cron="0 3 * * *")
         item = {"entity_type": "doc", "entity_id": tenant, "vector": [1, 2, 3]}
         await scope.embeddings.collection("notes").store(item)
         await scope.embeddings.store({**item, "vector": [0.1] * 768})
@@ -42,7 +46,15 @@ async def tenant_tables(dl: DataLayer) -> list[str]:
 async def test_every_tenant_table_has_forced_rls_and_its_policy(two_tenants: DataLayer) -> None:
     dl = two_tenants
     tables = await tenant_tables(dl)
-    assert {"agents", "tasks", "emb_notes", "emb_default"} <= set(tables)
+    assert {
+        "agents",
+        "tasks",
+        "task_dependencies",
+        "task_types",
+        "task_schedules",
+        "emb_notes",
+        "emb_default",
+    } <= set(tables)
     for table in tables:
         row = await dl.admin.fetch_one(
             "SELECT c.relrowsecurity, c.relforcerowsecurity, "
@@ -93,7 +105,8 @@ async def test_raw_sql_through_a_tenant_sees_and_changes_only_its_rows(
         # Naming the other tenant outright, forgetting the condition, or changing rows in bulk:
         # b's rows are out of a's reach whatever the SQL says.
         assert await a.fetch(sql.SQL("{} WHERE tenant_id = %s").format(every), ["b"]) == []
-        assert await a.fetch_value(sql.SQL("SELECT count(*) FROM {}").format(name)) == 1
+        rows = 2 if table == "tasks" else 1
+        assert await a.fetch_value(sql.SQL("SELECT count(*) FROM {}").format(name)) == rows
         changed = await a.execute(
             sql.SQL("UPDATE {} SET tenant_id = tenant_id WHERE tenant_id <> 'a'").format(name)
         )
@@ -104,8 +117,8 @@ async def test_raw_sql_through_a_tenant_sees_and_changes_only_its_rows(
         assert {r["tenant_id"] for r in await b.fetch(every)} == {"b"}, table
     with pytest.raises(PermissionDenied):
         await a.execute("INSERT INTO agents (tenant_id, name, type) VALUES ('b', 'spy', 't')")
-    assert await a.execute("DELETE FROM tasks") == 1
-    assert await b.tasks.count() == 1
+    assert await a.execute("DELETE FROM tasks") == 2
+    assert await b.tasks.count() == 2
 
 
 async def test_a_transaction_may_span_tenants_and_each_statement_keeps_its_own(

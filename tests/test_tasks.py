@@ -118,7 +118,7 @@ async def test_status_machine(dl: DataLayer) -> None:
     assert running.started_at is not None
     assert running.agent_id == agent.id
 
-    failed = await dl.tasks.fail(task.id, "timed out")
+    failed = await dl.tasks.fail(task.id, "timed out", retry=False)
     assert failed.status is TaskStatus.FAILED
     assert failed.error == "timed out"
     assert failed.finished_at is not None

@@ -104,7 +104,7 @@ def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:
             (h, int(p)) for h, _, p in (s.rpartition(":") for s in config.sentinel.sentinels)
         ]
         sentinel_password = config.sentinel.password
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             sentinels,
             sentinel_kwargs={
                 **timeouts,

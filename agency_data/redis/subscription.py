@@ -104,7 +104,7 @@ async def subscription(
                         yield Lost(error=str(exc))
                 finally:
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         except CONNECTION_ERRORS as exc:
             # Subscribing failed (a loss once subscribed was reported above).
             if on_attempt is not None and not subscribed:

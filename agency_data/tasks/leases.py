@@ -1,0 +1,228 @@
+"""The leases this process holds: their tokens, and the heartbeats that keep them alive.
+
+Every claim leases its tasks for a while and gives each a fresh token. The keeper remembers the
+token of every task this process claimed, so that ``complete(task.id)`` is fenced even when the
+caller passes only the id, and it heartbeats the leases it is asked to keep: all of them in one
+statement per tenant, however many tasks run, a little before a third of their lease is gone.
+
+A heartbeat that finds its lease gone (the lease ran out and another claim rescued the task, or
+someone cancelled it) reports the loss to whoever kept the lease (``working()`` cancels its
+body) and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from agency_data._tasks import cancel_and_wait
+from agency_data.errors import AgencyDataError, LeaseLost, NotFound, TaskCancelled
+from agency_data.models import Task
+from agency_data.postgres.database import Database
+from agency_data.tasks import _sql
+
+__all__ = ["LeaseKeeper", "lost_lease"]
+
+_log = logging.getLogger("agency_data.tasks")
+# Tokens of tasks claimed here and not finished here: bounded, oldest forgotten first (a
+# forgotten task is still fenced when the caller passes the Task it claimed).
+_MAX_TOKENS = 100_000
+# A heartbeat goes out when a third of the lease is gone; ones due within a quarter of that
+# step go with it, so that a thousand leases share a few statements rather than a thousand.
+_BEAT_FRACTION = 1 / 3
+_GATHER_FRACTION = 0.25
+_MIN_STEP = 0.05
+
+LostHook = Callable[[AgencyDataError], None]
+
+
+def lost_lease(
+    task_id: UUID, row: Mapping[str, Any] | None, token: UUID | None, action: str
+) -> AgencyDataError:
+    """The error for a worker whose ``action`` found its lease gone; ``row`` is the task now."""
+    if row is None:
+        return NotFound(f"task {task_id} does not exist", entity="task", key=task_id)
+    status = row["status"]
+    if status == "cancelled":
+        reason = row["error"]
+        return TaskCancelled(
+            f"task {task_id} was cancelled ({reason or 'no reason given'}); stop working on it"
+            f" (the {action} changed nothing)",
+            task_id=task_id,
+            reason=reason,
+        )
+    held_by_other = row["lease_token"] is not None and row["lease_token"] != token
+    what = {
+        "pending": "its lease ran out and it went back to the queue",
+        "dead": "its lease ran out and it used up its attempts (dead)",
+        "running": "its lease ran out and another worker holds it now",
+        "completed": "it was completed by another worker"
+        if held_by_other
+        else "it is already completed",
+        "failed": "it was failed by another worker" if held_by_other else "it already failed",
+    }.get(status, f"it is {status}")
+    return LeaseLost(
+        f"task {task_id} is no longer yours: {what}; the {action} changed nothing",
+        task_id=task_id,
+        status=status,
+    )
+
+
+@dataclass(slots=True, eq=False)
+class _Beat:
+    tenant: str
+    task_id: UUID
+    token: UUID
+    lease_seconds: float | None
+    step: float
+    due: float
+    on_lost: LostHook | None = field(default=None)
+
+
+class LeaseKeeper:
+    """Lease tokens and background heartbeats for one DataLayer."""
+
+    def __init__(self, db: Database, defaults: _sql.Defaults) -> None:
+        self._db = db
+        self._defaults = defaults
+        self._tokens: OrderedDict[UUID, UUID] = OrderedDict()
+        self._beats: dict[UUID, _Beat] = {}
+        self._views: dict[str, Database] = {}
+        self._changed = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def remember(self, tasks: Iterable[Task]) -> None:
+        """Note the lease tokens of tasks this process just claimed."""
+        for task in tasks:
+            if task.lease_token is not None:
+                self._tokens[task.id] = task.lease_token
+                self._tokens.move_to_end(task.id)
+        while len(self._tokens) > _MAX_TOKENS:
+            self._tokens.popitem(last=False)
+
+    def token(self, task_id: UUID) -> UUID | None:
+        """The lease token this process holds for ``task_id``, if it claimed it."""
+        return self._tokens.get(task_id)
+
+    def forget(self, task_id: UUID) -> None:
+        """The task is finished (or lost) here: drop its token and stop its heartbeats."""
+        self._tokens.pop(task_id, None)
+        self._beats.pop(task_id, None)
+
+    # -- heartbeats ----------------------------------------------------------------------------
+
+    @property
+    def keeping(self) -> int:
+        """How many leases are being heartbeated."""
+        return len(self._beats)
+
+    def keep(
+        self, task: Task, *, lease_seconds: float | None = None, on_lost: LostHook | None = None
+    ) -> None:
+        """Heartbeat ``task``'s lease in the background until :meth:`forget` or a loss."""
+        if task.lease_token is None:
+            return
+        lease = lease_seconds or _lease_length(task) or self._defaults.lease_seconds
+        step = max(lease * _BEAT_FRACTION, _MIN_STEP)
+        self._beats[task.id] = _Beat(
+            task.tenant_id,
+            task.id,
+            task.lease_token,
+            lease_seconds,
+            step,
+            time.monotonic() + step,
+            on_lost,
+        )
+        self._tokens[task.id] = task.lease_token
+        self._changed.set()
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run(), name="agency-data lease heartbeats")
+
+    async def heartbeat(
+        self, tenant: str, beats: list[tuple[UUID, UUID, float | None]]
+    ) -> tuple[dict[UUID, datetime], dict[UUID, AgencyDataError]]:
+        """Extend leases now: the new expiry of those still held, and why the others are not."""
+        db = self._view(tenant)
+        rows = await db.fetch(*_sql.heartbeat(tenant, beats, self._defaults))
+        held = {row["id"]: row["lease_expires_at"] for row in rows}
+        lost: dict[UUID, AgencyDataError] = {}
+        missing = [task_id for task_id, _, _ in beats if task_id not in held]
+        if missing:
+            found = {row["id"]: row for row in await db.fetch(*_sql.holders(tenant, missing))}
+            tokens = {task_id: token for task_id, token, _ in beats}
+            for task_id in missing:
+                lost[task_id] = lost_lease(
+                    task_id, found.get(task_id), tokens[task_id], "heartbeat"
+                )
+        return held, lost
+
+    async def aclose(self) -> None:
+        """Stop heartbeating (the leases then run out in their own time)."""
+        runner, self._runner = self._runner, None
+        self._beats.clear()
+        await cancel_and_wait(runner)
+
+    def _view(self, tenant: str) -> Database:
+        view = self._views.get(tenant)
+        if view is None:
+            view = self._views[tenant] = self._db.for_tenant(tenant)
+        return view
+
+    async def _run(self) -> None:
+        while self._beats:
+            self._changed.clear()
+            now = time.monotonic()
+            due = [b for b in self._beats.values() if b.due <= now + b.step * _GATHER_FRACTION]
+            if not due:
+                wake = min(b.due - b.step * _GATHER_FRACTION for b in self._beats.values())
+                try:
+                    async with asyncio.timeout(max(0.0, wake - now)):
+                        await self._changed.wait()
+                except TimeoutError:
+                    pass
+                continue
+            by_tenant: dict[str, list[_Beat]] = {}
+            for beat in due:
+                by_tenant.setdefault(beat.tenant, []).append(beat)
+            for tenant, group in by_tenant.items():
+                await self._send(tenant, group)
+
+    async def _send(self, tenant: str, group: list[_Beat]) -> None:
+        try:
+            _, lost = await self.heartbeat(
+                tenant, [(b.task_id, b.token, b.lease_seconds) for b in group]
+            )
+        except AgencyDataError as exc:
+            # The lease may still hold: try again soon, and let the database decide later.
+            _log.warning("heartbeat of %d task leases failed (%s); retrying", len(group), exc)
+            retry_at = time.monotonic() + min(1.0, min(b.step for b in group))
+            for beat in group:
+                beat.due = retry_at
+            return
+        now = time.monotonic()
+        for beat in group:
+            error = lost.get(beat.task_id)
+            if error is None:
+                beat.due = now + beat.step
+                continue
+            if self._beats.get(beat.task_id) is beat:
+                self.forget(beat.task_id)
+            _log.warning("%s", error)
+            if beat.on_lost is not None:
+                beat.on_lost(error)
+
+
+def _lease_length(task: Task) -> float | None:
+    if task.lease_expires_at is None or task.started_at is None:
+        return None
+    seconds = (task.lease_expires_at - task.started_at).total_seconds()
+    return seconds if seconds > 0 else None
