@@ -213,12 +213,12 @@ class LeaseKeeper:
             error = lost.get(beat.task_id)
             if error is None:
                 beat.due = now + beat.step
-                continue
-            if self._beats.get(beat.task_id) is beat:
+            elif self._beats.get(beat.task_id) is beat:
+                # Still kept: not a task its worker finished while this heartbeat was out.
                 self.forget(beat.task_id)
-            _log.warning("%s", error)
-            if beat.on_lost is not None:
-                beat.on_lost(error)
+                _log.warning("%s", error)
+                if beat.on_lost is not None:
+                    beat.on_lost(error)
 
 
 def _lease_length(task: Task) -> float | None:

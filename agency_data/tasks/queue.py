@@ -34,20 +34,20 @@ from agency_data.inputs import (
     check_text,
     encode_json,
 )
-from agency_data.models import Task, TaskStats, TaskTypePolicy
+from agency_data.models import Task, TaskStats
 from agency_data.tasks import _sql
 from agency_data.tasks.leases import lost_lease
+from agency_data.tasks.policies import check_lease
 
 if TYPE_CHECKING:
     from agency_data.postgres.database import Database
     from agency_data.tasks.runtime import TaskRuntime
 
-__all__ = ["MAX_CLAIM_WAIT", "MAX_LEASE", "Job", "QueueOps"]
+__all__ = ["MAX_CLAIM_WAIT", "Job", "QueueOps"]
 
 _log = logging.getLogger("agency_data.tasks")
 # The longest a claim waits for work: a worker's long poll, not a way to sleep for days.
 MAX_CLAIM_WAIT = 3600.0
-MAX_LEASE = 86_400.0
 _MAX_CLAIM = 1000
 _MAX_ERROR = 10_000
 _MAX_TRACEBACK = 100_000
@@ -91,7 +91,7 @@ class QueueOps:
         check_int(n, "n", 1, _MAX_CLAIM)
         if wait is not None:
             wait = check_seconds(wait, "wait", high=MAX_CLAIM_WAIT)
-        lease = _lease(lease_seconds)
+        lease = check_lease(lease_seconds)
         check_bool(auto_heartbeat, "auto_heartbeat")
         runtime = self._runtime
         rescue = runtime.rescue_due(self.tenant)
@@ -146,7 +146,7 @@ class QueueOps:
         :class:`~agency_data.errors.TaskCancelled` if the task was cancelled.
         """
         task_id, token = self._held(task, lease_token)
-        lease = _lease(lease_seconds)
+        lease = check_lease(lease_seconds)
         if token is None:
             raise ValidationError(
                 f"task {task_id} was not claimed by this process; pass the Task you claimed "
@@ -200,7 +200,7 @@ class QueueOps:
                 f"task {task.id} belongs to tenant {task.tenant_id!r}, not {self.tenant!r}",
                 field="task",
             )
-        lease = _lease(lease_seconds)
+        lease = check_lease(lease_seconds)
         body = asyncio.current_task()
         job = Job(self, task)
 
@@ -388,68 +388,6 @@ class QueueOps:
             paused_types=list(row["paused_types"]),
         )
 
-    async def set_policy(
-        self,
-        type: str,
-        *,
-        lease_seconds: float | None = None,
-        max_attempts: int | None = None,
-        retry_first: float | None = None,
-        retry_most: float | None = None,
-    ) -> TaskTypePolicy:
-        """Set one type's lease length, attempts and backoff, shared by every process.
-
-        None means the configured default (``tasks.*``). ``max_attempts`` applies to tasks
-        created from now on; the lease to claims and heartbeats from now on.
-        """
-        name = _type_name(type)
-        values = {
-            "lease_seconds": _lease(lease_seconds),
-            "max_attempts": None
-            if max_attempts is None
-            else check_int(max_attempts, "max_attempts", 1, 1000),
-            "retry_first": None
-            if retry_first is None
-            else check_seconds(retry_first, "retry_first", high=86_400),
-            "retry_most": None
-            if retry_most is None
-            else check_seconds(retry_most, "retry_most", high=2_592_000),
-        }
-        row = await self._db.fetch_one(
-            *_sql.set_policy(self.tenant, name, values), model=TaskTypePolicy
-        )
-        assert row is not None
-        return row
-
-    async def policy(self, type: str) -> TaskTypePolicy:
-        """One type's policy (all defaults if it has none of its own)."""
-        name = _type_name(type)
-        found = await self._db.fetch_one(*_sql.policies(self.tenant, name), model=TaskTypePolicy)
-        return found if found is not None else TaskTypePolicy(type=name)
-
-    async def policies(self) -> builtins.list[TaskTypePolicy]:
-        """The types with a policy of their own (paused, or with settings)."""
-        return await self._db.fetch(*_sql.policies(self.tenant, None), model=TaskTypePolicy)
-
-    async def pause(self, type: str) -> TaskTypePolicy:
-        """Stop claims of ``type`` (in every process) until :meth:`resume`; running tasks go on."""
-        return await self._set_paused(type, True)
-
-    async def resume(self, type: str) -> TaskTypePolicy:
-        """Let ``type`` be claimed again, waking workers that wait for it."""
-        return await self._set_paused(type, False)
-
-    async def _set_paused(self, type: str, paused: bool) -> TaskTypePolicy:
-        name = _type_name(type)
-        async with self._db.transaction():
-            row = await self._db.fetch_one(
-                *_sql.set_paused(self.tenant, name, paused), model=TaskTypePolicy
-            )
-            if not paused:
-                await self._db.execute("SELECT pg_notify('agency_data_tasks', %s)", [self.tenant])
-        assert row is not None
-        return row
-
     # -- helpers -------------------------------------------------------------------------------
 
     def _held(
@@ -529,19 +467,6 @@ class Job:
 
 def _task_id(task: Task | UUID | str) -> UUID:
     return task.id if isinstance(task, Task) else as_uuid(task, "task")
-
-
-def _lease(seconds: float | None) -> float | None:
-    if seconds is None:
-        return None
-    return check_seconds(seconds, "lease_seconds", low=0.05, high=MAX_LEASE)
-
-
-def _type_name(type: Any) -> str:
-    name = check_text(type, "type", max_length=100)
-    if not name.strip():
-        raise ValidationError("type must not be blank", field="type")
-    return name
 
 
 def _error_text(error: Any, traceback: str | None) -> tuple[str, str | None]:

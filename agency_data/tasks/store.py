@@ -45,6 +45,7 @@ from agency_data.postgres._paging import count_where, keyset_page
 from agency_data.postgres.database import Database
 from agency_data.tasks import _sql
 from agency_data.tasks._sql import COLUMNS, NewTask
+from agency_data.tasks.policies import PolicyOps
 from agency_data.tasks.queue import QueueOps
 from agency_data.tasks.runtime import TaskRuntime
 from agency_data.tasks.schedules import ScheduleOps
@@ -76,7 +77,7 @@ class _TaskFields(BaseModel):
     key: str | None = Field(None, min_length=1, max_length=200)
 
 
-class TaskStore(QueueOps, ScheduleOps):
+class TaskStore(QueueOps, PolicyOps, ScheduleOps):
     """The tasks of one tenant: records here, the queue in :class:`QueueOps`."""
 
     def __init__(self, db: Database, tenant: str, runtime: TaskRuntime) -> None:
