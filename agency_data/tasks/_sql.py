@@ -77,11 +77,13 @@ def insert(
     columns = list(zip(*(_values(row) for row in rows), strict=True))
     return (
         "INSERT INTO tasks (id, tenant_id, type, data, priority, agent_id, run_at, "
-        "max_attempts, key, status, blocked_by, has_dependents, error) "
+        "max_attempts, key, status, blocked_by, has_dependents, error, finished_at) "
         "SELECT i.id, %s, i.type, i.data, i.priority, i.agent_id, "
         "coalesce(i.run_at, clock_timestamp() + make_interval(secs => i.delay)), "
         "coalesce(i.max_attempts, p.max_attempts, %s), i.key, i.status, i.blocked_by, "
-        "i.has_dependents, i.error "
+        "i.has_dependents, i.error, "
+        # Born cancelled (a dependency had already ended): finished as it is made.
+        "CASE WHEN i.status = 'pending' THEN NULL ELSE clock_timestamp() END "
         "FROM unnest(%s::uuid[], %s::text[], %s::jsonb[], %s::int[], %s::uuid[], "
         "%s::timestamptz[], %s::float8[], %s::int[], %s::text[], %s::text[], %s::int[], "
         "%s::bool[], %s::text[]) WITH ORDINALITY "
@@ -158,23 +160,16 @@ def claim(
     n: int,
     lease_seconds: float | None,
     defaults: Defaults,
-    *,
-    rescue: bool,
 ) -> tuple[Query, Params]:
-    """Take up to ``n`` due tasks, leased; first rescue expired leases when ``rescue``."""
-    params: list[Any] = []
-    head: LiteralString = ""
-    if rescue:
-        rescue_sql, params = _rescue(tenant)
-        head = "rescued AS (" + rescue_sql + "), "
+    """Take up to ``n`` due tasks, leased for ``lease_seconds`` (or the type's, or default)."""
     type_filter: LiteralString = ""
     if types is not None:
         type_filter = "AND type = ANY(%s) "
-    params += [tenant, *([types] if types is not None else []), tenant, n]
+    params: list[Any] = [tenant, *([types] if types is not None else []), tenant, n]
     params += [agent_id, lease_seconds, defaults.lease_seconds, tenant]
     # UPDATE ... RETURNING has no order of its own: the claimed rows are sorted again.
     return (
-        "WITH " + head + "next AS ("
+        "WITH next AS ("
         " SELECT id, type FROM tasks WHERE tenant_id = %s AND status = 'pending' "
         " AND blocked_by = 0 AND run_at <= now() "
         + type_filter
@@ -192,7 +187,12 @@ def claim(
     )
 
 
-def _rescue(tenant: str) -> tuple[LiteralString, list[Any]]:
+def rescue(tenant: str) -> tuple[Query, Params]:
+    """Rescue expired leases: back to pending, or dead when out of attempts; a row each.
+
+    Its own statement, run by a claim before it looks for work (a statement's later parts see
+    the rows as they were when it began, so one statement could not claim what it rescued).
+    """
     # At most 500 at once (the rest go with the next claim), oldest expiry first.
     # A rescued task is due at once: a crashed worker is seldom the task's fault, and its
     # attempts are bounded by max_attempts all the same.
@@ -203,18 +203,13 @@ def _rescue(tenant: str) -> tuple[LiteralString, list[Any]]:
         "ELSE clock_timestamp() END, "
         "error = format('attempt %%s lost its lease at %%s: the worker stopped heartbeating "
         "(crashed, killed or cut off)', t.attempts, t.lease_expires_at), "
-        "traceback = NULL "
+        # No holder any more: the lost one's late calls are told so, whatever the status.
+        "traceback = NULL, lease_token = NULL "
         "FROM (SELECT id FROM tasks WHERE tenant_id = %s AND status = 'running' "
         "AND lease_expires_at < now() ORDER BY lease_expires_at LIMIT 500 "
         "FOR UPDATE SKIP LOCKED) AS e WHERE t.id = e.id RETURNING t.id, t.status",
         [tenant],
     )
-
-
-def rescue(tenant: str) -> tuple[Query, Params]:
-    """Rescue expired leases (the sweeper's statement): each row says where it went."""
-    query, params = _rescue(tenant)
-    return query, params
 
 
 def next_wake(tenant: str, types: list[str] | None) -> tuple[Query, Params]:
@@ -265,10 +260,15 @@ def complete(
     tenant: str, task_id: UUID, token: UUID | None, result: str | None
 ) -> tuple[Query, Params]:
     """Complete a running task (held by ``token``, when given)."""
+    # Unfenced (an operator's override), the holder's token goes, so that the holder is
+    # told someone else finished its task rather than taking it for its own resend.
     fence: LiteralString = " AND lease_token = %s" if token is not None else ""
+    clear: LiteralString = "" if token is not None else ", lease_token = NULL"
     return (
         "UPDATE tasks SET status = 'completed', result = %s::jsonb, error = NULL, "
-        "traceback = NULL WHERE tenant_id = %s AND id = %s AND status = 'running'"
+        "traceback = NULL"
+        + clear
+        + " WHERE tenant_id = %s AND id = %s AND status = 'running'"
         + fence
         + " RETURNING "
         + COLUMNS,
@@ -287,14 +287,16 @@ def fail(
 ) -> tuple[Query, Params]:
     """Fail a running task: back to pending after a backoff, or dead, or failed for good."""
     fence: LiteralString = " AND t.lease_token = %(token)s" if token is not None else ""
-    # The step doubles from retry_first with every attempt, up to retry_most, and is spread
-    # by +-retry_jitter so that tasks failing together do not come back together.
+    clear: LiteralString = "" if token is not None else ", lease_token = NULL"
+    # The step doubles from retry_first with every attempt and is spread by +-retry_jitter
+    # (so that tasks failing together do not come back together), and never passes
+    # retry_most.
     step: LiteralString = (
         "least(coalesce((SELECT p.retry_most FROM task_types AS p WHERE p.tenant_id = "
         "t.tenant_id AND p.type = t.type), %(most)s::float8), "
         "coalesce((SELECT p.retry_first FROM task_types AS p WHERE p.tenant_id = t.tenant_id "
-        "AND p.type = t.type), %(first)s::float8) * power(2, least(t.attempts - 1, 60))) "
-        "* (1 + %(jitter)s::float8 * (2 * random() - 1))"
+        "AND p.type = t.type), %(first)s::float8) * power(2, least(t.attempts - 1, 60)) "
+        "* (1 + %(jitter)s::float8 * (2 * random() - 1)))"
     )
     return (
         "UPDATE tasks AS t SET "
@@ -302,8 +304,9 @@ def fail(
         " WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'pending' END, "
         "run_at = CASE WHEN %(retry)s AND t.attempts < t.max_attempts "
         " THEN clock_timestamp() + make_interval(secs => " + step + ") ELSE t.run_at END, "
-        "error = %(error)s, traceback = %(traceback)s "
-        "WHERE t.tenant_id = %(tenant)s AND t.id = %(id)s AND t.status = 'running'"
+        "error = %(error)s, traceback = %(traceback)s"
+        + clear
+        + " WHERE t.tenant_id = %(tenant)s AND t.id = %(id)s AND t.status = 'running'"
         + fence
         + " RETURNING "
         + _T_COLUMNS,
@@ -340,7 +343,11 @@ def move(
 def requeue_dead(
     tenant: str, ids: list[UUID] | None, types: list[str] | None, limit: int
 ) -> tuple[Query, Params]:
-    """Send dead tasks back to the queue with their attempts counted afresh."""
+    """Send dead tasks back to the queue with their attempts counted afresh.
+
+    A key is unique among live tasks, so a dead task whose key a live task holds stays dead,
+    and of several dead tasks sharing a key only the latest goes back.
+    """
     where: LiteralString = ""
     params: list[Any] = [tenant]
     if ids is not None:
@@ -352,10 +359,17 @@ def requeue_dead(
     params.append(limit)
     return (
         "UPDATE tasks AS t SET status = 'pending', attempts = 0, run_at = clock_timestamp() "
-        "FROM (SELECT id FROM tasks WHERE tenant_id = %s AND status = 'dead'"
+        "FROM (SELECT id FROM ("
+        " SELECT DISTINCT ON (coalesce(key, id::text)) id, finished_at FROM tasks AS d"
+        " WHERE tenant_id = %s AND status = 'dead'"
         + where
-        + " ORDER BY finished_at, id LIMIT %s FOR UPDATE SKIP LOCKED) AS d "
-        "WHERE t.id = d.id RETURNING " + _T_COLUMNS,
+        + " AND (key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS l"
+        "  WHERE l.tenant_id = d.tenant_id AND l.key = d.key"
+        "  AND l.status IN ('pending', 'running')))"
+        " ORDER BY coalesce(key, id::text), finished_at DESC) AS latest"
+        " ORDER BY finished_at, id LIMIT %s) AS d "
+        # Rechecked on the row itself: a concurrent requeue may have taken it first.
+        "WHERE t.id = d.id AND t.status = 'dead' RETURNING " + _T_COLUMNS,
         params,
     )
 
@@ -392,12 +406,13 @@ def stats(tenant: str) -> tuple[Query, Params]:
 
 
 def give_back(tenant: str, task_id: UUID, token: UUID, reason: str) -> tuple[Query, Params]:
-    """Hand a held task back to the queue at once (or to dead, out of attempts)."""
+    """Hand a held task back to the queue at once, its attempt not counted.
+
+    The worker stopped it (shutting down), not the task: that attempt was never given a chance.
+    """
     return (
-        "UPDATE tasks AS t SET "
-        "status = CASE WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'pending' END, "
-        "run_at = CASE WHEN t.attempts >= t.max_attempts THEN t.run_at "
-        "ELSE clock_timestamp() END, error = %s, traceback = NULL "
+        "UPDATE tasks AS t SET status = 'pending', attempts = t.attempts - 1, "
+        "run_at = clock_timestamp(), error = %s, traceback = NULL "
         "WHERE t.tenant_id = %s AND t.id = %s AND t.lease_token = %s AND t.status = 'running' "
         "RETURNING " + _T_COLUMNS,
         [reason, tenant, task_id, token],

@@ -31,9 +31,10 @@ from agency_data.tasks import _sql
 __all__ = ["LeaseKeeper", "lost_lease"]
 
 _log = logging.getLogger("agency_data.tasks")
-# Tokens of tasks claimed here and not finished here: bounded, oldest forgotten first (a
-# forgotten task is still fenced when the caller passes the Task it claimed).
-_MAX_TOKENS = 100_000
+# Tokens of the tasks claimed here, kept after they finish or are lost: a late call by bare id
+# of a worker that lost its lease stays fenced, and a resent completion is recognised. Bounded,
+# oldest first (an evicted task is still fenced when the caller passes the Task it claimed).
+_MAX_TOKENS = 20_000
 # A heartbeat goes out when a third of the lease is gone; ones due within a quarter of that
 # step go with it, so that a thousand leases share a few statements rather than a thousand.
 _BEAT_FRACTION = 1 / 3
@@ -58,15 +59,15 @@ def lost_lease(
             task_id=task_id,
             reason=reason,
         )
-    held_by_other = row["lease_token"] is not None and row["lease_token"] != token
+    held_by_other = token is not None and row["lease_token"] != token
     what = {
-        "pending": "its lease ran out and it went back to the queue",
+        "pending": "it went back to the queue (its lease ran out, or the attempt was failed)",
         "dead": "its lease ran out and it used up its attempts (dead)",
         "running": "its lease ran out and another worker holds it now",
-        "completed": "it was completed by another worker"
+        "completed": "it was completed by someone else"
         if held_by_other
         else "it is already completed",
-        "failed": "it was failed by another worker" if held_by_other else "it already failed",
+        "failed": "it was failed by someone else" if held_by_other else "it already failed",
     }.get(status, f"it is {status}")
     return LeaseLost(
         f"task {task_id} is no longer yours: {what}; the {action} changed nothing",
@@ -113,8 +114,12 @@ class LeaseKeeper:
         """The lease token this process holds for ``task_id``, if it claimed it."""
         return self._tokens.get(task_id)
 
+    def release(self, task_id: UUID) -> None:
+        """Stop heartbeating ``task_id`` (finished or lost here); its token is kept."""
+        self._beats.pop(task_id, None)
+
     def forget(self, task_id: UUID) -> None:
-        """The task is finished (or lost) here: drop its token and stop its heartbeats."""
+        """The task is gone: drop its token too."""
         self._tokens.pop(task_id, None)
         self._beats.pop(task_id, None)
 
@@ -128,16 +133,17 @@ class LeaseKeeper:
     def keep(
         self, task: Task, *, lease_seconds: float | None = None, on_lost: LostHook | None = None
     ) -> None:
-        """Heartbeat ``task``'s lease in the background until :meth:`forget` or a loss."""
+        """Heartbeat ``task``'s lease in the background until :meth:`release` or a loss."""
         if task.lease_token is None:
             return
+        # Each heartbeat renews the lease the claim gave (a short lease stays short).
         lease = lease_seconds or _lease_length(task) or self._defaults.lease_seconds
         step = max(lease * _BEAT_FRACTION, _MIN_STEP)
         self._beats[task.id] = _Beat(
             task.tenant_id,
             task.id,
             task.lease_token,
-            lease_seconds,
+            lease,
             step,
             time.monotonic() + step,
             on_lost,
@@ -215,7 +221,7 @@ class LeaseKeeper:
                 beat.due = now + beat.step
             elif self._beats.get(beat.task_id) is beat:
                 # Still kept: not a task its worker finished while this heartbeat was out.
-                self.forget(beat.task_id)
+                self.release(beat.task_id)
                 _log.warning("%s", error)
                 if beat.on_lost is not None:
                     beat.on_lost(error)

@@ -124,9 +124,9 @@ class QueueOps:
     async def _claim(
         self, agent: UUID, types: list[str] | None, n: int, lease: float | None, rescue: bool
     ) -> builtins.list[Task]:
-        query, params = _sql.claim(
-            self.tenant, agent, types, n, lease, self._runtime.defaults, rescue=rescue
-        )
+        if rescue:
+            await self._db.fetch(*_sql.rescue(self.tenant))
+        query, params = _sql.claim(self.tenant, agent, types, n, lease, self._runtime.defaults)
         claimed = await self._db.fetch(query, params, model=Task)
         self._runtime.leases.remember(claimed)
         return claimed
@@ -155,7 +155,7 @@ class QueueOps:
             )
         held, lost = await self._runtime.leases.heartbeat(self.tenant, [(task_id, token, lease)])
         if task_id in lost:
-            self._runtime.leases.forget(task_id)
+            self._runtime.leases.release(task_id)
             raise lost[task_id]
         return held[task_id]
 
@@ -237,7 +237,7 @@ class QueueOps:
                 await job.complete(job.result)
         finally:
             job._exiting = True
-            self._runtime.leases.forget(task.id)
+            self._runtime.leases.release(task.id)
 
     async def _give_back(self, task: Task, reason: str) -> None:
         assert task.lease_token is not None
@@ -272,7 +272,7 @@ class QueueOps:
         )
         if done is None:
             done = await self._refused(task_id, token, "completed", "completion")
-        self._runtime.leases.forget(task_id)
+        self._runtime.leases.release(task_id)
         return done
 
     async def fail(
@@ -301,7 +301,7 @@ class QueueOps:
         )
         if failed is None:
             failed = await self._refused(task_id, token, "failed", "failure")
-        self._runtime.leases.forget(task_id)
+        self._runtime.leases.release(task_id)
         return failed
 
     async def cancel(self, task: Task | UUID | str, reason: str | None = None) -> Task:
@@ -407,22 +407,21 @@ class QueueOps:
     async def _refused(self, task_id: UUID, token: UUID | None, target: str, action: str) -> Task:
         """Why a move changed nothing, as the error to raise (or the task, if it already landed)."""
         row = await self._db.fetch_one(*_sql.state_of(self.tenant, task_id))
-        if row is not None and token is None:
+        if row is None or (token is not None and row["status"] == "cancelled"):
+            raise lost_lease(task_id, row, token, action)
+        if token is None or row["lease_token"] == token:
+            # Still this holder's task (or no holder named): the state machine refuses.
+            if token is not None and row["status"] == target == "completed":
+                # This worker's own completion landed already (a resend): report it.
+                return await self._db.fetch_one(  # type: ignore[return-value]
+                    "SELECT " + _sql.COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
+                    [self.tenant, task_id],
+                    model=Task,
+                )
             raise ValidationError(
                 f"a task cannot go from {row['status']} to {target}", field="status"
             )
-        if (
-            row is not None
-            and row["status"] == target == "completed"
-            and row["lease_token"] == token
-        ):
-            # This worker's own completion landed already (a resend): report it, do not fail.
-            return await self._db.fetch_one(  # type: ignore[return-value]
-                "SELECT " + _sql.COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
-                [self.tenant, task_id],
-                model=Task,
-            )
-        self._runtime.leases.forget(task_id)
+        self._runtime.leases.release(task_id)
         raise lost_lease(task_id, row, token, action)
 
 

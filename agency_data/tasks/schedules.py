@@ -11,13 +11,12 @@ fields, or six with seconds last, as croniter reads them; in the schedule's time
 from __future__ import annotations
 
 import builtins
-import math
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from agency_data.errors import NotFound, ValidationError
 from agency_data.inputs import check_int, check_mapping, check_seconds, check_text, encode_json
@@ -36,6 +35,7 @@ _COLUMNS = (
     "last_run_at, last_task_id"
 )
 _BATCH = 100
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def next_tick(
@@ -43,9 +43,11 @@ def next_tick(
 ) -> datetime:
     """The first tick of a rule strictly after ``after`` (a datetime with a timezone)."""
     if every is not None:
-        epoch = after.timestamp()
-        tick = (math.floor(epoch / every) + 1) * every
-        return datetime.fromtimestamp(tick, UTC)
+        # In whole microseconds: float division puts a tick of every=0.1 on either side of
+        # itself, and "strictly after" must hold.
+        step = max(round(every * 1_000_000), 1)
+        micros = (after - _EPOCH) // timedelta(microseconds=1)
+        return _EPOCH + timedelta(microseconds=(micros // step + 1) * step)
     assert cron is not None
     local = after.astimezone(ZoneInfo(zone))
     following: datetime = croniter(cron, local).get_next(datetime)
@@ -106,7 +108,14 @@ class ScheduleOps:
         if max_attempts is not None:
             check_int(max_attempts, "max_attempts", 1, 1000)
         now = await self._db.fetch_value("SELECT clock_timestamp()")
-        first = next_tick(now, cron=cron, every=every, zone=zone)
+        try:
+            first = next_tick(now, cron=cron, every=every, zone=zone)
+        except CroniterError as exc:
+            # croniter.is_valid passes rules no date matches ("0 0 31 2 *").
+            raise ValidationError(
+                f"cron {cron!r} never comes round ({exc}); check its day and month",
+                field="cron",
+            ) from None
         row = await self._db.fetch_one(
             "INSERT INTO task_schedules (tenant_id, name, cron, every_seconds, timezone, type, "
             "data, priority, max_attempts, next_run_at) "

@@ -196,17 +196,20 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         _check_batch(rows)
         keyed = any(row.key is not None for row, _ in rows)
         linked = any(deps for _, deps in rows)
+        order = [row.id for row, _ in rows]
         if not keyed and not linked:
             # The common case: one statement, no transaction of its own.
             tasks = await self._db.fetch(
                 *_sql.insert(self.tenant, [r for r, _ in rows], self._runtime.defaults, None),
                 model=Task,
             )
-            return _in_order(tasks, [r for r, _ in rows])
-        async with self._db.transaction():
-            if linked:
-                rows = await self._link(rows)
-            return await self._insert_keyed([r for r, _ in rows], on_conflict, rows)
+            made = {task.id: task for task in tasks}
+        else:
+            async with self._db.transaction():
+                if linked:
+                    rows = await self._link(rows)
+                made = await self._insert_keyed([r for r, _ in rows], on_conflict, rows)
+        return [made[task_id] for task_id in order]
 
     async def _link(
         self, rows: builtins.list[tuple[NewTask, builtins.list[UUID]]]
@@ -254,12 +257,17 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         rows: builtins.list[NewTask],
         on_conflict: str,
         linked: builtins.list[tuple[NewTask, builtins.list[UUID]]],
-    ) -> builtins.list[Task]:
+    ) -> dict[UUID, Task]:
+        """Insert ``rows`` under the key policy: each row's id -> its task (new or live)."""
         policy = on_conflict if any(r.key is not None for r in rows) else None
         made: dict[UUID, Task] = {}
         by_key: dict[str, Task] = {}
-        todo = rows
-        for _ in range(_KEY_RETRIES):
+        todo = await self._born_ended(rows, on_conflict, by_key)
+        tries = 0
+        while todo:
+            if tries == _KEY_RETRIES:
+                raise Conflict("the task keys changed hands too often; try again", field="key")
+            tries += 1
             tasks = await self._db.fetch(
                 *_sql.insert(self.tenant, todo, self._runtime.defaults, policy), model=Task
             )
@@ -288,15 +296,32 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
                     by_key[task.key] = task
             # A task that finished in between freed its key: insert those rows again.
             todo = [r for r in lost if r.key not in by_key]
-            if not todo:
-                break
-        else:
-            raise Conflict("the task keys changed hands too often; try again", field="key")
         edges = [(row.id, dep) for row, deps in linked for dep in deps if row.id in made]
         if edges:
             await self._db.execute(*_sql.insert_edges(self.tenant, edges))
         # A row that lost its key to a live task gets that task.
-        return [made[row.id] if row.id in made else by_key[str(row.key)] for row in rows]
+        return {row.id: made[row.id] if row.id in made else by_key[str(row.key)] for row in rows}
+
+    async def _born_ended(
+        self, rows: builtins.list[NewTask], on_conflict: str, by_key: dict[str, Task]
+    ) -> builtins.list[NewTask]:
+        """Rows to insert, less keyed ones born cancelled whose key a live task holds.
+
+        A cancelled row is outside the unique index of live keys, so the insert would not
+        see the conflict: it is settled here, by the policy, before anything is written.
+        """
+        ended = [r.key for r in rows if r.key is not None and r.status != "pending"]
+        if not ended:
+            return rows
+        live = await self._db.fetch(*_sql.live_with_keys(self.tenant, ended), model=Task)
+        if live and on_conflict != "return":
+            raise Conflict(
+                f"a live task already holds key {live[0].key!r}, and the new one would be "
+                "cancelled at once (a task it depends on has ended)",
+                field="key",
+            )
+        by_key.update({task.key: task for task in live if task.key is not None})
+        return [r for r in rows if r.status == "pending" or r.key not in by_key]
 
     # -- running -------------------------------------------------------------------------------
 
@@ -563,8 +588,3 @@ def _topological(
                 path.append(child)
                 stack.append(iter(batch[child][1]))
     return order
-
-
-def _in_order(tasks: builtins.list[Task], rows: builtins.list[NewTask]) -> builtins.list[Task]:
-    order = {row.id: i for i, row in enumerate(rows)}
-    return sorted(tasks, key=lambda task: order[task.id])
