@@ -508,6 +508,9 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "sessions.agent_id": lambda p: "agent-1",
     "agent_ids": lambda p: [p.agent_id],
     "task_id": lambda p: p.task_id,
+    "tasks.task": lambda p: p.task_id,
+    "tasks.name": lambda p: "probe-schedule",
+    "handler": lambda p: _load,
     "task_ids": lambda p: [p.task_id],
     "error": lambda p: "boom",
     "text": lambda p: "note",
@@ -570,7 +573,7 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
 # Lifecycle, not input: closing the layer would end every later case.
 SKIPPED = {"dl.aclose", "dl.connect"}
 # Calls that wait by design (for work, messages or a lock): cut short, which is fine.
-WAITING = {"claim", "consume", "subscribe", "lock", "acquire"}
+WAITING = {"claim", "consume", "subscribe", "lock", "acquire", "run_scheduler"}
 
 
 def _arguments(cls: type, name: str) -> Iterator[str]:
