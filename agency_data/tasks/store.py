@@ -108,9 +108,9 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         number of attempts. ``key`` makes it unique among live (pending or running) tasks:
         a second create with the same key returns the live task (``on_conflict="return"``),
         replaces a pending one's data, priority, agent, due time and attempts
-        (``"replace"``; :class:`Conflict` if it is running), or raises :class:`Conflict`
-        (``"raise"``). ``depends_on`` lists tasks that must complete first; if one ends any
-        other way, this task is cancelled with the reason.
+        (``"replace"``; :class:`Conflict` if it is running; its dependencies stay as they
+        were), or raises :class:`Conflict` (``"raise"``). ``depends_on`` lists tasks that must
+        complete first; if one ends any other way, this task is cancelled with the reason.
         """
         item: dict[str, Any] = {"type": type, "data": data, "priority": priority}
         for name, value in (

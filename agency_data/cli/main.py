@@ -1,10 +1,4 @@
-"""The ``agency-data`` command line: a thin layer over the public API.
-
-Output habits: results go to stdout, errors (``error: ...``), warnings and questions to stderr.
-When stdout is not a terminal, output is plain text that is never wrapped nor cut, so that
-``agency-data migrate up --dry-run > plan.sql`` saves valid SQL and scripts can read tables.
-Exit codes: 0 done, 1 declined (or ``health``: degraded), 2 error (or ``health``: down).
-"""
+"""The commands: up, migrate, health, roles, demo (and the tasks group)."""
 
 from __future__ import annotations
 
@@ -14,8 +8,7 @@ import signal
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Coroutine, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TextIO, TypeVar
@@ -23,11 +16,19 @@ from typing import Annotated, Any, TextIO, TypeVar
 import psycopg
 import typer
 from psycopg.conninfo import conninfo_to_dict
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from agency_data import __version__
+from agency_data.cli._common import (
+    ConfigOption,
+    DataDirOption,
+    console,
+    error,
+    errors_exit,
+    load_config,
+    run_job,
+    table,
+)
+from agency_data.cli.tasks import tasks_app
 from agency_data.config import DataLayerConfig
 from agency_data.demo import DemoStep, run_demo
 from agency_data.dsn import redact_dsn
@@ -41,24 +42,13 @@ from agency_data.security.roles import RoleNames, setup_roles
 
 __all__ = ["app"]
 
+T = TypeVar("T")
+
 app = typer.Typer(
     help="agency-data: PostgreSQL + pgvector + Redis as one data layer for agent systems.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-T = TypeVar("T")
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="TOML config file (else AGENCY_DATA_CONFIG_FILE / env vars)."
-    ),
-]
-DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory of the embedded servers.")
-]
 
 
 def _show_version(value: bool) -> None:
@@ -100,73 +90,12 @@ class MigrateAction(StrEnum):
     STATUS = "status"
 
 
-def _config(
-    config_file: Path | None, data_dir: Path | None = None, **sections: Any
-) -> DataLayerConfig:
-    overrides: dict[str, Any] = dict(sections)
-    if data_dir is not None:
-        overrides["embedded"] = {"data_dir": data_dir}
-    base = DataLayerConfig.load(config_file)
-    if not overrides:
-        return base
-    merged = base.model_dump()
-    for section, values in overrides.items():
-        merged[section] = {**merged.get(section, {}), **values}
-    # Secrets come out of model_dump as SecretStr and go back in as such.
-    return DataLayerConfig.load(config_file, **merged)
-
-
-def _plain() -> bool:
-    """True when stdout is no terminal: plain lines then, never wrapped nor cut."""
-    return not sys.stdout.isatty()
-
-
-def _error(message: str) -> None:
-    if sys.stderr.isatty():
-        err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    else:
-        typer.echo(f"error: {message}", err=True)
-
-
-@contextmanager
-def _errors_exit() -> Iterator[None]:
-    try:
-        yield
-    except AgencyDataError as exc:
-        _error(str(exc))
-        raise typer.Exit(2) from exc
-
-
-def _run(job: Callable[[], Awaitable[T]]) -> T:
-    with _errors_exit():
-        return asyncio.run(job())  # type: ignore[arg-type]
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A table: rich on a terminal (long cells fold onto more lines), aligned text otherwise."""
-    if _plain():
-        widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-        for row in [headers, *rows]:
-            typer.echo(
-                "  ".join(
-                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
-                ).rstrip()
-            )
-        return
-    table = Table()
-    for header in headers:
-        table.add_column(header, overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(cell) for cell in row))
-    console.print(table)
-
-
 @app.command()
 def up(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Start the servers (embedded unless configured), migrate, print where they are, run until Ctrl-C."""
 
     async def job() -> None:
-        async with DataLayer(_config(config, data_dir)) as dl:
+        async with DataLayer(load_config(config, data_dir)) as dl:
             # Handlers first: whoever reads "ready" may signal at once.
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -184,7 +113,7 @@ def up(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
             await stop.wait()
             console.print("stopping")
 
-    _run(job)
+    run_job(job)
 
 
 @app.command()
@@ -210,8 +139,8 @@ def migrate(
 
     down prints what it destroys (tables and columns, with their rows) and asks first; --yes skips the question, and with no terminal to ask on it refuses (exit code 2). Both directions write a backup first when backups are on.
     """
-    with _errors_exit(), asyncio.Runner() as loop:
-        cfg = _config(config, data_dir, migration={"auto_migrate": False})
+    with errors_exit(), asyncio.Runner() as loop:
+        cfg = load_config(config, data_dir, migration={"auto_migrate": False})
 
         def run(step: Coroutine[Any, Any, T]) -> T:
             return loop.run(step)
@@ -252,12 +181,12 @@ def health(
     Read-only: no migration runs (pending ones are reported) and no backup is written. An
     embedded server is started for the check when nobody runs it, as any command would.
     """
-    with _errors_exit():
+    with errors_exit():
         # One pooled connection is enough for a probe.
-        cfg = _config(
+        cfg = load_config(
             config, data_dir, migration={"auto_migrate": False}, postgresql={"pool_min_size": 1}
         )
-    report = _run(lambda: _health_report(cfg))
+    report = run_job(lambda: _health_report(cfg))
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
@@ -271,7 +200,7 @@ def health(
             ]
             for part in report.components.values()
         ]
-        _table(["component", "up", "latency", "versions", "error"], rows)
+        table(["component", "up", "latency", "versions", "error"], rows)
         for warning in report.warnings:
             typer.echo(f"warning: {warning}")
         typer.echo(f"status: {report.status}")
@@ -309,6 +238,8 @@ async def _health_report(cfg: DataLayerConfig) -> HealthStatus:
         await dl.aclose()
 
 
+app.add_typer(tasks_app, name="tasks")
+
 roles_app = typer.Typer(help="The owner, application and read-only roles.", no_args_is_help=True)
 app.add_typer(roles_app, name="roles")
 
@@ -329,7 +260,7 @@ def roles_setup(config: ConfigOption = None, data_dir: DataDirOption = None) -> 
     """
 
     async def job() -> list[str]:
-        cfg = _config(config, data_dir, migration={"auto_migrate": False})
+        cfg = load_config(config, data_dir, migration={"auto_migrate": False})
         names = RoleNames.from_config(cfg.postgresql)
         if cfg.postgresql.is_embedded:
             # Connecting sets the embedded server's roles up.
@@ -343,7 +274,7 @@ def roles_setup(config: ConfigOption = None, data_dir: DataDirOption = None) -> 
             )
         return [*done, f"roles in place: {_role_line(names)}"]
 
-    for line in _run(job):
+    for line in run_job(job):
         typer.echo(line)
 
 
@@ -383,9 +314,9 @@ def demo(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
         )
 
     async def job() -> list[DemoStep]:
-        return await run_demo(_config(config, data_dir), show)
+        return await run_demo(load_config(config, data_dir), show)
 
-    steps = _run(job)
+    steps = run_job(job)
     console.print(f"[green]demo finished[/] in {sum(s.seconds for s in steps):.2f} s")
 
 
@@ -394,7 +325,7 @@ def _print_status(states: Sequence[MigrationState]) -> None:
         [s.key, s.state, s.applied_at.isoformat(" ", "seconds") if s.applied_at else ""]
         for s in states
     ]
-    _table(["migration", "state", "applied at"], rows)
+    table(["migration", "state", "applied at"], rows)
 
 
 def _plan_lines(steps: Sequence[PlannedStep], *, done: bool = False) -> list[str]:
@@ -425,7 +356,7 @@ def _confirm_rollback(plan: MigrationReport, where: str, backup_dir: Path | None
     else:
         typer.echo("No backup is written (migration.backup_before_migration is off).", err=True)
     if not sys.stdin.isatty():
-        _error(
+        error(
             "not rolling back without a confirmation, and stdin is not a terminal to ask on: "
             "run again with --yes to roll back as planned above, or --dry-run to see the SQL"
         )
