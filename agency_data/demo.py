@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import os
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,8 +15,10 @@ from typing import Any
 from uuid import UUID
 
 import numpy as np
+from pydantic import SecretStr
 
 from agency_data.config import DataLayerConfig
+from agency_data.errors import AgencyDataError
 from agency_data.health import versions_text
 from agency_data.manager import DataLayer
 
@@ -77,6 +82,7 @@ async def run_demo(
         )
 
         await _agents_and_tasks(dl, record)
+        await _worker_crash(dl, record)
         await _embeddings(dl, record)
         await _cache_and_coordination(dl, record)
 
@@ -147,6 +153,105 @@ async def _agents_and_tasks(
     await record(
         "search",
         f"the planner took the priority-9 task; full-text 'planning' finds {len(hits)} task(s)",
+        started,
+    )
+
+
+# The worker that dies: a process of its own that claims the task with a short lease and
+# auto heartbeats, says which task it holds, and works on it until it is killed.
+_DOOMED_WORKER = """
+import asyncio, json, os
+from agency_data import DataLayer
+
+async def main():
+    spec = json.loads(os.environ["DEMO_WORKER_SPEC"])
+    async with DataLayer(**spec["config"]) as dl:
+        tasks = dl.tenant(spec["tenant"]).tasks
+        (task,) = await tasks.claim(
+            spec["agent"], ["report"], wait=30, lease_seconds=spec["lease"], auto_heartbeat=True
+        )
+        print(task.id, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+_CRASH_LEASE = 1.0
+
+
+def _revealed(value: Any) -> Any:
+    """A config section as plain values, secrets included (for a child process's config)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _revealed(v) for k, v in value.items() if v is not None}
+    return value
+
+
+async def _worker_crash(
+    dl: DataLayer, record: Callable[[str, str, float], Awaitable[None]]
+) -> None:
+    scope = dl.tenant(f"demo-{uuid.uuid4().hex[:8]}")
+    doomed = await scope.agents.create(name="worker-a", type="worker")
+    survivor = await scope.agents.create(name="worker-b", type="worker")
+    task = await scope.tasks.create("report", {"quarter": "Q3"})
+
+    started = time.perf_counter()
+    redis = _revealed(dl.config.redis.model_dump())
+    if dl.redis_url is not None:
+        redis = {"url": dl.redis_url}
+    spec = {
+        "config": {
+            "postgresql": {"dsn": dl.conninfo, "pool_min_size": 1, "pool_max_size": 2},
+            "redis": redis,
+            "migration": {"auto_migrate": False},
+        },
+        "tenant": scope.tenant_id,
+        "agent": str(doomed.id),
+        "lease": _CRASH_LEASE,
+    }
+    # Only this spec configures the child: not the AGENCY_DATA_* settings this process read.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENCY_DATA_")}
+    env["DEMO_WORKER_SPEC"] = json.dumps(spec)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _DOOMED_WORKER,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert child.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            line = await child.stdout.readline()
+    except TimeoutError:
+        line = b""
+    if line.strip() != str(task.id).encode():
+        child.kill()
+        _, errors = await child.communicate()
+        raise AgencyDataError(
+            "the demo's worker process did not claim its task: "
+            + errors.decode(errors="replace")[-2000:]
+        )
+    child.kill()  # SIGKILL: no cleanup, no hand-back; its lease just stops being renewed
+    await child.communicate()
+    killed = time.perf_counter()
+    await record(
+        "worker crash",
+        f"worker-a (process {child.pid}) claimed the report task with a {_CRASH_LEASE:g} s "
+        "lease and auto heartbeats, and was killed with SIGKILL while holding it",
+        started,
+    )
+
+    started = time.perf_counter()
+    (rescued,) = await scope.tasks.claim(survivor.id, ["report"], wait=30)
+    waited = time.perf_counter() - killed
+    done = await scope.tasks.complete(rescued, result={"by": "worker-b"})
+    await record(
+        "lease rescue",
+        f"{waited:.1f} s after the kill, worker-b's claim found the lease run out and took "
+        f"the task over ({rescued.error}); completed by worker-b, attempts={done.attempts}",
         started,
     )
 

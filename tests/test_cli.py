@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from rich.console import Console
 
-from agency_data import DataLayer, __version__, cli
+from agency_data import DataLayer, __version__
+from agency_data.cli import _common, main
 from agency_data.health import versions_text
 from agency_data.migrations import BUILTIN_SOURCE, MigrationState
 from agency_data.migrations._loader import load_migrations
@@ -143,6 +144,16 @@ def test_demo_on_configured_servers(database: str, redis_url: str, tmp_path: Pat
     assert result.returncode == 0, result.stdout + result.stderr
     for step in ("connect", "health", "migrations", "migration dry run", "close", "demo finished"):
         assert step in result.stdout
+    # A worker process killed while holding a task; another finishes it after the lease.
+    crash = re.search(r"worker crash .*worker-a \(process (\d+)\) claimed .*SIGKILL", result.stdout)
+    assert crash is not None, result.stdout
+    assert re.search(
+        r"lease rescue .*worker-b's claim found the lease run out .*attempt 1 lost its lease"
+        r".*completed by worker-b, attempts=2",
+        result.stdout,
+    ), result.stdout
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(crash.group(1)), 0)  # really gone, not left running
     # health and the demo write the servers' versions the same way.
     health = agency_data("health", dsn=database, redis_url=redis_url, tmp_path=tmp_path)
 
@@ -263,7 +274,7 @@ def test_rollback_without_a_terminal_is_refused(
         "migrate", "down", "--steps", "1", dsn=database, redis_url=redis_url, tmp_path=tmp_path
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "down agency_data:0008_no_metadata_gin" in result.stderr  # the plan, shown
+    assert "down agency_data:0009_task_queue" in result.stderr  # the plan, shown
     assert "error: not rolling back without a confirmation" in result.stderr
     assert "--yes" in result.stderr
     assert history(database) == BUILTIN_COUNT
@@ -394,10 +405,10 @@ def test_migrate_status_never_cuts_names(
 def test_status_table_on_a_narrow_terminal_folds_names(monkeypatch: pytest.MonkeyPatch) -> None:
     out = io.StringIO()
     narrow = Console(file=out, width=30, force_terminal=True, color_system=None)
-    monkeypatch.setattr(cli, "console", narrow)
-    monkeypatch.setattr(cli, "_plain", lambda: False)
+    monkeypatch.setattr(_common, "console", narrow)
+    monkeypatch.setattr(_common, "plain", lambda: False)
     keys = [m.key for m in load_migrations([BUILTIN_SOURCE])]
-    cli._print_status([MigrationState(key, "pending") for key in keys])
+    main._print_status([MigrationState(key, "pending") for key in keys])
     text = out.getvalue()
     assert "…" not in text
     first_column = "".join(
