@@ -13,6 +13,10 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel ``task`` (if any) and wait until it has finished."""
     if task is None:
         return
-    task.cancel()
+    # Cancelled again until it takes: on Python 3.11 asyncio.wait_for (which psycopg_pool
+    # waits for a connection with) drops a cancellation that lands as its result arrives.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
     with contextlib.suppress(asyncio.CancelledError):
         await task

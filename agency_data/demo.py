@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -160,11 +161,11 @@ async def _agents_and_tasks(
 # The worker that dies: a process of its own that claims the task with a short lease and
 # auto heartbeats, says which task it holds, and works on it until it is killed.
 _DOOMED_WORKER = """
-import asyncio, json, os
+import asyncio, json, sys
 from agency_data import DataLayer
 
 async def main():
-    spec = json.loads(os.environ["DEMO_WORKER_SPEC"])
+    spec = json.loads(sys.stdin.readline())
     async with DataLayer(**spec["config"]) as dl:
         tasks = dl.tenant(spec["tenant"]).tasks
         (task,) = await tasks.claim(
@@ -210,31 +211,37 @@ async def _worker_crash(
         "lease": _CRASH_LEASE,
     }
     # Only this spec configures the child: not the AGENCY_DATA_* settings this process read.
+    # It goes through a pipe: the environment of a process is readable by its user.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENCY_DATA_")}
-    env["DEMO_WORKER_SPEC"] = json.dumps(spec)
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         _DOOMED_WORKER,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
+    assert child.stdin is not None
     assert child.stdout is not None
+    child.stdin.write(json.dumps(spec).encode() + b"\n")
+    await child.stdin.drain()
+    child.stdin.close()
     try:
         async with asyncio.timeout(60):
             line = await child.stdout.readline()
     except TimeoutError:
         line = b""
     if line.strip() != str(task.id).encode():
-        child.kill()
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            child.kill()
         _, errors = await child.communicate()
         raise AgencyDataError(
             "the demo's worker process did not claim its task: "
             + errors.decode(errors="replace")[-2000:]
         )
-    child.kill()  # SIGKILL: no cleanup, no hand-back; its lease just stops being renewed
+    with contextlib.suppress(ProcessLookupError):
+        child.kill()  # SIGKILL: no cleanup, no hand-back; its lease just stops being renewed
     await child.communicate()
     killed = time.perf_counter()
     await record(

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from agency_data import DataLayer, DataLayerConfig
-from bench import cache, coord, relational, rls, vectors
+from bench import cache, coord, heartbeats, relational, rls, vectors
 from bench.context import Bench
 from bench.databases import raw_pool
 from bench.harness import Result, environment, print_table, write_json
@@ -31,6 +31,7 @@ SCENARIOS = [
     "point-reads",
     "writes",
     "claiming",
+    "heartbeats",
     "vector-ingest",
     "vector-search",
     "rls",
@@ -108,6 +109,7 @@ async def main(args: argparse.Namespace) -> None:
                 "point-reads": lambda: relational.point_reads(b, l2_only),
                 "writes": lambda: relational.writes(b),
                 "claiming": lambda: relational.claiming(b),
+                "heartbeats": lambda: heartbeats.heartbeats(b),
                 "vector-ingest": lambda: vectors.ingest(b),
                 "vector-search": lambda: vectors.search(b),
                 "rls": lambda: rls.rls(b),
@@ -141,8 +143,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def _reset(dl: DataLayer) -> None:
-    # The owner's: the application role may not truncate, and sees one tenant only.
-    await dl.admin.execute("TRUNCATE tasks, agents")
+    # The owner's: the application role may not truncate, and sees one tenant only. Every
+    # table that references tasks goes in the same statement (TRUNCATE refuses otherwise).
+    await dl.admin.execute("TRUNCATE tasks, task_dependencies, task_types, task_schedules, agents")
     await dl.redis.flushdb()
 
 

@@ -26,8 +26,10 @@ TypeOption = Annotated[
 ]
 
 
-def _layer(config: Path | None, data_dir: Path | None) -> DataLayer:
-    return DataLayer(load_config(config, data_dir))
+def _layer(config: Path | None, data_dir: Path | None, *, reading: bool = False) -> DataLayer:
+    # A command that only reads leaves the schema as it is (as `health` does).
+    sections = {"migration": {"auto_migrate": False}} if reading else {}
+    return DataLayer(load_config(config, data_dir, **sections))
 
 
 @tasks_app.command("stats")
@@ -39,7 +41,7 @@ def stats(
     """Tasks by status and type, the oldest due task's wait, leases, paused types."""
 
     async def job() -> None:
-        async with _layer(config, data_dir) as dl:
+        async with _layer(config, data_dir, reading=True) as dl:
             report = await dl.tenant(tenant).tasks.stats()
         rows = [
             [status, type, str(n)]
@@ -70,7 +72,7 @@ def dead(
     """The dead letters: tasks that used up their attempts, with their last error."""
 
     async def job() -> list[Task]:
-        async with _layer(config, data_dir) as dl:
+        async with _layer(config, data_dir, reading=True) as dl:
             page = await dl.tenant(tenant).tasks.list(status="dead", type=type, limit=limit)
             return page.items
 

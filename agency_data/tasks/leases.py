@@ -13,12 +13,13 @@ body) and stops.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -28,7 +29,7 @@ from agency_data.models import Task
 from agency_data.postgres.database import Database
 from agency_data.tasks import _sql
 
-__all__ = ["LeaseKeeper", "lost_lease"]
+__all__ = ["AMBIGUOUS", "LeaseKeeper", "lease_length", "lost_lease"]
 
 _log = logging.getLogger("agency_data.tasks")
 # Tokens of the tasks claimed here, kept after they finish or are lost: a late call by bare id
@@ -42,6 +43,8 @@ _GATHER_FRACTION = 0.25
 _MIN_STEP = 0.05
 
 LostHook = Callable[[AgencyDataError], None]
+#: The token of a task this process claimed more than once: a bare id is not enough.
+AMBIGUOUS = UUID(int=0)
 
 
 def lost_lease(
@@ -93,7 +96,11 @@ class LeaseKeeper:
     def __init__(self, db: Database, defaults: _sql.Defaults) -> None:
         self._db = db
         self._defaults = defaults
-        self._tokens: OrderedDict[UUID, UUID] = OrderedDict()
+        # Each task claimed here -> its token, and whether this process finished with it. A
+        # task claimed again while an earlier claim of it here was never finished (its lease
+        # ran out under a slow worker) maps to AMBIGUOUS: a bare id cannot say which claim
+        # it speaks for.
+        self._tokens: OrderedDict[UUID, tuple[UUID, bool]] = OrderedDict()
         self._beats: dict[UUID, _Beat] = {}
         self._views: dict[str, Database] = {}
         self._changed = asyncio.Event()
@@ -105,22 +112,33 @@ class LeaseKeeper:
         """Note the lease tokens of tasks this process just claimed."""
         for task in tasks:
             if task.lease_token is not None:
-                self._tokens[task.id] = task.lease_token
+                known = self._tokens.get(task.id)
+                ambiguous = known is not None and not known[1]
+                self._tokens[task.id] = (AMBIGUOUS if ambiguous else task.lease_token, False)
                 self._tokens.move_to_end(task.id)
         while len(self._tokens) > _MAX_TOKENS:
             self._tokens.popitem(last=False)
 
     def token(self, task_id: UUID) -> UUID | None:
-        """The lease token this process holds for ``task_id``, if it claimed it."""
-        return self._tokens.get(task_id)
+        """The lease token this process got for ``task_id`` (:data:`AMBIGUOUS` if several)."""
+        known = self._tokens.get(task_id)
+        return None if known is None else known[0]
+
+    def finished(self, task_id: UUID, token: UUID) -> None:
+        """This process finished the claim ``token`` of ``task_id`` (completed, failed, gave
+        it back): a later claim of the task here is not ambiguous. Heartbeats stop."""
+        known = self._tokens.get(task_id)
+        if known is not None and known[0] == token:
+            self._tokens[task_id] = (token, True)
+        self._beats.pop(task_id, None)
+
+    def lease_of(self, task_id: UUID) -> float | None:
+        """The lease length a kept task is renewed with, if it is kept here."""
+        beat = self._beats.get(task_id)
+        return None if beat is None else beat.lease_seconds
 
     def release(self, task_id: UUID) -> None:
         """Stop heartbeating ``task_id`` (finished or lost here); its token is kept."""
-        self._beats.pop(task_id, None)
-
-    def forget(self, task_id: UUID) -> None:
-        """The task is gone: drop its token too."""
-        self._tokens.pop(task_id, None)
         self._beats.pop(task_id, None)
 
     # -- heartbeats ----------------------------------------------------------------------------
@@ -137,21 +155,30 @@ class LeaseKeeper:
         if task.lease_token is None:
             return
         # Each heartbeat renews the lease the claim gave (a short lease stays short).
-        lease = lease_seconds or _lease_length(task) or self._defaults.lease_seconds
+        lease = lease_seconds or lease_length(task) or self._defaults.lease_seconds
         step = max(lease * _BEAT_FRACTION, _MIN_STEP)
+        # The first one goes when a third of the lease is gone, counted from the claim: a
+        # task kept a while after its claim (the third of a batch) is renewed at once.
+        first = step
+        if task.lease_expires_at is not None:
+            left = (task.lease_expires_at - datetime.now(UTC)).total_seconds()
+            first = min(step, max(0.0, left - (lease - step)))
         self._beats[task.id] = _Beat(
             task.tenant_id,
             task.id,
             task.lease_token,
             lease,
             step,
-            time.monotonic() + step,
+            time.monotonic() + first,
             on_lost,
         )
-        self._tokens[task.id] = task.lease_token
         self._changed.set()
         if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._run(), name="agency-data lease heartbeats")
+            # In a context of its own: a copy of the caller's would carry its transaction (a
+            # context variable), and every heartbeat would run on that connection long after.
+            self._runner = asyncio.create_task(
+                self._run(), name="agency-data lease heartbeats", context=contextvars.Context()
+            )
 
     async def heartbeat(
         self, tenant: str, beats: list[tuple[UUID, UUID, float | None]]
@@ -189,7 +216,8 @@ class LeaseKeeper:
             now = time.monotonic()
             due = [b for b in self._beats.values() if b.due <= now + b.step * _GATHER_FRACTION]
             if not due:
-                wake = min(b.due - b.step * _GATHER_FRACTION for b in self._beats.values())
+                # Woken by the earliest, whose window then gathers those due soon after it.
+                wake = min(b.due for b in self._beats.values())
                 try:
                     async with asyncio.timeout(max(0.0, wake - now)):
                         await self._changed.wait()
@@ -222,12 +250,18 @@ class LeaseKeeper:
             elif self._beats.get(beat.task_id) is beat:
                 # Still kept: not a task its worker finished while this heartbeat was out.
                 self.release(beat.task_id)
+                if isinstance(error, NotFound):
+                    error = LeaseLost(
+                        f"task {beat.task_id} is no longer yours: it was deleted",
+                        task_id=beat.task_id,
+                    )
                 _log.warning("%s", error)
                 if beat.on_lost is not None:
                     beat.on_lost(error)
 
 
-def _lease_length(task: Task) -> float | None:
+def lease_length(task: Task) -> float | None:
+    """The lease a claim gave ``task``, in seconds (None if it has none)."""
     if task.lease_expires_at is None or task.started_at is None:
         return None
     seconds = (task.lease_expires_at - task.started_at).total_seconds()

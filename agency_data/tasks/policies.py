@@ -36,7 +36,7 @@ class PolicyOps:
         """Set one type's lease length, attempts and backoff, shared by every process.
 
         None means the configured default (``tasks.*``). ``max_attempts`` applies to tasks
-        created from now on; the lease to claims and heartbeats from now on.
+        created from now on; the lease to claims from now on (a claimed task keeps its own).
         """
         name = check_type(type)
         values = {

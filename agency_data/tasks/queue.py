@@ -4,16 +4,15 @@ A claim leases each task it takes for ``lease_seconds`` and gives it a fresh tok
 worker then does to the task (heartbeat, complete, fail) names that token, and the database
 accepts it only while the task is still running under it: a worker whose lease ran out and whose
 task went to another cannot record a second result (:class:`~agency_data.errors.LeaseLost`).
-Expired leases are rescued by the claim query itself (at most every ``tasks.rescue_interval``
-seconds per process and tenant) and by :meth:`QueueOps.sweep`; no daemon is needed for
-correctness.
+Expired leases are rescued by the claims themselves (a statement of their own, sent before the
+claim query at most every ``tasks.rescue_interval`` seconds per process and tenant) and by
+:meth:`QueueOps.sweep`; no daemon is needed for correctness.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import logging
 import time
 import traceback as tb
@@ -23,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from agency_data.errors import AgencyDataError, ValidationError
+from agency_data.errors import AgencyDataError, LeaseLost, TaskCancelled, ValidationError
 from agency_data.inputs import (
     as_items,
     as_list,
@@ -36,7 +35,7 @@ from agency_data.inputs import (
 )
 from agency_data.models import Task, TaskStats
 from agency_data.tasks import _sql
-from agency_data.tasks.leases import lost_lease
+from agency_data.tasks.leases import AMBIGUOUS, lease_length, lost_lease
 from agency_data.tasks.policies import check_lease
 
 if TYPE_CHECKING:
@@ -85,6 +84,7 @@ class QueueOps:
         :meth:`fail`. With ``wait`` (seconds, up to :data:`MAX_CLAIM_WAIT`), an empty queue
         is waited on (LISTEN/NOTIFY, and a timer for the next scheduled task or lease
         expiry: no polling) until work arrives or the time is up; the result may be empty.
+        Inside a transaction ``wait`` is ignored (a waiting claim would hold it open).
         """
         agent = as_uuid(agent_id, "agent_id")
         wanted = as_list(types, "types", str)
@@ -142,11 +142,16 @@ class QueueOps:
     ) -> datetime:
         """Extend a held task's lease (by ``lease_seconds`` from now); the new expiry.
 
+        Without ``lease_seconds`` the lease is renewed with the length it was claimed with.
+
         :class:`~agency_data.errors.LeaseLost` if the lease is gone,
         :class:`~agency_data.errors.TaskCancelled` if the task was cancelled.
         """
         task_id, token = self._held(task, lease_token)
-        lease = check_lease(lease_seconds)
+        # By default the lease keeps the length it was claimed (or is kept) with.
+        lease = check_lease(lease_seconds) or self._runtime.leases.lease_of(task_id)
+        if lease is None and isinstance(task, Task):
+            lease = lease_length(task)
         if token is None:
             raise ValidationError(
                 f"task {task_id} was not claimed by this process; pass the Task you claimed "
@@ -186,10 +191,13 @@ class QueueOps:
         On a clean exit the task completes with ``job.result`` (unless the block called
         ``job.complete`` or ``job.fail``). An exception fails it (error and traceback
         recorded; retried per the policy) and goes on up. If the lease is lost or the task
-        is cancelled, the block is cancelled and :class:`~agency_data.errors.LeaseLost` /
-        :class:`~agency_data.errors.TaskCancelled` comes out of it instead. If the block is
-        cancelled from outside (a worker shutting down), the task goes back to the queue at
-        once rather than when its lease runs out.
+        is cancelled (or deleted), the block is cancelled and
+        :class:`~agency_data.errors.LeaseLost` / :class:`~agency_data.errors.TaskCancelled`
+        comes out of it instead. If the block is
+        cancelled from outside (a worker shutting down, a timeout), the attempt counts and
+        the task goes back to the queue at once (dead if that was its last attempt) rather
+        than when its lease runs out. The outcome is recorded even if a second cancellation
+        arrives while it is.
         """
         if not isinstance(task, Task) or task.lease_token is None:
             raise ValidationError(
@@ -219,25 +227,39 @@ class QueueOps:
                 assert job._lost is not None
                 raise job._lost from None
             if job.finished is None and job._lost is None:
-                await _shielded(self._give_back(task, "the worker was stopped mid-attempt"))
+                reason = "the attempt was cancelled (the worker stopped, or a timeout cut it short)"
+                await _shielded(self._give_back(task, reason))
             raise
         except Exception as exc:
             job._exiting = True
             if job.finished is None and job._lost is None:
-                try:
-                    await self.fail(task, exc)
-                except AgencyDataError as error:
-                    _log.warning("could not record the failure of task %s: %s", task.id, error)
+                await _shielded(self._record_failure(task, exc))
             raise
         else:
             job._exiting = True
             if job._lost is not None:
                 raise job._lost
             if job.finished is None:
-                await job.complete(job.result)
+                await _shielded(self._finish(job))
         finally:
             job._exiting = True
             self._runtime.leases.release(task.id)
+
+    async def _finish(self, job: Job) -> None:
+        """Complete with ``job.result``; a result that cannot be stored fails the attempt."""
+        try:
+            await job.complete(job.result)
+        except (LeaseLost, TaskCancelled):
+            raise
+        except ValidationError as exc:
+            await self._record_failure(job.task, exc)
+            raise
+
+    async def _record_failure(self, task: Task, exc: BaseException) -> None:
+        try:
+            await self.fail(task, exc)
+        except AgencyDataError as error:
+            _log.warning("could not record the failure of task %s: %s", task.id, error)
 
     async def _give_back(self, task: Task, reason: str) -> None:
         assert task.lease_token is not None
@@ -245,6 +267,7 @@ class QueueOps:
             await self._db.fetch_one(
                 *_sql.give_back(self.tenant, task.id, task.lease_token, reason)
             )
+            self._runtime.leases.finished(task.id, task.lease_token)
         except AgencyDataError as error:
             _log.warning("task %s was not handed back (%s); its lease will run out", task.id, error)
 
@@ -272,7 +295,7 @@ class QueueOps:
         )
         if done is None:
             done = await self._refused(task_id, token, "completed", "completion")
-        self._runtime.leases.release(task_id)
+        self._finished(task_id, token)
         return done
 
     async def fail(
@@ -301,7 +324,7 @@ class QueueOps:
         )
         if failed is None:
             failed = await self._refused(task_id, token, "failed", "failure")
-        self._runtime.leases.release(task_id)
+        self._finished(task_id, token)
         return failed
 
     async def cancel(self, task: Task | UUID | str, reason: str | None = None) -> Task:
@@ -390,18 +413,28 @@ class QueueOps:
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _finished(self, task_id: UUID, token: UUID | None) -> None:
+        if token is None:
+            self._runtime.leases.release(task_id)
+        else:
+            self._runtime.leases.finished(task_id, token)
+
     def _held(
         self, task: Task | UUID | str, lease_token: UUID | str | None
     ) -> tuple[UUID, UUID | None]:
         """The task's id and the lease token to fence with (None: not held here)."""
-        if isinstance(task, Task):
-            token = task.lease_token
-            task_id = task.id
-        else:
-            task_id = as_uuid(task, "task")
-            token = self._runtime.leases.token(task_id)
         if lease_token is not None:
-            token = as_uuid(lease_token, "lease_token")
+            return _task_id(task), as_uuid(lease_token, "lease_token")
+        if isinstance(task, Task):
+            return task.id, task.lease_token
+        task_id = as_uuid(task, "task")
+        token = self._runtime.leases.token(task_id)
+        if token == AMBIGUOUS:
+            raise ValidationError(
+                f"task {task_id} was claimed here more than once (a lease ran out and it was "
+                "claimed again): pass the Task you claimed, or its lease_token",
+                field="task",
+            )
         return task_id, token
 
     async def _refused(self, task_id: UUID, token: UUID | None, target: str, action: str) -> Task:
@@ -495,9 +528,12 @@ def _error_text(error: Any, traceback: str | None) -> tuple[str, str | None]:
 
 
 async def _shielded(work: Any) -> None:
-    """Run ``work`` to its end even though the caller is being cancelled."""
+    """Run ``work`` to its end even if the caller is cancelled meanwhile (then re-cancelled)."""
     task = asyncio.ensure_future(work)
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await asyncio.shield(task)
-    if not task.done():
+    except asyncio.CancelledError:
         await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("recording a task's outcome failed: %s", task.exception())
+        raise

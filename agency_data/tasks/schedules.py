@@ -11,6 +11,9 @@ fields, or six with seconds last, as croniter reads them; in the schedule's time
 from __future__ import annotations
 
 import builtins
+import hashlib
+import logging
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -18,8 +21,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
-from agency_data.errors import NotFound, ValidationError
-from agency_data.inputs import check_int, check_mapping, check_seconds, check_text, encode_json
+from agency_data.errors import AgencyDataError, NotFound, ValidationError
+from agency_data.inputs import (
+    check_datetime,
+    check_int,
+    check_mapping,
+    check_seconds,
+    check_text,
+    encode_json,
+)
 from agency_data.models import Task, TaskSchedule
 from agency_data.tasks import _sql
 from agency_data.tasks._sql import NewTask
@@ -28,7 +38,7 @@ if TYPE_CHECKING:
     from agency_data.postgres.database import Database
     from agency_data.tasks.runtime import TaskRuntime
 
-__all__ = ["ScheduleOps", "next_tick"]
+__all__ = ["ScheduleOps", "next_tick", "tick_key"]
 
 _COLUMNS = (
     "name, cron, every_seconds, timezone, type, data, priority, max_attempts, next_run_at, "
@@ -36,22 +46,70 @@ _COLUMNS = (
 )
 _BATCH = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_EVERY = 86_400.0 * 366
+_MAX_KEY = 200
+# A field of croniter's hashed (H) or random (R) kind: each process would pick its own ticks.
+_CHANCE = re.compile(r"(^|[,/-])[HhRr](\(|/|,|$)")
+# Where a schedule whose rule has no tick left waits: past any real time.
+_NEVER = datetime(9999, 12, 31, tzinfo=UTC)
+_log = logging.getLogger("agency_data.tasks")
 
 
 def next_tick(
     after: datetime, *, cron: str | None, every: float | None, zone: str = "UTC"
 ) -> datetime:
-    """The first tick of a rule strictly after ``after`` (a datetime with a timezone)."""
+    """The first tick of a rule strictly after ``after`` (a datetime with a timezone).
+
+    :class:`~agency_data.errors.ValidationError` for a rule that is not one, or has no tick
+    after ``after``.
+    """
+    check_datetime(after, "after")
+    if (cron is None) == (every is None):
+        raise ValidationError("give a schedule cron or every (not both)", field="cron")
     if every is not None:
+        every = check_seconds(every, "every", low=0.001, high=_MAX_EVERY)
         # In whole microseconds: float division puts a tick of every=0.1 on either side of
         # itself, and "strictly after" must hold.
         step = max(round(every * 1_000_000), 1)
         micros = (after - _EPOCH) // timedelta(microseconds=1)
         return _EPOCH + timedelta(microseconds=(micros // step + 1) * step)
-    assert cron is not None
-    local = after.astimezone(ZoneInfo(zone))
-    following: datetime = croniter(cron, local).get_next(datetime)
+    local = after.astimezone(ZoneInfo(_zone(zone)))
+    try:
+        following: datetime = croniter(_cron(cron), local).get_next(datetime)
+    except CroniterError as exc:
+        # croniter.is_valid passes rules no date matches ("0 0 31 2 *").
+        raise ValidationError(
+            f"cron {cron!r} has no tick after {after.isoformat()} ({exc}); check its day and month",
+            field="cron",
+        ) from None
     return following.astimezone(UTC)
+
+
+def _cron(value: Any) -> str:
+    rule = check_text(value, "cron", max_length=200)
+    fields = rule.split()
+    if len(fields) not in (5, 6) or not croniter.is_valid(rule):
+        raise ValidationError(
+            f"cron {rule!r} is not a cron expression (five fields, like '*/5 * * * *', or six "
+            "with seconds last)",
+            field="cron",
+        )
+    if any(_CHANCE.search(field) for field in fields):
+        raise ValidationError(
+            f"cron {rule!r} has a hashed (H) or random (R) field; every process must agree "
+            "on the ticks, so give fixed values",
+            field="cron",
+        )
+    return rule
+
+
+def tick_key(name: str, tick: datetime) -> str:
+    """The key of the task a schedule enqueues for ``tick`` (within the 200 characters)."""
+    key = f"schedule:{name}:{tick.isoformat()}"
+    if len(key) <= _MAX_KEY:
+        return key
+    digest = hashlib.sha256(name.encode()).hexdigest()[:32]
+    return f"schedule:sha256-{digest}:{tick.isoformat()}"
 
 
 class ScheduleOps:
@@ -89,16 +147,10 @@ class ScheduleOps:
         if (cron is None) == (every is None):
             raise ValidationError("give a schedule cron or every (not both)", field="cron")
         if every is not None:
-            every = check_seconds(every, "every", low=0.001, high=86_400.0 * 366)
+            every = check_seconds(every, "every", low=0.001, high=_MAX_EVERY)
         zone = _zone(timezone)
         if cron is not None:
-            check_text(cron, "cron", max_length=200)
-            if not croniter.is_valid(cron):
-                raise ValidationError(
-                    f"cron {cron!r} is not a cron expression (five fields, like "
-                    "'*/5 * * * *', or six with seconds last)",
-                    field="cron",
-                )
+            _cron(cron)
         payload = encode_json(
             check_mapping(data if data is not None else {}, "data"),
             "data",
@@ -108,14 +160,7 @@ class ScheduleOps:
         if max_attempts is not None:
             check_int(max_attempts, "max_attempts", 1, 1000)
         now = await self._db.fetch_value("SELECT clock_timestamp()")
-        try:
-            first = next_tick(now, cron=cron, every=every, zone=zone)
-        except CroniterError as exc:
-            # croniter.is_valid passes rules no date matches ("0 0 31 2 *").
-            raise ValidationError(
-                f"cron {cron!r} never comes round ({exc}); check its day and month",
-                field="cron",
-            ) from None
+        first = next_tick(now, cron=cron, every=every, zone=zone)
         row = await self._db.fetch_one(
             "INSERT INTO task_schedules (tenant_id, name, cron, every_seconds, timezone, type, "
             "data, priority, max_attempts, next_run_at) "
@@ -163,35 +208,46 @@ class ScheduleOps:
                 [self.tenant, _BATCH],
             )
             for row in due:
-                tick = row["next_run_at"]
-                task_row = NewTask(
-                    id=uuid.uuid4(),
-                    type=row["type"],
-                    data=encode_json(row["data"], "data", self._db.config.max_json_bytes),
-                    priority=row["priority"],
-                    agent_id=None,
-                    run_at=None,
-                    delay=0.0,
-                    max_attempts=row["max_attempts"],
-                    key=f"schedule:{row['name']}:{tick.isoformat()}",
-                )
+                enqueued.extend(await self._enqueue_tick(row))
+        return enqueued
+
+    async def _enqueue_tick(self, row: dict[str, Any]) -> builtins.list[Task]:
+        """One due schedule's task, and its next tick; a broken one is logged, not fatal."""
+        name, tick = row["name"], row["next_run_at"]
+        try:
+            following = next_tick(
+                row["now"], cron=row["cron"], every=row["every_seconds"], zone=row["timezone"]
+            )
+        except ValidationError as exc:
+            _log.error("schedule %r has no next tick (%s); it waits until changed", name, exc)
+            following = _NEVER
+        task_row = NewTask(
+            id=uuid.uuid4(),
+            type=row["type"],
+            data=encode_json(row["data"], "data", self._db.config.max_json_bytes),
+            priority=row["priority"],
+            agent_id=None,
+            run_at=None,
+            delay=0.0,
+            max_attempts=row["max_attempts"],
+            key=tick_key(name, tick),
+        )
+        tasks: builtins.list[Task] = []
+        try:
+            # A savepoint: one schedule's bad task (a constraint) must not stop the others.
+            async with self._db.transaction():
                 tasks = await self._db.fetch(
                     *_sql.insert(self.tenant, [task_row], self._runtime.defaults, "return"),
                     model=Task,
                 )
-                following = next_tick(
-                    row["now"],
-                    cron=row["cron"],
-                    every=row["every_seconds"],
-                    zone=row["timezone"],
-                )
-                await self._db.execute(
-                    "UPDATE task_schedules SET next_run_at = %s, last_run_at = %s, "
-                    "last_task_id = %s WHERE tenant_id = %s AND name = %s",
-                    [following, tick, tasks[0].id if tasks else None, self.tenant, row["name"]],
-                )
-                enqueued.extend(tasks)
-        return enqueued
+        except AgencyDataError as exc:
+            _log.error("schedule %r could not enqueue its %s tick (%s); skipped", name, tick, exc)
+        await self._db.execute(
+            "UPDATE task_schedules SET next_run_at = %s, last_run_at = %s, last_task_id = %s "
+            "WHERE tenant_id = %s AND name = %s",
+            [following, tick, tasks[0].id if tasks else None, self.tenant, name],
+        )
+        return tasks
 
 
 def _zone(name: Any) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +24,13 @@ from uuid import UUID
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 
-from agency_data.errors import Conflict, NotFound, ValidationError
+from agency_data.errors import (
+    BackendUnavailable,
+    Conflict,
+    NotFound,
+    QueryError,
+    ValidationError,
+)
 from agency_data.inputs import (
     as_choice,
     as_items,
@@ -43,8 +50,9 @@ from agency_data.inputs import (
 from agency_data.models import Page, Task, TaskStatus
 from agency_data.postgres._paging import count_where, keyset_page
 from agency_data.postgres.database import Database
+from agency_data.retry import Backoff
 from agency_data.tasks import _sql
-from agency_data.tasks._sql import COLUMNS, NewTask
+from agency_data.tasks._sql import READ_COLUMNS, NewTask
 from agency_data.tasks.policies import PolicyOps
 from agency_data.tasks.queue import QueueOps
 from agency_data.tasks.runtime import TaskRuntime
@@ -54,6 +62,7 @@ from agency_data.tasks.worker import Handler, Worker
 __all__ = ["OnConflict", "TaskStore"]
 
 OnConflict = Literal["return", "replace", "raise"]
+_log = logging.getLogger("agency_data.tasks")
 _ON_CONFLICT = ("return", "replace", "raise")
 _MAX_SEARCH = 1000
 _MAX_DEPENDENCIES = 1000
@@ -107,8 +116,8 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         claimed until then. ``max_attempts`` overrides the type's (or the configured)
         number of attempts. ``key`` makes it unique among live (pending or running) tasks:
         a second create with the same key returns the live task (``on_conflict="return"``),
-        replaces a pending one's data, priority, agent, due time and attempts
-        (``"replace"``; :class:`Conflict` if it is running; its dependencies stay as they
+        replaces a pending one's data, priority, agent, due time and attempts, not its
+        type (``"replace"``; :class:`Conflict` if it is running; its dependencies stay as they
         were), or raises :class:`Conflict` (``"raise"``). ``depends_on`` lists tasks that must
         complete first; if one ends any other way, this task is cancelled with the reason.
         """
@@ -348,19 +357,28 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         """Enqueue due schedules (and, with ``sweep``, rescue expired leases) until cancelled.
 
         Run it in as many processes as you like: each tick is enqueued once. It sleeps until
-        the next tick is due, and looks for new schedules at least every 5 seconds.
+        the next tick is due, and looks for new schedules at least every 5 seconds. A pass
+        that fails (PostgreSQL unreachable, a timeout) is logged and tried again after a
+        backoff.
         """
         last_sweep = float("-inf")
+        backoff = Backoff(first=0.5, most=30.0)
         while True:
-            await self.run_due_schedules()
-            if sweep and time.monotonic() - last_sweep >= self._runtime.config.rescue_interval:
-                await self.sweep()
-                last_sweep = time.monotonic()
-            wait = await self._db.fetch_value(
-                "SELECT extract(epoch FROM min(next_run_at) - clock_timestamp())::float8 "
-                "FROM task_schedules WHERE tenant_id = %s",
-                [self.tenant],
-            )
+            try:
+                await self.run_due_schedules()
+                if sweep and time.monotonic() - last_sweep >= self._runtime.config.rescue_interval:
+                    await self.sweep()
+                    last_sweep = time.monotonic()
+                wait = await self._db.fetch_value(
+                    "SELECT extract(epoch FROM min(next_run_at) - clock_timestamp())::float8 "
+                    "FROM task_schedules WHERE tenant_id = %s",
+                    [self.tenant],
+                )
+            except (BackendUnavailable, QueryError) as exc:
+                _log.warning("the scheduler's pass failed (%s); trying again", exc)
+                await backoff.sleep()
+                continue
+            backoff.reset()
             nap = _MAX_NAP if wait is None else min(_MAX_NAP, max(wait, 0.0))
             if sweep:
                 nap = min(nap, self._runtime.config.rescue_interval)
@@ -372,7 +390,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
     async def get(self, task_id: UUID | str) -> Task:
         """The task with ``task_id``; :class:`NotFound` if this tenant has none."""
         task = await self._db.fetch_one(
-            "SELECT " + COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
+            "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
             [self.tenant, as_uuid(task_id, "task_id")],
             model=Task,
         )
@@ -386,7 +404,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         if not ids:
             return []
         return await self._db.fetch(
-            "SELECT " + COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = ANY(%s)",
+            "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = ANY(%s)",
             [self.tenant, ids],
             model=Task,
         )
@@ -426,7 +444,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             data_contains,
         )
         return await keyset_page(
-            self._db, "tasks", COLUMNS, where, params, model=Task, limit=limit, cursor=cursor
+            self._db, "tasks", READ_COLUMNS, where, params, model=Task, limit=limit, cursor=cursor
         )
 
     async def count(
@@ -470,7 +488,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         check_limit(limit)
         where, params = self._filters(None, status, type, None, None, None, None, None)
         query = sql.SQL(
-            "SELECT " + COLUMNS + " FROM tasks, websearch_to_tsquery('english', %s) AS q "
+            "SELECT " + READ_COLUMNS + " FROM tasks, websearch_to_tsquery('english', %s) AS q "
             "WHERE search @@ q AND {} ORDER BY ts_rank(search, q) DESC, created_at, id LIMIT %s"
         ).format(sql.SQL(" AND ").join(where))
         return await self._db.fetch(query, [text, *params, limit], model=Task)
@@ -484,7 +502,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         deleted = await self._db.execute(
             "DELETE FROM tasks WHERE tenant_id = %s AND id = %s", [self.tenant, task]
         )
-        self._runtime.leases.forget(task)
+        # A worker of this process holding it learns at its next heartbeat, as any would.
         if deleted == 0:
             raise NotFound(f"task {task_id} does not exist", entity="task", key=task_id)
 

@@ -22,7 +22,7 @@ from agency_data.retry import Backoff
 __all__ = ["CHANNEL", "TaskWakeups"]
 
 CHANNEL = "agency_data_tasks"
-_log = logging.getLogger("agency_data.postgres")
+_log = logging.getLogger("agency_data.tasks")
 
 
 class TaskWakeups:

@@ -23,9 +23,16 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from agency_data._tasks import cancel_and_wait
-from agency_data.errors import LeaseLost, TaskCancelled
+from agency_data.errors import (
+    BackendUnavailable,
+    LeaseLost,
+    NotFound,
+    QueryError,
+    TaskCancelled,
+)
 from agency_data.inputs import as_list, as_uuid, check_callable, check_int, check_seconds
 from agency_data.models import Task
+from agency_data.retry import Backoff
 
 if TYPE_CHECKING:
     from agency_data.tasks.queue import QueueOps
@@ -70,12 +77,18 @@ class Worker:
         self._stopping.set()
 
     async def run(self, *, max_tasks: int | None = None) -> int:
-        """Work until :meth:`stop` (or ``max_tasks`` tasks taken); how many were taken."""
+        """Work until :meth:`stop` (or ``max_tasks`` tasks taken); how many were taken.
+
+        A claim that fails (PostgreSQL unreachable, a timeout) is logged and tried again
+        after a backoff: a worker outlives an outage.
+        """
         if max_tasks is not None:
             check_int(max_tasks, "max_tasks", 1, 2**31 - 1)
         running: set[asyncio.Task[None]] = set()
         taken = 0
+        backoff = Backoff(first=0.5, most=30.0)
         stopping = asyncio.create_task(self._stopping.wait())
+        claiming: asyncio.Task[list[Task]] | None = None
         try:
             while not self._stopping.is_set() and (max_tasks is None or taken < max_tasks):
                 free = self._concurrency - len(running)
@@ -91,9 +104,15 @@ class Worker:
                 )
                 await asyncio.wait({claiming, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not claiming.done():
-                    await cancel_and_wait(claiming)
                     break
-                for task in claiming.result():
+                try:
+                    claimed = claiming.result()
+                except (BackendUnavailable, QueryError) as exc:
+                    _log.warning("claiming failed (%s); trying again", exc)
+                    await backoff.sleep()
+                    continue
+                backoff.reset()
+                for task in claimed:
                     taken += 1
                     runner = asyncio.create_task(self._run_one(task), name=f"task {task.id}")
                     running.add(runner)
@@ -101,6 +120,10 @@ class Worker:
             if running:
                 await asyncio.gather(*running)
         finally:
+            # A claim cut short by stop() or by cancelling run() (if it got tasks in the
+            # meantime, their leases run out and they go to other workers).
+            if claiming is not None and not claiming.done():
+                await cancel_and_wait(claiming)
             await cancel_and_wait(stopping)
             for runner in list(running):
                 await cancel_and_wait(runner)
@@ -110,7 +133,7 @@ class Worker:
         try:
             async with self._queue.working(task, lease_seconds=self._lease) as job:
                 job.result = await self._handler(task)
-        except (LeaseLost, TaskCancelled) as lost:
+        except (LeaseLost, TaskCancelled, NotFound) as lost:
             self.lost += 1
             _log.info("stopped working on task %s: %s", task.id, lost)
         except Exception:  # noqa: BLE001 - recorded by working(); the loop must go on

@@ -21,7 +21,14 @@ ALTER TABLE tasks
     ADD COLUMN has_dependents boolean NOT NULL DEFAULT false,
     ADD COLUMN traceback text;
 
-UPDATE tasks SET run_at = created_at;
+-- Filling the new columns is no change to the tasks: updated_at stays, nobody is notified.
+-- A task running when the upgrade runs gets a lease of five minutes, so that it is rescued
+-- if its (older) worker never finishes it.
+ALTER TABLE tasks DISABLE TRIGGER USER;
+UPDATE tasks SET run_at = created_at,
+    lease_expires_at = CASE WHEN status = 'running'
+                            THEN clock_timestamp() + interval '5 minutes' END;
+ALTER TABLE tasks ENABLE TRIGGER USER;
 ALTER TABLE tasks ALTER COLUMN run_at SET NOT NULL,
     ALTER COLUMN run_at SET DEFAULT clock_timestamp();
 
