@@ -70,18 +70,9 @@ def insert(
     tenant: str, rows: list[NewTask], defaults: Defaults, on_conflict: str | None
 ) -> tuple[Query, Params]:
     """Insert ``rows``; with a key policy, a live task holding the same key wins the row."""
-    conflict: LiteralString = ""
-    if on_conflict in ("return", "raise"):
-        # "raise" too: the caller is told in words of its own, not the index's.
-        conflict = " ON CONFLICT " + LIVE_KEY + " DO NOTHING"
-    elif on_conflict == "replace":
-        # Only a pending task can be replaced; a running one is left alone (and reported).
-        conflict = (
-            " ON CONFLICT " + LIVE_KEY + " DO UPDATE SET data = EXCLUDED.data, "
-            "priority = EXCLUDED.priority, agent_id = EXCLUDED.agent_id, "
-            "run_at = EXCLUDED.run_at, max_attempts = EXCLUDED.max_attempts "
-            "WHERE tasks.status = 'pending'"
-        )
+    if len(rows) == 1:
+        return insert_one(tenant, rows[0], defaults, on_conflict)
+    conflict = _conflict(on_conflict)
     columns = list(zip(*(_values(row) for row in rows), strict=True))
     return (
         "INSERT INTO tasks (id, tenant_id, type, data, priority, agent_id, run_at, "
@@ -102,6 +93,60 @@ def insert(
         "ORDER BY i.n" + conflict + " RETURNING " + COLUMNS,
         [tenant, defaults.max_attempts, *(list(c) for c in columns), tenant],
     )
+
+
+def insert_one(
+    tenant: str, row: NewTask, defaults: Defaults, on_conflict: str | None
+) -> tuple[Query, Params]:
+    """:func:`insert` for one row: plain parameters, no arrays to build and unnest (the
+    common ``create``: about a fifth faster than the one-row array form)."""
+    return (
+        "INSERT INTO tasks (id, tenant_id, type, data, priority, agent_id, run_at, "
+        "max_attempts, key, status, blocked_by, has_dependents, error, finished_at) "
+        "VALUES (%s, %s, %s, %s::jsonb, %s, %s, "
+        "coalesce(%s::timestamptz, clock_timestamp() + make_interval(secs => %s::float8)), "
+        "coalesce(%s::int, (SELECT p.max_attempts FROM task_types AS p "
+        " WHERE p.tenant_id = %s AND p.type = %s), %s), %s, %s, %s, %s, %s, "
+        "CASE WHEN %s = 'pending' THEN NULL ELSE clock_timestamp() END)"
+        + _conflict(on_conflict)
+        + " RETURNING "
+        + COLUMNS,
+        [
+            row.id,
+            tenant,
+            row.type,
+            row.data,
+            row.priority,
+            row.agent_id,
+            row.run_at,
+            row.delay,
+            row.max_attempts,
+            tenant,
+            row.type,
+            defaults.max_attempts,
+            row.key,
+            row.status,
+            row.blocked_by,
+            row.has_dependents,
+            row.error,
+            row.status,
+        ],
+    )
+
+
+def _conflict(on_conflict: str | None) -> LiteralString:
+    if on_conflict in ("return", "raise"):
+        # "raise" too: the caller is told in words of its own, not the index's.
+        return " ON CONFLICT " + LIVE_KEY + " DO NOTHING"
+    if on_conflict == "replace":
+        # Only a pending task can be replaced; a running one is left alone (and reported).
+        return (
+            " ON CONFLICT " + LIVE_KEY + " DO UPDATE SET data = EXCLUDED.data, "
+            "priority = EXCLUDED.priority, agent_id = EXCLUDED.agent_id, "
+            "run_at = EXCLUDED.run_at, max_attempts = EXCLUDED.max_attempts "
+            "WHERE tasks.status = 'pending'"
+        )
+    return ""
 
 
 def _values(row: NewTask) -> tuple[Any, ...]:
