@@ -116,13 +116,7 @@ def pause(
     data_dir: DataDirOption = None,
 ) -> None:
     """Stop claims of a task type in every process (running tasks go on)."""
-
-    async def job() -> None:
-        async with _layer(config, data_dir) as dl:
-            await dl.tenant(tenant).tasks.pause(type)
-
-    run_job(job)
-    typer.echo(f"paused {type}")
+    _set_paused(type, True, tenant, config, data_dir)
 
 
 @tasks_app.command("resume")
@@ -133,13 +127,19 @@ def resume(
     data_dir: DataDirOption = None,
 ) -> None:
     """Let a paused task type be claimed again (waiting workers wake)."""
+    _set_paused(type, False, tenant, config, data_dir)
 
+
+def _set_paused(
+    type: str, paused: bool, tenant: str, config: Path | None, data_dir: Path | None
+) -> None:
     async def job() -> None:
         async with _layer(config, data_dir) as dl:
-            await dl.tenant(tenant).tasks.resume(type)
+            tasks = dl.tenant(tenant).tasks
+            await (tasks.pause(type) if paused else tasks.resume(type))
 
     run_job(job)
-    typer.echo(f"resumed {type}")
+    typer.echo(f"{'paused' if paused else 'resumed'} {type}")
 
 
 @tasks_app.command("scheduler")

@@ -69,11 +69,25 @@ class Defaults:
 def insert(
     tenant: str, rows: list[NewTask], defaults: Defaults, on_conflict: str | None
 ) -> tuple[Query, Params]:
-    """Insert ``rows``; with a key policy, a live task holding the same key wins the row."""
+    """Insert ``rows``; with a key policy, a live task holding the same key wins the row.
+
+    Many rows come as one array per column; one row as plain parameters (the common
+    ``create``: arrays of one cost about a fifth of its speed).
+    """
+    values: list[Any]
     if len(rows) == 1:
-        return insert_one(tenant, rows[0], defaults, on_conflict)
-    conflict = _conflict(on_conflict)
-    columns = list(zip(*(_values(row) for row in rows), strict=True))
+        source: LiteralString = (
+            "(VALUES (%s::uuid, %s::text, %s::jsonb, %s::int, %s::uuid, %s::timestamptz, "
+            "%s::float8, %s::int, %s::text, %s::text, %s::int, %s::bool, %s::text, 1))"
+        )
+        values = list(_values(rows[0]))
+    else:
+        source = (
+            "unnest(%s::uuid[], %s::text[], %s::jsonb[], %s::int[], %s::uuid[], "
+            "%s::timestamptz[], %s::float8[], %s::int[], %s::text[], %s::text[], %s::int[], "
+            "%s::bool[], %s::text[]) WITH ORDINALITY"
+        )
+        values = [list(c) for c in zip(*(_values(row) for row in rows), strict=True)]
     return (
         "INSERT INTO tasks (id, tenant_id, type, data, priority, agent_id, run_at, "
         "max_attempts, key, status, blocked_by, has_dependents, error, finished_at) "
@@ -83,54 +97,14 @@ def insert(
         "i.has_dependents, i.error, "
         # Born cancelled (a dependency had already ended): finished as it is made.
         "CASE WHEN i.status = 'pending' THEN NULL ELSE clock_timestamp() END "
-        "FROM unnest(%s::uuid[], %s::text[], %s::jsonb[], %s::int[], %s::uuid[], "
-        "%s::timestamptz[], %s::float8[], %s::int[], %s::text[], %s::text[], %s::int[], "
-        "%s::bool[], %s::text[]) WITH ORDINALITY "
-        "AS i(id, type, data, priority, agent_id, run_at, delay, max_attempts, key, status, "
+        "FROM "
+        + source
+        + " AS i(id, type, data, priority, agent_id, run_at, delay, max_attempts, key, status, "
         "blocked_by, has_dependents, error, n) "
         "LEFT JOIN task_types AS p ON p.tenant_id = %s AND p.type = i.type "
         # In the order given: creation times (and so list order) follow it.
-        "ORDER BY i.n" + conflict + " RETURNING " + COLUMNS,
-        [tenant, defaults.max_attempts, *(list(c) for c in columns), tenant],
-    )
-
-
-def insert_one(
-    tenant: str, row: NewTask, defaults: Defaults, on_conflict: str | None
-) -> tuple[Query, Params]:
-    """:func:`insert` for one row: plain parameters, no arrays to build and unnest (the
-    common ``create``: about a fifth faster than the one-row array form)."""
-    return (
-        "INSERT INTO tasks (id, tenant_id, type, data, priority, agent_id, run_at, "
-        "max_attempts, key, status, blocked_by, has_dependents, error, finished_at) "
-        "VALUES (%s, %s, %s, %s::jsonb, %s, %s, "
-        "coalesce(%s::timestamptz, clock_timestamp() + make_interval(secs => %s::float8)), "
-        "coalesce(%s::int, (SELECT p.max_attempts FROM task_types AS p "
-        " WHERE p.tenant_id = %s AND p.type = %s), %s), %s, %s, %s, %s, %s, "
-        "CASE WHEN %s = 'pending' THEN NULL ELSE clock_timestamp() END)"
-        + _conflict(on_conflict)
-        + " RETURNING "
-        + COLUMNS,
-        [
-            row.id,
-            tenant,
-            row.type,
-            row.data,
-            row.priority,
-            row.agent_id,
-            row.run_at,
-            row.delay,
-            row.max_attempts,
-            tenant,
-            row.type,
-            defaults.max_attempts,
-            row.key,
-            row.status,
-            row.blocked_by,
-            row.has_dependents,
-            row.error,
-            row.status,
-        ],
+        "ORDER BY i.n" + _conflict(on_conflict) + " RETURNING " + COLUMNS,
+        [tenant, defaults.max_attempts, *values, tenant],
     )
 
 
