@@ -258,7 +258,8 @@ async def _worker_crash(
     await record(
         "lease rescue",
         f"{waited:.1f} s after the kill, worker-b's claim found the lease run out and took "
-        f"the task over ({rescued.error}); completed by worker-b, attempts={done.attempts}",
+        f"the task over ({rescued.error}); completed by worker-b, attempts={done.attempts} "
+        f"(agency-data tasks stats --tenant {scope.tenant_id})",
         started,
     )
 

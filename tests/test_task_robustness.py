@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -304,3 +304,81 @@ async def test_the_upgrade_leases_running_tasks_and_keeps_their_history(
             "WHERE status = 'running'"
         )
         assert await dl.tasks.sweep() == {"pending": 1, "dead": 0}
+
+
+async def test_a_stale_claims_refusal_leaves_the_live_claims_heartbeats(
+    fast: DataLayer,
+) -> None:
+    worker_id = await agent(fast)
+    await fast.tasks.create("job")
+    (first,) = await fast.tasks.claim(worker_id, lease_seconds=0.3)
+    await asyncio.sleep(0.6)
+    (second,) = await fast.tasks.claim(worker_id, lease_seconds=1.0)  # rescued, claimed again
+    assert second.id == first.id
+    async with fast.tasks.working(second) as job:
+        with pytest.raises(LeaseLost):
+            await fast.tasks.complete(first, "stale")
+        await asyncio.sleep(2.5)  # more than twice the lease
+        assert await fast.tasks.sweep() == {"pending": 0, "dead": 0}
+        job.result = "fresh"
+    assert (await fast.tasks.get(second.id)).result == "fresh"
+
+
+async def test_working_inside_a_transaction_beats_after_it_commits(fast: DataLayer) -> None:
+    worker_id = await agent(fast)
+    await fast.tasks.create("job")
+    async with fast.transaction():
+        (task,) = await fast.tasks.claim(worker_id, lease_seconds=1.0)
+        async with fast.tasks.working(task) as job:
+            await asyncio.sleep(1.0)  # past a third of the lease: no heartbeat may go yet
+            job.result = "ok"
+    assert (await fast.tasks.get(task.id)).status is TaskStatus.COMPLETED
+
+
+async def test_a_handlers_own_not_found_is_a_failure_not_a_lost_task(dl: DataLayer) -> None:
+    worker_id = await agent(dl)
+    task = await dl.tasks.create("job")
+
+    async def handler(task: Task) -> None:
+        await dl.agents.get(uuid4())  # NotFound about an agent, not about the task
+
+    worker = dl.tasks.worker(handler, agent_id=worker_id)
+    await worker.run(max_tasks=1)
+    assert (worker.failed, worker.lost) == (1, 0)
+    assert "does not exist" in str((await dl.tasks.get(task.id)).error)
+
+
+async def test_a_heartbeat_by_id_keeps_the_claimed_length(dl: DataLayer) -> None:
+    worker_id = await agent(dl)
+    await dl.tasks.create("job")
+    (task,) = await dl.tasks.claim(worker_id, lease_seconds=600)
+    await dl.tasks.heartbeat(task.id)
+    assert await seconds_left(dl, task.id) > 590
+
+
+async def test_a_schedule_with_data_now_too_big_skips_only_itself(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    async with DataLayer(make_config(database, redis_url, tmp_path)) as roomy:
+        await roomy.tasks.schedule("big", type="big", every=0.2, data={"x": "a" * 2000})
+        await roomy.tasks.schedule("small", type="small", every=0.2)
+    config = make_config(
+        database, redis_url, tmp_path / "tight", postgresql={"max_json_bytes": 500}
+    )
+    async with DataLayer(config) as dl:
+        await asyncio.sleep(0.5)
+        scheduler = asyncio.create_task(dl.tasks.run_scheduler())
+        await asyncio.sleep(1.5)
+        assert not scheduler.done()
+        scheduler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scheduler
+        assert await dl.tasks.count(type="small") >= 2
+        assert await dl.tasks.count(type="big") == 0
+
+
+def test_next_tick_at_the_end_of_time_is_a_validation_error() -> None:
+    end = datetime(9999, 12, 31, 23, 59, 30, tzinfo=UTC)
+    for rule in ({"every": 60.0, "cron": None}, {"cron": "* * * * *", "every": None}):
+        with pytest.raises(ValidationError):
+            next_tick(end, **rule)

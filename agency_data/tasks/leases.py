@@ -96,12 +96,14 @@ class LeaseKeeper:
     def __init__(self, db: Database, defaults: _sql.Defaults) -> None:
         self._db = db
         self._defaults = defaults
-        # Each task claimed here -> its token, and whether this process finished with it. A
-        # task claimed again while an earlier claim of it here was never finished (its lease
-        # ran out under a slow worker) maps to AMBIGUOUS: a bare id cannot say which claim
-        # it speaks for.
-        self._tokens: OrderedDict[UUID, tuple[UUID, bool]] = OrderedDict()
+        # Each task claimed here -> its token, whether this process finished with it, and
+        # the lease length it was claimed with. A task claimed again while an earlier claim
+        # of it here was never finished (its lease ran out under a slow worker) maps to
+        # AMBIGUOUS: a bare id cannot say which claim it speaks for.
+        self._tokens: OrderedDict[UUID, tuple[UUID, bool, float | None]] = OrderedDict()
         self._beats: dict[UUID, _Beat] = {}
+        # Leases kept inside a transaction: they start beating when it commits.
+        self._deferred: dict[UUID, _Beat] = {}
         self._views: dict[str, Database] = {}
         self._changed = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -114,32 +116,45 @@ class LeaseKeeper:
             if task.lease_token is not None:
                 known = self._tokens.get(task.id)
                 ambiguous = known is not None and not known[1]
-                self._tokens[task.id] = (AMBIGUOUS if ambiguous else task.lease_token, False)
+                token = AMBIGUOUS if ambiguous else task.lease_token
+                self._tokens[task.id] = (token, False, lease_length(task))
                 self._tokens.move_to_end(task.id)
-        while len(self._tokens) > _MAX_TOKENS:
-            self._tokens.popitem(last=False)
+        # Oldest first, but never a lease still kept here (its bare id must stay fenced).
+        for _ in range(len(self._tokens) - _MAX_TOKENS):
+            task_id, entry = self._tokens.popitem(last=False)
+            if task_id in self._beats:
+                self._tokens[task_id] = entry
 
     def token(self, task_id: UUID) -> UUID | None:
         """The lease token this process got for ``task_id`` (:data:`AMBIGUOUS` if several)."""
         known = self._tokens.get(task_id)
         return None if known is None else known[0]
 
+    def lease_of(self, task_id: UUID) -> float | None:
+        """The lease length ``task_id`` was claimed (or is kept) with here, if known."""
+        beat = self._beats.get(task_id)
+        if beat is not None:
+            return beat.lease_seconds
+        known = self._tokens.get(task_id)
+        return None if known is None else known[2]
+
     def finished(self, task_id: UUID, token: UUID) -> None:
         """This process finished the claim ``token`` of ``task_id`` (completed, failed, gave
-        it back): a later claim of the task here is not ambiguous. Heartbeats stop."""
+        it back): a later claim of the task here is not ambiguous. Its heartbeats stop."""
         known = self._tokens.get(task_id)
         if known is not None and known[0] == token:
-            self._tokens[task_id] = (token, True)
-        self._beats.pop(task_id, None)
+            self._tokens[task_id] = (token, True, known[2])
+        self.release(task_id, token)
 
-    def lease_of(self, task_id: UUID) -> float | None:
-        """The lease length a kept task is renewed with, if it is kept here."""
-        beat = self._beats.get(task_id)
-        return None if beat is None else beat.lease_seconds
+    def release(self, task_id: UUID, token: UUID | None) -> None:
+        """Stop heartbeating the claim ``token`` of ``task_id``; its token is kept.
 
-    def release(self, task_id: UUID) -> None:
-        """Stop heartbeating ``task_id`` (finished or lost here); its token is kept."""
-        self._beats.pop(task_id, None)
+        Only that claim's: a stale claim's refusal must not stop the current one's beats.
+        """
+        for kept in (self._beats, self._deferred):
+            beat = kept.get(task_id)
+            if beat is not None and beat.token == token:
+                del kept[task_id]
 
     # -- heartbeats ----------------------------------------------------------------------------
 
@@ -151,7 +166,12 @@ class LeaseKeeper:
     def keep(
         self, task: Task, *, lease_seconds: float | None = None, on_lost: LostHook | None = None
     ) -> None:
-        """Heartbeat ``task``'s lease in the background until :meth:`release` or a loss."""
+        """Heartbeat ``task``'s lease in the background until :meth:`release` or a loss.
+
+        Inside a transaction the heartbeats start when it commits (the claim is not visible
+        to other connections before; its row lock keeps the task meanwhile), and never if it
+        rolls back.
+        """
         if task.lease_token is None:
             return
         # Each heartbeat renews the lease the claim gave (a short lease stays short).
@@ -163,7 +183,7 @@ class LeaseKeeper:
         if task.lease_expires_at is not None:
             left = (task.lease_expires_at - datetime.now(UTC)).total_seconds()
             first = min(step, max(0.0, left - (lease - step)))
-        self._beats[task.id] = _Beat(
+        beat = _Beat(
             task.tenant_id,
             task.id,
             task.lease_token,
@@ -172,6 +192,30 @@ class LeaseKeeper:
             time.monotonic() + first,
             on_lost,
         )
+        transaction = self._db.current_transaction()
+        if transaction is not None:
+            self._deferred[task.id] = beat
+            transaction.on_commit(lambda: self._start(beat))
+        else:
+            self._start(beat)
+
+    def _start(self, beat: _Beat) -> None:
+        if beat.task_id in self._deferred:
+            if self._deferred[beat.task_id] is not beat:
+                return
+            del self._deferred[beat.task_id]
+        replaced = self._beats.get(beat.task_id)
+        self._beats[beat.task_id] = beat
+        if replaced is not None and replaced.token != beat.token and replaced.on_lost:
+            # The same task claimed again here: the earlier claim's keeper is told.
+            replaced.on_lost(
+                LeaseLost(
+                    f"task {beat.task_id} is no longer yours: its lease ran out and it was "
+                    "claimed again",
+                    task_id=beat.task_id,
+                    status="running",
+                )
+            )
         self._changed.set()
         if self._runner is None or self._runner.done():
             # In a context of its own: a copy of the caller's would carry its transaction (a
@@ -202,6 +246,7 @@ class LeaseKeeper:
         """Stop heartbeating (the leases then run out in their own time)."""
         runner, self._runner = self._runner, None
         self._beats.clear()
+        self._deferred.clear()
         await cancel_and_wait(runner)
 
     def _view(self, tenant: str) -> Database:
@@ -249,7 +294,7 @@ class LeaseKeeper:
                 beat.due = now + beat.step
             elif self._beats.get(beat.task_id) is beat:
                 # Still kept: not a task its worker finished while this heartbeat was out.
-                self.release(beat.task_id)
+                del self._beats[beat.task_id]
                 if isinstance(error, NotFound):
                     error = LeaseLost(
                         f"task {beat.task_id} is no longer yours: it was deleted",

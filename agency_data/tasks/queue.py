@@ -22,7 +22,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from agency_data.errors import AgencyDataError, LeaseLost, TaskCancelled, ValidationError
+from agency_data.errors import (
+    AgencyDataError,
+    BackendUnavailable,
+    QueryError,
+    StorageFull,
+    ValidationError,
+)
 from agency_data.inputs import (
     as_items,
     as_list,
@@ -34,6 +40,7 @@ from agency_data.inputs import (
     encode_json,
 )
 from agency_data.models import Task, TaskStats
+from agency_data.retry import Backoff
 from agency_data.tasks import _sql
 from agency_data.tasks.leases import AMBIGUOUS, lease_length, lost_lease
 from agency_data.tasks.policies import check_lease
@@ -160,7 +167,7 @@ class QueueOps:
             )
         held, lost = await self._runtime.leases.heartbeat(self.tenant, [(task_id, token, lease)])
         if task_id in lost:
-            self._runtime.leases.release(task_id)
+            self._runtime.leases.release(task_id, token)
             raise lost[task_id]
         return held[task_id]
 
@@ -243,17 +250,28 @@ class QueueOps:
                 await _shielded(self._finish(job))
         finally:
             job._exiting = True
-            self._runtime.leases.release(task.id)
+            self._runtime.leases.release(task.id, task.lease_token)
 
     async def _finish(self, job: Job) -> None:
-        """Complete with ``job.result``; a result that cannot be stored fails the attempt."""
-        try:
-            await job.complete(job.result)
-        except (LeaseLost, TaskCancelled):
-            raise
-        except ValidationError as exc:
-            await self._record_failure(job.task, exc)
-            raise
+        """Complete with ``job.result``: a result that cannot be stored fails the attempt, and
+        a completion the database did not answer is sent again while the lease may hold (a
+        resent completion is recognised), so that a passing outage does not waste the work."""
+        give_up = time.monotonic() + (
+            lease_length(job.task) or self._runtime.defaults.lease_seconds
+        )
+        backoff = Backoff(first=0.2, most=2.0)
+        while True:
+            try:
+                await job.complete(job.result)
+                return
+            except ValidationError as exc:
+                await self._record_failure(job.task, exc)
+                raise
+            except (BackendUnavailable, QueryError) as exc:
+                if isinstance(exc, StorageFull) or time.monotonic() + backoff.first > give_up:
+                    raise
+                _log.warning("completing task %s failed (%s); sending it again", job.task.id, exc)
+                await backoff.sleep(give_up)
 
     async def _record_failure(self, task: Task, exc: BaseException) -> None:
         try:
@@ -415,7 +433,7 @@ class QueueOps:
 
     def _finished(self, task_id: UUID, token: UUID | None) -> None:
         if token is None:
-            self._runtime.leases.release(task_id)
+            self._runtime.leases.release(task_id, None)
         else:
             self._runtime.leases.finished(task_id, token)
 
@@ -454,7 +472,7 @@ class QueueOps:
             raise ValidationError(
                 f"a task cannot go from {row['status']} to {target}", field="status"
             )
-        self._runtime.leases.release(task_id)
+        self._runtime.leases.release(task_id, token)
         raise lost_lease(task_id, row, token, action)
 
 
@@ -528,12 +546,19 @@ def _error_text(error: Any, traceback: str | None) -> tuple[str, str | None]:
 
 
 async def _shielded(work: Any) -> None:
-    """Run ``work`` to its end even if the caller is cancelled meanwhile (then re-cancelled)."""
+    """Run ``work`` to its end even if the caller is cancelled meanwhile (however often);
+    then the cancellation goes on."""
     task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        if not task.cancelled() and task.exception() is not None:
-            _log.warning("recording a task's outcome failed: %s", task.exception())
-        raise
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done() and task.cancelled():
+                raise
+            cancelled = True
+            if not task.done():
+                continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
-from agency_data.errors import AgencyDataError, NotFound, ValidationError
+from agency_data.errors import Conflict, NotFound, ValidationError
 from agency_data.inputs import (
     check_datetime,
     check_int,
@@ -72,11 +72,16 @@ def next_tick(
         # itself, and "strictly after" must hold.
         step = max(round(every * 1_000_000), 1)
         micros = (after - _EPOCH) // timedelta(microseconds=1)
-        return _EPOCH + timedelta(microseconds=(micros // step + 1) * step)
+        try:
+            return _EPOCH + timedelta(microseconds=(micros // step + 1) * step)
+        except OverflowError:
+            raise ValidationError(
+                f"every={every} has no tick after {after.isoformat()}", field="every"
+            ) from None
     local = after.astimezone(ZoneInfo(_zone(zone)))
     try:
         following: datetime = croniter(_cron(cron), local).get_next(datetime)
-    except CroniterError as exc:
+    except (CroniterError, OverflowError) as exc:
         # croniter.is_valid passes rules no date matches ("0 0 31 2 *").
         raise ValidationError(
             f"cron {cron!r} has no tick after {after.isoformat()} ({exc}); check its day and month",
@@ -221,26 +226,28 @@ class ScheduleOps:
         except ValidationError as exc:
             _log.error("schedule %r has no next tick (%s); it waits until changed", name, exc)
             following = _NEVER
-        task_row = NewTask(
-            id=uuid.uuid4(),
-            type=row["type"],
-            data=encode_json(row["data"], "data", self._db.config.max_json_bytes),
-            priority=row["priority"],
-            agent_id=None,
-            run_at=None,
-            delay=0.0,
-            max_attempts=row["max_attempts"],
-            key=tick_key(name, tick),
-        )
         tasks: builtins.list[Task] = []
         try:
+            task_row = NewTask(
+                id=uuid.uuid4(),
+                type=row["type"],
+                data=encode_json(row["data"], "data", self._db.config.max_json_bytes),
+                priority=row["priority"],
+                agent_id=None,
+                run_at=None,
+                delay=0.0,
+                max_attempts=row["max_attempts"],
+                key=tick_key(name, tick),
+            )
             # A savepoint: one schedule's bad task (a constraint) must not stop the others.
             async with self._db.transaction():
                 tasks = await self._db.fetch(
                     *_sql.insert(self.tenant, [task_row], self._runtime.defaults, "return"),
                     model=Task,
                 )
-        except AgencyDataError as exc:
+        except (ValidationError, Conflict, NotFound) as exc:
+            # Its data or type is refused: skip this tick (an outage goes up, and the pass
+            # is tried again whole).
             _log.error("schedule %r could not enqueue its %s tick (%s); skipped", name, tick, exc)
         await self._db.execute(
             "UPDATE task_schedules SET next_run_at = %s, last_run_at = %s, last_task_id = %s "

@@ -17,6 +17,7 @@ tasks go straight back to the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ from agency_data.models import Task
 from agency_data.retry import Backoff
 
 if TYPE_CHECKING:
-    from agency_data.tasks.queue import QueueOps
+    from agency_data.tasks.queue import Job, QueueOps
 
 __all__ = ["Handler", "Worker"]
 
@@ -109,7 +110,10 @@ class Worker:
                     claimed = claiming.result()
                 except (BackendUnavailable, QueryError) as exc:
                     _log.warning("claiming failed (%s); trying again", exc)
-                    await backoff.sleep()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            asyncio.shield(stopping), timeout=backoff.next_delay()
+                        )
                     continue
                 backoff.reset()
                 for task in claimed:
@@ -130,14 +134,24 @@ class Worker:
         return taken
 
     async def _run_one(self, task: Task) -> None:
+        job: Job | None = None
         try:
             async with self._queue.working(task, lease_seconds=self._lease) as job:
                 job.result = await self._handler(task)
-        except (LeaseLost, TaskCancelled, NotFound) as lost:
-            self.lost += 1
-            _log.info("stopped working on task %s: %s", task.id, lost)
-        except Exception:  # noqa: BLE001 - recorded by working(); the loop must go on
-            self.failed += 1
-            _log.exception("task %s failed (recorded; retried per its policy)", task.id)
+        except Exception as exc:  # noqa: BLE001 - recorded by working(); the loop must go on
+            if _about(exc, task) or (job is not None and job.lost is not None):
+                self.lost += 1
+                _log.info("stopped working on task %s: %s", task.id, exc)
+            else:
+                self.failed += 1
+                _log.exception("task %s failed", task.id)
         else:
             self.completed += 1
+
+
+def _about(error: Exception, task: Task) -> bool:
+    """Whether ``error`` says the task itself is gone (lost, cancelled, deleted), rather
+    than something the handler ran into."""
+    if isinstance(error, LeaseLost | TaskCancelled):
+        return bool(error.task_id == task.id)
+    return isinstance(error, NotFound) and error.entity == "task" and error.key == task.id
