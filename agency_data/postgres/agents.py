@@ -33,6 +33,7 @@ from agency_data.inputs import (
 )
 from agency_data.models import Agent, AgentStatus, Page
 from agency_data.postgres._paging import count_where, keyset_page
+from agency_data.postgres.batching import PointReads
 from agency_data.postgres.database import Database, Params, Query
 
 __all__ = ["AgentStore"]
@@ -71,6 +72,7 @@ class AgentStore:
         self.tenant = tenant
         self._cache = cache
         self._cache_ttl = cache_ttl
+        self._reads: PointReads[UUID, Agent] = PointReads(self._load_one, self._load_many)
 
     async def create(
         self,
@@ -113,10 +115,21 @@ class AgentStore:
         return Agent.model_validate(data)
 
     async def _load(self, agent_id: UUID) -> Agent:
-        row = await self._db.fetch_one(*_get_sql(self.tenant, agent_id), model=Agent)
+        if self._db.in_transaction:
+            # A transaction's reads stay its own: never gathered with other callers'.
+            row = await self._load_one(agent_id)
+        else:
+            row = await self._reads.get(agent_id)
         if row is None:
             raise NotFound(f"agent {agent_id} does not exist", entity="agent", key=agent_id)
         return row
+
+    async def _load_one(self, agent_id: UUID) -> Agent | None:
+        return await self._db.fetch_one(*_get_sql(self.tenant, agent_id), model=Agent)
+
+    async def _load_many(self, agent_ids: Sequence[UUID]) -> dict[UUID, Agent]:
+        rows = await self._db.fetch(*_get_many_sql(self.tenant, list(agent_ids)), model=Agent)
+        return {row.id: row for row in rows}
 
     async def _load_json(self, agent_id: UUID) -> dict[str, Any]:
         return (await self._load(agent_id)).model_dump(mode="json")

@@ -49,6 +49,7 @@ from agency_data.inputs import (
 )
 from agency_data.models import Page, Task, TaskStatus
 from agency_data.postgres._paging import count_where, keyset_page
+from agency_data.postgres.batching import PointReads
 from agency_data.postgres.database import Database
 from agency_data.retry import Backoff
 from agency_data.tasks import _sql
@@ -93,6 +94,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         self._db = db
         self.tenant = tenant
         self._runtime = runtime
+        self._reads: PointReads[UUID, Task] = PointReads(self._get_one, self._get_gathered)
 
     # -- creating ------------------------------------------------------------------------------
 
@@ -388,15 +390,34 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
     # -- reading -------------------------------------------------------------------------------
 
     async def get(self, task_id: UUID | str) -> Task:
-        """The task with ``task_id``; :class:`NotFound` if this tenant has none."""
-        task = await self._db.fetch_one(
-            "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
-            [self.tenant, as_uuid(task_id, "task_id")],
-            model=Task,
-        )
+        """The task with ``task_id``; :class:`NotFound` if this tenant has none.
+
+        Concurrent calls outside transactions share one query (see
+        :mod:`agency_data.postgres.batching`).
+        """
+        uid = as_uuid(task_id, "task_id")
+        if self._db.in_transaction:
+            task = await self._get_one(uid)
+        else:
+            task = await self._reads.get(uid)
         if task is None:
             raise NotFound(f"task {task_id} does not exist", entity="task", key=task_id)
         return task
+
+    async def _get_one(self, task_id: UUID) -> Task | None:
+        return await self._db.fetch_one(
+            "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
+            [self.tenant, task_id],
+            model=Task,
+        )
+
+    async def _get_gathered(self, task_ids: Sequence[UUID]) -> dict[UUID, Task]:
+        tasks = await self._db.fetch(
+            "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = ANY(%s)",
+            [self.tenant, list(task_ids)],
+            model=Task,
+        )
+        return {task.id: task for task in tasks}
 
     async def get_many(self, task_ids: Iterable[UUID | str]) -> builtins.list[Task]:
         """The tasks that exist among ``task_ids`` (one round trip), in no particular order."""
