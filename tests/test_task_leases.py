@@ -23,18 +23,7 @@ import pytest
 from agency_data import DataLayer, NotFound, Task, TaskStatus, ValidationError
 from agency_data.errors import Conflict, LeaseLost, TaskCancelled
 from tests.conftest import DatabaseDsn, make_config
-
-
-async def token_of(dl: DataLayer, task_id: UUID) -> UUID | None:
-    """The lease token a task holds now (reads through the store never show it)."""
-    token: UUID | None = await dl.fetch_value(
-        "SELECT lease_token FROM tasks WHERE id = %s", [task_id]
-    )
-    return token
-
-
-# A claim rescues expired leases at most this often per process and tenant (default 1 s).
-FAST_RESCUE = {"rescue_interval": 0.05}
+from tests.task_support import FAST_RESCUE, agent, seconds_left, token_of
 
 
 @pytest.fixture
@@ -55,27 +44,12 @@ async def other(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncI
         yield layer
 
 
-async def agent(dl: DataLayer, name: str = "w") -> UUID:
-    return (await dl.agents.create(name=name, type="worker")).id
-
-
 async def expire(dl: DataLayer, task_id: UUID) -> None:
     """Make a running task's lease run out now (as if its worker had stopped heartbeating)."""
     await dl.execute(
         "UPDATE tasks SET lease_expires_at = clock_timestamp() - interval '1 second' WHERE id = %s",
         [task_id],
     )
-
-
-async def seconds_left(dl: DataLayer, task_id: UUID) -> float:
-    """How long the task's lease still runs, by the server's clock."""
-    left = await dl.fetch_value(
-        "SELECT extract(epoch FROM lease_expires_at - clock_timestamp())::float8 "
-        "FROM tasks WHERE id = %s",
-        [task_id],
-    )
-    assert left is not None
-    return float(left)
 
 
 async def claim_rescued(dl: DataLayer, worker: UUID, **options: Any) -> list[Task]:

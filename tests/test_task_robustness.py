@@ -15,38 +15,24 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from agency_data import DataLayer, Task, TaskStatus, TenantScope
+from agency_data import DataLayer, Task, TaskStatus
 from agency_data.errors import Conflict, LeaseLost, ValidationError
 from agency_data.migrations import BUILTIN_SOURCE, MigrationRunner
 from agency_data.tasks import next_tick
 from tests.conftest import ROLES, DatabaseDsn, make_config
-
-FAST = {"rescue_interval": 0.05}
-
-
-async def agent(dl: DataLayer, name: str = "w") -> UUID:
-    return (await dl.agents.create(name=name, type="worker")).id
-
-
-async def seconds_left(dl: DataLayer | TenantScope, task_id: UUID) -> float:
-    left = await dl.fetch_value(
-        "SELECT extract(epoch FROM lease_expires_at - clock_timestamp())::float8 "
-        "FROM tasks WHERE id = %s",
-        [task_id],
-    )
-    return float(left)
+from tests.task_support import FAST_RESCUE, agent, seconds_left
 
 
 @pytest.fixture
 async def fast(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
-    config = make_config(database, redis_url, tmp_path, tasks={**FAST, "lease_seconds": 1.0})
+    config = make_config(database, redis_url, tmp_path, tasks={**FAST_RESCUE, "lease_seconds": 1.0})
     async with DataLayer(config) as layer:
         yield layer
 
 
 @pytest.fixture
 async def other(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
-    config = make_config(database, redis_url, tmp_path / "other", tasks=FAST)
+    config = make_config(database, redis_url, tmp_path / "other", tasks=FAST_RESCUE)
     async with DataLayer(config) as layer:
         yield layer
 
@@ -59,7 +45,7 @@ async def test_heartbeats_never_run_in_a_callers_transaction(
         database,
         redis_url,
         tmp_path,
-        tasks=FAST,
+        tasks=FAST_RESCUE,
         postgresql={"pool_min_size": 1, "pool_max_size": 1},
     )
     async with DataLayer(config) as dl:
@@ -286,7 +272,7 @@ async def test_the_upgrade_leases_running_tasks_and_keeps_their_history(
             "('old', 'completed', 1, '2020-01-01Z', '2020-01-03Z')"
         )
     await runner.up()
-    config = make_config(database, redis_url, tmp_path, tasks=FAST)
+    config = make_config(database, redis_url, tmp_path, tasks=FAST_RESCUE)
     async with DataLayer(config) as dl:
         rows = await dl.fetch(
             "SELECT status, updated_at, run_at, created_at, "

@@ -407,9 +407,9 @@ def requeue_dead(
 
 
 def state_of(tenant: str, task_id: UUID) -> tuple[Query, Params]:
-    """A task's status and lease, for telling a worker what happened."""
+    """A task as it is now (token included), for telling a worker what happened."""
     return (
-        "SELECT status, lease_token, error FROM tasks WHERE tenant_id = %s AND id = %s",
+        "SELECT " + COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
         [tenant, task_id],
     )
 

@@ -432,9 +432,8 @@ class QueueOps:
     # -- helpers -------------------------------------------------------------------------------
 
     def _finished(self, task_id: UUID, token: UUID | None) -> None:
-        if token is None:
-            self._runtime.leases.release(task_id, None)
-        else:
+        # An unfenced move (an operator's) holds no lease of this process to close.
+        if token is not None:
             self._runtime.leases.finished(task_id, token)
 
     def _held(
@@ -464,11 +463,7 @@ class QueueOps:
             # Still this holder's task (or no holder named): the state machine refuses.
             if token is not None and row["status"] == target == "completed":
                 # This worker's own completion landed already (a resend): report it.
-                return await self._db.fetch_one(  # type: ignore[return-value]
-                    "SELECT " + _sql.COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
-                    [self.tenant, task_id],
-                    model=Task,
-                )
+                return Task.model_validate(row)
             raise ValidationError(
                 f"a task cannot go from {row['status']} to {target}", field="status"
             )

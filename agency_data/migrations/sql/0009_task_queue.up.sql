@@ -87,7 +87,11 @@ CREATE TABLE task_dependencies (
     CONSTRAINT task_dependencies_not_self CHECK (task_id <> depends_on)
 );
 CREATE INDEX task_dependencies_depends_on ON task_dependencies (depends_on);
-SELECT agency_data_isolate_tenants('task_dependencies');
+ALTER TABLE task_dependencies ENABLE ROW LEVEL SECURITY;
+ALTER TABLE task_dependencies FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON task_dependencies
+    USING (tenant_id = agency_data_current_tenant())
+    WITH CHECK (tenant_id = agency_data_current_tenant());
 
 -- The dependents of a task that ended without completing are cancelled, and theirs in turn.
 CREATE FUNCTION agency_data_cancel_dependents(tenant text, ended uuid, reason text)
@@ -167,7 +171,11 @@ CREATE TABLE task_types (
     updated_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (tenant_id, type)
 );
-SELECT agency_data_isolate_tenants('task_types');
+ALTER TABLE task_types ENABLE ROW LEVEL SECURITY;
+ALTER TABLE task_types FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON task_types
+    USING (tenant_id = agency_data_current_tenant())
+    WITH CHECK (tenant_id = agency_data_current_tenant());
 
 -- Periodic tasks. Whoever locks a due row enqueues its task and moves next_run_at on, in one
 -- transaction: one task per tick however many schedulers run.
@@ -190,4 +198,8 @@ CREATE TABLE task_schedules (
     CONSTRAINT task_schedules_one_rule CHECK (num_nonnulls(cron, every_seconds) = 1)
 );
 CREATE INDEX task_schedules_due ON task_schedules (tenant_id, next_run_at);
-SELECT agency_data_isolate_tenants('task_schedules');
+ALTER TABLE task_schedules ENABLE ROW LEVEL SECURITY;
+ALTER TABLE task_schedules FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON task_schedules
+    USING (tenant_id = agency_data_current_tenant())
+    WITH CHECK (tenant_id = agency_data_current_tenant());
