@@ -170,9 +170,14 @@ class TenantScope(QueryMethods):
         )
         self.tasks = TaskStore(db, tenant_id, tasks)
         self.embeddings = EmbeddingStore(db, catalog, tenant_id)
-        self.sessions = SessionStore(client, self._keys, config.cache.default_ttl)
+        self.sessions = SessionStore(backend.pipeline, self._keys, config.cache.default_ttl)
         self.pubsub = PubSub(client, self._keys)
         self.streams = Streams(client, self._keys)
+
+    async def aclose(self) -> None:
+        """Wait for this tenant's reads and writes still gathered with other callers'."""
+        await self.agents.aclose()
+        await self.tasks.aclose()
 
     def lock(
         self, name: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False

@@ -219,3 +219,16 @@ def write_json(path: Path, results: list[Result], env: dict[str, Any]) -> None:
 def run_sync(coro: Awaitable[Any]) -> Any:
     """Run a coroutine to completion (used by the command line)."""
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def concurrently(op: Any, callers: int, total: int) -> float:
+    """Calls per second of ``callers`` loops running ``op`` at once, ``total`` calls in all."""
+    each = total // callers
+
+    async def loop() -> None:
+        for _ in range(each):
+            await op()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(callers)))
+    return each * callers / (time.perf_counter() - started)

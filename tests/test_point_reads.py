@@ -11,13 +11,14 @@ from uuid import UUID, uuid4
 import pytest
 
 from agency_data import AgencyDataError, DataLayer, NotFound
-from agency_data.postgres.batching import PointReads
+from agency_data.batching import PointReads
 
 
 def spy(reads: PointReads[Any, Any]) -> dict[str, list[int]]:
     """Record how many keys each query of ``reads`` carried (its SQL still runs)."""
     seen: dict[str, list[int]] = {"one": [], "many": []}
-    one, many = reads._one, reads._load
+    calls = reads._calls
+    one, many = calls._one, calls._many
 
     async def counted_one(key: Any) -> Any:
         seen["one"].append(1)
@@ -27,7 +28,7 @@ def spy(reads: PointReads[Any, Any]) -> dict[str, list[int]]:
         seen["many"].append(len(keys))
         return await many(keys)
 
-    reads._one, reads._load = counted_one, counted_many
+    calls._one, calls._many = counted_one, counted_many
     return seen
 
 
@@ -100,7 +101,7 @@ async def test_a_failed_shared_query_fails_each_caller_with_its_error(dl: DataLa
     async def broken(keys: Sequence[UUID]) -> Any:
         await dl.fetch("SELECT 1/0")
 
-    reads._load = broken
+    reads._calls._many = broken
     results = await asyncio.gather(*(dl.agents.get(a.id) for a in agents), return_exceptions=True)
     assert results[0] == agents[0], "the first went alone, by the single-row path"
     errors = results[1:]

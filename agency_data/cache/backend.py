@@ -35,6 +35,7 @@ from agency_data.errors import BackendUnavailable
 from agency_data.models import CacheStats
 from agency_data.redis.client import RedisClient, cancelling
 from agency_data.redis.keys import MAX_KEY, check_pattern, glob_matcher
+from agency_data.redis.pipelining import AutoPipeline, Command
 from agency_data.redis.scripts import ScriptRegistry
 from agency_data.redis.subscription import CONNECTION_ERRORS, Lost, Resubscribed, subscription
 from agency_data.retry import Backoff
@@ -78,7 +79,7 @@ class _Counters:
 class CacheBackend:
     """The shared parts of the cache of one DataLayer."""
 
-    def __init__(self, config: CacheConfig, client: RedisClient | None) -> None:
+    def __init__(self, config: CacheConfig, client: RedisClient) -> None:
         self.config = config
         self.redis = client if config.l2 else None
         self.l1 = (
@@ -95,9 +96,10 @@ class CacheBackend:
             threshold=config.compression_threshold,
             max_bytes=config.max_value_bytes,
         )
-        self.scripts = ScriptRegistry(client) if client is not None else None
-        if self.scripts is not None:
-            self.scripts.register("invalidate_tags", TAG_INVALIDATE)
+        # Shared by the sessions and locks too: their commands join the cache's round trips.
+        self.pipeline = AutoPipeline(client)
+        self.scripts = ScriptRegistry(client, self.pipeline)
+        self.scripts.register("invalidate_tags", TAG_INVALIDATE)
         self.origin = uuid.uuid4().hex
         self.counters = _Counters()
         # Without Redis there is nothing L1 could miss; with it, L1 waits for the listener.
@@ -150,14 +152,16 @@ class CacheBackend:
         """False while the breaker is open (Redis failed within the last ``retry_after``)."""
         return self.redis is not None and time.monotonic() >= self._down_until
 
-    async def call(self, operation: Callable[[RedisClient], Awaitable[T]]) -> T:
-        """Run ``operation`` on Redis; :class:`RedisDown` (fast, while the breaker is open)."""
+    async def call(self, operation: Callable[[AutoPipeline], Awaitable[T]]) -> T:
+        """Run ``operation`` on Redis (through the shared :class:`AutoPipeline`, whose
+        ``client`` is there for commands that do not join it); :class:`RedisDown` (fast, while
+        the breaker is open)."""
         if self.redis is None:
             raise RedisDown("the cache has no Redis level")
         if not self.available:
             raise RedisDown("Redis was unreachable moments ago")
         try:
-            result = await operation(self.redis)
+            result = await operation(self.pipeline)
         except (*CONNECTION_ERRORS, BackendUnavailable) as exc:
             self._trip(exc)
             raise RedisDown(str(exc)) from exc
@@ -212,6 +216,18 @@ class CacheBackend:
         await self.redis.publish(INVALIDATION_CHANNEL, orjson.dumps(message))
         self.counters.invalidations_sent += 1
 
+    async def write_and_invalidate(self, commands: list[Command], keys: list[str]) -> list[Any]:
+        """Run the write ``commands``, then the broadcast that drops ``keys`` from the other
+        processes' L1, in one round trip (shared with concurrent callers'); their replies."""
+        broadcast = self.config.broadcast_invalidations
+        if broadcast:
+            message = orjson.dumps({"k": keys, "o": self.origin})
+            commands = [*commands, ("PUBLISH", INVALIDATION_CHANNEL, message)]
+        replies = await self.pipeline.execute_all(*commands)
+        if broadcast:
+            self.counters.invalidations_sent += 1
+        return replies
+
     def apply(self, message: dict[str, Any]) -> None:
         """Drop from L1 what an invalidation ``message`` names.
 
@@ -261,6 +277,7 @@ class CacheBackend:
         """Stop listening."""
         listener, self._listener = self._listener, None
         await cancel_and_wait(listener)
+        await self.pipeline.aclose()
 
     async def _listen(self) -> None:
         assert self.redis is not None

@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from agency_data.cache.backend import CacheBackend, RedisDown
+from agency_data.cache.local import LocalCache
 from agency_data.inputs import as_items, check_bool, check_callable, check_mapping, check_seconds
 from agency_data.models import CacheStats
-from agency_data.redis.client import RedisClient
 from agency_data.redis.keys import Keys, check_key, check_namespace, check_pattern, escape_glob
+from agency_data.redis.pipelining import AutoPipeline, Command
 
 __all__ = ["Cache"]
 
@@ -74,8 +75,19 @@ class Cache:
         value = self._l1_get(full)
         if value is not _MISSING:
             return value
-        found = await self._l2_get_many([full])
-        return found.get(full, default)
+        backend = self._backend
+        if backend.redis is None:
+            return default
+        generation = backend.l1_generation
+        try:
+            # GET, not a one-key MGET: it is what a hand-written client sends, and cheaper;
+            # concurrent callers' GETs become one MGET.
+            data = await backend.call(lambda p: p.get(full))
+        except RedisDown:
+            backend.counters.degraded_reads += 1
+            return default
+        value = self._accept(full, data, backend.fillable_l1(generation), time.time() * 1000)
+        return default if value is _MISSING else value
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         """The cached values of ``keys`` that exist (one Redis round trip for the L1 misses)."""
@@ -112,11 +124,7 @@ class Cache:
             return {}
         generation = backend.l1_generation
         try:
-            if len(fulls) == 1:
-                # GET, not a one-key MGET: it is what a hand-written client sends, and cheaper.
-                raw: list[Any] = [await backend.call(lambda r: r.get(fulls[0]))]
-            else:
-                raw = await backend.call(lambda r: r.mget(fulls))
+            raw: list[Any] = await backend.call(lambda p: p.client.mget(fulls))
         except RedisDown:
             backend.counters.degraded_reads += len(fulls)
             return {}
@@ -124,17 +132,24 @@ class Cache:
         now_ms = time.time() * 1000
         l1 = backend.fillable_l1(generation)
         for full, data in zip(fulls, raw, strict=True):
-            if data is None or len(data) <= _EXPIRY.size:
-                backend.counters.l2_misses += 1
-                continue
-            (expires_ms,) = _EXPIRY.unpack_from(data)
-            value = backend.codec.decode(data[_EXPIRY.size :])
-            backend.counters.l2_hits += 1
-            found[full] = value
-            if l1 is not None:
-                left = min(backend.config.l1_ttl, (expires_ms - now_ms) / 1000)
-                l1.set(full, value, ttl=left, size=len(data))
+            value = self._accept(full, data, l1, now_ms)
+            if value is not _MISSING:
+                found[full] = value
         return found
+
+    def _accept(self, full: str, data: bytes | None, l1: LocalCache | None, now_ms: float) -> Any:
+        """The value Redis held for ``full`` (counted, and kept in ``l1`` if given)."""
+        backend = self._backend
+        if data is None or len(data) <= _EXPIRY.size:
+            backend.counters.l2_misses += 1
+            return _MISSING
+        (expires_ms,) = _EXPIRY.unpack_from(data)
+        value = backend.codec.decode(data[_EXPIRY.size :])
+        backend.counters.l2_hits += 1
+        if l1 is not None:
+            left = min(backend.config.l1_ttl, (expires_ms - now_ms) / 1000)
+            l1.set(full, value, ttl=left, size=len(data))
+        return value
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -170,20 +185,22 @@ class Cache:
                     size=len(data),
                     tags=tag_keys,
                 )
-        if backend.redis is None:
+        if backend.redis is None or not encoded:
             return
         millis = max(1, int(seconds * 1000))
 
-        async def write(redis: RedisClient) -> None:
-            pipe = redis.pipeline(transaction=False)
-            for full, data in encoded.items():
-                pipe.set(full, data, px=millis)
-            for tag_key in tag_keys:
-                pipe.sadd(tag_key, *encoded)
-                pipe.pexpire(tag_key, millis, gt=True)
-                pipe.pexpire(tag_key, millis, nx=True)
-            await pipe.execute()
-            await backend.publish({"k": list(encoded)})
+        commands: list[Command] = [
+            ("SET", full, data, "PX", millis) for full, data in encoded.items()
+        ]
+        for tag_key in tag_keys:
+            commands += [
+                ("SADD", tag_key, *encoded),
+                ("PEXPIRE", tag_key, millis, "GT"),
+                ("PEXPIRE", tag_key, millis, "NX"),
+            ]
+
+        async def write(_: AutoPipeline) -> None:
+            await backend.write_and_invalidate(commands, list(encoded))
 
         try:
             await backend.call(write)
@@ -204,9 +221,8 @@ class Cache:
         if backend.redis is None or not fulls:
             return
 
-        async def unlink(redis: RedisClient) -> None:
-            await redis.unlink(*fulls)
-            await backend.publish({"k": fulls})
+        async def unlink(_: AutoPipeline) -> None:
+            await backend.write_and_invalidate([("UNLINK", *fulls)], fulls)
 
         try:
             await backend.call(unlink)
@@ -270,7 +286,7 @@ class Cache:
                 try:
                     holds = bool(
                         await backend.call(
-                            lambda r: r.set(
+                            lambda p: p.client.set(
                                 lock_key,
                                 token,
                                 nx=True,
@@ -296,7 +312,7 @@ class Cache:
         finally:
             if holds:
                 with contextlib.suppress(RedisDown):
-                    await backend.call(lambda r: r.delete(lock_key))
+                    await backend.call(lambda p: p.execute("DEL", lock_key))
 
     # -- invalidating --------------------------------------------------------------------------
 
@@ -330,7 +346,8 @@ class Cache:
         if backend.redis is None:
             return 0
 
-        async def scan_and_unlink(redis: RedisClient) -> int:
+        async def scan_and_unlink(shared: AutoPipeline) -> int:
+            redis = shared.client
             removed = 0
             batch: list[Any] = []
             async for found in redis.scan_iter(match=full_pattern, count=_SCAN_BATCH):
@@ -360,8 +377,7 @@ class Cache:
         if backend.redis is None:
             return 0
 
-        async def run(redis: RedisClient) -> int:
-            assert backend.scripts is not None
+        async def run(_: AutoPipeline) -> int:
             removed = await backend.scripts.run("invalidate_tags", keys=tag_keys)
             keys = [k.decode() if isinstance(k, bytes) else str(k) for k in removed]
             await backend.publish({"t": tag_keys, "k": keys})

@@ -17,9 +17,9 @@ import orjson
 from agency_data.errors import NotFound, ValidationError
 from agency_data.inputs import check_bool, check_mapping, check_seconds, encode_json
 from agency_data.models import Session
-from agency_data.redis.client import RedisClient
 from agency_data.redis.errors import translate_errors
 from agency_data.redis.keys import Keys, check_key
+from agency_data.redis.pipelining import AutoPipeline
 
 __all__ = ["SessionStore"]
 
@@ -30,8 +30,10 @@ _MAX_BYTES = 1 << 20
 class SessionStore:
     """The sessions of one tenant."""
 
-    def __init__(self, client: RedisClient, keys: Keys, default_ttl: int) -> None:
-        self._redis = client
+    def __init__(self, pipeline: AutoPipeline, keys: Keys, default_ttl: int) -> None:
+        # Reads join concurrent callers' round trips; writes are MULTI transactions of their own.
+        self._pipeline = pipeline
+        self._redis = pipeline.client
         self._keys = keys
         self._default_ttl = default_ttl
 
@@ -56,7 +58,7 @@ class SessionStore:
     async def get(self, session_id: str) -> Session:
         """The live session; :class:`NotFound` once it expired or was deleted."""
         with translate_errors("reading a session"):
-            raw = await self._redis.get(self._keys.session(check_key(session_id, "session_id")))
+            raw = await self._pipeline.get(self._keys.session(check_key(session_id, "session_id")))
         if raw is None:
             raise NotFound(
                 f"session {session_id} does not exist or has expired",

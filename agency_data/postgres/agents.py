@@ -7,14 +7,16 @@ only validates input and runs them.
 from __future__ import annotations
 
 import builtins
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NamedTuple
 from uuid import UUID
 
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 
+from agency_data.batching import GroupCommit, PointReads
 from agency_data.cache.store import Cache
 from agency_data.errors import Conflict, NotFound, ValidationError
 from agency_data.inputs import (
@@ -33,8 +35,8 @@ from agency_data.inputs import (
 )
 from agency_data.models import Agent, AgentStatus, Page
 from agency_data.postgres._paging import count_where, keyset_page
-from agency_data.postgres.batching import PointReads
 from agency_data.postgres.database import Database, Params, Query
+from agency_data.postgres.errors import refused_a_row
 
 __all__ = ["AgentStore"]
 
@@ -73,6 +75,9 @@ class AgentStore:
         self._cache = cache
         self._cache_ttl = cache_ttl
         self._reads: PointReads[UUID, Agent] = PointReads(self._load_one, self._load_many)
+        self._creates: GroupCommit[_NewAgent, Agent] = GroupCommit(
+            self._insert_one, self._insert_group, retry_alone=refused_a_row
+        )
 
     async def create(
         self,
@@ -91,11 +96,30 @@ class AgentStore:
             },
         )
         caps = encode_json(fields.capabilities, "capabilities", self._db.config.max_json_bytes)
-        row = await self._db.fetch_one(
-            *_insert_sql(self.tenant, fields.name, fields.type, caps, _status(status)), model=Agent
-        )
-        assert row is not None
+        new = _NewAgent(fields.name, fields.type, caps, _status(status))
+        if self._db.in_transaction:
+            return await self._insert_one(new)
+        # Concurrent callers' creates are committed together, each answered after the commit.
+        return await self._creates.write(new)
+
+    async def _insert_one(self, new: _NewAgent) -> Agent:
+        row = await self._db.fetch_one(*_insert_sql(self.tenant, new), model=Agent)
+        assert row is not None, "INSERT ... RETURNING returns the row"
         return row
+
+    async def _insert_group(self, new: builtins.list[_NewAgent]) -> builtins.list[Agent]:
+        ids = [uuid.uuid4() for _ in new]
+        made = {
+            a.id: a
+            for a in await self._db.fetch(*_insert_many_sql(self.tenant, ids, new), model=Agent)
+        }
+        return [made[i] for i in ids]
+
+    async def aclose(self) -> None:
+        """Wait for the reads and creates gathered with other callers' that are still running
+        (``DataLayer.aclose`` does this before closing the pool)."""
+        await self._reads.aclose()
+        await self._creates.aclose()
 
     async def get(self, agent_id: UUID | str, *, cached: bool | None = None) -> Agent:
         """The agent with ``agent_id``; :class:`NotFound` if this tenant has none.
@@ -297,11 +321,30 @@ def _status(value: Any) -> str:
     return as_choice(value, AgentStatus, "status")
 
 
-def _insert_sql(tenant: str, name: str, type_: str, caps: str, status: str) -> tuple[Query, Params]:
+class _NewAgent(NamedTuple):
+    name: str
+    type: str
+    capabilities: str  # JSON text
+    status: str
+
+
+def _insert_sql(tenant: str, new: _NewAgent) -> tuple[Query, Params]:
     return (
         "INSERT INTO agents (tenant_id, name, type, capabilities, status) "
         "VALUES (%s, %s, %s, %s::jsonb, %s) RETURNING " + _COLUMNS,
-        [tenant, name, type_, caps, status],
+        [tenant, *new],
+    )
+
+
+def _insert_many_sql(tenant: str, ids: list[UUID], new: list[_NewAgent]) -> tuple[Query, Params]:
+    # One array per column; the ids are made here so that each row finds its caller.
+    names, types, caps, statuses = (list(column) for column in zip(*new, strict=True))
+    return (
+        "INSERT INTO agents (id, tenant_id, name, type, capabilities, status) "
+        "SELECT i.id, %s, i.name, i.type, i.capabilities, i.status "
+        "FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::jsonb[], %s::text[]) "
+        "AS i(id, name, type, capabilities, status) RETURNING " + _COLUMNS,
+        [tenant, ids, names, types, caps, statuses],
     )
 
 

@@ -39,7 +39,13 @@ from agency_data.errors import (
     ValidationError,
 )
 
-__all__ = ["ServerUnreachable", "connect_error_text", "to_agency_error", "translate_errors"]
+__all__ = [
+    "ServerUnreachable",
+    "connect_error_text",
+    "refused_a_row",
+    "to_agency_error",
+    "translate_errors",
+]
 
 _BACKEND = "postgresql"
 _OUR_CONSTRAINT = re.compile(
@@ -153,6 +159,13 @@ def to_agency_error(exc: Exception, context: str = "") -> AgencyDataError:
             sqlstate=sqlstate,
         )
     return QueryError(f"{prefix}{detail}", sqlstate=sqlstate)
+
+
+def refused_a_row(exc: Exception) -> bool:
+    """Whether ``exc`` is the server refusing a row's values (a unique key, a reference, a
+    check): the statement wrote nothing, and its rows written one by one would fail only there.
+    """
+    return isinstance(exc, Conflict | NotFound | ValidationError)
 
 
 def connect_error_text(exc: BaseException) -> str:

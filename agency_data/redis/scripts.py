@@ -11,19 +11,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from agency_data.errors import NotFound, ValidationError
 from agency_data.redis.client import RedisClient
 from agency_data.redis.errors import translate_errors
+from agency_data.redis.pipelining import AutoPipeline
 
 __all__ = ["ScriptRegistry"]
 
 
 class ScriptRegistry:
-    """Named Lua scripts on one Redis client."""
+    """Named Lua scripts on one Redis client.
 
-    def __init__(self, client: RedisClient) -> None:
+    With ``pipeline``, concurrent runs share round trips (EVALSHA in a gathered pipeline); a
+    run the server answers NOSCRIPT for is sent again alone, loading the script first.
+    """
+
+    def __init__(self, client: RedisClient, pipeline: AutoPipeline | None = None) -> None:
         self._client = client
+        self._pipeline = pipeline
         self._scripts: dict[str, AsyncScript] = {}
 
     def register(self, name: str, source: str) -> None:
@@ -46,8 +53,16 @@ class ScriptRegistry:
     async def run(self, name: str, *, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
         """Run script ``name`` with ``keys`` (KEYS) and ``args`` (ARGV); return its result."""
         script = self._script(name)
+        keys, args = list(keys), list(args)
         with translate_errors(f"running Lua script {name!r}"):
-            return await script(keys=list(keys), args=list(args))
+            if self._pipeline is not None:
+                try:
+                    return await self._pipeline.execute(
+                        "EVALSHA", script.sha, len(keys), *keys, *args
+                    )
+                except NoScriptError:
+                    pass  # a restarted or flushed server: the script object loads it again
+            return await script(keys=keys, args=args)
 
     def _script(self, name: str) -> AsyncScript:
         script = self._scripts.get(name)

@@ -24,6 +24,7 @@ from uuid import UUID
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 
+from agency_data.batching import GroupCommit, PointReads
 from agency_data.errors import (
     BackendUnavailable,
     Conflict,
@@ -49,8 +50,8 @@ from agency_data.inputs import (
 )
 from agency_data.models import Page, Task, TaskStatus
 from agency_data.postgres._paging import count_where, keyset_page
-from agency_data.postgres.batching import PointReads
 from agency_data.postgres.database import Database
+from agency_data.postgres.errors import refused_a_row
 from agency_data.retry import Backoff
 from agency_data.tasks import _sql
 from agency_data.tasks._sql import READ_COLUMNS, NewTask
@@ -95,6 +96,15 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         self.tenant = tenant
         self._runtime = runtime
         self._reads: PointReads[UUID, Task] = PointReads(self._get_one, self._get_gathered)
+        self._creates: GroupCommit[NewTask, Task] = GroupCommit(
+            self._insert_one, self._insert_group, retry_alone=refused_a_row
+        )
+
+    async def aclose(self) -> None:
+        """Wait for the reads and creates gathered with other callers' that are still running
+        (``DataLayer.aclose`` does this before closing the pool)."""
+        await self._reads.aclose()
+        await self._creates.aclose()
 
     # -- creating ------------------------------------------------------------------------------
 
@@ -208,6 +218,10 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         keyed = any(row.key is not None for row, _ in rows)
         linked = any(deps for _, deps in rows)
         order = [row.id for row, _ in rows]
+        if not keyed and not linked and len(rows) == 1 and not self._db.in_transaction:
+            # The commonest case: concurrent callers' creates are committed together.
+            task = await self._creates.write(rows[0][0])
+            return [task]
         if not keyed and not linked:
             # The common case: one statement, no transaction of its own.
             tasks = await self._db.fetch(
@@ -221,6 +235,20 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
                     rows = await self._link(rows)
                 made = await self._insert_keyed([r for r, _ in rows], on_conflict, rows)
         return [made[task_id] for task_id in order]
+
+    async def _insert_one(self, row: NewTask) -> Task:
+        task = await self._db.fetch_one(
+            *_sql.insert(self.tenant, [row], self._runtime.defaults, None), model=Task
+        )
+        assert task is not None, "INSERT ... RETURNING returns the row"
+        return task
+
+    async def _insert_group(self, rows: builtins.list[NewTask]) -> builtins.list[Task]:
+        tasks = await self._db.fetch(
+            *_sql.insert(self.tenant, rows, self._runtime.defaults, None), model=Task
+        )
+        made = {task.id: task for task in tasks}
+        return [made[row.id] for row in rows]
 
     async def _link(
         self, rows: builtins.list[tuple[NewTask, builtins.list[UUID]]]
@@ -393,7 +421,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         """The task with ``task_id``; :class:`NotFound` if this tenant has none.
 
         Concurrent calls outside transactions share one query (see
-        :mod:`agency_data.postgres.batching`).
+        :mod:`agency_data.batching`).
         """
         uid = as_uuid(task_id, "task_id")
         if self._db.in_transaction:

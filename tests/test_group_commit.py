@@ -1,0 +1,163 @@
+"""Concurrent single-row creates are committed together: each caller is answered after the
+commit, a bad row fails only its own caller, and a transaction's creates stay its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from agency_data import BackendUnavailable, DataLayer, NotFound
+from agency_data.batching import GroupCommit
+from tests.conftest import DatabaseDsn
+
+
+def spy(group: GroupCommit[Any, Any]) -> dict[str, list[int]]:
+    """Record how many rows each write of ``group`` carried (the writes still happen)."""
+    seen: dict[str, list[int]] = {"one": [], "many": []}
+    calls = group._calls
+    one, many = calls._one, calls._many
+
+    async def counted_one(item: Any) -> Any:
+        seen["one"].append(1)
+        return await one(item)
+
+    async def counted_many(items: list[Any]) -> Any:
+        seen["many"].append(len(items))
+        return await many(items)
+
+    calls._one, calls._many = counted_one, counted_many
+    return seen
+
+
+async def committed(database: DatabaseDsn, sql: str) -> int:
+    """A count read by a connection of its own: only committed rows are seen."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(database.owner) as conn:
+        row = await (await conn.execute(sql)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_concurrent_task_creates_share_one_commit(
+    dl: DataLayer, database: DatabaseDsn
+) -> None:
+    seen = spy(dl.tasks._creates)
+    made = await asyncio.gather(*(dl.tasks.create("job", {"n": i}, priority=i) for i in range(64)))
+    assert [t.data for t in made] == [{"n": i} for i in range(64)]
+    assert [t.priority for t in made] == list(range(64))
+    assert len({t.id for t in made}) == 64
+    # The first went alone at once; the other 63, made while it ran, were written together.
+    assert seen["one"] == [1]
+    assert sum(seen["many"]) == 63
+    assert len(seen["many"]) <= 2, seen
+    # Every caller was answered after its row was committed.
+    assert await committed(database, "SELECT count(*) FROM tasks") == 64
+    assert [t.id for t in await dl.tasks.get_many([t.id for t in made])] != []
+
+
+async def test_concurrent_agent_creates_share_one_commit(
+    dl: DataLayer, database: DatabaseDsn
+) -> None:
+    seen = spy(dl.agents._creates)
+    made = await asyncio.gather(
+        *(dl.agents.create(f"a{i}", "worker", {"i": i}, status="inactive") for i in range(40))
+    )
+    assert [a.name for a in made] == [f"a{i}" for i in range(40)]
+    assert [a.capabilities for a in made] == [{"i": i} for i in range(40)]
+    assert {a.status.value for a in made} == {"inactive"}
+    assert seen["one"] == [1]
+    assert sum(seen["many"]) == 39
+    assert await committed(database, "SELECT count(*) FROM agents") == 40
+    for agent in made:
+        assert await dl.agents.get(agent.id) == agent
+
+
+async def test_a_lone_create_goes_alone(dl: DataLayer) -> None:
+    seen = spy(dl.tasks._creates)
+    for _ in range(3):
+        await dl.tasks.create("job")
+    assert seen == {"one": [1, 1, 1], "many": []}
+
+
+async def test_a_bad_row_fails_only_its_own_caller(dl: DataLayer, database: DatabaseDsn) -> None:
+    agent = await dl.agents.create("real", "worker")
+    seen = spy(dl.tasks._creates)
+    first = asyncio.create_task(dl.tasks.create("job", agent_id=agent.id))
+    await asyncio.sleep(0)
+    # One of the gathered rows names an agent that does not exist: the foreign key refuses it.
+    results = await asyncio.gather(
+        dl.tasks.create("job", {"i": 1}, agent_id=agent.id),
+        dl.tasks.create("job", {"i": 2}, agent_id=uuid4()),
+        dl.tasks.create("job", {"i": 3}),
+        return_exceptions=True,
+    )
+    assert (await first).agent_id == agent.id
+    assert results[0].data == {"i": 1}
+    assert isinstance(results[1], NotFound), results[1]
+    assert results[2].data == {"i": 3}
+    # The group was refused as a whole, then written row by row: the good rows are in.
+    assert seen["many"] == [3]
+    assert await committed(database, "SELECT count(*) FROM tasks") == 3
+
+
+async def test_a_lost_connection_fails_the_group_without_writing_twice(
+    dl: DataLayer, database: DatabaseDsn
+) -> None:
+    calls = dl.tasks._creates._calls
+    real_many = calls._many
+    written: list[int] = []
+
+    async def many_then_lost(items: list[Any]) -> Any:
+        # The rows are written, then the connection is lost before the answer arrives.
+        await real_many(items)
+        written.append(len(items))
+        raise BackendUnavailable("PostgreSQL connection lost", backend="postgresql")
+
+    calls._many = many_then_lost
+    first = asyncio.create_task(dl.tasks.create("job"))
+    await asyncio.sleep(0)
+    results = await asyncio.gather(
+        *(dl.tasks.create("job") for _ in range(5)), return_exceptions=True
+    )
+    await first
+    assert all(isinstance(r, BackendUnavailable) for r in results), results
+    assert written == [5]
+    # Not retried one by one: that could have written each row twice.
+    assert await committed(database, "SELECT count(*) FROM tasks") == 6
+
+
+async def test_creates_in_a_transaction_are_its_own(dl: DataLayer, database: DatabaseDsn) -> None:
+    seen = spy(dl.tasks._creates)
+    agents_seen = spy(dl.agents._creates)
+    with contextlib.suppress(RuntimeError):
+        async with dl.transaction():
+            await asyncio.gather(*(dl.tasks.create("job") for _ in range(5)))
+            await asyncio.gather(*(dl.agents.create(f"a{i}", "t") for i in range(3)))
+            raise RuntimeError("roll back")
+    assert seen == {"one": [], "many": []}
+    assert agents_seen == {"one": [], "many": []}
+    assert await committed(database, "SELECT count(*) FROM tasks") == 0
+    assert await committed(database, "SELECT count(*) FROM agents") == 0
+
+
+async def test_a_cancelled_creator_leaves_the_others_their_rows(dl: DataLayer) -> None:
+    first = asyncio.create_task(dl.tasks.create("job", {"i": 0}))
+    await asyncio.sleep(0)
+    cut = asyncio.create_task(asyncio.wait_for(dl.tasks.create("job", {"i": 1}), timeout=0))
+    rest = [asyncio.create_task(dl.tasks.create("job", {"i": i})) for i in range(2, 8)]
+    with contextlib.suppress(TimeoutError):
+        await cut
+    assert [(await r).data for r in rest] == [{"i": i} for i in range(2, 8)]
+    assert (await first).data == {"i": 0}
+
+
+@pytest.mark.parametrize("n", [2, 700])
+async def test_many_concurrent_creates_all_answered(dl: DataLayer, n: int) -> None:
+    made = await asyncio.gather(*(dl.tasks.create("job", {"i": i}) for i in range(n)))
+    assert [t.data for t in made] == [{"i": i} for i in range(n)]
+    assert await dl.tasks.count() == n
