@@ -49,11 +49,14 @@ class Coalescer(Generic[I, R]):
         self._max_batch = max_batch
         self._waiting: list[tuple[I, asyncio.Future[R]]] | None = None
         self._in_flight = 0
+        # True for the loop turn after a batch answered: its callers, woken together, are
+        # likely to call again together, so the first of them does not go alone.
+        self._answered = False
         self._batches: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: I) -> R:
         """``item``'s result: at once when nothing else is in flight, else with the turn's batch."""
-        if self._in_flight == 0 and self._waiting is None:
+        if self._in_flight == 0 and self._waiting is None and not self._answered:
             self._in_flight += 1
             try:
                 return await self._one(item)
@@ -102,6 +105,13 @@ class Coalescer(Generic[I, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        if not self._answered:
+            self._answered = True
+            # Runs after the callers just woken (callbacks run in the order they were queued).
+            asyncio.get_running_loop().call_soon(self._cool_down)
+
+    def _cool_down(self) -> None:
+        self._answered = False
 
     async def aclose(self) -> None:
         """Wait for the gathered calls still running (their callers get their answers)."""

@@ -115,3 +115,18 @@ async def test_many_concurrent_gets_all_answered(dl: DataLayer, n: int) -> None:
     ids = [agents[i % len(agents)].id for i in range(n)]
     got = await asyncio.gather(*(dl.agents.get(i) for i in ids))
     assert [a.id for a in got] == ids
+
+
+async def test_readers_woken_together_read_again_together(dl: DataLayer) -> None:
+    agents = [await dl.agents.create(name=f"a{i}", type="t") for i in range(20)]
+    seen = spy(dl.agents._reads)
+
+    async def reader(agent_id: UUID) -> None:
+        for _ in range(5):
+            assert (await dl.agents.get(agent_id)).id == agent_id
+
+    await asyncio.gather(*(reader(a.id) for a in agents))
+    # 100 reads: the first alone, then the readers a query answered ask again as one group.
+    # Without that, the first of each answered group would go alone, round after round.
+    assert sum(seen["one"]) + sum(seen["many"]) == 100
+    assert len(seen["one"]) <= 2, seen
