@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
 
@@ -77,12 +78,22 @@ class Coalescer(Generic[I, R]):
             return
         loop = asyncio.get_running_loop()
         for start in range(0, len(waiting), self._max_batch):
-            task = loop.create_task(self._run(waiting[start : start + self._max_batch]))
+            batch = waiting[start : start + self._max_batch]
+            task = loop.create_task(self._run(batch))
+            # In flight from now, not from its first step a turn later: a call made in between
+            # must join the next batch, not go alone.
+            self._in_flight += 1
             self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+            task.add_done_callback(functools.partial(self._landed, batch))
+
+    def _landed(self, batch: list[tuple[I, asyncio.Future[R]]], task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._in_flight -= 1
+        for _, future in batch:  # a task cancelled before its first step answered no one
+            if not future.done():
+                future.cancel()
 
     async def _run(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
-        self._in_flight += 1
         try:
             results = await self._many([item for item, _ in batch])
         except BaseException as exc:
@@ -96,8 +107,6 @@ class Coalescer(Generic[I, R]):
             if not isinstance(exc, Exception):
                 raise
             return
-        finally:
-            self._in_flight -= 1
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # its caller gave up waiting
                 continue
@@ -137,9 +146,9 @@ class PointReads(Generic[K, R]):
 
         self._calls: Coalescer[K, R | None] = Coalescer(one, gathered)
 
-    async def get(self, key: K) -> R | None:
+    def get(self, key: K) -> Awaitable[R | None]:
         """The row with ``key``, or None."""
-        return await self._calls.submit(key)
+        return self._calls.submit(key)
 
     async def aclose(self) -> None:
         """Wait for the gathered queries still running."""
@@ -181,9 +190,9 @@ class GroupCommit(Generic[I, R]):
 
         self._calls: Coalescer[I, R] = Coalescer(one, grouped)
 
-    async def write(self, item: I) -> R:
+    def write(self, item: I) -> Awaitable[R]:
         """Write ``item``; returns once it is committed, with what ``one``/``many`` made of it."""
-        return await self._calls.submit(item)
+        return self._calls.submit(item)
 
     async def aclose(self) -> None:
         """Wait for the group writes still running."""

@@ -14,7 +14,7 @@ each of them alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
@@ -34,14 +34,17 @@ class AutoPipeline:
     def __init__(self, client: RedisClient) -> None:
         self.client = client
         """The client underneath, for commands that do not join the shared round trips."""
-        self._gets: Coalescer[str, bytes | None] = Coalescer(self._get_one, self._get_many)
+        # The client's own get (bytes or None: it is made without decode_responses) goes
+        # straight in: a lone GET pays for no frame of ours.
+        get_one = cast(Callable[[str], Awaitable[bytes | None]], client.get)
+        self._gets: Coalescer[str, bytes | None] = Coalescer(get_one, self._get_many)
         self._commands: Coalescer[tuple[Command, ...], list[Any]] = Coalescer(
             self._run_one, self._run_many
         )
 
-    async def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> Awaitable[bytes | None]:
         """``GET key``; concurrent GETs go out as one MGET."""
-        return await self._gets.submit(key)
+        return self._gets.submit(key)
 
     async def execute(self, *args: Any) -> Any:
         """Run the command ``args`` (e.g. ``"SET", key, value, "PX", 1000``) and return its reply,
@@ -58,10 +61,6 @@ class AutoPipeline:
         """Wait for the gathered round trips still running."""
         await self._gets.aclose()
         await self._commands.aclose()
-
-    async def _get_one(self, key: str) -> bytes | None:
-        # bytes or None: the client is made without decode_responses.
-        return cast(bytes | None, await self.client.get(key))
 
     async def _get_many(self, keys: list[str]) -> Sequence[bytes | None]:
         if isinstance(self.client, RedisCluster):
