@@ -12,7 +12,7 @@ import json
 import math
 import re
 import reprlib
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
@@ -46,6 +46,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "encode_json",
+    "encode_json_batch",
     "first_problem",
     "like_pattern",
     "located",
@@ -122,6 +123,32 @@ def encode_json(value: Any, field: str, max_bytes: int) -> str:
             field=field,
         )
     return data.decode()
+
+
+def encode_json_batch(
+    values: Sequence[Any], field: str, max_bytes: int, *, offset: int = 0
+) -> list[bytes]:
+    """Each of ``values`` as compact JSON (UTF-8 bytes), checked like :func:`encode_json`.
+
+    For bulk writers, which send bytes: ``field`` names an item's value with ``{}`` for its
+    index (``"items[{}].metadata"``), counting from ``offset``, and is formatted only for the
+    error.
+    """
+    encoded: list[bytes] = []
+    for index, value in enumerate(values):
+        try:
+            data = orjson.dumps(value)
+        except TypeError:
+            data = b""  # not JSON: encode_json below says why
+        if (
+            not data
+            or (b"null" in data and _has_non_finite(value))
+            or b"\\u0000" in data
+            or len(data) > max_bytes
+        ):
+            data = encode_json(value, field.format(index + offset), max_bytes).encode()
+        encoded.append(data)
+    return encoded
 
 
 def _has_non_finite(value: Any) -> bool:

@@ -10,7 +10,7 @@ from uuid import uuid4
 
 import pytest
 
-from agency_data import BackendUnavailable, DataLayer, NotFound
+from agency_data import BackendUnavailable, DataLayer, NotFound, ValidationError
 from agency_data.batching import GroupCommit
 from tests.conftest import DatabaseDsn
 
@@ -161,3 +161,38 @@ async def test_many_concurrent_creates_all_answered(dl: DataLayer, n: int) -> No
     made = await asyncio.gather(*(dl.tasks.create("job", {"i": i}) for i in range(n)))
     assert [t.data for t in made] == [{"i": i} for i in range(n)]
     assert await dl.tasks.count() == n
+
+
+async def test_concurrent_stores_share_one_commit(dl: DataLayer) -> None:
+    await dl.embeddings.create_collection("grouped", dimension=3)
+    seen = spy(dl.embeddings.collection("grouped")._stores)
+    items = [
+        {"entity_type": "note", "entity_id": str(i), "vector": [1.0, float(i), 0.5]}
+        for i in range(30)
+    ]
+    # Each caller asks for the collection on its own: they still meet in one.
+    ids = await asyncio.gather(*(dl.embeddings.collection("grouped").store(x) for x in items))
+    assert seen["one"] == [1]
+    assert sum(seen["many"]) == 29
+    got = await asyncio.gather(*(dl.embeddings.collection("grouped").get(i) for i in ids))
+    assert [g.entity_id for g in got] == [str(i) for i in range(30)]
+
+
+async def test_a_bad_store_fails_only_its_own_caller(dl: DataLayer) -> None:
+    await dl.embeddings.create_collection("picky", dimension=3)
+    col = dl.embeddings.collection("picky")
+    first = asyncio.create_task(
+        col.store({"entity_type": "n", "entity_id": "0", "vector": [1, 0, 0]})
+    )
+    await asyncio.sleep(0)
+    results = await asyncio.gather(
+        col.store({"entity_type": "n", "entity_id": "1", "vector": [0, 1, 0]}),
+        col.store({"entity_type": "n", "entity_id": "2", "vector": [0, 1]}),  # wrong dimension
+        col.store({"entity_type": "n", "entity_id": "3", "vector": [0, 0, 1]}),
+        return_exceptions=True,
+    )
+    await first
+    assert isinstance(results[1], ValidationError), results[1]
+    assert results[1].field == "item.vector"
+    assert await col.count() == 3
+    assert {(await col.get(i)).entity_id for i in (results[0], results[2])} == {"1", "3"}

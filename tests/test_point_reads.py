@@ -130,3 +130,20 @@ async def test_readers_woken_together_read_again_together(dl: DataLayer) -> None
     # Without that, the first of each answered group would go alone, round after round.
     assert sum(seen["one"]) + sum(seen["many"]) == 100
     assert len(seen["one"]) <= 2, seen
+
+
+async def test_concurrent_embedding_gets_share_one_query(dl: DataLayer) -> None:
+    await dl.embeddings.create_collection("shared_reads", dimension=2)
+    col = dl.embeddings.collection("shared_reads")
+    ids = await col.store_many(
+        [{"entity_type": "n", "entity_id": str(i), "vector": [1, i]} for i in range(20)]
+    )
+    seen = spy(col._reads)
+    wanted = [*ids, uuid4()]
+    got = await asyncio.gather(
+        *(dl.embeddings.collection("shared_reads").get(i) for i in wanted), return_exceptions=True
+    )
+    assert [g.entity_id for g in got[:-1]] == [str(i) for i in range(20)]
+    assert isinstance(got[-1], NotFound)
+    assert seen["one"] == [1]
+    assert seen["many"] == [20]

@@ -14,20 +14,19 @@ from agency_data.vectors.metrics import metric_spec
 
 __all__ = [
     "ROW_COLUMNS",
-    "copy_sql",
     "hybrid_text_sql",
-    "insert_from_staging_sql",
+    "insert_sql",
     "search_sql",
-    "staging_sql",
-    "upsert_from_staging_sql",
+    "tenant_search_sql",
     "where_sql",
 ]
 
 ROW_COLUMNS: LiteralString = "id, entity_type, entity_id, metadata, content, created_at"
+_LIMIT = sql.SQL("%s")
 _CANDIDATE_COLUMNS: LiteralString = (
     "c.id, c.entity_type, c.entity_id, c.metadata, c.content, c.created_at"
 )
-COPY_COLUMNS: LiteralString = "id, tenant_id, entity_type, entity_id, vector, metadata, content"
+_STORED_COLUMNS: LiteralString = "id, tenant_id, entity_type, entity_id, vector, metadata, content"
 
 
 def where_sql(tenant: str, node: FilterNode | None) -> tuple[sql.Composable, list[Any]]:
@@ -72,6 +71,39 @@ def search_sql(
     return text, [query, *params, limit]
 
 
+def tenant_search_sql(
+    spec: CollectionSpec,
+    tenant: str,
+    query: Any,
+    limit: int,
+    *,
+    include_vectors: bool,
+    setting: str,
+) -> tuple[sql.SQL, list[Any]]:
+    """:func:`search_sql` without a filter, as one statement that also names the tenant to
+    row-level security (``set_config(setting, tenant, true)``): a search outside a transaction
+    then needs no statement of its own for the setting, and so no pipeline.
+
+    The LIMIT's subquery makes the setting: PostgreSQL evaluates it once, when the Limit node
+    starts and before the plan below it reads a row. The ``tenant_id = %s`` condition still
+    holds the query to the tenant's rows whatever the plan. set_config() is parallel-unsafe,
+    so this is for searches an index serves, whose plans are never parallel anyway.
+    """
+    text = _tenant_named(spec.table, spec.metric, spec.dimension, include_vectors, setting)
+    return text, [query, tenant, limit, tenant]
+
+
+@lru_cache(maxsize=256)
+def _tenant_named(
+    table: str, metric: str, dimension: int, include_vectors: bool, setting: str
+) -> sql.SQL:
+    limit = sql.SQL("(SELECT %s FROM set_config({}, %s, true))").format(sql.Literal(setting))
+    template = _search_template(
+        table, metric, dimension, include_vectors, False, sql.SQL("tenant_id = %s"), limit
+    )
+    return sql.SQL(template.as_string(None))
+
+
 @lru_cache(maxsize=256)
 def _unfiltered(
     table: str, metric: str, dimension: int, include_vectors: bool, reranked: bool
@@ -90,6 +122,7 @@ def _search_template(
     include_vectors: bool,
     reranked: bool,
     where: sql.Composable,
+    limit: sql.Composable = _LIMIT,
 ) -> sql.Composed:
     distance = sql.SQL("vector " + metric_spec(metric).operator + " %b")
     table_id = sql.Identifier(table)
@@ -98,8 +131,8 @@ def _search_template(
         # serves it, and the vector is sent once.
         columns = sql.SQL(ROW_COLUMNS + (", vector" if include_vectors else ""))
         return sql.SQL(
-            "SELECT {}, {} AS distance FROM {} WHERE {} ORDER BY distance LIMIT %s"
-        ).format(columns, distance, table_id, where)
+            "SELECT {}, {} AS distance FROM {} WHERE {} ORDER BY distance LIMIT {}"
+        ).format(columns, distance, table_id, where, limit)
     bits = sql.SQL("binary_quantize(vector)::bit({})").format(sql.Literal(dimension))
     inner = sql.SQL(
         "SELECT {columns}, vector FROM {table} WHERE {where} "
@@ -125,48 +158,30 @@ def hybrid_text_sql(
     )
 
 
-def staging_sql(spec: CollectionSpec, staging: sql.Identifier) -> sql.Composed:
-    """A temporary table for COPY, dropped at commit (one simple-protocol query).
+@lru_cache(maxsize=256)
+def insert_sql(table: str, storage: str, upsert: bool) -> sql.SQL:
+    """Insert a slice of rows given as whole columns (binary arrays, see :mod:`._binary`).
 
-    Vectors stay in the row as in the collection: TOAST's attempts to compress them would
-    cost more than the copy itself.
+    Parameters: the tenant, then ids, entity types, entity ids, vectors, metadata and content,
+    one array each. With ``upsert``, a row replaces the row of the same id *and tenant*; a row
+    whose id belongs to another tenant is left alone and not returned (``RETURNING t.id``),
+    which the caller turns into a Conflict (and a rollback).
     """
-    create = sql.SQL(
-        "CREATE TEMP TABLE {} (id uuid, tenant_id text, entity_type text, entity_id text, "
-        "vector {}, metadata jsonb, content text) ON COMMIT DROP"
-    ).format(staging, spec.vector_type)
-    if not spec.plain_storage:
-        return create
-    return sql.Composed(
-        [create, sql.SQL("; ALTER TABLE {} ALTER COLUMN vector SET STORAGE PLAIN").format(staging)]
-    )
-
-
-def copy_sql(table: sql.Identifier) -> sql.Composed:
-    """Binary COPY of new rows into ``table``."""
-    return sql.SQL("COPY {} (" + COPY_COLUMNS + ") FROM STDIN WITH (FORMAT BINARY)").format(table)
-
-
-def insert_from_staging_sql(spec: CollectionSpec, staging: sql.Identifier) -> sql.Composed:
-    """Move staged rows (new ids only) into the collection."""
-    return sql.SQL(
-        "INSERT INTO {table} (" + COPY_COLUMNS + ") SELECT " + COPY_COLUMNS + " FROM {staging}"
-    ).format(table=spec.table_id, staging=staging)
-
-
-def upsert_from_staging_sql(spec: CollectionSpec, staging: sql.Identifier) -> sql.Composed:
-    """Move staged rows into the collection, replacing rows of the same id *and tenant*.
-
-    A row whose id belongs to another tenant is left alone and not returned, which the caller
-    turns into a Conflict (and a rollback).
-    """
-    return sql.SQL(
-        "INSERT INTO {table} AS t ("
-        + COPY_COLUMNS
-        + ") SELECT "
-        + COPY_COLUMNS
-        + " FROM {staging} "
-        "ON CONFLICT (id) DO UPDATE SET entity_type = excluded.entity_type, "
-        "entity_id = excluded.entity_id, vector = excluded.vector, metadata = excluded.metadata, "
-        "content = excluded.content WHERE t.tenant_id = excluded.tenant_id RETURNING t.id"
-    ).format(table=spec.table_id, staging=staging)
+    # One INSERT per slice rather than COPY: PostgreSQL refuses COPY FROM into a table under
+    # row-level security, and the tenant policy checks the inserted rows one by one.
+    text = sql.SQL(
+        "INSERT INTO {table} AS t (" + _STORED_COLUMNS + ") "
+        "SELECT id, %s, entity_type, entity_id, vector, metadata, content "
+        "FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::{vectors}[], %b::jsonb[], %b::text[]) "
+        "AS item(id, entity_type, entity_id, vector, metadata, content)"
+        + (
+            " ON CONFLICT (id) DO UPDATE SET entity_type = excluded.entity_type, "
+            "entity_id = excluded.entity_id, vector = excluded.vector, "
+            "metadata = excluded.metadata, content = excluded.content "
+            "WHERE t.tenant_id = excluded.tenant_id RETURNING t.id"
+            if upsert
+            else ""
+        )
+    ).format(table=sql.Identifier(table), vectors=sql.SQL(storage))
+    # Composing costs tens of microseconds; the text depends on the arguments only.
+    return sql.SQL(text.as_string(None))

@@ -7,12 +7,31 @@ administration (create, drop, list, indexes), which runs as the owner role.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from agency_data.postgres.database import Database
 from agency_data.vectors.admin import CollectionAdmin, ManagedCollection
 from agency_data.vectors.catalog import DEFAULT_COLLECTION, Catalog, check_name
 from agency_data.vectors.collection import Collection
 
 __all__ = ["DEFAULT_COLLECTION", "EmbeddingStore", "ManagedEmbeddingStore"]
+
+C = TypeVar("C", bound=Collection)
+# Collections handed out are kept, one per name, so that concurrent callers meet in the same
+# one and share its gathered reads and writes; past this many names the oldest are let go.
+_KEPT = 256
+
+
+def _kept(kept: dict[str, C], name: str, make: Callable[[str], C]) -> C:
+    checked = check_name(name)  # first: a name that is not a string cannot be looked up
+    found = kept.get(checked)
+    if found is None:
+        found = make(checked)
+        if len(kept) >= _KEPT:
+            del kept[next(iter(kept))]
+        kept[checked] = found
+    return found
 
 
 class EmbeddingStore(Collection):
@@ -27,12 +46,17 @@ class EmbeddingStore(Collection):
 
     def __init__(self, db: Database, catalog: Catalog, tenant: str) -> None:
         super().__init__(db, catalog, tenant, DEFAULT_COLLECTION)
+        self._collections: dict[str, Collection] = {}
 
     def collection(self, name: str) -> Collection:
         """The collection ``name`` (it must exist by the time it is used)."""
         if name == DEFAULT_COLLECTION:
             return self
-        return Collection(self._db, self._catalog, self.tenant, check_name(name))
+        return _kept(
+            self._collections,
+            name,
+            lambda checked: Collection(self._db, self._catalog, self.tenant, checked),
+        )
 
 
 class ManagedEmbeddingStore(ManagedCollection):
@@ -48,6 +72,7 @@ class ManagedEmbeddingStore(ManagedCollection):
 
     def __init__(self, db: Database, catalog: Catalog, tenant: str, admin: CollectionAdmin) -> None:
         super().__init__(db, catalog, tenant, DEFAULT_COLLECTION, admin)
+        self._collections: dict[str, ManagedCollection] = {}
 
     async def create_collection(
         self,
@@ -66,8 +91,12 @@ class ManagedEmbeddingStore(ManagedCollection):
         """The collection ``name`` (it must exist by the time it is used)."""
         if name == DEFAULT_COLLECTION:
             return self
-        return ManagedCollection(
-            self._db, self._catalog, self.tenant, check_name(name), self._admin
+        return _kept(
+            self._collections,
+            name,
+            lambda checked: ManagedCollection(
+                self._db, self._catalog, self.tenant, checked, self._admin
+            ),
         )
 
     async def list_collections(self) -> list[str]:
