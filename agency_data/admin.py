@@ -24,7 +24,7 @@ class Admin(QueryMethods, CollectionAdmin):
     Usage::
 
         await dl.admin.create_collection("memories", dimension=768, storage="halfvec")
-        await dl.admin.create_index("memories", "hnsw", m=16, ef_construction=64)
+        await dl.admin.create_index("memories", "hnsw")
         print(await dl.admin.list_collections())
         print(await dl.admin.role_warnings())     # [] when the pool's role is least-privilege
     """

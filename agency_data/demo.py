@@ -296,12 +296,12 @@ async def _embeddings(dl: DataLayer, record: Callable[[str, str, float], Awaitab
         elapsed = time.perf_counter() - started
         await record(
             "embeddings",
-            f"stored {n:,} x {dim}-d vectors by binary COPY ({n / elapsed:,.0f}/s)",
+            f"stored {n:,} x {dim}-d vectors in binary batches ({n / elapsed:,.0f}/s)",
             started,
         )
 
         started = time.perf_counter()
-        info = await memories.create_index(kind="hnsw", m=16, ef_construction=64)
+        info = await memories.create_index(kind="hnsw")
         size = info.index.size_bytes if info.index else 0
         await record("hnsw index", f"built concurrently, {size / 2**20:.1f} MiB", started)
 

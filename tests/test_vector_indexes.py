@@ -7,15 +7,25 @@ neighbours worth finding, and no index finds them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
+from psycopg import sql
 
 from agency_data import Collection, Conflict, DataLayer, IndexProgress, ValidationError
-from tests.conftest import TEMPLATE_DB, ServerSet, make_config
+from agency_data.vectors import indexes
+from agency_data.vectors.indexes import (
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_M,
+    build_memory,
+    hnsw_build_bytes,
+)
+from tests.conftest import TEMPLATE_DB, DatabaseDsn, ServerSet, make_config
 
 N, DIM, QUERIES = 20_000, 768, 100
 
@@ -81,15 +91,18 @@ async def test_hnsw_recall_and_filtered_search(
     base, queries, truth = data
     col, ids = await filled(layer, "hnsw768", base)
     seen: list[IndexProgress] = []
-    info = await col.create_index(kind="hnsw", m=16, ef_construction=64, progress=seen.append)
+    info = await col.create_index(kind="hnsw", progress=seen.append)
     assert info.index is not None
     assert info.index.valid
     assert info.index.kind == "hnsw"
+    assert info.index.options == {"m": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION}
+    assert (DEFAULT_M, DEFAULT_EF_CONSTRUCTION) == (16, 128)
     assert info.index.size_bytes > 0
     assert info.rows == N
     assert seen, "the build reported its progress"
 
-    assert await recall(col, ids, queries, truth) >= 0.95  # the default ef_search (40)
+    # The default build at the default ef_search (40): what a user who never tunes gets.
+    assert await recall(col, ids, queries, truth) >= 0.95
 
     # 1% of rows match: the iterative index scan keeps going until the limit is met.
     overlap = []
@@ -174,6 +187,73 @@ async def test_index_limits_and_bad_options(database: str, redis_url: str, tmp_p
             await l1.create_index(kind="flat", replace=True)
         with pytest.raises(ValidationError, match="ef_construction"):
             await l1.create_index(kind="hnsw", m=32, ef_construction=40, replace=True)
+        # Without ef_construction, a wide m gets pgvector's least (2 x m), not an error.
+        info = await l1.create_index(kind="hnsw", m=80, replace=True)
+        assert info.index is not None
+        assert info.index.options == {"m": 80, "ef_construction": 160}
         await wide.drop_index()
         with pytest.raises(ValidationError, match="no index to rebuild"):
             await wide.reindex()
+
+
+def test_graph_estimate_and_build_memory() -> None:
+    # Measured against pgvector 0.8: its graph holds 3,792 bytes per 768-d vector at m 16.
+    per_row = (hnsw_build_bytes(1_000_000, 768, "vector", 16) - (32 << 20)) / 1_000_000
+    assert 3_800 <= per_row <= 3_800 * 1.2
+    half = hnsw_build_bytes(1_000_000, 768, "halfvec", 16)
+    assert hnsw_build_bytes(1_000_000, 768, "bit", 16) < half < per_row * 1_000_000
+    assert hnsw_build_bytes(1000, 768, "vector", 32) > hnsw_build_bytes(1000, 768, "vector", 16)
+    with pytest.raises(ValidationError, match="storage"):
+        hnsw_build_bytes(1000, 768, "float8", 16)
+    gib = 1 << 30
+    assert build_memory(gib, 2 * gib, 8 * gib) is None  # it fits already
+    assert build_memory(3 * gib, gib, 8 * gib) == 3 * gib  # raised to what it needs
+    assert build_memory(16 * gib, gib, 8 * gib) == 8 * gib  # and no more than the ceiling
+    assert build_memory(3 * gib, gib, None) is None  # a server whose memory is unknown
+    assert build_memory(3 * gib, gib, gib // 2) is None  # never lowered
+
+
+def _small_graph(n: int = 3000, dim: int = 128) -> list[dict[str, Any]]:
+    points = clustered(n, dim, seed=11)
+    return [{"entity_type": "doc", "entity_id": str(i), "vector": v} for i, v in enumerate(points)]
+
+
+async def test_build_memory_on_a_server_of_its_own(
+    database: DatabaseDsn,
+    redis_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # maintenance_work_mem far below the graph (~4 MB), as on a server tuned for something else.
+    with psycopg.connect(database.superuser, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET maintenance_work_mem = '1MB'").format(
+                sql.Identifier(conn.info.dbname)
+            )
+        )
+    async with DataLayer(make_config(database, redis_url, tmp_path)) as dl:
+        col = await dl.embeddings.create_collection("small", dimension=128)
+        await col.store_many(_small_graph())
+
+        # A configured server's memory is unknown: its setting stands, and the build says it
+        # will be slow (ours before it, pgvector's own notice during it).
+        with caplog.at_level(logging.INFO, logger="agency_data.vectors"):
+            info = await col.create_index(kind="hnsw")
+        assert info.index is not None
+        assert info.index.valid
+        assert "more than maintenance_work_mem (1 MiB)" in caplog.text
+        assert "no longer fits into maintenance_work_mem" in caplog.text
+
+        # Where the machine is known (the embedded server), the build's own connection gets
+        # what the estimate says the graph needs, and pgvector builds it in memory.
+        monkeypatch.setattr(indexes, "_memory_ceiling", lambda config: 1 << 30)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="agency_data.vectors"):
+            info = await col.create_index(kind="hnsw", replace=True)
+        assert info.index is not None
+        assert info.index.valid
+        assert "with maintenance_work_mem" in caplog.text
+        assert "no longer fits" not in caplog.text
+        # Only the build's connection was raised.
+        assert await dl.admin.fetch_value("SHOW maintenance_work_mem") == "1MB"
