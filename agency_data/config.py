@@ -75,6 +75,19 @@ class PostgresConfig(_Section):
 
     ``dsn`` and ``admin_dsn`` are ``postgresql://`` URLs or libpq ``key=value`` strings,
     checked when the config is built (a bad one raises :class:`ConfigError` without quoting it).
+
+    Behind PgBouncer in transaction mode, ``dsn`` names PgBouncer and ``pgbouncer = true``; the
+    pool then prepares no statements server-side and sends its settings with each transaction.
+    ``admin_dsn`` must then reach PostgreSQL directly (migrations hold session-level locks),
+    and so should ``direct_dsn`` (LISTEN/NOTIFY wake-ups of waiting claims), without which
+    waiting claims look for work twice a second instead::
+
+        PostgresConfig(
+            dsn="postgresql://agency_app:...@pgbouncer:6432/agents",
+            pgbouncer=True,
+            admin_dsn="postgresql://agency_owner:...@db:5432/agents",
+            direct_dsn="postgresql://agency_app:...@db:5432/agents",
+        )
     """
 
     dsn: SecretStr | None = Field(None, description="the application's connection string")
@@ -102,8 +115,18 @@ class PostgresConfig(_Section):
     statement_timeout: float = Field(30.0, ge=0, description="seconds; 0 disables")
     max_retries: int = Field(3, ge=0, le=20, description="retries of serialization conflicts")
     max_json_bytes: int = Field(1 << 20, ge=1, description="largest JSON document accepted")
+    pgbouncer: bool = Field(
+        False,
+        description="dsn goes through PgBouncer in transaction mode: no server-side prepared "
+        "statements, settings sent with each transaction; needs a direct admin_dsn",
+    )
+    direct_dsn: SecretStr | None = Field(
+        None,
+        description="with pgbouncer: the application's connection string straight to "
+        "PostgreSQL, for LISTEN/NOTIFY wake-ups of waiting claims (without it they poll)",
+    )
 
-    @field_validator("dsn", "admin_dsn")
+    @field_validator("dsn", "admin_dsn", "direct_dsn")
     @classmethod
     def _valid_dsn(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and (problem := postgres_dsn_problem(value.get_secret_value())):
@@ -117,6 +140,35 @@ class PostgresConfig(_Section):
                 f"pool_min_size ({self.pool_min_size}) is larger than pool_max_size "
                 f"({self.pool_max_size})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _pgbouncer_needs(self) -> PostgresConfig:
+        # Messages name the fields, never their values: a DSN may hold a password.
+        if self.direct_dsn is not None and not self.pgbouncer:
+            raise ValueError(
+                "direct_dsn is set but pgbouncer is false: without PgBouncer the pool's own "
+                "connections are direct; remove direct_dsn or set pgbouncer = true"
+            )
+        if not self.pgbouncer:
+            return self
+        if self.is_embedded:
+            raise ValueError(
+                "pgbouncer = true needs dsn (or host) naming the PgBouncer in front of your "
+                "server; the embedded server is always reached directly"
+            )
+        if self.admin_dsn is None:
+            raise ValueError(
+                "pgbouncer = true needs admin_dsn: the owner role's connection straight to "
+                "PostgreSQL, for migrations and administration (session-level locks and "
+                "settings, which transaction pooling cannot keep)"
+            )
+        for name, value in (("admin_dsn", self.admin_dsn), ("direct_dsn", self.direct_dsn)):
+            if value is not None and self.dsn is not None and value == self.dsn:
+                raise ValueError(
+                    f"{name} is the same as dsn, which goes through PgBouncer; with "
+                    f"pgbouncer = true, {name} must reach PostgreSQL directly"
+                )
         return self
 
     @model_validator(mode="after")
@@ -154,6 +206,10 @@ class PostgresConfig(_Section):
     def admin_conninfo(self) -> str | None:
         """The owner role's connection string (secret: do not log it), or None if not set."""
         return self.admin_dsn.get_secret_value() if self.admin_dsn is not None else None
+
+    def direct_conninfo(self) -> str | None:
+        """``direct_dsn`` as a string (secret: do not log it), or None if not set."""
+        return self.direct_dsn.get_secret_value() if self.direct_dsn is not None else None
 
 
 class SentinelConfig(_Section):
@@ -208,6 +264,11 @@ class VectorConfig(_Section):
     index_type: Literal["hnsw", "ivfflat"] = "hnsw"
     distance_metric: Literal["cosine", "euclidean", "manhattan", "inner_product"] = "cosine"
     quantization: Literal["none", "halfvec", "binary"] = "none"
+    prewarm_on_start: bool = Field(
+        True,
+        description="at start, in the background: read collections' indexes and tables into "
+        "memory, and run their searches on the pool's connections",
+    )
 
 
 class CacheConfig(_Section):

@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 from agency_data.admin import Admin
 from agency_data.cache.backend import CacheBackend
 from agency_data.cache.store import Cache
-from agency_data.config import DataLayerConfig
+from agency_data.config import DataLayerConfig, PostgresConfig
 from agency_data.coord.locks import Lock, register_lock_scripts
 from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
@@ -35,8 +35,10 @@ from agency_data.redis.scripts import ScriptRegistry
 from agency_data.scope import QueryMethods, TenantScope
 from agency_data.security.roles import RoleNames, setup_roles, use_owner_role
 from agency_data.tasks import TaskRuntime, TaskStore
-from agency_data.tasks.wakeups import TaskWakeups
+from agency_data.tasks.wakeups import POLL_INTERVAL, TaskWakeups
+from agency_data.vectors.admin import allow_transient_prewarm
 from agency_data.vectors.catalog import Catalog
+from agency_data.vectors.prewarm import warm_start
 from agency_data.vectors.store import ManagedEmbeddingStore
 
 __all__ = ["DataLayer"]
@@ -88,6 +90,7 @@ class DataLayer(QueryMethods):
         self._catalog: Catalog | None = None
         self._cache_backend: CacheBackend | None = None
         self._scopes: dict[str, TenantScope] = {}
+        self._prewarm: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -130,7 +133,7 @@ class DataLayer(QueryMethods):
         await prepare_redis(self._redis)
         if self.config.migration.auto_migrate:
             await self.migrate()
-        self._pool = await open_pool(postgres, self._conninfo)
+        self._pool = await open_pool(postgres, self._conninfo, pgbouncer=postgres.pgbouncer)
         self._db = Database(self._pool, postgres)
         if self._admin_conninfo == self._conninfo:
             admin_db = self._db
@@ -146,16 +149,38 @@ class DataLayer(QueryMethods):
                 name="agency-data-admin",
             )
             admin_db = Database(self._admin_pool, postgres, setup=as_owner)
-        self._tasks = TaskRuntime(self._db, self.config.tasks, TaskWakeups(self._conninfo))
+        self._tasks = TaskRuntime(
+            self._db, self.config.tasks, TaskWakeups(_wakeup_conninfo(postgres, self._conninfo))
+        )
         self._catalog = Catalog(self._db, admin_db, self.config.vector)
         self._admin = Admin(admin_db, self._db, self._catalog)
         self._cache_backend = CacheBackend(self.config.cache, self._redis)
-        assert self._cache_backend.scripts is not None
         register_lock_scripts(self._cache_backend.scripts)
         await self._cache_backend.start_listener()
+        embedded_su = self._embedded_pg.dsn(DATABASE) if self._embedded_pg is not None else None
+        if embedded_su is not None:
+            # pg_prewarm is not a trusted extension: the embedded server's superuser loads it
+            # for one transaction, so nothing of it lands in the schema or its backups.
+            allow_transient_prewarm(self._admin, embedded_su)
+        if self.config.vector.prewarm_on_start:
+            # In the background: a start is not delayed by reading indexes from disk.
+            self._prewarm = asyncio.create_task(
+                warm_start(
+                    self._admin.prewarm,
+                    self._db,
+                    self._catalog,
+                    postgres.pool_min_size,
+                    superuser=embedded_su,
+                ),
+                name="agency-data-prewarm",
+            )
 
     async def aclose(self) -> None:
         """Close the pool and client, and release the embedded servers (the last user stops them)."""
+        prewarm, self._prewarm = self._prewarm, None
+        if prewarm is not None:
+            prewarm.cancel()
+            await asyncio.gather(prewarm, return_exceptions=True)
         pool, self._pool = self._pool, None
         admin_pool, self._admin_pool = self._admin_pool, None
         self._admin = None
@@ -164,7 +189,10 @@ class DataLayer(QueryMethods):
         tasks, self._tasks = self._tasks, None
         self._db = None
         self._catalog = None
+        scopes = list(self._scopes.values())
         self._scopes.clear()
+        for scope in scopes:
+            await scope.aclose()
         backend, self._cache_backend = self._cache_backend, None
         if backend is not None:
             await backend.aclose()
@@ -235,7 +263,7 @@ class DataLayer(QueryMethods):
     @property
     def scripts(self) -> ScriptRegistry:
         """Named Lua scripts on Redis (EVALSHA, reloaded after a server restart)."""
-        if self._cache_backend is None or self._cache_backend.scripts is None:
+        if self._cache_backend is None:
             raise _not_connected()
         return self._cache_backend.scripts
 
@@ -385,6 +413,22 @@ async def _setup_embedded_roles(superuser: str, roles: RoleNames, migrations_tab
             await setup_roles(conn, roles, adopt_from=SUPERUSER, migrations_table=migrations_table)
     except psycopg.Error as exc:
         raise to_agency_error(exc, "setting up the embedded server's roles") from exc
+
+
+def _wakeup_conninfo(postgres: PostgresConfig, conninfo: str) -> str | None:
+    # LISTEN needs a session of its own, which PgBouncer's transaction pooling cannot give.
+    if not postgres.pgbouncer:
+        return conninfo
+    direct = postgres.direct_conninfo()
+    if direct is None:
+        _log.info(
+            "postgresql.pgbouncer is on and postgresql.direct_dsn is not set: waiting task "
+            "claims look for work every %.1f s instead of being woken by LISTEN/NOTIFY, which "
+            "PgBouncer's transaction pooling cannot carry; set direct_dsn (the application "
+            "role's connection straight to PostgreSQL) to have them woken at once",
+            POLL_INTERVAL,
+        )
+    return direct
 
 
 def _owner_setup(owner: str) -> Setup:

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from agency_data import DataLayer, DataLayerConfig
-from bench import cache, coord, heartbeats, relational, rls, vectors
+from bench import cache, coord, heartbeats, pgbouncer, relational, rls, vectors, warmstart
 from bench.context import Bench
 from bench.databases import raw_pool
 from bench.harness import Result, environment, print_table, write_json
@@ -39,6 +39,8 @@ SCENARIOS = [
     "locks",
     "pubsub",
     "concurrency",
+    "pgbouncer",
+    "warm-start",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -117,6 +119,8 @@ async def main(args: argparse.Namespace) -> None:
                 "locks": lambda: coord.locks(b),
                 "pubsub": lambda: coord.pubsub(b),
                 "concurrency": lambda: relational.concurrency(b),
+                "pgbouncer": lambda: pgbouncer.pgbouncer(b),
+                "warm-start": lambda: warmstart.warm_start(b, ROOT / ".bench-data" / "warm-start"),
             }
             for name in SCENARIOS:
                 if name in chosen:
@@ -152,11 +156,13 @@ async def _reset(dl: DataLayer) -> None:
 async def _server_settings(dl_config: DataLayerConfig) -> dict[str, Any]:
     async with DataLayer(dl_config) as dl:
         rows = await dl.fetch(
-            "SELECT name, setting, unit FROM pg_settings WHERE name IN "
+            # current_setting() gives the value with its unit ("512MB"); pg_settings' setting
+            # is a count of its unit ("65536" of "8kB").
+            "SELECT name, current_setting(name) AS value FROM pg_settings WHERE name IN "
             "('shared_buffers', 'work_mem', 'maintenance_work_mem', 'max_wal_size', 'fsync', "
             "'synchronous_commit', 'max_parallel_maintenance_workers', 'server_version')"
         )
-    return {r["name"]: f"{r['setting']}{r['unit'] or ''}" for r in rows}
+    return {r["name"]: r["value"] for r in rows}
 
 
 if __name__ == "__main__":

@@ -192,3 +192,48 @@ def test_backups_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     assert DataLayerConfig().migration.keep_backups == 2
     with pytest.raises(ConfigError, match=r"migration\.keep_backups"):
         DataLayerConfig(migration={"keep_backups": -1})
+
+
+_BOUNCER = "postgresql://agency_app:hunter2@pgbouncer:6432/agents"
+_OWNER = "postgresql://agency_owner:hunter2@db:5432/agents"
+_DIRECT = "postgresql://agency_app:hunter2@db:5432/agents"
+
+
+def test_pgbouncer_settings() -> None:
+    config = DataLayerConfig(
+        postgresql={"dsn": _BOUNCER, "admin_dsn": _OWNER, "pgbouncer": True, "direct_dsn": _DIRECT}
+    )
+    assert config.postgresql.pgbouncer is True
+    assert config.postgresql.direct_conninfo() == _DIRECT
+    assert "hunter2" not in repr(config.postgresql)
+    # Without a direct connection for wake-ups it is still a working config (they poll).
+    assert (
+        DataLayerConfig(
+            postgresql={"dsn": _BOUNCER, "admin_dsn": _OWNER, "pgbouncer": True}
+        ).postgresql.direct_conninfo()
+        is None
+    )
+    assert DataLayerConfig().postgresql.pgbouncer is False
+
+
+@pytest.mark.parametrize(
+    ("postgresql", "problem"),
+    [
+        ({"pgbouncer": True}, "needs dsn"),
+        ({"dsn": _BOUNCER, "pgbouncer": True}, "needs admin_dsn"),
+        ({"host": "pgbouncer", "pgbouncer": True}, "needs admin_dsn"),
+        ({"dsn": _BOUNCER, "admin_dsn": _BOUNCER, "pgbouncer": True}, "admin_dsn is the same"),
+        (
+            {"dsn": _BOUNCER, "admin_dsn": _OWNER, "direct_dsn": _BOUNCER, "pgbouncer": True},
+            "direct_dsn is the same",
+        ),
+        ({"dsn": _DIRECT, "direct_dsn": _DIRECT}, "pgbouncer is false"),
+        ({"dsn": _BOUNCER, "admin_dsn": _OWNER, "pgbouncer": True, "direct_dsn": "x=1"}, "direct"),
+    ],
+)
+def test_impossible_pgbouncer_combinations(postgresql: dict[str, object], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as info:
+        DataLayerConfig(postgresql=postgresql)
+    assert info.value.field is not None
+    assert info.value.field.startswith("postgresql")
+    assert "hunter2" not in str(info.value)

@@ -56,6 +56,12 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "random_page_cost": "1.1",
     "max_parallel_maintenance_workers": "1",
     "listen_addresses": "''",
+    # autoprewarm saves the list of cached blocks at shutdown (and every 5 minutes) and reads
+    # them back in the background after a start, so a restart does not leave searches cold.
+    # Setting shared_preload_libraries in embedded.postgres_settings replaces this value: keep
+    # pg_prewarm in the list to keep the warm restarts.
+    "shared_preload_libraries": "'pg_prewarm'",
+    "pg_prewarm.autoprewarm": "on",
 }
 
 # Only the OS user in the ident map may log in over the socket, as any role; TCP (off unless

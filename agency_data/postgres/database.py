@@ -13,6 +13,12 @@ or the caller's), so no cache of "what the connection was told" can go stale aft
 Raw SQL (the query methods of ``dl`` and ``dl.tenant(t)``, and ``tx.conn``) may leave session
 state behind: temporary tables, settings, prepared statements, advisory locks. Such a
 connection is reset (``DISCARD ALL``) before the pool hands it to anyone else.
+
+Through PgBouncer in transaction mode (``postgresql.pgbouncer``), a connection has no session
+of its own: the settings a direct connection gets at connect time (statement_timeout, time
+zone, search_path, pgvector's iterative scans) go with the tenant, transaction-locally, into
+every transaction, in the same round trip. Raw SQL must then leave no session state behind
+(PgBouncer's own rule): it would stay on a server connection that other clients share.
 """
 
 from __future__ import annotations
@@ -52,7 +58,14 @@ from agency_data.inputs import (
     located,
 )
 from agency_data.postgres.errors import to_agency_error, translate_errors
-from agency_data.postgres.pool import Pool, Setup, mark_dirty
+from agency_data.postgres.pool import (
+    Pool,
+    Setting,
+    Setup,
+    mark_dirty,
+    set_config_statement,
+    transaction_settings,
+)
 from agency_data.retry import Backoff
 
 __all__ = [
@@ -293,10 +306,11 @@ class Database:
         """Name this view's tenant to ``conn``'s open transaction.
 
         For the few jobs that run statements on the transaction's connection themselves
-        (COPY, server-side cursors); ordinary calls do this on their own.
+        (COPY, server-side cursors); ordinary calls do this on their own. Through PgBouncer,
+        the connection's settings go with it (the transaction may not be one of ours).
         """
-        if self._scoped():
-            await conn.execute(_SET_TENANT, [self.tenant])
+        if (prelude := self._prelude(conn, False)) is not None:
+            await conn.execute(*prelude)
 
     def tenant_statement(self) -> tuple[LiteralString, list[str]] | None:
         """The statement that names this view's tenant, if it has one."""
@@ -304,8 +318,18 @@ class Database:
             return None
         return _SET_TENANT, [self.tenant]
 
-    def _scoped(self) -> bool:
-        return self.tenant is not None and self.names_tenant
+    def _settings(self, conn: AsyncConnection[Any], in_transaction: bool) -> list[Setting]:
+        # What a statement must run with: the tenant, and (through PgBouncer) the connection's
+        # settings, unless our transaction already carries them since its BEGIN.
+        settings = [] if in_transaction else list(transaction_settings(conn))
+        if self.tenant is not None and self.names_tenant:
+            settings.insert(0, (TENANT_SETTING, self.tenant))
+        return settings
+
+    def _prelude(
+        self, conn: AsyncConnection[Any], in_transaction: bool
+    ) -> tuple[LiteralString, list[str]] | None:
+        return _set_all(self._settings(conn, in_transaction))
 
     async def fetch_many(
         self,
@@ -319,16 +343,16 @@ class Database:
         queries only.
         """
         current = self._current.get()
-        scoped = self.tenant_statement()
         async with self.connection() as conn, _turn(current):
+            prelude = self._prelude(conn, current is not None)
             with translate_errors():
-                if scoped is None and not settings and len(statements) == 1:
+                if prelude is None and not settings and len(statements) == 1:
                     cursor = await conn.execute(*statements[0])
                     return [await cursor.fetchall()]
                 async with AsyncExitStack() as stack:
                     await stack.enter_async_context(conn.pipeline())
-                    if scoped is not None:
-                        await conn.execute(*scoped)
+                    if prelude is not None:
+                        await conn.execute(*prelude)
                     if settings and current is not None:
                         # Inside the caller's transaction, a savepoint rolled back after the
                         # queries takes the settings away again (releasing it would not);
@@ -359,14 +383,19 @@ class Database:
         params: Params,
         timeout: float | None,
     ) -> AsyncCursor[DictRow]:
-        scoped = self._scoped()
-        if timeout is None and not scoped:
+        settings = self._settings(conn, in_transaction)
+        if timeout is None and not settings:
             return await conn.execute(query, params)
         if params is None and timeout is None and not in_transaction:
             # No parameters: the simple protocol, which runs several statements in one query
-            # (pipelines cannot); one implicit transaction covers the setting and the query.
-            prefix = sql.SQL("SELECT set_config({}, {}, true); ").format(
-                sql.Literal(TENANT_SETTING), sql.Literal(self.tenant)
+            # (pipelines cannot); one implicit transaction covers the settings and the query.
+            prefix = sql.SQL("SELECT {}; ").format(
+                sql.SQL(", ").join(
+                    sql.SQL("set_config({}, {}, true)").format(
+                        sql.Literal(name), sql.Literal(value)
+                    )
+                    for name, value in settings
+                )
             )
             body = sql.SQL(query) if isinstance(query, str) else query
             cursor = await conn.execute(prefix + body)
@@ -377,8 +406,8 @@ class Database:
         # so the settings hold for the query: one round trip in all. Inside the caller's
         # transaction a timeout is put back as it was, with the value the server saved.
         async with conn.pipeline():
-            if scoped:
-                await conn.execute(_SET_TENANT, [self.tenant])
+            if (prelude := _set_all(settings)) is not None:
+                await conn.execute(*prelude)
             if timeout is not None:
                 await conn.execute(_SAVE_AND_SET_TIMEOUT, [_millis(timeout)])
             cursor = await conn.execute(query, params)
@@ -413,14 +442,15 @@ class Database:
             try:
                 with translate_errors():
                     async with AsyncExitStack() as block:
-                        if parent is None and self._scoped():
-                            # BEGIN and the tenant in one round trip, so that even statements
-                            # sent on tx.conn directly run as this tenant.
+                        prelude = None if parent is not None else self._prelude(conn, False)
+                        if prelude is not None:
+                            # BEGIN and the tenant (and settings) in one round trip, so that
+                            # even statements sent on tx.conn directly run as this tenant.
                             # (AsyncTransaction itself: conn.transaction() entered in a
                             # pipeline would keep the whole block in pipeline mode.)
                             async with conn.pipeline():
                                 await block.enter_async_context(AsyncTransaction(conn))
-                                await conn.execute(_SET_TENANT, [self.tenant])
+                                await conn.execute(*prelude)
                         else:
                             await block.enter_async_context(conn.transaction())
                         yield tx
@@ -524,6 +554,16 @@ _RESTORE_TIMEOUT: LiteralString = (
 
 _PLAIN_PARAMS = frozenset({list, tuple, dict, type(None)})
 _MAX_RETRIES = 100
+
+
+def _set_all(settings: list[Setting]) -> tuple[LiteralString, list[str]] | None:
+    """The statement that gives ``settings`` to the current transaction, or None for none."""
+    if not settings:
+        return None
+    if len(settings) == 1 and settings[0][0] == TENANT_SETTING:
+        # The tenant alone (every direct connection's case): the statement as it always was.
+        return _SET_TENANT, [settings[0][1]]
+    return set_config_statement(settings)
 
 
 def _check_query(query: Any, params: Any, timeout: Any) -> None:

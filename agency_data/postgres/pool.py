@@ -6,8 +6,9 @@ import logging
 import select
 import sys
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, LiteralString
 
 import orjson
 import psycopg
@@ -22,13 +23,24 @@ from agency_data.dsn import postgres_dsn_problem, redact_dsn
 from agency_data.errors import BackendUnavailable, ConfigError
 from agency_data.postgres.errors import ServerUnreachable, connect_error_text
 
-__all__ = ["Pool", "Setup", "configure_connection", "mark_dirty", "open_pool"]
+__all__ = [
+    "Pool",
+    "Setting",
+    "Setup",
+    "configure_connection",
+    "mark_dirty",
+    "open_pool",
+    "set_config_statement",
+    "transaction_settings",
+]
 
 _log = logging.getLogger("agency_data.postgres")
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 # What runs on each new connection after the pool's own configuration (the owner's SET ROLE).
 Setup = Callable[[AsyncConnection[Any]], Awaitable[None]]
+# A setting's name and value, as set_config() takes them.
+Setting = tuple[str, str]
 
 # Connections that ran the caller's own SQL, which may have left session state behind
 # (temporary tables shadowing ours, settings, prepared statements, advisory locks): the pool
@@ -68,6 +80,46 @@ $$
 # What configure_connection SET on each connection, to be set again after a reset.
 _session_sql: weakref.WeakKeyDictionary[AsyncConnection[Any], str] = weakref.WeakKeyDictionary()
 
+# Behind PgBouncer's transaction pooling, each transaction may run on another server
+# connection, shared with PgBouncer's other clients: a setting given at connect time (PgBouncer
+# refuses the `options` startup parameter) or by a session-level SET would reach one server
+# connection and be missing from the next. Such connections keep their settings here instead,
+# and Database sends them with every transaction, transaction-locally (set_config(..., true)),
+# which also overrides whatever another client left on the server connection.
+_per_transaction: weakref.WeakKeyDictionary[AsyncConnection[Any], tuple[Setting, ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+# pgvector >= 0.8: filtered searches keep scanning the index until LIMIT rows pass the filter
+# (results come back nearly sorted; the store sorts them exactly).
+_VECTOR_SETTINGS: tuple[Setting, ...] = (
+    ("hnsw.iterative_scan", "relaxed_order"),
+    ("ivfflat.iterative_scan", "relaxed_order"),
+)
+_VECTOR_SETTINGS_SQL = (
+    "SET hnsw.iterative_scan = relaxed_order; SET ivfflat.iterative_scan = relaxed_order"
+)
+
+
+def transaction_settings(conn: AsyncConnection[Any]) -> tuple[Setting, ...]:
+    """What to send with each transaction on ``conn``: nothing unless it goes through PgBouncer."""
+    return _per_transaction.get(conn, ())
+
+
+# SELECT set_config(...) statements by how many settings they give.
+_SET_CONFIG: dict[int, LiteralString] = {}
+
+
+def set_config_statement(settings: Sequence[Setting]) -> tuple[LiteralString, list[str]]:
+    """One statement giving each of ``settings`` to the current transaction only."""
+    count = len(settings)
+    if count == 0:
+        raise ValueError("set_config_statement needs at least one setting")
+    query = _SET_CONFIG.get(count)
+    if query is None:
+        query = _SET_CONFIG[count] = "SELECT " + ", ".join(["set_config(%s, %s, true)"] * count)
+    return query, [part for setting in settings for part in setting]
+
 
 def mark_dirty(conn: AsyncConnection[Any]) -> None:
     """Have ``conn`` reset (as by ``DISCARD ALL``) when it goes back to its pool."""
@@ -76,23 +128,40 @@ def mark_dirty(conn: AsyncConnection[Any]) -> None:
 
 async def configure_connection(conn: AsyncConnection[DictRow]) -> None:
     """What every pooled connection gets: orjson for JSON, pgvector's types, iterative scans."""
+    await _configure(conn, None)
+
+
+async def _configure(
+    conn: AsyncConnection[DictRow], per_transaction: tuple[Setting, ...] | None
+) -> None:
+    # per_transaction: None for a direct connection, else the settings (beyond pgvector's) to
+    # send with each transaction of a connection through PgBouncer.
     set_json_loads(orjson.loads, conn)
+    if per_transaction is None:
+        if await _register_vector(conn):
+            await conn.execute(_VECTOR_SETTINGS_SQL)
+            _session_sql[conn] = _VECTOR_SETTINGS_SQL
+        return
+    # Through PgBouncer, pgvector's types are looked up (by name, so by search_path) in a
+    # transaction of their own, with our settings: the server connection may carry another
+    # client's search_path.
+    async with conn.transaction():
+        await conn.execute(*set_config_statement(per_transaction))
+        iterative = await _register_vector(conn)
+    _per_transaction[conn] = per_transaction + (_VECTOR_SETTINGS if iterative else ())
+
+
+async def _register_vector(conn: AsyncConnection[DictRow]) -> bool:
     # pgvector's types exist only once its extension does; until then vectors are not used.
+    # True when its iterative index scans are there to turn on (0.8 and later).
     cursor = await conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
     row = await cursor.fetchone()
-    if row is not None:
-        from pgvector.psycopg import register_vector_async
+    if row is None:
+        return False
+    from pgvector.psycopg import register_vector_async
 
-        await register_vector_async(conn)
-        if tuple(int(p) for p in row["extversion"].split(".")[:2]) >= (0, 8):
-            # Filtered searches keep scanning the index until LIMIT rows pass the filter
-            # (results come back nearly sorted; the store sorts them exactly).
-            settings = (
-                "SET hnsw.iterative_scan = relaxed_order; "
-                "SET ivfflat.iterative_scan = relaxed_order"
-            )
-            await conn.execute(settings)
-            _session_sql[conn] = settings
+    await register_vector_async(conn)
+    return tuple(int(p) for p in row["extversion"].split(".")[:2]) >= (0, 8)
 
 
 def _then(setup: Setup) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]:
@@ -101,6 +170,13 @@ def _then(setup: Setup) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]
         await setup(conn)
 
     return configure
+
+
+async def _forget(conn: AsyncConnection[DictRow]) -> None:
+    # Through PgBouncer there is no session of ours to reset: whatever the caller's SQL left
+    # behind stays on a server connection PgBouncer lends to anyone (its documented limits),
+    # and a reset sent now would land on yet another one, maybe in another client's use.
+    _dirty.discard(conn)
 
 
 def _resetter(setup: Setup | None) -> Callable[[AsyncConnection[DictRow]], Awaitable[None]]:
@@ -183,6 +259,7 @@ async def open_pool(
     min_size: int | None = None,
     max_size: int | None = None,
     name: str = "agency-data",
+    pgbouncer: bool = False,
 ) -> Pool:
     """Open a pool on ``conninfo`` and wait until its minimum connections are up.
 
@@ -190,7 +267,19 @@ async def open_pool(
     connection; statement_timeout is set per connection from the config. ``setup`` runs on
     each new connection (the owner's pool uses it to act as the owner role); the sizes
     default to the config's.
+
+    ``pgbouncer``: ``conninfo`` goes through PgBouncer in transaction mode. Statements are
+    then never prepared server-side (PgBouncer before 1.21, and later ones without
+    ``max_prepared_statements``, would send them to server connections that never saw them),
+    the settings travel with each transaction (see :func:`transaction_settings`), and
+    connections handed back are not reset (there is no session to reset).
     """
+    if pgbouncer and setup is not None:
+        raise ConfigError(
+            "a connection setup (such as the owner's SET ROLE) is session state, which "
+            "PgBouncer's transaction pooling cannot keep; open that pool on a direct connection "
+            "(postgresql.admin_dsn)"
+        )
     # psycopg_pool logs each failed connection attempt's error at WARNING, and libpq's error
     # for a malformed string quotes it, password included: refuse it before the pool sees it.
     if problem := postgres_dsn_problem(conninfo):
@@ -201,21 +290,32 @@ async def open_pool(
     # UTC sessions: timestamps without an offset (in JSON metadata, say) mean the same
     # instant on every machine.
     # pg_temp last: a temporary table can never stand in for one of ours by name.
-    options = (
-        f"-c statement_timeout={int(config.statement_timeout * 1000)} -c timezone=UTC "
-        "-c search_path=public,pg_temp"
+    settings: tuple[Setting, ...] = (
+        ("statement_timeout", str(int(config.statement_timeout * 1000))),
+        ("timezone", "UTC"),
+        ("search_path", "public,pg_temp"),
     )
-    configure = configure_connection if setup is None else _then(setup)
+    kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": True}
+    configure: Callable[[AsyncConnection[DictRow]], Awaitable[None]]
+    reset: Callable[[AsyncConnection[DictRow]], Awaitable[None]]
+    if pgbouncer:
+        kwargs["prepare_threshold"] = None
+        configure = partial(_configure, per_transaction=settings)
+        reset = _forget
+    else:
+        kwargs["options"] = " ".join(f"-c {name}={value}" for name, value in settings)
+        configure = configure_connection if setup is None else _then(setup)
+        reset = _resetter(setup)
     pool = _Pool(
         conninfo,
         connection_class=AsyncConnection[DictRow],
-        kwargs={"row_factory": dict_row, "options": options, "autocommit": True},
+        kwargs=kwargs,
         min_size=config.pool_min_size if min_size is None else min_size,
         max_size=config.pool_max_size if max_size is None else max_size,
         timeout=config.pool_timeout,
         max_waiting=config.max_waiting,
         configure=configure,
-        reset=_resetter(setup),
+        reset=reset,
         check=_check,
         open=False,
         name=name,

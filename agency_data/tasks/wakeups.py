@@ -3,6 +3,11 @@
 The database sends ``NOTIFY agency_data_tasks, '<tenant>'`` whenever a statement leaves pending
 tasks behind (a trigger of the task lifecycle migration). Waiters register *before* they look
 for work, so a notification that arrives between an empty claim and the wait is not lost.
+
+LISTEN needs a session of its own: through PgBouncer's transaction pooling, notifications reach
+whichever client holds the server connection at that moment, or nobody. Without a direct
+connection (``TaskWakeups(None)``), waiters are woken every :data:`POLL_INTERVAL` seconds to
+look again instead.
 """
 
 from __future__ import annotations
@@ -19,17 +24,23 @@ from psycopg import AsyncConnection
 from agency_data._tasks import cancel_and_wait
 from agency_data.retry import Backoff
 
-__all__ = ["CHANNEL", "TaskWakeups"]
+__all__ = ["CHANNEL", "POLL_INTERVAL", "TaskWakeups"]
 
 CHANNEL = "agency_data_tasks"
+# Seconds between wake-ups when there is no direct connection to LISTEN on.
+POLL_INTERVAL = 0.5
 _log = logging.getLogger("agency_data.tasks")
 
 
 class TaskWakeups:
-    """Tenant-keyed events, set by notifications from PostgreSQL."""
+    """Tenant-keyed events, set by notifications from PostgreSQL (or by a timer, polling).
 
-    def __init__(self, conninfo: str) -> None:
+    ``conninfo`` must reach PostgreSQL directly; None polls every ``poll_interval`` seconds.
+    """
+
+    def __init__(self, conninfo: str | None, *, poll_interval: float = POLL_INTERVAL) -> None:
         self._conninfo = conninfo
+        self._poll_interval = poll_interval
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -57,15 +68,32 @@ class TaskWakeups:
         listener, self._listener = self._listener, None
         await cancel_and_wait(listener)
 
+    @property
+    def polling(self) -> bool:
+        """True when waiters are woken by a timer, having no direct connection to LISTEN on."""
+        return self._conninfo is None
+
     def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():
-            self._listener = asyncio.create_task(self._listen(), name="agency-data task wakeups")
+            if self._conninfo is None:
+                self._listener = asyncio.create_task(self._poll(), name="agency-data task polls")
+            else:
+                self._listener = asyncio.create_task(
+                    self._listen(self._conninfo), name="agency-data task wakeups"
+                )
 
-    async def _listen(self) -> None:
+    async def _poll(self) -> None:
+        # Nothing to miss between a claim and the wait: the next tick looks again anyway.
+        self._listening.set()
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            self._wake_all()
+
+    async def _listen(self, conninfo: str) -> None:
         backoff = Backoff(first=0.1, most=5.0)
         while True:
             try:
-                async with await AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+                async with await AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute("LISTEN " + CHANNEL)
                     self._listening.set()
                     backoff.reset()

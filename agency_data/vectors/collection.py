@@ -529,7 +529,7 @@ class Collection:
         return (
             self._db.tenant_statement() is not None
             and not self._db.in_transaction
-            and not getattr(self._db.config, "pgbouncer", False)
+            and not self._db.config.pgbouncer
         )
 
     async def search_stream(
