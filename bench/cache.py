@@ -3,7 +3,6 @@ and cashews."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,7 +12,7 @@ import redis.asyncio as aioredis
 
 from agency_data import DataLayer
 from bench.context import Bench
-from bench.harness import Result, concurrently, paired, throughput
+from bench.harness import Result, paired, paired_concurrently, throughput
 
 
 async def cache(b: Bench, l2_only: DataLayer, redis_url: str) -> list[Result]:
@@ -39,19 +38,16 @@ async def cache(b: Bench, l2_only: DataLayer, redis_url: str) -> list[Result]:
     b.step("cache: L2 hits, 256 concurrent callers")
     # 256 agents reading at once: ours share round trips (concurrent GETs become one MGET),
     # the baseline sends one GET per call on the same kind of client.
-    callers = 256
     # The baseline's pool is ours: as many connections, callers waiting for a free one.
     pooled = aioredis.Redis(
         connection_pool=aioredis.BlockingConnectionPool.from_url(
             redis_url, max_connections=l2_only.config.redis.max_connections
         )
     )
-    shared_ours, shared_raw = [], []
-    for _ in range(b.runs):
-        shared_ours.append(await concurrently(lambda: l2_only.cache.get("hot"), callers, n * 4))
-        shared_raw.append(await concurrently(lambda: pooled.get(raw_key), callers, n * 4))
+    many_callers, many_callers_raw = await paired_concurrently(
+        lambda: l2_only.cache.get("hot"), lambda: pooled.get(raw_key), 256, n * 4, b.runs
+    )
     await pooled.aclose()
-    many_callers, many_callers_raw = statistics.median(shared_ours), statistics.median(shared_raw)
 
     b.step("cache: get_many (100 keys)")
     keys = [f"many:{i}" for i in range(100)]

@@ -232,3 +232,14 @@ async def concurrently(op: Any, callers: int, total: int) -> float:
     started = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(callers)))
     return each * callers / (time.perf_counter() - started)
+
+
+async def paired_concurrently(
+    ours: Any, raw: Any, callers: int, total: int, runs: int
+) -> tuple[float, float]:
+    """Medians of ``runs`` rounds of :func:`concurrently`, ours and the baseline interleaved."""
+    mine, theirs = [], []
+    for _ in range(runs):
+        mine.append(await concurrently(ours, callers, total))
+        theirs.append(await concurrently(raw, callers, total))
+    return statistics.median(mine), statistics.median(theirs)

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from agency_data import DataLayer, PoolTimeout
 from bench.context import Bench
 from bench.databases import equalize
-from bench.harness import Result, concurrently, paired, percentiles, throughput, timed
+from bench.harness import Result, paired, paired_concurrently, percentiles, throughput, timed
 
 _AGENT_SQL = (
     "SELECT id, tenant_id, name, type, capabilities, status, version, created_at, updated_at "
@@ -49,12 +49,7 @@ async def point_reads(b: Bench, cached_l2: DataLayer) -> list[Result]:
     # 64 agents reading at once: ours share queries (agency_data.batching), the
     # baseline sends one query per call, as hand-written code does.
     b.step("point reads: 64 concurrent callers")
-    callers = 64
-    many_ours, many_raw = [], []
-    for _ in range(b.runs):
-        many_ours.append(await concurrently(ours, callers, n * 4))
-        many_raw.append(await concurrently(raw, callers, n * 4))
-    many_ours_rate, many_raw_rate = statistics.median(many_ours), statistics.median(many_raw)
+    many_ours_rate, many_raw_rate = await paired_concurrently(ours, raw, 64, n * 4, b.runs)
 
     async def l1_hit() -> None:
         await dl.agents.get(next(ids), cached=True)
@@ -134,12 +129,7 @@ async def writes(b: Bench) -> list[Result]:
     # 64 agents creating at once: ours commit them together (agency_data.batching), the
     # baseline commits one INSERT per call, as hand-written code does. fsync stays on.
     b.step("writes: 64 concurrent callers")
-    callers = 64
-    many_ours, many_raw = [], []
-    for _ in range(b.runs):
-        many_ours.append(await concurrently(ours, callers, n * 4))
-        many_raw.append(await concurrently(raw, callers, n * 4))
-    many_ours_rate, many_raw_rate = statistics.median(many_ours), statistics.median(many_raw)
+    many_ours_rate, many_raw_rate = await paired_concurrently(ours, raw, 64, n * 4, b.runs)
     # Both wrote rows of the default tenant, which the layer's view counts.
     calls = next(counter)
     written = await dl.fetch_value("SELECT count(*) FROM tasks WHERE type = 'bench'")

@@ -13,8 +13,8 @@ import pytest
 from redis.exceptions import ResponseError
 
 from agency_data import DataLayer, LockNotAcquired
-from agency_data.batching import Coalescer
 from agency_data.redis.pipelining import AutoPipeline
+from tests.batching_support import check_gathered, spy
 from tests.conftest import make_config
 
 
@@ -26,23 +26,6 @@ async def layer(
     config = make_config(database, "", tmp_path, redis=redis_section, cache={"l1": False})
     async with DataLayer(config) as dl:
         yield dl
-
-
-def spy(calls: Coalescer[Any, Any]) -> dict[str, list[int]]:
-    """Record how many items each round trip of ``calls`` carried (it still runs)."""
-    seen: dict[str, list[int]] = {"one": [], "many": []}
-    one, many = calls._one, calls._many
-
-    async def counted_one(item: Any) -> Any:
-        seen["one"].append(1)
-        return await one(item)
-
-    async def counted_many(items: list[Any]) -> Any:
-        seen["many"].append(len(items))
-        return await many(items)
-
-    calls._one, calls._many = counted_one, counted_many
-    return seen
 
 
 def pipeline(dl: DataLayer) -> AutoPipeline:
@@ -58,8 +41,7 @@ async def test_concurrent_cache_gets_share_one_mget(layer: DataLayer) -> None:
     got = await asyncio.gather(*(layer.cache.get(k, "none") for k in keys))
     assert got == [{"n": i} for i in range(100)] + ["none", {"n": 7}]
     # The first went alone at once; the rest, made while it ran, shared one MGET.
-    assert seen["one"] == [1]
-    assert seen["many"] == [101]
+    check_gathered(seen, 102)
 
 
 async def test_a_lone_get_goes_alone(layer: DataLayer) -> None:
@@ -73,8 +55,7 @@ async def test_a_lone_get_goes_alone(layer: DataLayer) -> None:
 async def test_concurrent_sets_and_deletes_share_a_pipeline(layer: DataLayer) -> None:
     seen = spy(pipeline(layer)._commands)
     await asyncio.gather(*(layer.cache.set(f"w{i}", i, ttl=60) for i in range(50)))
-    assert seen["one"] == [1]
-    assert sum(seen["many"]) == 49
+    check_gathered(seen, 50)
     assert await layer.cache.get_many([f"w{i}" for i in range(50)]) == {
         f"w{i}": i for i in range(50)
     }
@@ -135,8 +116,7 @@ async def test_concurrent_session_reads_share_one_mget(layer: DataLayer) -> None
     seen = spy(pipeline(layer)._gets)
     got = await asyncio.gather(*(layer.sessions.get(s.id) for s in made))
     assert [s.data for s in got] == [{"i": i} for i in range(30)]
-    assert seen["one"] == [1]
-    assert seen["many"] == [29]
+    check_gathered(seen, 30)
 
 
 async def test_a_cancelled_caller_leaves_the_others_their_replies(layer: DataLayer) -> None:

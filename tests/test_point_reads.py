@@ -11,36 +11,20 @@ from uuid import UUID, uuid4
 import pytest
 
 from agency_data import AgencyDataError, DataLayer, NotFound
-from agency_data.batching import PointReads
+from tests.batching_support import check_gathered, spy, yielding_psycopg
 
-
-def spy(reads: PointReads[Any, Any]) -> dict[str, list[int]]:
-    """Record how many keys each query of ``reads`` carried (its SQL still runs)."""
-    seen: dict[str, list[int]] = {"one": [], "many": []}
-    calls = reads._calls
-    one, many = calls._one, calls._many
-
-    async def counted_one(key: Any) -> Any:
-        seen["one"].append(1)
-        return await one(key)
-
-    async def counted_many(keys: Sequence[Any]) -> Any:
-        seen["many"].append(len(keys))
-        return await many(keys)
-
-    calls._one, calls._many = counted_one, counted_many
-    return seen
+pytestmark = pytest.mark.usefixtures(yielding_psycopg.__name__)
 
 
 async def test_concurrent_gets_share_one_query(dl: DataLayer) -> None:
     agents = [await dl.agents.create(name=f"a{i}", type="t") for i in range(64)]
-    seen = spy(dl.agents._reads)
+    seen = spy(dl.agents._reads._calls)
     got = await asyncio.gather(*(dl.agents.get(a.id) for a in agents))
     assert [a.id for a in got] == [a.id for a in agents]
     assert got == agents
-    # The first goes out alone at once; the other 63, made while it ran, share a query.
-    assert seen["one"] == [1]
-    assert sum(seen["many"]) == 63
+    # The first goes out alone at once; the others, made while it ran, share a query. (Now and
+    # then the first query is answered before the second caller runs, which then goes alone.)
+    check_gathered(seen, 64)
     assert len(seen["many"]) <= 2, seen
 
 
@@ -66,14 +50,14 @@ async def test_each_caller_gets_its_own_row_or_not_found(dl: DataLayer) -> None:
 
 async def test_a_lone_get_goes_alone(dl: DataLayer) -> None:
     agent = await dl.agents.create(name="a", type="t")
-    seen = spy(dl.agents._reads)
+    seen = spy(dl.agents._reads._calls)
     for _ in range(3):
         assert await dl.agents.get(agent.id) == agent
     assert seen == {"one": [1, 1, 1], "many": []}
 
 
 async def test_reads_in_a_transaction_are_its_own(dl: DataLayer) -> None:
-    seen = spy(dl.agents._reads)
+    seen = spy(dl.agents._reads._calls)
     async with dl.transaction():
         made = await dl.agents.create(name="uncommitted", type="t")
         # Another connection could not see this row yet; the transaction's own read does.
@@ -104,7 +88,9 @@ async def test_a_failed_shared_query_fails_each_caller_with_its_error(dl: DataLa
     reads._calls._many = broken
     results = await asyncio.gather(*(dl.agents.get(a.id) for a in agents), return_exceptions=True)
     assert results[0] == agents[0], "the first went alone, by the single-row path"
-    errors = results[1:]
+    # Those that went alone (at most one more, see above) got their rows; the rest the error.
+    errors = [r for r in results[1:] if not isinstance(r, type(agents[0]))]
+    assert len(errors) >= 3, results
     assert all(isinstance(r, AgencyDataError) for r in errors), errors
     assert len({id(r) for r in errors}) == 1, "the one shared query's error"
 
@@ -119,7 +105,7 @@ async def test_many_concurrent_gets_all_answered(dl: DataLayer, n: int) -> None:
 
 async def test_readers_woken_together_read_again_together(dl: DataLayer) -> None:
     agents = [await dl.agents.create(name=f"a{i}", type="t") for i in range(20)]
-    seen = spy(dl.agents._reads)
+    seen = spy(dl.agents._reads._calls)
 
     async def reader(agent_id: UUID) -> None:
         for _ in range(5):
@@ -138,12 +124,11 @@ async def test_concurrent_embedding_gets_share_one_query(dl: DataLayer) -> None:
     ids = await col.store_many(
         [{"entity_type": "n", "entity_id": str(i), "vector": [1, i]} for i in range(20)]
     )
-    seen = spy(col._reads)
+    seen = spy(col._reads._calls)
     wanted = [*ids, uuid4()]
     got = await asyncio.gather(
         *(dl.embeddings.collection("shared_reads").get(i) for i in wanted), return_exceptions=True
     )
     assert [g.entity_id for g in got[:-1]] == [str(i) for i in range(20)]
     assert isinstance(got[-1], NotFound)
-    assert seen["one"] == [1]
-    assert seen["many"] == [20]
+    check_gathered(seen, 21)
