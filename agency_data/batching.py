@@ -107,6 +107,12 @@ class Coalescer(Generic[I, R]):
             if not isinstance(exc, Exception):
                 raise
             return
+        if len(results) != len(batch):
+            # A broken ``many``: no caller can be matched to a result, so none is answered
+            # with one (each gets this error rather than someone else's value).
+            results = [
+                RuntimeError(f"a gathered call returned {len(results)} results for {len(batch)}")
+            ] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # its caller gave up waiting
                 continue

@@ -184,7 +184,7 @@ class DataLayer(QueryMethods):
         pool, self._pool = self._pool, None
         admin_pool, self._admin_pool = self._admin_pool, None
         self._admin = None
-        self._embeddings = None
+        embeddings, self._embeddings = self._embeddings, None
         client, self._redis = self._redis, None
         tasks, self._tasks = self._tasks, None
         self._db = None
@@ -193,6 +193,8 @@ class DataLayer(QueryMethods):
         self._scopes.clear()
         for scope in scopes:
             await scope.aclose()
+        if embeddings is not None:
+            await embeddings.aclose()
         backend, self._cache_backend = self._cache_backend, None
         if backend is not None:
             await backend.aclose()

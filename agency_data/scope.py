@@ -178,6 +178,7 @@ class TenantScope(QueryMethods):
         """Wait for this tenant's reads and writes still gathered with other callers'."""
         await self.agents.aclose()
         await self.tasks.aclose()
+        await self.embeddings.aclose()
 
     def lock(
         self, name: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False

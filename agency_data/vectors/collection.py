@@ -88,6 +88,12 @@ class Collection:
             self._store_one, self._store_group, retry_alone=refused_a_row
         )
 
+    async def aclose(self) -> None:
+        """Wait for the reads and stores gathered with other callers' that are still running
+        (``DataLayer.aclose`` does this before closing the pool)."""
+        await self._reads.aclose()
+        await self._stores.aclose()
+
     async def _spec(self) -> CollectionSpec:
         return await self._catalog.get(self.name)
 

@@ -7,7 +7,7 @@ administration (create, drop, list, indexes), which runs as the owner role.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from agency_data.postgres.database import Database
@@ -34,6 +34,12 @@ def _kept(kept: dict[str, C], name: str, make: Callable[[str], C]) -> C:
     return found
 
 
+async def _close(store: Collection, kept: Mapping[str, Collection]) -> None:
+    await Collection.aclose(store)
+    for collection in list(kept.values()):
+        await collection.aclose()
+
+
 class EmbeddingStore(Collection):
     """A tenant's embeddings: the default collection (made on first use) and the others.
 
@@ -47,6 +53,10 @@ class EmbeddingStore(Collection):
     def __init__(self, db: Database, catalog: Catalog, tenant: str) -> None:
         super().__init__(db, catalog, tenant, DEFAULT_COLLECTION)
         self._collections: dict[str, Collection] = {}
+
+    async def aclose(self) -> None:
+        """Wait for the gathered reads and stores of this store and its collections."""
+        await _close(self, self._collections)
 
     def collection(self, name: str) -> Collection:
         """The collection ``name`` (it must exist by the time it is used)."""
@@ -86,6 +96,10 @@ class ManagedEmbeddingStore(ManagedCollection):
         """Create a collection (shared by all tenants; each sees only its own rows)."""
         await self._admin.create_collection(name, dimension, metric, storage, exist_ok=exist_ok)
         return self.collection(name)
+
+    async def aclose(self) -> None:
+        """Wait for the gathered reads and stores of this store and its collections."""
+        await _close(self, self._collections)
 
     def collection(self, name: str) -> ManagedCollection:
         """The collection ``name`` (it must exist by the time it is used)."""
