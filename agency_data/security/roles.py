@@ -57,6 +57,9 @@ class RoleNames:
         return cls(owner=config.owner_role, app=config.app_role, readonly=config.readonly_role)
 
 
+_GRANT_TRIES = 5
+
+
 async def setup_roles(
     conn: AsyncConnection[Any],
     names: RoleNames,
@@ -193,7 +196,15 @@ async def _setup_roles(
             f"privileges cannot be set; grant it: GRANT {names.owner} TO {user} WITH SET TRUE"
         )
     try:
-        await grant_privileges(conn, names, migrations_table=migrations_table)
+        for attempt in range(_GRANT_TRIES):
+            try:
+                await grant_privileges(conn, names, migrations_table=migrations_table)
+                break
+            except psycopg.errors.UndefinedTable:
+                # Another process's migration dropped or renamed a table between the listing
+                # and the grant (processes starting together on one server): list again.
+                if attempt == _GRANT_TRIES - 1:
+                    raise
     finally:
         await conn.execute("RESET ROLE")
     return done
