@@ -55,7 +55,7 @@ def parse() -> argparse.Namespace:
         metavar="SCENARIO",
         help=f"any of: {', '.join(SCENARIOS)} (default: all)",
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes: about 3 minutes in all")
+    parser.add_argument("--quick", action="store_true", help="small sizes: about 4 minutes in all")
     parser.add_argument(
         "--size",
         choices=list(SIZES),
