@@ -354,6 +354,17 @@ class DataLayer(QueryMethods):
 
     # -- operations ----------------------------------------------------------------------------
 
+    async def prewarmed(self) -> None:
+        """Wait until the start's background warm-up (``vector.prewarm_on_start``) is done.
+
+        Returns at once when there is none or it has finished. The warm-up never fails a
+        start: its problems are logged, not raised here. Cancelling this wait leaves the
+        warm-up running.
+        """
+        task = self._prewarm
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+
     async def health(self, timeout: float = 2.0) -> HealthStatus:
         """Probe PostgreSQL and Redis: ``ok``, ``degraded`` (Redis down) or ``down``."""
         check_seconds(timeout, "timeout", low=0.001, high=_MAX_HEALTH_TIMEOUT)

@@ -199,9 +199,19 @@ async def test_restart_prewarm_autoprewarm_and_start(data_dir: Path, redis_url: 
     async with DataLayer(
         embedded(data_dir, redis_url, autoprewarm=False, prewarm_on_start=True)
     ) as dl:
+        # A cancelled wait leaves the warm-up running; a wait to the end finds it done.
+        waiter = asyncio.create_task(dl.prewarmed())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        await dl.prewarmed()
+        assert dl._prewarm is not None
+        assert dl._prewarm.done()
+        assert not dl._prewarm.cancelled()
         await wait_until_cached(superuser, index, index_blocks)
         await wait_until_cached(superuser, table, table_blocks)
         assert "pg_prewarm" not in extensions(superuser)
+    await dl.prewarmed()  # closed: nothing to wait for
 
 
 async def col_search(dl: DataLayer) -> list[Any]:
