@@ -275,8 +275,10 @@ async def test_killed_workers_tasks_are_completed_exactly_once_by_the_survivors(
         for event in worker.of("lease_lost"):
             assert final[UUID(event["task"])].result != {"by": worker.pid}, note
 
-    # What the killed workers held went to the survivors, after a second attempt.
+    # What the killed workers held went to another worker, after a second attempt: mostly a
+    # survivor, or a worker that completed it before it was killed in turn.
     rescued = 0
+    all_pids = {w.pid for w in workers}
     for worker in killed:
         landed = {t.id for t in final.values() if t.result == {"by": worker.pid}}
         for event in worker.of("claimed"):
@@ -285,7 +287,7 @@ async def test_killed_workers_tasks_are_completed_exactly_once_by_the_survivors(
                 continue
             rescued += 1
             assert task.result is not None, note
-            assert task.result["by"] in survivor_pids, (task, worker.describe(), note)
+            assert task.result["by"] in all_pids - {worker.pid}, (task, worker.describe(), note)
             assert task.attempts >= 2, (task, note)
     (stalled,) = staller.of("claimed")
     # The task of the worker killed between its claim and its first heartbeat, above all.
