@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -222,17 +223,34 @@ _RAW_COMPLETE = (
 )
 
 
+Work = Callable[[Any, int], Awaitable[int]]
+
+
+async def _round(
+    dl: DataLayer, agents: list[Any], workers: int, total: int, queued: bool, work: Work
+) -> float:
+    """Tasks/s of ``workers`` running ``work(agent_id, quota)`` at once: on ``total`` fresh
+    tasks, claimed until none is left, or (``queued``) on ``total`` of the tasks queued."""
+    if not queued:
+        await dl.tasks.create_many([{"type": "claim", "data": {"i": i}} for i in range(total)])
+    quota = total // workers if queued else total
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(work(agents[i].id, quota) for i in range(workers)))
+    elapsed = time.perf_counter() - started
+    expected = quota * workers if queued else total
+    assert sum(counts) == expected, f"{sum(counts)} tasks claimed, not {expected}"
+    if not queued:
+        await dl.execute("DELETE FROM tasks WHERE type = 'claim'")
+    return sum(counts) / elapsed
+
+
 async def claim_round(
     dl: DataLayer, agents: list[Any], workers: int, total: int, *, queued: bool = False
 ) -> float:
     """Tasks/s of ``workers`` workers claiming (10 at a time, the default lease) and completing
-    ``total`` tasks, each completion fenced by the Task's lease token: fresh tasks, claimed
-    until none is left, or (``queued``) ``total`` of the tasks already queued."""
-    if not queued:
-        await dl.tasks.create_many([{"type": "claim", "data": {"i": i}} for i in range(total)])
-    quota = total // workers if queued else total
+    ``total`` tasks, each completion fenced by the Task's lease token (see :func:`_round`)."""
 
-    async def work(agent_id: Any) -> int:
+    async def work(agent_id: Any, quota: int) -> int:
         done = 0
         while done < quota and (
             batch := await dl.tasks.claim(agent_id, types=["claim"], n=min(10, quota - done))
@@ -243,27 +261,16 @@ async def claim_round(
             done += len(batch)
         return done
 
-    started = time.perf_counter()
-    counts = await asyncio.gather(*(work(agents[i].id) for i in range(workers)))
-    elapsed = time.perf_counter() - started
-    expected = quota * workers if queued else total
-    assert sum(counts) == expected, f"{sum(counts)} tasks claimed, not {expected}"
-    if not queued:
-        await dl.execute("DELETE FROM tasks WHERE type = 'claim'")
-    return sum(counts) / elapsed
+    return await _round(dl, agents, workers, total, queued, work)
 
 
 async def raw_claim_round(
     b: Bench, agents: list[Any], workers: int, total: int, *, queued: bool = False
 ) -> float:
     """:func:`claim_round` by hand: psycopg on the owner's pool (no row-level security)."""
-    dl = b.dl
-    lease = dl.config.tasks.lease_seconds
-    if not queued:
-        await dl.tasks.create_many([{"type": "claim", "data": {"i": i}} for i in range(total)])
-    quota = total // workers if queued else total
+    lease = b.dl.config.tasks.lease_seconds
 
-    async def work(agent_id: Any) -> int:
+    async def work(agent_id: Any, quota: int) -> int:
         done = 0
         while done < quota:
             async with b.raw.connection() as conn:
@@ -283,14 +290,7 @@ async def raw_claim_round(
             done += len(batch)
         return done
 
-    started = time.perf_counter()
-    counts = await asyncio.gather(*(work(agents[i].id) for i in range(workers)))
-    elapsed = time.perf_counter() - started
-    expected = quota * workers if queued else total
-    assert sum(counts) == expected, f"{sum(counts)} tasks claimed by hand, not {expected}"
-    if not queued:
-        await dl.execute("DELETE FROM tasks WHERE type = 'claim'")
-    return sum(counts) / elapsed
+    return await _round(b.dl, agents, workers, total, queued, work)
 
 
 async def _paired_rounds(

@@ -199,11 +199,8 @@ class Cache:
                 ("PEXPIRE", tag_key, millis, "NX"),
             ]
 
-        async def write(_: AutoPipeline) -> None:
-            await backend.write_and_invalidate(commands, list(encoded))
-
         try:
-            await backend.call(write)
+            await backend.call(lambda _: backend.write_and_invalidate(commands, list(encoded)))
         except RedisDown:
             backend.degraded_write()
 
@@ -221,11 +218,8 @@ class Cache:
         if backend.redis is None or not fulls:
             return
 
-        async def unlink(_: AutoPipeline) -> None:
-            await backend.write_and_invalidate([("UNLINK", *fulls)], fulls)
-
         try:
-            await backend.call(unlink)
+            await backend.call(lambda _: backend.write_and_invalidate([("UNLINK", *fulls)], fulls))
         except RedisDown:
             backend.degraded_write()
             backend.pending_invalidations.update(fulls)
