@@ -8,6 +8,9 @@ gets ``dl.tenant(t)``.
 
 from __future__ import annotations
 
+from psycopg.conninfo import conninfo_to_dict
+
+from agency_data.observability.statements import StatementStats, top_statements
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
 from agency_data.scope import QueryMethods
@@ -29,15 +32,40 @@ class Admin(QueryMethods, CollectionAdmin):
         print(await dl.admin.role_warnings())     # [] when the pool's role is least-privilege
     """
 
-    def __init__(self, admin: Database, app: Database, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        admin: Database,
+        app: Database,
+        catalog: Catalog,
+        *,
+        statements: tuple[str, str] | None = None,
+    ) -> None:
         CollectionAdmin.__init__(self, catalog, admin)
         self._app = app
+        # (conninfo, database) where pg_stat_statements is read; see top_statements.
+        self._statements = statements
 
     def _database(self) -> Database:
         return self._admin
+
+    async def top_statements(self, limit: int = 20, order: str = "total") -> list[StatementStats]:
+        """The costliest statements of the layer's database, from ``pg_stat_statements``.
+
+        ``order``: ``total`` time, ``mean`` time, ``calls`` or ``rows``. See
+        :mod:`agency_data.observability.statements` for what the server needs.
+        """
+        if self._statements is None:
+            conninfo, database = self._admin.conninfo, _database_name(self._admin.conninfo)
+        else:
+            conninfo, database = self._statements
+        return await top_statements(conninfo, database, limit=limit, order=order)
 
     async def role_warnings(self) -> list[str]:
         """What is unsafe about the pool's role (superuser, BYPASSRLS, owns tables); [] if fine."""
         async with self._app.connection() as conn:
             with translate_errors("checking the pool's role"):
                 return await role_warnings(conn)
+
+
+def _database_name(conninfo: str) -> str:
+    return str(conninfo_to_dict(conninfo).get("dbname") or "postgres")

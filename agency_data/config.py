@@ -43,6 +43,7 @@ __all__ = [
     "DataLayerConfig",
     "EmbeddedConfig",
     "MigrationConfig",
+    "MonitoringConfig",
     "PostgresConfig",
     "RedisConfig",
     "SentinelConfig",
@@ -369,6 +370,33 @@ class EmbeddedConfig(_Section):
     )
 
 
+class MonitoringConfig(_Section):
+    """Metrics, traces and the slow-query log (see :mod:`agency_data.observability`)."""
+
+    metrics: bool = Field(
+        True, description="time every public operation into the layer's Prometheus registry"
+    )
+    tracing: bool = Field(
+        True,
+        description="a span per public operation when OpenTelemetry is installed and a tracer "
+        "provider is set; off (and free) otherwise",
+    )
+    sql_comments: bool = Field(
+        True,
+        description="while tracing, the trace context rides in each statement as a "
+        "sqlcommenter comment (statements then differ per trace, so none is prepared)",
+    )
+    slow_query_ms: float = Field(
+        1000.0, ge=0, description="statements slower than this are logged as JSON; 0 disables"
+    )
+    tenant_labels: bool = Field(
+        False, description="label operation metrics by tenant (bounded only by your tenants)"
+    )
+    interval: float = Field(
+        15.0, gt=0, le=3600, description="seconds between samples of task and index gauges"
+    )
+
+
 class ConfigWarning(UserWarning):
     """A setting was given in a way that has no effect (an environment variable naming no section)."""
 
@@ -395,6 +423,7 @@ class DataLayerConfig(BaseSettings):
     migration: MigrationConfig = Field(default_factory=MigrationConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     embedded: EmbeddedConfig = Field(default_factory=EmbeddedConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     def __init__(self, **values: Any) -> None:
         _warn_unknown_sections(type(self).model_fields)

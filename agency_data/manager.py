@@ -10,6 +10,7 @@ from typing import Any, Self
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.conninfo import make_conninfo
 
 from agency_data.admin import Admin
 from agency_data.cache.backend import CacheBackend
@@ -25,6 +26,10 @@ from agency_data.health import check_health
 from agency_data.inputs import check_bool, check_seconds, check_tenant, check_text
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
 from agency_data.models import DEFAULT_TENANT, HealthStatus
+from agency_data.observability.metrics import Metrics
+from agency_data.observability.monitor import Monitor
+from agency_data.observability.server import MetricsEndpoint
+from agency_data.observability.statements import enable_statement_stats
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import to_agency_error
@@ -91,6 +96,9 @@ class DataLayer(QueryMethods):
         self._cache_backend: CacheBackend | None = None
         self._scopes: dict[str, TenantScope] = {}
         self._prewarm: asyncio.Task[None] | None = None
+        # Metrics, traces and the slow-query log (agency_data.observability); no I/O here.
+        self._monitor = Monitor(self.config.monitoring)
+        self._telemetry = self._monitor.telemetry
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -109,10 +117,15 @@ class DataLayer(QueryMethods):
         postgres = self.config.postgresql
         roles = RoleNames.from_config(postgres)
         if postgres.is_embedded:
+            slow_ms = self.config.monitoring.slow_query_ms
             self._embedded_pg = server = EmbeddedPostgres(
                 embedded.data_dir,
                 start_timeout=embedded.start_timeout,
-                settings=embedded.postgres_settings,
+                # Plans of slow statements in the server's log, at the slow-query log's bound.
+                settings={
+                    "auto_explain.log_min_duration": str(int(slow_ms)) if slow_ms else "-1",
+                    **embedded.postgres_settings,
+                },
             )
             superuser = await asyncio.to_thread(server.acquire)
             await _setup_embedded_roles(superuser, roles, self.config.migration.table_name)
@@ -133,8 +146,12 @@ class DataLayer(QueryMethods):
         await prepare_redis(self._redis)
         if self.config.migration.auto_migrate:
             await self.migrate()
-        self._pool = await open_pool(postgres, self._conninfo, pgbouncer=postgres.pgbouncer)
-        self._db = Database(self._pool, postgres)
+        monitor = self._monitor
+        cursors = monitor.start_tracing(self._conninfo, self._redis)
+        self._pool = await open_pool(
+            postgres, self._conninfo, pgbouncer=postgres.pgbouncer, cursor_factory=cursors
+        )
+        self._db = Database(self._pool, postgres, telemetry=self._telemetry)
         if self._admin_conninfo == self._conninfo:
             admin_db = self._db
         else:
@@ -147,16 +164,34 @@ class DataLayer(QueryMethods):
                 min_size=1,
                 max_size=2,
                 name="agency-data-admin",
+                cursor_factory=cursors,
             )
-            admin_db = Database(self._admin_pool, postgres, setup=as_owner)
+            admin_db = Database(
+                self._admin_pool, postgres, setup=as_owner, telemetry=self._telemetry
+            )
         self._tasks = TaskRuntime(
             self._db, self.config.tasks, TaskWakeups(_wakeup_conninfo(postgres, self._conninfo))
         )
         self._catalog = Catalog(self._db, admin_db, self.config.vector)
-        self._admin = Admin(admin_db, self._db, self._catalog)
-        self._cache_backend = CacheBackend(self.config.cache, self._redis)
+        statements = None
+        if self._embedded_pg is not None:
+            # The embedded server keeps pg_stat_statements' view in its postgres database.
+            statements = (self._embedded_pg.dsn("postgres"), DATABASE)
+        self._admin = Admin(admin_db, self._db, self._catalog, statements=statements)
+        self._cache_backend = CacheBackend(self.config.cache, self._redis, self._telemetry)
         register_lock_scripts(self._cache_backend.scripts)
         await self._cache_backend.start_listener()
+        pools = {"app": self._pool}
+        if self._admin_pool is not None:
+            pools["admin"] = self._admin_pool
+        monitor.attach(
+            pools=pools,
+            app=self._db,
+            admin=admin_db,
+            cache_stats=self._cache_backend.stats,
+            probe=self._backends_up,
+            volumes={"data": embedded.data_dir} if self._embedded_pg is not None else {},
+        )
         embedded_su = self._embedded_pg.dsn(DATABASE) if self._embedded_pg is not None else None
         if embedded_su is not None:
             # pg_prewarm is not a trusted extension: the embedded server's superuser loads it
@@ -181,6 +216,7 @@ class DataLayer(QueryMethods):
         if prewarm is not None:
             prewarm.cancel()
             await asyncio.gather(prewarm, return_exceptions=True)
+        await self._monitor.aclose()
         pool, self._pool = self._pool, None
         admin_pool, self._admin_pool = self._admin_pool, None
         self._admin = None
@@ -365,6 +401,35 @@ class DataLayer(QueryMethods):
         if task is not None and not task.done():
             await asyncio.shield(task)
 
+    @property
+    def metrics(self) -> Metrics:
+        """The Prometheus registry of this DataLayer (``dl.metrics.registry``).
+
+        Register ``dl.metrics.collector`` in another registry to expose the layer's metrics
+        from an app's own endpoint; :meth:`metrics_text` and :meth:`serve_metrics` are the
+        ready-made ways.
+        """
+        return self._monitor.metrics
+
+    async def metrics_text(self) -> str:
+        """Every metric in Prometheus's text format, with the sampled gauges fresh."""
+        if self._pool is None:
+            raise _not_connected()
+        return await self._monitor.text()
+
+    async def serve_metrics(self, port: int = 9464, host: str = "127.0.0.1") -> MetricsEndpoint:
+        """Serve ``/metrics`` on ``host:port`` (0 picks a free port) until :meth:`aclose`.
+
+        Listens on the loopback interface unless ``host`` says otherwise.
+        """
+        if self._pool is None:
+            raise _not_connected()
+        return await self._monitor.serve(port, host)
+
+    async def _backends_up(self) -> dict[str, bool]:
+        report = await check_health(self.pool, self.redis, timeout=2.0)
+        return {name: component.up for name, component in report.components.items()}
+
     async def health(self, timeout: float = 2.0) -> HealthStatus:
         """Probe PostgreSQL and Redis: ``ok``, ``degraded`` (Redis down) or ``down``."""
         check_seconds(timeout, "timeout", low=0.001, high=_MAX_HEALTH_TIMEOUT)
@@ -424,6 +489,10 @@ async def _setup_embedded_roles(superuser: str, roles: RoleNames, migrations_tab
     try:
         async with await AsyncConnection.connect(superuser, autocommit=True) as conn:
             await setup_roles(conn, roles, adopt_from=SUPERUSER, migrations_table=migrations_table)
+        # pg_stat_statements' view lives in the postgres database: out of our schema's backups.
+        maintenance = make_conninfo(superuser, dbname="postgres")
+        async with await AsyncConnection.connect(maintenance, autocommit=True) as conn:
+            await enable_statement_stats(conn, roles.owner)
     except psycopg.Error as exc:
         raise to_agency_error(exc, "setting up the embedded server's roles") from exc
 

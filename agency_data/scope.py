@@ -16,6 +16,7 @@ from agency_data.coord.locks import Lock
 from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.errors import BackendUnavailable
+from agency_data.observability import Telemetry, observed
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction
 from agency_data.redis.client import RedisClient
@@ -41,6 +42,10 @@ class QueryMethods(ABC):
     @abstractmethod
     def _database(self) -> Database: ...
 
+    # What the query methods are timed into (see agency_data.observability.observed).
+    _telemetry: Telemetry
+
+    @observed("execute")
     async def execute(
         self, query: Query, params: Params = None, *, timeout: float | None = None
     ) -> int:
@@ -69,6 +74,13 @@ class QueryMethods(ABC):
         timeout: float | None = None,
     ) -> list[dict[str, Any]] | list[M]:
         """All rows of a query, as dicts or as instances of a pydantic ``model``."""
+        return await self._fetch(query, params, model, timeout)
+
+    # Timed apart from the overloaded signature, which a wrapper's cannot match.
+    @observed("fetch")
+    async def _fetch(
+        self, query: Query, params: Params, model: type[M] | None, timeout: float | None
+    ) -> list[dict[str, Any]] | list[M]:
         return await self._database().as_raw().fetch(query, params, model=model, timeout=timeout)
 
     @overload
@@ -93,10 +105,17 @@ class QueryMethods(ABC):
         timeout: float | None = None,
     ) -> dict[str, Any] | M | None:
         """The first row of a query, or None."""
+        return await self._fetch_one(query, params, model, timeout)
+
+    @observed("fetch_one")
+    async def _fetch_one(
+        self, query: Query, params: Params, model: type[M] | None, timeout: float | None
+    ) -> dict[str, Any] | M | None:
         return (
             await self._database().as_raw().fetch_one(query, params, model=model, timeout=timeout)
         )
 
+    @observed("fetch_value")
     async def fetch_value(
         self, query: Query, params: Params = None, *, timeout: float | None = None
     ) -> Any:
@@ -161,6 +180,7 @@ class TenantScope(QueryMethods):
     ) -> None:
         db = db.for_tenant(tenant_id)
         self._db = db
+        self._telemetry = db.telemetry
         self._backend = backend
         self._keys = Keys(tenant_id)
         self.tenant_id = tenant_id
@@ -170,9 +190,12 @@ class TenantScope(QueryMethods):
         )
         self.tasks = TaskStore(db, tenant_id, tasks)
         self.embeddings = EmbeddingStore(db, catalog, tenant_id)
-        self.sessions = SessionStore(backend.pipeline, self._keys, config.cache.default_ttl)
-        self.pubsub = PubSub(client, self._keys)
-        self.streams = Streams(client, self._keys)
+        telemetry = backend.telemetry
+        self.sessions = SessionStore(
+            backend.pipeline, self._keys, config.cache.default_ttl, telemetry=telemetry
+        )
+        self.pubsub = PubSub(client, self._keys, telemetry=telemetry)
+        self.streams = Streams(client, self._keys, telemetry=telemetry)
 
     async def aclose(self) -> None:
         """Wait for this tenant's reads and writes still gathered with other callers'."""
@@ -196,6 +219,7 @@ class TenantScope(QueryMethods):
             wait=wait,
             auto_renew=auto_renew,
             on_wait=self._backend.record_lock_wait,
+            telemetry=self._backend.telemetry,
         )
 
     def _database(self) -> Database:

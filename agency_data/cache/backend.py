@@ -33,6 +33,7 @@ from agency_data.cache.local import LocalCache
 from agency_data.config import CacheConfig
 from agency_data.errors import BackendUnavailable
 from agency_data.models import CacheStats
+from agency_data.observability import Telemetry
 from agency_data.redis.client import RedisClient, cancelling
 from agency_data.redis.keys import MAX_KEY, check_pattern, glob_matcher
 from agency_data.redis.pipelining import AutoPipeline, Command
@@ -79,8 +80,12 @@ class _Counters:
 class CacheBackend:
     """The shared parts of the cache of one DataLayer."""
 
-    def __init__(self, config: CacheConfig, client: RedisClient) -> None:
+    def __init__(
+        self, config: CacheConfig, client: RedisClient, telemetry: Telemetry | None = None
+    ) -> None:
         self.config = config
+        # The DataLayer's instruments, which the cache, sessions and locks record into.
+        self.telemetry = telemetry if telemetry is not None else Telemetry.off()
         self.redis = client if config.l2 else None
         self.l1 = (
             LocalCache(

@@ -21,6 +21,7 @@ from agency_data.cache.backend import CacheBackend, RedisDown
 from agency_data.cache.local import LocalCache
 from agency_data.inputs import as_items, check_bool, check_callable, check_mapping, check_seconds
 from agency_data.models import CacheStats
+from agency_data.observability import observed
 from agency_data.redis.keys import Keys, check_key, check_namespace, check_pattern, escape_glob
 from agency_data.redis.pipelining import AutoPipeline, Command
 
@@ -43,6 +44,7 @@ class Cache:
 
     def __init__(self, backend: CacheBackend, tenant: str, namespace: str = "default") -> None:
         self._backend = backend
+        self._telemetry = backend.telemetry
         self._keys = Keys(tenant)
         self.namespace = check_namespace(namespace)
         self._inflight: dict[str, asyncio.Future[Any]] = {}
@@ -75,9 +77,15 @@ class Cache:
         value = self._l1_get(full)
         if value is not _MISSING:
             return value
-        backend = self._backend
-        if backend.redis is None:
+        if self._backend.redis is None:
             return default
+        return await self._get_from_redis(full, default)
+
+    # Only reads that reach Redis are timed (and traced): an L1 hit costs about a microsecond,
+    # which timing would double; the hit and miss counters count every read.
+    @observed("cache.get", system="redis")
+    async def _get_from_redis(self, full: str, default: Any) -> Any:
+        backend = self._backend
         generation = backend.l1_generation
         try:
             # GET, not a one-key MGET: it is what a hand-written client sends, and cheaper;
@@ -89,6 +97,7 @@ class Cache:
         value = self._accept(full, data, backend.fillable_l1(generation), time.time() * 1000)
         return default if value is _MISSING else value
 
+    @observed("cache.get_many", system="redis")
     async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         """The cached values of ``keys`` that exist (one Redis round trip for the L1 misses)."""
         result: dict[str, Any] = {}
@@ -153,17 +162,24 @@ class Cache:
 
     # -- writing -------------------------------------------------------------------------------
 
+    @observed("cache.set", system="redis")
     async def set(
         self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Cache ``value`` for ``ttl`` seconds (default ``cache.default_ttl``), labelled ``tags``."""
         # Checked before it becomes a dict key: a list would fail to hash, not be refused.
-        await self.set_many({check_key(key): value}, ttl=ttl, tags=tags)
+        await self._set_many({check_key(key): value}, ttl, tags)
 
+    @observed("cache.set_many", system="redis")
     async def set_many(
         self, items: Mapping[str, Any], ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Cache several values in one Redis round trip."""
+        await self._set_many(items, ttl, tags)
+
+    async def _set_many(
+        self, items: Mapping[str, Any], ttl: float | None, tags: Iterable[str]
+    ) -> None:
         items = check_mapping(items, "items")
         seconds = self._ttl(ttl)
         tag_list = self._tags(tags)
@@ -204,6 +220,7 @@ class Cache:
         except RedisDown:
             backend.degraded_write()
 
+    @observed("cache.delete", system="redis")
     async def delete(self, *keys: str) -> None:
         """Remove ``keys`` everywhere (retried when Redis returns, if it is down now)."""
         fulls = [self._full(k) for k in keys]
@@ -241,10 +258,26 @@ class Cache:
         """
         check_callable(loader, "loader")
         check_bool(across_processes, "across_processes")
-        value = await self.get(key, _MISSING)
+        full = self._full(key)
+        value = self._l1_get(full)
         if value is not _MISSING:
             return value
-        full = self._full(key)
+        return await self._get_or_load(key, full, loader, ttl, tags, across_processes)
+
+    @observed("cache.get_or_set", system="redis")
+    async def _get_or_load(
+        self,
+        key: str,
+        full: str,
+        loader: Loader,
+        ttl: float | None,
+        tags: Iterable[str],
+        across_processes: bool,
+    ) -> Any:
+        if self._backend.redis is not None:
+            value = await self._get_from_redis(full, _MISSING)
+            if value is not _MISSING:
+                return value
         inflight = self._inflight.get(full)
         if inflight is not None:
             return await asyncio.shield(inflight)
@@ -310,6 +343,7 @@ class Cache:
 
     # -- invalidating --------------------------------------------------------------------------
 
+    @observed("cache.invalidate", system="redis")
     async def invalidate(self, pattern: str) -> int:
         """Remove every key of this namespace matching the Redis glob ``pattern``.
 
@@ -321,6 +355,7 @@ class Cache:
         full_pattern = escape_glob(self._keys.cache_prefix(self.namespace)) + pattern
         return await self._invalidate_pattern(full_pattern)
 
+    @observed("cache.invalidate_prefix", system="redis")
     async def invalidate_prefix(self, prefix: str) -> int:
         """Remove every key that starts with ``prefix`` (taken literally)."""
         check_key(prefix, "prefix")
@@ -328,6 +363,7 @@ class Cache:
             escape_glob(self._keys.cache_prefix(self.namespace) + prefix) + "*"
         )
 
+    @observed("cache.clear", system="redis")
     async def clear(self, namespace: str | None = None) -> int:
         """Remove every key of ``namespace`` (default: this cache's)."""
         prefix = self._keys.cache_prefix(check_namespace(namespace or self.namespace))
@@ -360,6 +396,7 @@ class Cache:
             backend.degraded_write()
             return 0
 
+    @observed("cache.invalidate_tags", system="redis")
     async def invalidate_tags(self, *tags: str) -> int:
         """Remove every key set with any of ``tags``; returns how many Redis keys went."""
         tag_keys = [self._keys.tag(check_key(t, "tag")) for t in tags]

@@ -31,6 +31,7 @@ from types import TracebackType
 from agency_data._tasks import cancel_and_wait
 from agency_data.errors import LockNotAcquired, LockNotOwned
 from agency_data.inputs import check_bool, check_seconds
+from agency_data.observability import Telemetry, observed
 from agency_data.redis.client import cancelling
 from agency_data.redis.keys import Keys, check_key
 from agency_data.redis.scripts import ScriptRegistry
@@ -119,7 +120,9 @@ class Lock:
         wait: float = 0.0,
         auto_renew: bool = False,
         on_wait: Callable[[float], None] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry if telemetry is not None else Telemetry.off()
         self.name = check_key(name, "name")
         self.ttl = check_seconds(ttl, "ttl", low=MIN_TTL, high=MAX_TTL)
         self.wait = check_seconds(wait, "wait", high=MAX_WAIT)
@@ -153,6 +156,7 @@ class Lock:
         """Whether this holder holds the lock now (asked of Redis, not remembered)."""
         return await self._owner() == self._token
 
+    @observed("lock.acquire", system="redis")
     async def acquire(self) -> int:
         """Take the lock, waiting up to ``wait`` seconds; return the fencing token."""
         if self._acquired:
@@ -199,6 +203,7 @@ class Lock:
             self._renewer = asyncio.create_task(self._renew(), name=f"renew lock {self.name}")
         return fence
 
+    @observed("lock.release", system="redis")
     async def release(self) -> None:
         """Let go; :class:`LockNotOwned` if it expired (or was taken) meanwhile."""
         await self._stop_renewing()
@@ -215,6 +220,7 @@ class Lock:
                 name=self.name,
             )
 
+    @observed("lock.extend", system="redis")
     async def extend(self, additional: float | None = None, *, replace_ttl: bool = False) -> None:
         """Give the lock ``additional`` seconds more; :class:`LockNotOwned` if it was lost.
 

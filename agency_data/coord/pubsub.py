@@ -25,6 +25,7 @@ import redis.exceptions as rx
 from agency_data.errors import ValidationError
 from agency_data.inputs import as_items, brief, check_int, check_seconds
 from agency_data.models import Message, StreamMessage
+from agency_data.observability import Telemetry, observed
 from agency_data.redis.client import RedisClient, cancelling
 from agency_data.redis.errors import translate_errors
 from agency_data.redis.keys import Keys, check_key
@@ -53,10 +54,14 @@ def _encode(message: Any) -> bytes:
 class PubSub:
     """Publish and subscribe on one tenant's channels."""
 
-    def __init__(self, client: RedisClient, keys: Keys) -> None:
+    def __init__(
+        self, client: RedisClient, keys: Keys, *, telemetry: Telemetry | None = None
+    ) -> None:
+        self._telemetry = telemetry if telemetry is not None else Telemetry.off()
         self._redis = client
         self._keys = keys
 
+    @observed("pubsub.publish", system="redis")
     async def publish(self, channel: str, message: Any) -> int:
         """Send ``message`` (JSON-shaped) to ``channel``; return how many subscribers got it."""
         with translate_errors("publishing"):
@@ -96,10 +101,14 @@ class PubSub:
 class Streams:
     """Durable messaging on one tenant's Redis Streams, with consumer groups."""
 
-    def __init__(self, client: RedisClient, keys: Keys) -> None:
+    def __init__(
+        self, client: RedisClient, keys: Keys, *, telemetry: Telemetry | None = None
+    ) -> None:
+        self._telemetry = telemetry if telemetry is not None else Telemetry.off()
         self._redis = client
         self._keys = keys
 
+    @observed("streams.publish", system="redis")
     async def publish(self, stream: str, message: Any, *, max_length: int | None = 100_000) -> str:
         """Append ``message``; return its id. The stream is trimmed near ``max_length`` entries."""
         key = self._keys.stream(check_key(stream, "stream"))
@@ -164,6 +173,7 @@ class Streams:
                         attempts=attempts.get(text, 1),
                     )
 
+    @observed("streams.ack", system="redis")
     async def ack(self, stream: str, group: str, *message_ids: str) -> int:
         """Acknowledge handled messages; return how many were pending."""
         key = self._keys.stream(check_key(stream, "stream"))
@@ -179,6 +189,7 @@ class Streams:
         with translate_errors("acknowledging"):
             return int(await self._redis.xack(key, group, *message_ids))
 
+    @observed("streams.pending", system="redis")
     async def pending(self, stream: str, group: str) -> int:
         """How many delivered messages the group has not acknowledged."""
         key = self._keys.stream(check_key(stream, "stream"))

@@ -17,6 +17,7 @@ import orjson
 from agency_data.errors import NotFound, ValidationError
 from agency_data.inputs import check_bool, check_mapping, check_seconds, encode_json
 from agency_data.models import Session
+from agency_data.observability import Telemetry, observed
 from agency_data.redis.errors import translate_errors
 from agency_data.redis.keys import Keys, check_key
 from agency_data.redis.pipelining import AutoPipeline
@@ -30,13 +31,22 @@ _MAX_BYTES = 1 << 20
 class SessionStore:
     """The sessions of one tenant."""
 
-    def __init__(self, pipeline: AutoPipeline, keys: Keys, default_ttl: int) -> None:
+    def __init__(
+        self,
+        pipeline: AutoPipeline,
+        keys: Keys,
+        default_ttl: int,
+        *,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self._telemetry = telemetry if telemetry is not None else Telemetry.off()
         # Reads join concurrent callers' round trips; writes are MULTI transactions of their own.
         self._pipeline = pipeline
         self._redis = pipeline.client
         self._keys = keys
         self._default_ttl = default_ttl
 
+    @observed("sessions.create", system="redis")
     async def create(
         self, agent_id: Any, data: dict[str, Any] | None = None, ttl: float | None = None
     ) -> Session:
@@ -55,8 +65,12 @@ class SessionStore:
         await self._write(session, new=True)
         return session
 
+    @observed("sessions.get", system="redis")
     async def get(self, session_id: str) -> Session:
         """The live session; :class:`NotFound` once it expired or was deleted."""
+        return await self._get(session_id)
+
+    async def _get(self, session_id: str) -> Session:
         with translate_errors("reading a session"):
             raw = await self._pipeline.get(self._keys.session(check_key(session_id, "session_id")))
         if raw is None:
@@ -67,32 +81,36 @@ class SessionStore:
             )
         return Session.model_validate(orjson.loads(raw))
 
+    @observed("sessions.update", system="redis")
     async def update(self, session_id: str, data: dict[str, Any], *, merge: bool = True) -> Session:
         """Change the data (merging top-level keys, or replacing it); also slides the expiry."""
         check_bool(merge, "merge")
         new_data = self._data(data)
-        session = await self.get(session_id)
+        session = await self._get(session_id)
         new_data = {**session.data, **new_data} if merge else new_data
         updated = session.model_copy(update={"data": new_data})
         return await self._slide(updated)
 
+    @observed("sessions.touch", system="redis")
     async def touch(self, session_id: str, ttl: float | None = None) -> Session:
         """Push the expiry out to ``ttl`` (default: the session's own) seconds from now."""
         seconds = None if ttl is None else self._ttl(ttl)
-        session = await self.get(session_id)
+        session = await self._get(session_id)
         if seconds is not None:
             session = session.model_copy(update={"ttl": seconds})
         return await self._slide(session)
 
+    @observed("sessions.delete", system="redis")
     async def delete(self, session_id: str) -> None:
         """End a session; :class:`NotFound` if there was none."""
-        session = await self.get(session_id)
+        session = await self._get(session_id)
         with translate_errors("deleting a session"):
             pipe = self._redis.pipeline(transaction=True)
             pipe.delete(self._keys.session(session.id))
             pipe.srem(self._keys.agent_sessions(session.agent_id), session.id)
             await pipe.execute()
 
+    @observed("sessions.list_by_agent", system="redis")
     async def list_by_agent(self, agent_id: Any) -> list[Session]:
         """The agent's live sessions, oldest first; expired ids are pruned on the way."""
         index = self._keys.agent_sessions(_agent(agent_id))

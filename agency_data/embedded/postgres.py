@@ -58,10 +58,13 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "listen_addresses": "''",
     # autoprewarm saves the list of cached blocks at shutdown (and every 5 minutes) and reads
     # them back in the background after a start, so a restart does not leave searches cold.
+    # pg_stat_statements keeps each statement's totals (``agency-data top``); auto_explain logs
+    # the plan of a statement slower than monitoring.slow_query_ms to the server's log.
     # Setting shared_preload_libraries in embedded.postgres_settings replaces this value: keep
-    # pg_prewarm in the list to keep the warm restarts.
-    "shared_preload_libraries": "'pg_prewarm'",
+    # these in the list to keep what they do.
+    "shared_preload_libraries": "'pg_prewarm,pg_stat_statements,auto_explain'",
     "pg_prewarm.autoprewarm": "on",
+    "auto_explain.log_min_duration": "1000",
 }
 
 # Only the OS user in the ident map may log in over the socket, as any role; TCP (off unless

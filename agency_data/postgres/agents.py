@@ -34,6 +34,7 @@ from agency_data.inputs import (
     validated,
 )
 from agency_data.models import Agent, AgentStatus, Page
+from agency_data.observability import observed
 from agency_data.postgres._paging import count_where, keyset_page
 from agency_data.postgres.database import Database, Params, Query
 from agency_data.postgres.errors import refused_a_row
@@ -71,6 +72,7 @@ class AgentStore:
         self, db: Database, tenant: str, cache: Cache | None = None, cache_ttl: int = 0
     ) -> None:
         self._db = db
+        self._telemetry = db.telemetry
         self.tenant = tenant
         self._cache = cache
         self._cache_ttl = cache_ttl
@@ -79,6 +81,7 @@ class AgentStore:
             self._insert_one, self._insert_group, retry_alone=refused_a_row
         )
 
+    @observed("agents.create")
     async def create(
         self,
         name: str,
@@ -121,6 +124,7 @@ class AgentStore:
         await self._reads.aclose()
         await self._creates.aclose()
 
+    @observed("agents.get")
     async def get(self, agent_id: UUID | str, *, cached: bool | None = None) -> Agent:
         """The agent with ``agent_id``; :class:`NotFound` if this tenant has none.
 
@@ -169,6 +173,7 @@ class AgentStore:
         else:
             await cache.delete(_cache_key(agent_id))
 
+    @observed("agents.get_many")
     async def get_many(self, agent_ids: Iterable[UUID | str]) -> builtins.list[Agent]:
         """The agents that exist among ``agent_ids`` (one round trip), in no particular order."""
         ids = [
@@ -178,6 +183,7 @@ class AgentStore:
             return []
         return await self._db.fetch(*_get_many_sql(self.tenant, ids), model=Agent)
 
+    @observed("agents.update")
     async def update(
         self,
         agent_id: UUID | str,
@@ -238,6 +244,7 @@ class AgentStore:
             field="version",
         )
 
+    @observed("agents.delete")
     async def delete(self, agent_id: UUID | str) -> None:
         """Delete the agent; its tasks stay, with no agent. :class:`NotFound` if absent."""
         uid = as_uuid(agent_id, "agent_id")
@@ -246,6 +253,7 @@ class AgentStore:
             raise NotFound(f"agent {agent_id} does not exist", entity="agent", key=agent_id)
         await self._invalidate(uid)
 
+    @observed("agents.list")
     async def list(
         self,
         *,
@@ -267,6 +275,7 @@ class AgentStore:
             self._db, "agents", _COLUMNS, where, params, model=Agent, limit=limit, cursor=cursor
         )
 
+    @observed("agents.count")
     async def count(
         self,
         *,

@@ -57,6 +57,8 @@ from agency_data.inputs import (
     first_problem,
     located,
 )
+from agency_data.observability.cursor import untimed
+from agency_data.observability.instrument import Telemetry
 from agency_data.postgres.errors import to_agency_error, translate_errors
 from agency_data.postgres.pool import (
     Pool,
@@ -137,8 +139,11 @@ class Database:
         tenant: str | None = None,
         setup: Setup | None = None,
         raw: bool = False,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.pool = pool
+        # The DataLayer's instruments, which the stores built on this database record into.
+        self.telemetry = telemetry if telemetry is not None else Telemetry.off()
         self.config = config
         self.tenant = tenant
         # A view for the caller's own SQL: its connections are reset before reuse.
@@ -155,7 +160,14 @@ class Database:
 
         ``raw`` marks a view that runs the caller's own SQL (see the module's docstring).
         """
-        view = Database(self.pool, self.config, tenant=tenant, setup=self._setup, raw=raw)
+        view = Database(
+            self.pool,
+            self.config,
+            tenant=tenant,
+            setup=self._setup,
+            raw=raw,
+            telemetry=self.telemetry,
+        )
         view.names_tenant = self.names_tenant
         # One transaction per task, whichever tenant's view opened it.
         view._current = self._current
@@ -310,7 +322,7 @@ class Database:
         the connection's settings go with it (the transaction may not be one of ours).
         """
         if (prelude := self._prelude(conn, False)) is not None:
-            await conn.execute(*prelude)
+            await untimed(conn, *prelude)
 
     def tenant_statement(self) -> tuple[LiteralString, list[str]] | None:
         """The statement that names this view's tenant, if it has one."""
@@ -352,7 +364,7 @@ class Database:
                 async with AsyncExitStack() as stack:
                     await stack.enter_async_context(conn.pipeline())
                     if prelude is not None:
-                        await conn.execute(*prelude)
+                        await untimed(conn, *prelude)
                     if settings and current is not None:
                         # Inside the caller's transaction, a savepoint rolled back after the
                         # queries takes the settings away again (releasing it would not);
@@ -360,7 +372,7 @@ class Database:
                         # BEGIN or COMMIT to send.
                         await stack.enter_async_context(conn.transaction(force_rollback=True))
                     for name, value in settings:
-                        await conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+                        await untimed(conn, "SELECT set_config(%s, %s, true)", [name, value])
                     cursors = [await conn.execute(q, p) for q, p in statements]
                 return [await cursor.fetchall() for cursor in cursors]
 
@@ -407,12 +419,12 @@ class Database:
         # transaction a timeout is put back as it was, with the value the server saved.
         async with conn.pipeline():
             if (prelude := _set_all(settings)) is not None:
-                await conn.execute(*prelude)
+                await untimed(conn, *prelude)
             if timeout is not None:
-                await conn.execute(_SAVE_AND_SET_TIMEOUT, [_millis(timeout)])
+                await untimed(conn, _SAVE_AND_SET_TIMEOUT, [_millis(timeout)])
             cursor = await conn.execute(query, params)
             if timeout is not None and in_transaction:
-                await conn.execute(_RESTORE_TIMEOUT)
+                await untimed(conn, _RESTORE_TIMEOUT)
         return cursor
 
     # -- transactions --------------------------------------------------------------------------
@@ -450,7 +462,7 @@ class Database:
                             # pipeline would keep the whole block in pipeline mode.)
                             async with conn.pipeline():
                                 await block.enter_async_context(AsyncTransaction(conn))
-                                await conn.execute(*prelude)
+                                await untimed(conn, *prelude)
                         else:
                             await block.enter_async_context(conn.transaction())
                         yield tx

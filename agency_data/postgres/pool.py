@@ -12,7 +12,7 @@ from typing import Any, LiteralString
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import set_json_loads
@@ -260,6 +260,7 @@ async def open_pool(
     max_size: int | None = None,
     name: str = "agency-data",
     pgbouncer: bool = False,
+    cursor_factory: type[AsyncCursor[Any]] | None = None,
 ) -> Pool:
     """Open a pool on ``conninfo`` and wait until its minimum connections are up.
 
@@ -273,6 +274,9 @@ async def open_pool(
     ``max_prepared_statements``, would send them to server connections that never saw them),
     the settings travel with each transaction (see :func:`transaction_settings`), and
     connections handed back are not reset (there is no session to reset).
+
+    ``cursor_factory``: the connections' cursor class (the observability cursor, when the
+    slow-query log or trace comments are on).
     """
     if pgbouncer and setup is not None:
         raise ConfigError(
@@ -296,6 +300,9 @@ async def open_pool(
         ("search_path", "public,pg_temp"),
     )
     kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": True}
+    if cursor_factory is not None:
+        # The slow-query log's timing and the trace context in SQL (agency_data.observability).
+        kwargs["cursor_factory"] = cursor_factory
     configure: Callable[[AsyncConnection[DictRow]], Awaitable[None]]
     reset: Callable[[AsyncConnection[DictRow]], Awaitable[None]]
     if pgbouncer:

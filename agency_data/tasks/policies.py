@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from agency_data.errors import ValidationError
 from agency_data.inputs import check_int, check_seconds, check_text
 from agency_data.models import TaskTypePolicy
+from agency_data.observability import observed
 from agency_data.tasks import _sql
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ class PolicyOps:
     _db: Database
     tenant: str
 
+    @observed("tasks.set_policy")
     async def set_policy(
         self,
         type: str,
@@ -57,20 +59,24 @@ class PolicyOps:
         assert row is not None
         return row
 
+    @observed("tasks.policy")
     async def policy(self, type: str) -> TaskTypePolicy:
         """One type's policy (all defaults if it has none of its own)."""
         name = check_type(type)
         found = await self._db.fetch_one(*_sql.policies(self.tenant, name), model=TaskTypePolicy)
         return found if found is not None else TaskTypePolicy(type=name)
 
+    @observed("tasks.policies")
     async def policies(self) -> builtins.list[TaskTypePolicy]:
         """The types with a policy of their own (paused, or with settings)."""
         return await self._db.fetch(*_sql.policies(self.tenant, None), model=TaskTypePolicy)
 
+    @observed("tasks.pause")
     async def pause(self, type: str) -> TaskTypePolicy:
         """Stop claims of ``type`` (in every process) until :meth:`resume`; running tasks go on."""
         return await self._set_paused(type, True)
 
+    @observed("tasks.resume")
     async def resume(self, type: str) -> TaskTypePolicy:
         """Let ``type`` be claimed again, waking workers that wait for it."""
         return await self._set_paused(type, False)

@@ -40,6 +40,7 @@ from agency_data.inputs import (
     encode_json,
 )
 from agency_data.models import Task, TaskStats
+from agency_data.observability import observed
 from agency_data.retry import Backoff
 from agency_data.tasks import _sql
 from agency_data.tasks.leases import AMBIGUOUS, lease_length, lost_lease
@@ -72,6 +73,7 @@ class QueueOps:
 
     # -- claiming ------------------------------------------------------------------------------
 
+    @observed("tasks.claim")
     async def claim(
         self,
         agent_id: UUID | str,
@@ -140,6 +142,7 @@ class QueueOps:
 
     # -- holding -------------------------------------------------------------------------------
 
+    @observed("tasks.heartbeat")
     async def heartbeat(
         self,
         task: Task | UUID | str,
@@ -171,6 +174,7 @@ class QueueOps:
             raise lost[task_id]
         return held[task_id]
 
+    @observed("tasks.check")
     async def check(
         self, task: Task | UUID | str, *, lease_token: UUID | str | None = None
     ) -> None:
@@ -291,6 +295,7 @@ class QueueOps:
 
     # -- finishing -----------------------------------------------------------------------------
 
+    @observed("tasks.complete")
     async def complete(
         self,
         task: Task | UUID | str,
@@ -316,6 +321,7 @@ class QueueOps:
         self._finished(task_id, token)
         return done
 
+    @observed("tasks.fail")
     async def fail(
         self,
         task: Task | UUID | str,
@@ -345,6 +351,7 @@ class QueueOps:
         self._finished(task_id, token)
         return failed
 
+    @observed("tasks.cancel")
     async def cancel(self, task: Task | UUID | str, reason: str | None = None) -> Task:
         """Cancel a pending or running task (its worker learns at its next heartbeat).
 
@@ -367,6 +374,7 @@ class QueueOps:
             return await self._refused(task_id, None, "cancelled", "cancel")
         return cancelled
 
+    @observed("tasks.retry")
     async def retry(self, task: Task | UUID | str) -> Task:
         """Put a failed or dead task back in the queue; its next claim counts another attempt."""
         task_id = _task_id(task)
@@ -377,6 +385,7 @@ class QueueOps:
             return await self._refused(task_id, None, "pending", "retry")
         return moved
 
+    @observed("tasks.requeue_dead")
     async def requeue_dead(
         self,
         task_ids: Iterable[UUID | str] | None = None,
@@ -400,6 +409,7 @@ class QueueOps:
             return []
         return await self._db.fetch(*_sql.requeue_dead(self.tenant, ids, types, limit), model=Task)
 
+    @observed("tasks.sweep")
     async def sweep(self) -> dict[str, int]:
         """Rescue tasks whose lease ran out now: how many went back to pending, how many died.
 
@@ -414,6 +424,7 @@ class QueueOps:
 
     # -- inspecting and steering ---------------------------------------------------------------
 
+    @observed("tasks.stats")
     async def stats(self) -> TaskStats:
         """Counts by status and type, the oldest due task's wait, scheduled, blocked and
         expired-lease counts, the next lease expiry and the paused types."""

@@ -31,6 +31,7 @@ from agency_data.inputs import (
     encode_json,
 )
 from agency_data.models import Task, TaskSchedule
+from agency_data.observability import observed
 from agency_data.tasks import _sql
 from agency_data.tasks._sql import NewTask
 
@@ -124,6 +125,7 @@ class ScheduleOps:
     tenant: str
     _runtime: TaskRuntime
 
+    @observed("tasks.schedule")
     async def schedule(
         self,
         name: str,
@@ -185,6 +187,7 @@ class ScheduleOps:
         assert row is not None
         return row
 
+    @observed("tasks.unschedule")
     async def unschedule(self, name: str) -> None:
         """Remove the schedule ``name`` (tasks it already enqueued stay)."""
         check_text(name, "name", max_length=200)
@@ -194,6 +197,7 @@ class ScheduleOps:
         if not removed:
             raise NotFound(f"schedule {name!r} does not exist", entity="schedule", key=name)
 
+    @observed("tasks.schedules")
     async def schedules(self) -> builtins.list[TaskSchedule]:
         """Every schedule of this tenant, by name."""
         return await self._db.fetch(
@@ -202,6 +206,7 @@ class ScheduleOps:
             model=TaskSchedule,
         )
 
+    @observed("tasks.run_due_schedules")
     async def run_due_schedules(self) -> builtins.list[Task]:
         """Enqueue the task of every schedule that is due now; the tasks enqueued."""
         enqueued: builtins.list[Task] = []

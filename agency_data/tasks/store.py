@@ -49,6 +49,7 @@ from agency_data.inputs import (
     validated,
 )
 from agency_data.models import Page, Task, TaskStatus
+from agency_data.observability import observed
 from agency_data.postgres._paging import count_where, keyset_page
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import refused_a_row
@@ -93,6 +94,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
 
     def __init__(self, db: Database, tenant: str, runtime: TaskRuntime) -> None:
         self._db = db
+        self._telemetry = db.telemetry
         self.tenant = tenant
         self._runtime = runtime
         self._reads: PointReads[UUID, Task] = PointReads(self._get_one, self._get_gathered)
@@ -108,6 +110,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
 
     # -- creating ------------------------------------------------------------------------------
 
+    @observed("tasks.create")
     async def create(
         self,
         type: str,
@@ -147,6 +150,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         (task,) = await self._create([self._row(item)], on_conflict)
         return task
 
+    @observed("tasks.create_many")
     async def create_many(
         self, items: Iterable[Mapping[str, Any]], *, on_conflict: OnConflict = "return"
     ) -> builtins.list[Task]:
@@ -417,6 +421,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
 
     # -- reading -------------------------------------------------------------------------------
 
+    @observed("tasks.get")
     async def get(self, task_id: UUID | str) -> Task:
         """The task with ``task_id``; :class:`NotFound` if this tenant has none.
 
@@ -447,6 +452,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         )
         return {task.id: task for task in tasks}
 
+    @observed("tasks.get_many")
     async def get_many(self, task_ids: Iterable[UUID | str]) -> builtins.list[Task]:
         """The tasks that exist among ``task_ids`` (one round trip), in no particular order."""
         ids = [as_uuid(i, f"task_ids[{n}]") for n, i in enumerate(as_items(task_ids, "task_ids"))]
@@ -458,11 +464,13 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             model=Task,
         )
 
+    @observed("tasks.dependencies")
     async def dependencies(self, task_id: UUID | str) -> builtins.list[UUID]:
         """The ids of the tasks ``task_id`` depends on (sorted)."""
         rows = await self._db.fetch(*_sql.dependencies_of(self.tenant, as_uuid(task_id, "task_id")))
         return [row["depends_on"] for row in rows]
 
+    @observed("tasks.list")
     async def list(
         self,
         *,
@@ -496,6 +504,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             self._db, "tasks", READ_COLUMNS, where, params, model=Task, limit=limit, cursor=cursor
         )
 
+    @observed("tasks.count")
     async def count(
         self,
         *,
@@ -521,6 +530,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         )
         return await count_where(self._db, "tasks", where, params)
 
+    @observed("tasks.search")
     async def search(
         self,
         text: str,
@@ -542,6 +552,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         ).format(sql.SQL(" AND ").join(where))
         return await self._db.fetch(query, [text, *params, limit], model=Task)
 
+    @observed("tasks.delete")
     async def delete(self, task_id: UUID | str) -> None:
         """Delete a task; :class:`NotFound` if this tenant has none with that id.
 

@@ -13,6 +13,7 @@ from typing import Unpack
 from agency_data.errors import ValidationError
 from agency_data.inputs import brief
 from agency_data.models import CollectionInfo, OptimizeReport
+from agency_data.observability import observed
 from agency_data.postgres.database import Database
 from agency_data.vectors import indexes, prewarm
 from agency_data.vectors.catalog import Catalog, check_name
@@ -29,8 +30,10 @@ class CollectionAdmin:
     def __init__(self, catalog: Catalog, admin: Database) -> None:
         self._catalog = catalog
         self._admin = admin
+        self._telemetry = admin.telemetry
         self._prewarm_superuser: str | None = None
 
+    @observed("admin.create_collection")
     async def create_collection(
         self,
         name: str,
@@ -43,14 +46,17 @@ class CollectionAdmin:
         """Create a collection (shared by all tenants; each sees only its own rows)."""
         await self._catalog.create(name, dimension, metric, storage, exist_ok=exist_ok)
 
+    @observed("admin.drop_collection")
     async def drop_collection(self, name: str) -> None:
         """Drop a collection with every embedding in it, for all tenants."""
         await self._catalog.drop(check_name(name))
 
+    @observed("admin.list_collections")
     async def list_collections(self) -> list[str]:
         """The names of every collection."""
         return await self._catalog.names()
 
+    @observed("admin.create_index")
     async def create_index(
         self, collection: str, kind: str = "hnsw", **options: Unpack[IndexOptions]
     ) -> None:
@@ -58,22 +64,26 @@ class CollectionAdmin:
         spec = await self._catalog.load(check_name(collection, "collection"))
         await indexes.create_index(self._admin, self._catalog, spec, kind=kind, **options)
 
+    @observed("admin.drop_index")
     async def drop_index(self, collection: str) -> None:
         """Drop a collection's ANN index (searches become exact scans)."""
         spec = await self._catalog.load(check_name(collection, "collection"))
         await indexes.drop_index(self._admin, self._catalog, spec)
 
+    @observed("admin.reindex")
     async def reindex(self, collection: str) -> None:
         """Rebuild a collection's ANN index concurrently."""
         await indexes.reindex(
             self._admin, await self._catalog.load(check_name(collection, "collection"))
         )
 
+    @observed("admin.optimize")
     async def optimize(self, collection: str) -> OptimizeReport:
         """ANALYZE; rebuild a bloated index; resize IVFFlat lists (rows: every tenant's)."""
         spec = await self._catalog.load(check_name(collection, "collection"))
         return await indexes.optimize(self._admin, self._catalog, spec)
 
+    @observed("admin.prewarm")
     async def prewarm(self, names: Sequence[str] | None = None) -> PrewarmReport:
         """Read collections' vector indexes, then their tables, into PostgreSQL's memory.
 

@@ -19,6 +19,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from time import perf_counter
 from typing import Any, TypeAlias
 from uuid import UUID
 
@@ -47,6 +48,7 @@ from agency_data.models import (
     SimilarityQuery,
     SimilarityResult,
 )
+from agency_data.observability import observed
 from agency_data.postgres.database import TENANT_SETTING, Database
 from agency_data.postgres.errors import refused_a_row, translate_errors
 from agency_data.vectors import _binary, _sql, indexes
@@ -78,6 +80,7 @@ class Collection:
 
     def __init__(self, db: Database, catalog: Catalog, tenant: str, name: str) -> None:
         self._db = db
+        self._telemetry = db.telemetry
         self._catalog = catalog
         self.tenant = tenant
         self.name = name
@@ -99,6 +102,7 @@ class Collection:
 
     # -- storing -------------------------------------------------------------------------------
 
+    @observed("embeddings.store")
     async def store(self, item: Embedding | Mapping[str, Any]) -> UUID:
         """Store one embedding (replacing the one with its ``id``, if given); return its id.
 
@@ -124,6 +128,7 @@ class Collection:
     ) -> builtins.list[UUID]:
         return await self._store(items, 0)
 
+    @observed("embeddings.store_many")
     async def store_many(
         self, items: Iterable[Embedding | Mapping[str, Any]]
     ) -> builtins.list[UUID]:
@@ -299,6 +304,7 @@ class Collection:
 
     # -- reading -------------------------------------------------------------------------------
 
+    @observed("embeddings.get")
     async def get(self, embedding_id: UUID | str) -> Embedding:
         """The embedding with ``embedding_id``; :class:`NotFound` if this tenant has none.
 
@@ -322,6 +328,7 @@ class Collection:
     async def _get_gathered(self, ids: Sequence[UUID]) -> dict[UUID, Embedding]:
         return {found.id: found for found in await self._get_many(list(ids))}
 
+    @observed("embeddings.get_many")
     async def get_many(self, embedding_ids: Iterable[UUID | str]) -> builtins.list[Embedding]:
         """The embeddings that exist among ``embedding_ids``, in no particular order."""
         return await self._get_many(_ids(embedding_ids, "embedding_ids"))
@@ -340,6 +347,7 @@ class Collection:
         )
         return [Embedding(**{**row, "vector": vector_to_list(row["vector"])}) for row in rows]
 
+    @observed("embeddings.count")
     async def count(self, filter: Mapping[str, Any] | None = None) -> int:
         """How many of this tenant's embeddings match ``filter`` (all, without one)."""
         node = _parse(filter)
@@ -348,6 +356,7 @@ class Collection:
         query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(spec.table_id, where)
         return int(await self._db.fetch_value(query, params))
 
+    @observed("embeddings.delete")
     async def delete(
         self, ids: Iterable[UUID | str] | None = None, *, filter: Mapping[str, Any] | None = None
     ) -> int:
@@ -372,6 +381,7 @@ class Collection:
             sql.SQL("DELETE FROM {} WHERE {}").format(spec.table_id, where), params
         )
 
+    @observed("embeddings.update_metadata")
     async def update_metadata(
         self, embedding_id: UUID | str, metadata: dict[str, Any], *, merge: bool = True
     ) -> Embedding:
@@ -388,12 +398,14 @@ class Collection:
             ),
             [encoded, self.tenant, uid],
         )
-        if updated == 0:
+        found = await self._get_one(uid) if updated else None
+        if found is None:
             raise NotFound(f"embedding {uid} does not exist in {self.name!r}", entity="embedding")
-        return await self.get(uid)
+        return found
 
     # -- searching -----------------------------------------------------------------------------
 
+    @observed("embeddings.find_similar")
     async def find_similar(
         self,
         vector: Any,
@@ -416,6 +428,7 @@ class Collection:
         ``exact`` skips the index. With a binary-quantized index, ``rerank`` x ``limit``
         candidates are re-ranked by full-precision distance.
         """
+        start = perf_counter()
         (results,) = await self._search(
             [_checked_query(vector, limit, threshold, filter, "")],
             include_vectors=include_vectors,
@@ -424,8 +437,12 @@ class Collection:
             exact=exact,
             rerank=rerank,
         )
+        if self._telemetry.metrics:
+            kind = "exact" if exact else "filtered" if filter else "ann"
+            self._telemetry.search(self.name, kind).observe(perf_counter() - start)
         return results
 
+    @observed("embeddings.batch_search")
     async def batch_search(
         self,
         queries: Iterable[SimilarityQuery | Mapping[str, Any]],
@@ -441,11 +458,12 @@ class Collection:
         Each query is a :class:`SimilarityQuery` or a mapping with ``vector`` and optionally
         ``limit``, ``threshold`` and ``filter``; errors name the query (``queries[2].limit``).
         """
+        start = perf_counter()
         plain = [
             _as_query(raw, index)
             for index, raw in enumerate(as_items(queries, "queries", most=_MAX_BATCH_QUERIES))
         ]
-        return await self._search(
+        results = await self._search(
             plain,
             include_vectors=include_vectors,
             ef_search=ef_search,
@@ -453,6 +471,9 @@ class Collection:
             exact=exact,
             rerank=rerank,
         )
+        if self._telemetry.metrics:
+            self._telemetry.search(self.name, "batch").observe(perf_counter() - start)
+        return results
 
     async def _search(
         self,
@@ -525,6 +546,11 @@ class Collection:
                 rows = await (await conn.execute(statement, params)).fetchall()
         return _results(rows, metric, threshold)
 
+    @property
+    def span_collection(self) -> str:
+        """The name spans give this collection (``db.collection.name``)."""
+        return self.name
+
     def _one_statement(self) -> bool:
         # Whether a search may name the tenant in its own statement (see _sql.tenant_search_sql)
         # rather than through the database layer, which sends the setting as a statement of its
@@ -582,6 +608,7 @@ class Collection:
                             break
                         yield result
 
+    @observed("embeddings.hybrid_search")
     async def hybrid_search(
         self,
         text: str,
@@ -598,6 +625,7 @@ class Collection:
         is the sum of ``1 / (k + rank)`` over the sides that found it. ``distance`` is still
         the vector distance.
         """
+        start = perf_counter()
         check_text(text, "text", max_length=_MAX_TEXT_QUERY)
         check_int(limit, "limit", 1, MAX_PAGE)
         check_int(k, "k", 1, 1_000_000)
@@ -622,6 +650,8 @@ class Collection:
                 fused[row["id"]] = fused.get(row["id"], 0.0) + 1.0 / (k + rank)
                 rows_by_id[row["id"]] = row
         best = sorted(fused, key=lambda i: (-fused[i], rows_by_id[i]["distance"]))[:limit]
+        if self._telemetry.metrics:
+            self._telemetry.search(self.name, "hybrid").observe(perf_counter() - start)
         return [
             dataclasses.replace(_result(rows_by_id[i], metric.score), score=fused[i]) for i in best
         ]
@@ -632,6 +662,7 @@ class Collection:
 
     # -- what it is ----------------------------------------------------------------------------
 
+    @observed("embeddings.describe")
     async def describe(self) -> CollectionInfo:
         """Rows (this tenant's), sizes, bytes per vector, and the index with its validity."""
         await self._spec()  # the default collection is made on first use

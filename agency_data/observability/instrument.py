@@ -1,0 +1,182 @@
+"""Timing and tracing of every public operation: the :func:`observed` decorator.
+
+A store method marked ``@observed("agents.get")`` is timed into the layer's
+``agency_data_query_duration_seconds`` histogram and, while OpenTelemetry tracing is on, runs
+in a span of its own that is a child of the caller's. The object it is called on carries the
+:class:`Telemetry` as ``_telemetry`` (stores take it from their Database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
+
+from agency_data.config import MonitoringConfig
+from agency_data.observability.timings import Timings
+
+if TYPE_CHECKING:
+    from agency_data.observability.tracing import Tracing
+
+__all__ = ["Observed", "Operation", "Telemetry", "current_operation", "observed"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+
+OUTCOMES = ("ok", "error", "cancelled")
+
+
+class Operation:
+    """The histograms of one operation (and tenant, when tenants are labels), one per outcome."""
+
+    __slots__ = ("cancelled", "error", "name", "ok", "tenant")
+
+    def __init__(self, name: str, tenant: str | None) -> None:
+        self.name = name
+        self.tenant = tenant
+        self.ok = Timings()
+        self.error = Timings()
+        self.cancelled = Timings()
+
+    def outcomes(self) -> tuple[tuple[str, Timings], ...]:
+        """``(outcome, timings)`` pairs, in :data:`OUTCOMES` order."""
+        return (("ok", self.ok), ("error", self.error), ("cancelled", self.cancelled))
+
+
+# The operation running in this task and its tenant, for the slow-query log.
+current_operation: ContextVar[tuple[Operation, str | None] | None] = ContextVar(
+    "agency_data_operation", default=None
+)
+
+
+class Telemetry:
+    """The instruments of one DataLayer: operation timings, counters, and tracing if on.
+
+    Made with the DataLayer (no I/O, nothing global) and shared by its stores; the metrics
+    registry (:class:`~agency_data.observability.metrics.Metrics`) reads it when scraped.
+    """
+
+    def __init__(self, config: MonitoringConfig | None = None) -> None:
+        self.config = config if config is not None else MonitoringConfig()
+        self.metrics = self.config.metrics
+        self.by_tenant = self.config.tenant_labels
+        self.tracing: Tracing | None = None
+        self.operations: dict[Any, Operation] = {}
+        # (collection, kind) -> Timings of vector searches.
+        self.searches: dict[tuple[str, str], Timings] = {}
+        self.slow_queries = 0
+        self.denials: dict[str, int] = {"authentication": 0, "permission": 0}
+
+    @classmethod
+    def off(cls) -> Telemetry:
+        """Instruments that record nothing (for parts used without a DataLayer)."""
+        return cls(MonitoringConfig(metrics=False, tracing=False, slow_query_ms=0))
+
+    @property
+    def quiet(self) -> bool:
+        """True when neither metrics nor traces are taken: calls go straight through."""
+        return not self.metrics and self.tracing is None
+
+    def operation(self, name: str, tenant: str | None = None) -> Operation:
+        """The histograms of ``name`` (made on first use)."""
+        key: Any = (name, tenant) if self.by_tenant else name
+        found = self.operations.get(key)
+        if found is None:
+            found = self.operations[key] = Operation(name, tenant if self.by_tenant else None)
+        return found
+
+    def search(self, collection: str, kind: str) -> Timings:
+        """The histogram of vector searches of ``kind`` in ``collection``."""
+        key = (collection, kind)
+        found = self.searches.get(key)
+        if found is None:
+            found = self.searches[key] = Timings()
+        return found
+
+    def count_denial(self, kind: str) -> None:
+        """Count a refused login (``authentication``) or a refused row or table (``permission``)."""
+        self.denials[kind] = self.denials.get(kind, 0) + 1
+
+
+class Observed(Protocol):
+    """What :func:`observed` needs of the object a method is called on."""
+
+    _telemetry: Telemetry
+
+
+def observed(
+    name: str, *, system: str = "postgresql"
+) -> Callable[
+    [Callable[Concatenate[S, P], Coroutine[Any, Any, R]]],
+    Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
+]:
+    """Time (and trace) a public async method as operation ``name``, such as ``agents.get``.
+
+    ``system`` is the backend it talks to (``postgresql`` or ``redis``), for its span.
+    """
+    family, _, verb = name.rpartition(".")
+
+    def decorate(
+        fn: Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
+    ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+        @functools.wraps(fn)
+        async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            telemetry = cast(Observed, self)._telemetry
+            if telemetry.quiet:
+                return await fn(self, *args, **kwargs)
+            tenant = _tenant_of(self)
+            op = telemetry.operation(name, tenant) if telemetry.by_tenant else None
+            if op is None:
+                op = telemetry.operations.get(name) or telemetry.operation(name)
+            token = current_operation.set((op, tenant))
+            start = perf_counter()
+            try:
+                if telemetry.tracing is not None:
+                    collection = getattr(self, "span_collection", family)
+                    async with telemetry.tracing.span(system, verb, collection, tenant):
+                        result = await fn(self, *args, **kwargs)
+                else:
+                    result = await fn(self, *args, **kwargs)
+            except asyncio.CancelledError:
+                if telemetry.metrics:
+                    op.cancelled.observe(perf_counter() - start)
+                raise
+            except BaseException as exc:
+                if telemetry.metrics:
+                    op.error.observe(perf_counter() - start)
+                    _count_denial(telemetry, exc)
+                raise
+            finally:
+                current_operation.reset(token)
+            if telemetry.metrics:
+                op.ok.observe(perf_counter() - start)
+            return result
+
+        return run
+
+    return decorate
+
+
+def _tenant_of(target: Any) -> str | None:
+    # Stores name their tenant ``tenant``, scopes ``tenant_id``; dl.tenant is a method.
+    for attribute in ("tenant", "tenant_id"):
+        value = getattr(target, attribute, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+_AUTHENTICATION = frozenset({"28000", "28P01"})
+_PERMISSION = frozenset({"42501"})
+
+
+def _count_denial(telemetry: Telemetry, exc: BaseException) -> None:
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in _AUTHENTICATION:
+        telemetry.count_denial("authentication")
+    elif sqlstate in _PERMISSION:
+        telemetry.count_denial("permission")
