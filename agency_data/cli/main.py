@@ -1,4 +1,4 @@
-"""The commands: up, migrate, health, roles, demo (and the tasks group)."""
+"""The commands: up, migrate, health, top, roles, demo (and the tasks group)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from agency_data.cli._common import (
     run_job,
     table,
 )
+from agency_data.cli.monitor import top
 from agency_data.cli.tasks import tasks_app
 from agency_data.config import DataLayerConfig
 from agency_data.demo import DemoStep, run_demo
@@ -91,8 +92,37 @@ class MigrateAction(StrEnum):
 
 
 @app.command()
-def up(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
-    """Start the servers (embedded unless configured), migrate, print where they are, run until Ctrl-C."""
+def up(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Also serve Prometheus metrics at /metrics on this port (0: any free port).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            help="With --metrics-port: the address to listen on, 127.0.0.1 unless given "
+            "(0.0.0.0: every interface).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Start the servers (embedded unless configured), migrate, print where they are, run until Ctrl-C.
+
+    With --metrics-port, a line "Metrics: URL" follows the servers' lines: where to scrape.
+    """
+    if metrics_port is None and metrics_host is not None:
+        # A host alone would serve nothing, silently.
+        raise typer.BadParameter(
+            "serves nothing without --metrics-port: give the port too",
+            param_hint="'--metrics-host'",
+        )
+    host = "127.0.0.1" if metrics_host is None else metrics_host
 
     async def job() -> None:
         async with DataLayer(load_config(config, data_dir)) as dl:
@@ -101,6 +131,8 @@ def up(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            # Before "ready": a port in use ends the command with its error instead.
+            endpoint = None if metrics_port is None else await dl.serve_metrics(metrics_port, host)
             found = (await dl.health()).warnings
             # Plain lines, never wrapped: scripts read the DSN and URL from here.
             typer.echo("ready")
@@ -108,6 +140,8 @@ def up(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
             configured = dl.config.redis.url
             redis_url = dl.redis_url or (configured.get_secret_value() if configured else None)
             typer.echo(f"Redis:      {redact_dsn(redis_url or '(configured server)')}")
+            if endpoint is not None:
+                typer.echo(f"Metrics:    {endpoint.url}")
             for warning in found:
                 typer.echo(f"warning:    {warning}")
             await stop.wait()
@@ -238,6 +272,7 @@ async def _health_report(cfg: DataLayerConfig) -> HealthStatus:
         await dl.aclose()
 
 
+app.command()(top)
 app.add_typer(tasks_app, name="tasks")
 
 roles_app = typer.Typer(help="The owner, application and read-only roles.", no_args_is_help=True)
