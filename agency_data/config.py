@@ -38,6 +38,7 @@ from agency_data.dsn import postgres_dsn_problem, redact_dsn, redact_url, redis_
 from agency_data.errors import ConfigError
 
 __all__ = [
+    "AlertsConfig",
     "CacheConfig",
     "ConfigWarning",
     "DataLayerConfig",
@@ -370,6 +371,63 @@ class EmbeddedConfig(_Section):
     )
 
 
+class AlertsConfig(_Section):
+    """The in-process alert rules' bounds (``monitoring.alerts``); the same rules ship for
+    Prometheus in ``deploy/prometheus``. Durations are seconds."""
+
+    enabled: bool = Field(True, description="evaluate the rules every monitoring.interval")
+    pool_saturation: float = Field(
+        0.9, gt=0, le=1, description="(used + waiting) / max connections at or above this fires"
+    )
+    pool_saturation_for: float = Field(60.0, ge=0)
+    operation_p95: float = Field(0.5, gt=0, description="p95 budget of every operation, in seconds")
+    operation_budgets: dict[str, float] = Field(
+        default_factory=dict, description="p95 budgets of chosen operations ('tasks.claim': 0.1)"
+    )
+    operation_min_calls: int = Field(
+        20, ge=1, description="calls in the window before an operation's p95 is judged"
+    )
+    operation_window: float = Field(300.0, gt=0)
+    operation_slow_for: float = Field(300.0, ge=0)
+    cache_hit_rate: float = Field(0.5, ge=0, le=1, description="hit rate under this fires")
+    cache_min_reads: int = Field(
+        100, ge=1, description="reads in the window before the hit rate is judged"
+    )
+    cache_window: float = Field(600.0, gt=0)
+    cache_low_for: float = Field(600.0, ge=0)
+    backend_down_for: float = Field(30.0, ge=0)
+    disk_free: float = Field(0.10, ge=0, le=1, description="free / total space under this fires")
+    disk_low_for: float = Field(300.0, ge=0)
+    dead_rows: float = Field(
+        0.2, gt=0, le=1, description="dead / all rows of a collection's table over this fires"
+    )
+    dead_rows_for: float = Field(1800.0, ge=0)
+    recall: float = Field(0.9, gt=0, le=1, description="an estimated index recall under this fires")
+    recall_low_for: float = Field(600.0, ge=0)
+    denials: int = Field(
+        10, ge=0, description="refused logins or rows in the window over this fires"
+    )
+    denials_window: float = Field(300.0, gt=0)
+    webhook_url: SecretStr | None = Field(
+        None, description="POST each firing and resolved alert here as JSON (Alertmanager-like)"
+    )
+
+    @field_validator("operation_budgets")
+    @classmethod
+    def _positive_budgets(cls, budgets: dict[str, float]) -> dict[str, float]:
+        for name, seconds in budgets.items():
+            if not seconds > 0:
+                raise ValueError(f"the budget of {name!r} must be a positive number of seconds")
+        return budgets
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+
 class MonitoringConfig(_Section):
     """Metrics, traces and the slow-query log (see :mod:`agency_data.observability`)."""
 
@@ -395,6 +453,22 @@ class MonitoringConfig(_Section):
     interval: float = Field(
         15.0, gt=0, le=3600, description="seconds between samples of task and index gauges"
     )
+    disk_paths: dict[str, Path] = Field(
+        default_factory=dict,
+        description="more folders whose volume's free space is watched ({name: path}); the "
+        "embedded servers' data directory is watched as 'data'",
+    )
+    recall_probe: bool = Field(
+        True, description="estimate each collection's index recall from sampled searches"
+    )
+    recall_sample_rate: float = Field(
+        0.01, ge=0, le=1, description="the share of searches kept as probe queries"
+    )
+    recall_samples: int = Field(20, ge=1, le=1000, description="probe queries kept per collection")
+    recall_interval: float = Field(
+        300.0, gt=0, description="seconds between probes (each probe runs exact searches)"
+    )
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
 
 class ConfigWarning(UserWarning):

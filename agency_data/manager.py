@@ -22,10 +22,11 @@ from agency_data.coord.sessions import SessionStore
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.embedded.postgres import DATABASE, SUPERUSER
 from agency_data.errors import AgencyDataError, BackendUnavailable, ConfigError
-from agency_data.health import check_health
+from agency_data.health import check_health, probe_redis
 from agency_data.inputs import check_bool, check_seconds, check_tenant, check_text
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
 from agency_data.models import DEFAULT_TENANT, HealthStatus
+from agency_data.observability.alerts import Alert, Alerts
 from agency_data.observability.metrics import Metrics
 from agency_data.observability.monitor import Monitor
 from agency_data.observability.server import MetricsEndpoint
@@ -186,10 +187,10 @@ class DataLayer(QueryMethods):
             pools["admin"] = self._admin_pool
         monitor.attach(
             pools=pools,
-            app=self._db,
             admin=admin_db,
             cache_stats=self._cache_backend.stats,
-            probe=self._backends_up,
+            redis_up=self._redis_up,
+            collections=lambda name, tenant: self.tenant(tenant).embeddings.collection(name),
             volumes={"data": embedded.data_dir} if self._embedded_pg is not None else {},
         )
         embedded_su = self._embedded_pg.dsn(DATABASE) if self._embedded_pg is not None else None
@@ -426,9 +427,32 @@ class DataLayer(QueryMethods):
             raise _not_connected()
         return await self._monitor.serve(port, host)
 
-    async def _backends_up(self) -> dict[str, bool]:
-        report = await check_health(self.pool, self.redis, timeout=2.0)
-        return {name: component.up for name, component in report.components.items()}
+    @property
+    def alerts(self) -> Alerts:
+        """The alert rules evaluated in process: ``dl.alerts.on(callback)``, ``.firing()``.
+
+        See :mod:`agency_data.observability.alerts`; bounds in ``monitoring.alerts``.
+        """
+        return self._monitor.alerts
+
+    async def check_alerts(self) -> list[Alert]:
+        """Sample and evaluate the alert rules now (they also run every monitoring.interval).
+
+        Returns the alerts that started firing or resolved in this round.
+        """
+        if self._pool is None:
+            raise _not_connected()
+        return await self._monitor.check()
+
+    async def probe_recall(self) -> dict[str, float]:
+        """Run the index-quality probe now: estimated recall by collection (see
+        :mod:`agency_data.observability.recall`); it also runs every recall_interval."""
+        if self._pool is None:
+            raise _not_connected()
+        return await self._monitor.probe_recall()
+
+    async def _redis_up(self) -> bool:
+        return (await probe_redis(self.redis, timeout=2.0)).up
 
     async def health(self, timeout: float = 2.0) -> HealthStatus:
         """Probe PostgreSQL and Redis: ``ok``, ``degraded`` (Redis down) or ``down``."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
@@ -21,13 +23,24 @@ from agency_data.observability.timings import Timings
 if TYPE_CHECKING:
     from agency_data.observability.tracing import Tracing
 
-__all__ = ["Observed", "Operation", "Telemetry", "current_operation", "observed"]
+__all__ = ["Observed", "Operation", "ProbeQuery", "Telemetry", "current_operation", "observed"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S")
 
 OUTCOMES = ("ok", "error", "cancelled")
+
+
+@dataclass(frozen=True)
+class ProbeQuery:
+    """A search the recall probe replays: its vector, size, filter and index settings."""
+
+    vector: Any
+    limit: int
+    filter: Mapping[str, Any] | None
+    ef_search: int | None
+    probes: int | None
 
 
 class Operation:
@@ -70,6 +83,10 @@ class Telemetry:
         self.searches: dict[tuple[str, str], Timings] = {}
         self.slow_queries = 0
         self.denials: dict[str, int] = {"authentication": 0, "permission": 0}
+        # The recall probe's queries (kept by the searches) and its latest estimates.
+        self.probe_rate = self.config.recall_sample_rate if self.config.recall_probe else 0.0
+        self.probe_queries: dict[tuple[str, str], deque[ProbeQuery]] = {}
+        self.recall: dict[str, float] = {}
 
     @classmethod
     def off(cls) -> Telemetry:
@@ -96,6 +113,14 @@ class Telemetry:
         if found is None:
             found = self.searches[key] = Timings()
         return found
+
+    def keep_probe_query(self, collection: str, tenant: str, query: ProbeQuery) -> None:
+        """Keep a search for the recall probe (the most recent ``recall_samples`` are kept)."""
+        key = (collection, tenant)
+        kept = self.probe_queries.get(key)
+        if kept is None:
+            kept = self.probe_queries[key] = deque(maxlen=self.config.recall_samples)
+        kept.append(query)
 
     def count_denial(self, kind: str) -> None:
         """Count a refused login (``authentication``) or a refused row or table (``permission``)."""

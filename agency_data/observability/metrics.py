@@ -21,6 +21,8 @@ Families (base units, ``agency_data_`` prefix):
 ``agency_data_vector_index_bytes``              gauge: ``collection``
 ``agency_data_vector_index_bytes_per_vector``   gauge: ``collection``
 ``agency_data_vector_index_valid``              gauge: ``collection``
+``agency_data_vector_dead_rows_ratio``          gauge: ``collection``
+``agency_data_vector_recall_estimate``          gauge: ``collection`` (the recall probe)
 ``agency_data_tasks``                           gauge: ``status``, ``type``
 ``agency_data_tasks_oldest_pending_age_seconds`` gauge: ``type``
 ``agency_data_backend_up``                      gauge: ``backend``
@@ -49,7 +51,7 @@ from agency_data.observability.instrument import Telemetry
 from agency_data.observability.sampler import Sample
 from agency_data.observability.timings import Timings
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "denial_counts"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -88,11 +90,20 @@ class _LayerCollector(Collector):
         yield from _pools(m.pools)
         if m.cache_stats is not None:
             yield from _cache(m.cache_stats())
-        yield from _counters(m.telemetry)
+        yield from _counters(m.telemetry, m.pools)
+        yield from _recall(m.telemetry)
         if m.sample is not None:
             yield from _sampled(m.sample)
         for source in m.extra:
             yield from source()
+
+
+def denial_counts(telemetry: Telemetry, pools: dict[str, Any]) -> dict[str, int]:
+    """Refused logins (the pools count them) and refused rows or tables, since start."""
+    counts = dict(telemetry.denials)
+    refused = sum(getattr(pool, "refused_logins", 0) for pool in pools.values())
+    counts["authentication"] = counts.get("authentication", 0) + refused
+    return counts
 
 
 def _histogram(family: HistogramMetricFamily, labels: list[str], timings: Timings) -> None:
@@ -199,7 +210,18 @@ def _cache(stats: CacheStats) -> Iterator[Metric]:
     )
 
 
-def _counters(telemetry: Telemetry) -> Iterator[Metric]:
+def _recall(telemetry: Telemetry) -> Iterator[Metric]:
+    recall = GaugeMetricFamily(
+        "agency_data_vector_recall_estimate",
+        "Estimated recall of each collection's index on sampled recent searches (0..1).",
+        labels=["collection"],
+    )
+    for name, estimate in sorted(telemetry.recall.items()):
+        recall.add_metric([name], estimate)
+    yield recall
+
+
+def _counters(telemetry: Telemetry, pools: dict[str, Any]) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "agency_data_slow_queries",
         "Statements slower than monitoring.slow_query_ms.",
@@ -210,7 +232,7 @@ def _counters(telemetry: Telemetry) -> Iterator[Metric]:
         "Refused logins (authentication) and refused rows or tables (permission).",
         labels=["kind"],
     )
-    for kind, count in sorted(telemetry.denials.items()):
+    for kind, count in sorted(denial_counts(telemetry, pools).items()):
         denials.add_metric([kind], count)
     yield denials
 
@@ -251,12 +273,20 @@ def _sampled(sample: Sample) -> Iterator[Metric]:
         "0 when a collection's vector index is invalid (a failed concurrent build).",
         labels=["collection"],
     )
+    dead = GaugeMetricFamily(
+        "agency_data_vector_dead_rows_ratio",
+        "Dead rows over all rows of each collection's table (bloat; VACUUM clears it).",
+        labels=["collection"],
+    )
     for name, index in sorted(sample.indexes.items()):
-        index_bytes.add_metric([name], index.bytes)
-        if index.rows > 0:
-            per_vector.add_metric([name], index.bytes / index.rows)
-        valid.add_metric([name], 1 if index.valid else 0)
-    yield from (index_bytes, per_vector, valid)
+        if index.present:
+            index_bytes.add_metric([name], index.bytes)
+            if index.rows > 0:
+                per_vector.add_metric([name], index.bytes / index.rows)
+            valid.add_metric([name], 1 if index.valid else 0)
+        if index.dead_ratio is not None:
+            dead.add_metric([name], index.dead_ratio)
+    yield from (index_bytes, per_vector, valid, dead)
     free = GaugeMetricFamily(
         "agency_data_disk_free_bytes",
         "Free space on the volume of the embedded servers' data directory.",

@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.core import GaugeMetricFamily, Metric
 from psycopg import AsyncCursor
 from psycopg.conninfo import conninfo_to_dict
 
 from agency_data.config import MonitoringConfig
 from agency_data.models import CacheStats
+from agency_data.observability.alerts import Alert, Alerts
 from agency_data.observability.cursor import cursor_class
 from agency_data.observability.instrument import Telemetry
-from agency_data.observability.metrics import Metrics
+from agency_data.observability.metrics import Metrics, denial_counts
+from agency_data.observability.recall import Measurable, RecallProbe
 from agency_data.observability.sampler import Sample, Sampler
 from agency_data.observability.server import MetricsEndpoint, serve
 from agency_data.observability.tracing import Endpoint, find_tracing
@@ -33,13 +37,27 @@ _log = logging.getLogger("agency_data.observability")
 
 
 class Monitor:
-    """A DataLayer's telemetry, metrics registry, sampler and endpoints."""
+    """A DataLayer's telemetry, registry, sampler, alerts, recall probe and endpoints.
+
+    After :meth:`attach`, a background loop takes a sample and evaluates the alerts every
+    ``monitoring.interval`` seconds (the first after one interval, so a short-lived DataLayer
+    costs nothing), and runs the recall probe every ``monitoring.recall_interval``.
+    """
 
     def __init__(self, config: MonitoringConfig) -> None:
         self.config = config
         self.telemetry = Telemetry(config)
         self.metrics = Metrics(self.telemetry)
+        self.alerts = Alerts(
+            config.alerts,
+            self.telemetry,
+            pools=lambda: self.metrics.pools,
+            cache_stats=lambda: self.metrics.cache_stats() if self.metrics.cache_stats else None,
+            denials=lambda: denial_counts(self.telemetry, self.metrics.pools),
+        )
+        self.metrics.extra.append(self._firing)
         self.sampler: Sampler | None = None
+        self.probe: RecallProbe | None = None
         self._loop: asyncio.Task[None] | None = None
         self._endpoints: list[MetricsEndpoint] = []
 
@@ -58,16 +76,21 @@ class Monitor:
         self,
         *,
         pools: dict[str, Any],
-        app: Database,
         admin: Database,
         cache_stats: Callable[[], CacheStats],
-        probe: Callable[[], Awaitable[dict[str, bool]]],
+        redis_up: Callable[[], Awaitable[bool]],
+        collections: Callable[[str, str], Measurable],
         volumes: dict[str, Path],
     ) -> None:
-        """Point the registry and sampler at the connected pools and clients."""
+        """Point the registry, sampler and probe at the connected pools and clients."""
         self.metrics.pools = pools
         self.metrics.cache_stats = cache_stats
-        self.sampler = Sampler(app=app, admin=admin, probe=probe, volumes=volumes)
+        self.sampler = Sampler(
+            admin=admin, redis_up=redis_up, volumes={**volumes, **self.config.disk_paths}
+        )
+        self.probe = RecallProbe(self.telemetry, collections)
+        if self.config.alerts.enabled or self.config.recall_probe:
+            self._start_loop(first_after=self.config.interval)
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -88,25 +111,60 @@ class Monitor:
         """Serve ``/metrics``, and keep the sampled gauges fresh while it runs."""
         endpoint = serve(self.metrics.registry, port, host)
         self._endpoints.append(endpoint)
-        self.keep_sampling()
         await self.sample()
+        self._start_loop(first_after=self.config.interval)
         return endpoint
 
-    def keep_sampling(self) -> None:
-        """Sample every ``monitoring.interval`` seconds in the background (idempotent)."""
-        if self._loop is None and self.sampler is not None:
-            self._loop = asyncio.create_task(self._sample_forever(), name="agency-data-sampler")
+    async def check(self) -> list[Alert]:
+        """Take a fresh sample and evaluate the alerts now; the changes."""
+        if self.sampler is None:
+            return []
+        sample = await self.sampler.take()
+        self.metrics.sample = sample
+        return await self.alerts.evaluate(sample)
 
-    async def _sample_forever(self) -> None:
+    async def probe_recall(self) -> dict[str, float]:
+        """Run the recall probe now."""
+        return await self.probe.run() if self.probe is not None else {}
+
+    def _start_loop(self, first_after: float) -> None:
+        if self._loop is None and self.sampler is not None:
+            self._loop = asyncio.create_task(
+                self._run_forever(first_after), name="agency-data-monitor"
+            )
+
+    async def _run_forever(self, first_after: float) -> None:
+        await asyncio.sleep(first_after)
+        probed_at = time.monotonic()
         while True:
             try:
-                await self.sample()
-            except Exception:  # noqa: BLE001 - the loop outlives one bad sample; logged
-                _log.exception("taking a metrics sample failed")
+                if self.config.alerts.enabled:
+                    await self.check()
+                else:
+                    await self.sample()
+                if (
+                    self.config.recall_probe
+                    and time.monotonic() - probed_at >= self.config.recall_interval
+                ):
+                    probed_at = time.monotonic()
+                    await self.probe_recall()
+            except Exception:  # noqa: BLE001 - the loop outlives one bad round; logged
+                _log.exception("a monitoring round failed")
             await asyncio.sleep(self.config.interval)
 
+    def _firing(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "agency_data_alerts_firing",
+            "1 for each alert the layer's own rules have firing now.",
+            labels=["alert", "series"],
+        )
+        for alert in self.alerts.firing():
+            series = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+            family.add_metric([alert.name, series], 1)
+        yield family
+
     async def aclose(self) -> None:
-        """Stop the endpoints and the sampling loop."""
+        """Stop the loop, the endpoints and the sampler's connection."""
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.cancel()
@@ -115,7 +173,11 @@ class Monitor:
         endpoints, self._endpoints = self._endpoints, []
         for endpoint in endpoints:
             await endpoint.aclose()
-        self.sampler = None
+        await self.alerts.aclose()
+        sampler, self.sampler = self.sampler, None
+        if sampler is not None:
+            await sampler.aclose()
+        self.probe = None
         self.metrics.pools = {}
         self.metrics.cache_stats = None
 

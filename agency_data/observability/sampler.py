@@ -1,9 +1,11 @@
 """The gauges that need a query: backends up, tasks by status and type, index sizes, disk space.
 
 A :class:`Sampler` takes a :class:`Sample` every ``monitoring.interval`` seconds in the
-background (and on demand when a scrape finds the last one stale). Task counts span every
-tenant, so they are read as the owner role, which must bypass row-level security to see them
-(the embedded server's does); without that they are left out, with one warning.
+background (and on demand when a scrape finds the last one stale). It reads on a connection of
+its own, as the owner role, so that a pool exhausted by the application neither delays a sample
+nor reads as PostgreSQL being down. Task counts span every tenant, so the owner must bypass
+row-level security to see them (the embedded server's does); without that they are left out,
+with one warning.
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
 
 from agency_data.errors import AgencyDataError
 from agency_data.postgres.database import Database
+from agency_data.postgres.errors import translate_errors
 
 __all__ = ["IndexSample", "Sample", "Sampler"]
 
@@ -28,6 +36,7 @@ _log = logging.getLogger("agency_data.observability")
 MAX_TASK_TYPES = 100
 OTHER_TYPE = "_other"
 _QUERY_TIMEOUT = 5.0
+_STATEMENT_TIMEOUT: LiteralString = "SET statement_timeout = 5000"
 
 _TASKS_SQL = """
 SELECT status, type, count(*)::bigint AS n,
@@ -39,10 +48,12 @@ FROM tasks GROUP BY status, type
 _INDEXES_SQL = """
 SELECT c.name, greatest(t.reltuples, 0)::bigint AS rows,
        i.indexrelid IS NOT NULL AS has_index, coalesce(i.indisvalid, true) AS valid,
-       coalesce(pg_relation_size(i.indexrelid), 0)::bigint AS bytes
+       coalesce(pg_relation_size(i.indexrelid), 0)::bigint AS bytes,
+       s.n_live_tup AS live, s.n_dead_tup AS dead
 FROM embedding_collections c
 JOIN pg_class t ON t.oid = to_regclass(quote_ident(c.table_name))
 LEFT JOIN pg_index i ON i.indexrelid = to_regclass(quote_ident(c.table_name || '_ann'))
+LEFT JOIN pg_stat_user_tables s ON s.relid = t.oid
 """
 
 _SEES_ALL_SQL = (
@@ -58,6 +69,8 @@ class IndexSample:
     rows: int
     valid: bool
     present: bool
+    dead_ratio: float | None = None
+    """Dead rows over all rows of the table (from the statistics; None before any)."""
 
 
 @dataclass
@@ -74,20 +87,19 @@ class Sample:
 
 
 class Sampler:
-    """Takes samples with the layer's pools; never raises for a backend that is down."""
+    """Takes samples on a connection of its own; never raises for a backend that is down."""
 
     def __init__(
         self,
         *,
-        app: Database,
         admin: Database,
-        probe: Callable[[], Awaitable[dict[str, bool]]],
+        redis_up: Callable[[], Awaitable[bool]],
         volumes: dict[str, Path],
     ) -> None:
-        self._app = app
         self._admin = admin
-        self._probe = probe
+        self._redis_up = redis_up
         self._volumes = volumes
+        self._conn: AsyncConnection[Any] | None = None
         self._sees_all: bool | None = None
         self._lock = asyncio.Lock()
         self.latest: Sample | None = None
@@ -96,10 +108,12 @@ class Sampler:
         """A fresh sample (concurrent callers share one)."""
         async with self._lock:
             sample = Sample()
-            sample.backends = await self._probe()
-            if sample.backends.get("postgresql", False):
-                await self._read_tasks(sample)
-                await self._read_indexes(sample)
+            conn = await self._connection()
+            sample.backends["postgresql"] = conn is not None
+            sample.backends["redis"] = await self._redis_up()
+            if conn is not None:
+                await self._read_tasks(conn, sample)
+                await self._read_indexes(conn, sample)
             for volume, path in self._volumes.items():
                 try:
                     usage = await asyncio.to_thread(shutil.disk_usage, path)
@@ -117,10 +131,37 @@ class Sampler:
             return latest
         return await self.take()
 
-    async def _read_tasks(self, sample: Sample) -> None:
+    async def aclose(self) -> None:
+        """Close the sampler's connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def _connection(self) -> AsyncConnection[Any] | None:
+        # The open connection if it answers, else a new one; None when PostgreSQL does not.
+        try:
+            async with asyncio.timeout(_QUERY_TIMEOUT):
+                if self._conn is None or self._conn.closed:
+                    self._conn = await self._admin.open_dedicated(
+                        row_factory=dict_row, connect_timeout=int(_QUERY_TIMEOUT)
+                    )
+                    await self._conn.execute(_STATEMENT_TIMEOUT)
+                await self._conn.execute("SELECT 1")
+                return self._conn
+        except (AgencyDataError, OSError, TimeoutError, psycopg.Error) as exc:
+            _log.debug("the sampler could not reach PostgreSQL: %s", type(exc).__name__)
+            await self.aclose()
+            return None
+
+    async def _fetch(self, conn: AsyncConnection[Any], query: LiteralString) -> list[Any]:
+        with translate_errors("sampling"):
+            return await (await conn.execute(query)).fetchall()
+
+    async def _read_tasks(self, conn: AsyncConnection[Any], sample: Sample) -> None:
         try:
             if self._sees_all is None:
-                self._sees_all = bool(await self._admin.fetch_value(_SEES_ALL_SQL))
+                rows = await self._fetch(conn, _SEES_ALL_SQL)
+                self._sees_all = bool(rows and rows[0]["sees_all"])
                 if not self._sees_all:
                     _log.warning(
                         "the task gauges are off: they count every tenant's tasks, which needs "
@@ -128,7 +169,7 @@ class Sampler:
                     )
             if not self._sees_all:
                 return
-            rows = await self._admin.fetch(_TASKS_SQL, timeout=_QUERY_TIMEOUT)
+            rows = await self._fetch(conn, _TASKS_SQL)
         except AgencyDataError as exc:
             _log.warning("could not sample the task gauges: %s", exc)
             return
@@ -144,13 +185,18 @@ class Sampler:
                 age = max(float(row["oldest"]), 0.0)
                 sample.oldest_pending[type_] = max(sample.oldest_pending.get(type_, 0.0), age)
 
-    async def _read_indexes(self, sample: Sample) -> None:
+    async def _read_indexes(self, conn: AsyncConnection[Any], sample: Sample) -> None:
         try:
-            rows = await self._app.fetch(_INDEXES_SQL, timeout=_QUERY_TIMEOUT)
+            rows = await self._fetch(conn, _INDEXES_SQL)
         except AgencyDataError as exc:
             _log.warning("could not sample the vector index gauges: %s", exc)
             return
         for row in rows:
+            live, dead = row["live"] or 0, row["dead"] or 0
             sample.indexes[row["name"]] = IndexSample(
-                bytes=row["bytes"], rows=row["rows"], valid=row["valid"], present=row["has_index"]
+                bytes=row["bytes"],
+                rows=row["rows"],
+                valid=row["valid"],
+                present=row["has_index"],
+                dead_ratio=dead / (live + dead) if live + dead else None,
             )

@@ -201,17 +201,30 @@ class Database:
     @asynccontextmanager
     async def dedicated(self) -> AsyncIterator[AsyncConnection[Any]]:
         """A connection of its own, outside the pool and set up like the pool's (long DDL)."""
+        conn = await self.open_dedicated()
         try:
-            conn = await AsyncConnection.connect(self.conninfo, autocommit=True)
+            with translate_errors():
+                yield conn
+        finally:
+            await conn.close()
+
+    async def open_dedicated(self, **kwargs: Any) -> AsyncConnection[Any]:
+        """A connection of its own, set up like the pool's; the caller closes it.
+
+        ``kwargs`` go to ``AsyncConnection.connect`` (``row_factory``, ``connect_timeout``).
+        """
+        try:
+            conn = await AsyncConnection.connect(self.conninfo, autocommit=True, **kwargs)
         except psycopg.Error as exc:
             raise to_agency_error(exc, "opening a connection") from exc
         try:
             with translate_errors():
                 if self._setup is not None:
                     await self._setup(conn)
-                yield conn
-        finally:
+        except BaseException:
             await conn.close()
+            raise
+        return conn
 
     @property
     def conninfo(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import select
 import sys
 import weakref
@@ -227,6 +228,8 @@ class _Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
 
     # The latest connection attempt's error; None once an attempt succeeds.
     connect_error: Exception | None = None
+    # Connection attempts the server refused to log in (a metric, and an alert when repeated).
+    refused_logins: int = 0
 
     async def _connect(self, timeout: float | None = None) -> AsyncConnection[DictRow]:
         # psycopg_pool's one place where connections are made (its retries included). Were it
@@ -235,6 +238,8 @@ class _Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
             conn = await super()._connect(timeout)
         except Exception as exc:
             self.connect_error = exc
+            if refused_login(exc):
+                self.refused_logins += 1
             raise
         self.connect_error = None
         return conn
@@ -351,3 +356,15 @@ def _where(conninfo: str) -> str:
     host = params.get("host") or params.get("hostaddr") or "localhost"
     where = f"{host}:{params.get('port') or 5432}/{params.get('dbname', '')}"
     return redact_dsn(where)
+
+
+# libpq reports a refused login in the message only (psycopg's sqlstate is None at connect).
+_REFUSED_LOGIN = re.compile(
+    r'authentication failed|no pg_hba\.conf entry|role "[^"]*" does not exist|'
+    r"is not permitted to log in|password authentication"
+)
+
+
+def refused_login(exc: BaseException) -> bool:
+    """True when ``exc`` is the server refusing a login (not a server that is down)."""
+    return isinstance(exc, psycopg.OperationalError) and bool(_REFUSED_LOGIN.search(str(exc)))

@@ -50,21 +50,28 @@ def search_sql(
     *,
     include_vectors: bool,
     rerank_candidates: int | None = None,
+    exact: bool = False,
 ) -> tuple[sql.SQL | sql.Composed, list[Any]]:
     """Top ``limit`` rows by distance to ``query``.
 
     With ``rerank_candidates`` (binary quantization), the bit index picks that many candidates
-    by Hamming distance first, and only those are ranked by full-precision distance.
+    by Hamming distance first, and only those are ranked by full-precision distance. ``exact``
+    ranks every row: the ORDER BY sits above a subquery the index cannot serve. (Planner
+    settings such as enable_indexscan would not do: a prepared statement's generic plan is
+    kept whatever the settings of later runs, so exact and index searches sharing one text
+    would share one plan, the index's or the full scan's.)
     """
     reranked = rerank_candidates is not None
     text: sql.SQL | sql.Composed
     if node is None:
-        text = _unfiltered(spec.table, spec.metric, spec.dimension, include_vectors, reranked)
+        text = _unfiltered(
+            spec.table, spec.metric, spec.dimension, include_vectors, reranked, exact
+        )
         params: list[Any] = [tenant]
     else:
         where, params = where_sql(tenant, node)
         text = _search_template(
-            spec.table, spec.metric, spec.dimension, include_vectors, reranked, where
+            spec.table, spec.metric, spec.dimension, include_vectors, reranked, where, exact=exact
         )
     if reranked:
         return text, [query, *params, query, rerank_candidates, limit]
@@ -106,11 +113,17 @@ def _tenant_named(
 
 @lru_cache(maxsize=256)
 def _unfiltered(
-    table: str, metric: str, dimension: int, include_vectors: bool, reranked: bool
+    table: str, metric: str, dimension: int, include_vectors: bool, reranked: bool, exact: bool
 ) -> sql.SQL:
     # Composing costs tens of microseconds a call; without a filter the text never changes.
     template = _search_template(
-        table, metric, dimension, include_vectors, reranked, sql.SQL("tenant_id = %s")
+        table,
+        metric,
+        dimension,
+        include_vectors,
+        reranked,
+        sql.SQL("tenant_id = %s"),
+        exact=exact,
     )
     return sql.SQL(template.as_string(None))
 
@@ -123,9 +136,18 @@ def _search_template(
     reranked: bool,
     where: sql.Composable,
     limit: sql.Composable = _LIMIT,
+    *,
+    exact: bool = False,
 ) -> sql.Composed:
     distance = sql.SQL("vector " + metric_spec(metric).operator + " %b")
     table_id = sql.Identifier(table)
+    if exact:
+        # OFFSET 0 keeps the subquery a scan of its own: no index can order its rows.
+        columns = sql.SQL(ROW_COLUMNS + (", vector" if include_vectors else ""))
+        return sql.SQL(
+            "SELECT * FROM (SELECT {}, {} AS distance FROM {} WHERE {} OFFSET 0) AS e "
+            "ORDER BY distance LIMIT {}"
+        ).format(columns, distance, table_id, where, limit)
     if not reranked:
         # ORDER BY the select-list alias is the same expression to the planner: the index
         # serves it, and the vector is sent once.

@@ -79,9 +79,18 @@ class CollectionAdmin:
 
     @observed("admin.optimize")
     async def optimize(self, collection: str) -> OptimizeReport:
-        """ANALYZE; rebuild a bloated index; resize IVFFlat lists (rows: every tenant's)."""
+        """ANALYZE; rebuild a bloated index; resize IVFFlat lists (rows: every tenant's);
+        rebuild an IVFFlat index whose estimated recall (the recall probe's) is under
+        ``monitoring.alerts.recall``."""
         spec = await self._catalog.load(check_name(collection, "collection"))
-        return await indexes.optimize(self._admin, self._catalog, spec)
+        telemetry = self._telemetry
+        return await indexes.optimize(
+            self._admin,
+            self._catalog,
+            spec,
+            recall=telemetry.recall.get(spec.name),
+            recall_bound=telemetry.config.alerts.recall,
+        )
 
     @observed("admin.prewarm")
     async def prewarm(self, names: Sequence[str] | None = None) -> PrewarmReport:

@@ -8,7 +8,9 @@ share one round trip.
 from __future__ import annotations
 
 import builtins
+import copy
 import dataclasses
+import random
 import uuid
 from collections.abc import (
     AsyncGenerator,
@@ -49,6 +51,7 @@ from agency_data.models import (
     SimilarityResult,
 )
 from agency_data.observability import observed
+from agency_data.observability.instrument import ProbeQuery, Telemetry
 from agency_data.postgres.database import TENANT_SETTING, Database
 from agency_data.postgres.errors import refused_a_row, translate_errors
 from agency_data.vectors import _binary, _sql, indexes
@@ -78,9 +81,18 @@ _Query: TypeAlias = "tuple[Any, int, float | None, FilterNode | None, str]"
 class Collection:
     """A named collection of embeddings, scoped to one tenant."""
 
-    def __init__(self, db: Database, catalog: Catalog, tenant: str, name: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        catalog: Catalog,
+        tenant: str,
+        name: str,
+        *,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._db = db
-        self._telemetry = db.telemetry
+        # The layer's own searches (warming up) pass a silent one: they are not the app's.
+        self._telemetry = telemetry if telemetry is not None else db.telemetry
         self._catalog = catalog
         self.tenant = tenant
         self.name = name
@@ -437,10 +449,53 @@ class Collection:
             exact=exact,
             rerank=rerank,
         )
-        if self._telemetry.metrics:
+        telemetry = self._telemetry
+        if telemetry.metrics:
             kind = "exact" if exact else "filtered" if filter else "ann"
-            self._telemetry.search(self.name, kind).observe(perf_counter() - start)
+            telemetry.search(self.name, kind).observe(perf_counter() - start)
+        if telemetry.probe_rate and not exact and random.random() < telemetry.probe_rate:
+            # Kept for the recall probe (agency_data.observability.recall), which replays it.
+            telemetry.keep_probe_query(
+                self.name,
+                self.tenant,
+                ProbeQuery(copy.deepcopy(vector), limit, copy.deepcopy(filter), ef_search, probes),
+            )
         return results
+
+    @observed("embeddings.measure_recall")
+    async def measure_recall(
+        self,
+        queries: Iterable[SimilarityQuery | Mapping[str, Any]],
+        *,
+        ef_search: int | None = None,
+        probes: int | None = None,
+    ) -> float | None:
+        """The recall of this collection's index for ``queries``: the share of each query's
+        true ``limit`` nearest neighbours that the index search returns, averaged.
+
+        Each query runs twice, through the index (with ``ef_search`` / ``probes``) and
+        exactly; an exact search reads every row of this tenant, so keep the queries few on
+        a large collection. Thresholds are ignored. None when no query has a neighbour.
+        """
+        plain = [
+            (vector, limit, None, node, where)
+            for vector, limit, _, node, where in (
+                _as_query(raw, index)
+                for index, raw in enumerate(as_items(queries, "queries", most=_MAX_BATCH_QUERIES))
+            )
+        ]
+        found = await self._search(
+            plain, include_vectors=False, ef_search=ef_search, probes=probes, exact=False, rerank=10
+        )
+        truth = await self._search(
+            plain, include_vectors=False, ef_search=None, probes=None, exact=True, rerank=10
+        )
+        shares = [
+            len({r.id for r in ann} & {r.id for r in true}) / len(true)
+            for ann, true in zip(found, truth, strict=True)
+            if true
+        ]
+        return sum(shares) / len(shares) if shares else None
 
     @observed("embeddings.batch_search")
     async def batch_search(
@@ -516,9 +571,10 @@ class Collection:
                 node,
                 include_vectors=include_vectors,
                 rerank_candidates=pool if binary else None,
+                exact=exact,
             )
             planned.append((statement, params, threshold))
-        settings = _settings(ef_search, probes, exact, candidates if binary else None)
+        settings = _settings(ef_search, probes, candidates if binary else None)
         with translate_errors("searching"):
             results = await self._db.fetch_many([(q, p) for q, p, _ in planned], settings=settings)
         return [
@@ -814,7 +870,7 @@ def _check_rerank(rerank: int) -> None:
 
 
 def _settings(
-    ef_search: int | None, probes: int | None, exact: bool, candidates: int | None
+    ef_search: int | None, probes: int | None, candidates: int | None
 ) -> builtins.list[tuple[str, str]]:
     settings: builtins.list[tuple[str, str]] = []
     for name, value, top in (
@@ -827,8 +883,6 @@ def _settings(
     if candidates is not None and ef_search is None:
         # HNSW hands back at most ef_search rows per scan: enough for the candidate pool.
         settings.append(("hnsw.ef_search", str(candidates)))
-    if exact:
-        settings += [("enable_indexscan", "off"), ("enable_bitmapscan", "off")]
     return settings
 
 

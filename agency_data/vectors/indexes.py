@@ -273,9 +273,21 @@ async def reindex(db: Database, spec: CollectionSpec) -> None:
         )
 
 
-async def optimize(db: Database, catalog: Catalog, spec: CollectionSpec) -> OptimizeReport:
-    """ANALYZE, vacuum and rebuild when dead rows pile up, and fit IVFFlat lists to the rows."""
+async def optimize(
+    db: Database,
+    catalog: Catalog,
+    spec: CollectionSpec,
+    *,
+    recall: float | None = None,
+    recall_bound: float = 0.0,
+) -> OptimizeReport:
+    """ANALYZE, vacuum and rebuild when dead rows pile up, and fit IVFFlat lists to the rows.
+
+    ``recall``: the recall probe's latest estimate; under ``recall_bound`` an IVFFlat index
+    is rebuilt (its lists are clustered again on the rows as they are now).
+    """
     actions: list[str] = []
+    rebuilt = False
     async with _build_connection(db) as conn:
         await conn.execute(sql.SQL("ANALYZE {}").format(spec.table_id))
         actions.append("analyzed")
@@ -294,6 +306,7 @@ async def optimize(db: Database, catalog: Catalog, spec: CollectionSpec) -> Opti
                     sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(spec.index_name))
                 )
                 actions.append("rebuilt the index")
+                rebuilt = True
     rows = int(live)
     lists = suggested_lists(rows)
     current = spec.index_options.get("lists")
@@ -314,6 +327,25 @@ async def optimize(db: Database, catalog: Catalog, spec: CollectionSpec) -> Opti
             progress=None,
         )
         actions.append(f"rebuilt IVFFlat with {lists} lists (was {current})")
+        rebuilt = True
+    if (
+        has_index
+        and not rebuilt
+        and spec.index_kind == "ivfflat"
+        and recall is not None
+        and recall < recall_bound
+    ):
+        # Rows inserted since the build sit in lists whose centroids no longer fit them.
+        await reindex(db, spec)
+        actions.append(
+            f"rebuilt the IVFFlat index: its estimated recall {recall:.2f} was under "
+            f"{recall_bound:.2f}"
+        )
+    elif recall is not None and recall < recall_bound and spec.index_kind == "hnsw":
+        actions.append(
+            f"estimated recall {recall:.2f} is under {recall_bound:.2f}: raise ef_search "
+            "(per search, or hnsw.ef_search), or rebuild with a larger m / ef_construction"
+        )
     return OptimizeReport(
         rows=rows, dead_fraction=dead_fraction, actions=actions, suggested_lists=lists
     )

@@ -36,6 +36,7 @@ from psycopg import AsyncConnection, sql
 
 from agency_data.errors import AgencyDataError, NotFound
 from agency_data.models import DEFAULT_TENANT
+from agency_data.observability import Telemetry
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import to_agency_error, translate_errors
 from agency_data.vectors.catalog import Catalog, CollectionSpec
@@ -312,7 +313,9 @@ async def warm_connections(
                 await scoped.execute("SELECT set_config(%s, 'off', true)", [setting])
             for spec in indexed:
                 # The application's own search, so that psycopg prepares its very statement.
-                collection = Collection(scoped, catalog, DEFAULT_TENANT, spec.name)
+                collection = Collection(
+                    scoped, catalog, DEFAULT_TENANT, spec.name, telemetry=Telemetry.off()
+                )
                 for query in queries[spec.name]:
                     await collection.find_similar(query, limit=10)
             # Asked of the server: tx.conn would have the connection reset when given back.
