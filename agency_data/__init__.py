@@ -12,10 +12,12 @@ object::
 from agency_data.admin import Admin
 from agency_data.cache import Cache, escape_glob
 from agency_data.config import (
+    AlertsConfig,
     CacheConfig,
     DataLayerConfig,
     EmbeddedConfig,
     MigrationConfig,
+    MonitoringConfig,
     PostgresConfig,
     RedisConfig,
     SentinelConfig,
@@ -54,6 +56,7 @@ from agency_data.models import (
     CacheStats,
     CollectionInfo,
     ComponentHealth,
+    DiskSpace,
     Embedding,
     HealthStatus,
     IndexInfo,
@@ -61,6 +64,7 @@ from agency_data.models import (
     Message,
     OptimizeReport,
     Page,
+    ReplicationStatus,
     Session,
     SimilarityQuery,
     SimilarityResult,
@@ -71,6 +75,8 @@ from agency_data.models import (
     TaskStatus,
     TaskTypePolicy,
 )
+from agency_data.observability.alerts import Alert
+from agency_data.observability.statements import StatementStats
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Transaction
 from agency_data.scope import TenantScope
@@ -87,6 +93,8 @@ __all__ = [
     "Agent",
     "AgentStatus",
     "AgentStore",
+    "Alert",
+    "AlertsConfig",
     "BackendUnavailable",
     "BackupError",
     "Cache",
@@ -99,6 +107,7 @@ __all__ = [
     "Conflict",
     "DataLayer",
     "DataLayerConfig",
+    "DiskSpace",
     "EmbeddedConfig",
     "EmbeddedServerError",
     "Embedding",
@@ -121,6 +130,7 @@ __all__ = [
     "MigrationRunner",
     "MigrationSource",
     "MigrationState",
+    "MonitoringConfig",
     "NotFound",
     "OptimizeReport",
     "Page",
@@ -131,6 +141,7 @@ __all__ = [
     "QueryError",
     "QueryTimeout",
     "RedisConfig",
+    "ReplicationStatus",
     "RoleNames",
     "ScriptRegistry",
     "SentinelConfig",
@@ -139,6 +150,7 @@ __all__ = [
     "SessionStore",
     "SimilarityQuery",
     "SimilarityResult",
+    "StatementStats",
     "StorageFull",
     "StreamMessage",
     "Streams",

@@ -391,7 +391,10 @@ class AlertsConfig(_Section):
     operation_slow_for: float = Field(300.0, ge=0)
     cache_hit_rate: float = Field(0.5, ge=0, le=1, description="hit rate under this fires")
     cache_min_reads: int = Field(
-        100, ge=1, description="reads in the window before the hit rate is judged"
+        600,
+        ge=1,
+        description="reads in the window before the hit rate is judged (600 in 10 minutes: "
+        "one a second, as the Prometheus rule has it)",
     )
     cache_window: float = Field(600.0, gt=0)
     cache_low_for: float = Field(600.0, ge=0)

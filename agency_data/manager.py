@@ -26,10 +26,8 @@ from agency_data.health import check_health, probe_redis
 from agency_data.inputs import check_bool, check_seconds, check_tenant, check_text
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
 from agency_data.models import DEFAULT_TENANT, HealthStatus
-from agency_data.observability.alerts import Alert, Alerts
-from agency_data.observability.metrics import Metrics
+from agency_data.observability.methods import MonitoringMethods
 from agency_data.observability.monitor import Monitor
-from agency_data.observability.server import MetricsEndpoint
 from agency_data.observability.statements import enable_statement_stats
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database
@@ -53,7 +51,7 @@ _log = logging.getLogger("agency_data")
 _MAX_HEALTH_TIMEOUT = 300.0
 
 
-class DataLayer(QueryMethods):
+class DataLayer(QueryMethods, MonitoringMethods):
     """The data layer of an agent platform: PostgreSQL, pgvector and Redis behind one object.
 
     Usage::
@@ -402,60 +400,19 @@ class DataLayer(QueryMethods):
         if task is not None and not task.done():
             await asyncio.shield(task)
 
-    @property
-    def metrics(self) -> Metrics:
-        """The Prometheus registry of this DataLayer (``dl.metrics.registry``).
-
-        Register ``dl.metrics.collector`` in another registry to expose the layer's metrics
-        from an app's own endpoint; :meth:`metrics_text` and :meth:`serve_metrics` are the
-        ready-made ways.
-        """
-        return self._monitor.metrics
-
-    async def metrics_text(self) -> str:
-        """Every metric in Prometheus's text format, with the sampled gauges fresh."""
+    def _check_connected(self) -> None:
         if self._pool is None:
             raise _not_connected()
-        return await self._monitor.text()
-
-    async def serve_metrics(self, port: int = 9464, host: str = "127.0.0.1") -> MetricsEndpoint:
-        """Serve ``/metrics`` on ``host:port`` (0 picks a free port) until :meth:`aclose`.
-
-        Listens on the loopback interface unless ``host`` says otherwise.
-        """
-        if self._pool is None:
-            raise _not_connected()
-        return await self._monitor.serve(port, host)
-
-    @property
-    def alerts(self) -> Alerts:
-        """The alert rules evaluated in process: ``dl.alerts.on(callback)``, ``.firing()``.
-
-        See :mod:`agency_data.observability.alerts`; bounds in ``monitoring.alerts``.
-        """
-        return self._monitor.alerts
-
-    async def check_alerts(self) -> list[Alert]:
-        """Sample and evaluate the alert rules now (they also run every monitoring.interval).
-
-        Returns the alerts that started firing or resolved in this round.
-        """
-        if self._pool is None:
-            raise _not_connected()
-        return await self._monitor.check()
-
-    async def probe_recall(self) -> dict[str, float]:
-        """Run the index-quality probe now: estimated recall by collection (see
-        :mod:`agency_data.observability.recall`); it also runs every recall_interval."""
-        if self._pool is None:
-            raise _not_connected()
-        return await self._monitor.probe_recall()
 
     async def _redis_up(self) -> bool:
         return (await probe_redis(self.redis, timeout=2.0)).up
 
     async def health(self, timeout: float = 2.0) -> HealthStatus:
-        """Probe PostgreSQL and Redis: ``ok``, ``degraded`` (Redis down) or ``down``."""
+        """Probe PostgreSQL and Redis: ``ok``, ``degraded`` (Redis down) or ``down``.
+
+        Also: the pool's use, the watched volumes' free space, replication, and the alerts
+        firing (the rules are evaluated once more for it).
+        """
         check_seconds(timeout, "timeout", low=0.001, high=_MAX_HEALTH_TIMEOUT)
         report = await check_health(self.pool, self.redis, timeout)
         if self._cache_backend is not None:
@@ -466,6 +423,7 @@ class DataLayer(QueryMethods):
                     report.warnings = await self.admin.role_warnings()
             except (AgencyDataError, TimeoutError):
                 pass  # the probe above already reports on PostgreSQL's health
+        await self._monitor.add_to_health(report, timeout)
         return report
 
     def migrations(self) -> MigrationRunner:

@@ -275,6 +275,28 @@ class ComponentHealth(BaseModel):
     error: str | None = None
 
 
+class DiskSpace(BaseModel):
+    """Free and total space of a watched volume."""
+
+    free_bytes: int
+    total_bytes: int
+
+    @property
+    def free_ratio(self) -> float:
+        """Free over total (1 for an empty volume)."""
+        return self.free_bytes / self.total_bytes if self.total_bytes else 1.0
+
+
+class ReplicationStatus(BaseModel):
+    """Streaming replication as the primary sees it, or this server's lag as a replica."""
+
+    standby: bool
+    lag_seconds: float | None = Field(None, description="a replica's lag behind its primary")
+    replicas: dict[str, float | None] = Field(
+        default_factory=dict, description="each replica's replay lag in seconds"
+    )
+
+
 class HealthStatus(BaseModel):
     """The data layer's health: ``ok``, ``degraded`` (PostgreSQL up, Redis down) or ``down``."""
 
@@ -283,6 +305,13 @@ class HealthStatus(BaseModel):
     checked_at: datetime
     warnings: list[str] = Field(
         default_factory=list, description="unsafe settings, such as a superuser pool role"
+    )
+    disk: dict[str, DiskSpace] = Field(
+        default_factory=dict, description="watched volumes (the embedded data directory's)"
+    )
+    replication: ReplicationStatus | None = None
+    alerts: list[dict[str, Any]] = Field(
+        default_factory=list, description="the layer's alerts firing now (Alert.as_dict())"
     )
 
     @property

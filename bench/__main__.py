@@ -22,7 +22,17 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from agency_data import DataLayer, DataLayerConfig
-from bench import cache, coord, heartbeats, pgbouncer, relational, rls, vectors, warmstart
+from bench import (
+    cache,
+    coord,
+    heartbeats,
+    observability,
+    pgbouncer,
+    relational,
+    rls,
+    vectors,
+    warmstart,
+)
 from bench.context import Bench
 from bench.databases import raw_pool
 from bench.harness import Result, environment, print_table, write_json
@@ -41,6 +51,7 @@ SCENARIOS = [
     "concurrency",
     "pgbouncer",
     "warm-start",
+    "observability",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -121,6 +132,7 @@ async def main(args: argparse.Namespace) -> None:
                 "concurrency": lambda: relational.concurrency(b),
                 "pgbouncer": lambda: pgbouncer.pgbouncer(b),
                 "warm-start": lambda: warmstart.warm_start(b, ROOT / ".bench-data" / "warm-start"),
+                "observability": lambda: observability.observability(b),
             }
             for name in SCENARIOS:
                 if name in chosen:

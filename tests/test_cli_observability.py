@@ -357,3 +357,24 @@ def test_an_empty_list_is_a_header_and_a_note(
     out, err = capsys.readouterr()
     assert re.split(r"  +", out.strip()) == list(monitor.HEADERS)
     assert err == "note: no statement recorded for this database since the last reset\n"
+
+
+# -- health: pool, disk, replication, alerts ------------------------------------------------------
+
+
+def test_health_shows_pool_disk_replication_and_alerts(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    watched = {"AGENCY_DATA_MONITORING__DISK_PATHS": json.dumps({"scratch": str(tmp_path)})}
+    text = agency_data("health", dsn=database, redis_url=redis_url, tmp_path=tmp_path, **watched)
+    assert text.returncode == 0, text.stderr
+    assert re.search(r"^pool: \d+ of \d+ connections in use, 0 waiting$", text.stdout, re.M)
+    assert re.search(r"^disk \(scratch\): \d+% free, [\d.]+ of [\d.]+ GiB$", text.stdout, re.M)
+    as_json = agency_data(
+        "health", "--json", dsn=database, redis_url=redis_url, tmp_path=tmp_path, **watched
+    )
+    report = json.loads(as_json.stdout)
+    assert report["disk"]["scratch"]["total_bytes"] > report["disk"]["scratch"]["free_bytes"] > 0
+    assert report["replication"] == {"standby": False, "lag_seconds": None, "replicas": {}}
+    assert report["alerts"] == []
+    assert report["components"]["postgresql"]["details"]["max_size"] >= 1

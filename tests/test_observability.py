@@ -319,7 +319,7 @@ def test_redaction_masks_every_kind_of_literal() -> None:
     redacted = redact_sql(
         "SELECT 'a''b', E'x', $$dollar$$, $tag$t$tag$, 3.5e3, -7, $1 /* c */ FROM t -- note"
     )
-    assert redacted == "SELECT ?, E?, ?, ?, ?, ?, $1 FROM t"
+    assert redacted == "SELECT ?, ?, ?, ?, ?, -?, $1 FROM t"
 
 
 # -- pg_stat_statements --------------------------------------------------------------------------
@@ -341,6 +341,8 @@ async def test_top_lists_the_costliest_statements(layer: DataLayer, database: Da
     assert marked[0].mean_ms >= 100
     assert 0 < marked[0].share <= 1
     assert top == sorted(top, key=lambda s: -s.total_ms)
+    again = await layer.admin.top_statements(limit=1000)
+    assert not [s for s in again if "FROM pg_stat_statements" in s.query], "top lists itself"
     by_calls = await layer.admin.top_statements(limit=5, order="calls")
     assert len(by_calls) <= 5
     assert by_calls == sorted(by_calls, key=lambda s: -s.calls)
@@ -371,3 +373,28 @@ def test_timings_quantiles_follow_their_buckets() -> None:
     window = timings.copy()
     timings.observe(2.0)
     assert timings.minus(window).count == 1
+
+
+async def test_health_lists_the_firing_alerts_and_the_volumes(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(
+        database,
+        redis_url,
+        tmp_path,
+        monitoring={
+            "interval": 3600,
+            "disk_paths": {"scratch": tmp_path},
+            "alerts": {"pool_saturation_for": 0},
+        },
+    )
+    async with DataLayer(config) as dl:
+        healthy = await dl.health()
+        assert healthy.alerts == []
+        assert healthy.disk["scratch"].free_ratio > 0
+        assert healthy.replication is not None
+        assert not healthy.replication.standby
+        async with holding_connections(dl, 4):
+            busy = await dl.health()
+        assert [a["name"] for a in busy.alerts] == ["AgencyDataPoolSaturated"]
+        assert busy.alerts[0]["labels"] == {"pool": "app"}

@@ -369,3 +369,14 @@ async def test_new_connections_run_each_kind_of_search(
                 assert "emb_bare" not in prepared
         assert await warm_connections(db, catalog, specs[-1:], 3) == 0
         assert len(await col_search(dl)) == 10
+
+
+async def test_a_start_without_migrating_warms_nothing_quietly(
+    empty_database: DatabaseDsn, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="agency_data.vectors")
+    config = make_config(empty_database, redis_url, tmp_path, migration={"auto_migrate": False})
+    async with DataLayer(config) as dl:
+        await dl.prewarmed()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "the schema is not migrated" in caplog.text

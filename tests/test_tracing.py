@@ -74,6 +74,7 @@ async def test_one_claim_is_one_span_child_of_the_callers(
     assert attributes["db.namespace"] == psycopg.conninfo.conninfo_to_dict(database)["dbname"]
     assert attributes["server.address"] == host
     assert "server.port" in attributes
+    assert "agency_data.tenant" not in attributes  # tenant names only with tenant_labels
     for text in map(str, attributes.values()):
         assert "task-data-value" not in text
         assert str(worker.id) not in text

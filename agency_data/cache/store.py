@@ -85,6 +85,9 @@ class Cache:
     # which timing would double; the hit and miss counters count every read.
     @observed("cache.get", system="redis")
     async def _get_from_redis(self, full: str, default: Any) -> Any:
+        return await self._read_redis(full, default)
+
+    async def _read_redis(self, full: str, default: Any) -> Any:
         backend = self._backend
         generation = backend.l1_generation
         try:
@@ -275,7 +278,8 @@ class Cache:
         across_processes: bool,
     ) -> Any:
         if self._backend.redis is not None:
-            value = await self._get_from_redis(full, _MISSING)
+            # Part of this get_or_set: not a cache.get of its own.
+            value = await self._read_redis(full, _MISSING)
             if value is not _MISSING:
                 return value
         inflight = self._inflight.get(full)

@@ -235,10 +235,46 @@ def health(
             for part in report.components.values()
         ]
         table(["component", "up", "latency", "versions", "error"], rows)
+        for line in _health_lines(report):
+            typer.echo(line)
         for warning in report.warnings:
             typer.echo(f"warning: {warning}")
         typer.echo(f"status: {report.status}")
     raise typer.Exit({"ok": 0, "degraded": 1}.get(report.status, 2))
+
+
+def _health_lines(report: HealthStatus) -> list[str]:
+    """Pool use, disk space, replication and alerts, one plain line each."""
+    lines = []
+    pool = report.components["postgresql"].details
+    if "max_size" in pool:
+        used = pool.get("pool_size", 0) - pool.get("pool_available", 0)
+        lines.append(
+            f"pool: {used} of {pool['max_size']} connections in use, "
+            f"{pool.get('requests_waiting', 0)} waiting"
+        )
+    for volume, space in sorted(report.disk.items()):
+        lines.append(
+            f"disk ({volume}): {space.free_ratio:.0%} free, "
+            f"{space.free_bytes / (1 << 30):.1f} of {space.total_bytes / (1 << 30):.1f} GiB"
+        )
+    replication = report.replication
+    if replication is not None and replication.standby:
+        lag = replication.lag_seconds
+        lines.append(
+            f"replication: this server is a replica, {lag:.1f} s behind"
+            if lag is not None
+            else "replication: this server is a replica"
+        )
+    elif replication is not None and replication.replicas:
+        for name, lag in sorted(replication.replicas.items()):
+            lines.append(f"replica {name}: {lag or 0:.1f} s behind")
+    for alert in report.alerts:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(alert["labels"].items()))
+        lines.append(
+            f"alert: {alert['name']}{f' ({labels})' if labels else ''}: {alert['summary']}"
+        )
+    return lines
 
 
 async def _health_report(cfg: DataLayerConfig) -> HealthStatus:

@@ -65,6 +65,9 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "shared_preload_libraries": "'pg_prewarm,pg_stat_statements,auto_explain'",
     "pg_prewarm.autoprewarm": "on",
     "auto_explain.log_min_duration": "1000",
+    # Statements in the server's log without their parameter values (-1 would log them whole).
+    "auto_explain.log_parameter_max_length": "0",
+    "log_parameter_max_length": "0",
 }
 
 # Only the OS user in the ident map may log in over the socket, as any role; TCP (off unless

@@ -47,6 +47,20 @@ RULE_NAMES: tuple[str, ...] = (
     "AgencyDataVectorRecallLow",
     "AgencyDataDenialsRepeated",
 )
+# The rules judged on live counters every round, and those judged on a part of the sample,
+# which a round may fail to read (PostgreSQL down or slow): theirs then carry over.
+_LIVE_RULES = (
+    "AgencyDataPoolSaturated",
+    "AgencyDataOperationSlow",
+    "AgencyDataCacheHitRateLow",
+    "AgencyDataVectorRecallLow",
+    "AgencyDataDenialsRepeated",
+)
+_SAMPLED_RULES = {
+    "backends": ("AgencyDataBackendDown",),
+    "disk": ("AgencyDataDiskSpaceLow",),
+    "indexes": ("AgencyDataVectorIndexInvalid", "AgencyDataVectorIndexBloated"),
+}
 _CRITICAL = frozenset(
     {"AgencyDataBackendDown", "AgencyDataDiskSpaceLow", "AgencyDataVectorIndexInvalid"}
 )
@@ -156,14 +170,23 @@ class Alerts:
 
     def firing(self) -> list[Alert]:
         """The alerts firing now."""
-        return [s.firing for s in self._states.values() if s.firing is not None]
+        # list() copies in one step: the /metrics thread calls this while the loop evaluates.
+        return [s.firing for s in list(self._states.values()) if s.firing is not None]
 
     async def evaluate(self, sample: Sample | None) -> list[Alert]:
         """Judge every rule once on ``sample`` and the live counters; deliver and return changes."""
         now = time.monotonic()
         snapshot = self._snapshot(now)
         findings = list(self._judge(sample, snapshot, now))
-        changes = self._advance(findings, now)
+        judged = set(_LIVE_RULES)
+        if sample is not None:
+            judged.update(
+                rule
+                for part, rules in _SAMPLED_RULES.items()
+                if part in sample.read
+                for rule in rules
+            )
+        changes = self._advance(findings, judged, now)
         for alert in changes:
             await self._deliver(alert)
         return changes
@@ -175,7 +198,7 @@ class Alerts:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _advance(self, findings: list[_Finding], now: float) -> list[Alert]:
+    def _advance(self, findings: list[_Finding], judged: set[str], now: float) -> list[Alert]:
         changes: list[Alert] = []
         seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
         wall = datetime.now(UTC)
@@ -203,8 +226,9 @@ class Alerts:
                     started_at=wall,
                 )
                 changes.append(state.firing)
-        for key in [k for k in self._states if k not in seen]:
+        for key in [k for k in self._states if k not in seen and k[0] in judged]:
             # The series is gone (a dropped collection, a pool closed): nothing to fire on.
+            # A rule whose part of the sample could not be read this round keeps its state.
             state = self._states.pop(key)
             if state.firing is not None:
                 changes.append(self._resolved(state.firing, state.firing.value, wall))
@@ -250,8 +274,11 @@ class Alerts:
             snapshot.operations[key] = op.ok.copy()
         stats = self._cache_stats()
         if stats is not None:
+            # A read is an L1 hit, or a lookup further down: in L2 (L1 misses go there, and
+            # every read while L1 is not trusted), or none when there is no L2 (an L1 miss).
             hits = stats.l1_hits + stats.l2_hits
-            snapshot.cache = (hits, stats.l2_misses, hits + stats.l2_misses)
+            lookups = max(stats.l1_misses, stats.l2_hits + stats.l2_misses)
+            snapshot.cache = (hits, stats.l2_misses, stats.l1_hits + lookups)
         snapshot.denials = dict(self._denials())
         self._history.append(snapshot)
         longest = max(

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from agency_data.config import MonitoringConfig
-from agency_data.observability.timings import Timings
+from agency_data.observability.timings import BUCKETS, Timings
 
 if TYPE_CHECKING:
     from agency_data.observability.tracing import Tracing
@@ -30,6 +31,8 @@ R = TypeVar("R")
 S = TypeVar("S")
 
 OUTCOMES = ("ok", "error", "cancelled")
+# (collection, tenant) pairs whose searches the recall probe keeps at most.
+_MAX_PROBED = 64
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,9 @@ class Operation:
         return (("ok", self.ok), ("error", self.error), ("cancelled", self.cancelled))
 
 
-# The operation running in this task and its tenant, for the slow-query log.
-current_operation: ContextVar[tuple[Operation, str | None] | None] = ContextVar(
+# The operation running in this task and the object it runs on (whose tenant the slow-query
+# log names), for the slow-query log.
+current_operation: ContextVar[tuple[Operation, Any] | None] = ContextVar(
     "agency_data_operation", default=None
 )
 
@@ -77,7 +81,8 @@ class Telemetry:
         self.config = config if config is not None else MonitoringConfig()
         self.metrics = self.config.metrics
         self.by_tenant = self.config.tenant_labels
-        self.tracing: Tracing | None = None
+        self._tracing: Tracing | None = None
+        self.timing_only = self.metrics and not self.by_tenant
         self.operations: dict[Any, Operation] = {}
         # (collection, kind) -> Timings of vector searches.
         self.searches: dict[tuple[str, str], Timings] = {}
@@ -87,6 +92,16 @@ class Telemetry:
         self.probe_rate = self.config.recall_sample_rate if self.config.recall_probe else 0.0
         self.probe_queries: dict[tuple[str, str], deque[ProbeQuery]] = {}
         self.recall: dict[str, float] = {}
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """Spans for the operations, when OpenTelemetry is set up (see :mod:`.tracing`)."""
+        return self._tracing
+
+    @tracing.setter
+    def tracing(self, tracing: Tracing | None) -> None:
+        self._tracing = tracing
+        self.timing_only = self.metrics and not self.by_tenant and tracing is None
 
     @classmethod
     def off(cls) -> Telemetry:
@@ -119,6 +134,9 @@ class Telemetry:
         key = (collection, tenant)
         kept = self.probe_queries.get(key)
         if kept is None:
+            if len(self.probe_queries) >= _MAX_PROBED:
+                # Many tenants: the oldest kept pair makes room (each costs exact scans).
+                del self.probe_queries[next(iter(self.probe_queries))]
             kept = self.probe_queries[key] = deque(maxlen=self.config.recall_samples)
         kept.append(query)
 
@@ -148,45 +166,85 @@ def observed(
     def decorate(
         fn: Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
     ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+        # Only SQL reaches the slow-query log, which reads the running operation.
+        tells_sql = system == "postgresql"
+
         @functools.wraps(fn)
         async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            telemetry = cast(Observed, self)._telemetry
+            telemetry: Telemetry = self._telemetry  # type: ignore[attr-defined]
+            if telemetry.timing_only:
+                # The common case, kept to a few hundred nanoseconds: a coalesced call costs a
+                # few microseconds in all.
+                op = telemetry.operations.get(name) or telemetry.operation(name)
+                token = current_operation.set((op, self)) if tells_sql else None
+                start = perf_counter()
+                try:
+                    result = await fn(self, *args, **kwargs)
+                except BaseException as exc:
+                    _failed(telemetry, op, exc, perf_counter() - start)
+                    raise
+                finally:
+                    if token is not None:
+                        current_operation.reset(token)
+                seconds = perf_counter() - start
+                timings = op.ok
+                timings.counts[bisect_left(BUCKETS, seconds)] += 1
+                timings.sum += seconds
+                return result
             if telemetry.quiet:
                 return await fn(self, *args, **kwargs)
-            tenant = _tenant_of(self)
-            op = telemetry.operation(name, tenant) if telemetry.by_tenant else None
-            if op is None:
-                op = telemetry.operations.get(name) or telemetry.operation(name)
-            token = current_operation.set((op, tenant))
-            start = perf_counter()
-            try:
-                if telemetry.tracing is not None:
-                    collection = getattr(self, "span_collection", family)
-                    async with telemetry.tracing.span(system, verb, collection, tenant):
-                        result = await fn(self, *args, **kwargs)
-                else:
-                    result = await fn(self, *args, **kwargs)
-            except asyncio.CancelledError:
-                if telemetry.metrics:
-                    op.cancelled.observe(perf_counter() - start)
-                raise
-            except BaseException as exc:
-                if telemetry.metrics:
-                    op.error.observe(perf_counter() - start)
-                    _count_denial(telemetry, exc)
-                raise
-            finally:
-                current_operation.reset(token)
-            if telemetry.metrics:
-                op.ok.observe(perf_counter() - start)
-            return result
+            return await _observe(telemetry, name, system, family, verb, fn, self, args, kwargs)
 
         return run
 
     return decorate
 
 
-def _tenant_of(target: Any) -> str | None:
+async def _observe(
+    telemetry: Telemetry,
+    name: str,
+    system: str,
+    family: str,
+    verb: str,
+    fn: Callable[..., Coroutine[Any, Any, R]],
+    target: Any,
+    args: Any,
+    kwargs: Any,
+) -> R:
+    # Traced, or timed per tenant: each costs far more than this function's own overhead.
+    tenant = tenant_of(target)
+    op = telemetry.operation(name, tenant)
+    token = current_operation.set((op, target))
+    start = perf_counter()
+    try:
+        if telemetry.tracing is not None:
+            collection = getattr(target, "span_collection", family)
+            named = tenant if telemetry.by_tenant else None
+            async with telemetry.tracing.span(system, verb, collection, named):
+                result = await fn(target, *args, **kwargs)
+        else:
+            result = await fn(target, *args, **kwargs)
+    except BaseException as exc:
+        if telemetry.metrics:
+            _failed(telemetry, op, exc, perf_counter() - start)
+        raise
+    finally:
+        current_operation.reset(token)
+    if telemetry.metrics:
+        op.ok.observe(perf_counter() - start)
+    return result
+
+
+def _failed(telemetry: Telemetry, op: Operation, exc: BaseException, seconds: float) -> None:
+    if isinstance(exc, asyncio.CancelledError):
+        op.cancelled.observe(seconds)
+    else:
+        op.error.observe(seconds)
+        _count_denial(telemetry, exc)
+
+
+def tenant_of(target: Any) -> str | None:
+    """The tenant an observed object serves, if it names one."""
     # Stores name their tenant ``tenant``, scopes ``tenant_id``; dl.tenant is a method.
     for attribute in ("tenant", "tenant_id"):
         value = getattr(target, attribute, None)

@@ -29,6 +29,8 @@ Families (base units, ``agency_data_`` prefix):
 ``agency_data_slow_queries_total``              counter
 ``agency_data_denials_total``                   counter: ``kind``
 ``agency_data_disk_free_bytes`` / ``_total_bytes`` gauges: ``volume`` (embedded data directory)
+``agency_data_replication_lag_seconds`` / ``_bytes`` gauges: ``replica`` (``self`` on a replica)
+``agency_data_alerts_firing``                   gauge: ``alert``, ``series``
 =============================================== ===========================================
 """
 
@@ -301,6 +303,24 @@ def _sampled(sample: Sample) -> Iterator[Metric]:
         free.add_metric([volume], free_bytes)
         total.add_metric([volume], total_bytes)
     yield from (free, total)
+    lag = GaugeMetricFamily(
+        "agency_data_replication_lag_seconds",
+        "How far each streaming replica is behind (replay lag), or this server when it is one.",
+        labels=["replica"],
+    )
+    lag_bytes = GaugeMetricFamily(
+        "agency_data_replication_lag_bytes",
+        "WAL bytes each streaming replica has still to replay.",
+        labels=["replica"],
+    )
+    for replica, (seconds, behind) in sorted(sample.replicas.items()):
+        if seconds is not None:
+            lag.add_metric([replica], seconds)
+        if behind is not None:
+            lag_bytes.add_metric([replica], behind)
+    if sample.standby_lag is not None:
+        lag.add_metric(["self"], sample.standby_lag)
+    yield from (lag, lag_bytes)
     yield GaugeMetricFamily(
         "agency_data_sample_timestamp_seconds",
         "When the sampled gauges (backends, tasks, indexes) were last read.",

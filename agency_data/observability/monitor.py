@@ -20,7 +20,7 @@ from psycopg import AsyncCursor
 from psycopg.conninfo import conninfo_to_dict
 
 from agency_data.config import MonitoringConfig
-from agency_data.models import CacheStats
+from agency_data.models import CacheStats, DiskSpace, HealthStatus, ReplicationStatus
 from agency_data.observability.alerts import Alert, Alerts
 from agency_data.observability.cursor import cursor_class
 from agency_data.observability.instrument import Telemetry
@@ -126,6 +126,27 @@ class Monitor:
     async def probe_recall(self) -> dict[str, float]:
         """Run the recall probe now."""
         return await self.probe.run() if self.probe is not None else {}
+
+    async def add_to_health(self, report: HealthStatus, timeout: float) -> None:
+        """Disk space, replication and the firing alerts, after one more evaluation."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.check()
+        except TimeoutError:
+            pass  # disk, replication and alerts stay as the last sample had them
+        sample = self.metrics.sample
+        if sample is not None:
+            report.disk = {
+                volume: DiskSpace(free_bytes=free, total_bytes=total)
+                for volume, (free, total) in sample.disk.items()
+            }
+            if sample.backends.get("postgresql"):
+                report.replication = ReplicationStatus(
+                    standby=sample.standby_lag is not None,
+                    lag_seconds=sample.standby_lag,
+                    replicas={name: lag for name, (lag, _) in sample.replicas.items()},
+                )
+        report.alerts = [alert.as_dict() for alert in self.alerts.firing()]
 
     def _start_loop(self, first_after: float) -> None:
         if self._loop is None and self.sampler is not None:

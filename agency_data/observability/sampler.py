@@ -36,6 +36,7 @@ _log = logging.getLogger("agency_data.observability")
 MAX_TASK_TYPES = 100
 OTHER_TYPE = "_other"
 _QUERY_TIMEOUT = 5.0
+_SAMPLE_TIMEOUT = 20.0
 _STATEMENT_TIMEOUT: LiteralString = "SET statement_timeout = 5000"
 
 _TASKS_SQL = """
@@ -54,6 +55,19 @@ FROM embedding_collections c
 JOIN pg_class t ON t.oid = to_regclass(quote_ident(c.table_name))
 LEFT JOIN pg_index i ON i.indexrelid = to_regclass(quote_ident(c.table_name || '_ann'))
 LEFT JOIN pg_stat_user_tables s ON s.relid = t.oid
+"""
+
+_STANDBY_SQL = """
+SELECT pg_is_in_recovery() AS standby,
+       extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8 AS lag
+"""
+
+# replay_lag is NULL once a replica has caught up and nothing is being written: 0 behind.
+_REPLICAS_SQL = """
+SELECT coalesce(nullif(application_name, ''), client_addr::text, pid::text) AS name,
+       extract(epoch FROM replay_lag)::float8 AS lag_seconds,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes
+FROM pg_stat_replication
 """
 
 _SEES_ALL_SQL = (
@@ -84,6 +98,13 @@ class Sample:
     indexes: dict[str, IndexSample] = field(default_factory=dict)
     # volume -> (free bytes, total bytes)
     disk: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Streaming replicas of this server: name -> seconds and bytes the replica is behind.
+    replicas: dict[str, tuple[float | None, int | None]] = field(default_factory=dict)
+    # When this server is itself a replica: seconds since the last replayed transaction.
+    standby_lag: float | None = None
+    # The parts read in full ("backends", "tasks", "indexes", "replication", "disk"); a part
+    # missing here could not be read, and the alerts judged on it keep their state.
+    read: set[str] = field(default_factory=set)
 
 
 class Sampler:
@@ -105,24 +126,39 @@ class Sampler:
         self.latest: Sample | None = None
 
     async def take(self) -> Sample:
-        """A fresh sample (concurrent callers share one)."""
+        """A fresh sample (concurrent callers share one); never longer than about 20 s."""
         async with self._lock:
             sample = Sample()
-            conn = await self._connection()
-            sample.backends["postgresql"] = conn is not None
-            sample.backends["redis"] = await self._redis_up()
-            if conn is not None:
-                await self._read_tasks(conn, sample)
-                await self._read_indexes(conn, sample)
-            for volume, path in self._volumes.items():
-                try:
-                    usage = await asyncio.to_thread(shutil.disk_usage, path)
-                except OSError:
-                    continue
-                sample.disk[volume] = (usage.free, usage.total)
+            try:
+                # A server that stops answering mid-sample (not just slow statements, which
+                # statement_timeout ends) must not hold the lock, and every scrape, for ever.
+                async with asyncio.timeout(_SAMPLE_TIMEOUT):
+                    await self._read(sample)
+            except TimeoutError:
+                _log.warning("a metrics sample took over %.0f s; it was cut short", _SAMPLE_TIMEOUT)
+                await self.aclose()
             sample.taken_at = time.time()
             self.latest = sample
             return sample
+
+    async def _read(self, sample: Sample) -> None:
+        conn = await self._connection()
+        sample.backends["postgresql"] = conn is not None
+        sample.backends["redis"] = await self._redis_up()
+        sample.read.add("backends")
+        if conn is not None:
+            await self._read_tasks(conn, sample)
+            await self._read_indexes(conn, sample)
+            await self._read_replication(conn, sample)
+        for volume, path in self._volumes.items():
+            try:
+                usage = await asyncio.to_thread(shutil.disk_usage, path)
+            except OSError as exc:
+                _log.warning("could not read the free space of %s: %s", volume, exc.strerror)
+                break
+            sample.disk[volume] = (usage.free, usage.total)
+        else:
+            sample.read.add("disk")
 
     async def fresh(self, max_age: float) -> Sample:
         """The latest sample if younger than ``max_age`` seconds, else a new one."""
@@ -184,6 +220,25 @@ class Sampler:
             if row["oldest"] is not None:
                 age = max(float(row["oldest"]), 0.0)
                 sample.oldest_pending[type_] = max(sample.oldest_pending.get(type_, 0.0), age)
+        sample.read.add("tasks")
+
+    async def _read_replication(self, conn: AsyncConnection[Any], sample: Sample) -> None:
+        try:
+            rows = await self._fetch(conn, _STANDBY_SQL)
+            if rows and rows[0]["standby"]:
+                lag = rows[0]["lag"]
+                sample.standby_lag = max(float(lag), 0.0) if lag is not None else None
+                sample.read.add("replication")
+                return
+            for row in await self._fetch(conn, _REPLICAS_SQL):
+                lag = row["lag_seconds"]
+                sample.replicas[row["name"]] = (
+                    float(lag) if lag is not None else 0.0,
+                    row["lag_bytes"],
+                )
+            sample.read.add("replication")
+        except AgencyDataError as exc:
+            _log.warning("could not sample replication: %s", exc)
 
     async def _read_indexes(self, conn: AsyncConnection[Any], sample: Sample) -> None:
         try:
@@ -200,3 +255,4 @@ class Sampler:
                 present=row["has_index"],
                 dead_ratio=dead / (live + dead) if live + dead else None,
             )
+        sample.read.add("indexes")

@@ -45,7 +45,7 @@ class StatementStats(BaseModel):
     max_ms: float
     rows: int
     share: float
-    """This statement's part of the total execution time of all statements listed."""
+    """This statement's part of the execution time of every statement of the database."""
 
 
 _PRELOADED_SQL = (
@@ -55,10 +55,12 @@ _PRELOADED_SQL = (
 
 _TOP_SQL = """
 WITH s AS (
-    SELECT query, calls, total_exec_time, mean_exec_time, stddev_exec_time, max_exec_time, rows
+    SELECT /* agency_data top_statements */ query, calls, total_exec_time, mean_exec_time, stddev_exec_time, max_exec_time, rows
     FROM pg_stat_statements
     WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %(database)s)
       AND calls > 0
+      -- not this very query (it would list itself)
+      AND query NOT LIKE '%%agency_data top_statements%%'
 )
 SELECT query, calls, total_exec_time, mean_exec_time, stddev_exec_time, max_exec_time, rows,
        total_exec_time / nullif(sum(total_exec_time) OVER (), 0) AS share

@@ -37,6 +37,7 @@ from collections.abc import (
 )
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from time import perf_counter
 from typing import Any, Literal, LiteralString, TypeAlias, TypeVar, overload
 
 import psycopg
@@ -57,7 +58,7 @@ from agency_data.inputs import (
     first_problem,
     located,
 )
-from agency_data.observability.cursor import untimed
+from agency_data.observability.cursor import log_if_slow, untimed
 from agency_data.observability.instrument import Telemetry
 from agency_data.postgres.errors import to_agency_error, translate_errors
 from agency_data.postgres.pool import (
@@ -374,6 +375,7 @@ class Database:
                 if prelude is None and not settings and len(statements) == 1:
                     cursor = await conn.execute(*statements[0])
                     return [await cursor.fetchall()]
+                started = perf_counter()
                 async with AsyncExitStack() as stack:
                     await stack.enter_async_context(conn.pipeline())
                     if prelude is not None:
@@ -386,7 +388,14 @@ class Database:
                         await stack.enter_async_context(conn.transaction(force_rollback=True))
                     for name, value in settings:
                         await untimed(conn, "SELECT set_config(%s, %s, true)", [name, value])
-                    cursors = [await conn.execute(q, p) for q, p in statements]
+                    if len(statements) == 1:
+                        cursors = [await conn.execute(*statements[0])]
+                    else:
+                        # Their results all arrive at the pipeline's end: the batch is timed
+                        # as one, lest a fast first statement be logged as slow.
+                        cursors = [await untimed(conn, q, p) for q, p in statements]
+                if len(statements) > 1:
+                    log_if_slow(conn, [q for q, _ in statements], perf_counter() - started)
                 return [await cursor.fetchall() for cursor in cursors]
 
     async def _run(

@@ -52,6 +52,7 @@ __all__ = [
     "warm_start",
 ]
 
+_UNDEFINED_TABLE = "42P01"
 _log = logging.getLogger("agency_data.vectors")
 
 # Prewarmed relations may fill this share of shared buffers; the rest stays for the hot rows of
@@ -378,6 +379,10 @@ async def warm_start(
             await autoprewarm_done(superuser)
         await warm_connections(app, catalog, specs, connections)
     except AgencyDataError as exc:
+        if getattr(exc, "sqlstate", None) == _UNDEFINED_TABLE:
+            # Not migrated yet (a command that starts without migrating): nothing to warm.
+            _log.debug("prewarming skipped: the schema is not migrated")
+            return
         # A start must not fail because the cache could not be warmed: the searches still run.
         _log.warning("prewarming collections at start failed: %s", exc)
         return
