@@ -382,7 +382,9 @@ class AlertsConfig(_Section):
     pool_saturation_for: float = Field(60.0, ge=0)
     operation_p95: float = Field(0.5, gt=0, description="p95 budget of every operation, in seconds")
     operation_budgets: dict[str, float] = Field(
-        default_factory=dict, description="p95 budgets of chosen operations ('tasks.claim': 0.1)"
+        default_factory=dict,
+        description="p95 budgets of chosen operations ('agents.get': 0.01); bulk (*_many), "
+        "admin.* and waiting ones (tasks.claim, lock.acquire) have none unless given here",
     )
     operation_min_calls: int = Field(
         20, ge=1, description="calls in the window before an operation's p95 is judged"

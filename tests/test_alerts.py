@@ -123,6 +123,23 @@ async def test_a_slow_operation_fires_and_resolves(watched: tuple[DataLayer, Hea
     assert heard.of("AgencyDataOperationSlow")[-1] == ("resolved", {"operation": "fetch"})
 
 
+async def test_waiting_and_bulk_operations_have_no_budget_unless_given_one(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    async for dl, heard in layer_with(
+        database,
+        redis_url,
+        tmp_path,
+        monitoring=monitoring(operation_p95=0.05, operation_min_calls=3),
+    ):
+        worker = await dl.agents.create("idle", "worker")
+        for _ in range(3):
+            assert await dl.tasks.claim(worker.id, wait=0.1) == []  # waits, by design
+        await dl.tasks.create_many([{"type": "t", "data": {}}] * 3)
+        await dl.check_alerts()
+        assert heard.of("AgencyDataOperationSlow") == []
+
+
 async def test_a_low_cache_hit_rate_fires_and_resolves(watched: tuple[DataLayer, Heard]) -> None:
     dl, heard = watched
     for i in range(20):

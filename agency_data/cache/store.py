@@ -15,6 +15,7 @@ import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from time import perf_counter
 from typing import Any
 
 from agency_data.cache.backend import CacheBackend, RedisDown
@@ -79,12 +80,26 @@ class Cache:
             return value
         if self._backend.redis is None:
             return default
-        return await self._get_from_redis(full, default)
+        # Only reads that reach Redis are timed (and traced): an L1 hit costs about a
+        # microsecond, which timing would double; the hit and miss counters count every read.
+        # Timed here rather than by @observed: a coalesced read costs about 4 us, and the
+        # decorator's own coroutine would be a twentieth of it.
+        telemetry = self._telemetry
+        if not telemetry.timing_only:
+            if telemetry.quiet:
+                return await self._read_redis(full, default)
+            return await self._get_observed(full, default)
+        start = perf_counter()
+        try:
+            value = await self._read_redis(full, default)
+        except BaseException as exc:
+            telemetry.failed("cache.get", exc, perf_counter() - start)
+            raise
+        telemetry.record("cache.get", perf_counter() - start)
+        return value
 
-    # Only reads that reach Redis are timed (and traced): an L1 hit costs about a microsecond,
-    # which timing would double; the hit and miss counters count every read.
     @observed("cache.get", system="redis")
-    async def _get_from_redis(self, full: str, default: Any) -> Any:
+    async def _get_observed(self, full: str, default: Any) -> Any:
         return await self._read_redis(full, default)
 
     async def _read_redis(self, full: str, default: Any) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 import urllib.request
 from collections import deque
@@ -61,6 +62,13 @@ _SAMPLED_RULES = {
     "disk": ("AgencyDataDiskSpaceLow",),
     "indexes": ("AgencyDataVectorIndexInvalid", "AgencyDataVectorIndexBloated"),
 }
+# Operations with no p95 budget unless one is configured: bulk and administrative ones take as
+# long as their input, and claims and lock acquisitions wait by design. The Prometheus rule
+# has the same pattern.
+_UNBUDGETED = re.compile(
+    r".*_many|admin[.].*|tasks[.](claim|sweep|requeue_dead|run_due_schedules)|lock[.]acquire"
+    r"|embeddings[.](stream_store|batch_search|measure_recall)"
+)
 _CRITICAL = frozenset(
     {"AgencyDataBackendDown", "AgencyDataDiskSpaceLow", "AgencyDataVectorIndexInvalid"}
 )
@@ -386,7 +394,11 @@ class Alerts:
             window = timings
             if then is not None and key in then.operations:
                 window = timings.minus(then.operations[key])
-            budget = c.operation_budgets.get(name, c.operation_p95)
+            budget = c.operation_budgets.get(name)
+            if budget is None:
+                if _UNBUDGETED.fullmatch(name):
+                    continue
+                budget = c.operation_p95
             p95 = window.quantile(0.95) if window.count >= c.operation_min_calls else None
             labels = (("operation", name),) + ((("tenant", tenant),) if tenant else ())
             yield _Finding(

@@ -11,6 +11,7 @@ fails there.
 
 from __future__ import annotations
 
+import logging
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -92,6 +93,8 @@ def log_if_slow(conn: AsyncConnection[Any], queries: list[Any], seconds: float) 
 
 def _write(telemetry: Telemetry, text: str, seconds: float, rows: int) -> None:
     telemetry.slow_queries += 1
+    if not SLOW_LOG.isEnabledFor(logging.WARNING):
+        return  # counted; the line (redacting costs) only when someone reads it
     current = current_operation.get()
     parent = traceparent()
     SLOW_LOG.warning(

@@ -140,6 +140,17 @@ class Telemetry:
             kept = self.probe_queries[key] = deque(maxlen=self.config.recall_samples)
         kept.append(query)
 
+    def record(self, name: str, seconds: float) -> None:
+        """Count one successful call of ``name`` (for code that times itself)."""
+        op = self.operations.get(name) or self.operation(name)
+        timings = op.ok
+        timings.counts[bisect_left(BUCKETS, seconds)] += 1
+        timings.sum += seconds
+
+    def failed(self, name: str, exc: BaseException, seconds: float) -> None:
+        """Count one call of ``name`` that raised ``exc`` (cancelled, or an error)."""
+        _failed(self, self.operations.get(name) or self.operation(name), exc, seconds)
+
     def count_denial(self, kind: str) -> None:
         """Count a refused login (``authentication``) or a refused row or table (``permission``)."""
         self.denials[kind] = self.denials.get(kind, 0) + 1
