@@ -398,3 +398,18 @@ async def test_health_lists_the_firing_alerts_and_the_volumes(
             busy = await dl.health()
         assert [a["name"] for a in busy.alerts] == ["AgencyDataPoolSaturated"]
         assert busy.alerts[0]["labels"] == {"pool": "app"}
+
+
+async def test_agent_reads_served_by_l1_are_counted_not_timed(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(database, redis_url, tmp_path, cache={"record_ttl": 60})
+    async with DataLayer(config) as dl:
+        agent = await dl.agents.create("cached", "worker")
+        for _ in range(4):
+            assert (await dl.agents.get(agent.id)).id == agent.id
+        samples = await scrape(dl)
+    name = "agency_data_query_duration_seconds_count"
+    assert value(samples, name, operation="agents.get", outcome="ok") == 1  # the one miss
+    assert value(samples, "agency_data_cache_requests_total", level="l1", result="hit") == 3
+    assert value(samples, "agency_data_cache_requests_total", level="l1", result="miss") == 1

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agency_data import DataLayer
-from agency_data.observability.alerts import Alert
 from agency_data.observability.slowlog import redact_sql
 from tests.conftest import DatabaseDsn, make_config
+from tests.test_alerts import Heard
 
 
 def slow_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -111,17 +111,6 @@ async def test_get_or_set_is_not_also_counted_as_cache_get(layer: DataLayer) -> 
 
 
 # -- alerts: series that vanish because a sample failed -----------------------------------------
-
-
-class Heard:
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-
-    def __call__(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-
-    def of(self, name: str) -> list[tuple[str, dict[str, str]]]:
-        return [(a.status, a.labels) for a in self.alerts if a.name == name]
 
 
 async def test_a_failed_index_sample_does_not_resolve_a_firing_alert(

@@ -72,6 +72,18 @@ class Cache:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def peek(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` if this process's L1 holds it (counted as a hit), else
+        ``default`` at once: never waits, and leaves the miss to the read that follows."""
+        l1 = self._backend.usable_l1
+        if l1 is None:
+            return default
+        value = l1.get(self._full(key), _MISSING)
+        if value is _MISSING:
+            return default
+        self._backend.counters.l1_hits += 1
+        return value
+
     async def get(self, key: str, default: Any = None) -> Any:
         """The cached value of ``key``, or ``default``."""
         full = self._full(key)

@@ -1,8 +1,10 @@
 """Histograms cheap enough for every call: plain lists bumped on the event loop, read at scrape.
 
-``prometheus_client``'s own ``Histogram.observe`` takes a lock per bucket and costs about 2 µs;
-a coalesced ``agents.get`` costs about 11 µs in all, so that alone would be a fifth of it. These
-cost one ``bisect`` and two additions, and are turned into metric families only when scraped.
+``prometheus_client``'s own ``Histogram`` takes a lock per observation: 0.54 µs a call on a
+bound child, 1.22 µs through ``labels()`` (this machine), against 0.10 µs for
+:meth:`Timings.observe`. A coalesced ``agents.get`` costs about 7 µs in all, so the library's
+histogram alone would be a tenth of it. These cost one ``bisect`` and two additions, and are
+turned into metric families only when scraped.
 They are written from one event loop (a DataLayer lives on one); a scrape from another thread
 may see a count without its sum for a moment, never a torn value.
 """

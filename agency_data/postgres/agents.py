@@ -65,6 +65,10 @@ class _AgentChanges(BaseModel):
     capabilities: dict[str, Any] | None = None
 
 
+# What Cache.peek answers when L1 does not hold the agent.
+_ABSENT = object()
+
+
 class AgentStore:
     """The agents of one tenant."""
 
@@ -124,7 +128,6 @@ class AgentStore:
         await self._reads.aclose()
         await self._creates.aclose()
 
-    @observed("agents.get")
     async def get(self, agent_id: UUID | str, *, cached: bool | None = None) -> Agent:
         """The agent with ``agent_id``; :class:`NotFound` if this tenant has none.
 
@@ -136,10 +139,21 @@ class AgentStore:
         """
         uid = as_uuid(agent_id, "agent_id")
         use_cache = self._cache_ttl > 0 if cached is None else check_bool(cached, "cached")
-        if not use_cache or self._cache is None or self._db.in_transaction:
+        cache = self._cache if use_cache and not self._db.in_transaction else None
+        if cache is not None:
+            # An L1 hit is answered here, untimed, as the cache's own are: it costs about 3 us,
+            # and timing it would add a sixth (it is counted as an L1 hit).
+            data = cache.peek(_cache_key(uid), _ABSENT)
+            if data is not _ABSENT:
+                return Agent.model_validate(data)
+        return await self._get(uid, cache)
+
+    @observed("agents.get")
+    async def _get(self, uid: UUID, cache: Cache | None) -> Agent:
+        if cache is None:
             return await self._load(uid)
         ttl = self._cache_ttl or None
-        data = await self._cache.get_or_set(_cache_key(uid), lambda: self._load_json(uid), ttl=ttl)
+        data = await cache.get_or_set(_cache_key(uid), lambda: self._load_json(uid), ttl=ttl)
         return Agent.model_validate(data)
 
     async def _load(self, agent_id: UUID) -> Agent:
