@@ -368,7 +368,7 @@ def test_health_shows_pool_disk_replication_and_alerts(
     watched = {"AGENCY_DATA_MONITORING__DISK_PATHS": json.dumps({"scratch": str(tmp_path)})}
     text = agency_data("health", dsn=database, redis_url=redis_url, tmp_path=tmp_path, **watched)
     assert text.returncode == 0, text.stderr
-    assert re.search(r"^pool: \d+ of \d+ connections in use, 0 waiting$", text.stdout, re.M)
+    assert re.search(r"^connections: \d+ of \d+ in use \(every client\)$", text.stdout, re.M)
     assert re.search(r"^disk \(scratch\): \d+% free, [\d.]+ of [\d.]+ GiB$", text.stdout, re.M)
     as_json = agency_data(
         "health", "--json", dsn=database, redis_url=redis_url, tmp_path=tmp_path, **watched
@@ -378,3 +378,5 @@ def test_health_shows_pool_disk_replication_and_alerts(
     assert report["replication"] == {"standby": False, "lag_seconds": None, "replicas": {}}
     assert report["alerts"] == []
     assert report["components"]["postgresql"]["details"]["max_size"] >= 1
+    server = report["components"]["postgresql"]["details"]["server_connections"]
+    assert 1 <= server["used"] <= server["max"]

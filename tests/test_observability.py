@@ -90,6 +90,11 @@ async def test_a_scrape_counts_exactly_the_workload(layer: DataLayer) -> None:
     assert value(samples, f"{histogram}_sum", operation="agents.get", outcome="ok") > 0
     assert value(samples, "agency_data_backend_up", backend="postgresql") == 1
     assert value(samples, "agency_data_backend_up", backend="redis") == 1
+    assert (
+        1
+        <= value(samples, "agency_data_server_connections")
+        <= value(samples, "agency_data_server_max_connections")
+    )
 
 
 async def test_task_gauges_count_every_tenant_by_status_and_type(layer: DataLayer) -> None:

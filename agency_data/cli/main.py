@@ -244,15 +244,12 @@ def health(
 
 
 def _health_lines(report: HealthStatus) -> list[str]:
-    """Pool use, disk space, replication and alerts, one plain line each."""
+    """Server connections, disk space, replication and alerts, one plain line each."""
     lines = []
-    pool = report.components["postgresql"].details
-    if "max_size" in pool:
-        used = pool.get("pool_size", 0) - pool.get("pool_available", 0)
-        lines.append(
-            f"pool: {used} of {pool['max_size']} connections in use, "
-            f"{pool.get('requests_waiting', 0)} waiting"
-        )
+    # The server's connections, every process's: this check's own pool says nothing of an app.
+    server = report.components["postgresql"].details.get("server_connections")
+    if server is not None:
+        lines.append(f"connections: {server['used']} of {server['max']} in use (every client)")
     for volume, space in sorted(report.disk.items()):
         lines.append(
             f"disk ({volume}): {space.free_ratio:.0%} free, "

@@ -31,6 +31,8 @@ Families (base units, ``agency_data_`` prefix):
 ``agency_data_disk_free_bytes`` / ``_total_bytes`` gauges: ``volume`` (embedded data directory)
 ``agency_data_replication_lag_seconds`` / ``_bytes`` gauges: ``replica`` (``self`` on a replica)
 ``agency_data_alerts_firing``                   gauge: ``alert``, ``series``
+``agency_data_server_connections`` / ``agency_data_server_max_connections`` gauges
+``agency_data_sample_timestamp_seconds``        gauge: when the sampled gauges were read
 =============================================== ===========================================
 """
 
@@ -321,6 +323,18 @@ def _sampled(sample: Sample) -> Iterator[Metric]:
     if sample.standby_lag is not None:
         lag.add_metric(["self"], sample.standby_lag)
     yield from (lag, lag_bytes)
+    if sample.server_connections is not None:
+        used, most = sample.server_connections
+        yield GaugeMetricFamily(
+            "agency_data_server_connections",
+            "Client connections to PostgreSQL, from every process.",
+            value=used,
+        )
+        yield GaugeMetricFamily(
+            "agency_data_server_max_connections",
+            "The server's max_connections.",
+            value=most,
+        )
     yield GaugeMetricFamily(
         "agency_data_sample_timestamp_seconds",
         "When the sampled gauges (backends, tasks, indexes) were last read.",

@@ -136,6 +136,12 @@ class Monitor:
             pass  # disk, replication and alerts stay as the last sample had them
         sample = self.metrics.sample
         if sample is not None:
+            if sample.server_connections is not None and "postgresql" in report.components:
+                used, most = sample.server_connections
+                report.components["postgresql"].details["server_connections"] = {
+                    "used": used,
+                    "max": most,
+                }
             report.disk = {
                 volume: DiskSpace(free_bytes=free, total_bytes=total)
                 for volume, (free, total) in sample.disk.items()

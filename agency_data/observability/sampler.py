@@ -57,6 +57,12 @@ LEFT JOIN pg_index i ON i.indexrelid = to_regclass(quote_ident(c.table_name || '
 LEFT JOIN pg_stat_user_tables s ON s.relid = t.oid
 """
 
+_CONNECTIONS_SQL = """
+SELECT count(*) FILTER (WHERE backend_type = 'client backend')::int AS used,
+       current_setting('max_connections')::int AS max
+FROM pg_stat_activity
+"""
+
 _STANDBY_SQL = """
 SELECT pg_is_in_recovery() AS standby,
        extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8 AS lag
@@ -102,6 +108,8 @@ class Sample:
     replicas: dict[str, tuple[float | None, int | None]] = field(default_factory=dict)
     # When this server is itself a replica: seconds since the last replayed transaction.
     standby_lag: float | None = None
+    # Client connections to the server (every process's), and its max_connections.
+    server_connections: tuple[int, int] | None = None
     # The parts read in full ("backends", "tasks", "indexes", "replication", "disk"); a part
     # missing here could not be read, and the alerts judged on it keep their state.
     read: set[str] = field(default_factory=set)
@@ -150,6 +158,7 @@ class Sampler:
             await self._read_tasks(conn, sample)
             await self._read_indexes(conn, sample)
             await self._read_replication(conn, sample)
+            await self._read_connections(conn, sample)
         for volume, path in self._volumes.items():
             try:
                 usage = await asyncio.to_thread(shutil.disk_usage, path)
@@ -221,6 +230,15 @@ class Sampler:
                 age = max(float(row["oldest"]), 0.0)
                 sample.oldest_pending[type_] = max(sample.oldest_pending.get(type_, 0.0), age)
         sample.read.add("tasks")
+
+    async def _read_connections(self, conn: AsyncConnection[Any], sample: Sample) -> None:
+        try:
+            rows = await self._fetch(conn, _CONNECTIONS_SQL)
+        except AgencyDataError as exc:
+            _log.warning("could not count the server's connections: %s", exc)
+            return
+        sample.server_connections = (rows[0]["used"], rows[0]["max"])
+        sample.read.add("connections")
 
     async def _read_replication(self, conn: AsyncConnection[Any], sample: Sample) -> None:
         try:
