@@ -39,6 +39,7 @@ from agency_data.errors import ConfigError
 
 __all__ = [
     "AlertsConfig",
+    "BackupConfig",
     "CacheConfig",
     "ConfigWarning",
     "DataLayerConfig",
@@ -476,6 +477,26 @@ class MonitoringConfig(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
 
+class BackupConfig(_Section):
+    """Backup sets (``agency-data backup``): where they go, and what they are taken from."""
+
+    directory: Path | None = Field(
+        None, description="the repository of backup sets; default <embedded.data_dir>/backup-sets"
+    )
+    source_dsn: SecretStr | None = Field(
+        None,
+        description="a superuser's or REPLICATION role's connection to back up a configured "
+        "server (the embedded server needs none)",
+    )
+
+    @field_validator("source_dsn")
+    @classmethod
+    def _valid_dsn(cls, dsn: SecretStr | None) -> SecretStr | None:
+        if dsn is not None and (problem := postgres_dsn_problem(dsn.get_secret_value())):
+            raise ValueError(problem)
+        return dsn
+
+
 class ConfigWarning(UserWarning):
     """A setting was given in a way that has no effect (an environment variable naming no section)."""
 
@@ -503,6 +524,7 @@ class DataLayerConfig(BaseSettings):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     embedded: EmbeddedConfig = Field(default_factory=EmbeddedConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
 
     def __init__(self, **values: Any) -> None:
         _warn_unknown_sections(type(self).model_fields)

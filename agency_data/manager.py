@@ -10,9 +10,10 @@ from typing import Any, Self
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agency_data.admin import Admin
+from agency_data.backup import Backups
 from agency_data.cache.backend import CacheBackend
 from agency_data.cache.store import Cache
 from agency_data.config import DataLayerConfig, PostgresConfig
@@ -20,7 +21,7 @@ from agency_data.coord.locks import Lock, register_lock_scripts
 from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
-from agency_data.embedded.postgres import DATABASE, SUPERUSER
+from agency_data.embedded.postgres import DATABASE, SUPERUSER, postgres_bin_dir
 from agency_data.errors import AgencyDataError, BackendUnavailable, ConfigError
 from agency_data.health import check_health, probe_redis
 from agency_data.inputs import check_bool, check_seconds, check_tenant, check_text
@@ -399,6 +400,26 @@ class DataLayer(QueryMethods, MonitoringMethods):
         task = self._prewarm
         if task is not None and not task.done():
             await asyncio.shield(task)
+
+    @property
+    def backups(self) -> Backups:
+        """Backup sets of this database (see :mod:`agency_data.backup`)."""
+        if self._conninfo is None:
+            raise _not_connected()
+        config = self.config
+        repository = config.backup.directory or config.embedded.data_dir / "backup-sets"
+        if self._embedded_pg is not None:
+            source: str | None = self._embedded_pg.dsn("postgres")
+            database = DATABASE
+        else:
+            dsn = config.backup.source_dsn
+            source = dsn.get_secret_value() if dsn is not None else None
+            database = str(conninfo_to_dict(self._conninfo).get("dbname") or "postgres")
+        try:
+            bin_dir: Path | None = postgres_bin_dir()
+        except Exception:  # noqa: BLE001 - without the wheel, the error says what is missing
+            bin_dir = None
+        return Backups(repository, source, database, bin_dir, config.migration.table_name)
 
     def _check_connected(self) -> None:
         if self._pool is None:

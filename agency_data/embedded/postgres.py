@@ -65,6 +65,9 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "shared_preload_libraries": "'pg_prewarm,pg_stat_statements,auto_explain'",
     "pg_prewarm.autoprewarm": "on",
     "auto_explain.log_min_duration": "1000",
+    # WAL summaries: what incremental base backups (agency-data backup create --incremental)
+    # read to copy only the blocks changed since the previous backup.
+    "summarize_wal": "on",
     # Statements in the server's log without their parameter values (-1 would log them whole).
     "auto_explain.log_parameter_max_length": "0",
     "log_parameter_max_length": "0",
@@ -74,6 +77,7 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
 # listen_addresses is set) needs a password, and no role has one until someone sets it.
 _HBA = """# written by agency-data at each start
 local all all peer map=agency_data
+local replication all peer map=agency_data
 host  all all 127.0.0.1/32 scram-sha-256
 host  all all ::1/128 scram-sha-256
 """

@@ -1,0 +1,267 @@
+"""Backup sets: a PostgreSQL base backup (full, or incremental on the previous) and a manifest.
+
+A set is a folder ``<repository>/<UTC time>-full`` (or ``-incr``) holding ``pgdata/`` (what
+``pg_basebackup`` wrote, with its own ``backup_manifest`` of per-file SHA-256 checksums, and the
+WAL that makes it consistent) and ``agency-backup.json``: what the set is, the LSNs and times it
+spans, the server's version, its size, the row count of each of our tables and a checksum of the
+collections catalog, and the schema version. Folders are 0700 and files 0600.
+
+An incremental set copies only the blocks changed since its parent's start, from the WAL
+summaries the server keeps (``summarize_wal = on``, which the embedded server sets); it restores
+by ``pg_combinebackup`` with its chain of parents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from pydantic import BaseModel, Field
+
+from agency_data.dsn import redact_dsn
+from agency_data.errors import BackupError, NotFound
+from agency_data.files import make_private_dirs, tighten
+
+__all__ = ["BackupSet", "SetManifest", "create_set", "list_sets", "verify_set"]
+
+MANIFEST = "agency-backup.json"
+_NAME = re.compile(r"^\d{8}T\d{6}Z-(full|incr)$")
+_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+class SetManifest(BaseModel):
+    """What ``agency-backup.json`` records about a set."""
+
+    name: str
+    kind: Literal["full", "incremental"]
+    parent: str | None = None
+    started_at: datetime
+    finished_at: datetime
+    start_lsn: str
+    stop_lsn: str
+    timeline: int
+    server_version: str
+    database: str
+    schema_version: str | None = None
+    size_bytes: int
+    table_rows: dict[str, int] = Field(default_factory=dict)
+    collections_checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupSet:
+    """A set in the repository, with its manifest."""
+
+    path: Path
+    manifest: SetManifest
+
+    @property
+    def name(self) -> str:
+        """The set's folder name (its UTC start time and kind)."""
+        return self.path.name
+
+
+async def create_set(
+    repository: Path,
+    source: str,
+    database: str,
+    bin_dir: Path,
+    *,
+    incremental: bool = False,
+    migrations_table: str = "agency_data_migrations",
+) -> BackupSet:
+    """Take a base backup of ``source`` (a superuser or REPLICATION role's DSN) into a new set.
+
+    With ``incremental``, on top of the latest set in ``repository`` (there must be one).
+    """
+    parent = None
+    if incremental:
+        existing = list_sets(repository)
+        if not existing:
+            raise BackupError(
+                f"no backup set in {repository} to build an incremental one on; "
+                "create a full one first (agency-data backup create)"
+            )
+        parent = existing[-1]
+    started = datetime.now(UTC)
+    name = f"{started.strftime(_STAMP)}-{'incr' if incremental else 'full'}"
+    target = repository / name
+    try:
+        make_private_dirs(repository)
+        target.mkdir(mode=0o700)
+    except FileExistsError:
+        raise BackupError(f"a backup set named {name} exists already; try again") from None
+    except OSError as exc:
+        raise BackupError(
+            f"cannot create the backup set folder {target}: {exc.strerror}; set "
+            "backup.directory to a writable folder"
+        ) from exc
+    try:
+        facts = await _facts(source, database, migrations_table)
+        args = ["-D", str(target / "pgdata"), "-Fp", "-X", "stream", "-c", "fast"]
+        args += ["--manifest-checksums=SHA256"]
+        if parent is not None:
+            args.append(f"--incremental={parent.path / 'pgdata' / 'backup_manifest'}")
+        await _run(bin_dir / "pg_basebackup", args, source, "the base backup")
+        lsns = _wal_range(target / "pgdata" / "backup_manifest")
+        manifest = SetManifest(
+            name=name,
+            kind="incremental" if incremental else "full",
+            parent=parent.name if parent is not None else None,
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            start_lsn=lsns[0],
+            stop_lsn=lsns[1],
+            timeline=lsns[2],
+            size_bytes=_size(target),
+            **facts,
+        )
+        manifest_path = target / MANIFEST
+        manifest_path.write_text(manifest.model_dump_json(indent=2))
+        tighten(manifest_path, 0o600)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return BackupSet(target, manifest)
+
+
+def list_sets(repository: Path) -> list[BackupSet]:
+    """The complete sets in ``repository``, oldest first (a set without its manifest is not one)."""
+    if not repository.is_dir():
+        return []
+    found = []
+    for path in sorted(repository.iterdir()):
+        manifest = path / MANIFEST
+        if _NAME.match(path.name) and manifest.is_file():
+            found.append(BackupSet(path, SetManifest.model_validate_json(manifest.read_text())))
+    return found
+
+
+def find_set(repository: Path, name: str) -> BackupSet:
+    """The set ``name`` (or ``latest``) in ``repository``."""
+    sets = list_sets(repository)
+    if name == "latest" and sets:
+        return sets[-1]
+    for backup in sets:
+        if backup.name == name:
+            return backup
+    raise NotFound(
+        f"no backup set {name!r} in {repository}; `agency-data backup list` shows them",
+        entity="backup set",
+        key=name,
+    )
+
+
+async def verify_set(backup: BackupSet, bin_dir: Path) -> list[str]:
+    """Check every file of ``backup`` against its manifest's checksums (``pg_verifybackup``).
+
+    Returns the problems found (empty when the set is intact), each naming the file.
+    """
+    process = await asyncio.create_subprocess_exec(
+        str(bin_dir / "pg_verifybackup"),
+        "--no-parse-wal" if backup.manifest.kind == "incremental" else "--quiet",
+        str(backup.path / "pgdata"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    if process.returncode == 0:
+        return []
+    lines = (stderr.decode(errors="replace") + stdout.decode(errors="replace")).splitlines()
+    problems = [line.split("error: ", 1)[-1] for line in lines if "error" in line]
+    return problems or [line for line in lines if line.strip()]
+
+
+async def _facts(source: str, database: str, migrations_table: str) -> dict[str, Any]:
+    params = conninfo_to_dict(source)
+    params["dbname"] = database
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            make_conninfo("", **params), autocommit=True, row_factory=dict_row
+        ) as conn:
+            version = await (await conn.execute("SHOW server_version")).fetchone()
+            rows: dict[str, int] = {}
+            tables = await (
+                await conn.execute(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1"
+                )
+            ).fetchall()
+            for table in tables:
+                count = await (
+                    await conn.execute(
+                        psycopg.sql.SQL("SELECT count(*) AS n FROM {}").format(
+                            psycopg.sql.Identifier(table["relname"])
+                        )
+                    )
+                ).fetchone()
+                rows[table["relname"]] = int(count["n"]) if count else 0
+            catalog = await (
+                await conn.execute(
+                    "SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY name), '')) AS sum "
+                    "FROM embedding_collections t"
+                )
+            ).fetchone()
+            schema = await (
+                await conn.execute(
+                    psycopg.sql.SQL(
+                        "SELECT max(id) AS v FROM {} WHERE id LIKE 'agency_data:%%'"
+                    ).format(psycopg.sql.Identifier(migrations_table))
+                )
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise BackupError(f"could not read the source's facts for the manifest: {exc}") from exc
+    return {
+        "server_version": version["server_version"] if version else "unknown",
+        "database": database,
+        "table_rows": rows,
+        "collections_checksum": catalog["sum"] if catalog else None,
+        "schema_version": schema["v"] if schema else None,
+    }
+
+
+def _wal_range(manifest: Path) -> tuple[str, str, int]:
+    ranges = json.loads(manifest.read_text())["WAL-Ranges"]
+    return ranges[0]["Start-LSN"], ranges[-1]["End-LSN"], int(ranges[-1]["Timeline"])
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for file in files:
+            total += (Path(root) / file).lstat().st_size
+    return total
+
+
+async def _run(tool: Path, args: list[str], conninfo: str, what: str) -> None:
+    # The password travels in the environment, never on a command line others can read.
+    params = conninfo_to_dict(conninfo)
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password is not None:
+        env["PGPASSWORD"] = str(password)
+    process = await asyncio.create_subprocess_exec(
+        str(tool),
+        "-d",
+        make_conninfo("", **params),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        message = redact_dsn(stderr.decode(errors="replace").strip())
+        if "summarize_wal" in message or "WAL summar" in message:
+            message += "; incremental backups need summarize_wal = on on the server"
+        raise BackupError(f"{what} with {tool.name} failed: {message}")

@@ -1,0 +1,126 @@
+"""``agency-data backup create|list|verify``: backup sets of the layer's database."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from agency_data.backup import BackupSet
+from agency_data.cli._common import (
+    ConfigOption,
+    DataDirOption,
+    error,
+    errors_exit,
+    load_config,
+    run_job,
+    table,
+)
+from agency_data.config import DataLayerConfig
+from agency_data.manager import DataLayer
+
+__all__ = ["backup_app"]
+
+backup_app = typer.Typer(
+    help="Backup sets: full or incremental base backups with a manifest, verified on demand.",
+    no_args_is_help=True,
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _config(config: ConfigOption, data_dir: DataDirOption) -> DataLayerConfig:
+    with errors_exit():
+        # A backup reads the database as it is: nothing is migrated first.
+        return load_config(
+            config, data_dir, migration={"auto_migrate": False}, postgresql={"pool_min_size": 1}
+        )
+
+
+@backup_app.command()
+def create(
+    incremental: Annotated[
+        bool,
+        typer.Option(
+            "--incremental", help="Copy only what changed since the latest set (its parent)."
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Take a backup set: a base backup of the server with the WAL that makes it consistent."""
+    cfg = _config(config, data_dir)
+
+    async def job() -> BackupSet:
+        async with DataLayer(cfg) as dl:
+            return await dl.backups.create(incremental=incremental)
+
+    made = run_job(job)
+    if as_json:
+        typer.echo(made.manifest.model_dump_json(indent=2))
+        return
+    typer.echo(f"created {made.name} in {made.path.parent}")
+    typer.echo(
+        f"{made.manifest.kind}, {made.manifest.size_bytes / (1 << 20):.1f} MiB, "
+        f"LSN {made.manifest.start_lsn} to {made.manifest.stop_lsn}"
+    )
+
+
+@backup_app.command("list")
+def list_sets(
+    as_json: JsonOption = False, config: ConfigOption = None, data_dir: DataDirOption = None
+) -> None:
+    """The sets in the repository, oldest first, with their sizes and what they cover."""
+    cfg = _config(config, data_dir)
+
+    async def job() -> list[BackupSet]:
+        async with DataLayer(cfg) as dl:
+            return dl.backups.list()
+
+    sets = run_job(job)
+    if as_json:
+        typer.echo(json.dumps([json.loads(s.manifest.model_dump_json()) for s in sets], indent=2))
+        return
+    table(
+        ["set", "kind", "parent", "finished (UTC)", "size", "stop LSN"],
+        [
+            [
+                s.name,
+                s.manifest.kind,
+                s.manifest.parent or "",
+                s.manifest.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
+                f"{s.manifest.size_bytes / (1 << 20):.1f} MiB",
+                s.manifest.stop_lsn,
+            ]
+            for s in sets
+        ],
+    )
+    if not sets:
+        typer.echo("note: no backup set yet; agency-data backup create takes one", err=True)
+
+
+@backup_app.command()
+def verify(
+    name: Annotated[str, typer.Argument(help="The set's name, or latest.")] = "latest",
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Check every file of a set against its checksums (pg_verifybackup). Exit 1 if damaged."""
+    cfg = _config(config, data_dir)
+
+    async def job() -> list[str]:
+        async with DataLayer(cfg) as dl:
+            return await dl.backups.verify(name)
+
+    problems = run_job(job)
+    if as_json:
+        typer.echo(json.dumps({"set": name, "ok": not problems, "problems": problems}, indent=2))
+    elif problems:
+        for problem in problems:
+            error(problem)
+    else:
+        typer.echo(f"{name}: every file matches its checksum")
+    raise typer.Exit(1 if problems else 0)
