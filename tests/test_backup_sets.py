@@ -8,11 +8,15 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
+import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agency_data import DataLayer
+from agency_data.embedded import EmbeddedPostgres
 from agency_data.errors import BackupError, ConfigError, NotFound, ValidationError
-from tests.conftest import DatabaseDsn, make_config
+from tests.conftest import FAST_POSTGRES, DatabaseDsn, make_config
 from tests.test_cli import agency_data
 
 
@@ -140,3 +144,130 @@ def test_the_command_line_creates_lists_and_verifies(
     assert report["ok"] is False
     assert any("PG_VERSION" in problem for problem in report["problems"])
     assert database.superuser not in bad.stdout + bad.stderr
+
+
+# -- restore --------------------------------------------------------------------------------------
+
+
+async def test_a_restore_holds_exactly_what_the_set_covered(
+    layer: DataLayer, database: DatabaseDsn, data_dir: Path
+) -> None:
+    await layer.admin.create_collection("kept", dimension=4)
+    kept = layer.embeddings.collection("kept")
+    vectors = [[0.1 * i, 1.0 / (i + 1), -0.25 * i, 3.0e-7 * i] for i in range(50)]
+    await kept.store_many(
+        [{"entity_type": "doc", "entity_id": str(i), "vector": v} for i, v in enumerate(vectors)]
+    )
+    await kept.create_index("hnsw")
+    for i in range(3):
+        await layer.agents.create(f"before-full-{i}", "worker")
+    await layer.backups.create()
+    await layer.agents.create("before-incremental", "worker")
+    await layer.backups.create(incremental=True)
+    await layer.agents.create("after-every-backup", "worker")
+
+    restored = data_dir  # a folder the server's user can reach under root
+    pgdata = await layer.backups.restore("latest", restored)
+    assert pgdata == restored / "postgres"
+    with pytest.raises(BackupError, match="never writes over"):
+        await layer.backups.restore("latest", restored)
+
+    server = EmbeddedPostgres(restored, settings=FAST_POSTGRES)
+    dsn = server.acquire()
+    try:
+        name = conninfo_to_dict(database)["dbname"]
+        params = conninfo_to_dict(dsn)
+        params["dbname"] = name
+        async with await psycopg.AsyncConnection.connect(
+            make_conninfo("", **params), autocommit=True
+        ) as conn:
+            agents = await (await conn.execute("SELECT name FROM agents ORDER BY name")).fetchall()
+            assert [a[0] for a in agents] == [
+                "before-full-0",
+                "before-full-1",
+                "before-full-2",
+                "before-incremental",
+            ]
+            table = (
+                await (
+                    await conn.execute(
+                        "SELECT table_name FROM embedding_collections WHERE name = 'kept'"
+                    )
+                ).fetchone()
+            )[0]
+            rows = await (
+                await conn.execute(
+                    psycopg.sql.SQL("SELECT entity_id, vector::text FROM {}").format(
+                        psycopg.sql.Identifier(table)
+                    )
+                )
+            ).fetchall()
+            assert len(rows) == 50
+            # Bit-identical: the text form of each float4 round-trips exactly.
+            original = {
+                str(i): "[" + ",".join(str(float(np.float32(x))) for x in v) + "]"
+                for i, v in enumerate(vectors)
+            }
+            restored_text = {entity: text for entity, text in rows}
+            source = await layer.admin.fetch(
+                psycopg.sql.SQL("SELECT entity_id, vector::text AS v FROM {}").format(
+                    psycopg.sql.Identifier(table)
+                )
+            )
+            assert restored_text == {row["entity_id"]: row["v"] for row in source}
+            assert set(restored_text) == set(original)
+            invalid = await (
+                await conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+            ).fetchone()
+            assert invalid == (0,)
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            checked = await (
+                await conn.execute(
+                    "SELECT count(bt_index_check(c.oid)) FROM pg_index i "
+                    "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                    "WHERE a.amname = 'btree' AND c.relpersistence = 'p'"
+                )
+            ).fetchone()
+            assert checked is not None
+            assert checked[0] > 10
+    finally:
+        server.release()
+
+
+async def test_the_command_line_restores_without_a_server(
+    layer: DataLayer, database: DatabaseDsn, redis_url: str, tmp_path: Path, data_dir: Path
+) -> None:
+    made = await layer.backups.create()
+    args = ["backup", "restore", "latest", "--data-dir", str(data_dir)]
+    args += ["--repository", str(tmp_path / "sets")]
+    first = agency_data(*args, tmp_path=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert f"start it with: agency-data up --data-dir {data_dir}" in first.stdout
+    assert (data_dir / "postgres" / "PG_VERSION").is_file()
+    assert (data_dir / "postgres" / "backup_label").is_file()
+    again = agency_data(*args, tmp_path=tmp_path)
+    assert again.returncode == 2
+    assert "never writes over" in again.stderr
+    missing = agency_data(
+        "backup",
+        "restore",
+        "nope",
+        "--data-dir",
+        str(tmp_path / "other"),
+        "--repository",
+        str(tmp_path / "sets"),
+        tmp_path=tmp_path,
+    )
+    assert missing.returncode == 2
+    assert "no backup set 'nope'" in missing.stderr
+    assert (
+        made.name
+        in agency_data(
+            "backup",
+            "list",
+            dsn=database,
+            redis_url=redis_url,
+            tmp_path=tmp_path,
+            AGENCY_DATA_BACKUP__DIRECTORY=str(tmp_path / "sets"),
+        ).stdout
+    )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import builtins
 from pathlib import Path
 
+from agency_data.backup.restore import restore_set
 from agency_data.backup.sets import BackupSet, create_set, find_set, list_sets, verify_set
-from agency_data.errors import ConfigError
+from agency_data.errors import ConfigError, ValidationError
 from agency_data.inputs import check_bool, check_text
 
 __all__ = ["Backups"]
@@ -54,6 +55,22 @@ class Backups:
     def list(self) -> list[BackupSet]:
         """The sets in the repository, oldest first."""
         return list_sets(self.repository)
+
+    async def restore(self, name: str, data_dir: Path) -> Path:
+        """Restore set ``name`` (or ``latest``) into the empty folder ``data_dir``.
+
+        Returns the cluster's folder (``<data_dir>/postgres``). Start the layer on it with
+        ``DataLayer(embedded={"data_dir": data_dir})``: it replays the set's WAL and opens the
+        database as it was when the backup finished. Redis starts empty: it is a cache.
+        """
+        check_text(name, "name", max_length=100)
+        if not isinstance(data_dir, Path):
+            raise ValidationError(
+                f"data_dir must be a pathlib.Path, not {type(data_dir).__name__}", field="data_dir"
+            )
+        _, bin_dir = self._tools(need_source=False)
+        _, pgdata = await restore_set(self.repository, name, data_dir, bin_dir)
+        return pgdata
 
     async def verify(self, name: str = "latest") -> builtins.list[str]:
         """The problems ``pg_verifybackup`` finds in set ``name`` (or ``latest``); [] if none."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from agency_data.backup import BackupSet
+from agency_data.backup import Backups, BackupSet
 from agency_data.cli._common import (
     ConfigOption,
     DataDirOption,
@@ -18,6 +19,7 @@ from agency_data.cli._common import (
     table,
 )
 from agency_data.config import DataLayerConfig
+from agency_data.embedded import postgres_bin_dir
 from agency_data.manager import DataLayer
 
 __all__ = ["backup_app"]
@@ -124,3 +126,36 @@ def verify(
     else:
         typer.echo(f"{name}: every file matches its checksum")
     raise typer.Exit(1 if problems else 0)
+
+
+@backup_app.command()
+def restore(
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir",
+            help="An empty folder: the new embedded data directory to restore into.",
+        ),
+    ],
+    name: Annotated[str, typer.Argument(help="The set's name, or latest.")] = "latest",
+    repository: Annotated[
+        Path | None,
+        typer.Option(
+            "--repository",
+            help="The backup sets' folder (default: backup.directory, else "
+            "<embedded.data_dir>/backup-sets of the configuration).",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Restore a set (with the sets it builds on) into a new data directory; start it with up.
+
+    Needs no running server. The restored database is as it was when the backup finished; the
+    cache (Redis) starts empty. A folder that holds a data directory already is refused.
+    """
+    cfg = _config(config, None)
+    source = repository or cfg.backup.directory or cfg.embedded.data_dir / "backup-sets"
+    backups = Backups(source, None, "", postgres_bin_dir(), cfg.migration.table_name)
+    pgdata = run_job(lambda: backups.restore(name, data_dir))
+    typer.echo(f"restored {name} from {source} into {pgdata}")
+    typer.echo(f"start it with: agency-data up --data-dir {data_dir}")

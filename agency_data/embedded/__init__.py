@@ -4,7 +4,8 @@ Both keep their data under one data directory and are shared by every process po
 the last process to close stops them.
 """
 
+from agency_data.embedded._server import system_user
 from agency_data.embedded.postgres import EmbeddedPostgres, postgres_bin_dir
 from agency_data.embedded.valkey import EmbeddedValkey
 
-__all__ = ["EmbeddedPostgres", "EmbeddedValkey", "postgres_bin_dir"]
+__all__ = ["EmbeddedPostgres", "EmbeddedValkey", "postgres_bin_dir", "system_user"]
