@@ -488,6 +488,11 @@ class BackupConfig(_Section):
         description="a superuser's or REPLICATION role's connection to back up a configured "
         "server (the embedded server needs none)",
     )
+    archive_wal: bool = Field(
+        False,
+        description="the embedded server archives every WAL segment into <directory>/wal, so a "
+        "restore can stop at any time after the first set (takes effect when it starts)",
+    )
 
     @field_validator("source_dsn")
     @classmethod

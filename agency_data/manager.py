@@ -13,7 +13,7 @@ from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agency_data.admin import Admin
-from agency_data.backup import Backups
+from agency_data.backup import Backups, archive_settings, prepare_archive, repository_of
 from agency_data.cache.backend import CacheBackend
 from agency_data.cache.store import Cache
 from agency_data.config import DataLayerConfig, PostgresConfig
@@ -124,10 +124,12 @@ class DataLayer(QueryMethods, MonitoringMethods):
                 # Plans of slow statements in the server's log, at the slow-query log's bound.
                 settings={
                     "auto_explain.log_min_duration": str(int(slow_ms)) if slow_ms else "-1",
+                    **archive_settings(self.config),
                     **embedded.postgres_settings,
                 },
             )
             superuser = await asyncio.to_thread(server.acquire)
+            prepare_archive(self.config)
             await _setup_embedded_roles(superuser, roles, self.config.migration.table_name)
             # The pool is the application role's; migrations and DDL are the owner's.
             self._conninfo = server.dsn(DATABASE, user=roles.app)
@@ -407,7 +409,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         if self._conninfo is None:
             raise _not_connected()
         config = self.config
-        repository = config.backup.directory or config.embedded.data_dir / "backup-sets"
+        repository = repository_of(config)
         if self._embedded_pg is not None:
             source: str | None = self._embedded_pg.dsn("postgres")
             database = DATABASE

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from agency_data import DataLayer
+from agency_data import DataLayer, DataLayerConfig
 from agency_data.embedded import EmbeddedPostgres
+from agency_data.embedded.postgres import DATABASE
 from agency_data.errors import BackupError, ConfigError, NotFound, ValidationError
-from tests.conftest import FAST_POSTGRES, DatabaseDsn, make_config
+from tests.conftest import FAST_POSTGRES, DatabaseDsn, make_config, reachable_dir
 from tests.test_cli import agency_data
 
 
@@ -271,3 +274,67 @@ async def test_the_command_line_restores_without_a_server(
             AGENCY_DATA_BACKUP__DIRECTORY=str(tmp_path / "sets"),
         ).stdout
     )
+
+
+async def test_a_restore_to_a_point_in_time_keeps_exactly_what_was_committed_before_it(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    source_dir = reachable_dir(tmp_path_factory) / "source"
+    config = DataLayerConfig(
+        embedded={"data_dir": source_dir, "postgres_settings": FAST_POSTGRES},
+        redis={"url": redis_url},
+        backup={"archive_wal": True},
+        migration={"backup_before_migration": False},
+    )
+    async with DataLayer(config) as dl:
+        await dl.agents.create("before-the-set", "worker")
+        await dl.backups.create()
+        await dl.agents.create("before-t", "worker")
+        await asyncio.sleep(1.2)
+        target = datetime.now(UTC)
+        await asyncio.sleep(1.2)
+        await dl.agents.create("after-t", "worker")
+        assert await dl.execute("DELETE FROM agents") == 3  # the mistake
+        superuser = EmbeddedPostgres(source_dir).dsn("postgres")
+        async with await psycopg.AsyncConnection.connect(superuser, autocommit=True) as su:
+            segment = (
+                await (await su.execute("SELECT pg_walfile_name(pg_switch_wal())")).fetchone()
+            )[0]
+            for _ in range(200):
+                archived = await (
+                    await su.execute("SELECT last_archived_wal FROM pg_stat_archiver")
+                ).fetchone()
+                if archived[0] is not None and archived[0] >= segment:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail(f"segment {segment} was not archived")
+        with pytest.raises(BackupError, match="restore an older set"):
+            await dl.backups.restore(
+                "latest",
+                reachable_dir(tmp_path_factory),
+                target_time=datetime(2020, 1, 1, tzinfo=UTC),
+            )
+        with pytest.raises(ValidationError, match="time zone"):
+            await dl.backups.restore(
+                "latest", reachable_dir(tmp_path_factory), target_time=datetime(2030, 1, 1)
+            )
+        restored = reachable_dir(tmp_path_factory) / "restored"
+        await dl.backups.restore("latest", restored, target_time=target)
+
+    server = EmbeddedPostgres(restored, settings=FAST_POSTGRES)
+    server.acquire()
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            server.dsn(DATABASE), autocommit=True
+        ) as conn:
+            for _ in range(300):
+                if not (await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone())[0]:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the restored server did not finish its recovery")
+            names = await (await conn.execute("SELECT name FROM agents ORDER BY name")).fetchall()
+            assert [n[0] for n in names] == ["before-t", "before-the-set"]
+    finally:
+        server.release()

@@ -4,7 +4,19 @@
   of what the database held; ``pg_verifybackup`` checks every file against its checksum.
 """
 
-from agency_data.backup.service import Backups
+from agency_data.backup.service import (
+    Backups,
+    archive_settings,
+    prepare_archive,
+    repository_of,
+)
 from agency_data.backup.sets import BackupSet, SetManifest
 
-__all__ = ["BackupSet", "Backups", "SetManifest"]
+__all__ = [
+    "BackupSet",
+    "Backups",
+    "SetManifest",
+    "archive_settings",
+    "prepare_archive",
+    "repository_of",
+]

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 from agency_data.backup.sets import BackupSet, find_set
 from agency_data.embedded import system_user
-from agency_data.errors import BackupError, NotFound
-from agency_data.files import make_private_dirs
+from agency_data.errors import BackupError, NotFound, ValidationError
+from agency_data.files import make_private_dirs, private_file
 
-__all__ = ["chain_of", "restore_set"]
+__all__ = ["WAL_FOLDER", "chain_of", "restore_set"]
+
+# The repository's folder of archived WAL segments (backup.archive_wal).
+WAL_FOLDER = "wal"
+_LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 
 
 def chain_of(repository: Path, backup: BackupSet) -> list[BackupSet]:
@@ -38,11 +44,22 @@ def chain_of(repository: Path, backup: BackupSet) -> list[BackupSet]:
 
 
 async def restore_set(
-    repository: Path, name: str, data_dir: Path, bin_dir: Path
+    repository: Path,
+    name: str,
+    data_dir: Path,
+    bin_dir: Path,
+    *,
+    target_time: datetime | None = None,
+    target_lsn: str | None = None,
 ) -> tuple[BackupSet, Path]:
-    """Restore set ``name`` (or ``latest``) into ``data_dir``; returns it and the cluster's folder."""
+    """Restore set ``name`` (or ``latest``) into ``data_dir``; returns it and the cluster's folder.
+
+    With ``target_time`` or ``target_lsn``, the cluster starts in recovery: it replays the
+    repository's archived WAL up to that point, then promotes itself.
+    """
     backup = find_set(repository, name)
     chain = chain_of(repository, backup)
+    recovery = _recovery_settings(repository, backup, target_time, target_lsn)
     pgdata = data_dir / "postgres"
     if pgdata.exists() and any(pgdata.iterdir()):
         raise BackupError(
@@ -69,6 +86,8 @@ async def restore_set(
             f"combining {', '.join(m.name for m in chain)} failed: "
             f"{stderr.decode(errors='replace').strip()}"
         )
+    if recovery:
+        _start_in_recovery(pgdata, recovery)
     if account is not None:
         # Under root the server runs as its own user, which must own the cluster and the
         # folders on the way to it that this restore made; nobody else's files change.
@@ -82,3 +101,52 @@ async def restore_set(
                     os.path.join(root, file), account.pw_uid, account.pw_gid, follow_symlinks=False
                 )
     return backup, pgdata
+
+
+def _start_in_recovery(pgdata: Path, settings: dict[str, str]) -> None:
+    with (pgdata / "postgresql.auto.conf").open("a", encoding="utf-8") as conf:
+        conf.write("# point-in-time recovery, written by agency-data backup restore\n")
+        conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+    private_file(pgdata / "recovery.signal")
+
+
+def _recovery_settings(
+    repository: Path, backup: BackupSet, target_time: datetime | None, target_lsn: str | None
+) -> dict[str, str]:
+    if target_time is None and target_lsn is None:
+        return {}
+    if target_time is not None and target_lsn is not None:
+        raise ValidationError("give target_time or target_lsn, not both", field="target_time")
+    wal = repository / WAL_FOLDER
+    if not wal.is_dir():
+        raise BackupError(
+            f"{repository} has no archived WAL ({WAL_FOLDER}/): a restore to a point in time "
+            "needs backup.archive_wal = true on the server since the set was taken"
+        )
+    if target_time is not None and target_time < backup.manifest.finished_at:
+        raise BackupError(
+            f"set {backup.name} finished at {backup.manifest.finished_at.isoformat()}, after "
+            f"{target_time.isoformat()}: restore an older set to reach that time"
+        )
+    if target_lsn is not None and not _LSN.match(target_lsn):
+        raise ValidationError(
+            f"target_lsn {target_lsn!r} is not an LSN such as 0/3000060", field="target_lsn"
+        )
+    settings = {
+        "restore_command": _quote(f"cp {_shell_quote(str(wal))}/%f %p"),
+        "recovery_target_action": "'promote'",
+    }
+    if target_time is not None:
+        settings["recovery_target_time"] = _quote(target_time.isoformat())
+    else:
+        settings["recovery_target_lsn"] = _quote(str(target_lsn))
+    return settings
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _shell_quote(value: str) -> str:
+    # restore_command runs through the shell: the path is one word whatever it holds.
+    return "'" + value.replace("'", "'\\''") + "'"

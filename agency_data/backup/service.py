@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import builtins
+import os
+from datetime import datetime
 from pathlib import Path
 
-from agency_data.backup.restore import restore_set
+from agency_data.backup.restore import WAL_FOLDER, restore_set
 from agency_data.backup.sets import BackupSet, create_set, find_set, list_sets, verify_set
+from agency_data.config import DataLayerConfig
+from agency_data.embedded import system_user
 from agency_data.errors import ConfigError, ValidationError
+from agency_data.files import make_private_dirs
 from agency_data.inputs import check_bool, check_text
 
-__all__ = ["Backups"]
+__all__ = ["Backups", "archive_settings", "prepare_archive", "repository_of"]
 
 
 class Backups:
@@ -56,20 +61,48 @@ class Backups:
         """The sets in the repository, oldest first."""
         return list_sets(self.repository)
 
-    async def restore(self, name: str, data_dir: Path) -> Path:
+    async def restore(
+        self,
+        name: str,
+        data_dir: Path,
+        *,
+        target_time: datetime | None = None,
+        target_lsn: str | None = None,
+    ) -> Path:
         """Restore set ``name`` (or ``latest``) into the empty folder ``data_dir``.
 
         Returns the cluster's folder (``<data_dir>/postgres``). Start the layer on it with
         ``DataLayer(embedded={"data_dir": data_dir})``: it replays the set's WAL and opens the
-        database as it was when the backup finished. Redis starts empty: it is a cache.
+        database as it was when the backup finished, or, with ``target_time`` /
+        ``target_lsn``, replays the archived WAL (``backup.archive_wal``) up to that point
+        (point-in-time recovery). Redis starts empty: it is a cache.
         """
         check_text(name, "name", max_length=100)
+        if target_time is not None and not isinstance(target_time, datetime):
+            raise ValidationError(
+                f"target_time must be a datetime, not {type(target_time).__name__}",
+                field="target_time",
+            )
+        if target_time is not None and target_time.tzinfo is None:
+            raise ValidationError(
+                "target_time must carry its time zone (datetime.now(UTC), not datetime.now())",
+                field="target_time",
+            )
+        if target_lsn is not None:
+            check_text(target_lsn, "target_lsn", max_length=40)
         if not isinstance(data_dir, Path):
             raise ValidationError(
                 f"data_dir must be a pathlib.Path, not {type(data_dir).__name__}", field="data_dir"
             )
         _, bin_dir = self._tools(need_source=False)
-        _, pgdata = await restore_set(self.repository, name, data_dir, bin_dir)
+        _, pgdata = await restore_set(
+            self.repository,
+            name,
+            data_dir,
+            bin_dir,
+            target_time=target_time,
+            target_lsn=target_lsn,
+        )
         return pgdata
 
     async def verify(self, name: str = "latest") -> builtins.list[str]:
@@ -92,3 +125,37 @@ class Backups:
                 field="backup.source_dsn",
             )
         return self._source or "", self._bin_dir
+
+
+def repository_of(config: DataLayerConfig) -> Path:
+    """Where ``config``'s backup sets go: ``backup.directory``, else under the data directory."""
+    return config.backup.directory or config.embedded.data_dir / "backup-sets"
+
+
+def prepare_archive(config: DataLayerConfig) -> None:
+    """Make the WAL archive's folder, once the embedded server holds its data directory.
+
+    (The server's archiver retries a segment until the folder exists.)
+    """
+    if not config.backup.archive_wal:
+        return
+    created = make_private_dirs(repository_of(config) / WAL_FOLDER)
+    account = system_user()
+    if account is not None:
+        # Under root the server's own user writes the archive: it gets the folders made here.
+        for folder in created:
+            os.chown(folder, account.pw_uid, account.pw_gid, follow_symlinks=False)
+
+
+def archive_settings(config: DataLayerConfig) -> dict[str, str]:
+    """The embedded server's settings that archive its WAL into the repository, if asked."""
+    if not config.backup.archive_wal:
+        return {}
+    wal = repository_of(config) / WAL_FOLDER
+    return {
+        "archive_mode": "on",
+        "archive_library": "'basic_archive'",
+        "basic_archive.archive_directory": "'" + str(wal).replace("'", "''") + "'",
+        # A quiet server still closes a segment every minute, so the window reaches that close.
+        "archive_timeout": "60",
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -146,16 +147,34 @@ def restore(
             "<embedded.data_dir>/backup-sets of the configuration).",
         ),
     ] = None,
+    target_time: Annotated[
+        str | None,
+        typer.Option(
+            help="Replay the archived WAL up to this time, ISO 8601 with its zone "
+            "(2026-12-05T10:30:00+00:00); needs backup.archive_wal.",
+        ),
+    ] = None,
+    target_lsn: Annotated[
+        str | None, typer.Option(help="Replay the archived WAL up to this LSN (0/3000060).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Restore a set (with the sets it builds on) into a new data directory; start it with up.
 
-    Needs no running server. The restored database is as it was when the backup finished; the
-    cache (Redis) starts empty. A folder that holds a data directory already is refused.
+    Needs no running server. The restored database is as it was when the backup finished, or at --target-time / --target-lsn (point-in-time recovery from the archived WAL; the set must have finished before the target). The cache (Redis) starts empty. A folder that holds a data directory already is refused.
     """
     cfg = _config(config, None)
+    when = None
+    if target_time is not None:
+        try:
+            when = datetime.fromisoformat(target_time)
+        except ValueError:
+            error(f"--target-time {target_time!r} is not an ISO 8601 time")
+            raise typer.Exit(2) from None
     source = repository or cfg.backup.directory or cfg.embedded.data_dir / "backup-sets"
     backups = Backups(source, None, "", postgres_bin_dir(), cfg.migration.table_name)
-    pgdata = run_job(lambda: backups.restore(name, data_dir))
+    pgdata = run_job(
+        lambda: backups.restore(name, data_dir, target_time=when, target_lsn=target_lsn)
+    )
     typer.echo(f"restored {name} from {source} into {pgdata}")
     typer.echo(f"start it with: agency-data up --data-dir {data_dir}")
