@@ -488,6 +488,13 @@ class BackupConfig(_Section):
         description="a superuser's or REPLICATION role's connection to back up a configured "
         "server (the embedded server needs none)",
     )
+    keep_full: int = Field(
+        2,
+        ge=1,
+        le=10_000,
+        description="full sets kept, each with the incremental sets built on it; older ones, "
+        "and the archived WAL only they needed, are deleted after each new set",
+    )
     archive_wal: bool = Field(
         False,
         description="the embedded server archives every WAL segment into <directory>/wal, so a "

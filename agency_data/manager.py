@@ -96,6 +96,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._cache_backend: CacheBackend | None = None
         self._scopes: dict[str, TenantScope] = {}
         self._prewarm: asyncio.Task[None] | None = None
+        self._backups: Backups | None = None
         # Metrics, traces and the slow-query log (agency_data.observability); no I/O here.
         self._monitor = Monitor(self.config.monitoring)
         self._telemetry = self._monitor.telemetry
@@ -219,6 +220,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
             prewarm.cancel()
             await asyncio.gather(prewarm, return_exceptions=True)
         await self._monitor.aclose()
+        self._backups = None
         pool, self._pool = self._pool, None
         admin_pool, self._admin_pool = self._admin_pool, None
         self._admin = None
@@ -408,6 +410,11 @@ class DataLayer(QueryMethods, MonitoringMethods):
         """Backup sets of this database (see :mod:`agency_data.backup`)."""
         if self._conninfo is None:
             raise _not_connected()
+        if self._backups is None:
+            self._backups = self._make_backups(self._conninfo)
+        return self._backups
+
+    def _make_backups(self, conninfo: str) -> Backups:
         config = self.config
         repository = repository_of(config)
         if self._embedded_pg is not None:
@@ -416,12 +423,19 @@ class DataLayer(QueryMethods, MonitoringMethods):
         else:
             dsn = config.backup.source_dsn
             source = dsn.get_secret_value() if dsn is not None else None
-            database = str(conninfo_to_dict(self._conninfo).get("dbname") or "postgres")
+            database = str(conninfo_to_dict(conninfo).get("dbname") or "postgres")
         try:
             bin_dir: Path | None = postgres_bin_dir()
         except Exception:  # noqa: BLE001 - without the wheel, the error says what is missing
             bin_dir = None
-        return Backups(repository, source, database, bin_dir, config.migration.table_name)
+        return Backups(
+            repository,
+            source,
+            database,
+            bin_dir,
+            config.migration.table_name,
+            keep_full=config.backup.keep_full,
+        )
 
     def _check_connected(self) -> None:
         if self._pool is None:

@@ -95,7 +95,7 @@ async def test_verify_names_the_file_with_one_byte_changed(layer: DataLayer) -> 
 
 async def test_bad_input_and_missing_sets_are_clear(layer: DataLayer, tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="backup list"):
-        await layer.backups.verify("20200101T000000Z-full")
+        await layer.backups.verify("20200101T000000000000Z-full")
     with pytest.raises(NotFound):
         await layer.backups.verify("latest")  # none yet
     for bad in (None, 3, "x" * 500):
@@ -338,3 +338,40 @@ async def test_a_restore_to_a_point_in_time_keeps_exactly_what_was_committed_bef
             assert [n[0] for n in names] == ["before-t", "before-the-set"]
     finally:
         server.release()
+
+    # A new full set with keep_full = 1: the first goes, and the WAL only it needed.
+    async with DataLayer(config) as dl:
+        wal = source_dir / "backup-sets" / "wal"
+        assert min(p.name for p in wal.iterdir()) < segment
+        dl.backups.keep_full = 1  # as backup.keep_full = 1 would
+        newest = await dl.backups.create()
+        assert [s.name for s in dl.backups.list()] == [newest.name]
+        start = (newest.path / "pgdata" / "backup_label").read_text().split("(file ")[1][:24]
+        assert all(p.name[:24] >= start for p in wal.iterdir()), sorted(wal.iterdir())
+
+
+async def test_retention_drops_whole_chains_oldest_first(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(
+        database,
+        redis_url,
+        tmp_path,
+        backup={"directory": tmp_path / "sets", "source_dsn": database.superuser, "keep_full": 2},
+    )
+    async with DataLayer(config) as dl:
+        first = await dl.backups.create()
+        first_incremental = await dl.backups.create(incremental=True)
+        second = await dl.backups.create()
+        assert [s.name for s in dl.backups.list()] == [
+            first.name,
+            first_incremental.name,
+            second.name,
+        ]
+        third = await dl.backups.create()
+        # The oldest chain goes whole: a kept incremental always has its parent.
+        assert [s.name for s in dl.backups.list()] == [second.name, third.name]
+        assert not first.path.exists()
+        assert not first_incremental.path.exists()
+    with pytest.raises(ConfigError, match="keep_full"):
+        make_config(database, redis_url, tmp_path, backup={"keep_full": 0})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import logging
 import os
 from datetime import datetime
 from pathlib import Path
 
 from agency_data.backup.restore import WAL_FOLDER, restore_set
+from agency_data.backup.retention import apply_retention
 from agency_data.backup.sets import BackupSet, create_set, find_set, list_sets, verify_set
 from agency_data.config import DataLayerConfig
 from agency_data.embedded import system_user
@@ -16,6 +18,8 @@ from agency_data.files import make_private_dirs
 from agency_data.inputs import check_bool, check_text
 
 __all__ = ["Backups", "archive_settings", "prepare_archive", "repository_of"]
+
+_log = logging.getLogger("agency_data.backup")
 
 
 class Backups:
@@ -37,8 +41,11 @@ class Backups:
         database: str,
         bin_dir: Path | None,
         migrations_table: str,
+        *,
+        keep_full: int = 2,
     ) -> None:
         self.repository = repository
+        self.keep_full = keep_full
         self._source = source
         self._database = database
         self._bin_dir = bin_dir
@@ -48,7 +55,7 @@ class Backups:
         """Take a new set: a full base backup, or with ``incremental`` one on the latest set."""
         check_bool(incremental, "incremental")
         source, bin_dir = self._tools()
-        return await create_set(
+        made = await create_set(
             self.repository,
             source,
             self._database,
@@ -56,6 +63,12 @@ class Backups:
             incremental=incremental,
             migrations_table=self._migrations_table,
         )
+        dropped = await apply_retention(self.repository, self.keep_full, bin_dir)
+        if dropped:
+            _log.info(
+                "deleted backup sets %s (backup.keep_full = %d)", ", ".join(dropped), self.keep_full
+            )
+        return made
 
     def list(self) -> list[BackupSet]:
         """The sets in the repository, oldest first."""

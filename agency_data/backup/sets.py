@@ -1,6 +1,6 @@
 """Backup sets: a PostgreSQL base backup (full, or incremental on the previous) and a manifest.
 
-A set is a folder ``<repository>/<UTC time>-full`` (or ``-incr``) holding ``pgdata/`` (what
+A set is a folder ``<repository>/<UTC time to the microsecond>-full`` (or ``-incr``) holding ``pgdata/`` (what
 ``pg_basebackup`` wrote, with its own ``backup_manifest`` of per-file SHA-256 checksums, and the
 WAL that makes it consistent) and ``agency-backup.json``: what the set is, the LSNs and times it
 spans, the server's version, its size, the row count of each of our tables and a checksum of the
@@ -35,8 +35,9 @@ from agency_data.files import make_private_dirs, tighten
 __all__ = ["BackupSet", "SetManifest", "create_set", "list_sets", "verify_set"]
 
 MANIFEST = "agency-backup.json"
-_NAME = re.compile(r"^\d{8}T\d{6}Z-(full|incr)$")
-_STAMP = "%Y%m%dT%H%M%SZ"
+_NAME = re.compile(r"^\d{8}T\d{12}Z-(full|incr)$")
+# To the microsecond: two sets taken within a second must not collide.
+_STAMP = "%Y%m%dT%H%M%S%fZ"
 
 
 class SetManifest(BaseModel):
