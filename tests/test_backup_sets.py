@@ -73,12 +73,14 @@ async def test_an_incremental_set_builds_on_the_latest(layer: DataLayer) -> None
     assert incremental.manifest.table_rows["agents"] == 1
     assert incremental.manifest.size_bytes < full.manifest.size_bytes
     assert [s.name for s in layer.backups.list()] == [full.name, incremental.name]
-    assert await layer.backups.verify(incremental.name) == []
+    report = await layer.backups.verify(incremental.name, drill=False)
+    assert report.ok
+    assert report.problems == []
 
 
 async def test_verify_names_the_file_with_one_byte_changed(layer: DataLayer) -> None:
     backup = await layer.backups.create()
-    assert await layer.backups.verify("latest") == []
+    assert (await layer.backups.verify("latest", drill=False)).ok
     damaged = next(
         path
         for path in sorted((backup.path / "pgdata" / "base").rglob("*"))
@@ -87,7 +89,10 @@ async def test_verify_names_the_file_with_one_byte_changed(layer: DataLayer) -> 
     data = bytearray(damaged.read_bytes())
     data[4096] ^= 0xFF
     damaged.write_bytes(bytes(data))
-    problems = await layer.backups.verify(backup.name)
+    report = await layer.backups.verify(backup.name)
+    assert not report.ok
+    assert report.checks == [], "a damaged set is not restored"
+    problems = report.problems
     relative = str(damaged.relative_to(backup.path / "pgdata"))
     assert problems, "a changed byte went unnoticed"
     assert any(relative in problem for problem in problems), problems
@@ -134,10 +139,17 @@ def test_the_command_line_creates_lists_and_verifies(
     assert listed.returncode == 0, listed.stderr
     assert name in listed.stdout
     good = agency_data(
-        "backup", "verify", name, dsn=database, redis_url=redis_url, tmp_path=tmp_path, **env
+        "backup",
+        "verify",
+        name,
+        "--no-drill",
+        dsn=database,
+        redis_url=redis_url,
+        tmp_path=tmp_path,
+        **env,
     )
     assert good.returncode == 0, good.stderr
-    assert "every file matches its checksum" in good.stdout
+    assert f"{name}: verified" in good.stdout
     (tmp_path / "cli-sets" / name / "pgdata" / "PG_VERSION").write_text("99\n")
     bad = agency_data(
         "backup", "verify", "--json", dsn=database, redis_url=redis_url, tmp_path=tmp_path, **env
@@ -147,6 +159,53 @@ def test_the_command_line_creates_lists_and_verifies(
     assert report["ok"] is False
     assert any("PG_VERSION" in problem for problem in report["problems"])
     assert database.superuser not in bad.stdout + bad.stderr
+
+
+async def test_the_restore_drill_checks_a_real_copy(layer: DataLayer) -> None:
+    await layer.admin.create_collection("drilled", dimension=8)
+    drilled = layer.embeddings.collection("drilled")
+    await drilled.store_many(
+        [
+            {
+                "entity_type": "doc",
+                "entity_id": str(i),
+                "vector": [float((i * j) % 5) for j in range(8)],
+            }
+            for i in range(1, 200)
+        ]
+    )
+    await drilled.create_index("hnsw")
+    await layer.agents.create("drilled", "worker")
+    await layer.backups.create()
+    report = await layer.backups.verify("latest")
+    checks = {check.name: check for check in report.checks}
+    assert report.ok, report
+    assert list(checks) == [
+        "restore",
+        "amcheck",
+        "row counts",
+        "collections catalog",
+        "vector indexes",
+        "searches",
+    ]
+    assert "B-tree indexes consistent" in checks["amcheck"].detail
+    assert checks["vector indexes"].detail == "1 valid"
+    assert checks["searches"].detail == "5 searches return the source's ids"
+    # The source moved on since the set: its row counts are no longer the manifest's, but
+    # the copy's are (the drill checks the copy against the manifest, not the source).
+    await layer.agents.create("after the set", "worker")
+    again = await layer.backups.verify("latest")
+    assert {c.name: c.ok for c in again.checks}["row counts"]
+    # A manifest that no longer matches what the files restore to is caught by the drill.
+    latest = layer.backups.list()[-1]
+    recorded = json.loads((latest.path / "agency-backup.json").read_text())
+    recorded["table_rows"]["agents"] += 1
+    (latest.path / "agency-backup.json").write_text(json.dumps(recorded))
+    wrong = await layer.backups.verify("latest")
+    assert not wrong.ok
+    failed = [c for c in wrong.checks if not c.ok]
+    assert [c.name for c in failed] == ["row counts"]
+    assert "agents: 1 rows, the manifest says 2" in failed[0].detail
 
 
 # -- restore --------------------------------------------------------------------------------------

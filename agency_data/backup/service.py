@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import builtins
 import logging
 import os
 from datetime import datetime
 from pathlib import Path
 
+from agency_data.backup.drill import VerifyReport
+from agency_data.backup.drill import drill as restore_drill
 from agency_data.backup.restore import WAL_FOLDER, restore_set
 from agency_data.backup.retention import apply_retention
 from agency_data.backup.sets import BackupSet, create_set, find_set, list_sets, verify_set
@@ -118,11 +119,20 @@ class Backups:
         )
         return pgdata
 
-    async def verify(self, name: str = "latest") -> builtins.list[str]:
-        """The problems ``pg_verifybackup`` finds in set ``name`` (or ``latest``); [] if none."""
+    async def verify(self, name: str = "latest", *, drill: bool = True) -> VerifyReport:
+        """Check set ``name`` (or ``latest``): every file against its checksum
+        (``pg_verifybackup``), then, with ``drill``, a restore into a throwaway cluster that
+        is checked (see :mod:`agency_data.backup.drill`). ``report.ok`` says whether all held.
+        """
         check_text(name, "name", max_length=100)
+        check_bool(drill, "drill")
         _, bin_dir = self._tools(need_source=False)
-        return await verify_set(find_set(self.repository, name), bin_dir)
+        backup = find_set(self.repository, name)
+        problems = await verify_set(backup, bin_dir)
+        checks = []
+        if drill and not problems:
+            checks = await restore_drill(self.repository, backup, bin_dir, self._source)
+        return VerifyReport(set=backup.name, problems=problems, checks=checks)
 
     def _tools(self, *, need_source: bool = True) -> tuple[str, Path]:
         if self._bin_dir is None:

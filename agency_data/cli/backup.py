@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from agency_data.backup import Backups, BackupSet
+from agency_data.backup.drill import VerifyReport
 from agency_data.cli._common import (
     ConfigOption,
     DataDirOption,
@@ -107,26 +108,38 @@ def list_sets(
 @backup_app.command()
 def verify(
     name: Annotated[str, typer.Argument(help="The set's name, or latest.")] = "latest",
+    drill: Annotated[
+        bool,
+        typer.Option(
+            "--drill/--no-drill",
+            help="Also restore the set into a throwaway cluster and check it there.",
+        ),
+    ] = True,
     as_json: JsonOption = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Check every file of a set against its checksums (pg_verifybackup). Exit 1 if damaged."""
+    """Check a set: every file against its checksum (pg_verifybackup), then a restore drill. Exit 1 if anything failed.
+
+    The drill restores the set into a temporary folder, starts it, runs amcheck on the B-tree indexes, compares each table's rows and the collections catalog with the manifest, checks the vector indexes are valid and that sample searches return the source's ids, then deletes the copy.
+    """
     cfg = _config(config, data_dir)
 
-    async def job() -> list[str]:
+    async def job() -> VerifyReport:
         async with DataLayer(cfg) as dl:
-            return await dl.backups.verify(name)
+            return await dl.backups.verify(name, drill=drill)
 
-    problems = run_job(job)
+    report = run_job(job)
     if as_json:
-        typer.echo(json.dumps({"set": name, "ok": not problems, "problems": problems}, indent=2))
-    elif problems:
-        for problem in problems:
-            error(problem)
-    else:
-        typer.echo(f"{name}: every file matches its checksum")
-    raise typer.Exit(1 if problems else 0)
+        typer.echo(json.dumps({"ok": report.ok, **report.model_dump()}, indent=2))
+        raise typer.Exit(0 if report.ok else 1)
+    for problem in report.problems:
+        error(problem)
+    rows = [["checksums", "no" if report.problems else "yes", f"{len(report.problems)} problems"]]
+    rows += [[c.name, "yes" if c.ok else "no", c.detail] for c in report.checks]
+    table(["check", "ok", "detail"], rows)
+    typer.echo(f"{report.set}: {'verified' if report.ok else 'FAILED'}")
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @backup_app.command()

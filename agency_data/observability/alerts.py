@@ -155,6 +155,7 @@ class Alerts:
         self._states: dict[tuple[str, tuple[tuple[str, str], ...]], _State] = {}
         self._history: deque[_Snapshot] = deque()
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._last_delivery: asyncio.Task[None] | None = None
 
     # -- public ------------------------------------------------------------------------------
 
@@ -257,11 +258,18 @@ class Alerts:
             except Exception:  # noqa: BLE001 - a listener's bug must not stop the others
                 _log.exception("an alert callback failed")
         if self.config.webhook_url is not None:
-            task = asyncio.create_task(self._post(alert), name="agency-data-alert-webhook")
+            # One after another: a receiver must see an alert resolve after it fired.
+            previous = self._last_delivery
+            task = asyncio.create_task(
+                self._post(alert, previous), name="agency-data-alert-webhook"
+            )
+            self._last_delivery = task
             self._deliveries.add(task)
             task.add_done_callback(self._deliveries.discard)
 
-    async def _post(self, alert: Alert) -> None:
+    async def _post(self, alert: Alert, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
         assert self.config.webhook_url is not None
         url = self.config.webhook_url.get_secret_value()
         body = orjson.dumps(_webhook_payload(alert))

@@ -32,6 +32,8 @@ _ORDERS: dict[str, str] = {
     "rows": "rows",
 }
 _MAX_LIMIT = 1000
+# The advisory lock key that serialises the view's creation (any fixed number of our own).
+_SETUP_LOCK = 0x5F0C7D1A2B3C4D60
 
 
 class StatementStats(BaseModel):
@@ -77,10 +79,15 @@ async def enable_statement_stats(conn: AsyncConnection[Any], reader: str) -> boo
     row = await cursor.fetchone()
     if not row or not row[0]:
         return False
-    await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    await conn.execute(
-        psycopg.sql.SQL("GRANT pg_read_all_stats TO {}").format(psycopg.sql.Identifier(reader))
-    )
+    # Processes starting together would race to create it (IF NOT EXISTS is no lock).
+    await conn.execute("SELECT pg_advisory_lock(%s)", [_SETUP_LOCK])
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await conn.execute(
+            psycopg.sql.SQL("GRANT pg_read_all_stats TO {}").format(psycopg.sql.Identifier(reader))
+        )
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", [_SETUP_LOCK])
     return True
 
 
