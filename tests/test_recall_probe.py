@@ -18,9 +18,9 @@ from tests.conftest import DatabaseDsn, make_config
 
 DIM = 16
 rng = np.random.default_rng(20261205)
-# Eight well separated clusters, and eight more midway between neighbouring pairs of them: an
-# IVFFlat index built on the first has one list per cluster; rows of the second fall into two
-# lists each, so a search that probes one list misses about half of their neighbours.
+# Eight well separated clusters, and rows bridging neighbouring pairs of them: an IVFFlat index
+# built on the clusters has one list per cluster; the bridges' rows fall into two lists each,
+# so a search near a bridge's middle that probes one list misses about half its neighbours.
 CENTRES = rng.normal(size=(8, DIM)) * 10
 MIDPOINTS = (CENTRES + np.roll(CENTRES, 1, axis=0)) / 2
 
@@ -37,9 +37,26 @@ def rows(centres: np.ndarray, per: int, prefix: str) -> list[dict[str, Any]]:
     ]
 
 
-def queries(centres: np.ndarray, per: int) -> list[list[float]]:
+def bridges(per: int, prefix: str) -> list[dict[str, Any]]:
+    """Rows spread along the segment between neighbouring clusters, across the boundary of
+    their two lists: whatever the centroids' exact places, about half fall on each side."""
+    ends = np.roll(CENTRES, 1, axis=0)
     return [
-        (centre + rng.normal(size=DIM) * 0.5).tolist() for centre in centres for _ in range(per)
+        {
+            "entity_type": "doc",
+            "entity_id": f"{prefix}{c}-{i}",
+            "vector": (
+                start + rng.uniform(0.3, 0.7) * (end - start) + rng.normal(size=DIM) * 0.1
+            ).tolist(),
+        }
+        for c, (start, end) in enumerate(zip(CENTRES, ends, strict=True))
+        for i in range(per)
+    ]
+
+
+def queries(centres: np.ndarray, per: int, spread: float = 0.5) -> list[list[float]]:
+    return [
+        (centre + rng.normal(size=DIM) * spread).tolist() for centre in centres for _ in range(per)
     ]
 
 
@@ -65,6 +82,8 @@ async def probed(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> Async
             "interval": 3600,
             "recall_sample_rate": 1.0,
             "recall_samples": 40,
+            # IVFFlat's k-means lands a little differently each build: over runs the recall
+            # was 0.94 to 1.0 before the inserts and 0.62 to 0.86 after, around this bound.
             "alerts": {"recall": 0.9, "recall_low_for": 0},
         },
     )
@@ -85,7 +104,7 @@ async def test_the_estimate_follows_the_measured_recall(probed: DataLayer) -> No
     await measured(drift, before_queries)  # the statements' first runs, prepared after
     before = await measured(drift, before_queries)
     estimate = (await dl.probe_recall())["drift"]
-    assert before >= 0.95
+    assert before >= 0.9
     assert abs(estimate - before) <= 0.05
     samples = {
         (s.name, frozenset(s.labels.items())): s.value for s in _scrape(await dl.metrics_text())
@@ -97,12 +116,12 @@ async def test_the_estimate_follows_the_measured_recall(probed: DataLayer) -> No
     await dl.check_alerts()
     assert [a for a in heard if a.name == "AgencyDataVectorRecallLow"] == []
 
-    await drift.store_many(rows(MIDPOINTS, 500, "b"))
-    after_queries = queries(MIDPOINTS, 5)
+    await drift.store_many(bridges(500, "b"))
+    after_queries = queries(MIDPOINTS, 5, spread=0.05)  # on the lists' boundary
     await measured(drift, after_queries)
     after = await measured(drift, after_queries)
     estimate = (await dl.probe_recall())["drift"]
-    assert after <= 0.8, "the inserts degraded the index"
+    assert after <= 0.88, "the inserts degraded the index"
     assert abs(estimate - after) <= 0.05
     await dl.check_alerts()
     assert [(a.status, a.labels) for a in heard] == [("firing", {"collection": "drift"})]

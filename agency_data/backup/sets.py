@@ -28,9 +28,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
-from agency_data.dsn import redact_dsn
 from agency_data.errors import BackupError, NotFound
 from agency_data.files import make_private_dirs, tighten
+from agency_data.postgres.tools import run_client_tool
 
 __all__ = ["BackupSet", "SetManifest", "create_set", "list_sets", "verify_set"]
 
@@ -245,24 +245,8 @@ def _size(path: Path) -> int:
 
 
 async def _run(tool: Path, args: list[str], conninfo: str, what: str) -> None:
-    # The password travels in the environment, never on a command line others can read.
-    params = conninfo_to_dict(conninfo)
-    env = dict(os.environ)
-    password = params.pop("password", None)
-    if password is not None:
-        env["PGPASSWORD"] = str(password)
-    process = await asyncio.create_subprocess_exec(
-        str(tool),
-        "-d",
-        make_conninfo("", **params),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    _, stderr = await process.communicate()
-    if process.returncode != 0:
-        message = redact_dsn(stderr.decode(errors="replace").strip())
+    returncode, message = await run_client_tool(tool, args, conninfo)
+    if returncode != 0:
         if "summarize_wal" in message or "WAL summar" in message:
             message += "; incremental backups need summarize_wal = on on the server"
         raise BackupError(f"{what} with {tool.name} failed: {message}")

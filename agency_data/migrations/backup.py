@@ -19,12 +19,12 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
-from agency_data.dsn import redact_dsn
 from agency_data.errors import BackupError
 from agency_data.files import make_private_dirs, private_file, tighten
 from agency_data.inputs import check_int
+from agency_data.postgres.tools import run_client_tool
 
 __all__ = ["create_backup", "find_tool", "prune_backups", "restore_backup"]
 
@@ -133,23 +133,8 @@ async def restore_backup(backup_file: Path, conninfo: str, tool: Path) -> None:
 
 
 async def _run(tool: Path, args: list[str], conninfo: str, what: str) -> None:
-    # The password travels in the environment, never on a command line others can read.
-    params = conninfo_to_dict(conninfo)
-    env = dict(os.environ)
-    password = params.pop("password", None)
-    if password is not None:
-        env["PGPASSWORD"] = str(password)
-    process = await asyncio.create_subprocess_exec(
-        str(tool),
-        f"--dbname={make_conninfo('', **params)}",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    _, stderr = await process.communicate()
-    if process.returncode != 0:
-        message = redact_dsn(stderr.decode(errors="replace").strip())
+    returncode, message = await run_client_tool(tool, args, conninfo)
+    if returncode != 0:
         if "row-level security" in message:
             message += (
                 "; a backup must read every tenant's rows, so the migrating role needs BYPASSRLS "
