@@ -73,6 +73,13 @@ async def test_an_incremental_set_builds_on_the_latest(layer: DataLayer) -> None
     assert incremental.manifest.table_rows["agents"] == 1
     assert incremental.manifest.size_bytes < full.manifest.size_bytes
     assert [s.name for s in layer.backups.list()] == [full.name, incremental.name]
+    window = layer.backups.window()
+    assert window is not None
+    assert not window.continuous  # no archived WAL: only the sets' own ends
+    assert (window.earliest, window.latest) == (
+        full.manifest.finished_at,
+        incremental.manifest.finished_at,
+    )
     report = await layer.backups.verify(incremental.name, drill=False)
     assert report.ok
     assert report.problems == []
@@ -103,6 +110,7 @@ async def test_bad_input_and_missing_sets_are_clear(layer: DataLayer, tmp_path: 
         await layer.backups.verify("20200101T000000000000Z-full")
     with pytest.raises(NotFound):
         await layer.backups.verify("latest")  # none yet
+    assert layer.backups.window() is None
     for bad in (None, 3, "x" * 500):
         with pytest.raises(ValidationError):
             await layer.backups.verify(bad)  # type: ignore[arg-type]
@@ -138,6 +146,7 @@ def test_the_command_line_creates_lists_and_verifies(
     )
     assert listed.returncode == 0, listed.stderr
     assert name in listed.stdout
+    assert "recoverable: the end of a set, between" in listed.stdout
     good = agency_data(
         "backup",
         "verify",
@@ -380,6 +389,10 @@ async def test_a_restore_to_a_point_in_time_keeps_exactly_what_was_committed_bef
             )
         restored = reachable_dir(tmp_path_factory) / "restored"
         await dl.backups.restore("latest", restored, target_time=target)
+        window = dl.backups.window()
+        assert window is not None
+        assert window.continuous
+        assert window.earliest < target < window.latest
 
     server = EmbeddedPostgres(restored, settings=FAST_POSTGRES)
     server.acquire()

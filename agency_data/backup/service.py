@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from agency_data.backup.drill import VerifyReport
 from agency_data.backup.drill import drill as restore_drill
@@ -18,9 +21,18 @@ from agency_data.errors import ConfigError, ValidationError
 from agency_data.files import make_private_dirs
 from agency_data.inputs import check_bool, check_text
 
-__all__ = ["Backups", "archive_settings", "prepare_archive", "repository_of"]
+__all__ = ["Backups", "RecoveryWindow", "archive_settings", "prepare_archive", "repository_of"]
 
 _log = logging.getLogger("agency_data.backup")
+
+
+class RecoveryWindow(BaseModel):
+    """What a restore can reach: any time from ``earliest`` to ``latest`` when ``continuous``
+    (archived WAL), else only the sets' own ends."""
+
+    earliest: datetime
+    latest: datetime
+    continuous: bool
 
 
 class Backups:
@@ -71,9 +83,27 @@ class Backups:
             )
         return made
 
-    def list(self) -> list[BackupSet]:
+    def list(self) -> builtins.list[BackupSet]:
         """The sets in the repository, oldest first."""
         return list_sets(self.repository)
+
+    def window(self) -> RecoveryWindow | None:
+        """The times a restore can reach: from the oldest set's end to the newest archived
+        WAL segment (or to the newest set's end, without an archive); None without a set."""
+        sets = list_sets(self.repository)
+        if not sets:
+            return None
+        latest = sets[-1].manifest.finished_at
+        archived = False
+        wal = self.repository / WAL_FOLDER
+        segments = [p for p in wal.iterdir() if p.is_file()] if wal.is_dir() else []
+        if segments:
+            newest = datetime.fromtimestamp(max(p.stat().st_mtime for p in segments), UTC)
+            if newest > latest:
+                latest, archived = newest, True
+        return RecoveryWindow(
+            earliest=sets[0].manifest.finished_at, latest=latest, continuous=archived
+        )
 
     async def restore(
         self,

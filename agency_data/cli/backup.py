@@ -79,11 +79,12 @@ def list_sets(
     """The sets in the repository, oldest first, with their sizes and what they cover."""
     cfg = _config(config, data_dir)
 
-    async def job() -> list[BackupSet]:
+    async def job() -> Backups:
         async with DataLayer(cfg) as dl:
-            return dl.backups.list()
+            return dl.backups
 
-    sets = run_job(job)
+    backups = run_job(job)
+    sets = backups.list()
     if as_json:
         typer.echo(json.dumps([json.loads(s.manifest.model_dump_json()) for s in sets], indent=2))
         return
@@ -103,6 +104,14 @@ def list_sets(
     )
     if not sets:
         typer.echo("note: no backup set yet; agency-data backup create takes one", err=True)
+        return
+    window = backups.window()
+    if window is not None:
+        reach = "any time between" if window.continuous else "the end of a set, between"
+        typer.echo(
+            f"recoverable: {reach} {window.earliest:%Y-%m-%d %H:%M:%S} and "
+            f"{window.latest:%Y-%m-%d %H:%M:%S} UTC"
+        )
 
 
 @backup_app.command()
