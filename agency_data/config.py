@@ -495,6 +495,13 @@ class BackupConfig(_Section):
         description="full sets kept, each with the incremental sets built on it; older ones, "
         "and the archived WAL only they needed, are deleted after each new set",
     )
+    keep_days: float | None = Field(
+        None,
+        gt=0,
+        le=36_500,
+        description="also delete the chains of sets older than this many days (the newest "
+        "chain always stays); None: by count only",
+    )
     archive_wal: bool = Field(
         False,
         description="the embedded server archives every WAL segment into <directory>/wal, so a "

@@ -435,6 +435,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
             bin_dir,
             config.migration.table_name,
             keep_full=config.backup.keep_full,
+            keep_days=config.backup.keep_days,
         )
 
     def _check_connected(self) -> None:

@@ -447,3 +447,24 @@ async def test_retention_drops_whole_chains_oldest_first(
         assert not first_incremental.path.exists()
     with pytest.raises(ConfigError, match="keep_full"):
         make_config(database, redis_url, tmp_path, backup={"keep_full": 0})
+
+
+async def test_retention_by_age_keeps_the_newest_chain(layer: DataLayer) -> None:
+    backups = layer.backups
+    backups.keep_full, backups.keep_days = 10, 1.0
+    old = await backups.create()
+    recent = await backups.create()
+    # Ten days old, as far as the repository knows.
+    for aged in (old, recent):
+        recorded = json.loads((aged.path / "agency-backup.json").read_text())
+        recorded["finished_at"] = "2020-01-01T00:00:00+00:00"
+        (aged.path / "agency-backup.json").write_text(json.dumps(recorded))
+    (recent.path / "agency-backup.json").write_text(
+        (recent.path / "agency-backup.json").read_text().replace("2020-01-01", "2099-01-01")
+    )
+    newest = await backups.create()
+    assert [s.name for s in backups.list()] == [recent.name, newest.name]
+    # A tenth of a second: every chain but the newest is past it (the one dated 2099 is not).
+    backups.keep_days = 0.1 / 86_400
+    last = await backups.create()
+    assert [s.name for s in backups.list()] == [recent.name, last.name]

@@ -1,5 +1,5 @@
-"""Retention: the sets kept (``backup.keep_full`` full sets with their incrementals), and the
-archived WAL that only older sets needed.
+"""Retention: the sets kept (``backup.keep_full`` full sets with their incrementals, none older
+than ``backup.keep_days`` but the newest), and the archived WAL that only older sets needed.
 
 A full set and the incremental sets built on it (directly or through another) form a chain;
 chains are dropped whole, oldest first, so every set kept can still be restored. The WAL
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agency_data.backup.restore import WAL_FOLDER
@@ -24,8 +25,11 @@ __all__ = ["apply_retention"]
 _START_SEGMENT = re.compile(r"^START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)$", re.M)
 
 
-async def apply_retention(repository: Path, keep_full: int, bin_dir: Path) -> list[str]:
-    """Drop the chains beyond the newest ``keep_full``; the names of the sets dropped."""
+async def apply_retention(
+    repository: Path, keep_full: int, bin_dir: Path, *, keep_days: float | None = None
+) -> list[str]:
+    """Drop the chains beyond the newest ``keep_full``, and, with ``keep_days``, those whose
+    newest set is older than that (the newest chain always stays); the sets dropped."""
     check_int(keep_full, "keep_full", 1, 10_000)
     sets = list_sets(repository)
     chains: list[list[BackupSet]] = []
@@ -37,8 +41,14 @@ async def apply_retention(repository: Path, keep_full: int, bin_dir: Path) -> li
         else:
             # An incremental whose parent is gone cannot be restored: it goes with the old.
             chains.append([backup])
+    expired = chains[: max(len(chains) - keep_full, 0)]
+    if keep_days is not None:
+        horizon = datetime.now(UTC) - timedelta(days=keep_days)
+        expired += [
+            chain for chain in chains[len(expired) : -1] if chain[-1].manifest.finished_at < horizon
+        ]
     dropped: list[str] = []
-    for chain in chains[: max(len(chains) - keep_full, 0)]:
+    for chain in expired:
         for backup in reversed(chain):
             shutil.rmtree(backup.path)
             dropped.append(backup.name)

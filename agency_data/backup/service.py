@@ -56,9 +56,11 @@ class Backups:
         migrations_table: str,
         *,
         keep_full: int = 2,
+        keep_days: float | None = None,
     ) -> None:
         self.repository = repository
         self.keep_full = keep_full
+        self.keep_days = keep_days
         self._source = source
         self._database = database
         self._bin_dir = bin_dir
@@ -76,7 +78,9 @@ class Backups:
             incremental=incremental,
             migrations_table=self._migrations_table,
         )
-        dropped = await apply_retention(self.repository, self.keep_full, bin_dir)
+        dropped = await apply_retention(
+            self.repository, self.keep_full, bin_dir, keep_days=self.keep_days
+        )
         if dropped:
             _log.info(
                 "deleted backup sets %s (backup.keep_full = %d)", ", ".join(dropped), self.keep_full
