@@ -82,8 +82,6 @@ async def probed(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> Async
             "interval": 3600,
             "recall_sample_rate": 1.0,
             "recall_samples": 40,
-            # IVFFlat's k-means lands a little differently each build: over runs the recall
-            # was 0.94 to 1.0 before the inserts and 0.62 to 0.86 after, around this bound.
             "alerts": {"recall": 0.9, "recall_low_for": 0},
         },
     )
@@ -98,13 +96,19 @@ async def test_the_estimate_follows_the_measured_recall(probed: DataLayer) -> No
     await dl.admin.create_collection("drift", dimension=DIM, metric="euclidean")
     drift = dl.embeddings.collection("drift")
     await drift.store_many(rows(CENTRES, 250, "a"))
-    await drift.create_index("ivfflat", lists=8)
-
     before_queries = queries(CENTRES, 5)
-    await measured(drift, before_queries)  # the statements' first runs, prepared after
-    before = await measured(drift, before_queries)
+    # IVFFlat's k-means starts from random rows and now and then gives two lists to one
+    # cluster and one to two; the test wants the build that found the eight clusters (about
+    # one in three does), from which the bridges below fall into two lists each.
+    for _ in range(25):
+        await drift.create_index("ivfflat", lists=8)
+        await measured(drift, before_queries)  # the statements' first runs, prepared after
+        before = await measured(drift, before_queries)
+        if before >= 0.99:
+            break
+        await drift.drop_index()
     estimate = (await dl.probe_recall())["drift"]
-    assert before >= 0.9
+    assert before >= 0.99
     assert abs(estimate - before) <= 0.05
     samples = {
         (s.name, frozenset(s.labels.items())): s.value for s in _scrape(await dl.metrics_text())
@@ -121,7 +125,7 @@ async def test_the_estimate_follows_the_measured_recall(probed: DataLayer) -> No
     await measured(drift, after_queries)
     after = await measured(drift, after_queries)
     estimate = (await dl.probe_recall())["drift"]
-    assert after <= 0.88, "the inserts degraded the index"
+    assert after <= 0.75, "the inserts degraded the index"
     assert abs(estimate - after) <= 0.05
     await dl.check_alerts()
     assert [(a.status, a.labels) for a in heard] == [("firing", {"collection": "drift"})]
