@@ -8,8 +8,7 @@ gets ``dl.tenant(t)``.
 
 from __future__ import annotations
 
-from psycopg.conninfo import conninfo_to_dict
-
+from agency_data.dsn import database_of
 from agency_data.observability.statements import StatementStats, top_statements
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
@@ -55,7 +54,7 @@ class Admin(QueryMethods, CollectionAdmin):
         :mod:`agency_data.observability.statements` for what the server needs.
         """
         if self._statements is None:
-            conninfo, database = self._admin.conninfo, _database_name(self._admin.conninfo)
+            conninfo, database = self._admin.conninfo, database_of(self._admin.conninfo)
         else:
             conninfo, database = self._statements
         return await top_statements(conninfo, database, limit=limit, order=order)
@@ -65,7 +64,3 @@ class Admin(QueryMethods, CollectionAdmin):
         async with self._app.connection() as conn:
             with translate_errors("checking the pool's role"):
                 return await role_warnings(conn)
-
-
-def _database_name(conninfo: str) -> str:
-    return str(conninfo_to_dict(conninfo).get("dbname") or "postgres")

@@ -12,7 +12,16 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["postgres_dsn_problem", "redact_dsn", "redact_url", "redis_url_problem"]
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+__all__ = [
+    "database_of",
+    "postgres_dsn_problem",
+    "redact_dsn",
+    "redact_url",
+    "redis_url_problem",
+    "with_database",
+]
 
 
 # URL userinfo. libpq ends it at the first "@" before any "/", urllib at the last "@" of the
@@ -112,6 +121,18 @@ _PG_PARSE_PROBLEMS = (  # (first match wins: some of these messages contain othe
     ),
     ("unterminated quoted string", "it has an unterminated quoted value"),
 )
+
+
+def with_database(dsn: str, database: str) -> str:
+    """``dsn`` naming ``database`` instead of its own (a valid DSN in, a valid DSN out)."""
+    params = conninfo_to_dict(dsn)
+    params["dbname"] = database
+    return make_conninfo("", **params)
+
+
+def database_of(dsn: str) -> str:
+    """The database ``dsn`` names (``postgres`` when it names none)."""
+    return str(conninfo_to_dict(dsn).get("dbname") or "postgres")
 
 
 def postgres_dsn_problem(dsn: str) -> str | None:

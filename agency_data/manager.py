@@ -10,7 +10,7 @@ from typing import Any, Self
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from agency_data.admin import Admin
 from agency_data.backup import Backups, archive_settings, prepare_archive, repository_of
@@ -20,6 +20,7 @@ from agency_data.config import DataLayerConfig, PostgresConfig
 from agency_data.coord.locks import Lock, register_lock_scripts
 from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
+from agency_data.dsn import database_of
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.embedded.postgres import DATABASE, SUPERUSER, postgres_bin_dir
 from agency_data.errors import AgencyDataError, BackendUnavailable, ConfigError
@@ -423,7 +424,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         else:
             dsn = config.backup.source_dsn
             source = dsn.get_secret_value() if dsn is not None else None
-            database = str(conninfo_to_dict(conninfo).get("dbname") or "postgres")
+            database = database_of(conninfo)
         try:
             bin_dir: Path | None = postgres_bin_dir()
         except Exception:  # noqa: BLE001 - without the wheel, the error says what is missing

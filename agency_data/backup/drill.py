@@ -25,12 +25,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from pydantic import BaseModel
 
 from agency_data.backup.restore import restore_set
 from agency_data.backup.sets import BackupSet
+from agency_data.dsn import with_database
 from agency_data.embedded import EmbeddedPostgres
 from agency_data.errors import AgencyDataError
 
@@ -86,7 +86,7 @@ async def drill(
             superuser = await asyncio.to_thread(server.acquire)
         except AgencyDataError as exc:
             return [Check(name="restore", ok=False, detail=str(exc))]
-        copy = _database_dsn(superuser, backup.manifest.database)
+        copy = with_database(superuser, backup.manifest.database)
         return [
             Check(name="restore", ok=True, detail="restored and started"),
             *await _checks(copy, source, backup),
@@ -186,7 +186,7 @@ async def _searches(
     compared = 0
     differ: list[str] = []
     async with await psycopg.AsyncConnection.connect(
-        _database_dsn(source, database), autocommit=True, row_factory=dict_row
+        with_database(source, database), autocommit=True, row_factory=dict_row
     ) as original:
         for collection in collections:
             table = sql.Identifier(collection["table_name"])
@@ -227,9 +227,3 @@ async def _one(conn: psycopg.AsyncConnection[Any], query: Any) -> dict[str, Any]
     row = await (await conn.execute(query)).fetchone()
     assert row is not None, "an aggregate returns a row"
     return dict(row)
-
-
-def _database_dsn(dsn: str, database: str) -> str:
-    params = conninfo_to_dict(dsn)
-    params["dbname"] = database
-    return make_conninfo("", **params)

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
+from agency_data.dsn import with_database
 from agency_data.errors import BackupError, NotFound
 from agency_data.files import make_private_dirs, tighten
 from agency_data.postgres.tools import run_client_tool
@@ -184,11 +184,9 @@ async def verify_set(backup: BackupSet, bin_dir: Path) -> list[str]:
 
 
 async def _facts(source: str, database: str, migrations_table: str) -> dict[str, Any]:
-    params = conninfo_to_dict(source)
-    params["dbname"] = database
     try:
         async with await psycopg.AsyncConnection.connect(
-            make_conninfo("", **params), autocommit=True, row_factory=dict_row
+            with_database(source, database), autocommit=True, row_factory=dict_row
         ) as conn:
             version = await (await conn.execute("SHOW server_version")).fetchone()
             rows: dict[str, int] = {}

@@ -61,6 +61,18 @@ def load_config(
     return DataLayerConfig.load(config_file, **merged)
 
 
+def load_read_only_config(config_file: Path | None, data_dir: Path | None) -> DataLayerConfig:
+    """The config for a command that only looks (health, top, backup): no migration runs, and
+    one pooled connection is enough."""
+    with errors_exit():
+        return load_config(
+            config_file,
+            data_dir,
+            migration={"auto_migrate": False},
+            postgresql={"pool_min_size": 1},
+        )
+
+
 def plain() -> bool:
     """True when stdout is no terminal: plain lines then, never wrapped nor cut."""
     return not sys.stdout.isatty()

@@ -15,12 +15,10 @@ from agency_data.cli._common import (
     ConfigOption,
     DataDirOption,
     error,
-    errors_exit,
-    load_config,
+    load_read_only_config,
     run_job,
     table,
 )
-from agency_data.config import DataLayerConfig
 from agency_data.embedded import postgres_bin_dir
 from agency_data.manager import DataLayer
 
@@ -32,14 +30,6 @@ backup_app = typer.Typer(
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def _config(config: ConfigOption, data_dir: DataDirOption) -> DataLayerConfig:
-    with errors_exit():
-        # A backup reads the database as it is: nothing is migrated first.
-        return load_config(
-            config, data_dir, migration={"auto_migrate": False}, postgresql={"pool_min_size": 1}
-        )
 
 
 @backup_app.command()
@@ -55,7 +45,7 @@ def create(
     data_dir: DataDirOption = None,
 ) -> None:
     """Take a backup set: a base backup of the server with the WAL that makes it consistent."""
-    cfg = _config(config, data_dir)
+    cfg = load_read_only_config(config, data_dir)
 
     async def job() -> BackupSet:
         async with DataLayer(cfg) as dl:
@@ -77,7 +67,7 @@ def list_sets(
     as_json: JsonOption = False, config: ConfigOption = None, data_dir: DataDirOption = None
 ) -> None:
     """The sets in the repository, oldest first, with their sizes and what they cover."""
-    cfg = _config(config, data_dir)
+    cfg = load_read_only_config(config, data_dir)
 
     async def job() -> Backups:
         async with DataLayer(cfg) as dl:
@@ -132,7 +122,7 @@ def verify(
 
     The drill restores the set into a temporary folder, starts it, runs amcheck on the B-tree indexes, compares each table's rows and the collections catalog with the manifest, checks the vector indexes are valid and that sample searches return the source's ids, then deletes the copy.
     """
-    cfg = _config(config, data_dir)
+    cfg = load_read_only_config(config, data_dir)
 
     async def job() -> VerifyReport:
         async with DataLayer(cfg) as dl:
@@ -185,7 +175,7 @@ def restore(
 
     Needs no running server. The restored database is as it was when the backup finished, or at --target-time / --target-lsn (point-in-time recovery from the archived WAL; the set must have finished before the target). The cache (Redis) starts empty. A folder that holds a data directory already is refused.
     """
-    cfg = _config(config, None)
+    cfg = load_read_only_config(config, None)
     when = None
     if target_time is not None:
         try:

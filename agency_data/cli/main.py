@@ -25,6 +25,7 @@ from agency_data.cli._common import (
     error,
     errors_exit,
     load_config,
+    load_read_only_config,
     run_job,
     table,
 )
@@ -216,11 +217,7 @@ def health(
     Read-only: no migration runs (pending ones are reported) and no backup is written. An
     embedded server is started for the check when nobody runs it, as any command would.
     """
-    with errors_exit():
-        # One pooled connection is enough for a probe.
-        cfg = load_config(
-            config, data_dir, migration={"auto_migrate": False}, postgresql={"pool_min_size": 1}
-        )
+    cfg = load_read_only_config(config, data_dir)
     report = run_job(lambda: _health_report(cfg))
     if as_json:
         typer.echo(report.model_dump_json(indent=2))

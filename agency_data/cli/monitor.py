@@ -10,7 +10,7 @@ import typer
 from pydantic import TypeAdapter
 
 from agency_data.cli import _common
-from agency_data.cli._common import ConfigOption, DataDirOption, errors_exit, load_config, run_job
+from agency_data.cli._common import ConfigOption, DataDirOption, load_read_only_config, run_job
 from agency_data.manager import DataLayer
 from agency_data.observability.statements import StatementStats
 
@@ -59,11 +59,7 @@ def top(
 
     Read-only: no migration runs. The embedded server has pg_stat_statements ready. Another server needs it in shared_preload_libraries, CREATE EXTENSION pg_stat_statements in the database, and pg_read_all_stats granted to the owner role to see the application role's statements.
     """
-    with errors_exit():
-        # One pooled connection is enough to read a view.
-        cfg = load_config(
-            config, data_dir, migration={"auto_migrate": False}, postgresql={"pool_min_size": 1}
-        )
+    cfg = load_read_only_config(config, data_dir)
 
     async def job() -> list[StatementStats]:
         async with DataLayer(cfg) as dl:

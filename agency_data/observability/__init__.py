@@ -11,6 +11,6 @@ Only the instruments are imported here: the stores need them, and the rest impor
 plumbing.
 """
 
-from agency_data.observability.instrument import Observed, Operation, Telemetry, observed
+from agency_data.observability.instrument import Operation, Telemetry, observed
 
-__all__ = ["Observed", "Operation", "Telemetry", "observed"]
+__all__ = ["Operation", "Telemetry", "observed"]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from agency_data.config import MonitoringConfig
 from agency_data.observability.timings import BUCKETS, Timings
@@ -24,7 +24,7 @@ from agency_data.observability.timings import BUCKETS, Timings
 if TYPE_CHECKING:
     from agency_data.observability.tracing import Tracing
 
-__all__ = ["Observed", "Operation", "ProbeQuery", "Telemetry", "current_operation", "observed"]
+__all__ = ["Operation", "ProbeQuery", "Telemetry", "current_operation", "observed"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -154,12 +154,6 @@ class Telemetry:
     def count_denial(self, kind: str) -> None:
         """Count a refused login (``authentication``) or a refused row or table (``permission``)."""
         self.denials[kind] = self.denials.get(kind, 0) + 1
-
-
-class Observed(Protocol):
-    """What :func:`observed` needs of the object a method is called on."""
-
-    _telemetry: Telemetry
 
 
 def observed(
