@@ -170,6 +170,8 @@ def enable_statements(database: DatabaseDsn) -> None:
     with psycopg.connect(database.superuser, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         conn.execute("GRANT pg_read_all_stats TO agency_owner")
+        # Empty the view first: see enable_statements in test_observability.py.
+        conn.execute("SELECT pg_stat_statements_reset()")
 
 
 def on_a_terminal(args: list[str], env: dict[str, str]) -> str:

@@ -107,6 +107,8 @@ async def test_the_trace_id_rides_in_the_sql(
 ) -> None:
     async with await psycopg.AsyncConnection.connect(database.superuser, autocommit=True) as c:
         await c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        # Empty the view first: see enable_statements in test_observability.py.
+        await c.execute("SELECT pg_stat_statements_reset()")
     marker = f"traced_{uuid.uuid4().hex[:12]}"
     await traced.fetch(f"SELECT 1 AS {marker}")  # type: ignore[arg-type]
     (span,) = ours(exporter)
