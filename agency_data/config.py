@@ -129,12 +129,39 @@ class PostgresConfig(_Section):
         "PostgreSQL, for LISTEN/NOTIFY wake-ups of waiting claims (without it they poll)",
     )
 
+    replicas: list[SecretStr] = Field(
+        default_factory=list,
+        description="read replicas' connection strings (the application role's): reads that "
+        "tolerate lag go there",
+    )
+    max_replica_lag: float = Field(
+        5.0, gt=0, description="seconds; a replica further behind than this is not read"
+    )
+    replica_check_interval: float = Field(
+        1.0, gt=0, description="seconds between measurements of each replica's lag"
+    )
+    replica_wait: float = Field(
+        0.1,
+        ge=0,
+        le=60,
+        description="consistent reads: seconds to wait for a replica to replay the commits "
+        "acknowledged so far before reading the primary instead",
+    )
+
     @field_validator("dsn", "admin_dsn", "direct_dsn")
     @classmethod
     def _valid_dsn(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and (problem := postgres_dsn_problem(value.get_secret_value())):
             raise ValueError(problem)
         return value
+
+    @field_validator("replicas")
+    @classmethod
+    def _valid_replicas(cls, values: list[SecretStr]) -> list[SecretStr]:
+        for index, value in enumerate(values):
+            if problem := postgres_dsn_problem(value.get_secret_value()):
+                raise ValueError(f"replicas[{index}]: {problem}")
+        return values
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> PostgresConfig:
@@ -364,6 +391,11 @@ class EmbeddedConfig(_Section):
     data_dir: Path = Field(default_factory=default_data_dir)
     stop_on_close: bool = True
     start_timeout: float = Field(60.0, gt=0)
+    replicas: list[Path] = Field(
+        default_factory=list,
+        description="data directories of standbys made by agency-data replica create: started "
+        "with the primary, and read from as postgresql.replicas are",
+    )
     postgres_settings: dict[str, str] = Field(
         default_factory=dict, description="postgresql.conf settings over our defaults"
     )

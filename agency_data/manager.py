@@ -35,6 +35,7 @@ from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import to_agency_error
 from agency_data.postgres.pool import Pool, Setup, open_pool
+from agency_data.postgres.replicas import Replicas, open_replicas
 from agency_data.redis.client import RedisClient, close_client, make_client
 from agency_data.redis.client import prepare as prepare_redis
 from agency_data.redis.scripts import ScriptRegistry
@@ -83,6 +84,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self.config = config if config is not None else DataLayerConfig(**overrides)
         self._embedded_pg: EmbeddedPostgres | None = None
         self._embedded_redis: EmbeddedValkey | None = None
+        self._embedded_replicas: list[EmbeddedPostgres] = []
+        self._replicas: Replicas | None = None
         self._conninfo: str | None = None
         self._admin_conninfo: str | None = None
         self._redis_url: str | None = None
@@ -118,24 +121,20 @@ class DataLayer(QueryMethods, MonitoringMethods):
         embedded = self.config.embedded
         postgres = self.config.postgresql
         roles = RoleNames.from_config(postgres)
+        replica_dsns = [dsn.get_secret_value() for dsn in postgres.replicas]
         if postgres.is_embedded:
-            slow_ms = self.config.monitoring.slow_query_ms
-            self._embedded_pg = server = EmbeddedPostgres(
-                embedded.data_dir,
-                start_timeout=embedded.start_timeout,
-                # Plans of slow statements in the server's log, at the slow-query log's bound.
-                settings={
-                    "auto_explain.log_min_duration": str(int(slow_ms)) if slow_ms else "-1",
-                    **archive_settings(self.config),
-                    **embedded.postgres_settings,
-                },
-            )
+            self._embedded_pg = server = embedded_postgres(self.config)
             superuser = await asyncio.to_thread(server.acquire)
             prepare_archive(self.config)
             await _setup_embedded_roles(superuser, roles, self.config.migration.table_name)
             # The pool is the application role's; migrations and DDL are the owner's.
             self._conninfo = server.dsn(DATABASE, user=roles.app)
             self._admin_conninfo = server.dsn(DATABASE, user=roles.owner)
+            for folder in embedded.replicas:
+                standby = embedded_postgres(self.config, folder)
+                self._embedded_replicas.append(standby)
+                await asyncio.to_thread(standby.acquire)
+                replica_dsns.append(standby.dsn(DATABASE, user=roles.app))
         else:
             self._conninfo = postgres.conninfo()
             self._admin_conninfo = postgres.admin_conninfo() or self._conninfo
@@ -156,6 +155,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
             postgres, self._conninfo, pgbouncer=postgres.pgbouncer, cursor_factory=cursors
         )
         self._db = Database(self._pool, postgres, telemetry=self._telemetry)
+        if replica_dsns:
+            self._replicas = await open_replicas(postgres, replica_dsns, self._db, cursors)
+            self._db.replicas = self._replicas
         if self._admin_conninfo == self._conninfo:
             admin_db = self._db
         else:
@@ -188,6 +190,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
         pools = {"app": self._pool}
         if self._admin_pool is not None:
             pools["admin"] = self._admin_pool
+        if self._replicas is not None:
+            pools.update((r.name, r.pool) for r in self._replicas.replicas)
         monitor.attach(
             pools=pools,
             admin=admin_db,
@@ -195,6 +199,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
             redis_up=self._redis_up,
             collections=lambda name, tenant: self.tenant(tenant).embeddings.collection(name),
             volumes={"data": embedded.data_dir} if self._embedded_pg is not None else {},
+            replicas=self._replicas,
         )
         embedded_su = self._embedded_pg.dsn(DATABASE) if self._embedded_pg is not None else None
         if embedded_su is not None:
@@ -222,6 +227,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
             await asyncio.gather(prewarm, return_exceptions=True)
         await self._monitor.aclose()
         self._backups = None
+        replicas, self._replicas = self._replicas, None
+        if replicas is not None:
+            await replicas.aclose()
         pool, self._pool = self._pool, None
         admin_pool, self._admin_pool = self._admin_pool, None
         self._admin = None
@@ -247,7 +255,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
         if client is not None:
             await close_client(client)
         stop = self.config.embedded.stop_on_close
-        for server in (self._embedded_pg, self._embedded_redis):
+        standbys, self._embedded_replicas = self._embedded_replicas, []
+        for server in (*standbys, self._embedded_pg, self._embedded_redis):
             if server is not None:
                 await asyncio.to_thread(server.release, stop_if_last=stop)
         self._embedded_pg = self._embedded_redis = None
@@ -502,6 +511,27 @@ class DataLayer(QueryMethods, MonitoringMethods):
             # New types (pgvector's) must be registered on fresh connections.
             await self._pool.drain()
         return report
+
+
+def embedded_postgres(config: DataLayerConfig, data_dir: Path | None = None) -> EmbeddedPostgres:
+    """The embedded PostgreSQL server of ``config`` (or a standby of it in ``data_dir``), with
+    the settings a DataLayer starts it with."""
+    return EmbeddedPostgres(
+        config.embedded.data_dir if data_dir is None else data_dir,
+        start_timeout=config.embedded.start_timeout,
+        settings=embedded_settings(config),
+    )
+
+
+def embedded_settings(config: DataLayerConfig) -> dict[str, str]:
+    """The postgresql.conf settings the embedded server runs with, over its defaults."""
+    slow_ms = config.monitoring.slow_query_ms
+    return {
+        # Plans of slow statements in the server's log, at the slow-query log's bound.
+        "auto_explain.log_min_duration": str(int(slow_ms)) if slow_ms else "-1",
+        **archive_settings(config),
+        **config.embedded.postgres_settings,
+    }
 
 
 async def _setup_embedded_roles(superuser: str, roles: RoleNames, migrations_table: str) -> None:

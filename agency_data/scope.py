@@ -15,7 +15,8 @@ from agency_data.config import DataLayerConfig
 from agency_data.coord.locks import Lock
 from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
-from agency_data.errors import BackendUnavailable
+from agency_data.errors import BackendUnavailable, ValidationError
+from agency_data.inputs import check_bool
 from agency_data.observability import Telemetry, observed
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction
@@ -60,10 +61,19 @@ class QueryMethods(ABC):
         *,
         model: None = None,
         timeout: float | None = None,
+        replica: bool = False,
+        consistent: bool = False,
     ) -> list[dict[str, Any]]: ...
     @overload
     async def fetch(
-        self, query: Query, params: Params = None, *, model: type[M], timeout: float | None = None
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        model: type[M],
+        timeout: float | None = None,
+        replica: bool = False,
+        consistent: bool = False,
     ) -> list[M]: ...
     async def fetch(
         self,
@@ -72,16 +82,33 @@ class QueryMethods(ABC):
         *,
         model: type[M] | None = None,
         timeout: float | None = None,
+        replica: bool = False,
+        consistent: bool = False,
     ) -> list[dict[str, Any]] | list[M]:
-        """All rows of a query, as dicts or as instances of a pydantic ``model``."""
-        return await self._fetch(query, params, model, timeout)
+        """All rows of a query, as dicts or as instances of a pydantic ``model``.
+
+        ``replica``: the query only reads and may see data up to ``postgresql.max_replica_lag``
+        seconds old, so a read replica may serve it (``consistent``: one that has replayed
+        every commit acknowledged so far). See :mod:`agency_data.postgres.replicas`.
+        """
+        return await self._fetch(query, params, model, timeout, _routing(replica, consistent))
 
     # Timed apart from the overloaded signature, which a wrapper's cannot match.
     @observed("fetch")
     async def _fetch(
-        self, query: Query, params: Params, model: type[M] | None, timeout: float | None
+        self,
+        query: Query,
+        params: Params,
+        model: type[M] | None,
+        timeout: float | None,
+        routing: bool | None,
     ) -> list[dict[str, Any]] | list[M]:
-        return await self._database().as_raw().fetch(query, params, model=model, timeout=timeout)
+        db = self._database().as_raw()
+        if routing is None:
+            return await db.fetch(query, params, model=model, timeout=timeout)
+        return await db.read(
+            lambda on: on.fetch(query, params, model=model, timeout=timeout), consistent=routing
+        )
 
     @overload
     async def fetch_one(
@@ -91,10 +118,19 @@ class QueryMethods(ABC):
         *,
         model: None = None,
         timeout: float | None = None,
+        replica: bool = False,
+        consistent: bool = False,
     ) -> dict[str, Any] | None: ...
     @overload
     async def fetch_one(
-        self, query: Query, params: Params = None, *, model: type[M], timeout: float | None = None
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        model: type[M],
+        timeout: float | None = None,
+        replica: bool = False,
+        consistent: bool = False,
     ) -> M | None: ...
     async def fetch_one(
         self,
@@ -103,36 +139,68 @@ class QueryMethods(ABC):
         *,
         model: type[M] | None = None,
         timeout: float | None = None,
+        replica: bool = False,
+        consistent: bool = False,
     ) -> dict[str, Any] | M | None:
-        """The first row of a query, or None."""
-        return await self._fetch_one(query, params, model, timeout)
+        """The first row of a query, or None. ``replica``, ``consistent``: as :meth:`fetch`."""
+        return await self._fetch_one(query, params, model, timeout, _routing(replica, consistent))
 
     @observed("fetch_one")
     async def _fetch_one(
-        self, query: Query, params: Params, model: type[M] | None, timeout: float | None
+        self,
+        query: Query,
+        params: Params,
+        model: type[M] | None,
+        timeout: float | None,
+        routing: bool | None,
     ) -> dict[str, Any] | M | None:
-        return (
-            await self._database().as_raw().fetch_one(query, params, model=model, timeout=timeout)
+        db = self._database().as_raw()
+        if routing is None:
+            return await db.fetch_one(query, params, model=model, timeout=timeout)
+        return await db.read(
+            lambda on: on.fetch_one(query, params, model=model, timeout=timeout),
+            consistent=routing,
         )
 
     @observed("fetch_value")
     async def fetch_value(
-        self, query: Query, params: Params = None, *, timeout: float | None = None
+        self,
+        query: Query,
+        params: Params = None,
+        *,
+        timeout: float | None = None,
+        replica: bool = False,
+        consistent: bool = False,
     ) -> Any:
-        """The first column of the first row, or None."""
-        return await self._database().as_raw().fetch_value(query, params, timeout=timeout)
+        """The first column of the first row, or None. ``replica``, ``consistent``: as
+        :meth:`fetch`."""
+        db = self._database().as_raw()
+        routing = _routing(replica, consistent)
+        if routing is None:
+            return await db.fetch_value(query, params, timeout=timeout)
+        return await db.read(
+            lambda on: on.fetch_value(query, params, timeout=timeout), consistent=routing
+        )
 
     @asynccontextmanager
     async def transaction(
-        self, *, isolation: Isolation | None = None, readonly: bool = False
+        self,
+        *,
+        isolation: Isolation | None = None,
+        readonly: bool = False,
+        consistent: bool = False,
     ) -> AsyncIterator[Transaction]:
         """``async with dl.transaction() as tx:`` every store call inside joins it.
 
         Nested blocks are savepoints. ``tx.on_commit(hook)`` runs ``hook`` only after the
         outermost commit. A serialization conflict inside this form raises; use
-        :meth:`run_in_transaction` to have it retried.
+        :meth:`run_in_transaction` to have it retried. A ``readonly`` transaction runs on a
+        read replica when one is configured and close enough behind (``consistent``: one that
+        has replayed every commit acknowledged so far).
         """
-        async with self._database().transaction(isolation=isolation, readonly=readonly) as tx:
+        async with self._database().transaction(
+            isolation=isolation, readonly=readonly, consistent=consistent
+        ) as tx:
             yield tx
 
     async def run_in_transaction(
@@ -224,3 +292,15 @@ class TenantScope(QueryMethods):
 
     def _database(self) -> Database:
         return self._db
+
+
+def _routing(replica: bool, consistent: bool) -> bool | None:
+    """None: the primary; else a replica may serve, consistent or not."""
+    check_bool(replica, "replica")
+    check_bool(consistent, "consistent")
+    if consistent and not replica:
+        raise ValidationError(
+            "consistent=True applies to reads sent to a replica: pass replica=True too",
+            field="consistent",
+        )
+    return consistent if replica else None

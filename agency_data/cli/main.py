@@ -31,6 +31,7 @@ from agency_data.cli._common import (
 )
 from agency_data.cli.backup import backup_app
 from agency_data.cli.monitor import top
+from agency_data.cli.replica import replica_app
 from agency_data.cli.tasks import tasks_app
 from agency_data.config import DataLayerConfig
 from agency_data.demo import DemoStep, run_demo
@@ -306,6 +307,7 @@ async def _health_report(cfg: DataLayerConfig) -> HealthStatus:
 app.command()(top)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(backup_app, name="backup")
+app.add_typer(replica_app, name="replica")
 
 roles_app = typer.Typer(help="The owner, application and read-only roles.", no_args_is_help=True)
 app.add_typer(roles_app, name="roles")

@@ -186,6 +186,109 @@ class EmbeddedPostgres(SharedServer):
             user=account.pw_name if account is not None else None,
         )
 
+    @property
+    def is_standby(self) -> bool:
+        """True when the cluster is a standby (it follows a primary, or replays an archive)."""
+        return (self.pgdata / "standby.signal").exists()
+
+    def run_server_tool(self, name: str, *args: str, timeout: float = 3600.0) -> str:
+        """Run a bundled PostgreSQL program as the server's user; its standard output.
+
+        Files it writes (a base backup, a rewound cluster) then belong to the server, as
+        the cluster's must.
+        """
+        account = system_user()
+        bin_dir = self._server_bin_dir(account)
+        return run_tool(
+            [str(bin_dir / name), *args],
+            server=self.name,
+            user=account.pw_name if account is not None else None,
+            timeout=timeout,
+        )
+
+    def clone_from(self, primary: EmbeddedPostgres, slot: str) -> None:
+        """Make this cluster a streaming standby of the running ``primary``.
+
+        A base backup over ``primary``'s socket with the WAL it needs, a physical replication
+        slot ``slot`` on the primary (it keeps the WAL this standby has not received yet, up
+        to ``max_slot_wal_keep_size``), and the settings to follow it. The copy is made in a
+        scratch folder renamed into place, so a failed one leaves nothing behind.
+        """
+        if (self.pgdata / "PG_VERSION").exists():
+            raise EmbeddedServerError(
+                f"{self.data_dir} holds a PostgreSQL cluster already; a standby is made in a "
+                "new or empty data directory",
+                server=self.name,
+            )
+        account = system_user()
+        self._prepare_filesystem(account)
+        scratch = self.data_dir / "postgres.clone"
+        shutil.rmtree(scratch, ignore_errors=True)
+        self._owned_dir(scratch, 0o700)
+        try:
+            self.run_server_tool(
+                "pg_basebackup",
+                "-D",
+                str(scratch),
+                "-h",
+                str(primary.pg_socket_dir),
+                "-U",
+                SUPERUSER,
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--write-recovery-conf",
+                "--create-slot",
+                "--slot",
+                slot,
+                "--no-password",
+            )
+            with (scratch / "postgresql.auto.conf").open("a") as conf:
+                # Queries on the standby are not cancelled by the vacuum of rows they still
+                # read (at the cost of the primary keeping those rows a little longer).
+                conf.write("hot_standby_feedback = on\n")
+            if self.pgdata.exists():
+                _remove_empty_leftover(self.pgdata)
+            scratch.rename(self.pgdata)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+
+    def promote(self) -> None:
+        """Turn this running standby into a primary that takes writes (``pg_ctl promote``)."""
+        if not self.is_standby:
+            raise EmbeddedServerError(
+                f"the cluster in {self.pgdata} is not a standby; only a standby is promoted",
+                server=self.name,
+            )
+        self.run_server_tool(
+            "pg_ctl", "-D", str(self.pgdata), "-w", "-t", str(int(self.start_timeout)), "promote"
+        )
+
+    def rewind_from(self, primary: EmbeddedPostgres, slot: str) -> None:
+        """Make this stopped former primary a standby of ``primary`` (``pg_rewind``).
+
+        The blocks this cluster wrote after the two histories parted are copied back from
+        ``primary``; a cluster that crashed is first recovered to a clean shutdown by
+        pg_rewind itself. Needs data checksums (on by default since PostgreSQL 18) or
+        ``wal_log_hints``.
+        """
+        if self.is_running():
+            raise EmbeddedServerError(
+                f"the server in {self.pgdata} is running; stop it before rewinding it",
+                server=self.name,
+            )
+        self._clear_stale_pid_file()
+        self.run_server_tool(
+            "pg_rewind",
+            "-D",
+            str(self.pgdata),
+            f"--source-server={primary.dsn('postgres')}",
+            "--write-recovery-conf",
+        )
+        with (self.pgdata / "postgresql.auto.conf").open("a") as conf:
+            conf.write(f"primary_slot_name = {_quote(slot)}\nhot_standby_feedback = on\n")
+
     def _postmaster_pid(self) -> int | None:
         try:
             first = (self.pgdata / "postmaster.pid").read_text().splitlines()[0]
@@ -249,6 +352,10 @@ class EmbeddedPostgres(SharedServer):
         }
         lines = [f"{key} = {value}" for key, value in sorted(settings.items())]
         ident = f"# written by agency-data at each start\nagency_data {client} all\n"
+        if account is not None and account.pw_name != client:
+            # A standby's WAL receiver and pg_basebackup/pg_rewind run as the server's user,
+            # which owns the data files already: logging in gives it nothing more.
+            ident += f"agency_data {account.pw_name} all\n"
         files = {
             "agency_data.conf": "# written by agency-data at each start; edit via config\n"
             + "\n".join(lines)

@@ -39,7 +39,7 @@ Families (base units, ``agency_data_`` prefix):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -55,9 +55,49 @@ from agency_data.observability.instrument import Telemetry
 from agency_data.observability.sampler import Sample
 from agency_data.observability.timings import Timings
 
-__all__ = ["CONTENT_TYPE", "Metrics", "denial_counts"]
+__all__ = ["CONTENT_TYPE", "Metrics", "ReplicaSource", "denial_counts", "replica_families"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ReplicaSource(Protocol):
+    """What the read replicas tell the metrics (agency_data.postgres.replicas.Replicas)."""
+
+    fallbacks: dict[str, int]
+
+    def stats(self) -> list[tuple[str, Any, int]]:
+        """Each replica's name, state (``up``, ``lag``) and reads served."""
+        ...
+
+
+def replica_families(replicas: ReplicaSource) -> Iterator[Metric]:
+    """The read replicas' families: answering, lag as last measured, reads, fallbacks."""
+    up = GaugeMetricFamily(
+        "agency_data_replica_up",
+        "1 when the read replica answers as a standby.",
+        labels=["replica"],
+    )
+    lag = GaugeMetricFamily(
+        "agency_data_replica_lag_seconds",
+        "How far each read replica was behind at its latest check.",
+        labels=["replica"],
+    )
+    reads = CounterMetricFamily(
+        "agency_data_replica_reads", "Reads a read replica served.", labels=["replica"]
+    )
+    for name, state, served in replicas.stats():
+        up.add_metric([name], 1.0 if state.up else 0.0)
+        if state.up and state.lag is not None:
+            lag.add_metric([name], state.lag)
+        reads.add_metric([name], served)
+    fallbacks = CounterMetricFamily(
+        "agency_data_replica_fallbacks",
+        "Lag-tolerant reads the primary served instead, by reason (down, lag, behind, failed).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(replicas.fallbacks.items()):
+        fallbacks.add_metric([reason], count)
+    yield from (up, lag, reads, fallbacks)
 
 
 class Metrics:

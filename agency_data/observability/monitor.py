@@ -24,7 +24,12 @@ from agency_data.models import CacheStats, DiskSpace, HealthStatus, ReplicationS
 from agency_data.observability.alerts import Alert, Alerts
 from agency_data.observability.cursor import cursor_class
 from agency_data.observability.instrument import Telemetry
-from agency_data.observability.metrics import Metrics, denial_counts
+from agency_data.observability.metrics import (
+    Metrics,
+    ReplicaSource,
+    denial_counts,
+    replica_families,
+)
 from agency_data.observability.recall import Measurable, RecallProbe
 from agency_data.observability.sampler import Sample, Sampler
 from agency_data.observability.server import MetricsEndpoint, serve
@@ -81,9 +86,12 @@ class Monitor:
         redis_up: Callable[[], Awaitable[bool]],
         collections: Callable[[str, str], Measurable],
         volumes: dict[str, Path],
+        replicas: ReplicaSource | None = None,
     ) -> None:
         """Point the registry, sampler and probe at the connected pools and clients."""
         self.metrics.pools = pools
+        if replicas is not None:
+            self.metrics.extra.append(lambda: replica_families(replicas))
         self.metrics.cache_stats = cache_stats
         self.sampler = Sampler(
             admin=admin, redis_up=redis_up, volumes={**volumes, **self.config.disk_paths}

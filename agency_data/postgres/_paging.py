@@ -26,11 +26,13 @@ async def keyset_page(
     model: type[M],
     limit: int,
     cursor: str | None,
+    consistent: bool = False,
 ) -> Page[M]:
     """Rows of ``table`` matching ``where`` in ``(created_at, id)`` order, after ``cursor``.
 
     One row more than asked is fetched to learn whether another page exists; rows inserted
-    while a caller pages land after its cursor, so earlier pages never shift.
+    while a caller pages land after its cursor, so earlier pages never shift. A read replica
+    may serve it (see :meth:`Database.read`).
     """
     check_limit(limit)
     conditions, values = list(where), list(params)
@@ -41,7 +43,9 @@ async def keyset_page(
     query = sql.SQL(
         "SELECT " + columns + " FROM " + table + " WHERE {} ORDER BY created_at, id LIMIT %s"
     ).format(sql.SQL(" AND ").join(conditions))
-    rows = await db.fetch(query, [*values, limit + 1], model=model)
+    rows = await db.read(
+        lambda on: on.fetch(query, [*values, limit + 1], model=model), consistent=consistent
+    )
     items = rows[:limit]
     last: Any = items[-1] if items else None
     next_cursor = encode_cursor(last.created_at, last.id) if len(rows) > limit else None
@@ -49,10 +53,14 @@ async def keyset_page(
 
 
 async def count_where(
-    db: Database, table: LiteralString, where: list[sql.Composable], params: list[Any]
+    db: Database,
+    table: LiteralString,
+    where: list[sql.Composable],
+    params: list[Any],
+    consistent: bool = False,
 ) -> int:
-    """How many rows of ``table`` match ``where``."""
+    """How many rows of ``table`` match ``where`` (a read replica may answer)."""
     query = sql.SQL("SELECT count(*) FROM " + table + " WHERE {}").format(
         sql.SQL(" AND ").join(where)
     )
-    return int(await db.fetch_value(query, params))
+    return int(await db.read(lambda on: on.fetch_value(query, params), consistent=consistent))

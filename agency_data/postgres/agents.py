@@ -81,6 +81,8 @@ class AgentStore:
         self._cache = cache
         self._cache_ttl = cache_ttl
         self._reads: PointReads[UUID, Agent] = PointReads(self._load_one, self._load_many)
+        # Uncached reads that a read replica may serve, gathered apart from the primary's.
+        self._replica_reads: PointReads[UUID, Agent] = PointReads(self._read_one, self._read_many)
         self._creates: GroupCommit[_NewAgent, Agent] = GroupCommit(
             self._insert_one, self._insert_group, retry_alone=refused_a_row
         )
@@ -126,18 +128,29 @@ class AgentStore:
         """Wait for the reads and creates gathered with other callers' that are still running
         (``DataLayer.aclose`` does this before closing the pool)."""
         await self._reads.aclose()
+        await self._replica_reads.aclose()
         await self._creates.aclose()
 
-    async def get(self, agent_id: UUID | str, *, cached: bool | None = None) -> Agent:
+    async def get(
+        self, agent_id: UUID | str, *, cached: bool | None = None, consistent: bool = False
+    ) -> Agent:
         """The agent with ``agent_id``; :class:`NotFound` if this tenant has none.
 
         With ``cached`` (default: on when ``cache.record_ttl`` is set), the read goes through
         the cache. Writes through this store invalidate it once their transaction commits, so
         a reader sees a committed change at once, or (if it raced the write, or Redis was
         down when the write committed) within ``record_ttl`` seconds. Reads inside a
-        transaction always go to PostgreSQL.
+        transaction always go to PostgreSQL, and so do the cache's (a replica's older row
+        must not be cached). An uncached read may be served by a read replica (see
+        :mod:`agency_data.postgres.replicas`); ``consistent`` asks for one that has replayed
+        every commit acknowledged so far, or the primary, and skips the cache.
         """
         uid = as_uuid(agent_id, "agent_id")
+        if consistent is not False:
+            check_bool(consistent, "consistent")
+            if cached is not None:
+                check_bool(cached, "cached")
+            return await self._get_consistent(uid)
         use_cache = self._cache_ttl > 0 if cached is None else check_bool(cached, "cached")
         cache = self._cache if use_cache and not self._db.in_transaction else None
         if cache is not None:
@@ -151,26 +164,45 @@ class AgentStore:
     @observed("agents.get")
     async def _get(self, uid: UUID, cache: Cache | None) -> Agent:
         if cache is None:
-            return await self._load(uid)
+            return await self._load(uid, replica=True)
         ttl = self._cache_ttl or None
         data = await cache.get_or_set(_cache_key(uid), lambda: self._load_json(uid), ttl=ttl)
         return Agent.model_validate(data)
 
-    async def _load(self, agent_id: UUID) -> Agent:
+    @observed("agents.get")
+    async def _get_consistent(self, uid: UUID) -> Agent:
+        row = await self._db.read(lambda on: self._load_one(uid, on), consistent=True)
+        if row is None:
+            raise NotFound(f"agent {uid} does not exist", entity="agent", key=uid)
+        return row
+
+    async def _load(self, agent_id: UUID, *, replica: bool = False) -> Agent:
         if self._db.in_transaction:
             # A transaction's reads stay its own: never gathered with other callers'.
             row = await self._load_one(agent_id)
+        elif replica and self._db.replicas is not None:
+            row = await self._replica_reads.get(agent_id)
         else:
             row = await self._reads.get(agent_id)
         if row is None:
             raise NotFound(f"agent {agent_id} does not exist", entity="agent", key=agent_id)
         return row
 
-    async def _load_one(self, agent_id: UUID) -> Agent | None:
-        return await self._db.fetch_one(*_get_sql(self.tenant, agent_id), model=Agent)
+    async def _read_one(self, agent_id: UUID) -> Agent | None:
+        return await self._db.read(lambda on: self._load_one(agent_id, on))
 
-    async def _load_many(self, agent_ids: Sequence[UUID]) -> dict[UUID, Agent]:
-        rows = await self._db.fetch(*_get_many_sql(self.tenant, list(agent_ids)), model=Agent)
+    async def _read_many(self, agent_ids: Sequence[UUID]) -> dict[UUID, Agent]:
+        return await self._db.read(lambda on: self._load_many(agent_ids, on))
+
+    async def _load_one(self, agent_id: UUID, db: Database | None = None) -> Agent | None:
+        on = self._db if db is None else db
+        return await on.fetch_one(*_get_sql(self.tenant, agent_id), model=Agent)
+
+    async def _load_many(
+        self, agent_ids: Sequence[UUID], db: Database | None = None
+    ) -> dict[UUID, Agent]:
+        on = self._db if db is None else db
+        rows = await on.fetch(*_get_many_sql(self.tenant, list(agent_ids)), model=Agent)
         return {row.id: row for row in rows}
 
     async def _load_json(self, agent_id: UUID) -> dict[str, Any]:
@@ -188,14 +220,21 @@ class AgentStore:
             await cache.delete(_cache_key(agent_id))
 
     @observed("agents.get_many")
-    async def get_many(self, agent_ids: Iterable[UUID | str]) -> builtins.list[Agent]:
-        """The agents that exist among ``agent_ids`` (one round trip), in no particular order."""
+    async def get_many(
+        self, agent_ids: Iterable[UUID | str], *, consistent: bool = False
+    ) -> builtins.list[Agent]:
+        """The agents that exist among ``agent_ids`` (one round trip), in no particular order.
+
+        A read replica may serve it; ``consistent`` as for :meth:`get`.
+        """
+        check_bool(consistent, "consistent")
         ids = [
             as_uuid(i, f"agent_ids[{n}]") for n, i in enumerate(as_items(agent_ids, "agent_ids"))
         ]
         if not ids:
             return []
-        return await self._db.fetch(*_get_many_sql(self.tenant, ids), model=Agent)
+        query = _get_many_sql(self.tenant, ids)
+        return await self._db.read(lambda on: on.fetch(*query, model=Agent), consistent=consistent)
 
     @observed("agents.update")
     async def update(
@@ -278,15 +317,26 @@ class AgentStore:
         name_contains: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        consistent: bool = False,
     ) -> Page[Agent]:
         """Agents in creation order, filtered; follow ``next_cursor`` for the next page.
 
         ``capabilities`` matches by JSON containment (``{"plan": True}`` finds agents whose
-        capabilities include that pair); ``has_capabilities`` requires every listed key.
+        capabilities include that pair); ``has_capabilities`` requires every listed key. A
+        read replica may serve it; ``consistent`` as for :meth:`get`.
         """
+        check_bool(consistent, "consistent")
         where, params = self._filters(type, status, capabilities, has_capabilities, name_contains)
         return await keyset_page(
-            self._db, "agents", _COLUMNS, where, params, model=Agent, limit=limit, cursor=cursor
+            self._db,
+            "agents",
+            _COLUMNS,
+            where,
+            params,
+            model=Agent,
+            limit=limit,
+            cursor=cursor,
+            consistent=consistent,
         )
 
     @observed("agents.count")
@@ -298,10 +348,12 @@ class AgentStore:
         capabilities: dict[str, Any] | None = None,
         has_capabilities: Sequence[str] | None = None,
         name_contains: str | None = None,
+        consistent: bool = False,
     ) -> int:
-        """How many agents match the same filters as :meth:`list`."""
+        """How many agents match the same filters as :meth:`list` (a read replica may answer)."""
+        check_bool(consistent, "consistent")
         where, params = self._filters(type, status, capabilities, has_capabilities, name_contains)
-        return await count_where(self._db, "agents", where, params)
+        return await count_where(self._db, "agents", where, params, consistent)
 
     def _filters(
         self,

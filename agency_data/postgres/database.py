@@ -38,7 +38,7 @@ from collections.abc import (
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from time import perf_counter
-from typing import Any, Literal, LiteralString, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, LiteralString, TypeAlias, TypeVar, overload
 
 import psycopg
 import pydantic
@@ -70,6 +70,9 @@ from agency_data.postgres.pool import (
     transaction_settings,
 )
 from agency_data.retry import Backoff
+
+if TYPE_CHECKING:
+    from agency_data.postgres.replicas import Replicas
 
 __all__ = [
     "TENANT_SETTING",
@@ -153,6 +156,8 @@ class Database:
         # measure what row-level security costs against tables without it.
         self.names_tenant = True
         self._setup = setup
+        # The read replicas (agency_data.postgres.replicas), shared by every tenant's view.
+        self.replicas: Replicas | None = None
         self._raw_view: Database | None = None
         self._current: ContextVar[Transaction | None] = ContextVar("agency_data_tx", default=None)
 
@@ -170,9 +175,30 @@ class Database:
             telemetry=self.telemetry,
         )
         view.names_tenant = self.names_tenant
+        view.replicas = self.replicas
         # One transaction per task, whichever tenant's view opened it.
         view._current = self._current
         return view
+
+    def on_pool(self, pool: Pool) -> Database:
+        """This view (tenant, raw) on another server's pool: a replica's, with no transaction
+        of this one's and no replicas of its own."""
+        view = Database(
+            pool, self.config, tenant=self.tenant, raw=self.raw, telemetry=self.telemetry
+        )
+        view.names_tenant = self.names_tenant
+        return view
+
+    async def read(self, fn: Callable[[Database], Awaitable[T]], *, consistent: bool = False) -> T:
+        """Run ``fn``, a read that tolerates lag, on a read replica's view if one fits.
+
+        Inside a transaction, or with no replicas, ``fn`` gets this view. ``consistent``: only
+        a replica that has replayed every commit acknowledged so far (or the primary).
+        """
+        replicas = self.replicas
+        if replicas is None or self._current.get() is not None:
+            return await fn(self)
+        return await replicas.run(self, fn, consistent)
 
     def as_raw(self) -> Database:
         """This view for the caller's own SQL: its connections are reset before reuse."""
@@ -453,16 +479,30 @@ class Database:
 
     @asynccontextmanager
     async def transaction(
-        self, *, isolation: Isolation | None = None, readonly: bool = False
+        self,
+        *,
+        isolation: Isolation | None = None,
+        readonly: bool = False,
+        consistent: bool = False,
     ) -> AsyncIterator[Transaction]:
-        """A transaction, or a savepoint when one is already open in this task."""
+        """A transaction, or a savepoint when one is already open in this task.
+
+        A read-only one runs on a read replica when one fits (``consistent``: one that has
+        replayed every commit acknowledged so far), except at serializable isolation, which a
+        standby cannot give.
+        """
         if isolation is not None:
             check_choice(isolation, "isolation", _ISOLATION)
         check_bool(readonly, "readonly")
+        check_bool(consistent, "consistent")
         parent = self._current.get()
         async with AsyncExitStack() as stack:
             if parent is None:
-                conn = await stack.enter_async_context(self.connection())
+                conn = None
+                if readonly and self.replicas is not None and isolation != "serializable":
+                    conn = await self.replicas.borrow(stack, consistent)
+                if conn is None:
+                    conn = await stack.enter_async_context(self.connection())
                 await _prepare(conn, isolation, readonly)
                 stack.push_async_callback(_prepare, conn, None, False)
             else:

@@ -266,6 +266,8 @@ async def open_pool(
     name: str = "agency-data",
     pgbouncer: bool = False,
     cursor_factory: type[AsyncCursor[Any]] | None = None,
+    timeout: float | None = None,
+    wait: bool = True,
 ) -> Pool:
     """Open a pool on ``conninfo`` and wait until its minimum connections are up.
 
@@ -281,7 +283,9 @@ async def open_pool(
     connections handed back are not reset (there is no session to reset).
 
     ``cursor_factory``: the connections' cursor class (the observability cursor, when the
-    slow-query log or trace comments are on).
+    slow-query log or trace comments are on). ``timeout``: how long a checkout waits (default:
+    the config's ``pool_timeout``). Without ``wait``, the pool opens at once and connects in
+    the background (a read replica that is down must not stop the layer from starting).
     """
     if pgbouncer and setup is not None:
         raise ConfigError(
@@ -324,7 +328,7 @@ async def open_pool(
         kwargs=kwargs,
         min_size=config.pool_min_size if min_size is None else min_size,
         max_size=config.pool_max_size if max_size is None else max_size,
-        timeout=config.pool_timeout,
+        timeout=config.pool_timeout if timeout is None else timeout,
         max_waiting=config.max_waiting,
         configure=configure,
         reset=reset,
@@ -332,6 +336,9 @@ async def open_pool(
         open=False,
         name=name,
     )
+    if not wait:
+        await pool.open(wait=False)
+        return pool
     try:
         await pool.open(wait=True, timeout=config.pool_timeout)
     except PoolTimeout as exc:

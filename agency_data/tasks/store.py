@@ -37,6 +37,7 @@ from agency_data.inputs import (
     as_items,
     as_list,
     as_uuid,
+    check_bool,
     check_choice,
     check_datetime,
     check_int,
@@ -422,15 +423,20 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
     # -- reading -------------------------------------------------------------------------------
 
     @observed("tasks.get")
-    async def get(self, task_id: UUID | str) -> Task:
+    async def get(self, task_id: UUID | str, *, consistent: bool = False) -> Task:
         """The task with ``task_id``; :class:`NotFound` if this tenant has none.
 
         Concurrent calls outside transactions share one query (see
-        :mod:`agency_data.batching`).
+        :mod:`agency_data.batching`). A read replica may serve it (see
+        :mod:`agency_data.postgres.replicas`); ``consistent`` asks for one that has replayed
+        every commit acknowledged so far, or the primary.
         """
         uid = as_uuid(task_id, "task_id")
-        if self._db.in_transaction:
-            task = await self._get_one(uid)
+        if consistent is not False:
+            check_bool(consistent, "consistent")
+            task = await self._db.read(lambda on: self._fetch_one(uid, on), consistent=True)
+        elif self._db.in_transaction:
+            task = await self._fetch_one(uid, self._db)
         else:
             task = await self._reads.get(uid)
         if task is None:
@@ -438,31 +444,39 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         return task
 
     async def _get_one(self, task_id: UUID) -> Task | None:
-        return await self._db.fetch_one(
+        return await self._db.read(lambda on: self._fetch_one(task_id, on))
+
+    async def _fetch_one(self, task_id: UUID, db: Database) -> Task | None:
+        return await db.fetch_one(
             "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
             [self.tenant, task_id],
             model=Task,
         )
 
     async def _get_gathered(self, task_ids: Sequence[UUID]) -> dict[UUID, Task]:
-        tasks = await self._db.fetch(
-            "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = ANY(%s)",
-            [self.tenant, list(task_ids)],
-            model=Task,
-        )
+        tasks = await self._db.read(lambda on: self._fetch_many(list(task_ids), on))
         return {task.id: task for task in tasks}
 
+    async def _fetch_many(self, task_ids: builtins.list[UUID], db: Database) -> builtins.list[Task]:
+        return await db.fetch(
+            "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = ANY(%s)",
+            [self.tenant, task_ids],
+            model=Task,
+        )
+
     @observed("tasks.get_many")
-    async def get_many(self, task_ids: Iterable[UUID | str]) -> builtins.list[Task]:
-        """The tasks that exist among ``task_ids`` (one round trip), in no particular order."""
+    async def get_many(
+        self, task_ids: Iterable[UUID | str], *, consistent: bool = False
+    ) -> builtins.list[Task]:
+        """The tasks that exist among ``task_ids`` (one round trip), in no particular order.
+
+        A read replica may serve it; ``consistent`` as for :meth:`get`.
+        """
+        check_bool(consistent, "consistent")
         ids = [as_uuid(i, f"task_ids[{n}]") for n, i in enumerate(as_items(task_ids, "task_ids"))]
         if not ids:
             return []
-        return await self._db.fetch(
-            "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = ANY(%s)",
-            [self.tenant, ids],
-            model=Task,
-        )
+        return await self._db.read(lambda on: self._fetch_many(ids, on), consistent=consistent)
 
     @observed("tasks.dependencies")
     async def dependencies(self, task_id: UUID | str) -> builtins.list[UUID]:
@@ -484,12 +498,15 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         data_contains: dict[str, Any] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        consistent: bool = False,
     ) -> Page[Task]:
         """Tasks in creation order, filtered; follow ``next_cursor`` for the next page.
 
         ``created_after`` / ``created_before`` are datetimes with a timezone; naive ones are
-        refused, since the server would read them in its own time zone.
+        refused, since the server would read them in its own time zone. A read replica may
+        serve it; ``consistent`` as for :meth:`get`.
         """
+        check_bool(consistent, "consistent")
         where, params = self._filters(
             agent_id,
             status,
@@ -501,7 +518,15 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             data_contains,
         )
         return await keyset_page(
-            self._db, "tasks", READ_COLUMNS, where, params, model=Task, limit=limit, cursor=cursor
+            self._db,
+            "tasks",
+            READ_COLUMNS,
+            where,
+            params,
+            model=Task,
+            limit=limit,
+            cursor=cursor,
+            consistent=consistent,
         )
 
     @observed("tasks.count")
@@ -516,8 +541,10 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         data_contains: dict[str, Any] | None = None,
+        consistent: bool = False,
     ) -> int:
-        """How many tasks match the same filters as :meth:`list`."""
+        """How many tasks match the same filters as :meth:`list` (a read replica may answer)."""
+        check_bool(consistent, "consistent")
         where, params = self._filters(
             agent_id,
             status,
@@ -528,7 +555,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             created_before,
             data_contains,
         )
-        return await count_where(self._db, "tasks", where, params)
+        return await count_where(self._db, "tasks", where, params, consistent)
 
     @observed("tasks.search")
     async def search(
@@ -538,11 +565,14 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         status: TaskStatus | str | Sequence[TaskStatus | str] | None = None,
         type: str | Sequence[str] | None = None,
         limit: int = 20,
+        consistent: bool = False,
     ) -> builtins.list[Task]:
         """Full-text search over task type and data, best match first.
 
         ``text`` is read like a web search: words, ``"quoted phrases"``, ``or``, ``-excluded``.
+        A read replica may serve it; ``consistent`` as for :meth:`get`.
         """
+        check_bool(consistent, "consistent")
         check_text(text, "text", max_length=_MAX_SEARCH)
         check_limit(limit)
         where, params = self._filters(None, status, type, None, None, None, None, None)
@@ -550,7 +580,10 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             "SELECT " + READ_COLUMNS + " FROM tasks, websearch_to_tsquery('english', %s) AS q "
             "WHERE search @@ q AND {} ORDER BY ts_rank(search, q) DESC, created_at, id LIMIT %s"
         ).format(sql.SQL(" AND ").join(where))
-        return await self._db.fetch(query, [text, *params, limit], model=Task)
+        values = [text, *params, limit]
+        return await self._db.read(
+            lambda on: on.fetch(query, values, model=Task), consistent=consistent
+        )
 
     @observed("tasks.delete")
     async def delete(self, task_id: UUID | str) -> None:

@@ -317,13 +317,19 @@ class Collection:
     # -- reading -------------------------------------------------------------------------------
 
     @observed("embeddings.get")
-    async def get(self, embedding_id: UUID | str) -> Embedding:
+    async def get(self, embedding_id: UUID | str, *, consistent: bool = False) -> Embedding:
         """The embedding with ``embedding_id``; :class:`NotFound` if this tenant has none.
 
-        Concurrent calls outside a transaction share one query.
+        Concurrent calls outside a transaction share one query. A read replica may serve it
+        (see :mod:`agency_data.postgres.replicas`); ``consistent`` asks for one that has
+        replayed every commit acknowledged so far, or the primary.
         """
         uid = as_uuid(embedding_id, "embedding_id")
-        if self._db.in_transaction:
+        if consistent is not False:
+            check_bool(consistent, "consistent")
+            found_all = await self._db.read(lambda on: self._get_many([uid], on), consistent=True)
+            found = found_all[0] if found_all else None
+        elif self._db.in_transaction:
             found = await self._get_one(uid)
         else:
             found = await self._reads.get(uid)
@@ -334,22 +340,30 @@ class Collection:
         return found
 
     async def _get_one(self, embedding_id: UUID) -> Embedding | None:
-        found = await self._get_many([embedding_id])
+        found = await self._db.read(lambda on: self._get_many([embedding_id], on))
         return found[0] if found else None
 
     async def _get_gathered(self, ids: Sequence[UUID]) -> dict[UUID, Embedding]:
-        return {found.id: found for found in await self._get_many(list(ids))}
+        found = await self._db.read(lambda on: self._get_many(list(ids), on))
+        return {one.id: one for one in found}
 
     @observed("embeddings.get_many")
-    async def get_many(self, embedding_ids: Iterable[UUID | str]) -> builtins.list[Embedding]:
-        """The embeddings that exist among ``embedding_ids``, in no particular order."""
-        return await self._get_many(_ids(embedding_ids, "embedding_ids"))
+    async def get_many(
+        self, embedding_ids: Iterable[UUID | str], *, consistent: bool = False
+    ) -> builtins.list[Embedding]:
+        """The embeddings that exist among ``embedding_ids``, in no particular order.
 
-    async def _get_many(self, ids: builtins.list[UUID]) -> builtins.list[Embedding]:
+        A read replica may serve it; ``consistent`` as for :meth:`get`.
+        """
+        check_bool(consistent, "consistent")
+        ids = _ids(embedding_ids, "embedding_ids")
+        return await self._db.read(lambda on: self._get_many(ids, on), consistent=consistent)
+
+    async def _get_many(self, ids: builtins.list[UUID], db: Database) -> builtins.list[Embedding]:
         spec = await self._spec()  # first: a collection that does not exist is still an error
         if not ids:
             return []
-        rows = await self._db.fetch(
+        rows = await db.fetch(
             sql.SQL(
                 "SELECT "
                 + _sql.ROW_COLUMNS
@@ -360,13 +374,21 @@ class Collection:
         return [Embedding(**{**row, "vector": vector_to_list(row["vector"])}) for row in rows]
 
     @observed("embeddings.count")
-    async def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        """How many of this tenant's embeddings match ``filter`` (all, without one)."""
+    async def count(
+        self, filter: Mapping[str, Any] | None = None, *, consistent: bool = False
+    ) -> int:
+        """How many of this tenant's embeddings match ``filter`` (all, without one).
+
+        A read replica may answer; ``consistent`` as for :meth:`get`.
+        """
+        check_bool(consistent, "consistent")
         node = _parse(filter)
         spec = await self._spec()
         where, params = _sql.where_sql(self.tenant, node)
         query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(spec.table_id, where)
-        return int(await self._db.fetch_value(query, params))
+        return int(
+            await self._db.read(lambda on: on.fetch_value(query, params), consistent=consistent)
+        )
 
     @observed("embeddings.delete")
     async def delete(
@@ -430,6 +452,7 @@ class Collection:
         probes: int | None = None,
         exact: bool = False,
         rerank: int = 10,
+        consistent: bool = False,
     ) -> builtins.list[SimilarityResult]:
         """The ``limit`` nearest embeddings to ``vector``, best first.
 
@@ -438,16 +461,19 @@ class Collection:
         0.8's iterative index scans a selective filter still returns ``limit`` results when
         that many match. ``ef_search`` / ``probes`` tune HNSW / IVFFlat for this query;
         ``exact`` skips the index. With a binary-quantized index, ``rerank`` x ``limit``
-        candidates are re-ranked by full-precision distance.
+        candidates are re-ranked by full-precision distance. A read replica may serve it
+        (see :mod:`agency_data.postgres.replicas`); ``consistent`` as for :meth:`get`.
         """
         start = perf_counter()
+        query = _checked_query(vector, limit, threshold, filter, "")
         (results,) = await self._search(
-            [_checked_query(vector, limit, threshold, filter, "")],
+            [query],
             include_vectors=include_vectors,
             ef_search=ef_search,
             probes=probes,
             exact=exact,
             rerank=rerank,
+            consistent=consistent,
         )
         telemetry = self._telemetry
         if telemetry.metrics:
@@ -507,11 +533,13 @@ class Collection:
         probes: int | None = None,
         exact: bool = False,
         rerank: int = 10,
+        consistent: bool = False,
     ) -> builtins.list[builtins.list[SimilarityResult]]:
         """Run many searches in one round trip (a pipeline); one result list per query.
 
         Each query is a :class:`SimilarityQuery` or a mapping with ``vector`` and optionally
         ``limit``, ``threshold`` and ``filter``; errors name the query (``queries[2].limit``).
+        A read replica may serve it; ``consistent`` as for :meth:`get`.
         """
         start = perf_counter()
         plain = [
@@ -525,6 +553,7 @@ class Collection:
             probes=probes,
             exact=exact,
             rerank=rerank,
+            consistent=consistent,
         )
         if self._telemetry.metrics:
             self._telemetry.search(self.name, "batch").observe(perf_counter() - start)
@@ -539,10 +568,34 @@ class Collection:
         probes: int | None,
         exact: bool,
         rerank: int,
+        consistent: bool | None = None,
     ) -> builtins.list[builtins.list[SimilarityResult]]:
+        # consistent: None keeps the search on the primary; a bool lets a replica serve it.
         _check_rerank(rerank)
         check_bool(include_vectors, "include_vectors")
         check_bool(exact, "exact")
+        if consistent is None:
+            return await self._search_on(
+                self._db, queries, include_vectors, ef_search, probes, exact, rerank
+            )
+        check_bool(consistent, "consistent")
+        return await self._db.read(
+            lambda on: self._search_on(
+                on, queries, include_vectors, ef_search, probes, exact, rerank
+            ),
+            consistent=consistent,
+        )
+
+    async def _search_on(
+        self,
+        db: Database,
+        queries: Sequence[_Query],
+        include_vectors: bool,
+        ef_search: int | None,
+        probes: int | None,
+        exact: bool,
+        rerank: int,
+    ) -> builtins.list[builtins.list[SimilarityResult]]:
         spec = await self._spec()
         metric = metric_spec(spec.metric)
         binary = spec.index_quantization == "binary" and not exact
@@ -556,7 +609,7 @@ class Collection:
             and spec.index_kind is not None
             and self._one_statement()
         ):
-            return [await self._search_alone(queries[0], spec, metric, include_vectors)]
+            return [await self._search_alone(db, queries[0], spec, metric, include_vectors)]
         planned = []
         candidates = 0
         for vector, limit, threshold, node, where in queries:
@@ -576,14 +629,19 @@ class Collection:
             planned.append((statement, params, threshold))
         settings = _settings(ef_search, probes, candidates if binary else None)
         with translate_errors("searching"):
-            results = await self._db.fetch_many([(q, p) for q, p, _ in planned], settings=settings)
+            results = await db.fetch_many([(q, p) for q, p, _ in planned], settings=settings)
         return [
             _results(rows, metric, threshold)
             for rows, (_, _, threshold) in zip(results, planned, strict=True)
         ]
 
     async def _search_alone(
-        self, query: _Query, spec: CollectionSpec, metric: MetricSpec, include_vectors: bool
+        self,
+        db: Database,
+        query: _Query,
+        spec: CollectionSpec,
+        metric: MetricSpec,
+        include_vectors: bool,
     ) -> builtins.list[SimilarityResult]:
         # The commonest search (one, unfiltered, served by the index, default settings) as one
         # statement that names the tenant itself: no pipeline, whose bookkeeping in psycopg
@@ -597,7 +655,7 @@ class Collection:
             include_vectors=include_vectors,
             setting=TENANT_SETTING,
         )
-        async with self._db.connection() as conn:
+        async with db.connection() as conn:
             with translate_errors("searching"):
                 rows = await (await conn.execute(statement, params)).fetchall()
         return _results(rows, metric, threshold)
@@ -674,14 +732,16 @@ class Collection:
         filter: Mapping[str, Any] | None = None,
         k: int = 60,
         candidates: int | None = None,
+        consistent: bool = False,
     ) -> builtins.list[SimilarityResult]:
         """Full-text and vector results fused by reciprocal rank fusion, best first.
 
         Each side contributes its top ``candidates`` (default 4 x limit); an embedding's score
         is the sum of ``1 / (k + rank)`` over the sides that found it. ``distance`` is still
-        the vector distance.
+        the vector distance. A read replica may serve it; ``consistent`` as for :meth:`get`.
         """
         start = perf_counter()
+        check_bool(consistent, "consistent")
         check_text(text, "text", max_length=_MAX_TEXT_QUERY)
         check_int(limit, "limit", 1, MAX_PAGE)
         check_int(k, "k", 1, 1_000_000)
@@ -698,7 +758,9 @@ class Collection:
             _sql.search_sql(spec, self.tenant, param, pool_size, node, include_vectors=False),
         ]
         with translate_errors("searching"):
-            text_rows, vector_rows = await self._db.fetch_many(statements)
+            text_rows, vector_rows = await self._db.read(
+                lambda on: on.fetch_many(statements), consistent=consistent
+            )
         fused: dict[UUID, float] = {}
         rows_by_id: dict[UUID, dict[str, Any]] = {}
         for rows in (text_rows, sorted(vector_rows, key=lambda r: r["distance"])):

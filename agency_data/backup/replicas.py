@@ -1,0 +1,197 @@
+"""Streaming standbys of the embedded server: make one, promote it, re-attach an old primary.
+
+``agency-data replica create`` copies the running primary with ``pg_basebackup`` and leaves
+a standby that follows it over the primary's socket through a physical replication slot;
+a DataLayer with ``embedded.replicas`` naming its folder starts it and sends lag-tolerant
+reads there (:mod:`agency_data.postgres.replicas`). ``promote`` makes a standby the primary
+(failover); ``rejoin`` rewinds a former primary with ``pg_rewind`` and makes it a standby of
+the new one, so the pair is whole again without copying the whole database.
+
+These calls start and stop servers and wait for them; they block, and the CLI runs them as
+they are. A server somebody else uses is left running: each call takes a lease, as a
+DataLayer does, and only the last user out stops a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import psycopg
+from pydantic import BaseModel
+
+from agency_data.embedded import EmbeddedPostgres
+from agency_data.errors import BackupError, EmbeddedServerError
+
+__all__ = ["ReplicaStatus", "create_replica", "promote_replica", "rejoin_primary", "slot_name"]
+
+_SLOT_PREFIX = "agency_replica_"
+
+
+class ReplicaStatus(BaseModel):
+    """Where a standby stands against its primary, as the primary sees it."""
+
+    data_dir: Path
+    slot: str
+    streaming: bool
+    lag_bytes: int | None
+
+
+def slot_name(data_dir: Path) -> str:
+    """The replication slot the primary keeps for the standby in ``data_dir``."""
+    digest = hashlib.sha256(str(data_dir.expanduser().resolve()).encode()).hexdigest()[:16]
+    return _SLOT_PREFIX + digest
+
+
+def create_replica(
+    primary_dir: Path,
+    data_dir: Path,
+    *,
+    settings: Mapping[str, str] | None = None,
+    start_timeout: float = 60.0,
+) -> ReplicaStatus:
+    """Make a streaming standby of the embedded primary in ``primary_dir`` in ``data_dir``.
+
+    The primary is started if it is not running. The standby is started once to see that it
+    streams, then left as a DataLayer (with ``embedded.replicas``) or ``agency-data up``
+    will start it. ``settings`` are both servers' postgresql.conf settings (the config's).
+    """
+    primary = _server(primary_dir, settings, start_timeout)
+    replica = _server(data_dir, settings, start_timeout)
+    if primary.pgdata.resolve() == replica.pgdata.resolve():
+        raise BackupError("the standby needs a data directory of its own, not the primary's")
+    if not (primary.pgdata / "PG_VERSION").exists():
+        raise BackupError(f"{primary_dir} holds no embedded PostgreSQL cluster to copy")
+    slot = slot_name(data_dir)
+    primary.acquire()
+    try:
+        if _in_recovery(primary):
+            raise BackupError(
+                f"the server in {primary_dir} is itself a standby; make the new standby from "
+                "the primary"
+            )
+        _drop_idle_slot(primary, slot)  # a failed earlier attempt's
+        replica.clone_from(primary, slot)
+        replica.acquire()
+        try:
+            return _wait_streaming(primary, data_dir, slot, start_timeout)
+        finally:
+            replica.release()
+    finally:
+        primary.release()
+
+
+def promote_replica(
+    data_dir: Path, *, settings: Mapping[str, str] | None = None, start_timeout: float = 60.0
+) -> None:
+    """Make the standby in ``data_dir`` a primary that takes writes (failover).
+
+    Started first if it is not running. Clients with a multi-host DSN
+    (``host=a,b target_session_attrs=read-write``) find it at their next connection.
+    """
+    server = _server(data_dir, settings, start_timeout)
+    if not server.is_standby:
+        raise BackupError(f"{data_dir} holds no standby to promote")
+    server.acquire()
+    try:
+        server.promote()
+    finally:
+        server.release()
+
+
+def rejoin_primary(
+    old_dir: Path,
+    primary_dir: Path,
+    *,
+    settings: Mapping[str, str] | None = None,
+    start_timeout: float = 60.0,
+) -> ReplicaStatus:
+    """Make the former primary in ``old_dir`` a standby of the one in ``primary_dir``.
+
+    ``pg_rewind`` copies back only the blocks the old primary changed after the histories
+    parted (writes nobody acknowledged through a synchronous standby, or that the failover
+    gave up); the old server must be stopped (or dead: it is recovered first).
+    """
+    old = _server(old_dir, settings, start_timeout)
+    primary = _server(primary_dir, settings, start_timeout)
+    if not (old.pgdata / "PG_VERSION").exists():
+        raise BackupError(f"{old_dir} holds no embedded PostgreSQL cluster to rejoin")
+    if old.is_running():
+        raise BackupError(
+            f"the server in {old_dir} is running: stop every process that uses it (a "
+            "former primary must not take writes), then rejoin it"
+        )
+    slot = slot_name(old_dir)
+    primary.acquire()
+    try:
+        if _in_recovery(primary):
+            raise BackupError(f"the server in {primary_dir} is a standby, not a primary")
+        with _connect(primary) as conn:
+            conn.execute(
+                "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
+                "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+                [slot, slot],
+            )
+        old.rewind_from(primary, slot)
+        old.acquire()
+        try:
+            return _wait_streaming(primary, old_dir, slot, start_timeout)
+        finally:
+            old.release()
+    finally:
+        primary.release()
+
+
+def _server(
+    data_dir: Path, settings: Mapping[str, str] | None, start_timeout: float
+) -> EmbeddedPostgres:
+    return EmbeddedPostgres(data_dir, start_timeout=start_timeout, settings=settings)
+
+
+def _connect(server: EmbeddedPostgres) -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        return psycopg.connect(server.dsn("postgres"), autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise EmbeddedServerError(
+            f"cannot reach the embedded server in {server.data_dir}: {exc}", server="postgres"
+        ) from exc
+
+
+def _in_recovery(server: EmbeddedPostgres) -> bool:
+    with _connect(server) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
+
+
+def _drop_idle_slot(primary: EmbeddedPostgres, slot: str) -> None:
+    with _connect(primary) as conn:
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND NOT active",
+            [slot],
+        )
+
+
+def _wait_streaming(
+    primary: EmbeddedPostgres, data_dir: Path, slot: str, timeout: float
+) -> ReplicaStatus:
+    deadline = time.monotonic() + timeout
+    with _connect(primary) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT s.active, pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint "
+                "FROM pg_replication_slots s "
+                "LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid "
+                "WHERE s.slot_name = %s",
+                [slot],
+            ).fetchone()
+            if row is not None and row[0] and row[1] is not None:
+                return ReplicaStatus(data_dir=data_dir, slot=slot, streaming=True, lag_bytes=row[1])
+            if time.monotonic() > deadline:
+                raise BackupError(
+                    f"the standby in {data_dir} did not start streaming from the primary "
+                    f"within {timeout:.0f} s; see {data_dir / 'postgres.log'}"
+                )
+            time.sleep(0.1)
