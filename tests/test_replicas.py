@@ -261,6 +261,24 @@ async def test_a_standby_that_is_down_at_start_does_not_stop_the_layer(
         assert layer._replicas.fallbacks["down"] == 1
 
 
+async def test_a_consistent_read_waiting_for_the_standby_can_be_cancelled(
+    pair: Pair, redis_url: str
+) -> None:
+    async with DataLayer(pair.config(redis_url, max_replica_lag=60, replica_wait=30)) as layer:
+        agents = layer.tenant("acme").agents
+        pair.replay(paused=True)
+        try:
+            made = await agents.create("waited", "search")
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(agents.get(made.id, consistent=True), 0.3)
+            assert time.monotonic() - started < 2.0
+        finally:
+            pair.replay(paused=False)
+        # Nothing was left holding a connection: the layer serves on.
+        assert (await agents.get(made.id, consistent=True)).id == made.id
+
+
 async def test_bad_routing_input_is_refused(layer: DataLayer) -> None:
     with pytest.raises(ValidationError, match="consistent"):
         await layer.fetch("SELECT 1", consistent=True)
