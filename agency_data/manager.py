@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import psycopg
 from psycopg import AsyncConnection
@@ -446,7 +447,21 @@ class DataLayer(QueryMethods, MonitoringMethods):
             config.migration.table_name,
             keep_full=config.backup.keep_full,
             keep_days=config.backup.keep_days,
+            redis_url=self._snapshot_url(),
         )
+
+    def _snapshot_url(self) -> str | None:
+        # The one server a snapshot can be taken from; None for a cluster or Sentinel.
+        if self._redis_url is not None:
+            return self._redis_url
+        redis = self.config.redis
+        if redis.cluster or redis.sentinel is not None:
+            return None
+        if redis.url is not None:
+            return redis.url.get_secret_value()
+        password = redis.password.get_secret_value() if redis.password is not None else ""
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}{redis.host}:{redis.port}/{redis.db}"
 
     def _check_connected(self) -> None:
         if self._pool is None:

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+import redis
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agency_data import DataLayer, DataLayerConfig
-from agency_data.embedded import EmbeddedPostgres
+from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.embedded.postgres import DATABASE
 from agency_data.errors import BackupError, ConfigError, NotFound, ValidationError
 from tests.conftest import FAST_POSTGRES, DatabaseDsn, make_config, reachable_dir
@@ -52,6 +53,8 @@ async def test_a_full_set_records_what_the_database_held(layer: DataLayer, tmp_p
     assert "/" in manifest.stop_lsn
     assert manifest.size_bytes > 1 << 20
     assert (full.path / "pgdata" / "backup_manifest").is_file()
+    assert manifest.valkey_bytes is not None
+    assert manifest.valkey_bytes == (full.path / "valkey.rdb").stat().st_size > 0
     assert [s.name for s in layer.backups.list()] == [full.name]
     # Private: 0700 folders, 0600 files, all through the set.
     for root, dirs, files in os.walk(full.path):
@@ -234,8 +237,10 @@ async def test_a_restore_holds_exactly_what_the_set_covered(
         await layer.agents.create(f"before-full-{i}", "worker")
     await layer.backups.create()
     await layer.agents.create("before-incremental", "worker")
+    await layer.cache.set("kept-in-the-snapshot", {"n": 1})
     await layer.backups.create(incremental=True)
     await layer.agents.create("after-every-backup", "worker")
+    await layer.cache.set("made-after-the-snapshot", 2)
 
     restored = data_dir  # a folder the server's user can reach under root
     pgdata = await layer.backups.restore("latest", restored)
@@ -303,6 +308,16 @@ async def test_a_restore_holds_exactly_what_the_set_covered(
             assert checked[0] > 10
     finally:
         server.release()
+    # Valkey loads the set's snapshot at its first start: what Redis held at the backup.
+    valkey = EmbeddedValkey(restored)
+    client = redis.Redis.from_url(valkey.acquire())
+    try:
+        keys = [key.decode() for key in client.keys("*")]
+        assert any(key.endswith("kept-in-the-snapshot") for key in keys), keys
+        assert not any(key.endswith("made-after-the-snapshot") for key in keys), keys
+    finally:
+        client.close()
+        valkey.release()
 
 
 async def test_the_command_line_restores_without_a_server(
@@ -389,6 +404,8 @@ async def test_a_restore_to_a_point_in_time_keeps_exactly_what_was_committed_bef
             )
         restored = reachable_dir(tmp_path_factory) / "restored"
         await dl.backups.restore("latest", restored, target_time=target)
+        # The snapshot is older than the target: Valkey starts empty rather than stale.
+        assert not (restored / "valkey").exists()
         window = dl.backups.window()
         assert window is not None
         assert window.continuous

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from agency_data.backup.sets import BackupSet, find_set
+from agency_data.backup.valkey import SNAPSHOT, install_snapshot
 from agency_data.embedded import system_user
 from agency_data.errors import BackupError, NotFound, ValidationError
 from agency_data.files import make_private_dirs, private_file
@@ -88,6 +89,12 @@ async def restore_set(
         )
     if recovery:
         _start_in_recovery(pgdata, recovery)
+    owner = (account.pw_uid, account.pw_gid) if account is not None else None
+    snapshot = backup.path / SNAPSHOT
+    if not recovery and snapshot.is_file():
+        # At a later point in time the snapshot would be older than the database: Redis
+        # then starts empty, as a cache may.
+        install_snapshot(snapshot, data_dir, owner)
     if account is not None:
         # Under root the server runs as its own user, which must own the cluster and the
         # folders on the way to it that this restore made; nobody else's files change.

@@ -57,8 +57,10 @@ class Backups:
         *,
         keep_full: int = 2,
         keep_days: float | None = None,
+        redis_url: str | None = None,
     ) -> None:
         self.repository = repository
+        self._redis_url = redis_url
         self.keep_full = keep_full
         self.keep_days = keep_days
         self._source = source
@@ -77,6 +79,7 @@ class Backups:
             bin_dir,
             incremental=incremental,
             migrations_table=self._migrations_table,
+            redis_url=self._redis_url,
         )
         dropped = await apply_retention(
             self.repository, self.keep_full, bin_dir, keep_days=self.keep_days
@@ -123,7 +126,8 @@ class Backups:
         ``DataLayer(embedded={"data_dir": data_dir})``: it replays the set's WAL and opens the
         database as it was when the backup finished, or, with ``target_time`` /
         ``target_lsn``, replays the archived WAL (``backup.archive_wal``) up to that point
-        (point-in-time recovery). Redis starts empty: it is a cache.
+        (point-in-time recovery). Valkey gets the set's snapshot, except after a point in
+        time recovery, when it starts empty (the snapshot would be older than the database).
         """
         check_text(name, "name", max_length=100)
         if target_time is not None and not isinstance(target_time, datetime):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,12 +28,15 @@ import psycopg
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
+from agency_data.backup.valkey import SNAPSHOT, snapshot_redis
 from agency_data.dsn import with_database
 from agency_data.errors import BackupError, NotFound
 from agency_data.files import make_private_dirs, tighten
 from agency_data.postgres.tools import run_client_tool
 
 __all__ = ["BackupSet", "SetManifest", "create_set", "list_sets", "verify_set"]
+
+_log = logging.getLogger("agency_data.backup")
 
 MANIFEST = "agency-backup.json"
 _NAME = re.compile(r"^\d{8}T\d{12}Z-(full|incr)$")
@@ -57,6 +61,9 @@ class SetManifest(BaseModel):
     size_bytes: int
     table_rows: dict[str, int] = Field(default_factory=dict)
     collections_checksum: str | None = None
+    # The Valkey snapshot (valkey.rdb) beside the base backup: its size, or why there is none.
+    valkey_bytes: int | None = None
+    valkey_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,10 +87,13 @@ async def create_set(
     *,
     incremental: bool = False,
     migrations_table: str = "agency_data_migrations",
+    redis_url: str | None = None,
 ) -> BackupSet:
     """Take a base backup of ``source`` (a superuser or REPLICATION role's DSN) into a new set.
 
     With ``incremental``, on top of the latest set in ``repository`` (there must be one).
+    With ``redis_url``, a snapshot of that server joins the set; a failed one is noted in the
+    manifest, not fatal (Redis holds the cache, which refills).
     """
     parent = None
     if incremental:
@@ -115,6 +125,7 @@ async def create_set(
             args.append(f"--incremental={parent.path / 'pgdata' / 'backup_manifest'}")
         await _run(bin_dir / "pg_basebackup", args, source, "the base backup")
         lsns = _wal_range(target / "pgdata" / "backup_manifest")
+        valkey = await _snapshot(redis_url, target / SNAPSHOT)
         manifest = SetManifest(
             name=name,
             kind="incremental" if incremental else "full",
@@ -125,6 +136,7 @@ async def create_set(
             stop_lsn=lsns[1],
             timeline=lsns[2],
             size_bytes=_size(target),
+            **valkey,
             **facts,
         )
         manifest_path = target / MANIFEST
@@ -227,6 +239,16 @@ async def _facts(source: str, database: str, migrations_table: str) -> dict[str,
         "collections_checksum": catalog["sum"] if catalog else None,
         "schema_version": schema["v"] if schema else None,
     }
+
+
+async def _snapshot(redis_url: str | None, target: Path) -> dict[str, Any]:
+    if redis_url is None:
+        return {"valkey_note": "no snapshot: Redis is a cluster or behind Sentinel"}
+    try:
+        return {"valkey_bytes": await snapshot_redis(redis_url, target)}
+    except BackupError as exc:
+        _log.warning("backup set without a Valkey snapshot: %s", exc)
+        return {"valkey_note": str(exc)}
 
 
 def _wal_range(manifest: Path) -> tuple[str, str, int]:

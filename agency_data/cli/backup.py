@@ -173,7 +173,7 @@ def restore(
 ) -> None:
     """Restore a set (with the sets it builds on) into a new data directory; start it with up.
 
-    Needs no running server. The restored database is as it was when the backup finished, or at --target-time / --target-lsn (point-in-time recovery from the archived WAL; the set must have finished before the target). The cache (Redis) starts empty. A folder that holds a data directory already is refused.
+    Needs no running server. The restored database is as it was when the backup finished, or at --target-time / --target-lsn (point-in-time recovery from the archived WAL; the set must have finished before the target). Valkey gets the set's snapshot (sessions, locks, streams, the cache); after a point-in-time recovery it starts empty, as a cache may. A folder that holds a data directory already is refused.
     """
     cfg = load_read_only_config(config, None)
     when = None
@@ -189,4 +189,8 @@ def restore(
         lambda: backups.restore(name, data_dir, target_time=when, target_lsn=target_lsn)
     )
     typer.echo(f"restored {name} from {source} into {pgdata}")
+    if (data_dir / "valkey").exists():
+        typer.echo("Valkey: the set's snapshot, loaded at the first start")
+    else:
+        typer.echo("Valkey: starts empty (a point-in-time recovery, or a set without a snapshot)")
     typer.echo(f"start it with: agency-data up --data-dir {data_dir}")

