@@ -310,9 +310,9 @@ async def test_a_restore_holds_exactly_what_the_set_covered(
         server.release()
     # Valkey loads the set's snapshot at its first start: what Redis held at the backup.
     valkey = EmbeddedValkey(restored)
-    client = redis.Redis.from_url(valkey.acquire())
+    client = redis.Redis.from_url(valkey.acquire(), decode_responses=True)
     try:
-        keys = [key.decode() for key in client.keys("*")]
+        keys = [str(key) for key in client.keys("*")]
         assert any(key.endswith("kept-in-the-snapshot") for key in keys), keys
         assert not any(key.endswith("made-after-the-snapshot") for key in keys), keys
     finally:
