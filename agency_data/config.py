@@ -539,6 +539,13 @@ class BackupConfig(_Section):
         description="the embedded server archives every WAL segment into <directory>/wal, so a "
         "restore can stop at any time after the first set (takes effect when it starts)",
     )
+    compress: int = Field(
+        0,
+        ge=0,
+        le=9,
+        description="gzip level of new sets' files (1 fastest .. 9 smallest); 0 keeps them "
+        "plain. The bundled PostgreSQL has gzip only (no lz4 or zstd)",
+    )
 
     @field_validator("source_dsn")
     @classmethod

@@ -448,6 +448,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
             keep_full=config.backup.keep_full,
             keep_days=config.backup.keep_days,
             redis_url=self._snapshot_url(),
+            compress=config.backup.compress,
         )
 
     def _snapshot_url(self) -> str | None:

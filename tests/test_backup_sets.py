@@ -485,3 +485,40 @@ async def test_retention_by_age_keeps_the_newest_chain(layer: DataLayer) -> None
     backups.keep_days = 0.1 / 86_400
     last = await backups.create()
     assert [s.name for s in backups.list()] == [recent.name, last.name]
+
+
+async def test_compressed_sets_are_smaller_and_restore_the_same(
+    layer: DataLayer, database: DatabaseDsn, redis_url: str, tmp_path: Path, data_dir: Path
+) -> None:
+    for i in range(3):
+        await layer.agents.create(f"before-{i}", "worker")
+    plain = await layer.backups.create()
+    config = make_config(
+        database,
+        redis_url,
+        tmp_path,
+        backup={"directory": tmp_path / "gz", "source_dsn": database.superuser, "compress": 1},
+    )
+    async with DataLayer(config) as dl:
+        full = await dl.backups.create()
+        await dl.agents.create("between", "worker")
+        incremental = await dl.backups.create(incremental=True)
+        assert full.manifest.compression == incremental.manifest.compression == "gzip"
+        assert (full.path / "pgdata" / "base.tar.gz").is_file()
+        print(f"plain {plain.manifest.size_bytes} bytes, gzip -1 {full.manifest.size_bytes}")
+        assert full.manifest.size_bytes < plain.manifest.size_bytes / 2
+        report = await dl.backups.verify(incremental.name, drill=True)
+        assert report.ok, (report.problems, report.checks)
+        await dl.backups.restore("latest", data_dir)
+    assert not (data_dir / ".unpacked").exists()
+    server = EmbeddedPostgres(data_dir, settings=FAST_POSTGRES)
+    params = conninfo_to_dict(server.acquire())
+    params["dbname"] = conninfo_to_dict(database)["dbname"]
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            make_conninfo("", **params), autocommit=True
+        ) as conn:
+            names = await (await conn.execute("SELECT name FROM agents ORDER BY name")).fetchall()
+        assert [n[0] for n in names] == ["before-0", "before-1", "before-2", "between"]
+    finally:
+        server.release()

@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import shutil
+import tarfile
 from datetime import datetime
 from pathlib import Path
 
@@ -72,15 +73,20 @@ async def restore_set(
     except OSError as exc:
         raise BackupError(f"cannot create {data_dir}: {exc.strerror}") from exc
     account = system_user()
-    process = await asyncio.create_subprocess_exec(
-        str(bin_dir / "pg_combinebackup"),
-        "-o",
-        str(pgdata),
-        *(str(member.path / "pgdata") for member in chain),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await process.communicate()
+    unpacked = data_dir / ".unpacked"
+    try:
+        sources = [await _plain(member, unpacked) for member in chain]
+        process = await asyncio.create_subprocess_exec(
+            str(bin_dir / "pg_combinebackup"),
+            "-o",
+            str(pgdata),
+            *(str(source) for source in sources),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await process.communicate()
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
     if process.returncode != 0:
         shutil.rmtree(pgdata, ignore_errors=True)
         raise BackupError(
@@ -108,6 +114,29 @@ async def restore_set(
                     os.path.join(root, file), account.pw_uid, account.pw_gid, follow_symlinks=False
                 )
     return backup, pgdata
+
+
+async def _plain(member: BackupSet, scratch: Path) -> Path:
+    """A folder pg_combinebackup can read for ``member``: its own, or its archives unpacked."""
+    packed = member.path / "pgdata"
+    if member.manifest.compression == "none":
+        return packed
+    target = scratch / member.name
+    await asyncio.to_thread(_unpack, packed, target)
+    return target
+
+
+def _unpack(packed: Path, target: Path) -> None:
+    make_private_dirs(target)
+    try:
+        for archive, into in (("base.tar.gz", target), ("pg_wal.tar.gz", target / "pg_wal")):
+            make_private_dirs(into)
+            with tarfile.open(packed / archive, "r:gz") as tar:
+                # "data": no absolute paths, no links out of the folder, no device files.
+                tar.extractall(into, filter="data")
+    except (OSError, tarfile.TarError) as exc:
+        raise BackupError(f"cannot unpack {packed}: {exc}") from exc
+    shutil.copy2(packed / "backup_manifest", target / "backup_manifest")
 
 
 def _start_in_recovery(pgdata: Path, settings: dict[str, str]) -> None:

@@ -58,9 +58,11 @@ class Backups:
         keep_full: int = 2,
         keep_days: float | None = None,
         redis_url: str | None = None,
+        compress: int = 0,
     ) -> None:
         self.repository = repository
         self._redis_url = redis_url
+        self._compress = compress
         self.keep_full = keep_full
         self.keep_days = keep_days
         self._source = source
@@ -80,6 +82,7 @@ class Backups:
             incremental=incremental,
             migrations_table=self._migrations_table,
             redis_url=self._redis_url,
+            compress=self._compress,
         )
         dropped = await apply_retention(
             self.repository, self.keep_full, bin_dir, keep_days=self.keep_days
