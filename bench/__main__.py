@@ -29,6 +29,7 @@ from bench import (
     heartbeats,
     observability,
     pgbouncer,
+    recovery,
     relational,
     rls,
     vectors,
@@ -53,6 +54,7 @@ SCENARIOS = [
     "pgbouncer",
     "warm-start",
     "observability",
+    "recovery",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -138,6 +140,7 @@ async def main(args: argparse.Namespace) -> None:
                 "pgbouncer": lambda: pgbouncer.pgbouncer(b),
                 "warm-start": lambda: warmstart.warm_start(b, ROOT / ".bench-data" / "warm-start"),
                 "observability": lambda: observability.observability(b),
+                "recovery": lambda: recovery.recovery(b, ROOT / ".bench-data" / "recovery"),
             }
             for name in SCENARIOS:
                 if name in chosen:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import stat
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -522,3 +523,52 @@ async def test_compressed_sets_are_smaller_and_restore_the_same(
         assert [n[0] for n in names] == ["before-0", "before-1", "before-2", "between"]
     finally:
         server.release()
+
+
+async def test_retention_expires_the_archived_wal_only_dropped_sets_needed(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Compressed sets: their backup_label is inside an archive, so the first segment a kept
+    # set needs comes from its manifest.
+    source_dir = reachable_dir(tmp_path_factory) / "source"
+    config = DataLayerConfig(
+        embedded={"data_dir": source_dir, "postgres_settings": FAST_POSTGRES},
+        redis={"url": redis_url},
+        backup={"archive_wal": True, "compress": 1, "keep_full": 1},
+        migration={"backup_before_migration": False},
+    )
+    superuser = EmbeddedPostgres(source_dir).dsn("postgres")
+
+    def switch() -> str:
+        with psycopg.connect(superuser, autocommit=True) as su:
+            row = su.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+            assert row is not None
+            for _ in range(200):
+                done = su.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
+                if done is not None and done[0] is not None and done[0] >= row[0]:
+                    return str(row[0])
+                time.sleep(0.05)
+        raise AssertionError(f"segment {row[0]} was not archived")
+
+    async with DataLayer(config) as dl:
+        first = await dl.backups.create()
+        for i in range(3):
+            await dl.agents.create(f"a{i}", "worker")
+            switch()
+        second = await dl.backups.create()
+        await dl.agents.create("after", "worker")  # pg_switch_wal switches only after writes
+        last = switch()
+        assert [s.name for s in dl.backups.list()] == [second.name]
+        wal = dl.backups.repository / "wal"
+        segments = sorted(p.name for p in wal.iterdir() if len(p.name) == 24)
+        # What the kept set needs stays (its start onwards); what only the first needed is gone.
+        assert segments[0] == start_segment(second.manifest.start_lsn, second.manifest.timeline)
+        assert start_segment(first.manifest.start_lsn, first.manifest.timeline) < segments[0]
+        assert segments[-1] >= last
+
+
+def start_segment(lsn: str, timeline: int) -> str:
+    """The 16 MB WAL segment holding ``lsn`` (the embedded server's segment size)."""
+    high, low = (int(part, 16) for part in lsn.split("/"))
+    number = ((high << 32) + low) // (16 << 20)
+    return f"{timeline:08X}{number // 256:08X}{number % 256:08X}"

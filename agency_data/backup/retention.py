@@ -22,7 +22,7 @@ from agency_data.inputs import check_int
 
 __all__ = ["apply_retention"]
 
-_START_SEGMENT = re.compile(r"^START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)$", re.M)
+_SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 
 
 async def apply_retention(
@@ -60,15 +60,14 @@ async def apply_retention(
 
 
 async def _clean_archive(wal: Path, oldest: BackupSet, bin_dir: Path) -> None:
-    label = (oldest.path / "pgdata" / "backup_label").read_text()
-    match = _START_SEGMENT.search(label)
-    if match is None:
+    first = _start_segment(wal, oldest)
+    if first is None:
         return
     process = await asyncio.create_subprocess_exec(
         str(bin_dir / "pg_archivecleanup"),
         "--clean-backup-history",
         str(wal),
-        match.group(1),
+        first,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -77,3 +76,19 @@ async def _clean_archive(wal: Path, oldest: BackupSet, bin_dir: Path) -> None:
         raise BackupError(
             f"expiring the archived WAL in {wal} failed: {stderr.decode(errors='replace').strip()}"
         )
+
+
+def _start_segment(wal: Path, backup: BackupSet) -> str | None:
+    """The WAL segment ``backup`` starts in: the oldest one a restore of it needs.
+
+    From the manifest's start LSN and timeline (a compressed set's backup_label is inside its
+    archive), at the archive's segment size (every archived segment has it; 16 MB by default).
+    """
+    segments = [p for p in wal.iterdir() if _SEGMENT.match(p.name)]
+    if not segments:
+        return None
+    size = segments[0].stat().st_size
+    high, low = (int(part, 16) for part in backup.manifest.start_lsn.split("/"))
+    number = ((high << 32) + low) // size
+    per_log = (1 << 32) // size
+    return f"{backup.manifest.timeline:08X}{number // per_log:08X}{number % per_log:08X}"

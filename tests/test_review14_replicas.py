@@ -1,0 +1,321 @@
+"""Review of issue 14 (read replicas): bugs shown on a real primary and streaming standby.
+
+Each test states the behaviour the code promises (or should have) and is marked
+xfail(strict=True): it passes while the bug is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from agency_data import DataLayer, DataLayerConfig
+from agency_data.backup.replicas import create_replica, promote_replica, slot_name
+from agency_data.embedded import EmbeddedPostgres
+from agency_data.errors import AgencyDataError, BackupError
+from agency_data.vectors.prewarm import warm_connections
+from tests.conftest import FAST_POSTGRES, ServerSet, reachable_dir
+from tests.test_replicas import Pair
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, servers: ServerSet) -> Iterator[Pair]:
+    made = Pair(reachable_dir(tmp_path_factory))
+
+    async def first_start() -> None:
+        async with DataLayer(made.config(servers.redis_url, standbys=False)):
+            pass
+
+    asyncio.run(first_start())
+    create_replica(made.primary_dir, made.replica_dir, settings=FAST_POSTGRES)
+    yield made
+    for folder in (made.replica_dir, made.primary_dir):
+        server = EmbeddedPostgres(folder)
+        if server.is_running():
+            server.stop()
+
+
+@pytest.fixture
+async def layer(pair: Pair, redis_url: str) -> AsyncIterator[DataLayer]:
+    async with DataLayer(pair.config(redis_url, max_replica_lag=60)) as dl:
+        yield dl
+
+
+def _replica_processes(pair: Pair) -> list[int]:
+    postmaster = int((EmbeddedPostgres(pair.replica_dir).pgdata / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == postmaster:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Collection.update_metadata reads its result back through _get_one, which routes "
+    "to a read replica: the caller gets the row as it was before its own update",
+)
+async def test_update_metadata_returns_its_own_write(pair: Pair, layer: DataLayer) -> None:
+    await layer.embeddings.create_collection("r14_meta", dimension=2)
+    notes = layer.tenant("acme").embeddings.collection("r14_meta")
+    note = await notes.store(
+        {"entity_type": "note", "entity_id": "1", "vector": [1.0, 0.0], "metadata": {"v": 1}}
+    )
+    await asyncio.to_thread(pair.caught_up)
+    pair.replay(paused=True)
+    try:
+        updated = await notes.update_metadata(note, {"v": 2})
+    finally:
+        pair.replay(paused=False)
+    assert updated.metadata["v"] == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="update_metadata on an embedding the standby has not replayed raises NotFound "
+    "although the UPDATE committed on the primary",
+)
+async def test_update_metadata_of_a_fresh_row_does_not_raise(pair: Pair, layer: DataLayer) -> None:
+    await layer.embeddings.create_collection("r14_fresh", dimension=2)
+    notes = layer.tenant("acme").embeddings.collection("r14_fresh")
+    await asyncio.to_thread(pair.caught_up)
+    pair.replay(paused=True)
+    try:
+        note = await notes.store(
+            {"entity_type": "note", "entity_id": "1", "vector": [1.0, 0.0], "metadata": {}}
+        )
+        updated = await notes.update_metadata(note, {"v": 2})
+    finally:
+        pair.replay(paused=False)
+    assert updated.metadata == {"v": 2}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="inside transaction(readonly=True), which runs on a replica, consistent=True is "
+    "silently ignored (Database.read runs fn on the transaction's standby connection)",
+)
+async def test_consistent_read_inside_a_readonly_transaction_is_not_stale(
+    pair: Pair, layer: DataLayer
+) -> None:
+    agents = layer.tenant("acme").agents
+    await asyncio.to_thread(pair.caught_up)
+    pair.replay(paused=True)
+    try:
+        made = await agents.create("r14-consistent", "search")
+        async with layer.transaction(readonly=True):
+            found = await agents.get(made.id, consistent=True)
+    finally:
+        pair.replay(paused=False)
+    assert found.id == made.id
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a standby that stops answering (SIGSTOP, network partition) is handed out by the "
+    "pool (its socket is not readable) and the read waits forever: no client-side bound, and "
+    "the lag checker hangs the same way, so it is never marked down",
+)
+async def test_a_hung_standby_does_not_hang_routed_reads(pair: Pair, layer: DataLayer) -> None:
+    agents = layer.tenant("acme").agents
+    made = await agents.create("r14-hung", "search")
+    await asyncio.to_thread(pair.caught_up)
+    for _ in range(5):
+        assert (await agents.get(made.id, cached=False)).id == made.id
+    pids = _replica_processes(pair)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        # statement_timeout is 30 s by default; a fallback should come well within 8 s.
+        found = await asyncio.wait_for(agents.get(made.id, cached=False), 8)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert found.id == made.id
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a healthy replica whose pool is merely busy (PoolTimeout) is marked down, logged "
+    "as failed and counted under reason 'failed'",
+)
+async def test_a_busy_replica_pool_is_not_counted_as_a_failed_replica(
+    pair: Pair, redis_url: str
+) -> None:
+    config = pair.config(redis_url, max_replica_lag=60, pool_min_size=1, pool_max_size=1)
+    async with DataLayer(config) as layer:
+        agents = layer.tenant("acme").agents
+        made = await agents.create("r14-busy", "search")
+        await asyncio.to_thread(pair.caught_up)
+        assert layer._replicas is not None
+        replica = layer._replicas.replicas[0]
+        async with replica.pool.connection():
+            assert (await agents.get(made.id, cached=False)).id == made.id
+        assert layer._replicas.fallbacks["failed"] == 0
+        assert replica.state.up
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a configured replica that is not a standby (here: the primary itself) is skipped "
+    "without any log line, since _set only logs a replica that was once up",
+)
+async def test_a_replica_that_is_no_standby_is_logged(
+    pair: Pair, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agency_data.postgres.replicas")
+    primary_dsn = EmbeddedPostgres(pair.primary_dir).dsn("agency_data", user="agency_app")
+    config = pair.config(redis_url, standbys=False, replicas=[primary_dsn])
+    async with DataLayer(config) as layer:
+        await layer.fetch_value("SELECT 1", replica=True)
+        assert layer._replicas is not None
+        assert layer._replicas.fallbacks["down"] >= 1
+    assert any(r.name == "agency_data.postgres.replicas" for r in caplog.records)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="embedded.replicas naming a folder with no standby (a typo) runs initdb there and "
+    "starts a brand-new empty cluster instead of refusing",
+)
+async def test_a_wrong_embedded_replica_folder_is_refused(
+    pair: Pair, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    typo = reachable_dir(tmp_path_factory) / "replcia"
+    base = pair.config(redis_url, standbys=False)
+    config = DataLayerConfig(
+        postgresql=base.postgresql.model_dump(),
+        redis={"url": redis_url},
+        embedded={**base.embedded.model_dump(), "replicas": [typo]},
+        migration={"backup_before_migration": False},
+    )
+    try:
+        with pytest.raises(AgencyDataError):
+            async with DataLayer(config):
+                pass
+    finally:
+        made = (EmbeddedPostgres(typo).pgdata / "PG_VERSION").exists()
+        server = EmbeddedPostgres(typo)
+        if server.is_running():
+            server.stop()
+        print(f"a new cluster was made in the typo'd folder: {made}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="only 42P01 (undefined table) counts as 'behind'; a column the primary added that "
+    "the standby has not replayed (42703) fails the read instead of falling back",
+)
+async def test_a_column_the_standby_lacks_falls_back_to_the_primary(
+    pair: Pair, layer: DataLayer
+) -> None:
+    su = pair.superuser(pair.primary_dir)
+    with psycopg.connect(su, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS r14_cols")
+        conn.execute("CREATE TABLE r14_cols (a int)")
+        conn.execute("GRANT SELECT ON r14_cols TO PUBLIC")
+    await asyncio.to_thread(pair.caught_up)
+    pair.replay(paused=True)
+    try:
+        with psycopg.connect(su, autocommit=True) as conn:
+            conn.execute("ALTER TABLE r14_cols ADD COLUMN b int")
+        rows = await layer.fetch("SELECT b FROM r14_cols", replica=True)
+    finally:
+        pair.replay(paused=False)
+        with psycopg.connect(su, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS r14_cols")
+    assert rows == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="warm_connections opens transaction(readonly=True), which now borrows a replica "
+    "connection: it warms (and fails on) the standby instead of the primary's pool",
+)
+async def test_warm_connections_warms_the_primary(pair: Pair, layer: DataLayer) -> None:
+    await asyncio.to_thread(pair.caught_up)
+    pair.replay(paused=True)
+    try:
+        await layer.embeddings.create_collection("r14_warm", dimension=2)
+        await layer.embeddings.collection("r14_warm").create_index("hnsw")
+        assert layer._catalog is not None and layer._db is not None
+        spec = await layer._catalog.load("r14_warm")
+        warmed = await warm_connections(layer._db, layer._catalog, [spec], 1)
+    finally:
+        pair.replay(paused=False)
+    assert warmed == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="create_replica: pg_basebackup --create-slot makes the slot first; a failure after "
+    "it (here the rename into place) removes the copy but leaves the slot on the primary, "
+    "holding WAL without bound (max_slot_wal_keep_size is not set)",
+)
+def test_a_failed_create_leaves_no_slot_behind(
+    pair: Pair, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    target = reachable_dir(tmp_path_factory) / "standby2"
+    (target / "postgres").mkdir(parents=True)
+    (target / "postgres" / "stray.txt").write_text("not a cluster")
+    slot = slot_name(target)
+    primary = EmbeddedPostgres(pair.primary_dir, settings=FAST_POSTGRES)
+    primary.acquire()  # create_replica's own lease would otherwise stop it on the way out
+    try:
+        with pytest.raises(AgencyDataError):
+            create_replica(pair.primary_dir, target, settings=FAST_POSTGRES)
+        with psycopg.connect(pair.superuser(pair.primary_dir), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", [slot]
+            ).fetchone()
+            keep = conn.execute("SHOW max_slot_wal_keep_size").fetchone()
+        print(f"max_slot_wal_keep_size = {keep}")
+        assert row is not None
+        assert row[0] == 0, f"slot {slot} left behind"
+    finally:
+        with psycopg.connect(pair.superuser(pair.primary_dir), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND NOT active",
+                [slot],
+            )
+        primary.release(stop_if_last=False)
+
+
+# Last: it breaks the module's pair.
+@pytest.mark.xfail(
+    strict=True,
+    reason="promote_replica promotes a standby while its primary is alive and taking writes "
+    "(split brain); nothing checks the primary it streams from",
+)
+def test_promote_refuses_while_the_primary_runs(pair: Pair) -> None:
+    primary = EmbeddedPostgres(pair.primary_dir, settings=FAST_POSTGRES)
+    standby = EmbeddedPostgres(pair.replica_dir, settings=FAST_POSTGRES)
+    primary.acquire()
+    standby.acquire()
+    try:
+        with pytest.raises(BackupError):
+            promote_replica(pair.replica_dir, settings=FAST_POSTGRES)
+    finally:
+        for dsn in (pair.superuser(pair.primary_dir), pair.superuser(pair.replica_dir)):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                print(dsn.split("host=")[-1][:70], "in recovery:", row)
+        standby.release(stop_if_last=False)
+        primary.release(stop_if_last=False)
