@@ -205,34 +205,45 @@ async def _point_in_time(b: Bench, dl: DataLayer, root: Path) -> list[Result]:
 
 
 async def _lag(b: Bench, config: Any, primary: Path, standby: Path) -> list[Result]:
-    seconds = b.size(3.0, 10.0)
-    rates: dict[str, float] = {}
+    seconds = b.size(3.0, 8.0)
+    rates: dict[str, list[float]] = {}
     lags: dict[str, list[float]] = {}
-    for label, replicas, sync in (
-        ("no standby", None, False),
-        ("async standby", [standby], False),
-        ("sync standby", [standby], True),
-    ):
-        b.step(f"recovery: writes, {label}")
-        async with DataLayer(config(replicas=replicas)) as dl:
-            superuser = EmbeddedPostgres(primary).dsn("postgres")
-            with psycopg.connect(superuser, autocommit=True) as conn:
-                names = "'*'" if sync else "''"
-                conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = {names}")
-                conn.execute("SELECT pg_reload_conf()")
+    superuser = EmbeddedPostgres(primary).dsn("postgres")
+    # In turns, so that each setup sees the same machine (the standby's replay competes with
+    # the primary for the 2 cores); the best run of each is reported.
+    for _ in range(b.size(1, 3)):
+        for label, replicas, sync in (
+            ("no standby", None, False),
+            ("async standby", [standby], False),
+            ("sync standby", [standby], True),
+        ):
+            b.step(f"recovery: writes, {label}")
             if replicas is None:
-                # The standby is stopped: no WAL sender, nothing slows the primary.
-                await asyncio.sleep(0.2)
-            rate, sampled = await _writes(dl, seconds, superuser if replicas else None)
-            rates[label], lags[label] = rate, sampled
+                # Stopped: no WAL sender, nothing slows the primary.
+                server = EmbeddedPostgres(standby)
+                if server.is_running():
+                    server.stop()
+            async with DataLayer(config(replicas=replicas)) as dl:
+                with psycopg.connect(superuser, autocommit=True) as conn:
+                    names = "'*'" if sync else "''"
+                    conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = {names}")
+                    conn.execute("SELECT pg_reload_conf()")
+                rate, sampled = await _writes(dl, seconds, superuser if replicas else None)
+                with psycopg.connect(superuser, autocommit=True) as conn:
+                    # Commits must not wait for a standby that the next turn stops.
+                    conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+                    conn.execute("SELECT pg_reload_conf()")
+            rates.setdefault(label, []).append(rate)
+            lags.setdefault(label, []).extend(sampled)
+    best = {label: max(found) for label, found in rates.items()}
     async_lag = sorted(lags["async standby"]) or [0.0]
     return [
         Result(
             SCENARIO,
             f"tasks.create, {CALLERS} callers, async standby",
             "ops/s",
-            rates["async standby"],
-            rates["no standby"],
+            best["async standby"],
+            best["no standby"],
             "no standby",
             extra={
                 "lag_ms_p50": statistics.median(async_lag),
@@ -251,8 +262,8 @@ async def _lag(b: Bench, config: Any, primary: Path, standby: Path) -> list[Resu
             SCENARIO,
             f"tasks.create, {CALLERS} callers, sync standby",
             "ops/s",
-            rates["sync standby"],
-            rates["no standby"],
+            best["sync standby"],
+            best["no standby"],
             "no standby",
         ),
     ]

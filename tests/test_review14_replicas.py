@@ -19,7 +19,7 @@ import pytest
 from agency_data import DataLayer, DataLayerConfig
 from agency_data.backup.replicas import create_replica, promote_replica, slot_name
 from agency_data.embedded import EmbeddedPostgres
-from agency_data.errors import AgencyDataError, BackupError
+from agency_data.errors import AgencyDataError, BackupError, NotFound, QueryError
 from agency_data.vectors.prewarm import warm_connections
 from tests.conftest import FAST_POSTGRES, ServerSet, reachable_dir
 from tests.test_replicas import Pair
@@ -51,7 +51,9 @@ async def layer(pair: Pair, redis_url: str) -> AsyncIterator[DataLayer]:
 
 
 def _replica_processes(pair: Pair) -> list[int]:
-    postmaster = int((EmbeddedPostgres(pair.replica_dir).pgdata / "postmaster.pid").read_text().split()[0])
+    postmaster = int(
+        (EmbeddedPostgres(pair.replica_dir).pgdata / "postmaster.pid").read_text().split()[0]
+    )
     pids = [postmaster]
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -68,6 +70,7 @@ def _replica_processes(pair: Pair) -> list[int]:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="Collection.update_metadata reads its result back through _get_one, which routes "
     "to a read replica: the caller gets the row as it was before its own update",
 )
@@ -88,6 +91,7 @@ async def test_update_metadata_returns_its_own_write(pair: Pair, layer: DataLaye
 
 @pytest.mark.xfail(
     strict=True,
+    raises=NotFound,
     reason="update_metadata on an embedding the standby has not replayed raises NotFound "
     "although the UPDATE committed on the primary",
 )
@@ -108,6 +112,7 @@ async def test_update_metadata_of_a_fresh_row_does_not_raise(pair: Pair, layer: 
 
 @pytest.mark.xfail(
     strict=True,
+    raises=NotFound,
     reason="inside transaction(readonly=True), which runs on a replica, consistent=True is "
     "silently ignored (Database.read runs fn on the transaction's standby connection)",
 )
@@ -128,6 +133,7 @@ async def test_consistent_read_inside_a_readonly_transaction_is_not_stale(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=TimeoutError,
     reason="a standby that stops answering (SIGSTOP, network partition) is handed out by the "
     "pool (its socket is not readable) and the read waits forever: no client-side bound, and "
     "the lag checker hangs the same way, so it is never marked down",
@@ -152,6 +158,7 @@ async def test_a_hung_standby_does_not_hang_routed_reads(pair: Pair, layer: Data
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="a healthy replica whose pool is merely busy (PoolTimeout) is marked down, logged "
     "as failed and counted under reason 'failed'",
 )
@@ -173,6 +180,7 @@ async def test_a_busy_replica_pool_is_not_counted_as_a_failed_replica(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="a configured replica that is not a standby (here: the primary itself) is skipped "
     "without any log line, since _set only logs a replica that was once up",
 )
@@ -191,6 +199,7 @@ async def test_a_replica_that_is_no_standby_is_logged(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=pytest.fail.Exception,
     reason="embedded.replicas naming a folder with no standby (a typo) runs initdb there and "
     "starts a brand-new empty cluster instead of refusing",
 )
@@ -219,6 +228,7 @@ async def test_a_wrong_embedded_replica_folder_is_refused(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=QueryError,
     reason="only 42P01 (undefined table) counts as 'behind'; a column the primary added that "
     "the standby has not replayed (42703) fails the read instead of falling back",
 )
@@ -245,6 +255,7 @@ async def test_a_column_the_standby_lacks_falls_back_to_the_primary(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=QueryError,
     reason="warm_connections opens transaction(readonly=True), which now borrows a replica "
     "connection: it warms (and fails on) the standby instead of the primary's pool",
 )
@@ -254,7 +265,8 @@ async def test_warm_connections_warms_the_primary(pair: Pair, layer: DataLayer) 
     try:
         await layer.embeddings.create_collection("r14_warm", dimension=2)
         await layer.embeddings.collection("r14_warm").create_index("hnsw")
-        assert layer._catalog is not None and layer._db is not None
+        assert layer._catalog is not None
+        assert layer._db is not None
         spec = await layer._catalog.load("r14_warm")
         warmed = await warm_connections(layer._db, layer._catalog, [spec], 1)
     finally:
@@ -264,6 +276,7 @@ async def test_warm_connections_warms_the_primary(pair: Pair, layer: DataLayer) 
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="create_replica: pg_basebackup --create-slot makes the slot first; a failure after "
     "it (here the rename into place) removes the copy but leaves the slot on the primary, "
     "holding WAL without bound (max_slot_wal_keep_size is not set)",
@@ -298,9 +311,31 @@ def test_a_failed_create_leaves_no_slot_behind(
         primary.release(stop_if_last=False)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=psycopg.OperationalError,
+    reason="a read-only transaction whose standby session ends (a recovery conflict terminates "
+    "it, or the standby restarts) raises a raw psycopg.OperationalError ('the connection is "
+    "lost') from the exit callback _prepare(conn, None, False), masking BackendUnavailable",
+)
+async def test_a_terminated_standby_session_raises_our_error(pair: Pair, layer: DataLayer) -> None:
+    async def read_through_a_terminated_session() -> None:
+        async with layer.transaction(readonly=True):
+            assert await layer.fetch_value("SELECT pg_is_in_recovery()") is True
+            pid = await layer.fetch_value("SELECT pg_backend_pid()")
+            with psycopg.connect(pair.superuser(pair.replica_dir), autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+            await asyncio.sleep(0.2)
+            await layer.fetch_value("SELECT 1")
+
+    with pytest.raises(AgencyDataError):
+        await read_through_a_terminated_session()
+
+
 # Last: it breaks the module's pair.
 @pytest.mark.xfail(
     strict=True,
+    raises=pytest.fail.Exception,
     reason="promote_replica promotes a standby while its primary is alive and taking writes "
     "(split brain); nothing checks the primary it streams from",
 )
