@@ -132,6 +132,13 @@ class DataLayer(QueryMethods, MonitoringMethods):
             self._conninfo = server.dsn(DATABASE, user=roles.app)
             self._admin_conninfo = server.dsn(DATABASE, user=roles.owner)
             for folder in embedded.replicas:
+                if not (folder / "postgres" / "standby.signal").is_file():
+                    raise ConfigError(
+                        f"embedded.replicas names {folder}, which holds no standby (no "
+                        "postgres/standby.signal): make one with agency-data replica create, "
+                        "or remove it from the list (a promoted standby is a primary now)",
+                        field="embedded.replicas",
+                    )
                 standby = embedded_postgres(self.config, folder)
                 self._embedded_replicas.append(standby)
                 await asyncio.to_thread(standby.acquire)

@@ -572,3 +572,19 @@ def start_segment(lsn: str, timeline: int) -> str:
     high, low = (int(part, 16) for part in lsn.split("/"))
     number = ((high << 32) + low) // (16 << 20)
     return f"{timeline:08X}{number // 256:08X}{number % 256:08X}"
+
+
+async def test_a_restore_over_existing_valkey_data_writes_nothing(
+    layer: DataLayer, data_dir: Path
+) -> None:
+    await layer.cache.set("r14", 1)
+    made = await layer.backups.create()
+    assert made.manifest.valkey_bytes
+    # Valkey data of an earlier run in the target folder (started and stopped for real).
+    valkey = EmbeddedValkey(data_dir)
+    valkey.acquire()
+    valkey.release()
+    assert (data_dir / "valkey" / "appendonlydir").exists()
+    with pytest.raises(BackupError, match="Valkey data already"):
+        await layer.backups.restore("latest", data_dir)
+    assert not (data_dir / "postgres").exists(), "the refused restore wrote a cluster"

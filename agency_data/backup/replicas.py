@@ -15,17 +15,27 @@ DataLayer does, and only the last user out stops a server.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 from pydantic import BaseModel
 
 from agency_data.embedded import EmbeddedPostgres
 from agency_data.errors import BackupError, EmbeddedServerError
 
-__all__ = ["ReplicaStatus", "create_replica", "promote_replica", "rejoin_primary", "slot_name"]
+__all__ = [
+    "ReplicaStatus",
+    "create_replica",
+    "drop_replica",
+    "promote_replica",
+    "rejoin_primary",
+    "slot_name",
+]
 
 _SLOT_PREFIX = "agency_replica_"
 
@@ -64,6 +74,12 @@ def create_replica(
         raise BackupError("the standby needs a data directory of its own, not the primary's")
     if not (primary.pgdata / "PG_VERSION").exists():
         raise BackupError(f"{primary_dir} holds no embedded PostgreSQL cluster to copy")
+    if (replica.pgdata / "PG_VERSION").exists():
+        # Before any slot is touched: this folder's standby may still need its own.
+        raise BackupError(
+            f"{data_dir} holds a PostgreSQL cluster already; a standby is made in a new or "
+            "empty data directory"
+        )
     slot = slot_name(data_dir)
     primary.acquire()
     try:
@@ -73,7 +89,13 @@ def create_replica(
                 "the primary"
             )
         _drop_idle_slot(primary, slot)  # a failed earlier attempt's
-        replica.clone_from(primary, slot)
+        try:
+            replica.clone_from(primary, slot)
+        except BaseException:
+            with suppress(EmbeddedServerError, psycopg.Error):
+                # Else it would hold WAL for a standby never made.
+                _drop_idle_slot(primary, slot)
+            raise
         replica.acquire()
         try:
             return _wait_streaming(primary, data_dir, slot, start_timeout)
@@ -84,21 +106,69 @@ def create_replica(
 
 
 def promote_replica(
-    data_dir: Path, *, settings: Mapping[str, str] | None = None, start_timeout: float = 60.0
+    data_dir: Path,
+    *,
+    settings: Mapping[str, str] | None = None,
+    start_timeout: float = 60.0,
+    force: bool = False,
 ) -> None:
     """Make the standby in ``data_dir`` a primary that takes writes (failover).
 
     Started first if it is not running. Clients with a multi-host DSN
-    (``host=a,b target_session_attrs=read-write``) find it at their next connection.
+    (``host=a,b target_session_attrs=read-write``) find it at their next connection. Refused
+    while the primary it follows still answers, unless ``force``: two primaries would both
+    take writes, and one's would be lost.
     """
     server = _server(data_dir, settings, start_timeout)
     if not server.is_standby:
         raise BackupError(f"{data_dir} holds no standby to promote")
     server.acquire()
     try:
+        if not force and (followed := _followed_primary_answers(server)) is not None:
+            raise BackupError(
+                f"the primary this standby follows ({followed}) still answers: stop it first "
+                "(a failover replaces a primary that is gone), or promote with --force and "
+                "keep it from taking writes"
+            )
         server.promote()
     finally:
         server.release()
+
+
+def drop_replica(
+    data_dir: Path,
+    primary_dir: Path,
+    *,
+    settings: Mapping[str, str] | None = None,
+    start_timeout: float = 60.0,
+) -> None:
+    """Remove the standby in ``data_dir``: its replication slot on the primary and its copy.
+
+    The standby must be stopped (no DataLayer using it: take it out of ``embedded.replicas``
+    first). A promoted standby is a primary now and is refused.
+    """
+    replica = _server(data_dir, settings, start_timeout)
+    primary = _server(primary_dir, settings, start_timeout)
+    if not (replica.pgdata / "PG_VERSION").exists():
+        raise BackupError(f"{data_dir} holds no PostgreSQL cluster")
+    if not replica.is_standby:
+        raise BackupError(f"{data_dir} holds a primary, not a standby; it is not dropped")
+    if replica.is_running():
+        raise BackupError(
+            f"the standby in {data_dir} is running: stop every process that uses it (remove "
+            "it from embedded.replicas), then drop it"
+        )
+    primary.acquire()
+    try:
+        with _connect(primary) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s",
+                [slot_name(data_dir)],
+            )
+    finally:
+        primary.release()
+    shutil.rmtree(replica.pgdata)
 
 
 def rejoin_primary(
@@ -134,7 +204,12 @@ def rejoin_primary(
                 "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
                 [slot, slot],
             )
-        old.rewind_from(primary, slot)
+        try:
+            old.rewind_from(primary, slot)
+        except BaseException:
+            with suppress(EmbeddedServerError, psycopg.Error):
+                _drop_idle_slot(primary, slot)
+            raise
         old.acquire()
         try:
             return _wait_streaming(primary, old_dir, slot, start_timeout)
@@ -163,6 +238,22 @@ def _in_recovery(server: EmbeddedPostgres) -> bool:
     with _connect(server) as conn:
         row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     return bool(row and row[0])
+
+
+def _followed_primary_answers(standby: EmbeddedPostgres) -> str | None:
+    """Where the primary that ``standby`` follows is, if it still answers; else None."""
+    with _connect(standby) as conn:
+        row = conn.execute("SHOW primary_conninfo").fetchone()
+    conninfo = str(row[0]) if row and row[0] else ""
+    if not conninfo:
+        return None
+    try:
+        with psycopg.connect(conninfo, connect_timeout=3, dbname="postgres") as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return None
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    return str(params.get("host") or "the configured primary")
 
 
 def _drop_idle_slot(primary: EmbeddedPostgres, slot: str) -> None:

@@ -68,6 +68,11 @@ async def restore_set(
             f"{data_dir} holds a PostgreSQL data directory already; a restore never writes over "
             "one: choose an empty folder (--data-dir)"
         )
+    if (data_dir / "valkey" / "appendonlydir").exists():
+        raise BackupError(
+            f"{data_dir} holds Valkey data already; a restore never writes over it: choose an "
+            "empty folder (--data-dir)"
+        )
     try:
         created = make_private_dirs(data_dir)
     except OSError as exc:

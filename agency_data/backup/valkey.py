@@ -6,10 +6,11 @@ server's own disk. Restored into an embedded data directory, it becomes the base
 append-only file, so the server loads it with ``appendonly yes`` (which ignores a bare
 ``dump.rdb``) and logs every write after it.
 
-Redis holds the cache (which refills), sessions, locks and streams. The snapshot follows the
-base backup, so a cache entry in it can be newer than the restored database by the seconds
-between the two; writes through the layer bound how long such an entry lives
-(``cache.record_ttl``).
+The snapshot holds every database of the server (a server shared with other applications
+brings theirs too). Redis holds the cache (which refills), sessions, locks and streams. The
+snapshot follows the base backup, so a cache entry in it can be newer than the restored
+database by the seconds between the two; writes through the layer bound how long such an
+entry lives (``cache.record_ttl``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from agency_data.embedded import valkey_cli
 from agency_data.errors import BackupError, EmbeddedServerError
@@ -96,7 +97,10 @@ def install_snapshot(snapshot: Path, data_dir: Path, owner: tuple[int, int] | No
 
 def _cli_args(url: str) -> tuple[list[str], str | None]:
     parts = urlsplit(url)
+    query = parse_qs(parts.query)
     password = unquote(parts.password) if parts.password else None
+    if password is None and query.get("password"):
+        password = query["password"][0]
     args: list[str] = []
     if parts.scheme == "unix":
         args += ["-s", unquote(parts.path)]

@@ -1,4 +1,4 @@
-"""``agency-data replica create|promote|rejoin``: streaming standbys of the embedded server."""
+"""``agency-data replica create|promote|rejoin|drop``: streaming standbys of the embedded server."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from agency_data.backup.replicas import (
     ReplicaStatus,
     create_replica,
+    drop_replica,
     promote_replica,
     rejoin_primary,
 )
@@ -59,11 +60,15 @@ def create(data_dir: NewDirOption, source: FromOption = None, config: ConfigOpti
 @replica_app.command()
 def promote(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="The standby's data directory.")],
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Promote even though the primary it follows still answers."),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Make a standby the primary (failover): it stops following and takes writes.
 
-    Clients with a multi-host DSN (host=A,B target_session_attrs=read-write) find it at their next connection. The former primary must not take writes again: stop it, and rejoin it as a standby of this one.
+    Refused while the primary it follows still answers (two primaries would both take writes), unless --force. Clients with a multi-host DSN (host=A,B target_session_attrs=read-write) find it at their next connection. The former primary must not take writes again: stop it, and rejoin it as a standby of this one.
     """
     cfg = load_read_only_config(config, None)
     with errors_exit():
@@ -71,6 +76,7 @@ def promote(
             data_dir,
             settings=embedded_settings(cfg),
             start_timeout=cfg.embedded.start_timeout,
+            force=force,
         )
     typer.echo(f"promoted {data_dir}: it is a primary now")
 
@@ -99,6 +105,28 @@ def rejoin(
             start_timeout=cfg.embedded.start_timeout,
         )
     _report(status, f"{data_dir} follows {primary} again")
+
+
+@replica_app.command()
+def drop(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The standby's data directory.")],
+    source: FromOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Remove a stopped standby: its replication slot on the primary, and its copy of the data.
+
+    Take it out of embedded.replicas first. A promoted standby is a primary and is refused.
+    """
+    cfg = load_read_only_config(config, None)
+    primary = source or cfg.embedded.data_dir
+    with errors_exit():
+        drop_replica(
+            data_dir,
+            primary,
+            settings=embedded_settings(cfg),
+            start_timeout=cfg.embedded.start_timeout,
+        )
+    typer.echo(f"dropped the standby in {data_dir} and its slot on {primary}")
 
 
 def _report(status: ReplicaStatus, done: str) -> None:

@@ -65,6 +65,10 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "shared_preload_libraries": "'pg_prewarm,pg_stat_statements,auto_explain'",
     "pg_prewarm.autoprewarm": "on",
     "auto_explain.log_min_duration": "1000",
+    # A standby's replication slot keeps the WAL it has not received, so a standby that is
+    # stopped for a while catches up on its own; past this much the slot gives up (the
+    # standby must then be made again) rather than fill the primary's disk.
+    "max_slot_wal_keep_size": "8GB",
     # WAL summaries: what incremental base backups (agency-data backup create --incremental)
     # read to copy only the blocks changed since the previous backup.
     "summarize_wal": "on",

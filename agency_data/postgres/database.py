@@ -111,6 +111,10 @@ class Transaction:
     def __init__(self, conn: AsyncConnection[DictRow], parent: Transaction | None) -> None:
         self._conn = conn
         self.parent = parent
+        # A read-only transaction on a read replica, and whether that replica had replayed
+        # every commit acknowledged when it began (transaction(readonly=True, consistent=...)).
+        self.on_replica: bool = parent.on_replica if parent is not None else False
+        self.consistent: bool = parent.consistent if parent is not None else True
         self._hooks: list[Hook] = []
         # Tasks that share the transaction (asyncio.gather inside it) take turns: a statement
         # and its tenant setting must not interleave with another task's.
@@ -158,6 +162,9 @@ class Database:
         self._setup = setup
         # The read replicas (agency_data.postgres.replicas), shared by every tenant's view.
         self.replicas: Replicas | None = None
+        # A replica's views note the connections they have out, which the replica's checks
+        # cut off when it stops answering (the reads then go to the primary).
+        self.lent: set[AsyncConnection[DictRow]] | None = None
         self._raw_view: Database | None = None
         self._current: ContextVar[Transaction | None] = ContextVar("agency_data_tx", default=None)
 
@@ -180,13 +187,15 @@ class Database:
         view._current = self._current
         return view
 
-    def on_pool(self, pool: Pool) -> Database:
+    def on_pool(self, pool: Pool, lent: set[AsyncConnection[DictRow]] | None = None) -> Database:
         """This view (tenant, raw) on another server's pool: a replica's, with no transaction
-        of this one's and no replicas of its own."""
+        of this one's and no replicas of its own; ``lent`` collects the connections it has
+        out."""
         view = Database(
             pool, self.config, tenant=self.tenant, raw=self.raw, telemetry=self.telemetry
         )
         view.names_tenant = self.names_tenant
+        view.lent = lent
         return view
 
     async def read(self, fn: Callable[[Database], Awaitable[T]], *, consistent: bool = False) -> T:
@@ -196,7 +205,17 @@ class Database:
         a replica that has replayed every commit acknowledged so far (or the primary).
         """
         replicas = self.replicas
-        if replicas is None or self._current.get() is not None:
+        current = self._current.get()
+        if current is not None:
+            if consistent and not current.consistent:
+                raise ValidationError(
+                    "consistent=True inside a read-only transaction that runs on a read "
+                    "replica: the transaction sees what the replica had replayed when it "
+                    "began. Open it with transaction(readonly=True, consistent=True)",
+                    field="consistent",
+                )
+            return await fn(self)
+        if replicas is None:
             return await fn(self)
         return await replicas.run(self, fn, consistent)
 
@@ -223,7 +242,15 @@ class Database:
             async with self.pool.connection() as conn:
                 if self.raw:
                     mark_dirty(conn)
-                yield conn
+                lent = self.lent
+                if lent is None:
+                    yield conn
+                    return
+                lent.add(conn)
+                try:
+                    yield conn
+                finally:
+                    lent.discard(conn)
 
     @asynccontextmanager
     async def dedicated(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -484,12 +511,13 @@ class Database:
         isolation: Isolation | None = None,
         readonly: bool = False,
         consistent: bool = False,
+        on_primary: bool = False,
     ) -> AsyncIterator[Transaction]:
         """A transaction, or a savepoint when one is already open in this task.
 
         A read-only one runs on a read replica when one fits (``consistent``: one that has
         replayed every commit acknowledged so far), except at serializable isolation, which a
-        standby cannot give.
+        standby cannot give, or with ``on_primary``.
         """
         if isolation is not None:
             check_choice(isolation, "isolation", _ISOLATION)
@@ -497,14 +525,21 @@ class Database:
         check_bool(consistent, "consistent")
         parent = self._current.get()
         async with AsyncExitStack() as stack:
+            on_replica = False
             if parent is None:
                 conn = None
-                if readonly and self.replicas is not None and isolation != "serializable":
+                if (
+                    readonly
+                    and self.replicas is not None
+                    and isolation != "serializable"
+                    and not on_primary
+                ):
                     conn = await self.replicas.borrow(stack, consistent)
+                    on_replica = conn is not None
                 if conn is None:
                     conn = await stack.enter_async_context(self.connection())
                 await _prepare(conn, isolation, readonly)
-                stack.push_async_callback(_prepare, conn, None, False)
+                stack.push_async_callback(_unprepare, conn)
             else:
                 conn = parent.conn
                 if isolation is not None and isolation != "read_committed":
@@ -512,6 +547,8 @@ class Database:
                         "isolation %s of a nested block is the outer transaction's", isolation
                     )
             tx = Transaction(conn, parent)
+            if on_replica:
+                tx.on_replica, tx.consistent = True, consistent
             token = self._current.set(tx)
             try:
                 with translate_errors():
@@ -710,6 +747,14 @@ async def _prepare(
     # Setting these changes only the BEGIN that psycopg sends: no round trip of its own.
     await conn.set_isolation_level(_ISOLATION[isolation] if isolation else None)
     await conn.set_read_only(True if readonly else None)
+
+
+async def _unprepare(conn: AsyncConnection[DictRow]) -> None:
+    # A connection the server ended (a standby's recovery conflict, a restart) has nothing to
+    # put back, and the error that ended the block says what happened.
+    if conn.closed or conn.broken:
+        return
+    await _prepare(conn, None, False)
 
 
 async def _run_hooks(hooks: list[Hook]) -> None:

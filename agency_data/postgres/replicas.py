@@ -27,17 +27,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
+import psycopg
+import psycopg_pool
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow
 
 from agency_data.config import PostgresConfig
-from agency_data.errors import BackendUnavailable, QueryError, SerializationFailure
+from agency_data.errors import (
+    BackendUnavailable,
+    PoolTimeout,
+    QueryError,
+    SerializationFailure,
+)
+from agency_data.postgres.errors import ServerUnreachable
 from agency_data.postgres.pool import Pool, open_pool
 
 if TYPE_CHECKING:
@@ -55,14 +64,17 @@ _log = logging.getLogger("agency_data.postgres.replicas")
 T = TypeVar("T")
 
 # Fallback reasons (the label of agency_data_replica_fallbacks_total): no replica answering,
-# every answering one too far behind, none caught up with a consistent read's position, a
-# replica failing the read itself.
-REASONS = ("down", "lag", "behind", "failed")
+# every answering one too far behind, none caught up with a consistent read's position (or
+# lacking a table or column the primary has), the primary's position unreadable, the chosen
+# replica's pool busy, a replica failing the read itself.
+REASONS = ("down", "lag", "behind", "primary", "busy", "failed")
 
-_UNDEFINED_TABLE = "42P01"
+# What a standby that has not yet replayed a migration or a new collection answers: no such
+# table, column, function, schema or type.
+_NOT_REPLAYED_YET = frozenset({"42P01", "42703", "42883", "3F000", "42704"})
 
 # Seconds a read waits for a replica's connection before the primary serves it.
-_CHECKOUT_BOUND = 1.0
+_CHECKOUT_BOUND = 0.25
 
 _STATE_SQL = (
     "SELECT pg_is_in_recovery() AS in_recovery, "
@@ -95,7 +107,19 @@ class Replica:
     state: ReplicaState = field(default_factory=ReplicaState)
     reads: int = 0
     was_up: bool = False
+    checks: int = 0
     views: dict[tuple[str | None, bool, bool], Database] = field(default_factory=dict)
+    # The connections its reads have out, cut off when it stops answering.
+    lent: set[AsyncConnection[DictRow]] = field(default_factory=set)
+
+    def abandon(self) -> None:
+        """End the reads waiting on this replica now: they run again on the primary.
+
+        Their sockets are shut down, so each read fails at once as on a lost connection (a
+        cancelled query would wait seconds for the hung server to acknowledge it).
+        """
+        for conn in list(self.lent):
+            _shut(conn)
 
 
 class Replicas:
@@ -145,7 +169,10 @@ class Replicas:
         state = ReplicaState(checked_at=monotonic())
         try:
             async with replica.pool.connection(timeout=self._bound()) as conn:
-                row = await (await conn.execute(_STATE_SQL)).fetchone()
+                row = await _ask(conn, _STATE_SQL, self._check_bound())
+        except TimeoutError:
+            self._set(replica, state, f"no answer within {self._check_bound():.1f} s")
+            return
         except Exception as exc:  # noqa: BLE001 - down, refusing, or its pool timed out: unusable
             self._set(replica, state, f"unreachable ({type(exc).__name__})")
             return
@@ -164,15 +191,22 @@ class Replicas:
 
     def _set(self, replica: Replica, state: ReplicaState, problem: str | None) -> None:
         was_up = replica.state.up
+        first = replica.checks == 0
+        replica.checks += 1
         replica.state = state
-        if was_up and problem is not None:
-            _log.warning("read replica %s is out of use: %s", replica.name, problem)
-        elif not was_up and state.up and replica.was_up:
+        if problem is not None:
+            replica.abandon()
+            if was_up or first:
+                _log.warning("read replica %s is out of use: %s", replica.name, problem)
+        elif not was_up and replica.was_up:
             _log.info("read replica %s is back in use", replica.name)
         replica.was_up = replica.was_up or state.up
 
     def _bound(self) -> float:
         return min(self._config.pool_timeout, _CHECKOUT_BOUND)
+
+    def _check_bound(self) -> float:
+        return max(1.0, self._config.replica_check_interval)
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -186,15 +220,19 @@ class Replicas:
             return await read(primary)
         try:
             result = await read(self._view(replica, primary))
+        except PoolTimeout:
+            # Every connection of the replica's pool busy: the replica is fine, just full.
+            self.fallbacks["busy"] += 1
+            return await read(primary)
         except (BackendUnavailable, SerializationFailure) as exc:
             # A read runs again safely; a recovery conflict cancels it on a standby only.
             self._failed(replica, exc)
             return await read(primary)
         except QueryError as exc:
-            if exc.sqlstate != _UNDEFINED_TABLE:
+            if exc.sqlstate not in _NOT_REPLAYED_YET:
                 raise
-            # A table the primary has (a collection just made) that the standby has not
-            # replayed yet: it is behind, not broken.
+            # Something the primary has (a collection, or a column a migration just added)
+            # that the standby has not replayed yet: it is behind, not broken.
             self.fallbacks["behind"] += 1
             return await read(primary)
         replica.reads += 1
@@ -211,16 +249,23 @@ class Replicas:
             return None
         try:
             conn = await stack.enter_async_context(replica.pool.connection(timeout=self._bound()))
-        except Exception as exc:  # noqa: BLE001 - unreachable or busy: the primary serves
+        except psycopg_pool.PoolTimeout as exc:
+            if not isinstance(exc, ServerUnreachable):
+                self.fallbacks["busy"] += 1
+                return None
+            self._failed(replica, exc)
+            return None
+        except Exception as exc:  # noqa: BLE001 - unreachable: the primary serves
             self._failed(replica, exc)
             return None
         replica.reads += 1
         return conn
 
-    def _failed(self, replica: Replica, exc: Exception) -> None:
+    def _failed(self, replica: Replica, why: Exception | str) -> None:
         if replica.state.up:
-            _log.warning("read replica %s failed; reading the primary: %s", replica.name, exc)
+            _log.warning("read replica %s failed; reading the primary: %s", replica.name, why)
         replica.state = ReplicaState(checked_at=monotonic())
+        replica.abandon()
         self.fallbacks["failed"] += 1
 
     async def _choose(self, consistent: bool) -> tuple[Replica | None, str]:
@@ -241,7 +286,7 @@ class Replicas:
         try:
             needed = int(await self._primary.fetch_value(_INSERTED_SQL))
         except BackendUnavailable:
-            return None, "behind"  # the read on the primary then says what is wrong
+            return None, "primary"  # the read on the primary then says what is wrong
         for replica in ordered:
             if replica.state.replayed >= needed:
                 return replica, ""
@@ -260,8 +305,8 @@ class Replicas:
     async def _replayed(self, replica: Replica) -> int | None:
         try:
             async with replica.pool.connection(timeout=self._bound()) as conn:
-                row = await (await conn.execute(_REPLAYED_SQL)).fetchone()
-        except Exception:  # noqa: BLE001 - unreachable now: the next check says more
+                row = await _ask(conn, _REPLAYED_SQL, self._check_bound())
+        except Exception:  # noqa: BLE001 - unreachable or hung now: the next check says more
             return None
         if row is None or row["replayed"] is None:
             return None
@@ -276,7 +321,7 @@ class Replicas:
         key = (primary.tenant, primary.raw, primary.names_tenant)
         view = replica.views.get(key)
         if view is None:
-            view = primary.on_pool(replica.pool)
+            view = primary.on_pool(replica.pool, replica.lent)
             replica.views[key] = view
         return view
 
@@ -313,6 +358,8 @@ async def open_replicas(
                 cursor_factory=cursor_factory,
                 # A replica that cannot give a connection soon is passed over for the primary.
                 timeout=min(config.pool_timeout, _CHECKOUT_BOUND),
+                # Through PgBouncer like the primary's, when the config says so.
+                pgbouncer=config.pgbouncer,
                 wait=False,
             )
             replicas.append(Replica(name=f"replica-{index}", pool=pool))
@@ -323,3 +370,39 @@ async def open_replicas(
             await replica.pool.close()
         raise
     return made
+
+
+async def _ask(conn: AsyncConnection[DictRow], query: LiteralString, bound: float) -> DictRow:
+    """The row of ``query``, or TimeoutError after ``bound`` seconds.
+
+    A standby that hangs (stopped, or cut off) answers nothing while its socket stays open.
+    Cancelling the query would wait seconds more for the server to acknowledge the cancel;
+    the socket is shut instead, which ends the wait at once.
+    """
+    cut: list[bool] = []
+
+    def cut_off() -> None:
+        cut.append(True)
+        _shut(conn)
+
+    timer = asyncio.get_running_loop().call_later(bound, cut_off)
+    try:
+        row = await (await conn.execute(query)).fetchone()
+    except psycopg.OperationalError:
+        if cut:
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
+    assert row is not None
+    return row
+
+
+def _shut(conn: AsyncConnection[Any]) -> None:
+    # shutdown() acts on the connection itself, through a duplicate of its descriptor: the
+    # read waiting on the original wakes to end-of-file, and the pool discards the connection.
+    try:
+        with socket.fromfd(conn.pgconn.socket, socket.AF_UNIX, socket.SOCK_STREAM) as dup:
+            dup.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg.Error):
+        pass  # closed meanwhile: nothing left to cut off

@@ -432,10 +432,11 @@ class Collection:
             ),
             [encoded, self.tenant, uid],
         )
-        found = await self._get_one(uid) if updated else None
-        if found is None:
+        # Its own write, read back on the primary (a replica may not have replayed it yet).
+        found = await self._get_many([uid], self._db) if updated else []
+        if not found:
             raise NotFound(f"embedding {uid} does not exist in {self.name!r}", entity="embedding")
-        return found
+        return found[0]
 
     # -- searching -----------------------------------------------------------------------------
 

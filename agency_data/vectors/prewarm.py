@@ -309,7 +309,8 @@ async def warm_connections(
     }
 
     async def warm_one() -> int:
-        async with scoped.transaction(readonly=True):
+        # On the primary's connections, which the application's calls use (not a replica's).
+        async with scoped.transaction(readonly=True, on_primary=True):
             for setting in ("hnsw.iterative_scan", "ivfflat.iterative_scan"):
                 await scoped.execute("SELECT set_config(%s, 'off', true)", [setting])
             for spec in indexed:

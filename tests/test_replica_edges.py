@@ -1,8 +1,6 @@
-"""Review of issue 14 (read replicas): bugs shown on a real primary and streaming standby.
-
-Each test states the behaviour the code promises (or should have) and is marked
-xfail(strict=True): it passes while the bug is there.
-"""
+"""Read replicas at their edges on a real primary and streaming standby: a hung standby,
+a busy one, one lagging a migration, wrong configuration, and the commands that make,
+promote and drop standbys refusing what would lose data."""
 
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ import pytest
 from agency_data import DataLayer, DataLayerConfig
 from agency_data.backup.replicas import create_replica, promote_replica, slot_name
 from agency_data.embedded import EmbeddedPostgres
-from agency_data.errors import AgencyDataError, BackupError, NotFound, QueryError
+from agency_data.errors import AgencyDataError, BackupError, ValidationError
 from agency_data.vectors.prewarm import warm_connections
 from tests.conftest import FAST_POSTGRES, ServerSet, reachable_dir
 from tests.test_replicas import Pair
@@ -68,12 +66,6 @@ def _replica_processes(pair: Pair) -> list[int]:
     return pids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Collection.update_metadata reads its result back through _get_one, which routes "
-    "to a read replica: the caller gets the row as it was before its own update",
-)
 async def test_update_metadata_returns_its_own_write(pair: Pair, layer: DataLayer) -> None:
     await layer.embeddings.create_collection("r14_meta", dimension=2)
     notes = layer.tenant("acme").embeddings.collection("r14_meta")
@@ -89,12 +81,6 @@ async def test_update_metadata_returns_its_own_write(pair: Pair, layer: DataLaye
     assert updated.metadata["v"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotFound,
-    reason="update_metadata on an embedding the standby has not replayed raises NotFound "
-    "although the UPDATE committed on the primary",
-)
 async def test_update_metadata_of_a_fresh_row_does_not_raise(pair: Pair, layer: DataLayer) -> None:
     await layer.embeddings.create_collection("r14_fresh", dimension=2)
     notes = layer.tenant("acme").embeddings.collection("r14_fresh")
@@ -110,12 +96,6 @@ async def test_update_metadata_of_a_fresh_row_does_not_raise(pair: Pair, layer: 
     assert updated.metadata == {"v": 2}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotFound,
-    reason="inside transaction(readonly=True), which runs on a replica, consistent=True is "
-    "silently ignored (Database.read runs fn on the transaction's standby connection)",
-)
 async def test_consistent_read_inside_a_readonly_transaction_is_not_stale(
     pair: Pair, layer: DataLayer
 ) -> None:
@@ -124,20 +104,21 @@ async def test_consistent_read_inside_a_readonly_transaction_is_not_stale(
     pair.replay(paused=True)
     try:
         made = await agents.create("r14-consistent", "search")
-        async with layer.transaction(readonly=True):
+        # On the standby, the transaction cannot give what it was not opened for.
+        with pytest.raises(ValidationError, match="consistent=True"):
+            async with layer.transaction(readonly=True):
+                await agents.get(made.id, consistent=True)
+        # Opened consistent, it runs where the write is (the primary, the standby paused).
+        async with layer.transaction(readonly=True, consistent=True) as tx:
             found = await agents.get(made.id, consistent=True)
+            row = await (await tx.conn.execute("SELECT pg_is_in_recovery() AS r")).fetchone()
     finally:
         pair.replay(paused=False)
     assert found.id == made.id
+    assert row is not None
+    assert row["r"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="a standby that stops answering (SIGSTOP, network partition) is handed out by the "
-    "pool (its socket is not readable) and the read waits forever: no client-side bound, and "
-    "the lag checker hangs the same way, so it is never marked down",
-)
 async def test_a_hung_standby_does_not_hang_routed_reads(pair: Pair, layer: DataLayer) -> None:
     agents = layer.tenant("acme").agents
     made = await agents.create("r14-hung", "search")
@@ -156,12 +137,6 @@ async def test_a_hung_standby_does_not_hang_routed_reads(pair: Pair, layer: Data
     assert found.id == made.id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a healthy replica whose pool is merely busy (PoolTimeout) is marked down, logged "
-    "as failed and counted under reason 'failed'",
-)
 async def test_a_busy_replica_pool_is_not_counted_as_a_failed_replica(
     pair: Pair, redis_url: str
 ) -> None:
@@ -178,12 +153,6 @@ async def test_a_busy_replica_pool_is_not_counted_as_a_failed_replica(
         assert replica.state.up
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a configured replica that is not a standby (here: the primary itself) is skipped "
-    "without any log line, since _set only logs a replica that was once up",
-)
 async def test_a_replica_that_is_no_standby_is_logged(
     pair: Pair, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -197,12 +166,6 @@ async def test_a_replica_that_is_no_standby_is_logged(
     assert any(r.name == "agency_data.postgres.replicas" for r in caplog.records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="embedded.replicas naming a folder with no standby (a typo) runs initdb there and "
-    "starts a brand-new empty cluster instead of refusing",
-)
 async def test_a_wrong_embedded_replica_folder_is_refused(
     pair: Pair, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -226,12 +189,6 @@ async def test_a_wrong_embedded_replica_folder_is_refused(
         print(f"a new cluster was made in the typo'd folder: {made}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=QueryError,
-    reason="only 42P01 (undefined table) counts as 'behind'; a column the primary added that "
-    "the standby has not replayed (42703) fails the read instead of falling back",
-)
 async def test_a_column_the_standby_lacks_falls_back_to_the_primary(
     pair: Pair, layer: DataLayer
 ) -> None:
@@ -253,12 +210,6 @@ async def test_a_column_the_standby_lacks_falls_back_to_the_primary(
     assert rows == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=QueryError,
-    reason="warm_connections opens transaction(readonly=True), which now borrows a replica "
-    "connection: it warms (and fails on) the standby instead of the primary's pool",
-)
 async def test_warm_connections_warms_the_primary(pair: Pair, layer: DataLayer) -> None:
     await asyncio.to_thread(pair.caught_up)
     pair.replay(paused=True)
@@ -274,13 +225,6 @@ async def test_warm_connections_warms_the_primary(pair: Pair, layer: DataLayer) 
     assert warmed == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="create_replica: pg_basebackup --create-slot makes the slot first; a failure after "
-    "it (here the rename into place) removes the copy but leaves the slot on the primary, "
-    "holding WAL without bound (max_slot_wal_keep_size is not set)",
-)
 def test_a_failed_create_leaves_no_slot_behind(
     pair: Pair, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -311,13 +255,6 @@ def test_a_failed_create_leaves_no_slot_behind(
         primary.release(stop_if_last=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.OperationalError,
-    reason="a read-only transaction whose standby session ends (a recovery conflict terminates "
-    "it, or the standby restarts) raises a raw psycopg.OperationalError ('the connection is "
-    "lost') from the exit callback _prepare(conn, None, False), masking BackendUnavailable",
-)
 async def test_a_terminated_standby_session_raises_our_error(pair: Pair, layer: DataLayer) -> None:
     async def read_through_a_terminated_session() -> None:
         async with layer.transaction(readonly=True):
@@ -332,13 +269,35 @@ async def test_a_terminated_standby_session_raises_our_error(pair: Pair, layer: 
         await read_through_a_terminated_session()
 
 
+def test_a_refused_create_keeps_the_existing_standbys_slot(pair: Pair) -> None:
+    slot = slot_name(pair.replica_dir)
+    primary = EmbeddedPostgres(pair.primary_dir, settings=FAST_POSTGRES)
+    primary.acquire()
+    standby = EmbeddedPostgres(pair.replica_dir, settings=FAST_POSTGRES)
+    try:
+        if standby.is_running():
+            standby.stop()
+        with pytest.raises(AgencyDataError, match="cluster already"):
+            create_replica(pair.primary_dir, pair.replica_dir, settings=FAST_POSTGRES)
+        with psycopg.connect(pair.superuser(pair.primary_dir), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", [slot]
+            ).fetchone()
+        assert row is not None
+        assert row[0] == 1, f"the standby's slot {slot} is gone"
+    finally:
+        with psycopg.connect(pair.superuser(pair.primary_dir), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
+                "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+                [slot, slot],
+            )
+        standby.acquire()
+        standby.release(stop_if_last=False)
+        primary.release(stop_if_last=False)
+
+
 # Last: it breaks the module's pair.
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="promote_replica promotes a standby while its primary is alive and taking writes "
-    "(split brain); nothing checks the primary it streams from",
-)
 def test_promote_refuses_while_the_primary_runs(pair: Pair) -> None:
     primary = EmbeddedPostgres(pair.primary_dir, settings=FAST_POSTGRES)
     standby = EmbeddedPostgres(pair.replica_dir, settings=FAST_POSTGRES)
