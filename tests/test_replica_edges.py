@@ -15,11 +15,12 @@ import psycopg
 import pytest
 
 from agency_data import DataLayer, DataLayerConfig
-from agency_data.backup.replicas import create_replica, promote_replica, slot_name
+from agency_data.backup.replicas import create_replica, drop_replica, promote_replica, slot_name
 from agency_data.embedded import EmbeddedPostgres
 from agency_data.errors import AgencyDataError, BackupError, ValidationError
 from agency_data.vectors.prewarm import warm_connections
 from tests.conftest import FAST_POSTGRES, ServerSet, reachable_dir
+from tests.test_cli import agency_data
 from tests.test_replicas import Pair
 
 pytestmark = pytest.mark.timeout(240)
@@ -313,3 +314,54 @@ def test_promote_refuses_while_the_primary_runs(pair: Pair) -> None:
                 print(dsn.split("host=")[-1][:70], "in recovery:", row)
         standby.release(stop_if_last=False)
         primary.release(stop_if_last=False)
+
+
+def test_drop_removes_a_stopped_standby_and_its_slot(
+    pair: Pair, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    extra = reachable_dir(tmp_path_factory) / "extra"
+    create_replica(pair.primary_dir, extra, settings=FAST_POSTGRES)
+    standby = EmbeddedPostgres(extra, settings=FAST_POSTGRES)
+    standby.acquire()
+    try:
+        with pytest.raises(BackupError, match="running"):
+            drop_replica(extra, pair.primary_dir)
+    finally:
+        standby.release()
+    drop_replica(extra, pair.primary_dir)
+    assert not standby.pgdata.exists()
+    primary = EmbeddedPostgres(pair.primary_dir, settings=FAST_POSTGRES)
+    primary.acquire()
+    try:
+        with psycopg.connect(primary.dsn("postgres"), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                [slot_name(extra)],
+            ).fetchone()
+    finally:
+        primary.release()
+    assert row == (0,)
+    with pytest.raises(BackupError, match="no PostgreSQL cluster"):
+        drop_replica(extra, pair.primary_dir)
+    # The primary is no standby: it is never dropped.
+    with pytest.raises(BackupError, match="primary, not a standby"):
+        drop_replica(pair.primary_dir, pair.primary_dir)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["promote", "--data-dir", "{a}"], "holds no standby to promote"),
+        (["drop", "--data-dir", "{a}", "--from", "{b}"], "holds no PostgreSQL cluster"),
+        (["rejoin", "--data-dir", "{a}", "--primary", "{b}"], "holds no embedded PostgreSQL"),
+        (["create", "--data-dir", "{a}", "--from", "{b}"], "holds no embedded PostgreSQL"),
+    ],
+)
+def test_the_commands_refuse_folders_without_the_cluster_they_need(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    folders = {"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}
+    result = agency_data("replica", *(arg.format(**folders) for arg in args), tmp_path=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
