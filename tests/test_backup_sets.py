@@ -370,14 +370,36 @@ async def test_a_restore_to_a_point_in_time_keeps_exactly_what_was_committed_bef
         backup={"archive_wal": True},
         migration={"backup_before_migration": False},
     )
+
+    def doc(name: str, i: int) -> dict[str, object]:
+        # Floats that a text round trip through float4 would change if anything but the
+        # stored bits came back.
+        vector = [0.1 * (i + 1), 1.0 / 3.0 + i, -2.5e-7 * (i + 1)]
+        return {"entity_type": "doc", "entity_id": name, "vector": vector}
+
     async with DataLayer(config) as dl:
+        await dl.admin.create_collection("mem", dimension=3)
+        mem = dl.embeddings.collection("mem")
+        await mem.store_many([doc("before-the-set", 0)])
+        await mem.create_index("hnsw")
         await dl.agents.create("before-the-set", "worker")
         await dl.backups.create()
         await dl.agents.create("before-t", "worker")
+        await dl.tasks.create("before-t-task", {"n": 1})
+        await mem.store_many([doc("before-t", 1)])
         await asyncio.sleep(1.2)
         target = datetime.now(UTC)
         await asyncio.sleep(1.2)
         await dl.agents.create("after-t", "worker")
+        await dl.tasks.create("after-t-task", {"n": 2})
+        await mem.store_many([doc("after-t", 2)])
+        kept_vectors = {
+            row["entity_id"]: row["v"]
+            for row in await dl.admin.fetch(
+                "SELECT entity_id, vector::text AS v FROM emb_mem WHERE entity_id <> 'after-t'"
+            )
+        }
+        assert set(kept_vectors) == {"before-the-set", "before-t"}
         assert await dl.execute("DELETE FROM agents") == 3  # the mistake
         superuser = EmbeddedPostgres(source_dir).dsn("postgres")
         async with await psycopg.AsyncConnection.connect(superuser, autocommit=True) as su:
@@ -426,6 +448,16 @@ async def test_a_restore_to_a_point_in_time_keeps_exactly_what_was_committed_bef
                 pytest.fail("the restored server did not finish its recovery")
             names = await (await conn.execute("SELECT name FROM agents ORDER BY name")).fetchall()
             assert [n[0] for n in names] == ["before-t", "before-the-set"]
+            types = await (await conn.execute("SELECT type FROM tasks")).fetchall()
+            assert [t[0] for t in types] == ["before-t-task"]
+            vectors = await (
+                await conn.execute("SELECT entity_id, vector::text FROM emb_mem")
+            ).fetchall()
+            assert dict(vectors) == kept_vectors  # bit-identical, and nothing after T
+            invalid = await (
+                await conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+            ).fetchone()
+            assert invalid == (0,)
     finally:
         server.release()
 
