@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import stat
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ import redis
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agency_data import DataLayer, DataLayerConfig
+from agency_data.backup.restore import _extract
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.embedded.postgres import DATABASE
 from agency_data.errors import BackupError, ConfigError, NotFound, ValidationError
@@ -620,3 +622,24 @@ async def test_a_restore_over_existing_valkey_data_writes_nothing(
     with pytest.raises(BackupError, match="Valkey data already"):
         await layer.backups.restore("latest", data_dir)
     assert not (data_dir / "postgres").exists(), "the refused restore wrote a cluster"
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["with-filters", "python-before-3.11.4"])
+def test_unpacking_refuses_members_that_leave_the_folder(
+    filters: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    good, bad = tmp_path / "good.tar.gz", tmp_path / "bad.tar.gz"
+    payload = tmp_path / "payload"
+    payload.write_text("rows")
+    with tarfile.open(good, "w:gz") as tar:
+        tar.add(payload, arcname="base/1/16384")
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(payload, arcname="../escaped")
+    with tarfile.open(good, "r:gz") as tar:
+        _extract(tar, tmp_path / "out")
+    assert (tmp_path / "out" / "base" / "1" / "16384").read_text() == "rows"
+    with pytest.raises((BackupError, tarfile.TarError)), tarfile.open(bad, "r:gz") as tar:
+        _extract(tar, tmp_path / "out2")
+    assert not (tmp_path / "escaped").exists()

@@ -325,14 +325,19 @@ def test_drop_removes_a_stopped_standby_and_its_slot(
     standby.acquire()
     try:
         with pytest.raises(BackupError, match="running"):
-            drop_replica(extra, pair.primary_dir)
+            drop_replica(extra)
     finally:
         standby.release()
-    drop_replica(extra, pair.primary_dir)
-    assert not standby.pgdata.exists()
     primary = EmbeddedPostgres(pair.primary_dir, settings=FAST_POSTGRES)
+    if primary.is_running():  # left running by the layers of earlier tests
+        primary.stop()
+    with pytest.raises(BackupError, match="did not answer"):
+        drop_replica(extra)  # its slot must go too: the primary has to answer
+    assert standby.pgdata.exists()
     primary.acquire()
     try:
+        drop_replica(extra)
+        assert not standby.pgdata.exists()
         with psycopg.connect(primary.dsn("postgres"), autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
@@ -342,17 +347,17 @@ def test_drop_removes_a_stopped_standby_and_its_slot(
         primary.release()
     assert row == (0,)
     with pytest.raises(BackupError, match="no PostgreSQL cluster"):
-        drop_replica(extra, pair.primary_dir)
+        drop_replica(extra)
     # The primary is no standby: it is never dropped.
     with pytest.raises(BackupError, match="primary, not a standby"):
-        drop_replica(pair.primary_dir, pair.primary_dir)
+        drop_replica(pair.primary_dir)
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["promote", "--data-dir", "{a}"], "holds no standby to promote"),
-        (["drop", "--data-dir", "{a}", "--from", "{b}"], "holds no PostgreSQL cluster"),
+        (["drop", "--data-dir", "{a}"], "holds no PostgreSQL cluster"),
         (["rejoin", "--data-dir", "{a}", "--primary", "{b}"], "holds no embedded PostgreSQL"),
         (["create", "--data-dir", "{a}", "--from", "{b}"], "holds no embedded PostgreSQL"),
     ],
@@ -365,3 +370,6 @@ def test_the_commands_refuse_folders_without_the_cluster_they_need(
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    # Refused before anything was made: no folder appears where none was.
+    assert not (tmp_path / "a").exists()
+    assert not (tmp_path / "b").exists()

@@ -15,6 +15,7 @@ DataLayer does, and only the last user out stops a server.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import psycopg
 import psycopg.conninfo
+from psycopg import sql
 from pydantic import BaseModel
 
 from agency_data.embedded import EmbeddedPostgres
+from agency_data.embedded.postgres import REWIND_ROLE
 from agency_data.errors import BackupError, EmbeddedServerError
 
 __all__ = [
@@ -38,6 +41,8 @@ __all__ = [
 ]
 
 _SLOT_PREFIX = "agency_replica_"
+# name = 'value' (quotes doubled inside), as PostgreSQL writes postgresql.auto.conf.
+_SETTING = re.compile(r"^\s*(?P<name>[a-z_]+)\s*=\s*'(?P<value>(?:[^']|'')*)'\s*$")
 
 
 class ReplicaStatus(BaseModel):
@@ -68,12 +73,12 @@ def create_replica(
     streams, then left as a DataLayer (with ``embedded.replicas``) or ``agency-data up``
     will start it. ``settings`` are both servers' postgresql.conf settings (the config's).
     """
+    if not (primary_dir / "postgres" / "PG_VERSION").exists():
+        raise BackupError(f"{primary_dir} holds no embedded PostgreSQL cluster to copy")
     primary = _server(primary_dir, settings, start_timeout)
     replica = _server(data_dir, settings, start_timeout)
     if primary.pgdata.resolve() == replica.pgdata.resolve():
         raise BackupError("the standby needs a data directory of its own, not the primary's")
-    if not (primary.pgdata / "PG_VERSION").exists():
-        raise BackupError(f"{primary_dir} holds no embedded PostgreSQL cluster to copy")
     if (replica.pgdata / "PG_VERSION").exists():
         # Before any slot is touched: this folder's standby may still need its own.
         raise BackupError(
@@ -119,9 +124,13 @@ def promote_replica(
     while the primary it follows still answers, unless ``force``: two primaries would both
     take writes, and one's would be lost.
     """
+    if not (data_dir / "postgres" / "PG_VERSION").exists():
+        raise BackupError(f"{data_dir} holds no standby to promote")
     server = _server(data_dir, settings, start_timeout)
     if not server.is_standby:
-        raise BackupError(f"{data_dir} holds no standby to promote")
+        raise BackupError(
+            f"{data_dir} holds a primary already (promoted before, or never a standby)"
+        )
     server.acquire()
     try:
         if not force and (followed := _followed_primary_answers(server)) is not None:
@@ -135,22 +144,18 @@ def promote_replica(
         server.release()
 
 
-def drop_replica(
-    data_dir: Path,
-    primary_dir: Path,
-    *,
-    settings: Mapping[str, str] | None = None,
-    start_timeout: float = 60.0,
-) -> None:
-    """Remove the standby in ``data_dir``: its replication slot on the primary and its copy.
+def drop_replica(data_dir: Path, *, start_timeout: float = 60.0) -> str:
+    """Remove the standby in ``data_dir``: its replication slot on the primary it follows,
+    then its copy of the data; returns where that primary is.
 
     The standby must be stopped (no DataLayer using it: take it out of ``embedded.replicas``
-    first). A promoted standby is a primary now and is refused.
+    first), and the primary it follows must answer, so that its slot goes too (a slot left
+    behind holds WAL for nobody). A promoted standby is a primary now and is refused.
     """
-    replica = _server(data_dir, settings, start_timeout)
-    primary = _server(primary_dir, settings, start_timeout)
-    if not (replica.pgdata / "PG_VERSION").exists():
+    pgdata = data_dir / "postgres"
+    if not (pgdata / "PG_VERSION").exists():
         raise BackupError(f"{data_dir} holds no PostgreSQL cluster")
+    replica = _server(data_dir, None, start_timeout)
     if not replica.is_standby:
         raise BackupError(f"{data_dir} holds a primary, not a standby; it is not dropped")
     if replica.is_running():
@@ -158,17 +163,27 @@ def drop_replica(
             f"the standby in {data_dir} is running: stop every process that uses it (remove "
             "it from embedded.replicas), then drop it"
         )
-    primary.acquire()
-    try:
-        with _connect(primary) as conn:
-            conn.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                "WHERE slot_name = %s",
-                [slot_name(data_dir)],
-            )
-    finally:
-        primary.release()
-    shutil.rmtree(replica.pgdata)
+    settings = _auto_conf(pgdata)
+    conninfo, slot = settings.get("primary_conninfo", ""), settings.get("primary_slot_name", "")
+    where = str(psycopg.conninfo.conninfo_to_dict(conninfo).get("host") or "?") if conninfo else "?"
+    if slot:
+        try:
+            with psycopg.connect(
+                conninfo, dbname="postgres", autocommit=True, connect_timeout=10
+            ) as conn:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE slot_name = %s",
+                    [slot],
+                )
+        except psycopg.Error as exc:
+            raise BackupError(
+                f"the primary this standby follows ({where}) did not answer ({exc}); start "
+                f"it and drop again, so that its slot {slot} goes too (or drop the slot there "
+                f"yourself: SELECT pg_drop_replication_slot('{slot}'))"
+            ) from exc
+    shutil.rmtree(pgdata)
+    return where
 
 
 def rejoin_primary(
@@ -184,10 +199,12 @@ def rejoin_primary(
     parted (writes nobody acknowledged through a synchronous standby, or that the failover
     gave up); the old server must be stopped (or dead: it is recovered first).
     """
+    if not (old_dir / "postgres" / "PG_VERSION").exists():
+        raise BackupError(f"{old_dir} holds no embedded PostgreSQL cluster to rejoin")
+    if not (primary_dir / "postgres" / "PG_VERSION").exists():
+        raise BackupError(f"{primary_dir} holds no embedded PostgreSQL cluster to follow")
     old = _server(old_dir, settings, start_timeout)
     primary = _server(primary_dir, settings, start_timeout)
-    if not (old.pgdata / "PG_VERSION").exists():
-        raise BackupError(f"{old_dir} holds no embedded PostgreSQL cluster to rejoin")
     if old.is_running():
         raise BackupError(
             f"the server in {old_dir} is running: stop every process that uses it (a "
@@ -204,6 +221,7 @@ def rejoin_primary(
                 "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
                 [slot, slot],
             )
+            _grant_rewind(conn)
         try:
             old.rewind_from(primary, slot)
         except BaseException:
@@ -238,6 +256,40 @@ def _in_recovery(server: EmbeddedPostgres) -> bool:
     with _connect(server) as conn:
         row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     return bool(row and row[0])
+
+
+def _grant_rewind(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    # pg_rewind reads the new primary's files through these functions, and needs no more.
+    role = sql.Identifier(REWIND_ROLE)
+    conn.execute(
+        sql.SQL(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN "
+            "CREATE ROLE {role} LOGIN; END IF; END $$"
+        ).format(name=sql.Literal(REWIND_ROLE), role=role)
+    )
+    for function in (
+        "pg_ls_dir(text, boolean, boolean)",
+        "pg_stat_file(text, boolean)",
+        "pg_read_binary_file(text)",
+        "pg_read_binary_file(text, bigint, bigint, boolean)",
+    ):
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION pg_catalog." + function + " TO {}").format(role)
+        )
+
+
+def _auto_conf(pgdata: Path) -> dict[str, str]:
+    """The settings in ``postgresql.auto.conf`` (the last of each wins, as for the server)."""
+    found: dict[str, str] = {}
+    try:
+        lines = (pgdata / "postgresql.auto.conf").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        match = _SETTING.match(line)
+        if match:
+            found[match["name"]] = match["value"].replace("''", "'")
+    return found
 
 
 def _followed_primary_answers(standby: EmbeddedPostgres) -> str | None:

@@ -137,11 +137,28 @@ def _unpack(packed: Path, target: Path) -> None:
         for archive, into in (("base.tar.gz", target), ("pg_wal.tar.gz", target / "pg_wal")):
             make_private_dirs(into)
             with tarfile.open(packed / archive, "r:gz") as tar:
-                # "data": no absolute paths, no links out of the folder, no device files.
-                tar.extractall(into, filter="data")
+                _extract(tar, into)
     except (OSError, tarfile.TarError) as exc:
         raise BackupError(f"cannot unpack {packed}: {exc}") from exc
     shutil.copy2(packed / "backup_manifest", target / "backup_manifest")
+
+
+def _extract(tar: tarfile.TarFile, into: Path) -> None:
+    """Unpack ``tar`` into ``into``: no absolute paths, nothing out of the folder, no devices."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(into, filter="data")
+        return
+    # Python before 3.11.4 has no extraction filters: the same checks, by hand.
+    root = into.resolve()
+    for member in tar.getmembers():
+        target = (root / member.name).resolve()
+        bad = not (member.isfile() or member.isdir() or member.issym() or member.islnk())
+        if member.issym() or member.islnk():
+            link = (target.parent / member.linkname).resolve()
+            bad = bad or not link.is_relative_to(root) or Path(member.linkname).is_absolute()
+        if bad or Path(member.name).is_absolute() or not target.is_relative_to(root):
+            raise BackupError(f"the archive holds {member.name!r}, which a set never does")
+    tar.extractall(into)  # every member checked above
 
 
 def _start_in_recovery(pgdata: Path, settings: dict[str, str]) -> None:

@@ -188,7 +188,9 @@ def restore(
     pgdata = run_job(
         lambda: backups.restore(name, data_dir, target_time=when, target_lsn=target_lsn)
     )
-    typer.echo(f"restored {name} from {source} into {pgdata}")
+    restored = backups.list()
+    label = name if name != "latest" or not restored else f"{restored[-1].name} (latest)"
+    typer.echo(f"restored {label} from {source} into {pgdata}")
     if (data_dir / "valkey").exists():
         typer.echo("Valkey: the set's snapshot, loaded at the first start")
     else:

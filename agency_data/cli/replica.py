@@ -110,23 +110,16 @@ def rejoin(
 @replica_app.command()
 def drop(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="The standby's data directory.")],
-    source: FromOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Remove a stopped standby: its replication slot on the primary, and its copy of the data.
+    """Remove a stopped standby: its replication slot on the primary it follows, and its copy.
 
-    Take it out of embedded.replicas first. A promoted standby is a primary and is refused.
+    Take it out of embedded.replicas first. The primary it follows must answer (its slot goes too). A promoted standby is a primary and is refused.
     """
     cfg = load_read_only_config(config, None)
-    primary = source or cfg.embedded.data_dir
     with errors_exit():
-        drop_replica(
-            data_dir,
-            primary,
-            settings=embedded_settings(cfg),
-            start_timeout=cfg.embedded.start_timeout,
-        )
-    typer.echo(f"dropped the standby in {data_dir} and its slot on {primary}")
+        primary = drop_replica(data_dir, start_timeout=cfg.embedded.start_timeout)
+    typer.echo(f"dropped the standby in {data_dir} and its slot on the primary at {primary}")
 
 
 def _report(status: ReplicaStatus, done: str) -> None:

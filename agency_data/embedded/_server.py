@@ -179,12 +179,12 @@ class SharedServer(ABC):
 
     def __init__(
         self,
-        data_dir: Path,
+        data_dir: Path | str,
         *,
         start_timeout: float = 60.0,
         settings: Mapping[str, str] | None = None,
     ) -> None:
-        self.data_dir = data_dir.expanduser().resolve()
+        self.data_dir = Path(data_dir).expanduser().resolve()
         self.start_timeout = start_timeout
         self.settings = {**self.default_settings, **(settings or {})}
         # Under root the PostgreSQL server's own user must be able to pass through the

@@ -37,11 +37,20 @@ from agency_data.files import (
     write_private,
 )
 
-__all__ = ["DATABASE", "DEFAULT_SETTINGS", "SUPERUSER", "EmbeddedPostgres", "postgres_bin_dir"]
+__all__ = [
+    "DATABASE",
+    "DEFAULT_SETTINGS",
+    "REWIND_ROLE",
+    "SUPERUSER",
+    "EmbeddedPostgres",
+    "postgres_bin_dir",
+]
 
 _log = logging.getLogger("agency_data.embedded")
 
 SUPERUSER = "postgres"
+# What pg_rewind logs in to the new primary as: it may list and read the server's files.
+REWIND_ROLE = "agency_rewind"
 DATABASE = "agency_data"
 
 # The stock defaults (128 MB shared buffers, 1 GB WAL) are sized for a small machine of long
@@ -81,7 +90,7 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
 # listen_addresses is set) needs a password, and no role has one until someone sets it.
 _HBA = """# written by agency-data at each start
 local all all peer map=agency_data
-local replication all peer map=agency_data
+local replication all peer map=agency_data_replication
 host  all all 127.0.0.1/32 scram-sha-256
 host  all all ::1/128 scram-sha-256
 """
@@ -249,8 +258,10 @@ class EmbeddedPostgres(SharedServer):
             )
             with (scratch / "postgresql.auto.conf").open("a") as conf:
                 # Queries on the standby are not cancelled by the vacuum of rows they still
-                # read (at the cost of the primary keeping those rows a little longer).
-                conf.write("hot_standby_feedback = on\n")
+                # read (at the cost of the primary keeping those rows a little longer); the
+                # WAL receiver names itself after its slot (as application_name), so that
+                # two standbys are told apart in pg_stat_replication.
+                conf.write(f"hot_standby_feedback = on\ncluster_name = {_quote(slot)}\n")
             if self.pgdata.exists():
                 _remove_empty_leftover(self.pgdata)
             scratch.rename(self.pgdata)
@@ -287,11 +298,18 @@ class EmbeddedPostgres(SharedServer):
             "pg_rewind",
             "-D",
             str(self.pgdata),
-            f"--source-server={primary.dsn('postgres')}",
-            "--write-recovery-conf",
+            f"--source-server={primary.dsn('postgres', user=REWIND_ROLE)}",
         )
+        follow = f"host={_conninfo_quote(str(primary.pg_socket_dir))} user={SUPERUSER}"
         with (self.pgdata / "postgresql.auto.conf").open("a") as conf:
-            conf.write(f"primary_slot_name = {_quote(slot)}\nhot_standby_feedback = on\n")
+            conf.write(
+                f"primary_conninfo = {_quote(follow)}\nprimary_slot_name = {_quote(slot)}\n"
+                f"hot_standby_feedback = on\ncluster_name = {_quote(slot)}\n"
+            )
+        account = system_user()
+        private_file(self.pgdata / "standby.signal")
+        if account is not None:
+            os.chown(self.pgdata / "standby.signal", account.pw_uid, account.pw_gid)
 
     def _postmaster_pid(self) -> int | None:
         try:
@@ -355,11 +373,18 @@ class EmbeddedPostgres(SharedServer):
             "password_encryption": "scram-sha-256",
         }
         lines = [f"{key} = {value}" for key, value in sorted(settings.items())]
-        ident = f"# written by agency-data at each start\nagency_data {client} all\n"
+        ident = (
+            "# written by agency-data at each start\n"
+            f"agency_data {client} all\nagency_data_replication {client} all\n"
+        )
         if account is not None and account.pw_name != client:
-            # A standby's WAL receiver and pg_basebackup/pg_rewind run as the server's user,
-            # which owns the data files already: logging in gives it nothing more.
-            ident += f"agency_data {account.pw_name} all\n"
+            # Under root, a standby's WAL receiver and pg_basebackup run as the server's user:
+            # it may stream WAL (as postgres, over replication connections only), and
+            # pg_rewind may read files as REWIND_ROLE, which can do nothing else.
+            ident += (
+                f"agency_data_replication {account.pw_name} {SUPERUSER}\n"
+                f"agency_data {account.pw_name} {REWIND_ROLE}\n"
+            )
         files = {
             "agency_data.conf": "# written by agency-data at each start; edit via config\n"
             + "\n".join(lines)
@@ -551,3 +576,8 @@ def _user_name(uid: int) -> str:
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _conninfo_quote(value: str) -> str:
+    # A libpq key=value: quoted, with quotes and backslashes escaped.
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
