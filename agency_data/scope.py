@@ -103,11 +103,10 @@ class QueryMethods(ABC):
         timeout: float | None,
         routing: bool | None,
     ) -> list[dict[str, Any]] | list[M]:
-        db = self._database().as_raw()
-        if routing is None:
-            return await db.fetch(query, params, model=model, timeout=timeout)
-        return await db.read(
-            lambda on: on.fetch(query, params, model=model, timeout=timeout), consistent=routing
+        return await _routed(
+            self._database().as_raw(),
+            routing,
+            lambda on: on.fetch(query, params, model=model, timeout=timeout),
         )
 
     @overload
@@ -154,12 +153,10 @@ class QueryMethods(ABC):
         timeout: float | None,
         routing: bool | None,
     ) -> dict[str, Any] | M | None:
-        db = self._database().as_raw()
-        if routing is None:
-            return await db.fetch_one(query, params, model=model, timeout=timeout)
-        return await db.read(
+        return await _routed(
+            self._database().as_raw(),
+            routing,
             lambda on: on.fetch_one(query, params, model=model, timeout=timeout),
-            consistent=routing,
         )
 
     @observed("fetch_value")
@@ -174,12 +171,10 @@ class QueryMethods(ABC):
     ) -> Any:
         """The first column of the first row, or None. ``replica``, ``consistent``: as
         :meth:`fetch`."""
-        db = self._database().as_raw()
-        routing = _routing(replica, consistent)
-        if routing is None:
-            return await db.fetch_value(query, params, timeout=timeout)
-        return await db.read(
-            lambda on: on.fetch_value(query, params, timeout=timeout), consistent=routing
+        return await _routed(
+            self._database().as_raw(),
+            _routing(replica, consistent),
+            lambda on: on.fetch_value(query, params, timeout=timeout),
         )
 
     @asynccontextmanager
@@ -304,3 +299,12 @@ def _routing(replica: bool, consistent: bool) -> bool | None:
             field="consistent",
         )
     return consistent if replica else None
+
+
+async def _routed(
+    db: Database, routing: bool | None, call: Callable[[Database], Awaitable[T]]
+) -> T:
+    """``call`` on ``db`` (routing None), or as a read a replica may serve."""
+    if routing is None:
+        return await call(db)
+    return await db.read(call, consistent=routing)

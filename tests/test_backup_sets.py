@@ -366,12 +366,7 @@ async def test_a_restore_to_a_point_in_time_keeps_exactly_what_was_committed_bef
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     source_dir = reachable_dir(tmp_path_factory) / "source"
-    config = DataLayerConfig(
-        embedded={"data_dir": source_dir, "postgres_settings": FAST_POSTGRES},
-        redis={"url": redis_url},
-        backup={"archive_wal": True},
-        migration={"backup_before_migration": False},
-    )
+    config = archiving(source_dir, redis_url)
 
     def doc(name: str, i: int) -> dict[str, object]:
         # Floats that a text round trip through float4 would change if anything but the
@@ -404,19 +399,7 @@ async def test_a_restore_to_a_point_in_time_keeps_exactly_what_was_committed_bef
         assert set(kept_vectors) == {"before-the-set", "before-t"}
         assert await dl.execute("DELETE FROM agents") == 3  # the mistake
         superuser = EmbeddedPostgres(source_dir).dsn("postgres")
-        async with await psycopg.AsyncConnection.connect(superuser, autocommit=True) as su:
-            segment = (
-                await (await su.execute("SELECT pg_walfile_name(pg_switch_wal())")).fetchone()
-            )[0]
-            for _ in range(200):
-                archived = await (
-                    await su.execute("SELECT last_archived_wal FROM pg_stat_archiver")
-                ).fetchone()
-                if archived[0] is not None and archived[0] >= segment:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail(f"segment {segment} was not archived")
+        segment = await asyncio.to_thread(switch_and_archive, superuser)
         with pytest.raises(BackupError, match="restore an older set"):
             await dl.backups.restore(
                 "latest",
@@ -565,24 +548,11 @@ async def test_retention_expires_the_archived_wal_only_dropped_sets_needed(
     # Compressed sets: their backup_label is inside an archive, so the first segment a kept
     # set needs comes from its manifest.
     source_dir = reachable_dir(tmp_path_factory) / "source"
-    config = DataLayerConfig(
-        embedded={"data_dir": source_dir, "postgres_settings": FAST_POSTGRES},
-        redis={"url": redis_url},
-        backup={"archive_wal": True, "compress": 1, "keep_full": 1},
-        migration={"backup_before_migration": False},
-    )
+    config = archiving(source_dir, redis_url, compress=1, keep_full=1)
     superuser = EmbeddedPostgres(source_dir).dsn("postgres")
 
     def switch() -> str:
-        with psycopg.connect(superuser, autocommit=True) as su:
-            row = su.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
-            assert row is not None
-            for _ in range(200):
-                done = su.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
-                if done is not None and done[0] is not None and done[0] >= row[0]:
-                    return str(row[0])
-                time.sleep(0.05)
-        raise AssertionError(f"segment {row[0]} was not archived")
+        return switch_and_archive(superuser)
 
     async with DataLayer(config) as dl:
         first = await dl.backups.create()
@@ -599,6 +569,29 @@ async def test_retention_expires_the_archived_wal_only_dropped_sets_needed(
         assert segments[0] == start_segment(second.manifest.start_lsn, second.manifest.timeline)
         assert start_segment(first.manifest.start_lsn, first.manifest.timeline) < segments[0]
         assert segments[-1] >= last
+
+
+def archiving(source_dir: Path, redis_url: str, **backup: object) -> DataLayerConfig:
+    """An embedded server in ``source_dir`` that archives its WAL into its repository."""
+    return DataLayerConfig(
+        embedded={"data_dir": source_dir, "postgres_settings": FAST_POSTGRES},
+        redis={"url": redis_url},
+        backup={"archive_wal": True, **backup},
+        migration={"backup_before_migration": False},
+    )
+
+
+def switch_and_archive(superuser: str) -> str:
+    """Close the current WAL segment and wait until it is archived; its name."""
+    with psycopg.connect(superuser, autocommit=True) as su:
+        row = su.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+        assert row is not None
+        for _ in range(200):
+            done = su.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
+            if done is not None and done[0] is not None and done[0] >= row[0]:
+                return str(row[0])
+            time.sleep(0.05)
+    raise AssertionError(f"segment {row[0]} was not archived")
 
 
 def start_segment(lsn: str, timeline: int) -> str:

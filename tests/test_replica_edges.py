@@ -21,26 +21,14 @@ from agency_data.errors import AgencyDataError, BackupError, ValidationError
 from agency_data.vectors.prewarm import warm_connections
 from tests.conftest import FAST_POSTGRES, ServerSet, reachable_dir
 from tests.test_cli import agency_data
-from tests.test_replicas import Pair
+from tests.test_replicas import Pair, started_pair
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory, servers: ServerSet) -> Iterator[Pair]:
-    made = Pair(reachable_dir(tmp_path_factory))
-
-    async def first_start() -> None:
-        async with DataLayer(made.config(servers.redis_url, standbys=False)):
-            pass
-
-    asyncio.run(first_start())
-    create_replica(made.primary_dir, made.replica_dir, settings=FAST_POSTGRES)
-    yield made
-    for folder in (made.replica_dir, made.primary_dir):
-        server = EmbeddedPostgres(folder)
-        if server.is_running():
-            server.stop()
+    yield from started_pair(reachable_dir(tmp_path_factory), servers.redis_url)
 
 
 @pytest.fixture
@@ -238,14 +226,7 @@ def test_a_failed_create_leaves_no_slot_behind(
     try:
         with pytest.raises(AgencyDataError):
             create_replica(pair.primary_dir, target, settings=FAST_POSTGRES)
-        with psycopg.connect(pair.superuser(pair.primary_dir), autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", [slot]
-            ).fetchone()
-            keep = conn.execute("SHOW max_slot_wal_keep_size").fetchone()
-        print(f"max_slot_wal_keep_size = {keep}")
-        assert row is not None
-        assert row[0] == 0, f"slot {slot} left behind"
+        assert pair.slots(slot) == 0, f"slot {slot} left behind"
     finally:
         with psycopg.connect(pair.superuser(pair.primary_dir), autocommit=True) as conn:
             conn.execute(
@@ -280,12 +261,7 @@ def test_a_refused_create_keeps_the_existing_standbys_slot(pair: Pair) -> None:
             standby.stop()
         with pytest.raises(AgencyDataError, match="cluster already"):
             create_replica(pair.primary_dir, pair.replica_dir, settings=FAST_POSTGRES)
-        with psycopg.connect(pair.superuser(pair.primary_dir), autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", [slot]
-            ).fetchone()
-        assert row is not None
-        assert row[0] == 1, f"the standby's slot {slot} is gone"
+        assert pair.slots(slot) == 1, f"the standby's slot {slot} is gone"
     finally:
         with psycopg.connect(pair.superuser(pair.primary_dir), autocommit=True) as conn:
             conn.execute(
@@ -338,14 +314,9 @@ def test_drop_removes_a_stopped_standby_and_its_slot(
     try:
         drop_replica(extra)
         assert not standby.pgdata.exists()
-        with psycopg.connect(primary.dsn("postgres"), autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
-                [slot_name(extra)],
-            ).fetchone()
+        assert pair.slots(slot_name(extra)) == 0
     finally:
         primary.release()
-    assert row == (0,)
     with pytest.raises(BackupError, match="no PostgreSQL cluster"):
         drop_replica(extra)
     # The primary is no standby: it is never dropped.

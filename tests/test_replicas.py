@@ -62,6 +62,15 @@ class Pair:
                 time.sleep(0.01)
         raise AssertionError("the standby did not catch up within 5 s")
 
+    def slots(self, slot: str) -> int:
+        """How many replication slots named ``slot`` the primary has."""
+        with psycopg.connect(self.superuser(self.primary_dir), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", [slot]
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
     def replay(self, paused: bool) -> None:
         with psycopg.connect(self.superuser(self.replica_dir), autocommit=True) as conn:
             conn.execute(
@@ -69,13 +78,13 @@ class Pair:
             )
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory, servers: ServerSet) -> Iterator[Pair]:
-    made = Pair(reachable_dir(tmp_path_factory))
+def started_pair(root: Path, redis_url: str) -> Iterator[Pair]:
+    """A primary with its schema and a standby of it, stopped at the end."""
+    made = Pair(root)
 
     async def first_start() -> None:
         # Roles and schema on the primary first: the standby copies them.
-        async with DataLayer(made.config(servers.redis_url, standbys=False)):
+        async with DataLayer(made.config(redis_url, standbys=False)):
             pass
 
     asyncio.run(first_start())
@@ -85,6 +94,11 @@ def pair(tmp_path_factory: pytest.TempPathFactory, servers: ServerSet) -> Iterat
         server = EmbeddedPostgres(folder)
         if server.is_running():
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, servers: ServerSet) -> Iterator[Pair]:
+    yield from started_pair(reachable_dir(tmp_path_factory), servers.redis_url)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import hashlib
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
 
@@ -94,18 +94,9 @@ def create_replica(
                 "the primary"
             )
         _drop_idle_slot(primary, slot)  # a failed earlier attempt's
-        try:
-            replica.clone_from(primary, slot)
-        except BaseException:
-            with suppress(EmbeddedServerError, psycopg.Error):
-                # Else it would hold WAL for a standby never made.
-                _drop_idle_slot(primary, slot)
-            raise
-        replica.acquire()
-        try:
-            return _wait_streaming(primary, data_dir, slot, start_timeout)
-        finally:
-            replica.release()
+        return _made_standby(
+            primary, replica, slot, lambda: replica.clone_from(primary, slot), start_timeout
+        )
     finally:
         primary.release()
 
@@ -222,19 +213,33 @@ def rejoin_primary(
                 [slot, slot],
             )
             _grant_rewind(conn)
-        try:
-            old.rewind_from(primary, slot)
-        except BaseException:
-            with suppress(EmbeddedServerError, psycopg.Error):
-                _drop_idle_slot(primary, slot)
-            raise
-        old.acquire()
-        try:
-            return _wait_streaming(primary, old_dir, slot, start_timeout)
-        finally:
-            old.release()
+        return _made_standby(
+            primary, old, slot, lambda: old.rewind_from(primary, slot), start_timeout
+        )
     finally:
         primary.release()
+
+
+def _made_standby(
+    primary: EmbeddedPostgres,
+    standby: EmbeddedPostgres,
+    slot: str,
+    make: Callable[[], None],
+    timeout: float,
+) -> ReplicaStatus:
+    """``make`` the standby (its slot on ``primary`` made already), start it, see it stream."""
+    try:
+        make()
+    except BaseException:
+        with suppress(EmbeddedServerError, psycopg.Error):
+            # Else the slot would hold WAL for a standby that never came.
+            _drop_idle_slot(primary, slot)
+        raise
+    standby.acquire()
+    try:
+        return _wait_streaming(primary, standby.data_dir, slot, timeout)
+    finally:
+        standby.release()
 
 
 def _server(

@@ -262,9 +262,7 @@ class EmbeddedPostgres(SharedServer):
                 # WAL receiver names itself after its slot (as application_name), so that
                 # two standbys are told apart in pg_stat_replication.
                 conf.write(f"hot_standby_feedback = on\ncluster_name = {_quote(slot)}\n")
-            if self.pgdata.exists():
-                _remove_empty_leftover(self.pgdata)
-            scratch.rename(self.pgdata)
+            self._into_place(scratch)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
@@ -355,12 +353,16 @@ class EmbeddedPostgres(SharedServer):
             )
             with (scratch / "postgresql.conf").open("a") as conf:
                 conf.write("\ninclude_if_exists = 'agency_data.conf'\n")
-            if self.pgdata.exists():
-                _remove_empty_leftover(self.pgdata)
-            scratch.rename(self.pgdata)
+            self._into_place(scratch)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
+
+    def _into_place(self, scratch: Path) -> None:
+        # A cluster made in a scratch folder becomes the data directory in one rename.
+        if self.pgdata.exists():
+            _remove_empty_leftover(self.pgdata)
+        scratch.rename(self.pgdata)
 
     def _write_config(self, account: pwd.struct_passwd | None) -> None:
         client = _user_name(os.geteuid())

@@ -16,6 +16,7 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
     Callable,
     Iterable,
     Mapping,
@@ -575,17 +576,14 @@ class Collection:
         _check_rerank(rerank)
         check_bool(include_vectors, "include_vectors")
         check_bool(exact, "exact")
+
+        def search(on: Database) -> Awaitable[builtins.list[builtins.list[SimilarityResult]]]:
+            return self._search_on(on, queries, include_vectors, ef_search, probes, exact, rerank)
+
         if consistent is None:
-            return await self._search_on(
-                self._db, queries, include_vectors, ef_search, probes, exact, rerank
-            )
+            return await search(self._db)
         check_bool(consistent, "consistent")
-        return await self._db.read(
-            lambda on: self._search_on(
-                on, queries, include_vectors, ef_search, probes, exact, rerank
-            ),
-            consistent=consistent,
-        )
+        return await self._db.read(search, consistent=consistent)
 
     async def _search_on(
         self,
