@@ -94,7 +94,7 @@ async def drill(
     finally:
         if server is not None:
             await asyncio.to_thread(server.release)
-        shutil.rmtree(folder, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
 
 async def _checks(copy: str, source: str | None, backup: BackupSet) -> list[Check]:

@@ -91,7 +91,7 @@ async def restore_set(
         )
         _, stderr = await process.communicate()
     finally:
-        shutil.rmtree(unpacked, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, unpacked, ignore_errors=True)
     if process.returncode != 0:
         shutil.rmtree(pgdata, ignore_errors=True)
         raise BackupError(
@@ -102,23 +102,27 @@ async def restore_set(
         _start_in_recovery(pgdata, recovery)
     owner = (account.pw_uid, account.pw_gid) if account is not None else None
     snapshot = backup.path / SNAPSHOT
+    # File work off the event loop: a cluster holds thousands of files, and the layer's
+    # other calls must go on meanwhile.
     if not recovery and snapshot.is_file():
         # At a later point in time the snapshot would be older than the database: Redis
         # then starts empty, as a cache may.
-        install_snapshot(snapshot, data_dir, owner)
-    if account is not None:
-        # Under root the server runs as its own user, which must own the cluster and the
-        # folders on the way to it that this restore made; nobody else's files change.
-        for folder in created:
-            os.chown(folder, account.pw_uid, account.pw_gid, follow_symlinks=False)
-        for root, dirs, files in os.walk(pgdata):
-            for entry in (root, *(os.path.join(root, d) for d in dirs)):
-                os.chown(entry, account.pw_uid, account.pw_gid, follow_symlinks=False)
-            for file in files:
-                os.chown(
-                    os.path.join(root, file), account.pw_uid, account.pw_gid, follow_symlinks=False
-                )
+        await asyncio.to_thread(install_snapshot, snapshot, data_dir, owner)
+    if owner is not None:
+        await asyncio.to_thread(_give_to, owner, created, pgdata)
     return backup, pgdata
+
+
+def _give_to(owner: tuple[int, int], created: list[Path], pgdata: Path) -> None:
+    # Under root the server runs as its own user, which must own the cluster and the
+    # folders on the way to it that this restore made; nobody else's files change.
+    for folder in created:
+        os.chown(folder, *owner, follow_symlinks=False)
+    for root, dirs, files in os.walk(pgdata):
+        for entry in (root, *(os.path.join(root, d) for d in dirs)):
+            os.chown(entry, *owner, follow_symlinks=False)
+        for file in files:
+            os.chown(os.path.join(root, file), *owner, follow_symlinks=False)
 
 
 async def _plain(member: BackupSet, scratch: Path) -> Path:

@@ -50,7 +50,7 @@ async def apply_retention(
     dropped: list[str] = []
     for chain in expired:
         for backup in reversed(chain):
-            shutil.rmtree(backup.path)
+            await asyncio.to_thread(shutil.rmtree, backup.path)  # off the event loop
             dropped.append(backup.name)
     kept = list_sets(repository)
     wal = repository / WAL_FOLDER

@@ -141,7 +141,7 @@ async def create_set(
             start_lsn=lsns[0],
             stop_lsn=lsns[1],
             timeline=lsns[2],
-            size_bytes=_size(target),
+            size_bytes=await asyncio.to_thread(_size, target),
             compression="gzip" if compress else "none",
             **valkey,
             **facts,
