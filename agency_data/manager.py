@@ -410,6 +410,16 @@ class DataLayer(QueryMethods, MonitoringMethods):
         """The embedded Valkey's URL, or None when a configured server is used."""
         return self._redis_url
 
+    @property
+    def replica_conninfos(self) -> list[str]:
+        """The read replicas' connection strings, in the order reads take them (may hold
+        passwords: do not log them); empty without replicas."""
+        if self._conninfo is None:
+            raise _not_connected()
+        if self._replicas is None:
+            return []
+        return [str(replica.pool.conninfo) for replica in self._replicas.replicas]
+
     # -- operations ----------------------------------------------------------------------------
 
     async def prewarmed(self) -> None:

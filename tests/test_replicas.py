@@ -112,7 +112,10 @@ def replica_reads(dl: DataLayer) -> int:
     return sum(reads for _, _, reads in dl._replicas.stats())
 
 
-async def test_routed_reads_run_on_the_standby(layer: DataLayer) -> None:
+async def test_routed_reads_run_on_the_standby(pair: Pair, layer: DataLayer) -> None:
+    assert layer.replica_conninfos == [
+        EmbeddedPostgres(pair.replica_dir).dsn("agency_data", user="agency_app")
+    ]
     assert await layer.fetch_value("SELECT pg_is_in_recovery()", replica=True) is True
     assert await layer.fetch_value("SELECT pg_is_in_recovery()") is False
     async with layer.transaction(readonly=True) as tx:

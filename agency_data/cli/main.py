@@ -140,6 +140,8 @@ def up(
             # Plain lines, never wrapped: scripts read the DSN and URL from here.
             typer.echo("ready")
             typer.echo(f"PostgreSQL: {redact_dsn(dl.conninfo)}")
+            for replica in dl.replica_conninfos:
+                typer.echo(f"Replica:    {redact_dsn(replica)}")
             configured = dl.config.redis.url
             redis_url = dl.redis_url or (configured.get_secret_value() if configured else None)
             typer.echo(f"Redis:      {redact_dsn(redis_url or '(configured server)')}")
