@@ -206,7 +206,9 @@ class Replicas:
         return min(self._config.pool_timeout, _CHECKOUT_BOUND)
 
     def _check_bound(self) -> float:
-        return max(1.0, self._config.replica_check_interval)
+        # Long enough that a replica busy on a loaded machine still answers a check (a cut
+        # check ends the reads on it too), short enough to find a hung one within seconds.
+        return max(2.0, self._config.replica_check_interval)
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -294,7 +296,7 @@ class Replicas:
         pause = 0.001
         while True:
             for replica in ordered:
-                replayed = await self._replayed(replica)
+                replayed = await self._replayed(replica, max(0.25, deadline - monotonic()))
                 if replayed is not None and replayed >= needed:
                     return replica, ""
             if monotonic() + pause > deadline:
@@ -302,10 +304,13 @@ class Replicas:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.02)
 
-    async def _replayed(self, replica: Replica) -> int | None:
+    async def _replayed(self, replica: Replica, bound: float) -> int | None:
+        # Bounded by what is left of replica_wait (a replica that does not answer in that
+        # time cannot serve this read anyway), but not so tightly that a busy one has its
+        # connection cut for answering in 60 ms.
         try:
-            async with replica.pool.connection(timeout=self._bound()) as conn:
-                row = await _ask(conn, _REPLAYED_SQL, self._check_bound())
+            async with replica.pool.connection(timeout=min(bound, self._bound())) as conn:
+                row = await _ask(conn, _REPLAYED_SQL, bound)
         except Exception:  # noqa: BLE001 - unreachable or hung now: the next check says more
             return None
         if row is None or row["replayed"] is None:
