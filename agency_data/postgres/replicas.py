@@ -46,7 +46,7 @@ from agency_data.errors import (
     QueryError,
     SerializationFailure,
 )
-from agency_data.postgres.errors import ServerUnreachable
+from agency_data.postgres.errors import ServerUnreachable, connect_error_text
 from agency_data.postgres.pool import Pool, open_pool
 
 if TYPE_CHECKING:
@@ -168,12 +168,19 @@ class Replicas:
     async def _check_one(self, replica: Replica, primary: int | None) -> None:
         state = ReplicaState(checked_at=monotonic())
         try:
-            async with replica.pool.connection(timeout=self._bound()) as conn:
+            # The check may wait for a connection longer than a read would: at the start
+            # the pool is still making its first.
+            async with replica.pool.connection(timeout=self._check_bound()) as conn:
                 row = await _ask(conn, _STATE_SQL, self._check_bound())
         except TimeoutError:
             self._set(replica, state, f"no answer within {self._check_bound():.1f} s")
             return
-        except Exception as exc:  # noqa: BLE001 - down, refusing, or its pool timed out: unusable
+        except psycopg_pool.PoolTimeout as exc:
+            if isinstance(exc, ServerUnreachable) or not replica.state.up:
+                self._set(replica, state, f"unreachable ({connect_error_text(exc)})")
+            # Else every connection is busy with reads: it answers, so its state stands.
+            return
+        except Exception as exc:  # noqa: BLE001 - down or refusing: unusable
             self._set(replica, state, f"unreachable ({type(exc).__name__})")
             return
         assert row is not None
