@@ -28,7 +28,7 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from agency_data.embedded import EmbeddedPostgres
-from agency_data.embedded.postgres import REWIND_ROLE
+from agency_data.embedded.postgres import REWIND_ROLE, unquote_setting
 from agency_data.errors import BackupError, EmbeddedServerError
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
 
 _SLOT_PREFIX = "agency_replica_"
 # name = 'value' (quotes doubled inside), as PostgreSQL writes postgresql.auto.conf.
-_SETTING = re.compile(r"^\s*(?P<name>[a-z_]+)\s*=\s*'(?P<value>(?:[^']|'')*)'\s*$")
+_SETTING = re.compile(r"^\s*(?P<name>[a-z_]+)\s*=\s*'(?P<value>(?:[^'\\]|''|\\.)*)'\s*$")
 
 
 class ReplicaStatus(BaseModel):
@@ -156,9 +156,10 @@ def drop_replica(data_dir: Path, *, start_timeout: float = 60.0) -> str:
         )
     settings = _auto_conf(pgdata)
     conninfo, slot = settings.get("primary_conninfo", ""), settings.get("primary_slot_name", "")
-    where = str(psycopg.conninfo.conninfo_to_dict(conninfo).get("host") or "?") if conninfo else "?"
+    where = "the primary it follows"
     if slot:
         try:
+            where = str(psycopg.conninfo.conninfo_to_dict(conninfo).get("host") or where)
             with psycopg.connect(
                 conninfo, dbname="postgres", autocommit=True, connect_timeout=10
             ) as conn:
@@ -293,7 +294,7 @@ def _auto_conf(pgdata: Path) -> dict[str, str]:
     for line in lines:
         match = _SETTING.match(line)
         if match:
-            found[match["name"]] = match["value"].replace("''", "'")
+            found[match["name"]] = unquote_setting(match["value"])
     return found
 
 

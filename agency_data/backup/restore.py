@@ -20,6 +20,7 @@ from pathlib import Path
 from agency_data.backup.sets import BackupSet, find_set
 from agency_data.backup.valkey import SNAPSHOT, install_snapshot
 from agency_data.embedded import system_user
+from agency_data.embedded.postgres import quote_setting
 from agency_data.errors import BackupError, NotFound, ValidationError
 from agency_data.files import make_private_dirs, private_file
 
@@ -152,15 +153,14 @@ def _extract(tar: tarfile.TarFile, into: Path) -> None:
     if hasattr(tarfile, "data_filter"):
         tar.extractall(into, filter="data")
         return
-    # Python before 3.11.4 has no extraction filters: the same checks, by hand.
+    # Python before 3.11.4 has no extraction filters. A set's archives hold only files and
+    # folders, so anything else (a link, which could lead out of the folder, alone or in a
+    # chain) is refused outright, and every name must stay inside the folder.
     root = into.resolve()
     for member in tar.getmembers():
         target = (root / member.name).resolve()
-        bad = not (member.isfile() or member.isdir() or member.issym() or member.islnk())
-        if member.issym() or member.islnk():
-            link = (target.parent / member.linkname).resolve()
-            bad = bad or not link.is_relative_to(root) or Path(member.linkname).is_absolute()
-        if bad or Path(member.name).is_absolute() or not target.is_relative_to(root):
+        inside = target.is_relative_to(root) and not Path(member.name).is_absolute()
+        if not (member.isfile() or member.isdir()) or not inside:
             raise BackupError(f"the archive holds {member.name!r}, which a set never does")
     tar.extractall(into)  # every member checked above
 
@@ -195,18 +195,14 @@ def _recovery_settings(
             f"target_lsn {target_lsn!r} is not an LSN such as 0/3000060", field="target_lsn"
         )
     settings = {
-        "restore_command": _quote(f"cp {_shell_quote(str(wal))}/%f %p"),
+        "restore_command": quote_setting(f"cp {_shell_quote(str(wal))}/%f %p"),
         "recovery_target_action": "'promote'",
     }
     if target_time is not None:
-        settings["recovery_target_time"] = _quote(target_time.isoformat())
+        settings["recovery_target_time"] = quote_setting(target_time.isoformat())
     else:
-        settings["recovery_target_lsn"] = _quote(str(target_lsn))
+        settings["recovery_target_lsn"] = quote_setting(str(target_lsn))
     return settings
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _shell_quote(value: str) -> str:

@@ -44,6 +44,8 @@ __all__ = [
     "SUPERUSER",
     "EmbeddedPostgres",
     "postgres_bin_dir",
+    "quote_setting",
+    "unquote_setting",
 ]
 
 _log = logging.getLogger("agency_data.embedded")
@@ -261,7 +263,7 @@ class EmbeddedPostgres(SharedServer):
                 # read (at the cost of the primary keeping those rows a little longer); the
                 # WAL receiver names itself after its slot (as application_name), so that
                 # two standbys are told apart in pg_stat_replication.
-                conf.write(f"hot_standby_feedback = on\ncluster_name = {_quote(slot)}\n")
+                conf.write(f"hot_standby_feedback = on\ncluster_name = {quote_setting(slot)}\n")
             self._into_place(scratch)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -301,8 +303,8 @@ class EmbeddedPostgres(SharedServer):
         follow = f"host={_conninfo_quote(str(primary.pg_socket_dir))} user={SUPERUSER}"
         with (self.pgdata / "postgresql.auto.conf").open("a") as conf:
             conf.write(
-                f"primary_conninfo = {_quote(follow)}\nprimary_slot_name = {_quote(slot)}\n"
-                f"hot_standby_feedback = on\ncluster_name = {_quote(slot)}\n"
+                f"primary_conninfo = {quote_setting(follow)}\nprimary_slot_name = {quote_setting(slot)}\n"
+                f"hot_standby_feedback = on\ncluster_name = {quote_setting(slot)}\n"
             )
         account = system_user()
         private_file(self.pgdata / "standby.signal")
@@ -368,10 +370,10 @@ class EmbeddedPostgres(SharedServer):
         client = _user_name(os.geteuid())
         settings = {
             **self.settings,
-            "unix_socket_directories": _quote(str(self.pg_socket_dir)),
+            "unix_socket_directories": quote_setting(str(self.pg_socket_dir)),
             "unix_socket_permissions": "0700",
-            "hba_file": _quote(str(self.pgdata / "agency_data_hba.conf")),
-            "ident_file": _quote(str(self.pgdata / "agency_data_ident.conf")),
+            "hba_file": quote_setting(str(self.pgdata / "agency_data_hba.conf")),
+            "ident_file": quote_setting(str(self.pgdata / "agency_data_ident.conf")),
             "password_encryption": "scram-sha-256",
         }
         lines = [f"{key} = {value}" for key, value in sorted(settings.items())]
@@ -576,8 +578,27 @@ def _user_name(uid: int) -> str:
         ) from exc
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+def quote_setting(value: str) -> str:
+    """``value`` as a quoted string of postgresql.conf: backslashes and quotes escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+_SETTING_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def unquote_setting(quoted: str) -> str:
+    """The value of a quoted postgresql.conf string (its text between the outer quotes)."""
+    out: list[str] = []
+    chars = iter(quoted)
+    for char in chars:
+        if char == "\\":
+            escaped = next(chars, "")
+            out.append(_SETTING_ESCAPES.get(escaped, escaped))
+        elif char == "'":
+            out.append(next(chars, ""))  # '' stands for one quote
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def _conninfo_quote(value: str) -> str:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import AsyncConnection, AsyncCursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, dict_row
 
 from agency_data.config import PostgresConfig
 from agency_data.errors import (
@@ -46,7 +46,7 @@ from agency_data.errors import (
     QueryError,
     SerializationFailure,
 )
-from agency_data.postgres.errors import ServerUnreachable, connect_error_text
+from agency_data.postgres.errors import ServerUnreachable
 from agency_data.postgres.pool import Pool, open_pool
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ class Replica:
     views: dict[tuple[str | None, bool, bool], Database] = field(default_factory=dict)
     # The connections its reads have out, cut off when it stops answering.
     lent: set[AsyncConnection[DictRow]] = field(default_factory=set)
+    # The checks' own connection (outside the pool), made again when it breaks.
+    check_conn: AsyncConnection[DictRow] | None = None
 
     def abandon(self) -> None:
         """End the reads waiting on this replica now: they run again on the primary.
@@ -147,6 +149,8 @@ class Replicas:
             checker.cancel()
             await asyncio.gather(checker, return_exceptions=True)
         for replica in self.replicas:
+            if replica.check_conn is not None:
+                await replica.check_conn.close()
             await replica.pool.close()
 
     async def _check_forever(self) -> None:
@@ -168,17 +172,13 @@ class Replicas:
     async def _check_one(self, replica: Replica, primary: int | None) -> None:
         state = ReplicaState(checked_at=monotonic())
         try:
-            # The check may wait for a connection longer than a read would: at the start
-            # the pool is still making its first.
-            async with replica.pool.connection(timeout=self._check_bound()) as conn:
-                row = await _ask(conn, _STATE_SQL, self._check_bound())
+            # On a connection of the check's own, outside the pool: a pool whose every
+            # connection is out on reads (to a replica that may have hung) must not keep the
+            # check from finding out.
+            conn = await self._check_connection(replica)
+            row = await _ask(conn, _STATE_SQL, self._check_bound())
         except TimeoutError:
             self._set(replica, state, f"no answer within {self._check_bound():.1f} s")
-            return
-        except psycopg_pool.PoolTimeout as exc:
-            if isinstance(exc, ServerUnreachable) or not replica.state.up:
-                self._set(replica, state, f"unreachable ({connect_error_text(exc)})")
-            # Else every connection is busy with reads: it answers, so its state stands.
             return
         except Exception as exc:  # noqa: BLE001 - down or refusing: unusable
             self._set(replica, state, f"unreachable ({type(exc).__name__})")
@@ -195,6 +195,27 @@ class Replicas:
             since = row["since_commit"]
             state.lag = float(since) if since is not None else None
         self._set(replica, state, None)
+
+    async def _check_connection(self, replica: Replica) -> AsyncConnection[DictRow]:
+        conn = replica.check_conn
+        if conn is not None and not (conn.closed or conn.broken):
+            return conn
+        replica.check_conn = None
+        bound = self._check_bound()
+        # libpq's own bound (whole seconds) on the connect; the timer, in case a server that
+        # accepted the socket never answers the startup (no query to cancel yet).
+        conn = await asyncio.wait_for(
+            AsyncConnection.connect(
+                str(replica.pool.conninfo),
+                autocommit=True,
+                row_factory=dict_row,
+                prepare_threshold=None,
+                connect_timeout=max(2, int(bound)),
+            ),
+            bound + 1,
+        )
+        replica.check_conn = conn
+        return conn
 
     def _set(self, replica: Replica, state: ReplicaState, problem: str | None) -> None:
         was_up = replica.state.up
@@ -258,6 +279,10 @@ class Replicas:
             return None
         try:
             conn = await stack.enter_async_context(replica.pool.connection(timeout=self._bound()))
+            # Noted like a read's, so that a check finding the replica hung cuts it too;
+            # forgotten before the pool takes the connection back.
+            replica.lent.add(conn)
+            stack.callback(replica.lent.discard, conn)
         except psycopg_pool.PoolTimeout as exc:
             if not isinstance(exc, ServerUnreachable):
                 self.fallbacks["busy"] += 1
