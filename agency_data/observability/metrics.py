@@ -92,7 +92,8 @@ def replica_families(replicas: ReplicaSource) -> Iterator[Metric]:
         reads.add_metric([name], served)
     fallbacks = CounterMetricFamily(
         "agency_data_replica_fallbacks",
-        "Lag-tolerant reads the primary served instead, by reason (down, lag, behind, failed).",
+        "Lag-tolerant reads the primary served instead, by reason (down, lag, behind, primary, "
+        "busy, failed).",
         labels=["reason"],
     )
     for reason, count in sorted(replicas.fallbacks.items()):

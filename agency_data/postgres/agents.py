@@ -171,7 +171,7 @@ class AgentStore:
 
     @observed("agents.get")
     async def _get_consistent(self, uid: UUID) -> Agent:
-        row = await self._db.read(lambda on: self._load_one(uid, on), consistent=True)
+        row = await self._read_one(uid, consistent=True)
         if row is None:
             raise NotFound(f"agent {uid} does not exist", entity="agent", key=uid)
         return row
@@ -188,8 +188,8 @@ class AgentStore:
             raise NotFound(f"agent {agent_id} does not exist", entity="agent", key=agent_id)
         return row
 
-    async def _read_one(self, agent_id: UUID) -> Agent | None:
-        return await self._db.read(lambda on: self._load_one(agent_id, on))
+    async def _read_one(self, agent_id: UUID, consistent: bool = False) -> Agent | None:
+        return await self._db.read(lambda on: self._load_one(agent_id, on), consistent=consistent)
 
     async def _read_many(self, agent_ids: Sequence[UUID]) -> dict[UUID, Agent]:
         return await self._db.read(lambda on: self._load_many(agent_ids, on))

@@ -111,9 +111,8 @@ class Transaction:
     def __init__(self, conn: AsyncConnection[DictRow], parent: Transaction | None) -> None:
         self._conn = conn
         self.parent = parent
-        # A read-only transaction on a read replica, and whether that replica had replayed
-        # every commit acknowledged when it began (transaction(readonly=True, consistent=...)).
-        self.on_replica: bool = parent.on_replica if parent is not None else False
+        # False for a read-only transaction on a read replica that had not been asked to
+        # have replayed every commit acknowledged when it began (transaction(consistent=...)).
         self.consistent: bool = parent.consistent if parent is not None else True
         self._hooks: list[Hook] = []
         # Tasks that share the transaction (asyncio.gather inside it) take turns: a statement
@@ -548,7 +547,7 @@ class Database:
                     )
             tx = Transaction(conn, parent)
             if on_replica:
-                tx.on_replica, tx.consistent = True, consistent
+                tx.consistent = consistent
             token = self._current.set(tx)
             try:
                 with translate_errors():

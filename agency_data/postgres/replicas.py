@@ -95,7 +95,6 @@ class ReplicaState:
     up: bool = False
     lag: float | None = None
     replayed: int = 0
-    checked_at: float = 0.0
 
 
 @dataclass
@@ -107,7 +106,7 @@ class Replica:
     state: ReplicaState = field(default_factory=ReplicaState)
     reads: int = 0
     was_up: bool = False
-    checks: int = 0
+    checked: bool = False
     views: dict[tuple[str | None, bool, bool], Database] = field(default_factory=dict)
     # The connections its reads have out, cut off when it stops answering.
     lent: set[AsyncConnection[DictRow]] = field(default_factory=set)
@@ -170,7 +169,7 @@ class Replicas:
         await asyncio.gather(*(self._check_one(replica, primary) for replica in self.replicas))
 
     async def _check_one(self, replica: Replica, primary: int | None) -> None:
-        state = ReplicaState(checked_at=monotonic())
+        state = ReplicaState()
         try:
             # On a connection of the check's own, outside the pool: a pool whose every
             # connection is out on reads (to a replica that may have hung) must not keep the
@@ -219,8 +218,7 @@ class Replicas:
 
     def _set(self, replica: Replica, state: ReplicaState, problem: str | None) -> None:
         was_up = replica.state.up
-        first = replica.checks == 0
-        replica.checks += 1
+        first, replica.checked = not replica.checked, True
         replica.state = state
         if problem is not None:
             replica.abandon()
@@ -229,9 +227,6 @@ class Replicas:
         elif not was_up and replica.was_up:
             _log.info("read replica %s is back in use", replica.name)
         replica.was_up = replica.was_up or state.up
-
-    def _bound(self) -> float:
-        return min(self._config.pool_timeout, _CHECKOUT_BOUND)
 
     def _check_bound(self) -> float:
         # Long enough that a replica busy on a loaded machine still answers a check (a cut
@@ -278,27 +273,24 @@ class Replicas:
             self.fallbacks[reason] += 1
             return None
         try:
-            conn = await stack.enter_async_context(replica.pool.connection(timeout=self._bound()))
-            # Noted like a read's, so that a check finding the replica hung cuts it too;
-            # forgotten before the pool takes the connection back.
-            replica.lent.add(conn)
-            stack.callback(replica.lent.discard, conn)
-        except psycopg_pool.PoolTimeout as exc:
-            if not isinstance(exc, ServerUnreachable):
-                self.fallbacks["busy"] += 1
-                return None
-            self._failed(replica, exc)
+            conn = await stack.enter_async_context(replica.pool.connection())
+        except Exception as exc:  # noqa: BLE001 - busy or unreachable: the primary serves
+            if isinstance(exc, psycopg_pool.PoolTimeout) and not isinstance(exc, ServerUnreachable):
+                self.fallbacks["busy"] += 1  # every connection out: the replica is fine
+            else:
+                self._failed(replica, exc)
             return None
-        except Exception as exc:  # noqa: BLE001 - unreachable: the primary serves
-            self._failed(replica, exc)
-            return None
+        # Noted like a read's, so that a check finding the replica hung cuts it too;
+        # forgotten before the pool takes the connection back.
+        replica.lent.add(conn)
+        stack.callback(replica.lent.discard, conn)
         replica.reads += 1
         return conn
 
     def _failed(self, replica: Replica, why: Exception | str) -> None:
         if replica.state.up:
             _log.warning("read replica %s failed; reading the primary: %s", replica.name, why)
-        replica.state = ReplicaState(checked_at=monotonic())
+        replica.state = ReplicaState()
         replica.abandon()
         self.fallbacks["failed"] += 1
 
@@ -341,7 +333,7 @@ class Replicas:
         # time cannot serve this read anyway), but not so tightly that a busy one has its
         # connection cut for answering in 60 ms.
         try:
-            async with replica.pool.connection(timeout=min(bound, self._bound())) as conn:
+            async with replica.pool.connection(timeout=min(bound, replica.pool.timeout)) as conn:
                 row = await _ask(conn, _REPLAYED_SQL, bound)
         except Exception:  # noqa: BLE001 - unreachable or hung now: the next check says more
             return None
@@ -365,16 +357,6 @@ class Replicas:
     def stats(self) -> list[tuple[str, ReplicaState, int]]:
         """Each replica's name, latest state and reads served, for the metrics."""
         return [(r.name, r.state, r.reads) for r in self.replicas]
-
-
-def describe(replicas: Replicas | None) -> dict[str, Any]:
-    """The replicas' state for health reports: name -> up, lag and reads served."""
-    if replicas is None:
-        return {}
-    return {
-        name: {"up": state.up, "lag_seconds": state.lag, "reads": reads}
-        for name, state, reads in replicas.stats()
-    }
 
 
 async def open_replicas(

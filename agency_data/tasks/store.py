@@ -98,7 +98,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         self._telemetry = db.telemetry
         self.tenant = tenant
         self._runtime = runtime
-        self._reads: PointReads[UUID, Task] = PointReads(self._get_one, self._get_gathered)
+        self._reads: PointReads[UUID, Task] = PointReads(self._read_one, self._read_many)
         self._creates: GroupCommit[NewTask, Task] = GroupCommit(
             self._insert_one, self._insert_group, retry_alone=refused_a_row
         )
@@ -432,32 +432,30 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         every commit acknowledged so far, or the primary.
         """
         uid = as_uuid(task_id, "task_id")
-        if consistent is not False:
-            check_bool(consistent, "consistent")
-            task = await self._db.read(lambda on: self._fetch_one(uid, on), consistent=True)
-        elif self._db.in_transaction:
-            task = await self._fetch_one(uid, self._db)
+        if consistent is not False or self._db.in_transaction:
+            # Alone: a consistent read waits for its own replica; a transaction's stays its own.
+            task = await self._read_one(uid, consistent=check_bool(consistent, "consistent"))
         else:
             task = await self._reads.get(uid)
         if task is None:
             raise NotFound(f"task {task_id} does not exist", entity="task", key=task_id)
         return task
 
-    async def _get_one(self, task_id: UUID) -> Task | None:
-        return await self._db.read(lambda on: self._fetch_one(task_id, on))
+    async def _read_one(self, task_id: UUID, consistent: bool = False) -> Task | None:
+        return await self._db.read(lambda on: self._load_one(task_id, on), consistent=consistent)
 
-    async def _fetch_one(self, task_id: UUID, db: Database) -> Task | None:
+    async def _load_one(self, task_id: UUID, db: Database) -> Task | None:
         return await db.fetch_one(
             "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = %s",
             [self.tenant, task_id],
             model=Task,
         )
 
-    async def _get_gathered(self, task_ids: Sequence[UUID]) -> dict[UUID, Task]:
-        tasks = await self._db.read(lambda on: self._fetch_many(list(task_ids), on))
+    async def _read_many(self, task_ids: Sequence[UUID]) -> dict[UUID, Task]:
+        tasks = await self._db.read(lambda on: self._load_many(list(task_ids), on))
         return {task.id: task for task in tasks}
 
-    async def _fetch_many(self, task_ids: builtins.list[UUID], db: Database) -> builtins.list[Task]:
+    async def _load_many(self, task_ids: builtins.list[UUID], db: Database) -> builtins.list[Task]:
         return await db.fetch(
             "SELECT " + READ_COLUMNS + " FROM tasks WHERE tenant_id = %s AND id = ANY(%s)",
             [self.tenant, task_ids],
@@ -476,7 +474,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         ids = [as_uuid(i, f"task_ids[{n}]") for n, i in enumerate(as_items(task_ids, "task_ids"))]
         if not ids:
             return []
-        return await self._db.read(lambda on: self._fetch_many(ids, on), consistent=consistent)
+        return await self._db.read(lambda on: self._load_many(ids, on), consistent=consistent)
 
     @observed("tasks.dependencies")
     async def dependencies(self, task_id: UUID | str) -> builtins.list[UUID]:

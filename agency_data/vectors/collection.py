@@ -99,7 +99,7 @@ class Collection:
         self.name = name
         # Concurrent single reads and stores outside transactions share round trips (see
         # agency_data.batching); the store hands out one Collection per name, so they meet.
-        self._reads: PointReads[UUID, Embedding] = PointReads(self._get_one, self._get_gathered)
+        self._reads: PointReads[UUID, Embedding] = PointReads(self._read_one, self._read_many)
         self._stores: GroupCommit[Embedding | Mapping[str, Any], UUID] = GroupCommit(
             self._store_one, self._store_group, retry_alone=refused_a_row
         )
@@ -326,12 +326,9 @@ class Collection:
         replayed every commit acknowledged so far, or the primary.
         """
         uid = as_uuid(embedding_id, "embedding_id")
-        if consistent is not False:
-            check_bool(consistent, "consistent")
-            found_all = await self._db.read(lambda on: self._get_many([uid], on), consistent=True)
-            found = found_all[0] if found_all else None
-        elif self._db.in_transaction:
-            found = await self._get_one(uid)
+        if consistent is not False or self._db.in_transaction:
+            # Alone: a consistent read waits for its own replica; a transaction's stays its own.
+            found = await self._read_one(uid, consistent=check_bool(consistent, "consistent"))
         else:
             found = await self._reads.get(uid)
         if found is None:
@@ -340,12 +337,14 @@ class Collection:
             )
         return found
 
-    async def _get_one(self, embedding_id: UUID) -> Embedding | None:
-        found = await self._db.read(lambda on: self._get_many([embedding_id], on))
+    async def _read_one(self, embedding_id: UUID, consistent: bool = False) -> Embedding | None:
+        found = await self._db.read(
+            lambda on: self._load_many([embedding_id], on), consistent=consistent
+        )
         return found[0] if found else None
 
-    async def _get_gathered(self, ids: Sequence[UUID]) -> dict[UUID, Embedding]:
-        found = await self._db.read(lambda on: self._get_many(list(ids), on))
+    async def _read_many(self, ids: Sequence[UUID]) -> dict[UUID, Embedding]:
+        found = await self._db.read(lambda on: self._load_many(list(ids), on))
         return {one.id: one for one in found}
 
     @observed("embeddings.get_many")
@@ -358,9 +357,9 @@ class Collection:
         """
         check_bool(consistent, "consistent")
         ids = _ids(embedding_ids, "embedding_ids")
-        return await self._db.read(lambda on: self._get_many(ids, on), consistent=consistent)
+        return await self._db.read(lambda on: self._load_many(ids, on), consistent=consistent)
 
-    async def _get_many(self, ids: builtins.list[UUID], db: Database) -> builtins.list[Embedding]:
+    async def _load_many(self, ids: builtins.list[UUID], db: Database) -> builtins.list[Embedding]:
         spec = await self._spec()  # first: a collection that does not exist is still an error
         if not ids:
             return []
@@ -434,7 +433,7 @@ class Collection:
             [encoded, self.tenant, uid],
         )
         # Its own write, read back on the primary (a replica may not have replayed it yet).
-        found = await self._get_many([uid], self._db) if updated else []
+        found = await self._load_many([uid], self._db) if updated else []
         if not found:
             raise NotFound(f"embedding {uid} does not exist in {self.name!r}", entity="embedding")
         return found[0]
@@ -467,9 +466,8 @@ class Collection:
         (see :mod:`agency_data.postgres.replicas`); ``consistent`` as for :meth:`get`.
         """
         start = perf_counter()
-        query = _checked_query(vector, limit, threshold, filter, "")
         (results,) = await self._search(
-            [query],
+            [_checked_query(vector, limit, threshold, filter, "")],
             include_vectors=include_vectors,
             ef_search=ef_search,
             probes=probes,
