@@ -179,6 +179,13 @@ def test_the_rule_names_are_the_in_process_alerts() -> None:
     assert sorted(names) == sorted(RULE_NAMES)
 
 
+def test_the_slow_operation_rule_spares_what_the_in_process_alert_spares() -> None:
+    from agency_data.observability.alerts import _UNBUDGETED
+
+    # The same operations have no p95 budget in Prometheus as in the layer's own alert.
+    assert f'operation!~"{_UNBUDGETED.pattern}"' in (ROOT / RULES).read_text()
+
+
 def test_every_rule_has_a_severity_a_summary_and_a_description() -> None:
     text = (ROOT / RULES).read_text()
     assert re.findall(r"^  - name: (\S+)\s*$", text, re.MULTILINE) == ["agency-data"]

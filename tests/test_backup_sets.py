@@ -6,20 +6,18 @@ import asyncio
 import json
 import os
 import stat
-import tarfile
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import psycopg
 import pytest
 import redis
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agency_data import DataLayer, DataLayerConfig
-from agency_data.backup.restore import _extract
+from agency_data.dsn import database_of
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.embedded.postgres import DATABASE
 from agency_data.errors import BackupError, ConfigError, NotFound, ValidationError
@@ -27,15 +25,21 @@ from tests.conftest import FAST_POSTGRES, DatabaseDsn, make_config, reachable_di
 from tests.test_cli import agency_data
 
 
-@pytest.fixture
-async def layer(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
-    config = make_config(
+def sets_config(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path, folder: str = "sets", **backup: Any
+) -> DataLayerConfig:
+    """A config on the test servers whose sets go to ``tmp_path / folder``."""
+    return make_config(
         database,
         redis_url,
         tmp_path,
-        backup={"directory": tmp_path / "sets", "source_dsn": database.superuser},
+        backup={"directory": tmp_path / folder, "source_dsn": database.superuser, **backup},
     )
-    async with DataLayer(config) as dl:
+
+
+@pytest.fixture
+async def layer(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
+    async with DataLayer(sets_config(database, redis_url, tmp_path)) as dl:
         yield dl
 
 
@@ -111,7 +115,7 @@ async def test_verify_names_the_file_with_one_byte_changed(layer: DataLayer) -> 
     assert any(relative in problem for problem in problems), problems
 
 
-async def test_bad_input_and_missing_sets_are_clear(layer: DataLayer, tmp_path: Path) -> None:
+async def test_bad_input_and_missing_sets_are_clear(layer: DataLayer) -> None:
     with pytest.raises(NotFound, match="backup list"):
         await layer.backups.verify("20200101T000000000000Z-full")
     with pytest.raises(NotFound):
@@ -252,13 +256,10 @@ async def test_a_restore_holds_exactly_what_the_set_covered(
         await layer.backups.restore("latest", restored)
 
     server = EmbeddedPostgres(restored, settings=FAST_POSTGRES)
-    dsn = server.acquire()
+    server.acquire()
     try:
-        name = conninfo_to_dict(database)["dbname"]
-        params = conninfo_to_dict(dsn)
-        params["dbname"] = name
         async with await psycopg.AsyncConnection.connect(
-            make_conninfo("", **params), autocommit=True
+            server.dsn(database_of(database)), autocommit=True
         ) as conn:
             agents = await (await conn.execute("SELECT name FROM agents ORDER BY name")).fetchall()
             assert [a[0] for a in agents] == [
@@ -283,10 +284,6 @@ async def test_a_restore_holds_exactly_what_the_set_covered(
             ).fetchall()
             assert len(rows) == 50
             # Bit-identical: the text form of each float4 round-trips exactly.
-            original = {
-                str(i): "[" + ",".join(str(float(np.float32(x))) for x in v) + "]"
-                for i, v in enumerate(vectors)
-            }
             restored_text = {entity: text for entity, text in rows}
             source = await layer.admin.fetch(
                 psycopg.sql.SQL("SELECT entity_id, vector::text AS v FROM {}").format(
@@ -294,7 +291,7 @@ async def test_a_restore_holds_exactly_what_the_set_covered(
                 )
             )
             assert restored_text == {row["entity_id"]: row["v"] for row in source}
-            assert set(restored_text) == set(original)
+            assert set(restored_text) == {str(i) for i in range(len(vectors))}
             invalid = await (
                 await conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
             ).fetchone()
@@ -460,13 +457,7 @@ async def test_a_restore_to_a_point_in_time_keeps_exactly_what_was_committed_bef
 async def test_retention_drops_whole_chains_oldest_first(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:
-    config = make_config(
-        database,
-        redis_url,
-        tmp_path,
-        backup={"directory": tmp_path / "sets", "source_dsn": database.superuser, "keep_full": 2},
-    )
-    async with DataLayer(config) as dl:
+    async with DataLayer(sets_config(database, redis_url, tmp_path, keep_full=2)) as dl:
         first = await dl.backups.create()
         first_incremental = await dl.backups.create(incremental=True)
         second = await dl.backups.create()
@@ -489,14 +480,11 @@ async def test_retention_by_age_keeps_the_newest_chain(layer: DataLayer) -> None
     backups.keep_full, backups.keep_days = 10, 1.0
     old = await backups.create()
     recent = await backups.create()
-    # Ten days old, as far as the repository knows.
-    for aged in (old, recent):
+    # Long past, and far ahead, as far as the repository knows.
+    for aged, finished in ((old, "2020-01-01"), (recent, "2099-01-01")):
         recorded = json.loads((aged.path / "agency-backup.json").read_text())
-        recorded["finished_at"] = "2020-01-01T00:00:00+00:00"
+        recorded["finished_at"] = f"{finished}T00:00:00+00:00"
         (aged.path / "agency-backup.json").write_text(json.dumps(recorded))
-    (recent.path / "agency-backup.json").write_text(
-        (recent.path / "agency-backup.json").read_text().replace("2020-01-01", "2099-01-01")
-    )
     newest = await backups.create()
     assert [s.name for s in backups.list()] == [recent.name, newest.name]
     # A tenth of a second: every chain but the newest is past it (the one dated 2099 is not).
@@ -511,30 +499,22 @@ async def test_compressed_sets_are_smaller_and_restore_the_same(
     for i in range(3):
         await layer.agents.create(f"before-{i}", "worker")
     plain = await layer.backups.create()
-    config = make_config(
-        database,
-        redis_url,
-        tmp_path,
-        backup={"directory": tmp_path / "gz", "source_dsn": database.superuser, "compress": 1},
-    )
-    async with DataLayer(config) as dl:
+    async with DataLayer(sets_config(database, redis_url, tmp_path, "gz", compress=1)) as dl:
         full = await dl.backups.create()
         await dl.agents.create("between", "worker")
         incremental = await dl.backups.create(incremental=True)
         assert full.manifest.compression == incremental.manifest.compression == "gzip"
         assert (full.path / "pgdata" / "base.tar.gz").is_file()
-        print(f"plain {plain.manifest.size_bytes} bytes, gzip -1 {full.manifest.size_bytes}")
         assert full.manifest.size_bytes < plain.manifest.size_bytes / 2
         report = await dl.backups.verify(incremental.name, drill=True)
         assert report.ok, (report.problems, report.checks)
         await dl.backups.restore("latest", data_dir)
     assert not (data_dir / ".unpacked").exists()
     server = EmbeddedPostgres(data_dir, settings=FAST_POSTGRES)
-    params = conninfo_to_dict(server.acquire())
-    params["dbname"] = conninfo_to_dict(database)["dbname"]
+    server.acquire()
     try:
         async with await psycopg.AsyncConnection.connect(
-            make_conninfo("", **params), autocommit=True
+            server.dsn(database_of(database)), autocommit=True
         ) as conn:
             names = await (await conn.execute("SELECT name FROM agents ORDER BY name")).fetchall()
         assert [n[0] for n in names] == ["before-0", "before-1", "before-2", "between"]
@@ -551,17 +531,14 @@ async def test_retention_expires_the_archived_wal_only_dropped_sets_needed(
     config = archiving(source_dir, redis_url, compress=1, keep_full=1)
     superuser = EmbeddedPostgres(source_dir).dsn("postgres")
 
-    def switch() -> str:
-        return switch_and_archive(superuser)
-
     async with DataLayer(config) as dl:
         first = await dl.backups.create()
         for i in range(3):
             await dl.agents.create(f"a{i}", "worker")
-            switch()
+            switch_and_archive(superuser)
         second = await dl.backups.create()
         await dl.agents.create("after", "worker")  # pg_switch_wal switches only after writes
-        last = switch()
+        last = switch_and_archive(superuser)
         assert [s.name for s in dl.backups.list()] == [second.name]
         wal = dl.backups.repository / "wal"
         segments = sorted(p.name for p in wal.iterdir() if len(p.name) == 24)
@@ -615,24 +592,3 @@ async def test_a_restore_over_existing_valkey_data_writes_nothing(
     with pytest.raises(BackupError, match="Valkey data already"):
         await layer.backups.restore("latest", data_dir)
     assert not (data_dir / "postgres").exists(), "the refused restore wrote a cluster"
-
-
-@pytest.mark.parametrize("filters", [True, False], ids=["with-filters", "python-before-3.11.4"])
-def test_unpacking_refuses_members_that_leave_the_folder(
-    filters: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not filters:
-        monkeypatch.delattr(tarfile, "data_filter", raising=False)
-    good, bad = tmp_path / "good.tar.gz", tmp_path / "bad.tar.gz"
-    payload = tmp_path / "payload"
-    payload.write_text("rows")
-    with tarfile.open(good, "w:gz") as tar:
-        tar.add(payload, arcname="base/1/16384")
-    with tarfile.open(bad, "w:gz") as tar:
-        tar.add(payload, arcname="../escaped")
-    with tarfile.open(good, "r:gz") as tar:
-        _extract(tar, tmp_path / "out")
-    assert (tmp_path / "out" / "base" / "1" / "16384").read_text() == "rows"
-    with pytest.raises((BackupError, tarfile.TarError)), tarfile.open(bad, "r:gz") as tar:
-        _extract(tar, tmp_path / "out2")
-    assert not (tmp_path / "escaped").exists()

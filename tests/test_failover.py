@@ -19,19 +19,11 @@ from agency_data.embedded import EmbeddedPostgres
 from agency_data.errors import AgencyDataError
 from tests.conftest import ServerSet, reachable_dir
 from tests.test_cli import agency_data
+from tests.test_isolation import postmaster_pid
+from tests.test_prewarm import superuser_dsn
+from tests.test_replicas import scalar, stop_servers
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def superuser(folder: Path) -> str:
-    return EmbeddedPostgres(folder).dsn("agency_data")
-
-
-def scalar(dsn: str, query: str) -> object:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def multi_host(primary: Path, standby: Path, user: str) -> str:
@@ -68,12 +60,12 @@ async def test_a_promoted_synchronous_standby_has_every_acknowledged_write(
     primary = EmbeddedPostgres(primary_dir)
     primary.acquire()
     try:
-        with psycopg.connect(superuser(primary_dir), autocommit=True) as conn:
+        with psycopg.connect(superuser_dsn(primary_dir), autocommit=True) as conn:
             # Synchronous: a commit is acknowledged once the standby has flushed it.
             conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
             conn.execute("SELECT pg_reload_conf()")
         for _ in range(100):
-            if scalar(superuser(primary_dir), "SELECT count(*) FROM pg_stat_replication "
+            if scalar(superuser_dsn(primary_dir), "SELECT count(*) FROM pg_stat_replication "
                       "WHERE sync_state = 'sync'") == 1:  # fmt: skip
                 break
             await asyncio.sleep(0.05)
@@ -89,18 +81,18 @@ async def test_a_promoted_synchronous_standby_has_every_acknowledged_write(
             migration={"auto_migrate": False},
         )
         acked: list[UUID] = []
-        failures: list[float] = []
         acked_at: list[float] = []
-        killed_at = 0.0
+        failed = 0
         async with DataLayer(config) as dl:
             agents = dl.tenant("acme").agents
 
             async def writer() -> None:
+                nonlocal failed
                 while len(acked) < 200:
                     try:
                         agent = await agents.create(f"a{len(acked)}", "worker")
                     except AgencyDataError:
-                        failures.append(time.monotonic())
+                        failed += 1
                         await asyncio.sleep(0.05)
                         continue
                     acked.append(agent.id)
@@ -111,8 +103,7 @@ async def test_a_promoted_synchronous_standby_has_every_acknowledged_write(
             halfway = asyncio.Event()
             writing = asyncio.create_task(writer())
             await asyncio.wait_for(halfway.wait(), 60)
-            pid = int((primary.pgdata / "postmaster.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGKILL)
+            os.kill(postmaster_pid(primary_dir), signal.SIGKILL)
             killed_at = time.monotonic()
             promoted = await asyncio.to_thread(
                 agency_data, "replica", "promote", "--data-dir", str(standby_dir),
@@ -125,10 +116,11 @@ async def test_a_promoted_synchronous_standby_has_every_acknowledged_write(
         # primary's backends, which may finish a commit or two after the kill, are long gone).
         back_at = min(t for t in acked_at if t > promoted_at)
         print(
-            f"writes succeeded again {back_at - killed_at:.2f} s after the kill; {len(failures)} failed meanwhile"
+            f"writes succeeded again {back_at - killed_at:.2f} s after the kill; "
+            f"{failed} failed meanwhile"
         )
         on_new = scalar(
-            superuser(standby_dir),
+            superuser_dsn(standby_dir),
             "SELECT array_agg(id) FROM agents WHERE tenant_id = 'acme'",
         )
         assert isinstance(on_new, list)
@@ -141,10 +133,10 @@ async def test_a_promoted_synchronous_standby_has_every_acknowledged_write(
         )  # fmt: skip
         assert rejoined.returncode == 0, rejoined.stderr
         primary.acquire()
-        assert scalar(superuser(primary_dir), "SELECT pg_is_in_recovery()") is True
+        assert scalar(superuser_dsn(primary_dir), "SELECT pg_is_in_recovery()") is True
         for _ in range(200):
             count = scalar(
-                superuser(primary_dir), "SELECT count(*) FROM agents WHERE tenant_id = 'acme'"
+                superuser_dsn(primary_dir), "SELECT count(*) FROM agents WHERE tenant_id = 'acme'"
             )
             if count == len(on_new):
                 break
@@ -153,5 +145,4 @@ async def test_a_promoted_synchronous_standby_has_every_acknowledged_write(
     finally:
         for server in (primary, standby):
             server.release(stop_if_last=False)
-            if server.is_running():
-                server.stop()
+        stop_servers(primary_dir, standby_dir)

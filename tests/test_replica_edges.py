@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,11 +15,12 @@ import pytest
 from agency_data import DataLayer, DataLayerConfig
 from agency_data.backup.replicas import create_replica, drop_replica, promote_replica, slot_name
 from agency_data.embedded import EmbeddedPostgres
+from agency_data.embedded.postgres import holds_cluster
 from agency_data.errors import AgencyDataError, BackupError, ValidationError
 from agency_data.vectors.prewarm import warm_connections
 from tests.conftest import FAST_POSTGRES, ServerSet, reachable_dir
 from tests.test_cli import agency_data
-from tests.test_replicas import Pair, started_pair
+from tests.test_replicas import Pair, started_pair, stop_servers
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,24 +34,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory, servers: ServerSet) -> Iterat
 async def layer(pair: Pair, redis_url: str) -> AsyncIterator[DataLayer]:
     async with DataLayer(pair.config(redis_url, max_replica_lag=60)) as dl:
         yield dl
-
-
-def _replica_processes(pair: Pair) -> list[int]:
-    postmaster = int(
-        (EmbeddedPostgres(pair.replica_dir).pgdata / "postmaster.pid").read_text().split()[0]
-    )
-    pids = [postmaster]
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == postmaster:
-            pids.append(int(entry.name))
-    return pids
 
 
 async def test_update_metadata_returns_its_own_write(pair: Pair, layer: DataLayer) -> None:
@@ -114,15 +95,9 @@ async def test_a_hung_standby_does_not_hang_routed_reads(pair: Pair, layer: Data
     await asyncio.to_thread(pair.caught_up)
     for _ in range(5):
         assert (await agents.get(made.id, cached=False)).id == made.id
-    pids = _replica_processes(pair)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with pair.hung():
         # statement_timeout is 30 s by default; a fallback should come well within 8 s.
         found = await asyncio.wait_for(agents.get(made.id, cached=False), 8)
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
     assert found.id == made.id
 
 
@@ -171,11 +146,8 @@ async def test_a_wrong_embedded_replica_folder_is_refused(
             async with DataLayer(config):
                 pass
     finally:
-        made = (EmbeddedPostgres(typo).pgdata / "PG_VERSION").exists()
-        server = EmbeddedPostgres(typo)
-        if server.is_running():
-            server.stop()
-        print(f"a new cluster was made in the typo'd folder: {made}")
+        stop_servers(typo)
+    assert not holds_cluster(typo), "a new cluster was made in the misnamed folder"
 
 
 async def test_a_column_the_standby_lacks_falls_back_to_the_primary(
@@ -257,8 +229,7 @@ def test_a_refused_create_keeps_the_existing_standbys_slot(pair: Pair) -> None:
     primary.acquire()
     standby = EmbeddedPostgres(pair.replica_dir, settings=FAST_POSTGRES)
     try:
-        if standby.is_running():
-            standby.stop()
+        stop_servers(pair.replica_dir)
         with pytest.raises(AgencyDataError, match="cluster already"):
             create_replica(pair.primary_dir, pair.replica_dir, settings=FAST_POSTGRES)
         assert pair.slots(slot) == 1, f"the standby's slot {slot} is gone"
@@ -274,7 +245,6 @@ def test_a_refused_create_keeps_the_existing_standbys_slot(pair: Pair) -> None:
         primary.release(stop_if_last=False)
 
 
-# Last: it breaks the module's pair.
 def test_promote_refuses_while_the_primary_runs(pair: Pair) -> None:
     primary = EmbeddedPostgres(pair.primary_dir, settings=FAST_POSTGRES)
     standby = EmbeddedPostgres(pair.replica_dir, settings=FAST_POSTGRES)
@@ -284,10 +254,6 @@ def test_promote_refuses_while_the_primary_runs(pair: Pair) -> None:
         with pytest.raises(BackupError):
             promote_replica(pair.replica_dir, settings=FAST_POSTGRES)
     finally:
-        for dsn in (pair.superuser(pair.primary_dir), pair.superuser(pair.replica_dir)):
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-                print(dsn.split("host=")[-1][:70], "in recovery:", row)
         standby.release(stop_if_last=False)
         primary.release(stop_if_last=False)
 
@@ -305,8 +271,7 @@ def test_drop_removes_a_stopped_standby_and_its_slot(
     finally:
         standby.release()
     primary = EmbeddedPostgres(pair.primary_dir, settings=FAST_POSTGRES)
-    if primary.is_running():  # left running by the layers of earlier tests
-        primary.stop()
+    stop_servers(pair.primary_dir)  # left running by the layers of earlier tests
     with pytest.raises(BackupError, match="did not answer"):
         drop_replica(extra)  # its slot must go too: the primary has to answer
     assert standby.pgdata.exists()

@@ -4,15 +4,12 @@ are cut once a check finds it silent, even when every connection of its pool is 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import Iterator
 
 import pytest
 
 from agency_data import DataLayer
 from tests.conftest import ServerSet, reachable_dir
-from tests.test_replica_edges import _replica_processes
 from tests.test_replicas import Pair, started_pair
 
 pytestmark = pytest.mark.timeout(120)
@@ -42,17 +39,11 @@ async def test_reads_in_flight_on_a_hung_standby_whose_pool_is_full_are_cut(
                 break
             await asyncio.sleep(0.01)
         assert replica.lent, "the read did not go to the standby"
-        pids = _replica_processes(pair)
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with pair.hung():
             # Checks run every 0.5 s with a 2 s bound: a hung standby is found within ~5 s,
             # its reads cut and served by the primary.
             done, _ = await asyncio.wait({read}, timeout=10)
             up = replica.state.up
-        finally:
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
         result = await asyncio.wait_for(read, 30)
         assert result == 1
         assert done, f"the read still hung after 10 s (replica up={up})"
@@ -68,16 +59,10 @@ async def test_a_readonly_transaction_on_a_hung_standby_is_cut(pair: Pair, redis
             row = await (await tx.conn.execute("SELECT pg_is_in_recovery() AS r")).fetchone()
             assert row is not None
             assert row["r"] is True
-            pids = _replica_processes(pair)
-            for pid in pids:
-                os.kill(pid, signal.SIGSTOP)
-            try:
+            with pair.hung():
                 statement = asyncio.create_task(tx.conn.execute("SELECT 1"))
                 done, _ = await asyncio.wait({statement}, timeout=10)
                 up = replica.state.up
-            finally:
-                for pid in pids:
-                    os.kill(pid, signal.SIGCONT)
             if not done:
                 await asyncio.gather(statement, return_exceptions=True)
         assert not up, "the checks did not find the standby hung"

@@ -8,9 +8,11 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
+import psutil
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +22,8 @@ from agency_data.backup.replicas import create_replica
 from agency_data.embedded import EmbeddedPostgres
 from agency_data.errors import ConfigError, NotFound, ValidationError
 from tests.conftest import FAST_POSTGRES, ServerSet, reachable_dir
+from tests.test_isolation import postmaster_pid
+from tests.test_prewarm import superuser_dsn
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -31,8 +35,21 @@ class Pair:
         self.primary_dir = root / "primary"
         self.replica_dir = root / "replica"
 
-    def superuser(self, folder: Path, database: str = "agency_data") -> str:
-        return EmbeddedPostgres(folder).dsn(database)
+    def superuser(self, folder: Path) -> str:
+        return superuser_dsn(folder)
+
+    @contextmanager
+    def hung(self) -> Iterator[None]:
+        """The standby stopped dead (SIGSTOP: its sockets stay open, nothing answers)."""
+        postmaster = psutil.Process(postmaster_pid(self.replica_dir))
+        processes = [postmaster, *postmaster.children()]
+        for process in processes:
+            process.suspend()
+        try:
+            yield
+        finally:
+            for process in processes:
+                process.resume()
 
     def config(
         self, redis_url: str, *, standbys: bool = True, **postgresql: Any
@@ -90,7 +107,20 @@ def started_pair(root: Path, redis_url: str) -> Iterator[Pair]:
     asyncio.run(first_start())
     create_replica(made.primary_dir, made.replica_dir, settings=FAST_POSTGRES)
     yield made
-    for folder in (made.replica_dir, made.primary_dir):
+    stop_servers(made.replica_dir, made.primary_dir)
+
+
+def scalar(dsn: str, query: LiteralString) -> object:
+    """The one value ``query`` returns."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def stop_servers(*folders: Path) -> None:
+    """Stop the embedded servers of ``folders`` that run, whoever started them."""
+    for folder in folders:
         server = EmbeddedPostgres(folder)
         if server.is_running():
             server.stop()
@@ -251,8 +281,7 @@ async def test_a_killed_replica_falls_back_to_the_primary_with_no_failed_call(
                 assert await agents.count() >= 1
 
         await reads(20)
-        pid = int((standby.pgdata / "postmaster.pid").read_text().split()[0])
-        os.kill(pid, signal.SIGKILL)
+        os.kill(postmaster_pid(pair.replica_dir), signal.SIGKILL)
         started = time.monotonic()
         await asyncio.gather(*(reads(50) for _ in range(4)))
         elapsed = time.monotonic() - started

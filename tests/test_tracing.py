@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from agency_data import DataLayer
 from agency_data.errors import NotFound
 from tests.conftest import DatabaseDsn, make_config
+from tests.test_observability import enable_statements
 
 
 @pytest.fixture
@@ -105,10 +106,7 @@ async def test_spans_name_the_collection_and_redis(
 async def test_the_trace_id_rides_in_the_sql(
     traced: DataLayer, exporter: InMemorySpanExporter, database: DatabaseDsn
 ) -> None:
-    async with await psycopg.AsyncConnection.connect(database.superuser, autocommit=True) as c:
-        await c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        # Empty the view first: see enable_statements in test_observability.py.
-        await c.execute("SELECT pg_stat_statements_reset()")
+    await enable_statements(database)
     marker = f"traced_{uuid.uuid4().hex[:12]}"
     await traced.fetch(f"SELECT 1 AS {marker}")  # type: ignore[arg-type]
     (span,) = ours(exporter)

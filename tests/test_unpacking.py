@@ -70,3 +70,24 @@ def test_fallback_refuses_a_hard_link_out_of_the_folder(
     ):
         restore._extract(tar, into)
     assert secret.read_text() == "keep", "a file outside the folder was overwritten"
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["with-filters", "python-before-3.11.4"])
+def test_unpacking_refuses_members_that_leave_the_folder(
+    filters: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    good, bad = tmp_path / "good.tar.gz", tmp_path / "bad.tar.gz"
+    payload = tmp_path / "payload"
+    payload.write_text("rows")
+    with tarfile.open(good, "w:gz") as tar:
+        tar.add(payload, arcname="base/1/16384")
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(payload, arcname="../escaped")
+    with tarfile.open(good, "r:gz") as tar:
+        restore._extract(tar, tmp_path / "out")
+    assert (tmp_path / "out" / "base" / "1" / "16384").read_text() == "rows"
+    with pytest.raises((BackupError, tarfile.TarError)), tarfile.open(bad, "r:gz") as tar:
+        restore._extract(tar, tmp_path / "out2")
+    assert not (tmp_path / "escaped").exists()
