@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -266,9 +266,25 @@ async def grant_privileges(
                 sql.Identifier(_CATALOG), app
             )
         )
+    for table, kept_from_app in _APPEND_ONLY.items():
+        if table in names_present:
+            # The audit trail: records are added by the changes' own transactions, never
+            # changed or removed by the application (the owner's edits break the chain).
+            statements.append(
+                sql.SQL("REVOKE " + kept_from_app + " ON TABLE {} FROM {}").format(
+                    sql.Identifier(table), app
+                )
+            )
     async with conn.pipeline():  # one round trip for them all
         for statement in statements:
             await conn.execute(statement)
+
+
+# What the application role may not do to the audit trail's tables.
+_APPEND_ONLY: dict[str, LiteralString] = {
+    "audit_log": "UPDATE, DELETE, TRUNCATE",
+    "audit_heads": "DELETE, TRUNCATE",
+}
 
 
 async def use_owner_role(conn: AsyncConnection[Any], owner: str) -> None:
