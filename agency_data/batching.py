@@ -20,6 +20,8 @@ import functools
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
 
+from agency_data.actor import current_actor
+
 __all__ = ["Coalescer", "GroupCommit", "PointReads"]
 
 I = TypeVar("I")  # noqa: E741 - the item a caller submits
@@ -48,7 +50,7 @@ class Coalescer(Generic[I, R]):
         self._one = one
         self._many = many
         self._max_batch = max_batch
-        self._waiting: list[tuple[I, asyncio.Future[R]]] | None = None
+        self._waiting: list[tuple[I, asyncio.Future[R], str | None]] | None = None
         self._in_flight = 0
         # True for the loop turn after a batch answered: its callers, woken together, are
         # likely to call again together, so the first of them does not go alone.
@@ -69,7 +71,7 @@ class Coalescer(Generic[I, R]):
             # In a context of its own: the caller's could hold its transaction.
             loop.call_soon(self._flush, context=contextvars.Context())
         future: asyncio.Future[R] = loop.create_future()
-        self._waiting.append((item, future))
+        self._waiting.append((item, future, current_actor.get()))
         return await future
 
     def _flush(self) -> None:
@@ -77,14 +79,29 @@ class Coalescer(Generic[I, R]):
         if not waiting:
             return
         loop = asyncio.get_running_loop()
-        for start in range(0, len(waiting), self._max_batch):
-            batch = waiting[start : start + self._max_batch]
-            task = loop.create_task(self._run(batch))
-            # In flight from now, not from its first step a turn later: a call made in between
-            # must join the next batch, not go alone.
-            self._in_flight += 1
-            self._batches.add(task)
-            task.add_done_callback(functools.partial(self._landed, batch))
+        # Calls made by different actors never share a batch: its statements name one.
+        by_actor: dict[str | None, list[tuple[I, asyncio.Future[R]]]] = {}
+        for item, future, actor in waiting:
+            by_actor.setdefault(actor, []).append((item, future))
+        for actor, calls in by_actor.items():
+            context = contextvars.Context()
+            if actor is not None:
+                context.run(current_actor.set, actor)
+            for start in range(0, len(calls), self._max_batch):
+                self._start(loop, calls[start : start + self._max_batch], context)
+
+    def _start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[I, asyncio.Future[R]]],
+        context: contextvars.Context,
+    ) -> None:
+        task = loop.create_task(self._run(batch), context=context)
+        # In flight from now, not from its first step a turn later: a call made in between
+        # must join the next batch, not go alone.
+        self._in_flight += 1
+        self._batches.add(task)
+        task.add_done_callback(functools.partial(self._landed, batch))
 
     def _landed(self, batch: list[tuple[I, asyncio.Future[R]]], task: asyncio.Task[None]) -> None:
         self._batches.discard(task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -13,6 +14,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 
+from agency_data.actor import acting_as
 from agency_data.admin import Admin
 from agency_data.backup import Backups, archive_settings, prepare_archive, repository_of
 from agency_data.cache.backend import CacheBackend
@@ -348,6 +350,11 @@ class DataLayer(QueryMethods, MonitoringMethods):
         if self._admin is None:
             raise _not_connected()
         return self._admin
+
+    def as_actor(self, actor: str) -> AbstractContextManager[str]:
+        """``with dl.as_actor("svc-planner"):`` the audit trail names ``actor`` for the writes
+        made inside the block (see :mod:`agency_data.actor`)."""
+        return acting_as(actor)
 
     def tenant(self, tenant_id: str) -> TenantScope:
         """The same API, scoped to ``tenant_id``: no call through it sees another tenant's rows."""

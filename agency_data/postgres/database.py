@@ -46,6 +46,7 @@ from psycopg import AsyncConnection, AsyncCursor, AsyncTransaction, IsolationLev
 from psycopg.rows import DictRow
 from pydantic import BaseModel
 
+from agency_data.actor import ACTOR_SETTING, current_actor
 from agency_data.config import PostgresConfig
 from agency_data.errors import SerializationFailure, ValidationError
 from agency_data.inputs import (
@@ -402,6 +403,8 @@ class Database:
         settings = [] if in_transaction else list(transaction_settings(conn))
         if self.tenant is not None and self.names_tenant:
             settings.insert(0, (TENANT_SETTING, self.tenant))
+        if not in_transaction and (actor := current_actor.get()) is not None:
+            settings.append((ACTOR_SETTING, actor))
         return settings
 
     def _prelude(
