@@ -1,0 +1,124 @@
+"""Reading and checking one tenant's audit trail.
+
+Each record carries the hash of the one before it (``prev_hash``) and its own hash over the
+previous hash and its fields (``agency_data_audit_hash``), numbered from 1 without gaps. A
+record edited after the fact no longer matches its hash; a record removed leaves a gap and a
+``prev_hash`` that matches nothing; both show at that record. The check runs in PostgreSQL,
+which computed the hashes, in one pass over the tenant's records.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from agency_data.inputs import check_int, check_text
+from agency_data.postgres.database import Database
+
+__all__ = ["AuditRecord", "AuditTrail", "ChainReport"]
+
+_CHECK = """
+SELECT count(*) AS records,
+       min(seq) FILTER (WHERE problem IS NOT NULL) AS broken_at,
+       (array_agg(problem ORDER BY seq) FILTER (WHERE problem IS NOT NULL))[1] AS problem,
+       max(seq) AS head_seq,
+       (array_agg(hash ORDER BY seq DESC))[1] AS head_hash
+FROM (
+    SELECT seq, hash,
+           CASE
+               WHEN seq <> row_number() OVER w
+                   THEN 'a record before it is missing (expected seq '
+                        || row_number() OVER w || ')'
+               WHEN prev_hash <> coalesce(lag(hash) OVER w, '\\x'::bytea)
+                   THEN 'its prev_hash is not the hash of the record before it'
+               WHEN hash <> agency_data_audit_hash(prev_hash, a)
+                   THEN 'its fields no longer match its hash (edited)'
+           END AS problem
+    FROM audit_log a
+    WHERE tenant_id = %s
+    WINDOW w AS (ORDER BY seq)
+) checked
+"""
+
+
+class ChainReport(BaseModel):
+    """What walking a tenant's chain found."""
+
+    tenant: str
+    records: int
+    ok: bool
+    broken_at: int | None = None
+    problem: str | None = None
+    head_seq: int | None = None
+    head_hash: str | None = None
+
+
+class AuditRecord(BaseModel):
+    """One record of the trail."""
+
+    seq: int
+    at: datetime
+    actor: str
+    operation: str
+    entity_type: str
+    entity_id: str | None
+    detail: dict[str, Any]
+
+
+class AuditTrail:
+    """The audit trail of one tenant (``dl.tenant(t).audit``)."""
+
+    def __init__(self, db: Database, tenant: str) -> None:
+        self._db = db
+        self.tenant = tenant
+
+    async def verify(self) -> ChainReport:
+        """Walk the chain; the first broken record, if any, and the head's hash (an anchor)."""
+        row = await self._db.fetch_one(_CHECK, [self.tenant])
+        assert row is not None
+        head = row["head_hash"]
+        return ChainReport(
+            tenant=self.tenant,
+            records=int(row["records"]),
+            ok=row["broken_at"] is None,
+            broken_at=row["broken_at"],
+            problem=row["problem"],
+            head_seq=row["head_seq"],
+            head_hash=bytes(head).hex() if head is not None else None,
+        )
+
+    async def show(
+        self,
+        *,
+        actor: str | None = None,
+        entity_type: str | None = None,
+        entity_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        """The newest records first, filtered by actor, entity and time."""
+        check_int(limit, "limit", 1, 10_000)
+        where: list[str] = ["tenant_id = %s"]
+        params: list[Any] = [self.tenant]
+        for column, value in (
+            ("actor", actor),
+            ("entity_type", entity_type),
+            ("entity_id", entity_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(check_text(value, column, max_length=200))
+        if since is not None:
+            where.append("at >= %s")
+            params.append(since)
+        if until is not None:
+            where.append("at < %s")
+            params.append(until)
+        query = (
+            "SELECT seq, at, actor, operation, entity_type, entity_id, detail FROM audit_log "
+            "WHERE " + " AND ".join(where) + " ORDER BY seq DESC LIMIT %s"
+        )
+        return await self._db.fetch(query, [*params, limit], model=AuditRecord)
