@@ -410,12 +410,17 @@ async def test_rollback_plan_says_what_it_destroys(
     plan = await runner(database.owner).down(to="0004", dry_run=True)
     by_step = {step.key: step for step in plan.steps}
     assert list(by_step) == [
+        "agency_data:0010_audit",
         "agency_data:0009_task_queue",
         "agency_data:0008_no_metadata_gin",
         "agency_data:0007_row_level_security",
         "agency_data:0006_embedding_collections",
         "agency_data:0005_task_lifecycle",
     ]
+    assert set(by_step["agency_data:0010_audit"].data_loss) == {
+        DataLoss("audit_heads", rows=0),
+        DataLoss("audit_log", rows=0),
+    }
     assert set(by_step["agency_data:0009_task_queue"].data_loss) == {
         DataLoss("task_schedules", rows=0),
         DataLoss("task_types", rows=0),
