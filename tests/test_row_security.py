@@ -21,6 +21,8 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
     """Tenants a and b, each with an agent, two tasks (one waiting on the other), a task type
     policy, a schedule and an embedding in two collections."""
     await dl.embeddings.create_collection("notes", dimension=DIM)
+    # Agents audited: the audit trail's tables get a record and a chain head per tenant.
+    await dl.admin.fetch("SELECT agency_data_audit('agents', true)")
     for tenant in ("a", "b"):
         scope = dl.tenant(tenant)
         agent = await scope.agents.create(name=f"{tenant}-agent", type="worker")
@@ -32,6 +34,10 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
         await scope.embeddings.collection("notes").store(item)
         await scope.embeddings.store({**item, "vector": [0.1] * 768})
     return dl
+
+
+# What the application role may not do to the audit trail's tables.
+APPEND_ONLY = {"audit_log": ("UPDATE", "DELETE"), "audit_heads": ("DELETE",)}
 
 
 async def tenant_tables(dl: DataLayer) -> list[str]:
@@ -107,11 +113,15 @@ async def test_raw_sql_through_a_tenant_sees_and_changes_only_its_rows(
         assert await a.fetch(sql.SQL("{} WHERE tenant_id = %s").format(every), ["b"]) == []
         rows = 2 if table == "tasks" else 1
         assert await a.fetch_value(sql.SQL("SELECT count(*) FROM {}").format(name)) == rows
-        changed = await a.execute(
-            sql.SQL("UPDATE {} SET tenant_id = tenant_id WHERE tenant_id <> 'a'").format(name)
-        )
-        assert changed == 0
-        assert await a.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = 'b'").format(name)) == 0
+        update = sql.SQL("UPDATE {} SET tenant_id = tenant_id WHERE tenant_id <> 'a'").format(name)
+        delete = sql.SQL("DELETE FROM {} WHERE tenant_id = 'b'").format(name)
+        refused = APPEND_ONLY.get(table, ())
+        for statement, verb in ((update, "UPDATE"), (delete, "DELETE")):
+            if verb in refused:  # the audit trail: the application only ever adds to it
+                with pytest.raises(PermissionDenied):
+                    await a.execute(statement)
+            else:
+                assert await a.execute(statement) == 0
         with pytest.raises(PermissionDenied):  # moving a's row to b
             await a.execute(sql.SQL("UPDATE {} SET tenant_id = 'b'").format(name))
         assert {r["tenant_id"] for r in await b.fetch(every)} == {"b"}, table
