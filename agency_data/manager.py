@@ -16,6 +16,7 @@ from psycopg.conninfo import make_conninfo
 
 from agency_data.actor import acting_as
 from agency_data.admin import Admin
+from agency_data.audit import AuditTrail
 from agency_data.backup import Backups, archive_settings, prepare_archive, repository_of
 from agency_data.cache.backend import CacheBackend
 from agency_data.cache.store import Cache
@@ -296,6 +297,11 @@ class DataLayer(QueryMethods, MonitoringMethods):
     def agents(self) -> AgentStore:
         """The default tenant's agents."""
         return self.tenant(DEFAULT_TENANT).agents
+
+    @property
+    def audit(self) -> AuditTrail:
+        """The default tenant's audit trail (``dl.tenant(t).audit`` for another's)."""
+        return self.tenant(DEFAULT_TENANT).audit
 
     @property
     def tasks(self) -> TaskStore:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
+from agency_data.audit import AuditTrail
 from agency_data.cache.backend import CacheBackend
 from agency_data.cache.store import Cache
 from agency_data.config import DataLayerConfig
@@ -252,6 +253,7 @@ class TenantScope(QueryMethods):
             db, tenant_id, self.cache.with_namespace("records"), config.cache.record_ttl
         )
         self.tasks = TaskStore(db, tenant_id, tasks)
+        self.audit = AuditTrail(db, tenant_id)
         self.embeddings = EmbeddingStore(db, catalog, tenant_id)
         telemetry = backend.telemetry
         self.sessions = SessionStore(
