@@ -8,7 +8,9 @@ gets ``dl.tenant(t)``.
 
 from __future__ import annotations
 
+from agency_data.config import AUDITABLE
 from agency_data.dsn import database_of
+from agency_data.inputs import check_bool, check_choice
 from agency_data.observability.statements import StatementStats, top_statements
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
@@ -58,6 +60,28 @@ class Admin(QueryMethods, CollectionAdmin):
         else:
             conninfo, database = self._statements
         return await top_statements(conninfo, database, limit=limit, order=order)
+
+    async def audit(self, table: str, enabled: bool = True) -> list[str]:
+        """Record every change to ``table`` in the audit trail (or stop); the tables switched.
+
+        ``table`` is one of :data:`~agency_data.config.AUDITABLE`; ``embeddings`` means every
+        collection's table (and, with ``audit.tables`` naming it, those made later).
+        """
+        check_choice(table, "table", AUDITABLE)
+        check_bool(enabled, "enabled")
+        if table == "embeddings":
+            rows = await self._admin.fetch(
+                "SELECT table_name FROM embedding_collections ORDER BY table_name"
+            )
+            tables = [row["table_name"] for row in rows]
+        else:
+            tables = [table]
+        async with self._admin.transaction():
+            for name in tables:
+                await self._admin.execute(
+                    "SELECT agency_data_audit(%s::regclass, %s)", [name, enabled]
+                )
+        return tables
 
     async def role_warnings(self) -> list[str]:
         """What is unsafe about the pool's role (superuser, BYPASSRLS, owns tables); [] if fine."""

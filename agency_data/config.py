@@ -38,7 +38,9 @@ from agency_data.dsn import postgres_dsn_problem, redact_dsn, redact_url, redis_
 from agency_data.errors import ConfigError
 
 __all__ = [
+    "AUDITABLE",
     "AlertsConfig",
+    "AuditConfig",
     "BackupConfig",
     "CacheConfig",
     "ConfigWarning",
@@ -559,6 +561,30 @@ class ConfigWarning(UserWarning):
     """A setting was given in a way that has no effect (an environment variable naming no section)."""
 
 
+AUDITABLE = ("agents", "tasks", "task_dependencies", "task_types", "task_schedules", "embeddings")
+
+
+class AuditConfig(_Section):
+    """The audit trail (``dl.audit``): which tables' changes are recorded."""
+
+    tables: list[str] = Field(
+        default_factory=list,
+        description="tables whose every change is recorded, chained per tenant, in the "
+        "change's own transaction: any of " + ", ".join(AUDITABLE) + " (embeddings: every "
+        "collection's table); switched on at connect, off only by dl.admin.audit(table, False)",
+    )
+
+    @field_validator("tables")
+    @classmethod
+    def _known(cls, tables: list[str]) -> list[str]:
+        unknown = sorted(set(tables) - set(AUDITABLE))
+        if unknown:
+            raise ValueError(
+                f"cannot audit {', '.join(unknown)}: choose among {', '.join(AUDITABLE)}"
+            )
+        return tables
+
+
 class DataLayerConfig(BaseSettings):
     """Every setting of the data layer, validated once at load.
 
@@ -583,6 +609,7 @@ class DataLayerConfig(BaseSettings):
     embedded: EmbeddedConfig = Field(default_factory=EmbeddedConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     def __init__(self, **values: Any) -> None:
         _warn_unknown_sections(type(self).model_fields)

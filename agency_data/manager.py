@@ -195,6 +195,10 @@ class DataLayer(QueryMethods, MonitoringMethods):
             # The embedded server keeps pg_stat_statements' view in its postgres database.
             statements = (self._embedded_pg.dsn("postgres"), DATABASE)
         self._admin = Admin(admin_db, self._db, self._catalog, statements=statements)
+        audited = self.config.audit.tables
+        self._catalog.audited = "embeddings" in audited
+        for table in audited:
+            await self._admin.audit(table)
         self._cache_backend = CacheBackend(self.config.cache, self._redis, self._telemetry)
         register_lock_scripts(self._cache_backend.scripts)
         await self._cache_backend.start_listener()

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from agency_data import DataLayer
-from agency_data.errors import PermissionDenied
+from agency_data.errors import ConfigError, PermissionDenied
 from tests.conftest import DatabaseDsn, make_config
 
 
@@ -107,3 +107,28 @@ async def test_the_application_only_ever_adds_records(audited: DataLayer) -> Non
         with pytest.raises(PermissionDenied):
             await acme.execute(statement)
     assert (await acme.audit.verify()).records == 1
+
+
+async def test_configured_tables_are_audited_from_the_start(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(database, redis_url, tmp_path, audit={"tables": ["agents", "embeddings"]})
+    async with DataLayer(config) as dl:
+        await dl.embeddings.create_collection("notes", dimension=2)
+        notes = dl.tenant("acme").embeddings.collection("notes")
+        await notes.store({"entity_type": "doc", "entity_id": "1", "vector": [1.0, 0.0]})
+        await dl.tenant("acme").agents.create("a", "w")
+        await dl.tenant("acme").tasks.create("not-audited")
+        kinds = [r.entity_type for r in reversed(await dl.tenant("acme").audit.show())]
+        assert kinds == ["emb_notes", "agents"]
+    # A second start finds the triggers in place and leaves them (no lock, no change).
+    async with DataLayer(config) as dl:
+        assert (await dl.tenant("acme").audit.verify()).records == 2
+        assert await dl.admin.audit("agents", False) == ["agents"]
+        await dl.tenant("acme").agents.create("b", "w")
+        assert (await dl.tenant("acme").audit.verify()).records == 2
+
+
+def test_unknown_tables_are_refused(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot audit secrets"):
+        make_config(database, redis_url, tmp_path, audit={"tables": ["agents", "secrets"]})

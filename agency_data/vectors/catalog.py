@@ -90,6 +90,8 @@ class Catalog:
         self._admin = admin
         self._config = config
         self._cache: dict[str, CollectionSpec] = {}
+        # Whether new collections' tables are audited (audit.tables names "embeddings").
+        self.audited = False
 
     async def get(self, name: str) -> CollectionSpec:
         """The spec of collection ``name``; :class:`NotFound` if it does not exist."""
@@ -161,6 +163,10 @@ class Catalog:
                 )
                 for statement in _table_ddl(spec):
                     await self._admin.execute(statement)
+                if self.audited:
+                    await self._admin.execute(
+                        "SELECT agency_data_audit(%s::regclass, true)", [spec.table]
+                    )
         except Conflict:
             existing = await self.load(name)
             same = (existing.dimension, existing.metric, existing.storage) == (

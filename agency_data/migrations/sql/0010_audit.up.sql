@@ -132,6 +132,12 @@ DECLARE
     event text;
 BEGIN
     FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+        -- Nothing to do, no lock taken, when the table is already as asked: every process
+        -- that starts with audit.tables asks again.
+        CONTINUE WHEN enabled = EXISTS (
+            SELECT 1 FROM pg_trigger
+            WHERE tgrelid = target AND tgname = 'agency_data_audit_' || event
+        );
         EXECUTE format('DROP TRIGGER IF EXISTS agency_data_audit_%s ON %s', event, target);
         IF enabled THEN
             EXECUTE format(
