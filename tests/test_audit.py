@@ -4,6 +4,8 @@ attributed to the actor, and any edit or removal found at its record."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from agency_data import DataLayer
 from agency_data.errors import ConfigError, PermissionDenied
 from tests.conftest import DatabaseDsn, make_config
+from tests.test_cli import agency_data
 
 
 @pytest.fixture
@@ -132,3 +135,29 @@ async def test_configured_tables_are_audited_from_the_start(
 def test_unknown_tables_are_refused(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot audit secrets"):
         make_config(database, redis_url, tmp_path, audit={"tables": ["agents", "secrets"]})
+
+
+async def test_the_command_line_verifies_and_shows(
+    audited: DataLayer, database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    acme = audited.tenant("acme")
+    with audited.as_actor("cli-check"):
+        for i in range(3):
+            await acme.agents.create(f"a{i}", "w")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return agency_data("audit", *args, dsn=database, redis_url=redis_url, tmp_path=tmp_path)
+
+    good = run("verify", "--tenant", "acme")
+    assert good.returncode == 0, good.stderr
+    assert "3 records, intact" in good.stdout
+    assert "head: record 3, hash " in good.stdout
+    shown = json.loads(run("show", "--tenant", "acme", "--actor", "cli-check", "--json").stdout)
+    assert [r["seq"] for r in shown] == [3, 2, 1]
+    tamper(database, "UPDATE audit_log SET detail = '{}' WHERE tenant_id = 'acme' AND seq = 2")
+    bad = run("verify", "--tenant", "acme", "--json")
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["broken_at"] == 2
+    refused = run("show", "--limit", "0")
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr

@@ -29,6 +29,7 @@ from agency_data.cli._common import (
     run_job,
     table,
 )
+from agency_data.cli.audit import audit_app
 from agency_data.cli.backup import backup_app
 from agency_data.cli.monitor import top
 from agency_data.cli.replica import replica_app
@@ -309,6 +310,7 @@ async def _health_report(cfg: DataLayerConfig) -> HealthStatus:
 app.command()(top)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(backup_app, name="backup")
+app.add_typer(audit_app, name="audit")
 app.add_typer(replica_app, name="replica")
 
 roles_app = typer.Typer(help="The owner, application and read-only roles.", no_args_is_help=True)
