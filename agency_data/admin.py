@@ -8,7 +8,7 @@ gets ``dl.tenant(t)``.
 
 from __future__ import annotations
 
-from agency_data.config import AUDITABLE
+from agency_data.config import AUDIT_DETAILS, AUDITABLE
 from agency_data.dsn import database_of
 from agency_data.inputs import check_bool, check_choice
 from agency_data.observability.statements import StatementStats, top_statements
@@ -61,14 +61,18 @@ class Admin(QueryMethods, CollectionAdmin):
             conninfo, database = self._statements
         return await top_statements(conninfo, database, limit=limit, order=order)
 
-    async def audit(self, table: str, enabled: bool = True) -> list[str]:
+    async def audit(self, table: str, enabled: bool = True, detail: str = "digest") -> list[str]:
         """Record every change to ``table`` in the audit trail (or stop); the tables switched.
 
         ``table`` is one of :data:`~agency_data.config.AUDITABLE`; ``embeddings`` means every
         collection's table (and, with ``audit.tables`` naming it, those made later).
+        ``detail``: what a record keeps of the row, ``digest`` (SHA-256 of the row before and
+        after), ``fields`` (and the names of the changed columns) or ``values`` (the row
+        itself, before and after).
         """
         check_choice(table, "table", AUDITABLE)
         check_bool(enabled, "enabled")
+        check_choice(detail, "detail", AUDIT_DETAILS)
         if table == "embeddings":
             rows = await self._admin.fetch(
                 "SELECT table_name FROM embedding_collections ORDER BY table_name"
@@ -79,7 +83,7 @@ class Admin(QueryMethods, CollectionAdmin):
         async with self._admin.transaction():
             for name in tables:
                 await self._admin.execute(
-                    "SELECT agency_data_audit(%s::regclass, %s)", [name, enabled]
+                    "SELECT agency_data_audit(%s::regclass, %s, %s)", [name, enabled, detail]
                 )
         return tables
 

@@ -39,6 +39,7 @@ from agency_data.errors import ConfigError
 
 __all__ = [
     "AUDITABLE",
+    "AUDIT_DETAILS",
     "AlertsConfig",
     "AuditConfig",
     "BackupConfig",
@@ -562,6 +563,7 @@ class ConfigWarning(UserWarning):
 
 
 AUDITABLE = ("agents", "tasks", "task_dependencies", "task_types", "task_schedules", "embeddings")
+AUDIT_DETAILS = ("digest", "fields", "values")
 
 
 class AuditConfig(_Section):
@@ -573,6 +575,25 @@ class AuditConfig(_Section):
         "change's own transaction: any of " + ", ".join(AUDITABLE) + " (embeddings: every "
         "collection's table); switched on at connect, off only by dl.admin.audit(table, False)",
     )
+
+    detail: dict[str, str] = Field(
+        default_factory=dict,
+        description="what the records of chosen tables keep of each row: digest (the "
+        "default: SHA-256 before and after), fields (and the changed columns' names) or "
+        "values (the row itself), e.g. {tasks = 'fields'}",
+    )
+
+    @field_validator("detail")
+    @classmethod
+    def _details(cls, detail: dict[str, str]) -> dict[str, str]:
+        for table, kept in detail.items():
+            if table not in AUDITABLE:
+                raise ValueError(f"audit.detail names {table}, which is not auditable")
+            if kept not in AUDIT_DETAILS:
+                raise ValueError(
+                    f"audit.detail.{table} is {kept!r}: choose digest, fields or values"
+                )
+        return detail
 
     @field_validator("tables")
     @classmethod

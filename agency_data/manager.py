@@ -196,9 +196,10 @@ class DataLayer(QueryMethods, MonitoringMethods):
             statements = (self._embedded_pg.dsn("postgres"), DATABASE)
         self._admin = Admin(admin_db, self._db, self._catalog, statements=statements)
         audited = self.config.audit.tables
-        self._catalog.audited = "embeddings" in audited
+        if "embeddings" in audited:
+            self._catalog.audited = self.config.audit.detail.get("embeddings", "digest")
         for table in audited:
-            await self._admin.audit(table)
+            await self._admin.audit(table, detail=self.config.audit.detail.get(table, "digest"))
         self._cache_backend = CacheBackend(self.config.cache, self._redis, self._telemetry)
         register_lock_scripts(self._cache_backend.scripts)
         await self._cache_backend.start_listener()

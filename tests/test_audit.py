@@ -161,3 +161,40 @@ async def test_the_command_line_verifies_and_shows(
     refused = run("show", "--limit", "0")
     assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
+
+
+async def test_chosen_tables_keep_changed_fields_or_values(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(
+        database,
+        redis_url,
+        tmp_path,
+        audit={"tables": ["agents", "tasks"], "detail": {"agents": "values", "tasks": "fields"}},
+    )
+    async with DataLayer(config) as dl:
+        acme = dl.tenant("acme")
+        agent = await acme.agents.create("scout", "search")
+        await acme.agents.update(agent.id, name="scout-2")
+        task = await acme.tasks.create("job", {"n": 1})
+        await acme.tasks.cancel(task.id)
+        agents = list(reversed(await acme.audit.show(entity_type="agents")))
+        assert agents[0].detail["after"]["name"] == "scout"
+        assert "before" not in agents[0].detail
+        assert (agents[1].detail["before"]["name"], agents[1].detail["after"]["name"]) == (
+            "scout",
+            "scout-2",
+        )
+        cancelled = (await acme.audit.show(entity_type="tasks"))[0]
+        assert "status" in cancelled.detail["changed"]
+        assert "data" not in cancelled.detail["changed"]  # unchanged columns are not named
+        assert (await acme.audit.verify()).ok
+        # Switching a table's detail replaces its triggers; the chain goes on.
+        await dl.admin.audit("agents", detail="digest")
+        await acme.agents.update(agent.id, name="scout-3")
+        latest = (await acme.audit.show(entity_type="agents"))[0]
+        assert set(latest.detail) == {"before", "after"}
+        assert isinstance(latest.detail["after"], str)
+        assert (await acme.audit.verify()).ok
+    with pytest.raises(ConfigError, match="choose digest, fields or values"):
+        make_config(database, redis_url, tmp_path, audit={"detail": {"agents": "everything"}})

@@ -90,8 +90,8 @@ class Catalog:
         self._admin = admin
         self._config = config
         self._cache: dict[str, CollectionSpec] = {}
-        # Whether new collections' tables are audited (audit.tables names "embeddings").
-        self.audited = False
+        # What new collections' tables are audited with (audit.tables names "embeddings").
+        self.audited: str | None = None
 
     async def get(self, name: str) -> CollectionSpec:
         """The spec of collection ``name``; :class:`NotFound` if it does not exist."""
@@ -163,9 +163,10 @@ class Catalog:
                 )
                 for statement in _table_ddl(spec):
                     await self._admin.execute(statement)
-                if self.audited:
+                if self.audited is not None:
                     await self._admin.execute(
-                        "SELECT agency_data_audit(%s::regclass, true)", [spec.table]
+                        "SELECT agency_data_audit(%s::regclass, true, %s)",
+                        [spec.table, self.audited],
                     )
         except Conflict:
             existing = await self.load(name)

@@ -10,7 +10,7 @@ BEGIN
     END LOOP;
 END
 $$;
-DROP FUNCTION agency_data_audit(regclass, boolean);
+DROP FUNCTION agency_data_audit(regclass, boolean, text);
 DROP FUNCTION agency_data_audit_rows();
 DROP FUNCTION agency_data_audit_hash(bytea, audit_log);
 DROP TABLE audit_heads;

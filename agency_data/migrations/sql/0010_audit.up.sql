@@ -108,10 +108,23 @@ BEGIN
         entry.operation := lower(TG_OP);
         entry.entity_type := TG_TABLE_NAME;
         entry.entity_id := change.id;
-        entry.detail := jsonb_strip_nulls(jsonb_build_object(
-            'before', encode(sha256(convert_to(change.before::text, 'UTF8')), 'hex'),
-            'after', encode(sha256(convert_to(change.after::text, 'UTF8')), 'hex')
-        ));
+        entry.detail := CASE TG_ARGV[0]
+            -- The row's values before and after: for tables whose history must be read back.
+            WHEN 'values' THEN jsonb_strip_nulls(jsonb_build_object(
+                'before', change.before, 'after', change.after))
+            -- The names of the columns that changed, and digests.
+            WHEN 'fields' THEN jsonb_strip_nulls(jsonb_build_object(
+                'changed', (SELECT jsonb_agg(key ORDER BY key) FROM (
+                    SELECT key FROM jsonb_each(coalesce(change.after, '{}'))
+                    FULL JOIN jsonb_each(coalesce(change.before, '{}')) b USING (key)
+                    WHERE jsonb_each.value IS DISTINCT FROM b.value) k),
+                'before', encode(sha256(convert_to(change.before::text, 'UTF8')), 'hex'),
+                'after', encode(sha256(convert_to(change.after::text, 'UTF8')), 'hex')))
+            -- Digests only: proof of what the row was, and none of its values.
+            ELSE jsonb_strip_nulls(jsonb_build_object(
+                'before', encode(sha256(convert_to(change.before::text, 'UTF8')), 'hex'),
+                'after', encode(sha256(convert_to(change.after::text, 'UTF8')), 'hex')))
+        END;
         entry.prev_hash := head.hash;
         entry.hash := agency_data_audit_hash(head.hash, entry);
         INSERT INTO audit_log VALUES (entry.*);
@@ -125,30 +138,41 @@ BEGIN
 END
 $$;
 
--- Switch auditing of a table (with tenant_id and id columns) on or off.
-CREATE FUNCTION agency_data_audit(target regclass, enabled boolean) RETURNS void
+-- Switch auditing of a table (with tenant_id and id columns) on or off; detail is what a
+-- record keeps of the row: 'digest', 'fields' (and the changed columns' names) or 'values'.
+CREATE FUNCTION agency_data_audit(
+    target regclass, enabled boolean, detail text DEFAULT 'digest'
+) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     event text;
+    present text;
 BEGIN
+    IF detail NOT IN ('digest', 'fields', 'values') THEN
+        RAISE EXCEPTION 'audit detail must be digest, fields or values, not %', detail
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
         -- Nothing to do, no lock taken, when the table is already as asked: every process
         -- that starts with audit.tables asks again.
-        CONTINUE WHEN enabled = EXISTS (
-            SELECT 1 FROM pg_trigger
+        present := (
+            SELECT pg_get_triggerdef(oid) FROM pg_trigger
             WHERE tgrelid = target AND tgname = 'agency_data_audit_' || event
         );
+        CONTINUE WHEN (NOT enabled AND present IS NULL)
+            OR (enabled AND present LIKE '%agency_data_audit_rows(' || quote_literal(detail) || ')%');
         EXECUTE format('DROP TRIGGER IF EXISTS agency_data_audit_%s ON %s', event, target);
         IF enabled THEN
             EXECUTE format(
                 'CREATE TRIGGER agency_data_audit_%s AFTER %s ON %s REFERENCING %s '
-                'FOR EACH STATEMENT EXECUTE FUNCTION agency_data_audit_rows()',
+                'FOR EACH STATEMENT EXECUTE FUNCTION agency_data_audit_rows(%L)',
                 event, upper(event), target,
                 CASE event
                     WHEN 'insert' THEN 'NEW TABLE AS new_rows'
                     WHEN 'delete' THEN 'OLD TABLE AS old_rows'
                     ELSE 'OLD TABLE AS old_rows NEW TABLE AS new_rows'
-                END
+                END,
+                detail
             );
         END IF;
     END LOOP;
