@@ -24,6 +24,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from agency_data import DataLayer, DataLayerConfig
 from bench import (
+    audit,
     cache,
     coord,
     heartbeats,
@@ -55,6 +56,7 @@ SCENARIOS = [
     "warm-start",
     "observability",
     "recovery",
+    "audit",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -141,6 +143,7 @@ async def main(args: argparse.Namespace) -> None:
                 "warm-start": lambda: warmstart.warm_start(b, ROOT / ".bench-data" / "warm-start"),
                 "observability": lambda: observability.observability(b),
                 "recovery": lambda: recovery.recovery(b, ROOT / ".bench-data" / "recovery"),
+                "audit": lambda: audit.audit(b),
             }
             for name in SCENARIOS:
                 if name in chosen:
