@@ -20,12 +20,18 @@ from agency_data.postgres.database import Database
 __all__ = ["AuditRecord", "AuditTrail", "ChainReport"]
 
 _CHECK = """
-SELECT count(*) AS records,
-       min(seq) FILTER (WHERE problem IS NOT NULL) AS broken_at,
-       (array_agg(problem ORDER BY seq) FILTER (WHERE problem IS NOT NULL))[1] AS problem,
-       max(seq) AS head_seq,
-       (array_agg(hash ORDER BY seq DESC))[1] AS head_hash
-FROM (
+SELECT count(checked.seq) AS records,
+       coalesce(min(checked.seq) FILTER (WHERE problem IS NOT NULL),
+                CASE WHEN coalesce(max(checked.seq), 0) < head.length THEN coalesce(max(checked.seq), 0) + 1 END)
+           AS broken_at,
+       coalesce((array_agg(problem ORDER BY checked.seq) FILTER (WHERE problem IS NOT NULL))[1],
+                CASE WHEN coalesce(max(checked.seq), 0) < head.length
+                    THEN 'it is missing: the chain has ' || head.length || ' records' END)
+           AS problem,
+       max(checked.seq) AS head_seq,
+       (array_agg(checked.hash ORDER BY checked.seq DESC))[1] AS head_hash
+FROM (SELECT coalesce((SELECT seq FROM audit_heads WHERE tenant_id = %(tenant)s), 0) AS length) head
+LEFT JOIN (
     SELECT seq, hash,
            CASE
                WHEN seq <> row_number() OVER w
@@ -37,9 +43,10 @@ FROM (
                    THEN 'its fields no longer match its hash (edited)'
            END AS problem
     FROM audit_log a
-    WHERE tenant_id = %s
+    WHERE tenant_id = %(tenant)s
     WINDOW w AS (ORDER BY seq)
-) checked
+) checked ON true
+GROUP BY head.length
 """
 
 
@@ -76,7 +83,7 @@ class AuditTrail:
 
     async def verify(self) -> ChainReport:
         """Walk the chain; the first broken record, if any, and the head's hash (an anchor)."""
-        row = await self._db.fetch_one(_CHECK, [self.tenant])
+        row = await self._db.fetch_one(_CHECK, {"tenant": self.tenant})
         assert row is not None
         head = row["head_hash"]
         return ChainReport(

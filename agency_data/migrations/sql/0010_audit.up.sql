@@ -19,11 +19,10 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_log_entity ON audit_log (tenant_id, entity_type, entity_id);
 CREATE INDEX audit_log_at ON audit_log (tenant_id, at);
 
--- Where each tenant's chain ends: the lock on this row orders a tenant's records.
+-- How long each tenant's chain is: the lock on this row orders a tenant's records.
 CREATE TABLE audit_heads (
     tenant_id text PRIMARY KEY,
-    seq bigint NOT NULL,
-    hash bytea NOT NULL
+    seq bigint NOT NULL
 );
 
 ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;
@@ -56,83 +55,148 @@ END
 $$;
 REVOKE DELETE, TRUNCATE ON audit_heads FROM PUBLIC;
 
--- A record's hash: the previous hash, then every field in a fixed text form (time in
--- microseconds since the epoch: no setting of the session changes it).
-CREATE FUNCTION agency_data_audit_hash(prev bytea, r audit_log) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT sha256(prev || convert_to(concat_ws(E'\x1f',
-        r.tenant_id, r.seq::text, (extract(epoch FROM r.at) * 1000000)::bigint::text,
-        r.actor, r.operation, r.entity_type, coalesce(r.entity_id, ''), r.detail::text
-    ), 'UTF8'))
+-- What a record's hash covers, in a fixed text form: every field (time in microseconds since
+-- the epoch: no setting of the session changes it).
+CREATE FUNCTION agency_data_audit_fields(
+    tenant_id text, seq bigint, at timestamptz, actor text, operation text,
+    entity_type text, entity_id text, detail jsonb
+) RETURNS bytea
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT convert_to(concat_ws(E'\x1f',
+        tenant_id, seq::text, (extract(epoch FROM at) * 1000000)::bigint::text,
+        actor, operation, entity_type, coalesce(entity_id, ''), detail::text
+    ), 'UTF8')
 $$;
 
--- The statement-level trigger of an audited table: one record per changed row, with digests
--- of the row before and after (never the values themselves).
+-- A record's hash: SHA-256 of the previous record's hash followed by the record's fields.
+CREATE FUNCTION agency_data_audit_hash(prev bytea, r audit_log) RETURNS bytea
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT sha256(prev || agency_data_audit_fields(
+        r.tenant_id, r.seq, r.at, r.actor, r.operation, r.entity_type, r.entity_id, r.detail))
+$$;
+
+-- Add records to tenants' chains, one per element of the arrays: for each tenant (in order,
+-- so that two transactions lock heads in the same order and never wait on each other), take
+-- the next numbers by one update of its head (made on first use), then link the records'
+-- hashes (the one step that must go record by record) and insert them in one statement.
+CREATE FUNCTION agency_data_audit_chain(
+    tenant_ids text[], operations text[], entity_types text[], entity_ids text[],
+    details jsonb[]
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    who text := coalesce(nullif(current_setting('agency_data.actor', true), ''), current_user);
+    stamp timestamptz := clock_timestamp();
+    tenant text;
+    items bigint[];
+    first bigint;
+    link bytea;
+    prevs bytea[];
+    hashes bytea[];
+    i bigint;
+BEGIN
+    FOR tenant, items IN
+        -- One tenant, the usual case, without a sort.
+        SELECT tenant_ids[1], NULL::bigint[] WHERE tenant_ids[1] = ALL(tenant_ids)
+        UNION ALL
+        SELECT t, array_agg(o ORDER BY o) FROM unnest(tenant_ids) WITH ORDINALITY AS u(t, o)
+        WHERE NOT tenant_ids[1] = ALL(tenant_ids)
+        GROUP BY t
+        ORDER BY 1
+    LOOP
+        IF items IS NULL THEN
+            items := ARRAY(SELECT generate_series(1, cardinality(tenant_ids)));
+        END IF;
+        INSERT INTO audit_heads AS h (tenant_id, seq)
+        VALUES (tenant, cardinality(items))
+        ON CONFLICT (tenant_id) DO UPDATE SET seq = h.seq + cardinality(items)
+        RETURNING h.seq - cardinality(items) INTO first;
+        link := coalesce(
+            (SELECT a.hash FROM audit_log a WHERE a.tenant_id = tenant AND a.seq = first),
+            '\x'::bytea);
+        prevs := '{}';
+        hashes := '{}';
+        FOR k IN 1..cardinality(items) LOOP
+            i := items[k];
+            prevs[k] := link;
+            link := sha256(link || agency_data_audit_fields(
+                tenant, first + k, stamp, who, operations[i], entity_types[i], entity_ids[i],
+                details[i]));
+            hashes[k] := link;
+        END LOOP;
+        INSERT INTO audit_log
+            (tenant_id, seq, at, actor, operation, entity_type, entity_id, detail, prev_hash, hash)
+        SELECT tenant, first + x.k, stamp, who, operations[x.item], entity_types[x.item],
+               entity_ids[x.item], details[x.item], prevs[x.k], hashes[x.k]
+        FROM unnest(items) WITH ORDINALITY AS x(item, k);
+    END LOOP;
+    RETURN cardinality(tenant_ids);
+END
+$$;
+
+-- Add one record to a tenant's chain from the application (admin and migration actions,
+-- writes to Redis, reads, erasures), in the caller's transaction.
+CREATE FUNCTION agency_data_audit_append(
+    tenant text, operation text, entity_type text, entity_id text, detail jsonb
+) RETURNS void
+LANGUAGE sql AS $$
+    SELECT agency_data_audit_chain(
+        ARRAY[tenant], ARRAY[operation], ARRAY[entity_type], ARRAY[entity_id],
+        ARRAY[coalesce(detail, '{}'::jsonb)])
+$$;
+
+-- The statement-level trigger of an audited table: one record per changed row, keeping what
+-- TG_ARGV[0] says of the row before and after:
+--   digest: SHA-256 of each version's binary form (record_send), none of its values;
+--   fields: the digests and the names of the columns an update changed;
+--   values: both versions in full, for tables whose history must be read back.
+-- The queries are written out per operation (not built and EXECUTEd) so that their plans are
+-- kept between calls.
 CREATE FUNCTION agency_data_audit_rows() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    change record;
-    head audit_heads;
-    entry audit_log;
-    who text := coalesce(nullif(current_setting('agency_data.actor', true), ''), current_user);
+    kept text := TG_ARGV[0];
+    c record;
 BEGIN
-    -- A tenant's rows together, in a fixed order: heads are locked in the same order by
-    -- every transaction, so two of them never wait on each other.
-    FOR change IN EXECUTE CASE TG_OP
-        WHEN 'INSERT' THEN
-            'SELECT n.tenant_id, n.id::text AS id, NULL::jsonb AS before, to_jsonb(n) AS after '
-            'FROM new_rows n ORDER BY 1, 2'
-        WHEN 'DELETE' THEN
-            'SELECT o.tenant_id, o.id::text AS id, to_jsonb(o) AS before, NULL::jsonb AS after '
-            'FROM old_rows o ORDER BY 1, 2'
-        ELSE
-            'SELECT n.tenant_id, n.id::text AS id, to_jsonb(o) AS before, to_jsonb(n) AS after '
-            'FROM new_rows n JOIN old_rows o ON o.id = n.id ORDER BY 1, 2'
-        END
-    LOOP
-        IF head.tenant_id IS DISTINCT FROM change.tenant_id THEN
-            IF head.tenant_id IS NOT NULL THEN
-                UPDATE audit_heads SET seq = head.seq, hash = head.hash
-                WHERE tenant_id = head.tenant_id;
-            END IF;
-            -- Made, or locked and read, in one statement.
-            INSERT INTO audit_heads AS h (tenant_id, seq, hash)
-            VALUES (change.tenant_id, 0, '\x'::bytea)
-            ON CONFLICT (tenant_id) DO UPDATE SET seq = h.seq
-            RETURNING h.* INTO head;
-        END IF;
-        entry.tenant_id := change.tenant_id;
-        entry.seq := head.seq + 1;
-        entry.at := clock_timestamp();
-        entry.actor := who;
-        entry.operation := lower(TG_OP);
-        entry.entity_type := TG_TABLE_NAME;
-        entry.entity_id := change.id;
-        entry.detail := CASE TG_ARGV[0]
-            -- The row's values before and after: for tables whose history must be read back.
-            WHEN 'values' THEN jsonb_strip_nulls(jsonb_build_object(
-                'before', change.before, 'after', change.after))
-            -- The names of the columns that changed, and digests.
-            WHEN 'fields' THEN jsonb_strip_nulls(jsonb_build_object(
-                'changed', (SELECT jsonb_agg(key ORDER BY key) FROM (
-                    SELECT key FROM jsonb_each(coalesce(change.after, '{}'))
-                    FULL JOIN jsonb_each(coalesce(change.before, '{}')) b USING (key)
-                    WHERE jsonb_each.value IS DISTINCT FROM b.value) k),
-                'before', encode(sha256(convert_to(change.before::text, 'UTF8')), 'hex'),
-                'after', encode(sha256(convert_to(change.after::text, 'UTF8')), 'hex')))
-            -- Digests only: proof of what the row was, and none of its values.
-            ELSE jsonb_strip_nulls(jsonb_build_object(
-                'before', encode(sha256(convert_to(change.before::text, 'UTF8')), 'hex'),
-                'after', encode(sha256(convert_to(change.after::text, 'UTF8')), 'hex')))
-        END;
-        entry.prev_hash := head.hash;
-        entry.hash := agency_data_audit_hash(head.hash, entry);
-        INSERT INTO audit_log VALUES (entry.*);
-        head.seq := entry.seq;
-        head.hash := entry.hash;
-    END LOOP;
-    IF head.tenant_id IS NOT NULL THEN
-        UPDATE audit_heads SET seq = head.seq, hash = head.hash WHERE tenant_id = head.tenant_id;
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(n.tenant_id ORDER BY n.tenant_id, n.id) AS tenants,
+               array_agg(n.id::text ORDER BY n.tenant_id, n.id) AS ids,
+               array_agg(CASE kept
+                   WHEN 'values' THEN jsonb_build_object('after', to_jsonb(n))
+                   ELSE jsonb_build_object('after', encode(sha256(record_send(n)), 'hex'))
+               END ORDER BY n.tenant_id, n.id) AS details
+        INTO c FROM new_rows n;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(o.tenant_id ORDER BY o.tenant_id, o.id) AS tenants,
+               array_agg(o.id::text ORDER BY o.tenant_id, o.id) AS ids,
+               array_agg(CASE kept
+                   WHEN 'values' THEN jsonb_build_object('before', to_jsonb(o))
+                   ELSE jsonb_build_object('before', encode(sha256(record_send(o)), 'hex'))
+               END ORDER BY o.tenant_id, o.id) AS details
+        INTO c FROM old_rows o;
+    ELSE
+        SELECT array_agg(n.tenant_id ORDER BY n.tenant_id, n.id) AS tenants,
+               array_agg(n.id::text ORDER BY n.tenant_id, n.id) AS ids,
+               array_agg(CASE kept
+                   WHEN 'values' THEN jsonb_build_object(
+                       'before', to_jsonb(o), 'after', to_jsonb(n))
+                   WHEN 'fields' THEN jsonb_build_object(
+                       'changed', (SELECT jsonb_agg(a.key ORDER BY a.key)
+                                   FROM jsonb_each(to_jsonb(n)) a
+                                   JOIN jsonb_each(to_jsonb(o)) b USING (key)
+                                   WHERE a.value IS DISTINCT FROM b.value),
+                       'before', encode(sha256(record_send(o)), 'hex'),
+                       'after', encode(sha256(record_send(n)), 'hex'))
+                   ELSE jsonb_build_object(
+                       'before', encode(sha256(record_send(o)), 'hex'),
+                       'after', encode(sha256(record_send(n)), 'hex'))
+               END ORDER BY n.tenant_id, n.id) AS details
+        INTO c FROM new_rows n JOIN old_rows o ON o.id = n.id;
+    END IF;
+    IF c.tenants IS NOT NULL THEN
+        PERFORM agency_data_audit_chain(
+            c.tenants, array_fill(lower(TG_OP), ARRAY[cardinality(c.tenants)]),
+            array_fill(TG_TABLE_NAME::text, ARRAY[cardinality(c.tenants)]), c.ids, c.details);
     END IF;
     RETURN NULL;
 END
