@@ -8,6 +8,7 @@ gets ``dl.tenant(t)``.
 
 from __future__ import annotations
 
+from agency_data.audit import SYSTEM_TRAIL, Anchor, AuditTrail, ChainReport, anchors
 from agency_data.config import AUDIT_DETAILS, AUDITABLE
 from agency_data.dsn import database_of
 from agency_data.inputs import check_bool, check_choice
@@ -82,10 +83,41 @@ class Admin(QueryMethods, CollectionAdmin):
             tables = [table]
         async with self._admin.transaction():
             for name in tables:
-                await self._admin.execute(
+                changed = await self._admin.fetch_value(
                     "SELECT agency_data_audit(%s::regclass, %s, %s)", [name, enabled, detail]
                 )
+                if changed:
+                    await self._admin.notes.action(
+                        self._admin,
+                        "audit.on" if enabled else "audit.off",
+                        "table",
+                        name,
+                        {"detail": detail} if enabled else None,
+                    )
         return tables
+
+    @property
+    def system_audit(self) -> AuditTrail:
+        """The system trail: the layer's own actions (collection and index DDL, auditing
+        switched, migrations), chained apart from every tenant's."""
+        return AuditTrail(self._admin.for_tenant(SYSTEM_TRAIL), SYSTEM_TRAIL)
+
+    async def audit_anchors(self) -> list[Anchor]:
+        """Every audit chain's head now (what ``audit.anchor_interval`` logs)."""
+        return await anchors(self._admin)
+
+    async def verify_audit(self) -> list[ChainReport]:
+        """Walk every audit chain (the system trail's and each tenant's), in tenant order.
+
+        The tenants come from the chains' heads, which only a role that bypasses row-level
+        security sees in full (the owner role as the embedded server and ``agency-data roles
+        setup`` make it); with another, name the tenant: ``dl.tenant(t).audit.verify()``.
+        """
+        reports = []
+        for anchor in await anchors(self._admin):
+            trail = AuditTrail(self._admin.for_tenant(anchor.tenant), anchor.tenant)
+            reports.append(await trail.verify())
+        return reports
 
     async def role_warnings(self) -> list[str]:
         """What is unsafe about the pool's role (superuser, BYPASSRLS, owns tables); [] if fine."""

@@ -583,6 +583,32 @@ class AuditConfig(_Section):
         "values (the row itself), e.g. {tasks = 'fields'}",
     )
 
+    admin: bool = Field(
+        default=True,
+        description="record the layer's own actions in the system trail (audit verify "
+        "--system): collection and index DDL, auditing switched on or off, migrations applied "
+        "or rolled back",
+    )
+
+    sessions: bool = Field(
+        default=False,
+        description="record session writes (create, update, delete; not touch) in the "
+        "tenant's trail, with a digest of the data, before the write reaches Redis",
+    )
+
+    reads: list[str] = Field(
+        default_factory=list,
+        description="tables whose reads through the layer (get, list, search) are recorded "
+        "too, one record per call naming the rows returned: any of " + ", ".join(AUDITABLE),
+    )
+
+    anchor_interval: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="seconds between anchors: every tenant's chain head (length and hash) "
+        "logged by agency_data.audit and exported as agency_data_audit_records; 0: none",
+    )
+
     @field_validator("detail")
     @classmethod
     def _details(cls, detail: dict[str, str]) -> dict[str, str]:
@@ -595,7 +621,7 @@ class AuditConfig(_Section):
                 )
         return detail
 
-    @field_validator("tables")
+    @field_validator("tables", "reads")
     @classmethod
     def _known(cls, tables: list[str]) -> list[str]:
         unknown = sorted(set(tables) - set(AUDITABLE))

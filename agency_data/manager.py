@@ -17,6 +17,8 @@ from psycopg.conninfo import make_conninfo
 from agency_data.actor import acting_as
 from agency_data.admin import Admin
 from agency_data.audit import AuditTrail
+from agency_data.audit.anchors import AnchorLog
+from agency_data.audit.notes import AuditNotes
 from agency_data.backup import Backups, archive_settings, prepare_archive, repository_of
 from agency_data.cache.backend import CacheBackend
 from agency_data.cache.store import Cache
@@ -104,6 +106,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._cache_backend: CacheBackend | None = None
         self._scopes: dict[str, TenantScope] = {}
         self._prewarm: asyncio.Task[None] | None = None
+        self._anchors: AnchorLog | None = None
         self._backups: Backups | None = None
         # Metrics, traces and the slow-query log (agency_data.observability); no I/O here.
         self._monitor = Monitor(self.config.monitoring)
@@ -186,6 +189,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
             admin_db = Database(
                 self._admin_pool, postgres, setup=as_owner, telemetry=self._telemetry
             )
+        audit = self.config.audit
+        notes = AuditNotes(self._db, admin=audit.admin, sessions=audit.sessions, reads=audit.reads)
+        self._db.notes = admin_db.notes = notes
         self._tasks = TaskRuntime(
             self._db, self.config.tasks, TaskWakeups(_wakeup_conninfo(postgres, self._conninfo))
         )
@@ -200,6 +206,11 @@ class DataLayer(QueryMethods, MonitoringMethods):
             self._catalog.audited = self.config.audit.detail.get("embeddings", "digest")
         for table in audited:
             await self._admin.audit(table, detail=self.config.audit.detail.get(table, "digest"))
+        self._anchors = AnchorLog(
+            admin_db, audit.anchor_interval, by_tenant=self.config.monitoring.tenant_labels
+        )
+        self._monitor.metrics.extra.append(self._anchors.families)
+        self._anchors.start()
         self._cache_backend = CacheBackend(self.config.cache, self._redis, self._telemetry)
         register_lock_scripts(self._cache_backend.scripts)
         await self._cache_backend.start_listener()
@@ -241,6 +252,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
         if prewarm is not None:
             prewarm.cancel()
             await asyncio.gather(prewarm, return_exceptions=True)
+        anchors, self._anchors = self._anchors, None
+        if anchors is not None:
+            await anchors.aclose()
         await self._monitor.aclose()
         self._backups = None
         replicas, self._replicas = self._replicas, None

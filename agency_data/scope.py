@@ -257,7 +257,12 @@ class TenantScope(QueryMethods):
         self.embeddings = EmbeddingStore(db, catalog, tenant_id)
         telemetry = backend.telemetry
         self.sessions = SessionStore(
-            backend.pipeline, self._keys, config.cache.default_ttl, telemetry=telemetry
+            backend.pipeline,
+            self._keys,
+            config.cache.default_ttl,
+            telemetry=telemetry,
+            tenant=tenant_id,
+            notes=db.notes,
         )
         self.pubsub = PubSub(client, self._keys, telemetry=telemetry)
         self.streams = Streams(client, self._keys, telemetry=telemetry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,8 @@ import psycopg
 import pytest
 
 from agency_data import DataLayer
-from agency_data.errors import ConfigError, PermissionDenied
+from agency_data.audit import Anchor
+from agency_data.errors import ConfigError, Conflict, PermissionDenied, ValidationError
 from tests.conftest import DatabaseDsn, make_config
 from tests.test_cli import agency_data
 
@@ -31,6 +33,23 @@ async def audited(
 def tamper(database: DatabaseDsn, statement: str) -> None:
     with psycopg.connect(database.superuser, autocommit=True) as conn:
         conn.execute(statement)
+
+
+def rehash(database: DatabaseDsn, tenant: str) -> None:
+    """What an owner covering an edit would do: recompute every hash from the first record."""
+    tamper(
+        database,
+        f"""DO $$
+        DECLARE r audit_log; link bytea := '\\x';
+        BEGIN
+            FOR r IN SELECT * FROM audit_log WHERE tenant_id = '{tenant}' ORDER BY seq LOOP
+                r.prev_hash := link;
+                link := agency_data_audit_hash(link, r);
+                UPDATE audit_log SET prev_hash = r.prev_hash, hash = link
+                WHERE tenant_id = r.tenant_id AND seq = r.seq;
+            END LOOP;
+        END $$""",
+    )
 
 
 async def test_every_change_is_recorded_in_its_own_transaction(audited: DataLayer) -> None:
@@ -150,14 +169,30 @@ async def test_the_command_line_verifies_and_shows(
 
     good = run("verify", "--tenant", "acme")
     assert good.returncode == 0, good.stderr
-    assert "3 records, intact" in good.stdout
-    assert "head: record 3, hash " in good.stdout
+    assert "acme: 3 records, intact, head 3:" in good.stdout
+    head = good.stdout.split("head ")[1].split()[0]
+    # Without --tenant: every chain, the system trail's (migrations) among them.
+    every = run("verify")
+    assert every.returncode == 0, every.stderr
+    assert "acme: 3 records, intact" in every.stdout
+    assert "(system): " in every.stdout
+    assert "migration.up" in run("show", "--system").stdout
     shown = json.loads(run("show", "--tenant", "acme", "--actor", "cli-check", "--json").stdout)
     assert [r["seq"] for r in shown] == [3, 2, 1]
     tamper(database, "UPDATE audit_log SET detail = '{}' WHERE tenant_id = 'acme' AND seq = 2")
     bad = run("verify", "--tenant", "acme", "--json")
     assert bad.returncode == 1
-    assert json.loads(bad.stdout)["broken_at"] == 2
+    assert json.loads(bad.stdout)[0]["broken_at"] == 2
+    # Rewritten with fresh hashes, the chain passes on its own, but not against its anchor.
+    rehash(database, "acme")
+    assert run("verify", "--tenant", "acme").returncode == 0
+    anchored = run("verify", "--tenant", "acme", "--anchor", head)
+    assert anchored.returncode == 1
+    assert "BROKEN at record 3: its hash is not the anchor's" in anchored.stdout
+    for args in (("--anchor", head), ("--tenant", "acme", "--anchor", "3:nothex")):
+        wrong = run("verify", *args)
+        assert wrong.returncode == 2
+        assert "Traceback" not in wrong.stderr
     refused = run("show", "--limit", "0")
     assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
@@ -198,3 +233,173 @@ async def test_chosen_tables_keep_changed_fields_or_values(
         assert (await acme.audit.verify()).ok
     with pytest.raises(ConfigError, match="choose digest, fields or values"):
         make_config(database, redis_url, tmp_path, audit={"detail": {"agents": "everything"}})
+
+
+async def test_records_removed_from_the_end_are_found(
+    audited: DataLayer, database: DatabaseDsn
+) -> None:
+    acme = audited.tenant("acme")
+    for i in range(3):
+        await acme.agents.create(f"a{i}", "w")
+    tamper(database, "DELETE FROM audit_log WHERE tenant_id = 'acme' AND seq = 3")
+    report = await acme.audit.verify()
+    assert (report.ok, report.broken_at, report.records) == (False, 3, 2)
+    assert report.problem == "it is missing: the chain has 3 records"
+
+
+async def test_the_layers_own_actions_go_to_the_system_trail(audited: DataLayer) -> None:
+    await audited.admin.create_collection("notes", dimension=2)
+    await audited.admin.create_index("notes", "hnsw")
+    await audited.admin.drop_index("notes")
+    await audited.admin.audit("agents", False)
+    await audited.admin.audit("agents", False)  # already off: nothing changed, no record
+    await audited.admin.drop_collection("notes")
+    system = audited.admin.system_audit
+    actions = [(r.operation, r.entity_id) for r in reversed(await system.show(limit=1000))]
+    # The template database's migrations, then this test's actions (the fixture switched
+    # auditing on by raw SQL, which the layer does not see).
+    assert actions == [
+        ("migration.up", "agency_data:0010_audit"),
+        ("collection.create", "notes"),
+        ("index.create", "notes"),
+        ("index.drop", "notes"),
+        ("audit.off", "agents"),
+        ("collection.drop", "notes"),
+    ]
+    assert (await system.verify()).ok
+    await audited.tenant("acme").agents.create("not-audited-any-more", "w")
+    await audited.tenant("acme").tasks.create("job")
+    reports = {r.tenant: r for r in await audited.admin.verify_audit()}
+    assert set(reports) == {"(system)", "acme"}
+    assert reports["acme"].records == 1
+    assert all(r.ok for r in reports.values())
+
+
+async def test_admin_actions_roll_back_with_their_records(audited: DataLayer) -> None:
+    system = audited.admin.system_audit
+    before = (await system.verify()).records
+    await audited.admin.create_collection("notes", dimension=2)
+    with pytest.raises(Conflict):
+        await audited.admin.create_collection("notes", dimension=3)
+    assert (await system.verify()).records == before + 1
+
+
+async def test_session_writes_are_recorded_before_they_are_sent(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(database, redis_url, tmp_path, audit={"sessions": True})
+    async with DataLayer(config) as dl:
+        acme = dl.tenant("acme")
+        with dl.as_actor("planner"):
+            session = await acme.sessions.create("agent-1", {"secret": "hunter2"})
+            await acme.sessions.update(session.id, {"step": 2})
+            await acme.sessions.touch(session.id)  # the expiry only: not recorded
+            await acme.sessions.delete(session.id)
+        records = list(reversed(await acme.audit.show()))
+        assert [(r.operation, r.entity_type, r.entity_id, r.actor) for r in records] == [
+            ("session.create", "session", session.id, "planner"),
+            ("session.update", "session", session.id, "planner"),
+            ("session.delete", "session", session.id, "planner"),
+        ]
+        assert "hunter2" not in str([r.detail for r in records])
+        assert records[0].detail["after"] != records[1].detail["after"]
+
+        # Written ahead, in a transaction of its own: a rolled-back transaction keeps it.
+        async def rolled_back() -> None:
+            async with acme.transaction():
+                await acme.sessions.create("agent-1", {"n": 1})
+                raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            await rolled_back()
+        assert (await acme.audit.verify()).records == 4
+
+
+async def test_reads_of_chosen_tables_are_recorded(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(database, redis_url, tmp_path, audit={"reads": ["agents", "embeddings"]})
+    async with DataLayer(config) as dl:
+        acme = dl.tenant("acme")
+        agent = await acme.agents.create("scout", "w")
+        await acme.agents.get(agent.id)
+        await acme.agents.get(agent.id)  # served by the cache: still a read
+        await acme.agents.list()
+        await acme.agents.get_many([agent.id])
+        await acme.tasks.list()  # tasks' reads are not chosen
+        await dl.admin.create_collection("notes", dimension=2)
+        notes = acme.embeddings.collection("notes")
+        stored = await notes.store({"entity_type": "doc", "entity_id": "1", "vector": [1.0, 0]})
+        await notes.find_similar([1.0, 0.0], limit=5)
+        await notes.get(stored)
+
+        async def rolled_back() -> None:
+            async with acme.transaction():
+                await acme.agents.get(agent.id)
+                raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            await rolled_back()
+        records = list(reversed(await acme.audit.show()))
+        assert [(r.operation, r.entity_type, r.entity_id) for r in records] == [
+            ("read", "agents", str(agent.id)),
+            ("read", "agents", str(agent.id)),
+            ("read", "agents", str(agent.id)),
+            ("read", "agents", str(agent.id)),
+            ("read", "emb_notes", str(stored)),
+            ("read", "emb_notes", str(stored)),
+            ("read", "agents", str(agent.id)),  # the rolled-back transaction's read
+        ]
+        assert records[2].detail == {"rows": 1, "ids": [str(agent.id)]}
+        assert (await acme.audit.verify()).ok
+    with pytest.raises(ConfigError, match="cannot audit"):
+        make_config(database, redis_url, tmp_path, audit={"reads": ["passwords"]})
+
+
+async def test_anchors_are_logged_and_exported(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(
+        database,
+        redis_url,
+        tmp_path,
+        audit={"tables": ["agents"], "anchor_interval": 0.05},
+        monitoring={"tenant_labels": True},
+    )
+    caplog.set_level(logging.INFO, logger="agency_data.audit")
+    async with DataLayer(config) as dl:
+        acme = dl.tenant("acme")
+        for i in range(3):
+            await acme.agents.create(f"a{i}", "w")
+        head = (await acme.audit.verify()).head_hash
+        for _ in range(100):
+            if f"tenant acme, record 3, hash {head}" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        assert f"tenant acme, record 3, hash {head}" in caplog.text
+        text = await dl.metrics_text()
+        assert 'agency_data_audit_records{tenant="acme"} 3.0' in text
+        assert "agency_data_audit_anchor_timestamp_seconds " in text
+        anchors = {a.tenant: a for a in await dl.admin.audit_anchors()}
+        assert (anchors["acme"].seq, anchors["acme"].hash) == (3, head)
+        assert (await acme.audit.verify([anchors["acme"]])).ok
+        with pytest.raises(ValidationError, match="cannot check"):
+            await dl.tenant("other").audit.verify([anchors["acme"]])
+        for wrong in ("3:abc", ["3:abc"], [None]):
+            with pytest.raises(ValidationError, match="anchors must be"):
+                await acme.audit.verify(wrong)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="SEQ:HASH"):
+            Anchor.parse("acme", "three:" + "0" * 64)
+        with pytest.raises(ValidationError, match="limit"):
+            await acme.audit.show(limit=0)
+        with pytest.raises(ValidationError, match="actor"):
+            await acme.audit.show(actor=5)  # type: ignore[arg-type]
+
+
+async def test_a_cancelled_verify_leaves_the_pool_usable(audited: DataLayer) -> None:
+    acme = audited.tenant("acme")
+    await asyncio.gather(*(acme.agents.create(f"a{i}", "w") for i in range(200)))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(acme.audit.verify(), 0.001)
+    report = await acme.audit.verify()
+    assert (report.ok, report.records) == (True, 200)

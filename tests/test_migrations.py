@@ -417,9 +417,10 @@ async def test_rollback_plan_says_what_it_destroys(
         "agency_data:0006_embedding_collections",
         "agency_data:0005_task_lifecycle",
     ]
+    # The system trail's records: 0010 applied, then the collection made.
     assert set(by_step["agency_data:0010_audit"].data_loss) == {
-        DataLoss("audit_heads", rows=0),
-        DataLoss("audit_log", rows=0),
+        DataLoss("audit_heads", rows=1),
+        DataLoss("audit_log", rows=2),
     }
     assert set(by_step["agency_data:0009_task_queue"].data_loss) == {
         DataLoss("task_schedules", rows=0),

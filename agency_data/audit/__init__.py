@@ -1,5 +1,8 @@
-"""The audit trail: a hash-chained record of the changes to audited tables (migration 0010)."""
+"""The audit trail: hash-chained records of changes, admin actions and chosen reads (migration
+0010); see :mod:`.trail` (reading and checking), :mod:`.notes` (what the layer records itself)
+and :mod:`.anchors` (chain heads logged and exported)."""
 
-from agency_data.audit.trail import AuditRecord, AuditTrail, ChainReport
+from agency_data.audit.notes import SYSTEM_TRAIL
+from agency_data.audit.trail import Anchor, AuditRecord, AuditTrail, ChainReport, anchors
 
-__all__ = ["AuditRecord", "AuditTrail", "ChainReport"]
+__all__ = ["SYSTEM_TRAIL", "Anchor", "AuditRecord", "AuditTrail", "ChainReport", "anchors"]

@@ -9,15 +9,22 @@ which computed the hashes, in one pass over the tenant's records.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from agency_data.errors import ValidationError
 from agency_data.inputs import check_int, check_text
-from agency_data.postgres.database import Database
 
-__all__ = ["AuditRecord", "AuditTrail", "ChainReport"]
+if TYPE_CHECKING:
+    from agency_data.postgres.database import Database
+
+__all__ = ["Anchor", "AuditRecord", "AuditTrail", "ChainReport", "anchors"]
+
+_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 _CHECK = """
 SELECT count(checked.seq) AS records,
@@ -48,6 +55,31 @@ LEFT JOIN (
 ) checked ON true
 GROUP BY head.length
 """
+
+
+class Anchor(BaseModel):
+    """Where a tenant's chain ended when it was taken: kept elsewhere (a log, a ticket, a
+    metric), it proves later that no record up to ``seq`` was rewritten, even by someone
+    who recomputed every hash after an edit."""
+
+    tenant: str
+    seq: int
+    hash: str
+
+    @classmethod
+    def parse(cls, tenant: str, text: str) -> Anchor:
+        """An anchor from its printed form, ``SEQ:HASH``."""
+        seq, sep, digest = text.partition(":")
+        if not sep or not seq.isdigit() or not _HEX.fullmatch(digest):
+            raise ValidationError(
+                f"anchor {text!r} must be SEQ:HASH, a record number and its 64-digit hex hash "
+                "(as audit verify prints it)",
+                field="anchor",
+            )
+        return cls(tenant=tenant, seq=int(seq), hash=digest.lower())
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
 
 
 class ChainReport(BaseModel):
@@ -81,12 +113,21 @@ class AuditTrail:
         self._db = db
         self.tenant = tenant
 
-    async def verify(self) -> ChainReport:
-        """Walk the chain; the first broken record, if any, and the head's hash (an anchor)."""
+    async def verify(self, anchors: Sequence[Anchor] = ()) -> ChainReport:
+        """Walk the chain; the first broken record, if any, and the head (an anchor).
+
+        Each of ``anchors`` (taken earlier, kept elsewhere) must still match its record: a
+        chain rewritten with fresh hashes verifies on its own, but not against an anchor.
+        """
+        if isinstance(anchors, str | bytes) or not all(isinstance(a, Anchor) for a in anchors):
+            raise ValidationError(
+                "anchors must be a list of Anchor (Anchor.parse(tenant, 'SEQ:HASH'))",
+                field="anchors",
+            )
         row = await self._db.fetch_one(_CHECK, {"tenant": self.tenant})
         assert row is not None
         head = row["head_hash"]
-        return ChainReport(
+        report = ChainReport(
             tenant=self.tenant,
             records=int(row["records"]),
             ok=row["broken_at"] is None,
@@ -95,6 +136,28 @@ class AuditTrail:
             head_seq=row["head_seq"],
             head_hash=bytes(head).hex() if head is not None else None,
         )
+        for anchor in sorted(anchors, key=lambda a: a.seq):
+            if anchor.tenant != self.tenant:
+                raise ValidationError(
+                    f"an anchor of tenant {anchor.tenant!r} cannot check {self.tenant!r}'s chain",
+                    field="anchors",
+                )
+            found = await self._db.fetch_value(
+                "SELECT hash FROM audit_log WHERE tenant_id = %s AND seq = %s",
+                [self.tenant, anchor.seq],
+            )
+            if found is None or bytes(found).hex() != anchor.hash:
+                problem = (
+                    "it is missing, and the anchor names it"
+                    if found is None
+                    else "its hash is not the anchor's: the chain was rewritten up to here"
+                )
+                if report.broken_at is None or anchor.seq < report.broken_at:
+                    report = report.model_copy(
+                        update={"ok": False, "broken_at": anchor.seq, "problem": problem}
+                    )
+                break
+        return report
 
     async def show(
         self,
@@ -129,3 +192,17 @@ class AuditTrail:
             "WHERE " + " AND ".join(where) + " ORDER BY seq DESC LIMIT %s"
         )
         return await self._db.fetch(query, [*params, limit], model=AuditRecord)
+
+
+async def anchors(db: Database) -> list[Anchor]:
+    """Every chain's head that ``db`` may see (all of them as the owner role, which bypasses
+    row-level security), by tenant."""
+    rows = await db.fetch(
+        "SELECT h.tenant_id, h.seq, a.hash FROM audit_heads h "
+        "JOIN audit_log a ON a.tenant_id = h.tenant_id AND a.seq = h.seq "
+        "ORDER BY h.tenant_id"
+    )
+    return [
+        Anchor(tenant=row["tenant_id"], seq=row["seq"], hash=bytes(row["hash"]).hex())
+        for row in rows
+    ]

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from agency_data.audit import AuditRecord, ChainReport
+from agency_data.audit import SYSTEM_TRAIL, Anchor, AuditRecord, ChainReport
 from agency_data.cli._common import (
     ConfigOption,
     DataDirOption,
@@ -18,6 +18,7 @@ from agency_data.cli._common import (
     run_job,
     table,
 )
+from agency_data.errors import AgencyDataError
 from agency_data.manager import DataLayer
 from agency_data.models import DEFAULT_TENANT
 
@@ -31,44 +32,81 @@ audit_app = typer.Typer(
 )
 
 TenantOption = Annotated[str, typer.Option("--tenant", "-t", help="The tenant whose trail.")]
+SystemOption = Annotated[
+    bool, typer.Option("--system", help="The system trail: the layer's own actions.")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 @audit_app.command()
 def verify(
-    tenant: TenantOption = DEFAULT_TENANT,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", "-t", help="Only this tenant's chain (default: every chain)."),
+    ] = None,
+    system: SystemOption = False,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SEQ:HASH an earlier verify printed (or audit.anchor_interval logged) for "
+            "the chain named; repeatable. The chain must still match it."
+        ),
+    ] = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Walk a tenant's chain; name the first broken record. Exit 1 if the chain is broken.
+    """Walk the audit chains; name the first broken record of each. Exit 1 if any is broken.
 
-    The head's hash printed at the end is an anchor: kept elsewhere, it proves later that nothing up to it was rewritten.
+    The head printed for each chain is an anchor: kept elsewhere, it proves later that
+    nothing up to it was rewritten (pass it back with --anchor).
     """
     cfg = load_read_only_config(config, data_dir)
+    if anchor and tenant is None and not system:
+        error("--anchor needs the chain it belongs to: --tenant T or --system")
+        raise typer.Exit(2)
+    name = SYSTEM_TRAIL if system else tenant
+    try:
+        kept = [Anchor.parse(name, text) for text in anchor or []] if name else []
+    except AgencyDataError as exc:
+        error(str(exc))
+        raise typer.Exit(2) from exc
 
-    async def job() -> ChainReport:
+    async def job() -> list[ChainReport]:
         async with DataLayer(cfg) as dl:
-            return await dl.tenant(tenant).audit.verify()
+            if system:
+                return [await dl.admin.system_audit.verify(kept)]
+            if tenant is not None:
+                return [await dl.tenant(tenant).audit.verify(kept)]
+            return await dl.admin.verify_audit()
 
-    report = run_job(job)
-    _log.info(
-        "audit anchor: tenant %s, record %s, hash %s", tenant, report.head_seq, report.head_hash
-    )
+    reports = run_job(job)
+    for report in reports:
+        _log.info(
+            "audit anchor: tenant %s, record %s, hash %s",
+            report.tenant,
+            report.head_seq,
+            report.head_hash,
+        )
+    broken = [report for report in reports if not report.ok]
     if as_json:
-        typer.echo(report.model_dump_json(indent=2))
-        raise typer.Exit(0 if report.ok else 1)
-    if not report.ok:
-        error(f"record {report.broken_at}: {report.problem}")
-    typer.echo(f"{report.records} records, {'intact' if report.ok else 'BROKEN'}")
-    if report.head_hash is not None:
-        typer.echo(f"head: record {report.head_seq}, hash {report.head_hash}")
-    raise typer.Exit(0 if report.ok else 1)
+        typer.echo(json.dumps([json.loads(r.model_dump_json()) for r in reports], indent=2))
+        raise typer.Exit(1 if broken else 0)
+    if not reports:
+        typer.echo("no audit records")
+    for report in reports:
+        state = "intact" if report.ok else f"BROKEN at record {report.broken_at}: {report.problem}"
+        head = f", head {report.head_seq}:{report.head_hash}" if report.head_hash else ""
+        typer.echo(f"{report.tenant}: {report.records} records, {state}{head}")
+    if broken:
+        error(f"{len(broken)} of {len(reports)} chains broken")
+    raise typer.Exit(1 if broken else 0)
 
 
 @audit_app.command()
 def show(
     tenant: TenantOption = DEFAULT_TENANT,
+    system: SystemOption = False,
     actor: Annotated[str | None, typer.Option(help="Only this actor's records.")] = None,
     entity_type: Annotated[str | None, typer.Option(help="Only this table's.")] = None,
     entity_id: Annotated[str | None, typer.Option(help="Only this row's.")] = None,
@@ -84,7 +122,8 @@ def show(
 
     async def job() -> list[AuditRecord]:
         async with DataLayer(cfg) as dl:
-            return await dl.tenant(tenant).audit.show(
+            trail = dl.admin.system_audit if system else dl.tenant(tenant).audit
+            return await trail.show(
                 actor=actor,
                 entity_type=entity_type,
                 entity_id=entity_id,

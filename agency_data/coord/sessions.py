@@ -14,6 +14,7 @@ from uuid import UUID
 
 import orjson
 
+from agency_data.audit.notes import AuditNotes
 from agency_data.errors import NotFound, ValidationError
 from agency_data.inputs import check_bool, check_mapping, check_seconds, encode_json
 from agency_data.models import Session
@@ -38,8 +39,13 @@ class SessionStore:
         default_ttl: int,
         *,
         telemetry: Telemetry | None = None,
+        tenant: str | None = None,
+        notes: AuditNotes | None = None,
     ) -> None:
         self._telemetry = telemetry if telemetry is not None else Telemetry.off()
+        # Session writes are recorded in the tenant's audit trail when audit.sessions is on.
+        self._tenant = tenant
+        self._notes = notes if notes is not None and notes.sessions else None
         # Reads join concurrent callers' round trips; writes are MULTI transactions of their own.
         self._pipeline = pipeline
         self._redis = pipeline.client
@@ -62,6 +68,7 @@ class SessionStore:
             expires_at=now + timedelta(seconds=seconds),
             ttl=seconds,
         )
+        await self._note("session.create", session.id, session.data)
         await self._write(session, new=True)
         return session
 
@@ -89,6 +96,7 @@ class SessionStore:
         session = await self._get(session_id)
         new_data = {**session.data, **new_data} if merge else new_data
         updated = session.model_copy(update={"data": new_data})
+        await self._note("session.update", session.id, new_data)
         return await self._slide(updated)
 
     @observed("sessions.touch", system="redis")
@@ -104,6 +112,7 @@ class SessionStore:
     async def delete(self, session_id: str) -> None:
         """End a session; :class:`NotFound` if there was none."""
         session = await self._get(session_id)
+        await self._note("session.delete", session.id, None)
         with translate_errors("deleting a session"):
             pipe = self._redis.pipeline(transaction=True)
             pipe.delete(self._keys.session(session.id))
@@ -125,6 +134,12 @@ class SessionStore:
                 await self._redis.srem(index, *gone)
         sessions = [Session.model_validate(orjson.loads(raw)) for raw in raws if raw is not None]
         return sorted(sessions, key=lambda s: s.created_at)
+
+    async def _note(self, operation: str, session_id: str, data: dict[str, Any] | None) -> None:
+        # Before the write: a write that then fails leaves a record of the attempt, and no
+        # write goes unrecorded.
+        if self._notes is not None and self._tenant is not None:
+            await self._notes.session_write(self._tenant, operation, session_id, data)
 
     async def _slide(self, session: Session) -> Session:
         slid = session.model_copy(

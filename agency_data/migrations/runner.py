@@ -9,6 +9,7 @@ directory both directions write a backup first.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +23,7 @@ import sqlparse
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 
+from agency_data.audit.notes import SYSTEM_TRAIL
 from agency_data.errors import MigrationChecksumMismatch, MigrationError
 from agency_data.inputs import check_int
 from agency_data.migrations._loader import load_migrations, resolve
@@ -317,10 +319,12 @@ class MigrationRunner:
                     await conn.execute(migration.up_sql)
                     elapsed = int((time.perf_counter() - started) * 1000)
                     await conn.execute(record, [migration.key, migration.checksum, elapsed])
+                    await _audit(conn, "migration.up", migration)
             else:
                 await _one_by_one(conn, migration, "up", migration.up_sql)
                 elapsed = int((time.perf_counter() - started) * 1000)
                 await conn.execute(record, [migration.key, migration.checksum, elapsed])
+                await _audit(conn, "migration.up", migration)
         except psycopg.Error as exc:
             raise _failed(migration, "up", exc) from exc
 
@@ -333,9 +337,11 @@ class MigrationRunner:
                 async with conn.transaction():
                     await conn.execute(down_sql)
                     await conn.execute(forget, [migration.key])
+                    await _audit(conn, "migration.down", migration)
             else:
                 await _one_by_one(conn, migration, "down", down_sql)
                 await conn.execute(forget, [migration.key])
+                await _audit(conn, "migration.down", migration)
         except psycopg.Error as exc:
             raise _failed(migration, "down", exc) from exc
 
@@ -400,6 +406,22 @@ def _statements(script: str) -> list[str]:
     # query as one implicit transaction, which CREATE INDEX CONCURRENTLY refuses.
     pieces = (sqlparse.format(s, strip_comments=True).strip() for s in sqlparse.split(script))
     return [piece for piece in pieces if piece and piece != ";"]
+
+
+async def _audit(conn: AsyncConnection[TupleRow], operation: str, migration: Migration) -> None:
+    """Record the migration in the system audit trail, once the database has one (0010)."""
+    appended = await conn.execute(
+        "SELECT to_regprocedure('agency_data_audit_append(text, text, text, text, jsonb)')"
+    )
+    found = await appended.fetchone()
+    if found is None or found[0] is None:
+        return
+    async with conn.transaction():
+        await conn.execute("SELECT set_config('agency_data.tenant', %s, true)", [SYSTEM_TRAIL])
+        await conn.execute(
+            "SELECT agency_data_audit_append(%s, %s, 'migration', %s, %s::jsonb)",
+            [SYSTEM_TRAIL, operation, migration.key, json.dumps({"checksum": migration.checksum})],
+        )
 
 
 async def _one_by_one(

@@ -80,6 +80,8 @@ class AgentStore:
         self.tenant = tenant
         self._cache = cache
         self._cache_ttl = cache_ttl
+        # Whether reads are recorded in the audit trail (audit.reads names agents).
+        self._reads_audited = db.notes.reads_of("agents")
         self._reads: PointReads[UUID, Agent] = PointReads(self._load_one, self._load_many)
         # Uncached reads that a read replica may serve, gathered apart from the primary's.
         self._replica_reads: PointReads[UUID, Agent] = PointReads(self._read_one, self._read_many)
@@ -146,6 +148,13 @@ class AgentStore:
         every commit acknowledged so far, or the primary, and skips the cache.
         """
         uid = as_uuid(agent_id, "agent_id")
+        if self._reads_audited:
+            agent = await self._get_uncounted(uid, cached, consistent)
+            await self._db.notes.read(self.tenant, "agents", [agent.id])
+            return agent
+        return await self._get_uncounted(uid, cached, consistent)
+
+    async def _get_uncounted(self, uid: UUID, cached: bool | None, consistent: bool) -> Agent:
         if consistent is not False:
             check_bool(consistent, "consistent")
             if cached is not None:
@@ -234,7 +243,12 @@ class AgentStore:
         if not ids:
             return []
         query = _get_many_sql(self.tenant, ids)
-        return await self._db.read(lambda on: on.fetch(*query, model=Agent), consistent=consistent)
+        agents = await self._db.read(
+            lambda on: on.fetch(*query, model=Agent), consistent=consistent
+        )
+        if self._reads_audited:
+            await self._db.notes.read(self.tenant, "agents", [a.id for a in agents])
+        return agents
 
     @observed("agents.update")
     async def update(
@@ -327,7 +341,7 @@ class AgentStore:
         """
         check_bool(consistent, "consistent")
         where, params = self._filters(type, status, capabilities, has_capabilities, name_contains)
-        return await keyset_page(
+        page = await keyset_page(
             self._db,
             "agents",
             _COLUMNS,
@@ -338,6 +352,9 @@ class AgentStore:
             cursor=cursor,
             consistent=consistent,
         )
+        if self._reads_audited:
+            await self._db.notes.read(self.tenant, "agents", [a.id for a in page.items])
+        return page
 
     @observed("agents.count")
     async def count(

@@ -47,6 +47,7 @@ from psycopg.rows import DictRow
 from pydantic import BaseModel
 
 from agency_data.actor import ACTOR_SETTING, current_actor
+from agency_data.audit.notes import AuditNotes
 from agency_data.config import PostgresConfig
 from agency_data.errors import SerializationFailure, ValidationError
 from agency_data.inputs import (
@@ -97,6 +98,7 @@ Hook: TypeAlias = Callable[[], Awaitable[None] | None]
 
 # The setting the row-level security policies read (see agency_data_current_tenant()).
 TENANT_SETTING: LiteralString = "agency_data.tenant"
+_NO_NOTES = AuditNotes.off()
 _SET_TENANT: LiteralString = "SELECT set_config('" + TENANT_SETTING + "', %s, true)"
 
 _ISOLATION = {
@@ -166,6 +168,8 @@ class Database:
         # cut off when it stops answering (the reads then go to the primary).
         self.lent: set[AsyncConnection[DictRow]] | None = None
         self._raw_view: Database | None = None
+        # What the layer records in the audit trail beyond the triggers (audit config).
+        self.notes: AuditNotes = _NO_NOTES
         self._current: ContextVar[Transaction | None] = ContextVar("agency_data_tx", default=None)
 
     def for_tenant(self, tenant: str | None, *, raw: bool = False) -> Database:
@@ -183,8 +187,18 @@ class Database:
         )
         view.names_tenant = self.names_tenant
         view.replicas = self.replicas
+        view.notes = self.notes
         # One transaction per task, whichever tenant's view opened it.
         view._current = self._current
+        return view
+
+    def outside_transactions(self, tenant: str | None) -> Database:
+        """A view for ``tenant`` on the same pool that never joins the caller's transaction:
+        what it writes stays even if that transaction rolls back."""
+        view = Database(
+            self.pool, self.config, tenant=tenant, setup=self._setup, telemetry=self.telemetry
+        )
+        view.names_tenant = self.names_tenant
         return view
 
     def on_pool(self, pool: Pool, lent: set[AsyncConnection[DictRow]] | None = None) -> Database:
@@ -195,6 +209,7 @@ class Database:
             pool, self.config, tenant=self.tenant, raw=self.raw, telemetry=self.telemetry
         )
         view.names_tenant = self.names_tenant
+        view.notes = self.notes
         view.lent = lent
         return view
 

@@ -98,6 +98,8 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         self._telemetry = db.telemetry
         self.tenant = tenant
         self._runtime = runtime
+        # Whether reads are recorded in the audit trail (audit.reads names tasks).
+        self._reads_audited = db.notes.reads_of("tasks")
         self._reads: PointReads[UUID, Task] = PointReads(self._read_one, self._read_many)
         self._creates: GroupCommit[NewTask, Task] = GroupCommit(
             self._insert_one, self._insert_group, retry_alone=refused_a_row
@@ -439,6 +441,8 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             task = await self._reads.get(uid)
         if task is None:
             raise NotFound(f"task {task_id} does not exist", entity="task", key=task_id)
+        if self._reads_audited:
+            await self._db.notes.read(self.tenant, "tasks", [task.id])
         return task
 
     async def _read_one(self, task_id: UUID, consistent: bool = False) -> Task | None:
@@ -474,7 +478,10 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         ids = [as_uuid(i, f"task_ids[{n}]") for n, i in enumerate(as_items(task_ids, "task_ids"))]
         if not ids:
             return []
-        return await self._db.read(lambda on: self._load_many(ids, on), consistent=consistent)
+        tasks = await self._db.read(lambda on: self._load_many(ids, on), consistent=consistent)
+        if self._reads_audited:
+            await self._db.notes.read(self.tenant, "tasks", [t.id for t in tasks])
+        return tasks
 
     @observed("tasks.dependencies")
     async def dependencies(self, task_id: UUID | str) -> builtins.list[UUID]:
@@ -515,7 +522,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             created_before,
             data_contains,
         )
-        return await keyset_page(
+        page = await keyset_page(
             self._db,
             "tasks",
             READ_COLUMNS,
@@ -526,6 +533,9 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             cursor=cursor,
             consistent=consistent,
         )
+        if self._reads_audited:
+            await self._db.notes.read(self.tenant, "tasks", [t.id for t in page.items])
+        return page
 
     @observed("tasks.count")
     async def count(
@@ -579,9 +589,12 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             "WHERE search @@ q AND {} ORDER BY ts_rank(search, q) DESC, created_at, id LIMIT %s"
         ).format(sql.SQL(" AND ").join(where))
         values = [text, *params, limit]
-        return await self._db.read(
+        found = await self._db.read(
             lambda on: on.fetch(query, values, model=Task), consistent=consistent
         )
+        if self._reads_audited:
+            await self._db.notes.read(self.tenant, "tasks", [t.id for t in found])
+        return found
 
     @observed("tasks.delete")
     async def delete(self, task_id: UUID | str) -> None:

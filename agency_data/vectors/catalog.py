@@ -168,6 +168,13 @@ class Catalog:
                         "SELECT agency_data_audit(%s::regclass, true, %s)",
                         [spec.table, self.audited],
                     )
+                await self._admin.notes.action(
+                    self._admin,
+                    "collection.create",
+                    "collection",
+                    name,
+                    {"dimension": dimension, "metric": metric, "storage": storage},
+                )
         except Conflict:
             existing = await self.load(name)
             same = (existing.dimension, existing.metric, existing.storage) == (
@@ -192,6 +199,7 @@ class Catalog:
         async with self._admin.transaction():
             await self._admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(spec.table_id))
             await self._admin.execute("DELETE FROM embedding_collections WHERE name = %s", [name])
+            await self._admin.notes.action(self._admin, "collection.drop", "collection", name)
         self._cache.pop(name, None)
 
     async def set_index(
@@ -202,6 +210,15 @@ class Catalog:
             "UPDATE embedding_collections SET index_kind = %s, index_quantization = %s, "
             "index_options = %s::jsonb WHERE name = %s",
             [kind, quantization, json.dumps(options), spec.name],
+        )
+        await self._admin.notes.action(
+            self._admin,
+            "index.create" if kind is not None else "index.drop",
+            "collection",
+            spec.name,
+            {"kind": kind, "quantization": quantization, "options": options}
+            if kind is not None
+            else None,
         )
         updated = replace(
             spec, index_kind=kind, index_quantization=quantization, index_options=options

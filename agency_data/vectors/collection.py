@@ -97,6 +97,8 @@ class Collection:
         self._catalog = catalog
         self.tenant = tenant
         self.name = name
+        # Whether reads are recorded in the audit trail (audit.reads names embeddings).
+        self._reads_audited = db.notes.reads_of("embeddings")
         # Concurrent single reads and stores outside transactions share round trips (see
         # agency_data.batching); the store hands out one Collection per name, so they meet.
         self._reads: PointReads[UUID, Embedding] = PointReads(self._read_one, self._read_many)
@@ -335,7 +337,12 @@ class Collection:
             raise NotFound(
                 f"embedding {embedding_id} does not exist in {self.name!r}", entity="embedding"
             )
+        if self._reads_audited:
+            await self._audit_read([found.id])
         return found
+
+    async def _audit_read(self, ids: Sequence[UUID]) -> None:
+        await self._db.notes.read(self.tenant, f"emb_{self.name}", ids)
 
     async def _read_one(self, embedding_id: UUID, consistent: bool = False) -> Embedding | None:
         found = await self._db.read(
@@ -357,7 +364,10 @@ class Collection:
         """
         check_bool(consistent, "consistent")
         ids = _ids(embedding_ids, "embedding_ids")
-        return await self._db.read(lambda on: self._load_many(ids, on), consistent=consistent)
+        found = await self._db.read(lambda on: self._load_many(ids, on), consistent=consistent)
+        if self._reads_audited:
+            await self._audit_read([one.id for one in found])
+        return found
 
     async def _load_many(self, ids: builtins.list[UUID], db: Database) -> builtins.list[Embedding]:
         spec = await self._spec()  # first: a collection that does not exist is still an error
@@ -581,7 +591,10 @@ class Collection:
         if consistent is None:
             return await search(self._db)
         check_bool(consistent, "consistent")
-        return await self._db.read(search, consistent=consistent)
+        results = await self._db.read(search, consistent=consistent)
+        if self._reads_audited:
+            await self._audit_read([hit.id for hits in results for hit in hits])
+        return results
 
     async def _search_on(
         self,
@@ -767,6 +780,8 @@ class Collection:
         best = sorted(fused, key=lambda i: (-fused[i], rows_by_id[i]["distance"]))[:limit]
         if self._telemetry.metrics:
             self._telemetry.search(self.name, "hybrid").observe(perf_counter() - start)
+        if self._reads_audited:
+            await self._audit_read(best)
         return [
             dataclasses.replace(_result(rows_by_id[i], metric.score), score=fused[i]) for i in best
         ]

@@ -271,6 +271,7 @@ async def reindex(db: Database, spec: CollectionSpec) -> None:
         await conn.execute(
             sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(spec.index_name))
         )
+    await db.notes.action(db, "index.rebuild", "collection", spec.name)
 
 
 async def optimize(

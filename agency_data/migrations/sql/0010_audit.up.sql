@@ -204,13 +204,15 @@ $$;
 
 -- Switch auditing of a table (with tenant_id and id columns) on or off; detail is what a
 -- record keeps of the row: 'digest', 'fields' (and the changed columns' names) or 'values'.
+-- True if anything changed.
 CREATE FUNCTION agency_data_audit(
     target regclass, enabled boolean, detail text DEFAULT 'digest'
-) RETURNS void
+) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     event text;
     present text;
+    changed boolean := false;
 BEGIN
     IF detail NOT IN ('digest', 'fields', 'values') THEN
         RAISE EXCEPTION 'audit detail must be digest, fields or values, not %', detail
@@ -225,6 +227,7 @@ BEGIN
         );
         CONTINUE WHEN (NOT enabled AND present IS NULL)
             OR (enabled AND present LIKE '%agency_data_audit_rows(' || quote_literal(detail) || ')%');
+        changed := true;
         EXECUTE format('DROP TRIGGER IF EXISTS agency_data_audit_%s ON %s', event, target);
         IF enabled THEN
             EXECUTE format(
@@ -240,5 +243,6 @@ BEGIN
             );
         END IF;
     END LOOP;
+    RETURN changed;
 END
 $$;
