@@ -38,6 +38,7 @@ from agency_data import (
     ValidationError,
 )
 from agency_data.admin import Admin
+from agency_data.audit import AuditTrail
 from agency_data.cache.store import Cache
 from agency_data.coord.locks import Lock
 from agency_data.coord.pubsub import PubSub, Streams
@@ -531,6 +532,7 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "drop_collection.name": lambda p: "probe_absent",
     "dimension": lambda p: DIM,
     "admin.collection": lambda p: COLLECTION,
+    "admin.audit.table": lambda p: "task_types",
     "key": lambda p: "k",
     "value": lambda p: 1,
     "keys": lambda p: ["k"],
@@ -564,6 +566,7 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
         lambda dl: dl.tenant(TENANT).embeddings.collection(COLLECTION),
     ),
     "admin": (Admin, lambda dl: dl.admin),
+    "audit": (AuditTrail, lambda dl: dl.tenant(TENANT).audit),
     "cache": (Cache, lambda dl: dl.cache),
     "sessions": (SessionStore, lambda dl: dl.sessions),
     "pubsub": (PubSub, lambda dl: dl.pubsub),

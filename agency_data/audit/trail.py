@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from agency_data.errors import ValidationError
-from agency_data.inputs import check_int, check_text
+from agency_data.inputs import check_datetime, check_int, check_text
 
 if TYPE_CHECKING:
     from agency_data.postgres.database import Database
@@ -119,7 +119,11 @@ class AuditTrail:
         Each of ``anchors`` (taken earlier, kept elsewhere) must still match its record: a
         chain rewritten with fresh hashes verifies on its own, but not against an anchor.
         """
-        if isinstance(anchors, str | bytes) or not all(isinstance(a, Anchor) for a in anchors):
+        if (
+            not isinstance(anchors, Sequence)
+            or isinstance(anchors, str | bytes)
+            or not all(isinstance(a, Anchor) for a in anchors)
+        ):
             raise ValidationError(
                 "anchors must be a list of Anchor (Anchor.parse(tenant, 'SEQ:HASH'))",
                 field="anchors",
@@ -183,10 +187,10 @@ class AuditTrail:
                 params.append(check_text(value, column, max_length=200))
         if since is not None:
             where.append("at >= %s")
-            params.append(since)
+            params.append(check_datetime(since, "since"))
         if until is not None:
             where.append("at < %s")
-            params.append(until)
+            params.append(check_datetime(until, "until"))
         query = (
             "SELECT seq, at, actor, operation, entity_type, entity_id, detail FROM audit_log "
             "WHERE " + " AND ".join(where) + " ORDER BY seq DESC LIMIT %s"
