@@ -16,7 +16,7 @@ import pytest
 from agency_data import DataLayer
 from agency_data.audit import Anchor
 from agency_data.errors import ConfigError, Conflict, PermissionDenied, ValidationError
-from tests.conftest import DatabaseDsn, make_config
+from tests.conftest import DatabaseDsn, holding_connections, make_config
 from tests.test_cli import agency_data
 
 
@@ -398,8 +398,10 @@ async def test_anchors_are_logged_and_exported(
 
 async def test_a_cancelled_verify_leaves_the_pool_usable(audited: DataLayer) -> None:
     acme = audited.tenant("acme")
-    await asyncio.gather(*(acme.agents.create(f"a{i}", "w") for i in range(200)))
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(acme.audit.verify(), 0.001)
+    await asyncio.gather(*(acme.agents.create(f"a{i}", "w") for i in range(20)))
+    # Every connection busy: verify waits for one, and is cut short while it waits.
+    async with holding_connections(audited, audited.config.postgresql.pool_max_size):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(acme.audit.verify(), 0.2)
     report = await acme.audit.verify()
-    assert (report.ok, report.records) == (True, 200)
+    assert (report.ok, report.records) == (True, 20)
