@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import difflib
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -74,6 +75,7 @@ class _Section(BaseModel):
 
 
 _ROLE_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 
 class PostgresConfig(_Section):
@@ -106,7 +108,20 @@ class PostgresConfig(_Section):
     database: str = "postgres"
     user: str = "postgres"
     password: SecretStr | None = None
-    ssl: bool = False
+    ssl: bool = Field(False, description="with host: sslmode=require (sslmode says more)")
+    sslmode: SslMode | None = Field(
+        None,
+        description="TLS for every connection to PostgreSQL (dsn, admin_dsn, direct_dsn, "
+        "replicas), overriding what they say: verify-full checks the server's certificate "
+        "against sslrootcert and its name against the host; None: as the DSN says",
+    )
+    sslrootcert: Path | None = Field(
+        None, description="the CA certificate(s) that signed the server's (PEM file)"
+    )
+    sslcert: Path | None = Field(None, description="a client certificate (PEM), if asked for")
+    sslkey: Path | None = Field(
+        None, description="the client certificate's private key (PEM, mode 0600 or stricter)"
+    )
     owner_role: str = Field(
         "agency_owner", pattern=_ROLE_NAME, description="owns the schema; runs migrations"
     )
@@ -216,10 +231,43 @@ class PostgresConfig(_Section):
         """True when no server is configured, so the embedded one is used."""
         return self.dsn is None and self.host is None
 
+    @model_validator(mode="after")
+    def _tls_files(self) -> PostgresConfig:
+        if (self.sslcert is None) != (self.sslkey is None):
+            raise ValueError("sslcert and sslkey go together: give both or neither")
+        for name in ("sslrootcert", "sslcert", "sslkey"):
+            path = getattr(self, name)
+            if path is not None and (problem := _tls_file_problem(path, key=name == "sslkey")):
+                raise ValueError(f"{name}: {problem}")
+        if self.sslmode in ("verify-ca", "verify-full") and self.sslrootcert is None:
+            # libpq would fall back to ~/.postgresql/root.crt; say so rather than fail later.
+            default = Path.home() / ".postgresql" / "root.crt"
+            if not default.is_file():
+                raise ValueError(
+                    f"sslmode {self.sslmode} checks the server's certificate: set sslrootcert "
+                    "to the CA that signed it"
+                )
+        return self
+
+    def with_tls(self, conninfo: str) -> str:
+        """``conninfo`` with the configured TLS settings in place of its own."""
+        tls = {
+            "sslmode": self.sslmode,
+            "sslrootcert": self.sslrootcert,
+            "sslcert": self.sslcert,
+            "sslkey": self.sslkey,
+        }
+        given = {key: str(value) for key, value in tls.items() if value is not None}
+        if not given:
+            return conninfo
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(conninfo, **given)
+
     def conninfo(self) -> str:
         """The libpq connection string for a configured server (secret: do not log it)."""
         if self.dsn is not None:
-            return self.dsn.get_secret_value()
+            return self.with_tls(self.dsn.get_secret_value())
         if self.host is None:
             raise ConfigError(
                 "postgresql has neither dsn nor host; the embedded server provides the DSN",
@@ -233,16 +281,46 @@ class PostgresConfig(_Section):
             dbname=self.database,
             user=self.user,
             password=self.password.get_secret_value() if self.password else None,
-            sslmode="require" if self.ssl else "prefer",
+            sslmode=self.sslmode or ("require" if self.ssl else "prefer"),
+            **{
+                key: str(value)
+                for key, value in (
+                    ("sslrootcert", self.sslrootcert),
+                    ("sslcert", self.sslcert),
+                    ("sslkey", self.sslkey),
+                )
+                if value is not None
+            },
         )
 
     def admin_conninfo(self) -> str | None:
         """The owner role's connection string (secret: do not log it), or None if not set."""
-        return self.admin_dsn.get_secret_value() if self.admin_dsn is not None else None
+        return self.with_tls(self.admin_dsn.get_secret_value()) if self.admin_dsn else None
 
     def direct_conninfo(self) -> str | None:
         """``direct_dsn`` as a string (secret: do not log it), or None if not set."""
-        return self.direct_dsn.get_secret_value() if self.direct_dsn is not None else None
+        return self.with_tls(self.direct_dsn.get_secret_value()) if self.direct_dsn else None
+
+    def replica_conninfos(self) -> list[str]:
+        """The replicas' connection strings (secret: do not log them)."""
+        return [self.with_tls(dsn.get_secret_value()) for dsn in self.replicas]
+
+
+def _tls_file_problem(path: Path, *, key: bool) -> str | None:
+    """What keeps ``path`` from serving as a TLS file, or None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a file"
+    # libpq refuses a private key that others may read (that root owns: group may read it);
+    # say so here, naming the file, rather than at the first connection.
+    owner = path.stat().st_uid
+    loose = 0o077 if owner != 0 else 0o037
+    if key and mode & loose:
+        return f"{path} may be read by others (mode {stat.S_IMODE(mode):o}): chmod 600 it"
+    return None
 
 
 class SentinelConfig(_Section):
@@ -276,6 +354,35 @@ class RedisConfig(_Section):
     max_retries: int = Field(1, ge=0, le=10)
     socket_timeout: float = Field(2.0, gt=0)
     connect_timeout: float = Field(1.0, gt=0)
+    ssl: bool = Field(
+        False, description="TLS with host (a rediss:// url or sentinel uses it as well)"
+    )
+    ssl_ca_certs: Path | None = Field(
+        None, description="the CA certificate(s) that signed the server's (PEM file)"
+    )
+    ssl_certfile: Path | None = Field(None, description="a client certificate (PEM)")
+    ssl_keyfile: Path | None = Field(
+        None, description="the client certificate's private key (PEM, mode 0600 or stricter)"
+    )
+    ssl_check_hostname: bool = Field(
+        True, description="check the server certificate's name against the host"
+    )
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> RedisConfig:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: give both or neither")
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and (problem := _tls_file_problem(path, key=name == "ssl_keyfile")):
+                raise ValueError(f"{name}: {problem}")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether connections to the configured server use TLS."""
+        url = self.url.get_secret_value() if self.url is not None else ""
+        return self.ssl or url.startswith("rediss://")
 
     @field_validator("url")
     @classmethod

@@ -128,7 +128,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         embedded = self.config.embedded
         postgres = self.config.postgresql
         roles = RoleNames.from_config(postgres)
-        replica_dsns = [dsn.get_secret_value() for dsn in postgres.replicas]
+        replica_dsns = postgres.replica_conninfos()
         if postgres.is_embedded:
             self._embedded_pg = server = embedded_postgres(self.config)
             superuser = await asyncio.to_thread(server.acquire)

@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -38,10 +39,32 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-__all__ = ["PgBouncer", "find_pgbouncer", "raise_open_files"]
+__all__ = ["PgBouncer", "TlsFiles", "find_pgbouncer", "raise_open_files"]
 
 _PLACES = ("/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer", "/usr/local/bin/pgbouncer")
 _ADMIN = "pgbouncer_admin"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the server's certificate and key, the CA that signs clients' and the
+    server's, and a client certificate and key for the connections the tests make."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_cert: Path
+    client_key: Path
+
+    def client_settings(self) -> dict[str, str]:
+        """libpq settings that connect with the server's name checked and the client's
+        certificate shown."""
+        return {
+            "sslmode": "verify-full",
+            "sslrootcert": str(self.ca),
+            "sslcert": str(self.client_cert),
+            "sslkey": str(self.client_key),
+        }
 
 
 def find_pgbouncer() -> str | None:
@@ -84,6 +107,7 @@ class PgBouncer:
         passwords: Mapping[str, str] | None = None,
         max_client_conn: int = 1200,
         default_pool_size: int = 20,
+        tls: TlsFiles | None = None,
     ) -> None:
         binary = find_pgbouncer()
         if binary is None:
@@ -99,6 +123,8 @@ class PgBouncer:
         self._admin_password = secrets.token_urlsafe(18)
         self.max_client_conn = max_client_conn
         self.default_pool_size = default_pool_size
+        # Clients must then speak TLS and show a certificate the CA signed.
+        self.tls = tls
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._directory: Path | None = None
@@ -170,15 +196,18 @@ class PgBouncer:
 
     # -- using it ------------------------------------------------------------------------------
 
-    def dsn(self, database: str, user: str) -> str:
+    def dsn(self, database: str, user: str, **extra: str) -> str:
         """The DSN of ``database`` through PgBouncer, as ``user`` (one of the roles)."""
         return make_conninfo(
             "",
-            host="127.0.0.1",
+            # With TLS: the name the certificate carries, at the address PgBouncer listens on.
+            host="localhost" if self.tls is not None else "127.0.0.1",
+            hostaddr="127.0.0.1",
             port=self.port,
             dbname=database,
             user=user,
             password=self.passwords[user],
+            **({**self.tls.client_settings(), **extra} if self.tls is not None else extra),
         )
 
     def show(self, what: str) -> list[dict[str, Any]]:
@@ -187,11 +216,13 @@ class PgBouncer:
             raise ValueError(f"not a SHOW command of PgBouncer's console: {what!r}")
         dsn = make_conninfo(
             "",
-            host="127.0.0.1",
+            host="localhost" if self.tls is not None else "127.0.0.1",
+            hostaddr="127.0.0.1",
             port=self.port,
             dbname="pgbouncer",
             user=_ADMIN,
             password=self._admin_password,
+            **(self.tls.client_settings() if self.tls is not None else {}),
         )
         # The console speaks the simple query protocol only, outside transactions.
         with (
@@ -248,6 +279,21 @@ class PgBouncer:
             "log_connections": "0",
             "log_disconnections": "0",
         }
+        if self.tls is not None:
+            for name, source in (
+                ("server.crt", self.tls.cert),
+                ("server.key", self.tls.key),
+                ("ca.crt", self.tls.ca),
+            ):
+                copied = self._directory / name
+                shutil.copyfile(source, copied)
+                copied.chmod(0o600)
+            settings.update(
+                client_tls_sslmode="verify-full",
+                client_tls_cert_file=str(self._directory / "server.crt"),
+                client_tls_key_file=str(self._directory / "server.key"),
+                client_tls_ca_file=str(self._directory / "ca.crt"),
+            )
         ini = f"[databases]\n* = host={host} port={port}\n\n[pgbouncer]\n" + "".join(
             f"{key} = {value}\n" for key, value in settings.items()
         )

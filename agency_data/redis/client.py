@@ -11,6 +11,7 @@ from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -99,6 +100,12 @@ def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:
     password = config.password.get_secret_value() if config.password else None
     if password is not None:
         common["password"] = password
+    target = url or (config.url.get_secret_value() if config.url else None)
+    # TLS for a configured server; the embedded one (url given) listens on a Unix socket.
+    tls = _tls(config) if url is None and config.uses_tls else {}
+    if tls:
+        # Cluster and Sentinel clients pick their TLS connection classes from ssl=True.
+        tls["ssl"] = True
     if config.sentinel is not None:
         sentinels = [
             (h, int(p)) for h, _, p in (s.rpartition(":") for s in config.sentinel.sentinels)
@@ -108,9 +115,11 @@ def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:
             sentinels,
             sentinel_kwargs={
                 **timeouts,
+                **tls,
                 "password": sentinel_password.get_secret_value() if sentinel_password else None,
             },
             **common,
+            **tls,
         )
         master: Redis = sentinel.master_for(
             config.sentinel.master_name,
@@ -119,7 +128,11 @@ def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:
         )
         _sentinels[master] = sentinel
         return master
-    target = url or (config.url.get_secret_value() if config.url else None)
+    common.update(tls)
+    if tls and not config.cluster:
+        # A plain pool is told its connection class (a redis:// url with ssl on as well).
+        del common["ssl"]
+        common["connection_class"] = SSLConnection
     if config.cluster:
         # The cluster client retries per node itself; sharing one Retry object across its
         # connections makes concurrent commands fail (seen with redis-py 8.1).
@@ -147,3 +160,17 @@ def make_client(config: RedisConfig, url: str | None = None) -> RedisClient:
             **common,
         )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+def _tls(config: RedisConfig) -> dict[str, Any]:
+    """redis-py's TLS settings for ``config``: the server's certificate is always checked."""
+    files = {
+        "ssl_ca_certs": config.ssl_ca_certs,
+        "ssl_certfile": config.ssl_certfile,
+        "ssl_keyfile": config.ssl_keyfile,
+    }
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": config.ssl_check_hostname,
+        **{key: str(path) for key, path in files.items() if path is not None},
+    }
