@@ -8,7 +8,7 @@ gets ``dl.tenant(t)``.
 
 from __future__ import annotations
 
-from agency_data.audit import SYSTEM_TRAIL, Anchor, AuditTrail, ChainReport, anchors
+from agency_data.audit import SYSTEM_TRAIL, Anchor, AuditTrail, ChainReport, anchors, chains
 from agency_data.config import AUDIT_DETAILS, AUDITABLE
 from agency_data.dsn import database_of
 from agency_data.inputs import check_bool, check_choice
@@ -109,13 +109,12 @@ class Admin(QueryMethods, CollectionAdmin):
     async def verify_audit(self) -> list[ChainReport]:
         """Walk every audit chain (the system trail's and each tenant's), in tenant order.
 
-        The tenants come from the chains' heads, which only a role that bypasses row-level
-        security sees in full (the owner role as the embedded server and ``agency-data roles
-        setup`` make it); with another, name the tenant: ``dl.tenant(t).audit.verify()``.
+        Only the owner role sees every chain (:class:`PermissionDenied` for another, whose
+        view would be empty); check one tenant's with ``dl.tenant(t).audit.verify()``.
         """
         reports = []
-        for anchor in await anchors(self._admin):
-            trail = AuditTrail(self._admin.for_tenant(anchor.tenant), anchor.tenant)
+        for tenant in await chains(self._admin):
+            trail = AuditTrail(self._admin.for_tenant(tenant), tenant)
             reports.append(await trail.verify())
         return reports
 

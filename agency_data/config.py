@@ -669,7 +669,7 @@ class ConfigWarning(UserWarning):
     """A setting was given in a way that has no effect (an environment variable naming no section)."""
 
 
-AUDITABLE = ("agents", "tasks", "task_dependencies", "task_types", "task_schedules", "embeddings")
+AUDITABLE = ("agents", "tasks", "embeddings")
 AUDIT_DETAILS = ("digest", "fields", "values")
 
 
@@ -707,6 +707,20 @@ class AuditConfig(_Section):
         default_factory=list,
         description="tables whose reads through the layer (get, list, search) are recorded "
         "too, one record per call naming the rows returned: any of " + ", ".join(AUDITABLE),
+    )
+
+    seal_interval: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="seconds between the background rounds that chain committed records into "
+        "the trail (a verify or show chains its tenant's first)",
+    )
+
+    digest_key: SecretStr | None = Field(
+        default=None,
+        description="key of the HMAC-SHA256 digests of session data in records; without one, "
+        "records name the data's top-level keys and size only (a plain digest of small data "
+        "could be reversed by guessing)",
     )
 
     anchor_interval: float = Field(

@@ -19,6 +19,7 @@ from agency_data.admin import Admin
 from agency_data.audit import AuditTrail
 from agency_data.audit.anchors import AnchorLog
 from agency_data.audit.notes import AuditNotes
+from agency_data.audit.sealer import Sealer
 from agency_data.backup import Backups, archive_settings, prepare_archive, repository_of
 from agency_data.cache.backend import CacheBackend
 from agency_data.cache.store import Cache
@@ -107,6 +108,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._scopes: dict[str, TenantScope] = {}
         self._prewarm: asyncio.Task[None] | None = None
         self._anchors: AnchorLog | None = None
+        self._sealer: Sealer | None = None
         self._backups: Backups | None = None
         # Metrics, traces and the slow-query log (agency_data.observability); no I/O here.
         self._monitor = Monitor(self.config.monitoring)
@@ -190,7 +192,13 @@ class DataLayer(QueryMethods, MonitoringMethods):
                 self._admin_pool, postgres, setup=as_owner, telemetry=self._telemetry
             )
         audit = self.config.audit
-        notes = AuditNotes(self._db, admin=audit.admin, sessions=audit.sessions, reads=audit.reads)
+        notes = AuditNotes(
+            self._db,
+            admin=audit.admin,
+            sessions=audit.sessions,
+            reads=audit.reads,
+            digest_key=audit.digest_key.get_secret_value().encode() if audit.digest_key else None,
+        )
         self._db.notes = admin_db.notes = notes
         self._tasks = TaskRuntime(
             self._db, self.config.tasks, TaskWakeups(_wakeup_conninfo(postgres, self._conninfo))
@@ -206,6 +214,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
             self._catalog.audited = self.config.audit.detail.get("embeddings", "digest")
         for table in audited:
             await self._admin.audit(table, detail=self.config.audit.detail.get(table, "digest"))
+        self._sealer = Sealer(admin_db, audit.seal_interval)
+        self._sealer.start()
         self._anchors = AnchorLog(
             admin_db, audit.anchor_interval, by_tenant=self.config.monitoring.tenant_labels
         )
@@ -255,6 +265,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
         anchors, self._anchors = self._anchors, None
         if anchors is not None:
             await anchors.aclose()
+        sealer, self._sealer = self._sealer, None
+        if sealer is not None:
+            await sealer.aclose()
         await self._monitor.aclose()
         self._backups = None
         replicas, self._replicas = self._replicas, None

@@ -4,6 +4,7 @@ attributed to the actor, and any edit or removal found at its record."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from agency_data import DataLayer
 from agency_data.audit import Anchor
+from agency_data.audit.notes import digest
 from agency_data.errors import ConfigError, Conflict, PermissionDenied, ValidationError
 from tests.conftest import DatabaseDsn, holding_connections, make_config
 from tests.test_cli import agency_data
@@ -31,7 +33,9 @@ async def audited(
 
 
 def tamper(database: DatabaseDsn, statement: str) -> None:
+    """Run ``statement`` as the superuser, once every committed record is chained."""
     with psycopg.connect(database.superuser, autocommit=True) as conn:
+        conn.execute("SELECT agency_data_audit_seal()")
         conn.execute(statement)
 
 
@@ -302,7 +306,9 @@ async def test_session_writes_are_recorded_before_they_are_sent(
             ("session.delete", "session", session.id, "planner"),
         ]
         assert "hunter2" not in str([r.detail for r in records])
-        assert records[0].detail["after"] != records[1].detail["after"]
+        # Without audit.digest_key: which keys, and how much, never a digest to guess at.
+        assert records[0].detail == {"keys": ["secret"], "bytes": 20}
+        assert records[1].detail["keys"] == ["secret", "step"]
 
         # Written ahead, in a transaction of its own: a rolled-back transaction keeps it.
         async def rolled_back() -> None:
@@ -313,6 +319,16 @@ async def test_session_writes_are_recorded_before_they_are_sent(
         with pytest.raises(RuntimeError):
             await rolled_back()
         assert (await acme.audit.verify()).records == 4
+    keyed = make_config(
+        database, redis_url, tmp_path, audit={"sessions": True, "digest_key": "k" * 32}
+    )
+    async with DataLayer(keyed) as dl:
+        acme = dl.tenant("acme")
+        session = await acme.sessions.create("agent-1", {"approved": True})
+        record = (await acme.audit.show(limit=1))[0]
+        assert record.detail == {"after": digest({"approved": True}, b"k" * 32)}
+        assert record.detail["after"] != hashlib.sha256(b'{"approved":true}').hexdigest()
+        await acme.sessions.delete(session.id)
 
 
 async def test_reads_of_chosen_tables_are_recorded(

@@ -421,6 +421,7 @@ async def test_rollback_plan_says_what_it_destroys(
     assert set(by_step["agency_data:0010_audit"].data_loss) == {
         DataLoss("audit_heads", rows=1),
         DataLoss("audit_log", rows=2),
+        DataLoss("audit_pending", rows=0),
     }
     assert set(by_step["agency_data:0009_task_queue"].data_loss) == {
         DataLoss("task_schedules", rows=0),

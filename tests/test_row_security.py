@@ -33,11 +33,15 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
         item = {"entity_type": "doc", "entity_id": tenant, "vector": [1, 2, 3]}
         await scope.embeddings.collection("notes").store(item)
         await scope.embeddings.store({**item, "vector": [0.1] * 768})
+    # Each tenant's record chained now: it waits in audit_pending until then.
+    await dl.admin.fetch("SELECT agency_data_audit_seal()")
     return dl
 
 
-# What the application role may not do to the audit trail's tables.
-APPEND_ONLY = {"audit_log": ("UPDATE", "DELETE"), "audit_heads": ("DELETE",)}
+# The audit trail's tables: read-only to the application (records come through functions).
+READ_ONLY = {"audit_log", "audit_heads", "audit_pending"}
+# Empty once sealed: its rows move to audit_log.
+SEALED_AWAY = {"audit_pending"}
 
 
 async def tenant_tables(dl: DataLayer) -> list[str]:
@@ -107,17 +111,22 @@ async def test_raw_sql_through_a_tenant_sees_and_changes_only_its_rows(
     for table in await tenant_tables(dl):
         name = sql.Identifier(table)
         every = sql.SQL("SELECT tenant_id FROM {}").format(name)
+        update = sql.SQL("UPDATE {} SET tenant_id = tenant_id WHERE tenant_id <> 'a'").format(name)
+        delete = sql.SQL("DELETE FROM {} WHERE tenant_id = 'b'").format(name)
+        if table in SEALED_AWAY:
+            assert await a.fetch(every) == [], table
+            for statement in (update, delete):
+                with pytest.raises(PermissionDenied):
+                    await a.execute(statement)
+            continue
         assert {r["tenant_id"] for r in await a.fetch(every)} == {"a"}, table
         # Naming the other tenant outright, forgetting the condition, or changing rows in bulk:
         # b's rows are out of a's reach whatever the SQL says.
         assert await a.fetch(sql.SQL("{} WHERE tenant_id = %s").format(every), ["b"]) == []
         rows = 2 if table == "tasks" else 1
         assert await a.fetch_value(sql.SQL("SELECT count(*) FROM {}").format(name)) == rows
-        update = sql.SQL("UPDATE {} SET tenant_id = tenant_id WHERE tenant_id <> 'a'").format(name)
-        delete = sql.SQL("DELETE FROM {} WHERE tenant_id = 'b'").format(name)
-        refused = APPEND_ONLY.get(table, ())
-        for statement, verb in ((update, "UPDATE"), (delete, "DELETE")):
-            if verb in refused:  # the audit trail: the application only ever adds to it
+        for statement in (update, delete):
+            if table in READ_ONLY:
                 with pytest.raises(PermissionDenied):
                     await a.execute(statement)
             else:

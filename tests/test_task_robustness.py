@@ -264,7 +264,7 @@ async def test_the_upgrade_leases_running_tasks_and_keeps_their_history(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:
     runner = MigrationRunner(database.owner, [BUILTIN_SOURCE], role=ROLES)
-    await runner.down(steps=1)
+    await runner.down(to="0008")  # before the task queue (0009) and what came after
     async with await psycopg.AsyncConnection.connect(database.superuser, autocommit=True) as c:
         await c.execute(
             "INSERT INTO tasks (type, status, attempts, created_at, updated_at) VALUES "

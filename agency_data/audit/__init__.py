@@ -3,6 +3,21 @@
 and :mod:`.anchors` (chain heads logged and exported)."""
 
 from agency_data.audit.notes import SYSTEM_TRAIL
-from agency_data.audit.trail import Anchor, AuditRecord, AuditTrail, ChainReport, anchors
+from agency_data.audit.trail import (
+    Anchor,
+    AuditRecord,
+    AuditTrail,
+    ChainReport,
+    anchors,
+    chains,
+)
 
-__all__ = ["SYSTEM_TRAIL", "Anchor", "AuditRecord", "AuditTrail", "ChainReport", "anchors"]
+__all__ = [
+    "SYSTEM_TRAIL",
+    "Anchor",
+    "AuditRecord",
+    "AuditTrail",
+    "ChainReport",
+    "anchors",
+    "chains",
+]

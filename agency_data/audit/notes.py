@@ -7,7 +7,7 @@ recorded here, through ``agency_data_audit_append``, into the same chains:
   into the system trail, :data:`SYSTEM_TRAIL`, in the action's transaction where it has one;
 - session writes, which live in Redis, into the tenant's trail before the write is sent
   (write-ahead: no write goes unrecorded; a write that then fails leaves a record of the
-  attempt);
+  attempt), with an HMAC of the data under ``audit.digest_key``, or only its keys and size;
 - reads of the tables named by ``audit.reads``, one record per call naming the rows returned,
   in a transaction of their own (a read happened even if the caller's transaction rolls back).
 """
@@ -15,6 +15,7 @@ recorded here, through ``agency_data_audit_append``, into the same chains:
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,18 @@ _APPEND = "SELECT agency_data_audit_append(%s, %s, %s, %s, %s::jsonb)"
 _READ_IDS = 100
 
 
-def digest(value: Any) -> str:
-    """SHA-256 (hex) of a JSON value in a fixed form (sorted keys)."""
-    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
+def digest(value: Any, key: bytes) -> str:
+    """HMAC-SHA256 (hex) under ``key`` of a JSON value in a fixed form (sorted keys)."""
+    data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def _summary(data: dict[str, Any], key: bytes | None) -> dict[str, Any]:
+    # Without a key a digest of small data could be reversed by trying likely values: the
+    # record then says only which keys the data had and how large it was.
+    if key is not None:
+        return {"after": digest(data, key)}
+    return {"keys": sorted(data), "bytes": len(orjson.dumps(data))}
 
 
 class AuditNotes:
@@ -48,6 +58,7 @@ class AuditNotes:
         admin: bool = False,
         sessions: bool = False,
         reads: Sequence[str] = (),
+        digest_key: bytes | None = None,
     ) -> None:
         # A view of the primary with no transaction of the caller's: reads and session
         # writes are recorded in transactions of their own.
@@ -55,6 +66,7 @@ class AuditNotes:
         self.admin = admin
         self.sessions = sessions
         self.reads = frozenset(reads)
+        self._digest_key = digest_key
         self._views: dict[str, Database] = {}
 
     @classmethod
@@ -79,9 +91,9 @@ class AuditNotes:
     async def session_write(
         self, tenant: str, operation: str, session_id: str, data: dict[str, Any] | None
     ) -> None:
-        """Record a session write (``data``'s digest, not its values) before it is sent."""
+        """Record a session write (never ``data``'s values) before it is sent."""
         if self.sessions and self._primary is not None:
-            detail = {} if data is None else {"after": digest(data)}
+            detail = {} if data is None else _summary(data, self._digest_key)
             await self._independent(tenant).execute(
                 _APPEND, [tenant, operation, "session", session_id, _json(detail)]
             )

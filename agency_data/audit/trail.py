@@ -16,34 +16,47 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from agency_data.errors import ValidationError
+from agency_data.errors import PermissionDenied, ValidationError
 from agency_data.inputs import check_datetime, check_int, check_text
 
 if TYPE_CHECKING:
     from agency_data.postgres.database import Database
 
-__all__ = ["Anchor", "AuditRecord", "AuditTrail", "ChainReport", "anchors"]
+__all__ = ["Anchor", "AuditRecord", "AuditTrail", "ChainReport", "anchors", "chains"]
 
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 
+# Committed records not yet chained are chained first (for this tenant), so that a check or a
+# listing right after a write sees it.
+_SEAL = "SELECT agency_data_audit_seal(%s)"
+
 _CHECK = """
 SELECT count(checked.seq) AS records,
-       coalesce(min(checked.seq) FILTER (WHERE problem IS NOT NULL),
-                CASE WHEN coalesce(max(checked.seq), 0) < head.length THEN coalesce(max(checked.seq), 0) + 1 END)
-           AS broken_at,
-       coalesce((array_agg(problem ORDER BY checked.seq) FILTER (WHERE problem IS NOT NULL))[1],
-                CASE WHEN coalesce(max(checked.seq), 0) < head.length
-                    THEN 'it is missing: the chain has ' || head.length || ' records' END)
-           AS problem,
+       coalesce(
+           min(checked.seq) FILTER (WHERE problem IS NOT NULL),
+           CASE WHEN coalesce(max(checked.seq), 0) < head.length
+               THEN coalesce(max(checked.seq), 0) + 1 END
+       ) AS broken_at,
+       coalesce(
+           (array_agg(problem ORDER BY checked.seq) FILTER (WHERE problem IS NOT NULL))[1],
+           CASE WHEN coalesce(max(checked.seq), 0) < head.length
+               THEN 'it is missing: the chain has ' || head.length || ' records' END
+       ) AS problem,
        max(checked.seq) AS head_seq,
-       (array_agg(checked.hash ORDER BY checked.seq DESC))[1] AS head_hash
-FROM (SELECT coalesce((SELECT seq FROM audit_heads WHERE tenant_id = %(tenant)s), 0) AS length) head
-LEFT JOIN (
+       (array_agg(checked.hash ORDER BY checked.seq DESC))[1] AS head_hash,
+       (SELECT count(*) FROM audit_pending WHERE tenant_id = %(tenant)s) AS pending
+FROM (
+    SELECT coalesce((SELECT seq FROM audit_heads WHERE tenant_id = %(tenant)s), 0) AS length
+) head
+LEFT JOIN LATERAL (
     SELECT seq, hash,
            CASE
                WHEN seq <> row_number() OVER w
                    THEN 'a record before it is missing (expected seq '
                         || row_number() OVER w || ')'
+               WHEN seq > head.length
+                   THEN 'it lies past the chain''s head (' || head.length || ' records): '
+                        || 'added behind the trail''s back'
                WHEN prev_hash <> coalesce(lag(hash) OVER w, '\\x'::bytea)
                    THEN 'its prev_hash is not the hash of the record before it'
                WHEN hash <> agency_data_audit_hash(prev_hash, a)
@@ -92,6 +105,8 @@ class ChainReport(BaseModel):
     problem: str | None = None
     head_seq: int | None = None
     head_hash: str | None = None
+    # Committed records a sealer has not chained yet (another is at it right now).
+    pending: int = 0
 
 
 class AuditRecord(BaseModel):
@@ -128,8 +143,7 @@ class AuditTrail:
                 "anchors must be a list of Anchor (Anchor.parse(tenant, 'SEQ:HASH'))",
                 field="anchors",
             )
-        row = await self._db.fetch_one(_CHECK, {"tenant": self.tenant})
-        assert row is not None
+        row = await self._sealed(_CHECK, {"tenant": self.tenant})
         head = row["head_hash"]
         report = ChainReport(
             tenant=self.tenant,
@@ -139,6 +153,7 @@ class AuditTrail:
             problem=row["problem"],
             head_seq=row["head_seq"],
             head_hash=bytes(head).hex() if head is not None else None,
+            pending=int(row["pending"]),
         )
         for anchor in sorted(anchors, key=lambda a: a.seq):
             if anchor.tenant != self.tenant:
@@ -195,12 +210,23 @@ class AuditTrail:
             "SELECT seq, at, actor, operation, entity_type, entity_id, detail FROM audit_log "
             "WHERE " + " AND ".join(where) + " ORDER BY seq DESC LIMIT %s"
         )
-        return await self._db.fetch(query, [*params, limit], model=AuditRecord)
+        async with self._db.transaction():
+            await self._db.execute(_SEAL, [self.tenant])
+            return await self._db.fetch(query, [*params, limit], model=AuditRecord)
+
+    async def _sealed(self, query: str, params: dict[str, Any]) -> dict[str, Any]:
+        async with self._db.transaction():
+            await self._db.execute(_SEAL, [self.tenant])
+            row = await self._db.fetch_one(query, params)
+        assert row is not None
+        return row
 
 
 async def anchors(db: Database) -> list[Anchor]:
-    """Every chain's head that ``db`` may see (all of them as the owner role, which bypasses
-    row-level security), by tenant."""
+    """Every chain's head, by tenant, once every committed record is chained (as the owner
+    role: see :func:`chains`). A chain whose head record is missing has no anchor to give
+    (its check names the loss)."""
+    await db.execute("SELECT agency_data_audit_seal()")
     rows = await db.fetch(
         "SELECT h.tenant_id, h.seq, a.hash FROM audit_heads h "
         "JOIN audit_log a ON a.tenant_id = h.tenant_id AND a.seq = h.seq "
@@ -210,3 +236,26 @@ async def anchors(db: Database) -> list[Anchor]:
         Anchor(tenant=row["tenant_id"], seq=row["seq"], hash=bytes(row["hash"]).hex())
         for row in rows
     ]
+
+
+async def chains(db: Database) -> list[str]:
+    """Every tenant with an audit chain (the system trail's among them), sorted.
+
+    Only the owner role sees them all (a policy of the trail's tables, or BYPASSRLS); another
+    role is refused rather than shown none, which would pass for "nothing to check".
+    """
+    row = await db.fetch_one(
+        "SELECT r.rolsuper OR r.rolbypassrls OR pg_has_role(t.tableowner, 'USAGE') AS sees_all "
+        "FROM pg_roles r, pg_tables t "
+        "WHERE r.rolname = current_user AND t.schemaname = 'public' AND t.tablename = 'audit_log'"
+    )
+    if row is None or not row["sees_all"]:
+        raise PermissionDenied(
+            "listing every tenant's audit chain needs the owner role (postgresql.admin_dsn): "
+            "this role sees only the tenant it names; check one chain with --tenant"
+        )
+    rows = await db.fetch(
+        "SELECT tenant_id FROM audit_heads UNION SELECT tenant_id FROM audit_log "
+        "UNION SELECT tenant_id FROM audit_pending ORDER BY 1"
+    )
+    return [row["tenant_id"] for row in rows]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -62,6 +62,9 @@ def verify(
     nothing up to it was rewritten (pass it back with --anchor).
     """
     cfg = load_read_only_config(config, data_dir)
+    if system and tenant is not None:
+        error("--system and --tenant name different chains: give one")
+        raise typer.Exit(2)
     if anchor and tenant is None and not system:
         error("--anchor needs the chain it belongs to: --tenant T or --system")
         raise typer.Exit(2)
@@ -119,6 +122,9 @@ def show(
 ) -> None:
     """A tenant's records, newest first, filtered."""
     cfg = load_read_only_config(config, data_dir)
+    if system and tenant != DEFAULT_TENANT:
+        error("--system and --tenant name different chains: give one")
+        raise typer.Exit(2)
 
     async def job() -> list[AuditRecord]:
         async with DataLayer(cfg) as dl:
@@ -141,7 +147,7 @@ def show(
         [
             [
                 str(r.seq),
-                r.at.strftime("%Y-%m-%d %H:%M:%S"),
+                r.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
                 r.actor,
                 r.operation,
                 r.entity_type,

@@ -99,6 +99,8 @@ Hook: TypeAlias = Callable[[], Awaitable[None] | None]
 # The setting the row-level security policies read (see agency_data_current_tenant()).
 TENANT_SETTING: LiteralString = "agency_data.tenant"
 _NO_NOTES = AuditNotes.off()
+# Not an actor: what a transaction's actor is after a savepoint's rollback.
+_UNKNOWN_ACTOR = object()
 _SET_TENANT: LiteralString = "SELECT set_config('" + TENANT_SETTING + "', %s, true)"
 
 _ISOLATION = {
@@ -121,6 +123,9 @@ class Transaction:
         # Tasks that share the transaction (asyncio.gather inside it) take turns: a statement
         # and its tenant setting must not interleave with another task's.
         self._lock: asyncio.Lock = parent._lock if parent is not None else asyncio.Lock()
+        # The actor the transaction last named to PostgreSQL (shared with its savepoints): a
+        # statement made under another sends the new one first.
+        self._actor: list[object] = parent._actor if parent is not None else [current_actor.get()]
 
     @property
     def conn(self) -> AsyncConnection[DictRow]:
@@ -418,8 +423,14 @@ class Database:
         settings = [] if in_transaction else list(transaction_settings(conn))
         if self.tenant is not None and self.names_tenant:
             settings.insert(0, (TENANT_SETTING, self.tenant))
-        if not in_transaction and (actor := current_actor.get()) is not None:
-            settings.append((ACTOR_SETTING, actor))
+        actor = current_actor.get()
+        if not in_transaction:
+            if actor is not None:
+                settings.append((ACTOR_SETTING, actor))
+        elif (tx := self._current.get()) is not None and tx._actor[0] != actor:
+            # as_actor() entered or left inside the transaction ("" names nobody).
+            settings.append((ACTOR_SETTING, actor or ""))
+            tx._actor[0] = actor
         return settings
 
     def _prelude(
@@ -582,6 +593,11 @@ class Database:
                         else:
                             await block.enter_async_context(conn.transaction())
                         yield tx
+            except BaseException:
+                if parent is not None:
+                    # A savepoint rolled back takes its settings with it: name the actor again.
+                    tx._actor[0] = _UNKNOWN_ACTOR
+                raise
             finally:
                 self._current.reset(token)
         if parent is not None:

@@ -266,10 +266,10 @@ async def grant_privileges(
                 sql.Identifier(_CATALOG), app
             )
         )
-    for table, kept_from_app in _APPEND_ONLY.items():
+    for table, kept_from_app in _AUDIT_TABLES.items():
         if table in names_present:
-            # The audit trail: records are added by the changes' own transactions, never
-            # changed or removed by the application (the owner's edits break the chain).
+            # The audit trail: read-only to the application, which adds records only
+            # through the trail's functions (the owner's edits break the chain).
             statements.append(
                 sql.SQL("REVOKE " + kept_from_app + " ON TABLE {} FROM {}").format(
                     sql.Identifier(table), app
@@ -280,10 +280,12 @@ async def grant_privileges(
             await conn.execute(statement)
 
 
-# What the application role may not do to the audit trail's tables.
-_APPEND_ONLY: dict[str, LiteralString] = {
-    "audit_log": "UPDATE, DELETE, TRUNCATE",
-    "audit_heads": "DELETE, TRUNCATE",
+# What the application role may not do to the audit trail's tables: it only reads them.
+_AUDIT_TABLES: dict[str, LiteralString] = {
+    # Records are added through SECURITY DEFINER functions, as the owner (migration 0010).
+    "audit_pending": "INSERT, UPDATE, DELETE, TRUNCATE",
+    "audit_log": "INSERT, UPDATE, DELETE, TRUNCATE",
+    "audit_heads": "INSERT, UPDATE, DELETE, TRUNCATE",
 }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from agency_data._tasks import cancel_and_wait
+from agency_data.actor import current_actor
 from agency_data.errors import AgencyDataError, LeaseLost, NotFound, TaskCancelled
 from agency_data.models import Task
 from agency_data.postgres.database import Database
@@ -88,6 +89,8 @@ class _Beat:
     step: float
     due: float
     on_lost: LostHook | None = field(default=None)
+    # Who claimed it (as_actor): its heartbeats are made in that name, as its writes are.
+    actor: str | None = field(default=None)
 
 
 class LeaseKeeper:
@@ -191,6 +194,7 @@ class LeaseKeeper:
             step,
             time.monotonic() + first,
             on_lost,
+            current_actor.get(),
         )
         transaction = self._db.current_transaction()
         if transaction is not None:
@@ -269,11 +273,15 @@ class LeaseKeeper:
                 except TimeoutError:
                     pass
                 continue
-            by_tenant: dict[str, list[_Beat]] = {}
+            by_claimant: dict[tuple[str, str | None], list[_Beat]] = {}
             for beat in due:
-                by_tenant.setdefault(beat.tenant, []).append(beat)
-            for tenant, group in by_tenant.items():
-                await self._send(tenant, group)
+                by_claimant.setdefault((beat.tenant, beat.actor), []).append(beat)
+            for (tenant, actor), group in by_claimant.items():
+                token = current_actor.set(actor)
+                try:
+                    await self._send(tenant, group)
+                finally:
+                    current_actor.reset(token)
 
     async def _send(self, tenant: str, group: list[_Beat]) -> None:
         try:

@@ -719,18 +719,30 @@ class Collection:
             + metric.operator
             + " %b AS distance FROM {} WHERE {} ORDER BY distance"
         ).format(columns, spec.table_id, where)
-        async with self._db.connection() as conn, conn.transaction():
-            with translate_errors("streaming search"):
-                await self._db.enter_tenant(conn)
-                name = f"agency_stream_{uuid.uuid4().hex[:12]}"
-                async with conn.cursor(name=name) as cursor:
-                    cursor.itersize = batch_size
-                    await cursor.execute(query, [param, *params])
-                    async for row in cursor:
-                        result = _result(row, metric.score)
-                        if threshold is not None and not metric.passes(result.score, threshold):
-                            break
-                        yield result
+        # What was handed out, recorded a batch at a time when reads are audited.
+        seen: builtins.list[UUID] = []
+        try:
+            async with self._db.connection() as conn, conn.transaction():
+                with translate_errors("streaming search"):
+                    await self._db.enter_tenant(conn)
+                    name = f"agency_stream_{uuid.uuid4().hex[:12]}"
+                    async with conn.cursor(name=name) as cursor:
+                        cursor.itersize = batch_size
+                        await cursor.execute(query, [param, *params])
+                        async for row in cursor:
+                            result = _result(row, metric.score)
+                            if threshold is not None and not metric.passes(result.score, threshold):
+                                break
+                            if self._reads_audited:
+                                seen.append(result.id)
+                                if len(seen) == batch_size:
+                                    await self._audit_read(seen)
+                                    seen = []
+                            yield result
+        finally:
+            if seen:
+                # Also when the caller stops early: what it was given was read.
+                await self._audit_read(seen)
 
     @observed("embeddings.hybrid_search")
     async def hybrid_search(

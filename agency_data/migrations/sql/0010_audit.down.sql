@@ -11,10 +11,13 @@ BEGIN
 END
 $$;
 DROP FUNCTION agency_data_audit(regclass, boolean, text);
+DROP FUNCTION agency_data_audit_truncate();
 DROP FUNCTION agency_data_audit_rows();
 DROP FUNCTION agency_data_audit_append(text, text, text, text, jsonb);
-DROP FUNCTION agency_data_audit_chain(text[], text[], text[], text[], jsonb[]);
+DROP FUNCTION agency_data_audit_seal(text, integer);
+DROP FUNCTION agency_data_audit_actor();
 DROP FUNCTION agency_data_audit_hash(bytea, audit_log);
 DROP FUNCTION agency_data_audit_fields(text, bigint, timestamptz, text, text, text, text, jsonb);
 DROP TABLE audit_heads;
 DROP TABLE audit_log;
+DROP TABLE audit_pending;

@@ -1,12 +1,31 @@
--- The audit trail: a record of every change to an audited table, written by the change's own
--- transaction (a rollback leaves none), chained per tenant by SHA-256 (each record carries the
--- hash of the one before it), so that editing, removing or reordering a record breaks the
--- chain at that record. Auditing a table is switched on by agency_data_audit(table, true).
+-- The audit trail. A change to an audited table adds a record to audit_pending in the
+-- change's own transaction (a rollback leaves none); the sealer (agency_data_audit_seal, run by
+-- every DataLayer in the background and before each verify or show) then numbers the
+-- committed records of each tenant and chains them into audit_log by SHA-256, each carrying the
+-- hash of the one before it, so that editing, removing or reordering a sealed record breaks the
+-- chain at that record. Writers never wait on the chain: they only insert, so auditing adds no
+-- lock that two transactions could take in opposite orders.
+--
+-- The application role can neither write these tables nor call the sealer's internals: records
+-- come only from the triggers and from agency_data_audit_append, which run as the owner (SECURITY
+-- DEFINER) and let the application record only its own tenant's reads and session writes.
+
+CREATE TABLE audit_pending (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id text NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    actor text NOT NULL,
+    operation text NOT NULL,
+    entity_type text NOT NULL,
+    entity_id text,
+    detail jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_pending_tenant ON audit_pending (tenant_id, id);
 
 CREATE TABLE audit_log (
     tenant_id text NOT NULL,
     seq bigint NOT NULL,
-    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    at timestamptz NOT NULL,
     actor text NOT NULL,
     operation text NOT NULL,
     entity_type text NOT NULL,
@@ -19,53 +38,65 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_log_entity ON audit_log (tenant_id, entity_type, entity_id);
 CREATE INDEX audit_log_at ON audit_log (tenant_id, at);
 
--- How long each tenant's chain is: the lock on this row orders a tenant's records.
+-- How long each tenant's chain is; its row lock orders the sealers of one tenant.
 CREATE TABLE audit_heads (
     tenant_id text PRIMARY KEY,
     seq bigint NOT NULL
 );
 
-ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;
-ALTER TABLE audit_log FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON audit_log
-    USING (tenant_id = agency_data_current_tenant())
-    WITH CHECK (tenant_id = agency_data_current_tenant());
-ALTER TABLE audit_heads ENABLE ROW LEVEL SECURITY;
-ALTER TABLE audit_heads FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON audit_heads
-    USING (tenant_id = agency_data_current_tenant())
-    WITH CHECK (tenant_id = agency_data_current_tenant());
-
--- Records are only ever added: no role but the owner may change or remove one (the default
--- privileges gave the application role all four), and the owner's edits break the chain.
 DO $$
 DECLARE
-    grantee text;
+    audit_table text;
 BEGIN
-    FOR grantee IN
-        SELECT DISTINCT g.grantee FROM information_schema.role_table_grants g
-        WHERE g.table_name = 'audit_log' AND g.table_schema = 'public'
-          AND g.privilege_type IN ('UPDATE', 'DELETE', 'TRUNCATE')
-          AND g.grantee <> (SELECT tableowner FROM pg_tables
-                            WHERE schemaname = 'public' AND tablename = 'audit_log')
-    LOOP
-        EXECUTE format('REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM %I', grantee);
+    FOREACH audit_table IN ARRAY ARRAY['audit_pending', 'audit_log', 'audit_heads'] LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', audit_table);
+        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', audit_table);
+        EXECUTE format(
+            'CREATE POLICY tenant_isolation ON %I '
+            'USING (tenant_id = agency_data_current_tenant()) '
+            'WITH CHECK (tenant_id = agency_data_current_tenant())', audit_table);
+        -- The owner (who runs migrations, the sealer and every chain's check) reads and seals
+        -- every tenant's records. An owner role that bypasses row-level security needs no
+        -- policy; one that does not (a single role for everything) needs this one.
+        EXECUTE format(
+            'CREATE POLICY owner_reads_all ON %I TO CURRENT_USER USING (true) WITH CHECK (true)',
+            audit_table);
     END LOOP;
 END
 $$;
-REVOKE DELETE, TRUNCATE ON audit_heads FROM PUBLIC;
 
--- What a record's hash covers, in a fixed text form: every field (time in microseconds since
--- the epoch: no setting of the session changes it).
+-- Read-only to every role but the owner (the default privileges gave the application role all
+-- four): records are added through the functions below, which run as the owner.
+DO $$
+DECLARE
+    grant_row record;
+BEGIN
+    FOR grant_row IN
+        SELECT DISTINCT g.grantee, g.table_name FROM information_schema.role_table_grants g
+        WHERE g.table_name IN ('audit_pending', 'audit_log', 'audit_heads')
+          AND g.table_schema = 'public'
+          AND g.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+          AND g.grantee <> (SELECT tableowner FROM pg_tables
+                            WHERE schemaname = 'public' AND tablename = g.table_name)
+    LOOP
+        EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %I FROM %I',
+                       grant_row.table_name, grant_row.grantee);
+    END LOOP;
+END
+$$;
+
+-- What a record's hash covers: every field, as a JSON array (unambiguous: strings quoted and
+-- escaped, a null apart from an empty string), the time in microseconds since the epoch (no
+-- setting of the session changes it), after a format tag.
 CREATE FUNCTION agency_data_audit_fields(
     tenant_id text, seq bigint, at timestamptz, actor text, operation text,
     entity_type text, entity_id text, detail jsonb
 ) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT convert_to(concat_ws(E'\x1f',
-        tenant_id, seq::text, (extract(epoch FROM at) * 1000000)::bigint::text,
-        actor, operation, entity_type, coalesce(entity_id, ''), detail::text
-    ), 'UTF8')
+    SELECT convert_to(jsonb_build_array(
+        'agency-data audit v1', tenant_id, seq, (extract(epoch FROM at) * 1000000)::bigint,
+        actor, operation, entity_type, entity_id, detail
+    )::text, 'UTF8')
 $$;
 
 -- A record's hash: SHA-256 of the previous record's hash followed by the record's fields.
@@ -75,109 +106,133 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         r.tenant_id, r.seq, r.at, r.actor, r.operation, r.entity_type, r.entity_id, r.detail))
 $$;
 
--- Add records to tenants' chains, one per element of the arrays: for each tenant (in order,
--- so that two transactions lock heads in the same order and never wait on each other), take
--- the next numbers by one update of its head (made on first use), then link the records'
--- hashes (the one step that must go record by record) and insert them in one statement.
-CREATE FUNCTION agency_data_audit_chain(
-    tenant_ids text[], operations text[], entity_types text[], entity_ids text[],
-    details jsonb[]
-) RETURNS bigint
-LANGUAGE plpgsql AS $$
+-- Who a record names when the caller named nobody: the role that logged in.
+CREATE FUNCTION agency_data_audit_actor() RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('agency_data.actor', true), ''), session_user)
+$$;
+
+-- Chain the committed, not yet sealed records: for each tenant (only the one named, if any),
+-- take its head's lock (skipping a tenant another sealer holds), number its records in the
+-- order they were added, link their hashes and move them into audit_log. Returns how many
+-- records were sealed.
+CREATE FUNCTION agency_data_audit_seal(only_tenant text DEFAULT NULL, most integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
-    who text := coalesce(nullif(current_setting('agency_data.actor', true), ''), current_user);
-    stamp timestamptz := clock_timestamp();
     tenant text;
-    items bigint[];
-    first bigint;
+    length bigint;
     link bytea;
+    entry record;
+    ids bigint[];
     prevs bytea[];
     hashes bytea[];
-    i bigint;
+    k integer;
+    sealed bigint := 0;
 BEGIN
-    FOR tenant, items IN
-        -- One tenant, the usual case, without a sort.
-        SELECT tenant_ids[1], NULL::bigint[] WHERE tenant_ids[1] = ALL(tenant_ids)
-        UNION ALL
-        SELECT t, array_agg(o ORDER BY o) FROM unnest(tenant_ids) WITH ORDINALITY AS u(t, o)
-        WHERE NOT tenant_ids[1] = ALL(tenant_ids)
-        GROUP BY t
+    FOR tenant IN
+        SELECT DISTINCT p.tenant_id FROM audit_pending p
+        WHERE only_tenant IS NULL OR p.tenant_id = only_tenant
         ORDER BY 1
     LOOP
-        IF items IS NULL THEN
-            items := ARRAY(SELECT generate_series(1, cardinality(tenant_ids)));
-        END IF;
-        INSERT INTO audit_heads AS h (tenant_id, seq)
-        VALUES (tenant, cardinality(items))
-        ON CONFLICT (tenant_id) DO UPDATE SET seq = h.seq + cardinality(items)
-        RETURNING h.seq - cardinality(items) INTO first;
+        INSERT INTO audit_heads (tenant_id, seq) VALUES (tenant, 0)
+        ON CONFLICT (tenant_id) DO NOTHING;
+        SELECT h.seq INTO length FROM audit_heads h WHERE h.tenant_id = tenant
+        FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;  -- another sealer is at it
         link := coalesce(
-            (SELECT a.hash FROM audit_log a WHERE a.tenant_id = tenant AND a.seq = first),
+            (SELECT a.hash FROM audit_log a WHERE a.tenant_id = tenant AND a.seq = length),
             '\x'::bytea);
+        ids := '{}';
         prevs := '{}';
         hashes := '{}';
-        FOR k IN 1..cardinality(items) LOOP
-            i := items[k];
+        k := 0;
+        FOR entry IN
+            SELECT * FROM audit_pending p WHERE p.tenant_id = tenant ORDER BY p.id LIMIT most
+        LOOP
+            k := k + 1;
+            ids[k] := entry.id;
             prevs[k] := link;
             link := sha256(link || agency_data_audit_fields(
-                tenant, first + k, stamp, who, operations[i], entity_types[i], entity_ids[i],
-                details[i]));
+                tenant, length + k, entry.at, entry.actor, entry.operation, entry.entity_type,
+                entry.entity_id, entry.detail));
             hashes[k] := link;
         END LOOP;
+        CONTINUE WHEN k = 0;
         INSERT INTO audit_log
             (tenant_id, seq, at, actor, operation, entity_type, entity_id, detail, prev_hash, hash)
-        SELECT tenant, first + x.k, stamp, who, operations[x.item], entity_types[x.item],
-               entity_ids[x.item], details[x.item], prevs[x.k], hashes[x.k]
-        FROM unnest(items) WITH ORDINALITY AS x(item, k);
+        SELECT p.tenant_id, length + x.k, p.at, p.actor, p.operation, p.entity_type,
+               p.entity_id, p.detail, prevs[x.k], hashes[x.k]
+        FROM unnest(ids) WITH ORDINALITY AS x(pending, k)
+        JOIN audit_pending p ON p.id = x.pending;
+        DELETE FROM audit_pending p WHERE p.id = ANY(ids);
+        UPDATE audit_heads h SET seq = length + k WHERE h.tenant_id = tenant;
+        sealed := sealed + k;
     END LOOP;
-    RETURN cardinality(tenant_ids);
+    RETURN sealed;
 END
 $$;
 
--- Add one record to a tenant's chain from the application (admin and migration actions,
--- writes to Redis, reads, erasures), in the caller's transaction.
+-- Add one record from the application, in the caller's transaction: the owner may record
+-- anything (admin and migration actions, in the system trail); any other role only its own
+-- tenant's reads and session writes.
 CREATE FUNCTION agency_data_audit_append(
     tenant text, operation text, entity_type text, entity_id text, detail jsonb
 ) RETURNS void
-LANGUAGE sql AS $$
-    SELECT agency_data_audit_chain(
-        ARRAY[tenant], ARRAY[operation], ARRAY[entity_type], ARRAY[entity_id],
-        ARRAY[coalesce(detail, '{}'::jsonb)])
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    -- Inside this function current_user is the owner; session_user is who called.
+    IF NOT pg_has_role(session_user, current_user, 'MEMBER') AND (
+        tenant IS DISTINCT FROM agency_data_current_tenant()
+        OR NOT (operation = 'read' OR operation LIKE 'session.%')
+    ) THEN
+        RAISE EXCEPTION 'the application may record only its own tenant''s reads and session '
+            'writes, not % of tenant %', operation, tenant
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO audit_pending (tenant_id, actor, operation, entity_type, entity_id, detail)
+    VALUES (tenant, agency_data_audit_actor(), operation, entity_type, entity_id,
+            coalesce(detail, '{}'::jsonb));
+END
 $$;
 
--- The statement-level trigger of an audited table: one record per changed row, keeping what
--- TG_ARGV[0] says of the row before and after:
+-- The statement-level triggers of an audited table (with tenant_id and id columns): one record
+-- per changed row, keeping what TG_ARGV[0] says of the row before and after:
 --   digest: SHA-256 of each version's binary form (record_send), none of its values;
 --   fields: the digests and the names of the columns an update changed;
 --   values: both versions in full, for tables whose history must be read back.
--- The queries are written out per operation (not built and EXECUTEd) so that their plans are
--- kept between calls.
+-- An update that changes a row's id is recorded as the old row's delete and the new one's
+-- insert. The queries are written out per operation (not built and EXECUTEd) so that their
+-- plans are kept between calls.
 CREATE FUNCTION agency_data_audit_rows() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     kept text := TG_ARGV[0];
-    c record;
+    who text := agency_data_audit_actor();
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(n.tenant_id ORDER BY n.tenant_id, n.id) AS tenants,
-               array_agg(n.id::text ORDER BY n.tenant_id, n.id) AS ids,
-               array_agg(CASE kept
+        INSERT INTO audit_pending (tenant_id, actor, operation, entity_type, entity_id, detail)
+        SELECT n.tenant_id, who, 'insert', TG_TABLE_NAME, n.id::text,
+               CASE kept
                    WHEN 'values' THEN jsonb_build_object('after', to_jsonb(n))
                    ELSE jsonb_build_object('after', encode(sha256(record_send(n)), 'hex'))
-               END ORDER BY n.tenant_id, n.id) AS details
-        INTO c FROM new_rows n;
+               END
+        FROM new_rows n ORDER BY n.tenant_id, n.id;
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(o.tenant_id ORDER BY o.tenant_id, o.id) AS tenants,
-               array_agg(o.id::text ORDER BY o.tenant_id, o.id) AS ids,
-               array_agg(CASE kept
+        INSERT INTO audit_pending (tenant_id, actor, operation, entity_type, entity_id, detail)
+        SELECT o.tenant_id, who, 'delete', TG_TABLE_NAME, o.id::text,
+               CASE kept
                    WHEN 'values' THEN jsonb_build_object('before', to_jsonb(o))
                    ELSE jsonb_build_object('before', encode(sha256(record_send(o)), 'hex'))
-               END ORDER BY o.tenant_id, o.id) AS details
-        INTO c FROM old_rows o;
+               END
+        FROM old_rows o ORDER BY o.tenant_id, o.id;
     ELSE
-        SELECT array_agg(n.tenant_id ORDER BY n.tenant_id, n.id) AS tenants,
-               array_agg(n.id::text ORDER BY n.tenant_id, n.id) AS ids,
-               array_agg(CASE kept
+        INSERT INTO audit_pending (tenant_id, actor, operation, entity_type, entity_id, detail)
+        SELECT coalesce(n.tenant_id, o.tenant_id), who,
+               CASE WHEN o.id IS NULL THEN 'insert' WHEN n.id IS NULL THEN 'delete'
+                    ELSE 'update' END,
+               TG_TABLE_NAME, coalesce(n.id, o.id)::text,
+               jsonb_strip_nulls(CASE kept
                    WHEN 'values' THEN jsonb_build_object(
                        'before', to_jsonb(o), 'after', to_jsonb(n))
                    WHEN 'fields' THEN jsonb_build_object(
@@ -190,14 +245,21 @@ BEGIN
                    ELSE jsonb_build_object(
                        'before', encode(sha256(record_send(o)), 'hex'),
                        'after', encode(sha256(record_send(n)), 'hex'))
-               END ORDER BY n.tenant_id, n.id) AS details
-        INTO c FROM new_rows n JOIN old_rows o ON o.id = n.id;
+               END)
+        FROM new_rows n FULL JOIN old_rows o ON o.id = n.id
+        ORDER BY 1, 5;
     END IF;
-    IF c.tenants IS NOT NULL THEN
-        PERFORM agency_data_audit_chain(
-            c.tenants, array_fill(lower(TG_OP), ARRAY[cardinality(c.tenants)]),
-            array_fill(TG_TABLE_NAME::text, ARRAY[cardinality(c.tenants)]), c.ids, c.details);
-    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- TRUNCATE empties a table for every tenant at once (only the owner may): recorded in the
+-- system trail.
+CREATE FUNCTION agency_data_audit_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    INSERT INTO audit_pending (tenant_id, actor, operation, entity_type, entity_id, detail)
+    VALUES ('(system)', agency_data_audit_actor(), 'truncate', TG_TABLE_NAME, NULL, '{}');
     RETURN NULL;
 END
 $$;
@@ -218,7 +280,14 @@ BEGIN
         RAISE EXCEPTION 'audit detail must be digest, fields or values, not %', detail
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+    IF enabled AND (
+        SELECT count(*) FROM pg_attribute
+        WHERE attrelid = target AND attname IN ('tenant_id', 'id') AND NOT attisdropped
+    ) < 2 THEN
+        RAISE EXCEPTION 'cannot audit %: its rows need a tenant_id and an id column', target
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
         -- Nothing to do, no lock taken, when the table is already as asked: every process
         -- that starts with audit.tables asks again.
         present := (
@@ -226,10 +295,15 @@ BEGIN
             WHERE tgrelid = target AND tgname = 'agency_data_audit_' || event
         );
         CONTINUE WHEN (NOT enabled AND present IS NULL)
+            OR (enabled AND event = 'truncate' AND present IS NOT NULL)
             OR (enabled AND present LIKE '%agency_data_audit_rows(' || quote_literal(detail) || ')%');
         changed := true;
         EXECUTE format('DROP TRIGGER IF EXISTS agency_data_audit_%s ON %s', event, target);
-        IF enabled THEN
+        IF enabled AND event = 'truncate' THEN
+            EXECUTE format(
+                'CREATE TRIGGER agency_data_audit_truncate AFTER TRUNCATE ON %s '
+                'FOR EACH STATEMENT EXECUTE FUNCTION agency_data_audit_truncate()', target);
+        ELSIF enabled THEN
             EXECUTE format(
                 'CREATE TRIGGER agency_data_audit_%s AFTER %s ON %s REFERENCING %s '
                 'FOR EACH STATEMENT EXECUTE FUNCTION agency_data_audit_rows(%L)',
@@ -246,3 +320,8 @@ BEGIN
     RETURN changed;
 END
 $$;
+
+-- Only the owner switches auditing; the sealer and append check their callers themselves.
+REVOKE EXECUTE ON FUNCTION agency_data_audit(regclass, boolean, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION agency_data_audit_rows() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION agency_data_audit_truncate() FROM PUBLIC;
