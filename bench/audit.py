@@ -9,7 +9,9 @@ row's figures are the medians over the turns. Writes measured:
 - ``agents.create`` from one caller: a record, and the head's lock, per write;
 - ``store_many`` of 2,000 embeddings (384 dimensions): a bulk ingest, one record per row.
 
-Records keep digests (``audit.detail`` digest, the default).
+Records keep digests (``audit.detail`` digest, the default). Writers only add records; the
+background sealer (every ``audit.seal_interval``, in the same process) chains them, and its
+own rate is measured last.
 """
 
 from __future__ import annotations
@@ -85,8 +87,38 @@ async def audit(b: Bench) -> list[Result]:
                 "not audited",
             )
         )
+    results.append(await _sealing(b, results[-1].baseline or 0.0))
     await dl.admin.drop_collection("bench_audit")
     return results
+
+
+async def _sealing(b: Bench, ingest: float) -> Result:
+    """How fast records are chained, beside how fast a bulk ingest makes them.
+
+    The records are added and sealed in one transaction, which no background sealer sees
+    before it commits: the seal statement alone is timed.
+    """
+    n = b.size(20_000, 100_000)
+    b.step(f"audit: sealing {n:,} records")
+    async with b.dl.admin.transaction():
+        await b.dl.admin.execute(
+            "INSERT INTO audit_pending (tenant_id, actor, operation, entity_type, entity_id, "
+            "detail) SELECT 'bench-seal', 'bench', 'insert', 'emb_bench_audit', i::text, "
+            "jsonb_build_object('after', encode(sha256(i::text::bytea), 'hex')) "
+            "FROM generate_series(1, %s) AS i",
+            [n],
+        )
+        started = time.perf_counter()
+        await b.dl.admin.execute("SELECT agency_data_audit_seal('bench-seal', %s)", [n])
+        rate = n / (time.perf_counter() - started)
+    return Result(
+        SCENARIO,
+        "sealing: records chained per second",
+        "records/s",
+        rate,
+        ingest,
+        "store_many rows/s, not audited (>1: the sealer keeps up)",
+    )
 
 
 async def _switch(dl: DataLayer, audited: bool) -> None:

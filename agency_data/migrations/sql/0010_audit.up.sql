@@ -123,8 +123,9 @@ DECLARE
     tenant text;
     length bigint;
     link bytea;
-    entry record;
     ids bigint[];
+    fields bytea[];
+    covered bytea;
     prevs bytea[];
     hashes bytea[];
     k integer;
@@ -143,27 +144,33 @@ BEGIN
         link := coalesce(
             (SELECT a.hash FROM audit_log a WHERE a.tenant_id = tenant AND a.seq = length),
             '\x'::bytea);
-        ids := '{}';
+        -- What each record's hash covers, in one query; only the links go one by one.
+        SELECT array_agg(p.id ORDER BY p.id),
+               array_agg(agency_data_audit_fields(
+                   tenant, length + p.n, p.at, p.actor, p.operation, p.entity_type,
+                   p.entity_id, p.detail) ORDER BY p.id)
+        INTO ids, fields
+        FROM (
+            SELECT q.*, row_number() OVER (ORDER BY q.id) AS n
+            FROM (SELECT * FROM audit_pending q WHERE q.tenant_id = tenant
+                  ORDER BY q.id LIMIT most) q
+        ) p;
+        k := coalesce(cardinality(ids), 0);
+        CONTINUE WHEN k = 0;
         prevs := '{}';
         hashes := '{}';
-        k := 0;
-        FOR entry IN
-            SELECT * FROM audit_pending p WHERE p.tenant_id = tenant ORDER BY p.id LIMIT most
-        LOOP
-            k := k + 1;
-            ids[k] := entry.id;
-            prevs[k] := link;
-            link := sha256(link || agency_data_audit_fields(
-                tenant, length + k, entry.at, entry.actor, entry.operation, entry.entity_type,
-                entry.entity_id, entry.detail));
-            hashes[k] := link;
+        -- FOREACH walks the array once (fields[i] would scan it from the start each time).
+        FOREACH covered IN ARRAY fields LOOP
+            prevs := prevs || link;
+            link := sha256(link || covered);
+            hashes := hashes || link;
         END LOOP;
-        CONTINUE WHEN k = 0;
         INSERT INTO audit_log
             (tenant_id, seq, at, actor, operation, entity_type, entity_id, detail, prev_hash, hash)
         SELECT p.tenant_id, length + x.k, p.at, p.actor, p.operation, p.entity_type,
-               p.entity_id, p.detail, prevs[x.k], hashes[x.k]
-        FROM unnest(ids) WITH ORDINALITY AS x(pending, k)
+               p.entity_id, p.detail, x.prev, x.hash
+        -- Unnested side by side: subscripting these arrays row by row would be quadratic.
+        FROM unnest(ids, prevs, hashes) WITH ORDINALITY AS x(pending, prev, hash, k)
         JOIN audit_pending p ON p.id = x.pending;
         DELETE FROM audit_pending p WHERE p.id = ANY(ids);
         UPDATE audit_heads h SET seq = length + k WHERE h.tenant_id = tenant;
