@@ -532,7 +532,7 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "drop_collection.name": lambda p: "probe_absent",
     "dimension": lambda p: DIM,
     "admin.collection": lambda p: COLLECTION,
-    "admin.audit.table": lambda p: "task_types",
+    "admin.audit.table": lambda p: "agents",
     "key": lambda p: "k",
     "value": lambda p: 1,
     "keys": lambda p: ["k"],
