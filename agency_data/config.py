@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import difflib
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -753,6 +754,67 @@ class AuditConfig(_Section):
         return tables
 
 
+MASK_RULES = ("email", "api_key", "card", "phone")
+
+
+class MaskPattern(_Section):
+    """A mask rule of your own: a regular expression and what replaces its matches."""
+
+    name: str = Field(min_length=1, max_length=64)
+    pattern: str = Field(min_length=1, max_length=2000)
+    replacement: str = Field("[masked]", max_length=200)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if compiled.search(""):
+            raise ValueError("matches the empty string, so it would mask between every character")
+        return pattern
+
+
+class MaskingConfig(_Section):
+    """Masking (agency_data.security.masking): what logs, errors and masked exports hide."""
+
+    rules: list[str | MaskPattern] = Field(
+        default_factory=lambda: list[str | MaskPattern](MASK_RULES),
+        description="named rules (" + ", ".join(MASK_RULES) + ") and patterns of your own "
+        "({name, pattern, replacement}), applied in order",
+    )
+    paths: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="per table or collection, JSON paths into its rows whose values exports "
+        "hide whatever they hold, e.g. {tasks = ['data.customer', 'result.*.token']}",
+    )
+    logs: bool = Field(True, description="mask the layer's log records")
+    errors: bool = Field(True, description="mask the text of the layer's errors")
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, rules: list[str | MaskPattern]) -> list[str | MaskPattern]:
+        for rule in rules:
+            if isinstance(rule, str) and rule not in MASK_RULES:
+                raise ValueError(
+                    f"unknown mask rule {rule!r}: choose among {', '.join(MASK_RULES)}, or give "
+                    "{name, pattern, replacement}"
+                )
+        return rules
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, paths: dict[str, list[str]]) -> dict[str, list[str]]:
+        for table, table_paths in paths.items():
+            for path in table_paths:
+                if not path or any(not part for part in path.split(".")):
+                    raise ValueError(
+                        f"masking.paths.{table}: {path!r} is not a dotted path (data.customer)"
+                    )
+        return paths
+
+
 class DataLayerConfig(BaseSettings):
     """Every setting of the data layer, validated once at load.
 
@@ -778,6 +840,7 @@ class DataLayerConfig(BaseSettings):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
 
     def __init__(self, **values: Any) -> None:
         _warn_unknown_sections(type(self).model_fields)

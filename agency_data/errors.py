@@ -29,6 +29,8 @@ Driver errors are translated in one place per backend (:mod:`agency_data.postgre
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = [
     "AgencyDataError",
     "BackendUnavailable",
@@ -50,11 +52,36 @@ __all__ = [
     "StorageFull",
     "TaskCancelled",
     "ValidationError",
+    "clear_message_mask",
+    "set_message_mask",
 ]
 
 
 class AgencyDataError(Exception):
     """Root of every error agency-data raises."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        # Masking (agency_data.security.masking), when configured: what a message quotes of
+        # the caller's data (an email, a key) is hidden wherever the error is shown.
+        mask = _message_mask
+        return text if mask is None else mask(text)
+
+
+_message_mask: Callable[[str], str] | None = None
+
+
+def set_message_mask(mask: Callable[[str], str]) -> None:
+    """Mask every error's text with ``mask`` from now on (see :mod:`agency_data.security.masking`)."""
+    global _message_mask
+    _message_mask = mask
+
+
+def clear_message_mask(mask: Callable[[str], str]) -> None:
+    """Stop masking error texts, if ``mask`` is the mask in use."""
+    global _message_mask
+    if _message_mask == mask:
+        _message_mask = None
 
 
 class ConfigError(AgencyDataError):

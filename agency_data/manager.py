@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +48,7 @@ from agency_data.redis.client import RedisClient, close_client, make_client
 from agency_data.redis.client import prepare as prepare_redis
 from agency_data.redis.scripts import ScriptRegistry
 from agency_data.scope import QueryMethods, TenantScope
+from agency_data.security.masking import install, masker_from_config, uninstall
 from agency_data.security.roles import RoleNames, setup_roles, use_owner_role
 from agency_data.tasks import TaskRuntime, TaskStore
 from agency_data.tasks.wakeups import POLL_INTERVAL, TaskWakeups
@@ -109,6 +111,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._prewarm: asyncio.Task[None] | None = None
         self._anchors: AnchorLog | None = None
         self._sealer: Sealer | None = None
+        # Masking of logs, error texts and exports (agency_data.security.masking).
+        self._masker = masker_from_config(self.config.masking)
         self._backups: Backups | None = None
         # Metrics, traces and the slow-query log (agency_data.observability); no I/O here.
         self._monitor = Monitor(self.config.monitoring)
@@ -129,6 +133,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
     async def _connect(self) -> None:
         embedded = self.config.embedded
         postgres = self.config.postgresql
+        masking = self.config.masking
+        install(self._masker, logs=masking.logs, errors_too=masking.errors)
         roles = RoleNames.from_config(postgres)
         replica_dsns = postgres.replica_conninfos()
         if postgres.is_embedded:
@@ -268,6 +274,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         sealer, self._sealer = self._sealer, None
         if sealer is not None:
             await sealer.aclose()
+        uninstall(self._masker)
         await self._monitor.aclose()
         self._backups = None
         replicas, self._replicas = self._replicas, None
@@ -367,6 +374,12 @@ class DataLayer(QueryMethods, MonitoringMethods):
             raise _not_connected()
         return self._cache_backend.scripts
 
+    def export(
+        self, source: str, *, masked: bool = True, batch_size: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The default tenant's rows of ``source``, masked (see :meth:`TenantScope.export`)."""
+        return self.tenant(DEFAULT_TENANT).export(source, masked=masked, batch_size=batch_size)
+
     def lock(
         self, name: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
     ) -> Lock:
@@ -416,6 +429,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
                 self.config,
                 self._cache_backend,
                 self.redis,
+                masker=self._masker,
             )
             self._scopes[tenant_id] = scope
         return scope

@@ -23,6 +23,8 @@ from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction
 from agency_data.redis.client import RedisClient
 from agency_data.redis.keys import Keys
+from agency_data.security.export import export_rows
+from agency_data.security.masking import Masker
 from agency_data.tasks import TaskRuntime, TaskStore
 from agency_data.vectors.catalog import Catalog
 from agency_data.vectors.store import EmbeddingStore
@@ -241,8 +243,12 @@ class TenantScope(QueryMethods):
         config: DataLayerConfig,
         backend: CacheBackend,
         client: RedisClient,
+        *,
+        masker: Masker | None = None,
     ) -> None:
         db = db.for_tenant(tenant_id)
+        self._catalog = catalog
+        self._masker = masker if masker is not None else Masker(())
         self._db = db
         self._telemetry = db.telemetry
         self._backend = backend
@@ -290,6 +296,23 @@ class TenantScope(QueryMethods):
             auto_renew=auto_renew,
             on_wait=self._backend.record_lock_wait,
             telemetry=self._backend.telemetry,
+        )
+
+    def export(
+        self, source: str, *, masked: bool = True, batch_size: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every row of ``source`` (``agents``, ``tasks`` or a collection's name) of this
+        tenant, oldest first, as JSON-ready dicts; ``masked`` (the default) hides the values
+        under ``masking.paths`` and masks every string by ``masking.rules``. Use ``async for``;
+        see :mod:`agency_data.security.export`."""
+        return export_rows(
+            self._db,
+            self._catalog,
+            self.tenant_id,
+            source,
+            self._masker,
+            masked=masked,
+            batch_size=batch_size,
         )
 
     def _database(self) -> Database:

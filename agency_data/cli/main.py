@@ -31,6 +31,7 @@ from agency_data.cli._common import (
 )
 from agency_data.cli.audit import audit_app
 from agency_data.cli.backup import backup_app
+from agency_data.cli.export import export
 from agency_data.cli.monitor import top
 from agency_data.cli.replica import replica_app
 from agency_data.cli.tasks import tasks_app
@@ -308,6 +309,7 @@ async def _health_report(cfg: DataLayerConfig) -> HealthStatus:
 
 
 app.command()(top)
+app.command()(export)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(backup_app, name="backup")
 app.add_typer(audit_app, name="audit")
