@@ -533,6 +533,7 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "dimension": lambda p: DIM,
     "admin.collection": lambda p: COLLECTION,
     "admin.audit.table": lambda p: "agents",
+    "export.source": lambda p: "tasks",
     "key": lambda p: "k",
     "value": lambda p: 1,
     "keys": lambda p: ["k"],
