@@ -754,6 +754,62 @@ class AuditConfig(_Section):
         return tables
 
 
+_ENCRYPTED_FIELD = re.compile(
+    r"^(?:tasks\.(?:data|result)|sessions\.data"
+    r"|[a-z][a-z0-9_]{0,62}\.(?:content|metadata)|cache\.[A-Za-z0-9_.:-]{1,100})$"
+)
+
+
+class EncryptionConfig(_Section):
+    """Field encryption (agency_data.security.fields): which values, and the key that wraps
+    the tenants' data keys."""
+
+    fields: list[str] = Field(
+        default_factory=list,
+        description="values encrypted before they reach PostgreSQL or Redis: tasks.data, "
+        "tasks.result, embeddings.content, embeddings.metadata (or "
+        "<collection>.content / .metadata), sessions.data, cache.<namespace>",
+    )
+    kek: SecretStr | None = Field(
+        None, description="the key-encryption key: 32 random bytes in base64"
+    )
+    kek_file: Path | None = Field(None, description="a file (0600) holding the KEK in base64")
+    kek_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="an environment variable holding it"
+    )
+    previous_keks: list[SecretStr] = Field(
+        default_factory=list,
+        description="KEKs replaced by kek, still able to unwrap data keys until keys rotate "
+        "has re-wrapped them",
+    )
+    key_store: Path | None = Field(
+        None,
+        description="the folder of the tenants' wrapped data keys (default: <data_dir>/keys); "
+        "never inside a PostgreSQL or Valkey data directory, so that no backup holds them",
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, fields: list[str]) -> list[str]:
+        for field in fields:
+            if not _ENCRYPTED_FIELD.match(field):
+                raise ValueError(
+                    f"cannot encrypt {field!r}: choose tasks.data, tasks.result, "
+                    "embeddings.content, embeddings.metadata, "
+                    "<collection>.content, sessions.data or cache.<namespace>"
+                )
+        return fields
+
+    @model_validator(mode="after")
+    def _one_kek(self) -> EncryptionConfig:
+        given = [n for n in ("kek", "kek_file", "kek_env") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give the KEK one way, not {' and '.join(given)}")
+        if self.kek_file is not None and (problem := _tls_file_problem(self.kek_file, key=True)):
+            raise ValueError(f"kek_file: {problem}")
+        return self
+
+
 MASK_RULES = ("email", "api_key", "card", "phone")
 
 
@@ -841,6 +897,7 @@ class DataLayerConfig(BaseSettings):
     backup: BackupConfig = Field(default_factory=BackupConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
 
     def __init__(self, **values: Any) -> None:
         _warn_unknown_sections(type(self).model_fields)

@@ -16,6 +16,7 @@ AgencyDataError
  |    +-- LeaseLost           a worker's lease on a task ran out and the task moved on
  |    +-- TaskCancelled       the task a worker holds was cancelled
  +-- ValidationError          bad input, caught before (or by) the database
+ +-- DecryptionError          an encrypted value's key is gone (shredded) or the value was moved
  +-- LockNotAcquired          a lock could not be taken within its wait
  +-- LockNotOwned             a lock was released or extended after it was lost
  +-- MigrationError           a migration could not be planned, applied or rolled back
@@ -37,6 +38,7 @@ __all__ = [
     "BackupError",
     "ConfigError",
     "Conflict",
+    "DecryptionError",
     "EmbeddedServerError",
     "LeaseLost",
     "LockNotAcquired",
@@ -82,6 +84,12 @@ def clear_message_mask(mask: Callable[[str], str]) -> None:
     global _message_mask
     if _message_mask == mask:
         _message_mask = None
+
+
+class DecryptionError(AgencyDataError):
+    """An encrypted value cannot be read: its data key was destroyed (crypto-shredded) or is
+    not in this deployment's key store, or the value was altered or moved to another row or
+    tenant (its authentication failed)."""
 
 
 class ConfigError(AgencyDataError):

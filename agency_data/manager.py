@@ -35,7 +35,7 @@ from agency_data.errors import AgencyDataError, BackendUnavailable, ConfigError
 from agency_data.health import check_health, probe_redis
 from agency_data.inputs import check_bool, check_seconds, check_tenant, check_text
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
-from agency_data.models import DEFAULT_TENANT, HealthStatus
+from agency_data.models import DEFAULT_TENANT, HealthStatus, Task
 from agency_data.observability.methods import MonitoringMethods
 from agency_data.observability.monitor import Monitor
 from agency_data.observability.statements import enable_statement_stats
@@ -48,6 +48,8 @@ from agency_data.redis.client import RedisClient, close_client, make_client
 from agency_data.redis.client import prepare as prepare_redis
 from agency_data.redis.scripts import ScriptRegistry
 from agency_data.scope import QueryMethods, TenantScope
+from agency_data.security.fields import FieldCipher, cipher_from_config
+from agency_data.security.keys import KeyManager
 from agency_data.security.masking import install, masker_from_config, uninstall
 from agency_data.security.roles import RoleNames, setup_roles, use_owner_role
 from agency_data.tasks import TaskRuntime, TaskStore
@@ -79,7 +81,13 @@ class DataLayer(QueryMethods, MonitoringMethods):
     Keyword arguments are config overrides: ``DataLayer(postgresql={"dsn": ...})``.
     """
 
-    def __init__(self, config: DataLayerConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: DataLayerConfig | None = None,
+        *,
+        key_manager: KeyManager | None = None,
+        **overrides: Any,
+    ) -> None:
         if config is not None and not isinstance(config, DataLayerConfig):
             raise ConfigError(
                 f"config must be a DataLayerConfig (or None), not {type(config).__name__}; "
@@ -111,6 +119,10 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._prewarm: asyncio.Task[None] | None = None
         self._anchors: AnchorLog | None = None
         self._sealer: Sealer | None = None
+        # Field encryption (agency_data.security.fields): a KMS of the caller's, or the KEK
+        # of encryption.kek*, wraps the tenants' data keys.
+        self._key_manager = key_manager
+        self._cipher = FieldCipher.off()
         # Masking of logs, error texts and exports (agency_data.security.masking).
         self._masker = masker_from_config(self.config.masking)
         self._backups: Backups | None = None
@@ -135,6 +147,12 @@ class DataLayer(QueryMethods, MonitoringMethods):
         postgres = self.config.postgresql
         masking = self.config.masking
         install(self._masker, logs=masking.logs, errors_too=masking.errors)
+        self._cipher = cipher_from_config(
+            self.config.encryption, embedded.data_dir, self._key_manager
+        )
+        if self._cipher.keyring is not None:
+            # Opened as they load, chosen or not: a field switched off still reads.
+            self._cipher.tables[Task] = "tasks"
         roles = RoleNames.from_config(postgres)
         replica_dsns = postgres.replica_conninfos()
         if postgres.is_embedded:
@@ -177,6 +195,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
             postgres, self._conninfo, pgbouncer=postgres.pgbouncer, cursor_factory=cursors
         )
         self._db = Database(self._pool, postgres, telemetry=self._telemetry)
+        # Before any view of it is made: views share the cipher they were made with.
+        self._db.cipher = self._cipher
         if replica_dsns:
             self._replicas = await open_replicas(postgres, replica_dsns, self._db, cursors)
             self._db.replicas = self._replicas
@@ -197,6 +217,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
             admin_db = Database(
                 self._admin_pool, postgres, setup=as_owner, telemetry=self._telemetry
             )
+            admin_db.cipher = self._cipher
         audit = self.config.audit
         notes = AuditNotes(
             self._db,

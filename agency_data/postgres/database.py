@@ -72,6 +72,7 @@ from agency_data.postgres.pool import (
     transaction_settings,
 )
 from agency_data.retry import Backoff
+from agency_data.security.fields import FieldCipher
 
 if TYPE_CHECKING:
     from agency_data.postgres.replicas import Replicas
@@ -99,6 +100,7 @@ Hook: TypeAlias = Callable[[], Awaitable[None] | None]
 # The setting the row-level security policies read (see agency_data_current_tenant()).
 TENANT_SETTING: LiteralString = "agency_data.tenant"
 _NO_NOTES = AuditNotes.off()
+_NO_CIPHER = FieldCipher.off()
 # Not an actor: what a transaction's actor is after a savepoint's rollback.
 _UNKNOWN_ACTOR = object()
 _SET_TENANT: LiteralString = "SELECT set_config('" + TENANT_SETTING + "', %s, true)"
@@ -175,6 +177,8 @@ class Database:
         self._raw_view: Database | None = None
         # What the layer records in the audit trail beyond the triggers (audit config).
         self.notes: AuditNotes = _NO_NOTES
+        # Field encryption: rows of the models it names are opened as they load.
+        self.cipher: FieldCipher = _NO_CIPHER
         self._current: ContextVar[Transaction | None] = ContextVar("agency_data_tx", default=None)
 
     def for_tenant(self, tenant: str | None, *, raw: bool = False) -> Database:
@@ -193,6 +197,7 @@ class Database:
         view.names_tenant = self.names_tenant
         view.replicas = self.replicas
         view.notes = self.notes
+        view.cipher = self.cipher
         # One transaction per task, whichever tenant's view opened it.
         view._current = self._current
         return view
@@ -204,6 +209,7 @@ class Database:
             self.pool, self.config, tenant=tenant, setup=self._setup, telemetry=self.telemetry
         )
         view.names_tenant = self.names_tenant
+        view.cipher = self.cipher
         return view
 
     def on_pool(self, pool: Pool, lent: set[AsyncConnection[DictRow]] | None = None) -> Database:
@@ -215,6 +221,7 @@ class Database:
         )
         view.names_tenant = self.names_tenant
         view.notes = self.notes
+        view.cipher = self.cipher
         view.lent = lent
         return view
 
@@ -358,6 +365,7 @@ class Database:
                 rows = await cursor.fetchall() if cursor.description else []
         if model is None:
             return rows
+        rows = self.cipher.open_rows(model, rows)
         with _rows_fit(model):
             return [model.model_validate(row) for row in rows]
 
@@ -391,6 +399,7 @@ class Database:
                 row = await cursor.fetchone() if cursor.description else None
         if row is None or model is None:
             return row
+        (row,) = self.cipher.open_rows(model, [row])
         with _rows_fit(model):
             return model.model_validate(row)
 

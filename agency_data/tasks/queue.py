@@ -42,6 +42,7 @@ from agency_data.inputs import (
 from agency_data.models import Task, TaskStats
 from agency_data.observability import observed
 from agency_data.retry import Backoff
+from agency_data.security.fields import sealed_limit
 from agency_data.tasks import _sql
 from agency_data.tasks.leases import AMBIGUOUS, lease_length, lost_lease
 from agency_data.tasks.policies import check_lease
@@ -313,6 +314,10 @@ class QueueOps:
         """
         task_id, token = self._held(task, lease_token)
         encoded = encode_json(result, "result", self._db.config.max_json_bytes)
+        cipher = self._db.cipher
+        if cipher.chosen("tasks", "result"):
+            sealed = cipher.seal(self.tenant, "tasks", "result", task_id, result)
+            encoded = encode_json(sealed, "result", sealed_limit(self._db.config.max_json_bytes))
         done = await self._db.fetch_one(
             *_sql.complete(self.tenant, task_id, token, encoded), model=Task
         )
@@ -474,7 +479,7 @@ class QueueOps:
             # Still this holder's task (or no holder named): the state machine refuses.
             if token is not None and row["status"] == target == "completed":
                 # This worker's own completion landed already (a resend): report it.
-                return Task.model_validate(row)
+                return Task.model_validate(self._db.cipher.open_rows(Task, [row])[0])
             raise ValidationError(
                 f"a task cannot go from {row['status']} to {target}", field="status"
             )

@@ -32,6 +32,7 @@ from agency_data.inputs import (
 )
 from agency_data.models import Task, TaskSchedule
 from agency_data.observability import observed
+from agency_data.security.fields import sealed_limit
 from agency_data.tasks import _sql
 from agency_data.tasks._sql import NewTask
 
@@ -233,10 +234,15 @@ class ScheduleOps:
             following = _NEVER
         tasks: builtins.list[Task] = []
         try:
+            task_id = uuid.uuid4()
+            data = row["data"]
+            cipher = self._db.cipher
+            if cipher.chosen("tasks", "data"):
+                data = cipher.seal(self.tenant, "tasks", "data", task_id, data)
             task_row = NewTask(
-                id=uuid.uuid4(),
+                id=task_id,
                 type=row["type"],
-                data=encode_json(row["data"], "data", self._db.config.max_json_bytes),
+                data=encode_json(data, "data", sealed_limit(self._db.config.max_json_bytes)),
                 priority=row["priority"],
                 agent_id=None,
                 run_at=None,

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Literal, LiteralString
 from uuid import UUID
 
+import orjson
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,6 +56,7 @@ from agency_data.postgres._paging import count_where, keyset_page
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import refused_a_row
 from agency_data.retry import Backoff
+from agency_data.security.fields import sealed_limit
 from agency_data.tasks import _sql
 from agency_data.tasks._sql import READ_COLUMNS, NewTask
 from agency_data.tasks.policies import PolicyOps
@@ -200,8 +202,14 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
                 if dep_id not in dependencies:
                     dependencies.append(dep_id)
         fields = validated(_TaskFields, values)
-        data = encode_json(fields.data, "data", self._db.config.max_json_bytes)
         task_id = fields.id or uuid.uuid4()
+        cipher = self._db.cipher
+        plain = fields.data
+        if cipher.chosen("tasks", "data"):
+            # Checked for size as given, then sealed for this row.
+            encode_json(plain, "data", self._db.config.max_json_bytes)
+            plain = cipher.seal(self.tenant, "tasks", "data", task_id, plain)
+        data = encode_json(plain, "data", sealed_limit(self._db.config.max_json_bytes))
         if task_id in dependencies:
             raise ValidationError(f"task {task_id} cannot depend on itself", field="depends_on")
         row = NewTask(
@@ -314,9 +322,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             if tries == _KEY_RETRIES:
                 raise Conflict("the task keys changed hands too often; try again", field="key")
             tries += 1
-            tasks = await self._db.fetch(
-                *_sql.insert(self.tenant, todo, self._runtime.defaults, policy), model=Task
-            )
+            tasks = await self._insert_rows(todo, policy)
             for task in tasks:
                 made[task.id] = task
                 if task.key is not None:
@@ -347,6 +353,29 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
             await self._db.execute(*_sql.insert_edges(self.tenant, edges))
         # A row that lost its key to a live task gets that task.
         return {row.id: made[row.id] if row.id in made else by_key[str(row.key)] for row in rows}
+
+    async def _insert_rows(
+        self, rows: builtins.list[NewTask], policy: str | None
+    ) -> builtins.list[Task]:
+        """Insert under the key policy; a replaced task's new data sealed again for its row."""
+        cipher = self._db.cipher
+        query = _sql.insert(self.tenant, rows, self._runtime.defaults, policy)
+        if policy != "replace" or not cipher.chosen("tasks", "data"):
+            return await self._db.fetch(*query, model=Task)
+        raw = await self._db.fetch(*query)
+        proposed = {row.key: row for row in rows if row.key is not None}
+        for found in raw:
+            row = proposed.get(found["key"])
+            if row is None or row.id == found["id"]:
+                continue
+            # The live task kept its id and took this row's data, sealed for this row's id.
+            plain = cipher.open(self.tenant, "tasks", "data", row.id, found["data"])
+            found["data"] = cipher.seal(self.tenant, "tasks", "data", found["id"], plain)
+            await self._db.execute(
+                "UPDATE tasks SET data = %s::jsonb WHERE tenant_id = %s AND id = %s",
+                [orjson.dumps(found["data"]).decode(), self.tenant, found["id"]],
+            )
+        return [Task.model_validate(row) for row in cipher.open_rows(Task, raw)]
 
     async def _born_ended(
         self, rows: builtins.list[NewTask], on_conflict: str, by_key: dict[str, Task]

@@ -1,0 +1,215 @@
+"""Field encryption: chosen values encrypted by the layer before they reach PostgreSQL or Redis.
+
+``encryption.fields`` names them: ``tasks.data``, ``tasks.result``, ``embeddings.content`` /
+``embeddings.metadata`` (every collection; or ``<collection>.content``), ``sessions.data`` and
+``cache.<namespace>`` (the values of one cache namespace).
+
+Each value is AES-256-GCM under its tenant's active data key (:mod:`.keys`), with the tenant,
+table, column and row id as associated data: a ciphertext copied to another row, column or
+tenant fails to decrypt. What is stored says which key sealed it:
+
+- in a JSON column or document: ``{"$enc": "v1:<key id>:<base64 nonce + ciphertext>"}``;
+- in a text column: ``"$enc:v1:<key id>:<base64 ...>"``.
+
+Values stored before a field was chosen stay readable as they are (and are encrypted when next
+written, or by ``keys reencrypt``), so a field can be switched on without a migration.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+
+from agency_data.config import EncryptionConfig
+from agency_data.errors import ConfigError, DecryptionError
+from agency_data.security.keys import KeyManager, Keyring, KeyStore, LocalKeyManager, parse_kek
+
+__all__ = [
+    "ENCRYPTABLE",
+    "FieldCipher",
+    "cipher_from_config",
+    "sealed_key",
+    "sealed_limit",
+]
+
+# What may be chosen, besides <collection>.content / .metadata and cache.<namespace>.
+ENCRYPTABLE = (
+    "tasks.data",
+    "tasks.result",
+    "embeddings.content",
+    "embeddings.metadata",
+    "sessions.data",
+)
+_TAG = "$enc"
+_TEXT_PREFIX = "$enc:"
+_VERSION = "v1"
+_NONCE = 12
+
+
+def sealed_limit(size: int) -> int:
+    """The most bytes a value of ``size`` takes sealed (base64 of nonce, ciphertext, tag)."""
+    return (size + _NONCE + 16 + 2) * 4 // 3 + 64
+
+
+def sealed_key(stored: Any) -> str | None:
+    """The id of the data key that sealed ``stored``, or None if it is not encrypted."""
+    token = _token(stored)
+    if token is None:
+        return None
+    parts = token.split(":", 2)
+    return parts[1] if len(parts) == 3 else None
+
+
+def _token(stored: Any) -> str | None:
+    if isinstance(stored, dict) and len(stored) == 1 and isinstance(stored.get(_TAG), str):
+        return str(stored[_TAG])
+    if isinstance(stored, str) and stored.startswith(_TEXT_PREFIX):
+        return stored[len(_TEXT_PREFIX) :]
+    return None
+
+
+class FieldCipher:
+    """Seals and opens the chosen fields' values for one DataLayer."""
+
+    def __init__(self, keyring: Keyring | None, fields: Iterable[str]) -> None:
+        self.keyring = keyring
+        self.fields = frozenset(fields)
+        # Models whose rows may hold sealed values, and their table (opened as they load).
+        self.tables: dict[type, str] = {}
+
+    @classmethod
+    def off(cls) -> FieldCipher:
+        """Encrypts nothing, and opens sealed values only to say they cannot be read."""
+        return cls(None, ())
+
+    def chosen(self, table: str, column: str) -> bool:
+        """Whether ``table.column`` is encrypted (collections: by name or as ``embeddings``)."""
+        if not self.fields:
+            return False
+        return f"{table}.{column}" in self.fields
+
+    def seal(self, tenant: str, table: str, column: str, row_id: Any, value: Any) -> Any:
+        """``value`` encrypted for its place, in the form its column stores (JSON or text)."""
+        if value is None or self.keyring is None:
+            return value
+        key_id, aead = self.keyring.active(tenant)
+        nonce = secrets.token_bytes(_NONCE)
+        sealed = aead.encrypt(nonce, orjson.dumps(value), _place(tenant, table, column, row_id))
+        token = f"{_VERSION}:{key_id}:{base64.b64encode(nonce + sealed).decode()}"
+        return _TEXT_PREFIX + token if isinstance(value, str) else {_TAG: token}
+
+    def open(self, tenant: str, table: str, column: str, row_id: Any, stored: Any) -> Any:
+        """The value ``stored`` holds, decrypted if it was sealed (else as it is)."""
+        token = _token(stored)
+        if token is None:
+            return stored
+        version, key_id, payload = [*token.split(":", 2), "", ""][:3]
+        if version != _VERSION or not payload:
+            raise DecryptionError(f"{table}.{column} of {row_id} holds no value this layer sealed")
+        if self.keyring is None:
+            raise DecryptionError(
+                f"{table}.{column} of {row_id} is encrypted, and this DataLayer has no "
+                "encryption.kek (or key manager) to read it"
+            )
+        aead = self.keyring.get(tenant, key_id)
+        try:
+            raw = base64.b64decode(payload, validate=True)
+            plain = aead.decrypt(raw[:_NONCE], raw[_NONCE:], _place(tenant, table, column, row_id))
+        except (InvalidTag, ValueError):
+            raise DecryptionError(
+                f"{table}.{column} of {row_id} did not decrypt: it was altered, or copied from "
+                "another row or tenant"
+            ) from None
+        return orjson.loads(plain)
+
+    def seal_row(
+        self, tenant: str, table: str, row: Mapping[str, Any], id_column: str = "id"
+    ) -> dict[str, Any]:
+        """``row`` with its chosen columns sealed."""
+        sealed = dict(row)
+        for column, value in row.items():
+            if self.chosen(table, column):
+                sealed[column] = self.seal(tenant, table, column, row[id_column], value)
+        return sealed
+
+    def open_rows(self, model: type, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows loaded as ``model``, their sealed values opened (as they are when ``model``
+        holds none)."""
+        table = self.tables.get(model)
+        if table is None:
+            return rows
+        return [self.open_row(row["tenant_id"], table, row) for row in rows]
+
+    def open_row(
+        self, tenant: str, table: str, row: Mapping[str, Any], id_column: str = "id"
+    ) -> dict[str, Any]:
+        """``row`` with every sealed value opened (chosen or not: a field switched off still
+        reads what was sealed while it was on)."""
+        opened = dict(row)
+        for column, value in row.items():
+            if _token(value) is not None:
+                opened[column] = self.open(tenant, table, column, row[id_column], value)
+        return opened
+
+
+def _place(tenant: str, table: str, column: str, row_id: Any) -> bytes:
+    # The associated data: where the value belongs. A JSON array is unambiguous.
+    return orjson.dumps(["agency-data field v1", tenant, table, column, str(row_id)])
+
+
+def cipher_from_config(
+    config: EncryptionConfig, data_dir: Path, key_manager: KeyManager | None = None
+) -> FieldCipher:
+    """The cipher ``encryption`` describes (keys in ``key_store``, else ``data_dir/keys``).
+
+    With no KEK and no ``key_manager`` it encrypts nothing, and ``encryption.fields`` is a
+    :class:`ConfigError`: chosen fields need a key.
+    """
+    manager = key_manager
+    if manager is None:
+        kek = _kek(config)
+        if kek is not None:
+            previous = [
+                parse_kek(old.get_secret_value(), f"encryption.previous_keks[{i}]")
+                for i, old in enumerate(config.previous_keks)
+            ]
+            manager = LocalKeyManager(kek, previous)
+    elif not isinstance(manager, KeyManager):
+        raise ConfigError(
+            "key_manager must have wrap(data_key, context) and unwrap(kek_id, wrapped, "
+            "context) methods (agency_data.security.keys.KeyManager)",
+            field="key_manager",
+        )
+    if manager is None:
+        if config.fields:
+            raise ConfigError(
+                "encryption.fields needs a key-encryption key: set encryption.kek, kek_file "
+                "or kek_env (32 random bytes in base64), or pass DataLayer(key_manager=...)",
+                field="encryption.kek",
+            )
+        return FieldCipher.off()
+    store = KeyStore(config.key_store or data_dir / "keys")
+    return FieldCipher(Keyring(store, manager), config.fields)
+
+
+def _kek(config: EncryptionConfig) -> bytes | None:
+    if config.kek is not None:
+        return parse_kek(config.kek.get_secret_value(), "encryption.kek")
+    if config.kek_file is not None:
+        return parse_kek(config.kek_file.read_text(), "encryption.kek_file")
+    if config.kek_env is not None:
+        value = os.environ.get(config.kek_env)
+        if not value:
+            raise ConfigError(
+                f"encryption.kek_env names {config.kek_env}, which is not set",
+                field="encryption.kek_env",
+            )
+        return parse_kek(value, "encryption.kek_env")
+    return None
