@@ -11,11 +11,13 @@ from __future__ import annotations
 from agency_data.audit import SYSTEM_TRAIL, Anchor, AuditTrail, ChainReport, anchors, chains
 from agency_data.config import AUDIT_DETAILS, AUDITABLE
 from agency_data.dsn import database_of
+from agency_data.errors import ConfigError
 from agency_data.inputs import check_bool, check_choice
 from agency_data.observability.statements import StatementStats, top_statements
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
 from agency_data.scope import QueryMethods
+from agency_data.security.rekey import KeyAdmin
 from agency_data.security.roles import role_warnings
 from agency_data.vectors.admin import CollectionAdmin
 from agency_data.vectors.catalog import Catalog
@@ -44,6 +46,8 @@ class Admin(QueryMethods, CollectionAdmin):
     ) -> None:
         CollectionAdmin.__init__(self, catalog, admin)
         self._app = app
+        # Data keys (agency_data.security.rekey): set at connect.
+        self._keys: KeyAdmin | None = None
         # (conninfo, database) where pg_stat_statements is read; see top_statements.
         self._statements = statements
 
@@ -95,6 +99,13 @@ class Admin(QueryMethods, CollectionAdmin):
                         {"detail": detail} if enabled else None,
                     )
         return tables
+
+    @property
+    def keys(self) -> KeyAdmin:
+        """The tenants' data keys: rotate the KEK, re-encrypt, crypto-shred."""
+        if self._keys is None:
+            raise ConfigError("the DataLayer is not connected", field="keys")
+        return self._keys
 
     @property
     def system_audit(self) -> AuditTrail:

@@ -46,11 +46,13 @@ from agency_data.postgres.pool import Pool, Setup, open_pool
 from agency_data.postgres.replicas import Replicas, open_replicas
 from agency_data.redis.client import RedisClient, close_client, make_client
 from agency_data.redis.client import prepare as prepare_redis
+from agency_data.redis.keys import Keys
 from agency_data.redis.scripts import ScriptRegistry
 from agency_data.scope import QueryMethods, TenantScope
 from agency_data.security.fields import FieldCipher, cipher_from_config
 from agency_data.security.keys import KeyManager
 from agency_data.security.masking import install, masker_from_config, uninstall
+from agency_data.security.rekey import KeyAdmin
 from agency_data.security.roles import RoleNames, setup_roles, use_owner_role
 from agency_data.tasks import TaskRuntime, TaskStore
 from agency_data.tasks.wakeups import POLL_INTERVAL, TaskWakeups
@@ -249,6 +251,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._monitor.metrics.extra.append(self._anchors.families)
         self._anchors.start()
         self._cache_backend = CacheBackend(self.config.cache, self._redis, self._telemetry)
+        self._cache_backend.cipher = self._cipher
+        self._admin._keys = KeyAdmin(self._cipher, self._db, self._catalog, self._redis, Keys)
         register_lock_scripts(self._cache_backend.scripts)
         await self._cache_backend.start_listener()
         pools = {"app": self._pool}

@@ -269,6 +269,7 @@ class TenantScope(QueryMethods):
             telemetry=telemetry,
             tenant=tenant_id,
             notes=db.notes,
+            cipher=db.cipher,
         )
         self.pubsub = PubSub(client, self._keys, telemetry=telemetry)
         self.streams = Streams(client, self._keys, telemetry=telemetry)

@@ -4,6 +4,7 @@ concurrent writes, and crypto-shredding."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from collections.abc import AsyncIterator
@@ -12,11 +13,13 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from psycopg.types.json import Jsonb
 
 from agency_data import DataLayer
 from agency_data.errors import ConfigError, DecryptionError
-from agency_data.security.fields import sealed_key
+from agency_data.security.fields import FieldCipher, sealed_key
+from agency_data.security.keys import Keyring, KeyStore, LocalKeyManager
 from tests.conftest import DatabaseDsn, make_config
 
 SECRET = {"patient": "Ann Example", "diagnosis": "confidential"}
@@ -120,3 +123,125 @@ async def test_chosen_fields_need_a_key(
         with pytest.raises(ConfigError, match=problem):
             async with DataLayer(make_config(database, redis_url, tmp_path, encryption=encryption)):
                 pass
+
+
+def raw_redis(redis_url: str, pattern: str) -> dict[bytes, bytes]:
+    """Every string value under ``pattern``, read straight from Redis."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return {
+            key: client.get(key) or b""
+            for key in client.scan_iter(match=pattern)
+            if client.type(key) == b"string"
+        }
+    finally:
+        client.close()
+
+
+async def test_sessions_cache_and_contents_are_sealed_in_redis_and_postgresql(
+    sealed: DataLayer, database: DatabaseDsn, redis_url: str
+) -> None:
+    acme = sealed.tenant("acme")
+    session = await acme.sessions.create("agent-1", {"token": "hunter2"})
+    await acme.sessions.update(session.id, {"step": 2})
+    assert (await acme.sessions.get(session.id)).data == {"token": "hunter2", "step": 2}
+    assert [s.data for s in await acme.sessions.list_by_agent("agent-1")] == [
+        {"token": "hunter2", "step": 2}
+    ]
+    secrets_cache = acme.cache.with_namespace("secrets")
+    await secrets_cache.set("api", {"key": "sk-very-secret"})
+    await acme.cache.set("public", {"hello": "world"})  # another namespace: left clear
+    stored = raw_redis(redis_url, "*acme*")
+    assert stored
+    assert not any(b"hunter2" in value or b"sk-very-secret" in value for value in stored.values())
+    assert any(b"world" in value for value in stored.values())
+    fresh = DataLayer(sealed.config)  # another process's view: no L1 of its own yet
+    async with fresh:
+        assert await fresh.tenant("acme").cache.with_namespace("secrets").get("api") == {
+            "key": "sk-very-secret"
+        }
+    await sealed.admin.create_collection("notes", dimension=2)
+    notes = acme.embeddings.collection("notes")
+    doc = await notes.store(
+        {"entity_type": "doc", "entity_id": "1", "vector": [1.0, 0.0], "content": "Ann's diary"}
+    )
+    assert (await notes.get(doc)).content == "Ann's diary"
+    (hit,) = await notes.find_similar([1.0, 0.0], limit=1)
+    assert hit.content == "Ann's diary"
+    ((content,),) = raw(database, "SELECT content FROM emb_notes WHERE id = %s", [doc])
+    assert content.startswith("$enc:v1:")
+    assert "Ann" not in content
+
+
+async def test_a_destroyed_key_shreds_the_tenant_everywhere(
+    sealed: DataLayer, database: DatabaseDsn, tmp_path: Path
+) -> None:
+    acme, globex = sealed.tenant("acme"), sealed.tenant("globex")
+    task = await acme.tasks.create("x", SECRET)
+    other = await globex.tasks.create("x", {"kept": True})
+    # What a backup holds: the sealed value, copied out before the key goes.
+    ((copied,),) = raw(database, "SELECT data FROM tasks WHERE id = %s", [task.id])
+    assert await sealed.admin.keys.destroy("acme")
+    with pytest.raises(DecryptionError, match="destroyed"):
+        await acme.tasks.get(task.id)
+    cipher = FieldCipher(
+        Keyring(
+            KeyStore(tmp_path / "keys"),
+            LocalKeyManager(base64.b64decode(sealed.config.encryption.kek.get_secret_value())),
+        ),  # type: ignore[union-attr]
+        [],
+    )
+    with pytest.raises(DecryptionError):
+        cipher.open("acme", "tasks", "data", task.id, copied)
+    assert not (tmp_path / "keys" / "acme.json").exists()
+    assert (await globex.tasks.get(other.id)).data == {"kept": True}
+    # The tenant goes on: new values get a new key.
+    again = await acme.tasks.create("x", {"n": 2})
+    assert (await acme.tasks.get(again.id)).data == {"n": 2}
+    assert not await sealed.admin.keys.destroy("nobody")
+
+
+async def test_rotation_rewraps_under_a_new_kek(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path, kek: str
+) -> None:
+    async with DataLayer(encrypted_config(database, redis_url, tmp_path, kek)) as dl:
+        task = await dl.tenant("acme").tasks.create("x", SECRET)
+    newer = new_kek()
+    rotated = encrypted_config(database, redis_url, tmp_path, newer, previous_keks=[kek])
+    async with DataLayer(rotated) as dl:
+        assert (await dl.tenant("acme").tasks.get(task.id)).data == SECRET
+        assert await dl.admin.keys.rotate() == 1
+    # The old KEK is no longer needed; without the new one nothing reads.
+    async with DataLayer(encrypted_config(database, redis_url, tmp_path, newer)) as dl:
+        assert (await dl.tenant("acme").tasks.get(task.id)).data == SECRET
+    async with DataLayer(encrypted_config(database, redis_url, tmp_path, kek)) as dl:
+        with pytest.raises(DecryptionError, match="do not hold"):
+            await dl.tenant("acme").tasks.get(task.id)
+
+
+async def test_online_reencryption_under_concurrent_writes(
+    sealed: DataLayer, database: DatabaseDsn
+) -> None:
+    acme = sealed.tenant("acme")
+    before = [await acme.tasks.create("x", {"i": i}) for i in range(30)]
+    (old_key,) = {sealed_key(v) for (v,) in raw(database, "SELECT data FROM tasks")}
+    stop = asyncio.Event()
+    written: list[Any] = []
+
+    async def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            written.append(await acme.tasks.create("y", {"w": i}))
+            i += 1
+            await asyncio.sleep(0.01)
+
+    running = asyncio.create_task(writer())
+    report = await sealed.admin.keys.reencrypt("acme", batch_size=7)
+    stop.set()
+    await running
+    assert report.removed_keys == [old_key]
+    assert report.rewritten["tasks.data"] >= 30
+    keys = {sealed_key(v) for (v,) in raw(database, "SELECT data FROM tasks")}
+    assert keys == {report.key_id}
+    for task in [*before, *written]:
+        assert (await acme.tasks.get(task.id)).data == task.data

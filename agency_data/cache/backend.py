@@ -40,6 +40,7 @@ from agency_data.redis.pipelining import AutoPipeline, Command
 from agency_data.redis.scripts import ScriptRegistry
 from agency_data.redis.subscription import CONNECTION_ERRORS, Lost, Resubscribed, subscription
 from agency_data.retry import Backoff
+from agency_data.security.fields import FieldCipher
 
 __all__ = ["INVALIDATION_CHANNEL", "CacheBackend", "RedisDown"]
 
@@ -96,6 +97,8 @@ class CacheBackend:
             if config.l1
             else None
         )
+        # Field encryption of chosen namespaces (set at connect; see Cache).
+        self.cipher: FieldCipher | None = None
         self.codec = Codec(
             compression=config.compression,
             threshold=config.compression_threshold,

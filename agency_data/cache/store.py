@@ -20,6 +20,7 @@ from typing import Any
 
 from agency_data.cache.backend import CacheBackend, RedisDown
 from agency_data.cache.local import LocalCache
+from agency_data.errors import DecryptionError
 from agency_data.inputs import as_items, check_bool, check_callable, check_mapping, check_seconds
 from agency_data.models import CacheStats
 from agency_data.observability import observed
@@ -49,6 +50,10 @@ class Cache:
         self._keys = Keys(tenant)
         self.namespace = check_namespace(namespace)
         self._inflight: dict[str, asyncio.Future[Any]] = {}
+        # Values of this namespace encrypted before they reach Redis (cache.<namespace>).
+        cipher = backend.cipher
+        self._cipher = cipher if cipher is not None and cipher.keyring is not None else None
+        self._sealed = self._cipher is not None and self._cipher.chosen("cache", self.namespace)
 
     def with_namespace(self, namespace: str) -> Cache:
         """The same tenant's cache under another namespace."""
@@ -183,7 +188,15 @@ class Cache:
             backend.counters.l2_misses += 1
             return _MISSING
         (expires_ms,) = _EXPIRY.unpack_from(data)
-        value = backend.codec.decode(data[_EXPIRY.size :])
+        payload = data[_EXPIRY.size :]
+        if self._cipher is not None:
+            try:
+                payload = self._cipher.open_bytes(self._keys.tenant, self.namespace, full, payload)
+            except DecryptionError:
+                # Its key retired or destroyed since: a cache may always miss.
+                backend.counters.l2_misses += 1
+                return _MISSING
+        value = backend.codec.decode(payload)
         backend.counters.l2_hits += 1
         if l1 is not None:
             left = min(backend.config.l1_ttl, (expires_ms - now_ms) / 1000)
@@ -218,7 +231,11 @@ class Cache:
         expires_ms = int(time.time() * 1000 + seconds * 1000)
         encoded: dict[str, bytes] = {}
         for key, value in items.items():
-            encoded[self._full(key)] = _EXPIRY.pack(expires_ms) + backend.codec.encode(value)
+            full = self._full(key)
+            payload = backend.codec.encode(value)
+            if self._sealed and self._cipher is not None:
+                payload = self._cipher.seal_bytes(self._keys.tenant, self.namespace, full, payload)
+            encoded[full] = _EXPIRY.pack(expires_ms) + payload
         backend.counters.sets += len(encoded)
         backend.l1_changed()
         l1 = backend.usable_l1

@@ -22,6 +22,7 @@ from agency_data.observability import Telemetry, observed
 from agency_data.redis.errors import translate_errors
 from agency_data.redis.keys import Keys, check_key
 from agency_data.redis.pipelining import AutoPipeline
+from agency_data.security.fields import FieldCipher
 
 __all__ = ["SessionStore"]
 
@@ -41,11 +42,14 @@ class SessionStore:
         telemetry: Telemetry | None = None,
         tenant: str | None = None,
         notes: AuditNotes | None = None,
+        cipher: FieldCipher | None = None,
     ) -> None:
         self._telemetry = telemetry if telemetry is not None else Telemetry.off()
         # Session writes are recorded in the tenant's audit trail when audit.sessions is on.
         self._tenant = tenant
         self._notes = notes if notes is not None and notes.sessions else None
+        # Session data encrypted before it reaches Redis (encryption.fields sessions.data).
+        self._cipher = cipher if cipher is not None and cipher.keyring is not None else None
         # Reads join concurrent callers' round trips; writes are MULTI transactions of their own.
         self._pipeline = pipeline
         self._redis = pipeline.client
@@ -86,7 +90,23 @@ class SessionStore:
                 entity="session",
                 key=session_id,
             )
-        return Session.model_validate(orjson.loads(raw))
+        return self._load(raw)
+
+    def _load(self, raw: bytes | str) -> Session:
+        document = orjson.loads(raw)
+        if self._cipher is not None and self._tenant is not None:
+            document["data"] = self._cipher.open(
+                self._tenant, "sessions", "data", document["id"], document["data"]
+            )
+        return Session.model_validate(document)
+
+    def _dump(self, session: Session) -> bytes:
+        cipher = self._cipher
+        if cipher is None or self._tenant is None or not cipher.chosen("sessions", "data"):
+            return session.model_dump_json().encode()
+        document = session.model_dump(mode="json")
+        document["data"] = cipher.seal(self._tenant, "sessions", "data", session.id, session.data)
+        return orjson.dumps(document)
 
     @observed("sessions.update", system="redis")
     async def update(self, session_id: str, data: dict[str, Any], *, merge: bool = True) -> Session:
@@ -132,7 +152,7 @@ class SessionStore:
             gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
             if gone:
                 await self._redis.srem(index, *gone)
-        sessions = [Session.model_validate(orjson.loads(raw)) for raw in raws if raw is not None]
+        sessions = [self._load(raw) for raw in raws if raw is not None]
         return sorted(sessions, key=lambda s: s.created_at)
 
     async def _note(self, operation: str, session_id: str, data: dict[str, Any] | None) -> None:
@@ -155,7 +175,7 @@ class SessionStore:
         with translate_errors("writing a session"):
             pipe = self._redis.pipeline(transaction=True)
             # xx: an update never resurrects a session that expired meanwhile.
-            pipe.set(key, session.model_dump_json(), px=millis, nx=new, xx=not new)
+            pipe.set(key, self._dump(session), px=millis, nx=new, xx=not new)
             pipe.sadd(index, session.id)
             pipe.pexpire(index, millis, gt=True)
             pipe.pexpire(index, millis, nx=True)

@@ -51,6 +51,8 @@ _TAG = "$enc"
 _TEXT_PREFIX = "$enc:"
 _VERSION = "v1"
 _NONCE = 12
+# A sealed cache entry's bytes start so; the codec's own never do (they start with a flag).
+_BYTES_PREFIX = b"\x00agency-enc1:"
 
 
 def sealed_limit(size: int) -> int:
@@ -95,15 +97,18 @@ class FieldCipher:
             return False
         return f"{table}.{column}" in self.fields
 
-    def seal(self, tenant: str, table: str, column: str, row_id: Any, value: Any) -> Any:
-        """``value`` encrypted for its place, in the form its column stores (JSON or text)."""
+    def seal(
+        self, tenant: str, table: str, column: str, row_id: Any, value: Any, *, text: bool = False
+    ) -> Any:
+        """``value`` encrypted for its place, in the form its column stores: a JSON object,
+        or (``text``, for a text column) a string."""
         if value is None or self.keyring is None:
             return value
         key_id, aead = self.keyring.active(tenant)
         nonce = secrets.token_bytes(_NONCE)
         sealed = aead.encrypt(nonce, orjson.dumps(value), _place(tenant, table, column, row_id))
         token = f"{_VERSION}:{key_id}:{base64.b64encode(nonce + sealed).decode()}"
-        return _TEXT_PREFIX + token if isinstance(value, str) else {_TAG: token}
+        return _TEXT_PREFIX + token if text else {_TAG: token}
 
     def open(self, tenant: str, table: str, column: str, row_id: Any, stored: Any) -> Any:
         """The value ``stored`` holds, decrypted if it was sealed (else as it is)."""
@@ -128,6 +133,30 @@ class FieldCipher:
                 "another row or tenant"
             ) from None
         return orjson.loads(plain)
+
+    def seal_bytes(self, tenant: str, place: str, key: str, data: bytes) -> bytes:
+        """``data`` (a cache entry's encoded value) sealed for ``key`` of ``place``."""
+        if self.keyring is None:
+            return data
+        key_id, aead = self.keyring.active(tenant)
+        nonce = secrets.token_bytes(_NONCE)
+        sealed = aead.encrypt(nonce, data, _place(tenant, "cache", place, key))
+        return _BYTES_PREFIX + key_id.encode() + b":" + nonce + sealed
+
+    def open_bytes(self, tenant: str, place: str, key: str, stored: bytes) -> bytes:
+        """What :meth:`seal_bytes` sealed (``stored`` as it is when it was not sealed)."""
+        if not stored.startswith(_BYTES_PREFIX):
+            return stored
+        key_id, sep, rest = stored[len(_BYTES_PREFIX) :].partition(b":")
+        if not sep or self.keyring is None:
+            raise DecryptionError(f"the cache entry {key} is encrypted, and cannot be read here")
+        aead = self.keyring.get(tenant, key_id.decode())
+        try:
+            return aead.decrypt(rest[:_NONCE], rest[_NONCE:], _place(tenant, "cache", place, key))
+        except InvalidTag:
+            raise DecryptionError(
+                f"the cache entry {key} did not decrypt: altered, or copied from another key"
+            ) from None
 
     def seal_row(
         self, tenant: str, table: str, row: Mapping[str, Any], id_column: str = "id"

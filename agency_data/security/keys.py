@@ -23,6 +23,7 @@ import hashlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 _NONCE = 12
+# Seconds between looks at a tenant's key file for a key another process added.
+_RECHECK = 1.0
 
 
 def parse_kek(text: str, where: str) -> bytes:
@@ -179,6 +182,18 @@ class KeyStore:
         }
         _write_durably(self._path(tenant), orjson.dumps(document, option=orjson.OPT_INDENT_2))
 
+    def state(self, tenant: str) -> tuple[int, int] | None:
+        """What identifies the tenant file's current version (None: no file)."""
+        try:
+            info = self._path(tenant).stat()
+        except FileNotFoundError:
+            return None
+        return (info.st_ino, info.st_mtime_ns)
+
+    def changed(self, tenant: str, seen: tuple[int, int] | None) -> bool:
+        """Whether the tenant's file is no longer the version ``seen``."""
+        return self.state(tenant) != seen
+
     def destroy(self, tenant: str) -> bool:
         """Remove the tenant's keys for good; False if it had none."""
         path = self._path(tenant)
@@ -212,11 +227,24 @@ class Keyring:
         self.manager = manager
         self._keys: dict[tuple[str, str], AESGCM] = {}
         self._active: dict[str, str] = {}
+        # When each tenant's file was last looked at, and the state it was in then.
+        self._checked: dict[str, float] = {}
+        self._seen: dict[str, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
 
     def active(self, tenant: str) -> tuple[str, AESGCM]:
-        """The key new values of ``tenant`` are encrypted with (made on first use)."""
+        """The key new values of ``tenant`` are encrypted with (made on first use).
+
+        The key store is looked at again once a second: a key another process added (a
+        re-encryption started there) becomes this one's active key within that time.
+        """
         key_id = self._active.get(tenant)
+        now = time.monotonic()
+        if key_id is not None and now - self._checked.get(tenant, 0.0) > _RECHECK:
+            self._checked[tenant] = now
+            if self.store.changed(tenant, self._seen.get(tenant)):
+                self._forget(tenant)
+                key_id = None
         if key_id is None:
             key_id = self._load_active(tenant)
         return key_id, self._keys[(tenant, key_id)]
@@ -273,6 +301,7 @@ class Keyring:
 
     def _forget(self, tenant: str) -> None:
         self._active.pop(tenant, None)
+        self._seen.pop(tenant, None)
         for entry in [entry for entry in self._keys if entry[0] == tenant]:
             del self._keys[entry]
 
@@ -289,6 +318,8 @@ class Keyring:
         return self._active[tenant]
 
     def _load(self, tenant: str) -> str | None:
+        self._seen[tenant] = self.store.state(tenant)
+        self._checked[tenant] = time.monotonic()
         keys = self.store.load(tenant)
         for key in keys:
             if (tenant, key.key_id) not in self._keys:

@@ -55,6 +55,7 @@ from agency_data.observability import observed
 from agency_data.observability.instrument import ProbeQuery, Telemetry
 from agency_data.postgres.database import TENANT_SETTING, Database
 from agency_data.postgres.errors import refused_a_row, translate_errors
+from agency_data.security.fields import sealed_limit
 from agency_data.vectors import _binary, _sql, indexes
 from agency_data.vectors._compat import HalfVector, vector_to_list
 from agency_data.vectors.catalog import Catalog, CollectionSpec
@@ -289,9 +290,8 @@ class Collection:
                     f"items[{index}].vector is missing", field=f"items[{index}].vector"
                 )
             raw_vectors.append(values["vector"])
-        documents = encode_json_batch(
-            metadatas, "items[{}].metadata", self._db.config.max_json_bytes, offset=offset
-        )
+        limit = self._db.config.max_json_bytes
+        documents = encode_json_batch(metadatas, "items[{}].metadata", limit, offset=offset)
         # The slice's vectors are checked at once, as one numpy matrix.
         matrix = as_matrix(raw_vectors, spec.dimension, spec.storage, offset=offset, items="items")
         missing = given.count(None)
@@ -300,6 +300,20 @@ class Collection:
         else:
             fresh = iter(_binary.random_ids(missing))
             ids = [next(fresh) if id_ is None else id_ for id_ in given]
+        cipher = self._db.cipher
+        if self._seals("metadata"):
+            sealed = [
+                cipher.seal(self.tenant, spec.table, "metadata", id_, metadata)
+                for id_, metadata in zip(ids, metadatas, strict=True)
+            ]
+            documents = encode_json_batch(
+                sealed, "items[{}].metadata", sealed_limit(limit), offset=offset
+            )
+        if self._seals("content"):
+            contents = [
+                cipher.seal(self.tenant, spec.table, "content", id_, content, text=True)
+                for id_, content in zip(ids, contents, strict=True)
+            ]
         try:
             texts = [
                 _binary.text_array(entity_types, encoding),
@@ -381,7 +395,19 @@ class Collection:
             ).format(spec.table_id),
             [self.tenant, ids],
         )
+        rows = self._opened(spec, rows)
         return [Embedding(**{**row, "vector": vector_to_list(row["vector"])}) for row in rows]
+
+    def _seals(self, column: str) -> bool:
+        cipher = self._db.cipher
+        return cipher.chosen("embeddings", column) or cipher.chosen(self.name, column)
+
+    def _opened(self, spec: CollectionSpec, rows: builtins.list[Any]) -> builtins.list[Any]:
+        # Sealed contents and metadata opened (whether or not they are still chosen).
+        cipher = self._db.cipher
+        if cipher.keyring is None:
+            return rows
+        return [cipher.open_row(self.tenant, spec.table, row) for row in rows]
 
     @observed("embeddings.count")
     async def count(
@@ -425,6 +451,39 @@ class Collection:
             sql.SQL("DELETE FROM {} WHERE {}").format(spec.table_id, where), params
         )
 
+    async def _update_sealed_metadata(
+        self, spec: CollectionSpec, uid: UUID, metadata: dict[str, Any], merge: bool
+    ) -> Embedding:
+        # Sealed metadata cannot be merged by PostgreSQL: read, merge and seal here, the row
+        # locked meanwhile.
+        async with self._db.transaction():
+            row = await self._db.fetch_one(
+                sql.SQL(
+                    "SELECT metadata FROM {} WHERE tenant_id = %s AND id = %s FOR UPDATE"
+                ).format(spec.table_id),
+                [self.tenant, uid],
+            )
+            if row is None:
+                raise NotFound(
+                    f"embedding {uid} does not exist in {self.name!r}", entity="embedding"
+                )
+            cipher = self._db.cipher
+            current = cipher.open(self.tenant, spec.table, "metadata", uid, row["metadata"])
+            merged = {**current, **metadata} if merge else metadata
+            sealed = cipher.seal(self.tenant, spec.table, "metadata", uid, merged)
+            await self._db.execute(
+                sql.SQL(
+                    "UPDATE {} SET metadata = %s::jsonb WHERE tenant_id = %s AND id = %s"
+                ).format(spec.table_id),
+                [
+                    encode_json(sealed, "metadata", sealed_limit(self._db.config.max_json_bytes)),
+                    self.tenant,
+                    uid,
+                ],
+            )
+            found = await self._load_many([uid], self._db)
+        return found[0]
+
     @observed("embeddings.update_metadata")
     async def update_metadata(
         self, embedding_id: UUID | str, metadata: dict[str, Any], *, merge: bool = True
@@ -435,6 +494,8 @@ class Collection:
         check_bool(merge, "merge")
         encoded = encode_json(metadata, "metadata", self._db.config.max_json_bytes)
         spec = await self._spec()
+        if self._seals("metadata"):
+            return await self._update_sealed_metadata(spec, uid, metadata, merge)
         assign: sql.Composable = sql.SQL("metadata || %s::jsonb" if merge else "%s::jsonb")
         updated = await self._db.execute(
             sql.SQL("UPDATE {} SET metadata = {} WHERE tenant_id = %s AND id = %s").format(
@@ -641,7 +702,7 @@ class Collection:
         with translate_errors("searching"):
             results = await db.fetch_many([(q, p) for q, p, _ in planned], settings=settings)
         return [
-            _results(rows, metric, threshold)
+            _results(self._opened(spec, rows), metric, threshold)
             for rows, (_, _, threshold) in zip(results, planned, strict=True)
         ]
 
@@ -668,7 +729,7 @@ class Collection:
         async with db.connection() as conn:
             with translate_errors("searching"):
                 rows = await (await conn.execute(statement, params)).fetchall()
-        return _results(rows, metric, threshold)
+        return _results(self._opened(spec, rows), metric, threshold)
 
     @property
     def span_collection(self) -> str:
@@ -730,6 +791,7 @@ class Collection:
                         cursor.itersize = batch_size
                         await cursor.execute(query, [param, *params])
                         async for row in cursor:
+                            (row,) = self._opened(spec, [row])
                             result = _result(row, metric.score)
                             if threshold is not None and not metric.passes(result.score, threshold):
                                 break
@@ -785,6 +847,7 @@ class Collection:
             )
         fused: dict[UUID, float] = {}
         rows_by_id: dict[UUID, dict[str, Any]] = {}
+        text_rows, vector_rows = self._opened(spec, text_rows), self._opened(spec, vector_rows)
         for rows in (text_rows, sorted(vector_rows, key=lambda r: r["distance"])):
             for rank, row in enumerate(rows, start=1):
                 fused[row["id"]] = fused.get(row["id"], 0.0) + 1.0 / (k + rank)
