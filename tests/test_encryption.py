@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from agency_data.errors import ConfigError, DecryptionError
 from agency_data.security.fields import FieldCipher, sealed_key
 from agency_data.security.keys import Keyring, KeyStore, LocalKeyManager
 from tests.conftest import DatabaseDsn, make_config
+from tests.test_cli import agency_data
 
 SECRET = {"patient": "Ann Example", "diagnosis": "confidential"}
 
@@ -245,3 +247,38 @@ async def test_online_reencryption_under_concurrent_writes(
     assert keys == {report.key_id}
     for task in [*before, *written]:
         assert (await acme.tasks.get(task.id)).data == task.data
+
+
+async def test_the_command_line_manages_keys(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path, kek: str
+) -> None:
+    config = encrypted_config(database, redis_url, tmp_path, kek)
+    async with DataLayer(config) as dl:
+        task = await dl.tenant("acme").tasks.create("x", SECRET)
+    env = {
+        "AGENCY_DATA_ENCRYPTION__KEK": kek,
+        "AGENCY_DATA_ENCRYPTION__KEY_STORE": str(tmp_path / "keys"),
+        "AGENCY_DATA_ENCRYPTION__FIELDS": '["tasks.data"]',
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return agency_data(
+            "keys", *args, dsn=database, redis_url=redis_url, tmp_path=tmp_path, **env
+        )
+
+    listed = run("list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["acme"]
+    rotated = run("rotate")
+    assert (rotated.returncode, rotated.stdout.strip()) == (0, "1 data keys re-wrapped")
+    again = run("reencrypt", "--tenant", "acme", "--batch-size", "10")
+    assert again.returncode == 0, again.stderr
+    assert "tasks.data: 1 rewritten" in again.stdout
+    refused = run("destroy", "--tenant", "acme")
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    assert kek not in refused.stderr + refused.stdout
+    assert run("destroy", "--tenant", "acme", "--yes").returncode == 0
+    async with DataLayer(config) as dl:
+        with pytest.raises(DecryptionError):
+            await dl.tenant("acme").tasks.get(task.id)

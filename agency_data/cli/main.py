@@ -32,6 +32,7 @@ from agency_data.cli._common import (
 from agency_data.cli.audit import audit_app
 from agency_data.cli.backup import backup_app
 from agency_data.cli.export import export
+from agency_data.cli.keys import keys_app
 from agency_data.cli.monitor import top
 from agency_data.cli.replica import replica_app
 from agency_data.cli.tasks import tasks_app
@@ -313,6 +314,7 @@ app.command()(export)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(backup_app, name="backup")
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 app.add_typer(replica_app, name="replica")
 
 roles_app = typer.Typer(help="The owner, application and read-only roles.", no_args_is_help=True)
