@@ -27,6 +27,7 @@ from bench import (
     audit,
     cache,
     coord,
+    encryption,
     heartbeats,
     observability,
     pgbouncer,
@@ -57,6 +58,7 @@ SCENARIOS = [
     "observability",
     "recovery",
     "audit",
+    "encryption",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -144,6 +146,7 @@ async def main(args: argparse.Namespace) -> None:
                 "observability": lambda: observability.observability(b),
                 "recovery": lambda: recovery.recovery(b, ROOT / ".bench-data" / "recovery"),
                 "audit": lambda: audit.audit(b),
+                "encryption": lambda: encryption.encryption(b),
             }
             for name in SCENARIOS:
                 if name in chosen:
