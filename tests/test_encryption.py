@@ -15,10 +15,11 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg.types.json import Jsonb
 
 from agency_data import DataLayer
-from agency_data.errors import ConfigError, DecryptionError
+from agency_data.errors import ConfigError, DecryptionError, ValidationError
 from agency_data.security.fields import FieldCipher, sealed_key
 from agency_data.security.keys import Keyring, KeyStore, LocalKeyManager
 from tests.conftest import DatabaseDsn, make_config
@@ -282,3 +283,85 @@ async def test_the_command_line_manages_keys(
     async with DataLayer(config) as dl:
         with pytest.raises(DecryptionError):
             await dl.tenant("acme").tasks.get(task.id)
+
+
+class TinyKms:
+    """A key manager of the caller's: here an AES key of its own, as a KMS would hold one."""
+
+    def __init__(self) -> None:
+        self.key = AESGCM(AESGCM.generate_key(bit_length=256))
+        self.calls = 0
+
+    def wrap(self, data_key: bytes, context: Any) -> tuple[str, bytes]:
+        self.calls += 1
+        nonce = os.urandom(12)
+        return "tiny-1", nonce + self.key.encrypt(
+            nonce, data_key, repr(sorted(context.items())).encode()
+        )
+
+    def unwrap(self, kek_id: str, wrapped: bytes, context: Any) -> bytes:
+        self.calls += 1
+        aad = repr(sorted(context.items())).encode()
+        return self.key.decrypt(wrapped[:12], wrapped[12:], aad)
+
+
+async def test_a_key_manager_of_the_callers_wraps_the_keys(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    kms = TinyKms()
+    config = make_config(
+        database,
+        redis_url,
+        tmp_path,
+        encryption={"fields": ["tasks.data"], "key_store": tmp_path / "keys"},
+    )
+    async with DataLayer(config, key_manager=kms) as dl:
+        task = await dl.tenant("acme").tasks.create("x", SECRET)
+        assert (await dl.tenant("acme").tasks.get(task.id)).data == SECRET
+    assert kms.calls == 1  # wrapped once; unwrapped never (made in this process)
+    async with DataLayer(config, key_manager=kms) as dl:
+        assert (await dl.tenant("acme").tasks.get(task.id)).data == SECRET
+    assert kms.calls == 2
+    with pytest.raises(ConfigError, match="key_manager must have wrap"):
+        async with DataLayer(config, key_manager=object()):  # type: ignore[arg-type]
+            pass
+
+
+async def test_sealed_metadata_and_sessions_through_a_reencryption(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path, kek: str
+) -> None:
+    config = encrypted_config(
+        database,
+        redis_url,
+        tmp_path,
+        kek,
+        fields=["sessions.data", "notes.metadata", "notes.content"],
+    )
+    async with DataLayer(config) as dl:
+        acme = dl.tenant("acme")
+        await dl.admin.create_collection("notes", dimension=2)
+        notes = acme.embeddings.collection("notes")
+        doc = await notes.store(
+            {"entity_type": "d", "entity_id": "1", "vector": [1, 0], "metadata": {"a": 1}}
+        )
+        updated = await notes.update_metadata(doc, {"b": 2})
+        assert updated.metadata == {"a": 1, "b": 2}
+        replaced = await notes.update_metadata(doc, {"c": 3}, merge=False)
+        assert replaced.metadata == {"c": 3}
+        ((stored,),) = raw(database, "SELECT metadata FROM emb_notes WHERE id = %s", [doc])
+        assert set(stored) == {"$enc"}
+        session = await acme.sessions.create("agent-1", {"step": 1})
+        report = await dl.admin.keys.reencrypt("acme", batch_size=1)
+        assert report.rewritten == {"emb_notes.metadata": 1, "sessions.data": 1}
+        assert (await notes.get(doc)).metadata == {"c": 3}
+        assert (await acme.sessions.get(session.id)).data == {"step": 1}
+        for bad, problem in (({"batch_size": 0}, "batch_size"), ({"keep_old": "no"}, "keep_old")):
+            with pytest.raises(ValidationError, match=problem):
+                await dl.admin.keys.reencrypt("acme", **bad)
+        with pytest.raises(ValidationError, match="tenant"):
+            await dl.admin.keys.destroy("no such tenant!")
+
+
+async def test_key_administration_needs_a_key(dl: DataLayer) -> None:
+    with pytest.raises(ConfigError, match="no key-encryption key"):
+        await dl.admin.keys.rotate()

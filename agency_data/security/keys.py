@@ -265,10 +265,10 @@ class Keyring:
     def new_key(self, tenant: str) -> str:
         """Add a data key to ``tenant`` and make it the active one; its id."""
         with self._lock, self.store.lock(tenant):
+            self._forget(tenant)
             keys = self.store.load(tenant)
             key = self._make(tenant)
             self.store.save(tenant, [*keys, key])
-        self._forget(tenant)
         return key.key_id
 
     def retire(self, tenant: str, keep: str) -> list[str]:
@@ -334,6 +334,8 @@ class Keyring:
         key_id = "k" + secrets.token_hex(6)
         plain = AESGCM.generate_key(bit_length=256)
         kek, wrapped = self.manager.wrap(plain, _context(tenant, key_id))
+        # Kept as made: no round trip to the KMS to unwrap what this process just wrapped.
+        self._keys[(tenant, key_id)] = AESGCM(plain)
         return DataKey(key_id, kek, wrapped, datetime.now(UTC))
 
 
