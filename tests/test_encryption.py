@@ -365,3 +365,12 @@ async def test_sealed_metadata_and_sessions_through_a_reencryption(
 async def test_key_administration_needs_a_key(dl: DataLayer) -> None:
     with pytest.raises(ConfigError, match="no key-encryption key"):
         await dl.admin.keys.rotate()
+
+
+async def test_exports_give_the_values_not_the_ciphertext(sealed: DataLayer) -> None:
+    acme = sealed.tenant("acme")
+    await acme.tasks.create("x", {"email": "ann@example.com", "n": 1})
+    (plain,) = [row async for row in acme.export("tasks", masked=False)]
+    assert plain["data"] == {"email": "ann@example.com", "n": 1}
+    (masked,) = [row async for row in acme.export("tasks")]
+    assert masked["data"] == {"email": "[email]", "n": 1}

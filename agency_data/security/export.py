@@ -48,10 +48,10 @@ async def export_rows(
             "source must be 'agents', 'tasks' or a collection's name", field="source"
         )
     if source in _TABLES:
-        table, name = sql.Identifier(source), source
+        table, name, sealed_as = sql.Identifier(source), source, source
     else:
         spec = await catalog.load(source)  # NotFound for a collection that does not exist
-        table, name = spec.table_id, source
+        table, name, sealed_as = spec.table_id, source, spec.table
     # Rows as JSON in PostgreSQL, search vectors dropped; the tenant's own by row security too.
     query = sql.SQL(
         "SELECT to_jsonb(t) - 'search' - 'content_tsv' AS row FROM {} t "
@@ -64,7 +64,8 @@ async def export_rows(
                 cursor.itersize = batch_size
                 await cursor.execute(query, [tenant])
                 async for record in cursor:
-                    plain = _plain(record["row"])
+                    # Sealed fields opened: an export gives the values (masked or not).
+                    plain = _plain(db.cipher.open_row(tenant, sealed_as, record["row"]))
                     yield masker.row(name, plain) if masked else plain
 
 
