@@ -810,6 +810,68 @@ class EncryptionConfig(_Section):
         return self
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+TERMINAL_STATUSES = ("completed", "failed", "cancelled", "dead")
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"{value!r} is not a duration: seconds, or a number with s, m, h, d or w")
+    if seconds <= 0:
+        raise ValueError("a duration must be more than zero")
+    return seconds
+
+
+class RetentionPolicy(_Section):
+    """What one policy removes: rows of ``target`` older than ``older_than``."""
+
+    target: str = Field(
+        pattern=r"^(?:tasks|agents|audit|cache\.[A-Za-z0-9_.:-]{1,64}|[a-z][a-z0-9_]{0,62})$",
+        description="tasks, agents, audit, cache.<namespace>, or a collection's name",
+    )
+    older_than: float = Field(description="seconds, or a duration such as 30d, 12h, 1w")
+    status: list[str] = Field(
+        default_factory=lambda: list(TERMINAL_STATUSES),
+        description="tasks: the statuses removed (finished ones by default)",
+    )
+    entity_type: str | None = Field(None, description="a collection: only this entity type")
+    archive: bool = Field(False, description="write the rows to the archive before removing")
+
+    @field_validator("older_than", mode="before")
+    @classmethod
+    def _older_than(cls, value: Any) -> float:
+        return _duration(value)
+
+    @field_validator("status")
+    @classmethod
+    def _statuses(cls, statuses: list[str]) -> list[str]:
+        for status in statuses:
+            if status not in TERMINAL_STATUSES:
+                raise ValueError(
+                    f"retention removes finished tasks only: {status!r} is not one of "
+                    + ", ".join(TERMINAL_STATUSES)
+                )
+        return statuses
+
+
+class RetentionConfig(_Section):
+    """Retention (agency_data.retention): policies, batches, the archive, a schedule."""
+
+    policies: list[RetentionPolicy] = Field(default_factory=list)
+    batch_size: int = Field(1000, ge=1, le=100_000, description="rows removed per transaction")
+    archive_dir: Path | None = Field(
+        None, description="where archives go (default: <data_dir>/archive)"
+    )
+    interval: float = Field(
+        0.0, ge=0.0, description="seconds between runs in every DataLayer; 0: only on demand"
+    )
+
+
 MASK_RULES = ("email", "api_key", "card", "phone")
 
 
@@ -898,6 +960,7 @@ class DataLayerConfig(BaseSettings):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     def __init__(self, **values: Any) -> None:
         _warn_unknown_sections(type(self).model_fields)

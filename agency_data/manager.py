@@ -48,6 +48,7 @@ from agency_data.redis.client import RedisClient, close_client, make_client
 from agency_data.redis.client import prepare as prepare_redis
 from agency_data.redis.keys import Keys
 from agency_data.redis.scripts import ScriptRegistry
+from agency_data.retention import Retention
 from agency_data.scope import QueryMethods, TenantScope
 from agency_data.security.fields import FieldCipher, cipher_from_config
 from agency_data.security.keys import KeyManager
@@ -121,6 +122,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._prewarm: asyncio.Task[None] | None = None
         self._anchors: AnchorLog | None = None
         self._sealer: Sealer | None = None
+        self._retention: Retention | None = None
         # Field encryption (agency_data.security.fields): a KMS of the caller's, or the KEK
         # of encryption.kek*, wraps the tenants' data keys.
         self._key_manager = key_manager
@@ -253,6 +255,15 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._cache_backend = CacheBackend(self.config.cache, self._redis, self._telemetry)
         self._cache_backend.cipher = self._cipher
         self._admin._keys = KeyAdmin(self._cipher, self._db, self._catalog, self._redis, Keys)
+        retention = self.config.retention
+        self._retention = Retention(
+            admin_db,
+            self._catalog,
+            self._redis,
+            retention,
+            retention.archive_dir or embedded.data_dir / "archive",
+        )
+        self._retention.start()
         register_lock_scripts(self._cache_backend.scripts)
         await self._cache_backend.start_listener()
         pools = {"app": self._pool}
@@ -296,6 +307,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
         anchors, self._anchors = self._anchors, None
         if anchors is not None:
             await anchors.aclose()
+        retention, self._retention = self._retention, None
+        if retention is not None:
+            await retention.aclose()
         sealer, self._sealer = self._sealer, None
         if sealer is not None:
             await sealer.aclose()
@@ -361,6 +375,13 @@ class DataLayer(QueryMethods, MonitoringMethods):
     def agents(self) -> AgentStore:
         """The default tenant's agents."""
         return self.tenant(DEFAULT_TENANT).agents
+
+    @property
+    def retention(self) -> Retention:
+        """The retention policies (``retention`` config): ``await dl.retention.run()``."""
+        if self._retention is None:
+            raise _not_connected()
+        return self._retention
 
     @property
     def audit(self) -> AuditTrail:

@@ -34,30 +34,32 @@ _CHECK = """
 SELECT count(checked.seq) AS records,
        coalesce(
            min(checked.seq) FILTER (WHERE problem IS NOT NULL),
-           CASE WHEN coalesce(max(checked.seq), 0) < head.length
-               THEN coalesce(max(checked.seq), 0) + 1 END
+           CASE WHEN coalesce(max(checked.seq), head.pruned) < head.length
+               THEN coalesce(max(checked.seq), head.pruned) + 1 END
        ) AS broken_at,
        coalesce(
            (array_agg(problem ORDER BY checked.seq) FILTER (WHERE problem IS NOT NULL))[1],
-           CASE WHEN coalesce(max(checked.seq), 0) < head.length
+           CASE WHEN coalesce(max(checked.seq), head.pruned) < head.length
                THEN 'it is missing: the chain has ' || head.length || ' records' END
        ) AS problem,
        max(checked.seq) AS head_seq,
        (array_agg(checked.hash ORDER BY checked.seq DESC))[1] AS head_hash,
        (SELECT count(*) FROM audit_pending WHERE tenant_id = %(tenant)s) AS pending
 FROM (
-    SELECT coalesce((SELECT seq FROM audit_heads WHERE tenant_id = %(tenant)s), 0) AS length
+    SELECT coalesce(h.seq, 0) AS length, coalesce(h.pruned_seq, 0) AS pruned,
+           coalesce(h.pruned_hash, '\\x'::bytea) AS pruned_hash
+    FROM (SELECT 1) one LEFT JOIN audit_heads h ON h.tenant_id = %(tenant)s
 ) head
 LEFT JOIN LATERAL (
     SELECT seq, hash,
            CASE
-               WHEN seq <> row_number() OVER w
+               WHEN seq <> head.pruned + row_number() OVER w
                    THEN 'a record before it is missing (expected seq '
-                        || row_number() OVER w || ')'
+                        || head.pruned + row_number() OVER w || ')'
                WHEN seq > head.length
                    THEN 'it lies past the chain''s head (' || head.length || ' records): '
                         || 'added behind the trail''s back'
-               WHEN prev_hash <> coalesce(lag(hash) OVER w, '\\x'::bytea)
+               WHEN prev_hash <> coalesce(lag(hash) OVER w, head.pruned_hash)
                    THEN 'its prev_hash is not the hash of the record before it'
                WHEN hash <> agency_data_audit_hash(prev_hash, a)
                    THEN 'its fields no longer match its hash (edited)'
@@ -66,7 +68,7 @@ LEFT JOIN LATERAL (
     WHERE tenant_id = %(tenant)s
     WINDOW w AS (ORDER BY seq)
 ) checked ON true
-GROUP BY head.length
+GROUP BY head.length, head.pruned, head.pruned_hash
 """
 
 

@@ -12,6 +12,7 @@ END
 $$;
 DROP FUNCTION agency_data_audit(regclass, boolean, text);
 DROP FUNCTION agency_data_audit_truncate();
+DROP FUNCTION agency_data_audit_prune(text, timestamptz, integer);
 DROP FUNCTION agency_data_audit_rows();
 DROP FUNCTION agency_data_audit_append(text, text, text, text, jsonb);
 DROP FUNCTION agency_data_audit_seal(text, integer);

@@ -38,10 +38,14 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_log_entity ON audit_log (tenant_id, entity_type, entity_id);
 CREATE INDEX audit_log_at ON audit_log (tenant_id, at);
 
--- How long each tenant's chain is; its row lock orders the sealers of one tenant.
+-- How long each tenant's chain is; its row lock orders the sealers of one tenant. Records up
+-- to pruned_seq were removed by retention (agency_data_audit_prune): the chain then starts
+-- after them, from the hash of the last one removed.
 CREATE TABLE audit_heads (
     tenant_id text PRIMARY KEY,
-    seq bigint NOT NULL
+    seq bigint NOT NULL,
+    pruned_seq bigint NOT NULL DEFAULT 0,
+    pruned_hash bytea NOT NULL DEFAULT '\x'
 );
 
 DO $$
@@ -327,6 +331,42 @@ BEGIN
     RETURN changed;
 END
 $$;
+
+-- Retention: remove a tenant's oldest records made before a time (at most ``most``, from the
+-- start of its chain), keeping the last one's hash in its head so the rest still verifies.
+-- Returns the records removed, as JSON, for the caller to archive first (in its transaction).
+CREATE FUNCTION agency_data_audit_prune(tenant text, made_before timestamptz, most integer)
+RETURNS SETOF jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    last audit_log;
+BEGIN
+    PERFORM 1 FROM audit_heads h WHERE h.tenant_id = tenant FOR UPDATE;
+    SELECT * INTO last FROM (
+        SELECT a.* FROM audit_log a WHERE a.tenant_id = tenant ORDER BY a.seq LIMIT most
+    ) oldest WHERE oldest.at < made_before ORDER BY oldest.seq DESC LIMIT 1;
+    IF last.seq IS NULL THEN
+        RETURN;
+    END IF;
+    -- Only a run of records from the start: one made later than a removed one stays, and so
+    -- does everything after it.
+    SELECT * INTO last FROM audit_log a
+    WHERE a.tenant_id = tenant AND a.seq <= last.seq
+      AND NOT EXISTS (SELECT 1 FROM audit_log b WHERE b.tenant_id = tenant
+                      AND b.seq <= a.seq AND b.at >= made_before)
+    ORDER BY a.seq DESC LIMIT 1;
+    IF last.seq IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE audit_heads h SET pruned_seq = last.seq, pruned_hash = last.hash
+    WHERE h.tenant_id = tenant;
+    RETURN QUERY
+        DELETE FROM audit_log a WHERE a.tenant_id = tenant AND a.seq <= last.seq
+        RETURNING to_jsonb(a) - 'prev_hash' - 'hash'
+            || jsonb_build_object('hash', encode(a.hash, 'hex'));
+END
+$$;
+REVOKE EXECUTE ON FUNCTION agency_data_audit_prune(text, timestamptz, integer) FROM PUBLIC;
 
 -- Only the owner switches auditing; the sealer and append check their callers themselves.
 REVOKE EXECUTE ON FUNCTION agency_data_audit(regclass, boolean, text) FROM PUBLIC;
