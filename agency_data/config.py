@@ -755,7 +755,7 @@ class AuditConfig(_Section):
 
 
 _ENCRYPTED_FIELD = re.compile(
-    r"^(?:tasks\.(?:data|result)|sessions\.data"
+    r"^(?:tasks\.(?:data|result|error)|sessions\.data"
     r"|[a-z][a-z0-9_]{0,62}\.(?:content|metadata)|cache\.[A-Za-z0-9_.:-]{1,100})$"
 )
 
@@ -767,7 +767,7 @@ class EncryptionConfig(_Section):
     fields: list[str] = Field(
         default_factory=list,
         description="values encrypted before they reach PostgreSQL or Redis: tasks.data, "
-        "tasks.result, embeddings.content, embeddings.metadata (or "
+        "tasks.result, tasks.error (and traceback), embeddings.content, embeddings.metadata (or "
         "<collection>.content / .metadata), sessions.data, cache.<namespace>",
     )
     kek: SecretStr | None = Field(
@@ -794,7 +794,7 @@ class EncryptionConfig(_Section):
         for field in fields:
             if not _ENCRYPTED_FIELD.match(field):
                 raise ValueError(
-                    f"cannot encrypt {field!r}: choose tasks.data, tasks.result, "
+                    f"cannot encrypt {field!r}: choose tasks.data, tasks.result, tasks.error, "
                     "embeddings.content, embeddings.metadata, "
                     "<collection>.content, sessions.data or cache.<namespace>"
                 )

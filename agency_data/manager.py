@@ -35,7 +35,7 @@ from agency_data.errors import AgencyDataError, BackendUnavailable, ConfigError
 from agency_data.health import check_health, probe_redis
 from agency_data.inputs import check_bool, check_seconds, check_tenant, check_text
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
-from agency_data.models import DEFAULT_TENANT, HealthStatus, Task
+from agency_data.models import DEFAULT_TENANT, HealthStatus, Task, TaskSchedule
 from agency_data.observability.methods import MonitoringMethods
 from agency_data.observability.monitor import Monitor
 from agency_data.observability.statements import enable_statement_stats
@@ -154,9 +154,10 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._cipher = cipher_from_config(
             self.config.encryption, embedded.data_dir, self._key_manager
         )
-        if self._cipher.keyring is not None:
-            # Opened as they load, chosen or not: a field switched off still reads.
-            self._cipher.tables[Task] = "tasks"
+        # Opened as they load, chosen or not (a field switched off still reads); without a
+        # key, a sealed value is a DecryptionError rather than a blob passed on.
+        self._cipher.tables[Task] = ("tasks", ("data", "result", "error", "traceback"), "id")
+        self._cipher.tables[TaskSchedule] = ("task_schedules", ("data",), "name")
         roles = RoleNames.from_config(postgres)
         replica_dsns = postgres.replica_conninfos()
         if postgres.is_embedded:

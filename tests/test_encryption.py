@@ -242,10 +242,12 @@ async def test_online_reencryption_under_concurrent_writes(
     report = await sealed.admin.keys.reencrypt("acme", batch_size=7)
     stop.set()
     await running
-    assert report.removed_keys == [old_key]
     assert report.rewritten["tasks.data"] >= 30
     keys = {sealed_key(v) for (v,) in raw(database, "SELECT data FROM tasks")}
     assert keys == {report.key_id}
+    # The old key stays until retired: then, nothing using it, it goes (after its grace).
+    assert await sealed.admin.keys.retire("acme") == []
+    assert await sealed.admin.keys.retire("acme", grace=0) == [old_key]
     for task in [*before, *written]:
         assert (await acme.tasks.get(task.id)).data == task.data
 
@@ -275,6 +277,8 @@ async def test_the_command_line_manages_keys(
     again = run("reencrypt", "--tenant", "acme", "--batch-size", "10")
     assert again.returncode == 0, again.stderr
     assert "tasks.data: 1 rewritten" in again.stdout
+    retired = run("retire", "--tenant", "acme", "--grace", "0")
+    assert (retired.returncode, retired.stdout.startswith("removed k")) == (0, True)
     refused = run("destroy", "--tenant", "acme")
     assert refused.returncode == 2
     assert "--yes" in refused.stderr
@@ -355,9 +359,10 @@ async def test_sealed_metadata_and_sessions_through_a_reencryption(
         assert report.rewritten == {"emb_notes.metadata": 1, "sessions.data": 1}
         assert (await notes.get(doc)).metadata == {"c": 3}
         assert (await acme.sessions.get(session.id)).data == {"step": 1}
-        for bad, problem in (({"batch_size": 0}, "batch_size"), ({"keep_old": "no"}, "keep_old")):
-            with pytest.raises(ValidationError, match=problem):
-                await dl.admin.keys.reencrypt("acme", **bad)
+        with pytest.raises(ValidationError, match="batch_size"):
+            await dl.admin.keys.reencrypt("acme", batch_size=0)
+        with pytest.raises(ValidationError, match="grace"):
+            await dl.admin.keys.retire("acme", grace=-1)
         with pytest.raises(ValidationError, match="tenant"):
             await dl.admin.keys.destroy("no such tenant!")
 

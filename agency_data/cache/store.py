@@ -52,8 +52,8 @@ class Cache:
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         # Values of this namespace encrypted before they reach Redis (cache.<namespace>).
         cipher = backend.cipher
-        self._cipher = cipher if cipher is not None and cipher.keyring is not None else None
-        self._sealed = self._cipher is not None and self._cipher.chosen("cache", self.namespace)
+        self._cipher = cipher
+        self._sealed = cipher is not None and cipher.chosen("cache", self.namespace)
 
     def with_namespace(self, namespace: str) -> Cache:
         """The same tenant's cache under another namespace."""
@@ -129,8 +129,14 @@ class Cache:
         except RedisDown:
             backend.counters.degraded_reads += 1
             return default
+        await self._keys_ready(write=False)
         value = self._accept(full, data, backend.fillable_l1(generation), time.time() * 1000)
         return default if value is _MISSING else value
+
+    async def _keys_ready(self, *, write: bool) -> None:
+        # The tenant's data keys read (off the event loop) before entries are sealed or opened.
+        if self._cipher is not None and self._cipher.keyring is not None:
+            await self._cipher.ensure(self._keys.tenant, write=write)
 
     @observed("cache.get_many", system="redis")
     async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
@@ -166,6 +172,7 @@ class Cache:
         backend = self._backend
         if backend.redis is None:
             return {}
+        await self._keys_ready(write=False)
         generation = backend.l1_generation
         try:
             raw: list[Any] = await backend.call(lambda p: p.client.mget(fulls))
@@ -229,6 +236,8 @@ class Cache:
         tag_keys = [self._keys.tag(t) for t in tag_list]
         backend = self._backend
         expires_ms = int(time.time() * 1000 + seconds * 1000)
+        if self._sealed:
+            await self._keys_ready(write=True)
         encoded: dict[str, bytes] = {}
         for key, value in items.items():
             full = self._full(key)

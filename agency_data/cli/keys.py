@@ -1,4 +1,4 @@
-"""``agency-data keys list|rotate|reencrypt|destroy``: the tenants' data keys."""
+"""``agency-data keys list|rotate|reencrypt|retire|destroy``: the tenants' data keys."""
 
 from __future__ import annotations
 
@@ -51,23 +51,42 @@ def rotate(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
 def reencrypt(
     tenant: TenantArgument,
     batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 500,
-    keep_old: Annotated[
-        bool, typer.Option("--keep-old", help="Keep the older keys in the key store.")
-    ] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Rewrite the tenant's encrypted values under a new data key, online, in batches."""
+    """Rewrite the tenant's encrypted values under a new data key, online, in batches (the
+    older keys stay until `keys retire`)."""
     cfg = load_config(config, data_dir)
 
     async def job() -> ReencryptReport:
         async with DataLayer(cfg) as dl:
-            return await dl.admin.keys.reencrypt(tenant, batch_size=batch_size, keep_old=keep_old)
+            return await dl.admin.keys.reencrypt(tenant, batch_size=batch_size)
 
     report = run_job(job)
     for place, count in sorted(report.rewritten.items()):
         typer.echo(f"{place}: {count} rewritten")
-    typer.echo(f"active key {report.key_id}; removed {', '.join(report.removed_keys) or 'none'}")
+    typer.echo(f"active key {report.key_id}")
+
+
+@keys_app.command()
+def retire(
+    tenant: TenantArgument,
+    grace: Annotated[
+        float,
+        typer.Option(help="Seconds a key must have been replaced for (open transactions)."),
+    ] = 3600.0,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Remove the tenant's older keys that no stored value uses any more."""
+    cfg = load_config(config, data_dir)
+
+    async def job() -> list[str]:
+        async with DataLayer(cfg) as dl:
+            return await dl.admin.keys.retire(tenant, grace=grace)
+
+    removed = run_job(job)
+    typer.echo(f"removed {', '.join(removed)}" if removed else "no key to remove")
 
 
 @keys_app.command()

@@ -22,7 +22,7 @@ from agency_data.observability import Telemetry, observed
 from agency_data.redis.errors import translate_errors
 from agency_data.redis.keys import Keys, check_key
 from agency_data.redis.pipelining import AutoPipeline
-from agency_data.security.fields import FieldCipher
+from agency_data.security.fields import FieldCipher, sealed_key
 
 __all__ = ["SessionStore"]
 
@@ -49,7 +49,7 @@ class SessionStore:
         self._tenant = tenant
         self._notes = notes if notes is not None and notes.sessions else None
         # Session data encrypted before it reaches Redis (encryption.fields sessions.data).
-        self._cipher = cipher if cipher is not None and cipher.keyring is not None else None
+        self._cipher = cipher
         # Reads join concurrent callers' round trips; writes are MULTI transactions of their own.
         self._pipeline = pipeline
         self._redis = pipeline.client
@@ -90,20 +90,24 @@ class SessionStore:
                 entity="session",
                 key=session_id,
             )
-        return self._load(raw)
+        return await self._load(raw)
 
-    def _load(self, raw: bytes | str) -> Session:
+    async def _load(self, raw: bytes | str) -> Session:
         document = orjson.loads(raw)
         if self._cipher is not None and self._tenant is not None:
+            key_id = sealed_key(document["data"])
+            if self._cipher.keyring is not None and key_id is not None:
+                await self._cipher.ensure(self._tenant, [key_id], write=False)
             document["data"] = self._cipher.open(
                 self._tenant, "sessions", "data", document["id"], document["data"]
             )
         return Session.model_validate(document)
 
-    def _dump(self, session: Session) -> bytes:
+    async def _dump(self, session: Session) -> bytes:
         cipher = self._cipher
         if cipher is None or self._tenant is None or not cipher.chosen("sessions", "data"):
             return session.model_dump_json().encode()
+        await cipher.ensure(self._tenant)
         document = session.model_dump(mode="json")
         document["data"] = cipher.seal(self._tenant, "sessions", "data", session.id, session.data)
         return orjson.dumps(document)
@@ -152,7 +156,7 @@ class SessionStore:
             gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
             if gone:
                 await self._redis.srem(index, *gone)
-        sessions = [self._load(raw) for raw in raws if raw is not None]
+        sessions = [await self._load(raw) for raw in raws if raw is not None]
         return sorted(sessions, key=lambda s: s.created_at)
 
     async def _note(self, operation: str, session_id: str, data: dict[str, Any] | None) -> None:
@@ -172,10 +176,11 @@ class SessionStore:
         key = self._keys.session(session.id)
         index = self._keys.agent_sessions(session.agent_id)
         millis = int(session.ttl * 1000)
+        document = await self._dump(session)
         with translate_errors("writing a session"):
             pipe = self._redis.pipeline(transaction=True)
             # xx: an update never resurrects a session that expired meanwhile.
-            pipe.set(key, self._dump(session), px=millis, nx=new, xx=not new)
+            pipe.set(key, document, px=millis, nx=new, xx=not new)
             pipe.sadd(index, session.id)
             pipe.pexpire(index, millis, gt=True)
             pipe.pexpire(index, millis, nx=True)

@@ -365,7 +365,8 @@ class Database:
                 rows = await cursor.fetchall() if cursor.description else []
         if model is None:
             return rows
-        rows = self.cipher.open_rows(model, rows)
+        await self.cipher.ensure_rows(model, rows, self.tenant)
+        rows = self.cipher.open_rows(model, rows, self.tenant)
         with _rows_fit(model):
             return [model.model_validate(row) for row in rows]
 
@@ -399,7 +400,8 @@ class Database:
                 row = await cursor.fetchone() if cursor.description else None
         if row is None or model is None:
             return row
-        (row,) = self.cipher.open_rows(model, [row])
+        await self.cipher.ensure_rows(model, [row], self.tenant)
+        (row,) = self.cipher.open_rows(model, [row], self.tenant)
         with _rows_fit(model):
             return model.model_validate(row)
 

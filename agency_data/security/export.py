@@ -18,6 +18,7 @@ from psycopg import sql
 from agency_data.errors import ValidationError
 from agency_data.inputs import check_bool, check_int
 from agency_data.postgres.errors import translate_errors
+from agency_data.security.fields import sealed_key
 
 if TYPE_CHECKING:
     from agency_data.postgres.database import Database
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["export_rows"]
 
 _TABLES = ("agents", "tasks")
+# What field encryption may seal, by table.
+_SEALABLE = {"tasks": ("data", "result", "error", "traceback")}
 _MAX_BATCH = 100_000
 
 
@@ -49,9 +52,11 @@ async def export_rows(
         )
     if source in _TABLES:
         table, name, sealed_as = sql.Identifier(source), source, source
+        columns: tuple[str, ...] = _SEALABLE.get(source, ())
     else:
         spec = await catalog.load(source)  # NotFound for a collection that does not exist
         table, name, sealed_as = spec.table_id, source, spec.table
+        columns = ("content", "metadata")
     # Rows as JSON in PostgreSQL, search vectors dropped; the tenant's own by row security too.
     query = sql.SQL(
         "SELECT to_jsonb(t) - 'search' - 'content_tsv' AS row FROM {} t "
@@ -65,8 +70,14 @@ async def export_rows(
                 await cursor.execute(query, [tenant])
                 async for record in cursor:
                     # Sealed fields opened: an export gives the values (masked or not).
-                    plain = _plain(db.cipher.open_row(tenant, sealed_as, record["row"]))
+                    row = record["row"]
+                    await db.cipher.ensure(tenant, _key_ids(row, columns), write=False)
+                    plain = _plain(db.cipher.open_row(tenant, sealed_as, row, columns))
                     yield masker.row(name, plain) if masked else plain
+
+
+def _key_ids(row: dict[str, Any], columns: tuple[str, ...]) -> list[str]:
+    return [key for column in columns if (key := sealed_key(row.get(column))) is not None]
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

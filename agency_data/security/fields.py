@@ -17,8 +17,11 @@ written, or by ``keys reencrypt``), so a field can be switched on without a migr
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -43,11 +46,13 @@ __all__ = [
 ENCRYPTABLE = (
     "tasks.data",
     "tasks.result",
+    "tasks.error",
     "embeddings.content",
     "embeddings.metadata",
     "sessions.data",
 )
 _TAG = "$enc"
+_SEALED = re.compile(r"v1:k[0-9a-f]{12}:[A-Za-z0-9+/]+={0,2}\Z")
 _TEXT_PREFIX = "$enc:"
 _VERSION = "v1"
 _NONCE = 12
@@ -70,10 +75,15 @@ def sealed_key(stored: Any) -> str | None:
 
 
 def _token(stored: Any) -> str | None:
-    if isinstance(stored, dict) and len(stored) == 1 and isinstance(stored.get(_TAG), str):
-        return str(stored[_TAG])
+    # Only what this layer writes: a user's value that merely starts so stays a value.
+    if isinstance(stored, dict) and len(stored) == 1:
+        token = stored.get(_TAG)
+        if isinstance(token, str) and _SEALED.match(token):
+            return token
+        return None
     if isinstance(stored, str) and stored.startswith(_TEXT_PREFIX):
-        return stored[len(_TEXT_PREFIX) :]
+        token = stored[len(_TEXT_PREFIX) :]
+        return token if _SEALED.match(token) else None
     return None
 
 
@@ -83,8 +93,9 @@ class FieldCipher:
     def __init__(self, keyring: Keyring | None, fields: Iterable[str]) -> None:
         self.keyring = keyring
         self.fields = frozenset(fields)
-        # Models whose rows may hold sealed values, and their table (opened as they load).
-        self.tables: dict[type, str] = {}
+        # Models whose rows may hold sealed values: their table and the columns that may (the
+        # others are never read as sealed, whatever they hold).
+        self.tables: dict[type, tuple[str, tuple[str, ...], str]] = {}
 
     @classmethod
     def off(cls) -> FieldCipher:
@@ -98,13 +109,25 @@ class FieldCipher:
         return f"{table}.{column}" in self.fields
 
     def seal(
-        self, tenant: str, table: str, column: str, row_id: Any, value: Any, *, text: bool = False
+        self,
+        tenant: str,
+        table: str,
+        column: str,
+        row_id: Any,
+        value: Any,
+        *,
+        text: bool = False,
+        key_id: str | None = None,
     ) -> Any:
         """``value`` encrypted for its place, in the form its column stores: a JSON object,
-        or (``text``, for a text column) a string."""
+        or (``text``, for a text column) a string; under the tenant's active key, or
+        ``key_id``."""
         if value is None or self.keyring is None:
             return value
-        key_id, aead = self.keyring.active(tenant)
+        if key_id is None:
+            key_id, aead = self.keyring.active(tenant)
+        else:
+            aead = self.keyring.get(tenant, key_id)
         nonce = secrets.token_bytes(_NONCE)
         sealed = aead.encrypt(nonce, orjson.dumps(value), _place(tenant, table, column, row_id))
         token = f"{_VERSION}:{key_id}:{base64.b64encode(nonce + sealed).decode()}"
@@ -168,24 +191,72 @@ class FieldCipher:
                 sealed[column] = self.seal(tenant, table, column, row[id_column], value)
         return sealed
 
-    def open_rows(self, model: type, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def open_rows(
+        self, model: type, rows: list[dict[str, Any]], tenant: str | None = None
+    ) -> list[dict[str, Any]]:
         """Rows loaded as ``model``, their sealed values opened (as they are when ``model``
-        holds none)."""
-        table = self.tables.get(model)
-        if table is None:
+        holds none); ``tenant`` for rows without a ``tenant_id`` column."""
+        place = self.tables.get(model)
+        if place is None:
             return rows
-        return [self.open_row(row["tenant_id"], table, row) for row in rows]
+        table, columns, id_column = place
+        return [
+            self.open_row(str(row.get("tenant_id", tenant)), table, row, columns, id_column)
+            for row in rows
+        ]
 
     def open_row(
-        self, tenant: str, table: str, row: Mapping[str, Any], id_column: str = "id"
+        self,
+        tenant: str,
+        table: str,
+        row: Mapping[str, Any],
+        columns: Iterable[str],
+        id_column: str = "id",
     ) -> dict[str, Any]:
-        """``row`` with every sealed value opened (chosen or not: a field switched off still
-        reads what was sealed while it was on)."""
+        """``row`` with the sealed values of ``columns`` opened (chosen or not: a field
+        switched off still reads what was sealed while it was on)."""
         opened = dict(row)
-        for column, value in row.items():
-            if _token(value) is not None:
+        for column in columns:
+            value = row.get(column)
+            if value is not None and _token(value) is not None:
                 opened[column] = self.open(tenant, table, column, row[id_column], value)
         return opened
+
+    async def ensure(self, tenant: str, key_ids: Iterable[str] = (), *, write: bool = True) -> None:
+        """Read and unwrap what :meth:`seal` (``write``) and :meth:`open` of ``key_ids`` will
+        need, in a thread when it takes the key store or the key manager (a KMS round trip
+        must not hold the event loop). A read never makes the tenant a key."""
+        keyring = self.keyring
+        if keyring is None:
+            return
+        wanted = list(key_ids)
+        if not keyring.ready(tenant, wanted, write=write):
+            await asyncio.to_thread(_warm, keyring, tenant, wanted, write)
+
+    async def ensure_rows(
+        self, model: type, rows: Iterable[Mapping[str, Any]], tenant: str | None = None
+    ) -> None:
+        """:meth:`ensure` the keys ``rows`` of ``model`` were sealed with."""
+        place = self.tables.get(model)
+        if place is None or self.keyring is None:
+            return
+        wanted: dict[str, set[str]] = {}
+        for row in rows:
+            for column in place[1]:
+                key_id = sealed_key(row.get(column))
+                if key_id is not None:
+                    wanted.setdefault(row.get("tenant_id", tenant), set()).add(key_id)
+        for tenant, key_ids in wanted.items():
+            await self.ensure(tenant, key_ids, write=False)
+
+
+def _warm(keyring: Keyring, tenant: str, key_ids: list[str], write: bool) -> None:
+    if write:
+        keyring.active(tenant)
+    for key_id in key_ids:
+        # A key gone is said when the value is opened, as if it had not been warmed.
+        with contextlib.suppress(DecryptionError):
+            keyring.get(tenant, key_id)
 
 
 def _place(tenant: str, table: str, column: str, row_id: Any) -> bytes:
@@ -210,7 +281,7 @@ def cipher_from_config(
                 for i, old in enumerate(config.previous_keks)
             ]
             manager = LocalKeyManager(kek, previous)
-    elif not isinstance(manager, KeyManager):
+    elif isinstance(manager, type) or not isinstance(manager, KeyManager):
         raise ConfigError(
             "key_manager must have wrap(data_key, context) and unwrap(kek_id, wrapped, "
             "context) methods (agency_data.security.keys.KeyManager)",
@@ -232,7 +303,14 @@ def _kek(config: EncryptionConfig) -> bytes | None:
     if config.kek is not None:
         return parse_kek(config.kek.get_secret_value(), "encryption.kek")
     if config.kek_file is not None:
-        return parse_kek(config.kek_file.read_text(), "encryption.kek_file")
+        try:
+            text = config.kek_file.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(
+                f"encryption.kek_file {config.kek_file} cannot be read as a base64 key",
+                field="encryption.kek_file",
+            ) from None
+        return parse_kek(text, "encryption.kek_file")
     if config.kek_env is not None:
         value = os.environ.get(config.kek_env)
         if not value:

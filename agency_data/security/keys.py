@@ -23,7 +23,6 @@ import hashlib
 import os
 import secrets
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,8 +48,6 @@ __all__ = [
 ]
 
 _NONCE = 12
-# Seconds between looks at a tenant's key file for a key another process added.
-_RECHECK = 1.0
 
 
 def parse_kek(text: str, where: str) -> bytes:
@@ -151,19 +148,28 @@ class KeyStore:
 
     def load(self, tenant: str) -> list[DataKey]:
         """The tenant's keys, oldest first ([] when it has none)."""
+        path = self._path(tenant)
         try:
-            raw = orjson.loads(self._path(tenant).read_bytes())
+            raw = orjson.loads(path.read_bytes())
+            return [
+                DataKey(
+                    key_id=str(item["key_id"]),
+                    kek_id=str(item["kek_id"]),
+                    wrapped=base64.b64decode(item["wrapped"], validate=True),
+                    created_at=datetime.fromisoformat(item["created_at"]),
+                )
+                for item in raw["keys"]
+            ]
         except FileNotFoundError:
             return []
-        return [
-            DataKey(
-                key_id=item["key_id"],
-                kek_id=item["kek_id"],
-                wrapped=base64.b64decode(item["wrapped"]),
-                created_at=datetime.fromisoformat(item["created_at"]),
-            )
-            for item in raw["keys"]
-        ]
+        except OSError as exc:
+            raise DecryptionError(
+                f"cannot read the key store file {path}: {exc.strerror}"
+            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise DecryptionError(
+                f"the key store file {path} is damaged; restore it from the key store's backup"
+            ) from None
 
     def save(self, tenant: str, keys: Sequence[DataKey]) -> None:
         """Replace the tenant's keys (call under :meth:`lock`)."""
@@ -198,16 +204,18 @@ class KeyStore:
         """Remove the tenant's keys for good; False if it had none."""
         path = self._path(tenant)
         try:
-            size = path.stat().st_size
-            # Overwritten before unlinking: a careless copy of the folder gets zeros.
-            with path.open("r+b") as f:
-                f.write(b"\0" * size)
-                f.flush()
-                os.fsync(f.fileno())
-            path.unlink()
+            f = path.open("r+b")
         except FileNotFoundError:
             return False
-        _sync_folder(path.parent)
+        with f:
+            # Gone from the folder first, then its bytes overwritten: no moment where a
+            # half-destroyed file could be read, and a careless copy of the disk gets zeros.
+            path.unlink()
+            _sync_folder(path.parent)
+            size = os.fstat(f.fileno()).st_size
+            f.write(b"\0" * size)
+            f.flush()
+            os.fsync(f.fileno())
         return True
 
     def tenants(self) -> list[str]:
@@ -220,47 +228,60 @@ class KeyStore:
 
 
 class Keyring:
-    """Tenants' data keys, unwrapped once per process and kept in memory."""
+    """Tenants' data keys, unwrapped once per process and kept in memory.
+
+    The key store is the truth: each use looks at the tenant's file (a ``stat``, about a
+    microsecond) and, when another process changed it (a key added by a re-encryption, the
+    keys destroyed), the tenant's keys in memory are dropped and read again. A destroyed
+    tenant's values therefore stop decrypting here at once, and its next write gets a new key.
+    """
 
     def __init__(self, store: KeyStore, manager: KeyManager) -> None:
         self.store = store
         self.manager = manager
         self._keys: dict[tuple[str, str], AESGCM] = {}
         self._active: dict[str, str] = {}
-        # When each tenant's file was last looked at, and the state it was in then.
-        self._checked: dict[str, float] = {}
+        # The version of each tenant's file the keys in memory came from.
         self._seen: dict[str, tuple[int, int] | None] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    def ready(self, tenant: str, key_ids: Sequence[str] = (), *, write: bool = True) -> bool:
+        """Whether :meth:`active` (``write``) and :meth:`get` of ``key_ids`` would need no
+        reading or unwrapping: callers on an event loop do that work in a thread otherwise."""
+        if self.store.state(tenant) != self._seen.get(tenant, _UNSEEN):
+            return False
+        if write and tenant not in self._active:
+            return False
+        return all((tenant, key_id) in self._keys for key_id in key_ids)
 
     def active(self, tenant: str) -> tuple[str, AESGCM]:
-        """The key new values of ``tenant`` are encrypted with (made on first use).
-
-        The key store is looked at again once a second: a key another process added (a
-        re-encryption started there) becomes this one's active key within that time.
-        """
-        key_id = self._active.get(tenant)
-        now = time.monotonic()
-        if key_id is not None and now - self._checked.get(tenant, 0.0) > _RECHECK:
-            self._checked[tenant] = now
-            if self.store.changed(tenant, self._seen.get(tenant)):
-                self._forget(tenant)
-                key_id = None
-        if key_id is None:
-            key_id = self._load_active(tenant)
-        return key_id, self._keys[(tenant, key_id)]
+        """The key new values of ``tenant`` are encrypted with (made on first use)."""
+        with self._lock:
+            self._fresh(tenant)
+            key_id = self._active.get(tenant)
+            if key_id is None:
+                key_id = self._load_active(tenant)
+            return key_id, self._keys[(tenant, key_id)]
 
     def get(self, tenant: str, key_id: str) -> AESGCM:
         """The key ``key_id`` of ``tenant``; :class:`DecryptionError` if it is gone."""
-        found = self._keys.get((tenant, key_id))
-        if found is None:
-            self._load(tenant)
+        with self._lock:
+            self._fresh(tenant)
             found = self._keys.get((tenant, key_id))
+            if found is None:
+                self._load(tenant)
+                found = self._keys.get((tenant, key_id))
             if found is None:
                 raise DecryptionError(
                     f"tenant {tenant}'s data key {key_id} is not in the key store: it was "
-                    "destroyed (crypto-shredded), or the key store is not this deployment's"
+                    "destroyed (crypto-shredded) or retired, or the key store is not this "
+                    "deployment's"
                 )
-        return found
+            return found
+
+    def keys_of(self, tenant: str) -> list[DataKey]:
+        """The tenant's keys as stored, oldest first."""
+        return self.store.load(tenant)
 
     def new_key(self, tenant: str) -> str:
         """Add a data key to ``tenant`` and make it the active one; its id."""
@@ -269,15 +290,15 @@ class Keyring:
             keys = self.store.load(tenant)
             key = self._make(tenant)
             self.store.save(tenant, [*keys, key])
-        return key.key_id
+            return key.key_id
 
-    def retire(self, tenant: str, keep: str) -> list[str]:
-        """Remove every key of ``tenant`` but ``keep`` (after a re-encryption); their ids."""
+    def remove(self, tenant: str, key_ids: Sequence[str]) -> None:
+        """Remove ``key_ids`` of ``tenant`` (never its active key)."""
         with self._lock, self.store.lock(tenant):
             keys = self.store.load(tenant)
-            self.store.save(tenant, [k for k in keys if k.key_id == keep])
-        self._forget(tenant)
-        return [k.key_id for k in keys if k.key_id != keep]
+            kept = [k for k in keys if k.key_id not in key_ids or k is keys[-1]]
+            self.store.save(tenant, kept)
+            self._forget(tenant)
 
     def rewrap(self, tenant: str) -> int:
         """Re-wrap ``tenant``'s keys under the current KEK; how many were re-wrapped."""
@@ -286,18 +307,23 @@ class Keyring:
             rewrapped = []
             for key in keys:
                 context = _context(tenant, key.key_id)
-                plain = self.manager.unwrap(key.kek_id, key.wrapped, context)
-                kek, wrapped = self.manager.wrap(plain, context)
+                plain = self._unwrap(key, context)
+                kek, wrapped = self._wrap(plain, context)
                 rewrapped.append(DataKey(key.key_id, kek, wrapped, key.created_at))
             self.store.save(tenant, rewrapped)
-        return len(rewrapped)
+            self._forget(tenant)
+            return len(rewrapped)
 
     def destroy(self, tenant: str) -> bool:
         """Crypto-shred ``tenant``: its keys removed from the store and from memory."""
         with self._lock, self.store.lock(tenant):
             destroyed = self.store.destroy(tenant)
-        self._forget(tenant)
-        return destroyed
+            self._forget(tenant)
+            return destroyed
+
+    def _fresh(self, tenant: str) -> None:
+        if tenant in self._seen and self.store.state(tenant) != self._seen[tenant]:
+            self._forget(tenant)
 
     def _forget(self, tenant: str) -> None:
         self._active.pop(tenant, None)
@@ -306,26 +332,24 @@ class Keyring:
             del self._keys[entry]
 
     def _load_active(self, tenant: str) -> str:
-        with self._lock:
-            if self._load(tenant) is None:
-                with self.store.lock(tenant):
-                    # Another process may have made it meanwhile.
-                    keys = self.store.load(tenant)
-                    if not keys:
-                        keys = [self._make(tenant)]
-                        self.store.save(tenant, keys)
-                self._load(tenant)
+        if self._load(tenant) is None:
+            with self.store.lock(tenant):
+                # Another process may have made it meanwhile.
+                if not self.store.load(tenant):
+                    self.store.save(tenant, [self._make(tenant)])
+            self._load(tenant)
         return self._active[tenant]
 
     def _load(self, tenant: str) -> str | None:
-        self._seen[tenant] = self.store.state(tenant)
-        self._checked[tenant] = time.monotonic()
+        state = self.store.state(tenant)
         keys = self.store.load(tenant)
         for key in keys:
             if (tenant, key.key_id) not in self._keys:
-                plain = self.manager.unwrap(key.kek_id, key.wrapped, _context(tenant, key.key_id))
+                plain = self._unwrap(key, _context(tenant, key.key_id))
                 self._keys[(tenant, key.key_id)] = AESGCM(plain)
+        self._seen[tenant] = state
         if not keys:
+            self._active.pop(tenant, None)
             return None
         self._active[tenant] = keys[-1].key_id
         return keys[-1].key_id
@@ -333,10 +357,37 @@ class Keyring:
     def _make(self, tenant: str) -> DataKey:
         key_id = "k" + secrets.token_hex(6)
         plain = AESGCM.generate_key(bit_length=256)
-        kek, wrapped = self.manager.wrap(plain, _context(tenant, key_id))
+        kek, wrapped = self._wrap(plain, _context(tenant, key_id))
         # Kept as made: no round trip to the KMS to unwrap what this process just wrapped.
         self._keys[(tenant, key_id)] = AESGCM(plain)
         return DataKey(key_id, kek, wrapped, datetime.now(UTC))
+
+    def _wrap(self, plain: bytes, context: Mapping[str, str]) -> tuple[str, bytes]:
+        try:
+            kek, wrapped = self.manager.wrap(plain, context)
+        except DecryptionError:
+            raise
+        except Exception as exc:
+            raise DecryptionError(
+                f"the key manager could not wrap a data key ({type(exc).__name__})"
+            ) from exc
+        return str(kek), bytes(wrapped)
+
+    def _unwrap(self, key: DataKey, context: Mapping[str, str]) -> bytes:
+        try:
+            plain = self.manager.unwrap(key.kek_id, key.wrapped, context)
+        except DecryptionError:
+            raise
+        except Exception as exc:
+            raise DecryptionError(
+                f"the key manager could not unwrap data key {key.key_id} ({type(exc).__name__})"
+            ) from exc
+        if not isinstance(plain, bytes) or len(plain) != 32:
+            raise DecryptionError(f"the key manager gave back no 32-byte key for {key.key_id}")
+        return plain
+
+
+_UNSEEN = (-1, -1)
 
 
 def _write_durably(path: Path, data: bytes) -> None:

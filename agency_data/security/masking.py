@@ -83,7 +83,8 @@ BUILTIN_RULES: dict[str, MaskRule] = {
             "api_key",
             re.compile(
                 r"\b(?:"
-                r"(?:sk|pk|rk)[-_](?:live|test|proj)?[-_]?[A-Za-z0-9_-]{16,}"  # Stripe, OpenAI
+                r"sk-[A-Za-z0-9_-]{20,}"  # OpenAI-style secret keys
+                r"|(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"  # Stripe
                 r"|AKIA[0-9A-Z]{16}"  # AWS access key ids
                 r"|gh[pousr]_[A-Za-z0-9]{30,}"  # GitHub tokens
                 r"|xox[abprs]-[A-Za-z0-9-]{10,}"  # Slack tokens
@@ -104,8 +105,10 @@ BUILTIN_RULES: dict[str, MaskRule] = {
         ),
         MaskRule(
             "phone",
+            # A country code never starts with 0 (what follows a time's +hh:mm offset does).
             re.compile(
-                r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}"
+                r"(?<![\w+:.])\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}"
+                r"(?:[ .-]?\d{2,4}){1,4}"
             ),
             "[phone]",
         ),
@@ -192,13 +195,24 @@ class MaskingFilter(logging.Filter):
         self.masker = masker
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Mask the record in place; never drops it."""
+        """Mask the record in place (its message, traceback and stack); never drops it."""
         message = record.getMessage()
         masked = self.masker.text(message)
         if masked != message:
             record.msg = masked
             record.args = None
+        if record.exc_info and not record.exc_text:
+            # Formatted here, as a handler's formatter would, so that it can be masked: a
+            # formatter uses exc_text when it is set.
+            record.exc_text = _FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.masker.text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.masker.text(record.stack_info)
         return True
+
+
+_FORMATTER = logging.Formatter()
 
 
 class _ProcessFilter(logging.Filter):

@@ -13,14 +13,18 @@ removed key reads as a miss.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import orjson
+from filelock import FileLock, Timeout
 from psycopg import sql
 
-from agency_data.errors import ConfigError
-from agency_data.inputs import check_bool, check_int, check_tenant
+from agency_data.errors import ConfigError, Conflict
+from agency_data.inputs import check_int, check_seconds, check_tenant
 from agency_data.security.fields import FieldCipher, sealed_key
 
 if TYPE_CHECKING:
@@ -31,8 +35,10 @@ if TYPE_CHECKING:
 
 __all__ = ["KeyAdmin", "ReencryptReport"]
 
-# Time for every process to take up a new active key (the keyring looks once a second).
-_SETTLE = 2.2
+# How long the last pass waits for writers that sealed with the old key to commit.
+_SETTLE = 2.0
+# Below every UUID: where a pass starts.
+_FIRST_ID = UUID(int=0)
 
 
 @dataclass
@@ -91,49 +97,118 @@ class KeyAdmin:
         check_tenant(tenant)
         return bool(await asyncio.to_thread(self._keyring().destroy, tenant))
 
-    async def reencrypt(
-        self, tenant: str, *, batch_size: int = 500, keep_old: bool = False
-    ) -> ReencryptReport:
+    async def reencrypt(self, tenant: str, *, batch_size: int = 500) -> ReencryptReport:
         """Rewrite ``tenant``'s sealed values (and plain ones of chosen fields) under a new
-        data key, online; then remove the older keys unless ``keep_old``."""
+        data key, online. The older keys stay, able to decrypt what a transaction still open
+        sealed with them; :meth:`retire` removes them once nothing uses them."""
         check_tenant(tenant)
         check_int(batch_size, "batch_size", 1, 100_000)
-        check_bool(keep_old, "keep_old")
         keyring = self._keyring()
-        key_id = await asyncio.to_thread(keyring.new_key, tenant)
-        report = ReencryptReport(tenant, key_id)
-        await asyncio.sleep(_SETTLE)
-        quiet = 0
-        while quiet < 2:
-            report.passes += 1
-            changed = await self._pass(tenant, key_id, batch_size, report)
-            quiet = quiet + 1 if changed == 0 else 0
-            if quiet == 1:
-                # Nothing left: once more after every process surely took the new key up.
-                await asyncio.sleep(_SETTLE)
-        if not keep_old:
-            report.removed_keys = await asyncio.to_thread(keyring.retire, tenant, key_id)
-        return report
+        running = FileLock(str(keyring.store.directory / f".{tenant}.reencrypt.lock"))
+        try:
+            await asyncio.to_thread(running.acquire, timeout=0)
+        except Timeout:
+            raise Conflict(
+                f"a re-encryption of tenant {tenant} is running already; wait for it",
+                field="tenant",
+            ) from None
+        try:
+            key_id = await asyncio.to_thread(keyring.new_key, tenant)
+            report = ReencryptReport(tenant, key_id)
+            quiet = 0
+            while quiet < 2:
+                report.passes += 1
+                changed = await self._pass(tenant, key_id, batch_size, report)
+                quiet = quiet + 1 if changed == 0 else 0
+                if quiet == 1:
+                    # Nothing left: once more, after writers that began before the new key
+                    # had a moment to commit.
+                    await asyncio.sleep(_SETTLE)
+            return report
+        finally:
+            running.release()
+
+    async def retire(self, tenant: str, *, grace: float = 3600.0) -> list[str]:
+        """Remove ``tenant``'s older keys that no stored value uses and that stopped being
+        active at least ``grace`` seconds ago (a transaction still open could otherwise hold
+        a value sealed with one); the keys removed."""
+        check_tenant(tenant)
+        grace = check_seconds(grace, "grace", low=0.0, high=365 * 86400.0)
+        keyring = self._keyring()
+        keys = await asyncio.to_thread(keyring.keys_of, tenant)
+        if len(keys) < 2:
+            return []
+        now = datetime.now(UTC)
+        old = [
+            key.key_id
+            for key, successor in itertools.pairwise(keys)
+            if (now - successor.created_at).total_seconds() >= grace
+        ]
+        used = await self._used_keys(tenant, old)
+        doomed = [key_id for key_id in old if key_id not in used]
+        if doomed:
+            await asyncio.to_thread(keyring.remove, tenant, doomed)
+        return doomed
+
+    async def _used_keys(self, tenant: str, key_ids: list[str]) -> set[str]:
+        used: set[str] = set()
+        view = self._db.for_tenant(tenant)
+        for table_id, column, is_json in await self._places():
+            col = sql.Identifier(column)
+            text = sql.SQL("{c}->>'$enc'" if is_json else "{c}").format(c=col)
+            for key_id in key_ids:
+                if key_id in used:
+                    continue
+                pattern = ("" if is_json else "$enc:") + f"v1:{key_id}:%"
+                found = await view.fetch_value(
+                    sql.SQL("SELECT 1 FROM {} WHERE tenant_id = %s AND {} LIKE %s LIMIT 1").format(
+                        table_id, text
+                    ),
+                    [tenant, pattern],
+                )
+                if found is not None:
+                    used.add(key_id)
+        used.update(await self._session_keys(tenant))
+        return used
+
+    async def _places(self) -> list[tuple[sql.Composable, str, bool]]:
+        places: list[tuple[sql.Composable, str, bool]] = [
+            (sql.Identifier("tasks"), "data", True),
+            (sql.Identifier("tasks"), "result", True),
+            (sql.Identifier("tasks"), "error", False),
+            (sql.Identifier("tasks"), "traceback", False),
+            (sql.Identifier("task_schedules"), "data", True),
+        ]
+        for name in await self._catalog.names():
+            spec = await self._catalog.load(name)
+            places += [(spec.table_id, "content", False), (spec.table_id, "metadata", True)]
+        return places
 
     async def _pass(self, tenant: str, key_id: str, batch: int, report: ReencryptReport) -> int:
         changed = 0
-        places: list[tuple[str, sql.Composable, str, bool]] = []
-        for column in ("data", "result"):
-            places.append(("tasks", sql.Identifier("tasks"), column, True))
+        places: list[tuple[str, sql.Composable, str, bool, str]] = [
+            ("tasks", sql.Identifier("tasks"), column, is_json, "id")
+            for column, is_json in (
+                ("data", True),
+                ("result", True),
+                ("error", False),
+                ("traceback", False),
+            )
+        ]
+        places.append(("task_schedules", sql.Identifier("task_schedules"), "data", True, "name"))
         for name in await self._catalog.names():
             spec = await self._catalog.load(name)
             for column, is_json in (("content", False), ("metadata", True)):
-                places.append((spec.table, spec.table_id, column, is_json))
+                places.append((spec.table, spec.table_id, column, is_json, "id"))
         view = self._db.for_tenant(tenant)
-        for table, table_id, column, is_json in places:
+        for table, table_id, column, is_json, id_column in places:
             chosen = self._chosen(table, column)
             done = await self._rewrite(
-                view, tenant, table, table_id, column, is_json, chosen, key_id, batch
+                view, tenant, table, table_id, column, is_json, chosen, key_id, batch, id_column
             )
             if done:
-                report.rewritten[f"{table}.{column}"] = (
-                    report.rewritten.get(f"{table}.{column}", 0) + done
-                )
+                place = f"{table}.{column}"
+                report.rewritten[place] = report.rewritten.get(place, 0) + done
                 changed += done
         done = await self._sessions(tenant, key_id)
         if done:
@@ -144,7 +219,9 @@ class KeyAdmin:
     def _chosen(self, table: str, column: str) -> bool:
         cipher = self._cipher
         if table == "tasks":
-            return cipher.chosen("tasks", column)
+            return cipher.chosen("tasks", "error" if column == "traceback" else column)
+        if table == "task_schedules":
+            return cipher.chosen("tasks", "data")
         name = table.removeprefix("emb_")
         return cipher.chosen("embeddings", column) or cipher.chosen(name, column)
 
@@ -159,8 +236,10 @@ class KeyAdmin:
         chosen: bool,
         key_id: str,
         batch: int,
+        id_column: str = "id",
     ) -> int:
         col = sql.Identifier(column)
+        ident = sql.Identifier(id_column)
         current = f"v1:{key_id}:%"
         if is_json:
             sealed_old = sql.SQL("({c} ? '$enc' AND {c}->>'$enc' NOT LIKE %s)").format(c=col)
@@ -175,39 +254,47 @@ class KeyAdmin:
                 else sql.SQL("{c} NOT LIKE '$enc:%%'")
             ).format(c=col)
             condition = sql.SQL("({} OR ({} IS NOT NULL AND {}))").format(sealed_old, col, plain)
+        # Forward through the table once per pass (by id): a row whose compare-and-set missed
+        # (written meanwhile) waits for the next pass instead of being read again at once.
         select = sql.SQL(
-            "SELECT id, {c} AS value FROM {t} WHERE tenant_id = %s AND {cond} ORDER BY id LIMIT %s"
-        ).format(c=col, t=table_id, cond=condition)
+            "SELECT {i} AS id, {c} AS value, {c}::text AS exact FROM {t} "
+            "WHERE tenant_id = %s AND {i} > %s AND {cond} ORDER BY {i} LIMIT %s"
+        ).format(i=ident, c=col, t=table_id, cond=condition)
         update = sql.SQL(
-            "UPDATE {t} SET {c} = %s WHERE tenant_id = %s AND id = %s AND {c} = %s"
-        ).format(t=table_id, c=col)
+            "UPDATE {t} SET {c} = %s{cast} WHERE tenant_id = %s AND {i} = %s AND {c}::text = %s"
+        ).format(t=table_id, c=col, i=ident, cast=sql.SQL("::jsonb" if is_json else ""))
         total = 0
+        after: Any = _FIRST_ID if id_column == "id" else ""
         while True:
             async with view.transaction():
-                rows = await view.fetch(select, [tenant, current, batch])
+                rows = await view.fetch(select, [tenant, after, current, batch])
                 for row in rows:
                     value = self._cipher.open(tenant, table, column, row["id"], row["value"])
                     resealed = self._cipher.seal(
-                        tenant, table, column, row["id"], value, text=not is_json
+                        tenant, table, column, row["id"], value, text=not is_json, key_id=key_id
                     )
-                    if is_json:
-                        await view.execute(
-                            sql.SQL(
-                                "UPDATE {t} SET {c} = %s::jsonb WHERE tenant_id = %s AND id = %s "
-                                "AND {c} = %s::jsonb"
-                            ).format(t=table_id, c=col),
-                            [_json(resealed), tenant, row["id"], _json(row["value"])],
-                        )
-                    else:
-                        await view.execute(update, [resealed, tenant, row["id"], row["value"]])
-            total += len(rows)
+                    stored = _json(resealed) if is_json else resealed
+                    total += await view.execute(update, [stored, tenant, row["id"], row["exact"]])
             if len(rows) < batch:
                 return total
+            after = rows[-1]["id"]
+
+    async def _session_keys(self, tenant: str) -> set[str]:
+        redis = self._redis
+        if redis is None:
+            return set()
+        found: set[str] = set()
+        async for name in redis.scan_iter(match=self._keys_of(tenant).session("*"), count=500):
+            raw = await redis.get(name)
+            if raw is not None and (key := sealed_key(orjson.loads(raw).get("data"))):
+                found.add(key)
+        return found
 
     async def _sessions(self, tenant: str, key_id: str) -> int:
         redis = self._redis
-        if redis is None or not self._cipher.chosen("sessions", "data"):
+        if redis is None:
             return 0
+        chosen = self._cipher.chosen("sessions", "data")
         keys: Keys = self._keys_of(tenant)
         pattern = keys.session("*")
         rewritten = 0
@@ -219,11 +306,13 @@ class KeyAdmin:
                     continue
                 document = orjson.loads(raw)
                 stored = document.get("data")
-                if sealed_key(stored) == key_id:
+                sealed_with = sealed_key(stored)
+                # Sealed under an older key, or plain while the field is chosen.
+                if sealed_with == key_id or (sealed_with is None and not chosen):
                     continue
                 plain = self._cipher.open(tenant, "sessions", "data", document["id"], stored)
                 document["data"] = self._cipher.seal(
-                    tenant, "sessions", "data", document["id"], plain
+                    tenant, "sessions", "data", document["id"], plain, key_id=key_id
                 )
                 pipe.multi()  # type: ignore[no-untyped-call]
                 pipe.set(name, orjson.dumps(document), keepttl=True, xx=True)

@@ -316,6 +316,7 @@ class QueueOps:
         encoded = encode_json(result, "result", self._db.config.max_json_bytes)
         cipher = self._db.cipher
         if cipher.chosen("tasks", "result"):
+            await cipher.ensure(self.tenant)
             sealed = cipher.seal(self.tenant, "tasks", "result", task_id, result)
             encoded = encode_json(sealed, "result", sealed_limit(self._db.config.max_json_bytes))
         done = await self._db.fetch_one(
@@ -347,6 +348,12 @@ class QueueOps:
         task_id, token = self._held(task, lease_token)
         message, trace = _error_text(error, traceback)
         check_bool(retry, "retry")
+        cipher = self._db.cipher
+        if cipher.chosen("tasks", "error"):
+            # A handler's error often quotes its data: sealed like it (traceback included).
+            await cipher.ensure(self.tenant)
+            message = cipher.seal(self.tenant, "tasks", "error", task_id, message, text=True)
+            trace = cipher.seal(self.tenant, "tasks", "traceback", task_id, trace, text=True)
         failed = await self._db.fetch_one(
             *_sql.fail(self.tenant, task_id, token, message, trace, retry, self._runtime.defaults),
             model=Task,
@@ -365,6 +372,12 @@ class QueueOps:
         task_id = _task_id(task)
         if reason is not None:
             check_text(reason, "reason", max_length=_MAX_ERROR)
+        cipher = self._db.cipher
+        if cipher.chosen("tasks", "error"):
+            await cipher.ensure(self.tenant)
+            reason = cipher.seal(
+                self.tenant, "tasks", "error", task_id, reason or "cancelled", text=True
+            )
         cancelled = await self._db.fetch_one(
             *_sql.move(
                 self.tenant,

@@ -159,11 +159,14 @@ class ScheduleOps:
         zone = _zone(timezone)
         if cron is not None:
             _cron(cron)
-        payload = encode_json(
-            check_mapping(data if data is not None else {}, "data"),
-            "data",
-            self._db.config.max_json_bytes,
-        )
+        template = check_mapping(data if data is not None else {}, "data")
+        payload = encode_json(template, "data", self._db.config.max_json_bytes)
+        cipher = self._db.cipher
+        if cipher.chosen("tasks", "data"):
+            # The template of every task it makes: sealed as they are, bound to the schedule.
+            await cipher.ensure(self.tenant)
+            sealed = cipher.seal(self.tenant, "task_schedules", "data", name, template)
+            payload = encode_json(sealed, "data", sealed_limit(self._db.config.max_json_bytes))
         check_int(priority, "priority", 0, 1000)
         if max_attempts is not None:
             check_int(max_attempts, "max_attempts", 1, 1000)
@@ -235,9 +238,11 @@ class ScheduleOps:
         tasks: builtins.list[Task] = []
         try:
             task_id = uuid.uuid4()
-            data = row["data"]
             cipher = self._db.cipher
+            await cipher.ensure(self.tenant)
+            data = cipher.open(self.tenant, "task_schedules", "data", row["name"], row["data"])
             if cipher.chosen("tasks", "data"):
+                await cipher.ensure(self.tenant)
                 data = cipher.seal(self.tenant, "tasks", "data", task_id, data)
             task_row = NewTask(
                 id=task_id,

@@ -152,8 +152,14 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         ):
             if value is not None:
                 item[name] = value
+        await self._keys_ready()
         (task,) = await self._create([self._row(item)], on_conflict)
         return task
+
+    async def _keys_ready(self) -> None:
+        # The tenant's data key read (off the event loop) before rows are sealed.
+        if self._db.cipher.chosen("tasks", "data"):
+            await self._db.cipher.ensure(self.tenant)
 
     @observed("tasks.create_many")
     async def create_many(
@@ -167,6 +173,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         before anything is written.
         """
         rows = []
+        await self._keys_ready()
         for index, item in enumerate(as_items(items, "items")):
             with located(f"items[{index}]"):
                 rows.append(self._row(item))

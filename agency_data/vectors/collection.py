@@ -65,6 +65,8 @@ from agency_data.vectors.validation import as_matrix, as_vector
 
 __all__ = ["Collection"]
 
+# The columns of a collection that field encryption may seal.
+_SEALABLE = ("content", "metadata")
 _ITEM_KEYS = {"id", "entity_type", "entity_id", "vector", "metadata", "content"}
 _QUERY_KEYS = {"vector", "limit", "threshold", "filter"}
 _MAX_ENTITY = 1000
@@ -164,6 +166,9 @@ class Collection:
         spec = await self._spec()
         if not batch:
             return []
+        if self._seals("content") or self._seals("metadata"):
+            # The tenant's data key read (off the event loop) before rows are sealed.
+            await self._db.cipher.ensure(self.tenant)
         upsert = any(_given_id(item) is not None for item in batch)
         insert = _sql.insert_sql(spec.table, spec.storage, upsert)
         size = _slice_rows(spec)
@@ -405,9 +410,7 @@ class Collection:
     def _opened(self, spec: CollectionSpec, rows: builtins.list[Any]) -> builtins.list[Any]:
         # Sealed contents and metadata opened (whether or not they are still chosen).
         cipher = self._db.cipher
-        if cipher.keyring is None:
-            return rows
-        return [cipher.open_row(self.tenant, spec.table, row) for row in rows]
+        return [cipher.open_row(self.tenant, spec.table, row, _SEALABLE) for row in rows]
 
     @observed("embeddings.count")
     async def count(
@@ -468,9 +471,14 @@ class Collection:
                     f"embedding {uid} does not exist in {self.name!r}", entity="embedding"
                 )
             cipher = self._db.cipher
+            await cipher.ensure(self.tenant)
             current = cipher.open(self.tenant, spec.table, "metadata", uid, row["metadata"])
             merged = {**current, **metadata} if merge else metadata
-            sealed = cipher.seal(self.tenant, spec.table, "metadata", uid, merged)
+            sealed = (
+                cipher.seal(self.tenant, spec.table, "metadata", uid, merged)
+                if self._seals("metadata")
+                else merged
+            )
             await self._db.execute(
                 sql.SQL(
                     "UPDATE {} SET metadata = %s::jsonb WHERE tenant_id = %s AND id = %s"
@@ -494,7 +502,8 @@ class Collection:
         check_bool(merge, "merge")
         encoded = encode_json(metadata, "metadata", self._db.config.max_json_bytes)
         spec = await self._spec()
-        if self._seals("metadata"):
+        if self._db.cipher.keyring is not None:
+            # Stored metadata may be sealed (chosen now, or while it was): merged here.
             return await self._update_sealed_metadata(spec, uid, metadata, merge)
         assign: sql.Composable = sql.SQL("metadata || %s::jsonb" if merge else "%s::jsonb")
         updated = await self._db.execute(
