@@ -86,19 +86,24 @@ async def test_the_actor_named_inside_a_transaction_is_recorded(audited: DataLay
     assert actors == ["alice", "bob", "carol"]
 
 
-async def test_transactions_writing_two_tenants_in_either_order_do_not_deadlock(
-    audited: DataLayer,
-) -> None:
+async def crossing_writes(dl: DataLayer) -> list[BaseException]:
+    """Two transactions, each writing tenant a then b, the other b then a, in step."""
     both = asyncio.Barrier(2)
 
     async def write(first: str, second: str) -> None:
-        async with audited.tenant(first).transaction():
-            await audited.tenant(first).agents.create(f"{first}-1", "w")
+        async with dl.tenant(first).transaction():
+            await dl.tenant(first).agents.create(f"{first}-1", "w")
             await both.wait()
-            await audited.tenant(second).agents.create(f"{second}-2", "w")
+            await dl.tenant(second).agents.create(f"{second}-2", "w")
 
     results = await asyncio.gather(write("a", "b"), write("b", "a"), return_exceptions=True)
-    assert [r for r in results if isinstance(r, BaseException)] == []
+    return [r for r in results if isinstance(r, BaseException)]
+
+
+async def test_transactions_writing_two_tenants_in_either_order_do_not_deadlock(
+    audited: DataLayer,
+) -> None:
+    assert await crossing_writes(audited) == []
 
 
 async def test_audited_transactions_of_one_tenant_wait_rather_than_deadlock(
@@ -255,16 +260,7 @@ async def test_control_two_tenants_without_audit_do_not_deadlock(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:
     async with DataLayer(make_config(database, redis_url, tmp_path)) as dl:
-        both = asyncio.Barrier(2)
-
-        async def write(first: str, second: str) -> None:
-            async with dl.tenant(first).transaction():
-                await dl.tenant(first).agents.create(f"{first}-1", "w")
-                await both.wait()
-                await dl.tenant(second).agents.create(f"{second}-2", "w")
-
-        results = await asyncio.gather(write("a", "b"), write("b", "a"), return_exceptions=True)
-        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert await crossing_writes(dl) == []
 
 
 async def test_control_one_tenant_without_audit_waits(
