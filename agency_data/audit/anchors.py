@@ -38,6 +38,9 @@ class AnchorLog:
         self.latest: list[Anchor] = []
         self.taken_at: float | None = None
         self._loop: asyncio.Task[None] | None = None
+        # Set before the loop is cancelled (see Sealer: a cancellation may come out as an
+        # error of the round it interrupted).
+        self._stopping = False
 
     async def take(self) -> list[Anchor]:
         """Read every chain's head now, log each as an anchor, keep them for the metrics."""
@@ -59,10 +62,12 @@ class AnchorLog:
             self._loop = asyncio.create_task(self._run_forever(), name="agency-data-anchors")
 
     async def _run_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.take()
             except Exception:  # noqa: BLE001 - the next round may succeed; logged
+                if self._stopping:
+                    return
                 _log.exception("taking audit anchors failed")
             await asyncio.sleep(self.interval)
 
@@ -91,5 +96,6 @@ class AnchorLog:
         """Stop taking anchors."""
         loop, self._loop = self._loop, None
         if loop is not None:
+            self._stopping = True
             loop.cancel()
             await asyncio.gather(loop, return_exceptions=True)

@@ -34,6 +34,10 @@ class Sealer:
         self._db = db
         self.interval = interval
         self._loop: asyncio.Task[None] | None = None
+        # Set before the loop is cancelled: a cancellation that lands inside a pool checkout
+        # can come out as that checkout's own error, which the loop would take for a failed
+        # round and go on.
+        self._stopping = False
 
     async def seal(self) -> int:
         """Chain every committed record now; how many were chained."""
@@ -52,11 +56,13 @@ class Sealer:
             self._loop = asyncio.create_task(self._run_forever(), name="agency-data-sealer")
 
     async def _run_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval)
             try:
                 await self.seal()
             except Exception:  # noqa: BLE001 - the next round may succeed; logged
+                if self._stopping:
+                    return
                 _log.exception("sealing the audit trail failed")
 
     async def aclose(self) -> None:
@@ -64,6 +70,7 @@ class Sealer:
         loop, self._loop = self._loop, None
         if loop is None:
             return
+        self._stopping = True
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
         try:

@@ -86,6 +86,9 @@ class Retention:
         self.config = config
         self.archive_dir = archive_dir
         self._loop: asyncio.Task[None] | None = None
+        # Set before the loop is cancelled (see Sealer: a cancellation may come out as an
+        # error of the run it interrupted).
+        self._stopping = False
 
     async def run(self) -> RetentionReport:
         """Apply every policy once, now."""
@@ -200,17 +203,20 @@ class Retention:
             self._loop = asyncio.create_task(self._run_forever(), name="agency-data-retention")
 
     async def _run_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.config.interval)
             try:
                 await self.run()
             except Exception:  # noqa: BLE001 - the next run may succeed; logged
+                if self._stopping:
+                    return
                 _log.exception("a retention run failed")
 
     async def aclose(self) -> None:
         """Stop the background runs."""
         loop, self._loop = self._loop, None
         if loop is not None:
+            self._stopping = True
             loop.cancel()
             await asyncio.gather(loop, return_exceptions=True)
 
