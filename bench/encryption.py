@@ -31,23 +31,16 @@ DIM = 384
 
 async def encryption(b: Bench) -> list[Result]:
     """Sealed fields against plain ones, on the same servers."""
-    keys = b.dl.config.embedded.data_dir / "bench-keys"
-    sealed_config = b.dl.config.model_copy(
-        update={
-            "encryption": b.dl.config.encryption.model_copy(
-                update={
-                    "fields": ["tasks.data", "embeddings.content"],
-                    "kek": base64.b64encode(os.urandom(32)).decode(),
-                    "key_store": keys,
-                }
-            )
-        }
-    )
+    sealing = {
+        "fields": ["tasks.data", "embeddings.content"],
+        "kek": base64.b64encode(os.urandom(32)).decode(),
+        "key_store": b.dl.config.embedded.data_dir / "bench-keys",
+    }
     await b.dl.embeddings.create_collection("bench_sealed", dimension=DIM, exist_ok=True)
     vectors = b.rng(16).normal(size=(2_000, DIM)).astype("float32")
     payload = {"notes": "x" * 1000}
     offset = 0
-    async with DataLayer(sealed_config) as sealed:
+    async with DataLayer(b.dl.config, encryption=sealing) as sealed:
         layers = {False: b.dl, True: sealed}
         made: dict[bool, list[object]] = {False: [], True: []}
 
