@@ -255,7 +255,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._anchors.start()
         self._cache_backend = CacheBackend(self.config.cache, self._redis, self._telemetry)
         self._cache_backend.cipher = self._cipher
-        self._admin._keys = KeyAdmin(self._cipher, self._db, self._catalog, self._redis, Keys)
+        self._admin._keys = KeyAdmin(
+            self._cipher, self._db, self._catalog, self._redis, Keys, admin=admin_db
+        )
         retention = self.config.retention
         self._retention = Retention(
             admin_db,

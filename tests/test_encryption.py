@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg.types.json import Jsonb
 
 from agency_data import DataLayer
-from agency_data.errors import ConfigError, DecryptionError, ValidationError
+from agency_data.errors import ConfigError, DecryptionError, NotFound, ValidationError
 from agency_data.security.fields import FieldCipher, sealed_key
 from agency_data.security.keys import Keyring, KeyStore, LocalKeyManager
 from tests.conftest import DatabaseDsn, make_config
@@ -379,3 +379,47 @@ async def test_exports_give_the_values_not_the_ciphertext(sealed: DataLayer) -> 
     assert plain["data"] == {"email": "ann@example.com", "n": 1}
     (masked,) = [row async for row in acme.export("tasks")]
     assert masked["data"] == {"email": "[email]", "n": 1}
+
+
+async def test_a_shredded_task_does_not_take_down_the_others_claimed_with_it(
+    sealed: DataLayer, database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    acme = sealed.tenant("acme")
+    agent = await acme.agents.create("w", "worker")
+    lost = await acme.tasks.create("mix", {"old": True}, priority=9)
+    assert await sealed.admin.keys.destroy("acme")
+    kept = [await acme.tasks.create("mix", {"n": i}) for i in range(2)]
+    claimed = await acme.tasks.claim(agent.id, ["mix"], n=3)
+    assert sorted(t.id for t in claimed) == sorted(t.id for t in kept)
+    assert [t.data for t in sorted(claimed, key=lambda t: t.data["n"])] == [{"n": 0}, {"n": 1}]
+    ((status, error),) = raw(database, "SELECT status, error FROM tasks WHERE id = %s", [lost.id])
+    assert status == "failed"
+    assert "cannot be read" in error
+    # Key operations are compliance events: in the system trail.
+    operations = [r.operation for r in await sealed.admin.system_audit.show(entity_type="keys")]
+    assert operations == ["keys.destroy"]
+    with pytest.raises(NotFound, match="no data key"):
+        await sealed.admin.keys.reencrypt("nobody")
+    globex = sealed.tenant("globex")
+    await globex.tasks.create("mix", {"n": 1})
+    worker = await globex.agents.create("w", "worker")
+    (claimed_there,) = await globex.tasks.claim(worker.id, ["mix"])
+    assert claimed_there.lease_token is not None
+    (row,) = [r async for r in globex.export("tasks", masked=False)]
+    assert "lease_token" not in row  # whoever holds it could complete the task
+
+
+def test_key_commands_say_what_is_wrong_with_the_config(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    for command in (("keys", "list"), ("retention", "run")):
+        done = agency_data(
+            *command,
+            dsn=database,
+            redis_url=redis_url,
+            tmp_path=tmp_path,
+            AGENCY_DATA_ENCRYPTION__FIELDS='["tasks.nope"]',
+        )
+        assert done.returncode == 2
+        assert "Traceback" not in done.stderr
+        assert "cannot encrypt 'tasks.nope'" in done.stderr

@@ -35,6 +35,7 @@ def test_the_named_rules() -> None:
     assert mask("AKIAABCDEFGHIJKLMNOP and ghp_" + "x" * 36) == "[api_key] and [api_key]"
     assert mask("Authorization: Bearer abcdefghijklmnop1234") == "Authorization: [api_key]"
     assert mask("call +44 20 7946 0958") == "call [phone]"
+    assert mask("appelez +33 6 12 34 56 78") == "appelez [phone]"
     # What must stay: ids, timestamps and stream ids, plain numbers.
     kept = "task 7f1e2d3c-0000-4000-8000-123456789012 at 1796484642557-0, 1234567890123 rows"
     assert mask(kept) == kept

@@ -24,10 +24,10 @@ TenantArgument = Annotated[str, typer.Option("--tenant", "-t", help="The tenant.
 @keys_app.command("list")
 def list_keys(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """The tenants with data keys in the key store."""
-    cfg = load_config(config, data_dir)
 
     async def job() -> list[str]:
-        async with DataLayer(cfg) as dl:
+        # Loaded inside the job: a bad setting is an error line, not a traceback.
+        async with DataLayer(load_config(config, data_dir)) as dl:
             return dl.admin.keys.tenants()
 
     for tenant in run_job(job):
@@ -38,10 +38,10 @@ def list_keys(config: ConfigOption = None, data_dir: DataDirOption = None) -> No
 def rotate(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Re-wrap every data key under encryption.kek (after moving the old one to
     encryption.previous_keks); the old KEK is then no longer needed."""
-    cfg = load_config(config, data_dir)
 
     async def job() -> int:
-        async with DataLayer(cfg) as dl:
+        # Loaded inside the job: a bad setting is an error line, not a traceback.
+        async with DataLayer(load_config(config, data_dir)) as dl:
             return await dl.admin.keys.rotate()
 
     typer.echo(f"{run_job(job)} data keys re-wrapped")
@@ -56,10 +56,10 @@ def reencrypt(
 ) -> None:
     """Rewrite the tenant's encrypted values under a new data key, online, in batches (the
     older keys stay until `keys retire`)."""
-    cfg = load_config(config, data_dir)
 
     async def job() -> ReencryptReport:
-        async with DataLayer(cfg) as dl:
+        # Loaded inside the job: a bad setting is an error line, not a traceback.
+        async with DataLayer(load_config(config, data_dir)) as dl:
             return await dl.admin.keys.reencrypt(tenant, batch_size=batch_size)
 
     report = run_job(job)
@@ -79,10 +79,10 @@ def retire(
     data_dir: DataDirOption = None,
 ) -> None:
     """Remove the tenant's older keys that no stored value uses any more."""
-    cfg = load_config(config, data_dir)
 
     async def job() -> list[str]:
-        async with DataLayer(cfg) as dl:
+        # Loaded inside the job: a bad setting is an error line, not a traceback.
+        async with DataLayer(load_config(config, data_dir)) as dl:
             return await dl.admin.keys.retire(tenant, grace=grace)
 
     removed = run_job(job)
@@ -98,7 +98,6 @@ def destroy(
 ) -> None:
     """Crypto-shred a tenant: remove its data keys, so that its encrypted values (in
     PostgreSQL, Redis and every backup) can never be read again."""
-    cfg = load_config(config, data_dir)
     if not yes:
         if not sys.stdin.isatty():
             error("destroying keys cannot be undone: run again with --yes")
@@ -112,7 +111,8 @@ def destroy(
             raise typer.Exit(1)
 
     async def job() -> bool:
-        async with DataLayer(cfg) as dl:
+        # Loaded inside the job: a bad setting is an error line, not a traceback.
+        async with DataLayer(load_config(config, data_dir)) as dl:
             return await dl.admin.keys.destroy(tenant)
 
     typer.echo(

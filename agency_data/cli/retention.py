@@ -26,10 +26,10 @@ def run(
     data_dir: DataDirOption = None,
 ) -> None:
     """Apply every policy of retention.policies once, in batches; print what each removed."""
-    cfg = load_config(config, data_dir)
 
     async def job() -> RetentionReport:
-        async with DataLayer(cfg) as dl:
+        # Loaded inside the job: a bad setting is an error line, not a traceback.
+        async with DataLayer(load_config(config, data_dir)) as dl:
             return await dl.retention.run()
 
     report = run_job(job)

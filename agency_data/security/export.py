@@ -59,7 +59,7 @@ async def export_rows(
         columns = ("content", "metadata")
     # Rows as JSON in PostgreSQL, search vectors dropped; the tenant's own by row security too.
     query = sql.SQL(
-        "SELECT to_jsonb(t) - 'search' - 'content_tsv' AS row FROM {} t "
+        "SELECT to_jsonb(t) - 'search' - 'content_tsv' - 'lease_token' AS row FROM {} t "
         "WHERE tenant_id = %s ORDER BY created_at, id"
     ).format(table)
     async with db.connection() as conn, conn.transaction():

@@ -107,8 +107,8 @@ BUILTIN_RULES: dict[str, MaskRule] = {
             "phone",
             # A country code never starts with 0 (what follows a time's +hh:mm offset does).
             re.compile(
-                r"(?<![\w+:.])\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}"
-                r"(?:[ .-]?\d{2,4}){1,4}"
+                r"(?<![\w+:.])\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}"
+                r"(?:[ .-]?\d{2,4}){1,5}"
             ),
             "[phone]",
         ),

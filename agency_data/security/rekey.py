@@ -23,7 +23,7 @@ import orjson
 from filelock import FileLock, Timeout
 from psycopg import sql
 
-from agency_data.errors import ConfigError, Conflict
+from agency_data.errors import ConfigError, Conflict, NotFound
 from agency_data.inputs import check_int, check_seconds, check_tenant
 from agency_data.security.fields import FieldCipher, sealed_key
 
@@ -62,8 +62,11 @@ class KeyAdmin:
         catalog: Catalog,
         redis: RedisClient | None,
         keys_of: Any,
+        admin: Database | None = None,
     ) -> None:
         self._cipher = cipher
+        # The owner's view: key operations are recorded in the system audit trail.
+        self._admin = admin
         self._db = db
         self._catalog = catalog
         self._redis = redis
@@ -89,13 +92,21 @@ class KeyAdmin:
         total = 0
         for tenant in keyring.store.tenants():
             total += await asyncio.to_thread(keyring.rewrap, tenant)
+        await self._record("keys.rotate", None, {"keys": total})
         return total
+
+    async def _record(self, operation: str, tenant: str | None, detail: dict[str, Any]) -> None:
+        if self._admin is not None:
+            await self._admin.notes.action(self._admin, operation, "keys", tenant, detail)
 
     async def destroy(self, tenant: str) -> bool:
         """Crypto-shred ``tenant``: its data keys removed, so that every value sealed for it,
         in PostgreSQL, Redis and every backup, can never be read again. False if it had none."""
         check_tenant(tenant)
-        return bool(await asyncio.to_thread(self._keyring().destroy, tenant))
+        destroyed = bool(await asyncio.to_thread(self._keyring().destroy, tenant))
+        if destroyed:
+            await self._record("keys.destroy", tenant, {})
+        return destroyed
 
     async def reencrypt(self, tenant: str, *, batch_size: int = 500) -> ReencryptReport:
         """Rewrite ``tenant``'s sealed values (and plain ones of chosen fields) under a new
@@ -104,7 +115,13 @@ class KeyAdmin:
         check_tenant(tenant)
         check_int(batch_size, "batch_size", 1, 100_000)
         keyring = self._keyring()
-        running = FileLock(str(keyring.store.directory / f".{tenant}.reencrypt.lock"))
+        if not await asyncio.to_thread(keyring.keys_of, tenant):
+            raise NotFound(
+                f"tenant {tenant} has no data key: nothing was ever sealed for it",
+                entity="tenant",
+                key=tenant,
+            )
+        running = FileLock(str(keyring.store.directory / f".{tenant}.reencrypt.lock"), mode=0o600)
         try:
             await asyncio.to_thread(running.acquire, timeout=0)
         except Timeout:
@@ -124,6 +141,9 @@ class KeyAdmin:
                     # Nothing left: once more, after writers that began before the new key
                     # had a moment to commit.
                     await asyncio.sleep(_SETTLE)
+            await self._record(
+                "keys.reencrypt", tenant, {"key": key_id, "rewritten": report.rewritten}
+            )
             return report
         finally:
             running.release()
@@ -148,6 +168,7 @@ class KeyAdmin:
         doomed = [key_id for key_id in old if key_id not in used]
         if doomed:
             await asyncio.to_thread(keyring.remove, tenant, doomed)
+            await self._record("keys.retire", tenant, {"keys": doomed})
         return doomed
 
     async def _used_keys(self, tenant: str, key_ids: list[str]) -> set[str]:

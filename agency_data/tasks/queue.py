@@ -25,6 +25,7 @@ from uuid import UUID
 from agency_data.errors import (
     AgencyDataError,
     BackendUnavailable,
+    DecryptionError,
     QueryError,
     StorageFull,
     ValidationError,
@@ -137,8 +138,33 @@ class QueueOps:
         if rescue:
             await self._db.fetch(*_sql.rescue(self.tenant))
         query, params = _sql.claim(self.tenant, agent, types, n, lease, self._runtime.defaults)
-        claimed = await self._db.fetch(query, params, model=Task)
+        claimed = await self._opened_claims(await self._db.fetch(query, params))
         self._runtime.leases.remember(claimed)
+        return claimed
+
+    async def _opened_claims(self, rows: builtins.list[dict[str, Any]]) -> builtins.list[Task]:
+        # One by one: a task whose data can no longer be decrypted (its key destroyed) must
+        # not take the others claimed with it down. It is failed for good, saying why.
+        cipher = self._db.cipher
+        await cipher.ensure_rows(Task, rows, self.tenant)
+        claimed: builtins.list[Task] = []
+        for row in rows:
+            try:
+                (opened,) = cipher.open_rows(Task, [row], self.tenant)
+            except DecryptionError as exc:
+                await self._db.execute(
+                    *_sql.fail(
+                        self.tenant,
+                        row["id"],
+                        row["lease_token"],
+                        f"its data cannot be read: {exc}",
+                        None,
+                        False,
+                        self._runtime.defaults,
+                    )
+                )
+                continue
+            claimed.append(Task.model_validate(opened))
         return claimed
 
     # -- holding -------------------------------------------------------------------------------
