@@ -872,6 +872,38 @@ class RetentionConfig(_Section):
     )
 
 
+_SUBJECT_PATH = r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$"
+
+
+class SubjectsConfig(_Section):
+    """Where a data subject's id appears (``dl.subjects``): dotted JSON paths per store."""
+
+    tasks: list[str] = Field(default_factory=list, description="paths in a task's data")
+    agents: list[str] = Field(default_factory=list, description="paths in an agent's capabilities")
+    collections: list[str] = Field(
+        default_factory=list, description="paths in an embedding's metadata (every collection)"
+    )
+    entity_types: list[str] = Field(
+        default_factory=list,
+        description="embeddings of these entity types whose entity_id is the subject",
+    )
+    sessions: list[str] = Field(default_factory=list, description="paths in a session's data")
+    streams: list[str] = Field(default_factory=list, description="paths in a stream message")
+    cache_tag: str = Field(
+        "subject:{subject}",
+        pattern=r"\{subject\}",
+        description="the tag the application puts on cache entries about a subject",
+    )
+
+    @field_validator("tasks", "agents", "collections", "sessions", "streams")
+    @classmethod
+    def _paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not re.match(_SUBJECT_PATH, path):
+                raise ValueError(f"{path!r} is not a dotted path (user_id, customer.id)")
+        return paths
+
+
 MASK_RULES = ("email", "api_key", "card", "phone")
 
 
@@ -961,6 +993,7 @@ class DataLayerConfig(BaseSettings):
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    subjects: SubjectsConfig = Field(default_factory=SubjectsConfig)
 
     def __init__(self, **values: Any) -> None:
         _warn_unknown_sections(type(self).model_fields)

@@ -55,6 +55,7 @@ from agency_data.security.keys import KeyManager
 from agency_data.security.masking import install, masker_from_config, uninstall
 from agency_data.security.rekey import KeyAdmin
 from agency_data.security.roles import RoleNames, setup_roles, use_owner_role
+from agency_data.subjects import SubjectRights
 from agency_data.tasks import TaskRuntime, TaskStore
 from agency_data.tasks.wakeups import POLL_INTERVAL, TaskWakeups
 from agency_data.vectors.admin import allow_transient_prewarm
@@ -123,6 +124,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._anchors: AnchorLog | None = None
         self._sealer: Sealer | None = None
         self._retention: Retention | None = None
+        self._subjects: SubjectRights | None = None
         # Field encryption (agency_data.security.fields): a KMS of the caller's, or the KEK
         # of encryption.kek*, wraps the tenants' data keys.
         self._key_manager = key_manager
@@ -267,6 +269,15 @@ class DataLayer(QueryMethods, MonitoringMethods):
             retention.archive_dir or embedded.data_dir / "archive",
         )
         self._retention.start()
+        self._subjects = SubjectRights(
+            self._db,
+            admin_db,
+            self._catalog,
+            self._redis,
+            self.config.subjects,
+            lambda tenant: self.tenant(tenant).cache,
+            digest_key=audit.digest_key.get_secret_value().encode() if audit.digest_key else None,
+        )
         register_lock_scripts(self._cache_backend.scripts)
         await self._cache_backend.start_listener()
         pools = {"app": self._pool}
@@ -378,6 +389,13 @@ class DataLayer(QueryMethods, MonitoringMethods):
     def agents(self) -> AgentStore:
         """The default tenant's agents."""
         return self.tenant(DEFAULT_TENANT).agents
+
+    @property
+    def subjects(self) -> SubjectRights:
+        """Data subject rights (``subjects`` config): ``export`` and ``erase`` a subject."""
+        if self._subjects is None:
+            raise _not_connected()
+        return self._subjects
 
     @property
     def retention(self) -> Retention:

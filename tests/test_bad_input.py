@@ -46,6 +46,7 @@ from agency_data.coord.sessions import SessionStore
 from agency_data.inputs import brief
 from agency_data.postgres.agents import AgentStore
 from agency_data.scope import TenantScope
+from agency_data.subjects import SubjectRights
 from agency_data.tasks import TaskStore
 from agency_data.vectors.collection import Collection
 from agency_data.vectors.store import ManagedEmbeddingStore
@@ -534,6 +535,8 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "admin.collection": lambda p: COLLECTION,
     "admin.audit.table": lambda p: "agents",
     "export.source": lambda p: "tasks",
+    "subjects.tenant": lambda p: TENANT,
+    "subject": lambda p: "nobody@example.com",
     "key": lambda p: "k",
     "value": lambda p: 1,
     "keys": lambda p: ["k"],
@@ -568,6 +571,7 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
     ),
     "admin": (Admin, lambda dl: dl.admin),
     "audit": (AuditTrail, lambda dl: dl.tenant(TENANT).audit),
+    "subjects": (SubjectRights, lambda dl: dl.subjects),
     "cache": (Cache, lambda dl: dl.cache),
     "sessions": (SessionStore, lambda dl: dl.sessions),
     "pubsub": (PubSub, lambda dl: dl.pubsub),

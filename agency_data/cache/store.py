@@ -24,6 +24,7 @@ from agency_data.errors import DecryptionError
 from agency_data.inputs import as_items, check_bool, check_callable, check_mapping, check_seconds
 from agency_data.models import CacheStats
 from agency_data.observability import observed
+from agency_data.redis.errors import translate_errors as redis_errors
 from agency_data.redis.keys import Keys, check_key, check_namespace, check_pattern, escape_glob
 from agency_data.redis.pipelining import AutoPipeline, Command
 
@@ -454,6 +455,29 @@ class Cache:
             return 0
 
     @observed("cache.invalidate_tags", system="redis")
+    async def tagged(self, tag: str) -> list[Any]:
+        """The values of every entry set with ``tag`` (of any namespace of this tenant)."""
+        backend = self._backend
+        if backend.redis is None:
+            return []
+        tag_key = self._keys.tag(check_key(tag, "tag"))
+        with redis_errors("reading tagged cache entries"):
+            members = sorted(
+                m.decode() if isinstance(m, bytes) else str(m)
+                for m in await backend.redis.smembers(tag_key)
+            )
+            raws = await backend.redis.mget(members) if members else []
+        await self._keys_ready(write=False)
+        now_ms = time.time() * 1000
+        values = []
+        for full, data in zip(members, raws, strict=True):
+            namespace = full.removeprefix(self._keys.prefix + "c:").split(":", 1)[0]
+            raw = data.encode() if isinstance(data, str) else data
+            value = self.with_namespace(namespace)._accept(full, raw, None, now_ms)
+            if value is not _MISSING:
+                values.append(value)
+        return values
+
     async def invalidate_tags(self, *tags: str) -> int:
         """Remove every key set with any of ``tags``; returns how many Redis keys went."""
         tag_keys = [self._keys.tag(check_key(t, "tag")) for t in tags]

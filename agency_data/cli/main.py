@@ -36,6 +36,7 @@ from agency_data.cli.keys import keys_app
 from agency_data.cli.monitor import top
 from agency_data.cli.replica import replica_app
 from agency_data.cli.retention import retention_app
+from agency_data.cli.subjects import subjects_app
 from agency_data.cli.tasks import tasks_app
 from agency_data.config import DataLayerConfig
 from agency_data.demo import DemoStep, run_demo
@@ -317,6 +318,7 @@ app.add_typer(backup_app, name="backup")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(retention_app, name="retention")
+app.add_typer(subjects_app, name="subjects")
 app.add_typer(replica_app, name="replica")
 
 roles_app = typer.Typer(help="The owner, application and read-only roles.", no_args_is_help=True)
