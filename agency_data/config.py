@@ -904,6 +904,56 @@ class SubjectsConfig(_Section):
         return paths
 
 
+class RegionConfig(_Section):
+    """A region: the PostgreSQL and Redis its resident tenants' data lives in."""
+
+    postgresql: PostgresConfig
+    redis: RedisConfig
+
+    @model_validator(mode="after")
+    def _configured(self) -> RegionConfig:
+        if self.postgresql.is_embedded or self.redis.is_embedded:
+            raise ValueError(
+                "a region names its own servers: give its postgresql (dsn or host) and its "
+                "redis (url, host or sentinel)"
+            )
+        return self
+
+
+class ResidencyConfig(_Section):
+    """Data residency: tenants pinned to a region (``residency.tenants``), whose data is read
+    and written only there."""
+
+    regions: dict[str, RegionConfig] = Field(
+        default_factory=dict, description="named regions, each a PostgreSQL and Redis pair"
+    )
+    tenants: dict[str, str] = Field(
+        default_factory=dict, description="tenant id -> the region its data lives in"
+    )
+
+    @field_validator("regions")
+    @classmethod
+    def _names(cls, regions: dict[str, RegionConfig]) -> dict[str, RegionConfig]:
+        for name in regions:
+            if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", name):
+                raise ValueError(
+                    f"region name {name!r} must be 1-32 lowercase letters, digits, _ -"
+                )
+        return regions
+
+    @model_validator(mode="after")
+    def _known(self) -> ResidencyConfig:
+        for tenant, region in self.tenants.items():
+            if not re.match(r"^[A-Za-z0-9_.:-]{1,64}$", tenant):
+                raise ValueError(f"residency.tenants: {tenant!r} is not a tenant id")
+            if region not in self.regions:
+                raise ValueError(
+                    f"tenant {tenant} is pinned to region {region!r}, which residency.regions "
+                    f"does not name (it names {', '.join(sorted(self.regions)) or 'none'})"
+                )
+        return self
+
+
 MASK_RULES = ("email", "api_key", "card", "phone")
 
 
@@ -994,6 +1044,7 @@ class DataLayerConfig(BaseSettings):
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     subjects: SubjectsConfig = Field(default_factory=SubjectsConfig)
+    residency: ResidencyConfig = Field(default_factory=ResidencyConfig)
 
     def __init__(self, **values: Any) -> None:
         _warn_unknown_sections(type(self).model_fields)

@@ -31,9 +31,9 @@ from agency_data.coord.sessions import SessionStore
 from agency_data.dsn import database_of
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.embedded.postgres import DATABASE, SUPERUSER, holds_standby, postgres_bin_dir
-from agency_data.errors import AgencyDataError, BackendUnavailable, ConfigError
+from agency_data.errors import AgencyDataError, BackendUnavailable, ConfigError, ValidationError
 from agency_data.health import check_health, probe_redis
-from agency_data.inputs import check_bool, check_seconds, check_tenant, check_text
+from agency_data.inputs import brief, check_bool, check_seconds, check_tenant, check_text
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
 from agency_data.models import DEFAULT_TENANT, HealthStatus, Task, TaskSchedule
 from agency_data.observability.methods import MonitoringMethods
@@ -120,6 +120,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._catalog: Catalog | None = None
         self._cache_backend: CacheBackend | None = None
         self._scopes: dict[str, TenantScope] = {}
+        # Residency: a DataLayer per region, and (in a region's) the tenants it serves.
+        self._regions: dict[str, DataLayer] = {}
+        self._residents: frozenset[str] | None = None
         self._prewarm: asyncio.Task[None] | None = None
         self._anchors: AnchorLog | None = None
         self._sealer: Sealer | None = None
@@ -204,6 +207,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._db = Database(self._pool, postgres, telemetry=self._telemetry)
         # Before any view of it is made: views share the cipher they were made with.
         self._db.cipher = self._cipher
+        self._db.foreign = frozenset(self.config.residency.tenants)
         if replica_dsns:
             self._replicas = await open_replicas(postgres, replica_dsns, self._db, cursors)
             self._db.replicas = self._replicas
@@ -225,6 +229,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
                 self._admin_pool, postgres, setup=as_owner, telemetry=self._telemetry
             )
             admin_db.cipher = self._cipher
+            admin_db.foreign = self._db.foreign
         audit = self.config.audit
         notes = AuditNotes(
             self._db,
@@ -269,6 +274,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
             retention.archive_dir or embedded.data_dir / "archive",
         )
         self._retention.start()
+        await self._open_regions()
         self._subjects = SubjectRights(
             self._db,
             admin_db,
@@ -312,8 +318,39 @@ class DataLayer(QueryMethods, MonitoringMethods):
                 name="agency-data-prewarm",
             )
 
+    async def _open_regions(self) -> None:
+        residency = self.config.residency
+        for name, region in residency.regions.items():
+            # The same settings, on the region's servers, serving its resident tenants only.
+            config = self.config.model_copy(
+                update={
+                    "postgresql": region.postgresql,
+                    "redis": region.redis,
+                    "residency": type(residency)(),
+                }
+            )
+            child = DataLayer(config, key_manager=self._key_manager)
+            child._residents = frozenset(t for t, r in residency.tenants.items() if r == name)
+            self._regions[name] = child
+            await child.connect()
+
+    def region(self, name: str) -> DataLayer:
+        """The DataLayer of region ``name`` (``residency.regions``): its admin, retention,
+        health; it serves only the tenants pinned to it."""
+        child = self._regions.get(name) if isinstance(name, str) else None
+        if child is None:
+            raise ValidationError(
+                f"no region {brief(name)}: residency.regions names "
+                f"{', '.join(sorted(self._regions)) or 'none'}",
+                field="name",
+            )
+        return child
+
     async def aclose(self) -> None:
         """Close the pool and client, and release the embedded servers (the last user stops them)."""
+        regions, self._regions = list(self._regions.values()), {}
+        for child in regions:
+            await child.aclose()
         prewarm, self._prewarm = self._prewarm, None
         if prewarm is not None:
             prewarm.cancel()
@@ -481,6 +518,17 @@ class DataLayer(QueryMethods, MonitoringMethods):
         scope = self._scopes.get(tenant_id) if isinstance(tenant_id, str) else None
         if scope is None:
             check_tenant(tenant_id)
+            region = self.config.residency.tenants.get(tenant_id)
+            if region is not None and region in self._regions:
+                # Its data lives in its region: every call goes there.
+                scope = self._scopes[tenant_id] = self._regions[region].tenant(tenant_id)
+                return scope
+            if self._residents is not None and tenant_id not in self._residents:
+                raise ValidationError(
+                    f"tenant {tenant_id} is not pinned to this region: its data is never read "
+                    "or written here",
+                    field="tenant_id",
+                )
             if (
                 self._db is None
                 or self._catalog is None

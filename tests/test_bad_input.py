@@ -537,6 +537,7 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "export.source": lambda p: "tasks",
     "subjects.tenant": lambda p: TENANT,
     "subject": lambda p: "nobody@example.com",
+    "region.name": lambda p: "nowhere",
     "key": lambda p: "k",
     "value": lambda p: 1,
     "keys": lambda p: ["k"],

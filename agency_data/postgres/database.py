@@ -179,13 +179,22 @@ class Database:
         self.notes: AuditNotes = _NO_NOTES
         # Field encryption: rows of the models it names are opened as they load.
         self.cipher: FieldCipher = _NO_CIPHER
+        # Tenants whose data lives in another region (residency): never scoped to here.
+        self.foreign: frozenset[str] = frozenset()
         self._current: ContextVar[Transaction | None] = ContextVar("agency_data_tx", default=None)
 
     def for_tenant(self, tenant: str | None, *, raw: bool = False) -> Database:
         """The same pool and ambient transaction, with every statement scoped to ``tenant``.
 
         ``raw`` marks a view that runs the caller's own SQL (see the module's docstring).
+        A tenant pinned to another region is refused: its data is never read or written here.
         """
+        if tenant is not None and tenant in self.foreign:
+            raise ValidationError(
+                f"tenant {tenant} is pinned to another region (residency.tenants): its data is "
+                "never read or written in this one; reach it through dl.tenant(...)",
+                field="tenant_id",
+            )
         view = Database(
             self.pool,
             self.config,
@@ -198,6 +207,7 @@ class Database:
         view.replicas = self.replicas
         view.notes = self.notes
         view.cipher = self.cipher
+        view.foreign = self.foreign
         # One transaction per task, whichever tenant's view opened it.
         view._current = self._current
         return view
