@@ -454,7 +454,7 @@ class Cache:
             backend.degraded_write()
             return 0
 
-    @observed("cache.invalidate_tags", system="redis")
+    @observed("cache.tagged", system="redis")
     async def tagged(self, tag: str) -> list[Any]:
         """The values of every entry set with ``tag`` (of any namespace of this tenant)."""
         backend = self._backend
@@ -478,6 +478,7 @@ class Cache:
                 values.append(value)
         return values
 
+    @observed("cache.invalidate_tags", system="redis")
     async def invalidate_tags(self, *tags: str) -> int:
         """Remove every key set with any of ``tags``; returns how many Redis keys went."""
         tag_keys = [self._keys.tag(check_key(t, "tag")) for t in tags]

@@ -43,7 +43,7 @@ __all__ = ["ErasureReport", "SubjectRights"]
 _BATCH = 1000
 # Where a subject may appear in PostgreSQL: the report's name for it, the table's name (the
 # associated data of its sealed values), the table, its sealable columns, the JSON paths.
-_Place = tuple[str, str, sql.Composable, tuple[str, ...], list[tuple[str, ...]]]
+_Place = tuple[str, str, sql.Composable, tuple[str, ...], list[tuple[str, ...]], str]
 _FIRST = UUID(int=0)
 _MAX_SUBJECT = 500
 
@@ -90,9 +90,10 @@ class SubjectRights:
         """Everything ``tenant`` holds about ``subject``, as one JSON-ready document."""
         tenant, subject = self._check(tenant, subject)
         document: dict[str, Any] = {"tenant": tenant, "subject": subject}
-        for place, name, table, sealable, paths in await self._tables():
+        for place, name, table, sealable, paths, key in await self._tables():
             rows = [
-                row async for row in self._matching(tenant, subject, name, table, sealable, paths)
+                row
+                async for row in self._matching(tenant, subject, name, table, sealable, paths, key)
             ]
             if rows:
                 document.setdefault(place.split(".")[0], {})[place.split(".")[-1]] = rows
@@ -109,23 +110,30 @@ class SubjectRights:
         tenant, subject = self._check(tenant, subject)
         report = ErasureReport(tenant, self._digest(subject))
         view = self._db.for_tenant(tenant)
-        for place, name, table, sealable, paths in await self._tables():
+        if self._redis is not None:
+            # Redis must answer before anything is removed: an erasure is done everywhere or
+            # reported failed (run it again), never recorded half done.
+            with redis_errors("erasing a subject"):
+                await self._redis.ping()
+        for place, name, table, sealable, paths, key in await self._tables():
             ids = [
-                row["id"]
-                async for row in self._matching(tenant, subject, name, table, sealable, paths)
+                row[key]
+                async for row in self._matching(tenant, subject, name, table, sealable, paths, key)
             ]
             if ids:
                 report.removed[place] = await view.execute(
-                    sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND id = ANY(%s)").format(table),
+                    sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND {} = ANY(%s)").format(
+                        table, sql.Identifier(key)
+                    ),
                     [tenant, ids],
                 )
-        sessions = [(key, s) async for key, s in self._sessions(tenant, subject)]
+        sessions = [(held, s) async for held, s in self._sessions(tenant, subject)]
         if sessions and self._redis is not None:
             keys = Keys(tenant)
             with redis_errors("erasing sessions"):
                 pipe = self._redis.pipeline(transaction=False)
-                for key, session in sessions:
-                    pipe.delete(key)
+                for held, session in sessions:
+                    pipe.delete(held)
                     pipe.srem(keys.agent_sessions(session["agent_id"]), session["id"])
                 await pipe.execute()
             report.removed["sessions"] = len(sessions)
@@ -210,13 +218,26 @@ class SubjectRights:
         config = self.config
         places: list[_Place] = []
         if config.tasks:
+            task_paths = [("data", *p.split(".")) for p in config.tasks]
             places.append(
                 (
                     "tasks",
                     "tasks",
                     sql.Identifier("tasks"),
                     ("data", "result", "error", "traceback"),
-                    [("data", *p.split(".")) for p in config.tasks],
+                    task_paths,
+                    "id",
+                )
+            )
+            # A schedule about the subject would go on making tasks about it.
+            places.append(
+                (
+                    "task_schedules",
+                    "task_schedules",
+                    sql.Identifier("task_schedules"),
+                    ("data",),
+                    task_paths,
+                    "name",
                 )
             )
         if config.agents:
@@ -227,6 +248,7 @@ class SubjectRights:
                     sql.Identifier("agents"),
                     (),
                     [("capabilities", *p.split(".")) for p in config.agents],
+                    "id",
                 )
             )
         if config.collections or config.entity_types:
@@ -240,6 +262,7 @@ class SubjectRights:
                         spec.table_id,
                         ("content", "metadata"),
                         paths,
+                        "id",
                     )
                 )
         return places
@@ -252,28 +275,29 @@ class SubjectRights:
         table: sql.Composable,
         sealable: tuple[str, ...],
         paths: list[tuple[str, ...]],
+        key: str = "id",
     ) -> AsyncIterator[dict[str, Any]]:
         view = self._db.for_tenant(tenant)
         cipher = self._db.cipher
         query = sql.SQL(
             "SELECT to_jsonb(t) - 'search' - 'content_tsv' - 'lease_token' AS row FROM {} t "
-            "WHERE tenant_id = %s AND id > %s ORDER BY id LIMIT %s"
-        ).format(table)
-        after: Any = _FIRST
+            "WHERE tenant_id = %s AND {k} > %s ORDER BY {k} LIMIT %s"
+        ).format(table, k=sql.Identifier(key))
+        after: Any = _FIRST if key == "id" else ""
         entity_types = set(self.config.entity_types)
         while True:
             rows = [r["row"] for r in await view.fetch(query, [tenant, after, _BATCH])]
             for row in rows:
                 if sealable and cipher.keyring is not None:
                     await cipher.ensure(tenant, write=False)
-                opened = cipher.open_row(tenant, name, row, sealable) if sealable else row
-                if any(_at(opened, path) == subject for path in paths) or (
+                opened = cipher.open_row(tenant, name, row, sealable, key) if sealable else row
+                if any(_names(_at(opened, path), subject) for path in paths) or (
                     opened.get("entity_type") in entity_types and opened.get("entity_id") == subject
                 ):
                     yield opened
             if len(rows) < _BATCH:
                 return
-            after = rows[-1]["id"]
+            after = rows[-1][key]
 
     async def _sessions(
         self, tenant: str, subject: str
@@ -293,7 +317,7 @@ class SubjectRights:
                 document["data"] = cipher.open(
                     tenant, "sessions", "data", document["id"], document["data"]
                 )
-                if any(_at(document, path) == subject for path in paths):
+                if any(_names(_at(document, path), subject) for path in paths):
                     yield key, document
 
     async def _stream_messages(self, tenant: str, subject: str) -> dict[str, list[tuple[str, Any]]]:
@@ -309,13 +333,20 @@ class SubjectRights:
                 entries: list[Any] = await self._redis.xrange(key) or []
                 for ident, fields in entries:
                     message = orjson.loads((fields or {}).get(b"d", b"null"))
-                    if any(_at(message, path) == subject for path in paths):
+                    if any(_names(_at(message, path), subject) for path in paths):
                         found.setdefault(name, []).append((_text(ident), message))
         return found
 
     async def _cache_entries(self, tenant: str, subject: str) -> list[Any]:
         cache: Cache = self._cache_of(tenant)
         return await cache.tagged(self._tag(subject))
+
+
+def _names(value: Any, subject: str) -> bool:
+    # An id stored as a number names the subject given as text ("42").
+    if isinstance(value, str):
+        return value == subject
+    return isinstance(value, int) and not isinstance(value, bool) and str(value) == subject
 
 
 def _at(value: Any, path: Sequence[str]) -> Any:
