@@ -29,7 +29,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel
 
 from agency_data.backup.restore import restore_set
-from agency_data.backup.sets import BackupSet
+from agency_data.backup.sets import BackupSet, count_statement
 from agency_data.dsn import with_database
 from agency_data.embedded import EmbeddedPostgres
 from agency_data.errors import AgencyDataError
@@ -127,9 +127,7 @@ async def _checks(copy: str, source: str | None, backup: BackupSet) -> list[Chec
         )
         counted: dict[str, int] = {}
         for table in manifest.table_rows:
-            row = await _one(
-                conn, sql.SQL("SELECT count(*) AS n FROM {}").format(sql.Identifier(table))
-            )
+            row = await _one(conn, count_statement(table))
             counted[table] = int(row["n"])
         differ = [
             f"{t}: {counted[t]} rows, the manifest says {n}"
