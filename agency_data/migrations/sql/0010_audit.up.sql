@@ -48,26 +48,29 @@ CREATE TABLE audit_heads (
     pruned_hash bytea NOT NULL DEFAULT '\x'
 );
 
-DO $$
-DECLARE
-    audit_table text;
-BEGIN
-    FOREACH audit_table IN ARRAY ARRAY['audit_pending', 'audit_log', 'audit_heads'] LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', audit_table);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', audit_table);
-        EXECUTE format(
-            'CREATE POLICY tenant_isolation ON %I '
-            'USING (tenant_id = agency_data_current_tenant()) '
-            'WITH CHECK (tenant_id = agency_data_current_tenant())', audit_table);
-        -- The owner (who runs migrations, the sealer and every chain's check) reads and seals
-        -- every tenant's records. An owner role that bypasses row-level security needs no
-        -- policy; one that does not (a single role for everything) needs this one.
-        EXECUTE format(
-            'CREATE POLICY owner_reads_all ON %I TO CURRENT_USER USING (true) WITH CHECK (true)',
-            audit_table);
-    END LOOP;
-END
-$$;
+-- Each tenant sees only its own records. The owner (who runs migrations, the sealer and every
+-- chain's check) reads and seals every tenant's: an owner role that bypasses row-level security
+-- needs no policy for it; one that does not (a single role for everything) needs owner_reads_all.
+ALTER TABLE audit_pending ENABLE ROW LEVEL SECURITY;
+ALTER TABLE audit_pending FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON audit_pending
+    USING (tenant_id = agency_data_current_tenant())
+    WITH CHECK (tenant_id = agency_data_current_tenant());
+CREATE POLICY owner_reads_all ON audit_pending TO CURRENT_USER USING (true) WITH CHECK (true);
+
+ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE audit_log FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON audit_log
+    USING (tenant_id = agency_data_current_tenant())
+    WITH CHECK (tenant_id = agency_data_current_tenant());
+CREATE POLICY owner_reads_all ON audit_log TO CURRENT_USER USING (true) WITH CHECK (true);
+
+ALTER TABLE audit_heads ENABLE ROW LEVEL SECURITY;
+ALTER TABLE audit_heads FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON audit_heads
+    USING (tenant_id = agency_data_current_tenant())
+    WITH CHECK (tenant_id = agency_data_current_tenant());
+CREATE POLICY owner_reads_all ON audit_heads TO CURRENT_USER USING (true) WITH CHECK (true);
 
 -- Read-only to every role but the owner (the default privileges gave the application role all
 -- four): records are added through the functions below, which run as the owner.
