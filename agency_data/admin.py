@@ -11,7 +11,6 @@ from __future__ import annotations
 from agency_data.audit import SYSTEM_TRAIL, Anchor, AuditTrail, ChainReport, anchors, chains
 from agency_data.config import AUDIT_DETAILS, AUDITABLE
 from agency_data.dsn import database_of
-from agency_data.errors import ConfigError
 from agency_data.inputs import check_bool, check_choice
 from agency_data.observability.statements import StatementStats, top_statements
 from agency_data.postgres.database import Database
@@ -42,12 +41,13 @@ class Admin(QueryMethods, CollectionAdmin):
         app: Database,
         catalog: Catalog,
         *,
+        keys: KeyAdmin,
         statements: tuple[str, str] | None = None,
     ) -> None:
         CollectionAdmin.__init__(self, catalog, admin)
         self._app = app
-        # Data keys (agency_data.security.rekey): set at connect.
-        self._keys: KeyAdmin | None = None
+        self.keys = keys
+        """The tenants' data keys: rotate the KEK, re-encrypt, retire, crypto-shred."""
         # (conninfo, database) where pg_stat_statements is read; see top_statements.
         self._statements = statements
 
@@ -99,13 +99,6 @@ class Admin(QueryMethods, CollectionAdmin):
                         {"detail": detail} if enabled else None,
                     )
         return tables
-
-    @property
-    def keys(self) -> KeyAdmin:
-        """The tenants' data keys: rotate the KEK, re-encrypt, crypto-shred."""
-        if self._keys is None:
-            raise ConfigError("the DataLayer is not connected", field="keys")
-        return self._keys
 
     @property
     def system_audit(self) -> AuditTrail:

@@ -238,7 +238,7 @@ class PostgresConfig(_Section):
             raise ValueError("sslcert and sslkey go together: give both or neither")
         for name in ("sslrootcert", "sslcert", "sslkey"):
             path = getattr(self, name)
-            if path is not None and (problem := _tls_file_problem(path, key=name == "sslkey")):
+            if path is not None and (problem := _file_problem(path, key=name == "sslkey")):
                 raise ValueError(f"{name}: {problem}")
         if self.sslmode in ("verify-ca", "verify-full") and self.sslrootcert is None:
             # libpq would fall back to ~/.postgresql/root.crt; say so rather than fail later.
@@ -307,8 +307,8 @@ class PostgresConfig(_Section):
         return [self.with_tls(dsn.get_secret_value()) for dsn in self.replicas]
 
 
-def _tls_file_problem(path: Path, *, key: bool) -> str | None:
-    """What keeps ``path`` from serving as a TLS file, or None."""
+def _file_problem(path: Path, *, key: bool) -> str | None:
+    """What keeps ``path`` from serving as a certificate or key file, or None."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:
@@ -375,7 +375,7 @@ class RedisConfig(_Section):
             raise ValueError("ssl_certfile and ssl_keyfile go together: give both or neither")
         for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
             path = getattr(self, name)
-            if path is not None and (problem := _tls_file_problem(path, key=name == "ssl_keyfile")):
+            if path is not None and (problem := _file_problem(path, key=name == "ssl_keyfile")):
                 raise ValueError(f"{name}: {problem}")
         return self
 
@@ -805,7 +805,7 @@ class EncryptionConfig(_Section):
         given = [n for n in ("kek", "kek_file", "kek_env") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give the KEK one way, not {' and '.join(given)}")
-        if self.kek_file is not None and (problem := _tls_file_problem(self.kek_file, key=True)):
+        if self.kek_file is not None and (problem := _file_problem(self.kek_file, key=True)):
             raise ValueError(f"kek_file: {problem}")
         return self
 

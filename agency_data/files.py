@@ -12,7 +12,14 @@ import secrets
 import stat
 from pathlib import Path
 
-__all__ = ["blocking_folder", "make_private_dirs", "private_file", "tighten", "write_private"]
+__all__ = [
+    "blocking_folder",
+    "make_private_dirs",
+    "private_file",
+    "sync_folder",
+    "tighten",
+    "write_private",
+]
 
 
 def make_private_dirs(path: Path) -> list[Path]:
@@ -58,8 +65,15 @@ def private_file(path: Path) -> None:
         os.close(fd)
 
 
-def write_private(path: Path, text: str, *, owner: tuple[int, int] | None = None) -> None:
-    """Replace ``path`` atomically with ``text``, readable by its owner only.
+def write_private(
+    path: Path,
+    text: str | bytes,
+    *,
+    owner: tuple[int, int] | None = None,
+    durable: bool = False,
+) -> None:
+    """Replace ``path`` atomically with ``text``, readable by its owner only; ``durable``: on
+    disk (file and folder synced) when this returns.
 
     Safe in a folder another user can write to (the PostgreSQL server's, under root): the
     folder is held open, the new file gets a random name that must not exist yet, its owner
@@ -76,10 +90,23 @@ def write_private(path: Path, text: str, *, owner: tuple[int, int] | None = None
             os.fchmod(fd, 0o600)
             if owner is not None:
                 os.fchown(fd, *owner)
-            os.write(fd, text.encode())
+            os.write(fd, text.encode() if isinstance(text, str) else text)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+        if durable:
+            os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def sync_folder(path: Path) -> None:
+    """Put ``path``'s entries (a file made, renamed or removed in it) on disk."""
+    folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
     finally:
         os.close(folder)
 

@@ -46,11 +46,10 @@ from agency_data.postgres.pool import Pool, Setup, open_pool
 from agency_data.postgres.replicas import Replicas, open_replicas
 from agency_data.redis.client import RedisClient, close_client, make_client
 from agency_data.redis.client import prepare as prepare_redis
-from agency_data.redis.keys import Keys
 from agency_data.redis.scripts import ScriptRegistry
 from agency_data.retention import Retention
 from agency_data.scope import QueryMethods, TenantScope
-from agency_data.security.fields import FieldCipher, cipher_from_config
+from agency_data.security.fields import SEALABLE, FieldCipher, cipher_from_config
 from agency_data.security.keys import KeyManager
 from agency_data.security.masking import install, masker_from_config, uninstall
 from agency_data.security.rekey import KeyAdmin
@@ -161,8 +160,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
         )
         # Opened as they load, chosen or not (a field switched off still reads); without a
         # key, a sealed value is a DecryptionError rather than a blob passed on.
-        self._cipher.tables[Task] = ("tasks", ("data", "result", "error", "traceback"), "id")
-        self._cipher.tables[TaskSchedule] = ("task_schedules", ("data",), "name")
+        self._cipher.tables[Task] = ("tasks", SEALABLE["tasks"], "id")
+        self._cipher.tables[TaskSchedule] = ("task_schedules", SEALABLE["task_schedules"], "name")
         roles = RoleNames.from_config(postgres)
         replica_dsns = postgres.replica_conninfos()
         if postgres.is_embedded:
@@ -231,12 +230,13 @@ class DataLayer(QueryMethods, MonitoringMethods):
             admin_db.cipher = self._cipher
             admin_db.foreign = self._db.foreign
         audit = self.config.audit
+        digest_key = audit.digest_key.get_secret_value().encode() if audit.digest_key else None
         notes = AuditNotes(
             self._db,
             admin=audit.admin,
             sessions=audit.sessions,
             reads=audit.reads,
-            digest_key=audit.digest_key.get_secret_value().encode() if audit.digest_key else None,
+            digest_key=digest_key,
         )
         self._db.notes = admin_db.notes = notes
         self._tasks = TaskRuntime(
@@ -247,7 +247,13 @@ class DataLayer(QueryMethods, MonitoringMethods):
         if self._embedded_pg is not None:
             # The embedded server keeps pg_stat_statements' view in its postgres database.
             statements = (self._embedded_pg.dsn("postgres"), DATABASE)
-        self._admin = Admin(admin_db, self._db, self._catalog, statements=statements)
+        self._admin = Admin(
+            admin_db,
+            self._db,
+            self._catalog,
+            keys=KeyAdmin(self._cipher, self._db, self._catalog, self._redis, admin=admin_db),
+            statements=statements,
+        )
         audited = self.config.audit.tables
         if "embeddings" in audited:
             self._catalog.audited = self.config.audit.detail.get("embeddings", "digest")
@@ -262,9 +268,6 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._anchors.start()
         self._cache_backend = CacheBackend(self.config.cache, self._redis, self._telemetry)
         self._cache_backend.cipher = self._cipher
-        self._admin._keys = KeyAdmin(
-            self._cipher, self._db, self._catalog, self._redis, Keys, admin=admin_db
-        )
         retention = self.config.retention
         self._retention = Retention(
             admin_db,
@@ -282,7 +285,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
             self._redis,
             self.config.subjects,
             lambda tenant: self.tenant(tenant).cache,
-            digest_key=audit.digest_key.get_secret_value().encode() if audit.digest_key else None,
+            digest_key=digest_key,
         )
         register_lock_scripts(self._cache_backend.scripts)
         await self._cache_backend.start_listener()

@@ -106,10 +106,9 @@ async def test_transactions_writing_two_tenants_in_either_order_do_not_deadlock(
     assert await crossing_writes(audited) == []
 
 
-async def test_audited_transactions_of_one_tenant_wait_rather_than_deadlock(
-    audited: DataLayer,
-) -> None:
-    acme = audited.tenant("acme")
+async def overlapping_updates(dl: DataLayer) -> list[BaseException]:
+    """One transaction updates x then y; another, meanwhile, y: the second waits for the first."""
+    acme = dl.tenant("acme")
     x = await acme.agents.create("x", "w")
     y = await acme.agents.create("y", "w")
     first_done = asyncio.Event()
@@ -127,7 +126,13 @@ async def test_audited_transactions_of_one_tenant_wait_rather_than_deadlock(
             await acme.agents.update(y.id, name="y2")
 
     results = await asyncio.gather(one(), two(), return_exceptions=True)
-    assert [r for r in results if isinstance(r, BaseException)] == []
+    return [r for r in results if isinstance(r, BaseException)]
+
+
+async def test_audited_transactions_of_one_tenant_wait_rather_than_deadlock(
+    audited: DataLayer,
+) -> None:
+    assert await overlapping_updates(audited) == []
 
 
 FORGE = """
@@ -267,25 +272,7 @@ async def test_control_one_tenant_without_audit_waits(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:
     async with DataLayer(make_config(database, redis_url, tmp_path)) as dl:
-        acme = dl.tenant("acme")
-        x = await acme.agents.create("x", "w")
-        y = await acme.agents.create("y", "w")
-        first_done = asyncio.Event()
-
-        async def one() -> None:
-            async with acme.transaction():
-                await acme.agents.update(x.id, name="x1")
-                first_done.set()
-                await asyncio.sleep(0.5)
-                await acme.agents.update(y.id, name="y1")
-
-        async def two() -> None:
-            await first_done.wait()
-            async with acme.transaction():
-                await acme.agents.update(y.id, name="y2")
-
-        results = await asyncio.gather(one(), two(), return_exceptions=True)
-        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert await overlapping_updates(dl) == []
 
 
 async def test_a_truncate_of_an_audited_table_is_recorded(

@@ -18,7 +18,7 @@ from psycopg import sql
 from agency_data.errors import ValidationError
 from agency_data.inputs import check_bool, check_int
 from agency_data.postgres.errors import translate_errors
-from agency_data.security.fields import sealed_key
+from agency_data.security.fields import COLLECTION_COLUMNS, SEALABLE, sealed_key
 
 if TYPE_CHECKING:
     from agency_data.postgres.database import Database
@@ -29,7 +29,6 @@ __all__ = ["export_rows"]
 
 _TABLES = ("agents", "tasks")
 # What field encryption may seal, by table.
-_SEALABLE = {"tasks": ("data", "result", "error", "traceback")}
 _MAX_BATCH = 100_000
 
 
@@ -52,11 +51,11 @@ async def export_rows(
         )
     if source in _TABLES:
         table, name, sealed_as = sql.Identifier(source), source, source
-        columns: tuple[str, ...] = _SEALABLE.get(source, ())
+        columns: tuple[str, ...] = SEALABLE.get(source, ())
     else:
         spec = await catalog.load(source)  # NotFound for a collection that does not exist
         table, name, sealed_as = spec.table_id, source, spec.table
-        columns = ("content", "metadata")
+        columns = COLLECTION_COLUMNS
     # Rows as JSON in PostgreSQL, search vectors dropped; the tenant's own by row security too.
     query = sql.SQL(
         "SELECT to_jsonb(t) - 'search' - 'content_tsv' - 'lease_token' AS row FROM {} t "

@@ -35,22 +35,21 @@ from agency_data.errors import ConfigError, DecryptionError
 from agency_data.security.keys import KeyManager, Keyring, KeyStore, LocalKeyManager, parse_kek
 
 __all__ = [
-    "ENCRYPTABLE",
+    "COLLECTION_COLUMNS",
+    "SEALABLE",
     "FieldCipher",
     "cipher_from_config",
     "sealed_key",
     "sealed_limit",
 ]
 
-# What may be chosen, besides <collection>.content / .metadata and cache.<namespace>.
-ENCRYPTABLE = (
-    "tasks.data",
-    "tasks.result",
-    "tasks.error",
-    "embeddings.content",
-    "embeddings.metadata",
-    "sessions.data",
-)
+# The columns that may hold sealed values, by table; every collection's table: COLLECTION_COLUMNS.
+# Only these are ever read as sealed, whatever the others hold.
+SEALABLE: dict[str, tuple[str, ...]] = {
+    "tasks": ("data", "result", "error", "traceback"),
+    "task_schedules": ("data",),
+}
+COLLECTION_COLUMNS = ("content", "metadata")
 _TAG = "$enc"
 _SEALED = re.compile(r"v1:k[0-9a-f]{12}:[A-Za-z0-9+/]+={0,2}\Z")
 _TEXT_PREFIX = "$enc:"
@@ -68,10 +67,7 @@ def sealed_limit(size: int) -> int:
 def sealed_key(stored: Any) -> str | None:
     """The id of the data key that sealed ``stored``, or None if it is not encrypted."""
     token = _token(stored)
-    if token is None:
-        return None
-    parts = token.split(":", 2)
-    return parts[1] if len(parts) == 3 else None
+    return None if token is None else token.split(":", 2)[1]
 
 
 def _token(stored: Any) -> str | None:
@@ -138,9 +134,8 @@ class FieldCipher:
         token = _token(stored)
         if token is None:
             return stored
-        version, key_id, payload = [*token.split(":", 2), "", ""][:3]
-        if version != _VERSION or not payload:
-            raise DecryptionError(f"{table}.{column} of {row_id} holds no value this layer sealed")
+        # The token matched the sealed form: v1:<key id>:<payload>.
+        _, key_id, payload = token.split(":", 2)
         if self.keyring is None:
             raise DecryptionError(
                 f"{table}.{column} of {row_id} is encrypted, and this DataLayer has no "
@@ -180,16 +175,6 @@ class FieldCipher:
             raise DecryptionError(
                 f"the cache entry {key} did not decrypt: altered, or copied from another key"
             ) from None
-
-    def seal_row(
-        self, tenant: str, table: str, row: Mapping[str, Any], id_column: str = "id"
-    ) -> dict[str, Any]:
-        """``row`` with its chosen columns sealed."""
-        sealed = dict(row)
-        for column, value in row.items():
-            if self.chosen(table, column):
-                sealed[column] = self.seal(tenant, table, column, row[id_column], value)
-        return sealed
 
     def open_rows(
         self, model: type, rows: list[dict[str, Any]], tenant: str | None = None

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from filelock import FileLock
 
 from agency_data.errors import ConfigError, DecryptionError
-from agency_data.files import make_private_dirs
+from agency_data.files import make_private_dirs, sync_folder, write_private
 
 __all__ = [
     "DataKey",
@@ -186,7 +186,11 @@ class KeyStore:
                 for key in keys
             ],
         }
-        _write_durably(self._path(tenant), orjson.dumps(document, option=orjson.OPT_INDENT_2))
+        # On disk before any value is encrypted under it: a key lost in a crash would take
+        # every value it encrypted with it.
+        write_private(
+            self._path(tenant), orjson.dumps(document, option=orjson.OPT_INDENT_2), durable=True
+        )
 
     def state(self, tenant: str) -> tuple[int, int] | None:
         """What identifies the tenant file's current version (None: no file)."""
@@ -195,10 +199,6 @@ class KeyStore:
         except FileNotFoundError:
             return None
         return (info.st_ino, info.st_mtime_ns)
-
-    def changed(self, tenant: str, seen: tuple[int, int] | None) -> bool:
-        """Whether the tenant's file is no longer the version ``seen``."""
-        return self.state(tenant) != seen
 
     def destroy(self, tenant: str) -> bool:
         """Remove the tenant's keys for good; False if it had none."""
@@ -211,7 +211,7 @@ class KeyStore:
             # Gone from the folder first, then its bytes overwritten: no moment where a
             # half-destroyed file could be read, and a careless copy of the disk gets zeros.
             path.unlink()
-            _sync_folder(path.parent)
+            sync_folder(path.parent)
             size = os.fstat(f.fileno()).st_size
             f.write(b"\0" * size)
             f.flush()
@@ -388,28 +388,6 @@ class Keyring:
 
 
 _UNSEEN = (-1, -1)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    # On disk before any value is encrypted under it: a key lost in a crash would take every
-    # value it encrypted with it. Written aside, synced, renamed over, and the folder synced.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _sync_folder(path.parent)
-
-
-def _sync_folder(path: Path) -> None:
-    folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def _context(tenant: str, key_id: str) -> dict[str, str]:

@@ -217,13 +217,11 @@ _FORMATTER = logging.Formatter()
 
 class _ProcessFilter(logging.Filter):
     # The one filter on the layer's loggers, masking with whichever masker is installed.
-    masker: Masker | None = None
+    installed: MaskingFilter | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        masker = self.masker
-        if masker is not None:
-            MaskingFilter(masker).filter(record)
-        return True
+        installed = self.installed
+        return True if installed is None else installed.filter(record)
 
 
 _FILTER = _ProcessFilter()
@@ -232,7 +230,7 @@ _FILTER = _ProcessFilter()
 def install(masker: Masker, *, logs: bool = True, errors_too: bool = True) -> None:
     """Mask the layer's log records and error messages with ``masker`` (process-wide)."""
     if logs:
-        _FILTER.masker = masker
+        _FILTER.installed = MaskingFilter(masker)
         for logger in _layer_loggers():
             if _FILTER not in logger.filters:
                 logger.addFilter(_FILTER)
@@ -242,8 +240,8 @@ def install(masker: Masker, *, logs: bool = True, errors_too: bool = True) -> No
 
 def uninstall(masker: Masker) -> None:
     """Stop masking with ``masker`` if it is the one installed (a later one stays)."""
-    if _FILTER.masker is masker:
-        _FILTER.masker = None
+    if _FILTER.installed is not None and _FILTER.installed.masker is masker:
+        _FILTER.installed = None
     errors.clear_message_mask(masker.text)
 
 

@@ -16,7 +16,7 @@ import asyncio
 import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 import orjson
@@ -25,12 +25,13 @@ from psycopg import sql
 
 from agency_data.errors import ConfigError, Conflict, NotFound
 from agency_data.inputs import check_int, check_seconds, check_tenant
+from agency_data.redis.keys import Keys
 from agency_data.security.fields import FieldCipher, sealed_key
+from agency_data.security.keys import Keyring
 
 if TYPE_CHECKING:
     from agency_data.postgres.database import Database
     from agency_data.redis.client import RedisClient
-    from agency_data.redis.keys import Keys
     from agency_data.vectors.catalog import Catalog
 
 __all__ = ["KeyAdmin", "ReencryptReport"]
@@ -39,6 +40,17 @@ __all__ = ["KeyAdmin", "ReencryptReport"]
 _SETTLE = 2.0
 # Below every UUID: where a pass starts.
 _FIRST_ID = UUID(int=0)
+
+
+class _Sealable(NamedTuple):
+    """A column that may hold sealed values: its table (the values' associated data names
+    it), the table as SQL, whether it holds JSON, and the column that names a row."""
+
+    table: str
+    table_id: sql.Composable
+    column: str
+    is_json: bool
+    id_column: str = "id"
 
 
 @dataclass
@@ -61,7 +73,6 @@ class KeyAdmin:
         db: Database,
         catalog: Catalog,
         redis: RedisClient | None,
-        keys_of: Any,
         admin: Database | None = None,
     ) -> None:
         self._cipher = cipher
@@ -70,10 +81,8 @@ class KeyAdmin:
         self._db = db
         self._catalog = catalog
         self._redis = redis
-        # tenant -> Keys (the Redis key names of that tenant).
-        self._keys_of = keys_of
 
-    def _keyring(self) -> Any:
+    def _keyring(self) -> Keyring:
         if self._cipher.keyring is None:
             raise ConfigError(
                 "no key-encryption key is configured (encryption.kek, kek_file, kek_env or "
@@ -84,7 +93,7 @@ class KeyAdmin:
 
     def tenants(self) -> list[str]:
         """Every tenant with data keys in the key store."""
-        return list(self._keyring().store.tenants())
+        return self._keyring().store.tenants()
 
     async def rotate(self) -> int:
         """Re-wrap every tenant's data keys under the current KEK; how many keys."""
@@ -174,16 +183,16 @@ class KeyAdmin:
     async def _used_keys(self, tenant: str, key_ids: list[str]) -> set[str]:
         used: set[str] = set()
         view = self._db.for_tenant(tenant)
-        for table_id, column, is_json in await self._places():
-            col = sql.Identifier(column)
-            text = sql.SQL("{c}->>'$enc'" if is_json else "{c}").format(c=col)
+        for place in await self._places():
+            col = sql.Identifier(place.column)
+            text = sql.SQL("{c}->>'$enc'" if place.is_json else "{c}").format(c=col)
             for key_id in key_ids:
                 if key_id in used:
                     continue
-                pattern = ("" if is_json else "$enc:") + f"v1:{key_id}:%"
+                pattern = ("" if place.is_json else "$enc:") + f"v1:{key_id}:%"
                 found = await view.fetch_value(
                     sql.SQL("SELECT 1 FROM {} WHERE tenant_id = %s AND {} LIKE %s LIMIT 1").format(
-                        table_id, text
+                        place.table_id, text
                     ),
                     [tenant, pattern],
                 )
@@ -192,44 +201,29 @@ class KeyAdmin:
         used.update(await self._session_keys(tenant))
         return used
 
-    async def _places(self) -> list[tuple[sql.Composable, str, bool]]:
-        places: list[tuple[sql.Composable, str, bool]] = [
-            (sql.Identifier("tasks"), "data", True),
-            (sql.Identifier("tasks"), "result", True),
-            (sql.Identifier("tasks"), "error", False),
-            (sql.Identifier("tasks"), "traceback", False),
-            (sql.Identifier("task_schedules"), "data", True),
+    async def _places(self) -> list[_Sealable]:
+        tasks, schedules = sql.Identifier("tasks"), sql.Identifier("task_schedules")
+        places = [
+            _Sealable("tasks", tasks, "data", True),
+            _Sealable("tasks", tasks, "result", True),
+            _Sealable("tasks", tasks, "error", False),
+            _Sealable("tasks", tasks, "traceback", False),
+            _Sealable("task_schedules", schedules, "data", True, "name"),
         ]
         for name in await self._catalog.names():
             spec = await self._catalog.load(name)
-            places += [(spec.table_id, "content", False), (spec.table_id, "metadata", True)]
+            places.append(_Sealable(spec.table, spec.table_id, "content", False))
+            places.append(_Sealable(spec.table, spec.table_id, "metadata", True))
         return places
 
     async def _pass(self, tenant: str, key_id: str, batch: int, report: ReencryptReport) -> int:
         changed = 0
-        places: list[tuple[str, sql.Composable, str, bool, str]] = [
-            ("tasks", sql.Identifier("tasks"), column, is_json, "id")
-            for column, is_json in (
-                ("data", True),
-                ("result", True),
-                ("error", False),
-                ("traceback", False),
-            )
-        ]
-        places.append(("task_schedules", sql.Identifier("task_schedules"), "data", True, "name"))
-        for name in await self._catalog.names():
-            spec = await self._catalog.load(name)
-            for column, is_json in (("content", False), ("metadata", True)):
-                places.append((spec.table, spec.table_id, column, is_json, "id"))
         view = self._db.for_tenant(tenant)
-        for table, table_id, column, is_json, id_column in places:
-            chosen = self._chosen(table, column)
-            done = await self._rewrite(
-                view, tenant, table, table_id, column, is_json, chosen, key_id, batch, id_column
-            )
+        for place in await self._places():
+            done = await self._rewrite(view, tenant, place, key_id, batch)
             if done:
-                place = f"{table}.{column}"
-                report.rewritten[place] = report.rewritten.get(place, 0) + done
+                name = f"{place.table}.{place.column}"
+                report.rewritten[name] = report.rewritten.get(name, 0) + done
                 changed += done
         done = await self._sessions(tenant, key_id)
         if done:
@@ -247,20 +241,12 @@ class KeyAdmin:
         return cipher.chosen("embeddings", column) or cipher.chosen(name, column)
 
     async def _rewrite(
-        self,
-        view: Database,
-        tenant: str,
-        table: str,
-        table_id: sql.Composable,
-        column: str,
-        is_json: bool,
-        chosen: bool,
-        key_id: str,
-        batch: int,
-        id_column: str = "id",
+        self, view: Database, tenant: str, place: _Sealable, key_id: str, batch: int
     ) -> int:
+        table, table_id, column, is_json = place.table, place.table_id, place.column, place.is_json
+        chosen = self._chosen(table, column)
         col = sql.Identifier(column)
-        ident = sql.Identifier(id_column)
+        ident = sql.Identifier(place.id_column)
         current = f"v1:{key_id}:%"
         if is_json:
             sealed_old = sql.SQL("({c} ? '$enc' AND {c}->>'$enc' NOT LIKE %s)").format(c=col)
@@ -285,7 +271,7 @@ class KeyAdmin:
             "UPDATE {t} SET {c} = %s{cast} WHERE tenant_id = %s AND {i} = %s AND {c}::text = %s"
         ).format(t=table_id, c=col, i=ident, cast=sql.SQL("::jsonb" if is_json else ""))
         total = 0
-        after: Any = _FIRST_ID if id_column == "id" else ""
+        after: Any = _FIRST_ID if place.id_column == "id" else ""
         while True:
             async with view.transaction():
                 rows = await view.fetch(select, [tenant, after, current, batch])
@@ -305,7 +291,7 @@ class KeyAdmin:
         if redis is None:
             return set()
         found: set[str] = set()
-        async for name in redis.scan_iter(match=self._keys_of(tenant).session("*"), count=500):
+        async for name in redis.scan_iter(match=Keys(tenant).session("*"), count=500):
             raw = await redis.get(name)
             if raw is not None and (key := sealed_key(orjson.loads(raw).get("data"))):
                 found.add(key)
@@ -316,7 +302,7 @@ class KeyAdmin:
         if redis is None:
             return 0
         chosen = self._cipher.chosen("sessions", "data")
-        keys: Keys = self._keys_of(tenant)
+        keys = Keys(tenant)
         pattern = keys.session("*")
         rewritten = 0
         async for name in redis.scan_iter(match=pattern, count=500):

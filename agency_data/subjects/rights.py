@@ -26,11 +26,13 @@ from uuid import UUID
 import orjson
 from psycopg import sql
 
+from agency_data.audit.notes import SYSTEM_TRAIL
 from agency_data.config import SubjectsConfig
 from agency_data.errors import ValidationError
 from agency_data.inputs import check_tenant, check_text
 from agency_data.redis.errors import translate_errors as redis_errors
 from agency_data.redis.keys import Keys
+from agency_data.security.fields import COLLECTION_COLUMNS, SEALABLE
 
 if TYPE_CHECKING:
     from agency_data.cache.store import Cache
@@ -192,8 +194,8 @@ class SubjectRights:
         if keyring is not None and await asyncio.to_thread(keyring.destroy, tenant):
             report.removed["data keys"] = 1
         await self._admin.execute(
-            "SELECT agency_data_audit_append('(system)', 'tenant.erase', 'tenant', %s, %s::jsonb)",
-            [tenant, orjson.dumps(report.removed).decode()],
+            "SELECT agency_data_audit_append(%s, 'tenant.erase', 'tenant', %s, %s::jsonb)",
+            [SYSTEM_TRAIL, tenant, orjson.dumps(report.removed).decode()],
         )
         return report
 
@@ -224,7 +226,7 @@ class SubjectRights:
                     "tasks",
                     "tasks",
                     sql.Identifier("tasks"),
-                    ("data", "result", "error", "traceback"),
+                    SEALABLE["tasks"],
                     task_paths,
                     "id",
                 )
@@ -235,7 +237,7 @@ class SubjectRights:
                     "task_schedules",
                     "task_schedules",
                     sql.Identifier("task_schedules"),
-                    ("data",),
+                    SEALABLE["task_schedules"],
                     task_paths,
                     "name",
                 )
@@ -260,7 +262,7 @@ class SubjectRights:
                         f"embeddings.{name}",
                         spec.table,
                         spec.table_id,
-                        ("content", "metadata"),
+                        COLLECTION_COLUMNS,
                         paths,
                         "id",
                     )
@@ -287,9 +289,10 @@ class SubjectRights:
         entity_types = set(self.config.entity_types)
         while True:
             rows = [r["row"] for r in await view.fetch(query, [tenant, after, _BATCH])]
+            if sealable:
+                # The tenant's keys read (off the event loop) once a batch, not a row.
+                await cipher.ensure(tenant, write=False)
             for row in rows:
-                if sealable and cipher.keyring is not None:
-                    await cipher.ensure(tenant, write=False)
                 opened = cipher.open_row(tenant, name, row, sealable, key) if sealable else row
                 if any(_names(_at(opened, path), subject) for path in paths) or (
                     opened.get("entity_type") in entity_types and opened.get("entity_id") == subject
@@ -305,6 +308,7 @@ class SubjectRights:
         if self._redis is None or not self.config.sessions:
             return
         cipher = self._db.cipher
+        await cipher.ensure(tenant, write=False)
         paths = [("data", *p.split(".")) for p in self.config.sessions]
         with redis_errors("reading sessions"):
             async for key in self._redis.scan_iter(match=Keys(tenant).session("*"), count=500):
@@ -312,8 +316,6 @@ class SubjectRights:
                 if raw is None:
                     continue
                 document = orjson.loads(raw)
-                if cipher.keyring is not None:
-                    await cipher.ensure(tenant, write=False)
                 document["data"] = cipher.open(
                     tenant, "sessions", "data", document["id"], document["data"]
                 )
@@ -327,7 +329,7 @@ class SubjectRights:
         paths = [tuple(p.split(".")) for p in self.config.streams]
         with redis_errors("reading streams"):
             async for key in self._redis.scan_iter(match=Keys(tenant).stream("*"), count=500):
-                name = key.decode() if isinstance(key, bytes) else str(key)
+                name = _text(key)
                 if await self._redis.type(key) not in (b"stream", "stream"):
                     continue
                 entries: list[Any] = await self._redis.xrange(key) or []

@@ -55,7 +55,7 @@ from agency_data.observability import observed
 from agency_data.observability.instrument import ProbeQuery, Telemetry
 from agency_data.postgres.database import TENANT_SETTING, Database
 from agency_data.postgres.errors import refused_a_row, translate_errors
-from agency_data.security.fields import sealed_limit
+from agency_data.security.fields import COLLECTION_COLUMNS, sealed_limit
 from agency_data.vectors import _binary, _sql, indexes
 from agency_data.vectors._compat import HalfVector, vector_to_list
 from agency_data.vectors.catalog import Catalog, CollectionSpec
@@ -65,8 +65,6 @@ from agency_data.vectors.validation import as_matrix, as_vector
 
 __all__ = ["Collection"]
 
-# The columns of a collection that field encryption may seal.
-_SEALABLE = ("content", "metadata")
 _ITEM_KEYS = {"id", "entity_type", "entity_id", "vector", "metadata", "content"}
 _QUERY_KEYS = {"vector", "limit", "threshold", "filter"}
 _MAX_ENTITY = 1000
@@ -410,7 +408,7 @@ class Collection:
     def _opened(self, spec: CollectionSpec, rows: builtins.list[Any]) -> builtins.list[Any]:
         # Sealed contents and metadata opened (whether or not they are still chosen).
         cipher = self._db.cipher
-        return [cipher.open_row(self.tenant, spec.table, row, _SEALABLE) for row in rows]
+        return [cipher.open_row(self.tenant, spec.table, row, COLLECTION_COLUMNS) for row in rows]
 
     @observed("embeddings.count")
     async def count(
