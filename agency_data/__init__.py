@@ -45,6 +45,7 @@ from agency_data.errors import (
     SerializationFailure,
     StorageFull,
     TaskCancelled,
+    UsageError,
     ValidationError,
 )
 from agency_data.manager import DataLayer
@@ -164,6 +165,7 @@ __all__ = [
     "TasksConfig",
     "TenantScope",
     "Transaction",
+    "UsageError",
     "ValidationError",
     "VectorConfig",
     "Worker",

@@ -19,6 +19,8 @@ AgencyDataError
  +-- DecryptionError          an encrypted value's key is gone (shredded) or the value was moved
  +-- LockNotAcquired          a lock could not be taken within its wait
  +-- LockNotOwned             a lock was released or extended after it was lost
+ +-- UsageError               a call the API cannot serve where it was made (a sync call
+ |                            from inside the event loop it would have to wait on)
  +-- MigrationError           a migration could not be planned, applied or rolled back
       +-- MigrationChecksumMismatch  an applied migration's file has changed since
       +-- BackupError         the backup before migrating failed
@@ -53,6 +55,7 @@ __all__ = [
     "SerializationFailure",
     "StorageFull",
     "TaskCancelled",
+    "UsageError",
     "ValidationError",
     "clear_message_mask",
     "set_message_mask",
@@ -210,6 +213,11 @@ class LockNotOwned(AgencyDataError):
     def __init__(self, message: str, *, name: str) -> None:
         super().__init__(message)
         self.name = name
+
+
+class UsageError(AgencyDataError):
+    """The API was called where it cannot serve the call: a synchronous method called on the
+    thread of the event loop it would wait on (it would wait forever), or a closed front end."""
 
 
 class MigrationError(AgencyDataError):
