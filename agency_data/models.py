@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -37,6 +37,14 @@ __all__ = [
 
 DEFAULT_TENANT = "default"
 T = TypeVar("T")
+
+
+def _id_text(value: Any) -> Any:
+    return str(value) if isinstance(value, UUID) else value
+
+
+# An embedding's id: a string (agency_data.vectors.ids); a UUID given is taken as its text.
+EmbeddingId = Annotated[str, BeforeValidator(_id_text)]
 
 
 class AgentStatus(StrEnum):
@@ -105,7 +113,7 @@ class Task(_Record):
 class Embedding(_Record):
     """A vector with what it describes (``entity_type``/``entity_id``) and free metadata."""
 
-    id: UUID
+    id: EmbeddingId
     tenant_id: str = DEFAULT_TENANT
     entity_type: str
     entity_id: str
@@ -164,7 +172,7 @@ class SimilarityResult:
     costs a tenth as much (``dataclasses.asdict`` gives a dict).
     """
 
-    id: UUID
+    id: str
     score: float
     distance: float
     entity_type: str

@@ -17,7 +17,6 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
-from uuid import UUID
 
 import orjson
 from filelock import FileLock, Timeout
@@ -39,7 +38,6 @@ __all__ = ["KeyAdmin", "ReencryptReport"]
 # How long the last pass waits for writers that sealed with the old key to commit.
 _SETTLE = 2.0
 # Below every UUID: where a pass starts.
-_FIRST_ID = UUID(int=0)
 
 
 class _Sealable(NamedTuple):
@@ -263,18 +261,25 @@ class KeyAdmin:
             condition = sql.SQL("({} OR ({} IS NOT NULL AND {}))").format(sealed_old, col, plain)
         # Forward through the table once per pass (by id): a row whose compare-and-set missed
         # (written meanwhile) waits for the next pass instead of being read again at once.
-        select = sql.SQL(
-            "SELECT {i} AS id, {c} AS value, {c}::text AS exact FROM {t} "
-            "WHERE tenant_id = %s AND {i} > %s AND {cond} ORDER BY {i} LIMIT %s"
-        ).format(i=ident, c=col, t=table_id, cond=condition)
+        # The first page has no key to start after (ids are UUIDs or strings).
+        first, select = (
+            sql.SQL(
+                "SELECT {i} AS id, {c} AS value, {c}::text AS exact FROM {t} "
+                "WHERE tenant_id = %s" + after + " AND {cond} ORDER BY {i} LIMIT %s"
+            ).format(i=ident, c=col, t=table_id, cond=condition)
+            for after in ("", " AND {i} > %s")
+        )
         update = sql.SQL(
             "UPDATE {t} SET {c} = %s{cast} WHERE tenant_id = %s AND {i} = %s AND {c}::text = %s"
         ).format(t=table_id, c=col, i=ident, cast=sql.SQL("::jsonb" if is_json else ""))
         total = 0
-        after: Any = _FIRST_ID if place.id_column == "id" else ""
+        after: Any = None
         while True:
             async with view.transaction():
-                rows = await view.fetch(select, [tenant, after, current, batch])
+                if after is None:
+                    rows = await view.fetch(first, [tenant, current, batch])
+                else:
+                    rows = await view.fetch(select, [tenant, after, current, batch])
                 for row in rows:
                     value = self._cipher.open(tenant, table, column, row["id"], row["value"])
                     resealed = self._cipher.seal(

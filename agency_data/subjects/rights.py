@@ -21,7 +21,6 @@ import hmac
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 import orjson
 from psycopg import sql
@@ -46,7 +45,6 @@ _BATCH = 1000
 # Where a subject may appear in PostgreSQL: the report's name for it, the table's name (the
 # associated data of its sealed values), the table, its sealable columns, the JSON paths.
 _Place = tuple[str, str, sql.Composable, tuple[str, ...], list[tuple[str, ...]], str]
-_FIRST = UUID(int=0)
 _MAX_SUBJECT = 500
 
 
@@ -281,14 +279,22 @@ class SubjectRights:
     ) -> AsyncIterator[dict[str, Any]]:
         view = self._db.for_tenant(tenant)
         cipher = self._db.cipher
-        query = sql.SQL(
-            "SELECT to_jsonb(t) - 'search' - 'content_tsv' - 'lease_token' AS row FROM {} t "
-            "WHERE tenant_id = %s AND {k} > %s ORDER BY {k} LIMIT %s"
-        ).format(table, k=sql.Identifier(key))
-        after: Any = _FIRST if key == "id" else ""
+        # Keyset pages; the first has no key to start after (ids are UUIDs or strings).
+        first, query = (
+            sql.SQL(
+                "SELECT to_jsonb(t) - 'search' - 'content_tsv' - 'lease_token' AS row FROM {} t "
+                "WHERE tenant_id = %s" + after + " ORDER BY {k} LIMIT %s"
+            ).format(table, k=sql.Identifier(key))
+            for after in ("", " AND {k} > %s")
+        )
+        after: Any = None
         entity_types = set(self.config.entity_types)
         while True:
-            rows = [r["row"] for r in await view.fetch(query, [tenant, after, _BATCH])]
+            if after is None:
+                page = await view.fetch(first, [tenant, _BATCH])
+            else:
+                page = await view.fetch(query, [tenant, after, _BATCH])
+            rows = [r["row"] for r in page]
             if sealable:
                 # The tenant's keys read (off the event loop) once a batch, not a row.
                 await cipher.ensure(tenant, write=False)

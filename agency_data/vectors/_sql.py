@@ -185,22 +185,20 @@ def insert_sql(table: str, storage: str, upsert: bool) -> sql.SQL:
     """Insert a slice of rows given as whole columns (binary arrays, see :mod:`._binary`).
 
     Parameters: the tenant, then ids, entity types, entity ids, vectors, metadata and content,
-    one array each. With ``upsert``, a row replaces the row of the same id *and tenant*; a row
-    whose id belongs to another tenant is left alone and not returned (``RETURNING t.id``),
-    which the caller turns into a Conflict (and a rollback).
+    one array each. With ``upsert``, a row replaces the tenant's row of the same id (ids are
+    unique per tenant: another tenant's row of that id is another row).
     """
     # One INSERT per slice rather than COPY: PostgreSQL refuses COPY FROM into a table under
     # row-level security, and the tenant policy checks the inserted rows one by one.
     text = sql.SQL(
         "INSERT INTO {table} AS t (" + _STORED_COLUMNS + ") "
         "SELECT id, %s, entity_type, entity_id, vector, metadata, content "
-        "FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::{vectors}[], %b::jsonb[], %b::text[]) "
+        "FROM unnest(%b::text[], %b::text[], %b::text[], %b::{vectors}[], %b::jsonb[], %b::text[]) "
         "AS item(id, entity_type, entity_id, vector, metadata, content)"
         + (
-            " ON CONFLICT (id) DO UPDATE SET entity_type = excluded.entity_type, "
+            " ON CONFLICT (tenant_id, id) DO UPDATE SET entity_type = excluded.entity_type, "
             "entity_id = excluded.entity_id, vector = excluded.vector, "
-            "metadata = excluded.metadata, content = excluded.content "
-            "WHERE t.tenant_id = excluded.tenant_id RETURNING t.id"
+            "metadata = excluded.metadata, content = excluded.content"
             if upsert
             else ""
         )

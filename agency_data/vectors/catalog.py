@@ -232,7 +232,8 @@ def _table_ddl(spec: CollectionSpec) -> list[sql.Composed]:
     statements = [
         sql.SQL(
             """CREATE TABLE {table} (
-                id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+                id          text COLLATE "C" NOT NULL DEFAULT gen_random_uuid()::text
+                            CONSTRAINT {id_length} CHECK (length(id) BETWEEN 1 AND 512),
                 tenant_id   text NOT NULL DEFAULT 'default'
                             CHECK (tenant_id ~ '^[A-Za-z0-9_.:-]{{1,64}}$'),
                 entity_type text NOT NULL CHECK (btrim(entity_type) <> ''),
@@ -241,9 +242,14 @@ def _table_ddl(spec: CollectionSpec) -> list[sql.Composed]:
                 metadata    jsonb NOT NULL DEFAULT '{{}}' CHECK (jsonb_typeof(metadata) = 'object'),
                 content     text,
                 content_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', coalesce(content, ''))) STORED,
-                created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+                created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+                PRIMARY KEY (tenant_id, id)
             )"""
-        ).format(table=table, vtype=spec.vector_type),
+        ).format(
+            table=table,
+            vtype=spec.vector_type,
+            id_length=sql.Identifier(f"{spec.table}_id_length"),
+        ),
         sql.SQL("CREATE INDEX {} ON {} (tenant_id, entity_type, entity_id)").format(
             sql.Identifier(f"{spec.table}_entity"), table
         ),

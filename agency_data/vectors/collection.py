@@ -24,17 +24,15 @@ from collections.abc import (
 )
 from time import perf_counter
 from typing import Any, TypeAlias
-from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 
 from agency_data.batching import GroupCommit, PointReads
-from agency_data.errors import Conflict, NotFound, QueryError, ValidationError
+from agency_data.errors import NotFound, QueryError, ValidationError
 from agency_data.inputs import (
     MAX_PAGE,
     as_items,
-    as_uuid,
     check_bool,
     check_int,
     check_iterable,
@@ -60,6 +58,7 @@ from agency_data.vectors import _binary, _sql, indexes
 from agency_data.vectors._compat import HalfVector, vector_to_list
 from agency_data.vectors.catalog import Catalog, CollectionSpec
 from agency_data.vectors.filter_ast import FilterNode, parse_filter
+from agency_data.vectors.ids import lookup_id, lookup_ids, stored_id
 from agency_data.vectors.metrics import MetricSpec, metric_spec
 from agency_data.vectors.validation import as_matrix, as_vector
 
@@ -102,8 +101,8 @@ class Collection:
         self._reads_audited = db.notes.reads_of("embeddings")
         # Concurrent single reads and stores outside transactions share round trips (see
         # agency_data.batching); the store hands out one Collection per name, so they meet.
-        self._reads: PointReads[UUID, Embedding] = PointReads(self._read_one, self._read_many)
-        self._stores: GroupCommit[Embedding | Mapping[str, Any], UUID] = GroupCommit(
+        self._reads: PointReads[str, Embedding] = PointReads(self._read_one, self._read_many)
+        self._stores: GroupCommit[Embedding | Mapping[str, Any], str] = GroupCommit(
             self._store_one, self._store_group, retry_alone=refused_a_row
         )
 
@@ -119,7 +118,7 @@ class Collection:
     # -- storing -------------------------------------------------------------------------------
 
     @observed("embeddings.store")
-    async def store(self, item: Embedding | Mapping[str, Any]) -> UUID:
+    async def store(self, item: Embedding | Mapping[str, Any]) -> str:
         """Store one embedding (replacing the one with its ``id``, if given); return its id.
 
         Concurrent calls outside a transaction are written together in one transaction; each
@@ -136,30 +135,32 @@ class Collection:
             field = "item" + exc.field.removeprefix("items[0]")
             raise ValidationError(str(exc).replace("items[0]", "item", 1), field=field) from None
 
-    async def _store_one(self, item: Embedding | Mapping[str, Any]) -> UUID:
+    async def _store_one(self, item: Embedding | Mapping[str, Any]) -> str:
         return (await self._store([item], 0))[0]
 
     async def _store_group(
         self, items: builtins.list[Embedding | Mapping[str, Any]]
-    ) -> builtins.list[UUID]:
+    ) -> builtins.list[str]:
         return await self._store(items, 0)
 
     @observed("embeddings.store_many")
     async def store_many(
         self, items: Iterable[Embedding | Mapping[str, Any]]
-    ) -> builtins.list[UUID]:
+    ) -> builtins.list[str]:
         """Store embeddings in one transaction, all or none; return their ids in order.
 
         ``items`` is a list, tuple or other iterable of :class:`Embedding` objects or mappings
         with ``entity_type``, ``entity_id``, ``vector`` and optionally ``id``, ``metadata``,
         ``content``. A bad item anywhere in the batch stores nothing, and the error names it
-        (``items[3].vector``). Items with an ``id`` replace the stored embedding of that id.
+        (``items[3].vector``). Items with an ``id`` (any string of up to 512 characters, see
+        :mod:`agency_data.vectors.ids`) replace this tenant's embedding of that id; the others
+        get a random UUID's text.
         """
         return await self._store(as_items(items, "items"), 0)
 
     async def _store(
         self, batch: builtins.list[Embedding | Mapping[str, Any]], start: int
-    ) -> builtins.list[UUID]:
+    ) -> builtins.list[str]:
         # ``start``: the index of the batch's first item in what the caller passed (for errors).
         spec = await self._spec()
         if not batch:
@@ -170,8 +171,8 @@ class Collection:
         upsert = any(_given_id(item) is not None for item in batch)
         insert = _sql.insert_sql(spec.table, spec.storage, upsert)
         size = _slice_rows(spec)
-        seen: set[UUID] = set()
-        ids: builtins.list[UUID] = []
+        seen: set[str] = set()
+        ids: builtins.list[str] = []
         async with self._db.transaction() as tx, self._db.connection() as conn:
             with translate_errors(f"storing into {self.name!r}"):
                 if tx.nested:
@@ -180,7 +181,6 @@ class Collection:
                     await self._db.enter_tenant(conn)
                 vector_oid = await _vector_oid(conn, spec.storage)
                 encoding = conn.info.encoding
-                written: set[UUID] = set()
                 # One INSERT per slice. A bad item in any slice fails the transaction, so the
                 # batch stays all or none. (Not pipelined: psycopg's pipeline spends more CPU
                 # pushing megabytes of parameters than the client spends making them.)
@@ -197,15 +197,6 @@ class Collection:
                     )
                     ids += slice_ids
                     await cursor.execute(insert, params)
-                    if upsert:
-                        written.update(row["id"] for row in await cursor.fetchall())
-                if upsert and len(written) != len(ids):
-                    taken = [str(i) for i in ids if i not in written][:5]
-                    raise Conflict(
-                        f"ids already used by another tenant: {', '.join(taken)}; "
-                        "nothing was stored",
-                        field="id",
-                    )
         return ids
 
     async def stream_store(
@@ -238,12 +229,12 @@ class Collection:
         items: builtins.list[Embedding | Mapping[str, Any]],
         spec: CollectionSpec,
         offset: int,
-        seen: set[UUID],
+        seen: set[str],
         vector_oid: int,
         encoding: str,
-    ) -> tuple[builtins.list[UUID], builtins.list[Any]]:
+    ) -> tuple[builtins.list[str], builtins.list[Any]]:
         # One slice, checked, as its ids and the parameters of ``_sql.insert_sql``.
-        given: builtins.list[UUID | None] = []
+        given: builtins.list[str | None] = []
         entity_types: builtins.list[str] = []
         entity_ids: builtins.list[str] = []
         metadatas: builtins.list[dict[str, Any]] = []
@@ -263,17 +254,17 @@ class Collection:
             if given_id is None:
                 given.append(None)
             else:
-                id_ = as_uuid(given_id, f"items[{index}].id")
+                id_ = stored_id(given_id, f"items[{index}].id")
                 if id_ in seen:
                     raise ValidationError(
-                        f"items[{index}].id {id_} appears twice in one batch",
+                        f"items[{index}].id {id_!r} appears twice in one batch",
                         field=f"items[{index}].id",
                     )
                 seen.add(id_)
                 given.append(id_)
             entity_types.append(_text(values.get("entity_type"), index, "entity_type", blank=False))
             entity_id = values.get("entity_id")
-            if isinstance(entity_id, int | UUID) and not isinstance(entity_id, bool):
+            if isinstance(entity_id, int | uuid.UUID) and not isinstance(entity_id, bool):
                 entity_id = str(entity_id)
             entity_ids.append(_text(entity_id, index, "entity_id", blank=True))
             metadata = values.get("metadata")
@@ -327,7 +318,7 @@ class Collection:
             raise _unencodable(exc, offset, entity_types, entity_ids, contents, encoding) from None
         return ids, [
             self.tenant,
-            _binary.uuid_array(ids),
+            _binary.id_array(ids),
             *texts,
             _binary.vector_array(matrix, spec.storage, vector_oid),
             _binary.jsonb_array(documents),
@@ -337,56 +328,59 @@ class Collection:
     # -- reading -------------------------------------------------------------------------------
 
     @observed("embeddings.get")
-    async def get(self, embedding_id: UUID | str, *, consistent: bool = False) -> Embedding:
+    async def get(self, embedding_id: str | uuid.UUID, *, consistent: bool = False) -> Embedding:
         """The embedding with ``embedding_id``; :class:`NotFound` if this tenant has none.
 
         Concurrent calls outside a transaction share one query. A read replica may serve it
         (see :mod:`agency_data.postgres.replicas`); ``consistent`` asks for one that has
         replayed every commit acknowledged so far, or the primary.
         """
-        uid = as_uuid(embedding_id, "embedding_id")
-        if consistent is not False or self._db.in_transaction:
+        id_ = lookup_id(embedding_id, "embedding_id")
+        check_bool(consistent, "consistent")
+        if id_ is None:
+            found = None
+        elif consistent or self._db.in_transaction:
             # Alone: a consistent read waits for its own replica; a transaction's stays its own.
-            found = await self._read_one(uid, consistent=check_bool(consistent, "consistent"))
+            found = await self._read_one(id_, consistent=consistent)
         else:
-            found = await self._reads.get(uid)
+            found = await self._reads.get(id_)
         if found is None:
             raise NotFound(
-                f"embedding {embedding_id} does not exist in {self.name!r}", entity="embedding"
+                f"embedding {embedding_id!r} does not exist in {self.name!r}", entity="embedding"
             )
         if self._reads_audited:
             await self._audit_read([found.id])
         return found
 
-    async def _audit_read(self, ids: Sequence[UUID]) -> None:
+    async def _audit_read(self, ids: Sequence[str]) -> None:
         await self._db.notes.read(self.tenant, f"emb_{self.name}", ids)
 
-    async def _read_one(self, embedding_id: UUID, consistent: bool = False) -> Embedding | None:
+    async def _read_one(self, embedding_id: str, consistent: bool = False) -> Embedding | None:
         found = await self._db.read(
             lambda on: self._load_many([embedding_id], on), consistent=consistent
         )
         return found[0] if found else None
 
-    async def _read_many(self, ids: Sequence[UUID]) -> dict[UUID, Embedding]:
+    async def _read_many(self, ids: Sequence[str]) -> dict[str, Embedding]:
         found = await self._db.read(lambda on: self._load_many(list(ids), on))
         return {one.id: one for one in found}
 
     @observed("embeddings.get_many")
     async def get_many(
-        self, embedding_ids: Iterable[UUID | str], *, consistent: bool = False
+        self, embedding_ids: Iterable[str | uuid.UUID], *, consistent: bool = False
     ) -> builtins.list[Embedding]:
         """The embeddings that exist among ``embedding_ids``, in no particular order.
 
         A read replica may serve it; ``consistent`` as for :meth:`get`.
         """
         check_bool(consistent, "consistent")
-        ids = _ids(embedding_ids, "embedding_ids")
+        ids = lookup_ids(embedding_ids, "embedding_ids")
         found = await self._db.read(lambda on: self._load_many(ids, on), consistent=consistent)
         if self._reads_audited:
             await self._audit_read([one.id for one in found])
         return found
 
-    async def _load_many(self, ids: builtins.list[UUID], db: Database) -> builtins.list[Embedding]:
+    async def _load_many(self, ids: builtins.list[str], db: Database) -> builtins.list[Embedding]:
         spec = await self._spec()  # first: a collection that does not exist is still an error
         if not ids:
             return []
@@ -429,21 +423,25 @@ class Collection:
 
     @observed("embeddings.delete")
     async def delete(
-        self, ids: Iterable[UUID | str] | None = None, *, filter: Mapping[str, Any] | None = None
+        self,
+        ids: Iterable[str | uuid.UUID] | None = None,
+        *,
+        filter: Mapping[str, Any] | None = None,
     ) -> int:
-        """Delete by ids, or every embedding matching ``filter``; return how many went."""
+        """Delete by ids, or every embedding matching ``filter``; return how many went (ids
+        this tenant does not have are skipped)."""
         if (ids is None) == (filter is None):
             raise ValidationError("delete takes ids or a filter (one of them)", field="ids")
         if ids is not None:
-            uuids = _ids(ids, "ids")
+            wanted = lookup_ids(ids, "ids")
             spec = await self._spec()
-            if not uuids:
+            if not wanted:
                 return 0
             return await self._db.execute(
                 sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND id = ANY(%s)").format(
                     spec.table_id
                 ),
-                [self.tenant, uuids],
+                [self.tenant, wanted],
             )
         node = _parse(filter)
         spec = await self._spec()
@@ -453,7 +451,7 @@ class Collection:
         )
 
     async def _update_sealed_metadata(
-        self, spec: CollectionSpec, uid: UUID, metadata: dict[str, Any], merge: bool
+        self, spec: CollectionSpec, uid: str, metadata: dict[str, Any], merge: bool
     ) -> Embedding:
         # Sealed metadata cannot be merged by PostgreSQL: read, merge and seal here, the row
         # locked meanwhile.
@@ -466,7 +464,7 @@ class Collection:
             )
             if row is None:
                 raise NotFound(
-                    f"embedding {uid} does not exist in {self.name!r}", entity="embedding"
+                    f"embedding {uid!r} does not exist in {self.name!r}", entity="embedding"
                 )
             cipher = self._db.cipher
             await cipher.ensure(self.tenant)
@@ -492,12 +490,16 @@ class Collection:
 
     @observed("embeddings.update_metadata")
     async def update_metadata(
-        self, embedding_id: UUID | str, metadata: dict[str, Any], *, merge: bool = True
+        self, embedding_id: str | uuid.UUID, metadata: dict[str, Any], *, merge: bool = True
     ) -> Embedding:
         """Replace the metadata, or (``merge=True``) add and overwrite top-level keys."""
-        uid = as_uuid(embedding_id, "embedding_id")
+        uid = lookup_id(embedding_id, "embedding_id")
         check_mapping(metadata, "metadata")
         check_bool(merge, "merge")
+        if uid is None:
+            raise NotFound(
+                f"embedding {embedding_id!r} does not exist in {self.name!r}", entity="embedding"
+            )
         encoded = encode_json(metadata, "metadata", self._db.config.max_json_bytes)
         spec = await self._spec()
         if self._db.cipher.keyring is not None:
@@ -513,7 +515,7 @@ class Collection:
         # Its own write, read back on the primary (a replica may not have replayed it yet).
         found = await self._load_many([uid], self._db) if updated else []
         if not found:
-            raise NotFound(f"embedding {uid} does not exist in {self.name!r}", entity="embedding")
+            raise NotFound(f"embedding {uid!r} does not exist in {self.name!r}", entity="embedding")
         return found[0]
 
     # -- searching -----------------------------------------------------------------------------
@@ -788,7 +790,7 @@ class Collection:
             + " %b AS distance FROM {} WHERE {} ORDER BY distance"
         ).format(columns, spec.table_id, where)
         # What was handed out, recorded a batch at a time when reads are audited.
-        seen: builtins.list[UUID] = []
+        seen: builtins.list[str] = []
         try:
             async with self._db.connection() as conn, conn.transaction():
                 with translate_errors("streaming search"):
@@ -852,8 +854,8 @@ class Collection:
             text_rows, vector_rows = await self._db.read(
                 lambda on: on.fetch_many(statements), consistent=consistent
             )
-        fused: dict[UUID, float] = {}
-        rows_by_id: dict[UUID, dict[str, Any]] = {}
+        fused: dict[str, float] = {}
+        rows_by_id: dict[str, dict[str, Any]] = {}
         text_rows, vector_rows = self._opened(spec, text_rows), self._opened(spec, vector_rows)
         for rows in (text_rows, sorted(vector_rows, key=lambda r: r["distance"])):
             for rank, row in enumerate(rows, start=1):
@@ -951,10 +953,6 @@ def _as_mapping(item: Any, index: int) -> Mapping[str, Any]:
         f"items[{index}] is not an Embedding or a mapping, but a {type(item).__name__}",
         field=f"items[{index}]",
     )
-
-
-def _ids(values: Any, field: str) -> builtins.list[UUID]:
-    return [as_uuid(value, f"{field}[{n}]") for n, value in enumerate(as_items(values, field))]
 
 
 def _as_query(raw: Any, index: int) -> _Query:

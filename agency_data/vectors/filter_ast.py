@@ -55,9 +55,9 @@ MAX_VALUES = 10_000  # values in all, counting each element of a list or object
 MAX_STRING = 10_000  # characters in one string
 MAX_CHARS = 1_000_000  # characters in all the filter's strings together
 
-ColumnKind = Literal["uuid", "text", "timestamptz"]
+ColumnKind = Literal["text", "timestamptz"]
 COLUMNS: dict[str, ColumnKind] = {
-    "id": "uuid",
+    "id": "text",
     "entity_type": "text",
     "entity_id": "text",
     "content": "text",
@@ -263,8 +263,6 @@ class _Parser:
                 raise _fail(where, f"$contains works on text or arrays, not on {field}")
             return Comparison(field, op, self.operand(operand, kind, where))
         if op in _ORDERING:
-            if kind == "uuid":
-                raise _fail(where, f"{op} does not apply to ids")
             value = self.operand(operand, kind, where)
             if value is None or isinstance(value, bool):
                 raise _fail(where, f"{op} compares numbers, strings or datetimes, not {operand!r}")
@@ -342,12 +340,7 @@ def _value(value: Any, kind: ColumnKind | None, where: str, parser: _Parser) -> 
 
 
 def _check_column_value(value: Any, kind: ColumnKind | None, where: str) -> None:
-    if kind == "uuid":
-        try:
-            UUID(str(value))
-        except ValueError:
-            raise _fail(where, f"{value!r} is not a UUID") from None
-    elif kind == "text" and not isinstance(value, str):
+    if kind == "text" and not isinstance(value, str):
         raise _fail(where, f"this column holds text, not {value!r}")
     elif kind == "timestamptz":
         raise _fail(where, "compare created_at with a datetime")

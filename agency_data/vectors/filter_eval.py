@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
 
 from agency_data.vectors.filter_ast import (
     ARRAY_INDEX,
-    COLUMNS,
     And,
     Comparison,
     FilterNode,
@@ -225,9 +223,6 @@ def _column(node: Comparison, value: Any) -> bool:
         return bool((value is not _MISSING and value is not None) == operand)
     if value is _MISSING or value is None:
         return False
-    if COLUMNS[node.field.column or ""] == "uuid":
-        wanted = [operand] if op == "$eq" else list(operand)
-        return UUID(str(value)) in {UUID(str(item)) for item in wanted}
     if op == "$eq":
         return bool(value == operand)
     if op == "$in":

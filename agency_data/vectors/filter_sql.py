@@ -142,9 +142,7 @@ def _column(node: Comparison, params: list[Any]) -> sql.Composable:
         return sql.SQL("({} IS NOT NULL)" if value else "({} IS NULL)").format(ident)
     if op == "$in":
         params.append(list(value))
-        cast: LiteralString = {"uuid": "uuid[]", "text": "text[]", "timestamptz": "timestamptz[]"}[
-            kind
-        ]
+        cast: LiteralString = {"text": "text[]", "timestamptz": "timestamptz[]"}[kind]
         return sql.SQL("COALESCE({} = ANY(%s::" + cast + "), false)").format(ident)
     params.append(value)
     if op == "$eq":
