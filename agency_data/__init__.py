@@ -32,6 +32,7 @@ from agency_data.errors import (
     ConfigError,
     Conflict,
     EmbeddedServerError,
+    EmbedderError,
     LeaseLost,
     LockNotAcquired,
     LockNotOwned,
@@ -83,7 +84,13 @@ from agency_data.postgres.database import Transaction
 from agency_data.scope import TenantScope
 from agency_data.security.roles import RoleNames
 from agency_data.tasks import Job, TaskStore, Worker
-from agency_data.vectors import Collection, EmbeddingStore, ManagedCollection, ManagedEmbeddingStore
+from agency_data.vectors import (
+    Collection,
+    Embedder,
+    EmbeddingStore,
+    ManagedCollection,
+    ManagedEmbeddingStore,
+)
 
 __version__ = "0.1.0"
 
@@ -111,6 +118,8 @@ __all__ = [
     "DiskSpace",
     "EmbeddedConfig",
     "EmbeddedServerError",
+    "Embedder",
+    "EmbedderError",
     "Embedding",
     "EmbeddingStore",
     "HealthStatus",

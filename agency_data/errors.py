@@ -17,6 +17,7 @@ AgencyDataError
  |    +-- TaskCancelled       the task a worker holds was cancelled
  +-- ValidationError          bad input, caught before (or by) the database
  +-- DecryptionError          an encrypted value's key is gone (shredded) or the value was moved
+ +-- EmbedderError            a collection's text embedder failed, or returned unusable vectors
  +-- LockNotAcquired          a lock could not be taken within its wait
  +-- LockNotOwned             a lock was released or extended after it was lost
  +-- UsageError               a call the API cannot serve where it was made (a sync call
@@ -42,6 +43,7 @@ __all__ = [
     "Conflict",
     "DecryptionError",
     "EmbeddedServerError",
+    "EmbedderError",
     "LeaseLost",
     "LockNotAcquired",
     "LockNotOwned",
@@ -93,6 +95,12 @@ class DecryptionError(AgencyDataError):
     """An encrypted value cannot be read: its data key was destroyed (crypto-shredded) or is
     not in this deployment's key store, or the value was altered or moved to another row or
     tenant (its authentication failed)."""
+
+
+class EmbedderError(AgencyDataError):
+    """A collection's text embedder raised (after its retries, if the error was transient), or
+    returned something other than one finite vector of the collection's dimension per text.
+    Nothing was stored; the embedder's own exception is the ``__cause__``."""
 
 
 class ConfigError(AgencyDataError):

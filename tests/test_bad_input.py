@@ -51,6 +51,7 @@ from agency_data.tasks import TaskStore
 from agency_data.vectors.collection import Collection
 from agency_data.vectors.store import ManagedEmbeddingStore
 from tests.conftest import TEMPLATE_DB, ServerSet, make_config
+from tests.embedding_support import HashingEmbedder
 
 DIM = 3
 VECTOR = [0.1, 0.2, 0.3]
@@ -516,6 +517,9 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "task_ids": lambda p: [p.task_id],
     "error": lambda p: "boom",
     "text": lambda p: "note",
+    "texts": lambda p: ["a note"],
+    "search_text.query": lambda p: "note",
+    "embedder": lambda p: HashingEmbedder(DIM),
     "tasks.create_many.items": lambda p: [{"type": "t"}],
     "store_many.items": lambda p: [_item()],
     "stream_store.items": lambda p: [_item()],
@@ -568,7 +572,9 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
     "embeddings": (ManagedEmbeddingStore, lambda dl: dl.embeddings),
     "collection": (
         Collection,
-        lambda dl: dl.tenant(TENANT).embeddings.collection(COLLECTION),
+        lambda dl: dl.tenant(TENANT).embeddings.collection(
+            COLLECTION, embedder=HashingEmbedder(DIM)
+        ),
     ),
     "admin": (Admin, lambda dl: dl.admin),
     "audit": (AuditTrail, lambda dl: dl.tenant(TENANT).audit),

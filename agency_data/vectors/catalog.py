@@ -19,6 +19,7 @@ from agency_data.config import VectorConfig
 from agency_data.errors import Conflict, NotFound, ValidationError
 from agency_data.inputs import brief, check_bool, check_choice, check_int
 from agency_data.postgres.database import Database
+from agency_data.vectors.embedders import Embedder
 from agency_data.vectors.metrics import METRICS
 from agency_data.vectors.validation import MAX_DIMENSION
 
@@ -92,6 +93,8 @@ class Catalog:
         self._cache: dict[str, CollectionSpec] = {}
         # What new collections' tables are audited with (audit.tables names "embeddings").
         self.audited: str | None = None
+        # Collections' text embedders, given at create_collection: this process's, not stored.
+        self.embedders: dict[str, Embedder] = {}
 
     async def get(self, name: str) -> CollectionSpec:
         """The spec of collection ``name``; :class:`NotFound` if it does not exist."""

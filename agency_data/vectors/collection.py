@@ -23,7 +23,7 @@ from collections.abc import (
     Sequence,
 )
 from time import perf_counter
-from typing import Any, TypeAlias
+from typing import Any, Self, TypeAlias
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
@@ -57,6 +57,7 @@ from agency_data.security.fields import COLLECTION_COLUMNS, sealed_limit
 from agency_data.vectors import _binary, _sql, indexes
 from agency_data.vectors._compat import HalfVector, vector_to_list
 from agency_data.vectors.catalog import Catalog, CollectionSpec
+from agency_data.vectors.embedders import Embedder
 from agency_data.vectors.filter_ast import FilterNode, parse_filter
 from agency_data.vectors.ids import lookup_id, lookup_ids, stored_id
 from agency_data.vectors.metrics import MetricSpec, metric_spec
@@ -70,6 +71,7 @@ _MAX_ENTITY = 1000
 _MAX_BATCH_QUERIES = 1000
 _MAX_STREAM_BATCH = 100_000
 _MAX_TEXT_QUERY = 10_000
+_MAX_CONTENT = 1_000_000
 _SLICE = 1000
 # The most vector bytes one INSERT carries. Both sides run faster on slices that fit their
 # caches (measured on 768-d rows: 500-row slices took 0.35 s of server CPU per 20,000 rows,
@@ -97,6 +99,9 @@ class Collection:
         self._catalog = catalog
         self.tenant = tenant
         self.name = name
+        # A text embedder given for this view (collection(name, embedder=...)); else the
+        # collection's own, if create_collection was given one.
+        self._embedder: Embedder | None = None
         # Whether reads are recorded in the audit trail (audit.reads names embeddings).
         self._reads_audited = db.notes.reads_of("embeddings")
         # Concurrent single reads and stores outside transactions share round trips (see
@@ -114,6 +119,29 @@ class Collection:
 
     async def _spec(self) -> CollectionSpec:
         return await self._catalog.get(self.name)
+
+    def with_embedder(self, embedder: Any) -> Self:
+        """This collection, embedding texts with ``embedder`` (see
+        :mod:`agency_data.vectors.embedders`); reads and writes still share round trips with
+        the other views of it."""
+        view = copy.copy(self)
+        view._embedder = Embedder.of(embedder)
+        return view
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The text embedder used by :meth:`store_texts` and :meth:`search_text`, if any."""
+        return self._embedder or self._catalog.embedders.get(self.name)
+
+    def _embedder_or_fail(self, method: str) -> Embedder:
+        embedder = self.embedder
+        if embedder is None:
+            raise ValidationError(
+                f"{method} needs a text embedder and collection {self.name!r} has none here: "
+                "pass embedder= to create_collection or to collection(name, embedder=...)",
+                field="embedder",
+            )
+        return embedder
 
     # -- storing -------------------------------------------------------------------------------
 
@@ -199,6 +227,48 @@ class Collection:
                     await cursor.execute(insert, params)
         return ids
 
+    @observed("embeddings.store_texts")
+    async def store_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: Iterable[Mapping[str, Any] | None] | None = None,
+        ids: Iterable[str | uuid.UUID | None] | None = None,
+        *,
+        entity_type: str = "document",
+        entity_ids: Iterable[str] | None = None,
+    ) -> builtins.list[str]:
+        """Embed ``texts`` with the collection's embedder and store them (as ``content``) in
+        one transaction, all or none; return their ids in order.
+
+        ``metadatas``, ``ids`` and ``entity_ids``, when given, have one entry per text (an id
+        of None: a new one is made). The texts are embedded in batches, several at once
+        (see :class:`Embedder`), before anything is written.
+        """
+        embedder = self._embedder_or_fail("store_texts")
+        contents = [
+            check_text(text, f"texts[{n}]", max_length=_MAX_CONTENT)
+            for n, text in enumerate(as_items(texts, "texts"))
+        ]
+        columns = {
+            "metadata": _column_of(metadatas, "metadatas", len(contents)),
+            "id": _column_of(ids, "ids", len(contents)),
+            "entity_id": _column_of(entity_ids, "entity_ids", len(contents)),
+        }
+        check_text(entity_type, "entity_type", max_length=_MAX_ENTITY)
+        spec = await self._spec()
+        matrix = await embedder.documents(contents, spec.dimension)
+        items: builtins.list[Embedding | Mapping[str, Any]] = [
+            {
+                "entity_type": entity_type,
+                "entity_id": "",
+                "content": content,
+                "vector": vector,
+                **{key: values[n] for key, values in columns.items() if values is not None},
+            }
+            for n, (content, vector) in enumerate(zip(contents, matrix, strict=True))
+        ]
+        return await self._store(items, 0)
+
     async def stream_store(
         self,
         items: AsyncIterable[Embedding | Mapping[str, Any]]
@@ -277,7 +347,7 @@ class Collection:
             metadatas.append(metadata)
             content = values.get("content")
             if content is not None:
-                content = _text(content, index, "content", blank=True, limit=1_000_000)
+                content = _text(content, index, "content", blank=True, limit=_MAX_CONTENT)
             contents.append(content)
             if "vector" not in values:
                 raise ValidationError(
@@ -815,11 +885,47 @@ class Collection:
                 # Also when the caller stops early: what it was given was read.
                 await self._audit_read(seen)
 
+    @observed("embeddings.search_text")
+    async def search_text(
+        self,
+        query: str,
+        limit: int = 10,
+        *,
+        threshold: float | None = None,
+        filter: Mapping[str, Any] | None = None,
+        include_vectors: bool = False,
+        ef_search: int | None = None,
+        probes: int | None = None,
+        exact: bool = False,
+        rerank: int = 10,
+        consistent: bool = False,
+    ) -> builtins.list[SimilarityResult]:
+        """The ``limit`` embeddings nearest to ``query``'s vector (made by the collection's
+        embedder), best first; the other arguments are :meth:`find_similar`'s."""
+        vector = await self._query_vector(query, "search_text")
+        return await self.find_similar(
+            vector,
+            limit,
+            threshold=threshold,
+            filter=filter,
+            include_vectors=include_vectors,
+            ef_search=ef_search,
+            probes=probes,
+            exact=exact,
+            rerank=rerank,
+            consistent=consistent,
+        )
+
+    async def _query_vector(self, query: str, method: str) -> Any:
+        embedder = self._embedder_or_fail(method)
+        check_text(query, "query", max_length=_MAX_TEXT_QUERY)
+        return await embedder.query(query, (await self._spec()).dimension)
+
     @observed("embeddings.hybrid_search")
     async def hybrid_search(
         self,
         text: str,
-        vector: Any,
+        vector: Any = None,
         limit: int = 10,
         *,
         filter: Mapping[str, Any] | None = None,
@@ -831,11 +937,14 @@ class Collection:
 
         Each side contributes its top ``candidates`` (default 4 x limit); an embedding's score
         is the sum of ``1 / (k + rank)`` over the sides that found it. ``distance`` is still
-        the vector distance. A read replica may serve it; ``consistent`` as for :meth:`get`.
+        the vector distance. Without ``vector``, the collection's embedder makes it from
+        ``text``. A read replica may serve it; ``consistent`` as for :meth:`get`.
         """
         start = perf_counter()
         check_bool(consistent, "consistent")
         check_text(text, "text", max_length=_MAX_TEXT_QUERY)
+        if vector is None:
+            vector = await self._query_vector(text, "hybrid_search without a vector")
         check_int(limit, "limit", 1, MAX_PAGE)
         check_int(k, "k", 1, 1_000_000)
         if candidates is None:
@@ -936,6 +1045,19 @@ def _unencodable(
                     field=where,
                 )
     return ValidationError(f"items: {exc}", field="items")
+
+
+def _column_of(values: Any, field: str, count: int) -> builtins.list[Any] | None:
+    # One entry per text, or None when the caller gave none.
+    if values is None:
+        return None
+    column = as_items(values, field)
+    if len(column) != count:
+        raise ValidationError(
+            f"{field} has {len(column)} entries for {count} texts; give one per text",
+            field=field,
+        )
+    return column
 
 
 def _given_id(item: Any) -> Any:

@@ -8,12 +8,13 @@ administration (create, drop, list, indexes), which runs as the owner role.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agency_data.postgres.database import Database
 from agency_data.vectors.admin import CollectionAdmin, ManagedCollection
 from agency_data.vectors.catalog import DEFAULT_COLLECTION, Catalog, check_name
 from agency_data.vectors.collection import Collection
+from agency_data.vectors.embedders import Embedder
 
 __all__ = ["DEFAULT_COLLECTION", "EmbeddingStore", "ManagedEmbeddingStore"]
 
@@ -58,15 +59,18 @@ class EmbeddingStore(Collection):
         """Wait for the gathered reads and stores of this store and its collections."""
         await _close(self, self._collections)
 
-    def collection(self, name: str) -> Collection:
-        """The collection ``name`` (it must exist by the time it is used)."""
+    def collection(self, name: str, *, embedder: Any = None) -> Collection:
+        """The collection ``name`` (it must exist by the time it is used), embedding texts
+        with ``embedder`` if given (else with the one it was created with, if any)."""
         if name == DEFAULT_COLLECTION:
-            return self
-        return _kept(
-            self._collections,
-            name,
-            lambda checked: Collection(self._db, self._catalog, self.tenant, checked),
-        )
+            found: Collection = self
+        else:
+            found = _kept(
+                self._collections,
+                name,
+                lambda checked: Collection(self._db, self._catalog, self.tenant, checked),
+            )
+        return found if embedder is None else found.with_embedder(embedder)
 
 
 class ManagedEmbeddingStore(ManagedCollection):
@@ -92,26 +96,39 @@ class ManagedEmbeddingStore(ManagedCollection):
         storage: str = "vector",
         *,
         exist_ok: bool = False,
+        embedder: Any = None,
     ) -> ManagedCollection:
-        """Create a collection (shared by all tenants; each sees only its own rows)."""
+        """Create a collection (shared by all tenants; each sees only its own rows).
+
+        ``embedder`` (see :mod:`agency_data.vectors.embedders`) becomes the collection's text
+        embedder in this DataLayer and its tenant views, for ``store_texts``, ``search_text``
+        and ``hybrid_search`` with only a text. It is not stored: give it again (here, with
+        ``exist_ok``, or to ``collection()``) in the next process.
+        """
+        chosen = None if embedder is None else Embedder.of(embedder)
         await self._admin.create_collection(name, dimension, metric, storage, exist_ok=exist_ok)
+        if chosen is not None:
+            self._catalog.embedders[check_name(name)] = chosen
         return self.collection(name)
 
     async def aclose(self) -> None:
         """Wait for the gathered reads and stores of this store and its collections."""
         await _close(self, self._collections)
 
-    def collection(self, name: str) -> ManagedCollection:
-        """The collection ``name`` (it must exist by the time it is used)."""
+    def collection(self, name: str, *, embedder: Any = None) -> ManagedCollection:
+        """The collection ``name`` (it must exist by the time it is used), embedding texts
+        with ``embedder`` if given (else with the one it was created with, if any)."""
         if name == DEFAULT_COLLECTION:
-            return self
-        return _kept(
-            self._collections,
-            name,
-            lambda checked: ManagedCollection(
-                self._db, self._catalog, self.tenant, checked, self._admin
-            ),
-        )
+            found: ManagedCollection = self
+        else:
+            found = _kept(
+                self._collections,
+                name,
+                lambda checked: ManagedCollection(
+                    self._db, self._catalog, self.tenant, checked, self._admin
+                ),
+            )
+        return found if embedder is None else found.with_embedder(embedder)
 
     async def list_collections(self) -> list[str]:
         """The names of every collection."""
