@@ -25,6 +25,8 @@ from collections.abc import (
 from time import perf_counter
 from typing import Any, Self, TypeAlias
 
+import numpy as np
+import numpy.typing as npt
 from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 
@@ -119,6 +121,10 @@ class Collection:
 
     async def _spec(self) -> CollectionSpec:
         return await self._catalog.get(self.name)
+
+    async def spec(self) -> CollectionSpec:
+        """The collection's shape: dimension, metric, storage and index (cached)."""
+        return await self._spec()
 
     def with_embedder(self, embedder: Any) -> Self:
         """This collection, embedding texts with ``embedder`` (see
@@ -902,7 +908,7 @@ class Collection:
     ) -> builtins.list[SimilarityResult]:
         """The ``limit`` embeddings nearest to ``query``'s vector (made by the collection's
         embedder), best first; the other arguments are :meth:`find_similar`'s."""
-        vector = await self._query_vector(query, "search_text")
+        vector = await self.embed_query(query)
         return await self.find_similar(
             vector,
             limit,
@@ -916,8 +922,9 @@ class Collection:
             consistent=consistent,
         )
 
-    async def _query_vector(self, query: str, method: str) -> Any:
-        embedder = self._embedder_or_fail(method)
+    async def embed_query(self, query: str) -> npt.NDArray[np.float32]:
+        """The vector the collection's embedder makes of a search query."""
+        embedder = self._embedder_or_fail("searching by text")
         check_text(query, "query", max_length=_MAX_TEXT_QUERY)
         return await embedder.query(query, (await self._spec()).dimension)
 
@@ -944,7 +951,7 @@ class Collection:
         check_bool(consistent, "consistent")
         check_text(text, "text", max_length=_MAX_TEXT_QUERY)
         if vector is None:
-            vector = await self._query_vector(text, "hybrid_search without a vector")
+            vector = await self.embed_query(text)
         check_int(limit, "limit", 1, MAX_PAGE)
         check_int(k, "k", 1, 1_000_000)
         if candidates is None:

@@ -1,0 +1,199 @@
+"""The LangChain VectorStore: langchain-tests' own suite, run against the real servers, and
+what the suite does not cover (filters, scores, MMR, retrievers, tenancy, bad input).
+
+The suite's fixture is synchronous and its async tests run on the test session's loop, so the
+layer here runs on a loop of its own behind a portal, as it does under the sync front end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
+    from langchain_tests.integration_tests import VectorStoreIntegrationTests
+except ImportError:  # pragma: no cover - the extra is part of the dev install
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip("langchain-core and langchain-tests are not installed", allow_module_level=True)
+
+from agency_data import DataLayer, UsageError, ValidationError
+from agency_data.integrations.langchain import AgencyVectorStore
+from agency_data.sync.portal import Portal
+from tests.conftest import DatabaseDsn, make_config
+from tests.embedding_support import embed_texts
+
+DIM = 6  # the suite's DeterministicFakeEmbedding size
+
+
+class WordEmbeddings(Embeddings):
+    """tests.embedding_support's hashing embedder as a LangChain Embeddings: texts sharing
+    words are near each other."""
+
+    def __init__(self, dimension: int = 32) -> None:
+        self.dimension = dimension
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return embed_texts(texts, self.dimension)
+
+    def embed_query(self, text: str) -> list[float]:
+        return embed_texts([text], self.dimension)[0]
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[Portal]:
+    portal = Portal.start("langchain-tests")
+    yield portal
+    portal.close()
+
+
+@pytest.fixture
+def layer(
+    portal: Portal, database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> Iterator[DataLayer]:
+    dl = DataLayer(make_config(database, redis_url, tmp_path))
+    portal.call(dl.connect())
+    yield dl
+    portal.call(dl.aclose())
+
+
+class TestStandardSuite(VectorStoreIntegrationTests):
+    """langchain-tests' VectorStoreIntegrationTests, sync and async, unchanged."""
+
+    @pytest.fixture
+    def vectorstore(self, portal: Portal, layer: DataLayer) -> AgencyVectorStore:  # type: ignore[override]
+        name = f"lc_{uuid.uuid4().hex[:8]}"
+        docs = portal.call(layer.embeddings.create_collection(name, dimension=DIM))
+        return AgencyVectorStore(docs, self.get_embeddings(), portal=portal)
+
+
+def _store(
+    portal: Portal, layer: DataLayer, name: str = "notes", dim: int = 32
+) -> AgencyVectorStore:
+    docs = portal.call(layer.embeddings.create_collection(name, dimension=dim, exist_ok=True))
+    return AgencyVectorStore(docs, WordEmbeddings(dim), portal=portal)
+
+
+NOTES = [
+    Document("the planner agent schedules every task", metadata={"kind": "agent", "n": 1}),
+    Document("cooking pasta needs salted boiling water", metadata={"kind": "food", "n": 2}),
+    Document("the planner reviews finished tasks weekly", metadata={"kind": "agent", "n": 3}),
+    Document("vector search finds the nearest embeddings", metadata={"kind": "search", "n": 4}),
+]
+
+
+def test_filters_scores_and_retrievers(portal: Portal, layer: DataLayer) -> None:
+    store = _store(portal, layer)
+    ids = store.add_documents(NOTES, ids=["a", "b", "c", "d"])
+    assert ids == ["a", "b", "c", "d"]
+    hits = store.similarity_search_with_score("the planner agent schedules every task", k=4)
+    assert hits[0][0] == Document(NOTES[0].page_content, metadata=NOTES[0].metadata, id="a")
+    assert hits[0][1] == pytest.approx(0.0, abs=1e-6)
+    distances = [s for _, s in hits]
+    assert distances == sorted(distances)
+    # The full filter language.
+    agents = store.similarity_search("tasks", k=4, filter={"kind": "agent", "n": {"$gte": 3}})
+    assert [d.id for d in agents] == ["c"]
+    either = store.similarity_search("x", k=4, filter={"$or": [{"n": 2}, {"kind": "search"}]})
+    assert {d.id for d in either} == {"b", "d"}
+    # Relevance in [0, 1] and a threshold through a retriever.
+    scored = store.similarity_search_with_relevance_scores(NOTES[0].page_content, k=2)
+    assert scored[0][0].id == "a"
+    assert 0.99 <= scored[0][1] <= 1.0 + 1e-6
+    assert all(0.0 <= s <= 1.0 + 1e-6 for _, s in scored)
+    retriever = store.as_retriever(
+        search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.9, "k": 4}
+    )
+    assert [d.id for d in retriever.invoke("the planner agent schedules every task")] == ["a"]
+    plain = store.as_retriever(search_kwargs={"k": 1, "filter": {"kind": "food"}})
+    assert [d.id for d in plain.invoke("anything")] == ["b"]
+    # Max marginal relevance: the near-duplicate "c" gives way to a different document.
+    store.add_documents([Document("the planner agent schedules every task!", id="a2")])
+    mmr = store.max_marginal_relevance_search(
+        "the planner agent schedules every task", k=2, fetch_k=5, lambda_mult=0.3
+    )
+    assert mmr[0].id in ("a", "a2")
+    assert mmr[1].id not in ("a", "a2")
+    nearest = store.similarity_search("the planner agent schedules every task", k=2)
+    assert {d.id for d in nearest} == {"a", "a2"}
+    # Deleting by filter, then everything.
+    store.delete(filter={"kind": "food"})
+    assert store.get_by_ids(["b"]) == []
+    store.delete()
+    assert store.similarity_search("x", k=4) == []
+
+
+async def test_async_methods_and_from_texts(portal: Portal, layer: DataLayer) -> None:
+    docs = await portal.acall(layer.embeddings.create_collection("texts", dimension=32))
+    store = await AgencyVectorStore.afrom_texts(
+        ["alpha beta", "gamma delta"],
+        WordEmbeddings(32),
+        [{"i": 0}, {"i": 1}],
+        ids=["x", "y"],
+        collection=docs,
+        portal=portal,
+    )
+    assert [d.id for d in await store.asimilarity_search("gamma", k=1)] == ["y"]
+    mmr = await store.amax_marginal_relevance_search("alpha", k=2, fetch_k=2)
+    assert [d.id for d in mmr] == ["x", "y"]
+    assert [d.page_content for d in await store.aget_by_ids(["y", "nope", "x"])] == [
+        "gamma delta",
+        "alpha beta",
+    ]
+    with pytest.raises(ValidationError, match="needs collection="):
+        AgencyVectorStore.from_texts(["a"], DeterministicFakeEmbedding(size=DIM))
+
+
+async def test_built_inside_the_layers_loop(dl: DataLayer) -> None:
+    """In async code the store runs on the caller's loop, with no thread in between, and its
+    sync methods refuse to run there (they would wait on the loop they block)."""
+    await dl.embeddings.create_collection("notes", dimension=32)
+    acme = AgencyVectorStore(
+        dl.tenant("acme").embeddings.collection("notes"),
+        WordEmbeddings(32),
+    )
+    globex = AgencyVectorStore(
+        dl.tenant("globex").embeddings.collection("notes"),
+        WordEmbeddings(32),
+    )
+    await acme.aadd_documents(NOTES, ids=["1", "2", "3", "4"])
+    await globex.aadd_texts(["globex only"], ids=["1"])
+    # Each tenant sees its own documents, even under the same ids.
+    assert [d.page_content for d in await globex.aget_by_ids(["1", "2"])] == ["globex only"]
+    assert len(await acme.asimilarity_search("planner", k=10)) == 4
+    assert [d.id for d in await globex.asimilarity_search("planner", k=10)] == ["1"]
+    with pytest.raises(UsageError, match="event loop"):
+        acme.similarity_search("planner")
+    await globex.adelete(["1", "2"])
+    assert len(await acme.aget_by_ids(["1"])) == 1
+
+
+def test_bad_input(portal: Portal, layer: DataLayer) -> None:
+    store = _store(portal, layer)
+    with pytest.raises(ValidationError, match="must be a LangChain Embeddings"):
+        AgencyVectorStore(store.collection, lambda texts: texts, portal=portal)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="agency-data collection"):
+        AgencyVectorStore("notes", DeterministicFakeEmbedding(size=DIM), portal=portal)
+    with pytest.raises(UsageError, match="sync front end"):
+        AgencyVectorStore(store.collection, DeterministicFakeEmbedding(size=DIM))
+    for call, field in [
+        (lambda: store.similarity_search("x", k=0), "k"),
+        (lambda: store.similarity_search("x", filter={"$bad": 1}), "$bad"),
+        (lambda: store.similarity_search("x", colour="red"), "colour"),
+        (lambda: store.max_marginal_relevance_search("x", lambda_mult=2), "lambda_mult"),
+        (lambda: store.add_texts(["a", "b"], ids=["1"]), "ids"),
+        (lambda: store.add_texts(["a"], ids=[""]), "items[0].id"),
+        (lambda: store.add_texts([5]), "texts[0]"),  # type: ignore[list-item]
+        (lambda: store.delete(["a"], filter={"n": 1}), "filter"),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            call()
+        assert info.value.field is not None
+        assert info.value.field.startswith(field), (field, info.value)
+    assert store.similarity_search("x") == []
