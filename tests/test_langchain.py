@@ -1,5 +1,6 @@
-"""The LangChain VectorStore: langchain-tests' own suite, run against the real servers, and
-what the suite does not cover (filters, scores, MMR, retrievers, tenancy, bad input).
+"""LangChain on agency-data: langchain-tests' own suites (VectorStore, LLM cache) run against the
+real servers, and what they do not cover (filters, scores, MMR, retrievers, tenancy, TTL, bad
+input).
 
 The suite's fixture is synchronous and its async tests run on the test session's loop, so the
 layer here runs on a loop of its own behind a portal, as it does under the sync front end.
@@ -7,6 +8,7 @@ layer here runs on a loop of its own behind a portal, as it does under the sync 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
@@ -17,14 +19,19 @@ import pytest
 try:
     from langchain_core.documents import Document
     from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
-    from langchain_tests.integration_tests import VectorStoreIntegrationTests
+    from langchain_core.outputs import Generation
+    from langchain_tests.integration_tests import (
+        AsyncCacheTestSuite,
+        SyncCacheTestSuite,
+        VectorStoreIntegrationTests,
+    )
 except ImportError:  # pragma: no cover - the extra is part of the dev install
     if os.environ.get("CI") == "true":
         raise
     pytest.skip("langchain-core and langchain-tests are not installed", allow_module_level=True)
 
 from agency_data import DataLayer, UsageError, ValidationError
-from agency_data.integrations.langchain import AgencyVectorStore
+from agency_data.integrations.langchain import AgencyLLMCache, AgencyVectorStore
 from agency_data.sync.portal import Portal
 from tests.conftest import DatabaseDsn, make_config
 from tests.embedding_support import embed_texts
@@ -71,6 +78,42 @@ class TestStandardSuite(VectorStoreIntegrationTests):
         name = f"lc_{uuid.uuid4().hex[:8]}"
         docs = portal.call(layer.embeddings.create_collection(name, dimension=DIM))
         return AgencyVectorStore(docs, self.get_embeddings(), portal=portal)
+
+
+class TestCacheSuite(SyncCacheTestSuite):
+    """langchain-tests' SyncCacheTestSuite on the layer's cache."""
+
+    @pytest.fixture
+    def cache(self, portal: Portal, layer: DataLayer) -> AgencyLLMCache:  # type: ignore[override]
+        return AgencyLLMCache(layer.cache, namespace=f"lc-{uuid.uuid4().hex[:8]}", portal=portal)
+
+
+class TestAsyncCacheSuite(AsyncCacheTestSuite):
+    """langchain-tests' AsyncCacheTestSuite on the layer's cache."""
+
+    @pytest.fixture
+    def cache(self, portal: Portal, layer: DataLayer) -> AgencyLLMCache:  # type: ignore[override]
+        return AgencyLLMCache(layer.cache, namespace=f"lc-{uuid.uuid4().hex[:8]}", portal=portal)
+
+
+async def test_the_llm_cache_per_tenant_with_a_ttl(dl: DataLayer) -> None:
+    answer = [Generation(text="42", generation_info={"model": "m"})]
+    acme = AgencyLLMCache(dl.tenant("acme").cache, ttl=0.5)
+    globex = AgencyLLMCache(dl.tenant("globex").cache)
+    await acme.aupdate("the question", "model=m", answer)
+    assert await acme.alookup("the question", "model=m") == answer
+    assert await acme.alookup("the question", "model=other") is None
+    assert await globex.alookup("the question", "model=m") is None
+    await asyncio.sleep(0.8)
+    assert await acme.alookup("the question", "model=m") is None
+    with pytest.raises(ValidationError, match="ttl"):
+        AgencyLLMCache(dl.cache, ttl=0)
+    with pytest.raises(ValidationError, match="prompt must be a string"):
+        await acme.alookup(None, "model=m")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="agency-data Cache"):
+        AgencyLLMCache({}, portal=None)
+    with pytest.raises(UsageError, match="event loop"):
+        acme.lookup("the question", "model=m")
 
 
 def _store(
@@ -178,7 +221,7 @@ def test_bad_input(portal: Portal, layer: DataLayer) -> None:
     store = _store(portal, layer)
     with pytest.raises(ValidationError, match="must be a LangChain Embeddings"):
         AgencyVectorStore(store.collection, lambda texts: texts, portal=portal)  # type: ignore[arg-type]
-    with pytest.raises(ValidationError, match="agency-data collection"):
+    with pytest.raises(ValidationError, match="agency-data Collection"):
         AgencyVectorStore("notes", DeterministicFakeEmbedding(size=DIM), portal=portal)
     with pytest.raises(UsageError, match="sync front end"):
         AgencyVectorStore(store.collection, DeterministicFakeEmbedding(size=DIM))

@@ -28,7 +28,6 @@ the sync front end, both kinds of method reach the layer through its portal.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
@@ -46,8 +45,9 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "pip install 'agency-data[langchain]'"
     ) from exc
 
-from agency_data.errors import UsageError, ValidationError
+from agency_data.errors import ValidationError
 from agency_data.inputs import check_int, check_number
+from agency_data.integrations.bridge import reach
 from agency_data.models import SimilarityResult
 from agency_data.sync.portal import Portal
 from agency_data.vectors.collection import Collection
@@ -77,9 +77,7 @@ class AgencyVectorStore(VectorStore):
                 f"embedding must be a LangChain Embeddings, not {type(embedding).__name__}",
                 field="embedding",
             )
-        inner, found = _unwrapped(collection)
-        if portal is None:
-            portal = found if found is not None else _running_portal()
+        inner, portal = reach(collection, Collection, "collection", portal)
         self._embedding = embedding
         self._portal = portal
         self._collection: Collection = inner.with_embedder(Embedder(embedding))
@@ -422,20 +420,6 @@ def _no_options(options: dict[str, Any], where: str, allowed: set[str]) -> None:
         )
 
 
-def _unwrapped(collection: Any) -> tuple[Collection, Portal | None]:
-    # A collection of the sync front end carries its async collection and its portal.
-    if isinstance(collection, Collection):
-        return collection, None
-    inner, portal = getattr(collection, "aio", None), getattr(collection, "portal", None)
-    if isinstance(inner, Collection) and isinstance(portal, Portal):
-        return inner, portal
-    raise ValidationError(
-        f"collection must be an agency-data collection (dl.embeddings.collection(name)), "
-        f"not {type(collection).__name__}",
-        field="collection",
-    )
-
-
 def _required(collection: Any) -> Any:
     if collection is None:
         raise ValidationError(
@@ -443,14 +427,3 @@ def _required(collection: Any) -> Any:
             field="collection",
         )
     return collection
-
-
-def _running_portal() -> Portal:
-    try:
-        return Portal.of(asyncio.get_running_loop())
-    except RuntimeError:
-        raise UsageError(
-            "an AgencyVectorStore over an async collection is made inside the event loop that "
-            "runs its DataLayer (or given portal=); from sync code, use the sync front end: "
-            "agency_data.sync.DataLayer"
-        ) from None

@@ -1,0 +1,7 @@
+"""LangChain on agency-data (extra ``[langchain]``): a ``VectorStore`` over a collection
+(:class:`AgencyVectorStore`) and an LLM cache on the layer's cache (:class:`AgencyLLMCache`)."""
+
+from agency_data.integrations.langchain.cache import AgencyLLMCache
+from agency_data.integrations.langchain.vectorstore import AgencyVectorStore
+
+__all__ = ["AgencyLLMCache", "AgencyVectorStore"]
