@@ -29,7 +29,7 @@ from agency_data.tasks import TaskRuntime, TaskStore
 from agency_data.vectors.catalog import Catalog
 from agency_data.vectors.store import EmbeddingStore
 
-__all__ = ["QueryMethods", "TenantScope"]
+__all__ = ["QueryMethods", "TenantScope", "database_of"]
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -318,6 +318,13 @@ class TenantScope(QueryMethods):
 
     def _database(self) -> Database:
         return self._db
+
+
+def database_of(scope: QueryMethods) -> Database:
+    """The :class:`Database` a DataLayer or a tenant's view runs the library's own SQL on: its
+    tenant, pool, retries and error translation, without the reset that callers' raw SQL
+    needs. For the layer's integrations (LangChain, LangGraph), which store data of their own."""
+    return scope._database()
 
 
 def _routing(replica: bool, consistent: bool) -> bool | None:

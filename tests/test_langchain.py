@@ -22,6 +22,8 @@ try:
     from langchain_core.outputs import Generation
     from langchain_tests.integration_tests import (
         AsyncCacheTestSuite,
+        BaseStoreAsyncTests,
+        BaseStoreSyncTests,
         SyncCacheTestSuite,
         VectorStoreIntegrationTests,
     )
@@ -31,7 +33,7 @@ except ImportError:  # pragma: no cover - the extra is part of the dev install
     pytest.skip("langchain-core and langchain-tests are not installed", allow_module_level=True)
 
 from agency_data import DataLayer, UsageError, ValidationError
-from agency_data.integrations.langchain import AgencyLLMCache, AgencyVectorStore
+from agency_data.integrations.langchain import AgencyByteStore, AgencyLLMCache, AgencyVectorStore
 from agency_data.sync.portal import Portal
 from tests.conftest import DatabaseDsn, make_config
 from tests.embedding_support import embed_texts
@@ -94,6 +96,71 @@ class TestAsyncCacheSuite(AsyncCacheTestSuite):
     @pytest.fixture
     def cache(self, portal: Portal, layer: DataLayer) -> AgencyLLMCache:  # type: ignore[override]
         return AgencyLLMCache(layer.cache, namespace=f"lc-{uuid.uuid4().hex[:8]}", portal=portal)
+
+
+class TestByteStoreSuite(BaseStoreSyncTests[bytes]):
+    """langchain-tests' BaseStoreSyncTests on the PostgreSQL byte store."""
+
+    @pytest.fixture
+    def kv_store(self, portal: Portal, layer: DataLayer) -> AgencyByteStore:  # type: ignore[override]
+        return AgencyByteStore(layer, namespace=f"kv-{uuid.uuid4().hex[:8]}", portal=portal)
+
+    @pytest.fixture
+    def three_values(self) -> tuple[bytes, bytes, bytes]:  # type: ignore[override]
+        return b"foo", b"\x00bar\xff", b"buzz" * 1000
+
+
+class TestAsyncByteStoreSuite(BaseStoreAsyncTests[bytes]):
+    """langchain-tests' BaseStoreAsyncTests on the PostgreSQL byte store."""
+
+    @pytest.fixture
+    async def kv_store(self, portal: Portal, layer: DataLayer) -> AgencyByteStore:  # type: ignore[override]
+        return AgencyByteStore(layer, namespace=f"kv-{uuid.uuid4().hex[:8]}", portal=portal)
+
+    @pytest.fixture
+    def three_values(self) -> tuple[bytes, bytes, bytes]:  # type: ignore[override]
+        return b"foo", b"\x00bar\xff", b"buzz" * 1000
+
+
+async def test_byte_store_tenants_prefixes_and_pages(dl: DataLayer) -> None:
+    acme = AgencyByteStore(dl.tenant("acme"), namespace="docs")
+    globex = AgencyByteStore(dl.tenant("globex"), namespace="docs")
+    other = AgencyByteStore(dl.tenant("acme"), namespace="other")
+    keys = [f"doc/{i:05d}" for i in range(2500)] + ["a%b", "a_c", "a\\d", "ab"]
+    # A key given twice keeps the last value.
+    await acme.amset([(k, k.encode()) for k in keys] + [("ab", b"last")])
+    await globex.amset([("doc/00001", b"globex")])
+    assert await acme.amget(["doc/00001", "nope", "ab"]) == [b"doc/00001", None, b"last"]
+    assert await globex.amget(["doc/00001", "ab"]) == [b"globex", None]
+    assert await other.amget(["doc/00001"]) == [None]
+    # In key order, across pages; LIKE's wildcards in a prefix are taken literally.
+    listed = [k async for k in acme.ayield_keys(prefix="doc/")]
+    assert listed == sorted(k for k in keys if k.startswith("doc/"))
+    assert [k async for k in acme.ayield_keys(prefix="a%")] == ["a%b"]
+    assert [k async for k in acme.ayield_keys(prefix="a_")] == ["a_c"]
+    assert [k async for k in acme.ayield_keys(prefix="a\\")] == ["a\\d"]
+    assert [k async for k in globex.ayield_keys()] == ["doc/00001"]
+    await acme.amdelete(["doc/00001", "never-set"])
+    assert await acme.amget(["doc/00001"]) == [None]
+    assert await globex.amget(["doc/00001"]) == [b"globex"]
+    with pytest.raises(UsageError, match="event loop"):
+        acme.mget(["ab"])
+    for call, field in [
+        (lambda: acme.amset([("k", "text")]), "key_value_pairs[0][1]"),
+        (lambda: acme.amset([("", b"v")]), "key_value_pairs[0][0]"),
+        (lambda: acme.amset([("k" * 1025, b"v")]), "key_value_pairs[0][0]"),
+        (lambda: acme.amset([("k",)]), "key_value_pairs[0]"),
+        (lambda: acme.amset("kv"), "key_value_pairs"),
+        (lambda: acme.amget([5]), "keys[0]"),
+        (lambda: acme.amdelete(["a\x00b"]), "keys[0]"),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            await call()
+        assert info.value.field == field
+    with pytest.raises(ValidationError, match="namespace"):
+        AgencyByteStore(dl, namespace="")
+    with pytest.raises(ValidationError, match="agency-data DataLayer or tenant view"):
+        AgencyByteStore(dl.cache)
 
 
 async def test_the_llm_cache_per_tenant_with_a_ttl(dl: DataLayer) -> None:

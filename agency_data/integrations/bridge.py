@@ -10,19 +10,20 @@ front end (``agency_data.sync``), that front end's own portal.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import Any
 
 from agency_data.errors import UsageError, ValidationError
 from agency_data.sync.portal import Portal
 
 __all__ = ["reach"]
 
-T = TypeVar("T")
 
-
-def reach(obj: Any, kind: type[T], field: str, portal: Portal | None = None) -> tuple[T, Portal]:
+def reach(
+    obj: Any, kind: type[Any], field: str, portal: Portal | None = None, *, what: str = ""
+) -> tuple[Any, Portal]:
     """``obj`` (of ``kind``, or the sync front end's wrapper of one) and the portal into its
-    loop; ``portal`` given wins. The error names ``field`` when ``obj`` is neither."""
+    loop; ``portal`` given wins. The error names ``field``, and ``what`` ``obj`` should be
+    (default: the class's name), when ``obj`` is neither."""
     found: Any = None
     inner: Any = obj
     if not isinstance(obj, kind):
@@ -30,8 +31,8 @@ def reach(obj: Any, kind: type[T], field: str, portal: Portal | None = None) -> 
         inner, found = getattr(obj, "aio", None), getattr(obj, "portal", None)
         if not isinstance(inner, kind) or not isinstance(found, Portal):
             raise ValidationError(
-                f"{field} must be an agency-data {kind.__name__} (of the async layer or of "
-                f"agency_data.sync), not {type(obj).__name__}",
+                f"{field} must be an agency-data {what or kind.__name__} (of the async layer or "
+                f"of agency_data.sync), not {type(obj).__name__}",
                 field=field,
             )
     if portal is not None:
@@ -42,7 +43,8 @@ def reach(obj: Any, kind: type[T], field: str, portal: Portal | None = None) -> 
         return inner, Portal.of(asyncio.get_running_loop())
     except RuntimeError:
         raise UsageError(
-            f"an integration over an async {kind.__name__} is made inside the event loop that "
+            f"an integration over an async {what or kind.__name__} is made inside the event loop "
+            "that "
             "runs its DataLayer (or given portal=); from sync code, use the sync front end: "
             "agency_data.sync.DataLayer"
         ) from None

@@ -54,7 +54,7 @@ class AgencyLLMCache(BaseCache):
         portal: Portal | None = None,
     ) -> None:
         inner, self._portal = reach(cache, Cache, "cache", portal)
-        self._cache = inner.with_namespace(namespace)
+        self._cache: Cache = inner.with_namespace(namespace)
         self._ttl = None if ttl is None else check_seconds(ttl, "ttl", low=0.001)
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
