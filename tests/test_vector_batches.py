@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agency_data import Conflict, DataLayer, ValidationError
+from agency_data import DataLayer, ValidationError
 from agency_data.vectors import _binary
 from agency_data.vectors._compat import vector_to_list
 
@@ -171,17 +171,29 @@ async def test_replacing_across_slices(notes: Any) -> None:
     assert (await notes.get(ids[2_222])).metadata == {"round": 2}
 
 
-async def test_another_tenants_id_in_a_later_slice_stores_nothing(dl: DataLayer) -> None:
+async def test_another_tenants_id_in_a_later_slice_is_a_row_of_its_own(dl: DataLayer) -> None:
     await dl.embeddings.create_collection("shared", dimension=DIM)
     acme = dl.tenant("acme").embeddings.collection("shared")
     globex = dl.tenant("globex").embeddings.collection("shared")
     (theirs,) = await acme.store_many(rows(1))
     batch = rows(SLICED)
     batch[2_300] = {**batch[2_300], "id": theirs}
-    with pytest.raises(Conflict, match="another tenant"):
-        await globex.store_many(batch)
-    assert await globex.count() == 0
+    # Ids are unique per tenant: globex's row of that id leaves acme's alone.
+    assert (await globex.store_many(batch))[2_300] == theirs
+    assert await globex.count() == SLICED
     assert (await acme.get(theirs)).entity_id == "0"
+    assert (await globex.get(theirs)).entity_id == "2300"
+
+
+async def test_a_bad_item_in_a_later_slice_stores_nothing(dl: DataLayer) -> None:
+    await dl.embeddings.create_collection("shared", dimension=DIM)
+    globex = dl.tenant("globex").embeddings.collection("shared")
+    batch = rows(SLICED)
+    batch[2_300] = {**batch[2_300], "id": "x" * 513}
+    with pytest.raises(ValidationError, match="at most 512") as info:
+        await globex.store_many(batch)
+    assert info.value.field == "items[2300].id"
+    assert await globex.count() == 0
 
 
 async def test_storing_inside_another_tenants_transaction(dl: DataLayer) -> None:
@@ -197,7 +209,7 @@ async def test_storing_inside_another_tenants_transaction(dl: DataLayer) -> None
 
 
 async def test_binary_arrays_read_back_as_sent(dl: DataLayer) -> None:
-    ids = [uuid.uuid4() for _ in range(5)]
+    ids = [str(uuid.uuid4()), "1", "ünï-🪚", "x" * 512, "a b"]
     texts = ["plain", "", None, "ünïcödé 🪚", "plain"]
     documents = [b"{}", b'{"a": [1, 2.5, null]}', '{"k": "ключ"}'.encode()]
     matrix = np.random.default_rng(4).normal(size=(3, 5)).astype(np.float32)
@@ -205,10 +217,10 @@ async def test_binary_arrays_read_back_as_sent(dl: DataLayer) -> None:
         cursor = conn.cursor()
         cursor.adapters.register_dumper(_binary.BinaryArray, _binary.ArrayDumper)
         await cursor.execute(
-            "SELECT %b::uuid[] AS ids, %b::text[] AS texts, %b::text[] AS nulls, "
+            "SELECT %b::text[] AS ids, %b::text[] AS texts, %b::text[] AS nulls, "
             "%b::jsonb[] AS documents",
             [
-                _binary.uuid_array(ids),
+                _binary.id_array(ids),
                 _binary.text_array(texts),
                 _binary.text_array([None, None]),
                 _binary.jsonb_array(documents),
@@ -232,5 +244,6 @@ async def test_binary_arrays_read_back_as_sent(dl: DataLayer) -> None:
 def test_random_ids_are_version_4() -> None:
     ids = _binary.random_ids(1_000)
     assert len(set(ids)) == 1_000
-    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert all(str(uuid.UUID(i)) == i for i in ids)  # the canonical text
     assert _binary.random_ids(0) == []
