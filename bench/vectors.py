@@ -76,11 +76,11 @@ async def ingest(b: Bench) -> list[Result]:
                 ).format(raw_table)
             ) as copy,
         ):
-            copy.set_types(["uuid", "text", "text", "text", "vector", "jsonb", "text"])
+            copy.set_types(["text", "text", "text", "text", "vector", "jsonb", "text"])
             for item in items:
                 await copy.write_row(
                     (
-                        uuid.uuid4(),
+                        str(uuid.uuid4()),
                         "default",
                         "doc",
                         item["entity_id"],
@@ -624,7 +624,7 @@ async def _langchain_search(b: Bench, spec: Any, probes: np.ndarray) -> dict[str
     await b.dl.admin.execute(
         sql.SQL(
             "INSERT INTO bench_langchain_search (langchain_id, content, embedding, langchain_metadata) "
-            "SELECT id, entity_id, vector, metadata FROM {}"
+            "SELECT id::uuid, entity_id, vector, metadata FROM {}"
         ).format(spec.table_id)
     )
     await store.aapply_vector_index(
