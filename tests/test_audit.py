@@ -264,6 +264,7 @@ async def test_the_layers_own_actions_go_to_the_system_trail(audited: DataLayer)
     # auditing on by raw SQL, which the layer does not see).
     assert actions == [
         ("migration.up", "agency_data:0010_audit"),
+        ("migration.up", "agency_data:0012_langgraph_checkpoints"),
         ("collection.create", "notes"),
         ("index.create", "notes"),
         ("index.drop", "notes"),

@@ -410,6 +410,7 @@ async def test_rollback_plan_says_what_it_destroys(
     plan = await runner(database.owner).down(to="0004", dry_run=True)
     by_step = {step.key: step for step in plan.steps}
     assert list(by_step) == [
+        "agency_data:0012_langgraph_checkpoints",
         "agency_data:0010_audit",
         "agency_data:0009_task_queue",
         "agency_data:0008_no_metadata_gin",
@@ -417,10 +418,15 @@ async def test_rollback_plan_says_what_it_destroys(
         "agency_data:0006_embedding_collections",
         "agency_data:0005_task_lifecycle",
     ]
-    # The system trail's records: 0010 applied, then the collection made.
+    assert set(by_step["agency_data:0012_langgraph_checkpoints"].data_loss) == {
+        DataLoss("langgraph_checkpoints", rows=0),
+        DataLoss("langgraph_checkpoint_blobs", rows=0),
+        DataLoss("langgraph_checkpoint_writes", rows=0),
+    }
+    # The system trail's records: 0010 and 0012 applied, then the collection made.
     assert set(by_step["agency_data:0010_audit"].data_loss) == {
         DataLoss("audit_heads", rows=1),
-        DataLoss("audit_log", rows=2),
+        DataLoss("audit_log", rows=3),
         DataLoss("audit_pending", rows=0),
     }
     assert set(by_step["agency_data:0009_task_queue"].data_loss) == {

@@ -1,0 +1,6 @@
+"""Integrations with agent frameworks, each an optional extra of its own.
+
+``agency_data.integrations.langgraph`` (``pip install 'agency-data[langgraph]'``): LangGraph's
+checkpointer on agency-data. The core package never imports these modules; each imports its
+framework, and says which extra to install when the framework is missing.
+"""
