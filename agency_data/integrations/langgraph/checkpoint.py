@@ -10,7 +10,7 @@ Usage::
         await graph.ainvoke(inputs, {"configurable": {"thread_id": "conversation-1"}})
 
 The checkpoints live in agency-data's schema (migration 0012), reached through the layer's
-pool, so tenancy (row-level security), retries, error translation and metrics apply: a saver
+pool, so tenancy (row-level security), error translation and metrics apply: a saver
 built from ``dl.tenant("a")`` sees only tenant a's threads. Every write is one statement,
 atomic on its own. Values go through LangGraph's serializer (``serde``, JsonPlusSerializer by
 default, or an EncryptedSerializer), as with LangGraph's own PostgresSaver.
@@ -26,26 +26,31 @@ from __future__ import annotations
 import asyncio
 import builtins
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Collection,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, TypeVar
-from uuid import UUID
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
-    WRITES_IDX_MAP,
     BaseCheckpointSaver,
     ChannelVersions,
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
-    PendingWrite,
-    get_serializable_checkpoint_metadata,
+    DeltaChannelHistory,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from agency_data.errors import AgencyDataError, Conflict, UsageError, ValidationError
-from agency_data.inputs import as_items, brief, check_choice, check_int, check_text, encode_json
-from agency_data.integrations.langgraph import _sql
+from agency_data.errors import Conflict, UsageError, ValidationError
+from agency_data.inputs import as_items, brief, check_choice, check_text
+from agency_data.integrations.langgraph import _codec, _inputs, _sql
 from agency_data.manager import DataLayer
 from agency_data.models import DEFAULT_TENANT
 from agency_data.observability import observed
@@ -57,14 +62,8 @@ __all__ = ["AgencyCheckpointSaver"]
 
 T = TypeVar("T")
 
-# Longest ids accepted: together they fit a primary key's index entry (about 2,700 bytes).
-_MAX_THREAD = 512
-_MAX_NS = 1024
-_MAX_ID = 256
-_MAX_CHANNEL = 512
 # Checkpoints a listing reads per round trip: few enough to hold their values in memory.
 _PAGE = 50
-_STRATEGIES = ("keep_latest", "delete")
 
 
 class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
@@ -128,7 +127,7 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names (its ``checkpoint_id``, else the thread's latest in
         its namespace) with its values and pending writes, or None."""
-        thread, ns, checkpoint_id = _address(config, "config")
+        thread, ns, checkpoint_id = _inputs.address(config, "config")
         return await self._portal.acall(self._get_tuple(thread, ns, checkpoint_id))
 
     async def alist(
@@ -166,16 +165,26 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> RunnableConfig:
         """Store ``checkpoint`` (child of ``config``'s checkpoint, if it names one) with its
         metadata and the values of the channels in ``new_versions``; its config."""
-        thread, ns, parent = _address(config, "config")
-        statement, checkpoint_id = self._put_statement(
-            config, thread, ns, parent, checkpoint, metadata, new_versions
+        thread, ns, parent = _inputs.address(config, "config")
+        new = _inputs.new_checkpoint(config, checkpoint, metadata, new_versions, self._max_json)
+        statement = _sql.put_checkpoint(
+            self.tenant_id,
+            thread,
+            ns,
+            new.checkpoint_id,
+            parent,
+            new.run_id,
+            new.body,
+            new.metadata,
+            new.versions_json,
+            _codec.blobs(self.serde, new.values, new.versions),
         )
         await self._portal.acall(self._put(statement))
         return {
             "configurable": {
                 "thread_id": thread,
                 "checkpoint_ns": ns,
-                "checkpoint_id": checkpoint_id,
+                "checkpoint_id": new.checkpoint_id,
             }
         }
 
@@ -187,16 +196,16 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         """Store a task's ``writes`` (channel, value pairs) against ``config``'s checkpoint."""
-        thread, ns, checkpoint_id = _address(config, "config")
+        thread, ns, checkpoint_id = _inputs.address(config, "config")
         if checkpoint_id is None:
             raise ValidationError(
                 "config names no checkpoint_id: writes belong to a stored checkpoint; pass "
                 "the config aput returned",
                 field="config.configurable.checkpoint_id",
             )
-        task = _text(task_id, "task_id", _MAX_ID)
-        path = check_text(task_path, "task_path", max_length=_MAX_NS)
-        rows = self._write_rows(writes)
+        task = _inputs.text(task_id, "task_id", _inputs.MAX_ID)
+        path = check_text(task_path, "task_path", max_length=_inputs.MAX_NS)
+        rows = _codec.write_rows(self.serde, _inputs.writes(writes))
         if not rows:
             return
         statement = _sql.put_writes(self.tenant_id, thread, ns, checkpoint_id, task, path, rows)
@@ -204,13 +213,16 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Remove every checkpoint, value and write of ``thread_id`` (of every namespace)."""
-        statement = _sql.delete_threads(self.tenant_id, [_thread(thread_id, "thread_id")])
+        statement = _sql.delete_threads(self.tenant_id, [_inputs.thread_id(thread_id, "thread_id")])
         await self._portal.acall(self._delete_thread(statement))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Remove the checkpoints the runs ``run_ids`` made (``metadata["run_id"]``), with
         their writes and the values no other checkpoint uses."""
-        runs = [_run_id(run, f"run_ids[{i}]") for i, run in enumerate(as_items(run_ids, "run_ids"))]
+        runs = [
+            _inputs.run_id(run, f"run_ids[{i}]")
+            for i, run in enumerate(as_items(run_ids, "run_ids"))
+        ]
         if runs:
             statement = _sql.delete_runs(self.tenant_id, runs)
             await self._portal.acall(self._delete_runs(statement))
@@ -218,8 +230,8 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, value and write of one thread to another, which must have
         no checkpoints yet (:class:`Conflict` otherwise); a thread with none copies nothing."""
-        source = _thread(source_thread_id, "source_thread_id")
-        target = _thread(target_thread_id, "target_thread_id")
+        source = _inputs.thread_id(source_thread_id, "source_thread_id")
+        target = _inputs.thread_id(target_thread_id, "target_thread_id")
         if source == target:
             raise ValidationError(
                 "source_thread_id and target_thread_id are the same thread; copy to a new one",
@@ -232,10 +244,10 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
         namespace (with the ancestors its delta channels are rebuilt from); ``"delete"``
         removes the threads."""
         threads = [
-            _thread(thread, f"thread_ids[{i}]")
+            _inputs.thread_id(thread, f"thread_ids[{i}]")
             for i, thread in enumerate(as_items(thread_ids, "thread_ids"))
         ]
-        check_choice(strategy, "strategy", _STRATEGIES)
+        check_choice(strategy, "strategy", _inputs.STRATEGIES)
         if not threads:
             return
         if strategy == "delete":
@@ -244,16 +256,26 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
             statement = _sql.prune_keep_latest(self.tenant_id, threads)
         await self._portal.acall(self._prune(statement))
 
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """What LangGraph rebuilds a delta channel from: for each of ``channels``, the writes
+        of ``config``'s checkpoint's ancestors since the nearest one holding its value."""
+        _inputs.address(config, "config")
+        names = _inputs.channel_names(channels)
+        return await super().aget_delta_channel_history(config=config, channels=names)
+
     def get_next_version(self, current: str | None, channel: None) -> str:
         """The version after ``current``: an increasing counter with a random tail, so that
         two forks of a thread never give the same version to different values."""
-        if current is None:
-            number = 0
-        elif isinstance(current, int):
-            number = current
-        else:
-            number = int(str(current).split(".")[0])
-        return f"{number + 1:032}.{random.random():016}"
+        return _inputs.next_version(current, random.random())
+
+    def with_allowlist(
+        self, extra_allowlist: Collection[tuple[str, ...]]
+    ) -> BaseCheckpointSaver[str]:
+        """This saver with more classes its serde may read back (module path tuples, or
+        classes): a shallow copy sharing the layer and portal."""
+        return super().with_allowlist(_inputs.allowlist(extra_allowlist))
 
     # -- sync: the same, run on the layer's loop from another thread --------------------------
 
@@ -310,6 +332,12 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
         """:meth:`aprune`, from a thread other than the layer's loop."""
         self._call(self.aprune(thread_ids, strategy=strategy))
 
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """:meth:`aget_delta_channel_history`, from a thread other than the layer's loop."""
+        return self._call(self.aget_delta_channel_history(config=config, channels=channels))
+
     # -- the work, on the layer's loop ---------------------------------------------------------
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -321,7 +349,7 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> CheckpointTuple | None:
         query, params = _sql.get_tuple(self.tenant_id, thread, ns, checkpoint_id)
         row = await self._db.fetch_one(query, params)
-        return None if row is None else self._load(row)
+        return None if row is None else _codec.load(self.serde, row)
 
     async def _listing(
         self,
@@ -330,45 +358,25 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None,
         limit: int | None,
     ) -> AsyncGenerator[CheckpointTuple, None]:
-        if config is None:
-            thread = ns = checkpoint_id = None
-        else:
-            thread, ns, checkpoint_id = _parts(config, "config")
-        metadata = None
-        if filter is not None:
-            if not isinstance(filter, Mapping):
-                raise ValidationError(
-                    f"filter must be a dict of metadata values, not {brief(filter)}",
-                    field="filter",
-                )
-            if filter:
-                metadata = encode_json(dict(filter), "filter", self._max_json)
-        before_id = None
-        if before is not None:
-            before_id = _address(before, "before")[2]
-            if before_id is None:
-                raise ValidationError(
-                    "before names no checkpoint_id: pass the config of a stored checkpoint",
-                    field="before.configurable.checkpoint_id",
-                )
-        left = None if limit is None else check_int(limit, "limit", 0, 2**62)
+        where = _inputs.listing(config, filter, before, limit, self._max_json)
+        left = where.limit
         after: _sql.Position | None = None
         while left is None or left > 0:
             size = _PAGE if left is None else min(left, _PAGE)
             page = await self._page(
                 _sql.list_page(
                     self.tenant_id,
-                    thread=thread,
-                    ns=ns,
-                    checkpoint_id=checkpoint_id,
-                    metadata=metadata,
-                    before=before_id,
+                    thread=where.thread,
+                    ns=where.ns,
+                    checkpoint_id=where.checkpoint_id,
+                    metadata=where.metadata,
+                    before=where.before,
                     after=after,
                     size=size,
                 )
             )
             for row in page:
-                yield self._load(row)
+                yield _codec.load(self.serde, row)
             if len(page) < size:
                 return
             last = page[-1]
@@ -410,218 +418,6 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
                 "delete it first (delete_thread) or copy to a new thread id",
                 field="target_thread_id",
             )
-
-    # -- rows in, rows out ---------------------------------------------------------------------
-
-    def _put_statement(
-        self,
-        config: RunnableConfig,
-        thread: str,
-        ns: str,
-        parent: str | None,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> tuple[_sql.Statement, str]:
-        if not isinstance(checkpoint, Mapping):
-            raise ValidationError(
-                f"checkpoint must be a LangGraph Checkpoint (a dict), not {brief(checkpoint)}",
-                field="checkpoint",
-            )
-        checkpoint_id = _text(checkpoint.get("id"), "checkpoint.id", _MAX_ID)
-        values = _mapping(checkpoint.get("channel_values"), "checkpoint.channel_values")
-        _versions(checkpoint.get("channel_versions"), "checkpoint.channel_versions")
-        versions = _versions(new_versions, "new_versions")
-        if not isinstance(metadata, Mapping):
-            raise ValidationError(
-                f"metadata must be a dict, not {brief(metadata)}", field="metadata"
-            )
-        if config.get("metadata") is not None and not isinstance(config["metadata"], Mapping):
-            raise ValidationError(
-                f"config['metadata'] must be a dict, not {brief(config['metadata'])}",
-                field="config.metadata",
-            )
-        stored = get_serializable_checkpoint_metadata(config, metadata)
-        run = stored.get("run_id")
-        body = {key: value for key, value in checkpoint.items() if key != "channel_values"}
-        blobs: builtins.list[tuple[str, str, bytes | None]] = []
-        for channel in versions:
-            if channel in values:
-                kind, blob = self._dump(values[channel], f"checkpoint.channel_values[{channel!r}]")
-                blobs.append((channel, kind, blob))
-            else:
-                blobs.append((channel, "empty", None))
-        statement = _sql.put_checkpoint(
-            self.tenant_id,
-            thread,
-            ns,
-            checkpoint_id,
-            parent,
-            None if run is None else _run_id(run, "metadata.run_id"),
-            encode_json(body, "checkpoint", self._max_json),
-            encode_json(stored, "metadata", self._max_json),
-            encode_json(versions, "new_versions", self._max_json),
-            blobs,
-        )
-        return statement, checkpoint_id
-
-    def _write_rows(self, writes: Any) -> builtins.list[tuple[int, str, str, bytes]]:
-        # One row per index: a special channel written twice keeps its last value.
-        rows: dict[int, tuple[int, str, str, bytes]] = {}
-        for index, write in enumerate(as_items(writes, "writes")):
-            field = f"writes[{index}]"
-            if not isinstance(write, tuple | builtins.list) or len(write) != 2:
-                raise ValidationError(
-                    f"{field} must be a (channel, value) pair, not {brief(write)}", field=field
-                )
-            channel = _text(write[0], f"{field}[0]", _MAX_CHANNEL)
-            kind, blob = self._dump(write[1], f"{field}[1]")
-            idx = WRITES_IDX_MAP.get(channel, index)
-            rows[idx] = (idx, channel, kind, blob)
-        return builtins.list(rows.values())
-
-    def _dump(self, value: Any, field: str) -> tuple[str, bytes]:
-        try:
-            kind, blob = self.serde.dumps_typed(value)
-        except Exception as exc:
-            raise ValidationError(
-                f"{field} cannot be serialized by the checkpointer's serde "
-                f"({type(exc).__name__}: {brief(str(exc))}); store values LangGraph can "
-                "serialize, or pass a serde that handles this type",
-                field=field,
-            ) from exc
-        return kind, bytes(blob)
-
-    def _loads(self, kind: str, blob: bytes | None, where: str) -> Any:
-        try:
-            return self.serde.loads_typed((kind, blob if blob is not None else b""))
-        except Exception as exc:
-            raise AgencyDataError(
-                f"{where} could not be read back ({type(exc).__name__}: {brief(str(exc))}): "
-                "was it stored with another serde (an encryption key, a msgpack allow-list)?"
-            ) from exc
-
-    def _load(self, row: Mapping[str, Any]) -> CheckpointTuple:
-        thread, ns, checkpoint_id = row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"]
-        where = f"checkpoint {checkpoint_id} of thread {thread!r}"
-        values = {
-            channel: self._loads(kind, blob, f"{where}, channel {channel!r},")
-            for channel, kind, blob in zip(
-                row["blob_channels"] or (),
-                row["blob_types"] or (),
-                row["blob_values"] or (),
-                strict=True,
-            )
-        }
-        writes: builtins.list[PendingWrite] = [
-            (task, channel, self._loads(kind, blob, f"{where}, a write of task {task},"))
-            for task, channel, kind, blob in zip(
-                row["write_tasks"] or (),
-                row["write_channels"] or (),
-                row["write_types"] or (),
-                row["write_values"] or (),
-                strict=True,
-            )
-        ]
-        parent = row["parent_checkpoint_id"]
-        checkpoint: Any = {**row["checkpoint"], "channel_values": values}
-        return CheckpointTuple(
-            config={
-                "configurable": {
-                    "thread_id": thread,
-                    "checkpoint_ns": ns,
-                    "checkpoint_id": checkpoint_id,
-                }
-            },
-            checkpoint=checkpoint,
-            metadata=row["metadata"],
-            parent_config=(
-                {
-                    "configurable": {
-                        "thread_id": thread,
-                        "checkpoint_ns": ns,
-                        "checkpoint_id": parent,
-                    }
-                }
-                if parent
-                else None
-            ),
-            pending_writes=writes,
-        )
-
-
-# -- checking LangGraph's arguments ------------------------------------------------------------
-
-
-def _address(config: Any, field: str) -> tuple[str, str, str | None]:
-    """(thread id, namespace, checkpoint id) of a RunnableConfig: the namespace is "" and
-    the checkpoint id None when it names none."""
-    thread, ns, checkpoint_id = _parts(config, field)
-    return thread, "" if ns is None else ns, checkpoint_id
-
-
-def _parts(config: Any, field: str) -> tuple[str, str | None, str | None]:
-    """(thread id, namespace or None, checkpoint id or None) of a RunnableConfig."""
-    configurable = config.get("configurable") if isinstance(config, Mapping) else None
-    if not isinstance(configurable, Mapping):
-        raise ValidationError(
-            f"{field} must be a LangGraph config, {{'configurable': {{'thread_id': ...}}}}, "
-            f"not {brief(config)}",
-            field=field,
-        )
-    if configurable.get("thread_id") is None:
-        raise ValidationError(
-            f"{field} names no thread: a checkpointer needs "
-            "{'configurable': {'thread_id': ...}} (the conversation's id)",
-            field=f"{field}.configurable.thread_id",
-        )
-    thread = _thread(configurable["thread_id"], f"{field}.configurable.thread_id")
-    ns = configurable.get("checkpoint_ns")
-    if ns is not None:
-        ns = check_text(ns, f"{field}.configurable.checkpoint_ns", max_length=_MAX_NS)
-    checkpoint_id = configurable.get("checkpoint_id")
-    if checkpoint_id is None or checkpoint_id == "":
-        return thread, ns, None
-    return thread, ns, _text(checkpoint_id, f"{field}.configurable.checkpoint_id", _MAX_ID)
-
-
-def _thread(value: Any, field: str) -> str:
-    # LangGraph's configs often carry a UUID or a number as the thread id: the same thread.
-    if isinstance(value, UUID) or (isinstance(value, int) and not isinstance(value, bool)):
-        value = str(value)
-    return _text(value, field, _MAX_THREAD)
-
-
-def _run_id(value: Any, field: str) -> str:
-    return _text(str(value) if isinstance(value, UUID) else value, field, _MAX_ID)
-
-
-def _text(value: Any, field: str, most: int) -> str:
-    text = check_text(value, field, max_length=most)
-    if not text:
-        raise ValidationError(f"{field} is empty", field=field)
-    return text
-
-
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValidationError(f"{field} must be a dict, not {brief(value)}", field=field)
-    return value
-
-
-def _versions(value: Any, field: str) -> dict[str, str | int | float]:
-    versions = _mapping(value, field)
-    for channel, version in versions.items():
-        _text(channel, f"{field} key", _MAX_CHANNEL)
-        if isinstance(version, bool) or not isinstance(version, str | int | float):
-            raise ValidationError(
-                f"{field}[{channel!r}] must be a version (a string or a number), "
-                f"not {brief(version)}",
-                field=field,
-            )
-        if isinstance(version, str):
-            _text(version, f"{field}[{channel!r}]", _MAX_ID)
-    return dict(versions)
 
 
 async def _next(items: AsyncIterator[T]) -> T:
