@@ -192,6 +192,23 @@ async def test_a_conversation_accumulates_over_turns_of_a_real_graph(dl: DataLay
     assert history[0].values == final
 
 
+def test_channel_versions_increase_and_read_back_whatever_their_tail() -> None:
+    from agency_data.integrations.langgraph import _inputs
+
+    version = None
+    for tail in (0.5, 4.4e-05, 1e-300, 0.0, 0.9999999999999999):
+        following = _inputs.next_version(version, tail)
+        assert "e" not in following  # never the exponent form
+        assert version is None or following > version
+        version = following
+    assert version == "00000000000000000000000000000005.0.9999999999999999"
+    # LangGraph's own savers print small tails in exponent form: still a version.
+    assert _inputs.next_version("00000000000000000000000000000007.4.4e-05", 0.25) == (
+        "00000000000000000000000000000008.0.2500000000000000"
+    )
+    assert _inputs.next_version(3, 0.5).startswith("00000000000000000000000000000004.")
+
+
 # -- sync methods -------------------------------------------------------------------------------
 
 
@@ -259,6 +276,11 @@ async def test_a_sync_front_ends_portal_serves_callers_on_other_loops(
         assert got is not None
         assert got.checkpoint["channel_values"] == {"k": "v"}
         assert len(list(saver.list(generate_config("t")))) == 2
+        # Listings left early, from either side, are closed on the layer's loop.
+        async for _ in saver.alist(generate_config("t")):
+            break
+        for _ in saver.list(generate_config("t")):
+            break
         await saver.adelete_thread("t")
         assert await saver.aget_tuple(generate_config("t")) is None
     finally:

@@ -44,8 +44,9 @@ MAX_NS = 1024
 MAX_ID = 256
 MAX_CHANNEL = 512
 STRATEGIES = ("keep_latest", "delete")
-# A channel version as next_version writes them ("<counter>.<random tail>"), or a number.
-_VERSION = re.compile(r"^[0-9]{1,64}(\.[0-9]+)*$")
+# A channel version as LangGraph's savers write them: "<counter>.<random tail>" (whose tail
+# Python may print in exponent form, "...1.4.4e-05"), or a number.
+_VERSION = re.compile(r"^[0-9]{1,64}(\..*)?$")
 
 
 def address(config: Any, field: str) -> tuple[str, str, str | None]:
@@ -122,7 +123,8 @@ def next_version(current: Any, tail: float) -> str:
             f"'00000000000000000000000000000001.0.42'), not {brief(current)}",
             field="current",
         )
-    return f"{number + 1:032}.{tail:016}"
+    # Fixed-point, so that the tail never takes the exponent form.
+    return f"{number + 1:032}.{tail:.16f}"
 
 
 def allowlist(entries: Any) -> list[Any]:

@@ -41,11 +41,16 @@ CROSS JOIN LATERAL (
     SELECT array_agg(bl.channel) AS channels, array_agg(bl.type) AS types,
            array_agg(bl.blob) AS blobs
     FROM jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
-    JOIN langgraph_checkpoint_blobs AS bl
-      ON bl.tenant_id = c.tenant_id AND bl.thread_id = c.thread_id
-     AND bl.checkpoint_ns = c.checkpoint_ns
-     AND bl.channel = v.key COLLATE "C" AND bl.version = v.value COLLATE "C"
-    WHERE bl.type <> 'empty'
+    CROSS JOIN LATERAL (
+        -- One primary-key lookup per channel (LIMIT keeps the planner from joining all the
+        -- thread's versions instead, which grow with every step).
+        SELECT b.channel, b.type, b.blob FROM langgraph_checkpoint_blobs AS b
+        WHERE b.tenant_id = c.tenant_id AND b.thread_id = c.thread_id
+          AND b.checkpoint_ns = c.checkpoint_ns
+          AND b.channel = v.key COLLATE "C" AND b.version = v.value COLLATE "C"
+          AND b.type <> 'empty'
+        LIMIT 1
+    ) AS bl
 ) AS b
 CROSS JOIN LATERAL (
     SELECT array_agg(wr.task_id ORDER BY wr.task_path, wr.task_id, wr.idx) AS tasks,
@@ -139,7 +144,7 @@ WITH blobs AS (
     INSERT INTO langgraph_checkpoint_blobs
         (tenant_id, thread_id, checkpoint_ns, channel, version, type, blob)
     SELECT %(tenant)s, %(thread)s, %(ns)s, b.channel, v.value, b.type, b.blob
-    FROM unnest(%(channels)s::text[], %(types)s::text[], %(blobs)s::bytea[])
+    FROM unnest(%(channels)s::text[], %(types)s::text[], %(blobs)b::bytea[])
          AS b(channel, type, blob)
     JOIN jsonb_each_text(%(versions)s::jsonb) AS v ON v.key = b.channel
     ON CONFLICT DO NOTHING
@@ -193,7 +198,7 @@ INSERT INTO langgraph_checkpoint_writes AS w
      type, blob)
 SELECT %(tenant)s, %(thread)s, %(ns)s, %(id)s, %(task)s, %(path)s, n.idx, n.channel, n.type,
        n.blob
-FROM unnest(%(idx)s::integer[], %(channels)s::text[], %(types)s::text[], %(blobs)s::bytea[])
+FROM unnest(%(idx)s::integer[], %(channels)s::text[], %(types)s::text[], %(blobs)b::bytea[])
      AS n(idx, channel, type, blob)
 ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
 SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob,

@@ -348,7 +348,8 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
         self, thread: str, ns: str, checkpoint_id: str | None
     ) -> CheckpointTuple | None:
         query, params = _sql.get_tuple(self.tenant_id, thread, ns, checkpoint_id)
-        row = await self._db.fetch_one(query, params)
+        # Binary rows: values and writes are bytea, several times cheaper to read so.
+        row = await self._db.fetch_one(query, params, binary=True)
         return None if row is None else _codec.load(self.serde, row)
 
     async def _listing(
@@ -386,7 +387,7 @@ class AgencyCheckpointSaver(BaseCheckpointSaver[str]):
 
     @observed("checkpoints.list")
     async def _page(self, statement: _sql.Statement) -> builtins.list[dict[str, Any]]:
-        return await self._db.fetch(*statement)
+        return await self._db.fetch(*statement, binary=True)
 
     # One timed operation per kind of write, each a single statement.
     @observed("checkpoints.put")
