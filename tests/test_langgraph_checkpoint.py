@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     )
 
 from agency_data import DataLayer
-from agency_data.errors import Conflict, UsageError, ValidationError
+from agency_data.errors import AgencyDataError, Conflict, UsageError, ValidationError
 from agency_data.integrations.langgraph import AgencyCheckpointSaver
 from agency_data.sync import Portal
 from tests.conftest import DatabaseDsn, make_config
@@ -142,6 +142,69 @@ async def test_values_and_writes_round_trip_in_langgraphs_order(dl: DataLayer) -
         ("task-a", "x", 1),
     ]
     assert got.pending_writes[3:] == [("task-b", channel, value) for channel, value in many]
+    # With a wider allow-list (a copy, when the serde has one): the same layer and rows.
+    wider = saver.with_allowlist([("my_module", "MyClass")])
+    assert isinstance(wider, AgencyCheckpointSaver)
+    assert (await wider.aget_tuple(stored)) == got
+
+
+async def test_a_channel_without_a_value_is_absent_and_calls_join_the_callers_transaction(
+    dl: DataLayer,
+) -> None:
+    scope = dl.tenant("acme")
+    saver = AgencyCheckpointSaver(scope)
+    versions = {"cleared": "00000000000000000000000000000002.0.5"}
+    checkpoint = generate_checkpoint(channel_values={}, channel_versions=versions)
+    stored = generate_config("t", checkpoint_id=checkpoint["id"])
+
+    async def fails_after_storing() -> None:
+        async with scope.transaction():
+            await saver.aput(generate_config("t"), checkpoint, generate_metadata(), versions)
+            await saver.aput_writes(stored, [("k", 1)], "task")
+            seen = await saver.aget_tuple(stored)
+            assert seen is not None
+            assert seen.pending_writes == [("task", "k", 1)]
+            _ = 1 / 0  # the application's own work fails: the checkpoint goes with it
+
+    with pytest.raises(ZeroDivisionError):
+        await fails_after_storing()
+    assert await saver.aget_tuple(stored) is None
+    assert await rows(dl, "acme") == dict.fromkeys(TABLES, 0)
+    await saver.aput(generate_config("t"), checkpoint, generate_metadata(), versions)
+    got = await saver.aget_tuple(stored)
+    assert got is not None
+    assert got.checkpoint["channel_values"] == {}
+    assert got.checkpoint["channel_versions"] == versions
+    assert await scope.fetch("SELECT channel, type, blob FROM langgraph_checkpoint_blobs") == [
+        {"channel": "cleared", "type": "empty", "blob": None}
+    ]
+
+
+class Reversing:
+    """A serde of the test's own: UTF-8 text, stored backwards."""
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        return "reversed", str(obj).encode()[::-1]
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        if data[0] != "reversed":
+            raise ValueError(f"not mine: {data[0]}")
+        return data[1][::-1].decode()
+
+
+async def test_a_serde_of_ones_own_is_used_and_a_foreign_value_is_reported(
+    dl: DataLayer,
+) -> None:
+    mine = AgencyCheckpointSaver(dl, serde=Reversing())
+    stored = await put(mine, "t", values={"k": "value"})
+    assert await dl.fetch_value("SELECT blob FROM langgraph_checkpoint_blobs") == b"eulav"
+    got = await mine.aget_tuple(stored)
+    assert got is not None
+    assert got.checkpoint["channel_values"] == {"k": "value"}
+    # LangGraph's default serde wrote this one: the saver says which value it cannot read.
+    await put(AgencyCheckpointSaver(dl), "other", values={"k": "value"})
+    with pytest.raises(AgencyDataError, match=r"channel 'k'.*could not be read back.*serde"):
+        await mine.aget_tuple(generate_config("other"))
 
 
 async def test_listing_pages_newest_first_within_and_across_threads(dl: DataLayer) -> None:
@@ -229,10 +292,13 @@ async def test_sync_methods_work_from_another_thread_and_refuse_on_the_loop(
         copied = [t.checkpoint["id"] for t in saver.list(generate_config("copy"))]
         saver.delete_for_runs(["run-1"])
         after_runs = saver.get_tuple(config)
+        history = saver.get_delta_channel_history(config=stored, channels=["k"])
         saver.delete_thread("copy")
-        return stored, got, first, copied, after_runs, saver.get_tuple(generate_config("copy"))
+        gone = saver.get_tuple(generate_config("copy"))
+        return stored, got, first, copied, after_runs, gone, history
 
-    stored, got, first, copied, after_runs, gone = await asyncio.to_thread(work)
+    stored, got, first, copied, after_runs, gone, history = await asyncio.to_thread(work)
+    assert history == {"k": {"writes": []}}  # a root checkpoint: no ancestors, no seed
     cid = stored["configurable"]["checkpoint_id"]
     assert isinstance(got, CheckpointTuple)
     assert got.checkpoint["channel_values"] == {"k": "v"}
