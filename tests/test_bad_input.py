@@ -53,6 +53,11 @@ from agency_data.vectors.store import ManagedEmbeddingStore
 from tests.conftest import TEMPLATE_DB, ServerSet, make_config
 from tests.embedding_support import HashingEmbedder
 
+try:
+    from agency_data.integrations.langgraph import AgencyCheckpointSaver
+except ImportError:  # the [langgraph] extra is not installed: its surface is left out
+    AgencyCheckpointSaver = None  # type: ignore[assignment, misc]
+
 DIM = 3
 VECTOR = [0.1, 0.2, 0.3]
 TENANT = "acme"
@@ -560,7 +565,36 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "group": lambda p: "g",
     "consumer": lambda p: "c",
     "message_ids": lambda p: (p.message_id,),
+    # LangGraph's checkpointer.
+    "checkpointer.config": lambda p: {"configurable": {"thread_id": "probe-thread"}},
+    "checkpointer.put_writes.config": lambda p: _checkpoint_config(),
+    "checkpointer.aput_writes.config": lambda p: _checkpoint_config(),
+    "checkpointer.checkpoint": lambda p: {
+        "v": 1,
+        "id": "probe-checkpoint",
+        "ts": "2024-01-01T00:00:00+00:00",
+        "channel_values": {"k": 1},
+        "channel_versions": {"k": "1"},
+        "versions_seen": {},
+        "updated_channels": None,
+    },
+    "new_versions": lambda p: {"k": "1"},
+    "writes": lambda p: [("k", 1)],
+    "checkpointer.task_id": lambda p: "probe-task",
+    "thread_id": lambda p: "probe-thread",
+    "thread_ids": lambda p: ["probe-thread"],
+    "run_ids": lambda p: ["probe-run"],
+    "source_thread_id": lambda p: "probe-thread",
+    "target_thread_id": lambda p: "probe-copy",
+    "checkpointer.channels": lambda p: ["k"],
+    "current": lambda p: None,
+    "checkpointer.channel": lambda p: None,
+    "extra_allowlist": lambda p: [("probe_module", "ProbeClass")],
 }
+
+
+def _checkpoint_config() -> dict[str, Any]:
+    return {"configurable": {"thread_id": "probe-thread", "checkpoint_id": "probe-checkpoint"}}
 
 
 # Each surface: its class (what introspection reads) and how to reach one from a DataLayer.
@@ -585,6 +619,9 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
     "streams": (Streams, lambda dl: dl.streams),
     "lock": (Lock, lambda dl: dl.lock("probe-held", ttl=30)),
 }
+if AgencyCheckpointSaver is not None:
+    # Built on the test's running loop, so its sync methods are refused there (UsageError).
+    SURFACES["checkpointer"] = (AgencyCheckpointSaver, lambda dl: AgencyCheckpointSaver(dl))
 # Lifecycle, not input: closing the layer would end every later case.
 SKIPPED = {"dl.aclose", "dl.connect"}
 # Calls that wait by design (for work, messages or a lock): cut short, which is fine.

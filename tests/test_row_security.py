@@ -37,6 +37,22 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
             "INSERT INTO kv_items (tenant_id, namespace, key, value) VALUES (%s, 'n', 'k', 'v')",
             [tenant],
         )
+        # A LangGraph checkpoint, one of its values and a pending write.
+        await scope.execute(
+            "INSERT INTO langgraph_checkpoints (tenant_id, thread_id, checkpoint_id, checkpoint) "
+            "VALUES (%s, 'thread', 'c1', '{}')",
+            [tenant],
+        )
+        await scope.execute(
+            "INSERT INTO langgraph_checkpoint_blobs (tenant_id, thread_id, channel, version, "
+            "type, blob) VALUES (%s, 'thread', 'messages', '1', 'null', '')",
+            [tenant],
+        )
+        await scope.execute(
+            "INSERT INTO langgraph_checkpoint_writes (tenant_id, thread_id, checkpoint_id, "
+            "task_id, idx, channel, type, blob) VALUES (%s, 'thread', 'c1', 't', 0, 'x', 'null', '')",
+            [tenant],
+        )
     # Each tenant's record chained now: it waits in audit_pending until then.
     await dl.admin.fetch("SELECT agency_data_audit_seal()")
     return dl
@@ -68,6 +84,9 @@ async def test_every_tenant_table_has_forced_rls_and_its_policy(two_tenants: Dat
         "task_schedules",
         "emb_notes",
         "emb_default",
+        "langgraph_checkpoints",
+        "langgraph_checkpoint_blobs",
+        "langgraph_checkpoint_writes",
     } <= set(tables)
     for table in tables:
         row = await dl.admin.fetch_one(

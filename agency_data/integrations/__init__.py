@@ -1,3 +1,8 @@
-"""agency-data as the storage of other frameworks: LangChain (``langchain``) and LangGraph
-(``langgraph``). Each needs its extra (``pip install 'agency-data[langchain]'``); nothing here is
-imported by the core package."""
+"""Integrations with agent frameworks, each an optional extra of its own.
+
+``agency_data.integrations.langchain`` (``pip install 'agency-data[langchain]'``): a LangChain
+VectorStore over a collection, a ByteStore and an LLM cache. ``agency_data.integrations.langgraph``
+(``pip install 'agency-data[langgraph]'``): LangGraph's checkpointer and long-term memory store on
+agency-data. The core package never imports these modules; each imports its framework, and says
+which extra to install when the framework is missing.
+"""

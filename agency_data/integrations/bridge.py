@@ -36,6 +36,11 @@ def reach(
                 field=field,
             )
     if portal is not None:
+        if not isinstance(portal, Portal):
+            raise ValidationError(
+                f"portal must be an agency_data.sync.Portal, not {type(portal).__name__}",
+                field="portal",
+            )
         return inner, portal
     if found is not None:
         return inner, found

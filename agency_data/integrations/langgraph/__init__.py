@@ -1,0 +1,16 @@
+"""LangGraph on agency-data (``pip install 'agency-data[langgraph]'``).
+
+:class:`AgencyCheckpointSaver`: LangGraph's checkpointer (short-term memory: a thread's
+checkpoints and pending writes), stored in agency-data's schema, per tenant.
+"""
+
+try:
+    import langgraph.checkpoint.base  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "agency_data.integrations.langgraph needs LangGraph: pip install 'agency-data[langgraph]'"
+    ) from exc
+
+from agency_data.integrations.langgraph.checkpoint import AgencyCheckpointSaver
+
+__all__ = ["AgencyCheckpointSaver"]
