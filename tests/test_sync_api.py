@@ -18,7 +18,8 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar, Token
 from pathlib import Path
 from typing import Any, cast
 
@@ -613,3 +614,143 @@ async def test_waiting_through_the_portal_from_another_loop_can_be_cancelled() -
         assert await asyncio.to_thread(stopped.wait, 10)
     finally:
         await asyncio.to_thread(portal.close)
+
+
+# -- the portal itself --------------------------------------------------------------------------
+
+_VAR: ContextVar[str] = ContextVar("test_sync_var", default="unset")
+
+
+class _Setting:
+    """An async context manager that sets ``_VAR`` for its block, as a transaction does."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self.token: Token[str] | None = None
+
+    async def __aenter__(self) -> str:
+        self.token = _VAR.set(self.value)
+        return self.value
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.token is not None
+        _VAR.reset(self.token)
+
+
+async def _read_var() -> str:
+    return _VAR.get()
+
+
+@pytest.fixture
+def portal() -> Iterator[Portal]:
+    """A portal with a loop of its own."""
+    made = Portal.start("test-portal")
+    yield made
+    made.close()
+
+
+def test_blocks_run_their_calls_in_their_context_per_thread(portal: Portal) -> None:
+    with portal.enter(_Setting("outer")) as value:
+        assert value == "outer"
+        assert portal.call(_read_var()) == "outer"
+        with portal.enter(_Setting("inner")):
+            assert portal.call(_read_var()) == "inner"
+            other: list[str] = []
+            thread = threading.Thread(target=lambda: other.append(portal.call(_read_var())))
+            thread.start()
+            thread.join(10)
+            assert other == ["unset"]  # another thread's calls are outside this block
+        assert portal.call(_read_var()) == "outer"
+    assert portal.call(_read_var()) == "unset"
+
+
+def test_a_callback_with_no_caller_waiting_runs_in_a_worker_thread(portal: Portal) -> None:
+    threads: list[int] = []
+    callback = portal.callback(lambda: threads.append(threading.get_ident()))
+
+    async def later() -> None:
+        await asyncio.sleep(0.05)
+        await callback()
+
+    async def start_later() -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(later())
+
+    task = portal.call(start_later())
+
+    async def finished() -> None:
+        await asyncio.wait_for(task, 10)
+
+    portal.call(finished())
+    assert len(threads) == 1
+    assert threads[0] not in (threading.get_ident(), portal._thread.ident if portal._thread else 0)
+
+
+def test_an_interrupt_in_a_callback_cancels_the_call(portal: Portal) -> None:
+    stopped = threading.Event()
+
+    def interrupted() -> None:
+        raise _Interrupted
+
+    async def uses(callback: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await callback()
+            await asyncio.sleep(3600)
+        finally:
+            stopped.set()
+
+    with pytest.raises(_Interrupted):
+        portal.call(uses(portal.callback(interrupted)))
+    assert stopped.is_set()  # finished cancelling before the interrupt came out
+    assert portal.call(_read_var()) == "unset"  # and the loop still serves
+
+
+def test_closing_fails_the_calls_still_waiting(portal: Portal) -> None:
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    def wait_forever() -> None:
+        try:
+            portal.call(forever())
+        except BaseException as exc:  # noqa: BLE001 - checked by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=wait_forever)
+    thread.start()
+    assert started.wait(10)
+    portal.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(errors) == 1
+    assert isinstance(errors[0], UsageError)
+    assert "closed" in str(errors[0])
+
+
+def test_leaving_an_iteration_early_closes_the_async_generator(portal: Portal) -> None:
+    closed = threading.Event()
+
+    async def numbers() -> AsyncIterator[int]:
+        try:
+            for n in range(100):
+                yield n
+        finally:
+            closed.set()
+
+    for n in portal.iterate(numbers()):
+        if n == 2:
+            break
+    assert closed.is_set()
+
+
+def test_plain_functions_run_on_the_loop_thread(portal: Portal) -> None:
+    assert portal.run_sync(threading.get_ident) == (portal._thread.ident if portal._thread else 0)
+
+
+async def test_a_portal_into_a_closed_loop_refuses() -> None:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    with pytest.raises(UsageError, match="closed"):
+        await asyncio.to_thread(Portal.of(loop).call, _read_var())

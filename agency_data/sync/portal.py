@@ -72,9 +72,15 @@ class Portal:
         self._waiting: set[_Waiter] = set()
 
     @classmethod
-    def start(cls, name: str = "agency-data") -> Portal:
-        """A portal with a loop of its own, run by a daemon thread named ``name``."""
-        loop = asyncio.new_event_loop()
+    def start(
+        cls,
+        name: str = "agency-data",
+        *,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    ) -> Portal:
+        """A portal with a loop of its own (``loop_factory()``'s, else asyncio's), run by a
+        daemon thread named ``name``."""
+        loop = (loop_factory or asyncio.new_event_loop)()
         ready = threading.Event()
 
         def run() -> None:
