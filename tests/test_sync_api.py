@@ -25,12 +25,15 @@ from typing import Any, cast
 
 import pytest
 
+import agency_data.sync as sync_api
 from agency_data import DataLayer as AsyncDataLayer
 from agency_data.errors import (
     AgencyDataError,
+    ConfigError,
     LockNotAcquired,
     NotFound,
     UsageError,
+    ValidationError,
 )
 from agency_data.sync import DataLayer, Portal
 from agency_data.sync import _generate as generator
@@ -754,3 +757,43 @@ async def test_a_portal_into_a_closed_loop_refuses() -> None:
     loop.close()
     with pytest.raises(UsageError, match="closed"):
         await asyncio.to_thread(Portal.of(loop).call, _read_var())
+
+
+def test_the_sync_only_entry_points_refuse_bad_input(portal: Portal) -> None:
+    async def coroutine_function() -> None:
+        return None
+
+    cases: list[tuple[Callable[[], Any], str]] = [
+        (lambda: portal.call(coroutine_function), "coro"),  # the function, not its coroutine
+        (lambda: portal.call(5), "coro"),  # type: ignore[arg-type]
+        (lambda: portal.call(_read_var(), context=5), "context"),  # type: ignore[arg-type]
+        (lambda: next(portal.iterate([1, 2])), "items"),  # type: ignore[arg-type]
+        (lambda: portal.enter(5), "manager"),  # type: ignore[call-overload]
+        (lambda: portal.enter(_Setting("x"), 5), "wrap"),  # type: ignore[call-overload]
+        (lambda: portal.aenter(threading.Lock()), "manager"),  # type: ignore[arg-type]
+        (lambda: portal.using(_Setting("x")), "manager"),  # type: ignore[arg-type]
+        (lambda: portal.run_sync(5), "fn"),  # type: ignore[arg-type]
+        (lambda: Portal.start(5), "name"),  # type: ignore[arg-type]
+        (lambda: Portal.start(loop_factory=5), "loop_factory"),  # type: ignore[arg-type]
+        (lambda: Portal.start(loop_factory=object), "loop_factory"),
+        (lambda: Portal.of("loop"), "loop"),  # type: ignore[arg-type]
+        (lambda: DataLayer.wrap(5, portal), "aio"),  # type: ignore[arg-type]
+        (lambda: sync_api.Collection(object(), portal), "aio"),
+        (lambda: sync_api.Cache(object(), "portal"), "portal"),  # type: ignore[arg-type]
+    ]
+    threads = len(threading.enumerate())
+    for call, field in cases:
+        with pytest.raises(ValidationError) as info:
+            call()
+        assert info.value.field == field, (field, str(info.value))
+    assert len(threading.enumerate()) == threads  # no portal thread started by a refusal
+    assert portal.call(_read_var()) == "unset"  # and nothing is stuck on the loop
+
+
+def test_a_bad_config_starts_no_portal_thread(tmp_path: Path) -> None:
+    before = _portal_threads()
+    with pytest.raises(ConfigError):
+        DataLayer(5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        DataLayer(make_config("", "", tmp_path), postgresql=5)
+    assert _portal_threads() == before

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, Unpack, cast, overload
+from typing import Any, ClassVar, Self, Unpack, cast, overload
 from uuid import UUID
 
 from psycopg import sql
@@ -142,6 +142,7 @@ class QueryMethods(Wrapper):
 
     __slots__ = ()
     _aio: AsyncQueryMethods
+    _aio_type: ClassVar[type[Any]] = AsyncQueryMethods
 
     @property
     def aio(self) -> AsyncQueryMethods:
@@ -320,6 +321,7 @@ class CollectionAdmin(Wrapper):
 
     __slots__ = ()
     _aio: AsyncCollectionAdmin
+    _aio_type: ClassVar[type[Any]] = AsyncCollectionAdmin
 
     @property
     def aio(self) -> AsyncCollectionAdmin:
@@ -380,6 +382,7 @@ class Admin(QueryMethods, CollectionAdmin):
 
     __slots__ = ()
     _aio: AsyncAdmin
+    _aio_type: ClassVar[type[Any]] = AsyncAdmin
 
     @property
     def aio(self) -> AsyncAdmin:
@@ -425,6 +428,7 @@ class AuditTrail(Wrapper):
 
     __slots__ = ()
     _aio: AsyncAuditTrail
+    _aio_type: ClassVar[type[Any]] = AsyncAuditTrail
 
     @property
     def aio(self) -> AsyncAuditTrail:
@@ -470,6 +474,7 @@ class Backups(Wrapper):
 
     __slots__ = ()
     _aio: AsyncBackups
+    _aio_type: ClassVar[type[Any]] = AsyncBackups
 
     @property
     def aio(self) -> AsyncBackups:
@@ -531,6 +536,7 @@ class Cache(Wrapper):
 
     __slots__ = ()
     _aio: AsyncCache
+    _aio_type: ClassVar[type[Any]] = AsyncCache
 
     @property
     def aio(self) -> AsyncCache:
@@ -621,6 +627,7 @@ class Lock(Wrapper):
 
     __slots__ = ()
     _aio: AsyncLock
+    _aio_type: ClassVar[type[Any]] = AsyncLock
 
     @property
     def aio(self) -> AsyncLock:
@@ -697,6 +704,7 @@ class PubSub(Wrapper):
 
     __slots__ = ()
     _aio: AsyncPubSub
+    _aio_type: ClassVar[type[Any]] = AsyncPubSub
 
     @property
     def aio(self) -> AsyncPubSub:
@@ -723,6 +731,7 @@ class Streams(Wrapper):
 
     __slots__ = ()
     _aio: AsyncStreams
+    _aio_type: ClassVar[type[Any]] = AsyncStreams
 
     @property
     def aio(self) -> AsyncStreams:
@@ -766,6 +775,7 @@ class SessionStore(Wrapper):
 
     __slots__ = ()
     _aio: AsyncSessionStore
+    _aio_type: ClassVar[type[Any]] = AsyncSessionStore
 
     @property
     def aio(self) -> AsyncSessionStore:
@@ -806,6 +816,7 @@ class MonitoringMethods(Wrapper):
 
     __slots__ = ()
     _aio: AsyncMonitoringMethods
+    _aio_type: ClassVar[type[Any]] = AsyncMonitoringMethods
 
     @property
     def aio(self) -> AsyncMonitoringMethods:
@@ -848,6 +859,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
     The data layer of an agent platform: PostgreSQL, pgvector and Redis behind one object."""
 
     _aio: AsyncDataLayer
+    _aio_type: ClassVar[type[Any]] = AsyncDataLayer
     __slots__ = ("_owns_portal",)
     _owns_portal: bool
 
@@ -879,6 +891,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
     def wrap(cls, aio: AsyncDataLayer, portal: Portal) -> Self:
         """The synchronous face of ``aio``, an async DataLayer on the loop ``portal`` enters;
         closing it closes ``aio``, not the portal."""
+        cls._check(aio, portal)
         return cls._of(aio, portal)
 
     def __enter__(self) -> Self:
@@ -1062,6 +1075,7 @@ class MigrationRunner(Wrapper):
 
     __slots__ = ()
     _aio: AsyncMigrationRunner
+    _aio_type: ClassVar[type[Any]] = AsyncMigrationRunner
 
     @property
     def aio(self) -> AsyncMigrationRunner:
@@ -1144,6 +1158,7 @@ class Alerts(Wrapper):
 
     __slots__ = ()
     _aio: AsyncAlerts
+    _aio_type: ClassVar[type[Any]] = AsyncAlerts
 
     @property
     def aio(self) -> AsyncAlerts:
@@ -1179,6 +1194,7 @@ class MetricsEndpoint(Wrapper):
 
     __slots__ = ()
     _aio: AsyncMetricsEndpoint
+    _aio_type: ClassVar[type[Any]] = AsyncMetricsEndpoint
 
     @property
     def aio(self) -> AsyncMetricsEndpoint:
@@ -1212,6 +1228,7 @@ class AgentStore(Wrapper):
 
     __slots__ = ()
     _aio: AsyncAgentStore
+    _aio_type: ClassVar[type[Any]] = AsyncAgentStore
 
     @property
     def aio(self) -> AsyncAgentStore:
@@ -1334,6 +1351,7 @@ class Transaction(Wrapper):
 
     __slots__ = ()
     _aio: AsyncTransaction
+    _aio_type: ClassVar[type[Any]] = AsyncTransaction
 
     @property
     def aio(self) -> AsyncTransaction:
@@ -1368,6 +1386,7 @@ class ScriptRegistry(Wrapper):
 
     __slots__ = ()
     _aio: AsyncScriptRegistry
+    _aio_type: ClassVar[type[Any]] = AsyncScriptRegistry
 
     @property
     def aio(self) -> AsyncScriptRegistry:
@@ -1399,6 +1418,7 @@ class Retention(Wrapper):
 
     __slots__ = ()
     _aio: AsyncRetention
+    _aio_type: ClassVar[type[Any]] = AsyncRetention
 
     @property
     def aio(self) -> AsyncRetention:
@@ -1435,6 +1455,7 @@ class TenantScope(QueryMethods):
 
     __slots__ = ()
     _aio: AsyncTenantScope
+    _aio_type: ClassVar[type[Any]] = AsyncTenantScope
 
     @property
     def aio(self) -> AsyncTenantScope:
@@ -1515,6 +1536,7 @@ class KeyAdmin(Wrapper):
 
     __slots__ = ()
     _aio: AsyncKeyAdmin
+    _aio_type: ClassVar[type[Any]] = AsyncKeyAdmin
 
     @property
     def aio(self) -> AsyncKeyAdmin:
@@ -1554,6 +1576,7 @@ class SubjectRights(Wrapper):
 
     __slots__ = ()
     _aio: AsyncSubjectRights
+    _aio_type: ClassVar[type[Any]] = AsyncSubjectRights
 
     @property
     def aio(self) -> AsyncSubjectRights:
@@ -1588,6 +1611,7 @@ class PolicyOps(Wrapper):
 
     __slots__ = ()
     _aio: AsyncPolicyOps
+    _aio_type: ClassVar[type[Any]] = AsyncPolicyOps
 
     @property
     def aio(self) -> AsyncPolicyOps:
@@ -1643,6 +1667,7 @@ class Job(Wrapper):
 
     __slots__ = ()
     _aio: AsyncJob
+    _aio_type: ClassVar[type[Any]] = AsyncJob
 
     @property
     def aio(self) -> AsyncJob:
@@ -1697,6 +1722,7 @@ class QueueOps(Wrapper):
 
     __slots__ = ()
     _aio: AsyncQueueOps
+    _aio_type: ClassVar[type[Any]] = AsyncQueueOps
 
     @property
     def aio(self) -> AsyncQueueOps:
@@ -1807,6 +1833,7 @@ class ScheduleOps(Wrapper):
 
     __slots__ = ()
     _aio: AsyncScheduleOps
+    _aio_type: ClassVar[type[Any]] = AsyncScheduleOps
 
     @property
     def aio(self) -> AsyncScheduleOps:
@@ -1864,6 +1891,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
 
     __slots__ = ()
     _aio: AsyncTaskStore
+    _aio_type: ClassVar[type[Any]] = AsyncTaskStore
 
     @property
     def aio(self) -> AsyncTaskStore:
@@ -2041,6 +2069,7 @@ class Worker(Wrapper):
 
     __slots__ = ()
     _aio: AsyncWorker
+    _aio_type: ClassVar[type[Any]] = AsyncWorker
 
     @property
     def aio(self) -> AsyncWorker:
@@ -2078,6 +2107,7 @@ class Collection(Wrapper):
 
     __slots__ = ()
     _aio: AsyncCollection
+    _aio_type: ClassVar[type[Any]] = AsyncCollection
 
     @property
     def aio(self) -> AsyncCollection:
@@ -2271,6 +2301,7 @@ class ManagedCollection(Collection):
 
     __slots__ = ()
     _aio: AsyncManagedCollection
+    _aio_type: ClassVar[type[Any]] = AsyncManagedCollection
 
     @property
     def aio(self) -> AsyncManagedCollection:
@@ -2301,6 +2332,7 @@ class EmbeddingStore(Collection):
 
     __slots__ = ()
     _aio: AsyncEmbeddingStore
+    _aio_type: ClassVar[type[Any]] = AsyncEmbeddingStore
 
     @property
     def aio(self) -> AsyncEmbeddingStore:
@@ -2323,6 +2355,7 @@ class ManagedEmbeddingStore(ManagedCollection):
 
     __slots__ = ()
     _aio: AsyncManagedEmbeddingStore
+    _aio_type: ClassVar[type[Any]] = AsyncManagedEmbeddingStore
 
     @property
     def aio(self) -> AsyncManagedEmbeddingStore:

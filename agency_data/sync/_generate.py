@@ -91,6 +91,7 @@ _OWN = {
     "Self": ("typing", "Self"),
     "overload": ("typing", "overload"),
     "cast": ("typing", "cast"),
+    "ClassVar": ("typing", "ClassVar"),
     "Callable": ("collections.abc", "Callable"),
     "Generator": ("collections.abc", "Generator"),
     "Iterable": ("collections.abc", "Iterable"),
@@ -978,6 +979,7 @@ def emit_class(twin: Twin, names: Names, inherited: set[str]) -> tuple[ast.Class
         body.append(ast.parse("__slots__ = ()").body[0])
     async_name = names.use_async(twin)
     body.append(ast.AnnAssign(ast.Name("_aio"), ast.Name(async_name), None, simple=1))
+    body.append(ast.parse(f"_aio_type: ClassVar[type[Any]] = {async_name}").body[0])
     if is_root:
         body += _root_members(ctx, async_name)
     aio = _function(
@@ -1067,6 +1069,7 @@ class _Root:
     def wrap(cls, aio: {async_name}, portal: Portal) -> Self:
         """The synchronous face of ``aio``, an async {name} on the loop ``portal`` enters;
         closing it closes ``aio``, not the portal."""
+        cls._check(aio, portal)
         return cls._of(aio, portal)
 
     def __enter__(self) -> Self:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
+from agency_data.errors import ValidationError
+from agency_data.inputs import brief
 from agency_data.sync.portal import Portal
 
 __all__ = ["Wrapper", "each_callback"]
@@ -20,17 +22,34 @@ class Wrapper:
     """
 
     __slots__ = ("_aio", "_children", "_portal")
+    # The async class a twin stands for (each generated twin names its own).
+    _aio_type: ClassVar[type[Any]] = object
 
     def __init__(self, aio: Any, portal: Portal) -> None:
+        self._check(aio, portal)
         self._aio = aio
         self._portal = portal
         # The twins of the stores this one hands out, made once (see _child).
         self._children: dict[str, Wrapper] | None = None
 
     @classmethod
+    def _check(cls, aio: Any, portal: Portal) -> None:
+        if not isinstance(portal, Portal):
+            raise ValidationError(f"portal must be a Portal, not {brief(portal)}", field="portal")
+        if not isinstance(aio, cls._aio_type):
+            raise ValidationError(
+                f"a sync {cls.__name__} stands for an async {cls._aio_type.__name__}, "
+                f"not {brief(aio)}",
+                field="aio",
+            )
+
+    @classmethod
     def _of(cls, aio: Any, portal: Portal) -> Self:
+        # What the layer itself hands out needs no checking.
         made = object.__new__(cls)
-        Wrapper.__init__(made, aio, portal)
+        made._aio = aio
+        made._portal = portal
+        made._children = None
         return made
 
     @property

@@ -33,7 +33,8 @@ from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from agency_data._tasks import cancel_and_wait
-from agency_data.errors import UsageError
+from agency_data.errors import UsageError, ValidationError
+from agency_data.inputs import brief, check_callable
 
 __all__ = ["Portal"]
 
@@ -80,7 +81,16 @@ class Portal:
     ) -> Portal:
         """A portal with a loop of its own (``loop_factory()``'s, else asyncio's), run by a
         daemon thread named ``name``."""
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"name must be a thread's name, not {brief(name)}", field="name")
+        if loop_factory is not None:
+            check_callable(loop_factory, "loop_factory")
         loop = (loop_factory or asyncio.new_event_loop)()
+        if not isinstance(loop, asyncio.AbstractEventLoop):
+            raise ValidationError(
+                f"loop_factory must make an event loop; it made {brief(loop)}",
+                field="loop_factory",
+            )
         ready = threading.Event()
 
         def run() -> None:
@@ -96,6 +106,8 @@ class Portal:
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Portal:
         """A portal into ``loop``, which the application runs (and closes) itself."""
+        if not isinstance(loop, asyncio.AbstractEventLoop):
+            raise ValidationError(f"loop must be an event loop, not {brief(loop)}", field="loop")
         return cls(loop, None)
 
     @property
@@ -118,9 +130,19 @@ class Portal:
         own. An interrupt of the waiting thread (Ctrl-C) cancels the coroutine, and the
         interrupt goes on up once the coroutine has finished cancelling.
         """
+        if not asyncio.iscoroutine(coro):
+            raise ValidationError(
+                f"call takes a coroutine (what calling an async function gives), not {brief(coro)}",
+                field="coro",
+            )
         if self._closed or asyncio._get_running_loop() is self.loop:
             coro.close()
             self._refuse()
+        if context is not None and not isinstance(context, contextvars.Context):
+            coro.close()
+            raise ValidationError(
+                f"context must be a contextvars.Context, not {brief(context)}", field="context"
+            )
         if context is None:
             context = self._block()
         waiter = _Waiter(self)
@@ -149,6 +171,7 @@ class Portal:
     def run_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call the plain function ``fn`` on the loop's thread (where the async layer's state
         may be touched safely) and return what it returns."""
+        check_callable(fn, "fn")
         return self.call(_plain(fn, args, kwargs))
 
     def iterate(self, items: AsyncIterator[T]) -> Generator[T, None, None]:
@@ -158,6 +181,10 @@ class Portal:
         Every step runs in one context (the open block's, else one of its own), as the steps
         of ``async for`` run in one task.
         """
+        if not hasattr(items, "__anext__"):
+            raise ValidationError(
+                f"iterate takes an async iterator, not {brief(items)}", field="items"
+            )
         context = self._block() or contextvars.copy_context()
         try:
             while True:
@@ -186,11 +213,15 @@ class Portal:
         """Use an async context manager as a sync one: entered and exited on the loop, with
         the calls made inside the block running in the block's context. ``wrap`` turns the
         value entered into what the ``with`` statement gives (a synchronous twin)."""
+        _check_async_manager(manager)
+        if wrap is not None:
+            check_callable(wrap, "wrap")
         return _Block(self, manager, wrap)
 
     def aenter(self, manager: AbstractAsyncContextManager[T]) -> T:
         """Enter ``manager`` on the loop and open a block on the calling thread: its calls run
         in the block's context until :meth:`aexit`. (``enter`` is the ``with`` form.)"""
+        _check_async_manager(manager)
         stack = self._stack()
         context = stack[-1] if stack else contextvars.copy_context()
         stack.append(context)
@@ -230,6 +261,10 @@ class Portal:
     def using(self, manager: AbstractContextManager[T]) -> AbstractContextManager[T]:
         """A sync context manager that sets context variables (``dl.as_actor(...)``), entered
         in the context the calling thread's calls run in, so that they see what it sets."""
+        if not (hasattr(manager, "__enter__") and hasattr(manager, "__exit__")):
+            raise ValidationError(
+                f"using takes a context manager, not {brief(manager)}", field="manager"
+            )
         return _Using(self, manager)
 
     # -- callbacks ---------------------------------------------------------------------------
@@ -355,6 +390,13 @@ class _Waiter:
     # On the loop's thread.
 
     def start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None) -> None:
+        try:
+            self._start(coro, context)
+        except BaseException as exc:  # noqa: BLE001 - the caller gets it; the loop goes on
+            coro.close()
+            self._finish(None, exc)
+
+    def _start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None) -> None:
         if self._cancelled:
             coro.close()
             self._finish(None, asyncio.CancelledError())
@@ -542,6 +584,13 @@ class _Using(Generic[T]):
         if context is None:
             return self._manager.__exit__(exc_type, exc, tb)
         return context.run(self._manager.__exit__, exc_type, exc, tb)
+
+
+def _check_async_manager(manager: Any) -> None:
+    if not (hasattr(manager, "__aenter__") and hasattr(manager, "__aexit__")):
+        raise ValidationError(
+            f"takes an async context manager, not {brief(manager)}", field="manager"
+        )
 
 
 def _wrapped(value: Any, wrap: Callable[[Any, Portal], Any] | None, portal: Portal) -> Any:
