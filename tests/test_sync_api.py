@@ -176,6 +176,33 @@ def test_tasks_are_created_claimed_completed_and_failed(dl: DataLayer) -> None:
 
 
 @both_faces
+def test_work_on_a_task_in_a_block_and_by_a_worker(dl: DataLayer) -> None:
+    agent = dl.agents.create(name="w", type="worker")
+    dl.tasks.create("step", {"n": 0})
+    (task,) = dl.tasks.claim(agent.id, ["step"])
+    with dl.tasks.working(task) as job:
+        assert job.task.id == task.id
+        job.result = {"done": True}
+    finished = dl.tasks.get(task.id)
+    assert (finished.status, finished.result) == ("completed", {"done": True})
+
+    created = [dl.tasks.create("w", {"n": n}).id for n in range(3)]
+    handled: list[int] = []
+
+    def handler(claimed: Any) -> dict[str, int]:
+        handled.append(claimed.data["n"])
+        dl.cache.set(f"handled:{claimed.data['n']}", True)  # the handler may call the API
+        return {"double": claimed.data["n"] * 2}
+
+    worker = dl.tasks.worker(handler, agent_id=agent.id, types=["w"])
+    assert worker.run(max_tasks=3) == 3
+    assert sorted(handled) == [0, 1, 2]
+    assert worker.completed == 3
+    assert [dl.tasks.get(t).result for t in created] == [{"double": n * 2} for n in range(3)]
+    assert dl.cache.get("handled:2") is True
+
+
+@both_faces
 def test_a_collection_stores_finds_and_deletes(dl: DataLayer) -> None:
     notes = dl.embeddings.create_collection("notes", dimension=3)
     ids = notes.store_many(

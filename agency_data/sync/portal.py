@@ -83,8 +83,12 @@ class Portal:
         daemon thread named ``name``."""
         if not isinstance(name, str) or not name:
             raise ValidationError(f"name must be a thread's name, not {brief(name)}", field="name")
-        if loop_factory is not None:
-            check_callable(loop_factory, "loop_factory")
+        if loop_factory is not None and not callable(loop_factory):
+            # (A class is a factory here: uvloop.Loop.)
+            raise ValidationError(
+                f"loop_factory must make an event loop, not be {brief(loop_factory)}",
+                field="loop_factory",
+            )
         loop = (loop_factory or asyncio.new_event_loop)()
         if not isinstance(loop, asyncio.AbstractEventLoop):
             raise ValidationError(
