@@ -52,6 +52,10 @@ ROOT = ("agency_data.manager", "DataLayer")
 # thread (a transaction's on-commit hooks).
 ALSO_WRAPPED = {("agency_data.postgres.database", "Transaction")}
 
+# Classes with async methods handed out as they are, not wrapped: values whose async methods
+# are the layer's own plumbing (a collection's embedder is configuration to sync code).
+NOT_WRAPPED = {("agency_data.vectors.embedders", "Embedder")}
+
 # Members left out of the sync face, and why: each hands out the async machinery itself,
 # which synchronous code cannot use (it is reachable through ``.aio`` for async code).
 EXCLUDED = {
@@ -289,6 +293,7 @@ def discover() -> list[Twin]:
                     and _ours(found)
                     and found not in wanted
                     and (_is_async_api(found) or (found.__module__, found.__name__) in ALSO_WRAPPED)
+                    and (found.__module__, found.__name__) not in NOT_WRAPPED
                 ):
                     queue.append(found)
     ordered: list[Twin] = []
@@ -469,8 +474,9 @@ class Names:
         for mod, name in _OWN.values():
             self.use(Origin(mod, name, mod))
 
-    def use(self, where: Origin) -> str:
-        """The local name of ``where`` (imported under it): a twin's for a wrapped class."""
+    def use(self, where: Origin, alias: str | None = None) -> str:
+        """The local name of ``where`` (imported under it): a twin's for a wrapped class; a
+        module under ``alias``, the name the source knows it by (``npt``)."""
         key = (where.module, where.name)
         if where.module == "builtins" and where.name is not None:
             return where.name
@@ -478,7 +484,7 @@ class Names:
             return self.wrapped[key]
         if key in self._local:
             return self._local[key]
-        wanted = where.name or where.module.split(".")[-1]
+        wanted = where.name or alias or where.module.split(".")[-1]
         return self._take(key, wanted, where)
 
     def use_async(self, twin: Twin) -> str:
@@ -535,7 +541,7 @@ class _Rename(ast.NodeTransformer):
             # A method of the class shadows the builtin inside its body.
             local = self.names.use(Origin("builtins", None, "builtins"))
             return ast.copy_location(ast.Attribute(ast.Name(local), node.id), node)
-        return ast.copy_location(ast.Name(self.names.use(where)), node)
+        return ast.copy_location(ast.Name(self.names.use(where, node.id)), node)
 
     def visit_Constant(self, node: ast.Constant) -> ast.expr:
         if isinstance(node.value, str) and self.in_annotation:
@@ -862,6 +868,10 @@ def _sync_return(
         return ast.Subscript(ast.Name("AbstractContextManager"), item), (
             f"return self._portal.using({call})"
         )
+    if isinstance(returns, ast.Name) and returns.id == "Self":
+        # Another view of the same kind (collection.with_embedder(...)): its twin.
+        waited = f"self._portal.call({call})" if is_async else call
+        return ast.Name("Self"), f"return type(self)._of({waited}, self._portal)"
     wrapped = ctx.wrapped_name(returns)
     optional = _optional(returns)
     wrapped_optional = ctx.wrapped_name(optional) if optional is not None else None
