@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import signal
 import threading
 import time
@@ -824,3 +825,18 @@ def test_a_bad_config_starts_no_portal_thread(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         DataLayer(make_config("", "", tmp_path), postgresql=5)
     assert _portal_threads() == before
+
+
+def test_a_forked_child_is_told_to_make_its_own(portal: Portal) -> None:
+    assert portal.call(_read_var()) == "unset"
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child process
+        signal.alarm(10)  # a hang kills the child, which the parent sees
+        try:
+            portal.call(_read_var())
+        except UsageError as exc:
+            os._exit(0 if "fork" in str(exc) else 2)
+        os._exit(1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert portal.call(_read_var()) == "unset"  # the parent's portal is untouched

@@ -138,7 +138,8 @@ __all__ = [
 class QueryMethods(Wrapper):
     """Synchronous twin of :class:`agency_data.scope.QueryMethods`.
 
-    SQL and transactions (the design's executeQuery / executeTransaction), for any view."""
+    SQL and transactions (the design's executeQuery / executeTransaction), for any view.
+    """
 
     __slots__ = ()
     _aio: AsyncQueryMethods
@@ -317,7 +318,8 @@ class QueryMethods(Wrapper):
 class CollectionAdmin(Wrapper):
     """Synchronous twin of :class:`agency_data.vectors.admin.CollectionAdmin`.
 
-    Collection DDL and index upkeep, by collection name, as the owner role."""
+    Collection DDL and index upkeep, by collection name, as the owner role.
+    """
 
     __slots__ = ()
     _aio: AsyncCollectionAdmin
@@ -378,7 +380,8 @@ class CollectionAdmin(Wrapper):
 class Admin(QueryMethods, CollectionAdmin):
     """Synchronous twin of :class:`agency_data.admin.Admin`.
 
-    What the owner role does: collections, indexes, checks; raw SQL across tenants."""
+    What the owner role does: collections, indexes, checks; raw SQL across tenants.
+    """
 
     __slots__ = ()
     _aio: AsyncAdmin
@@ -424,7 +427,8 @@ class Admin(QueryMethods, CollectionAdmin):
 class AuditTrail(Wrapper):
     """Synchronous twin of :class:`agency_data.audit.trail.AuditTrail`.
 
-    The audit trail of one tenant (``dl.tenant(t).audit``)."""
+    The audit trail of one tenant (``dl.tenant(t).audit``).
+    """
 
     __slots__ = ()
     _aio: AsyncAuditTrail
@@ -470,7 +474,8 @@ class AuditTrail(Wrapper):
 class Backups(Wrapper):
     """Synchronous twin of :class:`agency_data.backup.service.Backups`.
 
-    Create, list and verify backup sets in the repository (``backup.directory``)."""
+    Create, list and verify backup sets in the repository (``backup.directory``).
+    """
 
     __slots__ = ()
     _aio: AsyncBackups
@@ -532,7 +537,8 @@ class Backups(Wrapper):
 class Cache(Wrapper):
     """Synchronous twin of :class:`agency_data.cache.store.Cache`.
 
-    The cache of one tenant; ``namespace`` separates independent users of it."""
+    The cache of one tenant; ``namespace`` separates independent users of it.
+    """
 
     __slots__ = ()
     _aio: AsyncCache
@@ -623,7 +629,8 @@ class Cache(Wrapper):
 class Lock(Wrapper):
     """Synchronous twin of :class:`agency_data.coord.locks.Lock`.
 
-    A distributed lock; use it as ``with dl.lock(name, ttl=..., wait=...) as lock:``."""
+    A distributed lock; use it as ``with dl.lock(name, ttl=..., wait=...) as lock:``.
+    """
 
     __slots__ = ()
     _aio: AsyncLock
@@ -700,7 +707,8 @@ class Lock(Wrapper):
 class PubSub(Wrapper):
     """Synchronous twin of :class:`agency_data.coord.pubsub.PubSub`.
 
-    Publish and subscribe on one tenant's channels."""
+    Publish and subscribe on one tenant's channels.
+    """
 
     __slots__ = ()
     _aio: AsyncPubSub
@@ -727,7 +735,8 @@ class PubSub(Wrapper):
 class Streams(Wrapper):
     """Synchronous twin of :class:`agency_data.coord.pubsub.Streams`.
 
-    Durable messaging on one tenant's Redis Streams, with consumer groups."""
+    Durable messaging on one tenant's Redis Streams, with consumer groups.
+    """
 
     __slots__ = ()
     _aio: AsyncStreams
@@ -771,7 +780,8 @@ class Streams(Wrapper):
 class SessionStore(Wrapper):
     """Synchronous twin of :class:`agency_data.coord.sessions.SessionStore`.
 
-    The sessions of one tenant."""
+    The sessions of one tenant.
+    """
 
     __slots__ = ()
     _aio: AsyncSessionStore
@@ -812,7 +822,8 @@ class SessionStore(Wrapper):
 class MonitoringMethods(Wrapper):
     """Synchronous twin of :class:`agency_data.observability.methods.MonitoringMethods`.
 
-    Metrics, alerts and the recall probe of a :class:`~agency_data.DataLayer`."""
+    Metrics, alerts and the recall probe of a :class:`~agency_data.DataLayer`.
+    """
 
     __slots__ = ()
     _aio: AsyncMonitoringMethods
@@ -856,7 +867,8 @@ class MonitoringMethods(Wrapper):
 class DataLayer(QueryMethods, MonitoringMethods):
     """Synchronous twin of :class:`agency_data.manager.DataLayer`.
 
-    The data layer of an agent platform: PostgreSQL, pgvector and Redis behind one object."""
+    The data layer of an agent platform: PostgreSQL, pgvector and Redis behind one object.
+    """
 
     _aio: AsyncDataLayer
     _aio_type: ClassVar[type[Any]] = AsyncDataLayer
@@ -912,8 +924,10 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self.close()
 
     def close(self) -> None:
-        """Close the pool and client, and release the embedded servers (the last user stops them). Then the portal's loop stops (when the
-        layer made it): any later call raises UsageError."""
+        """Close the pool and client, and release the embedded servers (the last user stops them).
+
+        Then the portal's loop stops (when the layer made it): any later call raises UsageError.
+        """
         portal = self._portal
         if portal.closed:
             return
@@ -1071,7 +1085,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
 class MigrationRunner(Wrapper):
     """Synchronous twin of :class:`agency_data.migrations.runner.MigrationRunner`.
 
-    Plans and runs the migrations of ``sources`` against the database of ``conninfo``."""
+    Plans and runs the migrations of ``sources`` against the database of ``conninfo``.
+    """
 
     __slots__ = ()
     _aio: AsyncMigrationRunner
@@ -1154,7 +1169,8 @@ class MigrationRunner(Wrapper):
 class Alerts(Wrapper):
     """Synchronous twin of :class:`agency_data.observability.alerts.Alerts`.
 
-    The rules, their state, and where their changes go (``dl.alerts``)."""
+    The rules, their state, and where their changes go (``dl.alerts``).
+    """
 
     __slots__ = ()
     _aio: AsyncAlerts
@@ -1190,7 +1206,8 @@ class Alerts(Wrapper):
 class MetricsEndpoint(Wrapper):
     """Synchronous twin of :class:`agency_data.observability.server.MetricsEndpoint`.
 
-    A running ``/metrics`` endpoint; :meth:`close` stops it (the DataLayer does on close)."""
+    A running ``/metrics`` endpoint; :meth:`close` stops it (the DataLayer does on close).
+    """
 
     __slots__ = ()
     _aio: AsyncMetricsEndpoint
@@ -1224,7 +1241,8 @@ class MetricsEndpoint(Wrapper):
 class AgentStore(Wrapper):
     """Synchronous twin of :class:`agency_data.postgres.agents.AgentStore`.
 
-    The agents of one tenant."""
+    The agents of one tenant.
+    """
 
     __slots__ = ()
     _aio: AsyncAgentStore
@@ -1347,7 +1365,8 @@ class AgentStore(Wrapper):
 class Transaction(Wrapper):
     """Synchronous twin of :class:`agency_data.postgres.database.Transaction`.
 
-    An open transaction (or savepoint, when nested): its connection and on-commit hooks."""
+    An open transaction (or savepoint, when nested): its connection and on-commit hooks.
+    """
 
     __slots__ = ()
     _aio: AsyncTransaction
@@ -1382,7 +1401,8 @@ class Transaction(Wrapper):
 class ScriptRegistry(Wrapper):
     """Synchronous twin of :class:`agency_data.redis.scripts.ScriptRegistry`.
 
-    Named Lua scripts on one Redis client."""
+    Named Lua scripts on one Redis client.
+    """
 
     __slots__ = ()
     _aio: AsyncScriptRegistry
@@ -1414,7 +1434,8 @@ class ScriptRegistry(Wrapper):
 class Retention(Wrapper):
     """Synchronous twin of :class:`agency_data.retention.runner.Retention`.
 
-    Applies the retention policies as the owner role."""
+    Applies the retention policies as the owner role.
+    """
 
     __slots__ = ()
     _aio: AsyncRetention
@@ -1451,7 +1472,8 @@ class Retention(Wrapper):
 class TenantScope(QueryMethods):
     """Synchronous twin of :class:`agency_data.scope.TenantScope`.
 
-    The data layer as one tenant sees it: the same API, scoped to ``tenant_id``."""
+    The data layer as one tenant sees it: the same API, scoped to ``tenant_id``.
+    """
 
     __slots__ = ()
     _aio: AsyncTenantScope
@@ -1532,7 +1554,8 @@ class TenantScope(QueryMethods):
 class KeyAdmin(Wrapper):
     """Synchronous twin of :class:`agency_data.security.rekey.KeyAdmin`.
 
-    Data keys of every tenant: rotate the KEK, re-encrypt, destroy."""
+    Data keys of every tenant: rotate the KEK, re-encrypt, destroy.
+    """
 
     __slots__ = ()
     _aio: AsyncKeyAdmin
@@ -1572,7 +1595,8 @@ class KeyAdmin(Wrapper):
 class SubjectRights(Wrapper):
     """Synchronous twin of :class:`agency_data.subjects.rights.SubjectRights`.
 
-    ``dl.subjects``: export and erase what a tenant holds about a subject."""
+    ``dl.subjects``: export and erase what a tenant holds about a subject.
+    """
 
     __slots__ = ()
     _aio: AsyncSubjectRights
@@ -1607,7 +1631,8 @@ class SubjectRights(Wrapper):
 class PolicyOps(Wrapper):
     """Synchronous twin of :class:`agency_data.tasks.policies.PolicyOps`.
 
-    The policy part of :class:`~agency_data.tasks.TaskStore`."""
+    The policy part of :class:`~agency_data.tasks.TaskStore`.
+    """
 
     __slots__ = ()
     _aio: AsyncPolicyOps
@@ -1663,7 +1688,8 @@ class PolicyOps(Wrapper):
 class Job(Wrapper):
     """Synchronous twin of :class:`agency_data.tasks.queue.Job`.
 
-    A claimed task inside :meth:`QueueOps.working`: its lease is kept while the block runs."""
+    A claimed task inside :meth:`QueueOps.working`: its lease is kept while the block runs.
+    """
 
     __slots__ = ()
     _aio: AsyncJob
@@ -1718,7 +1744,8 @@ class Job(Wrapper):
 class QueueOps(Wrapper):
     """Synchronous twin of :class:`agency_data.tasks.queue.QueueOps`.
 
-    The queue half of :class:`~agency_data.tasks.TaskStore` (shares its database and tenant)."""
+    The queue half of :class:`~agency_data.tasks.TaskStore` (shares its database and tenant).
+    """
 
     __slots__ = ()
     _aio: AsyncQueueOps
@@ -1829,7 +1856,8 @@ class QueueOps(Wrapper):
 class ScheduleOps(Wrapper):
     """Synchronous twin of :class:`agency_data.tasks.schedules.ScheduleOps`.
 
-    The schedules half of :class:`~agency_data.tasks.TaskStore`."""
+    The schedules half of :class:`~agency_data.tasks.TaskStore`.
+    """
 
     __slots__ = ()
     _aio: AsyncScheduleOps
@@ -1887,7 +1915,8 @@ class ScheduleOps(Wrapper):
 class TaskStore(QueueOps, PolicyOps, ScheduleOps):
     """Synchronous twin of :class:`agency_data.tasks.store.TaskStore`.
 
-    The tasks of one tenant: records here, the queue in :class:`QueueOps`."""
+    The tasks of one tenant: records here, the queue in :class:`QueueOps`.
+    """
 
     __slots__ = ()
     _aio: AsyncTaskStore
@@ -2065,7 +2094,8 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
 class Worker(Wrapper):
     """Synchronous twin of :class:`agency_data.tasks.worker.Worker`.
 
-    Runs ``handler`` on claimed tasks, up to ``concurrency`` at once, until stopped."""
+    Runs ``handler`` on claimed tasks, up to ``concurrency`` at once, until stopped.
+    """
 
     __slots__ = ()
     _aio: AsyncWorker
@@ -2103,7 +2133,8 @@ class Worker(Wrapper):
 class Collection(Wrapper):
     """Synchronous twin of :class:`agency_data.vectors.collection.Collection`.
 
-    A named collection of embeddings, scoped to one tenant."""
+    A named collection of embeddings, scoped to one tenant.
+    """
 
     __slots__ = ()
     _aio: AsyncCollection
@@ -2297,7 +2328,8 @@ class Collection(Wrapper):
 class ManagedCollection(Collection):
     """Synchronous twin of :class:`agency_data.vectors.admin.ManagedCollection`.
 
-    A collection as the unscoped data layer sees it: its default tenant's rows, plus upkeep."""
+    A collection as the unscoped data layer sees it: its default tenant's rows, plus upkeep.
+    """
 
     __slots__ = ()
     _aio: AsyncManagedCollection
@@ -2328,7 +2360,8 @@ class ManagedCollection(Collection):
 class EmbeddingStore(Collection):
     """Synchronous twin of :class:`agency_data.vectors.store.EmbeddingStore`.
 
-    A tenant's embeddings: the default collection (made on first use) and the others."""
+    A tenant's embeddings: the default collection (made on first use) and the others.
+    """
 
     __slots__ = ()
     _aio: AsyncEmbeddingStore
@@ -2351,7 +2384,8 @@ class EmbeddingStore(Collection):
 class ManagedEmbeddingStore(ManagedCollection):
     """Synchronous twin of :class:`agency_data.vectors.store.ManagedEmbeddingStore`.
 
-    The default tenant's embeddings, plus creating, listing and dropping collections."""
+    The default tenant's embeddings, plus creating, listing and dropping collections.
+    """
 
     __slots__ = ()
     _aio: AsyncManagedEmbeddingStore

@@ -647,6 +647,8 @@ def _sync_doc(text: str) -> str:
 def _docstring(text: str, indent: str) -> ast.Expr:
     lines = text.splitlines()
     body = lines[0] + "".join(f"\n{indent}{line}" if line else "\n" for line in lines[1:])
+    if "\n\n" in text.strip():
+        body += f"\n{indent}"  # several paragraphs: the closing quotes on a line of their own
     return ast.Expr(ast.Constant(body))
 
 
@@ -982,7 +984,7 @@ def emit_class(twin: Twin, names: Names, inherited: set[str]) -> tuple[ast.Class
     doc = _first_paragraph(node) or ""
     module_path = f"{twin.cls.__module__}.{twin.name}"
     body.append(
-        _docstring(f"Synchronous twin of :class:`{module_path}`.\n\n{_sync_doc(doc)}\n", " " * 4)
+        _docstring(f"Synchronous twin of :class:`{module_path}`.\n\n{_sync_doc(doc)}", " " * 4)
     )
     is_root = twin.cls.__module__ == ROOT[0] and twin.name == ROOT[1]
     if not is_root:
@@ -1100,8 +1102,10 @@ class _Root:
         self.close()
 
     def close(self) -> None:
-        """{_sync_doc(_first_paragraph(aclose) or "")} Then the portal's loop stops (when the
-        layer made it): any later call raises UsageError."""
+        """{_sync_doc(_first_paragraph(aclose) or "")}
+
+        Then the portal's loop stops (when the layer made it): any later call raises UsageError.
+        """
         portal = self._portal
         if portal.closed:
             return

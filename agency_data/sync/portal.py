@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -71,6 +73,10 @@ class Portal:
         self._blocks = threading.local()
         # Calls not yet answered, failed with UsageError if the loop stops under them.
         self._waiting: set[_Waiter] = set()
+        # Set in a child process after os.fork(): the loop's thread did not come along.
+        self._forked = False
+        if thread is not None:
+            _OWNED.add(self)
 
     @classmethod
     def start(
@@ -348,6 +354,12 @@ class Portal:
         return stack[-1] if stack else None
 
     def _refuse(self) -> None:
+        if self._forked:
+            raise UsageError(
+                "this synchronous front end was made in the parent of this process (before a "
+                "fork), and its event loop's thread stayed there; make the DataLayer in each "
+                "process (for gunicorn, in a post_fork hook or at the first request)"
+            )
         if self._closed:
             raise UsageError("this synchronous front end is closed; open a new one")
         raise UsageError(
@@ -588,6 +600,19 @@ class _Using(Generic[T]):
         if context is None:
             return self._manager.__exit__(exc_type, exc, tb)
         return context.run(self._manager.__exit__, exc_type, exc, tb)
+
+
+# The portals that own a loop's thread, which a forked child process does not inherit.
+_OWNED: weakref.WeakSet[Portal] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for portal in list(_OWNED):
+        portal._forked = True
+        portal._closed = True
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _check_async_manager(manager: Any) -> None:
