@@ -1707,7 +1707,7 @@ class Job(Wrapper):
 
     @property
     def result(self) -> Any:
-        """The async object's ``result``."""
+        """What the task completes with when the block ends cleanly."""
         return self._aio.result
 
     @result.setter
@@ -1716,7 +1716,7 @@ class Job(Wrapper):
 
     @property
     def finished(self) -> Task | None:
-        """The async object's ``finished``."""
+        """The task as finished by :meth:`complete` or :meth:`fail`, if the block called one."""
         return self._aio.finished
 
     @property
@@ -2108,7 +2108,7 @@ class Worker(Wrapper):
 
     @property
     def completed(self) -> int:
-        """The async object's ``completed``."""
+        """How many tasks this worker completed, failed, and lost (lease or cancellation)."""
         return self._aio.completed
 
     @property

@@ -122,6 +122,7 @@ class Module:
 
     name: str
     tree: ast.Module
+    lines: list[str]
     defined: dict[str, ast.stmt]
     imports: dict[str, tuple[str, str | None]]
     exported: set[str]
@@ -133,7 +134,8 @@ def module(name: str) -> Module:
     path = inspect.getsourcefile(importlib.import_module(name))
     if path is None:
         raise GenerationError(f"no source for module {name}")
-    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    text = Path(path).read_text(encoding="utf-8")
+    tree = ast.parse(text)
     defined: dict[str, ast.stmt] = {}
     imports: dict[str, tuple[str, str | None]] = {}
     exported: set[str] = set()
@@ -156,7 +158,7 @@ def module(name: str) -> Module:
                     alias.name if alias.asname else alias.name.split(".")[0],
                     None,
                 )
-    return Module(name, tree, defined, imports, exported)
+    return Module(name, tree, text.splitlines(), defined, imports, exported)
 
 
 def _module_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
@@ -336,7 +338,7 @@ def _member_types(twin: Twin) -> Iterator[tuple[ast.expr, Module]]:
                 yield node.returns, twin.source
         elif isinstance(node, ast.AnnAssign) and _public(node):
             yield node.annotation, twin.source
-    for attribute in _instance_attributes(twin.node):
+    for attribute in _instance_attributes(twin.node, twin.source):
         found = _attribute_type(twin, attribute, strict=False)
         if found is not None:
             yield found
@@ -367,7 +369,7 @@ class Attribute:
     init: ast.FunctionDef
 
 
-def _instance_attributes(node: ast.ClassDef) -> list[Attribute]:
+def _instance_attributes(node: ast.ClassDef, source: Module | None = None) -> list[Attribute]:
     init = next(
         (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None
     )
@@ -390,7 +392,7 @@ def _instance_attributes(node: ast.ClassDef) -> list[Attribute]:
                 and not target.attr.startswith("_")
                 and target.attr not in found
             ):
-                doc = None
+                doc = _comment_doc(source, stmt) if source is not None else None
                 following = body[index + 1] if index + 1 < len(body) else None
                 if (
                     isinstance(following, ast.Expr)
@@ -400,6 +402,16 @@ def _instance_attributes(node: ast.ClassDef) -> list[Attribute]:
                     doc = following.value.value
                 found[target.attr] = Attribute(target.attr, stmt.value, annotation, doc, init)
     return list(found.values())
+
+
+def _comment_doc(source: Module, stmt: ast.stmt) -> str | None:
+    """The ``#:`` comment lines just above ``stmt`` (an attribute's documentation)."""
+    found: list[str] = []
+    line = stmt.lineno - 2
+    while line >= 0 and source.lines[line].strip().startswith("#:"):
+        found.insert(0, source.lines[line].strip().removeprefix("#:").strip())
+        line -= 1
+    return " ".join(found) or None
 
 
 def _attribute_type(
@@ -971,7 +983,7 @@ def emit_class(twin: Twin, names: Names, inherited: set[str]) -> tuple[ast.Class
             if stmt.name not in by_name:
                 order.append(stmt.name)
             by_name.setdefault(stmt.name, []).append(stmt)
-    attributes = [a for a in _instance_attributes(node) if a.name not in by_name]
+    attributes = [a for a in _instance_attributes(node, twin.source) if a.name not in by_name]
     # Attributes the class declares for its subclasses to set (``tenant: str``).
     declared = {
         stmt.target.id: stmt
