@@ -15,6 +15,19 @@ Every class is the generated twin (:mod:`agency_data.sync._api`) of the async cl
 name: one implementation of the logic, reached through a :class:`Portal` into a private event
 loop in a daemon thread, usable from several threads at once. ``dl.aio`` is the async
 DataLayer itself and ``dl.portal`` the portal, for code that mixes the two.
+
+What differs from the async API is only the waiting. Inside a ``with`` block (a transaction, a
+lock, ``working()``) the thread's calls join the block, as calls inside ``async with`` do;
+blocks are per thread. Functions handed to the layer (``run_in_transaction``'s body, a cache
+loader, an on-commit hook, a worker's handler) run in the calling thread and may call the sync
+API. Ctrl-C cancels the call it interrupts, and goes on up once the call has finished
+cancelling. A sync call made on the layer's own loop raises UsageError, as does any call after
+``close()`` or in a process forked after the layer was made (make one per process). For a
+faster loop, run the layer on uvloop::
+
+    portal = Portal.start(loop_factory=uvloop.new_event_loop)
+    dl = DataLayer.wrap(agency_data.DataLayer(config), portal)
+    dl.connect()
 """
 
 from typing import TYPE_CHECKING, Any
