@@ -28,6 +28,9 @@ faster loop, run the layer on uvloop::
     portal = Portal.start(loop_factory=uvloop.new_event_loop)
     dl = DataLayer.wrap(agency_data.DataLayer(config), portal)
     dl.connect()
+    ...
+    dl.close()
+    portal.close()          # wrap() leaves the portal to its maker
 """
 
 from typing import TYPE_CHECKING, Any
