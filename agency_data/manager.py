@@ -101,7 +101,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
             # Validated like any other config (model_copy would take the overrides unchecked).
             sections = {name: getattr(config, name) for name in type(config).model_fields}
             config = DataLayerConfig(**{**sections, **overrides})
-        self.config = config if config is not None else DataLayerConfig(**overrides)
+        self.config: DataLayerConfig = (
+            config if config is not None else DataLayerConfig(**overrides)
+        )
         self._embedded_pg: EmbeddedPostgres | None = None
         self._embedded_redis: EmbeddedValkey | None = None
         self._embedded_replicas: list[EmbeddedPostgres] = []

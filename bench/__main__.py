@@ -35,6 +35,7 @@ from bench import (
     recovery,
     relational,
     rls,
+    sync,
     vectors,
     warmstart,
 )
@@ -61,6 +62,7 @@ SCENARIOS = [
     "recovery",
     "audit",
     "encryption",
+    "sync",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -150,6 +152,7 @@ async def main(args: argparse.Namespace) -> None:
                 "recovery": lambda: recovery.recovery(b, ROOT / ".bench-data" / "recovery"),
                 "audit": lambda: audit.audit(b),
                 "encryption": lambda: encryption.encryption(b),
+                "sync": lambda: sync.sync(b),
             }
             for name in SCENARIOS:
                 if name in chosen:

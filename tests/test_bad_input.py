@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import agency_data.sync
 from agency_data import (
     AgencyDataError,
     Agent,
@@ -47,6 +48,7 @@ from agency_data.inputs import brief
 from agency_data.postgres.agents import AgentStore
 from agency_data.scope import TenantScope
 from agency_data.subjects import SubjectRights
+from agency_data.sync import Portal
 from agency_data.tasks import TaskStore
 from agency_data.vectors.collection import Collection
 from agency_data.vectors.store import ManagedEmbeddingStore
@@ -803,6 +805,68 @@ async def test_only_typed_errors_come_out(
         if isinstance(target, Lock):
             with contextlib.suppress(AgencyDataError):
                 await target.release()
+
+
+# -- the sync face: the same checks, reached through the generated twins ------------------------
+
+
+def _sync_cases() -> Iterator[Any]:
+    for surface, (cls, _) in SURFACES.items():
+        twin = getattr(agency_data.sync, cls.__name__)
+        for name, member in inspect.getmembers(twin):
+            mapped = "aclose" if name == "close" else name
+            if name.startswith("_") or not inspect.isfunction(member):
+                continue
+            if not inspect.isfunction(getattr(cls, mapped, None)):
+                continue  # the twin's own (wrap)
+            if f"{surface}.{mapped}" in SKIPPED or name in WAITING:
+                continue  # waiting calls cannot be cut short from outside a thread
+            for argument in _arguments(cls, mapped):
+                yield pytest.param(surface, name, argument, id=f"sync.{surface}.{name}.{argument}")
+
+
+def _use_sync(result: Any) -> None:
+    """Run what a sync call gave back: step an iterator, enter a context, count a collection."""
+    if inspect.isgenerator(result):
+        with contextlib.suppress(StopIteration):
+            next(result)
+        result.close()
+    elif hasattr(result, "__enter__"):
+        with result:
+            pass
+    elif isinstance(result, agency_data.sync.Collection):
+        result.count()
+
+
+@pytest.mark.parametrize(("surface", "method", "argument"), list(_sync_cases()))
+async def test_the_sync_face_refuses_what_the_async_one_does(
+    probe: Probe, surface: str, method: str, argument: str
+) -> None:
+    """Each argument of each sync method, given an object no argument wants: a typed error
+    (the twins forward to the async layer's checks), never a raw one."""
+    layer = agency_data.sync.DataLayer.wrap(probe.dl, Portal.of(asyncio.get_running_loop()))
+    target = SURFACES[surface][1](layer)  # type: ignore[arg-type]
+    mapped = "aclose" if method == "close" else method
+
+    def run() -> None:
+        if isinstance(target, agency_data.sync.Lock):
+            target.acquire()
+        args, kwargs = _call_arguments(probe, surface, mapped, argument, _Opaque())
+        try:
+            _use_sync(getattr(target, method)(*args, **kwargs))
+        except AgencyDataError:
+            pass
+        except Exception as exc:
+            raise AssertionError(
+                f"sync {surface}.{method}({argument}=<opaque>) raised "
+                f"{type(exc).__module__}.{type(exc).__name__}: {brief(str(exc))}"
+            ) from exc
+        finally:
+            if isinstance(target, agency_data.sync.Lock):
+                with contextlib.suppress(AgencyDataError):
+                    target.release()
+
+    await asyncio.wait_for(asyncio.to_thread(run), 30)
 
 
 # -- cache and coordination: calls that used to raise raw errors or accept nonsense ------------

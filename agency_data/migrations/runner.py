@@ -76,7 +76,7 @@ class MigrationRunner:
     ) -> None:
         self.conninfo = conninfo
         self.role = role
-        self.sources = list(sources)
+        self.sources: list[MigrationSource] = list(sources)
         self.table = sql.Identifier(table_name)
         self.table_name = table_name
         self.lock_timeout = lock_timeout

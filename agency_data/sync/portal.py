@@ -6,22 +6,50 @@ either one that owns a private event loop in a daemon thread (``Portal.start()``
 enters the loop an async application already runs (``Portal.of(loop)``), as LangGraph's own
 async savers do. Connections, background work (cache invalidation, heartbeats, the audit
 sealer) and batching all live on that one loop, so the async and sync faces share state.
+
+Context. The async layer keeps per-task state in context variables: the ambient transaction,
+the acting identity, the current span. Each call runs as a task of its own, in a copy of the
+calling thread's context; but inside a synchronous ``with`` block entered through the portal
+(``with dl.transaction():``, ``with dl.lock(...)``), every call the thread makes runs in the
+one context the block was entered in, as the statements of an ``async with`` block run in one
+task. Each thread has its own blocks: two threads' transactions never mix.
+
+Callbacks. A function a synchronous caller hands to the layer (a transaction's body, a cache
+loader, an on-commit hook, a worker's handler) runs in the caller's own thread, which serves
+it while it waits for the call that needs it, so the function may call the synchronous API
+itself, inside the transaction it was given.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextvars
+import inspect
+import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
-from typing import Any, TypeVar
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from agency_data.errors import UsageError
+from agency_data._tasks import cancel_and_wait
+from agency_data.errors import UsageError, ValidationError
+from agency_data.inputs import brief, check_callable
 
 __all__ = ["Portal"]
 
 T = TypeVar("T")
+S = TypeVar("S")
+P = ParamSpec("P")
+
+# The call a task (and the tasks it starts) was made for: where callbacks are sent to run.
+_CALLER: contextvars.ContextVar[_Waiter | None] = contextvars.ContextVar(
+    "agency_data_portal_caller", default=None
+)
+# How long a closing portal lets the loop's remaining tasks wind down.
+_CLOSE_GRACE = 10.0
 
 
 class Portal:
@@ -41,11 +69,38 @@ class Portal:
         # Set when the portal owns the loop's thread (and so stops it at close).
         self._thread = thread
         self._closed = False
+        # Each thread's stack of the contexts its open blocks run their calls in.
+        self._blocks = threading.local()
+        # Calls not yet answered, failed with UsageError if the loop stops under them.
+        self._waiting: set[_Waiter] = set()
+        # Set in a child process after os.fork(): the loop's thread did not come along.
+        self._forked = False
+        if thread is not None:
+            _OWNED.add(self)
 
     @classmethod
-    def start(cls, name: str = "agency-data") -> Portal:
-        """A portal with a loop of its own, run by a daemon thread named ``name``."""
-        loop = asyncio.new_event_loop()
+    def start(
+        cls,
+        name: str = "agency-data",
+        *,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    ) -> Portal:
+        """A portal with a loop of its own (``loop_factory()``'s, else asyncio's), run by a
+        daemon thread named ``name``."""
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"name must be a thread's name, not {brief(name)}", field="name")
+        if loop_factory is not None and not callable(loop_factory):
+            # (A class is a factory here: uvloop.Loop.)
+            raise ValidationError(
+                f"loop_factory must make an event loop, not be {brief(loop_factory)}",
+                field="loop_factory",
+            )
+        loop = (loop_factory or asyncio.new_event_loop)()
+        if not isinstance(loop, asyncio.AbstractEventLoop):
+            raise ValidationError(
+                f"loop_factory must make an event loop; it made {brief(loop)}",
+                field="loop_factory",
+            )
         ready = threading.Event()
 
         def run() -> None:
@@ -61,33 +116,58 @@ class Portal:
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Portal:
         """A portal into ``loop``, which the application runs (and closes) itself."""
+        if not isinstance(loop, asyncio.AbstractEventLoop):
+            raise ValidationError(f"loop must be an event loop, not {brief(loop)}", field="loop")
         return cls(loop, None)
 
     @property
     def on_loop(self) -> bool:
         """Whether the calling thread is the one running the loop."""
-        try:
-            return asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            return False
+        return asyncio._get_running_loop() is self.loop
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (every later call raises UsageError)."""
+        return self._closed
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def call(self, coro: Coroutine[Any, Any, T], context: contextvars.Context | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result (or its exception).
 
-        An interrupt of the waiting thread (Ctrl-C) cancels the coroutine too.
+        It runs in ``context`` if given, else in the context of the innermost block the
+        calling thread has open (see the module's text), else in a copy of the thread's
+        own. An interrupt of the waiting thread (Ctrl-C) cancels the coroutine, and the
+        interrupt goes on up once the coroutine has finished cancelling.
         """
-        if self._closed or self.on_loop:
+        if not asyncio.iscoroutine(coro):
+            raise ValidationError(
+                f"call takes a coroutine (what calling an async function gives), not {brief(coro)}",
+                field="coro",
+            )
+        if self._closed or asyncio._get_running_loop() is self.loop:
             coro.close()
             self._refuse()
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        if context is not None and not isinstance(context, contextvars.Context):
+            coro.close()
+            raise ValidationError(
+                f"context must be a contextvars.Context, not {brief(context)}", field="context"
+            )
+        if context is None:
+            context = self._block()
+        waiter = _Waiter(self)
+        self._waiting.add(waiter)
         try:
-            return future.result()
-        except concurrent.futures.CancelledError:
-            raise
-        except BaseException:
-            # The caller stopped waiting (KeyboardInterrupt, SystemExit): so does the work.
-            future.cancel()
-            raise
+            self.loop.call_soon_threadsafe(waiter.start, coro, context)
+        except RuntimeError:
+            # The loop was closed by the application (a portal made with Portal.of).
+            self._waiting.discard(waiter)
+            coro.close()
+            raise UsageError(
+                "the event loop behind this synchronous front end is closed; open a new one"
+            ) from None
+        result: T = waiter.wait()
+        return result
 
     async def acall(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` on the portal's loop from any loop (directly, when it is this one)."""
@@ -98,45 +178,188 @@ class Portal:
             self._refuse()
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    def iterate(self, items: AsyncIterator[T]) -> Iterator[T]:
+    def run_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call the plain function ``fn`` on the loop's thread (where the async layer's state
+        may be touched safely) and return what it returns."""
+        check_callable(fn, "fn")
+        return self.call(_plain(fn, args, kwargs))
+
+    def iterate(self, items: AsyncIterator[T]) -> Generator[T, None, None]:
         """Iterate ``items`` from the calling thread, one step on the loop per item; leaving the
-        loop early closes the async iterator (as ``async for`` would)."""
+        loop early closes the async iterator (as ``async for`` would).
+
+        Every step runs in one context (the open block's, else one of its own), as the steps
+        of ``async for`` run in one task.
+        """
+        if not hasattr(items, "__anext__"):
+            raise ValidationError(
+                f"iterate takes an async iterator, not {brief(items)}", field="items"
+            )
+        context = self._block() or contextvars.copy_context()
         try:
             while True:
                 try:
-                    yield self.call(_next(items))
+                    yield self.call(_next(items), context)
                 except StopAsyncIteration:
                     return
         finally:
             close = getattr(items, "aclose", None)
             if close is not None and not self._closed:
-                self.call(close())
+                self.call(close(), context)
 
-    @contextmanager
-    def enter(self, manager: AbstractAsyncContextManager[T]) -> Iterator[T]:
-        """Use an async context manager as a sync one: entered and exited on the loop."""
-        value = self.call(manager.__aenter__())
+    # -- blocks ------------------------------------------------------------------------------
+
+    @overload
+    def enter(self, manager: AbstractAsyncContextManager[T]) -> AbstractContextManager[T]: ...
+    @overload
+    def enter(
+        self, manager: AbstractAsyncContextManager[T], wrap: Callable[[T, Portal], S]
+    ) -> AbstractContextManager[S]: ...
+    def enter(
+        self,
+        manager: AbstractAsyncContextManager[Any],
+        wrap: Callable[[Any, Portal], Any] | None = None,
+    ) -> AbstractContextManager[Any]:
+        """Use an async context manager as a sync one: entered and exited on the loop, with
+        the calls made inside the block running in the block's context. ``wrap`` turns the
+        value entered into what the ``with`` statement gives (a synchronous twin)."""
+        _check_async_manager(manager)
+        if wrap is not None:
+            check_callable(wrap, "wrap")
+        return _Block(self, manager, wrap)
+
+    def aenter(self, manager: AbstractAsyncContextManager[T]) -> T:
+        """Enter ``manager`` on the loop and open a block on the calling thread: its calls run
+        in the block's context until :meth:`aexit`. (``enter`` is the ``with`` form.)"""
+        _check_async_manager(manager)
+        stack = self._stack()
+        context = stack[-1] if stack else contextvars.copy_context()
+        stack.append(context)
         try:
-            yield value
-        except BaseException as exc:
-            if not self.call(manager.__aexit__(type(exc), exc, exc.__traceback__)):
-                raise
-        else:
-            self.call(manager.__aexit__(None, None, None))
+            return self.call(manager.__aenter__(), context)
+        except BaseException:
+            stack.pop()
+            raise
+
+    def aexit(
+        self,
+        manager: AbstractAsyncContextManager[Any],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Exit ``manager`` (entered by :meth:`aenter`) on the loop and close the block; True
+        when the manager swallowed the exception."""
+        stack = self._stack()
+        context = stack[-1] if stack else None
+        try:
+            if exc is not None and not isinstance(exc, Exception):
+                # An interrupt (KeyboardInterrupt, SystemExit) must not be raised inside the
+                # loop, which would stop: the block sees what async code sees, a cancellation.
+                inner = asyncio.CancelledError()
+                self.call(manager.__aexit__(type(inner), inner, tb), context)
+                return False
+            return bool(self.call(manager.__aexit__(exc_type, exc, tb), context))
+        except asyncio.CancelledError:
+            if exc is not None and not isinstance(exc, Exception):
+                return False  # the interrupt goes on up
+            raise
+        finally:
+            if stack:
+                stack.pop()
+
+    def using(self, manager: AbstractContextManager[T]) -> AbstractContextManager[T]:
+        """A sync context manager that sets context variables (``dl.as_actor(...)``), entered
+        in the context the calling thread's calls run in, so that they see what it sets."""
+        if not (hasattr(manager, "__enter__") and hasattr(manager, "__exit__")):
+            raise ValidationError(
+                f"using takes a context manager, not {brief(manager)}", field="manager"
+            )
+        return _Using(self, manager)
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    @overload
+    def callback(self, fn: None, *wrap: Callable[[Any, Portal], Any] | None) -> None: ...
+    @overload
+    def callback(
+        self, fn: Callable[..., T], *wrap: Callable[[Any, Portal], Any] | None
+    ) -> Callable[..., Awaitable[T]]: ...
+    def callback(self, fn: Any, *wrap: Callable[[Any, Portal], Any] | None) -> Any:
+        """``fn`` as an async function the layer can await, run in the thread waiting on the
+        call that needs it (or, when none waits, in a worker thread).
+
+        ``wrap[i]`` turns the layer's ``i``-th argument into what ``fn`` takes (the sync twin
+        of a transaction, say). What is not a function is given back unchanged, for the
+        layer to refuse in its own words.
+        """
+        if fn is None or not callable(fn) or isinstance(fn, type):
+            return fn
+        portal = self
+
+        async def run_in_caller(*args: Any) -> Any:
+            given = tuple(
+                _wrapped(arg, wrap[i] if i < len(wrap) else None, portal)
+                for i, arg in enumerate(args)
+            )
+            waiter = _CALLER.get()
+            if waiter is not None and waiter.serves_callbacks():
+                result = await waiter.run_callback(fn, given, contextvars.copy_context())
+            else:
+                result = await asyncio.to_thread(fn, *given)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        return run_in_caller
+
+    # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop and close the loop, if the portal owns it; later calls raise UsageError."""
+        """Stop and close the loop, if the portal owns it; later calls raise UsageError.
+
+        Calls still waiting (in other threads) are cancelled and raise UsageError.
+        """
         if self._closed:
             return
         self._closed = True
         thread = self._thread
         if thread is None:
             return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        thread.join()
-        self.loop.close()
+        if self.on_loop:
+            self.loop.stop()
+        else:
+            done = threading.Event()
+            self.loop.call_soon_threadsafe(
+                lambda: self.loop.create_task(_wind_down(self.loop, done))
+            )
+            done.wait(_CLOSE_GRACE + 5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            thread.join()
+            self.loop.close()
+        for waiter in list(self._waiting):
+            waiter.abandon()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _stack(self) -> list[contextvars.Context]:
+        try:
+            stack: list[contextvars.Context] = self._blocks.stack
+        except AttributeError:
+            stack = self._blocks.stack = []
+        return stack
+
+    def _block(self) -> contextvars.Context | None:
+        stack = getattr(self._blocks, "stack", None)
+        return stack[-1] if stack else None
 
     def _refuse(self) -> None:
+        if self._forked:
+            raise UsageError(
+                "this synchronous front end was made in the parent of this process (before a "
+                "fork), and its event loop's thread stayed there; make the DataLayer in each "
+                "process (for gunicorn, in a post_fork hook or at the first request)"
+            )
         if self._closed:
             raise UsageError("this synchronous front end is closed; open a new one")
         raise UsageError(
@@ -146,5 +369,278 @@ class Portal:
         )
 
 
+class _Waiter:
+    """One call in flight: the task on the loop, and the lock its caller sleeps on.
+
+    A bare lock is the cheapest way to wake a thread in CPython (concurrent.futures' Future
+    takes a Condition and a list of callbacks). The loop's thread releases it when the task
+    is done, and also when a callback is queued for the caller to run.
+    """
+
+    __slots__ = (
+        "_callbacks",
+        "_cancelled",
+        "_done",
+        "_error",
+        "_lock",
+        "_portal",
+        "_result",
+        "_serving",
+        "_task",
+    )
+
+    def __init__(self, portal: Portal) -> None:
+        self._portal = portal
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._task: asyncio.Task[Any] | None = None
+        self._done = False
+        self._cancelled = False
+        self._serving = True
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._callbacks: deque[
+            tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context, asyncio.Future[Any]]
+        ] = deque()
+
+    # On the loop's thread.
+
+    def start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None) -> None:
+        try:
+            self._start(coro, context)
+        except BaseException as exc:  # noqa: BLE001 - the caller gets it; the loop goes on
+            coro.close()
+            self._finish(None, exc)
+
+    def _start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None) -> None:
+        if self._cancelled:
+            coro.close()
+            self._finish(None, asyncio.CancelledError())
+            return
+        if context is None:
+            # This callback runs in a copy of the caller's context (call_soon_threadsafe
+            # made it); the task copies it again, with the caller noted.
+            _CALLER.set(self)
+            task = self._portal.loop.create_task(coro)
+        else:
+            context.run(_CALLER.set, self)
+            task = self._portal.loop.create_task(coro, context=context)
+        self._task = task
+        task.add_done_callback(self._settle)
+
+    def _settle(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self._finish(None, asyncio.CancelledError())
+            return
+        error = task.exception()
+        self._finish(None if error is not None else task.result(), error)
+
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        self._result = result
+        self._error = error
+        self._done = True
+        self._portal._waiting.discard(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        # Only the loop's thread wakes the caller, so this test and the release cannot race
+        # another waker; an unlocked lock is a wake-up the caller has not taken yet.
+        if self._lock.locked():
+            self._lock.release()
+
+    def serves_callbacks(self) -> bool:
+        return self._serving and not self._done
+
+    def run_callback(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], context: contextvars.Context
+    ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self._portal.loop.create_future()
+        self._callbacks.append((fn, args, context, future))
+        self._wake()
+        return future
+
+    def cancel(self) -> None:
+        if self._done:
+            return
+        task = self._task
+        if task is None:
+            self._cancelled = True
+        else:
+            self._portal.loop.create_task(cancel_and_wait(task))
+
+    def abandon(self) -> None:
+        """The loop stopped before answering (any thread): fail the call."""
+        if not self._done:
+            self._error = asyncio.CancelledError()
+            self._done = True
+            if self._lock.locked():
+                self._lock.release()
+
+    # On the caller's thread.
+
+    def wait(self) -> Any:
+        lock = self._lock
+        try:
+            while True:
+                lock.acquire()
+                if self._done:
+                    break  # callbacks still queued were for a call now over: not run
+                if self._callbacks:
+                    self._serve()
+        except BaseException:
+            self._interrupted()
+            raise
+        error = self._error
+        if error is None:
+            return self._result
+        if isinstance(error, asyncio.CancelledError) and self._portal._closed:
+            raise UsageError(
+                "this synchronous front end was closed while the call waited"
+            ) from error
+        raise error
+
+    def _serve(self) -> None:
+        loop = self._portal.loop
+        stack = self._portal._stack()
+        while self._callbacks:
+            fn, args, context, future = self._callbacks.popleft()
+            if future.done():
+                continue  # cancelled meanwhile (the call that needed it was)
+            stack.append(context)
+            try:
+                result = fn(*args)
+            except Exception as exc:  # noqa: BLE001 - handed to the layer, which raises it
+                loop.call_soon_threadsafe(_resolve, future, None, exc)
+            except BaseException:
+                # An interrupt inside the callback stops the whole call (see wait()).
+                loop.call_soon_threadsafe(future.cancel)
+                raise
+            else:
+                loop.call_soon_threadsafe(_resolve, future, result, None)
+            finally:
+                stack.pop()
+
+    def _interrupted(self) -> None:
+        """The caller stopped waiting (Ctrl-C, SystemExit): cancel the call, and wait until it
+        has finished cancelling, so that what it was doing is undone when the interrupt goes
+        on up. A second interrupt stops this wait."""
+        self._serving = False
+        loop = self._portal.loop
+        if self._done or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self.cancel)
+        while not self._done:
+            self._lock.acquire()
+            while self._callbacks:
+                future = self._callbacks.popleft()[3]
+                loop.call_soon_threadsafe(future.cancel)
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _Block(Generic[S]):
+    """``with`` over an async context manager (see :meth:`Portal.enter`)."""
+
+    __slots__ = ("_manager", "_portal", "_wrap")
+
+    def __init__(
+        self,
+        portal: Portal,
+        manager: AbstractAsyncContextManager[Any],
+        wrap: Callable[[Any, Portal], S] | None,
+    ) -> None:
+        self._portal = portal
+        self._manager = manager
+        self._wrap = wrap
+
+    def __enter__(self) -> S:
+        value = self._portal.aenter(self._manager)
+        return value if self._wrap is None else self._wrap(value, self._portal)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._portal.aexit(self._manager, exc_type, exc, tb)
+
+
+class _Using(Generic[T]):
+    """A sync context manager entered in the calling thread's call context (see
+    :meth:`Portal.using`)."""
+
+    __slots__ = ("_context", "_manager", "_portal")
+
+    def __init__(self, portal: Portal, manager: AbstractContextManager[T]) -> None:
+        self._portal = portal
+        self._manager = manager
+        self._context: contextvars.Context | None = None
+
+    def __enter__(self) -> T:
+        context = self._context = self._portal._block()
+        if context is None:
+            return self._manager.__enter__()
+        return context.run(self._manager.__enter__)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        context = self._context
+        if context is None:
+            return self._manager.__exit__(exc_type, exc, tb)
+        return context.run(self._manager.__exit__, exc_type, exc, tb)
+
+
+# The portals that own a loop's thread, which a forked child process does not inherit.
+_OWNED: weakref.WeakSet[Portal] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for portal in list(_OWNED):
+        portal._forked = True
+        portal._closed = True
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _check_async_manager(manager: Any) -> None:
+    if not (hasattr(manager, "__aenter__") and hasattr(manager, "__aexit__")):
+        raise ValidationError(
+            f"takes an async context manager, not {brief(manager)}", field="manager"
+        )
+
+
+def _wrapped(value: Any, wrap: Callable[[Any, Portal], Any] | None, portal: Portal) -> Any:
+    return value if wrap is None else wrap(value, portal)
+
+
 async def _next(items: AsyncIterator[T]) -> T:
     return await anext(items)
+
+
+async def _plain(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    return fn(*args, **kwargs)
+
+
+async def _wind_down(loop: asyncio.AbstractEventLoop, done: threading.Event) -> None:
+    """Cancel what still runs on a closing portal's loop, and give it time to finish."""
+    try:
+        others = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        if others:
+            await asyncio.wait(others, timeout=_CLOSE_GRACE)
+    finally:
+        done.set()
