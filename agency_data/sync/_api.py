@@ -12,6 +12,7 @@ connection.
 from __future__ import annotations
 
 import builtins
+import uuid
 from collections.abc import AsyncIterable, Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -20,6 +21,8 @@ from types import TracebackType
 from typing import Any, ClassVar, Self, Unpack, cast, overload
 from uuid import UUID
 
+import numpy as np
+from numpy import typing as npt
 from psycopg import sql
 
 from agency_data.admin import Admin as AsyncAdmin
@@ -93,7 +96,9 @@ from agency_data.tasks.store import TaskStore as AsyncTaskStore
 from agency_data.tasks.worker import Worker as AsyncWorker
 from agency_data.vectors.admin import CollectionAdmin as AsyncCollectionAdmin
 from agency_data.vectors.admin import ManagedCollection as AsyncManagedCollection
+from agency_data.vectors.catalog import CollectionSpec
 from agency_data.vectors.collection import Collection as AsyncCollection
+from agency_data.vectors.embedders import Embedder
 from agency_data.vectors.indexes import IndexOptions
 from agency_data.vectors.prewarm import PrewarmReport
 from agency_data.vectors.store import EmbeddingStore as AsyncEmbeddingStore
@@ -2160,13 +2165,45 @@ class Collection(Wrapper):
         (``DataLayer.aclose`` does this before closing the pool)."""
         return self._portal.call(self._aio.aclose())
 
-    def store(self, item: Embedding | Mapping[str, Any]) -> UUID:
+    def spec(self) -> CollectionSpec:
+        """The collection's shape: dimension, metric, storage and index (cached)."""
+        return self._portal.call(self._aio.spec())
+
+    def with_embedder(self, embedder: Any) -> Self:
+        """This collection, embedding texts with ``embedder`` (see
+        :mod:`agency_data.vectors.embedders`); reads and writes still share round trips with
+        the other views of it."""
+        return type(self)._of(self._aio.with_embedder(embedder), self._portal)
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The text embedder used by :meth:`store_texts` and :meth:`search_text`, if any."""
+        return self._aio.embedder
+
+    def store(self, item: Embedding | Mapping[str, Any]) -> str:
         """Store one embedding (replacing the one with its ``id``, if given); return its id."""
         return self._portal.call(self._aio.store(item))
 
-    def store_many(self, items: Iterable[Embedding | Mapping[str, Any]]) -> builtins.list[UUID]:
+    def store_many(self, items: Iterable[Embedding | Mapping[str, Any]]) -> builtins.list[str]:
         """Store embeddings in one transaction, all or none; return their ids in order."""
         return self._portal.call(self._aio.store_many(items))
+
+    def store_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: Iterable[Mapping[str, Any] | None] | None = None,
+        ids: Iterable[str | uuid.UUID | None] | None = None,
+        *,
+        entity_type: str = "document",
+        entity_ids: Iterable[str] | None = None,
+    ) -> builtins.list[str]:
+        """Embed ``texts`` with the collection's embedder and store them (as ``content``) in
+        one transaction, all or none; return their ids in order."""
+        return self._portal.call(
+            self._aio.store_texts(
+                texts, metadatas, ids, entity_type=entity_type, entity_ids=entity_ids
+            )
+        )
 
     def stream_store(
         self,
@@ -2178,12 +2215,12 @@ class Collection(Wrapper):
         """Store an unbounded stream in batches of ``batch_size``; return how many were stored."""
         return self._portal.call(self._aio.stream_store(items, batch_size=batch_size))
 
-    def get(self, embedding_id: UUID | str, *, consistent: bool = False) -> Embedding:
+    def get(self, embedding_id: str | uuid.UUID, *, consistent: bool = False) -> Embedding:
         """The embedding with ``embedding_id``; :class:`NotFound` if this tenant has none."""
         return self._portal.call(self._aio.get(embedding_id, consistent=consistent))
 
     def get_many(
-        self, embedding_ids: Iterable[UUID | str], *, consistent: bool = False
+        self, embedding_ids: Iterable[str | uuid.UUID], *, consistent: bool = False
     ) -> builtins.list[Embedding]:
         """The embeddings that exist among ``embedding_ids``, in no particular order."""
         return self._portal.call(self._aio.get_many(embedding_ids, consistent=consistent))
@@ -2193,13 +2230,17 @@ class Collection(Wrapper):
         return self._portal.call(self._aio.count(filter, consistent=consistent))
 
     def delete(
-        self, ids: Iterable[UUID | str] | None = None, *, filter: Mapping[str, Any] | None = None
+        self,
+        ids: Iterable[str | uuid.UUID] | None = None,
+        *,
+        filter: Mapping[str, Any] | None = None,
     ) -> int:
-        """Delete by ids, or every embedding matching ``filter``; return how many went."""
+        """Delete by ids, or every embedding matching ``filter``; return how many went (ids
+        this tenant does not have are skipped)."""
         return self._portal.call(self._aio.delete(ids, filter=filter))
 
     def update_metadata(
-        self, embedding_id: UUID | str, metadata: dict[str, Any], *, merge: bool = True
+        self, embedding_id: str | uuid.UUID, metadata: dict[str, Any], *, merge: bool = True
     ) -> Embedding:
         """Replace the metadata, or (``merge=True``) add and overwrite top-level keys."""
         return self._portal.call(self._aio.update_metadata(embedding_id, metadata, merge=merge))
@@ -2296,10 +2337,45 @@ class Collection(Wrapper):
             )
         )
 
+    def search_text(
+        self,
+        query: str,
+        limit: int = 10,
+        *,
+        threshold: float | None = None,
+        filter: Mapping[str, Any] | None = None,
+        include_vectors: bool = False,
+        ef_search: int | None = None,
+        probes: int | None = None,
+        exact: bool = False,
+        rerank: int = 10,
+        consistent: bool = False,
+    ) -> builtins.list[SimilarityResult]:
+        """The ``limit`` embeddings nearest to ``query``'s vector (made by the collection's
+        embedder), best first; the other arguments are :meth:`find_similar`'s."""
+        return self._portal.call(
+            self._aio.search_text(
+                query,
+                limit,
+                threshold=threshold,
+                filter=filter,
+                include_vectors=include_vectors,
+                ef_search=ef_search,
+                probes=probes,
+                exact=exact,
+                rerank=rerank,
+                consistent=consistent,
+            )
+        )
+
+    def embed_query(self, query: str) -> npt.NDArray[np.float32]:
+        """The vector the collection's embedder makes of a search query."""
+        return self._portal.call(self._aio.embed_query(query))
+
     def hybrid_search(
         self,
         text: str,
-        vector: Any,
+        vector: Any = None,
         limit: int = 10,
         *,
         filter: Mapping[str, Any] | None = None,
@@ -2376,9 +2452,10 @@ class EmbeddingStore(Collection):
         """Wait for the gathered reads and stores of this store and its collections."""
         return self._portal.call(self._aio.aclose())
 
-    def collection(self, name: str) -> Collection:
-        """The collection ``name`` (it must exist by the time it is used)."""
-        return Collection._of(self._aio.collection(name), self._portal)
+    def collection(self, name: str, *, embedder: Any = None) -> Collection:
+        """The collection ``name`` (it must exist by the time it is used), embedding texts
+        with ``embedder`` if given (else with the one it was created with, if any)."""
+        return Collection._of(self._aio.collection(name, embedder=embedder), self._portal)
 
 
 class ManagedEmbeddingStore(ManagedCollection):
@@ -2404,11 +2481,14 @@ class ManagedEmbeddingStore(ManagedCollection):
         storage: str = "vector",
         *,
         exist_ok: bool = False,
+        embedder: Any = None,
     ) -> ManagedCollection:
         """Create a collection (shared by all tenants; each sees only its own rows)."""
         return ManagedCollection._of(
             self._portal.call(
-                self._aio.create_collection(name, dimension, metric, storage, exist_ok=exist_ok)
+                self._aio.create_collection(
+                    name, dimension, metric, storage, exist_ok=exist_ok, embedder=embedder
+                )
             ),
             self._portal,
         )
@@ -2417,9 +2497,10 @@ class ManagedEmbeddingStore(ManagedCollection):
         """Wait for the gathered reads and stores of this store and its collections."""
         return self._portal.call(self._aio.aclose())
 
-    def collection(self, name: str) -> ManagedCollection:
-        """The collection ``name`` (it must exist by the time it is used)."""
-        return ManagedCollection._of(self._aio.collection(name), self._portal)
+    def collection(self, name: str, *, embedder: Any = None) -> ManagedCollection:
+        """The collection ``name`` (it must exist by the time it is used), embedding texts
+        with ``embedder`` if given (else with the one it was created with, if any)."""
+        return ManagedCollection._of(self._aio.collection(name, embedder=embedder), self._portal)
 
     def list_collections(self) -> list[str]:
         """The names of every collection."""
