@@ -307,3 +307,31 @@ def test_bad_input(portal: Portal, layer: DataLayer) -> None:
         assert info.value.field is not None
         assert info.value.field.startswith(field), (field, info.value)
     assert store.similarity_search("x") == []
+
+
+def test_over_the_sync_front_end(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> None:
+    """Built on agency_data.sync objects, the adapters take the front end's portal: sync calls
+    from this thread, async ones from a loop of the caller's own."""
+    from agency_data.sync import DataLayer as SyncDataLayer
+
+    with SyncDataLayer(make_config(database, redis_url, tmp_path)) as dl:
+        dl.embeddings.create_collection("sync_docs", dimension=32)
+        store = AgencyVectorStore(
+            dl.tenant("acme").embeddings.collection("sync_docs"), WordEmbeddings(32)
+        )
+        store.add_documents(NOTES, ids=["a", "b", "c", "d"])
+        assert [d.id for d in store.similarity_search(NOTES[1].page_content, k=1)] == ["b"]
+        found = asyncio.run(store.asimilarity_search(NOTES[3].page_content, k=1))
+        assert [d.id for d in found] == ["d"]
+        assert dl.tenant("globex").embeddings.collection("sync_docs").count() == 0
+
+        kv = AgencyByteStore(dl.tenant("acme"), namespace="sync")
+        kv.mset([("k1", b"v1"), ("k2", b"v2")])
+        assert kv.mget(["k2", "k1", "k3"]) == [b"v2", b"v1", None]
+        assert list(kv.yield_keys(prefix="k")) == ["k1", "k2"]
+
+        cache = AgencyLLMCache(dl.tenant("acme").cache)
+        answer = [Generation(text="cached")]
+        cache.update("prompt", "model", answer)
+        assert cache.lookup("prompt", "model") == answer
+        assert asyncio.run(cache.alookup("prompt", "model")) == answer
