@@ -18,13 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-try:
-    from langchain_core.stores import ByteStore
-except ImportError as exc:  # pragma: no cover - the message is the point
-    raise ImportError(
-        "agency_data.integrations.langchain needs langchain-core: "
-        "pip install 'agency-data[langchain]'"
-    ) from exc
+from langchain_core.stores import ByteStore
 
 from agency_data.errors import ValidationError
 from agency_data.inputs import as_items, brief, check_text

@@ -20,16 +20,9 @@ import warnings
 from typing import Any
 
 import orjson
-
-try:
-    from langchain_core._api import LangChainBetaWarning
-    from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
-    from langchain_core.load import dumpd, load
-except ImportError as exc:  # pragma: no cover - the message is the point
-    raise ImportError(
-        "agency_data.integrations.langchain needs langchain-core: "
-        "pip install 'agency-data[langchain]'"
-    ) from exc
+from langchain_core._api import LangChainBetaWarning
+from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
+from langchain_core.load import dumpd, load
 
 from agency_data.cache.store import Cache
 from agency_data.errors import ValidationError

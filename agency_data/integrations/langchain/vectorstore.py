@@ -33,17 +33,10 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-
-try:
-    from langchain_core.documents import Document
-    from langchain_core.embeddings import Embeddings
-    from langchain_core.vectorstores import VectorStore
-    from langchain_core.vectorstores.utils import maximal_marginal_relevance
-except ImportError as exc:  # pragma: no cover - the message is the point
-    raise ImportError(
-        "agency_data.integrations.langchain needs langchain-core: "
-        "pip install 'agency-data[langchain]'"
-    ) from exc
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from agency_data.errors import ValidationError
 from agency_data.inputs import check_int, check_number
