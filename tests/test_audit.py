@@ -265,6 +265,7 @@ async def test_the_layers_own_actions_go_to_the_system_trail(audited: DataLayer)
     assert actions == [
         ("migration.up", "agency_data:0010_audit"),
         ("migration.up", "agency_data:0011_string_ids"),
+        ("migration.up", "agency_data:0013_langgraph_store"),
         ("collection.create", "notes"),
         ("index.create", "notes"),
         ("index.drop", "notes"),

@@ -410,6 +410,7 @@ async def test_rollback_plan_says_what_it_destroys(
     plan = await runner(database.owner).down(to="0004", dry_run=True)
     by_step = {step.key: step for step in plan.steps}
     assert list(by_step) == [
+        "agency_data:0013_langgraph_store",
         "agency_data:0011_string_ids",
         "agency_data:0010_audit",
         "agency_data:0009_task_queue",
@@ -418,12 +419,16 @@ async def test_rollback_plan_says_what_it_destroys(
         "agency_data:0006_embedding_collections",
         "agency_data:0005_task_lifecycle",
     ]
+    # The LangGraph store's table, empty here.
+    assert by_step["agency_data:0013_langgraph_store"].data_loss == (
+        DataLoss("langgraph_store", rows=0),
+    )
     # Ids back to UUIDs: a column changes type, nothing is dropped.
     assert by_step["agency_data:0011_string_ids"].data_loss == ()
-    # The system trail's records: 0010 and 0011 applied, then the collection made.
+    # The system trail's records: 0010, 0011 and 0013 applied, then the collection made.
     assert set(by_step["agency_data:0010_audit"].data_loss) == {
         DataLoss("audit_heads", rows=1),
-        DataLoss("audit_log", rows=3),
+        DataLoss("audit_log", rows=4),
         DataLoss("audit_pending", rows=0),
     }
     assert set(by_step["agency_data:0009_task_queue"].data_loss) == {

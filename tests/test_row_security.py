@@ -19,7 +19,7 @@ DIM = 3
 @pytest.fixture
 async def two_tenants(dl: DataLayer) -> DataLayer:
     """Tenants a and b, each with an agent, two tasks (one waiting on the other), a task type
-    policy, a schedule and an embedding in two collections."""
+    policy, a schedule, an embedding in two collections and a LangGraph store item."""
     await dl.embeddings.create_collection("notes", dimension=DIM)
     # Agents audited: the audit trail's tables get a record and a chain head per tenant.
     await dl.admin.fetch("SELECT agency_data_audit('agents', true)")
@@ -33,6 +33,12 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
         item = {"entity_type": "doc", "entity_id": tenant, "vector": [1, 2, 3]}
         await scope.embeddings.collection("notes").store(item)
         await scope.embeddings.store({**item, "vector": [0.1] * 768})
+        # An item of the LangGraph store (agency_data.integrations.langgraph).
+        await scope.execute(
+            "INSERT INTO langgraph_store (tenant_id, store, prefix, key, value) "
+            "VALUES (%s, 'lg_store', 'memories', 'k', '{}')",
+            [tenant],
+        )
     # Each tenant's record chained now: it waits in audit_pending until then.
     await dl.admin.fetch("SELECT agency_data_audit_seal()")
     return dl

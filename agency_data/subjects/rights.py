@@ -159,7 +159,7 @@ class SubjectRights:
         check_tenant(tenant)
         report = ErasureReport(tenant, None)
         view = self._db.for_tenant(tenant)
-        tables = ["task_schedules", "task_types", "tasks", "agents"]
+        tables = ["task_schedules", "task_types", "tasks", "agents", "langgraph_store"]
         tables += [(await self._catalog.load(n)).table for n in await self._catalog.names()]
         async with view.transaction():
             for table in tables:
