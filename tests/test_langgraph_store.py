@@ -70,8 +70,10 @@ def index(**extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def store(dl: DataLayer) -> AsyncIterator[AgencyStore]:
-    """A store with semantic search, on the default tenant."""
+    """A store with semantic search (its collection's HNSW index built), on the default
+    tenant."""
     async with AgencyStore(dl, index=index()) as made:
+        await made.asetup()
         yield made
 
 
@@ -346,8 +348,19 @@ async def test_fields_decide_what_is_embedded(dl: DataLayer, store: AgencyStore)
 
 async def test_the_collection_and_its_index_are_made_once(dl: DataLayer) -> None:
     first = AgencyStore(dl, index=index(), name="memories")
+    # Written before set-up: the collection is made, searches scan it exactly.
+    await first.aput(("a",), "k", {"text": "before the index"})
+    assert (await dl.embeddings.collection("memories").describe()).index is None
+
+    async def set_up_in_a_transaction() -> None:
+        async with dl.transaction():
+            await first.asetup()
+
+    with pytest.raises(UsageError, match="outside"):
+        await set_up_in_a_transaction()
     await first.asetup()
     await first.asetup()
+    assert [h.key for h in await first.asearch(("a",), query="index")] == ["k"]
     info = await dl.embeddings.collection("memories").describe()
     assert (info.dimension, info.metric, info.index is not None) == (DIM, "cosine", True)
     assert info.index is not None

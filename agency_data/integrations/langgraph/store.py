@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, cast
 
@@ -56,23 +55,15 @@ from agency_data.errors import (
     ValidationError,
 )
 from agency_data.inputs import (
-    MAX_PAGE,
     as_items,
     brief,
     check_bool,
-    check_int,
     check_seconds,
-    encode_json,
 )
-from agency_data.integrations.langgraph import _store_sql as q
+from agency_data.integrations.langgraph._store_batch import Batch, embed, plan_ops
 from agency_data.integrations.langgraph._store_input import (
-    Fields,
     IndexSettings,
     InvalidNamespace,
-    check_fields,
-    check_filter,
-    check_key,
-    check_namespace,
     check_pattern,
     check_ttl,
     index_settings,
@@ -80,11 +71,6 @@ from agency_data.integrations.langgraph._store_input import (
 )
 from agency_data.integrations.langgraph._store_vectors import (
     ENTITY_TYPE,
-    Embedded,
-    hit_of,
-    item_ref,
-    search_filter,
-    texts_of,
 )
 from agency_data.manager import DataLayer
 from agency_data.models import DEFAULT_TENANT
@@ -93,63 +79,16 @@ from agency_data.scope import TenantScope
 from agency_data.sync.portal import Portal
 from agency_data.vectors.catalog import check_name
 from agency_data.vectors.collection import Collection
-from agency_data.vectors.filter_ast import FilterNode, parse_filter
 
 __all__ = ["AgencyStore", "InvalidNamespace"]
 
 _log = logging.getLogger("agency_data.integrations.langgraph")
 T = TypeVar("T")
 
-MAX_OFFSET = 1_000_000
-MAX_LIST = 10_000
 MAX_OPS = 10_000
-_MAX_QUERY = 10_000
 # Expired items deleted per statement by the sweeper (and their embeddings with them).
 _SWEEP_CHUNK = 500
-# Item references per delete of embeddings: within the filter language's $in limit.
-_REF_CHUNK = 500
 _DEFAULT_SWEEP_MINUTES = 5.0
-
-
-@dataclass
-class _Put:
-    namespace: tuple[str, ...]
-    key: str
-    value: dict[str, Any] | None
-    encoded: str | None
-    fields: Fields | Literal[False] | None
-    ttl: float | None
-    where: str
-
-    @property
-    def prefix(self) -> str:
-        return q.prefix_of(self.namespace)
-
-
-@dataclass
-class _Search:
-    index: int
-    namespace: tuple[str, ...]
-    filter: dict[str, Any]
-    node: FilterNode | None
-    limit: int
-    offset: int
-    query: str | None
-    refresh: bool
-
-
-@dataclass
-class _Plan:
-    """A batch, checked: each op's place in the results, grouped by kind."""
-
-    size: int
-    gets: list[tuple[int, str, str, bool]] = field(default_factory=list)
-    searches: list[_Search] = field(default_factory=list)
-    lists: list[tuple[int, list[tuple[str, tuple[str, ...]]], int | None, int, int]] = field(
-        default_factory=list
-    )
-    # The last put of each item wins, as in LangGraph's stores.
-    puts: dict[tuple[str, str], _Put] = field(default_factory=dict)
 
 
 class AgencyStore(BaseStore):
@@ -215,10 +154,6 @@ class AgencyStore(BaseStore):
         # exist (a store without an index config then has no embeddings to keep in step).
         self._collection: Collection | Literal[False] | None = None
         self._ready = asyncio.Lock()
-        # The unscoped layer's store builds the collection's ANN index (see _vectors).
-        self._index_pending = (
-            self._settings is not None and self._layer is not None and self._settings.kind != "flat"
-        )
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
 
@@ -248,17 +183,12 @@ class AgencyStore(BaseStore):
         return self._portal.call(coro)
 
     async def _vectors(self) -> Collection | None:
-        """The store's collection (created with its index when the store has an index config
-        and was built from the unscoped DataLayer), or None when there is none."""
-        if self._collection is None or self._index_pending:
+        """The store's collection (created, without its index, when the store has an index
+        config and was built from the unscoped DataLayer), or None when there is none."""
+        if self._collection is None:
             async with self._ready:
                 if self._collection is None:
                     self._collection = await self._find_collection()
-                # A concurrent index build waits for every older transaction to end, the
-                # caller's too: inside one, it waits for a later call (searches meanwhile
-                # scan exactly).
-                if self._index_pending and not self._db().in_transaction:
-                    await self._build_index()
         return self._collection or None
 
     async def _find_collection(self) -> Collection | Literal[False]:
@@ -300,25 +230,36 @@ class AgencyStore(BaseStore):
                 field="index",
             ) from exc
 
-    async def _build_index(self) -> None:
-        settings, layer = self._settings, self._layer
-        assert settings is not None
-        assert layer is not None
+    async def _build_index(self, layer: DataLayer, settings: IndexSettings) -> None:
+        if self._db().in_transaction:
+            raise UsageError(
+                "asetup() builds the collection's index concurrently, which waits for every "
+                "transaction open in the database to end, this one too: call it outside "
+                "dl.transaction()"
+            )
         options = dict(settings.options)
         if "nlist" in options:
             options["lists"] = options.pop("nlist")
         collection = layer.embeddings.collection(self.name)
         with contextlib.suppress(Conflict):  # it has an index already (or was given one)
             await collection.create_index(settings.kind, **options)  # type: ignore[arg-type]
-        self._index_pending = False
 
     # -- set-up and lifecycle ------------------------------------------------------------------
 
     async def asetup(self) -> None:
-        """Create the store's collection and its index (when the store has an index config
-        and was built from the unscoped DataLayer), or check that it exists. The table comes
-        with the DataLayer's migrations. Optional: the first call that needs it does it too."""
-        await self._call(self._vectors())
+        """Create the store's collection and build its ANN index (as LangGraph's Postgres
+        store's ``setup()`` does) when the store has an index config and was built from the
+        unscoped DataLayer; from a tenant's view, check that the collection exists. Call it
+        once, outside any transaction. Without it the first write creates the collection, and
+        searches scan it exactly until the index is built. The table comes with the
+        DataLayer's migrations."""
+        await self._call(self._setup())
+
+    async def _setup(self) -> None:
+        await self._vectors()
+        settings, layer = self._settings, self._layer
+        if settings is not None and layer is not None and settings.kind != "flat":
+            await self._build_index(layer, settings)
 
     def setup(self) -> None:
         """:meth:`asetup`, from synchronous code."""
@@ -368,267 +309,30 @@ class AgencyStore(BaseStore):
         return self._sync(self._execute(checked, "ops"))
 
     async def _execute(self, ops: list[Any], name: str | None) -> list[Result]:
-        # ``name``: "ops" for a batch (errors name ops[3].key); None for one op of a
-        # convenience method (errors name key).
-        plan = self._plan(ops, name)
-        needs_vectors = (self._settings is not None and any(s.query for s in plan.searches)) or (
-            bool(plan.puts)
-        )
-        collection = await self._vectors() if needs_vectors else None
-        embedded, queries = await self._embed(plan, collection)
+        # ``name``: "ops" for a batch, None for the one op of a convenience method.
+        db = self._db()
+        plan = plan_ops(ops, name, self._settings, db.config.max_json_bytes)
+        ranked = self._settings is not None and plan.ranked
+        collection = await self._vectors() if ranked or plan.puts else None
+        embedded, queries = await embed(plan, self._settings if collection else None)
+        batch = self._batch(db)
         results: list[Result] = [None] * plan.size
         if not plan.puts:
-            await self._read(plan, queries, collection, results)
+            await batch.read(plan, queries, collection, results)
             return results
 
         async def apply(_: object) -> list[Result]:
-            await self._read(plan, queries, collection, results)
-            await self._write(plan, embedded, collection)
+            await batch.read(plan, queries, collection, results)
+            if not await batch.write(plan, embedded, collection):
+                # The collection went (dropped): nothing of it to keep in step any more.
+                self._collection = False
             return results
 
-        return await self._db().run_in_transaction(apply)
+        return await db.run_in_transaction(apply)
 
-    def _plan(self, ops: list[Any], name: str | None) -> _Plan:
-        plan = _Plan(size=len(ops))
-        max_json = self._db().config.max_json_bytes
-        for index, op in enumerate(ops):
-            where = f"{name}[{index}]." if name is not None else ""
-            if isinstance(op, GetOp):
-                namespace = check_namespace(op.namespace, where + "namespace", stored=False)
-                key = check_key(op.key, where + "key")
-                refresh = check_bool(op.refresh_ttl, where + "refresh_ttl")
-                plan.gets.append((index, q.prefix_of(namespace), key, refresh))
-            elif isinstance(op, PutOp):
-                put = self._put(op, where, max_json)
-                plan.puts.pop((put.prefix, put.key), None)
-                plan.puts[(put.prefix, put.key)] = put
-            elif isinstance(op, SearchOp):
-                plan.searches.append(self._search(index, op, where))
-            elif isinstance(op, ListNamespacesOp):
-                plan.lists.append(_listing(index, op, where))
-            else:
-                raise ValidationError(
-                    f"{where or 'op '}is not a GetOp, PutOp, SearchOp or ListNamespacesOp but "
-                    f"{brief(op)}",
-                    field=where.rstrip(".") or "op",
-                )
-        return plan
-
-    def _put(self, op: PutOp, where: str, max_json: int) -> _Put:
-        deleting = op.value is None
-        namespace = check_namespace(op.namespace, where + "namespace", stored=not deleting)
-        key = check_key(op.key, where + "key")
-        if deleting:
-            return _Put(namespace, key, None, None, None, None, where)
-        if not isinstance(op.value, Mapping):
-            raise ValidationError(
-                f"{where}value must be a dict with string keys (or None to delete), not "
-                f"{brief(op.value)}",
-                field=where + "value",
-            )
-        value = dict(op.value)
-        if not all(isinstance(k, str) for k in value):
-            raise ValidationError(f"{where}value's keys must be strings", field=where + "value")
-        encoded = encode_json(value, where + "value", max_json)
-        fields: Fields | Literal[False] | None
-        if op.index is None:
-            fields = None
-        elif op.index is False:
-            fields = False
-        else:
-            fields = check_fields(op.index, where + "index")
-        ttl = check_ttl(op.ttl, where + "ttl")
-        return _Put(namespace, key, value, encoded, fields, ttl, where)
-
-    def _search(self, index: int, op: SearchOp, where: str) -> _Search:
-        namespace = check_namespace(op.namespace_prefix, where + "namespace_prefix", stored=False)
-        translated = check_filter(op.filter, where + "filter")
-        limit = check_int(op.limit, where + "limit", 1, MAX_PAGE)
-        offset = check_int(op.offset, where + "offset", 0, MAX_OFFSET)
-        query = op.query
-        if query is not None:
-            if not isinstance(query, str) or len(query) > _MAX_QUERY or "\x00" in query:
-                raise ValidationError(
-                    f"{where}query must be a string of at most {_MAX_QUERY} characters without "
-                    f"NUL (or None), not {brief(query)}",
-                    field=where + "query",
-                )
-            if self._settings is not None and limit + offset > MAX_PAGE:
-                raise ValidationError(
-                    f"{where}offset + limit is {offset + limit}; a search with a query reaches "
-                    f"at most the {MAX_PAGE} nearest items",
-                    field=where + "offset",
-                )
-        refresh = check_bool(op.refresh_ttl, where + "refresh_ttl")
-        node = parse_filter(translated) if translated else None
-        # Without an index config a query cannot rank anything: the search is by filter
-        # alone, as in LangGraph's own stores.
-        ranked = query if query and self._settings is not None else None
-        return _Search(index, namespace, translated, node, limit, offset, ranked, refresh)
-
-    # -- embedding, before any transaction ---------------------------------------------------
-
-    async def _embed(
-        self, plan: _Plan, collection: Collection | None
-    ) -> tuple[list[dict[str, Any]], dict[int, Any]]:
-        """The puts' embeddings as the collection's items, and each ranked search's vector."""
-        settings = self._settings
-        if settings is None or collection is None:
-            return [], {}
-        pending: list[Embedded] = []
-        for put in plan.puts.values():
-            if put.value is None or put.fields is False:
-                continue
-            texts = texts_of(put.value, settings.fields if put.fields is None else put.fields)
-            if texts:
-                pending.append(Embedded(put.namespace, put.prefix, put.key, put.value, texts))
-        every_text = [text for item in pending for _, text in item.texts]
-        embedder = settings.embedder
-        searches = [search for search in plan.searches if search.query]
-        documents, *vectors = await asyncio.gather(
-            embedder.documents(every_text, settings.dims),
-            *(embedder.query(search.query or "", settings.dims) for search in searches),
-        )
-        rows: list[dict[str, Any]] = []
-        start = 0
-        for item in pending:
-            count = len(item.texts)
-            rows += item.rows(documents[start : start + count])
-            start += count
-        return rows, {
-            search.index: vector for search, vector in zip(searches, vectors, strict=True)
-        }
-
-    # -- reading -------------------------------------------------------------------------------
-
-    async def _read(
-        self,
-        plan: _Plan,
-        queries: dict[int, Any],
-        collection: Collection | None,
-        results: list[Result],
-    ) -> None:
+    def _batch(self, db: Database) -> Batch:
         omit = self._ttl is not None and self._ttl.omit_expired
-        tenant, store = self.tenant, self.name
-        db = self._db()
-        statements: list[q.Statement] = []
-        places: list[tuple[str, int]] = []
-        if plan.gets:
-            wanted = [(prefix, key) for _, prefix, key, _ in plan.gets]
-            refreshed = [(prefix, key) for _, prefix, key, fresh in plan.gets if fresh]
-            statements.append(q.get_sql(tenant, store, wanted, refreshed, omit_expired=omit))
-            places.append(("get", -1))
-        for search in plan.searches:
-            if search.index in queries:
-                continue
-            statements.append(
-                q.search_sql(
-                    tenant,
-                    store,
-                    search.namespace,
-                    search.node,
-                    search.limit,
-                    search.offset,
-                    refresh=search.refresh,
-                    omit_expired=omit,
-                )
-            )
-            places.append(("search", search.index))
-        for at, conditions, depth, limit, offset in plan.lists:
-            statements.append(
-                q.list_sql(tenant, store, conditions, depth, limit, offset, omit_expired=omit)
-            )
-            places.append(("list", at))
-        if statements:
-            # One round trip for all of them (a pipeline).
-            answers = await db.fetch_many(statements)
-            for (kind, at), rows in zip(places, answers, strict=True):
-                if kind == "get":
-                    _fill_gets(plan, rows, results)
-                elif kind == "search":
-                    results[at] = _search_items(rows)
-                else:
-                    results[at] = [tuple(row["namespace"]) for row in rows]
-        for search in plan.searches:
-            if search.index in queries:
-                assert collection is not None
-                results[search.index] = await self._ranked(
-                    search, queries[search.index], collection, omit
-                )
-
-    async def _ranked(
-        self, search: _Search, vector: Any, collection: Collection, omit: bool
-    ) -> list[SearchItem]:
-        """A search with a query: the collection's nearest embeddings under the namespace and
-        filter, one hit per item (its best), then those items read back."""
-        settings = self._settings
-        assert settings is not None
-        wanted = search.offset + search.limit
-        per_item = max(1, len(settings.fields))
-        candidates = min(MAX_PAGE, max(10, wanted * per_item * 2 + 1))
-        where = search_filter(search.namespace, search.filter)
-        while True:
-            found = await collection.find_similar(vector, candidates, filter=where)
-            best: dict[tuple[str, str], float] = {}
-            for result in found:
-                prefix, key, score = hit_of(result, settings.metric)
-                best.setdefault((prefix, key), score)
-            more = len(found) == candidates and candidates < MAX_PAGE
-            if len(best) < wanted and more:
-                candidates = min(MAX_PAGE, candidates * 4)
-                continue
-            if not best:
-                return []
-            hits = [(prefix, key, score) for (prefix, key), score in best.items()]
-            rows = await self._db().fetch(
-                *q.hits_sql(
-                    self.tenant,
-                    self.name,
-                    hits,
-                    search.limit,
-                    search.offset,
-                    refresh=search.refresh,
-                    omit_expired=omit,
-                )
-            )
-            if len(rows) < search.limit and more:
-                # Some hits were of expired items, left out: look further.
-                candidates = min(MAX_PAGE, candidates * 4)
-                continue
-            return _search_items(rows)
-
-    # -- writing -------------------------------------------------------------------------------
-
-    async def _write(
-        self, plan: _Plan, embedded: list[dict[str, Any]], collection: Collection | None
-    ) -> None:
-        # Sorted, so that concurrent batches lock the rows they share in the same order.
-        puts = sorted(plan.puts.values(), key=lambda p: (p.prefix, p.key))
-        deletes = [(p.prefix, p.key) for p in puts if p.value is None]
-        upserts = [(p.prefix, p.key, p.encoded or "", p.ttl) for p in puts if p.value is not None]
-        db = self._db()
-        # The items first: their rows stay locked to the end, so a concurrent put of the same
-        # item waits here, then replaces the embeddings this one writes below.
-        await db.execute(*q.write_sql(self.tenant, self.name, deletes, upserts))
-        if collection is None:
-            return
-        refs = [item_ref(p.prefix, p.key) for p in puts]
-        try:
-            for start in range(0, len(refs), _REF_CHUNK):
-                await collection.delete(
-                    filter={
-                        "entity_type": ENTITY_TYPE,
-                        "entity_id": {"$in": refs[start : start + _REF_CHUNK]},
-                    }
-                )
-        except NotFound:
-            if self._settings is not None:
-                raise
-            # The collection went (dropped): nothing of it to keep in step.
-            self._collection = False
-            return
-        if embedded:
-            await _store_rows(collection, embedded, plan)
+        return Batch(db, self.tenant, self.name, self._settings, omit_expired=omit)
 
     # -- TTL -----------------------------------------------------------------------------------
 
@@ -645,19 +349,12 @@ class AgencyStore(BaseStore):
     async def _sweep(self) -> int:
         collection = await self._vectors()
         db = self._db()
-
-        async def one(_: object) -> int:
-            rows = await db.fetch(*q.sweep_sql(self.tenant, self.name, _SWEEP_CHUNK))
-            if collection is not None and rows:
-                refs = [item_ref(row["prefix"], row["key"]) for row in rows]
-                await collection.delete(
-                    filter={"entity_type": ENTITY_TYPE, "entity_id": {"$in": refs}}
-                )
-            return len(rows)
-
+        batch = self._batch(db)
         swept = 0
         while True:
-            count = await db.run_in_transaction(one)
+            count: int = await db.run_in_transaction(
+                lambda _: batch.sweep(collection, _SWEEP_CHUNK)
+            )
             swept += count
             if count < _SWEEP_CHUNK:
                 return swept
@@ -874,82 +571,3 @@ class AgencyStore(BaseStore):
         if isinstance(ttl, NotProvided):
             return self._ttl.default_ttl if self._ttl is not None else None
         return check_ttl(ttl, "ttl")
-
-
-def _listing(
-    index: int, op: ListNamespacesOp, where: str
-) -> tuple[int, list[tuple[str, tuple[str, ...]]], int | None, int, int]:
-    conditions: list[tuple[str, tuple[str, ...]]] = []
-    raw = op.match_conditions
-    if raw is not None:
-        for place, condition in enumerate(as_items(raw, where + "match_conditions")):
-            at = f"{where}match_conditions[{place}]"
-            if not isinstance(condition, MatchCondition):
-                raise ValidationError(
-                    f"{at} must be a MatchCondition, not {brief(condition)}", field=at
-                )
-            if condition.match_type not in ("prefix", "suffix"):
-                raise ValidationError(
-                    f"{at}.match_type {brief(condition.match_type)} is not prefix or suffix",
-                    field=f"{at}.match_type",
-                )
-            labels = check_pattern(condition.path, f"{at}.path") or ()
-            conditions.append((condition.match_type, labels))
-    depth = op.max_depth
-    if depth is not None:
-        check_int(depth, where + "max_depth", 1, 1000)
-    limit = check_int(op.limit, where + "limit", 1, MAX_LIST)
-    offset = check_int(op.offset, where + "offset", 0, MAX_OFFSET)
-    return index, conditions, depth, limit, offset
-
-
-def _fill_gets(plan: _Plan, rows: list[dict[str, Any]], results: list[Result]) -> None:
-    found = {(row["prefix"], row["key"]): row for row in rows}
-    for at, prefix, key, _ in plan.gets:
-        row = found.get((prefix, key))
-        results[at] = None if row is None else _item(row)
-
-
-def _namespace(prefix: str) -> tuple[str, ...]:
-    return tuple(prefix.split("."))
-
-
-def _item(row: dict[str, Any]) -> Item:
-    return Item(
-        value=row["value"],
-        key=row["key"],
-        namespace=_namespace(row["prefix"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _search_items(rows: list[dict[str, Any]]) -> list[SearchItem]:
-    return [
-        SearchItem(
-            namespace=_namespace(row["prefix"]),
-            key=row["key"],
-            value=row["value"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            score=row.get("score"),
-        )
-        for row in rows
-    ]
-
-
-async def _store_rows(collection: Collection, rows: list[dict[str, Any]], plan: _Plan) -> None:
-    try:
-        await collection.store_many(rows)
-    except ValidationError as exc:
-        # "items[12].metadata: ..." names the collection's item: say which op it came from.
-        name = exc.field or ""
-        if not name.startswith("items["):
-            raise
-        row = rows[int(name[len("items[") : name.index("]")])]
-        metadata = row["metadata"]
-        put = plan.puts[(".".join(metadata["ns"]), metadata["key"])]
-        raise ValidationError(
-            f"{put.where}value cannot be indexed (its embedding of {metadata['field']!r}: {exc})",
-            field=put.where + "value",
-        ) from exc
