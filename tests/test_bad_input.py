@@ -53,6 +53,11 @@ from agency_data.vectors.store import ManagedEmbeddingStore
 from tests.conftest import TEMPLATE_DB, ServerSet, make_config
 from tests.embedding_support import HashingEmbedder
 
+try:  # an optional extra: probed when installed (always under CI, which installs it)
+    from agency_data.integrations.langgraph import AgencyStore
+except ImportError:
+    AgencyStore = None  # type: ignore[assignment,misc]
+
 DIM = 3
 VECTOR = [0.1, 0.2, 0.3]
 TENANT = "acme"
@@ -560,6 +565,11 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "group": lambda p: "g",
     "consumer": lambda p: "c",
     "message_ids": lambda p: (p.message_id,),
+    "lg_store.namespace": lambda p: ("probe", "memories"),
+    "lg_store.namespace_prefix": lambda p: ("probe",),
+    "lg_store.key": lambda p: "k",
+    "lg_store.value": lambda p: {"text": "a memory"},
+    "lg_store.ops": lambda p: [],
 }
 
 
@@ -585,8 +595,14 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
     "streams": (Streams, lambda dl: dl.streams),
     "lock": (Lock, lambda dl: dl.lock("probe-held", ttl=30)),
 }
-# Lifecycle, not input: closing the layer would end every later case.
-SKIPPED = {"dl.aclose", "dl.connect"}
+if AgencyStore is not None:
+    SURFACES["lg_store"] = (
+        AgencyStore,
+        lambda dl: AgencyStore(dl, index={"dims": DIM, "embed": HashingEmbedder(DIM)}),
+    )
+# Lifecycle, not input: closing the layer would end every later case; a sweeper started
+# would outlive its case (the store's own tests check its arguments).
+SKIPPED = {"dl.aclose", "dl.connect", "lg_store.astart_ttl_sweeper", "lg_store.start_ttl_sweeper"}
 # Calls that wait by design (for work, messages or a lock): cut short, which is fine.
 WAITING = {"claim", "consume", "subscribe", "lock", "acquire", "run_scheduler"}
 
@@ -653,15 +669,20 @@ def _call_arguments(
             if target not in {p.name for p in params}:
                 kwargs[target] = value
             continue
+        # Positional-only parameters (LangGraph's ``search(namespace_prefix, /)``) always go
+        # by place; the others too when a *args follows them.
+        by_place = param.kind is inspect.Parameter.POSITIONAL_ONLY or (
+            positional and param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        )
         if param.name == target:
             given = value
         elif param.default is not inspect.Parameter.empty:
-            if positional and param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            if by_place:
                 args.append(param.default)
             continue
         else:
             given = _baseline(probe, surface, method, param.name)
-        if positional and param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+        if by_place:
             args.append(given)
         else:
             kwargs[param.name] = given

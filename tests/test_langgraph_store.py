@@ -669,6 +669,42 @@ async def test_concurrent_puts_and_gets(dl: DataLayer, store: AgencyStore) -> No
     assert len([r for r in await embeddings(dl) if r[3].startswith("k")]) == 150
 
 
+async def test_concurrent_calls_are_gathered_and_answered_each_its_own(
+    dl: DataLayer, store: AgencyStore
+) -> None:
+    await store.abatch([PutOp(("g",), f"k{n}", {"text": f"memory {n}", "n": n}) for n in range(60)])
+    # Many callers at once: each gets its own answer, whatever batch it rode in.
+    items = await asyncio.gather(*(store.aget(("g",), f"k{n}") for n in range(60)))
+    assert [item.value["n"] for item in items] == list(range(60))  # type: ignore[union-attr]
+    found = await asyncio.gather(
+        *(store.asearch(("g",), filter={"n": n}) for n in range(20)),
+        *(store.asearch(("g",), query=f"memory {n}", limit=1) for n in range(20)),
+    )
+    assert [hits[0].value["n"] for hits in found[:20]] == list(range(20))
+    # Each ranked caller got its own query's ranking: the same best score as alone.
+    for n, hits in enumerate(found[20:]):
+        (alone,) = await store.asearch(("g",), query=f"memory {n}", limit=1)
+        assert hits[0].score == pytest.approx(alone.score)
+    # A bad call among them fails alone, before it joins anyone.
+    calls = [store.aget(("g",), f"k{n}") for n in range(10)]
+    calls.insert(5, store.aget(("g",), None))  # type: ignore[arg-type]
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(answers[5], ValidationError)
+    assert all(isinstance(a, Item) for n, a in enumerate(answers) if n != 5)
+    # A put that only fails where its group is written (its value fits the table, but not
+    # with the embedding's own fields): the group is run again put by put, and only that
+    # caller gets the error.
+    limit = dl.config.postgresql.max_json_bytes
+    big = {"text": "big", "pad": "x" * (limit - len('{"text":"big","pad":""}'))}  # just fits
+    puts = [store.aput(("g2",), f"p{n}", {"text": f"small {n}"}) for n in range(8)]
+    puts.insert(3, store.aput(("g2",), "big", big))
+    outcomes = await asyncio.gather(*puts, return_exceptions=True)
+    assert isinstance(outcomes[3], ValidationError), outcomes[3]
+    assert "cannot be indexed" in str(outcomes[3])
+    assert [o for n, o in enumerate(outcomes) if n != 3] == [None] * 8
+    assert sorted(i.key for i in await store.asearch(("g2",))) == [f"p{n}" for n in range(8)]
+
+
 async def test_last_write_wins(store: AgencyStore) -> None:
     for n in range(20):
         # Each writer starts after the previous one returned: the last one's value stays.

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import orjson
 from langgraph.store.base import (
     GetOp,
     Item,
@@ -51,7 +52,7 @@ from agency_data.postgres.database import Database
 from agency_data.vectors.collection import Collection
 from agency_data.vectors.filter_ast import FilterNode, parse_filter
 
-__all__ = ["MAX_LIST", "MAX_OFFSET", "Batch", "Plan", "embed", "plan_ops"]
+__all__ = ["MAX_LIST", "MAX_OFFSET", "Batch", "Plan", "embed", "merge", "plan_ops"]
 
 MAX_OFFSET = 1_000_000
 MAX_LIST = 10_000
@@ -106,6 +107,23 @@ class Plan:
         return any(search.query for search in self.searches)
 
 
+def merge(plans: list[Plan]) -> Plan:
+    """One plan of several callers' plans, in order (a later put of an item wins)."""
+    merged = Plan(size=sum(plan.size for plan in plans))
+    offset = 0
+    for plan in plans:
+        merged.gets += [(at + offset, prefix, key, fresh) for at, prefix, key, fresh in plan.gets]
+        merged.searches += [
+            replace(search, index=search.index + offset) for search in plan.searches
+        ]
+        merged.lists += [(at + offset, *rest) for at, *rest in plan.lists]  # type: ignore[misc]
+        for item, put in plan.puts.items():
+            merged.puts.pop(item, None)
+            merged.puts[item] = put
+        offset += plan.size
+    return merged
+
+
 def plan_ops(
     ops: list[Any], name: str | None, settings: IndexSettings | None, max_json: int
 ) -> Plan:
@@ -148,10 +166,12 @@ def _put(op: PutOp, where: str, max_json: int) -> _Put:
             f"{brief(op.value)}",
             field=where + "value",
         )
-    value = dict(op.value)
-    if not all(isinstance(k, str) for k in value):
+    if not all(isinstance(k, str) for k in op.value):
         raise ValidationError(f"{where}value's keys must be strings", field=where + "value")
-    encoded = encode_json(value, where + "value", max_json)
+    encoded = encode_json(dict(op.value), where + "value", max_json)
+    # What is embedded and copied to the embeddings is what is stored (and read back): the
+    # JSON form, with datetimes and UUIDs as strings.
+    value = orjson.loads(encoded)
     fields: Fields | Literal[False] | None
     if op.index is None:
         fields = None

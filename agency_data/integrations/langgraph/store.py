@@ -48,8 +48,10 @@ from langgraph.store.base import (
     TTLConfig,
 )
 
+from agency_data.batching import GroupCommit
 from agency_data.errors import (
     Conflict,
+    EmbedderError,
     NotFound,
     UsageError,
     ValidationError,
@@ -60,7 +62,7 @@ from agency_data.inputs import (
     check_bool,
     check_seconds,
 )
-from agency_data.integrations.langgraph._store_batch import Batch, embed, plan_ops
+from agency_data.integrations.langgraph._store_batch import Batch, Plan, embed, merge, plan_ops
 from agency_data.integrations.langgraph._store_input import (
     IndexSettings,
     InvalidNamespace,
@@ -75,6 +77,7 @@ from agency_data.integrations.langgraph._store_vectors import (
 from agency_data.manager import DataLayer
 from agency_data.models import DEFAULT_TENANT
 from agency_data.postgres.database import Database
+from agency_data.postgres.errors import refused_a_row
 from agency_data.scope import TenantScope
 from agency_data.sync.portal import Portal
 from agency_data.vectors.catalog import check_name
@@ -154,6 +157,12 @@ class AgencyStore(BaseStore):
         # exist (a store without an index config then has no embeddings to keep in step).
         self._collection: Collection | Literal[False] | None = None
         self._ready = asyncio.Lock()
+        # Concurrent single ops, gathered; a group that fails because of one op's values (a
+        # constraint, an embedder refusing a text) is run again op by op, so that only that
+        # op's caller gets the error.
+        self._gathered: GroupCommit[Plan, Result] = GroupCommit(
+            self._run_one, self._run_many, retry_alone=_own_fault
+        )
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
 
@@ -266,8 +275,10 @@ class AgencyStore(BaseStore):
         self._sync(self.asetup())
 
     async def aclose(self) -> None:
-        """Stop the TTL sweeper, if it runs. The DataLayer stays open (it is the caller's)."""
+        """Stop the TTL sweeper, if it runs, and wait for gathered calls still running. The
+        DataLayer stays open (it is the caller's)."""
         await self.astop_ttl_sweeper()
+        await self._call(self._gathered.aclose())
 
     def close(self) -> None:
         """:meth:`aclose`, from synchronous code."""
@@ -309,9 +320,29 @@ class AgencyStore(BaseStore):
         return self._sync(self._execute(checked, "ops"))
 
     async def _execute(self, ops: list[Any], name: str | None) -> list[Result]:
-        # ``name``: "ops" for a batch, None for the one op of a convenience method.
+        # ``name``: "ops" for a batch (errors name ``ops[3].key``).
+        return await self._run(self._plan(ops, name))
+
+    def _plan(self, ops: list[Any], name: str | None) -> Plan:
+        return plan_ops(ops, name, self._settings, self._db().config.max_json_bytes)
+
+    async def _one(self, op: Op) -> Result:
+        """One op of a convenience method: checked here, so that a bad one fails its own
+        call; then, outside a transaction, gathered with other callers' ops of the moment
+        into one batch (one round trip for their reads, one transaction for their writes)."""
+        plan = self._plan([op], None)
+        if self._db().in_transaction:
+            return (await self._run(plan))[0]
+        return await self._gathered.write(plan)
+
+    async def _run_one(self, plan: Plan) -> Result:
+        return (await self._run(plan))[0]
+
+    async def _run_many(self, plans: list[Plan]) -> list[Result]:
+        return await self._run(merge(plans))
+
+    async def _run(self, plan: Plan) -> list[Result]:
         db = self._db()
-        plan = plan_ops(ops, name, self._settings, db.config.max_json_bytes)
         ranked = self._settings is not None and plan.ranked
         collection = await self._vectors() if ranked or plan.puts else None
         embedded, queries = await embed(plan, self._settings if collection else None)
@@ -430,9 +461,7 @@ class AgencyStore(BaseStore):
     ) -> Item | None:
         """The item at ``namespace`` / ``key``, or None; ``refresh_ttl`` (default: the TTL
         config's ``refresh_on_read``) restarts its TTL."""
-        (item,) = await self._call(
-            self._execute([GetOp(namespace, key, self._refresh(refresh_ttl))], None)
-        )
+        item = await self._call(self._one(GetOp(namespace, key, self._refresh(refresh_ttl))))
         return item if isinstance(item, Item) else None
 
     def get(
@@ -460,8 +489,7 @@ class AgencyStore(BaseStore):
         $gte $lt $lte`` on value fields); with a ``query`` (and an index config), nearest to
         it first, with their scores; else most recently updated first."""
         op = SearchOp(namespace_prefix, filter, limit, offset, query, self._refresh(refresh_ttl))
-        (found,) = await self._call(self._execute([op], None))
-        return cast(list[SearchItem], found)
+        return cast(list[SearchItem], await self._call(self._one(op)))
 
     def search(
         self,
@@ -504,7 +532,7 @@ class AgencyStore(BaseStore):
                 "value must be a dict; to delete an item use adelete()", field="value"
             )
         op = PutOp(namespace, key, value, index, self._default_ttl(ttl))
-        await self._call(self._execute([op], None))
+        await self._call(self._one(op))
 
     def put(
         self,
@@ -520,7 +548,7 @@ class AgencyStore(BaseStore):
 
     async def adelete(self, namespace: tuple[str, ...], key: str) -> None:
         """Delete the item at ``namespace`` / ``key`` (and its embeddings), if there is one."""
-        await self._call(self._execute([PutOp(namespace, key, None)], None))
+        await self._call(self._one(PutOp(namespace, key, None)))
 
     def delete(self, namespace: tuple[str, ...], key: str) -> None:
         """:meth:`adelete`, from synchronous code."""
@@ -543,8 +571,7 @@ class AgencyStore(BaseStore):
             if labels:
                 conditions.append(MatchCondition(kind, labels))  # type: ignore[arg-type]
         op = ListNamespacesOp(tuple(conditions), max_depth, limit, offset)
-        (found,) = await self._call(self._execute([op], None))
-        return cast(list[tuple[str, ...]], found)
+        return cast(list[tuple[str, ...]], await self._call(self._one(op)))
 
     def list_namespaces(
         self,
@@ -571,3 +598,8 @@ class AgencyStore(BaseStore):
         if isinstance(ttl, NotProvided):
             return self._ttl.default_ttl if self._ttl is not None else None
         return check_ttl(ttl, "ttl")
+
+
+def _own_fault(exc: Exception) -> bool:
+    # What one op's values cause: run alone, only that op fails.
+    return isinstance(exc, ValidationError | EmbedderError) or refused_a_row(exc)
