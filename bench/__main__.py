@@ -29,6 +29,7 @@ from bench import (
     coord,
     encryption,
     heartbeats,
+    langgraph_store,
     observability,
     pgbouncer,
     recovery,
@@ -59,6 +60,7 @@ SCENARIOS = [
     "recovery",
     "audit",
     "encryption",
+    "langgraph-store",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -147,6 +149,7 @@ async def main(args: argparse.Namespace) -> None:
                 "recovery": lambda: recovery.recovery(b, ROOT / ".bench-data" / "recovery"),
                 "audit": lambda: audit.audit(b),
                 "encryption": lambda: encryption.encryption(b),
+                "langgraph-store": lambda: langgraph_store.langgraph_store(b),
             }
             for name in SCENARIOS:
                 if name in chosen:

@@ -35,6 +35,8 @@ Statement: TypeAlias = "tuple[sql.SQL | sql.Composed, list[Any]]"
 ITEM_COLUMNS: LiteralString = "prefix, key, value, created_at, updated_at"
 _REFRESHED: LiteralString = "now() + make_interval(secs => t.ttl_minutes * 60)"
 _LIVE: LiteralString = "(s.expires_at IS NULL OR s.expires_at > now())"
+_FOUND_PREFIXES: LiteralString = "ARRAY(SELECT prefix FROM found)"
+_FOUND_KEYS: LiteralString = "ARRAY(SELECT key FROM found)"
 
 
 def prefix_of(namespace: Sequence[str]) -> str:
@@ -47,30 +49,54 @@ def _scope(alias: LiteralString, tenant: str, store: str) -> tuple[sql.SQL, list
 
 
 def _under(alias: LiteralString, namespace: Sequence[str]) -> tuple[sql.SQL, list[Any]]:
-    """The items in ``namespace`` or below it (everything, for an empty one)."""
+    """The items in ``namespace`` or below it (everything, for an empty one): one range of
+    the primary key (``'a.b' <= prefix < 'a.b/'``), less the namespaces that only begin
+    with the same characters (``'a.b-c'``)."""
     if not namespace:
         return sql.SQL("TRUE"), []
     path = prefix_of(namespace)
     column = alias + ".prefix"
     return (
-        sql.SQL("(" + column + " = %s OR (" + column + " >= %s AND " + column + " < %s))"),
-        [path, path + ".", path + "/"],
+        sql.SQL(
+            "("
+            + column
+            + " >= %s AND "
+            + column
+            + " < %s AND ("
+            + column
+            + " = %s OR "
+            + column
+            + " >= %s))"
+        ),
+        [path, path + "/", path, path + "."],
     )
 
 
 def _refresh(
-    source: LiteralString, tenant: str, store: str, *, live: bool = False
+    prefixes: LiteralString,
+    keys: LiteralString,
+    pairs: LiteralString,
+    tenant: str,
+    store: str,
+    *,
+    live: bool = False,
 ) -> tuple[sql.SQL, list[Any]]:
-    """A CTE giving the items of ``source`` (a FROM item named ``r``, with prefix and key) that
-    have a TTL a new expiry; ``live``: only those not yet expired."""
+    """A CTE giving the items named by ``pairs`` (a FROM item ``r`` with prefix and key)
+    that have a TTL a new expiry; ``live``: only those not yet expired. ``prefixes`` and
+    ``keys`` (arrays of the pairs' parts) make the rows' lookup a scan of the primary key
+    whatever the planner knows of the table (a join with ``pairs`` alone may be planned as a
+    scan of every item of the store)."""
     return (
         sql.SQL(
             "touched AS (UPDATE langgraph_store AS t SET expires_at = "
             + _REFRESHED
-            + " FROM "
-            + source
-            + " WHERE t.tenant_id = %s AND t.store = %s AND t.prefix = r.prefix "
-            "AND t.key = r.key AND t.ttl_minutes IS NOT NULL"
+            + " WHERE t.tenant_id = %s AND t.store = %s AND t.prefix = ANY("
+            + prefixes
+            + ") AND t.key = ANY("
+            + keys
+            + ") AND EXISTS (SELECT FROM "
+            + pairs
+            + " WHERE r.prefix = t.prefix AND r.key = t.key) AND t.ttl_minutes IS NOT NULL"
             + (" AND t.expires_at > now()" if live else "")
             + ")"
         ),
@@ -86,27 +112,35 @@ def get_sql(
     *,
     omit_expired: bool,
 ) -> Statement:
-    """The items among ``wanted`` (prefix, key) pairs; those of ``refreshed`` get a new
-    expiry. The rows come back as they were before the refresh (the CTE's snapshot)."""
-    scope, scope_params = _scope("s", tenant, store)
-    parts: list[sql.Composable] = [
-        sql.SQL("WITH wanted AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS w(prefix, key))")
-    ]
-    params: list[Any] = [[p for p, _ in wanted], [k for _, k in wanted]]
+    """The items of the store whose prefix and key are among ``wanted``'s (the caller picks
+    the pairs it asked for); those of ``refreshed`` get a new expiry. The rows come back as
+    they were before the refresh (the CTE's snapshot)."""
+    scope, params = _scope("s", tenant, store)
+    parts: list[sql.Composable] = []
     if refreshed:
         refresh, refresh_params = _refresh(
-            "unnest(%s::text[], %s::text[]) AS r(prefix, key)", tenant, store, live=omit_expired
+            "%s::text[]",
+            "%s::text[]",
+            "unnest(%s::text[], %s::text[]) AS r(prefix, key)",
+            tenant,
+            store,
+            live=omit_expired,
         )
-        parts.append(sql.SQL(", ") + refresh)
-        params += [[p for p, _ in refreshed], [k for _, k in refreshed], *refresh_params]
+        parts.append(sql.SQL("WITH ") + refresh + sql.SQL(" "))
+        prefixes, keys = [p for p, _ in refreshed], [k for _, k in refreshed]
+        params = [*refresh_params, _distinct(prefixes), _distinct(keys), prefixes, keys, *params]
     parts.append(
         sql.SQL(
-            " SELECT s.prefix, s.key, s.value, s.created_at, s.updated_at FROM langgraph_store "
-            "AS s JOIN wanted AS w ON s.prefix = w.prefix AND s.key = w.key WHERE {}{}"
+            "SELECT s.prefix, s.key, s.value, s.created_at, s.updated_at FROM langgraph_store "
+            "AS s WHERE {} AND s.prefix = ANY(%s::text[]) AND s.key = ANY(%s::text[]){}"
         ).format(scope, sql.SQL(" AND " + _LIVE if omit_expired else ""))
     )
-    params += scope_params
+    params += [_distinct([p for p, _ in wanted]), _distinct([k for _, k in wanted])]
     return sql.Composed(parts), params
+
+
+def _distinct(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
 
 
 def search_sql(
@@ -146,7 +180,7 @@ def search_sql(
         params += [limit, offset]
     if not refresh:
         return page, params
-    touch, touch_params = _refresh("found AS r", tenant, store)
+    touch, touch_params = _refresh(_FOUND_PREFIXES, _FOUND_KEYS, "found AS r", tenant, store)
     return (
         sql.SQL(
             "WITH found AS ({}), {} SELECT " + ITEM_COLUMNS + " FROM found "
@@ -173,19 +207,22 @@ def hits_sql(
         "found AS (SELECT s.prefix, s.key, s.value, s.created_at, s.updated_at, h.score, h.rank "
         "FROM langgraph_store AS s JOIN unnest(%s::text[], %s::text[], %s::float8[]) "
         "WITH ORDINALITY AS h(prefix, key, score, rank) ON s.prefix = h.prefix AND s.key = h.key "
-        "WHERE {}{} ORDER BY h.rank LIMIT %s OFFSET %s)"
+        "WHERE {} AND s.prefix = ANY(%s::text[]) AND s.key = ANY(%s::text[]){} "
+        "ORDER BY h.rank LIMIT %s OFFSET %s)"
     ).format(scope, sql.SQL(" AND " + _LIVE if omit_expired else ""))
     params: list[Any] = [
         [h[0] for h in hits],
         [h[1] for h in hits],
         [h[2] for h in hits],
         *scope_params,
+        _distinct([h[0] for h in hits]),
+        _distinct([h[1] for h in hits]),
         limit,
         offset,
     ]
     ctes: list[sql.Composable] = [found]
     if refresh:
-        touch, touch_params = _refresh("found AS r", tenant, store)
+        touch, touch_params = _refresh(_FOUND_PREFIXES, _FOUND_KEYS, "found AS r", tenant, store)
         ctes.append(touch)
         params += touch_params
     query = sql.SQL("WITH {} SELECT " + ITEM_COLUMNS + ", score FROM found ORDER BY rank").format(
