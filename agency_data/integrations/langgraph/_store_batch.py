@@ -41,10 +41,8 @@ from agency_data.integrations.langgraph._store_input import (
     check_ttl,
 )
 from agency_data.integrations.langgraph._store_vectors import (
-    ENTITY_TYPE,
     Embedded,
     hit_of,
-    item_ref,
     search_filter,
     texts_of,
 )
@@ -57,8 +55,6 @@ __all__ = ["MAX_LIST", "MAX_OFFSET", "Batch", "Plan", "embed", "merge", "plan_op
 MAX_OFFSET = 1_000_000
 MAX_LIST = 10_000
 _MAX_QUERY = 10_000
-# Item references per delete of embeddings: within the filter language's $in limit.
-_REF_CHUNK = 500
 
 
 @dataclass
@@ -386,39 +382,49 @@ class Batch:
     ) -> bool:
         """Write the plan's puts, keeping ``collection`` in step; False when the collection
         turned out not to exist (for a store without an index config: nothing to keep)."""
+        ids: dict[tuple[str, str], list[str]] = {}
+        for row in embedded:
+            metadata = row["metadata"]
+            ids.setdefault((q.prefix_of(metadata["ns"]), metadata["key"]), []).append(row["id"])
         # Sorted, so that concurrent batches lock the rows they share in the same order.
         puts = sorted(plan.puts.values(), key=lambda p: (p.prefix, p.key))
         deletes = [(p.prefix, p.key) for p in puts if p.value is None]
-        upserts = [(p.prefix, p.key, p.encoded or "", p.ttl) for p in puts if p.value is not None]
-        db = self.db
+        upserts = [
+            (
+                p.prefix,
+                p.key,
+                p.encoded or "",
+                p.ttl,
+                orjson.dumps(ids.get((p.prefix, p.key), [])).decode(),
+            )
+            for p in puts
+            if p.value is not None
+        ]
         # The items first: their rows stay locked to the end, so a concurrent put of the same
-        # item waits here, then replaces the embeddings this one writes below.
-        await db.execute(*q.write_sql(self.tenant, self.store, deletes, upserts))
+        # item waits here, then replaces the embeddings this one writes below. The ids its
+        # embeddings had come back, so that the stale ones go by primary key.
+        rows = await self.db.fetch(*q.write_sql(self.tenant, self.store, deletes, upserts))
+        stale = [id_ for row in rows for id_ in set(row["before"] or ()) - set(row["after"] or ())]
         if collection is None:
             return True
-        refs = [item_ref(p.prefix, p.key) for p in puts]
         try:
-            for start in range(0, len(refs), _REF_CHUNK):
-                await collection.delete(
-                    filter={
-                        "entity_type": ENTITY_TYPE,
-                        "entity_id": {"$in": refs[start : start + _REF_CHUNK]},
-                    }
-                )
+            if stale:
+                await collection.delete(stale)
         except NotFound:
             if self.settings is not None:
                 raise
             return False
         if embedded:
+            # Stored by id: an embedding the item had before is replaced in place.
             await _store_rows(collection, embedded, plan)
         return True
 
     async def sweep(self, collection: Collection | None, most: int) -> int:
         """Delete up to ``most`` expired items, with their embeddings; how many went."""
         rows = await self.db.fetch(*q.sweep_sql(self.tenant, self.store, most))
-        if collection is not None and rows:
-            refs = [item_ref(row["prefix"], row["key"]) for row in rows]
-            await collection.delete(filter={"entity_type": ENTITY_TYPE, "entity_id": {"$in": refs}})
+        stale = [id_ for row in rows for id_ in row["embedding_ids"]]
+        if collection is not None and stale:
+            await collection.delete(stale)
         return len(rows)
 
 

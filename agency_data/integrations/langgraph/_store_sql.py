@@ -235,11 +235,14 @@ def write_sql(
     tenant: str,
     store: str,
     deletes: Sequence[tuple[str, str]],
-    upserts: Sequence[tuple[str, str, str, float | None]],
+    upserts: Sequence[tuple[str, str, str, float | None, str]],
 ) -> Statement:
     """Delete the items ``deletes`` names and write ``upserts`` (prefix, key, value as JSON,
-    TTL in minutes), in one statement; the upserts go in the order given (sorted, by the
-    caller, so that concurrent writers lock rows in the same order)."""
+    TTL in minutes, the ids of its embeddings as a JSON list), in one statement; the upserts
+    go in the order given (sorted, by the caller, so that concurrent writers lock rows in the
+    same order). Returns, per item written or deleted, the ids of its embeddings ``before``
+    and ``after`` (PostgreSQL 18's ``RETURNING old``), so that the stale ones can be deleted
+    by id."""
     statements: list[sql.SQL] = []
     params: list[Any] = []
     if deletes:
@@ -247,7 +250,8 @@ def write_sql(
             sql.SQL(
                 "DELETE FROM langgraph_store AS t USING unnest(%s::text[], %s::text[]) "
                 "AS d(prefix, key) WHERE t.tenant_id = %s AND t.store = %s "
-                "AND t.prefix = d.prefix AND t.key = d.key"
+                "AND t.prefix = d.prefix AND t.key = d.key "
+                "RETURNING t.embedding_ids AS before, NULL::text[] AS after"
             )
         )
         params += [[p for p, _ in deletes], [k for _, k in deletes], tenant, store]
@@ -255,12 +259,15 @@ def write_sql(
         statements.append(
             sql.SQL(
                 "INSERT INTO langgraph_store AS t (tenant_id, store, prefix, key, value, "
-                "ttl_minutes, expires_at) SELECT %s, %s, u.prefix, u.key, u.value, u.ttl, "
-                "now() + make_interval(secs => u.ttl * 60) FROM unnest(%s::text[], %s::text[], "
-                "%s::jsonb[], %s::float8[]) WITH ORDINALITY AS u(prefix, key, value, ttl, n) "
-                "ORDER BY u.n ON CONFLICT (tenant_id, store, prefix, key) DO UPDATE SET "
+                "ttl_minutes, expires_at, embedding_ids) SELECT %s, %s, u.prefix, u.key, "
+                "u.value, u.ttl, now() + make_interval(secs => u.ttl * 60), "
+                "ARRAY(SELECT jsonb_array_elements_text(u.ids)) FROM unnest(%s::text[], "
+                "%s::text[], %s::jsonb[], %s::float8[], %s::jsonb[]) WITH ORDINALITY "
+                "AS u(prefix, key, value, ttl, ids, n) ORDER BY u.n "
+                "ON CONFLICT (tenant_id, store, prefix, key) DO UPDATE SET "
                 "value = EXCLUDED.value, updated_at = now(), ttl_minutes = EXCLUDED.ttl_minutes, "
-                "expires_at = EXCLUDED.expires_at"
+                "expires_at = EXCLUDED.expires_at, embedding_ids = EXCLUDED.embedding_ids "
+                "RETURNING old.embedding_ids AS before, new.embedding_ids AS after"
             )
         )
         params += [
@@ -270,11 +277,17 @@ def write_sql(
             [u[1] for u in upserts],
             [u[2] for u in upserts],
             [u[3] for u in upserts],
+            [u[4] for u in upserts],
         ]
     if len(statements) == 1:
         return statements[0], params
     # Both in one round trip: the DELETE as a data-modifying CTE (their rows never overlap).
-    return sql.SQL("WITH gone AS ({}) {}").format(*statements), params
+    return (
+        sql.SQL(
+            "WITH gone AS ({}), put AS ({}) SELECT * FROM gone UNION ALL SELECT * FROM put"
+        ).format(*statements),
+        params,
+    )
 
 
 def list_sql(
@@ -342,7 +355,7 @@ def sweep_sql(tenant: str, store: str, most: int) -> Statement:
             "AND store = %s AND expires_at < now() ORDER BY prefix, key LIMIT %s "
             "FOR UPDATE SKIP LOCKED) DELETE FROM langgraph_store AS t USING doomed AS d "
             "WHERE t.tenant_id = %s AND t.store = %s AND t.prefix = d.prefix AND t.key = d.key "
-            "RETURNING t.prefix, t.key"
+            "RETURNING t.prefix, t.key, t.embedding_ids"
         ),
         [tenant, store, most, tenant, store],
     )

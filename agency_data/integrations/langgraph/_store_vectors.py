@@ -1,8 +1,10 @@
 """The LangGraph store's embeddings: one per (namespace, key, field path) in its collection.
 
 An embedding's id names its item and field (``["users.u1","k","text"]``, JSON so that no key
-can be mistaken for another; a hash when that is over the id limit); ``entity_id`` names its
-item the same way, which is how an item's embeddings are found to be replaced or deleted.
+can be mistaken for another; a hash when that is over the id limit), so writing an item again
+replaces its embeddings in place; the item's row keeps the ids it has (``embedding_ids``), so
+the ones a new value no longer has, and those of a deleted or expired item, are deleted by
+primary key. ``entity_id`` names the item the same way, for whoever reads the collection.
 Its metadata carries the namespace as a list of labels (so ``{"metadata.ns.0": "users"}``
 selects a namespace prefix), the key, the field, and a copy of the item's value, so that a
 vector search applies the caller's filter inside the collection's index scan.

@@ -71,9 +71,6 @@ from agency_data.integrations.langgraph._store_input import (
     index_settings,
     ttl_settings,
 )
-from agency_data.integrations.langgraph._store_vectors import (
-    ENTITY_TYPE,
-)
 from agency_data.manager import DataLayer
 from agency_data.models import DEFAULT_TENANT
 from agency_data.postgres.database import Database
@@ -206,7 +203,7 @@ class AgencyStore(BaseStore):
         if settings is None:
             found = view.embeddings.collection(self.name)
             try:
-                await found.count(filter={"entity_type": ENTITY_TYPE, "entity_id": ""})
+                await found.get_many([])  # no rows read: the catalog says whether it exists
             except NotFound:
                 return False
             return found
@@ -214,8 +211,7 @@ class AgencyStore(BaseStore):
             await self._create_collection(self._layer, settings)
         collection = view.embeddings.collection(self.name, embedder=settings.embedder)
         try:
-            # Cheap (the entity index answers it): does the collection exist?
-            await collection.count(filter={"entity_type": ENTITY_TYPE, "entity_id": ""})
+            await collection.get_many([])  # no rows read: the catalog says whether it exists
         except NotFound:
             raise NotFound(
                 f"the store's collection {self.name!r} does not exist yet: a tenant's view "

@@ -25,6 +25,9 @@ CREATE TABLE langgraph_store (
     ttl_minutes double precision CONSTRAINT langgraph_store_ttl_positive CHECK (ttl_minutes > 0),
     expires_at  timestamptz,
     CONSTRAINT langgraph_store_ttl_whole CHECK ((ttl_minutes IS NULL) = (expires_at IS NULL)),
+    -- The ids of the item's embeddings in the store's collection: a write or a delete returns
+    -- them, and the ones no longer wanted are deleted by primary key.
+    embedding_ids text[] NOT NULL DEFAULT '{}',
     PRIMARY KEY (tenant_id, store, prefix, key)
 );
 
