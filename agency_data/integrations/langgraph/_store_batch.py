@@ -5,7 +5,8 @@ any transaction opens. Then its gets (one statement), filter searches and namesp
 go out together in one round trip, its ranked searches go through the store's collection, and
 its puts (the last of each item wins) are written: the items' rows first, sorted, so that
 concurrent batches lock shared rows in one order and a second writer of an item waits for the
-first, then the items' old embeddings deleted and the new ones stored.
+first; then the embeddings a new value no longer has are deleted by id, and the new ones
+stored (an embedding of the same item and field is replaced in place).
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ a connection, and cancelling a call while it embeds writes nothing. Reads see th
 state before its puts, as in LangGraph's own stores. Inside ``async with dl.transaction():``
 the store's reads and writes join the caller's transaction.
 
+Concurrent single calls (``aget``, ``aput``, ``asearch``... and their sync twins from any
+thread) gather into one batch per event-loop turn (:mod:`agency_data.batching`), as LangGraph's
+async stores batch theirs; a call made while nothing else is in flight goes at once, alone.
+A gathered call that its caller stops waiting for may still be written with the others.
+
 Synchronous methods (``get``, ``put``, ... ``batch``) run the async ones on the event loop the
 DataLayer runs on (through :class:`agency_data.sync.portal.Portal`); called on that loop's own
 thread they raise :class:`UsageError` rather than wait forever, as LangGraph's async stores
