@@ -346,6 +346,22 @@ async def test_fields_decide_what_is_embedded(dl: DataLayer, store: AgencyStore)
     assert [k for *_, k in await embeddings(dl) if k == "many"] == []
 
 
+async def test_a_store_without_an_index_keeps_the_collection_in_step(
+    dl: DataLayer, store: AgencyStore
+) -> None:
+    # The same store name opened without an index config (another process, say): what it
+    # writes over or deletes loses its embeddings, rather than leaving stale ones searchable.
+    plain = AgencyStore(dl)
+    await store.aput(("p",), "over", {"text": "green tea"})
+    await store.aput(("p",), "gone", {"text": "green tea too"})
+    await store.aput(("p",), "kept", {"text": "green tea kept"})
+    await plain.aput(("p",), "over", {"text": "written without an index"})
+    await plain.adelete(("p",), "gone")
+    assert [k for *_, k in await embeddings(dl)] == ["kept"]
+    assert [h.key for h in await store.asearch(("p",), query="green tea")] == ["kept"]
+    assert (await plain.aget(("p",), "over")).value["text"].startswith("written")  # type: ignore[union-attr]
+
+
 async def test_the_collection_and_its_index_are_made_once(dl: DataLayer) -> None:
     first = AgencyStore(dl, index=index(), name="memories")
     # Written before set-up: the collection is made, searches scan it exactly.
