@@ -30,6 +30,7 @@ from bench import (
     encryption,
     heartbeats,
     langchain,
+    langgraph_store,
     observability,
     pgbouncer,
     recovery,
@@ -63,6 +64,7 @@ SCENARIOS = [
     "audit",
     "encryption",
     "sync",
+    "langgraph-store",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -153,6 +155,7 @@ async def main(args: argparse.Namespace) -> None:
                 "audit": lambda: audit.audit(b),
                 "encryption": lambda: encryption.encryption(b),
                 "sync": lambda: sync.sync(b),
+                "langgraph-store": lambda: langgraph_store.langgraph_store(b),
             }
             for name in SCENARIOS:
                 if name in chosen:

@@ -55,10 +55,11 @@ from agency_data.vectors.store import ManagedEmbeddingStore
 from tests.conftest import TEMPLATE_DB, ServerSet, make_config
 from tests.embedding_support import HashingEmbedder
 
-try:
-    from agency_data.integrations.langgraph import AgencyCheckpointSaver
-except ImportError:  # the [langgraph] extra is not installed: its surface is left out
+try:  # optional extras: probed when installed (always under CI, which installs them)
+    from agency_data.integrations.langgraph import AgencyCheckpointSaver, AgencyStore
+except ImportError:
     AgencyCheckpointSaver = None  # type: ignore[assignment, misc]
+    AgencyStore = None  # type: ignore[assignment, misc]
 
 DIM = 3
 VECTOR = [0.1, 0.2, 0.3]
@@ -592,6 +593,11 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "current": lambda p: None,
     "checkpointer.channel": lambda p: None,
     "extra_allowlist": lambda p: [("probe_module", "ProbeClass")],
+    "lg_store.namespace": lambda p: ("probe", "memories"),
+    "lg_store.namespace_prefix": lambda p: ("probe",),
+    "lg_store.key": lambda p: "k",
+    "lg_store.value": lambda p: {"text": "a memory"},
+    "lg_store.ops": lambda p: [],
 }
 
 
@@ -624,8 +630,14 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
 if AgencyCheckpointSaver is not None:
     # Built on the test's running loop, so its sync methods are refused there (UsageError).
     SURFACES["checkpointer"] = (AgencyCheckpointSaver, lambda dl: AgencyCheckpointSaver(dl))
-# Lifecycle, not input: closing the layer would end every later case.
-SKIPPED = {"dl.aclose", "dl.connect"}
+if AgencyStore is not None:
+    SURFACES["lg_store"] = (
+        AgencyStore,
+        lambda dl: AgencyStore(dl, index={"dims": DIM, "embed": HashingEmbedder(DIM)}),
+    )
+# Lifecycle, not input: closing the layer would end every later case; a sweeper started
+# would outlive its case (the store's own tests check its arguments).
+SKIPPED = {"dl.aclose", "dl.connect", "lg_store.astart_ttl_sweeper", "lg_store.start_ttl_sweeper"}
 # Calls that wait by design (for work, messages or a lock): cut short, which is fine.
 WAITING = {"claim", "consume", "subscribe", "lock", "acquire", "run_scheduler"}
 
@@ -692,15 +704,20 @@ def _call_arguments(
             if target not in {p.name for p in params}:
                 kwargs[target] = value
             continue
+        # Positional-only parameters (LangGraph's ``search(namespace_prefix, /)``) always go
+        # by place; the others too when a *args follows them.
+        by_place = param.kind is inspect.Parameter.POSITIONAL_ONLY or (
+            positional and param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        )
         if param.name == target:
             given = value
         elif param.default is not inspect.Parameter.empty:
-            if positional and param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            if by_place:
                 args.append(param.default)
             continue
         else:
             given = _baseline(probe, surface, method, param.name)
-        if positional and param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+        if by_place:
             args.append(given)
         else:
             kwargs[param.name] = given
@@ -811,7 +828,7 @@ async def test_only_typed_errors_come_out(
 
 
 # The integrations have sync methods of their own (probed with the async ones), no twin.
-NO_TWIN = {"checkpointer"}
+NO_TWIN = {"checkpointer", "lg_store"}
 
 
 def _sync_cases() -> Iterator[Any]:

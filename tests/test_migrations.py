@@ -411,6 +411,7 @@ async def test_rollback_plan_says_what_it_destroys(
     by_step = {step.key: step for step in plan.steps}
     assert list(by_step) == [
         "agency_data:0014_kv_items",
+        "agency_data:0013_langgraph_store",
         "agency_data:0012_langgraph_checkpoints",
         "agency_data:0011_string_ids",
         "agency_data:0010_audit",
@@ -421,6 +422,10 @@ async def test_rollback_plan_says_what_it_destroys(
         "agency_data:0005_task_lifecycle",
     ]
     assert by_step["agency_data:0014_kv_items"].data_loss == (DataLoss("kv_items", rows=0),)
+    # The LangGraph store's table, empty here.
+    assert by_step["agency_data:0013_langgraph_store"].data_loss == (
+        DataLoss("langgraph_store", rows=0),
+    )
     assert set(by_step["agency_data:0012_langgraph_checkpoints"].data_loss) == {
         DataLoss("langgraph_checkpoints", rows=0),
         DataLoss("langgraph_checkpoint_blobs", rows=0),
@@ -428,10 +433,10 @@ async def test_rollback_plan_says_what_it_destroys(
     }
     # Ids back to UUIDs: a column changes type, nothing is dropped.
     assert by_step["agency_data:0011_string_ids"].data_loss == ()
-    # The system trail's records: 0010, 0011, 0012 and 0014 applied, then the collection made.
+    # The system trail's records: 0010 to 0014 applied, then the collection made.
     assert set(by_step["agency_data:0010_audit"].data_loss) == {
         DataLoss("audit_heads", rows=1),
-        DataLoss("audit_log", rows=5),
+        DataLoss("audit_log", rows=6),
         DataLoss("audit_pending", rows=0),
     }
     assert set(by_step["agency_data:0009_task_queue"].data_loss) == {

@@ -19,7 +19,8 @@ DIM = 3
 @pytest.fixture
 async def two_tenants(dl: DataLayer) -> DataLayer:
     """Tenants a and b, each with an agent, two tasks (one waiting on the other), a task type
-    policy, a schedule, an embedding in two collections and a key-value item."""
+    policy, a schedule, an embedding in two collections, a key-value item, a LangGraph
+    checkpoint and a LangGraph store item."""
     await dl.embeddings.create_collection("notes", dimension=DIM)
     # Agents audited: the audit trail's tables get a record and a chain head per tenant.
     await dl.admin.fetch("SELECT agency_data_audit('agents', true)")
@@ -51,6 +52,12 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
         await scope.execute(
             "INSERT INTO langgraph_checkpoint_writes (tenant_id, thread_id, checkpoint_id, "
             "task_id, idx, channel, type, blob) VALUES (%s, 'thread', 'c1', 't', 0, 'x', 'null', '')",
+            [tenant],
+        )
+        # An item of the LangGraph store (agency_data.integrations.langgraph).
+        await scope.execute(
+            "INSERT INTO langgraph_store (tenant_id, store, prefix, key, value) "
+            "VALUES (%s, 'lg_store', 'memories', 'k', '{}')",
             [tenant],
         )
     # Each tenant's record chained now: it waits in audit_pending until then.

@@ -187,10 +187,16 @@ async def test_erasing_a_whole_tenant(
     async with DataLayer(config) as dl, DataLayer(config) as other_process:
         await plant(dl)
         await dl.tenant("acme").tasks.schedule("nightly", type="mail", every=3600)
+        # A LangGraph store's memory (agency_data.integrations.langgraph) goes too.
+        await dl.tenant("acme").execute(
+            "INSERT INTO langgraph_store (tenant_id, store, prefix, key, value) "
+            "VALUES ('acme', 'lg_store', 'memories', 'k', '{\"email\": \"bob\"}')"
+        )
         reader = other_process.tenant("acme").cache
         assert await reader.get("profile:bob") == {"email": "bob"}
         report = await dl.subjects.erase_tenant("acme")
         assert report.removed["tasks"] == 2
+        assert report.removed["langgraph_store"] == 1
         assert report.removed["data keys"] == 1
         assert report.removed["redis keys"] > 0
         assert await reader.get("profile:bob") is None  # the other process's L1 too

@@ -160,11 +160,12 @@ class SubjectRights:
         report = ErasureReport(tenant, None)
         view = self._db.for_tenant(tenant)
         tables = ["task_schedules", "task_types", "tasks", "agents"]
-        # LangGraph's checkpoints (agency_data.integrations.langgraph), used or not.
+        # LangGraph's checkpoints and store (agency_data.integrations.langgraph), used or not.
         tables += [
             "langgraph_checkpoint_writes",
             "langgraph_checkpoint_blobs",
             "langgraph_checkpoints",
+            "langgraph_store",
         ]
         tables += [(await self._catalog.load(n)).table for n in await self._catalog.names()]
         async with view.transaction():
