@@ -6,13 +6,14 @@ files: ``GRAPH_LOG`` (each node appends "pid name" as it runs) and ``GRAPH_STUCK
 node that blocks).
 
 The graph: ``greet -> think -> (search, draft) -> answer``, each node adding its name to the
-``steps`` list. Modes:
+``steps`` list, with our checkpointer and our store: ``greet`` and ``search`` remember a fact
+in the store, ``answer`` counts what the store holds for the user. Modes:
 
 - ``first``: the async API (``ainvoke``); ``draft`` blocks for ever once it started (after
   ``search``, its sibling in the same step, may have finished): the test kills the process.
-- ``resume``: the sync API (``invoke`` from the main thread, the layer on a private loop
-  through a Portal), continuing the thread from its last checkpoint; prints the final state
-  as one JSON line.
+- ``resume``: the sync front end (``agency_data.sync.DataLayer``, ``invoke`` from the main
+  thread), continuing the thread from its last checkpoint; prints the final state as one
+  JSON line.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
+from langgraph.config import get_store
 from langgraph.graph import END, START, StateGraph
 
 from agency_data import DataLayer, DataLayerConfig
-from agency_data.integrations.langgraph import AgencyCheckpointSaver
-from agency_data.sync import Portal
+from agency_data import sync as agency_sync
+from agency_data.integrations.langgraph import AgencyCheckpointSaver, AgencyStore
 
 PID = os.getpid()
 MODE = sys.argv[1]
@@ -41,8 +43,12 @@ STUCK = Path(os.environ["GRAPH_STUCK"])
 THREAD = {"configurable": {"thread_id": os.environ["GRAPH_THREAD"]}}
 
 
+MEMORIES = ("users", "ann", "memories")
+
+
 class Conversation(TypedDict):
     steps: Annotated[list[str], operator.add]
+    remembered: int
 
 
 def ran(name: str) -> dict[str, Any]:
@@ -52,6 +58,7 @@ def ran(name: str) -> dict[str, Any]:
 
 
 def greet(state: Conversation) -> dict[str, Any]:
+    get_store().put(MEMORIES, "greeting", {"text": "ann says hello"})
     return ran("greet")
 
 
@@ -60,6 +67,7 @@ def think(state: Conversation) -> dict[str, Any]:
 
 
 def search(state: Conversation) -> dict[str, Any]:
+    get_store().put(MEMORIES, "topic", {"text": "ann asks about green tea"})
     return ran("search")
 
 
@@ -71,10 +79,10 @@ def draft(state: Conversation) -> dict[str, Any]:
 
 
 def answer(state: Conversation) -> dict[str, Any]:
-    return ran("answer")
+    return {**ran("answer"), "remembered": len(get_store().search(MEMORIES, limit=10))}
 
 
-def build(saver: AgencyCheckpointSaver) -> Any:
+def build(saver: AgencyCheckpointSaver, store: AgencyStore) -> Any:
     graph = StateGraph(Conversation)
     for node in (greet, think, search, draft, answer):
         graph.add_node(node.__name__, node)  # type: ignore[call-overload]
@@ -84,7 +92,7 @@ def build(saver: AgencyCheckpointSaver) -> Any:
     graph.add_edge("think", "draft")
     graph.add_edge(["search", "draft"], "answer")
     graph.add_edge("answer", END)
-    return graph.compile(checkpointer=saver)
+    return graph.compile(checkpointer=saver, store=store)
 
 
 def config() -> DataLayerConfig:
@@ -98,24 +106,19 @@ def config() -> DataLayerConfig:
 
 async def first() -> None:
     async with asyncio.timeout(120), DataLayer(config()) as dl:
-        saver = AgencyCheckpointSaver(dl.tenant(os.environ["GRAPH_TENANT"]))
+        tenant = dl.tenant(os.environ["GRAPH_TENANT"])
+        saver, store = AgencyCheckpointSaver(tenant), AgencyStore(tenant)
         # Each step's checkpoint is stored before the next step starts.
-        await build(saver).ainvoke({"steps": []}, THREAD, durability="sync")
+        await build(saver, store).ainvoke({"steps": []}, THREAD, durability="sync")
 
 
 def resume() -> None:
-    portal = Portal.start()
-    dl = DataLayer(config())
-    try:
-        portal.call(dl.connect())
-        saver = AgencyCheckpointSaver(dl.tenant(os.environ["GRAPH_TENANT"]), portal=portal)
-        graph = build(saver)
+    with agency_sync.DataLayer(config()) as dl:
+        tenant = dl.tenant(os.environ["GRAPH_TENANT"])
+        graph = build(AgencyCheckpointSaver(tenant), AgencyStore(tenant))
         started = time.monotonic()
         state = graph.invoke(None, THREAD, durability="sync")
         print(json.dumps({"state": state, "seconds": time.monotonic() - started}), flush=True)
-    finally:
-        portal.call(dl.aclose())
-        portal.close()
 
 
 if __name__ == "__main__":

@@ -738,6 +738,8 @@ async def test_a_graph_killed_mid_run_resumes_in_a_new_process(
     assert Counter(state["steps"]) == Counter(["greet", "think", "search", "draft", "answer"])
     assert state["steps"][:2] == ["greet", "think"]
     assert state["steps"][-1] == "answer"
+    # What the killed process remembered is in the store for the resumed one to find.
+    assert state["remembered"] == 2
     # Who ran what: the new process ran only what had not finished.
     ran = [line.split() for line in log.read_text().splitlines()]
     assert [name for pid, name in ran if int(pid) == first.pid] == ["greet", "think", "search"]
