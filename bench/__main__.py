@@ -52,6 +52,7 @@ SCENARIOS = [
     "vector-ingest",
     "vector-search",
     "langchain",
+    "langgraph-store",
     "rls",
     "cache",
     "locks",
@@ -64,7 +65,6 @@ SCENARIOS = [
     "audit",
     "encryption",
     "sync",
-    "langgraph-store",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
