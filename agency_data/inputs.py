@@ -44,12 +44,14 @@ __all__ = [
     "check_tenant",
     "check_text",
     "decode_cursor",
+    "encodable",
     "encode_cursor",
     "encode_json",
     "encode_json_batch",
     "first_problem",
     "like_pattern",
     "located",
+    "utf8_size",
     "validated",
 ]
 
@@ -241,8 +243,12 @@ def check_datetime(value: Any, field: str) -> datetime:
     return value
 
 
-def check_text(value: Any, field: str, *, max_length: int = 10_000) -> str:
-    """``value`` if it is a string of at most ``max_length`` characters, without NUL."""
+def check_text(
+    value: Any, field: str, *, max_length: int = 10_000, max_bytes: int | None = None
+) -> str:
+    """``value`` if it is a string of at most ``max_length`` characters (and ``max_bytes``
+    bytes of UTF-8, for text that goes into an index entry), without NUL or unpaired
+    surrogates (which no encoding carries)."""
     if not isinstance(value, str):
         raise ValidationError(f"{field} must be a string, not {brief(value)}", field=field)
     if len(value) > max_length:
@@ -253,7 +259,37 @@ def check_text(value: Any, field: str, *, max_length: int = 10_000) -> str:
         raise ValidationError(
             f"{field} contains a NUL character, which PostgreSQL cannot store", field=field
         )
+    if not value.isascii():
+        size = utf8_size(value, field)
+        if max_bytes is not None and size > max_bytes:
+            raise ValidationError(
+                f"{field} is {size} bytes long in UTF-8; the limit is {max_bytes}", field=field
+            )
     return value
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` can be encoded (holds no unpaired surrogates); ASCII at once."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def utf8_size(value: str, field: str) -> int:
+    """How many bytes ``value`` takes in UTF-8; a :class:`ValidationError` when it holds
+    unpaired surrogates (what a broken decode leaves), which no encoding can carry."""
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{field} holds unpaired surrogates (such as {brief(value[:20])}), which cannot be "
+            "stored or sent: decode the text it came from with errors='replace'",
+            field=field,
+        ) from None
 
 
 def check_mapping(value: Any, field: str) -> dict[str, Any]:

@@ -582,13 +582,13 @@ class Cache(Wrapper):
 
     def set(self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()) -> None:
         """Cache ``value`` for ``ttl`` seconds (default ``cache.default_ttl``), labelled ``tags``."""
-        return self._portal.call(self._aio.set(key, value, ttl, tags))
+        return self._portal.call(self._aio.set(key, value, ttl, self._portal.feed(tags)))
 
     def set_many(
         self, items: Mapping[str, Any], ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Cache several values in one Redis round trip."""
-        return self._portal.call(self._aio.set_many(items, ttl, tags))
+        return self._portal.call(self._aio.set_many(items, ttl, self._portal.feed(tags)))
 
     def delete(self, *keys: str) -> None:
         """Remove ``keys`` everywhere (retried when Redis returns, if it is down now)."""
@@ -606,7 +606,11 @@ class Cache(Wrapper):
         """The cached value, or ``loader()``'s result, cached; concurrent misses load once."""
         return self._portal.call(
             self._aio.get_or_set(
-                key, self._portal.callback(loader), ttl, tags, across_processes=across_processes
+                key,
+                self._portal.callback(loader),
+                ttl,
+                self._portal.feed(tags),
+                across_processes=across_processes,
             )
         )
 
@@ -1288,7 +1292,9 @@ class AgentStore(Wrapper):
         self, agent_ids: Iterable[UUID | str], *, consistent: bool = False
     ) -> builtins.list[Agent]:
         """The agents that exist among ``agent_ids`` (one round trip), in no particular order."""
-        return self._portal.call(self._aio.get_many(agent_ids, consistent=consistent))
+        return self._portal.call(
+            self._aio.get_many(self._portal.feed(agent_ids), consistent=consistent)
+        )
 
     def update(
         self,
@@ -1846,7 +1852,9 @@ class QueueOps(Wrapper):
         limit: int = 1000,
     ) -> builtins.list[Task]:
         """Send dead tasks (these ids, these types, or all) back to the queue, oldest first."""
-        return self._portal.call(self._aio.requeue_dead(task_ids, type=type, limit=limit))
+        return self._portal.call(
+            self._aio.requeue_dead(self._portal.feed(task_ids), type=type, limit=limit)
+        )
 
     def sweep(self) -> dict[str, int]:
         """Rescue tasks whose lease ran out now: how many went back to pending, how many died."""
@@ -1968,7 +1976,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
                 max_attempts=max_attempts,
                 key=key,
                 on_conflict=on_conflict,
-                depends_on=depends_on,
+                depends_on=self._portal.feed(depends_on),
             )
         )
 
@@ -1976,7 +1984,9 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         self, items: Iterable[Mapping[str, Any]], *, on_conflict: OnConflict = "return"
     ) -> builtins.list[Task]:
         """Queue many tasks at once, all or none; returned in the order given."""
-        return self._portal.call(self._aio.create_many(items, on_conflict=on_conflict))
+        return self._portal.call(
+            self._aio.create_many(self._portal.feed(items), on_conflict=on_conflict)
+        )
 
     def worker(
         self,
@@ -2011,7 +2021,9 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
         self, task_ids: Iterable[UUID | str], *, consistent: bool = False
     ) -> builtins.list[Task]:
         """The tasks that exist among ``task_ids`` (one round trip), in no particular order."""
-        return self._portal.call(self._aio.get_many(task_ids, consistent=consistent))
+        return self._portal.call(
+            self._aio.get_many(self._portal.feed(task_ids), consistent=consistent)
+        )
 
     def dependencies(self, task_id: UUID | str) -> builtins.list[UUID]:
         """The ids of the tasks ``task_id`` depends on (sorted)."""
@@ -2186,7 +2198,7 @@ class Collection(Wrapper):
 
     def store_many(self, items: Iterable[Embedding | Mapping[str, Any]]) -> builtins.list[str]:
         """Store embeddings in one transaction, all or none; return their ids in order."""
-        return self._portal.call(self._aio.store_many(items))
+        return self._portal.call(self._aio.store_many(self._portal.feed(items)))
 
     def store_texts(
         self,
@@ -2201,7 +2213,11 @@ class Collection(Wrapper):
         one transaction, all or none; return their ids in order."""
         return self._portal.call(
             self._aio.store_texts(
-                texts, metadatas, ids, entity_type=entity_type, entity_ids=entity_ids
+                self._portal.feed(texts),
+                self._portal.feed(metadatas),
+                self._portal.feed(ids),
+                entity_type=entity_type,
+                entity_ids=self._portal.feed(entity_ids),
             )
         )
 
@@ -2213,7 +2229,9 @@ class Collection(Wrapper):
         batch_size: int = 1000,
     ) -> int:
         """Store an unbounded stream in batches of ``batch_size``; return how many were stored."""
-        return self._portal.call(self._aio.stream_store(items, batch_size=batch_size))
+        return self._portal.call(
+            self._aio.stream_store(self._portal.feed_stream(items), batch_size=batch_size)
+        )
 
     def get(self, embedding_id: str | uuid.UUID, *, consistent: bool = False) -> Embedding:
         """The embedding with ``embedding_id``; :class:`NotFound` if this tenant has none."""
@@ -2223,7 +2241,9 @@ class Collection(Wrapper):
         self, embedding_ids: Iterable[str | uuid.UUID], *, consistent: bool = False
     ) -> builtins.list[Embedding]:
         """The embeddings that exist among ``embedding_ids``, in no particular order."""
-        return self._portal.call(self._aio.get_many(embedding_ids, consistent=consistent))
+        return self._portal.call(
+            self._aio.get_many(self._portal.feed(embedding_ids), consistent=consistent)
+        )
 
     def count(self, filter: Mapping[str, Any] | None = None, *, consistent: bool = False) -> int:
         """How many of this tenant's embeddings match ``filter`` (all, without one)."""
@@ -2237,7 +2257,7 @@ class Collection(Wrapper):
     ) -> int:
         """Delete by ids, or every embedding matching ``filter``; return how many went (ids
         this tenant does not have are skipped)."""
-        return self._portal.call(self._aio.delete(ids, filter=filter))
+        return self._portal.call(self._aio.delete(self._portal.feed(ids), filter=filter))
 
     def update_metadata(
         self, embedding_id: str | uuid.UUID, metadata: dict[str, Any], *, merge: bool = True
@@ -2285,7 +2305,7 @@ class Collection(Wrapper):
         """The recall of this collection's index for ``queries``: the share of each query's
         true ``limit`` nearest neighbours that the index search returns, averaged."""
         return self._portal.call(
-            self._aio.measure_recall(queries, ef_search=ef_search, probes=probes)
+            self._aio.measure_recall(self._portal.feed(queries), ef_search=ef_search, probes=probes)
         )
 
     def batch_search(
@@ -2302,7 +2322,7 @@ class Collection(Wrapper):
         """Run many searches in one round trip (a pipeline); one result list per query."""
         return self._portal.call(
             self._aio.batch_search(
-                queries,
+                self._portal.feed(queries),
                 include_vectors=include_vectors,
                 ef_search=ef_search,
                 probes=probes,

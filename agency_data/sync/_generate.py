@@ -14,6 +14,8 @@ written and docstrings' first paragraphs too:
 * ``@asynccontextmanager`` (and ``__aenter__``/``__aexit__``) -> a sync context manager
   whose block runs its calls in the block's context (see :mod:`agency_data.sync.portal`);
 * a member giving another wrapped class -> its twin; ``aclose`` -> ``close``;
+* a parameter taking an iterable -> read in the caller's thread when it is a generator (or
+  any iterable that runs the caller's code), whole or, for a stream, a chunk at a time;
 * a parameter taking a function the layer awaits (:data:`CALLBACKS`) -> a plain function,
   run in the caller's thread;
 * other plain methods run on the loop's thread (the async objects' state is the loop's);
@@ -680,6 +682,12 @@ def _arguments(
             sync_annotation, handed = CALLBACKS[written]
             arg.annotation = ctx.rename(ast.parse(sync_annotation, mode="eval").body)
             return handed.format(arg=name)
+        if "Iterable[" in written:
+            # A caller's generator runs its own code as it is read: read in the caller's
+            # thread (whole, or a chunk at a time for a stream), never on the loop's.
+            arg.annotation = ctx.rename(arg.annotation)
+            feed = "feed_stream" if "AsyncIterable[" in written else "feed"
+            return f"self._portal.{feed}({name})"
         if written not in PASSED_AS_IS and _mentions_callable(arg.annotation, ctx.twin.source):
             raise GenerationError(
                 f"{ctx.twin.name}.{node.name}: parameter {name} takes a function "

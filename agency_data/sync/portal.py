@@ -25,14 +25,23 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import itertools
 import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+)
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
 from agency_data._tasks import cancel_and_wait
 from agency_data.errors import UsageError, ValidationError
@@ -50,6 +59,10 @@ _CALLER: contextvars.ContextVar[_Waiter | None] = contextvars.ContextVar(
 )
 # How long a closing portal lets the loop's remaining tasks wind down.
 _CLOSE_GRACE = 10.0
+# Iterables the layer may read on the loop's thread: reading them runs no caller's code.
+_HANDED_ON = (list, tuple, set, frozenset, dict, str, bytes, bytearray, range)
+# Items read from a caller's stream per hop to its thread.
+_FEED_CHUNK = 1024
 
 
 class Portal:
@@ -69,8 +82,12 @@ class Portal:
         # Set when the portal owns the loop's thread (and so stops it at close).
         self._thread = thread
         self._closed = False
-        # Each thread's stack of the contexts its open blocks run their calls in.
-        self._blocks = threading.local()
+        # The stack of the contexts the open blocks run their calls in: a context variable, so
+        # that threads a framework starts in a copy of the caller's context (LangGraph's and
+        # LangChain's executors) make their calls inside the caller's blocks too.
+        self._blocks: contextvars.ContextVar[tuple[contextvars.Context, ...]] = (
+            contextvars.ContextVar(f"agency_data_portal_blocks_{id(self)}", default=())
+        )
         # Calls not yet answered, failed with UsageError if the loop stops under them.
         self._waiting: set[_Waiter] = set()
         # Set in a child process after os.fork(): the loop's thread did not come along.
@@ -148,6 +165,9 @@ class Portal:
         if self._closed or asyncio._get_running_loop() is self.loop:
             coro.close()
             self._refuse()
+        if not self.loop.is_running():
+            coro.close()
+            self._refuse_stopped()
         if context is not None and not isinstance(context, contextvars.Context):
             coro.close()
             raise ValidationError(
@@ -176,7 +196,46 @@ class Portal:
         if self._closed:
             coro.close()
             self._refuse()
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        if not self.loop.is_running():
+            coro.close()
+            self._refuse_stopped()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # closed between the check and the call
+            coro.close()
+            self._refuse_stopped()
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and (task is None or not task.cancelling()):
+                # Not our caller's cancellation: the portal closed under the call.
+                raise UsageError(
+                    "this synchronous front end was closed while the call waited"
+                ) from None
+            raise
+
+    def feed(self, items: Any) -> Any:
+        """``items`` for the layer to iterate on the loop, read in the calling thread.
+
+        Collections (lists, tuples, sets, dicts...) and async iterables are handed on as they
+        are. Other iterables run the caller's code as they go (a generator that reads with
+        the sync API, say), which must not run on the loop's thread: they are read here,
+        whole (:meth:`feed_stream` reads a stream a chunk at a time instead).
+        """
+        if isinstance(items, _HANDED_ON) or not isinstance(items, Iterable):
+            return items
+        if isinstance(items, AsyncIterable):
+            return items
+        return list(items)
+
+    def feed_stream(self, items: Any) -> Any:
+        """As :meth:`feed`, for an unbounded stream: an async iterator reading ``items`` in the
+        thread waiting on the call, ``_FEED_CHUNK`` items at a time."""
+        if isinstance(items, (*_HANDED_ON, AsyncIterable)) or not isinstance(items, Iterable):
+            return items
+        iterator = iter(items)
+        return _pulled(self.callback(lambda: list(itertools.islice(iterator, _FEED_CHUNK))))
 
     def run_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call the plain function ``fn`` on the loop's thread (where the async layer's state
@@ -232,13 +291,12 @@ class Portal:
         """Enter ``manager`` on the loop and open a block on the calling thread: its calls run
         in the block's context until :meth:`aexit`. (``enter`` is the ``with`` form.)"""
         _check_async_manager(manager)
-        stack = self._stack()
-        context = stack[-1] if stack else contextvars.copy_context()
-        stack.append(context)
+        context = self._block() or contextvars.copy_context()
+        self._push(context)
         try:
             return self.call(manager.__aenter__(), context)
         except BaseException:
-            stack.pop()
+            self._pop()
             raise
 
     def aexit(
@@ -250,8 +308,7 @@ class Portal:
     ) -> bool:
         """Exit ``manager`` (entered by :meth:`aenter`) on the loop and close the block; True
         when the manager swallowed the exception."""
-        stack = self._stack()
-        context = stack[-1] if stack else None
+        context = self._block()
         try:
             if exc is not None and not isinstance(exc, Exception):
                 # An interrupt (KeyboardInterrupt, SystemExit) must not be raised inside the
@@ -265,8 +322,7 @@ class Portal:
                 return False  # the interrupt goes on up
             raise
         finally:
-            if stack:
-                stack.pop()
+            self._pop()
 
     def using(self, manager: AbstractContextManager[T]) -> AbstractContextManager[T]:
         """A sync context manager that sets context variables (``dl.as_actor(...)``), entered
@@ -342,16 +398,24 @@ class Portal:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _stack(self) -> list[contextvars.Context]:
-        try:
-            stack: list[contextvars.Context] = self._blocks.stack
-        except AttributeError:
-            stack = self._blocks.stack = []
-        return stack
+    def _push(self, context: contextvars.Context) -> None:
+        self._blocks.set((*self._blocks.get(), context))
+
+    def _pop(self) -> None:
+        stack = self._blocks.get()
+        if stack:
+            self._blocks.set(stack[:-1])
 
     def _block(self) -> contextvars.Context | None:
-        stack = getattr(self._blocks, "stack", None)
+        stack = self._blocks.get()
         return stack[-1] if stack else None
+
+    def _refuse_stopped(self) -> NoReturn:
+        raise UsageError(
+            "the event loop behind this synchronous front end is not running (closed, or run "
+            "only while run_until_complete lasted): the call would wait forever; make the "
+            "integration or front end where its loop runs"
+        )
 
     def _refuse(self) -> None:
         if self._forked:
@@ -501,12 +565,11 @@ class _Waiter:
 
     def _serve(self) -> None:
         loop = self._portal.loop
-        stack = self._portal._stack()
         while self._callbacks:
             fn, args, context, future = self._callbacks.popleft()
             if future.done():
                 continue  # cancelled meanwhile (the call that needed it was)
-            stack.append(context)
+            self._portal._push(context)
             try:
                 result = fn(*args)
             except Exception as exc:  # noqa: BLE001 - handed to the layer, which raises it
@@ -518,7 +581,7 @@ class _Waiter:
             else:
                 loop.call_soon_threadsafe(_resolve, future, result, None)
             finally:
-                stack.pop()
+                self._portal._pop()
 
     def _interrupted(self) -> None:
         """The caller stopped waiting (Ctrl-C, SystemExit): cancel the call, and wait until it
@@ -624,6 +687,15 @@ def _check_async_manager(manager: Any) -> None:
 
 def _wrapped(value: Any, wrap: Callable[[Any, Portal], Any] | None, portal: Portal) -> Any:
     return value if wrap is None else wrap(value, portal)
+
+
+async def _pulled(pull: Callable[[], Awaitable[list[Any]]]) -> AsyncIterator[Any]:
+    while True:
+        chunk = await pull()
+        if not chunk:
+            return
+        for item in chunk:
+            yield item
 
 
 async def _next(items: AsyncIterator[T]) -> T:

@@ -186,7 +186,8 @@ def insert_sql(table: str, storage: str, upsert: bool) -> sql.SQL:
 
     Parameters: the tenant, then ids, entity types, entity ids, vectors, metadata and content,
     one array each. With ``upsert``, a row replaces the tenant's row of the same id (ids are
-    unique per tenant: another tenant's row of that id is another row).
+    unique per tenant: another tenant's row of that id is another row). A batch larger than
+    a slice is locked slice by slice, each in id order.
     """
     # One INSERT per slice rather than COPY: PostgreSQL refuses COPY FROM into a table under
     # row-level security, and the tenant policy checks the inserted rows one by one.
@@ -196,6 +197,9 @@ def insert_sql(table: str, storage: str, upsert: bool) -> sql.SQL:
         "FROM unnest(%b::text[], %b::text[], %b::text[], %b::{vectors}[], %b::jsonb[], %b::text[]) "
         "AS item(id, entity_type, entity_id, vector, metadata, content)"
         + (
+            # In id order: two upserts of the same ids lock their rows in the same order
+            # (in the callers' orders they could each wait for the other).
+            ' ORDER BY item.id COLLATE "C"'
             " ON CONFLICT (tenant_id, id) DO UPDATE SET entity_type = excluded.entity_type, "
             "entity_id = excluded.entity_id, vector = excluded.vector, "
             "metadata = excluded.metadata, content = excluded.content"

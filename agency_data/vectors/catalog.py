@@ -204,6 +204,8 @@ class Catalog:
             await self._admin.execute("DELETE FROM embedding_collections WHERE name = %s", [name])
             await self._admin.notes.action(self._admin, "collection.drop", "collection", name)
         self._cache.pop(name, None)
+        # A collection made again under this name starts without the dropped one's embedder.
+        self.embedders.pop(name, None)
 
     async def set_index(
         self, spec: CollectionSpec, kind: str | None, quantization: str, options: dict[str, Any]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
@@ -35,6 +36,23 @@ __all__ = ["Embedder"]
 
 _Batch = Callable[[list[str]], Awaitable[Any]]
 _TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# HTTP clients' own timeouts and connection failures (httpx, requests, aiohttp, openai and
+# the clients built on them), known by name so that none of them is imported here.
+_TRANSIENT_NAMES = {
+    "TimeoutException",
+    "ConnectError",
+    "ReadError",
+    "RemoteProtocolError",
+    "Timeout",
+    "ConnectionError",
+    "ClientConnectionError",
+    "ServerTimeoutError",
+    "APITimeoutError",
+    "APIConnectionError",
+    "RateLimitError",
+    "InternalServerError",
+    "ServiceUnavailableError",
+}
 
 
 class Embedder:
@@ -69,6 +87,9 @@ class Embedder:
         self.retry_on = retry_on
         self.source = source
         self._documents, self._query = _methods(source)
+        self._bounds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
         self.name = _name(source)
 
     @classmethod
@@ -81,7 +102,7 @@ class Embedder:
         if not texts:
             return np.empty((0, dimension), dtype=np.float32)
         size = self.batch_size
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = self._slots()
 
         async def batch(start: int) -> npt.NDArray[np.float32]:
             async with slots:
@@ -100,6 +121,15 @@ class Embedder:
             raise
         matrix: npt.NDArray[np.float32] = np.concatenate(parts)
         return matrix
+
+    def _slots(self) -> asyncio.Semaphore:
+        # One bound for all of this embedder's calls on a loop, not one per call: concurrent
+        # store_texts share the ``concurrency`` batches in flight.
+        loop = asyncio.get_running_loop()
+        slots = self._bounds.get(loop)
+        if slots is None:
+            slots = self._bounds[loop] = asyncio.Semaphore(self.concurrency)
+        return slots
 
     async def query(self, text: str, dimension: int) -> npt.NDArray[np.float32]:
         """The vector of a search query (some models embed queries differently)."""
@@ -126,14 +156,24 @@ class Embedder:
                     f" {type(exc).__name__}: {exc}"
                 ) from exc
 
-    def _transient(self, exc: Exception) -> bool:
-        if isinstance(exc, self.retry_on):
-            return True
-        # HTTP clients' errors (httpx, requests, openai) carry the response's status.
-        status = getattr(exc, "status_code", None) or getattr(
-            getattr(exc, "response", None), "status_code", None
-        )
-        return status in _TRANSIENT_STATUS
+    def _transient(self, exc: BaseException) -> bool:
+        # The error, or what caused it (a wrapper's __cause__), a few levels down.
+        seen: BaseException | None = exc
+        for _ in range(4):
+            if seen is None:
+                return False
+            if isinstance(seen, self.retry_on) or any(
+                kind.__name__ in _TRANSIENT_NAMES for kind in type(seen).__mro__
+            ):
+                return True
+            # HTTP clients' errors (httpx, requests, openai) carry the response's status.
+            status = getattr(seen, "status_code", None) or getattr(
+                getattr(seen, "response", None), "status_code", None
+            )
+            if status in _TRANSIENT_STATUS:
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return False
 
 
 def _methods(source: Any) -> tuple[_Batch, _Batch]:

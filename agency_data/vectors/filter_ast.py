@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeAlias
 from uuid import UUID
 
 from agency_data.errors import ValidationError
+from agency_data.inputs import encodable
 
 __all__ = [
     "ARRAY_INDEX",
@@ -154,9 +155,11 @@ class _Parser:
             raise _fail(where, f"the filter holds more than {MAX_VALUES} values in all; use fewer")
 
     def text(self, value: str, where: str) -> None:
-        if len(value) > MAX_STRING or "\x00" in value:
+        if len(value) > MAX_STRING or "\x00" in value or not encodable(value):
             raise _fail(
-                where, f"strings in filters are at most {MAX_STRING} characters, without NUL"
+                where,
+                f"strings in filters are at most {MAX_STRING} characters, without NUL or "
+                "unpaired surrogates",
             )
         self.chars += len(value)
         if self.chars > MAX_CHARS:
@@ -309,8 +312,8 @@ def _deeper(depth: int, where: str) -> None:
 
 
 def _field(key: str, where: str) -> Field:
-    if not _KEY.match(key):
-        raise _fail(where, "field names are 1-256 characters without NUL")
+    if not _KEY.match(key) or not encodable(key):
+        raise _fail(where, "field names are 1-256 characters without NUL or unpaired surrogates")
     if key in COLUMNS:
         return Field(column=key)
     path = key.removeprefix("metadata.") if key.startswith("metadata.") else key

@@ -149,8 +149,11 @@ def _column(node: Comparison, params: list[Any]) -> sql.Composable:
         return sql.SQL("COALESCE({} = %s, false)").format(ident)
     if op == "$contains":
         return sql.SQL("COALESCE(strpos({}, %s) > 0, false)").format(ident)
-    if op in ("$like", "$ilike"):
-        like: LiteralString = "LIKE" if op == "$like" else "ILIKE"
-        return sql.SQL("COALESCE({} " + like + " %s, false)").format(ident)
+    if op == "$like":
+        return sql.SQL("COALESCE({} LIKE %s, false)").format(ident)
+    if op == "$ilike":
+        # Case folded by the database's collation: ids are compared bytewise (COLLATE "C"),
+        # under which ILIKE would fold ASCII letters only.
+        return sql.SQL('COALESCE({} COLLATE "default" ILIKE %s, false)').format(ident)
     collate: LiteralString = ' COLLATE "C"' if kind == "text" else ""
     return sql.SQL("COALESCE({}" + collate + " " + _ORDER_SQL[op] + " %s, false)").format(ident)

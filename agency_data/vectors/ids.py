@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from agency_data.errors import ValidationError
-from agency_data.inputs import as_items, brief
+from agency_data.inputs import as_items, brief, encodable
 
 __all__ = ["MAX_ID_LENGTH", "lookup_id", "lookup_ids", "stored_id"]
 
@@ -26,7 +26,7 @@ MAX_ID_LENGTH = 512
 def stored_id(value: Any, field: str) -> str:
     """``value`` as an id to store under, or a :class:`ValidationError` saying why not."""
     text = _text(value, field)
-    if 0 < len(text) <= MAX_ID_LENGTH and "\x00" not in text and _encodable(text):
+    if 0 < len(text) <= MAX_ID_LENGTH and "\x00" not in text and encodable(text):
         return text
     if not text:
         problem = "is empty"
@@ -42,7 +42,7 @@ def stored_id(value: Any, field: str) -> str:
 def lookup_id(value: Any, field: str) -> str | None:
     """``value`` as an id to look up; None when no stored id can be it."""
     text = _text(value, field)
-    if 0 < len(text) <= MAX_ID_LENGTH and "\x00" not in text and _encodable(text):
+    if 0 < len(text) <= MAX_ID_LENGTH and "\x00" not in text and encodable(text):
         return text
     return None
 
@@ -69,14 +69,3 @@ def _text(value: Any, field: str) -> str:
         f"not {type(value).__name__}",
         field=field,
     )
-
-
-def _encodable(text: str) -> bool:
-    # Unpaired surrogates cannot reach PostgreSQL; ASCII (nearly every id) is checked at once.
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -29,7 +29,8 @@ from agency_data.sync.portal import Portal
 
 __all__ = ["AgencyByteStore"]
 
-MAX_KEY_LENGTH = 1024
+# In bytes of UTF-8: with the tenant and namespace, a key fits the primary key's index entry.
+MAX_KEY_BYTES = 1024
 _PAGE = 1000
 _GET = (
     "SELECT key, value FROM kv_items WHERE tenant_id = agency_data_current_tenant() "
@@ -62,7 +63,7 @@ class AgencyByteStore(ByteStore):
             layer, QueryMethods, "layer", portal, what="DataLayer or tenant view"
         )
         self._db: Database = database_of(scope)
-        self.namespace = check_text(namespace, "namespace", max_length=200)
+        self.namespace = check_text(namespace, "namespace", max_length=200, max_bytes=200)
         if not namespace:
             raise ValidationError("namespace must not be empty", field="namespace")
 
@@ -130,7 +131,10 @@ class AgencyByteStore(ByteStore):
                 )
             latest[key] = bytes(value)
         if latest:
-            await self._db.execute(_SET, [self.namespace, list(latest), list(latest.values())])
+            # In key order: two writers of the same keys lock their rows in the same order
+            # (given in different orders, they could each wait for the other).
+            keys = sorted(latest)
+            await self._db.execute(_SET, [self.namespace, keys, [latest[k] for k in keys]])
 
     async def _delete(self, keys: Sequence[str]) -> None:
         doomed = _keys(keys, "keys")
@@ -149,7 +153,7 @@ class AgencyByteStore(ByteStore):
 
     async def _page(self, prefix: str | None, after: str) -> list[str]:
         if prefix is not None:
-            check_text(prefix, "prefix", max_length=MAX_KEY_LENGTH)
+            check_text(prefix, "prefix", max_length=MAX_KEY_BYTES, max_bytes=MAX_KEY_BYTES)
         pattern = _escaped(prefix or "") + "%"
         rows = await self._db.fetch(_KEYS, [self.namespace, pattern, after, _PAGE])
         return [row["key"] for row in rows]
@@ -160,7 +164,7 @@ def _keys(keys: Any, field: str) -> list[str]:
 
 
 def _key(key: Any, field: str) -> str:
-    check_text(key, field, max_length=MAX_KEY_LENGTH)
+    check_text(key, field, max_length=MAX_KEY_BYTES, max_bytes=MAX_KEY_BYTES)
     if not key:
         raise ValidationError(f"{field} must not be empty", field=field)
     return str(key)

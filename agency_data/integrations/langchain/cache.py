@@ -23,14 +23,18 @@ import orjson
 from langchain_core._api import LangChainBetaWarning
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.load import dumpd, load
+from langchain_core.outputs import Generation
 
 from agency_data.cache.store import Cache
 from agency_data.errors import ValidationError
-from agency_data.inputs import brief, check_seconds
+from agency_data.inputs import as_items, brief, check_seconds, utf8_size
 from agency_data.integrations.bridge import reach
 from agency_data.sync.portal import Portal
 
 __all__ = ["AgencyLLMCache"]
+
+# What langchain_core.load.dumpd writes for a value it cannot serialize.
+_NOT_SERIALIZABLE = b'"type":"not_implemented"'
 
 
 class AgencyLLMCache(BaseCache):
@@ -75,20 +79,41 @@ class AgencyLLMCache(BaseCache):
         await self._portal.acall(self._clear())
 
     async def _lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        stored = await self._cache.get(_key(prompt, llm_string))
+        key = _key(prompt, llm_string)
+        stored = await self._cache.get(key)
         if stored is None:
             return None
-        with warnings.catch_warnings():
-            # load is marked beta in langchain-core; its "core" allow-list is what we rely on.
-            warnings.simplefilter("ignore", LangChainBetaWarning)
-            generations: RETURN_VAL_TYPE = [load(g, allowed_objects="core") for g in stored]
-        return generations
+        try:
+            with warnings.catch_warnings():
+                # load is beta in langchain-core; its "core" allow-list is what we rely on.
+                warnings.simplefilter("ignore", LangChainBetaWarning)
+                generations = [load(g, allowed_objects="core") for g in stored]
+            if all(isinstance(g, Generation) for g in generations):
+                return generations
+        except Exception:  # noqa: BLE001 - an entry LangChain cannot read back is a miss
+            pass
+        # Written by another version, or by hand: the model is asked again, and it replaces it.
+        await self._cache.delete(key)
+        return None
 
     async def _update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         key = _key(prompt, llm_string)
+        items = as_items(return_val, "return_val")
+        for n, generation in enumerate(items):
+            if not isinstance(generation, Generation):
+                raise ValidationError(
+                    f"return_val[{n}] must be a LangChain Generation, not {brief(generation)}",
+                    field=f"return_val[{n}]",
+                )
+        dumped = [dumpd(g) for g in items]
+        if _NOT_SERIALIZABLE in orjson.dumps(dumped):
+            raise ValidationError(
+                "return_val holds values LangChain cannot serialize (it would write a "
+                "placeholder that cannot be read back): keep generation_info to JSON values",
+                field="return_val",
+            )
         # LangChain's JSON form, as plain JSON values (what the cache's codec stores).
-        value = orjson.loads(orjson.dumps([dumpd(g) for g in return_val]))
-        await self._cache.set(key, value, ttl=self._ttl)
+        await self._cache.set(key, orjson.loads(orjson.dumps(dumped)), ttl=self._ttl)
 
     async def _clear(self) -> None:
         await self._cache.clear()
@@ -98,5 +123,6 @@ def _key(prompt: str, llm_string: str) -> str:
     for value, field in ((prompt, "prompt"), (llm_string, "llm_string")):
         if not isinstance(value, str):
             raise ValidationError(f"{field} must be a string, not {brief(value)}", field=field)
+        utf8_size(value, field)  # unpaired surrogates: no digest can be taken
     digest = hashlib.sha256(orjson.dumps([prompt, llm_string])).hexdigest()
     return f"llm:{digest}"

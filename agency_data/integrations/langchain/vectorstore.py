@@ -393,15 +393,20 @@ def _distance(hit: SimilarityResult, metric: str, dimension: int) -> float:
 
 
 def _relevance(hit: SimilarityResult, metric: str, dimension: int) -> float:
-    # From 0 (unrelated) to 1 (the same), as LangChain's relevance functions define it.
+    # From 0 (unrelated) to 1 (the same), falling as the distance grows: LangChain's own
+    # functions for cosine and euclidean (of unit vectors), held within [0, 1] (theirs go
+    # below 0 for vectors pointing away, which LangChain warns about on every search); for
+    # inner product the similarity itself, held there too (LangChain's rises again below 0).
     distance = hit.distance
     if metric == "cosine":
-        return 1.0 - distance
-    if metric == "euclidean":
-        return 1.0 - distance / math.sqrt(2)
-    if metric == "inner_product":
-        return 1.0 - distance if distance > 0 else -distance
-    return 1.0 / (1.0 + distance)
+        score = 1.0 - distance
+    elif metric == "euclidean":
+        score = 1.0 - distance / math.sqrt(2)
+    elif metric == "inner_product":
+        score = -distance  # pgvector's <#> is the negative inner product
+    else:
+        score = 1.0 / (1.0 + distance)
+    return min(1.0, max(0.0, score))
 
 
 def _no_options(options: dict[str, Any], where: str, allowed: set[str]) -> None:

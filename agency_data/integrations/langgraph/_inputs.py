@@ -38,7 +38,8 @@ __all__ = [
     "writes",
 ]
 
-# Longest ids accepted: together they fit a primary key's index entry (about 2,700 bytes).
+# Longest ids accepted, in bytes of UTF-8 (a character may take four): together they fit a
+# primary key's index entry (about 2,700 bytes).
 MAX_THREAD = 512
 MAX_NS = 1024
 MAX_ID = 256
@@ -73,7 +74,9 @@ def _parts(config: Any, field: str) -> tuple[str, str | None, str | None]:
     thread = thread_id(configurable["thread_id"], f"{field}.configurable.thread_id")
     ns = configurable.get("checkpoint_ns")
     if ns is not None:
-        ns = check_text(ns, f"{field}.configurable.checkpoint_ns", max_length=MAX_NS)
+        ns = check_text(
+            ns, f"{field}.configurable.checkpoint_ns", max_length=MAX_NS, max_bytes=MAX_NS
+        )
     checkpoint_id = configurable.get("checkpoint_id")
     if checkpoint_id is None or checkpoint_id == "":
         return thread, ns, None
@@ -94,8 +97,8 @@ def run_id(value: Any, field: str) -> str:
 
 
 def text(value: Any, field: str, most: int) -> str:
-    """``value`` if it is a non-empty string of at most ``most`` characters, without NUL."""
-    checked = check_text(value, field, max_length=most)
+    """``value`` if it is a non-empty string of at most ``most`` bytes of UTF-8, without NUL."""
+    checked = check_text(value, field, max_length=most, max_bytes=most)
     if not checked:
         raise ValidationError(f"{field} is empty", field=field)
     return checked

@@ -1,0 +1,88 @@
+"""Text embedders at their edges: the transient errors of the HTTP clients most embedders use
+are retried, the concurrency bound holds per embedder (across concurrent calls), and a dropped
+collection's embedder goes with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from agency_data import DataLayer, Embedder
+from agency_data.errors import ValidationError
+from tests.embedding_support import embed_texts
+
+httpx = pytest.importorskip("httpx")
+requests = pytest.importorskip("requests")
+
+TRANSIENT: dict[str, Callable[[], Exception]] = {
+    "httpx.ReadTimeout": lambda: httpx.ReadTimeout("timed out"),
+    "httpx.ConnectError": lambda: httpx.ConnectError("connection refused"),
+    "requests.Timeout": lambda: requests.Timeout("read timed out"),
+    "requests.ConnectionError": lambda: requests.ConnectionError("connection refused"),
+}
+
+
+@pytest.mark.parametrize("kind", list(TRANSIENT))
+async def test_http_clients_timeouts_and_refused_connections_are_retried(
+    dl: DataLayer, kind: str
+) -> None:
+    attempts: list[int] = []
+
+    def flaky(texts: list[str]) -> list[list[float]]:
+        attempts.append(len(texts))
+        if len(attempts) == 1:
+            raise TRANSIENT[kind]()
+        return embed_texts(texts, 8)
+
+    await dl.embeddings.create_collection("docs", dimension=8)
+    docs = dl.embeddings.collection("docs", embedder=flaky)
+    (stored,) = await docs.store_texts(["a note"])
+    assert (await docs.get(stored)).content == "a note"
+    assert len(attempts) == 2
+
+
+async def test_a_dropped_collections_embedder_goes_with_it(dl: DataLayer) -> None:
+    calls: list[int] = []
+
+    def old_model(texts: list[str]) -> list[list[float]]:
+        calls.append(len(texts))
+        return embed_texts(texts, 8)
+
+    await dl.embeddings.create_collection("docs", dimension=8, embedder=old_model)
+    await dl.embeddings.drop_collection("docs")
+    await dl.embeddings.create_collection("docs", dimension=8)
+    docs = dl.embeddings.collection("docs")
+    assert docs.embedder is None
+    with pytest.raises(ValidationError, match="embedder"):
+        await docs.store_texts(["a note"])
+    assert calls == []
+
+
+class Counting:
+    """An async embedder that records how many of its calls run at once."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most_running = 0
+
+    async def __call__(self, texts: list[str]) -> list[list[float]]:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(0.05)
+            return embed_texts(texts, 8)
+        finally:
+            self.running -= 1
+
+
+async def test_the_concurrency_bound_holds_across_concurrent_calls(dl: DataLayer) -> None:
+    model = Counting()
+    embedder = Embedder(model, batch_size=10, concurrency=3)
+    docs = await dl.embeddings.create_collection("docs", dimension=8, embedder=embedder)
+    texts = [f"text number {n}" for n in range(60)]
+    stored = await asyncio.gather(*(docs.store_texts(texts) for _ in range(3)))
+    assert [len(ids) for ids in stored] == [60, 60, 60]
+    assert model.most_running <= 3
