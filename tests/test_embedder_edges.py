@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from agency_data import DataLayer, Embedder
-from agency_data.errors import ValidationError
+from agency_data.errors import EmbedderError, ValidationError
 from tests.embedding_support import embed_texts
 
 httpx = pytest.importorskip("httpx")
@@ -86,3 +86,33 @@ async def test_the_concurrency_bound_holds_across_concurrent_calls(dl: DataLayer
     stored = await asyncio.gather(*(docs.store_texts(texts) for _ in range(3)))
     assert [len(ids) for ids in stored] == [60, 60, 60]
     assert model.most_running <= 3
+
+
+async def test_a_hung_embedder_times_out_and_is_retried(dl: DataLayer) -> None:
+    calls = 0
+
+    async def hangs_once(texts: list[str]) -> list[list[float]]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(30)
+        return [[1.0, 0.0, 0.0] for _ in texts]
+
+    col = await dl.embeddings.create_collection(
+        "hangs", dimension=3, embedder=Embedder(hangs_once, timeout=0.2, retries=1)
+    )
+    assert len(await col.store_texts(["a", "b"])) == 2
+    assert calls == 2
+
+
+async def test_an_api_key_in_a_url_stays_out_of_the_error(dl: DataLayer) -> None:
+    def refuses(texts: list[str]) -> list[list[float]]:
+        raise ValueError(
+            "401 for url 'https://api.example.com/v1/embed?key=sk-secret-123&model=m' (denied)"
+        )
+
+    col = await dl.embeddings.create_collection("keyed", dimension=3, embedder=refuses)
+    with pytest.raises(EmbedderError) as info:
+        await col.store_texts(["a"])
+    assert "sk-secret-123" not in str(info.value)
+    assert "https://api.example.com/v1/embed?..." in str(info.value)

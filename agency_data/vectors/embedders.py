@@ -13,14 +13,17 @@ told apart by what they offer, so that none of their packages is needed here:
 :class:`Embedder` wraps any of them: texts go in batches of ``batch_size``, at most
 ``concurrency`` batches at once, and a batch that fails with a transient error (a timeout, a
 refused connection, an HTTP 429 or 5xx) is tried again after a backoff, up to ``retries``
-times. What it returns is checked: one finite vector per text, all of the collection's
-dimension.
+times; a batch that takes longer than ``timeout`` seconds counts as timed out. The
+embedder's error is quoted in the :class:`EmbedderError`, without the query string of any
+URL in it (where API keys travel). What it returns is checked: one finite vector per text,
+all of the collection's dimension.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
@@ -29,13 +32,14 @@ import numpy as np
 import numpy.typing as npt
 
 from agency_data.errors import EmbedderError, ValidationError
-from agency_data.inputs import brief, check_int
+from agency_data.inputs import brief, check_int, check_seconds
 from agency_data.retry import Backoff
 
 __all__ = ["Embedder"]
 
 _Batch = Callable[[list[str]], Awaitable[Any]]
 _TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_URL_QUERY = re.compile(r"(\w+://[^\s?#'\"]+)\?[^\s'\"]*")
 # HTTP clients' own timeouts and connection failures (httpx, requests, aiohttp, openai and
 # the clients built on them), known by name so that none of them is imported here.
 _TRANSIENT_NAMES = {
@@ -73,10 +77,12 @@ class Embedder:
         concurrency: int = 4,
         retries: int = 3,
         retry_on: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError),
+        timeout: float | None = 120.0,
     ) -> None:
         self.batch_size = check_int(batch_size, "batch_size", 1, 100_000)
         self.concurrency = check_int(concurrency, "concurrency", 1, 1000)
         self.retries = check_int(retries, "retries", 0, 100)
+        self.timeout = None if timeout is None else check_seconds(timeout, "timeout", low=0.001)
         if not isinstance(retry_on, tuple) or not all(
             isinstance(kind, type) and issubclass(kind, BaseException) for kind in retry_on
         ):
@@ -141,7 +147,9 @@ class Embedder:
         backoff = Backoff(first=0.2, most=5.0)
         while True:
             try:
-                return await call(texts)
+                # A hung model or connection is a timeout (transient: tried again), not a hang.
+                async with asyncio.timeout(self.timeout):
+                    return await call(texts)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure is the embedder's, reported below
@@ -153,7 +161,7 @@ class Embedder:
                     f"the embedder {self.name} failed on texts[{start}:{start + len(texts)}]"
                     f" ({'after ' + str(tried) + ' attempts' if tried > 1 else 'not retried'}"
                     f": {'transient' if self._transient(exc) else 'not a transient error'}):"
-                    f" {type(exc).__name__}: {exc}"
+                    f" {type(exc).__name__}: {_without_queries(str(exc))}"
                 ) from exc
 
     def _transient(self, exc: BaseException) -> bool:
@@ -174,6 +182,11 @@ class Embedder:
                 return True
             seen = seen.__cause__ or seen.__context__
         return False
+
+
+def _without_queries(message: str) -> str:
+    # HTTP clients quote the URL they called, whose query may carry an API key (?key=...).
+    return _URL_QUERY.sub(r"\1?...", message)
 
 
 def _methods(source: Any) -> tuple[_Batch, _Batch]:

@@ -39,7 +39,7 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from agency_data.errors import ValidationError
-from agency_data.inputs import check_int, check_number
+from agency_data.inputs import MAX_PAGE, check_int, check_number
 from agency_data.integrations.bridge import reach
 from agency_data.models import SimilarityResult
 from agency_data.sync.portal import Portal
@@ -258,7 +258,7 @@ class AgencyVectorStore(VectorStore):
         scored: Callable[[SimilarityResult, str, int], float],
     ) -> list[tuple[Document, float]]:
         _no_options(options, "a similarity search", _SEARCH_OPTIONS)
-        check_int(k, "k", 1, 10_000)
+        check_int(k, "k", 1, MAX_PAGE)
         if query is not None:
             vector = await self._collection.embed_query(query)
         hits = await self._collection.find_similar(vector, k, filter=filter, **options)
@@ -327,8 +327,8 @@ class AgencyVectorStore(VectorStore):
         options: dict[str, Any],
     ) -> list[Document]:
         _no_options(options, "a max-marginal-relevance search", _SEARCH_OPTIONS)
-        check_int(k, "k", 1, 10_000)
-        check_int(fetch_k, "fetch_k", 1, 10_000)
+        check_int(k, "k", 1, MAX_PAGE)
+        check_int(fetch_k, "fetch_k", 1, MAX_PAGE)
         check_number(lambda_mult, "lambda_mult", low=0.0, high=1.0)
         if query is not None:
             vector = await self._collection.embed_query(query)

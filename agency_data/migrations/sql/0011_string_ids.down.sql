@@ -13,7 +13,8 @@ BEGIN
             RAISE EXCEPTION 'collection % holds the id %, which is not a UUID', collection.name, bad
                 USING HINT = 'delete or re-store such embeddings under UUID ids before rolling back';
         END IF;
-        EXECUTE format('SELECT id FROM %I GROUP BY id HAVING count(*) > 1 LIMIT 1',
+        -- As UUIDs: 'ABC...' and 'abc...' are one.
+        EXECUTE format('SELECT min(id) FROM %I GROUP BY id::uuid HAVING count(*) > 1 LIMIT 1',
                        collection.table_name) INTO bad;
         IF bad IS NOT NULL THEN
             RAISE EXCEPTION 'collection % holds the id % in more than one tenant', collection.name, bad
