@@ -12,7 +12,13 @@ the acting identity, the current span. Each call runs as a task of its own, in a
 calling thread's context; but inside a synchronous ``with`` block entered through the portal
 (``with dl.transaction():``, ``with dl.lock(...)``), every call the thread makes runs in the
 one context the block was entered in, as the statements of an ``async with`` block run in one
-task. Each thread has its own blocks: two threads' transactions never mix.
+task. The open blocks are themselves kept in a context variable: each thread has its own (two
+threads' transactions never mix), and a thread a framework starts in a copy of the caller's
+context (LangGraph's and LangChain's executors) makes its calls inside the caller's blocks.
+
+Iterables. What the layer iterates on its loop must not run the caller's code there: a
+generator handed in is read in the caller's thread (:meth:`Portal.feed`, whole; or, for a
+stream, a chunk at a time, :meth:`Portal.feed_stream`).
 
 Callbacks. A function a synchronous caller hands to the layer (a transaction's body, a cache
 loader, an on-commit hook, a worker's handler) runs in the caller's own thread, which serves
@@ -29,7 +35,6 @@ import itertools
 import os
 import threading
 import weakref
-from collections import deque
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -43,9 +48,9 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
-from agency_data._tasks import cancel_and_wait
 from agency_data.errors import UsageError, ValidationError
 from agency_data.inputs import brief, check_callable
+from agency_data.sync._waiter import CALLER, Waiter
 
 __all__ = ["Portal"]
 
@@ -53,10 +58,6 @@ T = TypeVar("T")
 S = TypeVar("S")
 P = ParamSpec("P")
 
-# The call a task (and the tasks it starts) was made for: where callbacks are sent to run.
-_CALLER: contextvars.ContextVar[_Waiter | None] = contextvars.ContextVar(
-    "agency_data_portal_caller", default=None
-)
 # How long a closing portal lets the loop's remaining tasks wind down.
 _CLOSE_GRACE = 10.0
 # Iterables the layer may read on the loop's thread: reading them runs no caller's code.
@@ -89,7 +90,7 @@ class Portal:
             contextvars.ContextVar(f"agency_data_portal_blocks_{id(self)}", default=())
         )
         # Calls not yet answered, failed with UsageError if the loop stops under them.
-        self._waiting: set[_Waiter] = set()
+        self._waiting: set[Waiter] = set()
         # Set in a child process after os.fork(): the loop's thread did not come along.
         self._forked = False
         if thread is not None:
@@ -175,7 +176,7 @@ class Portal:
             )
         if context is None:
             context = self._block()
-        waiter = _Waiter(self)
+        waiter = Waiter(self)
         self._waiting.add(waiter)
         try:
             self.loop.call_soon_threadsafe(waiter.start, coro, context)
@@ -358,7 +359,7 @@ class Portal:
                 _wrapped(arg, wrap[i] if i < len(wrap) else None, portal)
                 for i, arg in enumerate(args)
             )
-            waiter = _CALLER.get()
+            waiter = CALLER.get()
             if waiter is not None and waiter.serves_callbacks():
                 result = await waiter.run_callback(fn, given, contextvars.copy_context())
             else:
@@ -431,181 +432,6 @@ class Portal:
             "which would wait forever; inside async code, await the async method instead "
             "(for example `await store.aget(...)`, or the async DataLayer)"
         )
-
-
-class _Waiter:
-    """One call in flight: the task on the loop, and the lock its caller sleeps on.
-
-    A bare lock is the cheapest way to wake a thread in CPython (concurrent.futures' Future
-    takes a Condition and a list of callbacks). The loop's thread releases it when the task
-    is done, and also when a callback is queued for the caller to run.
-    """
-
-    __slots__ = (
-        "_callbacks",
-        "_cancelled",
-        "_done",
-        "_error",
-        "_lock",
-        "_portal",
-        "_result",
-        "_serving",
-        "_task",
-    )
-
-    def __init__(self, portal: Portal) -> None:
-        self._portal = portal
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._task: asyncio.Task[Any] | None = None
-        self._done = False
-        self._cancelled = False
-        self._serving = True
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._callbacks: deque[
-            tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context, asyncio.Future[Any]]
-        ] = deque()
-
-    # On the loop's thread.
-
-    def start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None) -> None:
-        try:
-            self._start(coro, context)
-        except BaseException as exc:  # noqa: BLE001 - the caller gets it; the loop goes on
-            coro.close()
-            self._finish(None, exc)
-
-    def _start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None) -> None:
-        if self._cancelled:
-            coro.close()
-            self._finish(None, asyncio.CancelledError())
-            return
-        if context is None:
-            # This callback runs in a copy of the caller's context (call_soon_threadsafe
-            # made it); the task copies it again, with the caller noted.
-            _CALLER.set(self)
-            task = self._portal.loop.create_task(coro)
-        else:
-            context.run(_CALLER.set, self)
-            task = self._portal.loop.create_task(coro, context=context)
-        self._task = task
-        task.add_done_callback(self._settle)
-
-    def _settle(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            self._finish(None, asyncio.CancelledError())
-            return
-        error = task.exception()
-        self._finish(None if error is not None else task.result(), error)
-
-    def _finish(self, result: Any, error: BaseException | None) -> None:
-        self._result = result
-        self._error = error
-        self._done = True
-        self._portal._waiting.discard(self)
-        self._wake()
-
-    def _wake(self) -> None:
-        # Only the loop's thread wakes the caller, so this test and the release cannot race
-        # another waker; an unlocked lock is a wake-up the caller has not taken yet.
-        if self._lock.locked():
-            self._lock.release()
-
-    def serves_callbacks(self) -> bool:
-        return self._serving and not self._done
-
-    def run_callback(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], context: contextvars.Context
-    ) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = self._portal.loop.create_future()
-        self._callbacks.append((fn, args, context, future))
-        self._wake()
-        return future
-
-    def cancel(self) -> None:
-        if self._done:
-            return
-        task = self._task
-        if task is None:
-            self._cancelled = True
-        else:
-            self._portal.loop.create_task(cancel_and_wait(task))
-
-    def abandon(self) -> None:
-        """The loop stopped before answering (any thread): fail the call."""
-        if not self._done:
-            self._error = asyncio.CancelledError()
-            self._done = True
-            if self._lock.locked():
-                self._lock.release()
-
-    # On the caller's thread.
-
-    def wait(self) -> Any:
-        lock = self._lock
-        try:
-            while True:
-                lock.acquire()
-                if self._done:
-                    break  # callbacks still queued were for a call now over: not run
-                if self._callbacks:
-                    self._serve()
-        except BaseException:
-            self._interrupted()
-            raise
-        error = self._error
-        if error is None:
-            return self._result
-        if isinstance(error, asyncio.CancelledError) and self._portal._closed:
-            raise UsageError(
-                "this synchronous front end was closed while the call waited"
-            ) from error
-        raise error
-
-    def _serve(self) -> None:
-        loop = self._portal.loop
-        while self._callbacks:
-            fn, args, context, future = self._callbacks.popleft()
-            if future.done():
-                continue  # cancelled meanwhile (the call that needed it was)
-            self._portal._push(context)
-            try:
-                result = fn(*args)
-            except Exception as exc:  # noqa: BLE001 - handed to the layer, which raises it
-                loop.call_soon_threadsafe(_resolve, future, None, exc)
-            except BaseException:
-                # An interrupt inside the callback stops the whole call (see wait()).
-                loop.call_soon_threadsafe(future.cancel)
-                raise
-            else:
-                loop.call_soon_threadsafe(_resolve, future, result, None)
-            finally:
-                self._portal._pop()
-
-    def _interrupted(self) -> None:
-        """The caller stopped waiting (Ctrl-C, SystemExit): cancel the call, and wait until it
-        has finished cancelling, so that what it was doing is undone when the interrupt goes
-        on up. A second interrupt stops this wait."""
-        self._serving = False
-        loop = self._portal.loop
-        if self._done or loop.is_closed():
-            return
-        loop.call_soon_threadsafe(self.cancel)
-        while not self._done:
-            self._lock.acquire()
-            while self._callbacks:
-                future = self._callbacks.popleft()[3]
-                loop.call_soon_threadsafe(future.cancel)
-
-
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class _Block(Generic[S]):
