@@ -785,6 +785,7 @@ def _owner_setup(owner: str) -> Setup:
 
 def _not_connected() -> AgencyDataError:
     return BackendUnavailable(
-        "the DataLayer is not connected; use `async with DataLayer() as dl:` or await dl.connect()",
+        "the DataLayer is not connected; use `async with DataLayer() as dl:` or "
+        "`await dl.connect()` (agency_data.sync: `with DataLayer() as dl:` or `dl.connect()`)",
         backend="postgresql",
     )

@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import httpx  # the HTTP clients embedders are built on (the dev install has both)
 import pytest
+import requests
 
 from agency_data import DataLayer, Embedder
 from agency_data.errors import EmbedderError, ValidationError
 from tests.embedding_support import embed_texts
-
-httpx = pytest.importorskip("httpx")
-requests = pytest.importorskip("requests")
 
 TRANSIENT: dict[str, Callable[[], Exception]] = {
     "httpx.ReadTimeout": lambda: httpx.ReadTimeout("timed out"),

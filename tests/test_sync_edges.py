@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import agency_data.sync
-from agency_data.errors import UsageError
+from agency_data.errors import BackendUnavailable, UsageError
 from agency_data.sync import Portal
 from tests.conftest import DatabaseDsn, make_config
 
@@ -107,3 +107,16 @@ def test_a_sync_generator_fed_to_stream_store_runs_in_the_callers_thread(
         assert dl.embeddings.stream_store(items(), batch_size=2) == 3
         assert threads == {threading.current_thread().name}
         assert dl.embeddings.count() == 3
+
+
+def test_a_closed_front_end_says_so(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> None:
+    config = make_config(database, redis_url, tmp_path)
+    with agency_data.sync.DataLayer(config) as dl:
+        agents = dl.agents
+    for call in (lambda: dl.agents, lambda: agents.list(), lambda: dl.tenant("a").agents):
+        with pytest.raises(UsageError, match="synchronous front end is closed"):
+            call()
+    never = agency_data.sync.DataLayer(config)
+    with pytest.raises(BackendUnavailable, match=r"not connected.*dl\.connect\(\)"):
+        never.agents.list()
+    never.close()

@@ -38,6 +38,7 @@ from collections.abc import (
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from time import perf_counter
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, LiteralString, TypeAlias, TypeVar, overload
 
 import psycopg
@@ -638,8 +639,13 @@ class Database:
                             async with conn.pipeline():
                                 await block.enter_async_context(AsyncTransaction(conn))
                                 await untimed(conn, *prelude)
-                        else:
+                        elif parent is None:
                             await block.enter_async_context(conn.transaction())
+                        else:
+                            # Other tasks (a framework's threads, through the sync front end)
+                            # may be sending statements of the same transaction: the savepoint
+                            # is opened and closed in turn with them, as statements are.
+                            await block.enter_async_context(_Savepoint(conn, parent._lock))
                         yield tx
             except BaseException:
                 if parent is not None:
@@ -807,6 +813,28 @@ async def _call(fn: Callable[[Transaction], Awaitable[T]], tx: Transaction, fiel
             field=field,
         )
     return await result
+
+
+class _Savepoint:
+    """``conn.transaction()`` nested in an open transaction, entered and left holding the
+    transaction's lock (what its statements take in turn: see :func:`_turn`)."""
+
+    def __init__(self, conn: AsyncConnection[DictRow], lock: asyncio.Lock) -> None:
+        self._inner = conn.transaction()
+        self._lock = lock
+
+    async def __aenter__(self) -> None:
+        async with self._lock:
+            await self._inner.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        async with self._lock:
+            return bool(await self._inner.__aexit__(exc_type, exc, tb))
 
 
 @asynccontextmanager

@@ -400,7 +400,7 @@ class Admin(QueryMethods, CollectionAdmin):
     @property
     def keys(self) -> KeyAdmin:
         """The tenants' data keys: rotate the KEK, re-encrypt, retire, crypto-shred."""
-        return self._child("keys", self._aio.keys, KeyAdmin)
+        return self._child("keys", self._live().keys, KeyAdmin)
 
     def top_statements(self, limit: int = 20, order: str = "total") -> list[StatementStats]:
         """The costliest statements of the layer's database, from ``pg_stat_statements``."""
@@ -414,7 +414,7 @@ class Admin(QueryMethods, CollectionAdmin):
     def system_audit(self) -> AuditTrail:
         """The system trail: the layer's own actions (collection and index DDL, auditing
         switched, migrations), chained apart from every tenant's."""
-        return self._child("system_audit", self._aio.system_audit, AuditTrail)
+        return self._child("system_audit", self._live().system_audit, AuditTrail)
 
     def audit_anchors(self) -> list[Anchor]:
         """Every audit chain's head now (what ``audit.anchor_interval`` logs)."""
@@ -561,7 +561,7 @@ class Cache(Wrapper):
 
     def with_namespace(self, namespace: str) -> Cache:
         """The same tenant's cache under another namespace."""
-        return Cache._of(self._aio.with_namespace(namespace), self._portal)
+        return Cache._of(self._live().with_namespace(namespace), self._portal)
 
     def stats(self) -> CacheStats:
         """The cache's counters (shared by every tenant and namespace of this DataLayer)."""
@@ -861,7 +861,7 @@ class MonitoringMethods(Wrapper):
     @property
     def alerts(self) -> Alerts:
         """The alert rules evaluated in process: ``dl.alerts.on(callback)``, ``.firing()``."""
-        return self._child("alerts", self._aio.alerts, Alerts)
+        return self._child("alerts", self._live().alerts, Alerts)
 
     def check_alerts(self) -> list[Alert]:
         """Sample and evaluate the alert rules now (they also run every monitoring.interval)."""
@@ -963,57 +963,57 @@ class DataLayer(QueryMethods, MonitoringMethods):
     def region(self, name: str) -> DataLayer:
         """The DataLayer of region ``name`` (``residency.regions``): its admin, retention,
         health; it serves only the tenants pinned to it."""
-        return DataLayer._of(self._aio.region(name), self._portal)
+        return DataLayer._of(self._live().region(name), self._portal)
 
     @property
     def agents(self) -> AgentStore:
         """The default tenant's agents."""
-        return self._child("agents", self._aio.agents, AgentStore)
+        return self._child("agents", self._live().agents, AgentStore)
 
     @property
     def subjects(self) -> SubjectRights:
         """Data subject rights (``subjects`` config): ``export`` and ``erase`` a subject."""
-        return self._child("subjects", self._aio.subjects, SubjectRights)
+        return self._child("subjects", self._live().subjects, SubjectRights)
 
     @property
     def retention(self) -> Retention:
         """The retention policies (``retention`` config): ``dl.retention.run()``."""
-        return self._child("retention", self._aio.retention, Retention)
+        return self._child("retention", self._live().retention, Retention)
 
     @property
     def audit(self) -> AuditTrail:
         """The default tenant's audit trail (``dl.tenant(t).audit`` for another's)."""
-        return self._child("audit", self._aio.audit, AuditTrail)
+        return self._child("audit", self._live().audit, AuditTrail)
 
     @property
     def tasks(self) -> TaskStore:
         """The default tenant's tasks."""
-        return self._child("tasks", self._aio.tasks, TaskStore)
+        return self._child("tasks", self._live().tasks, TaskStore)
 
     @property
     def cache(self) -> Cache:
         """The default tenant's cache (L1 in process, L2 in Redis)."""
-        return self._child("cache", self._aio.cache, Cache)
+        return self._child("cache", self._live().cache, Cache)
 
     @property
     def sessions(self) -> SessionStore:
         """The default tenant's sessions."""
-        return self._child("sessions", self._aio.sessions, SessionStore)
+        return self._child("sessions", self._live().sessions, SessionStore)
 
     @property
     def pubsub(self) -> PubSub:
         """The default tenant's pub/sub channels (at-most-once)."""
-        return self._child("pubsub", self._aio.pubsub, PubSub)
+        return self._child("pubsub", self._live().pubsub, PubSub)
 
     @property
     def streams(self) -> Streams:
         """The default tenant's durable streams (at-least-once, acknowledged)."""
-        return self._child("streams", self._aio.streams, Streams)
+        return self._child("streams", self._live().streams, Streams)
 
     @property
     def scripts(self) -> ScriptRegistry:
         """Named Lua scripts on Redis (EVALSHA, reloaded after a server restart)."""
-        return self._child("scripts", self._aio.scripts, ScriptRegistry)
+        return self._child("scripts", self._live().scripts, ScriptRegistry)
 
     def export(
         self, source: str, *, masked: bool = True, batch_size: int = 1000
@@ -1026,18 +1026,18 @@ class DataLayer(QueryMethods, MonitoringMethods):
     ) -> Lock:
         """A distributed lock of the default tenant; ``with dl.lock(...) as lock:``."""
         return Lock._of(
-            self._aio.lock(name, ttl=ttl, wait=wait, auto_renew=auto_renew), self._portal
+            self._live().lock(name, ttl=ttl, wait=wait, auto_renew=auto_renew), self._portal
         )
 
     @property
     def embeddings(self) -> ManagedEmbeddingStore:
         """The default tenant's embeddings, plus collection administration (as the owner)."""
-        return self._child("embeddings", self._aio.embeddings, ManagedEmbeddingStore)
+        return self._child("embeddings", self._live().embeddings, ManagedEmbeddingStore)
 
     @property
     def admin(self) -> Admin:
         """Administration as the owner role: collections, indexes, role checks, raw DDL."""
-        return self._child("admin", self._aio.admin, Admin)
+        return self._child("admin", self._live().admin, Admin)
 
     def as_actor(self, actor: str) -> AbstractContextManager[str]:
         """``with dl.as_actor("svc-planner"):`` the audit trail names ``actor`` for the writes
@@ -1046,7 +1046,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
 
     def tenant(self, tenant_id: str) -> TenantScope:
         """The same API, scoped to ``tenant_id``: no call through it sees another tenant's rows."""
-        return TenantScope._of(self._aio.tenant(tenant_id), self._portal)
+        return TenantScope._of(self._live().tenant(tenant_id), self._portal)
 
     @property
     def conninfo(self) -> str:
@@ -1076,7 +1076,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
     @property
     def backups(self) -> Backups:
         """Backup sets of this database (see :mod:`agency_data.backup`)."""
-        return self._child("backups", self._aio.backups, Backups)
+        return self._child("backups", self._live().backups, Backups)
 
     def health(self, timeout: float = 2.0) -> HealthStatus:
         """Probe PostgreSQL and Redis: ``ok``, ``degraded`` (Redis down) or ``down``."""
@@ -1084,7 +1084,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
 
     def migrations(self) -> MigrationRunner:
         """The migration runner (as the owner role) for our schema and ``config.migration``'s."""
-        return MigrationRunner._of(self._aio.migrations(), self._portal)
+        return MigrationRunner._of(self._live().migrations(), self._portal)
 
     def migrate(self, *, to: str | None = None, dry_run: bool | None = None) -> MigrationReport:
         """Apply pending migrations; see :meth:`MigrationRunner.up`."""
@@ -1503,42 +1503,42 @@ class TenantScope(QueryMethods):
     @property
     def cache(self) -> Cache:
         """The async object's ``cache``."""
-        return self._child("cache", self._aio.cache, Cache)
+        return self._child("cache", self._live().cache, Cache)
 
     @property
     def agents(self) -> AgentStore:
         """The async object's ``agents``."""
-        return self._child("agents", self._aio.agents, AgentStore)
+        return self._child("agents", self._live().agents, AgentStore)
 
     @property
     def tasks(self) -> TaskStore:
         """The async object's ``tasks``."""
-        return self._child("tasks", self._aio.tasks, TaskStore)
+        return self._child("tasks", self._live().tasks, TaskStore)
 
     @property
     def audit(self) -> AuditTrail:
         """The async object's ``audit``."""
-        return self._child("audit", self._aio.audit, AuditTrail)
+        return self._child("audit", self._live().audit, AuditTrail)
 
     @property
     def embeddings(self) -> EmbeddingStore:
         """The async object's ``embeddings``."""
-        return self._child("embeddings", self._aio.embeddings, EmbeddingStore)
+        return self._child("embeddings", self._live().embeddings, EmbeddingStore)
 
     @property
     def sessions(self) -> SessionStore:
         """The async object's ``sessions``."""
-        return self._child("sessions", self._aio.sessions, SessionStore)
+        return self._child("sessions", self._live().sessions, SessionStore)
 
     @property
     def pubsub(self) -> PubSub:
         """The async object's ``pubsub``."""
-        return self._child("pubsub", self._aio.pubsub, PubSub)
+        return self._child("pubsub", self._live().pubsub, PubSub)
 
     @property
     def streams(self) -> Streams:
         """The async object's ``streams``."""
-        return self._child("streams", self._aio.streams, Streams)
+        return self._child("streams", self._live().streams, Streams)
 
     def close(self) -> None:
         """Wait for this tenant's reads and writes still gathered with other callers'."""
@@ -1549,7 +1549,7 @@ class TenantScope(QueryMethods):
     ) -> Lock:
         """A distributed lock (see :mod:`agency_data.coord.locks`); use ``with``."""
         return Lock._of(
-            self._aio.lock(name, ttl=ttl, wait=wait, auto_renew=auto_renew), self._portal
+            self._live().lock(name, ttl=ttl, wait=wait, auto_renew=auto_renew), self._portal
         )
 
     def export(
@@ -1999,7 +1999,7 @@ class TaskStore(QueueOps, PolicyOps, ScheduleOps):
     ) -> Worker:
         """A :class:`~agency_data.tasks.Worker` running ``handler`` on this tenant's tasks."""
         return Worker._of(
-            self._aio.worker(
+            self._live().worker(
                 self._portal.callback(handler),
                 agent_id=agent_id,
                 types=types,
@@ -2475,7 +2475,7 @@ class EmbeddingStore(Collection):
     def collection(self, name: str, *, embedder: Any = None) -> Collection:
         """The collection ``name`` (it must exist by the time it is used), embedding texts
         with ``embedder`` if given (else with the one it was created with, if any)."""
-        return Collection._of(self._aio.collection(name, embedder=embedder), self._portal)
+        return Collection._of(self._live().collection(name, embedder=embedder), self._portal)
 
 
 class ManagedEmbeddingStore(ManagedCollection):
@@ -2520,7 +2520,7 @@ class ManagedEmbeddingStore(ManagedCollection):
     def collection(self, name: str, *, embedder: Any = None) -> ManagedCollection:
         """The collection ``name`` (it must exist by the time it is used), embedding texts
         with ``embedder`` if given (else with the one it was created with, if any)."""
-        return ManagedCollection._of(self._aio.collection(name, embedder=embedder), self._portal)
+        return ManagedCollection._of(self._live().collection(name, embedder=embedder), self._portal)
 
     def list_collections(self) -> list[str]:
         """The names of every collection."""

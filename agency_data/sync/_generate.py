@@ -900,7 +900,8 @@ def _sync_return(
     if is_async:
         waited = f"self._portal.call({call})"
     elif wrapped or wrapped_optional:
-        waited = call  # a factory: it only makes the object
+        # A factory: it only makes the object (a closed front end refuses, in its own words).
+        waited = call.replace("self._aio.", "self._live().", 1)
     else:
         # A plain method: run where the async object's state lives.
         head, _, rest = call.partition("(")
@@ -941,7 +942,7 @@ def _property(
     wrapped_optional = ctx.wrapped_name(optional, source) if optional is not None else None
     if wrapped:
         returns: ast.expr = ast.Name(wrapped)
-        body = f"return self._child({name!r}, self._aio.{name}, {wrapped})"
+        body = f"return self._child({name!r}, self._live().{name}, {wrapped})"
     elif wrapped_optional:
         returns = ast.BinOp(ast.Name(wrapped_optional), ast.BitOr(), ast.Constant(None))
         body = (

@@ -57,6 +57,12 @@ class Wrapper:
         """The portal into the event loop the async object lives on."""
         return self._portal
 
+    def _live(self) -> Any:
+        """The async object, once the front end is known to be open (else its UsageError)."""
+        if self._portal.closed:
+            self._portal.refuse()
+        return self._aio
+
     def _child(self, name: str, value: Any, cls: type[W]) -> W:
         """The twin of ``value`` (what property ``name`` gives now), kept while it is the same
         object: ``dl.agents.get(...)`` in a loop makes no new twin per call."""

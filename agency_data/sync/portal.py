@@ -165,7 +165,7 @@ class Portal:
             )
         if self._closed or asyncio._get_running_loop() is self.loop:
             coro.close()
-            self._refuse()
+            self.refuse()
         if not self.loop.is_running():
             coro.close()
             self._refuse_stopped()
@@ -196,7 +196,7 @@ class Portal:
             return await coro
         if self._closed:
             coro.close()
-            self._refuse()
+            self.refuse()
         if not self.loop.is_running():
             coro.close()
             self._refuse_stopped()
@@ -418,7 +418,9 @@ class Portal:
             "integration or front end where its loop runs"
         )
 
-    def _refuse(self) -> None:
+    def refuse(self) -> NoReturn:
+        """Raise the UsageError that says why no call can be made here now (closed, forked,
+        or on the loop's own thread)."""
         if self._forked:
             raise UsageError(
                 "this synchronous front end was made in the parent of this process (before a "
