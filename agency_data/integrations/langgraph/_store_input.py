@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeAlias
 from langgraph.store.base import InvalidNamespaceError, tokenize_path
 
 from agency_data.errors import ConfigError, ValidationError
-from agency_data.inputs import brief, check_bool, check_int
+from agency_data.inputs import brief, check_bool, check_int, encodable
 from agency_data.vectors.embedders import Embedder
 from agency_data.vectors.filter_ast import parse_filter
 from agency_data.vectors.validation import MAX_DIMENSION
@@ -101,7 +101,7 @@ def _check_label(label: Any, field: str) -> None:
         raise _namespace_error(field, f"{label!r} contains a period, which namespaces forbid")
     if "\x00" in label:
         raise _namespace_error(field, "contains a NUL character, which namespaces forbid")
-    if not _encodable(label):
+    if not encodable(label):
         raise _namespace_error(field, "holds unpaired surrogates, which cannot be stored")
 
 
@@ -113,7 +113,7 @@ def check_key(value: Any, field: str) -> str:
         )
     if "\x00" in value:
         raise ValidationError(f"{field} contains a NUL character", field=field)
-    if not _encodable(value):
+    if not encodable(value):
         raise ValidationError(f"{field} holds unpaired surrogates", field=field)
     if len(value.encode()) > MAX_KEY_BYTES:
         raise ValidationError(f"{field} is over {MAX_KEY_BYTES} bytes", field=field)
@@ -159,7 +159,7 @@ def check_fields(value: Any, field: str) -> Fields:
                 f"{brief(path)}",
                 field=where,
             )
-        if "\x00" in path or not _encodable(path):
+        if "\x00" in path or not encodable(path):
             raise ValidationError(f"{where} holds NUL or unpaired surrogates", field=where)
         fields.append((path, "$" if path == "$" else tokenize_path(path)))
     return fields
@@ -373,13 +373,3 @@ def ttl_settings(ttl: Any) -> TTLSettings | None:
     with _as_config("ttl.omit_expired"):
         omit = check_bool(ttl.get("omit_expired", False), "ttl.omit_expired")
     return TTLSettings(default, refresh, interval, omit)
-
-
-def _encodable(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
