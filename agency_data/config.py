@@ -51,6 +51,7 @@ __all__ = [
     "EmbeddedConfig",
     "MigrationConfig",
     "MonitoringConfig",
+    "OutboxConfig",
     "PostgresConfig",
     "RedisConfig",
     "SentinelConfig",
@@ -674,6 +675,29 @@ AUDITABLE = ("agents", "tasks", "embeddings")
 AUDIT_DETAILS = ("digest", "fields", "values")
 
 
+class OutboxConfig(_Section):
+    """The transactional outbox (``tx.publish``) and its relay to Redis."""
+
+    relay: bool = Field(
+        default=True,
+        description="run a relay in this DataLayer (relays of several processes take turns)",
+    )
+    interval: float = Field(
+        default=0.5,
+        gt=0,
+        le=3600,
+        description="seconds between the relay's rounds (a commit in this process wakes it "
+        "at once; others' are seen within this)",
+    )
+    batch: int = Field(default=500, ge=1, le=100_000, description="messages relayed per round trip")
+    keep_sent: float = Field(
+        default=3600.0,
+        ge=0,
+        le=86_400 * 366,
+        description="seconds a sent message stays in the outbox before it is pruned",
+    )
+
+
 class AuditConfig(_Section):
     """The audit trail (``dl.audit``): which tables' changes are recorded."""
 
@@ -1040,6 +1064,7 @@ class DataLayerConfig(BaseSettings):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)

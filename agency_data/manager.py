@@ -39,6 +39,7 @@ from agency_data.models import DEFAULT_TENANT, HealthStatus, Task, TaskSchedule
 from agency_data.observability.methods import MonitoringMethods
 from agency_data.observability.monitor import Monitor
 from agency_data.observability.statements import enable_statement_stats
+from agency_data.outbox import Relay, redis_sender
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import to_agency_error
@@ -127,6 +128,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._prewarm: asyncio.Task[None] | None = None
         self._anchors: AnchorLog | None = None
         self._sealer: Sealer | None = None
+        # The outbox's relay (agency_data.outbox): committed tx.publish messages to Redis.
+        self._outbox: Relay | None = None
         self._retention: Retention | None = None
         self._subjects: SubjectRights | None = None
         # Field encryption (agency_data.security.fields): a KMS of the caller's, or the KEK
@@ -208,6 +211,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._db = Database(self._pool, postgres, telemetry=self._telemetry)
         # Before any view of it is made: views share the cipher they were made with.
         self._db.cipher = self._cipher
+        # A commit that published (tx.publish) wakes this process's relay at once.
+        self._db.outbox_wake = self._wake_outbox
         self._db.foreign = frozenset(self.config.residency.tenants)
         if replica_dsns:
             self._replicas = await open_replicas(postgres, replica_dsns, self._db, cursors)
@@ -263,6 +268,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
             await self._admin.audit(table, detail=self.config.audit.detail.get(table, "digest"))
         self._sealer = Sealer(admin_db, audit.seal_interval)
         self._sealer.start()
+        self._outbox = Relay(admin_db, redis_sender(self._redis), self.config.outbox)
+        if self.config.outbox.relay:
+            self._outbox.start()
         self._anchors = AnchorLog(
             admin_db, audit.anchor_interval, by_tenant=self.config.monitoring.tenant_labels
         )
@@ -369,6 +377,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
         sealer, self._sealer = self._sealer, None
         if sealer is not None:
             await sealer.aclose()
+        outbox, self._outbox = self._outbox, None
+        if outbox is not None:
+            await outbox.aclose()
         uninstall(self._masker)
         await self._monitor.aclose()
         self._backups = None
@@ -659,6 +670,17 @@ class DataLayer(QueryMethods, MonitoringMethods):
         password = redis.password.get_secret_value() if redis.password is not None else ""
         auth = f":{quote(password, safe='')}@" if password else ""
         return f"redis://{auth}{redis.host}:{redis.port}/{redis.db}"
+
+    def _wake_outbox(self) -> None:
+        if self._outbox is not None and self.config.outbox.relay:
+            self._outbox.wake()
+
+    @property
+    def outbox(self) -> Relay:
+        """The outbox's relay: ``await dl.outbox.relay()`` sends what can be sent now."""
+        self._check_connected()
+        assert self._outbox is not None
+        return self._outbox
 
     def _check_connected(self) -> None:
         if self._pool is None:

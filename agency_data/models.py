@@ -143,12 +143,15 @@ class Message(BaseModel):
 
 
 class StreamMessage(BaseModel):
-    """A message of a durable stream; ``attempts`` counts deliveries (more than 1: redelivered)."""
+    """A message of a durable stream; ``attempts`` counts deliveries (more than 1: redelivered);
+    ``outbox_id`` names a message published through the outbox (see ``consume(dedupe=...)``)."""
 
     id: str
     stream: str
     data: Any
     attempts: int = 1
+    # The outbox message it carries (tx.publish), the same however often it was relayed.
+    outbox_id: str | None = None
 
 
 class SimilarityQuery(BaseModel):

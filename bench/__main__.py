@@ -32,6 +32,7 @@ from bench import (
     langchain,
     langgraph_store,
     observability,
+    outbox,
     pgbouncer,
     recovery,
     relational,
@@ -65,6 +66,7 @@ SCENARIOS = [
     "audit",
     "encryption",
     "sync",
+    "outbox",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -112,7 +114,14 @@ async def main(args: argparse.Namespace) -> None:
         },
         cache={"max_entries": 20_000},
     )
-    l2_config = config.model_copy(update={"cache": config.cache.model_copy(update={"l1": False})})
+    # The second DataLayer (the cache's L2-only runs) relays no outbox: the outbox scenario
+    # measures the first one's relay alone.
+    l2_config = config.model_copy(
+        update={
+            "cache": config.cache.model_copy(update={"l1": False}),
+            "outbox": config.outbox.model_copy(update={"relay": False}),
+        }
+    )
     results: list[Result] = []
     started = time.perf_counter()
     async with (
@@ -155,6 +164,7 @@ async def main(args: argparse.Namespace) -> None:
                 "audit": lambda: audit.audit(b),
                 "encryption": lambda: encryption.encryption(b),
                 "sync": lambda: sync.sync(b),
+                "outbox": lambda: outbox.outbox(b),
                 "langgraph-store": lambda: langgraph_store.langgraph_store(b),
             }
             for name in SCENARIOS:

@@ -54,6 +54,11 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
             "task_id, idx, channel, type, blob) VALUES (%s, 'thread', 'c1', 't', 0, 'x', 'null', '')",
             [tenant],
         )
+        await scope.execute(
+            "INSERT INTO outbox (tenant_id, kind, destination, message) "
+            "VALUES (%s, 'stream', 'events', '{}')",
+            [tenant],
+        )
         # An item of the LangGraph store (agency_data.integrations.langgraph).
         await scope.execute(
             "INSERT INTO langgraph_store (tenant_id, store, prefix, key, value) "

@@ -23,7 +23,7 @@ import orjson
 import redis.exceptions as rx
 
 from agency_data.errors import ValidationError
-from agency_data.inputs import as_items, brief, check_int, check_seconds
+from agency_data.inputs import as_items, brief, check_bool, check_int, check_seconds
 from agency_data.models import Message, StreamMessage
 from agency_data.observability import Telemetry, observed
 from agency_data.redis.client import RedisClient, cancelling
@@ -129,12 +129,18 @@ class Streams:
         count: int = 10,
         block: float = 1.0,
         claim_after: float = 30.0,
+        dedupe: bool = False,
+        dedupe_window: float = 3600.0,
     ) -> AsyncGenerator[StreamMessage, None]:
         """Messages for ``consumer`` of ``group``, redelivering ones others left unacknowledged.
 
         The group is created (from the stream's start) if needed. Acknowledge each message with
-        :meth:`ack` once handled.
+        :meth:`ack` once handled. With ``dedupe``, a second copy of an outbox message (the
+        relay sends at least once) that reaches the group within ``dedupe_window`` seconds of
+        the first is acknowledged and skipped; the same entry redelivered is not a copy.
         """
+        check_bool(dedupe, "dedupe")
+        window_ms = int(check_seconds(dedupe_window, "dedupe_window", low=1, high=MAX_CLAIM) * 1000)
         key = self._keys.stream(check_key(stream, "stream"))
         check_key(group, "group")
         check_key(consumer, "consumer")
@@ -162,16 +168,47 @@ class Streams:
                 # pending for this consumer and is claimed again after claim_after.
                 raise asyncio.CancelledError
             for _, items in entries or []:
+                copies = await self._copies(key, group, items, window_ms) if dedupe else set()
                 for ident, fields in items:
                     if not fields:  # deleted meanwhile
                         continue
                     text = ident.decode() if isinstance(ident, bytes) else str(ident)
+                    if text in copies:
+                        continue
+                    origin = fields.get(b"o")
                     yield StreamMessage(
                         id=text,
                         stream=stream,
                         data=orjson.loads(fields[b"d"]),
                         attempts=attempts.get(text, 1),
+                        outbox_id=origin.decode() if origin is not None else None,
                     )
+
+    async def _copies(self, key: str, group: str, items: Any, window_ms: int) -> set[str]:
+        # Each outbox id's first entry claims it (SET NX, for the window); a later entry of
+        # the same id is a copy, acknowledged here and not handed out.
+        marked = [(ident, fields[b"o"]) for ident, fields in items if fields and b"o" in fields]
+        if not marked:
+            return set()
+        with translate_errors("deduplicating stream messages"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for ident, origin in marked:
+                    pipe.set(
+                        f"{key}:seen:{group}:{origin.decode()}",
+                        ident,
+                        nx=True,
+                        px=window_ms,
+                        get=True,
+                    )
+                firsts = await pipe.execute()
+            copies = [
+                ident
+                for (ident, _), first in zip(marked, firsts, strict=True)
+                if first is not None and first != ident
+            ]
+            if copies:
+                await self._redis.xack(key, group, *copies)
+        return {c.decode() if isinstance(c, bytes) else str(c) for c in copies}
 
     @observed("streams.ack", system="redis")
     async def ack(self, stream: str, group: str, *message_ids: str) -> int:

@@ -40,6 +40,7 @@ from contextvars import ContextVar
 from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, LiteralString, TypeAlias, TypeVar, overload
+from uuid import UUID
 
 import psycopg
 import pydantic
@@ -50,7 +51,7 @@ from pydantic import BaseModel
 from agency_data.actor import ACTOR_SETTING, current_actor
 from agency_data.audit.notes import AuditNotes
 from agency_data.config import PostgresConfig
-from agency_data.errors import SerializationFailure, ValidationError
+from agency_data.errors import SerializationFailure, UsageError, ValidationError
 from agency_data.inputs import (
     as_items,
     check_bool,
@@ -58,9 +59,12 @@ from agency_data.inputs import (
     check_choice,
     check_int,
     check_seconds,
+    check_text,
+    encode_json,
     first_problem,
     located,
 )
+from agency_data.models import DEFAULT_TENANT
 from agency_data.observability.cursor import log_if_slow, untimed
 from agency_data.observability.instrument import Telemetry
 from agency_data.postgres.errors import to_agency_error, translate_errors
@@ -116,9 +120,15 @@ _ISOLATION = {
 class Transaction:
     """An open transaction (or savepoint, when nested): its connection and on-commit hooks."""
 
-    def __init__(self, conn: AsyncConnection[DictRow], parent: Transaction | None) -> None:
+    def __init__(
+        self, conn: AsyncConnection[DictRow], parent: Transaction | None, db: Database
+    ) -> None:
         self._conn = conn
         self.parent = parent
+        # The view that opened it: its tenant is the one tx.publish writes for.
+        self._db = db
+        self._open = True
+        self._publishes = False
         # False for a read-only transaction on a read replica that had not been asked to
         # have replayed every commit acknowledged when it began (transaction(consistent=...)).
         self.consistent: bool = parent.consistent if parent is not None else True
@@ -144,6 +154,36 @@ class Transaction:
     def on_commit(self, hook: Hook) -> None:
         """Run ``hook`` (sync or async) after the outermost transaction commits; never on rollback."""
         self._hooks.append(hook)
+
+    async def publish(self, destination: str, message: Any, *, kind: str = "stream") -> UUID:
+        """Publish ``message`` (JSON-shaped) to a Redis stream (or, ``kind="channel"``, a
+        pub/sub channel) of this transaction's tenant if and only if the transaction commits;
+        return the id consumers deduplicate on.
+
+        The message is written to the outbox in this transaction; the relay
+        (:mod:`agency_data.outbox`) delivers committed messages at least once, in order,
+        whatever happens to Redis or to this process after the commit.
+        """
+        if not self._open:
+            raise UsageError(
+                "this transaction has ended: publish inside its `async with` block, or use "
+                "dl.streams.publish for a message of no transaction"
+            )
+        check_choice(kind, "kind", ("stream", "channel"))
+        check_text(destination, "destination", max_length=256, max_bytes=256)
+        if not destination:
+            raise ValidationError("destination must not be empty", field="destination")
+        document = encode_json(message, "message", self._db.config.max_json_bytes)
+        message_id: UUID = await self._db.fetch_value(
+            "INSERT INTO outbox (tenant_id, kind, destination, message) "
+            "VALUES (%s, %s, %s, %s::jsonb) RETURNING message_id",
+            [self._db.tenant or DEFAULT_TENANT, kind, destination, document],
+        )
+        wake = self._db.outbox_wake
+        if wake is not None and not self._publishes:
+            self._publishes = True
+            self.on_commit(wake)
+        return message_id
 
 
 class Database:
@@ -182,6 +222,8 @@ class Database:
         self.cipher: FieldCipher = _NO_CIPHER
         # Tenants whose data lives in another region (residency): never scoped to here.
         self.foreign: frozenset[str] = frozenset()
+        # Called once a transaction that published (tx.publish) commits: wakes the relay.
+        self.outbox_wake: Hook | None = None
         self._current: ContextVar[Transaction | None] = ContextVar("agency_data_tx", default=None)
 
     def for_tenant(self, tenant: str | None, *, raw: bool = False) -> Database:
@@ -209,6 +251,7 @@ class Database:
         view.notes = self.notes
         view.cipher = self.cipher
         view.foreign = self.foreign
+        view.outbox_wake = self.outbox_wake
         # One transaction per task, whichever tenant's view opened it.
         view._current = self._current
         return view
@@ -623,7 +666,7 @@ class Database:
                     _log.debug(
                         "isolation %s of a nested block is the outer transaction's", isolation
                     )
-            tx = Transaction(conn, parent)
+            tx = Transaction(conn, parent, self)
             if on_replica:
                 tx.consistent = consistent
             token = self._current.set(tx)
@@ -653,6 +696,7 @@ class Database:
                     tx._actor[0] = _UNKNOWN_ACTOR
                 raise
             finally:
+                tx._open = False
                 self._current.reset(token)
         if parent is not None:
             parent._hooks.extend(tx._hooks)

@@ -167,8 +167,8 @@ class SubjectRights:
             "langgraph_checkpoints",
             "langgraph_store",
         ]
-        # LangChain's byte store (agency_data.integrations.langchain).
-        tables.append("kv_items")
+        # LangChain's byte store (agency_data.integrations.langchain), the outbox's messages.
+        tables += ["kv_items", "outbox"]
         tables += [(await self._catalog.load(n)).table for n in await self._catalog.names()]
         async with view.transaction():
             for table in tables:

@@ -33,7 +33,13 @@ from agency_data.backup.service import Backups as AsyncBackups
 from agency_data.backup.service import RecoveryWindow
 from agency_data.backup.sets import BackupSet
 from agency_data.cache.store import Cache as AsyncCache
-from agency_data.config import AlertsConfig, DataLayerConfig, RetentionConfig, SubjectsConfig
+from agency_data.config import (
+    AlertsConfig,
+    DataLayerConfig,
+    OutboxConfig,
+    RetentionConfig,
+    SubjectsConfig,
+)
 from agency_data.coord.locks import Lock as AsyncLock
 from agency_data.coord.pubsub import PubSub as AsyncPubSub
 from agency_data.coord.pubsub import Streams as AsyncStreams
@@ -69,6 +75,7 @@ from agency_data.observability.metrics import Metrics
 from agency_data.observability.sampler import Sample
 from agency_data.observability.server import MetricsEndpoint as AsyncMetricsEndpoint
 from agency_data.observability.statements import StatementStats
+from agency_data.outbox.relay import Relay as AsyncRelay
 from agency_data.postgres.agents import _UNSET
 from agency_data.postgres.agents import AgentStore as AsyncAgentStore
 from agency_data.postgres.database import Isolation, Params, Query
@@ -127,6 +134,7 @@ __all__ = [
     "PubSub",
     "QueryMethods",
     "QueueOps",
+    "Relay",
     "Retention",
     "ScheduleOps",
     "ScriptRegistry",
@@ -769,11 +777,20 @@ class Streams(Wrapper):
         count: int = 10,
         block: float = 1.0,
         claim_after: float = 30.0,
+        dedupe: bool = False,
+        dedupe_window: float = 3600.0,
     ) -> Generator[StreamMessage, None, None]:
         """Messages for ``consumer`` of ``group``, redelivering ones others left unacknowledged."""
         return self._portal.iterate(
             self._aio.consume(
-                stream, group, consumer, count=count, block=block, claim_after=claim_after
+                stream,
+                group,
+                consumer,
+                count=count,
+                block=block,
+                claim_after=claim_after,
+                dedupe=dedupe,
+                dedupe_window=dedupe_window,
             )
         )
 
@@ -1078,6 +1095,11 @@ class DataLayer(QueryMethods, MonitoringMethods):
         """Backup sets of this database (see :mod:`agency_data.backup`)."""
         return self._child("backups", self._live().backups, Backups)
 
+    @property
+    def outbox(self) -> Relay:
+        """The outbox's relay: ``dl.outbox.relay()`` sends what can be sent now."""
+        return self._child("outbox", self._live().outbox, Relay)
+
     def health(self, timeout: float = 2.0) -> HealthStatus:
         """Probe PostgreSQL and Redis: ``ok``, ``degraded`` (Redis down) or ``down``."""
         return self._portal.call(self._aio.health(timeout))
@@ -1247,6 +1269,47 @@ class MetricsEndpoint(Wrapper):
         return self._portal.call(self._aio.aclose())
 
 
+class Relay(Wrapper):
+    """Synchronous twin of :class:`agency_data.outbox.relay.Relay`.
+
+    Moves committed outbox messages to Redis (see the module's docstring).
+    """
+
+    __slots__ = ()
+    _aio: AsyncRelay
+    _aio_type: ClassVar[type[Any]] = AsyncRelay
+
+    @property
+    def aio(self) -> AsyncRelay:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    @property
+    def config(self) -> OutboxConfig:
+        """The async object's ``config``."""
+        return self._aio.config
+
+    def wake(self) -> None:
+        """Start the next round now (a transaction that published has committed)."""
+        return self._portal.run_sync(self._aio.wake)
+
+    def relay(self) -> int:
+        """Send every message that can be sent now; how many were sent."""
+        return self._portal.call(self._aio.relay())
+
+    def prune(self) -> int:
+        """Delete sent messages older than ``keep_sent``; how many went."""
+        return self._portal.call(self._aio.prune())
+
+    def start(self) -> None:
+        """Relay in the background: at once when woken, else every ``interval`` seconds."""
+        return self._portal.run_sync(self._aio.start)
+
+    def close(self) -> None:
+        """Stop relaying (messages not sent yet wait for the next relay, here or elsewhere)."""
+        return self._portal.call(self._aio.aclose())
+
+
 class AgentStore(Wrapper):
     """Synchronous twin of :class:`agency_data.postgres.agents.AgentStore`.
 
@@ -1407,6 +1470,12 @@ class Transaction(Wrapper):
     def on_commit(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` (sync or async) after the outermost transaction commits; never on rollback."""
         return self._portal.run_sync(self._aio.on_commit, self._portal.callback(hook))
+
+    def publish(self, destination: str, message: Any, *, kind: str = "stream") -> UUID:
+        """Publish ``message`` (JSON-shaped) to a Redis stream (or, ``kind="channel"``, a
+        pub/sub channel) of this transaction's tenant if and only if the transaction commits;
+        return the id consumers deduplicate on."""
+        return self._portal.call(self._aio.publish(destination, message, kind=kind))
 
 
 class ScriptRegistry(Wrapper):
