@@ -193,13 +193,9 @@ class Streams:
         with translate_errors("deduplicating stream messages"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for ident, origin in marked:
-                    pipe.set(
-                        f"{key}:seen:{group}:{origin.decode()}",
-                        ident,
-                        nx=True,
-                        px=window_ms,
-                        get=True,
-                    )
+                    # Keys of their own (not stream names a tenant could publish to).
+                    seen = self._keys.dedupe(f"{key}:{group}:{origin.decode()}")
+                    pipe.set(seen, ident, nx=True, px=window_ms, get=True)
                 firsts = await pipe.execute()
             copies = [
                 ident

@@ -30,16 +30,17 @@ __all__ = ["Relay", "Send", "redis_sender"]
 _log = logging.getLogger("agency_data.outbox")
 
 # Sends one round's messages, in order, in one round trip: (tenant, kind, destination, JSON,
-# message id) each.
-Send = Callable[[Sequence[tuple[str, str, str, bytes, str]]], Awaitable[None]]
+# message id) each; returns, per message, None or why Redis refused it. Raises when Redis
+# cannot be reached (the round is then rolled back and tried again).
+Send = Callable[[Sequence[tuple[str, str, str, bytes, str]]], Awaitable[list[str | None]]]
 
 # The relays' advisory lock (any constant no other part of the layer uses).
 _LOCK = 0x6167_6F62  # "agob"
 # Messages of transactions still running, or behind one that is, wait for the next round.
 _BATCH_SQL = (
     "SELECT id, tenant_id, kind, destination, message::text AS message, message_id "
-    "FROM outbox WHERE sent_at IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
-    "ORDER BY id LIMIT %s"
+    "FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL "
+    "AND xid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY id LIMIT %s"
 )
 _PRUNE_SQL = (
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NOT NULL "
@@ -80,7 +81,7 @@ class Relay:
             rows = await self._db.fetch(_BATCH_SQL, [self.config.batch])
             if not rows:
                 return 0
-            await self._send(
+            refused = await self._send(
                 [
                     (
                         r["tenant_id"],
@@ -94,8 +95,18 @@ class Relay:
             )
             await self._db.execute(
                 "UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY(%s)",
-                [[r["id"] for r in rows]],
+                [[r["id"] for r, error in zip(rows, refused, strict=True) if error is None]],
             )
+            failed = [(r["id"], error) for r, error in zip(rows, refused, strict=True) if error]
+            if failed:
+                # Set aside, not retried: sending them again would fail again and hold back
+                # (or, rolled back, resend) every message after them.
+                _log.warning("Redis refused %d outbox message(s): %s", len(failed), failed[0][1])
+                await self._db.execute(
+                    "UPDATE outbox SET failed_at = clock_timestamp(), error = e.error "
+                    "FROM unnest(%s::bigint[], %s::text[]) AS e(id, error) WHERE outbox.id = e.id",
+                    [[i for i, _ in failed], [e for _, e in failed]],
+                )
         return len(rows)
 
     async def prune(self) -> int:
@@ -129,7 +140,9 @@ class Relay:
                 if self._stopping:
                     return
                 _log.warning("relaying the outbox failed; retrying", exc_info=True)
-                await backoff.sleep()
+                # A commit meanwhile (Redis back, say) still wakes the next round at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), backoff.next_delay())
 
     async def aclose(self) -> None:
         """Stop relaying (messages not sent yet wait for the next relay, here or elsewhere)."""
@@ -145,7 +158,7 @@ def redis_sender(client: RedisClient, max_length: int = 100_000) -> Send:
     """What sends a round's messages to ``client``: one pipeline, in order; a stream entry
     carries the message (``d``, as ``dl.streams.publish`` writes it) and its id (``o``)."""
 
-    async def send(messages: Sequence[tuple[str, str, str, bytes, str]]) -> None:
+    async def send(messages: Sequence[tuple[str, str, str, bytes, str]]) -> list[str | None]:
         async with client.pipeline(transaction=False) as pipe:
             for tenant, kind, destination, data, message_id in messages:
                 keys = Keys(tenant)
@@ -158,6 +171,8 @@ def redis_sender(client: RedisClient, max_length: int = 100_000) -> Send:
                     )
                 else:
                     pipe.publish(keys.channel(destination), data)
-            await pipe.execute()
+            # A command Redis refuses comes back as its error; a lost connection raises.
+            results = await pipe.execute(raise_on_error=False)
+        return [f"{type(r).__name__}: {r}" if isinstance(r, Exception) else None for r in results]
 
     return send

@@ -169,6 +169,15 @@ class Transaction:
                 "this transaction has ended: publish inside its `async with` block, or use "
                 "dl.streams.publish for a message of no transaction"
             )
+        current = self._db._current.get()
+        while current is not None and current is not self:
+            current = current.parent
+        if current is None:
+            # The statement would join whatever the calling task has open, not this one.
+            raise UsageError(
+                "tx.publish was called from a task (or thread) that is not running this "
+                "transaction: call it inside the transaction's block"
+            )
         check_choice(kind, "kind", ("stream", "channel"))
         check_text(destination, "destination", max_length=256, max_bytes=256)
         if not destination:
@@ -176,7 +185,7 @@ class Transaction:
         document = encode_json(message, "message", self._db.config.max_json_bytes)
         message_id: UUID = await self._db.fetch_value(
             "INSERT INTO outbox (tenant_id, kind, destination, message) "
-            "VALUES (%s, %s, %s, %s::jsonb) RETURNING message_id",
+            "VALUES (%s, %s, %s, %s::json) RETURNING message_id",
             [self._db.tenant or DEFAULT_TENANT, kind, destination, document],
         )
         wake = self._db.outbox_wake

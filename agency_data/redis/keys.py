@@ -229,3 +229,7 @@ class Keys:
     def stream(self, name: str) -> str:
         """A durable stream."""
         return f"{self.prefix}stream:{name}"
+
+    def dedupe(self, name: str) -> str:
+        """A consumer group's record of an outbox message it was handed (streams' dedupe)."""
+        return f"{self.prefix}dedupe:{name}"
