@@ -168,7 +168,9 @@ class Streams:
                 # pending for this consumer and is claimed again after claim_after.
                 raise asyncio.CancelledError
             for _, items in entries or []:
-                copies = await self._copies(key, group, items, window_ms) if dedupe else set()
+                copies = (
+                    await self._copies(stream, key, group, items, window_ms) if dedupe else set()
+                )
                 for ident, fields in items:
                     if not fields:  # deleted meanwhile
                         continue
@@ -184,7 +186,9 @@ class Streams:
                         outbox_id=origin.decode() if origin is not None else None,
                     )
 
-    async def _copies(self, key: str, group: str, items: Any, window_ms: int) -> set[str]:
+    async def _copies(
+        self, stream: str, key: str, group: str, items: Any, window_ms: int
+    ) -> set[str]:
         # Each outbox id's first entry claims it (SET NX, for the window); a later entry of
         # the same id is a copy, acknowledged here and not handed out.
         marked = [(ident, fields[b"o"]) for ident, fields in items if fields and b"o" in fields]
@@ -194,7 +198,7 @@ class Streams:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for ident, origin in marked:
                     # Keys of their own (not stream names a tenant could publish to).
-                    seen = self._keys.dedupe(f"{key}:{group}:{origin.decode()}")
+                    seen = self._keys.dedupe(f"{stream}:{group}:{origin.decode()}")
                     pipe.set(seen, ident, nx=True, px=window_ms, get=True)
                 firsts = await pipe.execute()
             copies = [

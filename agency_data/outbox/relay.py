@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from agency_data._tasks import cancel_and_wait
 from agency_data.config import OutboxConfig
 from agency_data.postgres.database import Database
 from agency_data.redis.client import RedisClient
@@ -150,8 +151,7 @@ class Relay:
         if loop is None:
             return
         self._stopping = True
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
+        await cancel_and_wait(loop)
 
 
 def redis_sender(client: RedisClient, max_length: int = 100_000) -> Send:

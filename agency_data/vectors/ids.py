@@ -26,7 +26,7 @@ MAX_ID_LENGTH = 512
 def stored_id(value: Any, field: str) -> str:
     """``value`` as an id to store under, or a :class:`ValidationError` saying why not."""
     text = _text(value, field)
-    if 0 < len(text) <= MAX_ID_LENGTH and "\x00" not in text and encodable(text):
+    if _storable(text):
         return text
     if not text:
         problem = "is empty"
@@ -42,9 +42,7 @@ def stored_id(value: Any, field: str) -> str:
 def lookup_id(value: Any, field: str) -> str | None:
     """``value`` as an id to look up; None when no stored id can be it."""
     text = _text(value, field)
-    if 0 < len(text) <= MAX_ID_LENGTH and "\x00" not in text and encodable(text):
-        return text
-    return None
+    return text if _storable(text) else None
 
 
 def lookup_ids(values: Any, field: str) -> list[str]:
@@ -55,6 +53,10 @@ def lookup_ids(values: Any, field: str) -> list[str]:
         if text is not None:
             found.append(text)
     return found
+
+
+def _storable(text: str) -> bool:
+    return 0 < len(text) <= MAX_ID_LENGTH and "\x00" not in text and encodable(text)
 
 
 def _text(value: Any, field: str) -> str:

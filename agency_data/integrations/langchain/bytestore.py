@@ -93,7 +93,8 @@ class AgencyByteStore(ByteStore):
 
     def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
         """Every key (starting with ``prefix``, if given), in key order."""
-        return self._portal.iterate(self._keys(prefix))
+        # The async iterator, stepped on the loop (where its pages need no hop).
+        return self._portal.iterate(self.ayield_keys(prefix=prefix))
 
     async def ayield_keys(self, *, prefix: str | None = None) -> AsyncIterator[str]:
         """Every key (starting with ``prefix``, if given), in key order."""
@@ -140,16 +141,6 @@ class AgencyByteStore(ByteStore):
         doomed = _keys(keys, "keys")
         if doomed:
             await self._db.execute(_DELETE, [self.namespace, doomed])
-
-    async def _keys(self, prefix: str | None) -> AsyncIterator[str]:
-        after = ""
-        while True:
-            page = await self._page(prefix, after)
-            for key in page:
-                yield key
-            if len(page) < _PAGE:
-                return
-            after = page[-1]
 
     async def _page(self, prefix: str | None, after: str) -> list[str]:
         if prefix is not None:

@@ -255,15 +255,15 @@ class AgencyVectorStore(VectorStore):
         k: int,
         filter: dict[str, Any] | None,
         options: dict[str, Any],
-        scored: Callable[[SimilarityResult, str, int], float],
+        scored: Callable[[SimilarityResult, str], float],
     ) -> list[tuple[Document, float]]:
         _no_options(options, "a similarity search", _SEARCH_OPTIONS)
         check_int(k, "k", 1, MAX_PAGE)
         if query is not None:
             vector = await self._collection.embed_query(query)
         hits = await self._collection.find_similar(vector, k, filter=filter, **options)
-        info = await self._collection.spec()
-        return [(_document(hit), scored(hit, info.metric, info.dimension)) for hit in hits]
+        metric = (await self._collection.spec()).metric
+        return [(_document(hit), scored(hit, metric)) for hit in hits]
 
     def max_marginal_relevance_search(
         self,
@@ -388,11 +388,11 @@ def _document(hit: SimilarityResult) -> Document:
     return Document(id=hit.id, page_content=hit.content or "", metadata=hit.metadata)
 
 
-def _distance(hit: SimilarityResult, metric: str, dimension: int) -> float:
+def _distance(hit: SimilarityResult, metric: str) -> float:
     return hit.distance
 
 
-def _relevance(hit: SimilarityResult, metric: str, dimension: int) -> float:
+def _relevance(hit: SimilarityResult, metric: str) -> float:
     # From 0 (unrelated) to 1 (the same), falling as the distance grows: LangChain's own
     # functions for cosine and euclidean (of unit vectors), held within [0, 1] (theirs go
     # below 0 for vectors pointing away, which LangChain warns about on every search); for
