@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from psycopg import sql
 
-from agency_data import AgencyDataError, DataLayer
+from agency_data import AgencyDataError, BackendUnavailable, DataLayer
 from agency_data.config import OutboxConfig
 from agency_data.errors import SerializationFailure, UsageError
 from agency_data.models import StreamMessage
@@ -261,9 +261,15 @@ async def test_the_relay_comes_back_after_its_postgres_connections_are_killed(
         )
     await asyncio.sleep(0.2)
     for n in (1, 2):
-        with contextlib.suppress(Exception):  # the pool may hand out a dead connection once
-            async with dl.transaction() as tx:
-                await tx.publish("events", {"n": n})
+        # A terminated session may fail a publish once (its transaction, with its message, is
+        # then rolled back): each is published again until its transaction commits.
+        for _ in range(5):
+            try:
+                async with dl.transaction() as tx:
+                    await tx.publish("events", {"n": n})
+                break
+            except BackendUnavailable:
+                await asyncio.sleep(0.2)
     got = await _read(dl, "events", 2, wait=8.0)
     assert {"n": 2} in got
 
