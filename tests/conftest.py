@@ -279,8 +279,10 @@ async def holding_connections(dl: DataLayer, count: int) -> AsyncIterator[None]:
 
     async def hold() -> None:
         nonlocal held
-        async with dl.transaction():
-            await dl.fetch_value("SELECT 1")
+        # Waiting as long as it takes to open the connection (a loaded machine may take longer
+        # than a test's short pool_timeout), which the block then holds.
+        async with dl.pool.connection(timeout=30) as conn, conn.transaction():
+            await conn.execute("SELECT 1")
             held += 1
             if held == count:
                 everyone.set()
