@@ -698,6 +698,37 @@ class OutboxConfig(_Section):
     )
 
 
+class ChangesConfig(_Section):
+    """The change feed (``dl.changes``): which tables are captured, and how much is kept."""
+
+    tables: list[str] = Field(
+        default_factory=list,
+        description="tables whose changes are captured from connect on ('agents', 'tasks'; "
+        "dl.changes.track for chosen columns); tables left out are not untracked",
+    )
+    keep: float = Field(
+        default=86_400.0,
+        ge=0,
+        le=86_400 * 366,
+        description="seconds a change is kept after it committed (longer for named consumers "
+        "that have not read it, up to max_rows)",
+    )
+    max_rows: int = Field(
+        default=1_000_000,
+        ge=1,
+        le=10**12,
+        description="the most changes kept: past it the oldest go, consumers that had not "
+        "read them are marked lost, and an alert fires",
+    )
+    poll: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="seconds a waiting reader sleeps between looks when no commit wakes it "
+        "(commits notify readers at once, except through PgBouncer)",
+    )
+
+
 class AuditConfig(_Section):
     """The audit trail (``dl.audit``): which tables' changes are recorded."""
 
@@ -1065,6 +1096,7 @@ class DataLayerConfig(BaseSettings):
     backup: BackupConfig = Field(default_factory=BackupConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    changes: ChangesConfig = Field(default_factory=ChangesConfig)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)

@@ -15,6 +15,7 @@ AgencyDataError
  +-- Conflict                 a unique key or an expected version did not hold
  |    +-- LeaseLost           a worker's lease on a task ran out and the task moved on
  |    +-- TaskCancelled       the task a worker holds was cancelled
+ |    +-- ChangesLost         a change-feed cursor points before what the feed still keeps
  +-- ValidationError          bad input, caught before (or by) the database
  +-- DecryptionError          an encrypted value's key is gone (shredded) or the value was moved
  +-- EmbedderError            a collection's text embedder failed, or returned unusable vectors
@@ -39,6 +40,7 @@ __all__ = [
     "AgencyDataError",
     "BackendUnavailable",
     "BackupError",
+    "ChangesLost",
     "ConfigError",
     "Conflict",
     "DecryptionError",
@@ -197,6 +199,18 @@ class TaskCancelled(Conflict):
         super().__init__(message, field="status")
         self.task_id = task_id
         self.reason = reason
+
+
+class ChangesLost(Conflict):
+    """The change feed no longer keeps every change after a cursor: some were pruned (older
+    than ``changes.keep``, or past ``changes.max_rows`` while a consumer lagged). Reading on
+    would skip them silently, so the feed refuses; start again from ``since="now"`` (after
+    reloading what the changes described), and drop a named consumer with
+    ``dl.changes.drop(name)``."""
+
+    def __init__(self, message: str, *, cursor: str) -> None:
+        super().__init__(message, field="since")
+        self.cursor = cursor
 
 
 class ValidationError(AgencyDataError):

@@ -40,6 +40,7 @@ from agency_data.observability.methods import MonitoringMethods
 from agency_data.observability.monitor import Monitor
 from agency_data.observability.statements import enable_statement_stats
 from agency_data.outbox import Relay, redis_sender
+from agency_data.outbox.changes import Changes, FeedRuntime
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import to_agency_error
@@ -130,6 +131,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._sealer: Sealer | None = None
         # The outbox's relay (agency_data.outbox): committed tx.publish messages to Redis.
         self._outbox: Relay | None = None
+        # The change feed (agency_data.outbox.changes), shared by every tenant's view.
+        self._feed: FeedRuntime
+        self._changes: Changes | None = None
         self._retention: Retention | None = None
         self._subjects: SubjectRights | None = None
         # Field encryption (agency_data.security.fields): a KMS of the caller's, or the KEK
@@ -268,9 +272,21 @@ class DataLayer(QueryMethods, MonitoringMethods):
             await self._admin.audit(table, detail=self.config.audit.detail.get(table, "digest"))
         self._sealer = Sealer(admin_db, audit.seal_interval)
         self._sealer.start()
-        self._outbox = Relay(admin_db, redis_sender(self._redis), self.config.outbox)
+        self._feed = FeedRuntime(admin_db, self.config.changes, self._tasks.wakeups)
+        self._changes = Changes(
+            self._db.for_tenant(DEFAULT_TENANT), self._feed, lambda t: self.tenant(t).changes
+        )
+        for table in self.config.changes.tables:
+            if table not in await self._changes.tracked():
+                await self._changes.track(table)
+        self._outbox = Relay(
+            admin_db, redis_sender(self._redis), self.config.outbox, pruners=[self._changes.prune]
+        )
         if self.config.outbox.relay:
             self._outbox.start()
+            if self._tasks.wakeups is not None:
+                # Commits of other processes (and trigger-written messages) wake it at once.
+                self._tasks.wakeups.on_commits(self._outbox.wake)
         self._anchors = AnchorLog(
             admin_db, audit.anchor_interval, by_tenant=self.config.monitoring.tenant_labels
         )
@@ -560,6 +576,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
                 self.config,
                 self._cache_backend,
                 self.redis,
+                self._feed,
                 masker=self._masker,
             )
             self._scopes[tenant_id] = scope
@@ -674,6 +691,14 @@ class DataLayer(QueryMethods, MonitoringMethods):
     def _wake_outbox(self) -> None:
         if self._outbox is not None and self.config.outbox.relay:
             self._outbox.wake()
+
+    @property
+    def changes(self) -> Changes:
+        """The change feed: ``async for change in dl.changes(["tasks"], since=...)`` (the
+        default tenant's, or ``tenant=``'s); ``track``, ``consumers``, ``status``, ``prune``."""
+        self._check_connected()
+        assert self._changes is not None
+        return self._changes
 
     @property
     def outbox(self) -> Relay:

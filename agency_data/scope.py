@@ -19,6 +19,7 @@ from agency_data.coord.sessions import SessionStore
 from agency_data.errors import BackendUnavailable, ValidationError
 from agency_data.inputs import check_bool
 from agency_data.observability import Telemetry, observed
+from agency_data.outbox.changes import ChangeFeed, FeedRuntime
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction
 from agency_data.redis.client import RedisClient
@@ -243,6 +244,7 @@ class TenantScope(QueryMethods):
         config: DataLayerConfig,
         backend: CacheBackend,
         client: RedisClient,
+        feed: FeedRuntime,
         *,
         masker: Masker | None = None,
     ) -> None:
@@ -273,6 +275,8 @@ class TenantScope(QueryMethods):
         )
         self.pubsub = PubSub(client, self._keys, telemetry=telemetry)
         self.streams = Streams(client, self._keys, telemetry=telemetry)
+        # Row changes of the tracked tables, in commit order (agency_data.outbox.changes).
+        self.changes = ChangeFeed(db, tenant_id, feed)
 
     async def aclose(self) -> None:
         """Wait for this tenant's reads and writes still gathered with other callers'."""

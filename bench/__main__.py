@@ -26,6 +26,7 @@ from agency_data import DataLayer, DataLayerConfig
 from bench import (
     audit,
     cache,
+    changes,
     coord,
     encryption,
     heartbeats,
@@ -67,6 +68,7 @@ SCENARIOS = [
     "encryption",
     "sync",
     "outbox",
+    "changes",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -165,6 +167,7 @@ async def main(args: argparse.Namespace) -> None:
                 "encryption": lambda: encryption.encryption(b),
                 "sync": lambda: sync.sync(b),
                 "outbox": lambda: outbox.outbox(b),
+                "changes": lambda: changes.changes(b),
                 "langgraph-store": lambda: langgraph_store.langgraph_store(b),
             }
             for name in SCENARIOS:

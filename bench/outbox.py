@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from bench.context import Bench
-from bench.harness import Result, paired, percentiles
+from bench.harness import Result, paired, paired_concurrently, percentiles
 
 
 async def outbox(b: Bench) -> list[Result]:
@@ -27,6 +27,9 @@ async def outbox(b: Bench) -> list[Result]:
 
     b.step("outbox: a write with and without tx.publish")
     with_rate, without_rate = await paired(published, plain, n, b.runs)
+    # Publishing transactions commit one at a time (commit order): eight writers show it.
+    b.step("outbox: eight writers with and without tx.publish")
+    many_with, many_without = await paired_concurrently(published, plain, 8, n * 2, b.runs)
 
     b.step("outbox: relay throughput")
     messages = b.size(5_000, 20_000)
@@ -70,6 +73,14 @@ async def outbox(b: Bench) -> list[Result]:
             with_rate,
             without_rate,
             "the same write without publishing",
+        ),
+        Result(
+            "outbox",
+            "write + tx.publish (8 writers)",
+            "tx/s",
+            many_with,
+            many_without,
+            "the same writes without publishing",
         ),
         Result(
             "outbox",

@@ -45,6 +45,7 @@ from agency_data.coord.locks import Lock
 from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.inputs import brief
+from agency_data.outbox import Changes
 from agency_data.postgres.agents import AgentStore
 from agency_data.scope import TenantScope
 from agency_data.subjects import SubjectRights
@@ -546,6 +547,8 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "dimension": lambda p: DIM,
     "admin.collection": lambda p: COLLECTION,
     "admin.audit.table": lambda p: "agents",
+    "changes.table": lambda p: "agents",
+    "changes.columns": lambda p: ["name", "status"],
     "export.source": lambda p: "tasks",
     "subjects.tenant": lambda p: TENANT,
     "subject": lambda p: "nobody@example.com",
@@ -626,6 +629,7 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
     "pubsub": (PubSub, lambda dl: dl.pubsub),
     "streams": (Streams, lambda dl: dl.streams),
     "lock": (Lock, lambda dl: dl.lock("probe-held", ttl=30)),
+    "changes": (Changes, lambda dl: dl.changes),
 }
 if AgencyCheckpointSaver is not None:
     # Built on the test's running loop, so its sync methods are refused there (UsageError).

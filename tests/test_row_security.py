@@ -20,7 +20,7 @@ DIM = 3
 async def two_tenants(dl: DataLayer) -> DataLayer:
     """Tenants a and b, each with an agent, two tasks (one waiting on the other), a task type
     policy, a schedule, an embedding in two collections, a key-value item, a LangGraph
-    checkpoint and a LangGraph store item."""
+    checkpoint, a LangGraph store item, an outbox message, a change and a change consumer."""
     await dl.embeddings.create_collection("notes", dimension=DIM)
     # Agents audited: the audit trail's tables get a record and a chain head per tenant.
     await dl.admin.fetch("SELECT agency_data_audit('agents', true)")
@@ -57,6 +57,16 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
         await scope.execute(
             "INSERT INTO outbox (tenant_id, kind, destination, message) "
             "VALUES (%s, 'stream', 'events', '{}')",
+            [tenant],
+        )
+        # A change of the change feed, and a named consumer's cursor.
+        await scope.execute(
+            "INSERT INTO changes (tenant_id, table_name, op, row_id, new) "
+            "VALUES (%s, 'agents', 'insert', 'x', '{}')",
+            [tenant],
+        )
+        await scope.execute(
+            "INSERT INTO change_consumers (tenant_id, name, seq, change_id) VALUES (%s, 'c', 0, 0)",
             [tenant],
         )
         # An item of the LangGraph store (agency_data.integrations.langgraph).

@@ -1,14 +1,16 @@
 """The outbox relay: committed messages (``tx.publish``) moved to Redis, in order, at least once.
 
 Each round, in one PostgreSQL transaction as the owner role: take the relay's advisory lock
-(relays of other processes skip the round rather than wait, so no two send at once and the
-order holds), read the oldest unsent messages whose transactions, and every older one, have
-ended, send them to Redis in one pipeline in id order, mark them sent, commit. Redis failing
-rolls the round back: the messages stay unsent and the next round (after a backoff) sends
-them. A process dying after sending and before committing makes the next relay send them
-again: delivery is at least once, and each message carries its id (``outbox_id`` on
+(relays of other processes skip the round rather than wait, so no two send at once), walk the
+commits in the order they became visible (``commit_order``, migration 0016) from where the
+relays had got to (``outbox_relay``), take their unsent messages, send them to Redis in one
+pipeline in that order, mark them sent, note how far the walk got, commit. Redis failing rolls
+the round back: the messages stay unsent and the next round (after a backoff) sends them. A
+process dying after sending and before committing makes the next relay send them again:
+delivery is at least once, and each message carries its id (``outbox_id`` on
 :class:`~agency_data.models.StreamMessage`) for consumers to deduplicate on
-(``consume(..., dedupe=True)``).
+(``consume(..., dedupe=True)``). A commit that wrote to the outbox notifies
+``agency_data_commits``; relays listening there start their next round at once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from agency_data._tasks import cancel_and_wait
 from agency_data.config import OutboxConfig
+from agency_data.errors import QueryError
 from agency_data.postgres.database import Database
 from agency_data.redis.client import RedisClient
 from agency_data.redis.keys import Keys
@@ -37,24 +40,45 @@ Send = Callable[[Sequence[tuple[str, str, str, bytes, str]]], Awaitable[list[str
 
 # The relays' advisory lock (any constant no other part of the layer uses).
 _LOCK = 0x6167_6F62  # "agob"
-# Messages of transactions still running, or behind one that is, wait for the next round.
+# The commits from the relays' mark on, in commit order, with their unsent messages; and (in
+# the same snapshot) the last commit there is, which the mark moves to once the walk is through.
 _BATCH_SQL = (
-    "SELECT id, tenant_id, kind, destination, message::text AS message, message_id "
-    "FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL "
-    "AND xid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY id LIMIT %s"
+    "WITH top AS (SELECT max(seq) AS top FROM commit_order) "
+    "SELECT top.top, b.* FROM top LEFT JOIN LATERAL ("
+    "SELECT c.seq, o.id, o.tenant_id, o.kind, o.destination, o.message::text AS message, "
+    "o.message_id FROM commit_order c JOIN outbox o ON o.xid = c.xid "
+    "AND o.sent_at IS NULL AND o.failed_at IS NULL "
+    "WHERE c.seq >= (SELECT seq FROM outbox_relay) ORDER BY c.seq, o.id LIMIT %s"
+    ") b ON true"
 )
 _PRUNE_SQL = (
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NOT NULL "
     "AND sent_at < clock_timestamp() - make_interval(secs => %s) LIMIT 10000)"
 )
+_PRUNE_COMMITS_SQL = (
+    "DELETE FROM commit_order WHERE seq IN (SELECT seq FROM commit_order WHERE seq < least("
+    "(SELECT pruned_seq + 1 FROM change_feed), (SELECT seq FROM outbox_relay)) "
+    "ORDER BY seq LIMIT 10000)"
+)
 _PRUNE_EVERY = 60.0
+# undefined_table, undefined_function: a database the layer's migrations have not reached.
+_NOT_MIGRATED = ("42P01", "42883")
 
 
 class Relay:
     """Moves committed outbox messages to Redis (see the module's docstring)."""
 
-    def __init__(self, db: Database, send: Send, config: OutboxConfig) -> None:
+    def __init__(
+        self,
+        db: Database,
+        send: Send,
+        config: OutboxConfig,
+        *,
+        pruners: Sequence[Callable[[], Awaitable[int]]] = (),
+    ) -> None:
         self._db = db
+        # Run before the relay's own pruning (the change feed's), on the same schedule.
+        self._pruners = pruners
         self._send = send
         self.config = config
         self._wake = asyncio.Event()
@@ -79,7 +103,17 @@ class Relay:
         async with self._db.transaction():
             if not await self._db.fetch_value("SELECT pg_try_advisory_xact_lock(%s)", [_LOCK]):
                 return 0  # another relay's round is under way
-            rows = await self._db.fetch(_BATCH_SQL, [self.config.batch])
+            found = await self._db.fetch(_BATCH_SQL, [self.config.batch])
+            rows = [r for r in found if r["id"] is not None]
+            # A full batch may have stopped inside a commit: the next round starts at that
+            # commit again (its sent messages are no longer unsent). Otherwise every commit up
+            # to the last one is through.
+            top = found[0]["top"]
+            mark = rows[-1]["seq"] if len(rows) == self.config.batch else top and top + 1
+            if mark:
+                await self._db.execute(
+                    "UPDATE outbox_relay SET seq = %s WHERE seq <> %s", [mark, mark]
+                )
             if not rows:
                 return 0
             refused = await self._send(
@@ -111,13 +145,20 @@ class Relay:
         return len(rows)
 
     async def prune(self) -> int:
-        """Delete sent messages older than ``keep_sent``; how many went."""
+        """Delete sent messages older than ``keep_sent`` (and what the change feed no longer
+        needs); how many messages went."""
+        for pruner in self._pruners:
+            await pruner()
         total = 0
         while True:
             gone = await self._db.execute(_PRUNE_SQL, [self.config.keep_sent])
             total += gone
             if gone < 10_000:
-                return total
+                break
+        # Commits whose messages are all sent and whose changes are pruned.
+        while await self._db.execute(_PRUNE_COMMITS_SQL) == 10_000:
+            pass
+        return total
 
     def start(self) -> None:
         """Relay in the background: at once when woken, else every ``interval`` seconds."""
@@ -137,10 +178,15 @@ class Relay:
                     self._pruned_at = time.monotonic()
                     await self.prune()
                 backoff.reset()
-            except Exception:  # noqa: BLE001 - the messages stay unsent; the next round sends
+            except Exception as exc:  # noqa: BLE001 - the messages stay unsent; the next round sends
                 if self._stopping:
                     return
-                _log.warning("relaying the outbox failed; retrying", exc_info=True)
+                if isinstance(exc, QueryError) and exc.sqlstate in _NOT_MIGRATED:
+                    # Connected before `migrate` (the CLI's own commands do): nothing to relay
+                    # until the outbox's migrations are applied.
+                    _log.debug("the outbox's tables are not there yet: %s", exc)
+                else:
+                    _log.warning("relaying the outbox failed; retrying", exc_info=True)
                 # A commit meanwhile (Redis back, say) still wakes the next round at once.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), backoff.next_delay())

@@ -167,9 +167,11 @@ class SubjectRights:
             "langgraph_checkpoints",
             "langgraph_store",
         ]
-        # LangChain's byte store (agency_data.integrations.langchain), the outbox's messages.
-        tables += ["kv_items", "outbox"]
+        # LangChain's byte store (agency_data.integrations.langchain).
+        tables += ["kv_items"]
         tables += [(await self._catalog.load(n)).table for n in await self._catalog.names()]
+        # Last: the deletes above may have written changes and messages (tracked tables).
+        tables += ["outbox", "changes", "change_consumers"]
         async with view.transaction():
             for table in tables:
                 removed = await view.execute(

@@ -75,6 +75,9 @@ from agency_data.observability.metrics import Metrics
 from agency_data.observability.sampler import Sample
 from agency_data.observability.server import MetricsEndpoint as AsyncMetricsEndpoint
 from agency_data.observability.statements import StatementStats
+from agency_data.outbox.changes import Change, ChangeConsumer, FeedStatus
+from agency_data.outbox.changes import ChangeFeed as AsyncChangeFeed
+from agency_data.outbox.changes import Changes as AsyncChanges
 from agency_data.outbox.relay import Relay as AsyncRelay
 from agency_data.postgres.agents import _UNSET
 from agency_data.postgres.agents import AgentStore as AsyncAgentStore
@@ -118,6 +121,8 @@ __all__ = [
     "AuditTrail",
     "Backups",
     "Cache",
+    "ChangeFeed",
+    "Changes",
     "Collection",
     "CollectionAdmin",
     "DataLayer",
@@ -1096,6 +1101,12 @@ class DataLayer(QueryMethods, MonitoringMethods):
         return self._child("backups", self._live().backups, Backups)
 
     @property
+    def changes(self) -> Changes:
+        """The change feed: ``for change in dl.changes(["tasks"], since=...)`` (the
+        default tenant's, or ``tenant=``'s); ``track``, ``consumers``, ``status``, ``prune``."""
+        return self._child("changes", self._live().changes, Changes)
+
+    @property
     def outbox(self) -> Relay:
         """The outbox's relay: ``dl.outbox.relay()`` sends what can be sent now."""
         return self._child("outbox", self._live().outbox, Relay)
@@ -1269,6 +1280,102 @@ class MetricsEndpoint(Wrapper):
         return self._portal.call(self._aio.aclose())
 
 
+class ChangeFeed(Wrapper):
+    """Synchronous twin of :class:`agency_data.outbox.changes.ChangeFeed`.
+
+    One tenant's change feed (``dl.tenant(t).changes``): call it to read.
+    """
+
+    __slots__ = ()
+    _aio: AsyncChangeFeed
+    _aio_type: ClassVar[type[Any]] = AsyncChangeFeed
+
+    @property
+    def aio(self) -> AsyncChangeFeed:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    @property
+    def tenant_id(self) -> str:
+        """The async object's ``tenant_id``."""
+        return self._aio.tenant_id
+
+    def __call__(
+        self,
+        tables: Any,
+        *,
+        since: Any = None,
+        consumer: str | None = None,
+        batch: int = 500,
+        wait: bool = True,
+        tenant: str | None = None,
+    ) -> Generator[Change, None, None]:
+        """The changes of ``tables`` (tracked ones), in commit order; use ``for``."""
+        return self._portal.iterate(
+            self._aio.__call__(
+                tables, since=since, consumer=consumer, batch=batch, wait=wait, tenant=tenant
+            )
+        )
+
+    def position(self) -> str:
+        """The cursor of now: reading from it gives the changes committed after this call.
+        Take it before reading the tables whole, then read from it: nothing is missed between
+        the two."""
+        return self._portal.call(self._aio.position())
+
+    def consumers(self) -> list[ChangeConsumer]:
+        """This tenant's named consumers and how far behind each is."""
+        return self._portal.call(self._aio.consumers())
+
+    def drop(self, consumer: str) -> None:
+        """Forget a named consumer (its cursor, and the changes kept for it)."""
+        return self._portal.call(self._aio.drop(consumer))
+
+
+class Changes(ChangeFeed):
+    """Synchronous twin of :class:`agency_data.outbox.changes.Changes`.
+
+    ``dl.changes``: the default tenant's feed (``tenant=`` for another's), and what the
+    owner manages: which tables are captured, pruning, the feed's fill.
+    """
+
+    __slots__ = ()
+    _aio: AsyncChanges
+    _aio_type: ClassVar[type[Any]] = AsyncChanges
+
+    @property
+    def aio(self) -> AsyncChanges:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    def track(self, table: str, columns: Any = None) -> list[str]:
+        """Capture ``table``'s changes from now on, with ``columns``' values (default: every
+        column but vectors and bytes); the columns captured. Tracking again replaces them.
+        Columns the table gains later are captured too, until it is tracked again."""
+        return self._portal.call(self._aio.track(table, columns))
+
+    def untrack(self, table: str) -> bool:
+        """Stop capturing ``table``'s changes (kept ones stay until pruned); whether it was."""
+        return self._portal.call(self._aio.untrack(table))
+
+    def tracked(self) -> dict[str, list[str]]:
+        """Each captured table and the columns whose values its changes carry."""
+        return self._portal.call(self._aio.tracked())
+
+    def consumers(self) -> list[ChangeConsumer]:
+        """Every tenant's named consumers and how far behind each is."""
+        return self._portal.call(self._aio.consumers())
+
+    def status(self) -> FeedStatus:
+        """How many changes the feed keeps against its cap, and who holds them back."""
+        return self._portal.call(self._aio.status())
+
+    def prune(self) -> int:
+        """Delete the changes no one needs (older than ``keep`` and read by every named
+        consumer) and, past ``max_rows``, the oldest whatever; how many went."""
+        return self._portal.call(self._aio.prune())
+
+
 class Relay(Wrapper):
     """Synchronous twin of :class:`agency_data.outbox.relay.Relay`.
 
@@ -1298,7 +1405,8 @@ class Relay(Wrapper):
         return self._portal.call(self._aio.relay())
 
     def prune(self) -> int:
-        """Delete sent messages older than ``keep_sent``; how many went."""
+        """Delete sent messages older than ``keep_sent`` (and what the change feed no longer
+        needs); how many messages went."""
         return self._portal.call(self._aio.prune())
 
     def start(self) -> None:
@@ -1608,6 +1716,11 @@ class TenantScope(QueryMethods):
     def streams(self) -> Streams:
         """The async object's ``streams``."""
         return self._child("streams", self._live().streams, Streams)
+
+    @property
+    def changes(self) -> ChangeFeed:
+        """The async object's ``changes``."""
+        return self._child("changes", self._live().changes, ChangeFeed)
 
     def close(self) -> None:
         """Wait for this tenant's reads and writes still gathered with other callers'."""

@@ -108,7 +108,7 @@ _OWN = {
     "each_callback": ("agency_data.sync._wrapper", "each_callback"),
 }
 _ASYNC_ITERATORS = {"AsyncIterator", "AsyncGenerator", "AsyncIterable"}
-_KEPT_DUNDERS = {"__aenter__": "__enter__", "__aexit__": "__exit__"}
+_KEPT_DUNDERS = {"__aenter__": "__enter__", "__aexit__": "__exit__", "__call__": "__call__"}
 
 
 class GenerationError(Exception):

@@ -1,8 +1,11 @@
-"""Waking workers when tasks become pending: one LISTEN connection per DataLayer.
+"""Waking workers when tasks become pending, and the outbox relay and change-feed readers when
+a transaction that wrote to them commits: one LISTEN connection per DataLayer.
 
 The database sends ``NOTIFY agency_data_tasks, '<tenant>'`` whenever a statement leaves pending
-tasks behind (a trigger of the task lifecycle migration). Waiters register *before* they look
-for work, so a notification that arrives between an empty claim and the wait is not lost.
+tasks behind (a trigger of the task lifecycle migration), and ``NOTIFY agency_data_commits``
+when a transaction with outbox messages or captured changes commits (migration 0016). Waiters
+register *before* they look, so a notification that arrives between an empty look and the wait
+is not lost.
 
 LISTEN needs a session of its own: through PgBouncer's transaction pooling, notifications reach
 whichever client holds the server connection at that moment, or nobody. Without a direct
@@ -15,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import psycopg
 from psycopg import AsyncConnection
@@ -24,9 +27,10 @@ from psycopg import AsyncConnection
 from agency_data._tasks import cancel_and_wait
 from agency_data.retry import Backoff
 
-__all__ = ["CHANNEL", "POLL_INTERVAL", "TaskWakeups"]
+__all__ = ["CHANNEL", "COMMITS", "POLL_INTERVAL", "TaskWakeups"]
 
 CHANNEL = "agency_data_tasks"
+COMMITS = "agency_data_commits"
 # Seconds between wake-ups when there is no direct connection to LISTEN on.
 POLL_INTERVAL = 0.5
 _log = logging.getLogger("agency_data.tasks")
@@ -41,13 +45,28 @@ class TaskWakeups:
     def __init__(self, conninfo: str | None, *, poll_interval: float = POLL_INTERVAL) -> None:
         self._conninfo = conninfo
         self._poll_interval = poll_interval
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        # Keyed by tenant; None: waiters for commits (any tenant's).
+        self._waiters: dict[str | None, set[asyncio.Event]] = {}
+        self._on_commits: list[Callable[[], None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
-    @asynccontextmanager
-    async def subscription(self, tenant: str) -> AsyncIterator[asyncio.Event]:
+    def subscription(self, tenant: str) -> AbstractAsyncContextManager[asyncio.Event]:
         """An event set whenever ``tenant`` gets pending work, while the block runs."""
+        return self._subscription(tenant)
+
+    def commits(self) -> AbstractAsyncContextManager[asyncio.Event]:
+        """An event set whenever a transaction with outbox messages or captured changes
+        commits, while the block runs."""
+        return self._subscription(None)
+
+    def on_commits(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop, quickly) whenever such a transaction commits."""
+        self._on_commits.append(callback)
+        self._ensure_listener()
+
+    @asynccontextmanager
+    async def _subscription(self, tenant: str | None) -> AsyncIterator[asyncio.Event]:
         self._ensure_listener()
         event = asyncio.Event()
         self._waiters.setdefault(tenant, set()).add(event)
@@ -95,13 +114,17 @@ class TaskWakeups:
             try:
                 async with await AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute("LISTEN " + CHANNEL)
+                    await conn.execute("LISTEN " + COMMITS)
                     self._listening.set()
                     backoff.reset()
                     # A reconnect may have missed notifications: wake everyone to look again.
                     self._wake_all()
                     async for notify in conn.notifies():
-                        for event in self._waiters.get(notify.payload, ()):
-                            event.set()
+                        if notify.channel == COMMITS:
+                            self._wake_commits()
+                        else:
+                            for event in self._waiters.get(notify.payload, ()):
+                                event.set()
             except psycopg.Error as exc:
                 self._listening.clear()
                 _log.warning("task wake-up listener lost its connection (%s); retrying", exc)
@@ -111,3 +134,11 @@ class TaskWakeups:
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
+        for callback in self._on_commits:
+            callback()
+
+    def _wake_commits(self) -> None:
+        for event in self._waiters.get(None, ()):
+            event.set()
+        for callback in self._on_commits:
+            callback()
