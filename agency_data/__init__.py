@@ -49,6 +49,7 @@ from agency_data.errors import (
     UsageError,
     ValidationError,
 )
+from agency_data.events import Events
 from agency_data.manager import DataLayer
 from agency_data.migrations import MigrationReport, MigrationRunner, MigrationSource, MigrationState
 from agency_data.models import (
@@ -60,6 +61,7 @@ from agency_data.models import (
     ComponentHealth,
     DiskSpace,
     Embedding,
+    Event,
     HealthStatus,
     IndexInfo,
     IndexProgress,
@@ -122,6 +124,8 @@ __all__ = [
     "EmbedderError",
     "Embedding",
     "EmbeddingStore",
+    "Event",
+    "Events",
     "HealthStatus",
     "IndexInfo",
     "IndexProgress",

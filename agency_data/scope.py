@@ -17,6 +17,7 @@ from agency_data.coord.locks import Lock
 from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.errors import BackendUnavailable, ValidationError
+from agency_data.events import Events
 from agency_data.inputs import check_bool
 from agency_data.observability import Telemetry, observed
 from agency_data.postgres.agents import AgentStore
@@ -273,6 +274,10 @@ class TenantScope(QueryMethods):
         )
         self.pubsub = PubSub(client, self._keys, telemetry=telemetry)
         self.streams = Streams(client, self._keys, telemetry=telemetry)
+        # Reads wait at most half the client's socket timeout, which would end them as errors.
+        self.events = Events(
+            client, self._keys, self.streams, block=min(1.0, config.redis.socket_timeout / 2)
+        )
 
     async def aclose(self) -> None:
         """Wait for this tenant's reads and writes still gathered with other callers'."""
