@@ -409,3 +409,32 @@ async def test_match_takes_uuids_and_enums(edl: DataLayer) -> None:
         await edl.tasks.create("job")
         (claimed,) = await edl.tasks.claim(agent.id)
         assert (await sub.next()).id == str(claimed.id)
+
+
+async def test_the_layers_own_sweeps_publish_too(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    # Retention runs as the owner, on the admin pool; lease rescue on the application's.
+    config = make_config(
+        database,
+        redis_url,
+        tmp_path,
+        events=ALL_ON,
+        outbox={"relay": False},
+        retention={"policies": [{"target": "notes", "older_than": 0.01}]},
+    )
+    async with DataLayer(config) as dl:
+        notes = await dl.embeddings.create_collection("notes", dimension=3)
+        await notes.store_many(
+            {"entity_type": "n", "entity_id": str(i), "vector": [1, i, 0]} for i in range(3)
+        )
+        agent = await dl.agents.create(name="worker", type="w")
+        await dl.tasks.create("job")
+        await dl.tasks.claim(agent.id, lease_seconds=0.05)
+        await asyncio.sleep(0.2)
+        assert await dl.tasks.sweep() == {"pending": 1, "dead": 0}
+        await dl.retention.run()
+        rows = await dl.admin.fetch("SELECT message FROM outbox ORDER BY id")
+    events = [r["message"]["event"] for r in rows]
+    assert events[-2:] == ["task.pending", "embedding.deleted"]
+    assert rows[-1]["message"]["count"] == 3
