@@ -28,6 +28,7 @@ from bench import (
     cache,
     coord,
     encryption,
+    events,
     heartbeats,
     langchain,
     langgraph_store,
@@ -67,6 +68,7 @@ SCENARIOS = [
     "encryption",
     "sync",
     "outbox",
+    "events",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -165,6 +167,7 @@ async def main(args: argparse.Namespace) -> None:
                 "encryption": lambda: encryption.encryption(b),
                 "sync": lambda: sync.sync(b),
                 "outbox": lambda: outbox.outbox(b),
+                "events": lambda: events.events(b),
                 "langgraph-store": lambda: langgraph_store.langgraph_store(b),
             }
             for name in SCENARIOS:
