@@ -3,7 +3,7 @@
 The events are outbox messages written by triggers in the changes' own transactions (migration
 0017, switched on per store by the ``events`` config) and relayed to the tenant's streams
 ``events:<event>``. So an event exists if and only if its change committed, and arrives at
-least once, in commit order per stream.
+least once, in the order the relay sends the outbox (see :mod:`agency_data.outbox`).
 
 Without a ``group``, a subscription is a live tail: the events relayed after it starts, read
 with XREAD (nothing acknowledged, nothing kept for it while it is not running). With one, it
