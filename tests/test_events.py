@@ -15,6 +15,7 @@ import pytest
 from agency_data import DataLayer, Event, ValidationError
 from agency_data.redis.keys import Keys
 from tests.conftest import DatabaseDsn, make_config
+from tests.test_outbox_edges import single_role_database  # noqa: F401 - a fixture
 
 ALL_ON = {"tasks": True, "agents": True, "embeddings": True}
 
@@ -62,8 +63,9 @@ class Listening:
 
 
 async def _readers(dl: DataLayer) -> int:
+    """Clients waiting in a blocking read now (flag b; cmd would name an idle one's last)."""
     clients = await dl.redis.client_list()
-    return sum(1 for c in clients if c.get("cmd") in ("xread", "xreadgroup"))
+    return sum(1 for c in clients if "b" in c.get("flags", ""))
 
 
 async def _first_read(dl: DataLayer, events: AsyncIterator[Event]) -> asyncio.Future[Event]:
@@ -438,3 +440,26 @@ async def test_the_layers_own_sweeps_publish_too(
     events = [r["message"]["event"] for r in rows]
     assert events[-2:] == ["task.pending", "embedding.deleted"]
     assert rows[-1]["message"]["count"] == 3
+
+
+async def test_events_are_written_where_one_role_does_everything(
+    single_role_database: str,  # noqa: F811 - the fixture imported above
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    # No BYPASSRLS anywhere: the triggers' outbox rows pass the tenant's own policy.
+    config = make_config(
+        single_role_database, redis_url, tmp_path, events=ALL_ON, outbox={"relay": False}
+    )
+    async with DataLayer(config) as dl:
+        a, b = dl.tenant("a"), dl.tenant("b")
+        await a.agents.create(name="a-agent", type="w")
+        await b.tasks.create("b-job")
+        await a.embeddings.store({"entity_type": "n", "entity_id": "1", "vector": [0.1] * 768})
+        rows = await dl.admin.fetch("SELECT tenant_id, destination FROM outbox ORDER BY id")
+        assert await b.fetch_value("SELECT count(*) FROM outbox") == 1
+    assert [(r["tenant_id"], r["destination"]) for r in rows] == [
+        ("a", "events:agent.created"),
+        ("b", "events:task.created"),
+        ("a", "events:embedding.stored"),
+    ]
