@@ -50,6 +50,7 @@ from agency_data.errors import (
     UsageError,
     ValidationError,
 )
+from agency_data.events import Events
 from agency_data.manager import DataLayer
 from agency_data.migrations import MigrationReport, MigrationRunner, MigrationSource, MigrationState
 from agency_data.models import (
@@ -61,6 +62,7 @@ from agency_data.models import (
     ComponentHealth,
     DiskSpace,
     Embedding,
+    Event,
     HealthStatus,
     IndexInfo,
     IndexProgress,
@@ -124,6 +126,8 @@ __all__ = [
     "EmbedderError",
     "Embedding",
     "EmbeddingStore",
+    "Event",
+    "Events",
     "HealthStatus",
     "IndexInfo",
     "IndexProgress",

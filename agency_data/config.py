@@ -49,6 +49,7 @@ __all__ = [
     "ConfigWarning",
     "DataLayerConfig",
     "EmbeddedConfig",
+    "EventsConfig",
     "MigrationConfig",
     "MonitoringConfig",
     "OutboxConfig",
@@ -729,6 +730,38 @@ class ChangesConfig(_Section):
     )
 
 
+class EventsConfig(_Section):
+    """Store events (``dl.events``): which stores' changes are published through the outbox.
+
+    Each is off by default: an event is one more outbox row in the write's transaction. The
+    setting travels with this DataLayer's connections, so any write they make (the stores',
+    the sweepers', raw SQL's) publishes; a process whose config leaves a store off publishes
+    none of its writes. Usage::
+
+        DataLayerConfig(events={"tasks": True})   # then dl.events.subscribe("task.completed")
+    """
+
+    tasks: bool = Field(
+        default=False,
+        description="publish task.created when a task is created and task.<status> (running, "
+        "completed, failed, dead, cancelled, pending) when its status changes",
+    )
+    agents: bool = Field(
+        default=False,
+        description="publish agent.created, agent.<status> (active, inactive, maintenance) "
+        "when an agent's status changes, and agent.deleted",
+    )
+    embeddings: bool = Field(
+        default=False,
+        description="publish embedding.stored and embedding.deleted, one per statement "
+        "(a bulk store's slice), with the collection, the count and up to 1,000 ids",
+    )
+
+    def stores(self) -> list[str]:
+        """The stores whose events are on, as the setting ``agency_data.events`` names them."""
+        return [name for name in ("tasks", "agents", "embeddings") if getattr(self, name)]
+
+
 class AuditConfig(_Section):
     """The audit trail (``dl.audit``): which tables' changes are recorded."""
 
@@ -1097,6 +1130,7 @@ class DataLayerConfig(BaseSettings):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     changes: ChangesConfig = Field(default_factory=ChangesConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)

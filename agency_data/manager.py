@@ -32,6 +32,8 @@ from agency_data.dsn import database_of
 from agency_data.embedded import EmbeddedPostgres, EmbeddedValkey
 from agency_data.embedded.postgres import DATABASE, SUPERUSER, holds_standby, postgres_bin_dir
 from agency_data.errors import AgencyDataError, BackendUnavailable, ConfigError, ValidationError
+from agency_data.events import SETTING as EVENTS_SETTING
+from agency_data.events import Events
 from agency_data.health import check_health, probe_redis
 from agency_data.inputs import brief, check_bool, check_seconds, check_tenant, check_text
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
@@ -209,8 +211,15 @@ class DataLayer(QueryMethods, MonitoringMethods):
             await self.migrate()
         monitor = self._monitor
         cursors = monitor.start_tracing(self._conninfo, self._redis)
+        # Which stores' triggers publish events (migration 0017): every write of this layer's
+        # connections, whoever makes it, the owner's sweepers included.
+        announce = [(EVENTS_SETTING, ",".join(self.config.events.stores()))]
         self._pool = await open_pool(
-            postgres, self._conninfo, pgbouncer=postgres.pgbouncer, cursor_factory=cursors
+            postgres,
+            self._conninfo,
+            pgbouncer=postgres.pgbouncer,
+            cursor_factory=cursors,
+            settings=announce,
         )
         self._db = Database(self._pool, postgres, telemetry=self._telemetry)
         # Before any view of it is made: views share the cipher they were made with.
@@ -234,6 +243,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
                 max_size=2,
                 name="agency-data-admin",
                 cursor_factory=cursors,
+                settings=announce,
             )
             admin_db = Database(
                 self._admin_pool, postgres, setup=as_owner, telemetry=self._telemetry
@@ -502,6 +512,11 @@ class DataLayer(QueryMethods, MonitoringMethods):
     def streams(self) -> Streams:
         """The default tenant's durable streams (at-least-once, acknowledged)."""
         return self.tenant(DEFAULT_TENANT).streams
+
+    @property
+    def events(self) -> Events:
+        """The default tenant's store events (``events`` config): ``dl.events.subscribe(...)``."""
+        return self.tenant(DEFAULT_TENANT).events
 
     @property
     def scripts(self) -> ScriptRegistry:

@@ -18,6 +18,7 @@ __all__ = [
     "CollectionInfo",
     "ComponentHealth",
     "Embedding",
+    "Event",
     "HealthStatus",
     "IndexInfo",
     "IndexProgress",
@@ -152,6 +153,26 @@ class StreamMessage(BaseModel):
     attempts: int = 1
     # The outbox message it carries (tx.publish), the same however often it was relayed.
     outbox_id: str | None = None
+
+
+class Event(BaseModel):
+    """A store event (``dl.events.subscribe``): what changed, as its trigger described it.
+
+    ``fields`` is the whole message: a task's ``type``, ``status``, ``previous`` (status),
+    ``agent``, ``priority`` and ``attempts``; an agent's ``type``, ``name``, ``status`` and
+    ``previous``; an embedding write's ``collection``, ``count`` and up to 1,000 ``ids``.
+    """
+
+    event: str
+    # The task's or agent's id; None for embedding events (their ids are in fields["ids"]).
+    id: str | None = None
+    fields: dict[str, Any]
+    # When the change was made (the row's updated_at; a deletion's clock time), UTC.
+    at: datetime | None = None
+    # The outbox message it came in: the same however often the relay sent it.
+    outbox_id: str | None = None
+    # The Redis stream entry it was read from.
+    entry: str
 
 
 class SimilarityQuery(BaseModel):

@@ -17,6 +17,7 @@ from agency_data.coord.locks import Lock
 from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.errors import BackendUnavailable, ValidationError
+from agency_data.events import Events
 from agency_data.inputs import check_bool
 from agency_data.observability import Telemetry, observed
 from agency_data.outbox.changes import ChangeFeed, FeedRuntime
@@ -277,6 +278,10 @@ class TenantScope(QueryMethods):
         self.streams = Streams(client, self._keys, telemetry=telemetry)
         # Row changes of the tracked tables, in commit order (agency_data.outbox.changes).
         self.changes = ChangeFeed(db, tenant_id, feed)
+        # Reads wait at most half the client's socket timeout, which would end them as errors.
+        self.events = Events(
+            client, self._keys, self.streams, block=min(1.0, config.redis.socket_timeout / 2)
+        )
 
     async def aclose(self) -> None:
         """Wait for this tenant's reads and writes still gathered with other callers'."""

@@ -29,6 +29,7 @@ from bench import (
     changes,
     coord,
     encryption,
+    events,
     heartbeats,
     langchain,
     langgraph_store,
@@ -69,6 +70,7 @@ SCENARIOS = [
     "sync",
     "outbox",
     "changes",
+    "events",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -168,6 +170,7 @@ async def main(args: argparse.Namespace) -> None:
                 "sync": lambda: sync.sync(b),
                 "outbox": lambda: outbox.outbox(b),
                 "changes": lambda: changes.changes(b),
+                "events": lambda: events.events(b),
                 "langgraph-store": lambda: langgraph_store.langgraph_store(b),
             }
             for name in SCENARIOS:

@@ -44,6 +44,7 @@ from agency_data.cache.store import Cache
 from agency_data.coord.locks import Lock
 from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
+from agency_data.events import Events
 from agency_data.inputs import brief
 from agency_data.outbox import Changes
 from agency_data.postgres.agents import AgentStore
@@ -568,6 +569,7 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "message": lambda p: {"a": 1},
     "channels": lambda p: ("ch",),
     "stream": lambda p: "st",
+    "events.event": lambda p: "task.completed",
     "group": lambda p: "g",
     "consumer": lambda p: "c",
     "message_ids": lambda p: (p.message_id,),
@@ -628,6 +630,7 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
     "sessions": (SessionStore, lambda dl: dl.sessions),
     "pubsub": (PubSub, lambda dl: dl.pubsub),
     "streams": (Streams, lambda dl: dl.streams),
+    "events": (Events, lambda dl: dl.tenant(TENANT).events),
     "lock": (Lock, lambda dl: dl.lock("probe-held", ttl=30)),
     "changes": (Changes, lambda dl: dl.changes),
 }
@@ -639,6 +642,8 @@ if AgencyStore is not None:
         AgencyStore,
         lambda dl: AgencyStore(dl, index={"dims": DIM, "embed": HashingEmbedder(DIM)}),
     )
+# Methods taking free keyword arguments (**match): the keyword the probe passes its value as.
+FREE_KEYWORDS = {"events.subscribe": "type"}
 # Lifecycle, not input: closing the layer would end every later case; a sweeper started
 # would outlive its case (the store's own tests check its arguments).
 SKIPPED = {"dl.aclose", "dl.connect", "lg_store.astart_ttl_sweeper", "lg_store.start_ttl_sweeper"}
@@ -652,6 +657,10 @@ def _arguments(cls: type, name: str) -> Iterator[str]:
         if param.kind is inspect.Parameter.VAR_KEYWORD:
             # **options: Unpack[SomeTypedDict] -- each of its keys is an argument.
             hint = typing.get_type_hints(function, include_extras=True)[param.name]
+            if typing.get_origin(hint) is not typing.Unpack:
+                # **match: Any (fields by name): one of them, FREE_KEYWORDS says which.
+                yield param.name
+                continue
             (typed,) = typing.get_args(hint)
             yield from typing.get_type_hints(typed)
         else:
@@ -705,7 +714,9 @@ def _call_arguments(
             )
             continue
         if param.kind is inspect.Parameter.VAR_KEYWORD:
-            if target not in {p.name for p in params}:
+            if param.name == target:
+                kwargs[FREE_KEYWORDS[f"{surface}.{method}"]] = value
+            elif target not in {p.name for p in params}:
                 kwargs[target] = value
             continue
         # Positional-only parameters (LangGraph's ``search(namespace_prefix, /)``) always go

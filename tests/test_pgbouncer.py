@@ -150,6 +150,38 @@ async def test_settings_travel_with_each_transaction(
         assert time.monotonic() - started < 4
 
 
+async def test_store_events_follow_the_layers_setting_on_any_server_connection(
+    bouncer: PgBouncer, database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    # Every server connection left asking for task events by another client's session SET.
+    async def soil(conn: psycopg.AsyncConnection[Any]) -> None:
+        async with conn.transaction():
+            await conn.execute("SET agency_data.events = 'tasks'")
+            await conn.execute("SELECT pg_sleep(0.3)")
+
+    dsn = bouncer.dsn(_name(database), ROLES.app)
+    conns = [
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=None)
+        for _ in range(SERVER_CONNECTIONS)
+    ]
+    try:
+        await asyncio.gather(*(soil(conn) for conn in conns))
+    finally:
+        for conn in conns:
+            await conn.close()
+    off = bouncer_config(bouncer, database, redis_url, tmp_path)
+    async with DataLayer(off) as dl:
+        for _ in range(5):
+            await dl.tasks.create("quiet")
+        assert await dl.admin.fetch_value("SELECT count(*) FROM outbox") == 0
+    on = off.model_copy(update={"events": off.events.model_copy(update={"agents": True})})
+    async with DataLayer(on) as dl:
+        await dl.agents.create(name="a", type="t")
+        await dl.tasks.create("still-quiet")
+        rows = await dl.admin.fetch("SELECT destination FROM outbox")
+    assert [r["destination"] for r in rows] == ["events:agent.created"]
+
+
 async def test_repeated_statements_from_many_clients(bounced: DataLayer) -> None:
     # psycopg prepares a statement server-side after five runs on a connection; through
     # PgBouncer the next run could land on a server connection that never saw it.

@@ -268,6 +268,7 @@ async def open_pool(
     cursor_factory: type[AsyncCursor[Any]] | None = None,
     timeout: float | None = None,
     wait: bool = True,
+    settings: Sequence[Setting] = (),
 ) -> Pool:
     """Open a pool on ``conninfo`` and wait until its minimum connections are up.
 
@@ -286,6 +287,9 @@ async def open_pool(
     slow-query log or trace comments are on). ``timeout``: how long a checkout waits (default:
     the config's ``pool_timeout``). Without ``wait``, the pool opens at once and connects in
     the background (a read replica that is down must not stop the layer from starting).
+    ``settings``: more settings every connection carries, beyond the config's (the store
+    events' ``agency_data.events``); one with an empty value is left unset on a direct
+    connection, and set empty through PgBouncer (over whatever another client left there).
     """
     if pgbouncer and setup is not None:
         raise ConfigError(
@@ -303,10 +307,11 @@ async def open_pool(
     # UTC sessions: timestamps without an offset (in JSON metadata, say) mean the same
     # instant on every machine.
     # pg_temp last: a temporary table can never stand in for one of ours by name.
-    settings: tuple[Setting, ...] = (
+    every: tuple[Setting, ...] = (
         ("statement_timeout", str(int(config.statement_timeout * 1000))),
         ("timezone", "UTC"),
         ("search_path", "public,pg_temp"),
+        *(_checked_setting(setting) for setting in settings),
     )
     kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": True}
     if cursor_factory is not None:
@@ -316,10 +321,10 @@ async def open_pool(
     reset: Callable[[AsyncConnection[DictRow]], Awaitable[None]]
     if pgbouncer:
         kwargs["prepare_threshold"] = None
-        configure = partial(_configure, per_transaction=settings)
+        configure = partial(_configure, per_transaction=every)
         reset = _forget
     else:
-        kwargs["options"] = " ".join(f"-c {name}={value}" for name, value in settings)
+        kwargs["options"] = " ".join(f"-c {name}={value}" for name, value in every if value)
         configure = configure_connection if setup is None else _then(setup)
         reset = _resetter(setup)
     pool = _Pool(
@@ -351,6 +356,22 @@ async def open_pool(
             backend="postgresql",
         ) from exc
     return pool
+
+
+# What a setting given in the startup packet's options may hold: a space or a backslash
+# would be read as the start of another option or an escape.
+_OPTION_VALUE = re.compile(r"[A-Za-z0-9_.,:-]*")
+
+
+def _checked_setting(setting: Setting) -> Setting:
+    name, value = setting
+    if not _OPTION_VALUE.fullmatch(name) or not name or not _OPTION_VALUE.fullmatch(value):
+        raise ConfigError(
+            f"connection setting {name!r} = {value!r} holds characters a connection's options "
+            "cannot carry: use letters, digits and _ . , : - only",
+            field="settings",
+        )
+    return setting
 
 
 def _where(conninfo: str) -> str:

@@ -45,6 +45,7 @@ from agency_data.coord.pubsub import PubSub as AsyncPubSub
 from agency_data.coord.pubsub import Streams as AsyncStreams
 from agency_data.coord.sessions import SessionStore as AsyncSessionStore
 from agency_data.errors import AgencyDataError
+from agency_data.events.subscriber import Events as AsyncEvents
 from agency_data.manager import DataLayer as AsyncDataLayer
 from agency_data.migrations import Migration, MigrationReport, MigrationSource, MigrationState
 from agency_data.migrations.runner import MigrationRunner as AsyncMigrationRunner
@@ -54,6 +55,7 @@ from agency_data.models import (
     CacheStats,
     CollectionInfo,
     Embedding,
+    Event,
     HealthStatus,
     Message,
     OptimizeReport,
@@ -127,6 +129,7 @@ __all__ = [
     "CollectionAdmin",
     "DataLayer",
     "EmbeddingStore",
+    "Events",
     "Job",
     "KeyAdmin",
     "Lock",
@@ -850,6 +853,36 @@ class SessionStore(Wrapper):
         return self._portal.call(self._aio.list_by_agent(agent_id))
 
 
+class Events(Wrapper):
+    """Synchronous twin of :class:`agency_data.events.subscriber.Events`.
+
+    One tenant's store events (``events`` config): subscribe to them as they are relayed.
+    """
+
+    __slots__ = ()
+    _aio: AsyncEvents
+    _aio_type: ClassVar[type[Any]] = AsyncEvents
+
+    @property
+    def aio(self) -> AsyncEvents:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    def subscribe(
+        self,
+        event: str,
+        *,
+        group: str | None = None,
+        consumer: str | None = None,
+        dedupe: bool = True,
+        **match: Any,
+    ) -> Generator[Event, None, None]:
+        """The events named ``event`` whose fields equal ``match``, as they are relayed."""
+        return self._portal.iterate(
+            self._aio.subscribe(event, group=group, consumer=consumer, dedupe=dedupe, **match)
+        )
+
+
 class MonitoringMethods(Wrapper):
     """Synchronous twin of :class:`agency_data.observability.methods.MonitoringMethods`.
 
@@ -1031,6 +1064,11 @@ class DataLayer(QueryMethods, MonitoringMethods):
     def streams(self) -> Streams:
         """The default tenant's durable streams (at-least-once, acknowledged)."""
         return self._child("streams", self._live().streams, Streams)
+
+    @property
+    def events(self) -> Events:
+        """The default tenant's store events (``events`` config): ``dl.events.subscribe(...)``."""
+        return self._child("events", self._live().events, Events)
 
     @property
     def scripts(self) -> ScriptRegistry:
@@ -1721,6 +1759,11 @@ class TenantScope(QueryMethods):
     def changes(self) -> ChangeFeed:
         """The async object's ``changes``."""
         return self._child("changes", self._live().changes, ChangeFeed)
+
+    @property
+    def events(self) -> Events:
+        """The async object's ``events``."""
+        return self._child("events", self._live().events, Events)
 
     def close(self) -> None:
         """Wait for this tenant's reads and writes still gathered with other callers'."""

@@ -268,6 +268,10 @@ def _table_ddl(spec: CollectionSpec) -> list[sql.Composed]:
         # Each tenant sees and writes only its own rows, whatever SQL reaches the table
         # (ENABLE + FORCE row-level security and the policy of migration 0007).
         sql.SQL("SELECT agency_data_isolate_tenants({})").format(sql.Literal(spec.table)),
+        # Its writes become store events when a session asks for them (migration 0017).
+        sql.SQL("SELECT agency_data_announce_embeddings({}, {})").format(
+            sql.Literal(spec.table), sql.Literal(spec.name)
+        ),
     ]
     if spec.plain_storage:
         statements.append(
