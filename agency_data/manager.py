@@ -296,7 +296,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
             self._outbox.start()
             if self._tasks.wakeups is not None:
                 # Commits of other processes (and trigger-written messages) wake it at once.
-                self._tasks.wakeups.on_commits(self._outbox.wake)
+                self._tasks.wakeups.on_outbox(self._outbox.wake)
         self._anchors = AnchorLog(
             admin_db, audit.anchor_interval, by_tenant=self.config.monitoring.tenant_labels
         )
@@ -704,6 +704,11 @@ class DataLayer(QueryMethods, MonitoringMethods):
         return f"redis://{auth}{redis.host}:{redis.port}/{redis.db}"
 
     def _wake_outbox(self) -> None:
+        # With a LISTEN connection the commit's own notification wakes the relay (of every
+        # process): waking it here as well would run a second, empty round.
+        wakeups = self._tasks.wakeups if self._tasks is not None else None
+        if wakeups is not None and not wakeups.polling:
+            return
         if self._outbox is not None and self.config.outbox.relay:
             self._outbox.wake()
 

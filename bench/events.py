@@ -14,8 +14,8 @@ from bench.harness import Result, paired, percentiles
 
 
 async def events(b: Bench) -> list[Result]:
-    """Task writes with the tasks' events on and off; commit -> subscriber latency, with the
-    relay finding the event on its next round and with the relay woken at the commit."""
+    """Task writes with the tasks' events on and off; commit -> subscriber latency (the
+    commit's notification wakes the relay)."""
     off = b.dl
     async with DataLayer(off.config, events={"tasks": True}) as on:
         n = b.size(300, 1_500)
@@ -49,8 +49,7 @@ async def events(b: Bench) -> list[Result]:
 
         b.step("events: commit -> subscriber latency")
         samples = b.size(60, 200)
-        polled = await _latency(on, samples, wake=False)
-        woken = await _latency(on, samples, wake=True)
+        latency = await _latency(on, samples)
     backlog = await off.admin.fetch_value("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
     return [
         Result(
@@ -72,43 +71,19 @@ async def events(b: Bench) -> list[Result]:
         ),
         Result(
             "events",
-            "commit -> subscriber p50, relay's next round (interval 0.5 s)",
+            "commit -> subscriber p50",
             "ms",
-            polled["p50"],
+            latency["p50"],
             higher_is_better=False,
-            extra={"latency_ms": polled},
+            extra={"latency_ms": latency},
         ),
-        Result(
-            "events",
-            "commit -> subscriber p99, relay's next round (interval 0.5 s)",
-            "ms",
-            polled["p99"],
-            higher_is_better=False,
-        ),
-        Result(
-            "events",
-            "commit -> subscriber p50, relay woken at commit",
-            "ms",
-            woken["p50"],
-            higher_is_better=False,
-            extra={"latency_ms": woken},
-        ),
-        Result(
-            "events",
-            "commit -> subscriber p99, relay woken at commit",
-            "ms",
-            woken["p99"],
-            higher_is_better=False,
-        ),
+        Result("events", "commit -> subscriber p99", "ms", latency["p99"], higher_is_better=False),
     ]
 
 
-async def _latency(dl: DataLayer, count: int, *, wake: bool) -> dict[str, float]:
-    """Milliseconds from a task's completion call to its event reaching a live subscriber.
-
-    ``wake``: the relay is woken as the call returns (what a commit that used tx.publish
-    does); else the event waits for the relay's next round.
-    """
+async def _latency(dl: DataLayer, count: int) -> dict[str, float]:
+    """Milliseconds from a task's completion call to its event reaching a live subscriber
+    (the trigger's outbox row wakes relays through the commit's notification)."""
     scope = dl.tenant("bench-latency")
     agent = await scope.agents.create(name="latency", type="w")
     subscription: AsyncGenerator[Event, None] = scope.events.subscribe("task.completed")
@@ -121,8 +96,6 @@ async def _latency(dl: DataLayer, count: int, *, wake: bool) -> dict[str, float]
             (claimed,) = await scope.tasks.claim(agent.id)
             started = time.perf_counter()
             await scope.tasks.complete(claimed)
-            if wake:
-                dl.outbox.wake()
             event = await asyncio.wait_for(pending, 10)
             samples.append((time.perf_counter() - started) * 1000)
             assert event.id == str(claimed.id)

@@ -130,6 +130,26 @@ async def test_each_tenant_reads_only_its_own_changes(dl: DataLayer) -> None:
         acme.changes(["agents"], tenant="other")
 
 
+async def test_a_reader_walks_past_commits_that_are_not_its_own(dl: DataLayer) -> None:
+    """A page walks at most 4 x batch commits: a tenant's change after many of another's
+    commits is still found, with and without waiting, and a named consumer's cursor moves
+    past the others' commits."""
+    await dl.changes.track("agents")
+    acme, other = dl.tenant("acme"), dl.tenant("other")
+    start = await acme.changes.position()
+    for n in range(30):
+        await other.agents.create(name=f"o{n}", type="worker")
+    mine = await acme.agents.create(name="mine", type="worker")
+    quick = await _drain(acme.changes(["agents"], since=start, batch=2, wait=False))
+    assert [c.id for c in quick] == [str(mine.id)]
+    waiting = await _until(acme.changes(["agents"], since=start, batch=2), 1, timeout=5)
+    assert [c.id for c in waiting] == [str(mine.id)]
+    reading = acme.changes(["agents"], since=start, consumer="walker", batch=2, wait=False)
+    assert len(await _drain(reading)) == 1
+    [walker] = await acme.changes.consumers()
+    assert _key(walker.cursor) > _key(quick[0].cursor)
+
+
 async def test_a_named_consumer_resumes_where_it_stopped(dl: DataLayer) -> None:
     await dl.changes.track("tasks", columns=["status"])
     for n in range(5):

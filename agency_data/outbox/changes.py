@@ -54,12 +54,24 @@ _INTERNAL = frozenset(
 # Columns left out unless asked for: vectors are large, and their changes are the store's.
 _BULKY_TYPES = ("vector", "halfvec", "sparsevec", "bit", "bytea")
 
+# A page: the next commits from the cursor on, in order (at most %(walk)s of them, so a reader
+# far behind, or of a tenant with few of the commits, walks the feed a stretch at a time), with
+# their changes of the reader's tables and tenant; and, in the same snapshot, how far the walk
+# went and how far the pruner has deleted. Driven by commit_order's primary key whatever the
+# statistics say (a planner that thinks changes is small would scan it whole).
 _PAGE_SQL = (
-    "SELECT c.seq, ch.id, ch.table_name, ch.op, ch.row_id, ch.old, ch.new, ch.tenant_id, "
-    "c.committed_at, (SELECT pruned_seq FROM change_feed) AS pruned "
-    "FROM commit_order c JOIN changes ch ON ch.xid = c.xid "
-    "WHERE c.seq >= %(seq)s AND (c.seq > %(seq)s OR ch.id > %(id)s) "
-    "AND ch.table_name = ANY(%(tables)s) ORDER BY c.seq, ch.id LIMIT %(limit)s"
+    "WITH walk AS MATERIALIZED (SELECT seq, xid, committed_at FROM commit_order "
+    "WHERE seq >= %(seq)s ORDER BY seq LIMIT %(walk)s), "
+    "span AS (SELECT max(seq) AS walked, count(*) AS commits FROM walk) "
+    "SELECT span.walked, span.commits, (SELECT pruned_seq FROM change_feed) AS pruned, p.* "
+    "FROM span LEFT JOIN LATERAL ("
+    "SELECT w.seq, ch.* FROM walk w CROSS JOIN LATERAL ("
+    # Its own ORDER BY keeps this a lookup by xid for each commit, not a join the planner
+    # may turn into a scan of every change.
+    "SELECT ch.id, ch.table_name, ch.op, ch.row_id, ch.old, ch.new, ch.tenant_id, "
+    "w.committed_at FROM changes ch WHERE ch.xid = w.xid "
+    "AND (w.seq > %(seq)s OR ch.id > %(id)s) AND ch.table_name = ANY(%(tables)s) "
+    "ORDER BY ch.id) ch ORDER BY w.seq, ch.id LIMIT %(limit)s) p ON true"
 )
 
 
@@ -154,20 +166,38 @@ class _Reader:
         self._batch = batch
         self.position = (0, 0)
         self._saved = self.position
+        self._through: int | None = None
+        self.more = False
 
     async def start(self, since: Any) -> None:
         self.position = await self._feed._start(self._tables, since, self._consumer)
         self._saved = self.position
 
     async def page(self) -> list[Change]:
+        """The next changes; ``more`` says whether the feed may have others right after."""
         seq, change_id = self.position
+        walk = self._batch * 4
         rows = await self._feed._db.fetch(
             _PAGE_SQL,
-            {"seq": seq, "id": change_id, "tables": self._tables, "limit": self._batch},
+            {
+                "seq": seq,
+                "id": change_id,
+                "tables": self._tables,
+                "limit": self._batch,
+                "walk": walk,
+            },
         )
-        pruned = rows[0]["pruned"] if rows else await self._feed._pruned()
-        if seq < pruned:
+        head = rows[0]
+        if seq < head["pruned"]:
             raise self._feed._lost(_cursor(seq, change_id), self._consumer)
+        found = [r for r in rows if r["id"] is not None]
+        full = len(found) == self._batch
+        self.more = full or head["commits"] == walk
+        # Every change of the walked commits is in a page that is not full: once it has been
+        # handed out, the position moves past those commits (also past commits with none).
+        self._through = None if full else head["walked"]
+        if not found:
+            self.finish_page()
         return [
             Change(
                 cursor=_cursor(r["seq"], r["id"]),
@@ -179,8 +209,13 @@ class _Reader:
                 new=r["new"],
                 committed_at=r["committed_at"],
             )
-            for r in rows
+            for r in found
         ]
+
+    def finish_page(self) -> None:
+        """Every change of the page has been handed out: move past what it walked."""
+        if self._through is not None and (self._through, _LAST_ID) > self.position:
+            self.position = (self._through, _LAST_ID)
 
     def advance(self, change: Change) -> None:
         seq, _, change_id = change.cursor.partition("-")
@@ -257,13 +292,16 @@ class ChangeFeed:
                 await reader.save()
                 page = await reader.page()
                 wakeups = self._runtime.wakeups
+                if not page and reader.more:
+                    continue  # commits with none of this reader's changes: walk on
                 if not page and wait and wakeups is not None:
                     # Registered before looking again, so a commit in between wakes it.
-                    async with wakeups.commits() as woken:
+                    async with wakeups.changes() as woken:
                         page = await reader.page()
                         if not page:
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(woken.wait(), self._runtime.config.poll)
+                            if not reader.more:
+                                with contextlib.suppress(TimeoutError):
+                                    await asyncio.wait_for(woken.wait(), self._runtime.config.poll)
                             continue
                 elif not page and wait:
                     await asyncio.sleep(self._runtime.config.poll)
@@ -273,6 +311,7 @@ class ChangeFeed:
                 for change in page:
                     yield change
                     reader.advance(change)
+                reader.finish_page()
         finally:
             # Closed (aclose(), a cancelled wait, the end): saved up to the change before the
             # last one handed out, unless the connection is what failed.

@@ -10,7 +10,7 @@ process dying after sending and before committing makes the next relay send them
 delivery is at least once, and each message carries its id (``outbox_id`` on
 :class:`~agency_data.models.StreamMessage`) for consumers to deduplicate on
 (``consume(..., dedupe=True)``). A commit that wrote to the outbox notifies
-``agency_data_commits``; relays listening there start their next round at once.
+``agency_data_outbox``; relays listening there start their next round at once.
 """
 
 from __future__ import annotations

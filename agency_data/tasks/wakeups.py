@@ -2,10 +2,10 @@
 a transaction that wrote to them commits: one LISTEN connection per DataLayer.
 
 The database sends ``NOTIFY agency_data_tasks, '<tenant>'`` whenever a statement leaves pending
-tasks behind (a trigger of the task lifecycle migration), and ``NOTIFY agency_data_commits``
-when a transaction with outbox messages or captured changes commits (migration 0016). Waiters
-register *before* they look, so a notification that arrives between an empty look and the wait
-is not lost.
+tasks behind (a trigger of the task lifecycle migration), and ``NOTIFY agency_data_outbox`` or
+``agency_data_changes`` when a transaction with outbox messages or captured changes commits
+(migration 0016). Waiters register *before* they look, so a notification that arrives between
+an empty look and the wait is not lost.
 
 LISTEN needs a session of its own: through PgBouncer's transaction pooling, notifications reach
 whichever client holds the server connection at that moment, or nobody. Without a direct
@@ -27,10 +27,11 @@ from psycopg import AsyncConnection
 from agency_data._tasks import cancel_and_wait
 from agency_data.retry import Backoff
 
-__all__ = ["CHANNEL", "COMMITS", "POLL_INTERVAL", "TaskWakeups"]
+__all__ = ["CHANGES", "CHANNEL", "OUTBOX", "POLL_INTERVAL", "TaskWakeups"]
 
 CHANNEL = "agency_data_tasks"
-COMMITS = "agency_data_commits"
+OUTBOX = "agency_data_outbox"
+CHANGES = "agency_data_changes"
 # Seconds between wake-ups when there is no direct connection to LISTEN on.
 POLL_INTERVAL = 0.5
 _log = logging.getLogger("agency_data.tasks")
@@ -45,9 +46,9 @@ class TaskWakeups:
     def __init__(self, conninfo: str | None, *, poll_interval: float = POLL_INTERVAL) -> None:
         self._conninfo = conninfo
         self._poll_interval = poll_interval
-        # Keyed by tenant; None: waiters for commits (any tenant's).
+        # Keyed by tenant; None: waiters for captured changes (any tenant's).
         self._waiters: dict[str | None, set[asyncio.Event]] = {}
-        self._on_commits: list[Callable[[], None]] = []
+        self._on_outbox: list[Callable[[], None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
@@ -55,14 +56,15 @@ class TaskWakeups:
         """An event set whenever ``tenant`` gets pending work, while the block runs."""
         return self._subscription(tenant)
 
-    def commits(self) -> AbstractAsyncContextManager[asyncio.Event]:
-        """An event set whenever a transaction with outbox messages or captured changes
-        commits, while the block runs."""
+    def changes(self) -> AbstractAsyncContextManager[asyncio.Event]:
+        """An event set whenever a transaction with captured changes commits, while the
+        block runs."""
         return self._subscription(None)
 
-    def on_commits(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the loop, quickly) whenever such a transaction commits."""
-        self._on_commits.append(callback)
+    def on_outbox(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop, quickly) whenever a transaction with outbox
+        messages commits."""
+        self._on_outbox.append(callback)
         self._ensure_listener()
 
     @asynccontextmanager
@@ -114,14 +116,19 @@ class TaskWakeups:
             try:
                 async with await AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute("LISTEN " + CHANNEL)
-                    await conn.execute("LISTEN " + COMMITS)
+                    await conn.execute("LISTEN " + OUTBOX)
+                    await conn.execute("LISTEN " + CHANGES)
                     self._listening.set()
                     backoff.reset()
                     # A reconnect may have missed notifications: wake everyone to look again.
                     self._wake_all()
                     async for notify in conn.notifies():
-                        if notify.channel == COMMITS:
-                            self._wake_commits()
+                        if notify.channel == OUTBOX:
+                            for callback in self._on_outbox:
+                                callback()
+                        elif notify.channel == CHANGES:
+                            for event in self._waiters.get(None, ()):
+                                event.set()
                         else:
                             for event in self._waiters.get(notify.payload, ()):
                                 event.set()
@@ -134,11 +141,5 @@ class TaskWakeups:
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
-        for callback in self._on_commits:
-            callback()
-
-    def _wake_commits(self) -> None:
-        for event in self._waiters.get(None, ()):
-            event.set()
-        for callback in self._on_commits:
+        for callback in self._on_outbox:
             callback()

@@ -24,17 +24,22 @@ CREATE FUNCTION agency_data_order_commit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     me text := pg_current_xact_id()::text;
+    flag text := 'agency_data.ordered_' || TG_TABLE_NAME;
 BEGIN
-    IF current_setting('agency_data.ordered', true) IS NOT DISTINCT FROM me THEN
+    IF current_setting(flag, true) IS NOT DISTINCT FROM me THEN
         RETURN NULL;
+    END IF;
+    PERFORM set_config(flag, me, true);
+    -- Relays (agency_data_outbox) or change-feed readers (agency_data_changes) of every
+    -- process wake at once: sent only on commit, once per channel and transaction.
+    PERFORM pg_notify('agency_data_' || TG_TABLE_NAME, '');
+    IF current_setting('agency_data.ordered', true) IS NOT DISTINCT FROM me THEN
+        RETURN NULL;  -- numbered already (the transaction wrote to both tables)
     END IF;
     PERFORM set_config('agency_data.ordered', me, true);
     -- 0x61676F63: the commit-order lock (no other part of the layer takes it).
     PERFORM pg_advisory_xact_lock(1634168675);
     INSERT INTO commit_order (seq, xid) VALUES (nextval('commit_order_seq'), me::xid8);
-    -- Relays and change-feed readers of every process wake at once (sent only on commit;
-    -- several in one transaction are sent once).
-    PERFORM pg_notify('agency_data_commits', '');
     RETURN NULL;
 END
 $$;
