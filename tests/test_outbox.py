@@ -137,6 +137,20 @@ async def test_a_process_gone_before_relaying_leaves_them_to_the_next(
         )
 
 
+async def test_closing_sends_what_was_published_just_before(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    async with DataLayer(make_config(database, redis_url, tmp_path)) as dl, dl.transaction() as tx:
+        for n in range(20):
+            await tx.publish("closing", {"n": n})
+    # Closed at once after the commit: its relay's last round sent them.
+    quiet = make_config(database, redis_url, tmp_path, outbox={"relay": False})
+    async with DataLayer(quiet) as after:
+        unsent = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+        assert await after.admin.fetch_value(unsent) == 0
+        assert await _read(after, "closing", 20) == [{"n": n} for n in range(20)]
+
+
 async def test_relays_of_several_processes_send_each_message_once(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:

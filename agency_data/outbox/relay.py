@@ -61,6 +61,8 @@ _PRUNE_COMMITS_SQL = (
     "ORDER BY seq LIMIT 10000)"
 )
 _PRUNE_EVERY = 60.0
+# Seconds closing a DataLayer spends sending what it published just before.
+_LAST_ROUND = 5.0
 # undefined_table, undefined_function: a database the layer's migrations have not reached.
 _NOT_MIGRATED = ("42P01", "42883")
 
@@ -192,12 +194,19 @@ class Relay:
                     await asyncio.wait_for(self._wake.wait(), backoff.next_delay())
 
     async def aclose(self) -> None:
-        """Stop relaying (messages not sent yet wait for the next relay, here or elsewhere)."""
+        """Stop relaying, after a last round (at most ``_LAST_ROUND`` seconds) for what this
+        process committed just before; what is still unsent waits for the next relay, here
+        or elsewhere."""
         loop, self._loop = self._loop, None
         if loop is None:
             return
         self._stopping = True
         await cancel_and_wait(loop)
+        try:
+            async with asyncio.timeout(_LAST_ROUND):
+                await self.relay()
+        except Exception as exc:  # noqa: BLE001 - the messages stay for the next relay
+            _log.info("the outbox's last round before closing did not finish: %s", exc)
 
 
 def redis_sender(client: RedisClient, max_length: int = 100_000) -> Send:
