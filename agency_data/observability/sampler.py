@@ -79,7 +79,8 @@ FROM pg_stat_replication
 
 # Unsent outbox messages and how long the oldest has waited since its commit (the relay is
 # woken by each commit, so a wait of more than a few rounds means no relay is sending). Reads
-# the unsent rows' partial index; a backlog of 200k rows takes about 10 ms.
+# the unsent rows' partial index: about 0.1 ms with none waiting, 10-20 ms for a backlog of
+# 200k (measured; the feed query below stays under a millisecond at 1M changes).
 _OUTBOX_SQL = """
 SELECT count(*)::bigint AS unsent,
        extract(epoch FROM clock_timestamp()
