@@ -559,6 +559,23 @@ class AlertsConfig(_Section):
         10, ge=0, description="refused logins or rows in the window over this fires"
     )
     denials_window: float = Field(300.0, gt=0)
+    changes_fill: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="changes kept / changes.max_rows at or above this fires (a named consumer "
+        "that stopped reading holds them back)",
+    )
+    changes_full_for: float = Field(300.0, ge=0)
+    outbox_age: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a committed outbox message may wait unsent (no relay running, or "
+        "Redis unreachable) before it fires",
+    )
+    outbox_refused_window: float = Field(
+        900.0, gt=0, description="outbox messages Redis refused in this window fire"
+    )
     webhook_url: SecretStr | None = Field(
         None, description="POST each firing and resolved alert here as JSON (Alertmanager-like)"
     )

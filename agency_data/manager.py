@@ -337,6 +337,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
             redis_up=self._redis_up,
             collections=lambda name, tenant: self.tenant(tenant).embeddings.collection(name),
             volumes={"data": embedded.data_dir} if self._embedded_pg is not None else {},
+            max_changes=self.config.changes.max_rows,
             replicas=self._replicas,
         )
         embedded_su = self._embedded_pg.dsn(DATABASE) if self._embedded_pg is not None else None

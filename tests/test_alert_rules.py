@@ -54,6 +54,9 @@ REQUIRED_PANELS = {
     "Backends up": "agency_data_backend_up",
     "Slow queries": "agency_data_slow_queries_total",
     "Disk free": "agency_data_disk_free_bytes",
+    "Change feed fill": "agency_data_changes_retained",
+    "Lost change consumers": "agency_data_change_consumers_lost",
+    "Oldest unsent outbox message age": "agency_data_outbox_oldest_unsent_seconds",
 }
 
 
@@ -191,7 +194,7 @@ def test_every_rule_has_a_severity_a_summary_and_a_description() -> None:
     assert re.findall(r"^  - name: (\S+)\s*$", text, re.MULTILINE) == ["agency-data"]
     # Each rule's text runs from its "- alert:" line to the next one.
     blocks = re.split(r"^\s*- alert: ", text, flags=re.MULTILINE)[1:]
-    assert len(blocks) == len(rule_names()) == 9
+    assert len(blocks) == len(rule_names()) == 13
     for block in blocks:
         name = block.split()[0]
         severity = SEVERITIES.get(name, "warning")

@@ -92,7 +92,7 @@ async def check_until(dl: DataLayer, heard: Heard, name: str, status: str, secon
 
 
 def test_the_rule_names_are_the_shipped_ones() -> None:
-    assert len(set(RULE_NAMES)) == 9
+    assert len(set(RULE_NAMES)) == 13
 
 
 async def test_pool_saturation_fires_and_resolves(watched: tuple[DataLayer, Heard]) -> None:

@@ -2,7 +2,8 @@
 
 - :mod:`.instrument`: the :func:`observed` decorator and :class:`Telemetry` the stores record into;
 - :mod:`.metrics`: the DataLayer's Prometheus registry and what it exposes;
-- :mod:`.sampler`: the gauges that need a query (tasks, indexes, backends, disk);
+- :mod:`.sampler`: the gauges that need a query (tasks, indexes, backends, disk, the outbox
+  and the change feed);
 - :mod:`.tracing`: OpenTelemetry spans (the ``otel`` extra), :mod:`.cursor`: the trace context
   in SQL and the slow-query timing, :mod:`.slowlog`: its redacted JSON lines;
 - :mod:`.server`: ``/metrics`` over HTTP; :mod:`.statements`: ``pg_stat_statements``.

@@ -28,9 +28,9 @@ import orjson
 from agency_data.config import AlertsConfig
 from agency_data.errors import ValidationError
 from agency_data.inputs import brief
-from agency_data.models import CacheStats
+from agency_data.models import DEFAULT_TENANT, CacheStats
 from agency_data.observability.instrument import Telemetry
-from agency_data.observability.sampler import Sample
+from agency_data.observability.sampler import FeedSample, Sample
 from agency_data.observability.timings import Timings
 
 __all__ = ["RULE_NAMES", "Alert", "AlertCallback", "Alerts"]
@@ -47,6 +47,10 @@ RULE_NAMES: tuple[str, ...] = (
     "AgencyDataVectorIndexBloated",
     "AgencyDataVectorRecallLow",
     "AgencyDataDenialsRepeated",
+    "AgencyDataChangeFeedFull",
+    "AgencyDataChangeConsumerLost",
+    "AgencyDataOutboxStalled",
+    "AgencyDataOutboxRefused",
 )
 # The rules judged on live counters every round, and those judged on a part of the sample,
 # which a round may fail to read (PostgreSQL down or slow): theirs then carry over.
@@ -56,11 +60,17 @@ _LIVE_RULES = (
     "AgencyDataCacheHitRateLow",
     "AgencyDataVectorRecallLow",
     "AgencyDataDenialsRepeated",
+    "AgencyDataOutboxRefused",
 )
 _SAMPLED_RULES = {
     "backends": ("AgencyDataBackendDown",),
     "disk": ("AgencyDataDiskSpaceLow",),
     "indexes": ("AgencyDataVectorIndexInvalid", "AgencyDataVectorIndexBloated"),
+    "feeds": (
+        "AgencyDataChangeFeedFull",
+        "AgencyDataChangeConsumerLost",
+        "AgencyDataOutboxStalled",
+    ),
 }
 # Operations with no p95 budget unless one is configured: bulk and administrative ones take as
 # long as their input, and claims and lock acquisitions wait by design. The Prometheus rule
@@ -132,6 +142,7 @@ class _Snapshot:
     operations: dict[str, Timings] = field(default_factory=dict)
     cache: tuple[int, int, int] = (0, 0, 0)  # hits (l1 + l2), l2 misses, reads
     denials: dict[str, int] = field(default_factory=dict)
+    refused: int = 0  # outbox messages Redis refused
 
 
 class Alerts:
@@ -296,9 +307,13 @@ class Alerts:
             lookups = max(stats.l1_misses, stats.l2_hits + stats.l2_misses)
             snapshot.cache = (hits, stats.l2_misses, stats.l1_hits + lookups)
         snapshot.denials = dict(self._denials())
+        snapshot.refused = self._telemetry.outbox_refused
         self._history.append(snapshot)
         longest = max(
-            self.config.operation_window, self.config.cache_window, self.config.denials_window
+            self.config.operation_window,
+            self.config.cache_window,
+            self.config.denials_window,
+            self.config.outbox_refused_window,
         )
         while len(self._history) > 1 and now - self._history[1].at >= longest:
             self._history.popleft()
@@ -322,6 +337,9 @@ class Alerts:
         yield from self._operation_rule(now_snap, now)
         yield from self._cache_rule(now_snap, now)
         yield from self._denial_rule(now_snap, now)
+        yield from self._refused_rule(now_snap, now)
+        if sample is not None and sample.feeds is not None:
+            yield from _feed_rules(sample.feeds, c)
         if sample is not None:
             for backend, up in sorted(sample.backends.items()):
                 yield _Finding(
@@ -452,6 +470,81 @@ class Alerts:
                 "look for a misconfigured client or an attempt to read another tenant's rows",
                 0.0,
             )
+
+    def _refused_rule(self, now_snap: _Snapshot, now: float) -> Iterator[_Finding]:
+        window = self.config.outbox_refused_window
+        then = self._since(now, window)
+        recent = now_snap.refused - (then.refused if then is not None else 0)
+        yield _Finding(
+            "AgencyDataOutboxRefused",
+            (),
+            recent > 0,
+            float(recent),
+            f"Redis refused {recent} outbox message(s) in the last {window:.0f} s",
+            "they are set aside, not sent: SELECT destination, error FROM outbox WHERE "
+            "failed_at IS NOT NULL shows why (a key of another type at the stream's key, say); "
+            "fix that, publish them again and delete those rows",
+            0.0,
+        )
+
+
+def _feed_rules(feeds: FeedSample, c: AlertsConfig) -> Iterator[_Finding]:
+    # A consumer behind by half of what is kept is what holds the feed back; else the config
+    # (or a feed nothing prunes) is.
+    if feeds.laggard is not None and 2 * feeds.laggard_behind >= feeds.retained > 0:
+        action = (
+            f"the named consumer {feeds.laggard} is {feeds.laggard_behind} changes behind and "
+            f"holds them: resume it, or drop it if it is gone ({_drop_call(feeds.laggard)}); "
+            "at the cap it is marked lost"
+        )
+    else:
+        action = (
+            "no named consumer holds them: changes.keep keeps more changes than max_rows "
+            "(raise changes.max_rows or lower changes.keep), or nothing prunes the feed (each "
+            "relay prunes it every minute: run one, outbox.relay = true)"
+        )
+    yield _Finding(
+        "AgencyDataChangeFeedFull",
+        (),
+        feeds.fill >= c.changes_fill,
+        feeds.fill,
+        f"the change feed keeps {feeds.retained} changes, {feeds.fill:.0%} of "
+        f"changes.max_rows = {feeds.max_rows}",
+        action,
+        c.changes_full_for,
+    )
+    yield _Finding(
+        "AgencyDataChangeConsumerLost",
+        (),
+        feeds.lost > 0,
+        float(feeds.lost),
+        f"{feeds.lost} named change-feed consumer(s) lost changes they had not read "
+        f"(changes.max_rows = {feeds.max_rows}): {', '.join(feeds.lost_names)}"
+        + (", ..." if feeds.lost > len(feeds.lost_names) else ""),
+        "each must reload what it derives from the changes and read on from since='now' once "
+        + (f"dropped: {_drop_call(feeds.lost_names[0])}" if feeds.lost_names else "dropped")
+        + "; if consumers fall this far behind in normal running, raise changes.max_rows",
+        0.0,
+    )
+    age = feeds.oldest_unsent or 0.0
+    yield _Finding(
+        "AgencyDataOutboxStalled",
+        (),
+        age > c.outbox_age,
+        age,
+        f"the oldest of {feeds.unsent} unsent outbox message(s) committed {age:.0f} s ago",
+        "no relay is sending them: run one (outbox.relay = true in a process, or await "
+        "dl.outbox.relay()), check that Redis is reachable (AgencyDataBackendDown) and the "
+        "relays' log ('relaying the outbox failed')",
+        0.0,
+    )
+
+
+def _drop_call(who: str) -> str:
+    # "tenant/name": tenant ids have no '/'.
+    tenant, _, name = who.partition("/")
+    scope = "dl" if tenant == DEFAULT_TENANT else f"dl.tenant({tenant!r})"
+    return f"await {scope}.changes.drop({name!r})"
 
 
 def _webhook_payload(alert: Alert) -> dict[str, Any]:

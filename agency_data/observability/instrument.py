@@ -88,6 +88,8 @@ class Telemetry:
         self.searches: dict[tuple[str, str], Timings] = {}
         self.slow_queries = 0
         self.denials: dict[str, int] = {"authentication": 0, "permission": 0}
+        # Outbox messages Redis refused and this process's relay set aside (see outbox.relay).
+        self.outbox_refused = 0
         # The recall probe's queries (kept by the searches) and its latest estimates.
         self.probe_rate = self.config.recall_sample_rate if self.config.recall_probe else 0.0
         self.probe_queries: dict[tuple[str, str], deque[ProbeQuery]] = {}

@@ -30,6 +30,12 @@ Families (base units, ``agency_data_`` prefix):
 ``agency_data_denials_total``                   counter: ``kind``
 ``agency_data_disk_free_bytes`` / ``_total_bytes`` gauges: ``volume`` (embedded data directory)
 ``agency_data_replication_lag_seconds`` / ``_bytes`` gauges: ``replica`` (``self`` on a replica)
+``agency_data_outbox_unsent``                    gauge: committed messages not yet relayed
+``agency_data_outbox_oldest_unsent_seconds``     gauge: since the oldest of them committed
+``agency_data_outbox_refused_total``             counter: messages Redis refused, set aside
+``agency_data_changes_retained``                 gauge: changes the feed keeps
+``agency_data_changes_max_rows``                 gauge: its cap (``changes.max_rows``)
+``agency_data_change_consumers_lost``            gauge: named consumers marked lost
 ``agency_data_alerts_firing``                   gauge: ``alert``, ``series``
 ``agency_data_server_connections`` / ``agency_data_server_max_connections`` gauges
 ``agency_data_sample_timestamp_seconds``        gauge: when the sampled gauges were read
@@ -52,7 +58,7 @@ from prometheus_client.registry import Collector
 
 from agency_data.models import CacheStats
 from agency_data.observability.instrument import Telemetry
-from agency_data.observability.sampler import Sample
+from agency_data.observability.sampler import FeedSample, Sample
 from agency_data.observability.timings import Timings
 
 __all__ = ["CONTENT_TYPE", "Metrics", "ReplicaSource", "denial_counts", "replica_families"]
@@ -280,6 +286,12 @@ def _counters(telemetry: Telemetry, pools: dict[str, Any]) -> Iterator[Metric]:
     for kind, count in sorted(denial_counts(telemetry, pools).items()):
         denials.add_metric([kind], count)
     yield denials
+    yield CounterMetricFamily(
+        "agency_data_outbox_refused",
+        "Outbox messages Redis refused (a key of another type, say), set aside with their "
+        "error by this process's relay.",
+        value=telemetry.outbox_refused,
+    )
 
 
 def _sampled(sample: Sample) -> Iterator[Metric]:
@@ -376,8 +388,39 @@ def _sampled(sample: Sample) -> Iterator[Metric]:
             "The server's max_connections.",
             value=most,
         )
+    if sample.feeds is not None:
+        yield from _feeds(sample.feeds)
     yield GaugeMetricFamily(
         "agency_data_sample_timestamp_seconds",
         "When the sampled gauges (backends, tasks, indexes) were last read.",
         value=sample.taken_at,
+    )
+
+
+def _feeds(feeds: FeedSample) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "agency_data_outbox_unsent",
+        "Committed outbox messages not yet relayed to Redis, all tenants.",
+        value=feeds.unsent,
+    )
+    yield GaugeMetricFamily(
+        "agency_data_outbox_oldest_unsent_seconds",
+        "Seconds since the oldest unsent outbox message committed (0 when none waits).",
+        value=feeds.oldest_unsent or 0.0,
+    )
+    yield GaugeMetricFamily(
+        "agency_data_changes_retained",
+        "Changes the change feed keeps, all tenants.",
+        value=feeds.retained,
+    )
+    yield GaugeMetricFamily(
+        "agency_data_changes_max_rows",
+        "The most changes the feed keeps (changes.max_rows); past it the oldest are pruned.",
+        value=feeds.max_rows,
+    )
+    yield GaugeMetricFamily(
+        "agency_data_change_consumers_lost",
+        "Named change-feed consumers marked lost (changes they had not read were pruned), "
+        "until dropped.",
+        value=feeds.lost,
     )

@@ -86,6 +86,7 @@ class Monitor:
         redis_up: Callable[[], Awaitable[bool]],
         collections: Callable[[str, str], Measurable],
         volumes: dict[str, Path],
+        max_changes: int,
         replicas: ReplicaSource | None = None,
     ) -> None:
         """Point the registry, sampler and probe at the connected pools and clients."""
@@ -94,7 +95,10 @@ class Monitor:
             self.metrics.extra.append(lambda: replica_families(replicas))
         self.metrics.cache_stats = cache_stats
         self.sampler = Sampler(
-            admin=admin, redis_up=redis_up, volumes={**volumes, **self.config.disk_paths}
+            admin=admin,
+            redis_up=redis_up,
+            volumes={**volumes, **self.config.disk_paths},
+            max_changes=max_changes,
         )
         self.probe = RecallProbe(self.telemetry, collections)
         if self.config.alerts.enabled or self.config.recall_probe:

@@ -144,6 +144,8 @@ class Relay:
                     "FROM unnest(%s::bigint[], %s::text[]) AS e(id, error) WHERE outbox.id = e.id",
                     [[i for i, _ in failed], [e for _, e in failed]],
                 )
+        # Counted once set aside for good: a round rolled back sets nothing aside.
+        self._db.telemetry.outbox_refused += len(failed)
         return len(rows)
 
     async def prune(self) -> int:
