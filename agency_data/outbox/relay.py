@@ -196,7 +196,7 @@ class Relay:
                     await asyncio.wait_for(self._wake.wait(), backoff.next_delay())
 
     async def aclose(self) -> None:
-        """Stop relaying, after a last round (at most ``_LAST_ROUND`` seconds) for what this
+        """Stop relaying, after a last round (at most 5 seconds) for what this
         process committed just before; what is still unsent waits for the next relay, here
         or elsewhere."""
         loop, self._loop = self._loop, None

@@ -1452,7 +1452,9 @@ class Relay(Wrapper):
         return self._portal.run_sync(self._aio.start)
 
     def close(self) -> None:
-        """Stop relaying (messages not sent yet wait for the next relay, here or elsewhere)."""
+        """Stop relaying, after a last round (at most 5 seconds) for what this
+        process committed just before; what is still unsent waits for the next relay, here
+        or elsewhere."""
         return self._portal.call(self._aio.aclose())
 
 
