@@ -33,10 +33,17 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from agency_data.config import ChangesConfig
-from agency_data.errors import ChangesLost, NotFound, UsageError, ValidationError
+from agency_data.errors import (
+    ChangesLost,
+    DecryptionError,
+    NotFound,
+    UsageError,
+    ValidationError,
+)
 from agency_data.inputs import as_items, brief, check_int, check_tenant, check_text
 from agency_data.models import DEFAULT_TENANT
 from agency_data.postgres.database import Database
+from agency_data.security.fields import sealed_key
 from agency_data.tasks.wakeups import TaskWakeups
 
 __all__ = ["Change", "ChangeConsumer", "ChangeFeed", "Changes", "FeedStatus"]
@@ -44,6 +51,7 @@ __all__ = ["Change", "ChangeConsumer", "ChangeFeed", "Changes", "FeedStatus"]
 _log = logging.getLogger("agency_data.changes")
 
 _TRIGGER = "agency_data_changes"
+_TRUNCATE_TRIGGER = "agency_data_changes_truncate"
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _CURSOR = re.compile(r"^([0-9]{1,19})-([0-9]{1,19})$")
 _LAST_ID = 2**63 - 1
@@ -71,7 +79,7 @@ _PAGE_SQL = (
     "SELECT ch.id, ch.table_name, ch.op, ch.row_id, ch.old, ch.new, ch.tenant_id, "
     "w.committed_at FROM changes ch WHERE ch.xid = w.xid "
     "AND (w.seq > %(seq)s OR ch.id > %(id)s) AND ch.table_name = ANY(%(tables)s) "
-    "ORDER BY ch.id) ch ORDER BY w.seq, ch.id LIMIT %(limit)s) p ON true"
+    "ORDER BY ch.id LIMIT %(limit)s) ch ORDER BY w.seq, ch.id LIMIT %(limit)s) p ON true"
 )
 
 
@@ -80,7 +88,8 @@ class Change(BaseModel):
 
     cursor: str
     table: str
-    op: Literal["insert", "update", "delete"]
+    # truncate: every row of the table (of this tenant) is gone; its id is "".
+    op: Literal["insert", "update", "delete", "truncate"]
     # The row's key (its id) as text.
     id: str
     tenant_id: str
@@ -188,7 +197,9 @@ class _Reader:
             },
         )
         head = rows[0]
-        if seq < head["pruned"]:
+        # Commits up to pruned are gone: a position before the end of that commit has missed
+        # some of them.
+        if (seq, change_id) < (head["pruned"], _LAST_ID):
             raise self._feed._lost(_cursor(seq, change_id), self._consumer)
         found = [r for r in rows if r["id"] is not None]
         full = len(found) == self._batch
@@ -198,6 +209,7 @@ class _Reader:
         self._through = None if full else head["walked"]
         if not found:
             self.finish_page()
+        await self._open_sealed(found)
         return [
             Change(
                 cursor=_cursor(r["seq"], r["id"]),
@@ -211,6 +223,33 @@ class _Reader:
             )
             for r in found
         ]
+
+    async def _open_sealed(self, rows: list[dict[str, Any]]) -> None:
+        # Columns under encryption.fields were captured as stored: opened here, as every
+        # other read of the layer opens them. A value whose key was destroyed (crypto-shredded)
+        # comes as None rather than stopping the feed at its change.
+        cipher = self._feed._db.cipher
+        sealed = [
+            (row, side, column, key_id)
+            for row in rows
+            for side in ("old", "new")
+            for column, value in (row[side] or {}).items()
+            if (key_id := sealed_key(value)) is not None
+        ]
+        if not sealed:
+            return
+        wanted: dict[str, set[str]] = {}
+        for row, _, _, key_id in sealed:
+            wanted.setdefault(row["tenant_id"], set()).add(key_id)
+        for tenant, key_ids in wanted.items():
+            await cipher.ensure(tenant, key_ids, write=False)
+        for row, side, column, _ in sealed:
+            try:
+                row[side][column] = cipher.open(
+                    row["tenant_id"], row["table_name"], column, row["row_id"], row[side][column]
+                )
+            except DecryptionError:
+                row[side][column] = None
 
     def finish_page(self) -> None:
         """Every change of the page has been handed out: move past what it walked."""
@@ -332,7 +371,11 @@ class ChangeFeed:
         return _cursor(await self._top(), _LAST_ID)
 
     async def _top(self) -> int:
-        top: int = await self._db.fetch_value("SELECT coalesce(max(seq), 0) FROM commit_order")
+        # The pruner may have deleted every commit row (a feed quiet for longer than keep):
+        # the pruned mark is then where "now" is.
+        top: int = await self._db.fetch_value(
+            "SELECT greatest(max(seq), (SELECT pruned_seq FROM change_feed)) FROM commit_order"
+        )
         return top
 
     async def consumers(self) -> list[ChangeConsumer]:
@@ -387,32 +430,51 @@ class ChangeFeed:
         else:
             position = _parse_cursor(since)
         if consumer is not None:
-            await self._save(consumer, position)
+            saved = await self._db.fetch_value(
+                "INSERT INTO change_consumers AS k (tenant_id, name, seq, change_id) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (tenant_id, name) DO UPDATE SET "
+                "seq = excluded.seq, change_id = excluded.change_id, "
+                "updated_at = clock_timestamp() WHERE k.lost_at IS NULL RETURNING true",
+                [self.tenant_id, consumer, *position],
+            )
+            if not saved:
+                raise self._lost(_cursor(*position), consumer)
         return position
 
     async def _save(self, consumer: str, position: tuple[int, int]) -> None:
-        saved = await self._db.fetch_value(
-            "INSERT INTO change_consumers AS k (tenant_id, name, seq, change_id) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT (tenant_id, name) DO UPDATE SET "
-            "seq = excluded.seq, change_id = excluded.change_id, updated_at = clock_timestamp() "
-            "WHERE k.lost_at IS NULL RETURNING true",
-            [self.tenant_id, consumer, *position],
+        # Only an update: a consumer dropped while it reads stays dropped.
+        row = await self._db.fetch_one(
+            "UPDATE change_consumers SET seq = %s, change_id = %s, updated_at = clock_timestamp() "
+            "WHERE tenant_id = %s AND name = %s RETURNING lost_at",
+            [*position, self.tenant_id, consumer],
         )
-        if not saved:
+        if row is None:
+            raise NotFound(
+                f"the change-feed consumer {consumer} of tenant {self.tenant_id} was dropped "
+                "while it read; start it again to read on as a new consumer",
+                entity="change_consumer",
+                key=consumer,
+            )
+        if row["lost_at"] is not None:
             raise self._lost(_cursor(*position), consumer)
 
     async def _pruned(self) -> int:
         pruned: int = await self._db.fetch_value("SELECT pruned_seq FROM change_feed")
         return pruned
 
+    def _feed_expression(self) -> str:
+        if self.tenant_id == DEFAULT_TENANT:
+            return "dl.changes"
+        return f"dl.tenant({self.tenant_id!r}).changes"
+
     def _lost(self, cursor: str, consumer: str | None = None) -> ChangesLost:
-        who = f"consumer {consumer}" if consumer else f"cursor {cursor}"
+        who = f"consumer {consumer} of tenant {self.tenant_id}" if consumer else f"cursor {cursor}"
         return ChangesLost(
             f"the change feed no longer keeps every change after {who}: some were pruned "
             f"(kept changes.keep = {self._runtime.config.keep:g} s, and for named consumers "
             f"up to changes.max_rows = {self._runtime.config.max_rows}). Reload what you "
             "derive from the changes and read on from since='now'"
-            + (f" after dl.changes.drop({consumer!r})" if consumer else ""),
+            + (f" after {self._feed_expression()}.drop({consumer!r})" if consumer else ""),
             cursor=cursor,
         )
 
@@ -454,7 +516,7 @@ class Changes(ChangeFeed):
         admin = self._runtime.admin
         described = await admin.fetch(
             "SELECT a.attname AS name, format_type(a.atttypid, NULL) AS type, "
-            "coalesce(a.attnum = ANY(i.indkey), false) AS key "
+            "a.attnotnull AS required, coalesce(a.attnum = ANY(i.indkey), false) AS key "
             "FROM pg_attribute a JOIN pg_class t ON t.oid = a.attrelid "
             "LEFT JOIN pg_index i ON i.indrelid = t.oid AND i.indisprimary "
             "WHERE t.oid = to_regclass(quote_ident(%s)) AND t.relkind = 'r' "
@@ -463,11 +525,12 @@ class Changes(ChangeFeed):
         )
         names = [c["name"] for c in described]
         keys = [c["name"] for c in described if c["key"] and c["name"] != "tenant_id"]
-        if "tenant_id" not in names or len(keys) != 1:
+        tenant_required = any(c["name"] == "tenant_id" and c["required"] for c in described)
+        if not tenant_required or len(keys) != 1:
             raise ValidationError(
-                f"{table} is not a table the feed can capture: it needs a tenant_id column and "
-                "a primary key of one column besides tenant_id (agents, tasks, a collection's "
-                "table)",
+                f"{table} is not a table the feed can capture: it needs a tenant_id column "
+                "(NOT NULL) and a primary key of one column besides tenant_id (agents, tasks, "
+                "a collection's table)",
                 field="table",
             )
         if columns is None:
@@ -491,6 +554,12 @@ class Changes(ChangeFeed):
                     "FOR EACH ROW EXECUTE FUNCTION agency_data_capture_change({})"
                 ).format(sql.Identifier(_TRIGGER), sql.Identifier(table), arguments)
             )
+            await admin.execute(
+                sql.SQL(
+                    "CREATE OR REPLACE TRIGGER {} BEFORE TRUNCATE ON {} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION agency_data_capture_truncate()"
+                ).format(sql.Identifier(_TRUNCATE_TRIGGER), sql.Identifier(table))
+            )
         return [n for n in names if n in chosen]
 
     async def untrack(self, table: str) -> bool:
@@ -499,11 +568,13 @@ class Changes(ChangeFeed):
         tracked = await self.tracked()
         if table not in tracked:
             return False
-        await self._runtime.admin.execute(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(_TRIGGER), sql.Identifier(table)
-            )
-        )
+        async with self._runtime.admin.transaction():
+            for trigger in (_TRIGGER, _TRUNCATE_TRIGGER):
+                await self._runtime.admin.execute(
+                    sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                        sql.Identifier(trigger), sql.Identifier(table)
+                    )
+                )
         return True
 
     async def tracked(self) -> dict[str, list[str]]:
@@ -554,7 +625,7 @@ class Changes(ChangeFeed):
         consumer) and, past ``max_rows``, the oldest whatever; how many went."""
         config = self._runtime.config
         admin = self._runtime.admin
-        async with admin.transaction():
+        async with admin.transaction(isolation="read_committed"):
             # One pruner at a time (relays of several processes all prune).
             if not await admin.fetch_value("SELECT pg_try_advisory_xact_lock(1634168676)"):
                 return 0
@@ -568,21 +639,24 @@ class Changes(ChangeFeed):
                 "SELECT min(seq) - 1 FROM change_consumers WHERE lost_at IS NULL"
             )
             target = aged if needed is None else min(aged, needed)
-            # The cap: the commit of the change max_rows from the newest, or of the commit
-            # max_rows from the last (a feed of few changes still keeps its commits bounded).
-            capped = await admin.fetch_value(
-                "SELECT greatest("
-                " (SELECT c.seq - 1 FROM changes ch JOIN commit_order c ON c.xid = ch.xid "
-                "  WHERE ch.id >= (SELECT max(id) FROM changes) - %(cap)s "
-                "  ORDER BY ch.id LIMIT 1), "
-                " (SELECT max(seq) FROM commit_order) - %(cap)s, 0)",
-                {"cap": config.max_rows},
-            )
+            # The cap: the commit of the change max_rows + 1 from the newest, and every one
+            # before it, go (ids run roughly in commit order). Counted exactly only once the
+            # id span says the cap may be passed.
+            capped = 0
+            span = await admin.fetch_value("SELECT coalesce(max(id) - min(id) + 1, 0) FROM changes")
+            if span > config.max_rows:
+                capped = await admin.fetch_value(
+                    "SELECT coalesce(max(c.seq), 0) FROM commit_order c JOIN changes ch "
+                    "ON ch.xid = c.xid WHERE ch.id = (SELECT id FROM changes "
+                    "ORDER BY id DESC OFFSET %s LIMIT 1)",
+                    [config.max_rows],
+                )
             if capped > target:
                 lost = await admin.fetch(
                     "UPDATE change_consumers SET lost_at = clock_timestamp() "
-                    "WHERE lost_at IS NULL AND seq < %s RETURNING tenant_id, name",
-                    [capped],
+                    "WHERE lost_at IS NULL AND (seq, change_id) < (%s, %s) "
+                    "RETURNING tenant_id, name",
+                    [capped, _LAST_ID],
                 )
                 if lost:
                     _log.warning(

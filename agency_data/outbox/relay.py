@@ -29,7 +29,7 @@ from agency_data.redis.client import RedisClient
 from agency_data.redis.keys import Keys
 from agency_data.retry import Backoff
 
-__all__ = ["Relay", "Send", "redis_sender"]
+__all__ = ["RELAY_LOCK", "Relay", "Send", "redis_sender"]
 
 _log = logging.getLogger("agency_data.outbox")
 
@@ -38,8 +38,9 @@ _log = logging.getLogger("agency_data.outbox")
 # cannot be reached (the round is then rolled back and tried again).
 Send = Callable[[Sequence[tuple[str, str, str, bytes, str]]], Awaitable[list[str | None]]]
 
-# The relays' advisory lock (any constant no other part of the layer uses).
-_LOCK = 0x6167_6F62  # "agob"
+# The relays' advisory lock (any constant no other part of the layer uses); erasing a tenant
+# takes it too, so that no round sends the tenant's messages after they are erased.
+RELAY_LOCK = 0x6167_6F62  # "agob"
 # The commits from the relays' mark on, in commit order, with their unsent messages; and (in
 # the same snapshot) the last commit there is, which the mark moves to once the walk is through.
 _BATCH_SQL = (
@@ -55,10 +56,12 @@ _PRUNE_SQL = (
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NOT NULL "
     "AND sent_at < clock_timestamp() - make_interval(secs => %s) LIMIT 10000)"
 )
+# Commits the relays are past whose changes are pruned, or that had none.
 _PRUNE_COMMITS_SQL = (
-    "DELETE FROM commit_order WHERE seq IN (SELECT seq FROM commit_order WHERE seq < least("
-    "(SELECT pruned_seq + 1 FROM change_feed), (SELECT seq FROM outbox_relay)) "
-    "ORDER BY seq LIMIT 10000)"
+    "DELETE FROM commit_order WHERE seq IN (SELECT c.seq FROM commit_order c "
+    "WHERE c.seq < (SELECT seq FROM outbox_relay) AND (c.seq <= (SELECT pruned_seq FROM "
+    "change_feed) OR NOT EXISTS (SELECT FROM changes ch WHERE ch.xid = c.xid)) "
+    "ORDER BY c.seq LIMIT 10000)"
 )
 _PRUNE_EVERY = 60.0
 # Seconds closing a DataLayer spends sending what it published just before.
@@ -102,8 +105,10 @@ class Relay:
                 return total
 
     async def _round(self) -> int:
-        async with self._db.transaction():
-            if not await self._db.fetch_value("SELECT pg_try_advisory_xact_lock(%s)", [_LOCK]):
+        # Read committed whatever the database's default: each statement sees what the
+        # relay before it committed.
+        async with self._db.transaction(isolation="read_committed"):
+            if not await self._db.fetch_value("SELECT pg_try_advisory_xact_lock(%s)", [RELAY_LOCK]):
                 return 0  # another relay's round is under way
             found = await self._db.fetch(_BATCH_SQL, [self.config.batch])
             rows = [r for r in found if r["id"] is not None]

@@ -266,10 +266,8 @@ async def grant_privileges(
                 sql.Identifier(_CATALOG), app
             )
         )
-    for table, kept_from_app in _AUDIT_TABLES.items():
+    for table, kept_from_app in _READ_ONLY_TO_APP.items():
         if table in names_present:
-            # The audit trail: read-only to the application, which adds records only
-            # through the trail's functions (the owner's edits break the chain).
             statements.append(
                 sql.SQL("REVOKE " + kept_from_app + " ON TABLE {} FROM {}").format(
                     sql.Identifier(table), app
@@ -280,12 +278,20 @@ async def grant_privileges(
             await conn.execute(statement)
 
 
-# What the application role may not do to the audit trail's tables: it only reads them.
-_AUDIT_TABLES: dict[str, LiteralString] = {
-    # Records are added through SECURITY DEFINER functions, as the owner (migration 0010).
+# Tables the application role only reads: every tenant's view runs as it, and these hold no
+# tenant's rows but what every tenant depends on.
+_READ_ONLY_TO_APP: dict[str, LiteralString] = {
+    # The audit trail: records are added through SECURITY DEFINER functions, as the owner
+    # (migration 0010); the owner's edits break the chain.
     "audit_pending": "INSERT, UPDATE, DELETE, TRUNCATE",
     "audit_log": "INSERT, UPDATE, DELETE, TRUNCATE",
     "audit_heads": "INSERT, UPDATE, DELETE, TRUNCATE",
+    # Commit order and how far the relays and the feed's pruner have got (migration 0016):
+    # written by the commit-order trigger and the relay, as the owner. A tenant's SQL that
+    # moved them would make the relay skip, or the feed lose, every tenant's messages.
+    "commit_order": "INSERT, UPDATE, DELETE, TRUNCATE",
+    "outbox_relay": "INSERT, UPDATE, DELETE, TRUNCATE",
+    "change_feed": "INSERT, UPDATE, DELETE, TRUNCATE",
 }
 
 

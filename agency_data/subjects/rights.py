@@ -29,6 +29,7 @@ from agency_data.audit.notes import SYSTEM_TRAIL
 from agency_data.config import SubjectsConfig
 from agency_data.errors import ValidationError
 from agency_data.inputs import check_tenant, check_text
+from agency_data.outbox.relay import RELAY_LOCK
 from agency_data.redis.errors import translate_errors as redis_errors
 from agency_data.redis.keys import Keys
 from agency_data.security.fields import COLLECTION_COLUMNS, SEALABLE
@@ -121,12 +122,27 @@ class SubjectRights:
                 async for row in self._matching(tenant, subject, name, table, sealable, paths, key)
             ]
             if ids:
-                report.removed[place] = await view.execute(
-                    sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND {} = ANY(%s)").format(
-                        table, sql.Identifier(key)
-                    ),
-                    [tenant, ids],
-                )
+                async with view.transaction():
+                    report.removed[place] = await view.execute(
+                        sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND {} = ANY(%s)").format(
+                            table, sql.Identifier(key)
+                        ),
+                        [tenant, ids],
+                    )
+                    # The change feed (a tracked table) held the rows' values too: their
+                    # changes go, but the delete just captured, its values cleared, so that
+                    # consumers still learn the rows are gone.
+                    keyed = [tenant, name, [str(i) for i in ids]]
+                    await view.execute(
+                        "DELETE FROM changes WHERE tenant_id = %s AND table_name = %s "
+                        "AND row_id = ANY(%s) AND xid <> pg_current_xact_id()",
+                        keyed,
+                    )
+                    await view.execute(
+                        "UPDATE changes SET old = NULL WHERE tenant_id = %s AND table_name = %s "
+                        "AND row_id = ANY(%s) AND xid = pg_current_xact_id()",
+                        keyed,
+                    )
         sessions = [(held, s) async for held, s in self._sessions(tenant, subject)]
         if sessions and self._redis is not None:
             keys = Keys(tenant)
@@ -173,6 +189,9 @@ class SubjectRights:
         # Last: the deletes above may have written changes and messages (tracked tables).
         tables += ["outbox", "changes", "change_consumers"]
         async with view.transaction():
+            # A relay round under way would send the tenant's messages after its keys are
+            # erased below: wait for it, and hold off the next until this commits.
+            await view.execute("SELECT pg_advisory_xact_lock(%s)", [RELAY_LOCK])
             for table in tables:
                 removed = await view.execute(
                     sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(sql.Identifier(table)),

@@ -6,10 +6,12 @@ BEGIN
     FOR captured IN SELECT tgrelid::regclass FROM pg_trigger WHERE tgname = 'agency_data_changes'
     LOOP
         EXECUTE format('DROP TRIGGER agency_data_changes ON %s', captured);
+        EXECUTE format('DROP TRIGGER IF EXISTS agency_data_changes_truncate ON %s', captured);
     END LOOP;
 END
 $$;
 DROP FUNCTION agency_data_capture_change();
+DROP FUNCTION agency_data_capture_truncate();
 DROP TABLE change_consumers;
 DROP TABLE change_feed;
 DROP TABLE changes;

@@ -69,14 +69,17 @@ CREATE TABLE changes (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id   text NOT NULL,
     table_name  text NOT NULL,
-    op          text NOT NULL CONSTRAINT changes_op_valid CHECK (op IN ('insert', 'update', 'delete')),
+    -- truncate: every row of the table in the tenant is gone (row_id is empty).
+    op          text NOT NULL
+                CONSTRAINT changes_op_valid CHECK (op IN ('insert', 'update', 'delete', 'truncate')),
     row_id      text NOT NULL,
     -- The captured columns' values before and after (null for an insert's old, a delete's new).
     old         jsonb,
     new         jsonb,
     xid         xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
-CREATE INDEX changes_xid ON changes (xid);
+-- A reader takes each commit's changes in id order, a page at a time.
+CREATE INDEX changes_xid ON changes (xid, id);
 ALTER TABLE changes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE changes FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON changes
@@ -143,9 +146,30 @@ BEGIN
     IF TG_OP = 'UPDATE' AND before = after THEN
         RETURN NULL;
     END IF;
+    IF TG_OP = 'UPDATE' AND OLD.tenant_id IS DISTINCT FROM NEW.tenant_id THEN
+        -- A row moved to another tenant: it leaves the old tenant's feed and enters the new.
+        INSERT INTO changes (tenant_id, table_name, op, row_id, old, new)
+            VALUES (OLD.tenant_id, TG_TABLE_NAME, 'delete', to_jsonb(OLD) ->> TG_ARGV[0],
+                    before, NULL),
+                   (NEW.tenant_id, TG_TABLE_NAME, 'insert', whole ->> TG_ARGV[0], NULL, after);
+        RETURN NULL;
+    END IF;
     INSERT INTO changes (tenant_id, table_name, op, row_id, old, new)
         VALUES (whole ->> 'tenant_id', TG_TABLE_NAME, lower(TG_OP), whole ->> TG_ARGV[0],
                 before, after);
+    RETURN NULL;
+END
+$$;
+
+-- TRUNCATE fires no row trigger: one 'truncate' change for each tenant with rows in the table,
+-- written before they go (installed with the capture trigger).
+CREATE FUNCTION agency_data_capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    EXECUTE format(
+        'INSERT INTO changes (tenant_id, table_name, op, row_id) '
+        'SELECT DISTINCT tenant_id, %L, %L, %L FROM %I.%I',
+        TG_TABLE_NAME, 'truncate', '', TG_TABLE_SCHEMA, TG_TABLE_NAME);
     RETURN NULL;
 END
 $$;

@@ -1,6 +1,6 @@
-"""Review of issue 17's change feed, capture and consumer side: what the trigger records for
-writes the feed does not expect (TRUNCATE, a null tenant, a row moved between tenants, sealed
-columns), and named consumers dropped while read or lost in a tenant other than the default."""
+"""The change feed's capture and consumers at their edges: TRUNCATE, a nullable tenant_id, a
+row moved between tenants, sealed columns; a consumer dropped while it reads, and the drop a
+lost consumer of another tenant is told to make."""
 
 from __future__ import annotations
 
@@ -21,12 +21,6 @@ async def _drain(stream: Any) -> list[Change]:
     return [change async for change in stream]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the capture trigger of migration 0016 is FOR EACH ROW only: a TRUNCATE of a tracked "
-    "table (the owner may) leaves no change at all, so every consumer keeps rows that are gone "
-    "(the audit trail has an AFTER TRUNCATE trigger for this; the feed has none)",
-)
 async def test_truncating_a_tracked_table_is_seen_by_the_feed(dl: DataLayer) -> None:
     await dl.changes.track("agents")
     start = await dl.changes.position()
@@ -38,12 +32,6 @@ async def test_truncating_a_tracked_table_is_seen_by_the_feed(dl: DataLayer) -> 
     assert len(seen) > 1, "the feed says the row is still there"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Changes.track (outbox/changes.py) accepts a table whose tenant_id may be null; the "
-    "capture trigger then writes changes.tenant_id = null (NOT NULL) and every write of such a "
-    "row, which worked before the table was tracked, now fails",
-)
 async def test_tracking_never_breaks_a_write_that_worked_before(dl: DataLayer) -> None:
     await dl.admin.execute(
         "CREATE TABLE review_notes (id int PRIMARY KEY, tenant_id text, body text)"
@@ -57,12 +45,6 @@ async def test_tracking_never_breaks_a_write_that_worked_before(dl: DataLayer) -
     assert await dl.admin.fetch_value("SELECT count(*) FROM review_notes") == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agency_data_capture_change (migration 0016) files an UPDATE under NEW.tenant_id only: "
-    "a row moved from tenant a to b never leaves a's feed (no delete), and b's feed gets an "
-    "'update' whose old values are a's row",
-)
 async def test_a_row_moved_to_another_tenant_leaves_the_old_tenants_feed(dl: DataLayer) -> None:
     await dl.changes.track("agents")
     a, b = dl.tenant("a"), dl.tenant("b")
@@ -79,12 +61,6 @@ async def test_a_row_moved_to_another_tenant_leaves_the_old_tenants_feed(dl: Dat
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the capture trigger copies sealed columns (encryption.fields) as stored and "
-    "Reader.page (outbox/changes.py) hands them out as they are: a Change of a task carries the "
-    "ciphertext envelope {'$enc': ...} where every other read of the layer opens it",
-)
 async def test_a_sealed_column_does_not_reach_a_reader_as_ciphertext(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:
@@ -108,12 +84,6 @@ async def test_a_sealed_column_does_not_reach_a_reader_as_ciphertext(
         assert "$enc" not in str(change.new), change.new["data"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ChangeFeed._save (outbox/changes.py) is an upsert: a reader still running under a "
-    "name that dl.changes.drop(name) removed writes it back at its next save, so the drop does "
-    "not hold (and the changes it held back stay held)",
-)
 async def test_a_consumer_dropped_while_it_reads_stays_dropped(dl: DataLayer) -> None:
     await dl.changes.track("agents")
     for n in range(3):
@@ -127,12 +97,6 @@ async def test_a_consumer_dropped_while_it_reads_stays_dropped(dl: DataLayer) ->
     assert await dl.changes.consumers() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ChangeFeed._lost (outbox/changes.py) tells every lost consumer to call "
-    "dl.changes.drop(name), which is the default tenant's feed: for another tenant's consumer "
-    "that call raises NotFound, and the message never names the tenant",
-)
 async def test_a_lost_consumer_of_a_tenant_is_told_a_drop_that_works(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:

@@ -1,7 +1,7 @@
-"""Review of issue 17's shared bookkeeping (migration 0016): commit_order, outbox_relay and
-change_feed hold no tenant_id and no row-level security, and the application role (every
-tenant's view) may write them. One tenant's raw SQL must not stop another tenant's messages or
-changes from being delivered."""
+"""The change feed's and the outbox's shared bookkeeping (migration 0016): commit_order,
+outbox_relay and change_feed hold no tenant_id, and only the owner writes them (security/roles.py
+leaves the application role SELECT): one tenant's raw SQL cannot stop another tenant's messages
+or changes from being delivered."""
 
 from __future__ import annotations
 
@@ -41,12 +41,6 @@ async def _entries(dl: DataLayer, tenant: str, stream: str) -> list[Any]:
     return [orjson.loads(fields[b"d"]) for _, fields in found]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the application role keeps the default INSERT/UPDATE/DELETE on outbox_relay and "
-    "commit_order (security/roles.py revokes them only from the audit tables), which have no "
-    "row-level security: one tenant's raw SQL makes the relay skip every tenant's messages",
-)
 @pytest.mark.parametrize("statement", SABOTAGE)
 async def test_one_tenants_sql_cannot_stop_anothers_messages(
     database: DatabaseDsn, redis_url: str, tmp_path: Path, statement: str
@@ -64,12 +58,6 @@ async def test_one_tenants_sql_cannot_stop_anothers_messages(
         assert await _entries(dl, "acme", "orders") == [{"n": "before"}, {"n": "after"}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the application role may write change_feed and commit_order (no row-level "
-    "security, no revoke in security/roles.py): one tenant's raw SQL makes every other "
-    "tenant's feed raise ChangesLost or skip committed changes",
-)
 @pytest.mark.parametrize(
     "statement", ["UPDATE change_feed SET pruned_seq = pruned_seq + 1000000", *SABOTAGE[1:]]
 )

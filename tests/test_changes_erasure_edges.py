@@ -1,13 +1,12 @@
-"""Review of issue 17 against data subject rights: what an erasure leaves in the change feed,
-and what a relay round under way while a tenant is erased puts back in Redis."""
+"""Data subject rights and the change feed: an erasure leaves no value of the subject in the
+feed (the delete stays, its values cleared), and a relay round under way while a tenant is
+erased puts nothing back in Redis."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from agency_data import DataLayer
 from agency_data.config import OutboxConfig
@@ -17,13 +16,6 @@ from tests.conftest import DatabaseDsn, make_config
 SUBJECT = "ann@example.com"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SubjectRights.erase (subjects/rights.py) deletes the subject's rows but not the "
-    "changes that tracked tables captured of them (insert new values, the erasing delete's old "
-    "values): the subject's data stays in `changes`, readable by the tenant's feed, for "
-    "changes.keep seconds or as long as a named consumer lags",
-)
 async def test_erasing_a_subject_leaves_no_trace_in_the_change_feed(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:
@@ -53,13 +45,6 @@ async def test_erasing_a_subject_leaves_no_trace_in_the_change_feed(
         assert not [c for c in seen if SUBJECT in f"{c.old} {c.new}"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SubjectRights.erase_tenant (subjects/rights.py) deletes the tenant's outbox rows and "
-    "scans its Redis keys without taking the relay's advisory lock (outbox/relay.py _LOCK): a "
-    "round that had already read the tenant's messages sends them after the scan, and the "
-    "erased tenant's stream is back in Redis once erase_tenant has returned",
-)
 async def test_a_relay_round_under_way_puts_nothing_back_after_a_tenant_is_erased(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:

@@ -1,5 +1,6 @@
-"""Review of issue 17's store events: a family subscription (``task.*``) reads several streams
-and must hand out their events in the order the relay sent them."""
+"""Store events at their edges. One strict xfail names a limit of family subscriptions
+(``task.*``): they read one stream per event name, and the events of different names come in
+the order XREAD returns the streams, not the order the relay sent them."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Review of issue 17's commit order (migration 0016): the commit-order lock is meant to be
-taken as a transaction commits and held only until its commit is visible."""
+"""Commit order (migration 0016) at its edges. One strict xfail names a limit: SET
+CONSTRAINTS ALL IMMEDIATE fires the deferred commit-order trigger early, and the commit-order
+lock is then held until that transaction ends."""
 
 from __future__ import annotations
 
