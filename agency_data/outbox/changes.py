@@ -82,6 +82,15 @@ _PAGE_SQL = (
     "ORDER BY ch.id LIMIT %(limit)s) ch ORDER BY w.seq, ch.id LIMIT %(limit)s) p ON true"
 )
 
+# Named consumers (of the tenant, or of every tenant for the owner) and how many changes each
+# would still read (row-level security counts a tenant's own).
+_CONSUMERS_SQL = (
+    "SELECT tenant_id, name, seq, change_id, updated_at, lost_at, "
+    "(SELECT count(*) FROM commit_order c JOIN changes ch ON ch.xid = c.xid "
+    " WHERE c.seq > k.seq OR (c.seq = k.seq AND ch.id > k.change_id)) AS behind "
+    "FROM change_consumers k ORDER BY tenant_id, name"
+)
+
 
 class Change(BaseModel):
     """One row's insert, update or delete, as committed; ``cursor`` resumes after it."""
@@ -380,12 +389,7 @@ class ChangeFeed:
 
     async def consumers(self) -> list[ChangeConsumer]:
         """This tenant's named consumers and how far behind each is."""
-        rows = await self._db.fetch(
-            "SELECT tenant_id, name, seq, change_id, updated_at, lost_at, "
-            "(SELECT count(*) FROM commit_order c JOIN changes ch ON ch.xid = c.xid "
-            " WHERE c.seq > k.seq OR (c.seq = k.seq AND ch.id > k.change_id)) AS behind "
-            "FROM change_consumers k ORDER BY name"
-        )
+        rows = await self._db.fetch(_CONSUMERS_SQL)
         return [_consumer(r) for r in rows]
 
     async def drop(self, consumer: str) -> None:
@@ -596,12 +600,7 @@ class Changes(ChangeFeed):
 
     async def consumers(self) -> list[ChangeConsumer]:
         """Every tenant's named consumers and how far behind each is."""
-        rows = await self._runtime.admin.fetch(
-            "SELECT tenant_id, name, seq, change_id, updated_at, lost_at, "
-            "(SELECT count(*) FROM commit_order c JOIN changes ch ON ch.xid = c.xid "
-            " WHERE c.seq > k.seq OR (c.seq = k.seq AND ch.id > k.change_id)) AS behind "
-            "FROM change_consumers k ORDER BY tenant_id, name"
-        )
+        rows = await self._runtime.admin.fetch(_CONSUMERS_SQL)
         return [_consumer(r) for r in rows]
 
     async def status(self) -> FeedStatus:
