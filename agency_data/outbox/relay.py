@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from agency_data._tasks import cancel_and_wait
 from agency_data.config import OutboxConfig
-from agency_data.errors import QueryError
+from agency_data.errors import PermissionDenied, QueryError
 from agency_data.postgres.database import Database
 from agency_data.redis.client import RedisClient
 from agency_data.redis.keys import Keys
@@ -90,6 +90,8 @@ class Relay:
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
         self._pruned_at = 0.0
+        # Whether the owner's rights were found missing (said once).
+        self._refused = False
 
     def wake(self) -> None:
         """Start the next round now (a transaction that published has committed)."""
@@ -194,6 +196,15 @@ class Relay:
                     # Connected before `migrate` (the CLI's own commands do): nothing to relay
                     # until the outbox's migrations are applied.
                     _log.debug("the outbox's tables are not there yet: %s", exc)
+                elif isinstance(exc, PermissionDenied):
+                    # No owner connection (postgresql.admin_dsn): every tenant's messages are
+                    # out of this role's reach. Said once; another process's relay may serve.
+                    log = _log.debug if self._refused else _log.warning
+                    self._refused = True
+                    log(
+                        "this DataLayer cannot relay the outbox: its admin connection is not "
+                        "the owner role (set postgresql.admin_dsn, or outbox.relay = false)"
+                    )
                 else:
                     _log.warning("relaying the outbox failed; retrying", exc_info=True)
                 # A commit meanwhile (Redis back, say) still wakes the next round at once.
