@@ -724,6 +724,17 @@ class ChangesConfig(_Section):
         description="tables whose changes are captured from connect on ('agents', 'tasks'; "
         "dl.changes.track for chosen columns); tables left out are not untracked",
     )
+
+    @field_validator("tables")
+    @classmethod
+    def _table_names(cls, tables: list[str]) -> list[str]:
+        for table in tables:
+            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", table):
+                raise ValueError(
+                    f"{table!r} is not a table name (lower-case letters, digits and _)"
+                )
+        return tables
+
     keep: float = Field(
         default=86_400.0,
         ge=0,

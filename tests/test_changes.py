@@ -18,7 +18,15 @@ from typing import Any
 import orjson
 import pytest
 
-from agency_data import ChangesLost, DataLayer, NotFound, UsageError, ValidationError
+from agency_data import (
+    ChangesLost,
+    ConfigError,
+    DataLayer,
+    DataLayerConfig,
+    NotFound,
+    UsageError,
+    ValidationError,
+)
 from agency_data.outbox import Change
 from agency_data.redis.keys import Keys
 from tests.conftest import DatabaseDsn, make_config
@@ -164,6 +172,10 @@ async def test_a_named_consumer_resumes_where_it_stopped(dl: DataLayer) -> None:
     rest = await _drain(dl.changes(["tasks"], consumer="worker", wait=False))
     assert [c.cursor for c in rest][:1] == [first[2].cursor]
     assert len(rest) == 3
+    # A since given to a consumer that exists is where a new one would start: it resumes.
+    await dl.tasks.create("t", {"n": 5})
+    [later] = await _drain(dl.changes(["tasks"], since="now", consumer="worker", wait=False))
+    assert later.new is not None
     await dl.changes.drop("worker")
     assert await dl.changes.consumers() == []
     with pytest.raises(NotFound):
@@ -236,9 +248,18 @@ async def test_bad_input(dl: DataLayer) -> None:
             dl.changes(["agents"], **kwargs)
     with pytest.raises(ValidationError):
         dl.changes(["agents"], tenant="bad tenant")
+    ahead = f"{int((await dl.changes.position()).partition('-')[0]) + 1000}-0"
+    with pytest.raises(ValidationError, match="ahead of this feed"):
+        await _drain(dl.changes(["agents"], since=ahead, wait=False))
+    with pytest.raises(NotFound):
+        await dl.changes.track("no_such_table")
+    with pytest.raises(ValidationError, match="at least one column"):
+        await dl.changes.track("agents", columns=[])
+    with pytest.raises(ConfigError, match="not a table name"):
+        DataLayerConfig(changes={"tables": ["Tasks"]})
     with pytest.raises(UsageError, match="track it first"):
         await _drain(dl.changes(["tasks"], wait=False))
-    for table in ("changes", "commit_order", "embedding_collections", "nope"):
+    for table in ("changes", "commit_order", "embedding_collections"):
         with pytest.raises(ValidationError):
             await dl.changes.track(table)
     with pytest.raises(ValidationError, match="no column"):
@@ -246,6 +267,29 @@ async def test_bad_input(dl: DataLayer) -> None:
     assert await dl.changes.untrack("tasks") is False
     assert await dl.changes.untrack("agents") is True
     assert await dl.changes.tracked() == {}
+
+
+async def test_status_counts_changes_not_the_ids_rollbacks_used(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(
+        database, redis_url, tmp_path, changes={"tables": ["agents"], "max_rows": 20}
+    )
+    async with DataLayer(config) as dl:
+        agent = await dl.agents.create(name="a", type="worker")
+
+        async def rolled_back() -> None:
+            async with dl.transaction():
+                for _ in range(30):  # thirty ids of changes, none kept
+                    await dl.execute(
+                        "UPDATE agents SET version = version + 1 WHERE id = %s", [agent.id]
+                    )
+                raise RuntimeError("roll back")
+
+        with pytest.raises(RuntimeError):
+            await rolled_back()
+        await dl.agents.update(agent.id, name="b")
+        assert (await dl.changes.status()).retained == 2
 
 
 async def test_cancelling_a_waiting_read(dl: DataLayer) -> None:

@@ -92,6 +92,7 @@ WHERE o.sent_at IS NULL AND o.failed_at IS NULL
 # The changes kept, counted as dl.changes.status() and the pruner's cap count them (ids, so two
 # index probes); the named consumers marked lost (the first few by name), and the live one
 # furthest behind, which is what holds the feed back when anything does.
+_COUNT_CHANGES_SQL: LiteralString = "SELECT count(*) AS n FROM changes"
 _FEED_SQL = """
 SELECT (SELECT coalesce(max(id) - min(id) + 1, 0) FROM changes)::bigint AS retained,
        (SELECT count(*) FROM change_consumers WHERE lost_at IS NOT NULL)::bigint AS lost,
@@ -356,11 +357,19 @@ class Sampler:
             else:
                 _log.warning("could not sample the outbox and change feed gauges: %s", exc)
             return
+        retained = feed["retained"]
+        if retained > self._max_changes // 2:
+            # The id span counts ids rolled-back writes used too: near the cap, count rows.
+            try:
+                retained = (await self._fetch(conn, _COUNT_CHANGES_SQL))[0]["n"]
+            except AgencyDataError as exc:
+                _log.warning("could not sample the outbox and change feed gauges: %s", exc)
+                return
         oldest = outbox["oldest"]
         sample.feeds = FeedSample(
             unsent=outbox["unsent"],
             oldest_unsent=max(float(oldest), 0.0) if oldest is not None else None,
-            retained=feed["retained"],
+            retained=retained,
             max_rows=self._max_changes,
             lost=feed["lost"],
             lost_names=tuple(feed["lost_names"]),

@@ -307,8 +307,9 @@ class ChangeFeed:
         ``since``: a :class:`Change`'s cursor (the changes after it), ``"now"`` (changes
         committed from now on; the default) or ``"start"`` (every change the feed keeps).
         ``consumer``: a name under which the feed keeps this reader's cursor (and the changes
-        it has not read, up to ``changes.max_rows``); its saved cursor is where it resumes,
-        unless ``since`` is given, and is saved as it reads: when it asks for the next change
+        it has not read, up to ``changes.max_rows``); its saved cursor is where it resumes
+        (``since`` is where a new one starts; drop it to start again elsewhere), saved as it
+        reads: when it asks for the next change
         after a page, and when the iteration ends (``aclose()``, leaving
         ``contextlib.aclosing``, a cancelled wait), up to the change before the last one handed
         out (which may not have been dealt with). After a crash it resumes from the last save,
@@ -417,7 +418,7 @@ class ChangeFeed:
                 f"no changes of {', '.join(missing)} are captured: track it first "
                 "(changes.tables in the config, or await dl.changes.track(table))"
             )
-        if consumer is not None and since is None:
+        if consumer is not None:
             row = await self._db.fetch_one(
                 "SELECT seq, change_id, lost_at FROM change_consumers "
                 "WHERE tenant_id = %s AND name = %s",
@@ -427,12 +428,19 @@ class ChangeFeed:
                 if row["lost_at"] is not None:
                     raise self._lost(_cursor(row["seq"], row["change_id"]), consumer)
                 return row["seq"], row["change_id"]
+        top = await self._top()
         if since is None or since == "now":
-            position = (await self._top(), _LAST_ID)
+            position = (top, _LAST_ID)
         elif since == "start":
             position = (await self._pruned(), _LAST_ID)
         else:
             position = _parse_cursor(since)
+            if position[0] > top:
+                raise ValidationError(
+                    f"since {since} is ahead of this feed (its last commit is {top}): a cursor "
+                    "of another database, or of a backup restored since?",
+                    field="since",
+                )
         if consumer is not None:
             saved = await self._db.fetch_value(
                 "INSERT INTO change_consumers AS k (tenant_id, name, seq, change_id) "
@@ -527,6 +535,8 @@ class Changes(ChangeFeed):
             "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             [table],
         )
+        if not described:
+            raise NotFound(f"there is no table {table}", entity="table", key=table)
         names = [c["name"] for c in described]
         keys = [c["name"] for c in described if c["key"] and c["name"] != "tenant_id"]
         tenant_required = any(c["name"] == "tenant_id" and c["required"] for c in described)
@@ -541,6 +551,12 @@ class Changes(ChangeFeed):
             chosen = [c["name"] for c in described if c["type"] not in _BULKY_TYPES]
         else:
             chosen = [check_text(c, "columns", max_length=63) for c in as_items(columns, "columns")]
+            if not chosen:
+                raise ValidationError(
+                    "columns must name at least one column (None: every column but vectors "
+                    "and bytes)",
+                    field="columns",
+                )
             unknown = sorted(set(chosen) - set(names))
             if unknown:
                 raise ValidationError(
@@ -607,6 +623,9 @@ class Changes(ChangeFeed):
         """How many changes the feed keeps against its cap, and who holds them back."""
         admin = self._runtime.admin
         retained = await admin.fetch_value("SELECT coalesce(max(id) - min(id) + 1, 0) FROM changes")
+        if retained > self._runtime.config.max_rows // 2:
+            # The id span counts ids rolled-back writes used too: near the cap, count rows.
+            retained = await admin.fetch_value("SELECT count(*) FROM changes")
         consumers = await self.consumers()
         live = [c for c in consumers if c.lost_at is None]
         laggard = max(live, key=lambda c: c.behind, default=None)
