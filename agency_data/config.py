@@ -77,7 +77,8 @@ class _Section(BaseModel):
     )
 
 
-_ROLE_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
+# A PostgreSQL name the layer writes unquoted-safe: lower case, at most 63 bytes.
+SQL_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 
@@ -126,12 +127,12 @@ class PostgresConfig(_Section):
         None, description="the client certificate's private key (PEM, mode 0600 or stricter)"
     )
     owner_role: str = Field(
-        "agency_owner", pattern=_ROLE_NAME, description="owns the schema; runs migrations"
+        "agency_owner", pattern=SQL_NAME, description="owns the schema; runs migrations"
     )
     app_role: str = Field(
-        "agency_app", pattern=_ROLE_NAME, description="reads and writes data, no DDL"
+        "agency_app", pattern=SQL_NAME, description="reads and writes data, no DDL"
     )
-    readonly_role: str = Field("agency_readonly", pattern=_ROLE_NAME, description="reads data only")
+    readonly_role: str = Field("agency_readonly", pattern=SQL_NAME, description="reads data only")
     pool_min_size: int = Field(2, ge=0)
     pool_max_size: int = Field(10, ge=1, le=1000)
     pool_timeout: float = Field(5.0, gt=0, description="seconds to wait for a free connection")
@@ -729,7 +730,7 @@ class ChangesConfig(_Section):
     @classmethod
     def _table_names(cls, tables: list[str]) -> list[str]:
         for table in tables:
-            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", table):
+            if not re.match(SQL_NAME, table):
                 raise ValueError(
                     f"{table!r} is not a table name (lower-case letters, digits and _)"
                 )

@@ -25,6 +25,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from agency_data.errors import AgencyDataError, QueryError
+from agency_data.outbox.changes import RETAINED_SQL
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
 
@@ -89,12 +90,13 @@ FROM outbox o LEFT JOIN commit_order c ON c.xid = o.xid
 WHERE o.sent_at IS NULL AND o.failed_at IS NULL
 """
 
-# The changes kept, counted as dl.changes.status() and the pruner's cap count them (ids, so two
-# index probes); the named consumers marked lost (the first few by name), and the live one
-# furthest behind, which is what holds the feed back when anything does.
-_COUNT_CHANGES_SQL: LiteralString = "SELECT count(*) AS n FROM changes"
-_FEED_SQL = """
-SELECT (SELECT coalesce(max(id) - min(id) + 1, 0) FROM changes)::bigint AS retained,
+# The changes kept, counted as dl.changes.status() counts them; the named consumers marked
+# lost (the first few by name), and the live one furthest behind, which is what holds the feed
+# back when anything does.
+_FEED_SQL = (
+    "SELECT ("
+    + RETAINED_SQL
+    + """)::bigint AS retained,
        (SELECT count(*) FROM change_consumers WHERE lost_at IS NOT NULL)::bigint AS lost,
        array(SELECT tenant_id || '/' || name FROM change_consumers WHERE lost_at IS NOT NULL
              ORDER BY lost_at, tenant_id, name LIMIT 3) AS lost_names,
@@ -110,6 +112,7 @@ LEFT JOIN LATERAL (
     SELECT tenant_id || '/' || name AS who, seq, change_id FROM change_consumers
     WHERE lost_at IS NULL ORDER BY seq, change_id LIMIT 1) AS l ON true
 """
+)
 # undefined_table: a database the outbox's migrations (0015, 0016) have not reached yet.
 _NOT_MIGRATED = "42P01"
 
@@ -268,9 +271,11 @@ class Sampler:
             await self.aclose()
             return None
 
-    async def _fetch(self, conn: AsyncConnection[Any], query: LiteralString) -> list[Any]:
+    async def _fetch(
+        self, conn: AsyncConnection[Any], query: LiteralString, params: Any = None
+    ) -> list[Any]:
         with translate_errors("sampling"):
-            return await (await conn.execute(query)).fetchall()
+            return await (await conn.execute(query, params)).fetchall()
 
     async def _read_tasks(self, conn: AsyncConnection[Any], sample: Sample) -> None:
         try:
@@ -350,26 +355,18 @@ class Sampler:
         # 0016) let it, in a session that names no tenant, as this one is.
         try:
             outbox = (await self._fetch(conn, _OUTBOX_SQL))[0]
-            feed = (await self._fetch(conn, _FEED_SQL))[0]
+            feed = (await self._fetch(conn, _FEED_SQL, {"near": self._max_changes // 2}))[0]
         except AgencyDataError as exc:
             if isinstance(exc, QueryError) and exc.sqlstate == _NOT_MIGRATED:
                 _log.debug("the outbox's tables are not there yet: %s", exc)
             else:
                 _log.warning("could not sample the outbox and change feed gauges: %s", exc)
             return
-        retained = feed["retained"]
-        if retained > self._max_changes // 2:
-            # The id span counts ids rolled-back writes used too: near the cap, count rows.
-            try:
-                retained = (await self._fetch(conn, _COUNT_CHANGES_SQL))[0]["n"]
-            except AgencyDataError as exc:
-                _log.warning("could not sample the outbox and change feed gauges: %s", exc)
-                return
         oldest = outbox["oldest"]
         sample.feeds = FeedSample(
             unsent=outbox["unsent"],
             oldest_unsent=max(float(oldest), 0.0) if oldest is not None else None,
-            retained=retained,
+            retained=feed["retained"],
             max_rows=self._max_changes,
             lost=feed["lost"],
             lost_names=tuple(feed["lost_names"]),

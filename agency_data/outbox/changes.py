@@ -27,12 +27,12 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, LiteralString
 
 from psycopg import sql
 from pydantic import BaseModel
 
-from agency_data.config import ChangesConfig
+from agency_data.config import SQL_NAME, ChangesConfig
 from agency_data.errors import (
     ChangesLost,
     DecryptionError,
@@ -46,7 +46,7 @@ from agency_data.postgres.database import Database
 from agency_data.security.fields import sealed_key
 from agency_data.tasks.wakeups import TaskWakeups
 
-__all__ = ["Change", "ChangeConsumer", "ChangeFeed", "Changes", "FeedStatus"]
+__all__ = ["RETAINED_SQL", "Change", "ChangeConsumer", "ChangeFeed", "Changes", "FeedStatus"]
 
 _log = logging.getLogger("agency_data.changes")
 
@@ -55,6 +55,8 @@ _TRUNCATE_TRIGGER = "agency_data_changes_truncate"
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _CURSOR = re.compile(r"^([0-9]{1,19})-([0-9]{1,19})$")
 _LAST_ID = 2**63 - 1
+# The pruner's advisory lock (any constant no other part of the layer uses).
+_PRUNE_LOCK = 0x6167_6F64  # "agod"
 # The layer's own bookkeeping, never captured (a change of changes would capture itself).
 _INTERNAL = frozenset(
     {"changes", "change_consumers", "change_feed", "commit_order", "outbox", "outbox_relay"}
@@ -80,6 +82,13 @@ _PAGE_SQL = (
     "w.committed_at FROM changes ch WHERE ch.xid = w.xid "
     "AND (w.seq > %(seq)s OR ch.id > %(id)s) AND ch.table_name = ANY(%(tables)s) "
     "ORDER BY ch.id LIMIT %(limit)s) ch ORDER BY w.seq, ch.id LIMIT %(limit)s) p ON true"
+)
+
+# The changes kept: the id span (two index probes) well under the cap; counted once it
+# passes %(near)s (the span also counts the ids rolled-back writes used).
+RETAINED_SQL: LiteralString = (
+    "SELECT CASE WHEN s.span > %(near)s THEN (SELECT count(*) FROM changes) ELSE s.span END "
+    "FROM (SELECT coalesce(max(id) - min(id) + 1, 0) AS span FROM changes) AS s"
 )
 
 # Named consumers (of the tenant, or of every tenant for the owner) and how many changes each
@@ -154,17 +163,17 @@ def _parse_cursor(cursor: Any) -> tuple[int, int]:
     )
 
 
-def _check_name(name: Any, field: str = "consumer") -> str:
+def _check_consumer(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValidationError(
-            f"{field} {brief(name)} must be 1-128 letters, digits or _ . : -", field=field
+            f"consumer {brief(name)} must be 1-128 letters, digits or _ . : -", field="consumer"
         )
     return name
 
 
 def _check_table(table: Any) -> str:
     name = check_text(table, "table", max_length=63)
-    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+    if not re.match(SQL_NAME, name):
         raise ValidationError(
             f"table {brief(table)} is not a table name (lower-case letters, digits and _)",
             field="table",
@@ -191,8 +200,9 @@ class _Reader:
         self.position = await self._feed._start(self._tables, since, self._consumer)
         self._saved = self.position
 
-    async def page(self) -> list[Change]:
-        """The next changes; ``more`` says whether the feed may have others right after."""
+    async def page(self) -> list[tuple[tuple[int, int], Change]]:
+        """The next changes, each with its position; ``more`` says whether the feed may have
+        others right after."""
         seq, change_id = self.position
         walk = self._batch * 4
         rows = await self._feed._db.fetch(
@@ -220,15 +230,18 @@ class _Reader:
             self.finish_page()
         await self._open_sealed(found)
         return [
-            Change(
-                cursor=_cursor(r["seq"], r["id"]),
-                table=r["table_name"],
-                op=r["op"],
-                id=r["row_id"],
-                tenant_id=r["tenant_id"],
-                old=r["old"],
-                new=r["new"],
-                committed_at=r["committed_at"],
+            (
+                (r["seq"], r["id"]),
+                Change(
+                    cursor=_cursor(r["seq"], r["id"]),
+                    table=r["table_name"],
+                    op=r["op"],
+                    id=r["row_id"],
+                    tenant_id=r["tenant_id"],
+                    old=r["old"],
+                    new=r["new"],
+                    committed_at=r["committed_at"],
+                ),
             )
             for r in found
         ]
@@ -264,10 +277,6 @@ class _Reader:
         """Every change of the page has been handed out: move past what it walked."""
         if self._through is not None and (self._through, _LAST_ID) > self.position:
             self.position = (self._through, _LAST_ID)
-
-    def advance(self, change: Change) -> None:
-        seq, _, change_id = change.cursor.partition("-")
-        self.position = (int(seq), int(change_id))
 
     async def save(self) -> None:
         if self._consumer is not None and self.position != self._saved:
@@ -324,7 +333,7 @@ class ChangeFeed:
         if not names:
             raise ValidationError("tables must name at least one table", field="tables")
         if consumer is not None:
-            _check_name(consumer)
+            _check_consumer(consumer)
         if since is not None and since not in ("now", "start"):
             _parse_cursor(since)
         check_int(batch, "batch", 1, 10_000)
@@ -357,9 +366,9 @@ class ChangeFeed:
                     continue
                 elif not page:
                     return
-                for change in page:
+                for position, change in page:
                     yield change
-                    reader.advance(change)
+                    reader.position = position
                 reader.finish_page()
         finally:
             # Closed (aclose(), a cancelled wait, the end): saved up to the change before the
@@ -395,7 +404,7 @@ class ChangeFeed:
 
     async def drop(self, consumer: str) -> None:
         """Forget a named consumer (its cursor, and the changes kept for it)."""
-        _check_name(consumer)
+        _check_consumer(consumer)
         gone = await self._db.execute(
             "DELETE FROM change_consumers WHERE tenant_id = %s AND name = %s",
             [self.tenant_id, consumer],
@@ -408,12 +417,7 @@ class ChangeFeed:
             )
 
     async def _start(self, tables: list[str], since: Any, consumer: str | None) -> tuple[int, int]:
-        tracked = await self._db.fetch(
-            "SELECT t.relname AS name FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid "
-            "WHERE g.tgname = %s AND t.relname = ANY(%s)",
-            [_TRIGGER, tables],
-        )
-        if missing := sorted(set(tables) - {r["name"] for r in tracked}):
+        if missing := sorted(set(tables) - await _captured(self._db, tables)):
             raise UsageError(
                 f"no changes of {', '.join(missing)} are captured: track it first "
                 "(changes.tables in the config, or await dl.changes.track(table))"
@@ -489,6 +493,16 @@ class ChangeFeed:
             + (f" after {self._feed_expression()}.drop({consumer!r})" if consumer else ""),
             cursor=cursor,
         )
+
+
+async def _captured(db: Database, tables: list[str]) -> set[str]:
+    """Which of ``tables`` have the capture trigger."""
+    rows = await db.fetch(
+        "SELECT t.relname AS name FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid "
+        "WHERE g.tgname = %s AND t.relname = ANY(%s)",
+        [_TRIGGER, tables],
+    )
+    return {r["name"] for r in rows}
 
 
 def _consumer(row: dict[str, Any]) -> ChangeConsumer:
@@ -585,8 +599,7 @@ class Changes(ChangeFeed):
     async def untrack(self, table: str) -> bool:
         """Stop capturing ``table``'s changes (kept ones stay until pruned); whether it was."""
         _check_table(table)
-        tracked = await self.tracked()
-        if table not in tracked:
+        if not await _captured(self._runtime.admin, [table]):
             return False
         async with self._runtime.admin.transaction():
             for trigger in (_TRIGGER, _TRUNCATE_TRIGGER):
@@ -622,10 +635,9 @@ class Changes(ChangeFeed):
     async def status(self) -> FeedStatus:
         """How many changes the feed keeps against its cap, and who holds them back."""
         admin = self._runtime.admin
-        retained = await admin.fetch_value("SELECT coalesce(max(id) - min(id) + 1, 0) FROM changes")
-        if retained > self._runtime.config.max_rows // 2:
-            # The id span counts ids rolled-back writes used too: near the cap, count rows.
-            retained = await admin.fetch_value("SELECT count(*) FROM changes")
+        retained = await admin.fetch_value(
+            RETAINED_SQL, {"near": self._runtime.config.max_rows // 2}
+        )
         consumers = await self.consumers()
         live = [c for c in consumers if c.lost_at is None]
         laggard = max(live, key=lambda c: c.behind, default=None)
@@ -645,7 +657,7 @@ class Changes(ChangeFeed):
         admin = self._runtime.admin
         async with admin.transaction(isolation="read_committed"):
             # One pruner at a time (relays of several processes all prune).
-            if not await admin.fetch_value("SELECT pg_try_advisory_xact_lock(1634168676)"):
+            if not await admin.fetch_value("SELECT pg_try_advisory_xact_lock(%s)", [_PRUNE_LOCK]):
                 return 0
             done = await admin.fetch_value("SELECT pruned_seq FROM change_feed FOR UPDATE")
             aged = await admin.fetch_value(

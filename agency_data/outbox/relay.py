@@ -117,9 +117,9 @@ class Relay:
             # A full batch may have stopped inside a commit: the next round starts at that
             # commit again (its sent messages are no longer unsent). Otherwise every commit up
             # to the last one is through.
-            top = found[0]["top"]
-            mark = rows[-1]["seq"] if len(rows) == self.config.batch else top and top + 1
-            if mark:
+            top = None if found[0]["top"] is None else found[0]["top"] + 1
+            mark = rows[-1]["seq"] if len(rows) == self.config.batch else top
+            if mark is not None:
                 await self._db.execute(
                     "UPDATE outbox_relay SET seq = %s WHERE seq <> %s", [mark, mark]
                 )
@@ -166,7 +166,7 @@ class Relay:
             total += gone
             if gone < 10_000:
                 break
-        # Commits whose messages are all sent and whose changes are pruned.
+        # Commits the relays are past whose changes are pruned, or that had none.
         while await self._db.execute(_PRUNE_COMMITS_SQL) == 10_000:
             pass
         return total
