@@ -50,6 +50,8 @@ __all__ = [
     "DataLayerConfig",
     "EmbeddedConfig",
     "EventsConfig",
+    "MemoryConfig",
+    "MemoryWeights",
     "MigrationConfig",
     "MonitoringConfig",
     "OutboxConfig",
@@ -1132,6 +1134,80 @@ class MaskingConfig(_Section):
         return paths
 
 
+class MemoryWeights(_Section):
+    """How much each part of a memory's recall score counts (see agency_data.memory)."""
+
+    similarity: float = Field(default=0.6, ge=0, le=100, description="weight of similarity")
+    recency: float = Field(default=0.2, ge=0, le=100, description="weight of recency")
+    importance: float = Field(default=0.15, ge=0, le=100, description="weight of importance")
+    access: float = Field(default=0.05, ge=0, le=100, description="weight of access frequency")
+
+
+class MemoryConfig(_Section):
+    """Agent memory (``dl.memory``): its collection, recall scoring and deduplication.
+
+    Usage (TOML)::
+
+        [memory]
+        collection = "memories"
+        half_life = 2592000            # 30 days
+        half_lives = { working = 3600, preference = 31536000 }
+        weights = { similarity = 0.6, recency = 0.2, importance = 0.15, access = 0.05 }
+    """
+
+    collection: str = Field(
+        default="memories",
+        pattern=r"^[a-z][a-z0-9_]{0,47}$",
+        description="the embedding collection holding the memories' texts and vectors",
+    )
+    half_life: float = Field(
+        default=30 * 86_400.0,
+        gt=0,
+        le=100 * 366 * 86_400.0,
+        description="seconds after which a memory's recency counts half (kinds not in "
+        "half_lives)",
+    )
+    half_lives: dict[str, float] = Field(
+        default_factory=dict, description="recency half-life in seconds per memory kind"
+    )
+
+    @field_validator("half_lives")
+    @classmethod
+    def _positive_half_lives(cls, half_lives: dict[str, float]) -> dict[str, float]:
+        for kind, seconds in half_lives.items():
+            if not 0 < seconds <= 100 * 366 * 86_400.0 or seconds != seconds:
+                raise ValueError(f"half_lives.{kind} must be seconds above 0, got {seconds}")
+        return half_lives
+
+    weights: MemoryWeights = Field(default_factory=MemoryWeights)
+    access_saturation: int = Field(
+        default=100,
+        ge=1,
+        le=10**9,
+        description="recalls after which a memory's access part is full (it grows with the "
+        "logarithm of its count)",
+    )
+    dedup: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="similarity from which a new memory of the same agent and subject "
+        "updates the existing one instead of adding a near-copy (1: only identical vectors)",
+    )
+    candidates: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="nearest memories rescored by recall for each query",
+    )
+    access_flush: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="seconds between writes of the recall counts gathered in memory",
+    )
+
+
 class DataLayerConfig(BaseSettings):
     """Every setting of the data layer, validated once at load.
 
@@ -1160,6 +1236,7 @@ class DataLayerConfig(BaseSettings):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     changes: ChangesConfig = Field(default_factory=ChangesConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)

@@ -41,6 +41,7 @@ from agency_data.models import DEFAULT_TENANT, HealthStatus, Task, TaskSchedule
 from agency_data.observability.methods import MonitoringMethods
 from agency_data.observability.monitor import Monitor
 from agency_data.observability.statements import enable_statement_stats
+from agency_data.memory import ManagedMemory
 from agency_data.outbox import Relay, redis_sender
 from agency_data.outbox.changes import Changes, FeedRuntime
 from agency_data.postgres.agents import AgentStore
@@ -119,6 +120,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         self._admin_pool: Pool | None = None
         self._admin: Admin | None = None
         self._embeddings: ManagedEmbeddingStore | None = None
+        self._memory: ManagedMemory | None = None
         self._redis: RedisClient | None = None
         self._db: Database | None = None
         self._tasks: TaskRuntime | None = None
@@ -417,6 +419,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         admin_pool, self._admin_pool = self._admin_pool, None
         self._admin = None
         embeddings, self._embeddings = self._embeddings, None
+        self._memory = None
         client, self._redis = self._redis, None
         tasks, self._tasks = self._tasks, None
         self._db = None
@@ -546,6 +549,15 @@ class DataLayer(QueryMethods, MonitoringMethods):
                 self._database(), self._catalog_or_fail(), DEFAULT_TENANT, self.admin
             )
         return self._embeddings
+
+    @property
+    def memory(self) -> ManagedMemory:
+        """The default tenant's agent memory, plus setting it up (as the owner)."""
+        if self._memory is None:
+            self._memory = ManagedMemory(
+                self._database(), self._catalog_or_fail(), DEFAULT_TENANT, self.config.memory
+            )
+        return self._memory
 
     @property
     def admin(self) -> Admin:

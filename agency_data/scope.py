@@ -20,6 +20,7 @@ from agency_data.errors import BackendUnavailable, ValidationError
 from agency_data.events import Events
 from agency_data.inputs import check_bool
 from agency_data.observability import Telemetry, observed
+from agency_data.memory import Memory
 from agency_data.outbox.changes import ChangeFeed, FeedRuntime
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction
@@ -278,6 +279,8 @@ class TenantScope(QueryMethods):
         self.streams = Streams(client, self._keys, telemetry=telemetry)
         # Row changes of the tracked tables, in commit order (agency_data.outbox.changes).
         self.changes = ChangeFeed(db, tenant_id, feed)
+        # What the tenant's agents remember (agency_data.memory).
+        self.memory = Memory(db, catalog, tenant_id, config.memory)
         # Reads wait at most half the client's socket timeout, which would end them as errors.
         self.events = Events(
             client, self._keys, self.streams, block=min(1.0, config.redis.socket_timeout / 2)

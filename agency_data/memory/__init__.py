@@ -1,0 +1,8 @@
+"""Agent memory: remember and recall with decaying relevance, deduplication, history, and a
+temporal knowledge graph (see :mod:`agency_data.memory.store` and
+:mod:`agency_data.memory.graph`)."""
+
+from agency_data.memory.graph import KnowledgeGraph
+from agency_data.memory.store import ManagedMemory, Memory
+
+__all__ = ["KnowledgeGraph", "ManagedMemory", "Memory"]
