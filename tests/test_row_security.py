@@ -75,6 +75,21 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
             "VALUES (%s, 'lg_store', 'memories', 'k', '{}')",
             [tenant],
         )
+        # A memory, its first version and a consolidation link to itself.
+        await scope.execute(
+            "INSERT INTO memories (tenant_id, id, collection, kind, importance, happened_at) "
+            "VALUES (%s, 'm', 'memories', 'fact', 0.5, now())",
+            [tenant],
+        )
+        await scope.execute(
+            "INSERT INTO memory_history (tenant_id, memory_id, version, event, collection, kind) "
+            "VALUES (%s, 'm', 1, 'created', 'memories', 'fact')",
+            [tenant],
+        )
+        await scope.execute(
+            "INSERT INTO memory_links (tenant_id, summary_id, replaced_id) VALUES (%s, 'm', 'm')",
+            [tenant],
+        )
     # Each tenant's record chained now: it waits in audit_pending until then.
     await dl.admin.fetch("SELECT agency_data_audit_seal()")
     return dl
