@@ -1164,8 +1164,7 @@ class MemoryConfig(_Section):
         default=30 * 86_400.0,
         gt=0,
         le=100 * 366 * 86_400.0,
-        description="seconds after which a memory's recency counts half (kinds not in "
-        "half_lives)",
+        description="seconds after which a memory's recency counts half (kinds not in half_lives)",
     )
     half_lives: dict[str, float] = Field(
         default_factory=dict, description="recency half-life in seconds per memory kind"

@@ -419,7 +419,7 @@ class DataLayer(QueryMethods, MonitoringMethods):
         admin_pool, self._admin_pool = self._admin_pool, None
         self._admin = None
         embeddings, self._embeddings = self._embeddings, None
-        self._memory = None
+        memory, self._memory = self._memory, None
         client, self._redis = self._redis, None
         tasks, self._tasks = self._tasks, None
         self._db = None
@@ -430,6 +430,8 @@ class DataLayer(QueryMethods, MonitoringMethods):
             await scope.aclose()
         if embeddings is not None:
             await embeddings.aclose()
+        if memory is not None:
+            await memory.aclose()
         backend, self._cache_backend = self._cache_backend, None
         if backend is not None:
             await backend.aclose()
@@ -555,7 +557,13 @@ class DataLayer(QueryMethods, MonitoringMethods):
         """The default tenant's agent memory, plus setting it up (as the owner)."""
         if self._memory is None:
             self._memory = ManagedMemory(
-                self._database(), self._catalog_or_fail(), DEFAULT_TENANT, self.config.memory
+                self._database(),
+                self._catalog_or_fail(),
+                DEFAULT_TENANT,
+                self.config.memory,
+                self.tenant(DEFAULT_TENANT).changes,
+                self.admin,
+                self.changes,
             )
         return self._memory
 

@@ -280,7 +280,7 @@ class TenantScope(QueryMethods):
         # Row changes of the tracked tables, in commit order (agency_data.outbox.changes).
         self.changes = ChangeFeed(db, tenant_id, feed)
         # What the tenant's agents remember (agency_data.memory).
-        self.memory = Memory(db, catalog, tenant_id, config.memory)
+        self.memory = Memory(db, catalog, tenant_id, config.memory, self.changes)
         # Reads wait at most half the client's socket timeout, which would end them as errors.
         self.events = Events(
             client, self._keys, self.streams, block=min(1.0, config.redis.socket_timeout / 2)
@@ -291,6 +291,7 @@ class TenantScope(QueryMethods):
         await self.agents.aclose()
         await self.tasks.aclose()
         await self.embeddings.aclose()
+        await self.memory.aclose()
 
     def lock(
         self, name: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False

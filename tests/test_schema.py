@@ -19,7 +19,7 @@ from agency_data import (
     ValidationError,
 )
 from agency_data.postgres import translate_errors
-from agency_data.vectors._compat import vector_to_list
+from agency_data.vectors.compat import vector_to_list
 
 
 async def run(dl: DataLayer, query: str, params: Any = None) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import pytest
 
 from agency_data import DataLayer, ValidationError
 from agency_data.vectors import _binary
-from agency_data.vectors._compat import vector_to_list
+from agency_data.vectors.compat import vector_to_list
 
 DIM = 8
 SLICED = 2_500  # three slices of DIM-dimensional rows

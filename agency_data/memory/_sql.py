@@ -1,0 +1,270 @@
+"""SQL of agent memory, built by pure functions: ``(query, params)`` pairs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, LiteralString
+
+from psycopg import sql
+
+from agency_data.config import MemoryWeights
+from agency_data.vectors.catalog import CollectionSpec
+from agency_data.vectors.filter_ast import FilterNode
+from agency_data.vectors.filter_sql import compile_filter
+
+__all__ = [
+    "MEMORY_COLUMNS",
+    "Scoring",
+    "duplicate_sql",
+    "flush_sql",
+    "recall_sql",
+    "select_sql",
+]
+
+LN2 = 0.6931471805599453
+# A memory's row as MemoryRecord reads it, from memories m joined with its collection row e.
+MEMORY_COLUMNS: LiteralString = (
+    "m.id, m.agent_id, m.kind, m.subject, e.content, e.metadata, m.importance, "
+    "m.happened_at, m.created_at, m.updated_at, m.version, m.access_count, "
+    "m.last_accessed_at, m.forgotten_at, m.consolidated_into"
+)
+HISTORY_COLUMNS: LiteralString = (
+    "memory_id, version, event, agent_id, kind, subject, text, metadata, importance, "
+    "happened_at, valid_from, valid_to, actor"
+)
+
+
+class Scoring:
+    """What recall's score is made of: weights, half-lives per kind, access saturation."""
+
+    __slots__ = ("default_half_life", "half_lives", "saturation", "weights")
+
+    def __init__(
+        self,
+        weights: MemoryWeights,
+        half_lives: dict[str, float],
+        default_half_life: float,
+        saturation: int,
+    ) -> None:
+        self.weights = weights
+        self.half_lives = half_lives
+        self.default_half_life = default_half_life
+        self.saturation = saturation
+
+
+def _scope(agents: list[str] | None, kinds: list[str] | None) -> tuple[sql.Composable, list[Any]]:
+    # Collection rows name their memory's agent in entity_id ('' when shared) and its kind in
+    # entity_type: the index scan filters on them without a join.
+    parts: list[sql.Composable] = []
+    params: list[Any] = []
+    if agents is not None:
+        parts.append(sql.SQL("entity_id = ANY(%s)"))
+        params.append(agents)
+    if kinds is not None:
+        parts.append(sql.SQL("entity_type = ANY(%s)"))
+        params.append(kinds)
+    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE"), params
+
+
+def _with_filter(
+    scope: sql.Composable, params: list[Any], node: FilterNode | None
+) -> tuple[sql.Composable, list[Any]]:
+    if node is None:
+        return scope, params
+    condition, more = compile_filter(node)
+    return sql.SQL("{} AND {}").format(scope, condition), [*params, *more]
+
+
+def recall_sql(
+    spec: CollectionSpec,
+    tenant: str,
+    collection: str,
+    query: Any,
+    *,
+    agents: list[str] | None,
+    kinds: list[str] | None,
+    node: FilterNode | None,
+    candidates: int,
+    limit: int,
+    scoring: Scoring,
+    as_of: datetime | None,
+) -> tuple[sql.Composed, list[Any]]:
+    """The best ``limit`` memories for ``query``, scored in one statement.
+
+    The nearest ``candidates`` come from the collection's index (now) or from an exact scan of
+    the versions current at ``as_of``; each is scored as the weighted sum of its similarity,
+    recency (exponential decay from when it happened, by its kind's half-life, measured at
+    ``as_of`` or now), importance and access frequency (logarithmic, full at the saturation
+    count). Every part comes back, so that the caller sees why.
+    """
+    where, where_params = _with_filter(*_scope(agents, kinds), node)
+    params: list[Any] = []
+    if as_of is None:
+        found = sql.SQL(
+            "SELECT m.id, e.content, e.metadata, e.distance, m.agent_id, m.kind, m.subject, "
+            "m.importance, m.happened_at, m.created_at, m.updated_at, m.version, "
+            "m.access_count, m.last_accessed_at "
+            "FROM (SELECT id, content, metadata, vector <=> %b AS distance FROM {} "
+            "WHERE tenant_id = %s AND {} ORDER BY distance LIMIT %s) AS e "
+            "JOIN memories m ON m.tenant_id = %s AND m.id = e.id "
+            "WHERE m.forgotten_at IS NULL AND m.collection = %s"
+        ).format(spec.table_id, where)
+        params += [query, tenant, *where_params, candidates, tenant, collection]
+    else:
+        # The versions current then, with the columns the filter language names.
+        found = sql.SQL(
+            "SELECT m.id, h.content, h.metadata, h.distance, h.agent_id, h.kind, h.subject, "
+            "h.importance, h.happened_at, m.created_at, h.valid_from AS updated_at, h.version, "
+            "m.access_count, m.last_accessed_at "
+            "FROM (SELECT * FROM (SELECT memory_id, text AS content, metadata, agent_id, kind, "
+            "subject, importance, happened_at, version, valid_from, kind AS entity_type, "
+            "coalesce(agent_id, '') AS entity_id, memory_id AS id, valid_from AS created_at, "
+            "embedding <=> %b::vector AS distance FROM memory_history "
+            "WHERE tenant_id = %s AND collection = %s AND event <> 'forgotten' "
+            "AND valid_from <= %s AND (valid_to IS NULL OR valid_to > %s) OFFSET 0) AS v "
+            "WHERE {} ORDER BY distance LIMIT %s) AS h "
+            "JOIN memories m ON m.tenant_id = %s AND m.id = h.memory_id"
+        ).format(where)
+        params += [query, tenant, collection, as_of, as_of, *where_params, candidates, tenant]
+    weights = scoring.weights
+    text = sql.SQL(
+        "WITH c AS MATERIALIZED ({found}), "
+        "s AS (SELECT c.*, greatest(0.0, least(1.0, 1.0 - c.distance)) AS s_similarity, "
+        "exp(-%s * greatest(0.0, extract(epoch FROM coalesce(%s::timestamptz, now()) "
+        "- c.happened_at)) / coalesce(h.seconds, %s)) AS s_recency, "
+        "c.importance AS s_importance, "
+        "least(1.0, ln(1.0 + c.access_count) / ln(1.0 + %s)) AS s_access "
+        "FROM c LEFT JOIN unnest(%s::text[], %s::float8[]) AS h(kind, seconds) "
+        "ON h.kind = c.kind), "
+        "p AS (SELECT s.*, %s * s_similarity AS p_similarity, %s * s_recency AS p_recency, "
+        "%s * s_importance AS p_importance, %s * s_access AS p_access FROM s) "
+        "SELECT p.*, p_similarity + p_recency + p_importance + p_access AS score FROM p "
+        "ORDER BY score DESC, id LIMIT %s"
+    ).format(found=found)
+    params += [
+        LN2,
+        as_of,
+        scoring.default_half_life,
+        scoring.saturation,
+        list(scoring.half_lives),
+        list(scoring.half_lives.values()),
+        weights.similarity,
+        weights.recency,
+        weights.importance,
+        weights.access,
+        limit,
+    ]
+    return text, params
+
+
+def duplicate_sql(
+    spec: CollectionSpec,
+    tenant: str,
+    collection: str,
+    agent: str | None,
+    subject: str | None,
+    query: Any,
+) -> tuple[sql.Composed, list[Any]]:
+    """The agent's live memory of ``subject`` nearest to ``query``, with its similarity.
+
+    With a subject, every live memory of it is compared (an index finds them; a subject has
+    few); without one, the index's nearest few of the agent are, and the nearest without a
+    subject wins.
+    """
+    owner = sql.SQL("m.agent_id = %s" if agent is not None else "m.agent_id IS NULL")
+    owner_params = [agent] if agent is not None else []
+    columns = sql.SQL(MEMORY_COLUMNS + ", e.vector <=> %b AS distance, e.entity_type, e.entity_id")
+    if subject is not None:
+        return sql.SQL(
+            "SELECT {} FROM memories m JOIN {} e ON e.tenant_id = m.tenant_id AND e.id = m.id "
+            "WHERE m.tenant_id = %s AND m.collection = %s AND {} AND m.subject = %s "
+            "AND m.forgotten_at IS NULL ORDER BY distance LIMIT 1 FOR UPDATE OF m"
+        ).format(columns, spec.table_id, owner), [
+            query,
+            tenant,
+            collection,
+            *owner_params,
+            subject,
+        ]
+    return sql.SQL(
+        "SELECT {} FROM (SELECT id, content, metadata, vector, entity_type, entity_id FROM {} "
+        "WHERE tenant_id = %s AND entity_id = %s ORDER BY vector <=> %b LIMIT 10) AS e "
+        "JOIN memories m ON m.tenant_id = %s AND m.id = e.id "
+        "WHERE m.collection = %s AND {} AND m.subject IS NULL AND m.forgotten_at IS NULL "
+        "ORDER BY distance LIMIT 1 FOR UPDATE OF m"
+    ).format(columns, spec.table_id, owner), [
+        query,
+        tenant,
+        agent or "",
+        query,
+        tenant,
+        collection,
+        *owner_params,
+    ]
+
+
+def select_sql(
+    spec: CollectionSpec,
+    tenant: str,
+    collection: str,
+    *,
+    ids: list[str] | None = None,
+    agent: str | None = None,
+    shared: bool = False,
+    subject: str | None = None,
+    kind: str | None = None,
+    node: FilterNode | None = None,
+    forgotten: bool = False,
+    limit: int | None = None,
+    lock: bool = False,
+) -> tuple[sql.Composed, list[Any]]:
+    """Memories by id or by what they are about, newest first; a forgotten one has no text."""
+    conditions: list[sql.Composable] = [sql.SQL("m.tenant_id = %s AND m.collection = %s")]
+    params: list[Any] = [tenant, collection]
+    if ids is not None:
+        conditions.append(sql.SQL("m.id = ANY(%s)"))
+        params.append(ids)
+    if shared:
+        conditions.append(sql.SQL("m.agent_id IS NULL"))
+    elif agent is not None:
+        conditions.append(sql.SQL("m.agent_id = %s"))
+        params.append(agent)
+    if subject is not None:
+        conditions.append(sql.SQL("m.subject = %s"))
+        params.append(subject)
+    if kind is not None:
+        conditions.append(sql.SQL("m.kind = %s"))
+        params.append(kind)
+    if not forgotten:
+        conditions.append(sql.SQL("m.forgotten_at IS NULL"))
+    if node is not None:
+        # The filter names the collection row's columns: it applies to live memories only.
+        condition, more = compile_filter(node)
+        conditions.append(
+            sql.SQL("m.id IN (SELECT id FROM {} WHERE tenant_id = %s AND {})").format(
+                spec.table_id, condition
+            )
+        )
+        params += [tenant, *more]
+    text = sql.SQL(
+        "SELECT {} FROM memories m LEFT JOIN {} e ON e.tenant_id = m.tenant_id AND e.id = m.id "
+        "WHERE {} ORDER BY m.happened_at DESC, m.id"
+    ).format(sql.SQL(MEMORY_COLUMNS), spec.table_id, sql.SQL(" AND ").join(conditions))
+    if limit is not None:
+        text = sql.SQL("{} LIMIT %s").format(text)
+        params.append(limit)
+    if lock:
+        text = sql.SQL("{} FOR UPDATE OF m").format(text)
+    return text, params
+
+
+def flush_sql(tenant: str, counts: dict[str, tuple[int, datetime]]) -> tuple[str, list[Any]]:
+    """Add recall counts to memories (ids in order, so concurrent flushes lock alike)."""
+    ids = sorted(counts)
+    return (
+        "UPDATE memories m SET access_count = m.access_count + u.n, "
+        "last_accessed_at = greatest(m.last_accessed_at, u.at) "
+        "FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[]) AS u(id, n, at) "
+        "WHERE m.tenant_id = %s AND m.id = u.id",
+        [ids, [counts[i][0] for i in ids], [counts[i][1] for i in ids], tenant],
+    )
