@@ -36,12 +36,12 @@ from agency_data.events import SETTING as EVENTS_SETTING
 from agency_data.events import Events
 from agency_data.health import check_health, probe_redis
 from agency_data.inputs import brief, check_bool, check_seconds, check_tenant, check_text
+from agency_data.memory import ManagedMemory
 from agency_data.migrations import BUILTIN_SOURCE, MigrationReport, MigrationRunner, MigrationSource
 from agency_data.models import DEFAULT_TENANT, HealthStatus, Task, TaskSchedule
 from agency_data.observability.methods import MonitoringMethods
 from agency_data.observability.monitor import Monitor
 from agency_data.observability.statements import enable_statement_stats
-from agency_data.memory import ManagedMemory
 from agency_data.outbox import Relay, redis_sender
 from agency_data.outbox.changes import Changes, FeedRuntime
 from agency_data.postgres.agents import AgentStore

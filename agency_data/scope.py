@@ -19,8 +19,8 @@ from agency_data.coord.sessions import SessionStore
 from agency_data.errors import BackendUnavailable, ValidationError
 from agency_data.events import Events
 from agency_data.inputs import check_bool
-from agency_data.observability import Telemetry, observed
 from agency_data.memory import Memory
+from agency_data.observability import Telemetry, observed
 from agency_data.outbox.changes import ChangeFeed, FeedRuntime
 from agency_data.postgres.agents import AgentStore
 from agency_data.postgres.database import Database, Isolation, Operation, Params, Query, Transaction

@@ -131,7 +131,8 @@ async def test_a_near_duplicate_updates_the_memory_and_keeps_its_history(mem: Da
             "a1", unit(1, 0.12), text="Alice lives in Berlin", subject="alice.home", importance=0.8
         )
     assert (again.id, again.event, again.version) == (first.id, "updated", 2)
-    assert again.similarity is not None and again.similarity > 0.99
+    assert again.similarity is not None
+    assert again.similarity > 0.99
     # The same text again only refreshes it.
     same = await memory.remember(
         "a1", unit(1, 0.12), text="Alice lives in Berlin", subject="alice.home"
@@ -235,7 +236,8 @@ async def test_soft_forget_keeps_history_hard_forget_leaves_no_trace(mem: DataLa
     assert await memory.forget(soft.id) == 1
     assert soft.id not in {h.memory.id for h in await memory.recall("a1", unit(1, 0), limit=10)}
     forgotten = await memory.get(soft.id)
-    assert forgotten.forgotten_at is not None and forgotten.text is None
+    assert forgotten.forgotten_at is not None
+    assert forgotten.text is None
     assert [v.event for v in await memory.history(soft.id)] == ["created", "forgotten"]
     assert soft.id not in {m.id for m in await memory.list("a1")}
     assert soft.id in {m.id for m in await memory.list("a1", forgotten=True)}
@@ -268,10 +270,14 @@ async def test_soft_forget_keeps_history_hard_forget_leaves_no_trace(mem: DataLa
 
 async def test_a_rolled_back_remember_leaves_nothing(mem: DataLayer) -> None:
     memory = mem.memory
-    with pytest.raises(RuntimeError):
+
+    async def remember_then_fail() -> None:
         async with mem.transaction():
             await memory.remember("a1", unit(1, 0), text="never")
             raise RuntimeError("abort")
+
+    with pytest.raises(RuntimeError):
+        await remember_then_fail()
     assert await memory.list("a1", forgotten=True) == []
     assert await mem.admin.fetch_value("SELECT count(*) FROM memory_history") == 0
     assert await mem.admin.fetch_value("SELECT count(*) FROM emb_memories") == 0
@@ -312,7 +318,7 @@ async def test_consolidation_replaces_old_unimportant_memories_with_a_summary(
     assert seen == [["coffee note 2", "coffee note 1", "coffee note 0"]]
     (summary,) = made
     got = await memory.get(summary.id)
-    assert got.kind == "summary" and got.subject == "coffee" and got.importance == 0.2
+    assert (got.kind, got.subject, got.importance) == ("summary", "coffee", 0.2)
     assert got.text == "summary: coffee note 2; coffee note 1; coffee note 0"
     assert got.happened_at == (await memory.get(old[0].id)).happened_at
     replaced = await memory.replaced(summary.id)

@@ -57,8 +57,8 @@ from agency_data.postgres.database import TENANT_SETTING, Database
 from agency_data.postgres.errors import refused_a_row, translate_errors
 from agency_data.security.fields import COLLECTION_COLUMNS, sealed_limit
 from agency_data.vectors import _binary, _sql, indexes
-from agency_data.vectors.compat import HalfVector, vector_to_list
 from agency_data.vectors.catalog import Catalog, CollectionSpec
+from agency_data.vectors.compat import HalfVector, vector_to_list
 from agency_data.vectors.embedders import Embedder
 from agency_data.vectors.filter_ast import FilterNode, parse_filter
 from agency_data.vectors.ids import lookup_id, lookup_ids, stored_id
