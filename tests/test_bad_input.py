@@ -46,6 +46,7 @@ from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.events import Events
 from agency_data.inputs import brief
+from agency_data.memory import ManagedMemory
 from agency_data.outbox import Changes
 from agency_data.postgres.agents import AgentStore
 from agency_data.scope import TenantScope
@@ -67,6 +68,7 @@ DIM = 3
 VECTOR = [0.1, 0.2, 0.3]
 TENANT = "acme"
 COLLECTION = "probe_notes"
+MEMORY_COLLECTION = "probe_memories"
 
 
 class _Opaque:
@@ -496,6 +498,7 @@ class Probe:
     tenant_embedding_id: uuid.UUID
     session_id: str
     message_id: str
+    memory_id: str
 
 
 async def _noop_tx(tx: Any) -> int:
@@ -603,7 +606,20 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "lg_store.key": lambda p: "k",
     "lg_store.value": lambda p: {"text": "a memory"},
     "lg_store.ops": lambda p: [],
+    # Agent memory (its collection made by the probe fixture).
+    "memory.agent_id": lambda p: "probe-agent",
+    "memory.content": lambda p: "a memory",
+    "memory.recall.query": lambda p: "a memory",
+    "memory.memory_id": lambda p: p.memory_id,
+    "memory.summary_id": lambda p: p.memory_id,
+    "memory.summarise": lambda p: _summarise,
+    "memory.dimension": lambda p: DIM,
+    "memory.collection": lambda p: MEMORY_COLLECTION,
 }
+
+
+def _summarise(memories: list[Any]) -> str:
+    return "a summary"
 
 
 def _checkpoint_config() -> dict[str, Any]:
@@ -633,6 +649,7 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
     "events": (Events, lambda dl: dl.tenant(TENANT).events),
     "lock": (Lock, lambda dl: dl.lock("probe-held", ttl=30)),
     "changes": (Changes, lambda dl: dl.changes),
+    "memory": (ManagedMemory, lambda dl: dl.memory.with_embedder(HashingEmbedder(DIM))),
 }
 if AgencyCheckpointSaver is not None:
     # Built on the test's running loop, so its sync methods are refused there (UsageError).
@@ -782,6 +799,9 @@ async def probe(
             session = await dl.sessions.create("agent-1")
             message = await dl.streams.publish("st", {"a": 1})
             await dl.cache.set("k", 1)
+            await dl.memory.setup(DIM, embedder=HashingEmbedder(DIM))
+            await dl.memory.setup(DIM, collection=MEMORY_COLLECTION)
+            remembered = await dl.memory.remember("probe-agent", list(VECTOR), text="kept")
             yield Probe(
                 dl=dl,
                 agent_id=agent.id,
@@ -790,6 +810,7 @@ async def probe(
                 tenant_embedding_id=tenant_embedding,
                 session_id=session.id,
                 message_id=message,
+                memory_id=remembered.id,
             )
     finally:
         servers.drop_database(name)

@@ -371,7 +371,7 @@ async def test_memory_changes_reach_other_agents(mem: DataLayer) -> None:
     made = await memory.remember("a1", unit(1, 0), text="news")
     await memory.remember("a1", unit(1, 0.01), text="news, again")
     await memory.forget(made.id)
-    stream = await memory.changes(since=start or "start", wait=False)
+    stream = memory.changes(since=start or "start", wait=False)
     seen = [(c.op, c.memory_id, c.version, c.forgotten) async for c in stream]
     assert seen == [
         ("insert", made.id, 1, False),

@@ -12,4 +12,4 @@ class KnowledgeGraph:
 
     def __init__(self, db: Database, tenant: str) -> None:
         self._db = db
-        self.tenant = tenant
+        self.tenant: str = tenant

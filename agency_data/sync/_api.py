@@ -15,7 +15,7 @@ import builtins
 import uuid
 from collections.abc import AsyncIterable, Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self, Unpack, cast, overload
@@ -36,6 +36,7 @@ from agency_data.cache.store import Cache as AsyncCache
 from agency_data.config import (
     AlertsConfig,
     DataLayerConfig,
+    MemoryWeights,
     OutboxConfig,
     RetentionConfig,
     SubjectsConfig,
@@ -47,6 +48,19 @@ from agency_data.coord.sessions import SessionStore as AsyncSessionStore
 from agency_data.errors import AgencyDataError
 from agency_data.events.subscriber import Events as AsyncEvents
 from agency_data.manager import DataLayer as AsyncDataLayer
+from agency_data.memory._base import MemoryBase as AsyncMemoryBase
+from agency_data.memory._base import Query as _base_Query
+from agency_data.memory.graph import KnowledgeGraph
+from agency_data.memory.models import (
+    MemoryChange,
+    MemoryRecord,
+    MemoryVersion,
+    Recalled,
+    Remembered,
+)
+from agency_data.memory.store import ManagedMemory as AsyncManagedMemory
+from agency_data.memory.store import Memory as AsyncMemory
+from agency_data.memory.upkeep import Upkeep as AsyncUpkeep
 from agency_data.migrations import Migration, MigrationReport, MigrationSource, MigrationState
 from agency_data.migrations.runner import MigrationRunner as AsyncMigrationRunner
 from agency_data.models import (
@@ -135,6 +149,9 @@ __all__ = [
     "Lock",
     "ManagedCollection",
     "ManagedEmbeddingStore",
+    "ManagedMemory",
+    "Memory",
+    "MemoryBase",
     "MetricsEndpoint",
     "MigrationRunner",
     "MonitoringMethods",
@@ -152,6 +169,7 @@ __all__ = [
     "TaskStore",
     "TenantScope",
     "Transaction",
+    "Upkeep",
     "Worker",
 ]
 
@@ -1095,6 +1113,11 @@ class DataLayer(QueryMethods, MonitoringMethods):
         return self._child("embeddings", self._live().embeddings, ManagedEmbeddingStore)
 
     @property
+    def memory(self) -> ManagedMemory:
+        """The default tenant's agent memory, plus setting it up (as the owner)."""
+        return self._child("memory", self._live().memory, ManagedMemory)
+
+    @property
     def admin(self) -> Admin:
         """Administration as the owner role: collections, indexes, role checks, raw DDL."""
         return self._child("admin", self._live().admin, Admin)
@@ -1160,6 +1183,299 @@ class DataLayer(QueryMethods, MonitoringMethods):
     def migrate(self, *, to: str | None = None, dry_run: bool | None = None) -> MigrationReport:
         """Apply pending migrations; see :meth:`MigrationRunner.up`."""
         return self._portal.call(self._aio.migrate(to=to, dry_run=dry_run))
+
+
+class MemoryBase(Wrapper):
+    """Synchronous twin of :class:`agency_data.memory._base.MemoryBase`.
+
+    A tenant's memories in one collection: the parts its operations share.
+    """
+
+    __slots__ = ()
+    _aio: AsyncMemoryBase
+    _aio_type: ClassVar[type[Any]] = AsyncMemoryBase
+
+    @property
+    def aio(self) -> AsyncMemoryBase:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    @property
+    def tenant(self) -> str:
+        """The async object's ``tenant``."""
+        return self._aio.tenant
+
+    @property
+    def collection(self) -> str:
+        """The async object's ``collection``."""
+        return self._aio.collection
+
+    @property
+    def graph(self) -> KnowledgeGraph:
+        """The async object's ``graph``."""
+        return self._aio.graph
+
+    def close(self) -> None:
+        """Write the recall counts still gathered."""
+        return self._portal.call(self._aio.aclose())
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The text embedder of this memory (given here, or to ``setup``), if any."""
+        return self._aio.embedder
+
+
+class Upkeep(MemoryBase):
+    """Synchronous twin of :class:`agency_data.memory.upkeep.Upkeep`.
+
+    Consolidation and pruning of a tenant's memories.
+    """
+
+    __slots__ = ()
+    _aio: AsyncUpkeep
+    _aio_type: ClassVar[type[Any]] = AsyncUpkeep
+
+    @property
+    def aio(self) -> AsyncUpkeep:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    def consolidate(
+        self,
+        agent_id: str | None,
+        summarise: Callable[[list[MemoryRecord]], str],
+        *,
+        older_than: float | timedelta = 7 * 86400.0,
+        max_importance: float = 0.3,
+        min_group: int = 2,
+        kind: str = "summary",
+    ) -> list[Remembered]:
+        """Replace each subject's old, unimportant memories of ``agent_id`` by one summary."""
+        return self._portal.call(
+            self._aio.consolidate(
+                agent_id,
+                self._portal.callback(summarise),
+                older_than=older_than,
+                max_importance=max_importance,
+                min_group=min_group,
+                kind=kind,
+            )
+        )
+
+    def replaced(self, summary_id: str) -> list[MemoryRecord]:
+        """The memories a consolidation summary replaced, oldest first."""
+        return self._portal.call(self._aio.replaced(summary_id))
+
+    def prune(
+        self,
+        agent_id: str | None = None,
+        *,
+        older_than: float | timedelta | None = None,
+        below_importance: float | None = None,
+        keep: int | None = None,
+        hard: bool = False,
+    ) -> int:
+        """Forget memories by policy; return how many."""
+        return self._portal.call(
+            self._aio.prune(
+                agent_id,
+                older_than=older_than,
+                below_importance=below_importance,
+                keep=keep,
+                hard=hard,
+            )
+        )
+
+
+class Memory(Upkeep):
+    """Synchronous twin of :class:`agency_data.memory.store.Memory`.
+
+    A tenant's agent memory (see the module's docstring).
+    """
+
+    __slots__ = ()
+    _aio: AsyncMemory
+    _aio_type: ClassVar[type[Any]] = AsyncMemory
+
+    @property
+    def aio(self) -> AsyncMemory:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    def with_embedder(self, embedder: Any) -> Self:
+        """This memory, embedding texts with ``embedder`` (any of those
+        :mod:`agency_data.vectors.embedders` takes)."""
+        return type(self)._of(self._aio.with_embedder(embedder), self._portal)
+
+    def using(self, collection: str) -> Self:
+        """The memories kept in another collection (one made by ``setup(collection=...)``),
+        embedded by its own embedder unless this view was given one."""
+        return type(self)._of(self._aio.using(collection), self._portal)
+
+    def remember(
+        self,
+        agent_id: str | None,
+        content: _base_Query,
+        *,
+        text: str | None = None,
+        kind: str = "fact",
+        importance: float = 0.5,
+        metadata: Mapping[str, Any] | None = None,
+        subject: str | None = None,
+        at: datetime | None = None,
+        dedup: bool | float = True,
+    ) -> Remembered:
+        """Remember ``content`` (a text, embedded by the collection's embedder, or a vector
+        with an optional ``text``) for ``agent_id`` (None: shared by the tenant's agents)."""
+        return self._portal.call(
+            self._aio.remember(
+                agent_id,
+                content,
+                text=text,
+                kind=kind,
+                importance=importance,
+                metadata=metadata,
+                subject=subject,
+                at=at,
+                dedup=dedup,
+            )
+        )
+
+    def recall(
+        self,
+        agent_id: str | Iterable[str] | None,
+        query: _base_Query,
+        *,
+        limit: int = 5,
+        filter: Mapping[str, Any] | None = None,
+        kinds: Iterable[str] | None = None,
+        as_of: datetime | None = None,
+        weights: MemoryWeights | Mapping[str, float] | None = None,
+        shared: bool = True,
+        expand: bool = False,
+    ) -> builtins.list[Recalled]:
+        """The best ``limit`` memories for ``query`` (a text or a vector), best first."""
+        return self._portal.call(
+            self._aio.recall(
+                self._portal.feed(agent_id),
+                query,
+                limit=limit,
+                filter=filter,
+                kinds=self._portal.feed(kinds),
+                as_of=as_of,
+                weights=weights,
+                shared=shared,
+                expand=expand,
+            )
+        )
+
+    def flush(self) -> int:
+        """Write the recall counts gathered so far now (they are written every
+        ``memory.access_flush`` seconds and on close); return how many memories they touched."""
+        return self._portal.call(self._aio.flush())
+
+    def get(self, memory_id: str) -> MemoryRecord:
+        """The memory ``memory_id`` (forgotten ones too: their ``forgotten_at`` is set)."""
+        return self._portal.call(self._aio.get(memory_id))
+
+    def list(
+        self,
+        agent_id: str | None = None,
+        *,
+        shared: bool = False,
+        subject: str | None = None,
+        kind: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        forgotten: bool = False,
+        limit: int = 100,
+    ) -> builtins.list[MemoryRecord]:
+        """Memories newest first: of ``agent_id`` (None: every agent), only the shared ones
+        (``shared=True``), of ``subject`` or ``kind``, matching ``filter`` (metadata), the
+        forgotten ones too with ``forgotten=True``."""
+        return self._portal.call(
+            self._aio.list(
+                agent_id,
+                shared=shared,
+                subject=subject,
+                kind=kind,
+                filter=filter,
+                forgotten=forgotten,
+                limit=limit,
+            )
+        )
+
+    def history(self, memory_id: str) -> builtins.list[MemoryVersion]:
+        """Every version of the memory, oldest first, with its time and actor; a forgetting
+        is an entry without text."""
+        return self._portal.call(self._aio.history(memory_id))
+
+    def forget(
+        self,
+        ids: str | Iterable[str] | None = None,
+        *,
+        agent_id: str | None = None,
+        subject: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        hard: bool = False,
+    ) -> int:
+        """Forget memories by id, or all of ``agent_id``'s (and/or of ``subject``, matching
+        ``filter``); return how many."""
+        return self._portal.call(
+            self._aio.forget(
+                self._portal.feed(ids), agent_id=agent_id, subject=subject, filter=filter, hard=hard
+            )
+        )
+
+    def changes(
+        self,
+        *,
+        since: str | None = None,
+        consumer: str | None = None,
+        batch: int = 100,
+        wait: bool = True,
+    ) -> Generator[MemoryChange, None, None]:
+        """Memories created, updated and forgotten, in commit order (the change feed of
+        ``memories``, which ``dl.memory.setup`` tracks). ``since``, ``consumer``, ``batch``
+        and ``wait`` as for ``dl.changes``. A change carries the memory's id, agent, kind and
+        version, never its text: ``get`` reads it."""
+        return self._portal.iterate(
+            self._aio.changes(since=since, consumer=consumer, batch=batch, wait=wait)
+        )
+
+
+class ManagedMemory(Memory):
+    """Synchronous twin of :class:`agency_data.memory.store.ManagedMemory`.
+
+    The default tenant's agent memory, plus setting it up (as the owner).
+    """
+
+    __slots__ = ()
+    _aio: AsyncManagedMemory
+    _aio_type: ClassVar[type[Any]] = AsyncManagedMemory
+
+    @property
+    def aio(self) -> AsyncManagedMemory:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    def setup(
+        self,
+        dimension: int,
+        *,
+        embedder: Any = None,
+        collection: str | None = None,
+        storage: str = "vector",
+        index: bool = True,
+    ) -> None:
+        """Make the memory collection (cosine, ``dimension``) with an HNSW index, and track
+        ``memories`` in the change feed; a collection already there is kept (its dimension
+        must match). ``embedder`` embeds texts in this DataLayer (give it again, here or to
+        ``with_embedder``, in the next process). Idempotent."""
+        return self._portal.call(
+            self._aio.setup(
+                dimension, embedder=embedder, collection=collection, storage=storage, index=index
+            )
+        )
 
 
 class MigrationRunner(Wrapper):
@@ -1761,6 +2077,11 @@ class TenantScope(QueryMethods):
     def changes(self) -> ChangeFeed:
         """The async object's ``changes``."""
         return self._child("changes", self._live().changes, ChangeFeed)
+
+    @property
+    def memory(self) -> Memory:
+        """The async object's ``memory``."""
+        return self._child("memory", self._live().memory, Memory)
 
     @property
     def events(self) -> Events:

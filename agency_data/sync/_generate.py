@@ -86,6 +86,7 @@ CALLBACKS = {
     "Hook": ("Callable[[], None]", "self._portal.callback({arg})"),
     "Handler": ("Callable[[Task], Any]", "self._portal.callback({arg})"),
     "AlertCallback": ("Callable[[Alert], None]", "self._portal.callback({arg})"),
+    "Summariser": ("Callable[[list[MemoryRecord]], str]", "self._portal.callback({arg})"),
 }
 # Parameters taking a plain function the layer calls (not awaits) on the loop's thread, as
 # they are: a progress report, which must not call the sync API itself.

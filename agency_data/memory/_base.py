@@ -1,0 +1,259 @@
+"""What every view of agent memory shares: its collection, embedder and writes of versions."""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from psycopg import sql
+
+from agency_data.config import MemoryConfig
+from agency_data.errors import NotFound, ValidationError
+from agency_data.inputs import check_text
+from agency_data.memory import _sql
+from agency_data.memory._checks import (
+    MAX_TEXT,
+    as_jsonb,
+    check_nonblank,
+    memory_record,
+)
+from agency_data.memory.access import AccessLog
+from agency_data.memory.graph import KnowledgeGraph
+from agency_data.memory.models import MemoryRecord, Remembered
+from agency_data.outbox.changes import ChangeFeed
+from agency_data.postgres.database import Database
+from agency_data.postgres.errors import translate_errors
+from agency_data.security.fields import COLLECTION_COLUMNS
+from agency_data.vectors.catalog import Catalog, CollectionSpec
+from agency_data.vectors.collection import Collection
+from agency_data.vectors.compat import vector_to_list
+from agency_data.vectors.embedders import Embedder
+from agency_data.vectors.validation import as_vector
+
+Query = str | Sequence[float] | npt.NDArray[Any]
+
+
+class MemoryBase:
+    """A tenant's memories in one collection: the parts its operations share."""
+
+    def __init__(
+        self,
+        db: Database,
+        catalog: Catalog,
+        tenant: str,
+        config: MemoryConfig,
+        feed: ChangeFeed,
+        *,
+        collection: str | None = None,
+    ) -> None:
+        self._db = db
+        self._telemetry = db.telemetry
+        self._catalog = catalog
+        self.tenant: str = tenant
+        self._config = config
+        self._feed = feed
+        self.collection: str = collection or config.collection
+        self._rows = Collection(db, catalog, tenant, self.collection)
+        self._embedder: Embedder | None = None
+        self._access = AccessLog(db, tenant, config.access_flush)
+        self._scoring = _sql.Scoring(
+            config.weights, dict(config.half_lives), config.half_life, config.access_saturation
+        )
+        self.graph: KnowledgeGraph = KnowledgeGraph(db, tenant)
+
+    async def aclose(self) -> None:
+        """Write the recall counts still gathered."""
+        await self._access.aclose()
+
+    async def _spec(self) -> CollectionSpec:
+        try:
+            spec = await self._catalog.get(self.collection)
+        except NotFound:
+            raise NotFound(
+                f"memory collection {self.collection!r} does not exist: run "
+                "dl.memory.setup(dimension=...) once (as the owner) to make it",
+                entity="collection",
+                key=self.collection,
+            ) from None
+        return spec
+
+    def _opened(self, spec: CollectionSpec, row: dict[str, Any]) -> dict[str, Any]:
+        return self._db.cipher.open_row(self.tenant, spec.table, row, COLLECTION_COLUMNS)
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The text embedder of this memory (given here, or to ``setup``), if any."""
+        return self._embedder or self._catalog.embedders.get(self.collection)
+
+    def _embedder_or_fail(self) -> Embedder:
+        embedder = self.embedder
+        if embedder is None:
+            raise ValidationError(
+                f"remembering or recalling a text needs an embedder and memory collection "
+                f"{self.collection!r} has none here: pass embedder= to dl.memory.setup, or use "
+                "memory.with_embedder(model); or pass a vector",
+                field="embedder",
+            )
+        return embedder
+
+    async def _embed(self, text: str, spec: CollectionSpec) -> npt.NDArray[np.float32]:
+        matrix = await self._embedder_or_fail().documents([text], spec.dimension)
+        row: npt.NDArray[np.float32] = matrix[0]
+        return row
+
+    async def _content(
+        self, content: Any, text: str | None, spec: CollectionSpec
+    ) -> tuple[npt.NDArray[np.float32], str | None]:
+        if isinstance(content, str):
+            if text is not None:
+                raise ValidationError(
+                    "text= goes with a vector: the content is already a text", field="text"
+                )
+            said = check_text(content, "content", max_length=MAX_TEXT)
+            check_nonblank(said, "content")
+            return await self._embed(said, spec), said
+        words = None if text is None else check_text(text, "text", max_length=MAX_TEXT)
+        return as_vector(content, spec.dimension, spec.storage, where="content"), words
+
+    async def _query(self, query: Any, spec: CollectionSpec) -> npt.NDArray[np.float32]:
+        if isinstance(query, str):
+            check_nonblank(check_text(query, "query", max_length=MAX_TEXT), "query")
+            return await self._embedder_or_fail().query(query, spec.dimension)
+        return as_vector(query, spec.dimension, spec.storage, where="query")
+
+    async def _create(
+        self,
+        spec: CollectionSpec,
+        agent: str | None,
+        vector: npt.NDArray[np.float32],
+        text: str | None,
+        kind: str,
+        importance: float,
+        metadata: dict[str, Any],
+        subject: str | None,
+        at: datetime | None,
+    ) -> Remembered:
+        memory_id = str(uuid.uuid4())
+        row = await self._db.fetch_one(
+            "INSERT INTO memories (tenant_id, id, collection, agent_id, kind, subject, "
+            "importance, happened_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+            "coalesce(%s, clock_timestamp())) RETURNING happened_at",
+            [self.tenant, memory_id, self.collection, agent, kind, subject, importance, at],
+        )
+        assert row is not None
+        await self._store_row(memory_id, agent, kind, vector, metadata, text)
+        await self._record(
+            memory_id, 1, "created", agent, kind, subject, text, metadata, importance,
+            row["happened_at"], vector,
+        )  # fmt: skip
+        return Remembered(id=memory_id, event="created", version=1)
+
+    async def _vector_of(self, spec: CollectionSpec, memory_id: str) -> npt.NDArray[np.float32]:
+        value = await self._db.fetch_value(
+            sql.SQL("SELECT vector FROM {} WHERE tenant_id = %s AND id = %s").format(spec.table_id),
+            [self.tenant, memory_id],
+        )
+        return np.asarray(vector_to_list(value), np.float32)
+
+    async def _store_row(
+        self,
+        memory_id: str,
+        agent: str | None,
+        kind: str,
+        vector: npt.NDArray[np.float32],
+        metadata: dict[str, Any],
+        text: str | None,
+    ) -> None:
+        # Through the collection, which seals the text and metadata when they are chosen.
+        await self._rows.store(
+            {
+                "id": memory_id,
+                "entity_type": kind,
+                "entity_id": agent or "",
+                "vector": vector,
+                "metadata": metadata,
+                "content": text,
+            }
+        )
+
+    async def _close_version(self, memory_id: str) -> None:
+        await self._db.execute(
+            "UPDATE memory_history SET valid_to = clock_timestamp() "
+            "WHERE tenant_id = %s AND memory_id = %s AND valid_to IS NULL",
+            [self.tenant, memory_id],
+        )
+
+    async def _record(
+        self,
+        memory_id: str,
+        version: int,
+        event: str,
+        agent: str | None,
+        kind: str,
+        subject: str | None,
+        text: str | None,
+        metadata: dict[str, Any] | None,
+        importance: float | None,
+        happened_at: datetime | None,
+        vector: npt.NDArray[np.float32] | None,
+    ) -> None:
+        await self._db.execute(
+            "INSERT INTO memory_history (tenant_id, memory_id, version, event, collection, "
+            "agent_id, kind, subject, text, metadata, importance, happened_at, embedding) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                self.tenant, memory_id, version, event, self.collection, agent, kind, subject,
+                text, as_jsonb(metadata), importance, happened_at, vector,
+            ],
+        )  # fmt: skip
+
+    async def _select(self, **criteria: Any) -> builtins.list[MemoryRecord]:
+        spec = await self._spec()
+        query, params = _sql.select_sql(spec, self.tenant, self.collection, **criteria)
+        with translate_errors("reading memories"):
+            rows = await self._db.fetch(query, params)
+        return [memory_record(self._opened(spec, row)) for row in rows]
+
+    async def _forget_rows(
+        self,
+        spec: CollectionSpec,
+        rows: builtins.list[dict[str, Any]],
+        *,
+        hard: bool,
+        event: Literal["forgotten", "consolidated"] = "forgotten",
+        into: str | None = None,
+    ) -> int:
+        ids = [row["id"] for row in rows]
+        if not ids:
+            return 0
+        await self._db.execute(
+            sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND id = ANY(%s)").format(spec.table_id),
+            [self.tenant, ids],
+        )
+        if hard:
+            # Versions, links and the graph's facts learned from them go by ON DELETE CASCADE.
+            return await self._db.execute(
+                "DELETE FROM memories WHERE tenant_id = %s AND id = ANY(%s)", [self.tenant, ids]
+            )
+        await self._db.execute(
+            "UPDATE memory_history SET valid_to = clock_timestamp() "
+            "WHERE tenant_id = %s AND memory_id = ANY(%s) AND valid_to IS NULL",
+            [self.tenant, ids],
+        )
+        await self._db.execute(
+            "INSERT INTO memory_history (tenant_id, memory_id, version, event, collection, "
+            "agent_id, kind, subject, valid_to) "
+            "SELECT tenant_id, id, version + 1, %s, collection, agent_id, kind, subject, "
+            "clock_timestamp() FROM memories WHERE tenant_id = %s AND id = ANY(%s)",
+            [event, self.tenant, ids],
+        )
+        return await self._db.execute(
+            "UPDATE memories SET forgotten_at = clock_timestamp(), version = version + 1, "
+            "consolidated_into = %s WHERE tenant_id = %s AND id = ANY(%s)",
+            [into, self.tenant, ids],
+        )

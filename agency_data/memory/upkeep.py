@@ -1,0 +1,245 @@
+"""Keeping agent memory small: consolidation into summaries, and pruning by policy."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from psycopg import sql
+
+from agency_data.errors import ValidationError
+from agency_data.inputs import (
+    brief,
+    check_bool,
+    check_callable,
+    check_int,
+    check_number,
+    check_text,
+)
+from agency_data.memory import _sql
+from agency_data.memory._base import MemoryBase
+from agency_data.memory._checks import (
+    MAX_TEXT,
+    check_agent,
+    check_kind,
+    check_memory_id,
+    check_seconds,
+    memory_record,
+)
+from agency_data.memory.models import MemoryRecord, Remembered
+from agency_data.observability import observed
+from agency_data.postgres.errors import translate_errors
+from agency_data.vectors.catalog import CollectionSpec
+from agency_data.vectors.compat import vector_to_list
+
+__all__ = ["Summariser", "Upkeep"]
+
+Summariser = Callable[[list[MemoryRecord]], str | Awaitable[str]]
+
+
+class Upkeep(MemoryBase):
+    """Consolidation and pruning of a tenant's memories."""
+
+    @observed("memory.consolidate")
+    async def consolidate(
+        self,
+        agent_id: str | None,
+        summarise: Summariser,
+        *,
+        older_than: float | timedelta = 7 * 86_400.0,
+        max_importance: float = 0.3,
+        min_group: int = 2,
+        kind: str = "summary",
+    ) -> list[Remembered]:
+        """Replace each subject's old, unimportant memories of ``agent_id`` by one summary.
+
+        Memories that happened more than ``older_than`` ago with importance at most
+        ``max_importance`` are grouped by subject (those without one form a group); a group
+        of ``min_group`` or more goes to ``summarise`` (any callable, plain or async, taking
+        the memories oldest first and returning the summary's text; nothing here calls a
+        model by itself). The summary is remembered as a memory of ``kind`` with the group's
+        subject, highest importance and latest time; the memories it replaced are forgotten
+        with ``consolidated_into`` naming it, and :meth:`replaced` lists them. The summary is
+        embedded by the memory's embedder, or, without one, placed at the normalised mean of
+        the vectors it replaces. A group that changed while it was being summarised is left
+        for the next run.
+        """
+        agent = check_agent(agent_id)
+        check_callable(summarise, "summarise")
+        age = check_seconds(older_than, "older_than")
+        ceiling = check_number(max_importance, "max_importance", low=0.0, high=1.0)
+        smallest = check_int(min_group, "min_group", 2, 10_000)
+        kind = check_kind(kind)
+        spec = await self._spec()
+        query = sql.SQL(
+            "SELECT {} FROM memories m JOIN {} e ON e.tenant_id = m.tenant_id AND e.id = m.id "
+            "WHERE m.tenant_id = %s AND m.collection = %s AND {} AND m.forgotten_at IS NULL "
+            "AND m.importance <= %s AND m.happened_at < now() - make_interval(secs => %s) "
+            "ORDER BY m.subject NULLS FIRST, m.happened_at, m.id"
+        ).format(
+            sql.SQL(_sql.MEMORY_COLUMNS),
+            spec.table_id,
+            sql.SQL("m.agent_id = %s" if agent is not None else "m.agent_id IS NULL"),
+        )
+        params = [self.tenant, self.collection, *([agent] if agent else []), ceiling, age]
+        with translate_errors("choosing memories to consolidate"):
+            rows = await self._db.fetch(query, params)
+        groups: dict[str | None, list[MemoryRecord]] = {}
+        for row in rows:
+            record = memory_record(self._opened(spec, row))
+            groups.setdefault(record.subject, []).append(record)
+        made = []
+        for subject, members in groups.items():
+            if len(members) < smallest:
+                continue
+            summary = await _summary(summarise, members)
+            done = await self._replace(spec, agent, subject, members, summary, kind)
+            if done is not None:
+                made.append(done)
+        return made
+
+    async def _replace(
+        self,
+        spec: CollectionSpec,
+        agent: str | None,
+        subject: str | None,
+        members: list[MemoryRecord],
+        summary: str,
+        kind: str,
+    ) -> Remembered | None:
+        ids = [m.id for m in members]
+        vector = await self._summary_vector(summary, spec, ids)
+        async with self._db.transaction():
+            with translate_errors("consolidating"):
+                rows = await self._db.fetch(
+                    "SELECT id, version FROM memories WHERE tenant_id = %s AND id = ANY(%s) "
+                    "AND forgotten_at IS NULL ORDER BY id FOR UPDATE",
+                    [self.tenant, ids],
+                )
+                if {(r["id"], r["version"]) for r in rows} != {(m.id, m.version) for m in members}:
+                    return None
+                made = await self._create(
+                    spec,
+                    agent,
+                    vector,
+                    summary,
+                    kind,
+                    max(m.importance for m in members),
+                    {"consolidated": len(members)},
+                    subject,
+                    max(m.happened_at for m in members),
+                )
+                await self._db.execute(
+                    "INSERT INTO memory_links (tenant_id, summary_id, replaced_id) "
+                    "SELECT %s, %s, unnest(%s::text[])",
+                    [self.tenant, made.id, ids],
+                )
+                await self._forget_rows(spec, rows, hard=False, event="consolidated", into=made.id)
+        return made
+
+    async def _summary_vector(
+        self, summary: str, spec: CollectionSpec, ids: list[str]
+    ) -> npt.NDArray[np.float32]:
+        if self.embedder is not None:
+            return await self._embed(summary, spec)
+        # Memories remembered as vectors: the summary sits at their normalised mean.
+        rows = await self._db.fetch(
+            sql.SQL("SELECT vector FROM {} WHERE tenant_id = %s AND id = ANY(%s)").format(
+                spec.table_id
+            ),
+            [self.tenant, ids],
+        )
+        mean = np.mean([vector_to_list(r["vector"]) for r in rows], axis=0)
+        norm = float(np.linalg.norm(mean))
+        return np.asarray(mean / norm if norm else mean, np.float32)
+
+    @observed("memory.replaced")
+    async def replaced(self, summary_id: str) -> list[MemoryRecord]:
+        """The memories a consolidation summary replaced, oldest first."""
+        wanted = check_memory_id(summary_id)
+        with translate_errors("reading a summary's links"):
+            rows = await self._db.fetch(
+                "SELECT replaced_id FROM memory_links WHERE tenant_id = %s AND summary_id = %s",
+                [self.tenant, wanted],
+            )
+        found = await self._select(ids=[r["replaced_id"] for r in rows], forgotten=True)
+        return sorted(found, key=lambda m: (m.happened_at, m.id))
+
+    @observed("memory.prune")
+    async def prune(
+        self,
+        agent_id: str | None = None,
+        *,
+        older_than: float | timedelta | None = None,
+        below_importance: float | None = None,
+        keep: int | None = None,
+        hard: bool = False,
+    ) -> int:
+        """Forget memories by policy; return how many.
+
+        A memory goes when it is older than ``older_than`` and less important than
+        ``below_importance`` (those given), or when its agent has more than ``keep`` live
+        memories and it is not among the ``keep`` most important (newest first among equals).
+        ``agent_id`` None: every agent's. ``hard`` deletes them as :meth:`forget` does.
+        """
+        agent = check_agent(agent_id)
+        age = None if older_than is None else check_seconds(older_than, "older_than")
+        floor = (
+            None
+            if below_importance is None
+            else check_number(below_importance, "below_importance", low=0.0, high=1.0)
+        )
+        most = None if keep is None else check_int(keep, "keep", 0, 10**9)
+        check_bool(hard, "hard")
+        if age is None and floor is None and most is None:
+            raise ValidationError(
+                "prune needs older_than, below_importance or keep", field="older_than"
+            )
+        spec = await self._spec()
+        conditions = [sql.SQL("m.tenant_id = %s AND m.collection = %s AND m.forgotten_at IS NULL")]
+        params: list[Any] = [self.tenant, self.collection]
+        if agent is not None:
+            conditions.append(sql.SQL("m.agent_id = %s"))
+            params.append(agent)
+        policy: list[sql.Composable] = []
+        if age is not None or floor is not None:
+            parts = []
+            if age is not None:
+                parts.append(sql.SQL("m.happened_at < now() - make_interval(secs => %s)"))
+                params.append(age)
+            if floor is not None:
+                parts.append(sql.SQL("m.importance < %s"))
+                params.append(floor)
+            policy.append(sql.SQL("({})").format(sql.SQL(" AND ").join(parts)))
+        if most is not None:
+            policy.append(
+                sql.SQL(
+                    "m.id IN (SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY "
+                    "agent_id ORDER BY importance DESC, happened_at DESC, id) AS rank "
+                    "FROM memories WHERE tenant_id = %s AND collection = %s "
+                    "AND forgotten_at IS NULL) AS r WHERE rank > %s)"
+                )
+            )
+            params += [self.tenant, self.collection, most]
+        query = sql.SQL(
+            "SELECT m.id FROM memories m WHERE {} AND ({}) ORDER BY m.id FOR UPDATE"
+        ).format(sql.SQL(" AND ").join(conditions), sql.SQL(" OR ").join(policy))
+        async with self._db.transaction():
+            with translate_errors("pruning memories"):
+                rows = await self._db.fetch(query, params)
+                return await self._forget_rows(spec, rows, hard=hard)
+
+
+async def _summary(summarise: Summariser, members: list[MemoryRecord]) -> str:
+    made = summarise(list(members))
+    if inspect.isawaitable(made):
+        made = await made
+    if not isinstance(made, str) or not made.strip():
+        raise ValidationError(
+            f"summarise must return the summary's text, not {brief(made)}", field="summarise"
+        )
+    return check_text(made, "summary", max_length=MAX_TEXT)
