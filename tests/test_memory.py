@@ -5,8 +5,10 @@ past time, scopes and tenants, consolidation, pruning and the change feed."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import math
+import os
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -460,3 +462,43 @@ async def test_cancelled_calls_leave_nothing_half_done(mem: DataLayer) -> None:
         await asyncio.wait_for(direct.consolidate("a1", summarise), 0.2)
     assert await mem.admin.fetch_value("SELECT count(*) FROM memories") == 2
     assert len(await direct.list("a1")) == 2
+
+
+async def test_memory_text_is_sealed_where_the_collection_seals_it(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    kek = base64.b64encode(os.urandom(32)).decode()
+    config = make_config(
+        database,
+        redis_url,
+        tmp_path,
+        encryption={
+            "fields": ["memories.content", "memories.metadata"],
+            "kek": kek,
+            "key_store": tmp_path / "keys",
+        },
+    )
+    async with DataLayer(config) as dl:
+        await dl.memory.setup(dimension=DIM)
+        memory = dl.memory
+        made = await memory.remember(
+            "a1", unit(1, 0), text="Ann's diagnosis", metadata={"ward": "7b"}, subject="ann"
+        )
+        await memory.remember("a1", unit(1, 0.01), text="Ann's new diagnosis", subject="ann")
+        between = datetime.now(UTC)
+        await memory.remember("a1", unit(1, 0.02), text="Ann's latest diagnosis", subject="ann")
+        for table in ("emb_memories", "memory_history"):
+            rows = await dl.admin.fetch(f"SELECT t::text AS row FROM {table} t")
+            assert rows
+            assert not any("diagnosis" in r["row"] or "7b" in r["row"] for r in rows), table
+        versions = await memory.history(made.id)
+        assert [v.text for v in versions] == [
+            "Ann's diagnosis",
+            "Ann's new diagnosis",
+            "Ann's latest diagnosis",
+        ]
+        assert versions[0].metadata == {"ward": "7b"}
+        (then,) = await memory.recall("a1", unit(1, 0), as_of=between)
+        assert (then.memory.text, then.memory.metadata) == ("Ann's new diagnosis", {"ward": "7b"})
+        (now,) = await memory.recall("a1", unit(1, 0))
+        assert now.memory.text == "Ann's latest diagnosis"

@@ -28,7 +28,7 @@ from agency_data.memory.models import MemoryRecord, Remembered
 from agency_data.outbox.changes import ChangeFeed
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
-from agency_data.security.fields import COLLECTION_COLUMNS
+from agency_data.security.fields import COLLECTION_COLUMNS, sealed_key
 from agency_data.vectors.catalog import Catalog, CollectionSpec
 from agency_data.vectors.collection import Collection
 from agency_data.vectors.compat import vector_to_list
@@ -36,6 +36,11 @@ from agency_data.vectors.embedders import Embedder
 from agency_data.vectors.validation import as_vector
 
 Query = str | Sequence[float] | npt.NDArray[Any]
+
+
+def history_key(memory_id: str, version: int) -> str:
+    """The row id a version's sealed values are bound to."""
+    return f"{memory_id}:{version}"
 
 
 class MemoryBase:
@@ -202,15 +207,44 @@ class MemoryBase:
         happened_at: datetime | None,
         vector: npt.NDArray[np.float32] | None,
     ) -> None:
+        # Sealed when the collection's own text and metadata are (encryption.fields): a
+        # version is the memory's text as much as its collection row is.
+        cipher = self._db.cipher
+        key = history_key(memory_id, version)
+        if text is not None and self._seals("content"):
+            await cipher.ensure(self.tenant)
+            text = cipher.seal(self.tenant, "memory_history", "text", key, text, text=True)
+        stored: Any = metadata
+        if metadata is not None and self._seals("metadata"):
+            await cipher.ensure(self.tenant)
+            stored = cipher.seal(self.tenant, "memory_history", "metadata", key, metadata)
         await self._db.execute(
             "INSERT INTO memory_history (tenant_id, memory_id, version, event, collection, "
             "agent_id, kind, subject, text, metadata, importance, happened_at, embedding) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
                 self.tenant, memory_id, version, event, self.collection, agent, kind, subject,
-                text, as_jsonb(metadata), importance, happened_at, vector,
+                text, as_jsonb(stored), importance, happened_at, vector,
             ],
         )  # fmt: skip
+
+    def _seals(self, column: str) -> bool:
+        cipher = self._db.cipher
+        return cipher.chosen("embeddings", column) or cipher.chosen(self.collection, column)
+
+    def _opened_version(
+        self, row: dict[str, Any], text: str = "text", id_column: str = "memory_id"
+    ) -> dict[str, Any]:
+        # A version's sealed text and metadata opened (``text``: the column holding its text).
+        cipher = self._db.cipher
+        key = history_key(row[id_column], row["version"])
+        opened = dict(row)
+        for column, stored in (("text", text), ("metadata", "metadata")):
+            if sealed_key(row.get(stored)) is not None:
+                opened[stored] = cipher.open(
+                    self.tenant, "memory_history", column, key, row[stored]
+                )
+        return opened
 
     async def _select(self, **criteria: Any) -> builtins.list[MemoryRecord]:
         spec = await self._spec()

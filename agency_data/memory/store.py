@@ -264,7 +264,7 @@ class Memory(Upkeep):
         settings = [("hnsw.ef_search", str(candidates))] if candidates > 40 else []
         with translate_errors("recalling"):
             (rows,) = await self._db.fetch_many([(statement, params)], settings=settings)
-        results = [self._recalled(spec, row) for row in rows]
+        results = [self._recalled(spec, row, past=when is not None) for row in rows]
         if when is None:
             self._access.add(hit.memory.id for hit in results)
         if expand and results:
@@ -289,8 +289,9 @@ class Memory(Upkeep):
         base = self._scoring
         return _sql.Scoring(chosen, base.half_lives, base.default_half_life, base.saturation)
 
-    def _recalled(self, spec: CollectionSpec, row: dict[str, Any]) -> Recalled:
-        row = self._opened(spec, row)
+    def _recalled(self, spec: CollectionSpec, row: dict[str, Any], *, past: bool) -> Recalled:
+        # As of a past time, the text and metadata are a version's, sealed as versions are.
+        row = self._opened_version(row, "content", "id") if past else self._opened(spec, row)
         memory = MemoryRecord(
             id=row["id"],
             agent_id=row["agent_id"],
@@ -379,7 +380,7 @@ class Memory(Upkeep):
             )
         if not rows:
             raise NotFound(f"memory {wanted!r} does not exist", entity="memory", key=wanted)
-        return [MemoryVersion(**row) for row in rows]
+        return [MemoryVersion(**self._opened_version(row)) for row in rows]
 
     # -- forgetting ----------------------------------------------------------------------------
 
