@@ -502,3 +502,28 @@ async def test_memory_text_is_sealed_where_the_collection_seals_it(
         assert (then.memory.text, then.memory.metadata) == ("Ann's new diagnosis", {"ward": "7b"})
         (now,) = await memory.recall("a1", unit(1, 0))
         assert now.memory.text == "Ann's latest diagnosis"
+
+
+async def test_erasing_a_subject_takes_its_memories_and_every_version(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(database, redis_url, tmp_path, subjects={"collections": ["person"]})
+    async with DataLayer(config) as dl:
+        await dl.memory.setup(dimension=DIM)
+        memory = dl.tenant("acme").memory
+        about = {"person": "ann@example.com"}
+        ann = await memory.remember(
+            "a1", unit(1, 0), text="ann-mark v1", metadata=about, subject="ann"
+        )
+        await memory.remember("a1", unit(1, 0.01), text="ann-mark v2", subject="ann")
+        bob = await memory.remember("a1", unit(0, 1), text="bob", metadata={"person": "bob"})
+        report = await dl.subjects.erase("acme", "ann@example.com")
+        assert report.removed["memories"] == 1
+        with pytest.raises(NotFound):
+            await memory.get(ann.id)
+        assert [m.id for m in await memory.list("a1")] == [bob.id]
+        for table in ("emb_memories", "memory_history", "memories"):
+            found = await dl.admin.fetch_value(
+                f"SELECT count(*) FROM {table} t WHERE t::text LIKE '%%ann-mark%%'"
+            )
+            assert found == 0, table

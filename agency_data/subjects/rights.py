@@ -129,6 +129,17 @@ class SubjectRights:
                         ),
                         [tenant, ids],
                     )
+                    if place.startswith("embeddings."):
+                        # A memory's row (agency_data.memory): every version of its text goes
+                        # with it (ON DELETE CASCADE), and the graph's facts learned from it.
+                        memories = await view.execute(
+                            "DELETE FROM memories WHERE tenant_id = %s AND id = ANY(%s)",
+                            [tenant, [str(i) for i in ids]],
+                        )
+                        if memories:
+                            report.removed["memories"] = (
+                                report.removed.get("memories", 0) + memories
+                            )
                     # The change feed (a tracked table) held the rows' values too: their
                     # changes go, but the delete just captured, its values cleared, so that
                     # consumers still learn the rows are gone.
