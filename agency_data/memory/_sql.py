@@ -100,14 +100,17 @@ def recall_sql(
     where, where_params = _with_filter(*_scope(agents, kinds), node)
     params: list[Any] = []
     if as_of is None:
+        # The candidates first (the index's), then each one's memory by its key: a LATERAL
+        # subquery with LIMIT is never flattened, so no plan (even one made before the
+        # tables' statistics) scans memories whole to join them.
         found = sql.SQL(
             "SELECT m.id, e.content, e.metadata, e.distance, m.agent_id, m.kind, m.subject, "
             "m.importance, m.happened_at, m.created_at, m.updated_at, m.version, "
             "m.access_count, m.last_accessed_at "
             "FROM (SELECT id, content, metadata, vector <=> %b AS distance FROM {} "
             "WHERE tenant_id = %s AND {} ORDER BY distance LIMIT %s) AS e "
-            "JOIN memories m ON m.tenant_id = %s AND m.id = e.id "
-            "WHERE m.forgotten_at IS NULL AND m.collection = %s"
+            "JOIN LATERAL (SELECT * FROM memories m WHERE m.tenant_id = %s AND m.id = e.id "
+            "AND m.forgotten_at IS NULL AND m.collection = %s LIMIT 1) AS m ON true"
         ).format(spec.table_id, where)
         params += [query, tenant, *where_params, candidates, tenant, collection]
     else:
@@ -123,7 +126,8 @@ def recall_sql(
             "WHERE tenant_id = %s AND collection = %s AND event <> 'forgotten' "
             "AND valid_from <= %s AND (valid_to IS NULL OR valid_to > %s) OFFSET 0) AS v "
             "WHERE {} ORDER BY distance LIMIT %s) AS h "
-            "JOIN memories m ON m.tenant_id = %s AND m.id = h.memory_id"
+            "JOIN LATERAL (SELECT * FROM memories m WHERE m.tenant_id = %s "
+            "AND m.id = h.memory_id LIMIT 1) AS m ON true"
         ).format(where)
         params += [query, tenant, collection, as_of, as_of, *where_params, candidates, tenant]
     weights = scoring.weights

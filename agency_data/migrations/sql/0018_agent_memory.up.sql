@@ -8,7 +8,8 @@
 -- the text is not here, so an erased memory leaves no text in the feed.
 CREATE TABLE memories (
     tenant_id         text NOT NULL DEFAULT 'default',
-    id                text NOT NULL,
+    -- Compared as the collection rows' ids are (bytewise), so that joins use either key.
+    id                text COLLATE "C" NOT NULL,
     -- The embedding collection that holds its text and vector.
     collection        text NOT NULL,
     -- NULL: shared by every agent of the tenant.
@@ -29,7 +30,7 @@ CREATE TABLE memories (
     -- Soft deletion: the memory is no longer recalled; its versions stay in memory_history.
     forgotten_at      timestamptz,
     -- The consolidation summary that replaced it (forgotten then too).
-    consolidated_into text,
+    consolidated_into text COLLATE "C",
     PRIMARY KEY (tenant_id, id)
 );
 -- Deduplication looks up an agent's memories of one subject; listing and pruning walk an
@@ -49,7 +50,7 @@ CREATE POLICY tenant_isolation ON memories
 -- still current); a forgetting is an entry of its own, without text.
 CREATE TABLE memory_history (
     tenant_id   text NOT NULL DEFAULT 'default',
-    memory_id   text NOT NULL,
+    memory_id   text COLLATE "C" NOT NULL,
     version     integer NOT NULL,
     event       text NOT NULL
                 CONSTRAINT memory_history_event_valid
@@ -81,8 +82,8 @@ CREATE POLICY tenant_isolation ON memory_history
 -- A consolidation summary and the memories it replaced.
 CREATE TABLE memory_links (
     tenant_id   text NOT NULL DEFAULT 'default',
-    summary_id  text NOT NULL,
-    replaced_id text NOT NULL,
+    summary_id  text COLLATE "C" NOT NULL,
+    replaced_id text COLLATE "C" NOT NULL,
     PRIMARY KEY (tenant_id, summary_id, replaced_id),
     FOREIGN KEY (tenant_id, summary_id) REFERENCES memories (tenant_id, id) ON DELETE CASCADE,
     FOREIGN KEY (tenant_id, replaced_id) REFERENCES memories (tenant_id, id) ON DELETE CASCADE
