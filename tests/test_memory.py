@@ -20,7 +20,7 @@ import pytest
 
 from agency_data import Conflict, DataLayer, NotFound, ValidationError
 from agency_data.memory import Memory
-from tests.conftest import DatabaseDsn, make_config
+from tests.conftest import DatabaseDsn, make_config, other_connection
 
 DIM = 8
 DAY = 86_400.0
@@ -527,3 +527,25 @@ async def test_erasing_a_subject_takes_its_memories_and_every_version(
                 f"SELECT count(*) FROM {table} t WHERE t::text LIKE '%%ann-mark%%'"
             )
             assert found == 0, table
+
+
+async def test_a_duplicate_forgotten_while_remembering_is_not_revived(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    async with DataLayer(make_config(database, redis_url, tmp_path)) as dl:
+        await dl.memory.setup(dimension=DIM)
+        memory = dl.memory
+        first = await memory.remember("a1", unit(1, 0), text="first", subject="s")
+        async with other_connection(dl) as conn:
+            # A forget under way holds the memory's row when remember finds it.
+            await conn.execute("UPDATE memories SET forgotten_at = now() WHERE id = %s", [first.id])
+            pending = asyncio.create_task(
+                memory.remember("a1", unit(1, 0.01), text="second", subject="s")
+            )
+            await asyncio.sleep(0.3)
+            assert not pending.done()
+        again = await pending
+        assert again.event == "created"
+        assert again.id != first.id
+        assert (await memory.get(first.id)).version == 1
+        assert [m.text for m in await memory.list("a1")] == ["second"]

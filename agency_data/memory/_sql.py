@@ -173,7 +173,7 @@ def duplicate_sql(
 
     With a subject, every live memory of it is compared (an index finds them; a subject has
     few); without one, the index's nearest few of the agent are, and the nearest without a
-    subject wins.
+    subject wins. Nothing is locked: the update that follows checks the memory is still live.
     """
     owner = sql.SQL("m.agent_id = %s" if agent is not None else "m.agent_id IS NULL")
     owner_params = [agent] if agent is not None else []
@@ -182,7 +182,7 @@ def duplicate_sql(
         return sql.SQL(
             "SELECT {} FROM memories m JOIN {} e ON e.tenant_id = m.tenant_id AND e.id = m.id "
             "WHERE m.tenant_id = %s AND m.collection = %s AND {} AND m.subject = %s "
-            "AND m.forgotten_at IS NULL ORDER BY distance LIMIT 1 FOR UPDATE OF m"
+            "AND m.forgotten_at IS NULL ORDER BY distance LIMIT 1"
         ).format(columns, spec.table_id, owner), [
             query,
             tenant,
@@ -193,9 +193,9 @@ def duplicate_sql(
     return sql.SQL(
         "SELECT {} FROM (SELECT id, content, metadata, vector, entity_type, entity_id FROM {} "
         "WHERE tenant_id = %s AND entity_id = %s ORDER BY vector <=> %b LIMIT 10) AS e "
-        "JOIN memories m ON m.tenant_id = %s AND m.id = e.id "
-        "WHERE m.collection = %s AND {} AND m.subject IS NULL AND m.forgotten_at IS NULL "
-        "ORDER BY distance LIMIT 1 FOR UPDATE OF m"
+        "JOIN LATERAL (SELECT * FROM memories m WHERE m.tenant_id = %s AND m.id = e.id "
+        "AND m.collection = %s AND {} AND m.subject IS NULL AND m.forgotten_at IS NULL "
+        "LIMIT 1) AS m ON true ORDER BY distance LIMIT 1"
     ).format(columns, spec.table_id, owner), [
         query,
         tenant,

@@ -161,9 +161,11 @@ class Memory(Upkeep):
                         )
                     )
                     if found is not None and 1.0 - found["distance"] >= bound:
-                        return await self._update(
+                        updated = await self._update(
                             found, spec, vector, words, kind, weight, extra, when
                         )
+                        if updated is not None:
+                            return updated
                 return await self._create(
                     spec, agent, vector, words, kind, weight, extra, topic, when
                 )
@@ -178,7 +180,7 @@ class Memory(Upkeep):
         importance: float,
         metadata: dict[str, Any],
         at: datetime | None,
-    ) -> Remembered:
+    ) -> Remembered | None:
         memory_id = found["id"]
         old = self._opened(spec, found)
         same = text is None or text == old["content"]
@@ -187,11 +189,13 @@ class Memory(Upkeep):
             "UPDATE memories SET importance = greatest(importance, %s), "
             "happened_at = greatest(happened_at, coalesce(%s, clock_timestamp())), kind = %s, "
             "updated_at = clock_timestamp(), version = version + 1 "
-            "WHERE tenant_id = %s AND id = %s "
+            "WHERE tenant_id = %s AND id = %s AND forgotten_at IS NULL "
             "RETURNING version, agent_id, subject, importance, happened_at",
             [importance, at, kind, self.tenant, memory_id],
         )
-        assert row is not None
+        if row is None:
+            # Forgotten since it was found: what was said is a memory of its own.
+            return None
         await self._close_version(memory_id)
         if same:
             # A restatement: the memory keeps its text and vector.
