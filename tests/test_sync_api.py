@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar, Token
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -221,6 +222,28 @@ def test_a_collection_stores_finds_and_deletes(dl: DataLayer) -> None:
     with pytest.raises(NotFound):
         notes.get(ids[0])
     assert dl.embeddings.collection("notes").count() == 2
+
+
+@both_faces
+def test_memories_are_remembered_recalled_and_consolidated(dl: DataLayer) -> None:
+    dl.memory.setup(dimension=3)
+    old = datetime.now(UTC) - timedelta(days=30)
+    made = [
+        dl.memory.remember(
+            "a1", [1.0, float(i), 0.0], text=f"note {i}", importance=0.1, at=old, dedup=False
+        )
+        for i in range(3)
+    ]
+    assert [m.event for m in made] == ["created", "created", "created"]
+    (hit,) = dl.memory.recall("a1", [1.0, 2.0, 0.0], limit=1)
+    assert hit.memory.text == "note 2"
+    # The summariser is a plain function, run in the caller's thread.
+    (summary,) = dl.memory.consolidate("a1", lambda group: " / ".join(m.text for m in group))
+    assert {m.id for m in dl.memory.replaced(summary.id)} == {m.id for m in made}
+    (left,) = dl.memory.list("a1")
+    assert sorted(left.text.split(" / ")) == ["note 0", "note 1", "note 2"]  # type: ignore[union-attr]
+    seen = [c.op for c in dl.memory.changes(since="start", wait=False)]
+    assert seen[:3] == ["insert", "insert", "insert"]
 
 
 @both_faces
