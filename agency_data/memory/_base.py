@@ -21,6 +21,7 @@ from agency_data.memory._checks import (
     as_jsonb,
     check_nonblank,
     memory_record,
+    vector_param,
 )
 from agency_data.memory.access import AccessLog
 from agency_data.memory.graph import KnowledgeGraph
@@ -30,8 +31,6 @@ from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
 from agency_data.security.fields import COLLECTION_COLUMNS, sealed_key
 from agency_data.vectors.catalog import Catalog, CollectionSpec
-from agency_data.vectors.collection import Collection
-from agency_data.vectors.compat import vector_to_list
 from agency_data.vectors.embedders import Embedder
 from agency_data.vectors.validation import as_vector
 
@@ -63,7 +62,6 @@ class MemoryBase:
         self._config = config
         self._feed = feed
         self.collection: str = collection or config.collection
-        self._rows = Collection(db, catalog, tenant, self.collection)
         self._embedder: Embedder | None = None
         self._access = AccessLog(db, tenant, config.access_flush)
         self._scoring = _sql.Scoring(
@@ -144,89 +142,53 @@ class MemoryBase:
         at: datetime | None,
     ) -> Remembered:
         memory_id = str(uuid.uuid4())
-        row = await self._db.fetch_one(
-            "INSERT INTO memories (tenant_id, id, collection, agent_id, kind, subject, "
-            "importance, happened_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
-            "coalesce(%s, clock_timestamp())) RETURNING happened_at",
-            [self.tenant, memory_id, self.collection, agent, kind, subject, importance, at],
-        )
-        assert row is not None
-        await self._store_row(memory_id, agent, kind, vector, metadata, text)
-        await self._record(
-            memory_id, 1, "created", agent, kind, subject, text, metadata, importance,
-            row["happened_at"], vector,
-        )  # fmt: skip
+        params = {
+            "tenant": self.tenant,
+            "id": memory_id,
+            "collection": self.collection,
+            "agent": agent,
+            "kind": kind,
+            "subject": subject,
+            "importance": importance,
+            "at": at,
+            "embedding": vector,
+            **await self._sealed(spec, memory_id, 1, text, metadata, vector),
+        }
+        await self._db.execute(_sql.create_sql(spec.table), params)
         return Remembered(id=memory_id, event="created", version=1)
 
-    async def _vector_of(self, spec: CollectionSpec, memory_id: str) -> npt.NDArray[np.float32]:
-        value = await self._db.fetch_value(
-            sql.SQL("SELECT vector FROM {} WHERE tenant_id = %s AND id = %s").format(spec.table_id),
-            [self.tenant, memory_id],
-        )
-        return np.asarray(vector_to_list(value), np.float32)
-
-    async def _store_row(
+    async def _sealed(
         self,
-        memory_id: str,
-        agent: str | None,
-        kind: str,
-        vector: npt.NDArray[np.float32],
-        metadata: dict[str, Any],
-        text: str | None,
-    ) -> None:
-        # Through the collection, which seals the text and metadata when they are chosen.
-        await self._rows.store(
-            {
-                "id": memory_id,
-                "entity_type": kind,
-                "entity_id": agent or "",
-                "vector": vector,
-                "metadata": metadata,
-                "content": text,
-            }
-        )
-
-    async def _close_version(self, memory_id: str) -> None:
-        await self._db.execute(
-            "UPDATE memory_history SET valid_to = clock_timestamp() "
-            "WHERE tenant_id = %s AND memory_id = %s AND valid_to IS NULL",
-            [self.tenant, memory_id],
-        )
-
-    async def _record(
-        self,
+        spec: CollectionSpec,
         memory_id: str,
         version: int,
-        event: str,
-        agent: str | None,
-        kind: str,
-        subject: str | None,
         text: str | None,
-        metadata: dict[str, Any] | None,
-        importance: float | None,
-        happened_at: datetime | None,
+        metadata: dict[str, Any],
         vector: npt.NDArray[np.float32] | None,
-    ) -> None:
-        # Sealed when the collection's own text and metadata are (encryption.fields): a
-        # version is the memory's text as much as its collection row is.
+    ) -> dict[str, Any]:
+        """The collection row's and the version's text and metadata as stored: sealed when the
+        collection's are (encryption.fields), each bound to its own row."""
         cipher = self._db.cipher
-        key = history_key(memory_id, version)
+        content, version_text = text, text
+        meta: Any = metadata
+        version_meta: Any = metadata
         if text is not None and self._seals("content"):
             await cipher.ensure(self.tenant)
-            text = cipher.seal(self.tenant, "memory_history", "text", key, text, text=True)
-        stored: Any = metadata
-        if metadata is not None and self._seals("metadata"):
+            content = cipher.seal(self.tenant, spec.table, "content", memory_id, text, text=True)
+            key = history_key(memory_id, version)
+            version_text = cipher.seal(self.tenant, "memory_history", "text", key, text, text=True)
+        if self._seals("metadata"):
             await cipher.ensure(self.tenant)
-            stored = cipher.seal(self.tenant, "memory_history", "metadata", key, metadata)
-        await self._db.execute(
-            "INSERT INTO memory_history (tenant_id, memory_id, version, event, collection, "
-            "agent_id, kind, subject, text, metadata, importance, happened_at, embedding) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                self.tenant, memory_id, version, event, self.collection, agent, kind, subject,
-                text, as_jsonb(stored), importance, happened_at, vector,
-            ],
-        )  # fmt: skip
+            meta = cipher.seal(self.tenant, spec.table, "metadata", memory_id, metadata)
+            key = history_key(memory_id, version)
+            version_meta = cipher.seal(self.tenant, "memory_history", "metadata", key, metadata)
+        return {
+            "vector": None if vector is None else vector_param(vector, spec),
+            "content": content,
+            "metadata": as_jsonb(meta),
+            "text": version_text,
+            "version_metadata": as_jsonb(version_meta),
+        }
 
     def _seals(self, column: str) -> bool:
         cipher = self._db.cipher

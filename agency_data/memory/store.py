@@ -78,7 +78,6 @@ from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
 from agency_data.vectors.admin import CollectionAdmin
 from agency_data.vectors.catalog import Catalog, CollectionSpec, check_name
-from agency_data.vectors.collection import Collection
 from agency_data.vectors.embedders import Embedder
 
 __all__ = ["ManagedMemory", "Memory"]
@@ -103,7 +102,6 @@ class Memory(Upkeep):
         embedded by its own embedder unless this view was given one."""
         view = copy.copy(self)
         view.collection = check_name(collection, "collection")
-        view._rows = Collection(self._db, self._catalog, self.tenant, view.collection)
         return view
 
     # -- remembering ---------------------------------------------------------------------------
@@ -145,21 +143,21 @@ class Memory(Upkeep):
         async with self._db.transaction():
             with translate_errors("remembering"):
                 if bound is not None:
-                    # Two agents remembering the same subject at once must meet one memory.
-                    await self._db.execute(
+                    # Two agents remembering the same subject at once must meet one memory:
+                    # the lock, then the look, in one round trip. (Without a subject nothing
+                    # is locked: all of an agent's remembers would queue behind one lock, for
+                    # the rare near-copy two concurrent ones might add.)
+                    lookup = _sql.duplicate_sql(
+                        spec, self.tenant, self.collection, agent, topic, vector_param(vector, spec)
+                    )
+                    lock = (
                         "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                         [f"memory:{self.tenant}:{self.collection}:{agent}:{topic}"],
                     )
-                    found = await self._db.fetch_one(
-                        *_sql.duplicate_sql(
-                            spec,
-                            self.tenant,
-                            self.collection,
-                            agent,
-                            topic,
-                            vector_param(vector, spec),
-                        )
+                    *_, found_rows = await self._db.fetch_many(
+                        [lookup] if topic is None else [lock, lookup]
                     )
+                    found = found_rows[0] if found_rows else None
                     if found is not None and 1.0 - found["distance"] >= bound:
                         updated = await self._update(
                             found, spec, vector, words, kind, weight, extra, when
@@ -184,31 +182,34 @@ class Memory(Upkeep):
         memory_id = found["id"]
         old = self._opened(spec, found)
         same = text is None or text == old["content"]
-        merged = {**(old["metadata"] or {}), **metadata}
-        row = await self._db.fetch_one(
-            "UPDATE memories SET importance = greatest(importance, %s), "
-            "happened_at = greatest(happened_at, coalesce(%s, clock_timestamp())), kind = %s, "
-            "updated_at = clock_timestamp(), version = version + 1 "
-            "WHERE tenant_id = %s AND id = %s AND forgotten_at IS NULL "
-            "RETURNING version, agent_id, subject, importance, happened_at",
-            [importance, at, kind, self.tenant, memory_id],
-        )
-        if row is None:
-            # Forgotten since it was found: what was said is a memory of its own.
-            return None
-        await self._close_version(memory_id)
-        if same:
-            # A restatement: the memory keeps its text and vector.
-            stored_text = old["content"]
-            stored_vector = await self._vector_of(spec, memory_id)
-        else:
-            stored_text, stored_vector = text, vector
-        await self._store_row(memory_id, row["agent_id"], kind, stored_vector, merged, stored_text)
         event: Literal["updated", "merged"] = "merged" if same else "updated"
-        await self._record(
-            memory_id, row["version"], event, row["agent_id"], kind, row["subject"],
-            stored_text, merged, row["importance"], row["happened_at"], stored_vector,
-        )  # fmt: skip
+        version = found["version"] + 1
+        kept = old["content"] if same else text
+        params = {
+            "tenant": self.tenant,
+            "id": memory_id,
+            "version": found["version"],
+            "collection": self.collection,
+            "kind": kind,
+            "importance": importance,
+            "at": at,
+            "event": event,
+            # A restatement keeps the memory's text and vector.
+            "embedding": None if same else vector,
+            **await self._sealed(
+                spec,
+                memory_id,
+                version,
+                kept,
+                {**(old["metadata"] or {}), **metadata},
+                None if same else vector,
+            ),
+        }
+        with translate_errors("remembering"):
+            row = await self._db.fetch_one(_sql.update_sql(spec.table), params)
+        if row is None:
+            # Forgotten or changed since it was found: what was said is a memory of its own.
+            return None
         return Remembered(
             id=memory_id,
             event=event,
