@@ -36,6 +36,7 @@ from typing import Any, Literal, Self
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from agency_data.config import MemoryConfig, MemoryWeights
 from agency_data.errors import NotFound, ValidationError
@@ -47,6 +48,7 @@ from agency_data.inputs import (
     check_mapping,
     check_number,
     check_text,
+    encode_json,
     validated,
 )
 from agency_data.memory import _sql
@@ -133,7 +135,7 @@ class Memory(Upkeep):
         agent = check_agent(agent_id)
         kind = check_kind(kind)
         weight = check_number(importance, "importance", low=0.0, high=1.0)
-        extra = check_mapping(metadata, "metadata") if metadata is not None else {}
+        extra = self._metadata(metadata)
         topic = None if subject is None else check_text(subject, "subject", max_length=MAX_SUBJECT)
         check_nonblank(topic, "subject")
         when = None if at is None else check_datetime(at, "at")
@@ -216,6 +218,17 @@ class Memory(Upkeep):
             version=row["version"],
             similarity=1.0 - float(found["distance"]),
         )
+
+    def _metadata(self, metadata: Any) -> dict[str, Any]:
+        if metadata is None:
+            return {}
+        # Checked as JSON (and read back so: datetimes become ISO strings) before anything is
+        # written: a value JSON cannot carry is the caller's ValidationError.
+        encoded = encode_json(
+            check_mapping(metadata, "metadata"), "metadata", self._db.config.max_json_bytes
+        )
+        loaded: dict[str, Any] = orjson.loads(encoded)
+        return loaded
 
     # -- recalling -----------------------------------------------------------------------------
 
