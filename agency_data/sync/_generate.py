@@ -51,8 +51,14 @@ COMMAND = "python -m agency_data.sync._generate"
 ROOT = ("agency_data.manager", "DataLayer")
 
 # Wrapped although they have no async method: what their methods take runs in the caller's
-# thread (a transaction's on-commit hooks).
-ALSO_WRAPPED = {("agency_data.postgres.database", "Transaction")}
+# thread (a transaction's on-commit hooks), or what they hand out has async methods.
+ALSO_WRAPPED = {
+    ("agency_data.postgres.database", "Transaction"),
+    # Agent memory hands out its knowledge graph, which has async methods, before it has any
+    # of its own (redundant once it does).
+    ("agency_data.memory.store", "Memory"),
+    ("agency_data.memory.store", "ManagedMemory"),
+}
 
 # Classes with async methods handed out as they are, not wrapped: values whose async methods
 # are the layer's own plumbing (a collection's embedder is configuration to sync code).
