@@ -46,6 +46,7 @@ from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.events import Events
 from agency_data.inputs import brief
+from agency_data.memory import KnowledgeGraph
 from agency_data.outbox import Changes
 from agency_data.postgres.agents import AgentStore
 from agency_data.scope import TenantScope
@@ -67,6 +68,7 @@ DIM = 3
 VECTOR = [0.1, 0.2, 0.3]
 TENANT = "acme"
 COLLECTION = "probe_notes"
+MEMORY = "probe-memory"
 
 
 class _Opaque:
@@ -496,6 +498,9 @@ class Probe:
     tenant_embedding_id: uuid.UUID
     session_id: str
     message_id: str
+    entity_id: str
+    other_entity_id: str
+    relation_id: str
 
 
 async def _noop_tx(tx: Any) -> int:
@@ -573,6 +578,17 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "group": lambda p: "g",
     "consumer": lambda p: "c",
     "message_ids": lambda p: (p.message_id,),
+    # The knowledge graph (of tenant acme, whose memory probe-memory exists).
+    "graph.name": lambda p: "Probe",
+    "graph.entity_id": lambda p: p.entity_id,
+    "graph.entity": lambda p: p.entity_id,
+    "graph.source": lambda p: p.entity_id,
+    "graph.target": lambda p: p.other_entity_id,
+    "graph.relation": lambda p: "knows",
+    "graph.relation_id": lambda p: p.relation_id,
+    "graph.memory_id": lambda p: MEMORY,
+    "graph.entity_ids": lambda p: [p.entity_id],
+    "graph.memory_ids": lambda p: [MEMORY],
     # LangGraph's checkpointer.
     "checkpointer.config": lambda p: {"configurable": {"thread_id": "probe-thread"}},
     "checkpointer.put_writes.config": lambda p: _checkpoint_config(),
@@ -633,6 +649,7 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
     "events": (Events, lambda dl: dl.tenant(TENANT).events),
     "lock": (Lock, lambda dl: dl.lock("probe-held", ttl=30)),
     "changes": (Changes, lambda dl: dl.changes),
+    "graph": (KnowledgeGraph, lambda dl: dl.tenant(TENANT).memory.graph),
 }
 if AgencyCheckpointSaver is not None:
     # Built on the test's running loop, so its sync methods are refused there (UsageError).
@@ -782,6 +799,15 @@ async def probe(
             session = await dl.sessions.create("agent-1")
             message = await dl.streams.publish("st", {"a": 1})
             await dl.cache.set("k", 1)
+            await dl.tenant(TENANT).execute(
+                "INSERT INTO memories (tenant_id, id, collection, kind, importance, happened_at) "
+                "VALUES (%s, %s, 'memories', 'fact', 0.5, now())",
+                [TENANT, MEMORY],
+            )
+            graph = dl.tenant(TENANT).memory.graph
+            entity = await graph.upsert_entity("Probe", "thing")
+            other = await graph.upsert_entity("Other", "thing")
+            relation = await graph.relate(entity, "knows", other)
             yield Probe(
                 dl=dl,
                 agent_id=agent.id,
@@ -790,6 +816,9 @@ async def probe(
                 tenant_embedding_id=tenant_embedding,
                 session_id=session.id,
                 message_id=message,
+                entity_id=entity.id,
+                other_entity_id=other.id,
+                relation_id=relation.id,
             )
     finally:
         servers.drop_database(name)

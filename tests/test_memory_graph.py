@@ -605,6 +605,13 @@ async def test_paths_and_neighbours_match_a_breadth_first_search_on_100k_relatio
     for ident, source, target, counts in facts:
         if counts:
             out[source].append((ident, target))
+    # Walked by index under row-level security (its conditions are all leakproof).
+    query, params = q.neighbours("default", ids[0], 2, None, "both", None, None, 100)
+    plan = await dl.tenant("default").fetch("EXPLAIN " + query, params)  # type: ignore[operator]
+    text = "\n".join(str(next(iter(row.values()))) for row in plan)
+    assert "memory_relations_out" in text, text
+    assert "memory_relations_in" in text, text
+    assert "Seq Scan" not in text, text
     graph = dl.memory.graph
     rng = random.Random(4)
     checked = {2: 0, 3: 0}

@@ -429,6 +429,7 @@ async def test_rollback_plan_says_what_it_destroys(
     # The knowledge graph's tables, empty here.
     assert set(by_step["agency_data:0019_knowledge_graph"].data_loss) == {
         DataLoss("memory_entities", rows=0),
+        DataLoss("memory_entity_trigrams", rows=0),
         DataLoss("memory_relations", rows=0),
         DataLoss("memory_mentions", rows=0),
     }

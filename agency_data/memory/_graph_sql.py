@@ -4,8 +4,7 @@ Every statement names the tenant (row-level security enforces it as well). Which
 versions a read counts is one rule, :func:`holds`, shared by every read:
 
 * transaction time: with ``known_at`` None, the versions believed now (``invalidated_at IS
-  NULL``, which the walks' partial indexes hold); else those recorded by ``known_at`` and not
-  yet invalidated then;
+  NULL``); else those recorded by ``known_at`` and not yet invalidated then;
 * valid time: true at ``as_of`` (None: the statement's time), ``valid_from <= as_of <
   coalesce(valid_to, infinity)``.
 """
@@ -335,8 +334,11 @@ def neighbours(
         "  WHERE w.depth < %(hops)s), "
         "nearest AS (SELECT node, min(depth) AS distance FROM walk "
         "            WHERE node <> %(start)s GROUP BY node) "
+        # LATERAL: one lookup by key per entity reached, whatever the planner thinks of the
+        # walk's size (it cannot tell, and hashed a tenant's every entity when it guessed few).
         f"SELECT n.distance, {ENTITY_COLUMNS} FROM nearest n "
-        "JOIN memory_entities e ON e.tenant_id = %(tenant)s AND e.id = n.node "
+        "CROSS JOIN LATERAL (SELECT * FROM memory_entities e "
+        "  WHERE e.tenant_id = %(tenant)s AND e.id = n.node) e "
         "ORDER BY n.distance, e.name, e.id LIMIT %(limit)s",
         {**params, "tenant": tenant, "start": entity_id, "hops": hops, "limit": limit},
     )

@@ -119,17 +119,18 @@ CREATE TABLE memory_relations (
         ON DELETE CASCADE,
     FOREIGN KEY (tenant_id, source_memory) REFERENCES memories (tenant_id, id) ON DELETE CASCADE
 );
--- Walks (neighbours, paths, relations) read what we believe now, as of any valid time: out-
--- and in-edges of the current versions, with what a walk needs in the index (index-only
--- scans). Superseded versions, however many a often-changing fact piles up, stay out of them.
+-- Out- and in-edges of an entity, with all a walk of the facts believed now reads (neighbours,
+-- paths, relations): index-only scans, the time and belief conditions checked in the index.
+-- Full, not partial on invalidated_at IS NULL: the cascades from a deleted entity and reads as
+-- known at a past time need every version, and beside a full index for those the planner
+-- walked the narrower full one rather than a partial covering one. Measured on 100k relations,
+-- this pair walks as fast as partial covering indexes beside plain ones, with two indexes to
+-- write instead of four. A superseded version costs an entry, skipped inside the index.
 CREATE INDEX memory_relations_out ON memory_relations (tenant_id, source_id, relation)
-    INCLUDE (target_id, valid_from, valid_to) WHERE invalidated_at IS NULL;
+    INCLUDE (target_id, valid_from, valid_to, invalidated_at, id, version);
 CREATE INDEX memory_relations_in ON memory_relations (tenant_id, target_id, relation)
-    INCLUDE (source_id, valid_from, valid_to) WHERE invalidated_at IS NULL;
--- Every version: reads as known at a past time, and the cascades from a deleted entity (whose
--- DELETE names no invalidated_at, so the partial indexes cannot serve it).
-CREATE INDEX memory_relations_source ON memory_relations (tenant_id, source_id);
-CREATE INDEX memory_relations_target ON memory_relations (tenant_id, target_id);
+    INCLUDE (source_id, valid_from, valid_to, invalidated_at, id, version);
+-- What erasing a memory deletes.
 CREATE INDEX memory_relations_memory ON memory_relations (tenant_id, source_memory)
     WHERE source_memory IS NOT NULL;
 ALTER TABLE memory_relations ENABLE ROW LEVEL SECURITY;
