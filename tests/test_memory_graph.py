@@ -850,31 +850,41 @@ async def test_a_long_paths_query_is_cancelled_on_the_server(dl: DataLayer) -> N
     assert len(await graph.paths("d0", "d1", max_hops=2, limit=100)) == 39
 
 
-async def test_a_relate_waiting_for_the_facts_lock_can_be_cancelled(dl: DataLayer) -> None:
+async def test_calls_waiting_for_a_facts_lock_can_be_cancelled(dl: DataLayer) -> None:
+    """relate() and invalidate() wait for the transaction that holds the facts of the same
+    source and relation; cut short, they leave nothing behind, and the lock is free after."""
     graph = dl.memory.graph
-    ann, london, paris, _ = await people_and_cities(graph)
+    ann, london, paris, rome = await people_and_cities(graph)
+    earlier = await graph.relate(ann, "lives_in", rome, valid_from=Y2020, valid_to=Y2021)
     entered, release = asyncio.Event(), asyncio.Event()
 
     async def hold() -> None:
         async with dl.transaction():
-            await graph.relate(ann, "lives_in", london, valid_from=Y2020, exclusive=True)
+            await graph.relate(ann, "lives_in", london, valid_from=Y2021, exclusive=True)
             entered.set()
             await release.wait()
 
     holder = asyncio.create_task(hold())
     await entered.wait()
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(
-            graph.relate(ann, "lives_in", paris, valid_from=Y2022, exclusive=True), 0.5
-        )
+    for call in (
+        lambda: graph.relate(ann, "lives_in", paris, valid_from=Y2022, exclusive=True),
+        lambda: graph.invalidate(earlier, at=Y2020 + timedelta(days=10)),
+    ):
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call(), 0.5)
+        assert time.perf_counter() - started < 5
     release.set()
     await holder
-    # The cancelled statement wrote nothing, and the fact's lock is free again.
+    # The cancelled calls wrote nothing, and the facts' lock is free again.
     assert at_now(await graph.relations(ann)) == {london.id}
+    assert (await graph.versions(earlier))[0].version == 1
     moved = await asyncio.wait_for(
         graph.relate(ann, "lives_in", paris, valid_from=Y2022, exclusive=True), 10
     )
     assert at_now(await graph.relations(ann)) == {moved.target_id}
+    ended = await asyncio.wait_for(graph.invalidate(earlier, at=Y2020 + timedelta(days=10)), 10)
+    assert ended.version == 2
 
 
 async def test_errors_are_the_layers_own(dl: DataLayer) -> None:

@@ -1216,8 +1216,10 @@ class KnowledgeGraph(Wrapper):
     def find_entities(
         self, name: str, *, type: str | None = None, limit: int = 10, min_similarity: float = 0.3
     ) -> list[EntityMatch]:
-        """Entities whose name looks like ``name`` (trigram similarity of the lowered names,
-        from 0 to 1), best first, down to ``min_similarity``; of one ``type`` if given."""
+        """Entities whose name looks like ``name`` (pg_trgm's similarity of the lowered names,
+        from 0 to 1: shared trigrams over all of both), best first, down to
+        ``min_similarity``; of one ``type`` if given. A name of no letters or digits has no
+        trigrams and finds nothing."""
         return self._portal.call(
             self._aio.find_entities(name, type=type, limit=limit, min_similarity=min_similarity)
         )

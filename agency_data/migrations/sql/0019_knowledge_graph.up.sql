@@ -110,7 +110,8 @@ CREATE TABLE memory_relations (
     -- The relation whose statement ended this version (NULL: invalidate(), or still current).
     invalidated_by text,
     -- The memory it was learned from: erasing that memory erases the fact, every version.
-    source_memory  text,
+    -- Compared bytewise, as memory ids are.
+    source_memory  text COLLATE "C",
     PRIMARY KEY (tenant_id, id, version),
     CONSTRAINT memory_relations_valid_to_valid CHECK (valid_to IS NULL OR valid_to > valid_from),
     FOREIGN KEY (tenant_id, source_id) REFERENCES memory_entities (tenant_id, id)
@@ -142,7 +143,7 @@ CREATE POLICY tenant_isolation ON memory_relations
 -- Which entities a memory mentions (recall(expand=True) reads them with the facts among them).
 CREATE TABLE memory_mentions (
     tenant_id text NOT NULL DEFAULT 'default',
-    memory_id text NOT NULL,
+    memory_id text COLLATE "C" NOT NULL,
     entity_id text NOT NULL,
     PRIMARY KEY (tenant_id, memory_id, entity_id),
     FOREIGN KEY (tenant_id, memory_id) REFERENCES memories (tenant_id, id) ON DELETE CASCADE,
