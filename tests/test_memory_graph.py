@@ -13,6 +13,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,8 @@ from agency_data import AgencyDataError, Conflict, DataLayer, NotFound, Validati
 from agency_data.memory import Entity, KnowledgeGraph, Relation
 from agency_data.memory import _graph_sql as q
 from agency_data.memory._graph_time import Plan, Statement, plan_relate
-from tests.conftest import other_connection
+from agency_data.sync import DataLayer as SyncDataLayer
+from tests.conftest import DatabaseDsn, make_config, other_connection
 
 Y2020 = datetime(2020, 1, 1, tzinfo=UTC)
 Y2021 = datetime(2021, 1, 1, tzinfo=UTC)
@@ -893,3 +895,18 @@ async def test_errors_are_the_layers_own(dl: DataLayer) -> None:
     ann = await graph.upsert_entity("Ann", "person")
     with pytest.raises(AgencyDataError):
         await graph.relate(ann, "knows", "nobody")
+
+
+def test_the_graph_through_the_sync_face(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    with SyncDataLayer(make_config(database, redis_url, tmp_path)) as layer:
+        graph = layer.tenant("acme").memory.graph
+        ann = graph.upsert_entity("Ann", "person")
+        bob = graph.upsert_entity("Bob", "person")
+        fact = graph.relate(ann, "knows", bob, valid_from=Y2020)
+        assert [n.entity.id for n in graph.neighbours(ann)] == [bob.id]
+        assert [r.id for r in graph.paths(ann, bob)[0].relations] == [fact.id]
+        assert graph.find_entities("ann")[0].entity.id == ann.id
+        with pytest.raises(ValidationError):
+            graph.neighbours(ann, hops=0)
