@@ -17,8 +17,9 @@ deleted (see :mod:`agency_data.memory._graph_time` for what a statement does to 
 already known). Only :meth:`KnowledgeGraph.forget_entity` and the erasure of a memory
 (``ON DELETE CASCADE``: the facts learned from it, every version) delete.
 
-The SQL is in :mod:`agency_data.memory._graph_sql`; this module checks input, runs it, and
-turns rows into models.
+The SQL is built in :mod:`agency_data.memory._graph_sql` and input is checked by
+:mod:`agency_data.memory._graph_inputs`; this module runs the one on the other and turns rows
+into models.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import orjson
 
 from agency_data.errors import Conflict, NotFound, ValidationError
@@ -38,33 +37,24 @@ from agency_data.inputs import (
     as_items,
     brief,
     check_bool,
-    check_choice,
     check_datetime,
     check_int,
     check_limit,
-    check_mapping,
     check_number,
-    check_text,
-    encode_json,
 )
+from agency_data.memory import _graph_inputs as check
 from agency_data.memory import _graph_sql as q
 from agency_data.memory._graph_sql import Direction
 from agency_data.memory._graph_time import Plan, Statement, plan_invalidate, plan_relate
 from agency_data.memory.graph_models import Entity, EntityMatch, Neighbour, Path, Relation
 from agency_data.observability import observed
 from agency_data.postgres.database import Database
-from agency_data.vectors.validation import MAX_DIMENSION, as_vector
 
 __all__ = ["MAX_HOPS", "KnowledgeGraph"]
 
 # The deepest walk served: past a few hops a graph of any size reaches most of itself, and
 # the number of paths grows as the degree to the power of the hops.
 MAX_HOPS = 6
-_DIRECTIONS = ("out", "in", "both")
-_MAX_ID = 256
-_MAX_NAME = 512
-_MAX_TYPE = 64
-_MAX_RELATION = 128
 
 
 class KnowledgeGraph:
@@ -88,10 +78,10 @@ class KnowledgeGraph:
         """The entity of this ``type`` named ``name`` (any case: "ann" finds "Ann"), made if
         new. ``properties`` are merged into what it has (their keys win, shallowly); an
         ``embedding`` (any dimension) replaces the one it has, None keeps it."""
-        text = _name(name, "name", _MAX_NAME)
-        kind = _name(type, "type", _MAX_TYPE)
-        document, _ = _properties(properties, self._db.config.max_json_bytes)
-        vector = None if embedding is None else _vector(embedding, "embedding")
+        text = check.name(name, "name", check.MAX_NAME)
+        kind = check.name(type, "type", check.MAX_TYPE)
+        document, _ = check.properties(properties, self._db.config.max_json_bytes)
+        vector = None if embedding is None else check.vector(embedding, "embedding")
         row = await self._db.fetch_one(*q.upsert_entity(self.tenant, text, kind, document, vector))
         assert row is not None, "INSERT ... ON CONFLICT DO UPDATE returns the row"
         return _entity(row)
@@ -100,11 +90,11 @@ class KnowledgeGraph:
     async def get_entity(self, entity_id: Entity | str, *, include_vector: bool = False) -> Entity:
         """The entity with ``entity_id``, with its embedding if ``include_vector``;
         :class:`NotFound` if this tenant has none."""
-        ident = _entity_id(entity_id, "entity_id")
+        ident = check.entity_id(entity_id, "entity_id")
         check_bool(include_vector, "include_vector")
         row = await self._db.fetch_one(*q.get_entity(self.tenant, ident, include_vector))
         if row is None:
-            raise _no_entity(ident)
+            raise check.no_entity(ident)
         return _entity(row)
 
     @observed("memory.graph.find_entities")
@@ -120,8 +110,8 @@ class KnowledgeGraph:
         from 0 to 1: shared trigrams over all of both), best first, down to
         ``min_similarity``; of one ``type`` if given. A name of no letters or digits has no
         trigrams and finds nothing."""
-        text = _name(name, "name", _MAX_NAME)
-        kind = None if type is None else _name(type, "type", _MAX_TYPE)
+        text = check.name(name, "name", check.MAX_NAME)
+        kind = None if type is None else check.name(type, "type", check.MAX_TYPE)
         check_limit(limit)
         bound = check_number(min_similarity, "min_similarity", low=0.0, high=1.0)
         rows = await self._db.fetch(*q.find_entities(self.tenant, text, kind, limit, bound))
@@ -133,8 +123,8 @@ class KnowledgeGraph:
     ) -> list[EntityMatch]:
         """Entities whose embedding is nearest ``vector`` (cosine similarity, exact), among
         those with an embedding of its dimension; of one ``type`` if given."""
-        query = _vector(vector, "vector")
-        kind = None if type is None else _name(type, "type", _MAX_TYPE)
+        query = check.vector(vector, "vector")
+        kind = None if type is None else check.name(type, "type", check.MAX_TYPE)
         check_limit(limit)
         rows = await self._db.fetch(*q.similar_entities(self.tenant, query, kind, limit))
         return [EntityMatch(entity=_entity(r), similarity=r["similarity"]) for r in rows]
@@ -143,9 +133,9 @@ class KnowledgeGraph:
     async def forget_entity(self, entity_id: Entity | str) -> None:
         """Delete the entity for good, with every version of every fact it takes part in and
         every mention of it; :class:`NotFound` if this tenant has none."""
-        ident = _entity_id(entity_id, "entity_id")
+        ident = check.entity_id(entity_id, "entity_id")
         if await self._db.execute(*q.delete_entity(self.tenant, ident)) == 0:
-            raise _no_entity(ident)
+            raise check.no_entity(ident)
 
     # -- facts -----------------------------------------------------------------------------------
 
@@ -173,13 +163,13 @@ class KnowledgeGraph:
         begins (see :mod:`agency_data.memory._graph_time` for the rules, late facts
         included).
         """
-        src = _entity_id(source, "source")
-        tgt = _entity_id(target, "target")
-        name = _name(relation, "relation", _MAX_RELATION)
+        src = check.entity_id(source, "source")
+        tgt = check.entity_id(target, "target")
+        name = check.name(relation, "relation", check.MAX_RELATION)
         start = None if valid_from is None else check_datetime(valid_from, "valid_from")
         end = None if valid_to is None else check_datetime(valid_to, "valid_to")
-        memory = None if source_memory is None else _memory_id(source_memory, "source_memory")
-        _, values = _properties(properties, self._db.config.max_json_bytes)
+        memory = None if source_memory is None else check.memory_id(source_memory, "source_memory")
+        _, values = check.properties(properties, self._db.config.max_json_bytes)
         check_bool(exclusive, "exclusive")
         if start is not None and end is not None and end <= start:
             raise ValidationError(
@@ -197,7 +187,7 @@ class KnowledgeGraph:
             found = set(refs[0]["found"])
             for ident, field in ((src, "source"), (tgt, "target")):
                 if ident not in found:
-                    raise _no_entity(ident, field)
+                    raise check.no_entity(ident, field)
             if not refs[0]["memory_found"]:
                 raise NotFound(
                     f"source_memory: memory {brief(memory)} does not exist in tenant "
@@ -231,11 +221,7 @@ class KnowledgeGraph:
         :class:`NotFound` if there is no such fact; :class:`Conflict` if none of its versions
         is believed any more (withdrawn, or merged into another fact).
         """
-        ident = (
-            relation_id.id
-            if isinstance(relation_id, Relation)
-            else _text_id(relation_id, "relation_id")
-        )
+        ident = check.relation_id(relation_id)
         when = None if at is None else check_datetime(at, "at")
         async with self._db.transaction():
             locked, versions = await self._db.fetch_many(
@@ -303,11 +289,7 @@ class KnowledgeGraph:
     async def versions(self, relation_id: Relation | str) -> list[Relation]:
         """Every version of a fact, newest first: how what we believed of it changed.
         :class:`NotFound` if there is no such fact."""
-        ident = (
-            relation_id.id
-            if isinstance(relation_id, Relation)
-            else _text_id(relation_id, "relation_id")
-        )
+        ident = check.relation_id(relation_id)
         rows = await self._db.fetch(*q.versions_of(self.tenant, ident))
         if not rows:
             raise NotFound(
@@ -333,9 +315,9 @@ class KnowledgeGraph:
         """The facts of ``entity`` that hold: true at ``as_of`` (default: now), as believed
         at ``known_at`` (default: now); its outgoing ones, incoming ones or both
         (``direction``), of the ``relation`` names given (default: all). By relation name,
-        then valid_from. :class:`NotFound` if there is no such entity."""
-        ident = _entity_id(entity, "entity")
-        names, way, when, known = _walk_args(relation, direction, as_of, known_at)
+        then valid_from; the first ``limit``. :class:`NotFound` if there is no such entity."""
+        ident = check.entity_id(entity, "entity")
+        names, way, when, known = check.walk_args(relation, direction, as_of, known_at)
         check_limit(limit)
         exists, rows = await self._db.fetch_many(
             [
@@ -344,7 +326,7 @@ class KnowledgeGraph:
             ]
         )
         if not exists[0]["found"]:
-            raise _no_entity(ident, "entity")
+            raise check.no_entity(ident, "entity")
         return [_relation(r) for r in rows]
 
     @observed("memory.graph.neighbours")
@@ -360,12 +342,12 @@ class KnowledgeGraph:
         limit: int = 100,
     ) -> list[Neighbour]:
         """The entities within ``hops`` (1 to 6) of ``entity``, each once with its distance,
-        nearest first (then by name), following the facts that hold (``as_of``,
-        ``known_at``, ``relation`` and ``direction`` as in :meth:`relations`).
+        nearest first, then by name (the first ``limit``), following the facts that hold
+        (``as_of``, ``known_at``, ``relation`` and ``direction`` as in :meth:`relations`).
         :class:`NotFound` if there is no such entity."""
-        ident = _entity_id(entity, "entity")
+        ident = check.entity_id(entity, "entity")
         check_int(hops, "hops", 1, MAX_HOPS)
-        names, way, when, known = _walk_args(relation, direction, as_of, known_at)
+        names, way, when, known = check.walk_args(relation, direction, as_of, known_at)
         check_limit(limit)
         exists, rows = await self._db.fetch_many(
             [
@@ -374,7 +356,7 @@ class KnowledgeGraph:
             ]
         )
         if not exists[0]["found"]:
-            raise _no_entity(ident, "entity")
+            raise check.no_entity(ident, "entity")
         return [Neighbour(entity=_entity(r), distance=r["distance"]) for r in rows]
 
     @observed("memory.graph.paths")
@@ -395,14 +377,14 @@ class KnowledgeGraph:
         ``known_at``, ``relation`` and ``direction`` as in :meth:`relations`; with
         ``direction="both"`` a path may take a fact against its direction).
         :class:`NotFound` if either entity does not exist."""
-        src = _entity_id(source, "source")
-        tgt = _entity_id(target, "target")
+        src = check.entity_id(source, "source")
+        tgt = check.entity_id(target, "target")
         if src == tgt:
             raise ValidationError(
                 "source and target are the same entity; a path needs two", field="target"
             )
         check_int(max_hops, "max_hops", 1, MAX_HOPS)
-        names, way, when, known = _walk_args(relation, direction, as_of, known_at)
+        names, way, when, known = check.walk_args(relation, direction, as_of, known_at)
         check_limit(limit)
         exists, rows = await self._db.fetch_many(
             [
@@ -413,7 +395,7 @@ class KnowledgeGraph:
         found = set(exists[0]["found"])
         for ident, field in ((src, "source"), (tgt, "target")):
             if ident not in found:
-                raise _no_entity(ident, field)
+                raise check.no_entity(ident, field)
         result: list[Path] = []
         steps: list[Relation] = []
         for index, row in enumerate(rows):
@@ -429,7 +411,7 @@ class KnowledgeGraph:
     async def link(self, memory_id: str, entity_ids: Iterable[Entity | str]) -> int:
         """Record that the memory mentions the entities; return how many links are new.
         :class:`NotFound` (and nothing linked) if the memory or any entity does not exist."""
-        memory = _memory_id(memory_id, "memory_id")
+        memory = check.memory_id(memory_id, "memory_id")
         if isinstance(entity_ids, Entity):
             # A model iterates over its fields: it would read as a list of ("id", ...) pairs.
             raise ValidationError(
@@ -437,7 +419,7 @@ class KnowledgeGraph:
                 field="entity_ids",
             )
         idents = [
-            _entity_id(e, f"entity_ids[{i}]")
+            check.entity_id(e, f"entity_ids[{i}]")
             for i, e in enumerate(as_items(entity_ids, "entity_ids", most=MAX_PAGE))
         ]
         row = await self._db.fetch_one(*q.link(self.tenant, memory, idents))
@@ -461,7 +443,7 @@ class KnowledgeGraph:
     @observed("memory.graph.mentions")
     async def mentions(self, memory_ids: Iterable[str]) -> dict[str, list[Entity]]:
         """The entities each memory mentions (every memory asked about is a key)."""
-        ids = _memory_ids(memory_ids)
+        ids = check.memory_ids(memory_ids)
         rows = await self._db.fetch(*q.about_entities(self.tenant, ids))
         found: dict[str, list[Entity]] = {m: [] for m in ids}
         for row in rows:
@@ -479,7 +461,7 @@ class KnowledgeGraph:
         """For each memory, the entities it mentions and the facts that hold (``as_of``,
         ``known_at``) among them, with the facts learned from it (as believed at
         ``known_at``, whatever their valid time): in one round trip for all the memories."""
-        ids = _memory_ids(memory_ids)
+        ids = check.memory_ids(memory_ids)
         when = None if as_of is None else check_datetime(as_of, "as_of")
         known = None if known_at is None else check_datetime(known_at, "known_at")
         entity_rows, relation_rows = await self._db.fetch_many(
@@ -494,105 +476,6 @@ class KnowledgeGraph:
         for row in relation_rows:
             found[row["memory_id"]][1].append(_relation(row))
         return found
-
-
-# -- input ---------------------------------------------------------------------------------------
-
-
-def _text_id(value: Any, field: str) -> str:
-    check_text(value, field, max_length=_MAX_ID)
-    if not value:
-        raise ValidationError(f"{field} must not be empty", field=field)
-    return str(value)
-
-
-def _entity_id(value: Any, field: str) -> str:
-    if isinstance(value, Entity):
-        return value.id
-    if not isinstance(value, str):
-        raise ValidationError(
-            f"{field} must be an entity or an entity id (a string), not {brief(value)}",
-            field=field,
-        )
-    return _text_id(value, field)
-
-
-def _memory_id(value: Any, field: str) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(
-            f"{field} must be a memory id (a string), not {brief(value)}", field=field
-        )
-    return _text_id(value, field)
-
-
-def _memory_ids(values: Any) -> list[str]:
-    items = as_items(values, "memory_ids", most=MAX_PAGE)
-    ids = [_memory_id(v, f"memory_ids[{i}]") for i, v in enumerate(items)]
-    return list(dict.fromkeys(ids))
-
-
-def _name(value: Any, field: str, most: int) -> str:
-    """A name, type or relation: text of 1 to ``most`` characters once trimmed."""
-    check_text(value, field, max_length=most)
-    text = str(value).strip()
-    if not text:
-        raise ValidationError(f"{field} must not be empty or blank", field=field)
-    return text
-
-
-def _names(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [_name(value, "relation", _MAX_RELATION)]
-    items = as_items(value, "relation", most=MAX_PAGE)
-    if not items:
-        raise ValidationError(
-            "relation is an empty list, which no fact matches; pass None for every relation",
-            field="relation",
-        )
-    return [_name(v, f"relation[{i}]", _MAX_RELATION) for i, v in enumerate(items)]
-
-
-def _walk_args(
-    relation: Any, direction: Any, as_of: Any, known_at: Any
-) -> tuple[list[str] | None, Direction, datetime | None, datetime | None]:
-    names = _names(relation)
-    way = cast(Direction, check_choice(direction, "direction", _DIRECTIONS))
-    when = None if as_of is None else check_datetime(as_of, "as_of")
-    known = None if known_at is None else check_datetime(known_at, "known_at")
-    return names, way, when, known
-
-
-def _properties(value: Any, max_bytes: int) -> tuple[str, dict[str, Any]]:
-    """``value`` (None: none) as JSON text, and as the dict that text reads back as (what the
-    database will hold, to compare with)."""
-    if value is None:
-        return "{}", {}
-    document = encode_json(check_mapping(value, "properties"), "properties", max_bytes)
-    read_back: dict[str, Any] = orjson.loads(document)
-    return document, read_back
-
-
-def _vector(value: Any, field: str) -> npt.NDArray[np.float32]:
-    if isinstance(value, str | bytes) or not hasattr(value, "__len__"):
-        raise ValidationError(
-            f"{field} must be a sequence of numbers, not {brief(value)}", field=field
-        )
-    try:
-        size = len(value)
-    except TypeError:
-        raise ValidationError(f"{field} must be a sequence of numbers", field=field) from None
-    if not 1 <= size <= MAX_DIMENSION:
-        raise ValidationError(
-            f"{field} has {size} dimensions; from 1 to {MAX_DIMENSION} are accepted", field=field
-        )
-    vector = as_vector(value, size, "vector", where=field)
-    if not np.any(vector):
-        raise ValidationError(
-            f"{field} is all zeros, which has no direction to compare by cosine", field=field
-        )
-    return vector
 
 
 # -- rows ----------------------------------------------------------------------------------------
@@ -625,12 +508,4 @@ def _relation(row: dict[str, Any]) -> Relation:
         invalidated_at=row["invalidated_at"],
         invalidated_by=row["invalidated_by"],
         source_memory=row["source_memory"],
-    )
-
-
-def _no_entity(ident: str, field: str = "entity_id") -> NotFound:
-    return NotFound(
-        f"{field}: no entity {brief(ident)} in this tenant; make it with upsert_entity",
-        entity="entity",
-        key=ident,
     )

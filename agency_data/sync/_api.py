@@ -1289,7 +1289,7 @@ class KnowledgeGraph(Wrapper):
         """The facts of ``entity`` that hold: true at ``as_of`` (default: now), as believed
         at ``known_at`` (default: now); its outgoing ones, incoming ones or both
         (``direction``), of the ``relation`` names given (default: all). By relation name,
-        then valid_from. :class:`NotFound` if there is no such entity."""
+        then valid_from; the first ``limit``. :class:`NotFound` if there is no such entity."""
         return self._portal.call(
             self._aio.relations(
                 entity,
@@ -1313,8 +1313,8 @@ class KnowledgeGraph(Wrapper):
         limit: int = 100,
     ) -> list[Neighbour]:
         """The entities within ``hops`` (1 to 6) of ``entity``, each once with its distance,
-        nearest first (then by name), following the facts that hold (``as_of``,
-        ``known_at``, ``relation`` and ``direction`` as in :meth:`relations`).
+        nearest first, then by name (the first ``limit``), following the facts that hold
+        (``as_of``, ``known_at``, ``relation`` and ``direction`` as in :meth:`relations`).
         :class:`NotFound` if there is no such entity."""
         return self._portal.call(
             self._aio.neighbours(
