@@ -664,6 +664,8 @@ async def test_mentions_and_what_a_memory_is_about(dl: DataLayer) -> None:
     # m2 mentions only Rome, but Ann's move was learned from it.
     assert [f.id for f in about["m2"][1]] == [moved.id]
     assert about["m3"] == ([], [])
+    assert await graph.about([]) == {}
+    assert await graph.mentions(iter([])) == {}
     # Before the move was true: among m1's entities only the birth place held.
     assert [f.id for f in (await graph.about(["m1"], as_of=Y2021))["m1"][1]] == [home.id]
     with pytest.raises(NotFound, match="memory"):

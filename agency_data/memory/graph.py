@@ -63,7 +63,7 @@ class KnowledgeGraph:
     def __init__(self, db: Database, tenant: str) -> None:
         self._db = db
         self._telemetry = db.telemetry
-        self.tenant = tenant
+        self.tenant: str = tenant
 
     # -- entities --------------------------------------------------------------------------------
 
@@ -444,6 +444,8 @@ class KnowledgeGraph:
     async def mentions(self, memory_ids: Iterable[str]) -> dict[str, list[Entity]]:
         """The entities each memory mentions (every memory asked about is a key)."""
         ids = check.memory_ids(memory_ids)
+        if not ids:
+            return {}
         rows = await self._db.fetch(*q.about_entities(self.tenant, ids))
         found: dict[str, list[Entity]] = {m: [] for m in ids}
         for row in rows:
@@ -464,6 +466,8 @@ class KnowledgeGraph:
         ids = check.memory_ids(memory_ids)
         when = None if as_of is None else check_datetime(as_of, "as_of")
         known = None if known_at is None else check_datetime(known_at, "known_at")
+        if not ids:
+            return {}
         entity_rows, relation_rows = await self._db.fetch_many(
             [
                 q.about_entities(self.tenant, ids),
