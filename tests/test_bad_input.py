@@ -46,7 +46,7 @@ from agency_data.coord.pubsub import PubSub, Streams
 from agency_data.coord.sessions import SessionStore
 from agency_data.events import Events
 from agency_data.inputs import brief
-from agency_data.memory import ManagedMemory
+from agency_data.memory import KnowledgeGraph, ManagedMemory
 from agency_data.outbox import Changes
 from agency_data.postgres.agents import AgentStore
 from agency_data.scope import TenantScope
@@ -69,6 +69,7 @@ VECTOR = [0.1, 0.2, 0.3]
 TENANT = "acme"
 COLLECTION = "probe_notes"
 MEMORY_COLLECTION = "probe_memories"
+MEMORY = "probe-memory"
 
 
 class _Opaque:
@@ -499,6 +500,9 @@ class Probe:
     session_id: str
     message_id: str
     memory_id: str
+    entity_id: str
+    other_entity_id: str
+    relation_id: str
 
 
 async def _noop_tx(tx: Any) -> int:
@@ -576,6 +580,17 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "group": lambda p: "g",
     "consumer": lambda p: "c",
     "message_ids": lambda p: (p.message_id,),
+    # The knowledge graph (of tenant acme, whose memory probe-memory exists).
+    "graph.name": lambda p: "Probe",
+    "graph.entity_id": lambda p: p.entity_id,
+    "graph.entity": lambda p: p.entity_id,
+    "graph.source": lambda p: p.entity_id,
+    "graph.target": lambda p: p.other_entity_id,
+    "graph.relation": lambda p: "knows",
+    "graph.relation_id": lambda p: p.relation_id,
+    "graph.memory_id": lambda p: MEMORY,
+    "graph.entity_ids": lambda p: [p.entity_id],
+    "graph.memory_ids": lambda p: [MEMORY],
     # LangGraph's checkpointer.
     "checkpointer.config": lambda p: {"configurable": {"thread_id": "probe-thread"}},
     "checkpointer.put_writes.config": lambda p: _checkpoint_config(),
@@ -650,6 +665,7 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
     "lock": (Lock, lambda dl: dl.lock("probe-held", ttl=30)),
     "changes": (Changes, lambda dl: dl.changes),
     "memory": (ManagedMemory, lambda dl: dl.memory.with_embedder(HashingEmbedder(DIM))),
+    "graph": (KnowledgeGraph, lambda dl: dl.tenant(TENANT).memory.graph),
 }
 if AgencyCheckpointSaver is not None:
     # Built on the test's running loop, so its sync methods are refused there (UsageError).
@@ -802,6 +818,15 @@ async def probe(
             await dl.memory.setup(DIM, embedder=HashingEmbedder(DIM))
             await dl.memory.setup(DIM, collection=MEMORY_COLLECTION)
             remembered = await dl.memory.remember("probe-agent", list(VECTOR), text="kept")
+            await dl.tenant(TENANT).execute(
+                "INSERT INTO memories (tenant_id, id, collection, kind, importance, happened_at) "
+                "VALUES (%s, %s, 'memories', 'fact', 0.5, now())",
+                [TENANT, MEMORY],
+            )
+            graph = dl.tenant(TENANT).memory.graph
+            entity = await graph.upsert_entity("Probe", "thing")
+            other = await graph.upsert_entity("Other", "thing")
+            relation = await graph.relate(entity, "knows", other)
             yield Probe(
                 dl=dl,
                 agent_id=agent.id,
@@ -811,6 +836,9 @@ async def probe(
                 session_id=session.id,
                 message_id=message,
                 memory_id=remembered.id,
+                entity_id=entity.id,
+                other_entity_id=other.id,
+                relation_id=relation.id,
             )
     finally:
         servers.drop_database(name)

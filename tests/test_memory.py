@@ -549,3 +549,33 @@ async def test_a_duplicate_forgotten_while_remembering_is_not_revived(
         assert again.id != first.id
         assert (await memory.get(first.id)).version == 1
         assert [m.text for m in await memory.list("a1")] == ["second"]
+
+
+async def test_recall_expands_results_with_what_they_mention(mem: DataLayer) -> None:
+    memory = mem.memory
+    graph = memory.graph
+    moved = await memory.remember("a1", unit(1, 0), text="Ann moved to Berlin", subject="ann")
+    other = await memory.remember("a1", unit(1, 0.3), text="Bob likes tea", subject="bob")
+    ann = await graph.upsert_entity("Ann", "person")
+    paris = await graph.upsert_entity("Paris", "city")
+    berlin = await graph.upsert_entity("Berlin", "city")
+    start = datetime.now(UTC) - timedelta(days=300)
+    await graph.relate(ann, "lives_in", paris, valid_from=start)
+    between = datetime.now(UTC) - timedelta(days=100)
+    moving = datetime.now(UTC) - timedelta(days=10)
+    await graph.relate(
+        ann, "lives_in", berlin, valid_from=moving, source_memory=moved.id, exclusive=True
+    )
+    await graph.link(moved.id, [ann, berlin])
+    hits = {h.memory.id: h for h in await memory.recall("a1", unit(1, 0), limit=2, expand=True)}
+    now = hits[moved.id]
+    assert {e.name for e in now.entities} == {"Ann", "Berlin"}
+    assert [(r.relation, r.target_id) for r in now.relations] == [("lives_in", berlin.id)]
+    assert hits[other.id].entities == []
+    assert hits[other.id].relations == []
+    # Without expand, nothing is looked up.
+    plain = await memory.recall("a1", unit(1, 0), limit=1)
+    assert plain[0].entities == []
+    # Before the move, the graph's answer is the earlier fact, which the move ended.
+    facts = await graph.relations(ann, as_of=between)
+    assert [f.target_id for f in facts] == [paris.id]

@@ -410,6 +410,7 @@ async def test_rollback_plan_says_what_it_destroys(
     plan = await runner(database.owner).down(to="0004", dry_run=True)
     by_step = {step.key: step for step in plan.steps}
     assert list(by_step) == [
+        "agency_data:0019_knowledge_graph",
         "agency_data:0018_agent_memory",
         "agency_data:0017_store_events",
         "agency_data:0016_change_feed",
@@ -425,6 +426,13 @@ async def test_rollback_plan_says_what_it_destroys(
         "agency_data:0006_embedding_collections",
         "agency_data:0005_task_lifecycle",
     ]
+    # The knowledge graph's tables, empty here.
+    assert set(by_step["agency_data:0019_knowledge_graph"].data_loss) == {
+        DataLoss("memory_entities", rows=0),
+        DataLoss("memory_entity_trigrams", rows=0),
+        DataLoss("memory_relations", rows=0),
+        DataLoss("memory_mentions", rows=0),
+    }
     # Agent memory's tables, empty here.
     assert set(by_step["agency_data:0018_agent_memory"].data_loss) == {
         DataLoss("memories", rows=0),
@@ -454,10 +462,10 @@ async def test_rollback_plan_says_what_it_destroys(
     }
     # Ids back to UUIDs: a column changes type, nothing is dropped.
     assert by_step["agency_data:0011_string_ids"].data_loss == ()
-    # The system trail's records: 0010 to 0018 applied, then the collection made.
+    # The system trail's records: 0010 to 0019 applied, then the collection made.
     assert set(by_step["agency_data:0010_audit"].data_loss) == {
         DataLoss("audit_heads", rows=1),
-        DataLoss("audit_log", rows=10),
+        DataLoss("audit_log", rows=11),
         DataLoss("audit_pending", rows=0),
     }
     assert set(by_step["agency_data:0009_task_queue"].data_loss) == {

@@ -20,7 +20,8 @@ DIM = 3
 async def two_tenants(dl: DataLayer) -> DataLayer:
     """Tenants a and b, each with an agent, two tasks (one waiting on the other), a task type
     policy, a schedule, an embedding in two collections, a key-value item, a LangGraph
-    checkpoint, a LangGraph store item, an outbox message, a change and a change consumer."""
+    checkpoint, a LangGraph store item, an outbox message, a change, a change consumer, a
+    memory with its version and link, and a graph entity with a fact and a mention."""
     await dl.embeddings.create_collection("notes", dimension=DIM)
     # Agents audited: the audit trail's tables get a record and a chain head per tenant.
     await dl.admin.fetch("SELECT agency_data_audit('agents', true)")
@@ -88,6 +89,21 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
         )
         await scope.execute(
             "INSERT INTO memory_links (tenant_id, summary_id, replaced_id) VALUES (%s, 'm', 'm')",
+            [tenant],
+        )
+        # The knowledge graph: an entity, a fact about itself learned from the memory, and
+        # the memory's mention of it.
+        await scope.execute(
+            "INSERT INTO memory_entities (tenant_id, id, name, type) VALUES (%s, 'e', 'E', 'x')",
+            [tenant],
+        )
+        await scope.execute(
+            "INSERT INTO memory_relations (tenant_id, id, source_id, relation, target_id, "
+            "valid_from, source_memory) VALUES (%s, 'r', 'e', 'is', 'e', now(), 'm')",
+            [tenant],
+        )
+        await scope.execute(
+            "INSERT INTO memory_mentions (tenant_id, memory_id, entity_id) VALUES (%s, 'm', 'e')",
             [tenant],
         )
     # Each tenant's record chained now: it waits in audit_pending until then.
@@ -183,7 +199,8 @@ async def test_raw_sql_through_a_tenant_sees_and_changes_only_its_rows(
         # Naming the other tenant outright, forgetting the condition, or changing rows in bulk:
         # b's rows are out of a's reach whatever the SQL says.
         assert await a.fetch(sql.SQL("{} WHERE tenant_id = %s").format(every), ["b"]) == []
-        rows = 2 if table == "tasks" else 1
+        # Two tasks; an entity named E has two trigrams ("  e", " e ").
+        rows = 2 if table in ("tasks", "memory_entity_trigrams") else 1
         assert await a.fetch_value(sql.SQL("SELECT count(*) FROM {}").format(name)) == rows
         for statement in (update, delete):
             if table in READ_ONLY:

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agency_data.memory.graph_models import Entity, Relation
+
 __all__ = ["MemoryChange", "MemoryRecord", "MemoryVersion", "Recalled", "Remembered", "ScoreParts"]
 
 MemoryEvent = Literal["created", "updated", "merged", "consolidated", "forgotten"]
@@ -63,8 +65,8 @@ class Recalled(BaseModel):
     parts: ScoreParts
     signals: ScoreParts
     # With recall(expand=True): the entities the memory mentions and the facts among them.
-    entities: list[Any] = Field(default_factory=list)
-    relations: list[Any] = Field(default_factory=list)
+    entities: list[Entity] = Field(default_factory=list)
+    relations: list[Relation] = Field(default_factory=list)
 
 
 class Remembered(BaseModel):

@@ -100,11 +100,14 @@ async def _setup_roles(
         conn,
         "SELECT r.rolname, r.rolsuper, r.rolcreaterole, pg_has_role(r.oid, d.datdba, 'MEMBER'), "
         "d.datname, pg_get_userbyid(d.datdba), "
-        "EXISTS (SELECT FROM pg_extension WHERE extname = 'vector') "
+        "EXISTS (SELECT FROM pg_extension WHERE extname = 'vector'), "
+        "EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm') "
         "FROM pg_roles r, pg_database d "
         "WHERE r.rolname = current_user AND d.datname = current_database()",
     )
-    user, superuser, createrole, owns_database, database, database_owner, has_vector = rights
+    (user, superuser, createrole, owns_database, database, database_owner, has_vector, has_trgm) = (
+        rights
+    )
     # GRANT without the right only warns in PostgreSQL: check first, rather than report
     # success after doing nothing.
     if not (superuser or (createrole and owns_database)):
@@ -169,6 +172,12 @@ async def _setup_roles(
     if not has_vector:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         done.append("created the vector extension")
+    if not has_trgm:
+        # Trusted, so the owner could create it too, but only in a database it owns: made here,
+        # it is there for an owner role that does not own the database (the knowledge graph's
+        # name search, migration 0019).
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        done.append("created the pg_trgm extension")
     await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     await conn.execute(
         sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(sql.Identifier(names.owner))

@@ -196,8 +196,10 @@ class SubjectRights:
         ]
         # LangChain's byte store (agency_data.integrations.langchain).
         tables += ["kv_items"]
-        # Agent memory: its versions and links go with it (ON DELETE CASCADE).
-        tables += ["memories"]
+        # The knowledge graph (each table named, so the report counts its rows; mentions and
+        # relations would go with their entities), then agent memory: its versions and links
+        # go with it (ON DELETE CASCADE).
+        tables += ["memory_mentions", "memory_relations", "memory_entities", "memories"]
         tables += [(await self._catalog.load(n)).table for n in await self._catalog.names()]
         # Last: the deletes above may have written changes and messages (tracked tables).
         tables += ["outbox", "changes", "change_consumers"]

@@ -50,7 +50,10 @@ from agency_data.events.subscriber import Events as AsyncEvents
 from agency_data.manager import DataLayer as AsyncDataLayer
 from agency_data.memory._base import MemoryBase as AsyncMemoryBase
 from agency_data.memory._base import Query as _base_Query
-from agency_data.memory.graph import KnowledgeGraph
+from agency_data.memory._graph_sql import Direction
+from agency_data.memory.graph import KnowledgeGraph as AsyncKnowledgeGraph
+from agency_data.memory.graph_models import Entity, EntityMatch, Neighbour, Relation
+from agency_data.memory.graph_models import Path as graph_models_Path
 from agency_data.memory.models import (
     MemoryChange,
     MemoryRecord,
@@ -146,6 +149,7 @@ __all__ = [
     "Events",
     "Job",
     "KeyAdmin",
+    "KnowledgeGraph",
     "Lock",
     "ManagedCollection",
     "ManagedEmbeddingStore",
@@ -1213,7 +1217,7 @@ class MemoryBase(Wrapper):
     @property
     def graph(self) -> KnowledgeGraph:
         """The async object's ``graph``."""
-        return self._aio.graph
+        return self._child("graph", self._live().graph, KnowledgeGraph)
 
     def close(self) -> None:
         """Write the recall counts still gathered."""
@@ -1223,6 +1227,212 @@ class MemoryBase(Wrapper):
     def embedder(self) -> Embedder | None:
         """The text embedder of this memory (given here, or to ``setup``), if any."""
         return self._aio.embedder
+
+
+class KnowledgeGraph(Wrapper):
+    """Synchronous twin of :class:`agency_data.memory.graph.KnowledgeGraph`.
+
+    A tenant's entities and the facts between them (see the module's docstring).
+    """
+
+    __slots__ = ()
+    _aio: AsyncKnowledgeGraph
+    _aio_type: ClassVar[type[Any]] = AsyncKnowledgeGraph
+
+    @property
+    def aio(self) -> AsyncKnowledgeGraph:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    @property
+    def tenant(self) -> str:
+        """The async object's ``tenant``."""
+        return self._aio.tenant
+
+    def upsert_entity(
+        self,
+        name: str,
+        type: str,
+        properties: Mapping[str, Any] | None = None,
+        embedding: Sequence[float] | None = None,
+    ) -> Entity:
+        """The entity of this ``type`` named ``name`` (any case: "ann" finds "Ann"), made if
+        new. ``properties`` are merged into what it has (their keys win, shallowly); an
+        ``embedding`` (any dimension) replaces the one it has, None keeps it."""
+        return self._portal.call(self._aio.upsert_entity(name, type, properties, embedding))
+
+    def get_entity(self, entity_id: Entity | str, *, include_vector: bool = False) -> Entity:
+        """The entity with ``entity_id``, with its embedding if ``include_vector``;
+        :class:`NotFound` if this tenant has none."""
+        return self._portal.call(self._aio.get_entity(entity_id, include_vector=include_vector))
+
+    def find_entities(
+        self, name: str, *, type: str | None = None, limit: int = 10, min_similarity: float = 0.3
+    ) -> list[EntityMatch]:
+        """Entities whose name looks like ``name`` (pg_trgm's similarity of the lowered names,
+        from 0 to 1: shared trigrams over all of both), best first, down to
+        ``min_similarity``; of one ``type`` if given. A name of no letters or digits has no
+        trigrams and finds nothing."""
+        return self._portal.call(
+            self._aio.find_entities(name, type=type, limit=limit, min_similarity=min_similarity)
+        )
+
+    def similar_entities(
+        self, vector: Sequence[float], *, type: str | None = None, limit: int = 10
+    ) -> list[EntityMatch]:
+        """Entities whose embedding is nearest ``vector`` (cosine similarity, exact), among
+        those with an embedding of its dimension; of one ``type`` if given."""
+        return self._portal.call(self._aio.similar_entities(vector, type=type, limit=limit))
+
+    def forget_entity(self, entity_id: Entity | str) -> None:
+        """Delete the entity for good, with every version of every fact it takes part in and
+        every mention of it; :class:`NotFound` if this tenant has none."""
+        return self._portal.call(self._aio.forget_entity(entity_id))
+
+    def relate(
+        self,
+        source: Entity | str,
+        relation: str,
+        target: Entity | str,
+        *,
+        valid_from: datetime | None = None,
+        valid_to: datetime | None = None,
+        source_memory: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        exclusive: bool = False,
+    ) -> Relation:
+        """State the fact ``source -relation-> target``, true from ``valid_from`` (default:
+        now) until ``valid_to`` (None: still), learned from the memory ``source_memory``
+        (erasing that memory erases the fact). Returns the fact as now believed."""
+        return self._portal.call(
+            self._aio.relate(
+                source,
+                relation,
+                target,
+                valid_from=valid_from,
+                valid_to=valid_to,
+                source_memory=source_memory,
+                properties=properties,
+                exclusive=exclusive,
+            )
+        )
+
+    def invalidate(self, relation_id: Relation | str, *, at: datetime | None = None) -> Relation:
+        """End the fact at ``at`` (default: now): it gets a version that ends then, and the
+        version believed until now is invalidated. A fact ended at or before its start is
+        withdrawn (it was never true: no version of it is believed any more; the one returned
+        is invalidated). A fact that had already ended by ``at`` is left as it is."""
+        return self._portal.call(self._aio.invalidate(relation_id, at=at))
+
+    def versions(self, relation_id: Relation | str) -> list[Relation]:
+        """Every version of a fact, newest first: how what we believed of it changed.
+        :class:`NotFound` if there is no such fact."""
+        return self._portal.call(self._aio.versions(relation_id))
+
+    def relations(
+        self,
+        entity: Entity | str,
+        *,
+        relation: str | Sequence[str] | None = None,
+        direction: Direction = "out",
+        as_of: datetime | None = None,
+        known_at: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Relation]:
+        """The facts of ``entity`` that hold: true at ``as_of`` (default: now), as believed
+        at ``known_at`` (default: now); its outgoing ones, incoming ones or both
+        (``direction``), of the ``relation`` names given (default: all). By relation name,
+        then valid_from; the first ``limit``. :class:`NotFound` if there is no such entity."""
+        return self._portal.call(
+            self._aio.relations(
+                entity,
+                relation=relation,
+                direction=direction,
+                as_of=as_of,
+                known_at=known_at,
+                limit=limit,
+            )
+        )
+
+    def neighbours(
+        self,
+        entity: Entity | str,
+        *,
+        hops: int = 1,
+        relation: str | Sequence[str] | None = None,
+        direction: Direction = "out",
+        as_of: datetime | None = None,
+        known_at: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Neighbour]:
+        """The entities within ``hops`` (1 to 6) of ``entity``, each once with its distance,
+        nearest first, then by name (the first ``limit``), following the facts that hold
+        (``as_of``, ``known_at``, ``relation`` and ``direction`` as in :meth:`relations`).
+        :class:`NotFound` if there is no such entity."""
+        return self._portal.call(
+            self._aio.neighbours(
+                entity,
+                hops=hops,
+                relation=relation,
+                direction=direction,
+                as_of=as_of,
+                known_at=known_at,
+                limit=limit,
+            )
+        )
+
+    def paths(
+        self,
+        source: Entity | str,
+        target: Entity | str,
+        *,
+        max_hops: int = 3,
+        relation: str | Sequence[str] | None = None,
+        direction: Direction = "out",
+        as_of: datetime | None = None,
+        known_at: datetime | None = None,
+        limit: int = 10,
+    ) -> list[graph_models_Path]:
+        """The ways from ``source`` to ``target`` of at most ``max_hops`` (1 to 6) facts that
+        hold, passing no entity twice, shortest first (``limit`` of them; ``as_of``,
+        ``known_at``, ``relation`` and ``direction`` as in :meth:`relations`; with
+        ``direction="both"`` a path may take a fact against its direction).
+        :class:`NotFound` if either entity does not exist."""
+        return self._portal.call(
+            self._aio.paths(
+                source,
+                target,
+                max_hops=max_hops,
+                relation=relation,
+                direction=direction,
+                as_of=as_of,
+                known_at=known_at,
+                limit=limit,
+            )
+        )
+
+    def link(self, memory_id: str, entity_ids: Iterable[Entity | str]) -> int:
+        """Record that the memory mentions the entities; return how many links are new.
+        :class:`NotFound` (and nothing linked) if the memory or any entity does not exist."""
+        return self._portal.call(self._aio.link(memory_id, self._portal.feed(entity_ids)))
+
+    def mentions(self, memory_ids: Iterable[str]) -> dict[str, list[Entity]]:
+        """The entities each memory mentions (every memory asked about is a key)."""
+        return self._portal.call(self._aio.mentions(self._portal.feed(memory_ids)))
+
+    def about(
+        self,
+        memory_ids: Iterable[str],
+        *,
+        as_of: datetime | None = None,
+        known_at: datetime | None = None,
+    ) -> dict[str, tuple[list[Entity], list[Relation]]]:
+        """For each memory, the entities it mentions and the facts that hold (``as_of``,
+        ``known_at``) among them, with the facts learned from it (as believed at
+        ``known_at``, whatever their valid time): in one round trip for all the memories."""
+        return self._portal.call(
+            self._aio.about(self._portal.feed(memory_ids), as_of=as_of, known_at=known_at)
+        )
 
 
 class Upkeep(MemoryBase):
