@@ -22,6 +22,8 @@ MAX_SUBJECT = 512
 
 
 def memory_record(row: dict[str, Any]) -> MemoryRecord:
+    """A memory's row (its collection row's ``content`` and ``metadata`` opened) as a record;
+    recall's rows are of live memories and name neither forgetting nor consolidation."""
     return MemoryRecord(
         id=row["id"],
         agent_id=row["agent_id"],
@@ -36,8 +38,8 @@ def memory_record(row: dict[str, Any]) -> MemoryRecord:
         version=row["version"],
         access_count=row["access_count"],
         last_accessed_at=row["last_accessed_at"],
-        forgotten_at=row["forgotten_at"],
-        consolidated_into=row["consolidated_into"],
+        forgotten_at=row.get("forgotten_at"),
+        consolidated_into=row.get("consolidated_into"),
     )
 
 

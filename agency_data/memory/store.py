@@ -62,6 +62,7 @@ from agency_data.memory._checks import (
     check_memory_id,
     check_nonblank,
     check_scope,
+    memory_record,
     optional_filter,
     vector_param,
 )
@@ -310,21 +311,7 @@ class Memory(Upkeep):
     def _recalled(self, spec: CollectionSpec, row: dict[str, Any], *, past: bool) -> Recalled:
         # As of a past time, the text and metadata are a version's, sealed as versions are.
         row = self._opened_version(row, "content", "id") if past else self._opened(spec, row)
-        memory = MemoryRecord(
-            id=row["id"],
-            agent_id=row["agent_id"],
-            kind=row["kind"],
-            subject=row["subject"],
-            text=row["content"],
-            metadata=row["metadata"] or {},
-            importance=row["importance"],
-            happened_at=row["happened_at"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            version=row["version"],
-            access_count=row["access_count"],
-            last_accessed_at=row["last_accessed_at"],
-        )
+        memory = memory_record(row)
         return Recalled(
             memory=memory,
             score=row["score"],
