@@ -1142,6 +1142,12 @@ class MemoryWeights(_Section):
     importance: float = Field(default=0.15, ge=0, le=100, description="weight of importance")
     access: float = Field(default=0.05, ge=0, le=100, description="weight of access frequency")
 
+    @model_validator(mode="after")
+    def _some_weight(self) -> MemoryWeights:
+        if not (self.similarity or self.recency or self.importance or self.access):
+            raise ValueError("weights are all 0: every memory would score 0; weigh at least one")
+        return self
+
 
 class MemoryConfig(_Section):
     """Agent memory (``dl.memory``): its collection, recall scoring and deduplication.

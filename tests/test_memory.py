@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agency_data import Conflict, DataLayer, NotFound, ValidationError
-from agency_data.memory import Memory
+from agency_data import ConfigError, Conflict, DataLayer, NotFound, ValidationError
+from agency_data.memory import Memory, ScoreParts
 from tests.conftest import DatabaseDsn, make_config, other_connection
 
 DIM = 8
@@ -239,7 +239,8 @@ async def test_soft_forget_keeps_history_hard_forget_leaves_no_trace(mem: DataLa
     assert soft.id not in {h.memory.id for h in await memory.recall("a1", unit(1, 0), limit=10)}
     forgotten = await memory.get(soft.id)
     assert forgotten.forgotten_at is not None
-    assert forgotten.text is None
+    # Its collection row is gone; the text read is its last version's.
+    assert forgotten.text == "soft " + marker
     assert [v.event for v in await memory.history(soft.id)] == ["created", "forgotten"]
     assert soft.id not in {m.id for m in await memory.list("a1")}
     assert soft.id in {m.id for m in await memory.list("a1", forgotten=True)}
@@ -325,6 +326,10 @@ async def test_consolidation_replaces_old_unimportant_memories_with_a_summary(
     assert got.happened_at == (await memory.get(old[0].id)).happened_at
     replaced = await memory.replaced(summary.id)
     assert {m.id for m in replaced} == {o.id for o in old}
+    assert [m.text for m in replaced] == ["coffee note 2", "coffee note 1", "coffee note 0"]
+    assert await memory.replaced(important.id) == []
+    with pytest.raises(NotFound):
+        await memory.replaced("no-such-summary")
     assert all(m.consolidated_into == summary.id and m.forgotten_at for m in replaced)
     assert (await memory.history(old[0].id))[-1].event == "consolidated"
     live = {m.id for m in await memory.list("a1")}
@@ -482,7 +487,11 @@ async def test_memory_text_is_sealed_where_the_collection_seals_it(
         await dl.memory.setup(dimension=DIM)
         memory = dl.memory
         made = await memory.remember(
-            "a1", unit(1, 0), text="Ann's diagnosis", metadata={"ward": "7b"}, subject="ann"
+            "a1",
+            unit(1, 0),
+            text="Ann's diagnosis",
+            metadata={"ward": "ward-seven-b"},
+            subject="ann",
         )
         await memory.remember("a1", unit(1, 0.01), text="Ann's new diagnosis", subject="ann")
         between = datetime.now(UTC)
@@ -490,16 +499,19 @@ async def test_memory_text_is_sealed_where_the_collection_seals_it(
         for table in ("emb_memories", "memory_history"):
             rows = await dl.admin.fetch(f"SELECT t::text AS row FROM {table} t")
             assert rows
-            assert not any("diagnosis" in r["row"] or "7b" in r["row"] for r in rows), table
+            assert not any("diagnosis" in r["row"] or "ward-seven" in r["row"] for r in rows), table
         versions = await memory.history(made.id)
         assert [v.text for v in versions] == [
             "Ann's diagnosis",
             "Ann's new diagnosis",
             "Ann's latest diagnosis",
         ]
-        assert versions[0].metadata == {"ward": "7b"}
+        assert versions[0].metadata == {"ward": "ward-seven-b"}
         (then,) = await memory.recall("a1", unit(1, 0), as_of=between)
-        assert (then.memory.text, then.memory.metadata) == ("Ann's new diagnosis", {"ward": "7b"})
+        assert (then.memory.text, then.memory.metadata) == (
+            "Ann's new diagnosis",
+            {"ward": "ward-seven-b"},
+        )
         (now,) = await memory.recall("a1", unit(1, 0))
         assert now.memory.text == "Ann's latest diagnosis"
 
@@ -579,3 +591,59 @@ async def test_recall_expands_results_with_what_they_mention(mem: DataLayer) -> 
     # Before the move, the graph's answer is the earlier fact, which the move ended.
     facts = await graph.relations(ann, as_of=between)
     assert [f.target_id for f in facts] == [paris.id]
+
+
+async def test_a_vector_without_direction_is_refused_not_ranked_first(mem: DataLayer) -> None:
+    memory = mem.memory
+    kept = await memory.remember("a1", unit(1, 0), text="real")
+    with pytest.raises(ValidationError, match="zero vector"):
+        await memory.remember("a1", [0.0] * DIM, text="no direction")
+    with pytest.raises(ValidationError, match="zero vector"):
+        await memory.recall("a1", [0.0] * DIM)
+
+    def blank(texts: list[str]) -> list[list[float]]:
+        return [[0.0] * DIM for _ in texts]
+
+    with pytest.raises(ValidationError, match="embedder gave a zero vector"):
+        await memory.with_embedder(blank).remember("a1", "!!!")
+    # One already stored (a collection row written by other means) ranks last, not first.
+    await mem.embeddings.collection("memories").store(
+        {"id": "zero", "entity_type": "fact", "entity_id": "a1", "vector": [0.0] * DIM}
+    )
+    await mem.admin.execute(
+        "INSERT INTO memories (tenant_id, id, collection, agent_id, kind, importance, "
+        "happened_at) VALUES ('default', 'zero', 'memories', 'a1', 'fact', 0.5, now())"
+    )
+    hits = await memory.recall("a1", unit(1, 0), limit=2)
+    assert [h.memory.id for h in hits] == [kept.id, "zero"]
+    assert hits[1].signals.similarity == 0.0
+
+
+async def test_weights_given_replace_only_the_ones_named(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    weights = {"similarity": 0.9, "recency": 0.0, "importance": 0.1, "access": 0.0}
+    config = make_config(database, redis_url, tmp_path, memory={"weights": weights})
+    async with DataLayer(config) as dl:
+        await dl.memory.setup(dimension=DIM)
+        await dl.memory.remember("a1", unit(1, 0), text="x", importance=1.0)
+        (hit,) = await dl.memory.recall("a1", unit(1, 0), weights={"similarity": 1.0})
+        assert hit.parts == ScoreParts(similarity=1.0, recency=0.0, importance=0.1, access=0.0)
+        with pytest.raises(ValidationError, match=r"weights\.similarity"):
+            await dl.memory.recall("a1", unit(1, 0), weights={"similarity": float("nan")})
+        with pytest.raises(ValidationError, match="all 0"):
+            await dl.memory.recall("a1", unit(1, 0), weights={"similarity": 0, "importance": 0})
+    with pytest.raises(ConfigError, match="all 0"):
+        make_config(database, redis_url, tmp_path, memory={"weights": dict.fromkeys(weights, 0.0)})
+
+
+async def test_a_hard_forget_leaves_the_feed_only_that_it_was_deleted(mem: DataLayer) -> None:
+    memory = mem.memory
+    made = await memory.remember("secret-agent", unit(1, 0), text="x", kind="secret-kind")
+    await memory.remember("secret-agent", unit(1, 0.01), text="y", kind="secret-kind")
+    assert await memory.forget(made.id, hard=True) == 1
+    rows = await mem.admin.fetch(
+        "SELECT op, old, new FROM changes WHERE table_name = 'memories' AND row_id = %s",
+        [made.id],
+    )
+    assert rows == [{"op": "delete", "old": None, "new": None}]

@@ -20,13 +20,14 @@ from agency_data.memory._checks import (
     MAX_TEXT,
     as_jsonb,
     check_nonblank,
+    directed,
     memory_record,
     vector_param,
 )
 from agency_data.memory.access import AccessLog
 from agency_data.memory.graph import KnowledgeGraph
 from agency_data.memory.models import MemoryRecord, Remembered
-from agency_data.outbox.changes import ChangeFeed
+from agency_data.outbox.changes import ChangeFeed, erase_changes
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
 from agency_data.security.fields import COLLECTION_COLUMNS, sealed_key
@@ -119,15 +120,17 @@ class MemoryBase:
                 )
             said = check_text(content, "content", max_length=MAX_TEXT)
             check_nonblank(said, "content")
-            return await self._embed(said, spec), said
+            return directed(await self._embed(said, spec), "content", embedded=True), said
         words = None if text is None else check_text(text, "text", max_length=MAX_TEXT)
-        return as_vector(content, spec.dimension, spec.storage, where="content"), words
+        vector = as_vector(content, spec.dimension, spec.storage, where="content")
+        return directed(vector, "content"), words
 
     async def _query(self, query: Any, spec: CollectionSpec) -> npt.NDArray[np.float32]:
         if isinstance(query, str):
             check_nonblank(check_text(query, "query", max_length=MAX_TEXT), "query")
-            return await self._embedder_or_fail().query(query, spec.dimension)
-        return as_vector(query, spec.dimension, spec.storage, where="query")
+            vector = await self._embedder_or_fail().query(query, spec.dimension)
+            return directed(vector, "query", embedded=True)
+        return directed(as_vector(query, spec.dimension, spec.storage, where="query"), "query")
 
     async def _create(
         self,
@@ -213,7 +216,20 @@ class MemoryBase:
         query, params = _sql.select_sql(spec, self.tenant, self.collection, **criteria)
         with translate_errors("reading memories"):
             rows = await self._db.fetch(query, params)
-        return [memory_record(self._opened(spec, row)) for row in rows]
+        return [memory_record(self._read(spec, row)) for row in rows]
+
+    def _read(self, spec: CollectionSpec, row: dict[str, Any]) -> dict[str, Any]:
+        if row.get("last_version") is None:
+            return self._opened(spec, row)
+        last = self._opened_version(
+            {
+                "memory_id": row["id"],
+                "version": row["last_version"],
+                "text": row["last_text"],
+                "metadata": row["last_metadata"],
+            }
+        )
+        return {**row, "content": last["text"], "metadata": last["metadata"]}
 
     async def _forget_rows(
         self,
@@ -232,10 +248,13 @@ class MemoryBase:
             [self.tenant, ids],
         )
         if hard:
-            # Versions, links and the graph's facts learned from them go by ON DELETE CASCADE.
-            return await self._db.execute(
+            # Versions, links and the graph's facts learned from them go by ON DELETE CASCADE;
+            # the change feed keeps only that they were deleted.
+            deleted = await self._db.execute(
                 "DELETE FROM memories WHERE tenant_id = %s AND id = ANY(%s)", [self.tenant, ids]
             )
+            await erase_changes(self._db, self.tenant, "memories", ids)
+            return deleted
         await self._db.execute(
             "UPDATE memory_history SET valid_to = clock_timestamp() "
             "WHERE tenant_id = %s AND memory_id = ANY(%s) AND valid_to IS NULL",

@@ -112,3 +112,18 @@ def check_seconds(value: Any, field: str) -> float:
 
 def optional_filter(raw: Any) -> FilterNode | None:
     return None if raw is None else parse_filter(raw)
+
+
+def directed(
+    vector: npt.NDArray[np.float32], field: str, *, embedded: bool = False
+) -> npt.NDArray[np.float32]:
+    """``vector`` if it has a direction: a zero vector's cosine distance to anything is NaN,
+    which would rank it first for every query (PostgreSQL sorts NaN above all numbers)."""
+    if not np.any(vector):
+        said = "the embedder gave a zero vector for the " if embedded else "a zero vector as "
+        raise ValidationError(
+            f"{said}{field}: it has no direction, so it is neither similar nor dissimilar to "
+            "anything (a text with no words the embedder knows?)",
+            field=field,
+        )
+    return vector

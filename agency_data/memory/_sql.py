@@ -136,7 +136,8 @@ def recall_sql(
     weights = scoring.weights
     text = sql.SQL(
         "WITH c AS MATERIALIZED ({found}), "
-        "s AS (SELECT c.*, greatest(0.0, least(1.0, 1.0 - c.distance)) AS s_similarity, "
+        "s AS (SELECT c.*, CASE WHEN c.distance = 'NaN' THEN 0.0 "
+        "ELSE greatest(0.0, least(1.0, 1.0 - c.distance)) END AS s_similarity, "
         "exp(-%s * greatest(0.0, extract(epoch FROM coalesce(%s::timestamptz, now()) "
         "- c.happened_at)) / coalesce(h.seconds, %s)) AS s_recency, "
         "c.importance AS s_importance, "
@@ -225,7 +226,8 @@ def select_sql(
     limit: int | None = None,
     lock: bool = False,
 ) -> tuple[sql.Composed, list[Any]]:
-    """Memories by id or by what they are about, newest first; a forgotten one has no text."""
+    """Memories by id or by what they are about, newest first (a forgotten one with its last
+    version's text and metadata)."""
     conditions: list[sql.Composable] = [sql.SQL("m.tenant_id = %s AND m.collection = %s")]
     params: list[Any] = [tenant, collection]
     if ids is not None:
@@ -253,9 +255,14 @@ def select_sql(
             )
         )
         params += [tenant, *more]
+    # A forgotten memory's collection row is gone: its text is its last version's.
     text = sql.SQL(
-        "SELECT {} FROM memories m LEFT JOIN {} e ON e.tenant_id = m.tenant_id AND e.id = m.id "
-        "WHERE {} ORDER BY m.happened_at DESC, m.id"
+        "SELECT {}, v.text AS last_text, v.metadata AS last_metadata, v.version AS last_version "
+        "FROM memories m LEFT JOIN {} e ON e.tenant_id = m.tenant_id AND e.id = m.id "
+        "LEFT JOIN LATERAL (SELECT h.text, h.metadata, h.version FROM memory_history h "
+        "WHERE h.tenant_id = m.tenant_id AND h.memory_id = m.id AND m.forgotten_at IS NOT NULL "
+        "AND h.event IN ('created', 'updated', 'merged') ORDER BY h.version DESC LIMIT 1) AS v "
+        "ON true WHERE {} ORDER BY m.happened_at DESC, m.id"
     ).format(sql.SQL(MEMORY_COLUMNS), spec.table_id, sql.SQL(" AND ").join(conditions))
     if limit is not None:
         text = sql.SQL("{} LIMIT %s").format(text)

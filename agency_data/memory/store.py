@@ -49,6 +49,7 @@ from agency_data.inputs import (
     check_number,
     check_text,
     encode_json,
+    located,
     validated,
 )
 from agency_data.memory import _sql
@@ -300,12 +301,16 @@ class Memory(Upkeep):
         return results
 
     def _weighted(self, weights: MemoryWeights | Mapping[str, float]) -> _sql.Scoring:
-        chosen = (
-            weights
-            if isinstance(weights, MemoryWeights)
-            else validated(MemoryWeights, check_mapping(weights, "weights"))
-        )
         base = self._scoring
+        if isinstance(weights, MemoryWeights):
+            chosen = weights
+        else:
+            # The weights named replace the configured ones; the others stay as configured.
+            given = check_mapping(weights, "weights")
+            for name, value in given.items():
+                check_number(value, f"weights.{name}", low=0.0, high=100.0)
+            with located("weights"):
+                chosen = validated(MemoryWeights, {**base.weights.model_dump(), **given})
         return _sql.Scoring(chosen, base.half_lives, base.default_half_life, base.saturation)
 
     def _recalled(self, spec: CollectionSpec, row: dict[str, Any], *, past: bool) -> Recalled:

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from psycopg import sql
 
-from agency_data.errors import ValidationError
+from agency_data.errors import NotFound, ValidationError
 from agency_data.inputs import (
     brief,
     check_bool,
@@ -159,14 +159,20 @@ class Upkeep(MemoryBase):
 
     @observed("memory.replaced")
     async def replaced(self, summary_id: str) -> list[MemoryRecord]:
-        """The memories a consolidation summary replaced, oldest first."""
+        """The memories a consolidation summary replaced, oldest first, each with the text it
+        had; :class:`NotFound` if there is no memory ``summary_id``."""
         wanted = check_memory_id(summary_id)
         with translate_errors("reading a summary's links"):
             rows = await self._db.fetch(
-                "SELECT replaced_id FROM memory_links WHERE tenant_id = %s AND summary_id = %s",
+                "SELECT l.replaced_id FROM memories s LEFT JOIN memory_links l "
+                "ON l.tenant_id = s.tenant_id AND l.summary_id = s.id "
+                "WHERE s.tenant_id = %s AND s.id = %s",
                 [self.tenant, wanted],
             )
-        found = await self._select(ids=[r["replaced_id"] for r in rows], forgotten=True)
+        if not rows:
+            raise NotFound(f"memory {wanted!r} does not exist", entity="memory", key=wanted)
+        replaced = [r["replaced_id"] for r in rows if r["replaced_id"] is not None]
+        found = await self._select(ids=replaced, forgotten=True) if replaced else []
         return sorted(found, key=lambda m: (m.happened_at, m.id))
 
     @observed("memory.prune")

@@ -46,7 +46,15 @@ from agency_data.postgres.database import Database
 from agency_data.security.fields import sealed_key
 from agency_data.tasks.wakeups import TaskWakeups
 
-__all__ = ["RETAINED_SQL", "Change", "ChangeConsumer", "ChangeFeed", "Changes", "FeedStatus"]
+__all__ = [
+    "RETAINED_SQL",
+    "Change",
+    "ChangeConsumer",
+    "ChangeFeed",
+    "Changes",
+    "FeedStatus",
+    "erase_changes",
+]
 
 _log = logging.getLogger("agency_data.changes")
 
@@ -145,6 +153,23 @@ class FeedStatus(BaseModel):
     def fill(self) -> float:
         """retained / max_rows."""
         return self.retained / self.max_rows if self.max_rows else 0.0
+
+
+async def erase_changes(db: Database, tenant: str, table: str, ids: list[str]) -> None:
+    """Remove what the feed holds of rows being erased (in the caller's transaction): their
+    changes go, but the deletes just captured stay, their values cleared, so that consumers
+    still learn the rows are gone."""
+    keyed = [tenant, table, ids]
+    await db.execute(
+        "DELETE FROM changes WHERE tenant_id = %s AND table_name = %s "
+        "AND row_id = ANY(%s) AND xid <> pg_current_xact_id()",
+        keyed,
+    )
+    await db.execute(
+        "UPDATE changes SET old = NULL WHERE tenant_id = %s AND table_name = %s "
+        "AND row_id = ANY(%s) AND xid = pg_current_xact_id()",
+        keyed,
+    )
 
 
 def _cursor(seq: int, change_id: int) -> str:

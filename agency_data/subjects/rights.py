@@ -29,6 +29,7 @@ from agency_data.audit.notes import SYSTEM_TRAIL
 from agency_data.config import SubjectsConfig
 from agency_data.errors import ValidationError
 from agency_data.inputs import check_tenant, check_text
+from agency_data.outbox.changes import erase_changes
 from agency_data.outbox.relay import RELAY_LOCK
 from agency_data.redis.errors import translate_errors as redis_errors
 from agency_data.redis.keys import Keys
@@ -140,20 +141,9 @@ class SubjectRights:
                             report.removed["memories"] = (
                                 report.removed.get("memories", 0) + memories
                             )
-                    # The change feed (a tracked table) held the rows' values too: their
-                    # changes go, but the delete just captured, its values cleared, so that
-                    # consumers still learn the rows are gone.
-                    keyed = [tenant, name, [str(i) for i in ids]]
-                    await view.execute(
-                        "DELETE FROM changes WHERE tenant_id = %s AND table_name = %s "
-                        "AND row_id = ANY(%s) AND xid <> pg_current_xact_id()",
-                        keyed,
-                    )
-                    await view.execute(
-                        "UPDATE changes SET old = NULL WHERE tenant_id = %s AND table_name = %s "
-                        "AND row_id = ANY(%s) AND xid = pg_current_xact_id()",
-                        keyed,
-                    )
+                            await erase_changes(view, tenant, "memories", [str(i) for i in ids])
+                    # The change feed (a tracked table) held the rows' values too.
+                    await erase_changes(view, tenant, name, [str(i) for i in ids])
         sessions = [(held, s) async for held, s in self._sessions(tenant, subject)]
         if sessions and self._redis is not None:
             keys = Keys(tenant)

@@ -1473,7 +1473,8 @@ class Upkeep(MemoryBase):
         )
 
     def replaced(self, summary_id: str) -> list[MemoryRecord]:
-        """The memories a consolidation summary replaced, oldest first."""
+        """The memories a consolidation summary replaced, oldest first, each with the text it
+        had; :class:`NotFound` if there is no memory ``summary_id``."""
         return self._portal.call(self._aio.replaced(summary_id))
 
     def prune(
