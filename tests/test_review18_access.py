@@ -1,0 +1,119 @@
+"""Review of issue 18: recall counts (AccessLog) and the caller's transactions.
+
+The counts are gathered in memory and written later, by a timer task or ``flush()``. Both
+write through ``Database.execute``, which joins whatever transaction the calling context has
+open: the caller's (so a rollback takes the counts, already removed from the pending ones,
+with it), or, for the timer task (which copied the context of the recall that started it),
+a transaction that has since ended, whose connection the pool may have lent to someone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agency_data import DataLayer
+from tests.conftest import DatabaseDsn, make_config
+
+DIM = 8
+FLUSH = 0.3
+
+
+def unit(*values: float) -> list[float]:
+    vector = np.zeros(DIM)
+    vector[: len(values)] = values
+    return list(vector / np.linalg.norm(vector))
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
+    config = make_config(database, redis_url, tmp_path, memory={"access_flush": FLUSH})
+    async with DataLayer(config) as dl:
+        await dl.memory.setup(dimension=DIM)
+        yield dl
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="AccessLog.flush (access.py) takes the counts out of _pending and writes them in the "
+    "caller's transaction (Database.execute joins it); when that transaction rolls back the "
+    "counts are gone for good. Should write outside it (db.outside_transactions)",
+)
+async def test_flush_inside_a_rolled_back_transaction_keeps_the_counts(mem: DataLayer) -> None:
+    memory = mem.memory
+    made = await memory.remember("a1", unit(1, 0), text="x")
+    await memory.recall("a1", unit(1, 0))
+    with contextlib.suppress(Boom):
+        async with mem.transaction():
+            await memory.flush()
+            raise Boom
+    await memory.flush()
+    assert (await memory.get(made.id)).access_count == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="AccessLog.add (access.py) starts its timer with create_task, which copies the "
+    "recall's context, ambient transaction included: the timer's flush runs inside the caller's "
+    "still-open transaction and a rollback of it loses counts of a recall that did happen",
+)
+async def test_the_timer_does_not_write_in_the_callers_transaction(mem: DataLayer) -> None:
+    memory = mem.memory
+    made = await memory.remember("a1", unit(1, 0), text="x")
+    with contextlib.suppress(Boom):
+        async with mem.transaction():
+            await memory.recall("a1", unit(1, 0))
+            await asyncio.sleep(FLUSH * 4)  # the timer fires in here
+            raise Boom
+    await memory.flush()
+    assert (await memory.get(made.id)).access_count == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the timer task keeps the context of the transaction its recall ran in after that "
+    "transaction ended (access.py AccessLog.add): its flush sends the UPDATE on that "
+    "transaction's old connection, now lent by the pool to another task's transaction (here "
+    "another tenant's), and is rolled back with it",
+)
+async def test_the_timer_does_not_join_another_tasks_transaction(
+    database: DatabaseDsn, redis_url: str, tmp_path: Path
+) -> None:
+    config = make_config(
+        database,
+        redis_url,
+        tmp_path,
+        memory={"access_flush": FLUSH},
+        # One connection: the transaction that ended and the next one share it.
+        postgresql={"pool_min_size": 1, "pool_max_size": 1},
+    )
+    async with DataLayer(config) as mem:
+        await mem.memory.setup(dimension=DIM)
+        await _timer_and_someone_else(mem)
+
+
+async def _timer_and_someone_else(mem: DataLayer) -> None:
+    memory = mem.memory
+    made = await memory.remember("a1", unit(1, 0), text="x")
+    async with mem.transaction():
+        await memory.recall("a1", unit(1, 0))
+
+    async def someone_else() -> None:
+        with contextlib.suppress(Boom):
+            async with mem.tenant("acme").transaction() as tx:
+                await tx.conn.execute("SELECT 1")
+                await asyncio.sleep(FLUSH * 4)  # the timer fires in here
+                raise Boom
+
+    await asyncio.create_task(someone_else())
+    await memory.flush()
+    assert (await memory.get(made.id)).access_count == 1

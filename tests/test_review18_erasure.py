@@ -1,0 +1,125 @@
+"""Review of issue 18: erasure that leaves a memory's text behind.
+
+``dl.subjects.erase`` finds memories through their collection rows (their current metadata
+only); a memory that was forgotten (soft), consolidated, or whose current version no longer
+names the subject has every older version's text left in ``memory_history``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agency_data import DataLayer
+from tests.conftest import DatabaseDsn, make_config
+
+DIM = 8
+ANN = {"person": "ann@example.com"}
+
+
+def unit(*values: float) -> list[float]:
+    vector = np.zeros(DIM)
+    vector[: len(values)] = values
+    return list(vector / np.linalg.norm(vector))
+
+
+@pytest.fixture
+async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
+    config = make_config(database, redis_url, tmp_path, subjects={"collections": ["person"]})
+    async with DataLayer(config) as dl:
+        await dl.memory.setup(dimension=DIM)
+        yield dl
+
+
+async def traces(dl: DataLayer, needle: str) -> dict[str, int]:
+    """Rows of each memory table holding ``needle`` anywhere, any tenant."""
+    found = {}
+    for table in ("emb_memories", "memory_history", "memories", "memory_links"):
+        found[table] = await dl.admin.fetch_value(
+            f"SELECT count(*) FROM {table} t WHERE t::text LIKE %s",
+            [f"%{needle}%"],
+        )
+    return {t: n for t, n in found.items() if n}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a soft forget deletes the memory's collection row (_base._forget_rows), the only "
+    "place subjects/rights.py looks for it: erasing the subject afterwards finds nothing, and "
+    "every version's text and metadata stay in memory_history",
+)
+async def test_erasing_a_subject_takes_memories_forgotten_before(mem: DataLayer) -> None:
+    memory = mem.tenant("acme").memory
+    made = await memory.remember("a1", unit(1, 0), text="ann-mark: diagnosis", metadata=ANN)
+    await memory.forget(made.id)
+    await mem.subjects.erase("acme", "ann@example.com")
+    assert await traces(mem, "ann-mark") == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="consolidate forgets the members (soft: no collection row left) and gives the "
+    "summary metadata {'consolidated': n} only (upkeep.py _replace), so erasing the subject "
+    "finds neither: the members' versions and the summary built from their text stay",
+)
+async def test_erasing_a_subject_takes_consolidated_memories_and_their_summary(
+    mem: DataLayer,
+) -> None:
+    memory = mem.tenant("acme").memory
+    old = datetime.now(UTC) - timedelta(days=30)
+    for n in range(2):
+        await memory.remember(
+            "a1",
+            unit(1, n),
+            text=f"ann-mark visit {n}",
+            metadata=ANN,
+            subject="ann.visits",
+            importance=0.1,
+            at=old,
+            dedup=False,
+        )
+    await memory.consolidate("a1", lambda members: " / ".join(m.text or "" for m in members))
+    await mem.subjects.erase("acme", "ann@example.com")
+    assert await traces(mem, "ann-mark") == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="subjects/rights.py matches a memory by its collection row, i.e. its current "
+    "metadata: once an update moved the metadata to another person, the versions that named "
+    "the subject (text and metadata) stay in memory_history after the erasure",
+)
+async def test_erasing_a_subject_takes_older_versions_that_named_it(mem: DataLayer) -> None:
+    memory = mem.tenant("acme").memory
+    first = await memory.remember(
+        "a1", unit(1, 0), text="ann-mark booked room 4", metadata=ANN, subject="room.4"
+    )
+    second = await memory.remember(
+        "a1",
+        unit(1, 0.01),
+        text="bob booked room 4",
+        metadata={"person": "bob@example.com"},
+        subject="room.4",
+    )
+    assert (second.id, second.event) == (first.id, "updated")
+    await mem.subjects.erase("acme", "ann@example.com")
+    assert await traces(mem, "ann-mark") == {}
+    assert await traces(mem, "ann@example.com") == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="forget(filter=..., hard=True) matches the filter against collection rows only "
+    "(_sql.select_sql), which soft-forgotten memories no longer have: the erasure by filter "
+    "silently skips them and their history text stays",
+)
+async def test_hard_forget_by_filter_takes_memories_forgotten_before(mem: DataLayer) -> None:
+    memory = mem.memory
+    made = await memory.remember("a1", unit(1, 0), text="ann-mark: address", metadata=ANN)
+    await memory.forget(made.id)
+    assert await memory.forget(filter=ANN, hard=True) == 1
+    assert await traces(mem, "ann-mark") == {}

@@ -1,0 +1,115 @@
+"""Review of issue 18: recall's score on inputs that break its arithmetic, and its scopes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agency_data import DataLayer, ValidationError
+from tests.conftest import DatabaseDsn, make_config
+
+DIM = 8
+DAY = 86_400.0
+
+
+def unit(*values: float) -> list[float]:
+    vector = np.zeros(DIM)
+    vector[: len(values)] = values
+    return list(vector / np.linalg.norm(vector))
+
+
+@pytest.fixture
+async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
+    config = make_config(database, redis_url, tmp_path, memory={"half_lives": {"working": 3600.0}})
+    async with DataLayer(config) as dl:
+        await dl.memory.setup(dimension=DIM)
+        yield dl
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="remember accepts an all-zero vector (store.py _content -> as_vector never checks the "
+    "norm); its cosine distance is NaN, which recall_sql's greatest(0, least(1, 1 - distance)) "
+    "turns into similarity 1.0, so it outranks every real match for any query",
+)
+async def test_a_zero_vector_memory_is_refused(mem: DataLayer) -> None:
+    memory = mem.memory
+    with pytest.raises(ValidationError):
+        await memory.remember("a1", [0.0] * DIM, text="no direction", dedup=False)
+    assert await memory.list("a1") == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="recall accepts an all-zero query vector (store.py _query): every distance is NaN and "
+    "every memory comes back with similarity 1.0 instead of a ValidationError",
+)
+async def test_a_zero_query_vector_is_refused(mem: DataLayer) -> None:
+    memory = mem.memory
+    await memory.remember("a1", unit(1, 0), text="one")
+    with pytest.raises(ValidationError):
+        await memory.recall("a1", [0.0] * DIM)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="consolidate without an embedder puts the summary at the normalised mean of the "
+    "members' vectors (upkeep.py _summary_vector); opposite vectors give a zero mean, stored as "
+    "is, and the summary then has similarity 1.0 to every query",
+)
+async def test_a_summary_of_opposite_memories_is_not_a_perfect_match_for_everything(
+    mem: DataLayer,
+) -> None:
+    memory = mem.memory
+    old = datetime.now(UTC) - timedelta(days=30)
+    for vector, text in ((unit(1, 0), "up"), (unit(-1, 0), "down")):
+        await memory.remember(
+            "a1", vector, text=text, subject="s", importance=0.1, at=old, dedup=False
+        )
+    made = await memory.consolidate("a1", lambda ms: "up and down")
+    hits = {h.memory.id: h for h in await memory.recall("a1", unit(0, 1), limit=5)}
+    # Orthogonal to both members: whatever the summary's vector is (or if the group is left
+    # alone), it is not a perfect match for this query.
+    for summary in made:
+        assert summary.id not in hits or hits[summary.id].signals.similarity < 0.99
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="recall_sql computes recency as exp(-ln2 * age / half_life); PostgreSQL raises "
+    "'value out of range: underflow' once age passes ~1075 half-lives (45 days at a 1-hour "
+    "half-life), so one old memory makes every recall of its agent fail, reported as the "
+    "caller's ValidationError",
+)
+async def test_a_very_old_memory_of_a_short_half_life_decays_to_zero(mem: DataLayer) -> None:
+    memory = mem.memory
+    old = await memory.remember(
+        "a1",
+        unit(1, 0),
+        text="scratch note",
+        kind="working",
+        at=datetime.now(UTC) - timedelta(days=60),
+        dedup=False,
+    )
+    fresh = await memory.remember("a1", unit(1, 0.2), text="fresh", dedup=False)
+    hits = {h.memory.id: h for h in await memory.recall("a1", unit(1, 0), limit=5)}
+    assert set(hits) == {old.id, fresh.id}
+    assert hits[old.id].signals.recency == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_checks.check_scope returns None (no filter at all) for agent_id=None whatever "
+    "shared is, so recall(None, shared=False) still returns the shared memories the README "
+    "says shared=False leaves out",
+)
+async def test_tenant_scope_without_shared_memories(mem: DataLayer) -> None:
+    memory = mem.memory
+    await memory.remember(None, unit(1, 0), text="shared", dedup=False)
+    mine = await memory.remember("a1", unit(1, 0.1), text="mine", dedup=False)
+    hits = await memory.recall(None, unit(1, 0), shared=False, limit=5)
+    assert [h.memory.id for h in hits] == [mine.id]
