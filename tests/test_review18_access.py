@@ -42,12 +42,6 @@ async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIte
         yield dl
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AccessLog.flush (access.py) takes the counts out of _pending and writes them in the "
-    "caller's transaction (Database.execute joins it); when that transaction rolls back the "
-    "counts are gone for good. Should write outside it (db.outside_transactions)",
-)
 async def test_flush_inside_a_rolled_back_transaction_keeps_the_counts(mem: DataLayer) -> None:
     memory = mem.memory
     made = await memory.remember("a1", unit(1, 0), text="x")
@@ -60,12 +54,6 @@ async def test_flush_inside_a_rolled_back_transaction_keeps_the_counts(mem: Data
     assert (await memory.get(made.id)).access_count == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AccessLog.add (access.py) starts its timer with create_task, which copies the "
-    "recall's context, ambient transaction included: the timer's flush runs inside the caller's "
-    "still-open transaction and a rollback of it loses counts of a recall that did happen",
-)
 async def test_the_timer_does_not_write_in_the_callers_transaction(mem: DataLayer) -> None:
     memory = mem.memory
     made = await memory.remember("a1", unit(1, 0), text="x")
@@ -78,13 +66,6 @@ async def test_the_timer_does_not_write_in_the_callers_transaction(mem: DataLaye
     assert (await memory.get(made.id)).access_count == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the timer task keeps the context of the transaction its recall ran in after that "
-    "transaction ended (access.py AccessLog.add): its flush sends the UPDATE on that "
-    "transaction's old connection, now lent by the pool to another task's transaction (here "
-    "another tenant's), and is rolled back with it",
-)
 async def test_the_timer_does_not_join_another_tasks_transaction(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:

@@ -21,12 +21,6 @@ async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIte
         yield dl
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Memory.changes (store.py) sets forgotten only for op 'delete' or a forgotten_at "
-    "value; a 'truncate' change (every memory of the tenant gone) comes out with "
-    "forgotten=False, so a consumer keyed on the flag keeps memories that no longer exist",
-)
 async def test_a_truncate_is_reported_as_forgetting(mem: DataLayer) -> None:
     memory = mem.memory
     await memory.remember("a1", list(np.eye(DIM)[0]), text="x")

@@ -30,7 +30,8 @@ async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIte
 
 @pytest.mark.xfail(
     strict=True,
-    reason="remember (store.py) takes the subject's advisory lock and then looks for the "
+    reason="a limit, kept and documented in the README: remember (store.py) takes the "
+    "subject's advisory lock and then looks for the "
     "duplicate, but in a caller's repeatable-read transaction the look uses the snapshot taken "
     "before the lock was granted: two concurrent remembers of one agent and subject both "
     "create, where the README promises they meet in one memory (the graph's relate raises "
@@ -62,13 +63,6 @@ async def test_concurrent_remembers_in_repeatable_read_meet_in_one_memory(
     assert len(await memory.list("a1", subject="alice.home")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="without a subject, _sql.duplicate_sql looks only at the agent's 10 nearest "
-    "collection rows and drops those with a subject afterwards; when 10 memories with subjects "
-    "are nearer, the subject-less near-copy (similarity 0.9998 here, bound 0.9) is never seen "
-    "and a second copy is added",
-)
 async def test_a_subjectless_near_copy_is_found_behind_memories_with_subjects(
     mem: DataLayer,
 ) -> None:

@@ -46,12 +46,6 @@ async def traces(dl: DataLayer, needle: str) -> dict[str, int]:
     return {t: n for t, n in found.items() if n}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a soft forget deletes the memory's collection row (_base._forget_rows), the only "
-    "place subjects/rights.py looks for it: erasing the subject afterwards finds nothing, and "
-    "every version's text and metadata stay in memory_history",
-)
 async def test_erasing_a_subject_takes_memories_forgotten_before(mem: DataLayer) -> None:
     memory = mem.tenant("acme").memory
     made = await memory.remember("a1", unit(1, 0), text="ann-mark: diagnosis", metadata=ANN)
@@ -60,12 +54,6 @@ async def test_erasing_a_subject_takes_memories_forgotten_before(mem: DataLayer)
     assert await traces(mem, "ann-mark") == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="consolidate forgets the members (soft: no collection row left) and gives the "
-    "summary metadata {'consolidated': n} only (upkeep.py _replace), so erasing the subject "
-    "finds neither: the members' versions and the summary built from their text stay",
-)
 async def test_erasing_a_subject_takes_consolidated_memories_and_their_summary(
     mem: DataLayer,
 ) -> None:
@@ -87,12 +75,6 @@ async def test_erasing_a_subject_takes_consolidated_memories_and_their_summary(
     assert await traces(mem, "ann-mark") == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="subjects/rights.py matches a memory by its collection row, i.e. its current "
-    "metadata: once an update moved the metadata to another person, the versions that named "
-    "the subject (text and metadata) stay in memory_history after the erasure",
-)
 async def test_erasing_a_subject_takes_older_versions_that_named_it(mem: DataLayer) -> None:
     memory = mem.tenant("acme").memory
     first = await memory.remember(
@@ -111,12 +93,6 @@ async def test_erasing_a_subject_takes_older_versions_that_named_it(mem: DataLay
     assert await traces(mem, "ann@example.com") == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forget(filter=..., hard=True) matches the filter against collection rows only "
-    "(_sql.select_sql), which soft-forgotten memories no longer have: the erasure by filter "
-    "silently skips them and their history text stays",
-)
 async def test_hard_forget_by_filter_takes_memories_forgotten_before(mem: DataLayer) -> None:
     memory = mem.memory
     made = await memory.remember("a1", unit(1, 0), text="ann-mark: address", metadata=ANN)

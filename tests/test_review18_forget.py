@@ -28,13 +28,6 @@ async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIte
 
 
 @pytest.mark.parametrize("hard", [False, True])
-@pytest.mark.xfail(
-    strict=True,
-    reason="forget's guard (store.py) only checks that filter is not None; filter={} parses to "
-    "a match-all condition, so forget(filter={}) forgets (with hard=True: deletes, every "
-    "version) every memory of every agent of the tenant, shared ones included, though forget "
-    "'never forgets everything by default'",
-)
 async def test_an_empty_filter_does_not_forget_every_memory(mem: DataLayer, hard: bool) -> None:
     memory = mem.memory
     for agent in ("a1", "a2", None):

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from agency_data.sync import DataLayer as SyncDataLayer
 from tests.conftest import DatabaseDsn, make_config
@@ -20,13 +19,6 @@ class Boom(Exception):
     pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the sync twin inherits access.py's flaw: the recall counts' timer task is started "
-    "in the context of the open `with layer.transaction()` block (the portal runs the call in "
-    "the block's context, create_task copies it), so its flush writes inside that transaction "
-    "and the block's rollback loses the counts",
-)
 def test_recall_counts_survive_a_rolled_back_sync_transaction(
     database: DatabaseDsn, redis_url: str, tmp_path: Path
 ) -> None:

@@ -25,9 +25,10 @@ from agency_data.memory._checks import (
     vector_param,
 )
 from agency_data.memory.access import AccessLog
+from agency_data.memory.erasure import erase_memories
 from agency_data.memory.graph import KnowledgeGraph
 from agency_data.memory.models import MemoryRecord, Remembered
-from agency_data.outbox.changes import ChangeFeed, erase_changes
+from agency_data.outbox.changes import ChangeFeed
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
 from agency_data.security.fields import COLLECTION_COLUMNS, sealed_key
@@ -243,32 +244,22 @@ class MemoryBase:
         ids = [row["id"] for row in rows]
         if not ids:
             return 0
-        await self._db.execute(
-            sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND id = ANY(%s)").format(spec.table_id),
-            [self.tenant, ids],
-        )
         if hard:
-            # Versions, links and the graph's facts learned from them go by ON DELETE CASCADE;
-            # the change feed keeps only that they were deleted.
-            deleted = await self._db.execute(
-                "DELETE FROM memories WHERE tenant_id = %s AND id = ANY(%s)", [self.tenant, ids]
-            )
-            await erase_changes(self._db, self.tenant, "memories", ids)
-            return deleted
-        await self._db.execute(
-            "UPDATE memory_history SET valid_to = clock_timestamp() "
-            "WHERE tenant_id = %s AND memory_id = ANY(%s) AND valid_to IS NULL",
-            [self.tenant, ids],
-        )
-        await self._db.execute(
+            return await erase_memories(self._db, self._catalog, self.tenant, ids)
+        # One statement, so that the last version ends when the forgetting starts.
+        forget = sql.SQL(
+            "WITH e AS (DELETE FROM {} WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)), "
+            "closed AS (UPDATE memory_history SET valid_to = statement_timestamp() "
+            "WHERE tenant_id = %(tenant)s AND memory_id = ANY(%(ids)s) AND valid_to IS NULL), "
+            "m AS (UPDATE memories SET forgotten_at = statement_timestamp(), "
+            "version = version + 1, consolidated_into = %(into)s "
+            "WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s) "
+            "RETURNING tenant_id, id, version, collection, agent_id, kind, subject) "
             "INSERT INTO memory_history (tenant_id, memory_id, version, event, collection, "
-            "agent_id, kind, subject, valid_to) "
-            "SELECT tenant_id, id, version + 1, %s, collection, agent_id, kind, subject, "
-            "clock_timestamp() FROM memories WHERE tenant_id = %s AND id = ANY(%s)",
-            [event, self.tenant, ids],
-        )
+            "agent_id, kind, subject, valid_from, valid_to) "
+            "SELECT tenant_id, id, version, %(event)s, collection, agent_id, kind, subject, "
+            "statement_timestamp(), statement_timestamp() FROM m"
+        ).format(spec.table_id)
         return await self._db.execute(
-            "UPDATE memories SET forgotten_at = clock_timestamp(), version = version + 1, "
-            "consolidated_into = %s WHERE tenant_id = %s AND id = ANY(%s)",
-            [into, self.tenant, ids],
+            forget, {"tenant": self.tenant, "ids": ids, "into": into, "event": event}
         )

@@ -14,7 +14,7 @@ from agency_data.inputs import as_items, check_number, check_text
 from agency_data.memory.models import MemoryRecord
 from agency_data.vectors.catalog import CollectionSpec
 from agency_data.vectors.compat import HalfVector
-from agency_data.vectors.filter_ast import FilterNode, parse_filter
+from agency_data.vectors.filter_ast import And, FilterNode, parse_filter
 
 MAX_AGENT = 512
 MAX_TEXT = 100_000
@@ -127,3 +127,8 @@ def directed(
             field=field,
         )
     return vector
+
+
+def matches_all(node: FilterNode) -> bool:
+    """Whether ``node`` matches every row whatever it holds: ``{}``, ``{"$and": []}``."""
+    return isinstance(node, And) and all(matches_all(child) for child in node.children)

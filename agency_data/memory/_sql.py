@@ -55,7 +55,9 @@ class Scoring:
         self.saturation = saturation
 
 
-def _scope(agents: list[str] | None, kinds: list[str] | None) -> tuple[sql.Composable, list[Any]]:
+def _scope(
+    agents: list[str] | None, kinds: list[str] | None, shared: bool
+) -> tuple[sql.Composable, list[Any]]:
     # Collection rows name their memory's agent in entity_id ('' when shared) and its kind in
     # entity_type: the index scan filters on them without a join.
     parts: list[sql.Composable] = []
@@ -63,6 +65,8 @@ def _scope(agents: list[str] | None, kinds: list[str] | None) -> tuple[sql.Compo
     if agents is not None:
         parts.append(sql.SQL("entity_id = ANY(%s)"))
         params.append(agents)
+    elif not shared:
+        parts.append(sql.SQL("entity_id <> ''"))
     if kinds is not None:
         parts.append(sql.SQL("entity_type = ANY(%s)"))
         params.append(kinds)
@@ -87,6 +91,7 @@ def recall_sql(
     agents: list[str] | None,
     kinds: list[str] | None,
     node: FilterNode | None,
+    shared: bool,
     candidates: int,
     limit: int,
     scoring: Scoring,
@@ -97,10 +102,11 @@ def recall_sql(
     The nearest ``candidates`` come from the collection's index (now) or from an exact scan of
     the versions current at ``as_of``; each is scored as the weighted sum of its similarity,
     recency (exponential decay from when it happened, by its kind's half-life, measured at
-    ``as_of`` or now), importance and access frequency (logarithmic, full at the saturation
-    count). Every part comes back, so that the caller sees why.
+    ``as_of`` or now; past 1,000 half-lives it is 0, where exp would underflow), importance
+    and access frequency (logarithmic, full at the saturation count). Every part comes back,
+    so that the caller sees why.
     """
-    where, where_params = _with_filter(*_scope(agents, kinds), node)
+    where, where_params = _with_filter(*_scope(agents, kinds, shared), node)
     params: list[Any] = []
     if as_of is None:
         # The candidates first (the index's), then each one's memory by its key: a LATERAL
@@ -138,8 +144,9 @@ def recall_sql(
         "WITH c AS MATERIALIZED ({found}), "
         "s AS (SELECT c.*, CASE WHEN c.distance = 'NaN' THEN 0.0 "
         "ELSE greatest(0.0, least(1.0, 1.0 - c.distance)) END AS s_similarity, "
-        "exp(-%s * greatest(0.0, extract(epoch FROM coalesce(%s::timestamptz, now()) "
-        "- c.happened_at)) / coalesce(h.seconds, %s)) AS s_recency, "
+        "exp(-least(700.0, %s * greatest(0.0, extract(epoch FROM "
+        "coalesce(%s::timestamptz, now()) - c.happened_at)) / coalesce(h.seconds, %s))) "
+        "AS s_recency, "
         "c.importance AS s_importance, "
         "least(1.0, ln(1.0 + c.access_count) / ln(1.0 + %s)) AS s_access "
         "FROM c LEFT JOIN unnest(%s::text[], %s::float8[]) AS h(kind, seconds) "
@@ -176,8 +183,9 @@ def duplicate_sql(
     """The agent's live memory of ``subject`` nearest to ``query``, with its similarity.
 
     With a subject, every live memory of it is compared (an index finds them; a subject has
-    few); without one, the index's nearest few of the agent are, and the nearest without a
-    subject wins. Nothing is locked: the update that follows checks the memory is still live.
+    few); without one, the agent's memories are walked nearest first, through the index, to
+    the first without a subject. Nothing is locked: the update that follows checks the memory
+    is still live.
     """
     owner = sql.SQL("m.agent_id = %s" if agent is not None else "m.agent_id IS NULL")
     owner_params = [agent] if agent is not None else []
@@ -194,20 +202,20 @@ def duplicate_sql(
             *owner_params,
             subject,
         ]
+    # The index's scan, nearest first, joined to each row's memory until one without a
+    # subject turns up (an iterative index scan goes on past ef_search for it).
     return sql.SQL(
-        "SELECT {} FROM (SELECT id, content, metadata, vector, entity_type, entity_id FROM {} "
-        "WHERE tenant_id = %s AND entity_id = %s ORDER BY vector <=> %b LIMIT 10) AS e "
-        "JOIN LATERAL (SELECT * FROM memories m WHERE m.tenant_id = %s AND m.id = e.id "
-        "AND m.collection = %s AND {} AND m.subject IS NULL AND m.forgotten_at IS NULL "
-        "LIMIT 1) AS m ON true ORDER BY distance LIMIT 1"
+        "SELECT {} FROM {} e JOIN LATERAL (SELECT * FROM memories m WHERE m.tenant_id = %s "
+        "AND m.id = e.id AND m.collection = %s AND {} AND m.subject IS NULL "
+        "AND m.forgotten_at IS NULL LIMIT 1) AS m ON true "
+        "WHERE e.tenant_id = %s AND e.entity_id = %s ORDER BY distance LIMIT 1"
     ).format(columns, spec.table_id, owner), [
-        query,
-        tenant,
-        agent or "",
         query,
         tenant,
         collection,
         *owner_params,
+        tenant,
+        agent or "",
     ]
 
 
@@ -247,14 +255,26 @@ def select_sql(
     if not forgotten:
         conditions.append(sql.SQL("m.forgotten_at IS NULL"))
     if node is not None:
-        # The filter names the collection row's columns: it applies to live memories only.
+        # The filter names the collection row's columns. With the forgotten (whose collection
+        # rows are gone) it is also asked of every version, under the same names.
         condition, more = compile_filter(node)
-        conditions.append(
-            sql.SQL("m.id IN (SELECT id FROM {} WHERE tenant_id = %s AND {})").format(
-                spec.table_id, condition
-            )
+        live = sql.SQL("m.id IN (SELECT id FROM {} WHERE tenant_id = %s AND {})").format(
+            spec.table_id, condition
         )
-        params += [tenant, *more]
+        if forgotten:
+            conditions.append(
+                sql.SQL(
+                    "({} OR m.id IN (SELECT memory_id FROM (SELECT memory_id, metadata, "
+                    "kind AS entity_type, coalesce(agent_id, '') AS entity_id, text AS content, "
+                    "valid_from AS created_at, memory_id AS id FROM memory_history "
+                    "WHERE tenant_id = %s AND event <> 'forgotten' AND event <> 'consolidated') "
+                    "AS v WHERE {}))"
+                ).format(live, condition)
+            )
+            params += [tenant, *more, tenant, *more]
+        else:
+            conditions.append(live)
+            params += [tenant, *more]
     # A forgotten memory's collection row is gone: its text is its last version's.
     text = sql.SQL(
         "SELECT {}, v.text AS last_text, v.metadata AS last_metadata, v.version AS last_version "

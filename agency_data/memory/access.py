@@ -9,6 +9,7 @@ ranking, they are not records.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -27,7 +28,8 @@ class AccessLog:
     """The recall counts of one tenant's memories not yet written."""
 
     def __init__(self, db: Database, tenant: str, interval: float) -> None:
-        self._db = db
+        # Never in a caller's transaction: its rollback would take the counts with it.
+        self._db = db.outside_transactions(tenant)
         self._tenant = tenant
         self._interval = interval
         self._pending: dict[str, tuple[int, datetime]] = {}
@@ -41,7 +43,12 @@ class AccessLog:
             count, _ = pending.get(memory_id, (0, now))
             pending[memory_id] = (count + 1, now)
         if pending and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._later())
+            # In a context of its own: a copy of the recall's would carry the caller's
+            # transaction, which the timer's write would join (or, ended, reuse the
+            # connection of).
+            self._task = asyncio.get_running_loop().create_task(
+                self._later(), context=contextvars.Context()
+            )
 
     async def _later(self) -> None:
         try:

@@ -63,6 +63,7 @@ from agency_data.memory._checks import (
     check_memory_id,
     check_nonblank,
     check_scope,
+    matches_all,
     memory_record,
     optional_filter,
     vector_param,
@@ -258,7 +259,8 @@ class Memory(Upkeep):
         it mentions and the facts among them (the knowledge graph, as of ``as_of``).
         Each result's ``parts`` add up to its score. Recall counts are written in batches.
         """
-        agents = check_scope(agent_id, check_bool(shared, "shared"))
+        with_shared = check_bool(shared, "shared")
+        agents = check_scope(agent_id, with_shared)
         count = check_int(limit, "limit", 1, _MAX_LIMIT)
         node = optional_filter(filter)
         chosen = None if kinds is None else [check_kind(k) for k in as_items(kinds, "kinds")]
@@ -276,6 +278,7 @@ class Memory(Upkeep):
             agents=agents,
             kinds=chosen,
             node=node,
+            shared=with_shared,
             candidates=candidates,
             limit=count,
             scoring=scoring,
@@ -415,6 +418,12 @@ class Memory(Upkeep):
         agent = check_agent(agent_id)
         topic = None if subject is None else check_text(subject, "subject", max_length=MAX_SUBJECT)
         node = optional_filter(filter)
+        if node is not None and matches_all(node):
+            raise ValidationError(
+                "forget's filter matches every memory: name what to forget (an empty filter "
+                "is refused, so that a missing condition never forgets everything)",
+                field="filter",
+            )
         check_bool(hard, "hard")
         if chosen is None and agent is None and topic is None and node is None:
             raise ValidationError(
@@ -463,7 +472,8 @@ class Memory(Upkeep):
                 agent_id=values.get("agent_id"),
                 kind=values.get("kind"),
                 version=values.get("version"),
-                forgotten=change.op == "delete" or values.get("forgotten_at") is not None,
+                forgotten=change.op in ("delete", "truncate")
+                or values.get("forgotten_at") is not None,
                 committed_at=change.committed_at,
             )
 

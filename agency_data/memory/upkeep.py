@@ -146,16 +146,22 @@ class Upkeep(MemoryBase):
     ) -> npt.NDArray[np.float32]:
         if self.embedder is not None:
             return await self._embed(summary, spec)
-        # Memories remembered as vectors: the summary sits at their normalised mean.
+        # Memories remembered as vectors: the summary sits at their normalised mean, or, when
+        # they cancel out (a mean without direction would match nothing), at the newest's.
         rows = await self._db.fetch(
-            sql.SQL("SELECT vector FROM {} WHERE tenant_id = %s AND id = ANY(%s)").format(
-                spec.table_id
-            ),
+            sql.SQL(
+                "SELECT e.vector FROM {} e JOIN memories m ON m.tenant_id = e.tenant_id "
+                "AND m.id = e.id WHERE e.tenant_id = %s AND e.id = ANY(%s) "
+                "ORDER BY m.happened_at DESC, m.id"
+            ).format(spec.table_id),
             [self.tenant, ids],
         )
-        mean = np.mean([vector_to_list(r["vector"]) for r in rows], axis=0)
+        vectors = np.asarray([vector_to_list(r["vector"]) for r in rows], np.float64)
+        mean = vectors.mean(axis=0)
         norm = float(np.linalg.norm(mean))
-        return np.asarray(mean / norm if norm else mean, np.float32)
+        if norm < 1e-6 * float(np.linalg.norm(vectors, axis=1).max()):
+            mean, norm = vectors[0], float(np.linalg.norm(vectors[0]))
+        return np.asarray(mean / norm, np.float32)
 
     @observed("memory.replaced")
     async def replaced(self, summary_id: str) -> list[MemoryRecord]:

@@ -29,6 +29,7 @@ from agency_data.audit.notes import SYSTEM_TRAIL
 from agency_data.config import SubjectsConfig
 from agency_data.errors import ValidationError
 from agency_data.inputs import check_tenant, check_text
+from agency_data.memory.erasure import erase_memories
 from agency_data.outbox.changes import erase_changes
 from agency_data.outbox.relay import RELAY_LOCK
 from agency_data.redis.errors import translate_errors as redis_errors
@@ -131,19 +132,17 @@ class SubjectRights:
                         [tenant, ids],
                     )
                     if place.startswith("embeddings."):
-                        # A memory's row (agency_data.memory): every version of its text goes
-                        # with it (ON DELETE CASCADE), and the graph's facts learned from it.
-                        memories = await view.execute(
-                            "DELETE FROM memories WHERE tenant_id = %s AND id = ANY(%s)",
-                            [tenant, [str(i) for i in ids]],
-                        )
-                        if memories:
-                            report.removed["memories"] = (
-                                report.removed.get("memories", 0) + memories
-                            )
-                            await erase_changes(view, tenant, "memories", [str(i) for i in ids])
+                        # A memory's collection row (agency_data.memory): the memory goes, with
+                        # every version and everything made from it.
+                        await self._erase_memories(view, tenant, [str(i) for i in ids], report)
                     # The change feed (a tracked table) held the rows' values too.
                     await erase_changes(view, tenant, name, [str(i) for i in ids])
+        # Memories whose earlier versions named the subject (forgotten ones have no collection
+        # row left, and an update may have moved the current one to someone else).
+        named = [i async for i in self._memories_naming(tenant, subject)]
+        if named:
+            async with view.transaction():
+                await self._erase_memories(view, tenant, named, report)
         sessions = [(held, s) async for held, s in self._sessions(tenant, subject)]
         if sessions and self._redis is not None:
             keys = Keys(tenant)
@@ -301,6 +300,46 @@ class SubjectRights:
                     )
                 )
         return places
+
+    async def _erase_memories(
+        self, view: Database, tenant: str, ids: list[str], report: ErasureReport
+    ) -> None:
+        erased = await erase_memories(view, self._catalog, tenant, ids)
+        if erased:
+            report.removed["memories"] = report.removed.get("memories", 0) + erased
+
+    async def _memories_naming(self, tenant: str, subject: str) -> AsyncIterator[str]:
+        """Ids of the memories any version of which names ``subject``: in its metadata at the
+        collections' paths, or as its agent when its kind is one of the entity types."""
+        config = self.config
+        paths = [tuple(p.split(".")) for p in config.collections]
+        kinds = set(config.entity_types)
+        if not paths and not kinds:
+            return
+        view = self._db.for_tenant(tenant)
+        cipher = self._db.cipher
+        query = (
+            "SELECT memory_id, version, metadata, kind, agent_id FROM memory_history "
+            "WHERE tenant_id = %s AND (memory_id, version) > (%s, %s) "
+            "ORDER BY memory_id, version LIMIT %s"
+        )
+        after: tuple[str, int] = ("", 0)
+        found: set[str] = set()
+        while True:
+            rows = await view.fetch(query, [tenant, *after, _BATCH])
+            await cipher.ensure(tenant, write=False)
+            for row in rows:
+                key = f"{row['memory_id']}:{row['version']}"
+                metadata = cipher.open(tenant, "memory_history", "metadata", key, row["metadata"])
+                if row["memory_id"] not in found and (
+                    any(_names(_at(metadata, path), subject) for path in paths)
+                    or (row["kind"] in kinds and row["agent_id"] == subject)
+                ):
+                    found.add(row["memory_id"])
+                    yield row["memory_id"]
+            if len(rows) < _BATCH:
+                return
+            after = (rows[-1]["memory_id"], rows[-1]["version"])
 
     async def _matching(
         self,
