@@ -17,8 +17,8 @@ from psycopg.types.json import Jsonb
 
 from agency_data import DataLayer
 from agency_data.vectors import _sql
-from agency_data.vectors.compat import HalfVector
 from agency_data.vectors.catalog import CollectionSpec
+from agency_data.vectors.compat import HalfVector
 from agency_data.vectors.filter_ast import parse_filter
 from agency_data.vectors.indexes import DEFAULT_M, hnsw_build_bytes
 from bench.context import Bench, clustered
