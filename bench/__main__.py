@@ -33,6 +33,7 @@ from bench import (
     heartbeats,
     langchain,
     langgraph_store,
+    memory,
     observability,
     outbox,
     pgbouncer,
@@ -71,6 +72,7 @@ SCENARIOS = [
     "outbox",
     "changes",
     "events",
+    "memory",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -172,6 +174,7 @@ async def main(args: argparse.Namespace) -> None:
                 "changes": lambda: changes.changes(b),
                 "events": lambda: events.events(b),
                 "langgraph-store": lambda: langgraph_store.langgraph_store(b),
+                "memory": lambda: memory.memory(b),
             }
             for name in SCENARIOS:
                 if name in chosen:
