@@ -24,6 +24,7 @@ from bench.memory import (
     DIM,
     _check_answers,
     ask,
+    exact_ranks,
     first_right,
     recall_at,
     remember_all,
@@ -203,6 +204,8 @@ async def test_a_small_generated_run_scores_as_recomputed_by_hand(bench_dl: Data
     mine = await ask(ours, talk.questions, asked, right_ours)
     expected_plain = _ranks(talk, asked, right_plain, stored, vectors)
     assert theirs.updated + theirs.stable == expected_plain
+    exact = exact_ranks(asked, vectors, talk.questions)
+    assert exact.updated + exact.stable == expected_plain
     expected_ours = await _ours_by_hand(bench_dl, talk, asked, right_ours)
     assert mine.updated + mine.stable == expected_ours
     # Not a degenerate run: some answers come first, some later, some not at all.
