@@ -34,6 +34,7 @@ from bench import (
     heartbeats,
     langchain,
     langgraph_store,
+    memory,
     observability,
     outbox,
     pgbouncer,
@@ -73,6 +74,7 @@ SCENARIOS = [
     "changes",
     "events",
     "graph",
+    "memory",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -175,6 +177,7 @@ async def main(args: argparse.Namespace) -> None:
                 "events": lambda: events.events(b),
                 "langgraph-store": lambda: langgraph_store.langgraph_store(b),
                 "graph": lambda: graph.graph(b),
+                "memory": lambda: memory.memory(b),
             }
             for name in SCENARIOS:
                 if name in chosen:

@@ -21,7 +21,7 @@ __all__ = ["erase_memories"]
 
 # The memories and every summary made from them, transitively; deleted, with their collections.
 _ERASE = (
-    "WITH RECURSIVE made(id) AS (SELECT unnest(%(ids)s::text[]) COLLATE \"C\" "
+    'WITH RECURSIVE made(id) AS (SELECT unnest(%(ids)s::text[]) COLLATE "C" '
     "UNION SELECT l.summary_id FROM memory_links l JOIN made ON l.tenant_id = %(tenant)s "
     "AND l.replaced_id = made.id) "
     "DELETE FROM memories m USING made WHERE m.tenant_id = %(tenant)s AND m.id = made.id "
