@@ -1137,10 +1137,13 @@ class MaskingConfig(_Section):
 class MemoryWeights(_Section):
     """How much each part of a memory's recall score counts (see agency_data.memory)."""
 
-    similarity: float = Field(default=0.6, ge=0, le=100, description="weight of similarity")
-    recency: float = Field(default=0.2, ge=0, le=100, description="weight of recency")
-    importance: float = Field(default=0.15, ge=0, le=100, description="weight of importance")
-    access: float = Field(default=0.05, ge=0, le=100, description="weight of access frequency")
+    # Chosen on the memory benchmark (bench/memory.py): recency and access only break ties
+    # between memories about as similar (versions of one fact); weighed more, recent chatter
+    # outranks what was said months ago.
+    similarity: float = Field(default=0.8, ge=0, le=100, description="weight of similarity")
+    recency: float = Field(default=0.1, ge=0, le=100, description="weight of recency")
+    importance: float = Field(default=0.08, ge=0, le=100, description="weight of importance")
+    access: float = Field(default=0.02, ge=0, le=100, description="weight of access frequency")
 
     @model_validator(mode="after")
     def _some_weight(self) -> MemoryWeights:
@@ -1156,9 +1159,9 @@ class MemoryConfig(_Section):
 
         [memory]
         collection = "memories"
-        half_life = 2592000            # 30 days
-        half_lives = { working = 3600, preference = 31536000 }
-        weights = { similarity = 0.6, recency = 0.2, importance = 0.15, access = 0.05 }
+        half_life = 31536000           # a year
+        half_lives = { working = 3600, episode = 2592000 }
+        weights = { similarity = 0.8, recency = 0.1, importance = 0.08, access = 0.02 }
     """
 
     collection: str = Field(
@@ -1167,7 +1170,7 @@ class MemoryConfig(_Section):
         description="the embedding collection holding the memories' texts and vectors",
     )
     half_life: float = Field(
-        default=30 * 86_400.0,
+        default=365 * 86_400.0,
         gt=0,
         le=100 * 366 * 86_400.0,
         description="seconds after which a memory's recency counts half (kinds not in half_lives)",

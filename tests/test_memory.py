@@ -49,7 +49,11 @@ async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIte
         database,
         redis_url,
         tmp_path,
-        memory={"half_life": 30 * DAY, "half_lives": {"working": 3600.0}},
+        memory={
+            "half_life": 30 * DAY,
+            "half_lives": {"working": 3600.0},
+            "weights": {"similarity": 0.6, "recency": 0.2, "importance": 0.15, "access": 0.05},
+        },
     )
     async with DataLayer(config) as dl:
         await dl.memory.setup(dimension=DIM)
