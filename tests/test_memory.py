@@ -21,15 +21,9 @@ import pytest
 from agency_data import ConfigError, Conflict, DataLayer, NotFound, ValidationError
 from agency_data.memory import Memory, ScoreParts
 from tests.conftest import DatabaseDsn, make_config, other_connection
+from tests.memory_support import DIM, unit
 
-DIM = 8
 DAY = 86_400.0
-
-
-def unit(*values: float) -> list[float]:
-    vector = np.zeros(DIM, dtype=np.float64)
-    vector[: len(values)] = values
-    return list(vector / np.linalg.norm(vector))
 
 
 def words(texts: list[str]) -> list[list[float]]:

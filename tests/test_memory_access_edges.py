@@ -1,4 +1,4 @@
-"""Review of issue 18: recall counts (AccessLog) and the caller's transactions.
+"""Edges of agent memory's recall counts (AccessLog): never written in, or lost with, a caller's transaction.
 
 The counts are gathered in memory and written later, by a timer task or ``flush()``. Both
 write through ``Database.execute``, which joins whatever transaction the calling context has
@@ -14,20 +14,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agency_data import DataLayer
 from tests.conftest import DatabaseDsn, make_config
+from tests.memory_support import DIM, memory_layer, unit
 
-DIM = 8
 FLUSH = 0.3
-
-
-def unit(*values: float) -> list[float]:
-    vector = np.zeros(DIM)
-    vector[: len(values)] = values
-    return list(vector / np.linalg.norm(vector))
 
 
 class Boom(Exception):
@@ -36,9 +29,7 @@ class Boom(Exception):
 
 @pytest.fixture
 async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
-    config = make_config(database, redis_url, tmp_path, memory={"access_flush": FLUSH})
-    async with DataLayer(config) as dl:
-        await dl.memory.setup(dimension=DIM)
+    async with memory_layer(database, redis_url, tmp_path, memory={"access_flush": FLUSH}) as dl:
         yield dl
 
 

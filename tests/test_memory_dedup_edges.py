@@ -1,4 +1,5 @@
-"""Review of issue 18: deduplication that lets near-copies through."""
+"""Edges of deduplication: near-copies found behind nearer memories, and its limit under
+repeatable read."""
 
 from __future__ import annotations
 
@@ -6,25 +7,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agency_data import AgencyDataError, DataLayer
-from tests.conftest import DatabaseDsn, make_config
-
-DIM = 8
-
-
-def unit(*values: float) -> list[float]:
-    vector = np.zeros(DIM)
-    vector[: len(values)] = values
-    return list(vector / np.linalg.norm(vector))
+from tests.conftest import DatabaseDsn
+from tests.memory_support import memory_layer, unit
 
 
 @pytest.fixture
 async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
-    async with DataLayer(make_config(database, redis_url, tmp_path)) as dl:
-        await dl.memory.setup(dimension=DIM)
+    async with memory_layer(database, redis_url, tmp_path) as dl:
         yield dl
 
 

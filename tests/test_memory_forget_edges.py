@@ -1,29 +1,20 @@
-"""Review of issue 18: forget's guard against forgetting everything."""
+"""Edges of forget: its guard against forgetting everything."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agency_data import DataLayer, ValidationError
-from tests.conftest import DatabaseDsn, make_config
-
-DIM = 8
-
-
-def unit(*values: float) -> list[float]:
-    vector = np.zeros(DIM)
-    vector[: len(values)] = values
-    return list(vector / np.linalg.norm(vector))
+from tests.conftest import DatabaseDsn
+from tests.memory_support import memory_layer, unit
 
 
 @pytest.fixture
 async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
-    async with DataLayer(make_config(database, redis_url, tmp_path)) as dl:
-        await dl.memory.setup(dimension=DIM)
+    async with memory_layer(database, redis_url, tmp_path) as dl:
         yield dl
 
 

@@ -1,4 +1,5 @@
-"""Review of issue 18: erasure that leaves a memory's text behind.
+"""Edges of erasure: no memory's text left behind, whatever versions, forgettings and
+consolidations came before.
 
 ``dl.subjects.erase`` finds memories through their collection rows (their current metadata
 only); a memory that was forgotten (soft), consolidated, or whose current version no longer
@@ -11,27 +12,20 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agency_data import DataLayer
-from tests.conftest import DatabaseDsn, make_config
+from tests.conftest import DatabaseDsn
+from tests.memory_support import memory_layer, unit
 
-DIM = 8
 ANN = {"person": "ann@example.com"}
-
-
-def unit(*values: float) -> list[float]:
-    vector = np.zeros(DIM)
-    vector[: len(values)] = values
-    return list(vector / np.linalg.norm(vector))
 
 
 @pytest.fixture
 async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
-    config = make_config(database, redis_url, tmp_path, subjects={"collections": ["person"]})
-    async with DataLayer(config) as dl:
-        await dl.memory.setup(dimension=DIM)
+    async with memory_layer(
+        database, redis_url, tmp_path, subjects={"collections": ["person"]}
+    ) as dl:
         yield dl
 
 

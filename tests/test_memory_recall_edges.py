@@ -1,4 +1,4 @@
-"""Review of issue 18: recall's score on inputs that break its arithmetic, and its scopes."""
+"""Edges of recall: its score on inputs that would break its arithmetic, and its scopes."""
 
 from __future__ import annotations
 
@@ -6,27 +6,20 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agency_data import DataLayer, ValidationError
-from tests.conftest import DatabaseDsn, make_config
+from tests.conftest import DatabaseDsn
+from tests.memory_support import DIM, memory_layer, unit
 
-DIM = 8
 DAY = 86_400.0
-
-
-def unit(*values: float) -> list[float]:
-    vector = np.zeros(DIM)
-    vector[: len(values)] = values
-    return list(vector / np.linalg.norm(vector))
 
 
 @pytest.fixture
 async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
-    config = make_config(database, redis_url, tmp_path, memory={"half_lives": {"working": 3600.0}})
-    async with DataLayer(config) as dl:
-        await dl.memory.setup(dimension=DIM)
+    async with memory_layer(
+        database, redis_url, tmp_path, memory={"half_lives": {"working": 3600.0}}
+    ) as dl:
         yield dl
 
 

@@ -1,4 +1,4 @@
-"""Review of issue 18 through the synchronous front end (agency_data.sync)."""
+"""Edges of agent memory through the synchronous front end (agency_data.sync)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 
 from agency_data.sync import DataLayer as SyncDataLayer
 from tests.conftest import DatabaseDsn, make_config
+from tests.memory_support import DIM
 
-DIM = 8
 FLUSH = 0.3
 
 

@@ -1,4 +1,4 @@
-"""Review of issue 18: what memory.changes() says of memories that are gone."""
+"""Edges of memory.changes(): what it says of memories that are gone."""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ import numpy as np
 import pytest
 
 from agency_data import DataLayer
-from tests.conftest import DatabaseDsn, make_config
-
-DIM = 8
+from tests.conftest import DatabaseDsn
+from tests.memory_support import DIM, memory_layer
 
 
 @pytest.fixture
 async def mem(database: DatabaseDsn, redis_url: str, tmp_path: Path) -> AsyncIterator[DataLayer]:
-    async with DataLayer(make_config(database, redis_url, tmp_path)) as dl:
-        await dl.memory.setup(dimension=DIM)
+    async with memory_layer(database, redis_url, tmp_path) as dl:
         yield dl
 
 
