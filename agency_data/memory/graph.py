@@ -266,6 +266,7 @@ class KnowledgeGraph:
                 v.valid_from,
                 v.valid_to,
                 v.source_memory,
+                v.invalidated_by,
             )
             for v in plan.added
         ]
