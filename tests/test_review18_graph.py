@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from agency_data import DataLayer
 
 Y2020 = datetime(2020, 1, 1, tzinfo=UTC)
@@ -51,13 +49,6 @@ async def test_restating_a_fact_a_later_one_ended_stores_nothing_new(dl: DataLay
     assert len(await graph.versions(first)) == len(before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hard-forgetting a memory deletes the facts learned from it (ON DELETE CASCADE on "
-    "source_memory) but not what its exclusive fact did to others: the older fact keeps the "
-    "version that ends where the erased one began (and stays invalidated_by it), so the graph "
-    "still answers from the erased memory (Ann no longer in Berlin since the date only it gave)",
-)
 async def test_erasing_a_memory_undoes_what_its_exclusive_fact_ended(dl: DataLayer) -> None:
     await dl.memory.setup(dimension=2)
     memory = dl.memory
