@@ -233,6 +233,56 @@ async def test_erasing_the_middle_of_a_chain_keeps_later_changes(dl: DataLayer) 
     assert (first.version, first.valid_to, first.invalidated_by) == (1, None, r.id)
     assert (newest.version, newest.valid_to, newest.invalidated_at) == (3, day(500), None)
     assert await mentioning(dl, "default", day(1000)) == 0
+    # Then Rome (Berlin's versions now skip a number): Berlin as told, alone.
+    await dl.tenant("default").execute("DELETE FROM memories WHERE id = 'm3'")
+    (only,) = await graph.versions(b)
+    assert (only.version, only.valid_to, only.invalidated_at) == (1, None, None)
+    assert [x.target_id for x in await graph.relations(ann, as_of=day(2000))] == [berlin.id]
+
+
+async def test_a_version_that_kept_the_erased_end_gets_the_told_one(dl: DataLayer) -> None:
+    """Berlin ended by Paris, then Berlin told again from its memory with a new property:
+    that version kept Paris's date, and erasing Paris gives it Berlin's own end."""
+    graph = dl.memory.graph
+    await remember(dl, "default", "m1", "m2")
+    ann = await graph.upsert_entity("Ann", "person")
+    berlin, paris = await cities(graph, "Berlin", "Paris")
+    b = await move(graph, ann, berlin, 0, "m1")
+    await move(graph, ann, paris, 1000, "m2")
+    tagged = await move(graph, ann, berlin, 0, "m1", properties={"street": "Unter den Linden"})
+    assert (tagged.version, tagged.valid_to) == (3, day(1000))
+    await dl.tenant("default").execute("DELETE FROM memories WHERE id = 'm2'")
+    newest, first = await graph.versions(b)
+    assert (newest.version, newest.valid_to, newest.invalidated_at) == (3, None, None)
+    assert newest.properties == {"street": "Unter den Linden"}
+    assert (first.version, first.invalidated_by) == (1, b.id)
+    assert await mentioning(dl, "default", day(1000)) == 0
+
+
+async def test_of_two_states_given_back_from_one_moment_the_later_told_holds(
+    dl: DataLayer,
+) -> None:
+    """C from day 10 (m0), B from day 20 (m1), B from day 10 (m2: replaces C), A from day 10
+    (m3: replaces B). Erasing m1 and m2 gives back both C and A from day 10: A, told after
+    C, holds, as it would had neither been told."""
+    graph = dl.memory.graph
+    await remember(dl, "default", "m0", "m1", "m2", "m3")
+    ann = await graph.upsert_entity("Ann", "person")
+    a, b, c = await cities(graph, "A", "B", "C")
+    first = await graph.relate(
+        ann, "in", c, valid_from=day(10), valid_to=day(30), source_memory="m0", exclusive=True
+    )
+    await move(graph, ann, b, 20, "m1", relation="in")
+    await move(graph, ann, b, 10, "m2", relation="in")
+    last = await move(graph, ann, a, 10, "m3", relation="in")
+    assert (last.valid_to, [r.target_id for r in await graph.relations(ann)]) == (
+        day(20),
+        [b.id],
+    )
+    await dl.tenant("default").execute("DELETE FROM memories WHERE id IN ('m1', 'm2')")
+    (held,) = await graph.relations(ann, relation="in", as_of=day(15))
+    assert (held.id, held.valid_to) == (last.id, None)
+    assert (await graph.versions(first))[0].invalidated_by == last.id
 
 
 async def test_a_partial_delete_undoes_nothing_and_a_withdrawn_fact_comes_back(
@@ -334,16 +384,17 @@ async def current(dl: DataLayer, source: str) -> list[Relation]:
 
 async def test_erasing_memories_leaves_the_graph_as_if_never_told(dl: DataLayer) -> None:
     """Random exclusive timelines (targets stated again, the same start told twice, bounded
-    and open ends), each statement from a memory of its own, told in a random order; a random
-    set of the memories erased (at once or one by one). What the erased graph holds now is
-    what a graph told only the rest, in the same order, holds."""
+    and open ends), each statement from a memory of its own, told in a random order, some
+    told again with a property; a random set of the memories erased (at once or one by
+    one). What the erased graph holds now is what a graph told only the rest, in the same
+    order, holds."""
     graph = dl.memory.graph
     rng = random.Random(18)
     targets = await cities(graph, "A", "B", "C")
     names = {e.id: n for n, e in zip("ABC", targets, strict=True)}
     started = time.perf_counter()
     cases = 0
-    while cases < 40:
+    while cases < 150:
         told: list[tuple[int, int, int | None]] = []
         seen: set[tuple[int, int]] = set()
         for _ in range(rng.randint(2, 6)):
@@ -358,7 +409,11 @@ async def test_erasing_memories_leaves_the_graph_as_if_never_told(dl: DataLayer)
         fresh = await graph.upsert_entity(f"fresh {cases}", "person")
         memories = [f"c{cases}-{i}" for i in range(len(told))]
         await remember(dl, "default", *memories)
-        for i, (target, start, length) in enumerate(told):
+        steps = list(range(len(told)))
+        # Some told again by their memory with a property of their own (a version each).
+        steps += [rng.randrange(len(told)) for _ in range(rng.randint(0, 2))]
+        for step, i in enumerate(steps):
+            target, start, length = told[i]
             end = None if length is None else day(start + length)
             for who, memory in ((source, memories[i]), (fresh, None)):
                 if who is fresh and i in erased:
@@ -370,9 +425,11 @@ async def test_erasing_memories_leaves_the_graph_as_if_never_told(dl: DataLayer)
                     valid_from=day(start),
                     valid_to=end,
                     source_memory=memory,
+                    properties={"step": step} if step >= len(told) else None,
                     exclusive=True,
                 )
-        gone = [memories[i] for i in sorted(erased)]
+        gone = [memories[i] for i in erased]
+        rng.shuffle(gone)
         if rng.random() < 0.5:
             await dl.tenant("default").execute("DELETE FROM memories WHERE id = ANY(%s)", [gone])
         else:
