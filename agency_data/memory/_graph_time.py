@@ -2,9 +2,10 @@
 the facts already believed. Pure functions over the current versions, so the rules are tested
 without a database and the I/O layer only reads, decides and writes.
 
-A fact's version is never edited (but for being invalidated, once). A change to what we
-believe of a fact's valid time is a new version of the fact, recorded now, and the version
-it replaces is invalidated now; so a read "as known at T" sees exactly what was believed at T.
+A fact's version is never edited (but for being invalidated, once; erasure aside). A change
+to what we believe of a fact's valid time is a new version of the fact, recorded now, and the
+version it replaces is invalidated now; so a read "as known at T" sees exactly what was
+believed at T.
 
 The rules for ``relate(a, relation, b, [from, to))`` against the facts ``a -relation-> *``:
 
@@ -31,9 +32,10 @@ The rules for ``relate(a, relation, b, [from, to))`` against the facts ``a -rela
    The outcome in valid time does not depend on the order facts arrive in (distinct starts;
    of two states of different targets stated with the same start, the later told wins).
 
-Erasing a fact (its memory hard-deleted, or its entity forgotten) undoes what its statement
-did to other facts: the migration's ``agency_data_relations_erased`` trigger does it in the
-database, on the invalidated_by links these rules leave.
+Erasing a fact (with its memory, its entity or its tenant, or by a DELETE of one's own)
+undoes what its statement did to other facts, as if it had never been told: migration 0019's
+``agency_data_relations_erased`` trigger does it in the database, on the ``invalidated_by``
+links these rules leave.
 """
 
 from __future__ import annotations
@@ -134,9 +136,7 @@ def plan_relate(
 
     def same_fact(fact: Relation) -> bool:
         # Exclusive: a statement that begins elsewhere is a state of its own (rule 3).
-        return fact.target_id == stated.target_id and (
-            fact.valid_from == start if exclusive else True
-        )
+        return fact.target_id == stated.target_id and (not exclusive or fact.valid_from == start)
 
     same = [f for f in current if same_fact(f)]
     # One from the same memory first: a statement from it may bring new property keys.
