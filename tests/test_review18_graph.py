@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from agency_data import DataLayer
 
 Y2020 = datetime(2020, 1, 1, tzinfo=UTC)
@@ -16,15 +14,6 @@ def day(n: int) -> datetime:
     return Y2020 + timedelta(days=n)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_graph_time.plan_relate absorbs an exclusive statement whose interval an existing "
-    "fact of the same target covers (rule 1, 'stated again') or merges it into that fact (rule "
-    "2): the later start is lost, so a late fact to another target that ends the earlier state "
-    "also ends the restated one. Ann in A from day 0, in B from day 10, in A again from day 20: "
-    "told in the order A@0, A@20, B@10 (or A@20, A@0, B@10) she is in B on day 25, against the "
-    "documented 'the outcome in valid time does not depend on the order facts arrive in'",
-)
 async def test_exclusive_timeline_with_a_target_restated_does_not_depend_on_order(
     dl: DataLayer,
 ) -> None:
@@ -47,14 +36,6 @@ async def test_exclusive_timeline_with_a_target_restated_does_not_depend_on_orde
     assert all(t == [["A"], ["B"], ["A"]] for t in timelines.values()), timelines
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_graph_time.plan_relate checks 'stated again' before a later exclusive fact cuts "
-    "the statement's end, never after: restating Ann in A from 2020 when B from 2025 already "
-    "ended A there invalidates A's current version and writes an identical one (same interval, "
-    "new version and recorded_at) on every restatement, though 'the same fact stated again is "
-    "not stored twice'",
-)
 async def test_restating_a_fact_a_later_one_ended_stores_nothing_new(dl: DataLayer) -> None:
     graph = dl.memory.graph
     ann = await graph.upsert_entity("Ann", "person")
@@ -68,13 +49,6 @@ async def test_restating_a_fact_a_later_one_ended_stores_nothing_new(dl: DataLay
     assert len(await graph.versions(first)) == len(before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hard-forgetting a memory deletes the facts learned from it (ON DELETE CASCADE on "
-    "source_memory) but not what its exclusive fact did to others: the older fact keeps the "
-    "version that ends where the erased one began (and stays invalidated_by it), so the graph "
-    "still answers from the erased memory (Ann no longer in Berlin since the date only it gave)",
-)
 async def test_erasing_a_memory_undoes_what_its_exclusive_fact_ended(dl: DataLayer) -> None:
     await dl.memory.setup(dimension=2)
     memory = dl.memory

@@ -450,12 +450,13 @@ def write_versions(
     relation: str,
     now: datetime,
     ended: Sequence[tuple[str, int, str | None]],
-    added: Sequence[tuple[str, int, str, str, datetime, datetime | None, str | None]],
+    added: Sequence[tuple[str, int, str, str, datetime, datetime | None, str | None, str | None]],
 ) -> tuple[Query, Params]:
     """Invalidate the ``ended`` versions (id, version, invalidated_by) as of ``now`` and insert
     the ``added`` ones (id, version, target_id, properties JSON, valid_from, valid_to,
-    source_memory) recorded at ``now``; one row per version touched (``kind``: ``ended`` or
-    ``added``), so the caller can check that every ended version was still current."""
+    source_memory, invalidated_by) recorded at ``now`` (and invalidated then, if
+    invalidated_by is set); one row per version touched (``kind``: ``ended`` or ``added``), so
+    the caller can check that every ended version was still current."""
     return (
         "WITH ended AS ("
         "  UPDATE memory_relations r SET invalidated_at = %(now)s, invalidated_by = u.by "
@@ -466,13 +467,16 @@ def write_versions(
         f"  RETURNING {RELATION_COLUMNS}), "
         "added AS ("
         "  INSERT INTO memory_relations AS r (tenant_id, id, version, source_id, relation, "
-        "    target_id, properties, valid_from, valid_to, recorded_at, source_memory) "
+        "    target_id, properties, valid_from, valid_to, recorded_at, source_memory, "
+        "    invalidated_at, invalidated_by) "
         "  SELECT %(tenant)s, v.id, v.version, %(source)s, %(relation)s, v.target_id, "
-        "         v.properties::jsonb, v.valid_from, v.valid_to, %(now)s, v.source_memory "
+        "         v.properties::jsonb, v.valid_from, v.valid_to, %(now)s, v.source_memory, "
+        "         CASE WHEN v.by IS NOT NULL THEN %(now)s::timestamptz END, v.by "
         "  FROM unnest(%(ids)s::text[], %(versions)s::integer[], %(targets)s::text[], "
         "              %(properties)s::text[], %(froms)s::timestamptz[], "
-        "              %(tos)s::timestamptz[], %(memories)s::text[]) "
-        "       AS v(id, version, target_id, properties, valid_from, valid_to, source_memory) "
+        "              %(tos)s::timestamptz[], %(memories)s::text[], %(bys)s::text[]) "
+        "       AS v(id, version, target_id, properties, valid_from, valid_to, source_memory, "
+        "            by) "
         f"  RETURNING {RELATION_COLUMNS}) "
         "SELECT 'ended' AS kind, * FROM ended UNION ALL SELECT 'added', * FROM added",
         {
@@ -490,5 +494,6 @@ def write_versions(
             "froms": [a[4] for a in added],
             "tos": [a[5] for a in added],
             "memories": [a[6] for a in added],
+            "bys": [a[7] for a in added],
         },
     )

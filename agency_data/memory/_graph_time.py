@@ -2,32 +2,46 @@
 the facts already believed. Pure functions over the current versions, so the rules are tested
 without a database and the I/O layer only reads, decides and writes.
 
-A fact's version is never edited (but for being invalidated, once). A change to what we
-believe of a fact's valid time is a new version of the fact, recorded now, and the version
-it replaces is invalidated now; so a read "as known at T" sees exactly what was believed at T.
+A fact's version is never edited (but for being invalidated, once; erasure aside). A change
+to what we believe of a fact's valid time is a new version of the fact, recorded now, and the
+version it replaces is invalidated now; so a read "as known at T" sees exactly what was
+believed at T.
 
 The rules for ``relate(a, relation, b, [from, to))`` against the facts ``a -relation-> *``:
 
 1. **Stated again.** A fact ``a -relation-> b`` already believed whose valid interval holds
-   ``[from, to)`` is the same fact: nothing new is stored (if the statement comes from the
-   same memory and brings new property keys, the fact gets a version with them).
+   ``[from, to)`` (for an exclusive relation: one that also begins at ``from``) is the same
+   fact: nothing new is stored (if the statement comes from the same memory and brings new
+   property keys, the fact gets a version with them). It is checked after rule 3 has cut the
+   statement's end, so restating a fact that a later one ended stores nothing either.
 2. **Extended.** A fact ``a -relation-> b`` from the same memory (or both from none) whose
-   interval overlaps or touches ``[from, to)`` is the same fact over a longer time: it gets a
-   version over the union of the intervals (several such facts become one). From another
-   memory, the statement is a fact of its own, so that erasing either memory removes what it
-   alone said.
-3. **Exclusive** relations (one target at a time: lives_in, works_for) also end the facts
-   ``a -relation-> c`` (c not b) that overlap ``[from, to)``: the later start ends the
-   earlier state. A fact that began before ``from`` gets a version ending at ``from``; one
-   that began at ``from`` is replaced outright; one that begins inside ``[from, to)`` (a
-   newer state already known, when an older fact arrives late) ends the new fact where it
-   begins. The outcome in valid time does not depend on the order facts arrive in.
+   interval overlaps or touches ``[from, to)`` (for an exclusive relation: that begins at
+   ``from``) is the same fact over a longer time: it gets a version over the union of the
+   intervals (several such facts become one). From another memory, the statement is a fact of
+   its own, so that erasing either memory removes what it alone said.
+3. **Exclusive** relations (one target at a time: lives_in, works_for) hold, at each moment,
+   the state stated with the latest start before it, until that statement's own end. Each
+   statement is a state of its own from its start, a restatement of the same target
+   included (``b`` from day 20 after ``b`` from day 0 and ``c`` from day 10: ``b`` again on
+   day 20), so a statement ends the other facts that overlap ``from``: one that began before
+   gets a version ending at ``from``; one of another target that began at ``from`` is
+   replaced outright. A fact already known to begin inside ``[from, to)`` (a newer state,
+   when an older fact arrives late) ends the new fact where it begins; the new fact is then
+   recorded as stated and at once invalidated by that newer fact, followed by the version
+   that ends there, so that erasing the newer fact's memory can give it back its own end.
+   The outcome in valid time does not depend on the order facts arrive in (distinct starts;
+   of two states of different targets stated with the same start, the later told wins).
+
+Erasing a fact (with its memory, its entity or its tenant, or by a DELETE of one's own)
+undoes what its statement did to other facts, as if it had never been told: migration 0019's
+``agency_data_relations_erased`` trigger does it in the database, on the ``invalidated_by``
+links these rules leave.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +66,8 @@ class Statement:
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """A version of a fact to insert."""
+    """A version of a fact to insert; with ``invalidated_by``, recorded already invalidated
+    by that fact (what was stated, before a newer fact known at once ended it)."""
 
     id: str
     version: int
@@ -61,6 +76,7 @@ class Version:
     valid_from: datetime
     valid_to: datetime | None
     source_memory: str | None
+    invalidated_by: str | None = None
 
 
 @dataclass
@@ -108,8 +124,21 @@ def plan_relate(
     source with the same relation (every target if ``exclusive``, else those of the target).
     ``new_id`` is the id the statement gets if it is a fact of its own."""
     plan = Plan()
-    start, end = stated.valid_from, _end(stated.valid_to)
-    same = [f for f in current if f.target_id == stated.target_id]
+    start, told = stated.valid_from, _end(stated.valid_to)
+    end = told
+    cutter: Relation | None = None
+    if exclusive:
+        # A state already known to begin inside the new fact's interval ends it there, a
+        # later statement of the same target included: its start is a state's start too.
+        for fact in current:
+            if start < fact.valid_from < end:
+                end, cutter = fact.valid_from, fact
+
+    def same_fact(fact: Relation) -> bool:
+        # Exclusive: a statement that begins elsewhere is a state of its own (rule 3).
+        return fact.target_id == stated.target_id and (not exclusive or fact.valid_from == start)
+
+    same = [f for f in current if same_fact(f)]
     # One from the same memory first: a statement from it may bring new property keys.
     for fact in sorted(same, key=lambda f: f.source_memory != stated.source_memory):
         if fact.valid_from <= start and end <= _end(fact.valid_to):
@@ -123,11 +152,6 @@ def plan_relate(
             else:
                 plan.answer = fact
             return plan
-    others = [f for f in current if f.target_id != stated.target_id] if exclusive else []
-    # A state already known to begin inside the new fact's interval ends it there.
-    for fact in others:
-        if start < fact.valid_from < end:
-            end = fact.valid_from
     merged = sorted(
         (
             f
@@ -145,15 +169,14 @@ def plan_relate(
         for fact in merged:
             properties |= fact.properties
             plan.ended.append((fact.id, fact.version, fact_id))
+        properties |= stated.properties
         low = min(start, keep.valid_from)
-        high = max(end, *(_end(f.valid_to) for f in merged))
+        ends = [_end(f.valid_to) for f in merged]
+        high = max(end, *ends)
         version = _changed(
-            keep,
-            valid_from=low,
-            valid_to=_bounded(high),
-            ends=True,
-            properties=properties | stated.properties,
+            keep, valid_from=low, valid_to=_bounded(high), ends=True, properties=properties
         )
+        uncut = max(told, *ends)
     else:
         fact_id = new_id
         version = Version(
@@ -165,8 +188,18 @@ def plan_relate(
             valid_to=_bounded(end),
             source_memory=stated.source_memory,
         )
-    for fact in others:
-        if fact.valid_from <= start < _end(fact.valid_to):
+        high, uncut = end, told
+    if cutter is not None and high < uncut:
+        # Recorded as stated, at once ended by the newer fact: erasing that one undoes the cut.
+        plan.added.append(replace(version, valid_to=_bounded(uncut), invalidated_by=cutter.id))
+        version = replace(version, version=version.version + 1)
+    if exclusive:
+        for fact in current:
+            if fact.id == fact_id or not fact.valid_from <= start < _end(fact.valid_to):
+                continue
+            if fact.valid_from == start and fact.target_id == stated.target_id:
+                # The same start and target from another memory: a fact of its own (rule 2).
+                continue
             # The later start ends the earlier state; a state that began at the same moment
             # is replaced outright (its interval would be empty).
             plan.ended.append((fact.id, fact.version, fact_id))

@@ -15,7 +15,9 @@ A fact is true in valid time ``[valid_from, valid_to)`` and believed in transact
 ``[recorded_at, invalidated_at)``; a change is a new version, the old one invalidated, never
 deleted (see :mod:`agency_data.memory._graph_time` for what a statement does to the facts
 already known). Only :meth:`KnowledgeGraph.forget_entity` and the erasure of a memory
-(``ON DELETE CASCADE``: the facts learned from it, every version) delete.
+(``ON DELETE CASCADE``: the facts learned from it, every version) delete; a trigger then
+undoes what the erased facts had done to the others (what they ended is believed again, as
+if they had never been told), whichever way they were deleted.
 
 The SQL is built in :mod:`agency_data.memory._graph_sql` and input is checked by
 :mod:`agency_data.memory._graph_inputs`; this module runs the one on the other and turns rows
@@ -132,7 +134,9 @@ class KnowledgeGraph:
     @observed("memory.graph.forget_entity")
     async def forget_entity(self, entity_id: Entity | str) -> None:
         """Delete the entity for good, with every version of every fact it takes part in and
-        every mention of it; :class:`NotFound` if this tenant has none."""
+        every mention of it; what those facts had ended is believed again (forgetting Paris
+        gives back Ann's Berlin, open-ended, if only her move to Paris had ended it).
+        :class:`NotFound` if this tenant has none."""
         ident = check.entity_id(entity_id, "entity_id")
         if await self._db.execute(*q.delete_entity(self.tenant, ident)) == 0:
             raise check.no_entity(ident)
@@ -158,10 +162,13 @@ class KnowledgeGraph:
 
         The same fact stated again is not stored twice, and one stated over a longer time
         extends it. ``exclusive``: the relation holds for one target at a time (lives_in,
-        works_for), so the fact ends the overlapping facts of the source to other targets:
-        they are invalidated, never deleted, and keep a version that ends where this one
-        begins (see :mod:`agency_data.memory._graph_time` for the rules, late facts
-        included).
+        works_for), so the fact ends the overlapping facts of the source: they are
+        invalidated, never deleted, and keep a version that ends where this one begins. Each
+        exclusive statement with a start of its own is a state of its own, the same target
+        stated again from a later time included (the earlier fact ends there, so that a fact
+        told late between them ends the right one); restate from the original
+        ``valid_from`` to add nothing. See :mod:`agency_data.memory._graph_time` for the
+        rules, late facts and erasure included.
         """
         src = check.entity_id(source, "source")
         tgt = check.entity_id(target, "target")
@@ -266,6 +273,7 @@ class KnowledgeGraph:
                 v.valid_from,
                 v.valid_to,
                 v.source_memory,
+                v.invalidated_by,
             )
             for v in plan.added
         ]

@@ -33,8 +33,8 @@ class Relation(BaseModel):
     time: believed from ``recorded_at`` until ``invalidated_at`` (None: still believed). A
     fact whose interval changed (a newer fact ended it, ``invalidate()``, the same fact stated
     again over a longer time) has a newer version with the same ``id``; ``invalidated_by``
-    names the relation whose statement replaced this version, if one did (it may since have
-    been erased with its memory).
+    names the relation whose statement replaced this version, if one did (erasing that
+    relation, with its memory or its entity, makes this version believed again).
     """
 
     model_config = ConfigDict(frozen=True)

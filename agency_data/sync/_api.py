@@ -1286,7 +1286,9 @@ class KnowledgeGraph(Wrapper):
 
     def forget_entity(self, entity_id: Entity | str) -> None:
         """Delete the entity for good, with every version of every fact it takes part in and
-        every mention of it; :class:`NotFound` if this tenant has none."""
+        every mention of it; what those facts had ended is believed again (forgetting Paris
+        gives back Ann's Berlin, open-ended, if only her move to Paris had ended it).
+        :class:`NotFound` if this tenant has none."""
         return self._portal.call(self._aio.forget_entity(entity_id))
 
     def relate(

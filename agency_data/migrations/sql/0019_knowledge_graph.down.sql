@@ -4,6 +4,7 @@ DROP TABLE memory_entity_trigrams;
 DROP TABLE memory_entities;
 DROP FUNCTION agency_data_entity_trigrams_added();
 DROP FUNCTION agency_data_entity_trigrams_renamed();
+DROP FUNCTION agency_data_relations_erased();
 -- pg_trgm stays when another role (the role setup's superuser) installed it.
 DO $$
 BEGIN
