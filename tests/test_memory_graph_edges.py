@@ -1,4 +1,4 @@
-"""Review of issue 18: the knowledge graph's bi-temporal rules on restated and erased facts."""
+"""Edges of the knowledge graph's bi-temporal rules: restated and erased facts."""
 
 from __future__ import annotations
 
