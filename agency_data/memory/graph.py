@@ -51,6 +51,7 @@ from agency_data.memory._graph_time import Plan, Statement, plan_invalidate, pla
 from agency_data.memory.graph_models import Entity, EntityMatch, Neighbour, Path, Relation
 from agency_data.observability import observed
 from agency_data.postgres.database import Database
+from agency_data.vectors.compat import vector_to_list
 
 __all__ = ["MAX_HOPS", "KnowledgeGraph"]
 
@@ -500,7 +501,7 @@ def _entity(row: dict[str, Any]) -> Entity:
         name=row["name"],
         type=row["type"],
         properties=row["properties"],
-        embedding=None if embedding is None else [float(x) for x in embedding],
+        embedding=None if embedding is None else vector_to_list(embedding),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
