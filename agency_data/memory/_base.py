@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from psycopg import sql
 
 from agency_data.config import MemoryConfig
 from agency_data.errors import NotFound, ValidationError
@@ -19,8 +18,9 @@ from agency_data.memory import _sql
 from agency_data.memory._checks import (
     MAX_TEXT,
     as_jsonb,
-    check_nonblank,
+    check_label,
     directed,
+    history_key,
     memory_record,
     vector_param,
 )
@@ -37,11 +37,6 @@ from agency_data.vectors.embedders import Embedder
 from agency_data.vectors.validation import as_vector
 
 Query = str | Sequence[float] | npt.NDArray[Any]
-
-
-def history_key(memory_id: str, version: int) -> str:
-    """The row id a version's sealed values are bound to."""
-    return f"{memory_id}:{version}"
 
 
 class MemoryBase:
@@ -66,9 +61,6 @@ class MemoryBase:
         self.collection: str = collection or config.collection
         self._embedder: Embedder | None = None
         self._access = AccessLog(db, tenant, config.access_flush)
-        self._scoring = _sql.Scoring(
-            config.weights, dict(config.half_lives), config.half_life, config.access_saturation
-        )
         self.graph: KnowledgeGraph = KnowledgeGraph(db, tenant)
 
     async def aclose(self) -> None:
@@ -119,8 +111,7 @@ class MemoryBase:
                 raise ValidationError(
                     "text= goes with a vector: the content is already a text", field="text"
                 )
-            said = check_text(content, "content", max_length=MAX_TEXT)
-            check_nonblank(said, "content")
+            said = check_label(content, "content", MAX_TEXT)
             return directed(await self._embed(said, spec), "content", embedded=True), said
         words = None if text is None else check_text(text, "text", max_length=MAX_TEXT)
         vector = as_vector(content, spec.dimension, spec.storage, where="content")
@@ -128,7 +119,7 @@ class MemoryBase:
 
     async def _query(self, query: Any, spec: CollectionSpec) -> npt.NDArray[np.float32]:
         if isinstance(query, str):
-            check_nonblank(check_text(query, "query", max_length=MAX_TEXT), "query")
+            check_label(query, "query", MAX_TEXT)
             vector = await self._embedder_or_fail().query(query, spec.dimension)
             return directed(vector, "query", embedded=True)
         return directed(as_vector(query, spec.dimension, spec.storage, where="query"), "query")
@@ -173,18 +164,21 @@ class MemoryBase:
         """The collection row's and the version's text and metadata as stored: sealed when the
         collection's are (encryption.fields), each bound to its own row."""
         cipher = self._db.cipher
+        key = history_key(memory_id, version)
         content, version_text = text, text
         meta: Any = metadata
         version_meta: Any = metadata
-        if text is not None and self._seals("content"):
+        seal_text, seal_metadata = (
+            text is not None and self._seals("content"),
+            self._seals("metadata"),
+        )
+        if seal_text or seal_metadata:
             await cipher.ensure(self.tenant)
+        if seal_text:
             content = cipher.seal(self.tenant, spec.table, "content", memory_id, text, text=True)
-            key = history_key(memory_id, version)
             version_text = cipher.seal(self.tenant, "memory_history", "text", key, text, text=True)
-        if self._seals("metadata"):
-            await cipher.ensure(self.tenant)
+        if seal_metadata:
             meta = cipher.seal(self.tenant, spec.table, "metadata", memory_id, metadata)
-            key = history_key(memory_id, version)
             version_meta = cipher.seal(self.tenant, "memory_history", "metadata", key, metadata)
         return {
             "vector": None if vector is None else vector_param(vector, spec),
@@ -246,20 +240,7 @@ class MemoryBase:
             return 0
         if hard:
             return await erase_memories(self._db, self._catalog, self.tenant, ids)
-        # One statement, so that the last version ends when the forgetting starts.
-        forget = sql.SQL(
-            "WITH e AS (DELETE FROM {} WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)), "
-            "closed AS (UPDATE memory_history SET valid_to = statement_timestamp() "
-            "WHERE tenant_id = %(tenant)s AND memory_id = ANY(%(ids)s) AND valid_to IS NULL), "
-            "m AS (UPDATE memories SET forgotten_at = statement_timestamp(), "
-            "version = version + 1, consolidated_into = %(into)s "
-            "WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s) "
-            "RETURNING tenant_id, id, version, collection, agent_id, kind, subject) "
-            "INSERT INTO memory_history (tenant_id, memory_id, version, event, collection, "
-            "agent_id, kind, subject, valid_from, valid_to) "
-            "SELECT tenant_id, id, version, %(event)s, collection, agent_id, kind, subject, "
-            "statement_timestamp(), statement_timestamp() FROM m"
-        ).format(spec.table_id)
         return await self._db.execute(
-            forget, {"tenant": self.tenant, "ids": ids, "into": into, "event": event}
+            _sql.forget_sql(spec.table),
+            {"tenant": self.tenant, "ids": ids, "into": into, "event": event},
         )

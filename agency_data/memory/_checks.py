@@ -7,10 +7,18 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 from psycopg.types.json import Jsonb
 
 from agency_data.errors import ValidationError
-from agency_data.inputs import as_items, check_number, check_text
+from agency_data.inputs import (
+    as_items,
+    check_mapping,
+    check_number,
+    check_seconds,
+    check_text,
+    encode_json,
+)
 from agency_data.memory.models import MemoryRecord
 from agency_data.vectors.catalog import CollectionSpec
 from agency_data.vectors.compat import HalfVector
@@ -19,6 +27,13 @@ from agency_data.vectors.filter_ast import And, FilterNode, parse_filter
 MAX_AGENT = 512
 MAX_TEXT = 100_000
 MAX_SUBJECT = 512
+MAX_ID = 512
+MAX_KIND = 64
+
+
+def history_key(memory_id: str, version: int) -> str:
+    """The row id a version's sealed text and metadata are bound to."""
+    return f"{memory_id}:{version}"
 
 
 def memory_record(row: dict[str, Any]) -> MemoryRecord:
@@ -44,6 +59,7 @@ def memory_record(row: dict[str, Any]) -> MemoryRecord:
 
 
 def vector_param(vector: npt.NDArray[np.float32], spec: CollectionSpec) -> Any:
+    """``vector`` as the collection's storage type takes it."""
     return HalfVector(vector) if spec.storage == "halfvec" else vector
 
 
@@ -52,15 +68,26 @@ def as_jsonb(value: dict[str, Any] | None) -> Any:
     return None if value is None else Jsonb(value)
 
 
+def check_label(value: Any, field: str, most: int) -> str:
+    """``value`` if it is a string of 1 to ``most`` characters, not blank."""
+    text = check_text(value, field, max_length=most)
+    if not text.strip():
+        raise ValidationError(f"{field} is blank", field=field)
+    return text
+
+
 def check_agent(agent_id: Any) -> str | None:
-    if agent_id is None:
-        return None
-    agent = check_text(agent_id, "agent_id", max_length=MAX_AGENT)
-    check_nonblank(agent, "agent_id")
-    return agent
+    """An agent's id, or None (every agent's, or shared)."""
+    return None if agent_id is None else check_label(agent_id, "agent_id", MAX_AGENT)
+
+
+def check_subject(subject: Any) -> str | None:
+    """What memories are about (``"alice.home"``), or None."""
+    return None if subject is None else check_label(subject, "subject", MAX_SUBJECT)
 
 
 def check_scope(agent_id: Any, shared: bool) -> list[str] | None:
+    """The agents whose memories a recall reads (``""``: the shared ones); None: the tenant's."""
     if agent_id is None:
         return None
     if isinstance(agent_id, str):
@@ -76,41 +103,49 @@ def check_scope(agent_id: Any, shared: bool) -> list[str] | None:
 
 
 def check_kind(kind: Any) -> str:
-    value = check_text(kind, "kind", max_length=64)
-    check_nonblank(value, "kind")
-    return value
+    """A memory's kind (``"fact"``, ``"episode"``)."""
+    return check_label(kind, "kind", MAX_KIND)
 
 
-def check_memory_id(value: Any) -> str:
-    found = check_text(value, "memory_id", max_length=512)
-    check_nonblank(found, "memory_id")
-    return found
+def check_memory_id(value: Any, field: str = "memory_id") -> str:
+    """A memory's id."""
+    return check_label(value, field, MAX_ID)
 
 
 def check_ids(ids: Any) -> list[str]:
+    """One memory id or several, as a list."""
     if isinstance(ids, str):
         return [check_memory_id(ids)]
     return [check_memory_id(i) for i in as_items(ids, "ids", most=100_000)]
 
 
-def check_nonblank(value: str | None, field: str) -> None:
-    if value is not None and not value.strip():
-        raise ValidationError(f"{field} is blank", field=field)
-
-
 def check_dedup(dedup: Any, default: float) -> float | None:
+    """The similarity from which a memory is a near-copy; None: deduplication off."""
     if isinstance(dedup, bool):
         return default if dedup else None
     return check_number(dedup, "dedup", low=0.0, high=1.0)
 
 
-def check_seconds(value: Any, field: str) -> float:
+def seconds(value: Any, field: str) -> float:
+    """A span of time given as seconds or a ``timedelta``."""
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    return check_number(value, field, low=0.0, high=100 * 366 * 86_400.0)
+    return check_seconds(value, field, high=100 * 366 * 86_400.0)
+
+
+def json_object(value: Any, field: str, max_bytes: int) -> tuple[str, dict[str, Any]]:
+    """``value`` (None: an empty one) as JSON text, and as the dict that text reads back as
+    (what the database will hold: datetimes become ISO strings), checked before anything is
+    written."""
+    if value is None:
+        return "{}", {}
+    document = encode_json(check_mapping(value, field), field, max_bytes)
+    read_back: dict[str, Any] = orjson.loads(document)
+    return document, read_back
 
 
 def optional_filter(raw: Any) -> FilterNode | None:
+    """The parsed filter, if one was given."""
     return None if raw is None else parse_filter(raw)
 
 

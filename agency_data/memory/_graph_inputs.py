@@ -8,7 +8,6 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
 from agency_data.errors import NotFound, ValidationError
 from agency_data.inputs import (
@@ -17,10 +16,9 @@ from agency_data.inputs import (
     brief,
     check_choice,
     check_datetime,
-    check_mapping,
     check_text,
-    encode_json,
 )
+from agency_data.memory._checks import check_memory_id, directed, json_object
 from agency_data.memory._graph_sql import Direction
 from agency_data.memory.graph_models import Entity, Relation
 from agency_data.vectors.validation import MAX_DIMENSION, as_vector
@@ -75,12 +73,8 @@ def entity_id(value: Any, field: str) -> str:
 
 
 def memory_id(value: Any, field: str) -> str:
-    """A memory's id."""
-    if not isinstance(value, str):
-        raise ValidationError(
-            f"{field} must be a memory id (a string), not {brief(value)}", field=field
-        )
-    return text_id(value, field)
+    """A memory's id (checked as agent memory checks it)."""
+    return check_memory_id(value, field)
 
 
 def memory_ids(values: Any) -> list[str]:
@@ -128,11 +122,7 @@ def walk_args(
 def properties(value: Any, max_bytes: int) -> tuple[str, dict[str, Any]]:
     """``value`` (None: none) as JSON text, and as the dict that text reads back as (what the
     database will hold, to compare with)."""
-    if value is None:
-        return "{}", {}
-    document = encode_json(check_mapping(value, "properties"), "properties", max_bytes)
-    read_back: dict[str, Any] = orjson.loads(document)
-    return document, read_back
+    return json_object(value, "properties", max_bytes)
 
 
 def vector(value: Any, field: str) -> npt.NDArray[np.float32]:
@@ -149,12 +139,7 @@ def vector(value: Any, field: str) -> npt.NDArray[np.float32]:
         raise ValidationError(
             f"{field} has {size} dimensions; from 1 to {MAX_DIMENSION} are accepted", field=field
         )
-    checked = as_vector(value, size, "vector", where=field)
-    if not np.any(checked):
-        raise ValidationError(
-            f"{field} is all zeros, which has no direction to compare by cosine", field=field
-        )
-    return checked
+    return directed(as_vector(value, size, "vector", where=field), field)
 
 
 def no_entity(ident: str, field: str = "entity_id") -> NotFound:

@@ -8,17 +8,19 @@ from typing import Any, LiteralString
 
 from psycopg import sql
 
-from agency_data.config import MemoryWeights
+from agency_data.config import MemoryConfig, MemoryWeights
 from agency_data.vectors.catalog import CollectionSpec
 from agency_data.vectors.filter_ast import FilterNode
 from agency_data.vectors.filter_sql import compile_filter
 
 __all__ = [
     "MEMORY_COLUMNS",
-    "Scoring",
+    "consolidation_sql",
     "create_sql",
     "duplicate_sql",
     "flush_sql",
+    "forget_sql",
+    "prune_sql",
     "recall_sql",
     "select_sql",
     "update_sql",
@@ -37,24 +39,6 @@ HISTORY_COLUMNS: LiteralString = (
 )
 
 
-class Scoring:
-    """What recall's score is made of: weights, half-lives per kind, access saturation."""
-
-    __slots__ = ("default_half_life", "half_lives", "saturation", "weights")
-
-    def __init__(
-        self,
-        weights: MemoryWeights,
-        half_lives: dict[str, float],
-        default_half_life: float,
-        saturation: int,
-    ) -> None:
-        self.weights = weights
-        self.half_lives = half_lives
-        self.default_half_life = default_half_life
-        self.saturation = saturation
-
-
 def _scope(
     agents: list[str] | None, kinds: list[str] | None, shared: bool
 ) -> tuple[sql.Composable, list[Any]]:
@@ -71,6 +55,13 @@ def _scope(
         parts.append(sql.SQL("entity_type = ANY(%s)"))
         params.append(kinds)
     return sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE"), params
+
+
+def _owner(agent: str | None) -> tuple[sql.Composable, list[Any]]:
+    # A memory's agent, or none (shared): NULL is not equal to NULL.
+    if agent is None:
+        return sql.SQL("m.agent_id IS NULL"), []
+    return sql.SQL("m.agent_id = %s"), [agent]
 
 
 def _with_filter(
@@ -94,7 +85,8 @@ def recall_sql(
     shared: bool,
     candidates: int,
     limit: int,
-    scoring: Scoring,
+    config: MemoryConfig,
+    weights: MemoryWeights,
     as_of: datetime | None,
 ) -> tuple[sql.Composed, list[Any]]:
     """The best ``limit`` memories for ``query``, scored in one statement.
@@ -103,8 +95,8 @@ def recall_sql(
     the versions current at ``as_of``; each is scored as the weighted sum of its similarity,
     recency (exponential decay from when it happened, by its kind's half-life, measured at
     ``as_of`` or now; past 1,000 half-lives it is 0, where exp would underflow), importance
-    and access frequency (logarithmic, full at the saturation count). Every part comes back,
-    so that the caller sees why.
+    and access frequency (logarithmic, full at ``config.access_saturation``), by ``weights``.
+    Every part comes back, so that the caller sees why.
     """
     where, where_params = _with_filter(*_scope(agents, kinds, shared), node)
     params: list[Any] = []
@@ -139,7 +131,6 @@ def recall_sql(
             "AND m.id = h.memory_id LIMIT 1) AS m ON true"
         ).format(where)
         params += [query, tenant, collection, as_of, as_of, *where_params, candidates, tenant]
-    weights = scoring.weights
     text = sql.SQL(
         "WITH c AS MATERIALIZED ({found}), "
         "s AS (SELECT c.*, CASE WHEN c.distance = 'NaN' THEN 0.0 "
@@ -159,10 +150,10 @@ def recall_sql(
     params += [
         LN2,
         as_of,
-        scoring.default_half_life,
-        scoring.saturation,
-        list(scoring.half_lives),
-        list(scoring.half_lives.values()),
+        config.half_life,
+        config.access_saturation,
+        list(config.half_lives),
+        list(config.half_lives.values()),
         weights.similarity,
         weights.recency,
         weights.importance,
@@ -187,8 +178,7 @@ def duplicate_sql(
     the first without a subject. Nothing is locked: the update that follows checks the memory
     is still live.
     """
-    owner = sql.SQL("m.agent_id = %s" if agent is not None else "m.agent_id IS NULL")
-    owner_params = [agent] if agent is not None else []
+    owner, owner_params = _owner(agent)
     columns = sql.SQL(MEMORY_COLUMNS + ", e.vector <=> %b AS distance, e.entity_type, e.entity_id")
     if subject is not None:
         return sql.SQL(
@@ -346,6 +336,97 @@ def update_sql(table: str) -> sql.SQL:
         "statement_timestamp() FROM m RETURNING version"
     ).format(sql.Identifier(table))
     return sql.SQL(text.as_string(None))
+
+
+@lru_cache(maxsize=256)
+def forget_sql(table: str) -> sql.SQL:
+    """Forget memories (soft) in one statement, so that each one's last version ends when its
+    forgetting starts: the collection rows go, the forgetting is a version of its own.
+
+    Parameters: tenant, ids, into (the summary that replaced them, or NULL), event."""
+    text = sql.SQL(
+        "WITH e AS (DELETE FROM {} WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s)), "
+        "closed AS (UPDATE memory_history SET valid_to = statement_timestamp() "
+        "WHERE tenant_id = %(tenant)s AND memory_id = ANY(%(ids)s) AND valid_to IS NULL), "
+        "m AS (UPDATE memories SET forgotten_at = statement_timestamp(), "
+        "version = version + 1, consolidated_into = %(into)s "
+        "WHERE tenant_id = %(tenant)s AND id = ANY(%(ids)s) "
+        "RETURNING tenant_id, id, version, collection, agent_id, kind, subject) "
+        "INSERT INTO memory_history (tenant_id, memory_id, version, event, collection, "
+        "agent_id, kind, subject, valid_from, valid_to) "
+        "SELECT tenant_id, id, version, %(event)s, collection, agent_id, kind, subject, "
+        "statement_timestamp(), statement_timestamp() FROM m"
+    ).format(sql.Identifier(table))
+    return sql.SQL(text.as_string(None))
+
+
+def consolidation_sql(
+    spec: CollectionSpec,
+    tenant: str,
+    collection: str,
+    agent: str | None,
+    most_important: float,
+    older_than: float,
+) -> tuple[sql.Composed, list[Any]]:
+    """The agent's live memories (None: the shared ones) that happened more than
+    ``older_than`` seconds ago with importance at most ``most_important``, by subject (those
+    without one first), oldest first."""
+    owner, owner_params = _owner(agent)
+    return sql.SQL(
+        "SELECT {} FROM memories m JOIN {} e ON e.tenant_id = m.tenant_id AND e.id = m.id "
+        "WHERE m.tenant_id = %s AND m.collection = %s AND {} AND m.forgotten_at IS NULL "
+        "AND m.importance <= %s AND m.happened_at < now() - make_interval(secs => %s) "
+        "ORDER BY m.subject NULLS FIRST, m.happened_at, m.id"
+    ).format(sql.SQL(MEMORY_COLUMNS), spec.table_id, owner), [
+        tenant,
+        collection,
+        *owner_params,
+        most_important,
+        older_than,
+    ]
+
+
+def prune_sql(
+    tenant: str,
+    collection: str,
+    agent: str | None,
+    older_than: float | None,
+    below_importance: float | None,
+    keep: int | None,
+) -> tuple[sql.Composed, list[Any]]:
+    """The ids of the live memories a pruning policy takes (of ``agent``; None: every
+    agent's), locked in id order: older than ``older_than`` seconds and less important than
+    ``below_importance`` (those given), or beyond each agent's ``keep`` most important."""
+    conditions: list[sql.Composable] = [
+        sql.SQL("m.tenant_id = %s AND m.collection = %s AND m.forgotten_at IS NULL")
+    ]
+    params: list[Any] = [tenant, collection]
+    if agent is not None:
+        conditions.append(sql.SQL("m.agent_id = %s"))
+        params.append(agent)
+    policy: list[sql.Composable] = []
+    both: list[sql.Composable] = []
+    if older_than is not None:
+        both.append(sql.SQL("m.happened_at < now() - make_interval(secs => %s)"))
+        params.append(older_than)
+    if below_importance is not None:
+        both.append(sql.SQL("m.importance < %s"))
+        params.append(below_importance)
+    if both:
+        policy.append(sql.SQL("({})").format(sql.SQL(" AND ").join(both)))
+    if keep is not None:
+        policy.append(
+            sql.SQL(
+                "m.id IN (SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY "
+                "agent_id ORDER BY importance DESC, happened_at DESC, id) AS rank "
+                "FROM memories WHERE tenant_id = %s AND collection = %s "
+                "AND forgotten_at IS NULL) AS r WHERE rank > %s)"
+            )
+        )
+        params += [tenant, collection, keep]
+    return sql.SQL("SELECT m.id FROM memories m WHERE {} AND ({}) ORDER BY m.id FOR UPDATE").format(
+        sql.SQL(" AND ").join(conditions), sql.SQL(" OR ").join(policy)
+    ), params
 
 
 def flush_sql(tenant: str, counts: dict[str, tuple[int, datetime]]) -> tuple[str, list[Any]]:

@@ -1,4 +1,4 @@
-"""Erasing memories with everything made from them, for ``forget(hard=True)`` and for the
+"""Erasing memories with everything made from them, and reading every version for what it names, for
 erasure of a data subject or a tenant (:mod:`agency_data.subjects`).
 
 A memory's versions, its links and the knowledge graph's facts learned from it go by
@@ -10,14 +10,24 @@ The change feed keeps only that each was deleted.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
 
 from psycopg import sql
 
+from agency_data.memory._checks import history_key
 from agency_data.outbox.changes import erase_changes
 from agency_data.postgres.database import Database
 from agency_data.vectors.catalog import Catalog
 
-__all__ = ["erase_memories"]
+__all__ = ["erase_memories", "memory_versions"]
+
+_PAGE = 1000
+_VERSIONS = (
+    "SELECT memory_id, version, metadata, kind, agent_id FROM memory_history "
+    "WHERE tenant_id = %s AND (memory_id, version) > (%s, %s) "
+    "ORDER BY memory_id, version LIMIT %s"
+)
 
 # The memories and every summary made from them, transitively; deleted, with their collections.
 _ERASE = (
@@ -52,3 +62,22 @@ async def erase_memories(db: Database, catalog: Catalog, tenant: str, ids: list[
             )
         await erase_changes(db, tenant, "memories", [row["id"] for row in rows])
     return len(rows)
+
+
+async def memory_versions(db: Database, tenant: str) -> AsyncIterator[dict[str, Any]]:
+    """Every version of every memory of ``tenant`` (its id, version, kind, agent and metadata,
+    opened if sealed), a page at a time: where erasure looks for a data subject, since a
+    forgotten memory has no collection row left and an update may have moved its current one
+    to someone else."""
+    cipher = db.cipher
+    after: tuple[str, int] = ("", 0)
+    while True:
+        rows = await db.fetch(_VERSIONS, [tenant, *after, _PAGE])
+        await cipher.ensure(tenant, write=False)
+        for row in rows:
+            key = history_key(row["memory_id"], row["version"])
+            metadata = cipher.open(tenant, "memory_history", "metadata", key, row["metadata"])
+            yield {**row, "metadata": metadata}
+        if len(rows) < _PAGE:
+            return
+        after = (rows[-1]["memory_id"], rows[-1]["version"])

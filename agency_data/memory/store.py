@@ -36,7 +36,6 @@ from typing import Any, Literal, Self
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
 from agency_data.config import MemoryConfig, MemoryWeights
 from agency_data.errors import NotFound, ValidationError
@@ -47,22 +46,20 @@ from agency_data.inputs import (
     check_int,
     check_mapping,
     check_number,
-    check_text,
-    encode_json,
     located,
     validated,
 )
 from agency_data.memory import _sql
 from agency_data.memory._base import Query
 from agency_data.memory._checks import (
-    MAX_SUBJECT,
     check_agent,
     check_dedup,
     check_ids,
     check_kind,
     check_memory_id,
-    check_nonblank,
     check_scope,
+    check_subject,
+    json_object,
     matches_all,
     memory_record,
     optional_filter,
@@ -132,15 +129,15 @@ class Memory(Upkeep):
         (on by default, the bound ``memory.dedup``; a number sets another), a live memory of
         the same agent and ``subject`` at least that similar is updated instead of a
         near-copy being added: its text and vector become the new ones (``updated``; the old
-        version stays in its history), or, when the text is the same, only its importance,
-        metadata and time are refreshed (``merged``).
+        version stays in its history), or stay when the text is the same (``merged``); either
+        way it takes the new kind, the higher importance, the later time and the new metadata
+        keys over the old.
         """
         agent = check_agent(agent_id)
         kind = check_kind(kind)
         weight = check_number(importance, "importance", low=0.0, high=1.0)
-        extra = self._metadata(metadata)
-        topic = None if subject is None else check_text(subject, "subject", max_length=MAX_SUBJECT)
-        check_nonblank(topic, "subject")
+        _, extra = json_object(metadata, "metadata", self._db.config.max_json_bytes)
+        topic = check_subject(subject)
         when = None if at is None else check_datetime(at, "at")
         bound = check_dedup(dedup, self._config.dedup)
         spec = await self._spec()
@@ -210,8 +207,7 @@ class Memory(Upkeep):
                 None if same else vector,
             ),
         }
-        with translate_errors("remembering"):
-            row = await self._db.fetch_one(_sql.update_sql(spec.table), params)
+        row = await self._db.fetch_one(_sql.update_sql(spec.table), params)
         if row is None:
             # Forgotten or changed since it was found: what was said is a memory of its own.
             return None
@@ -221,17 +217,6 @@ class Memory(Upkeep):
             version=row["version"],
             similarity=1.0 - float(found["distance"]),
         )
-
-    def _metadata(self, metadata: Any) -> dict[str, Any]:
-        if metadata is None:
-            return {}
-        # Checked as JSON (and read back so: datetimes become ISO strings) before anything is
-        # written: a value JSON cannot carry is the caller's ValidationError.
-        encoded = encode_json(
-            check_mapping(metadata, "metadata"), "metadata", self._db.config.max_json_bytes
-        )
-        loaded: dict[str, Any] = orjson.loads(encoded)
-        return loaded
 
     # -- recalling -----------------------------------------------------------------------------
 
@@ -255,7 +240,7 @@ class Memory(Upkeep):
         shared with every agent come too unless ``shared=False``. ``filter`` applies to the
         memories' metadata (the collections' filter language), ``kinds`` to their kinds.
         ``as_of`` ranks the versions current at that time, as of then. ``weights`` replaces
-        ``memory.weights`` for this call. With ``expand``, each result carries the entities
+        the configured weights it names, for this call. With ``expand``, each result carries the entities
         it mentions and the facts among them (the knowledge graph, as of ``as_of``).
         Each result's ``parts`` add up to its score. Recall counts are written in batches.
         """
@@ -265,7 +250,7 @@ class Memory(Upkeep):
         node = optional_filter(filter)
         chosen = None if kinds is None else [check_kind(k) for k in as_items(kinds, "kinds")]
         when = None if as_of is None else check_datetime(as_of, "as_of")
-        scoring = self._scoring if weights is None else self._weighted(weights)
+        weighed = self._config.weights if weights is None else self._weighted(weights)
         check_bool(expand, "expand")
         spec = await self._spec()
         vector = await self._query(query, spec)
@@ -281,7 +266,8 @@ class Memory(Upkeep):
             shared=with_shared,
             candidates=candidates,
             limit=count,
-            scoring=scoring,
+            config=self._config,
+            weights=weighed,
             as_of=when,
         )
         settings = [("hnsw.ef_search", str(candidates))] if candidates > 40 else []
@@ -292,29 +278,20 @@ class Memory(Upkeep):
             self._access.add(hit.memory.id for hit in results)
         if expand and results:
             found = await self.graph.about([hit.memory.id for hit in results], as_of=when)
-            results = [
-                hit.model_copy(
-                    update={
-                        "entities": found.get(hit.memory.id, ([], []))[0],
-                        "relations": found.get(hit.memory.id, ([], []))[1],
-                    }
-                )
-                for hit in results
-            ]
+            for n, hit in enumerate(results):
+                entities, relations = found.get(hit.memory.id, ([], []))
+                results[n] = hit.model_copy(update={"entities": entities, "relations": relations})
         return results
 
-    def _weighted(self, weights: MemoryWeights | Mapping[str, float]) -> _sql.Scoring:
-        base = self._scoring
+    def _weighted(self, weights: MemoryWeights | Mapping[str, float]) -> MemoryWeights:
         if isinstance(weights, MemoryWeights):
-            chosen = weights
-        else:
-            # The weights named replace the configured ones; the others stay as configured.
-            given = check_mapping(weights, "weights")
-            for name, value in given.items():
-                check_number(value, f"weights.{name}", low=0.0, high=100.0)
-            with located("weights"):
-                chosen = validated(MemoryWeights, {**base.weights.model_dump(), **given})
-        return _sql.Scoring(chosen, base.half_lives, base.default_half_life, base.saturation)
+            return weights
+        # The weights named replace the configured ones; the others stay as configured.
+        given = check_mapping(weights, "weights")
+        for name, value in given.items():
+            check_number(value, f"weights.{name}", low=0.0, high=100.0)
+        with located("weights"):
+            return validated(MemoryWeights, {**self._config.weights.model_dump(), **given})
 
     def _recalled(self, spec: CollectionSpec, row: dict[str, Any], *, past: bool) -> Recalled:
         # As of a past time, the text and metadata are a version's, sealed as versions are.
@@ -371,9 +348,7 @@ class Memory(Upkeep):
         return await self._select(
             agent=check_agent(agent_id),
             shared=check_bool(shared, "shared"),
-            subject=None
-            if subject is None
-            else check_text(subject, "subject", max_length=MAX_SUBJECT),
+            subject=check_subject(subject),
             kind=None if kind is None else check_kind(kind),
             node=optional_filter(filter),
             forgotten=check_bool(forgotten, "forgotten"),
@@ -416,7 +391,7 @@ class Memory(Upkeep):
         """
         chosen = None if ids is None else check_ids(ids)
         agent = check_agent(agent_id)
-        topic = None if subject is None else check_text(subject, "subject", max_length=MAX_SUBJECT)
+        topic = check_subject(subject)
         node = optional_filter(filter)
         if node is not None and matches_all(node):
             raise ValidationError(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,8 +26,8 @@ from agency_data.memory._checks import (
     check_agent,
     check_kind,
     check_memory_id,
-    check_seconds,
     memory_record,
+    seconds,
 )
 from agency_data.memory.models import MemoryRecord, Remembered
 from agency_data.observability import observed
@@ -70,22 +69,14 @@ class Upkeep(MemoryBase):
         """
         agent = check_agent(agent_id)
         check_callable(summarise, "summarise")
-        age = check_seconds(older_than, "older_than")
+        age = seconds(older_than, "older_than")
         ceiling = check_number(max_importance, "max_importance", low=0.0, high=1.0)
         smallest = check_int(min_group, "min_group", 2, 10_000)
         kind = check_kind(kind)
         spec = await self._spec()
-        query = sql.SQL(
-            "SELECT {} FROM memories m JOIN {} e ON e.tenant_id = m.tenant_id AND e.id = m.id "
-            "WHERE m.tenant_id = %s AND m.collection = %s AND {} AND m.forgotten_at IS NULL "
-            "AND m.importance <= %s AND m.happened_at < now() - make_interval(secs => %s) "
-            "ORDER BY m.subject NULLS FIRST, m.happened_at, m.id"
-        ).format(
-            sql.SQL(_sql.MEMORY_COLUMNS),
-            spec.table_id,
-            sql.SQL("m.agent_id = %s" if agent is not None else "m.agent_id IS NULL"),
+        query, params = _sql.consolidation_sql(
+            spec, self.tenant, self.collection, agent, ceiling, age
         )
-        params = [self.tenant, self.collection, *([agent] if agent else []), ceiling, age]
         with translate_errors("choosing memories to consolidate"):
             rows = await self._db.fetch(query, params)
         groups: dict[str | None, list[MemoryRecord]] = {}
@@ -199,7 +190,7 @@ class Upkeep(MemoryBase):
         ``agent_id`` None: every agent's. ``hard`` deletes them as :meth:`forget` does.
         """
         agent = check_agent(agent_id)
-        age = None if older_than is None else check_seconds(older_than, "older_than")
+        age = None if older_than is None else seconds(older_than, "older_than")
         floor = (
             None
             if below_importance is None
@@ -212,34 +203,7 @@ class Upkeep(MemoryBase):
                 "prune needs older_than, below_importance or keep", field="older_than"
             )
         spec = await self._spec()
-        conditions = [sql.SQL("m.tenant_id = %s AND m.collection = %s AND m.forgotten_at IS NULL")]
-        params: list[Any] = [self.tenant, self.collection]
-        if agent is not None:
-            conditions.append(sql.SQL("m.agent_id = %s"))
-            params.append(agent)
-        policy: list[sql.Composable] = []
-        if age is not None or floor is not None:
-            parts = []
-            if age is not None:
-                parts.append(sql.SQL("m.happened_at < now() - make_interval(secs => %s)"))
-                params.append(age)
-            if floor is not None:
-                parts.append(sql.SQL("m.importance < %s"))
-                params.append(floor)
-            policy.append(sql.SQL("({})").format(sql.SQL(" AND ").join(parts)))
-        if most is not None:
-            policy.append(
-                sql.SQL(
-                    "m.id IN (SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY "
-                    "agent_id ORDER BY importance DESC, happened_at DESC, id) AS rank "
-                    "FROM memories WHERE tenant_id = %s AND collection = %s "
-                    "AND forgotten_at IS NULL) AS r WHERE rank > %s)"
-                )
-            )
-            params += [self.tenant, self.collection, most]
-        query = sql.SQL(
-            "SELECT m.id FROM memories m WHERE {} AND ({}) ORDER BY m.id FOR UPDATE"
-        ).format(sql.SQL(" AND ").join(conditions), sql.SQL(" OR ").join(policy))
+        query, params = _sql.prune_sql(self.tenant, self.collection, agent, age, floor, most)
         async with self._db.transaction():
             with translate_errors("pruning memories"):
                 rows = await self._db.fetch(query, params)

@@ -159,16 +159,12 @@ async def erase_changes(db: Database, tenant: str, table: str, ids: list[str]) -
     """Remove what the feed holds of rows being erased (in the caller's transaction): their
     changes go, but the deletes just captured stay, their values cleared, so that consumers
     still learn the rows are gone."""
-    keyed = [tenant, table, ids]
     await db.execute(
-        "DELETE FROM changes WHERE tenant_id = %s AND table_name = %s "
-        "AND row_id = ANY(%s) AND xid <> pg_current_xact_id()",
-        keyed,
-    )
-    await db.execute(
-        "UPDATE changes SET old = NULL WHERE tenant_id = %s AND table_name = %s "
-        "AND row_id = ANY(%s) AND xid = pg_current_xact_id()",
-        keyed,
+        "WITH gone AS (DELETE FROM changes WHERE tenant_id = %(tenant)s "
+        "AND table_name = %(table)s AND row_id = ANY(%(ids)s) AND xid <> pg_current_xact_id()) "
+        "UPDATE changes SET old = NULL WHERE tenant_id = %(tenant)s AND table_name = %(table)s "
+        "AND row_id = ANY(%(ids)s) AND xid = pg_current_xact_id()",
+        {"tenant": tenant, "table": table, "ids": ids},
     )
 
 

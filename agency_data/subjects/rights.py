@@ -29,7 +29,7 @@ from agency_data.audit.notes import SYSTEM_TRAIL
 from agency_data.config import SubjectsConfig
 from agency_data.errors import ValidationError
 from agency_data.inputs import check_tenant, check_text
-from agency_data.memory.erasure import erase_memories
+from agency_data.memory.erasure import erase_memories, memory_versions
 from agency_data.outbox.changes import erase_changes
 from agency_data.outbox.relay import RELAY_LOCK
 from agency_data.redis.errors import translate_errors as redis_errors
@@ -316,30 +316,15 @@ class SubjectRights:
         kinds = set(config.entity_types)
         if not paths and not kinds:
             return
-        view = self._db.for_tenant(tenant)
-        cipher = self._db.cipher
-        query = (
-            "SELECT memory_id, version, metadata, kind, agent_id FROM memory_history "
-            "WHERE tenant_id = %s AND (memory_id, version) > (%s, %s) "
-            "ORDER BY memory_id, version LIMIT %s"
-        )
-        after: tuple[str, int] = ("", 0)
         found: set[str] = set()
-        while True:
-            rows = await view.fetch(query, [tenant, *after, _BATCH])
-            await cipher.ensure(tenant, write=False)
-            for row in rows:
-                key = f"{row['memory_id']}:{row['version']}"
-                metadata = cipher.open(tenant, "memory_history", "metadata", key, row["metadata"])
-                if row["memory_id"] not in found and (
-                    any(_names(_at(metadata, path), subject) for path in paths)
-                    or (row["kind"] in kinds and row["agent_id"] == subject)
-                ):
-                    found.add(row["memory_id"])
-                    yield row["memory_id"]
-            if len(rows) < _BATCH:
-                return
-            after = (rows[-1]["memory_id"], rows[-1]["version"])
+        async for version in memory_versions(self._db.for_tenant(tenant), tenant):
+            memory = version["memory_id"]
+            if memory not in found and (
+                any(_names(_at(version["metadata"], path), subject) for path in paths)
+                or (version["kind"] in kinds and version["agent_id"] == subject)
+            ):
+                found.add(memory)
+                yield memory
 
     async def _matching(
         self,
