@@ -16,6 +16,7 @@ from agency_data.observability.statements import StatementStats, top_statements
 from agency_data.postgres.database import Database
 from agency_data.postgres.errors import translate_errors
 from agency_data.scope import QueryMethods
+from agency_data.security.api_keys import ApiKeys
 from agency_data.security.rekey import KeyAdmin
 from agency_data.security.roles import role_warnings
 from agency_data.vectors.admin import CollectionAdmin
@@ -48,6 +49,8 @@ class Admin(QueryMethods, CollectionAdmin):
         self._app = app
         self.keys = keys
         """The tenants' data keys: rotate the KEK, re-encrypt, retire, crypto-shred."""
+        self.api_keys = ApiKeys(admin, app)
+        """The service's API keys: make, list, revoke and check them."""
         # (conninfo, database) where pg_stat_statements is read; see top_statements.
         self._statements = statements
 

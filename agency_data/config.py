@@ -58,6 +58,7 @@ __all__ = [
     "PostgresConfig",
     "RedisConfig",
     "SentinelConfig",
+    "ServiceConfig",
     "TasksConfig",
     "VectorConfig",
     "default_data_dir",
@@ -1216,6 +1217,60 @@ class MemoryConfig(_Section):
     )
 
 
+class ServiceConfig(_Section):
+    """The HTTP service (``agency-data serve``) and its MCP server (``agency-data mcp``).
+
+    Usage (TOML)::
+
+        [service]
+        host = "127.0.0.1"
+        port = 8700
+        rate_limit = 50            # requests a second per API key; 0 turns limits off
+        rate_burst = 100
+        jwks_url = "https://id.example.com/.well-known/jwks.json"
+        jwt_audience = "agency-data"
+    """
+
+    host: str = Field(default="127.0.0.1", description="the address `serve` listens on")
+    port: int = Field(default=8700, ge=0, le=65535, description="the port (0: any free one)")
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="the largest request body accepted (413 above it)",
+    )
+    request_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="seconds a request may run before it is ended with 504 (long-poll waits "
+        "are capped below it)",
+    )
+    rate_limit: float = Field(
+        default=0.0,
+        ge=0,
+        le=1_000_000,
+        description="requests a second each API key may make on average (0: no limit)",
+    )
+    rate_burst: int = Field(
+        default=100, ge=1, le=1_000_000, description="requests a key may make at once"
+    )
+    jwks_url: str | None = Field(
+        default=None,
+        description="a JWKS document's URL: bearer JWTs signed by its keys are accepted",
+    )
+    jwt_issuer: str | None = Field(default=None, description="the `iss` a JWT must carry")
+    jwt_audience: str | None = Field(default=None, description="the `aud` a JWT must carry")
+    jwt_tenant_claim: str = Field(default="tenant", description="the JWT claim naming the tenant")
+    jwt_role_claim: str = Field(
+        default="role", description="the JWT claim naming the role (read-only if absent)"
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="a bearer token for /metrics; without one, only loopback clients get it",
+    )
+
+
 class DataLayerConfig(BaseSettings):
     """Every setting of the data layer, validated once at load.
 
@@ -1245,6 +1300,7 @@ class DataLayerConfig(BaseSettings):
     changes: ChangesConfig = Field(default_factory=ChangesConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)

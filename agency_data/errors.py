@@ -17,12 +17,16 @@ AgencyDataError
  |    +-- TaskCancelled       the task a worker holds was cancelled
  |    +-- ChangesLost         a change-feed cursor points before what the feed still keeps
  +-- ValidationError          bad input, caught before (or by) the database
+ |    +-- PayloadTooLarge     a request's body is larger than the service accepts
  +-- DecryptionError          an encrypted value's key is gone (shredded) or the value was moved
  +-- EmbedderError            a collection's text embedder failed, or returned unusable vectors
  +-- LockNotAcquired          a lock could not be taken within its wait
  +-- LockNotOwned             a lock was released or extended after it was lost
  +-- UsageError               a call the API cannot serve where it was made (a sync call
  |                            from inside the event loop it would have to wait on)
+ +-- AuthenticationFailed     the service got no API key or token, or one it does not accept
+ +-- RateLimited              a key made more requests than its rate limit allows
+ +-- RequestTimeout           the service ended a request that ran past its time limit
  +-- MigrationError           a migration could not be planned, applied or rolled back
       +-- MigrationChecksumMismatch  an applied migration's file has changed since
       +-- BackupError         the backup before migrating failed
@@ -38,6 +42,7 @@ from collections.abc import Callable
 
 __all__ = [
     "AgencyDataError",
+    "AuthenticationFailed",
     "BackendUnavailable",
     "BackupError",
     "ChangesLost",
@@ -52,10 +57,13 @@ __all__ = [
     "MigrationChecksumMismatch",
     "MigrationError",
     "NotFound",
+    "PayloadTooLarge",
     "PermissionDenied",
     "PoolTimeout",
     "QueryError",
     "QueryTimeout",
+    "RateLimited",
+    "RequestTimeout",
     "SerializationFailure",
     "StorageFull",
     "TaskCancelled",
@@ -219,6 +227,37 @@ class ValidationError(AgencyDataError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class PayloadTooLarge(ValidationError):
+    """A request's body is larger than ``service.max_body_bytes``; nothing was read into it."""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message, field="body")
+        self.limit = limit
+
+
+class AuthenticationFailed(AgencyDataError):
+    """The service got no API key or bearer token, or one that is unknown, revoked, expired or
+    malformed. Which of these it was is not told, so a guesser learns nothing."""
+
+
+class RateLimited(AgencyDataError):
+    """An API key made more requests than ``service.rate_limit`` allows; retry after
+    ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(AgencyDataError):
+    """The service ended a request that ran past ``service.request_timeout``; what it had
+    written in a transaction was rolled back."""
+
+    def __init__(self, message: str, *, limit: float) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class LockNotAcquired(AgencyDataError):

@@ -235,6 +235,15 @@ async def dl(database: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Dat
         yield layer
 
 
+@pytest.fixture
+async def service(database: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Any]:
+    """The HTTP service, running on loopback over a fresh database (tests/service_support.py)."""
+    from tests.service_support import service_on
+
+    async with service_on(database, redis_url, tmp_path) as svc:
+        yield svc
+
+
 @pytest.fixture(scope="session")
 def valkey_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyProcesses]:
     """Extra Valkey servers (cluster, sentinel), started on demand, stopped after the session."""

@@ -273,6 +273,7 @@ async def test_the_layers_own_actions_go_to_the_system_trail(audited: DataLayer)
         ("migration.up", "agency_data:0017_store_events"),
         ("migration.up", "agency_data:0018_agent_memory"),
         ("migration.up", "agency_data:0019_knowledge_graph"),
+        ("migration.up", "agency_data:0020_api_keys"),
         ("collection.create", "notes"),
         ("index.create", "notes"),
         ("index.drop", "notes"),

@@ -274,7 +274,7 @@ def test_rollback_without_a_terminal_is_refused(
         "migrate", "down", "--steps", "1", dsn=database, redis_url=redis_url, tmp_path=tmp_path
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "down agency_data:0019_knowledge_graph" in result.stderr  # the plan, shown
+    assert "down agency_data:0020_api_keys" in result.stderr  # the plan, shown
     assert "error: not rolling back without a confirmation" in result.stderr
     assert "--yes" in result.stderr
     assert history(database) == BUILTIN_COUNT

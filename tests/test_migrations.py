@@ -410,6 +410,7 @@ async def test_rollback_plan_says_what_it_destroys(
     plan = await runner(database.owner).down(to="0004", dry_run=True)
     by_step = {step.key: step for step in plan.steps}
     assert list(by_step) == [
+        "agency_data:0020_api_keys",
         "agency_data:0019_knowledge_graph",
         "agency_data:0018_agent_memory",
         "agency_data:0017_store_events",
@@ -426,6 +427,8 @@ async def test_rollback_plan_says_what_it_destroys(
         "agency_data:0006_embedding_collections",
         "agency_data:0005_task_lifecycle",
     ]
+    # The service's API keys, none made here.
+    assert by_step["agency_data:0020_api_keys"].data_loss == (DataLoss("api_keys", rows=0),)
     # The knowledge graph's tables, empty here.
     assert set(by_step["agency_data:0019_knowledge_graph"].data_loss) == {
         DataLoss("memory_entities", rows=0),
@@ -462,10 +465,10 @@ async def test_rollback_plan_says_what_it_destroys(
     }
     # Ids back to UUIDs: a column changes type, nothing is dropped.
     assert by_step["agency_data:0011_string_ids"].data_loss == ()
-    # The system trail's records: 0010 to 0019 applied, then the collection made.
+    # The system trail's records: 0010 to 0020 applied, then the collection made.
     assert set(by_step["agency_data:0010_audit"].data_loss) == {
         DataLoss("audit_heads", rows=1),
-        DataLoss("audit_log", rows=11),
+        DataLoss("audit_log", rows=12),
         DataLoss("audit_pending", rows=0),
     }
     assert set(by_step["agency_data:0009_task_queue"].data_loss) == {

@@ -106,6 +106,8 @@ async def two_tenants(dl: DataLayer) -> DataLayer:
             "INSERT INTO memory_mentions (tenant_id, memory_id, entity_id) VALUES (%s, 'm', 'e')",
             [tenant],
         )
+        # The service's API keys.
+        await dl.admin.api_keys.create(tenant, "read-only")
     # Each tenant's record chained now: it waits in audit_pending until then.
     await dl.admin.fetch("SELECT agency_data_audit_seal()")
     return dl

@@ -1,4 +1,5 @@
-"""``agency-data keys list|rotate|reencrypt|retire|destroy``: the tenants' data keys."""
+"""``agency-data keys``: the service's API keys (``create``, ``issued``, ``revoke``) and field
+encryption's data keys (``list``, ``rotate``, ``reencrypt``, ``retire``, ``destroy``)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ from typing import Annotated
 
 import typer
 
-from agency_data.cli._common import ConfigOption, DataDirOption, error, load_config, run_job
+from agency_data.cli._common import (
+    ConfigOption,
+    DataDirOption,
+    error,
+    load_config,
+    run_job,
+    table,
+)
 from agency_data.manager import DataLayer
+from agency_data.security.api_keys import ApiKey, ApiKeyRole
 from agency_data.security.rekey import ReencryptReport
 
 __all__ = ["keys_app"]
 
 keys_app = typer.Typer(
-    help="Field encryption's data keys: one per tenant, wrapped by the KEK, kept in the key store.",
+    help="API keys of the service (create, issued, revoke), and field encryption's data keys "
+    "(list, rotate, reencrypt, retire, destroy: one per tenant, wrapped by the KEK).",
     no_args_is_help=True,
 )
 
@@ -118,3 +128,78 @@ def destroy(
     typer.echo(
         f"tenant {tenant}: keys destroyed" if run_job(job) else f"tenant {tenant} had no keys"
     )
+
+
+@keys_app.command()
+def create(
+    tenant: TenantArgument,
+    role: Annotated[ApiKeyRole, typer.Option("--role", "-r", help="What the key may do.")],
+    name: Annotated[
+        str | None, typer.Option(help="The key's name: the audit trail's actor (default: its id).")
+    ] = None,
+    expires_in: Annotated[
+        float | None, typer.Option(min=1, help="Seconds until the key stops working by itself.")
+    ] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Make an API key for the service and print it: it is shown this once (only its digest
+    is kept). Details of the key go to stderr, the key alone to stdout."""
+
+    async def job() -> tuple[ApiKey, str]:
+        async with DataLayer(load_config(config, data_dir)) as dl:
+            return await dl.admin.api_keys.create(tenant, role, name=name, expires_in=expires_in)
+
+    key, secret = run_job(job)
+    typer.echo(
+        f"API key {key.id} ({key.name}) for tenant {key.tenant_id}, role {key.role.value}; "
+        "store it now, it is not shown again:",
+        err=True,
+    )
+    typer.echo(secret)
+
+
+@keys_app.command()
+def issued(
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="Only this tenant's keys.")
+    ] = None,
+    revoked: Annotated[bool, typer.Option(help="Also list revoked keys.")] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """The API keys issued (never their secrets), oldest first."""
+
+    async def job() -> list[ApiKey]:
+        async with DataLayer(load_config(config, data_dir)) as dl:
+            return await dl.admin.api_keys.list(tenant, revoked=revoked)
+
+    rows = [
+        [
+            key.id,
+            key.tenant_id,
+            key.role.value,
+            key.name,
+            key.created_at.isoformat(timespec="seconds"),
+            "" if key.expires_at is None else key.expires_at.isoformat(timespec="seconds"),
+            "" if key.revoked_at is None else key.revoked_at.isoformat(timespec="seconds"),
+        ]
+        for key in run_job(job)
+    ]
+    table(["id", "tenant", "role", "name", "created", "expires", "revoked"], rows)
+
+
+@keys_app.command()
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `keys issued`).")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Revoke an API key: requests carrying it are refused from the next one on."""
+
+    async def job() -> ApiKey:
+        async with DataLayer(load_config(config, data_dir)) as dl:
+            return await dl.admin.api_keys.revoke(key_id)
+
+    key = run_job(job)
+    typer.echo(f"revoked API key {key.id} ({key.name}) of tenant {key.tenant_id}")

@@ -230,6 +230,10 @@ class Keys:
         """A durable stream."""
         return f"{self.prefix}stream:{name}"
 
+    def rate_limit(self, key_id: str) -> str:
+        """When an API key's next request conforms to its rate limit (the service's GCRA)."""
+        return f"{self.prefix}rate:{key_id}"
+
     def dedupe(self, name: str) -> str:
         """A consumer group's record of an outbox message it was handed (streams' dedupe)."""
         return f"{self.prefix}dedupe:{name}"

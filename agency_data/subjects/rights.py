@@ -189,6 +189,8 @@ class SubjectRights:
         # relations would go with their entities), then agent memory: its versions and links
         # go with it (ON DELETE CASCADE).
         tables += ["memory_mentions", "memory_relations", "memory_entities", "memories"]
+        # The service's API keys: an erased tenant's keys stop working.
+        tables += ["api_keys"]
         tables += [(await self._catalog.load(n)).table for n in await self._catalog.names()]
         # Last: the deletes above may have written changes and messages (tracked tables).
         tables += ["outbox", "changes", "change_consumers"]

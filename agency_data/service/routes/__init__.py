@@ -1,0 +1,16 @@
+"""The service's resources, one module each; :data:`ROUTERS` lists them for the app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agency_data.service.routes import health
+from agency_data.service.routes.agents import AgentsController
+
+__all__ = ["PUBLIC_PATHS", "ROUTERS"]
+
+ROUTERS: list[Any] = [*health.ROUTES, AgentsController]
+"""Every route handler and controller of the API."""
+
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+"""Paths served without a key."""
