@@ -50,6 +50,7 @@ from agency_data.memory import KnowledgeGraph, ManagedMemory
 from agency_data.outbox import Changes
 from agency_data.postgres.agents import AgentStore
 from agency_data.scope import TenantScope
+from agency_data.security.api_keys import ApiKeys
 from agency_data.subjects import SubjectRights
 from agency_data.sync import Portal
 from agency_data.tasks import TaskStore
@@ -555,6 +556,10 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "dimension": lambda p: DIM,
     "admin.collection": lambda p: COLLECTION,
     "admin.audit.table": lambda p: "agents",
+    "api_keys.tenant": lambda p: TENANT,
+    "api_keys.role": lambda p: "read-only",
+    "api_keys.key_id": lambda p: "0000000000000000",
+    "api_keys.verify.text": lambda p: "adk_x",
     "changes.table": lambda p: "agents",
     "changes.columns": lambda p: ["name", "status"],
     "export.source": lambda p: "tasks",
@@ -666,6 +671,7 @@ SURFACES: dict[str, tuple[type, Callable[[DataLayer], Any]]] = {
     "changes": (Changes, lambda dl: dl.changes),
     "memory": (ManagedMemory, lambda dl: dl.memory.with_embedder(HashingEmbedder(DIM))),
     "graph": (KnowledgeGraph, lambda dl: dl.tenant(TENANT).memory.graph),
+    "api_keys": (ApiKeys, lambda dl: dl.admin.api_keys),
 }
 if AgencyCheckpointSaver is not None:
     # Built on the test's running loop, so its sync methods are refused there (UsageError).

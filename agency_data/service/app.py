@@ -43,7 +43,7 @@ def create_app(dl: DataLayer, config: ServiceConfig | None = None) -> Litestar:
         dl=dl,
         config=settings,
         authenticator=Authenticator(dl.admin.api_keys, settings),
-        limiter=RateLimiter(dl.scripts if dl.redis_url is not None else None, settings),
+        limiter=RateLimiter(dl.scripts, settings),
         telemetry=telemetry,
     )
     app = _build(settings, telemetry)

@@ -108,6 +108,8 @@ from agency_data.retention.runner import RetentionReport
 from agency_data.scope import M, T
 from agency_data.scope import QueryMethods as AsyncQueryMethods
 from agency_data.scope import TenantScope as AsyncTenantScope
+from agency_data.security.api_keys import ApiKey, ApiKeyRole
+from agency_data.security.api_keys import ApiKeys as AsyncApiKeys
 from agency_data.security.keys import KeyManager
 from agency_data.security.rekey import KeyAdmin as AsyncKeyAdmin
 from agency_data.security.rekey import ReencryptReport
@@ -137,6 +139,7 @@ __all__ = [
     "Admin",
     "AgentStore",
     "Alerts",
+    "ApiKeys",
     "AuditTrail",
     "Backups",
     "Cache",
@@ -439,6 +442,11 @@ class Admin(QueryMethods, CollectionAdmin):
     def keys(self) -> KeyAdmin:
         """The tenants' data keys: rotate the KEK, re-encrypt, retire, crypto-shred."""
         return self._child("keys", self._live().keys, KeyAdmin)
+
+    @property
+    def api_keys(self) -> ApiKeys:
+        """The service's API keys: make, list, revoke and check them."""
+        return self._child("api_keys", self._live().api_keys, ApiKeys)
 
     def top_statements(self, limit: int = 20, order: str = "total") -> list[StatementStats]:
         """The costliest statements of the layer's database, from ``pg_stat_statements``."""
@@ -2321,6 +2329,50 @@ class TenantScope(QueryMethods):
         under ``masking.paths`` and masks every string by ``masking.rules``. Use ``for``;
         see :mod:`agency_data.security.export`."""
         return self._portal.iterate(self._aio.export(source, masked=masked, batch_size=batch_size))
+
+
+class ApiKeys(Wrapper):
+    """Synchronous twin of :class:`agency_data.security.api_keys.ApiKeys`.
+
+    Make, list, revoke and check API keys (``dl.admin.api_keys``).
+    """
+
+    __slots__ = ()
+    _aio: AsyncApiKeys
+    _aio_type: ClassVar[type[Any]] = AsyncApiKeys
+
+    @property
+    def aio(self) -> AsyncApiKeys:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    def create(
+        self,
+        tenant: str,
+        role: ApiKeyRole | str,
+        *,
+        name: str | None = None,
+        expires_in: float | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Make a key for ``tenant`` with ``role``; return it and its text, which is never
+        shown again. ``name`` (default: the key's id) is the audit trail's actor for what
+        the key does; ``expires_in`` (seconds) ends it by itself."""
+        return self._portal.call(self._aio.create(tenant, role, name=name, expires_in=expires_in))
+
+    def list(self, tenant: str | None = None, *, revoked: bool = False) -> builtins.list[ApiKey]:
+        """The keys of ``tenant`` (of every tenant when None, as the owner sees them), oldest
+        first; revoked ones too with ``revoked=True``."""
+        return self._portal.call(self._aio.list(tenant, revoked=revoked))
+
+    def revoke(self, key_id: str, *, tenant: str | None = None) -> ApiKey:
+        """Revoke the key with ``key_id``: requests carrying it are refused from now on.
+        :class:`NotFound` if there is no such key (of ``tenant``, when given)."""
+        return self._portal.call(self._aio.revoke(key_id, tenant=tenant))
+
+    def verify(self, text: Any) -> ApiKey:
+        """The live key ``text`` is; :class:`AuthenticationFailed` if it is malformed, unknown,
+        revoked or expired (the error does not say which)."""
+        return self._portal.call(self._aio.verify(text))
 
 
 class KeyAdmin(Wrapper):
