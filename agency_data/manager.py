@@ -417,7 +417,9 @@ class DataLayer(QueryMethods, MonitoringMethods):
             await replicas.aclose()
         pool, self._pool = self._pool, None
         admin_pool, self._admin_pool = self._admin_pool, None
-        self._admin = None
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.api_keys.aclose()
         embeddings, self._embeddings = self._embeddings, None
         memory, self._memory = self._memory, None
         client, self._redis = self._redis, None

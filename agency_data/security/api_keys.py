@@ -17,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import builtins
@@ -24,12 +25,14 @@ import hashlib
 import hmac
 import secrets
 import string
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from agency_data.batching import PointReads
 from agency_data.errors import AuthenticationFailed, NotFound, ValidationError
 from agency_data.inputs import check_choice, check_seconds, check_tenant, check_text
 from agency_data.postgres.database import Database
@@ -104,6 +107,14 @@ class ApiKeys:
     def __init__(self, admin: Database, app: Database) -> None:
         self._admin = admin
         self._app = app
+        # Concurrent requests' keys are looked up together: one query per tenant and loop turn.
+        self._reads: PointReads[tuple[str, str], dict[str, Any]] = PointReads(
+            self._read_one, self._read_many
+        )
+
+    async def aclose(self) -> None:
+        """Wait for the key lookups still running."""
+        await self._reads.aclose()
 
     async def create(
         self,
@@ -166,15 +177,31 @@ class ApiKeys:
         """The live key ``text`` is; :class:`AuthenticationFailed` if it is malformed, unknown,
         revoked or expired (the error does not say which)."""
         tenant, key_id, digest = parse_key(text)
-        row = await self._app.for_tenant(tenant).fetch_one(
-            f"""SELECT {_COLUMNS}, secret_hash FROM api_keys
-                WHERE id = %s AND revoked_at IS NULL
-                  AND (expires_at IS NULL OR expires_at > clock_timestamp())""",
-            [key_id],
-        )
-        if row is None or not hmac.compare_digest(bytes(row.pop("secret_hash")), digest):
+        row = await self._reads.get((tenant, key_id))
+        if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), digest):
             raise _refused()
-        return ApiKey.model_validate(row)
+        return ApiKey.model_validate({k: v for k, v in row.items() if k != "secret_hash"})
+
+    async def _read_one(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        return (await self._read_many([key])).get(key)
+
+    async def _read_many(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        by_tenant: dict[str, builtins.list[str]] = {}
+        for tenant, key_id in keys:
+            by_tenant.setdefault(tenant, []).append(key_id)
+
+        async def read(tenant: str, ids: builtins.list[str]) -> builtins.list[dict[str, Any]]:
+            return await self._app.for_tenant(tenant).fetch(
+                f"""SELECT {_COLUMNS}, secret_hash FROM api_keys
+                    WHERE id = ANY(%s) AND revoked_at IS NULL
+                      AND (expires_at IS NULL OR expires_at > clock_timestamp())""",
+                [ids],
+            )
+
+        groups = await asyncio.gather(*(read(t, ids) for t, ids in by_tenant.items()))
+        return {(row["tenant_id"], row["id"]): row for rows in groups for row in rows}
 
 
 def _digest(secret: str) -> bytes:

@@ -133,7 +133,8 @@ class Authenticator:
 
 
 def _requires(role: ApiKeyRole) -> Any:
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        # async: the framework runs a plain function guard in a worker thread, per request.
         principal = connection.scope.get("user")
         if not isinstance(principal, Principal):
             raise AuthenticationFailed("this request carries no credentials")
