@@ -289,6 +289,11 @@ async def test_http_keys_roles_and_tenants(dl: DataLayer) -> None:
             assert "same entity" in await _refused(reader, "paths", source=ann.id, target=ann.id)
             queue = await _resource(reader, "agency-data://queue")
             assert queue["counts"] == {}
+            listed = await _resource(reader, "agency-data://collections")
+            assert dl.config.memory.collection in listed["collections"]
+            memories = f"agency-data://collections/{dl.config.memory.collection}"
+            described = await _resource(reader, memories)
+            assert (described["rows"], described["embeds_text"]) == (1, True)
             assert (await _ok(reader, "get_session", session_id=opened["id"]))["data"][
                 "goal"
             ] == "x"
@@ -306,6 +311,17 @@ async def test_http_keys_roles_and_tenants(dl: DataLayer) -> None:
             assert "no entity" in await _refused(stranger, "paths", source=ann.id, target=cat.id)
             gone = await _ok(stranger, "forget", ids=[remembered["id"]])
             assert gone["forgotten"] == 0
+            assert (await _resource(stranger, memories))["rows"] == 0
+
+    # The HTTP API's per-key rate limits hold over MCP too.
+    async with (
+        running(dl, ServiceConfig(port=0, rate_limit=1, rate_burst=1)) as limited,
+        _http_session(f"{limited.url}{MCP_PATH}", keys[(TENANT, "read-only")]) as hasty,
+    ):
+        answers = [
+            await hasty.call_tool("get_session", {"session_id": opened["id"]}) for _ in range(4)
+        ]
+        assert "over its rate limit" in _text(answers[-1])
 
     tenant = dl.tenant(TENANT)
     assert (await tenant.sessions.get(opened["id"])).data == {"step": 1, "goal": "x"}

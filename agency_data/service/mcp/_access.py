@@ -10,8 +10,8 @@ variable (:func:`get_access_token`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -24,11 +24,12 @@ from mcp.server.mcpserver.exceptions import (
 )
 
 from agency_data.actor import acting_as
+from agency_data.config import ServiceConfig
 from agency_data.errors import AgencyDataError, AuthenticationFailed, NotFound
 from agency_data.manager import DataLayer
 from agency_data.scope import TenantScope
 from agency_data.security.api_keys import ApiKeyRole
-from agency_data.service.auth import Authenticator, Principal
+from agency_data.service.auth import Authenticator, Principal, RateLimiter
 
 __all__ = ["READ", "WRITE", "Access", "KeyVerifier"]
 
@@ -40,10 +41,13 @@ WRITE = ApiKeyRole.READ_WRITE
 
 @dataclass(frozen=True)
 class Access:
-    """The data layer the tools call, and the caller when the transport has one fixed key."""
+    """The data layer the tools call, the caller when the transport has one fixed key, and
+    the per-key rate limits (``service.rate_limit``) the HTTP API applies too."""
 
     dl: DataLayer
+    config: ServiceConfig
     fixed: Principal | None = None
+    limiter: RateLimiter | None = None
 
     def caller(self) -> Principal:
         """The principal of the call being handled."""
@@ -55,21 +59,21 @@ class Access:
         # Unreachable behind the SDK's bearer middleware; refused rather than run as nobody.
         raise ToolError("this call carries no API key: send 'Authorization: Bearer <API key>'")
 
-    @contextmanager
-    def tool(self, needs: ApiKeyRole) -> Iterator[TenantScope]:
-        """``with access.tool(WRITE) as tenant:`` the caller's tenant view, its key's name as the
-        audit actor; a library error leaves as a tool error carrying its message."""
-        with self._scope(needs, resource=False) as tenant:
+    @asynccontextmanager
+    async def tool(self, needs: ApiKeyRole) -> AsyncIterator[TenantScope]:
+        """``async with access.tool(WRITE) as tenant:`` the caller's tenant view, its key's name
+        as the audit actor; a library error leaves as a tool error carrying its message."""
+        async with self._scope(needs, resource=False) as tenant:
             yield tenant
 
-    @contextmanager
-    def resource(self) -> Iterator[TenantScope]:
+    @asynccontextmanager
+    async def resource(self) -> AsyncIterator[TenantScope]:
         """As :meth:`tool` for reading a resource (any key)."""
-        with self._scope(READ, resource=True) as tenant:
+        async with self._scope(READ, resource=True) as tenant:
             yield tenant
 
-    @contextmanager
-    def _scope(self, needs: ApiKeyRole, *, resource: bool) -> Iterator[TenantScope]:
+    @asynccontextmanager
+    async def _scope(self, needs: ApiKeyRole, *, resource: bool) -> AsyncIterator[TenantScope]:
         principal = self.caller()
         if not principal.role.allows(needs):
             message = (
@@ -78,6 +82,8 @@ class Access:
             )
             raise ResourceError(message) if resource else ToolError(message)
         try:
+            if self.limiter is not None:
+                await self.limiter.check(principal)
             with acting_as(principal.name):
                 yield self.dl.tenant(principal.tenant)
         except MCPServerError:

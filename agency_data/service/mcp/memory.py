@@ -47,7 +47,7 @@ def add_memory_tools(server: MCPServer[Any], access: Access) -> None:
         importance: Annotated[float, Field(ge=0, le=1)] = 0.5,
         metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        with access.tool(WRITE) as tenant:
+        async with access.tool(WRITE) as tenant:
             memory = tenant.memory
             options: dict[str, Any] = {
                 "kind": kind,
@@ -82,7 +82,7 @@ def add_memory_tools(server: MCPServer[Any], access: Access) -> None:
         ] = None,
         limit: Annotated[int, Field(ge=1, le=100)] = 5,
     ) -> dict[str, Any]:
-        with access.tool(READ) as tenant:
+        async with access.tool(READ) as tenant:
             memory = tenant.memory
             if vector is not None:
                 wanted: Any = vector
@@ -118,7 +118,7 @@ def add_memory_tools(server: MCPServer[Any], access: Access) -> None:
         agent_id: Annotated[str | None, Field(description="every memory of this agent")] = None,
         subject: Annotated[str | None, Field(description="every memory on this subject")] = None,
     ) -> dict[str, Any]:
-        with access.tool(WRITE) as tenant:
+        async with access.tool(WRITE) as tenant:
             count = await tenant.memory.forget(ids, agent_id=agent_id, subject=subject)
             return {"forgotten": count}
 
@@ -134,7 +134,7 @@ def add_memory_tools(server: MCPServer[Any], access: Access) -> None:
         direction: Direction = "out",
         limit: Annotated[int, Field(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
-        with access.tool(READ) as tenant:
+        async with access.tool(READ) as tenant:
             found = await tenant.memory.graph.neighbours(
                 entity, hops=hops, relation=relation, direction=direction, limit=limit
             )
@@ -157,7 +157,7 @@ def add_memory_tools(server: MCPServer[Any], access: Access) -> None:
         direction: Direction = "out",
         limit: Annotated[int, Field(ge=1, le=100)] = 10,
     ) -> dict[str, Any]:
-        with access.tool(READ) as tenant:
+        async with access.tool(READ) as tenant:
             found = await tenant.memory.graph.paths(
                 source,
                 target,

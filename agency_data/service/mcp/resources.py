@@ -24,7 +24,7 @@ def add_resources(server: MCPServer[Any], access: Access) -> None:
         mime_type=_JSON,
     )
     async def collections() -> str:
-        with access.resource():
+        async with access.resource():
             names = await access.dl.embeddings.list_collections()
             memory = access.dl.config.memory.collection
             return _dumps({"collections": names, "memory": memory})
@@ -37,7 +37,7 @@ def add_resources(server: MCPServer[Any], access: Access) -> None:
         mime_type=_JSON,
     )
     async def collection(name: str) -> str:
-        with access.resource() as tenant:
+        async with access.resource() as tenant:
             found = tenant.embeddings.collection(name)
             info = await found.describe()
             return _dumps(
@@ -52,7 +52,7 @@ def add_resources(server: MCPServer[Any], access: Access) -> None:
         mime_type=_JSON,
     )
     async def queue() -> str:
-        with access.resource() as tenant:
+        async with access.resource() as tenant:
             stats = await tenant.tasks.stats()
             return _dumps(
                 {
@@ -73,7 +73,7 @@ def add_resources(server: MCPServer[Any], access: Access) -> None:
         mime_type=_JSON,
     )
     async def queue_type(type: str) -> str:
-        with access.resource() as tenant:
+        async with access.resource() as tenant:
             stats = await tenant.tasks.stats()
             counts = {status: by_type.get(type, 0) for status, by_type in stats.counts.items()}
             return _dumps({"type": type, "counts": counts, "paused": type in stats.paused_types})

@@ -17,7 +17,7 @@ from agency_data import __version__
 from agency_data.config import ServiceConfig
 from agency_data.errors import AuthenticationFailed, ConfigError
 from agency_data.manager import DataLayer
-from agency_data.service.auth import Authenticator, Principal
+from agency_data.service.auth import Authenticator, Principal, RateLimiter
 from agency_data.service.mcp._access import Access, KeyVerifier
 from agency_data.service.mcp.memory import add_memory_tools
 from agency_data.service.mcp.resources import add_resources
@@ -41,13 +41,19 @@ _INSTRUCTIONS = (
 
 
 def build_server(
-    dl: DataLayer, *, principal: Principal | None = None, auth: AuthSettings | None = None
+    dl: DataLayer,
+    *,
+    principal: Principal | None = None,
+    auth: AuthSettings | None = None,
+    config: ServiceConfig | None = None,
 ) -> MCPServer[Any]:
     """The MCP server over ``dl``: its calls run as ``principal`` (stdio) or as the bearer
-    key of each request (HTTP, ``auth`` given)."""
+    key of each request (HTTP, ``auth`` given). ``config`` (default ``dl.config.service``)
+    sets the rate limits and the longest waits."""
+    settings = dl.config.service if config is None else config
     verifier = None
     if auth is not None:
-        verifier = KeyVerifier(Authenticator(dl.admin.api_keys, dl.config.service))
+        verifier = KeyVerifier(Authenticator(dl.admin.api_keys, settings))
     server: MCPServer[Any] = MCPServer(
         "agency-data",
         version=__version__,
@@ -56,7 +62,9 @@ def build_server(
         auth=auth,
         log_level="WARNING",
     )
-    access = Access(dl, principal)
+    # dl.scripts is None without Redis; the limiter then lets everything through.
+    limiter = RateLimiter(dl.scripts, settings)
+    access = Access(dl, settings, principal, limiter)
     add_memory_tools(server, access)
     add_work_tools(server, access)
     add_resources(server, access)
@@ -95,7 +103,7 @@ async def running(
         issuer_url=settings.jwt_issuer or where.url,
         resource_server_url=None,
     )
-    app = build_server(dl, auth=auth).streamable_http_app(
+    app = build_server(dl, auth=auth, config=settings).streamable_http_app(
         streamable_http_path=MCP_PATH,
         host=settings.host,
         max_request_body_size=settings.max_body_bytes,

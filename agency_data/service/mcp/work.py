@@ -36,7 +36,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
 
     def waited(wait: float) -> float:
         # Below the service's request timeout too, as the HTTP API's long polls are.
-        return min(wait, access.dl.config.service.request_timeout * 0.8)
+        return min(wait, access.config.request_timeout * 0.8)
 
     @server.tool(description="Queue a task for an agent (or any agent) to claim.")
     async def submit_task(
@@ -50,7 +50,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         ] = None,
         max_attempts: Annotated[int | None, Field(ge=1, le=1000)] = None,
     ) -> dict[str, Any]:
-        with access.tool(WRITE) as tenant:
+        async with access.tool(WRITE) as tenant:
             task = await tenant.tasks.create(
                 type,
                 data,
@@ -76,7 +76,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
             float | None, Field(gt=0, le=86_400, description="the lease's length")
         ] = None,
     ) -> dict[str, Any]:
-        with access.tool(WRITE) as tenant:
+        async with access.tool(WRITE) as tenant:
             claimed = await tenant.tasks.claim(
                 agent_id, types, n, wait=waited(wait), lease_seconds=lease_seconds
             )
@@ -88,7 +88,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         lease_token: LeaseToken,
         lease_seconds: Annotated[float | None, Field(gt=0, le=86_400)] = None,
     ) -> dict[str, Any]:
-        with access.tool(WRITE) as tenant:
+        async with access.tool(WRITE) as tenant:
             expires = await tenant.tasks.heartbeat(
                 task_id, lease_seconds=lease_seconds, lease_token=lease_token
             )
@@ -105,7 +105,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         ] = None,
         result: Annotated[Any, Field(description="any JSON value")] = None,
     ) -> dict[str, Any]:
-        with access.tool(WRITE) as tenant:
+        async with access.tool(WRITE) as tenant:
             _fenced(access, lease_token, "complete_task")
             task = await tenant.tasks.complete(task_id, result, lease_token=lease_token)
             return _task(task)
@@ -125,7 +125,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         ] = None,
         retry: bool = True,
     ) -> dict[str, Any]:
-        with access.tool(WRITE) as tenant:
+        async with access.tool(WRITE) as tenant:
             _fenced(access, lease_token, "fail_task")
             task = await tenant.tasks.fail(task_id, error, retry=retry, lease_token=lease_token)
             return _task(task)
@@ -136,7 +136,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
     async def get_session(
         session_id: Annotated[str, Field(description="the session's id")],
     ) -> dict[str, Any]:
-        with access.tool(READ) as tenant:
+        async with access.tool(READ) as tenant:
             session = await tenant.sessions.get(session_id)
             return session.model_dump(mode="json")
 
@@ -153,7 +153,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
             float | None, Field(gt=0, description="seconds it lives after its last touch")
         ] = None,
     ) -> dict[str, Any]:
-        with access.tool(WRITE) as tenant:
+        async with access.tool(WRITE) as tenant:
             sessions = tenant.sessions
             if session_id is None:
                 if agent_id is None:
@@ -176,7 +176,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         ttl: Annotated[float, Field(gt=0, le=86_400, description="seconds it is held")] = 30.0,
         wait: Wait = 0.0,
     ) -> dict[str, Any]:
-        with access.tool(WRITE) as tenant:
+        async with access.tool(WRITE) as tenant:
             lock = tenant.lock(name, ttl=ttl, wait=waited(wait))
             fence = await lock.acquire()
             return {"name": lock.name, "token": _token_of(lock), "fencing_token": fence, "ttl": ttl}
@@ -186,7 +186,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         name: Annotated[str, Field(description="the lock's name")],
         token: Annotated[str, Field(description="the token acquire_lock returned")],
     ) -> dict[str, Any]:
-        with access.tool(WRITE) as tenant:
+        async with access.tool(WRITE) as tenant:
             if not isinstance(token, str) or not _TOKEN.fullmatch(token):
                 raise ToolError("token must be the 32-character token acquire_lock returned")
             lock = _held(tenant.lock(name), token)
