@@ -137,6 +137,10 @@ async def test_stdio_memory_and_a_task_from_submit_to_complete(
         after = await _ok(session, "recall", vector=_unit(1), agent_id="planner")
         assert stored["id"] not in [item["id"] for item in after["items"]]
 
+        assert "text, vector" in await _refused(session, "remember", agent_id="planner")
+        nobody = await _refused(session, "submit_task", type="x", agent_id=str(uuid.uuid4()))
+        assert "agent" in nobody
+        assert "priority" in await _refused(session, "submit_task", type="x", priority=-1)
         task = await _ok(session, "submit_task", type="summarise", data={"doc": 7}, priority=5)
         assert task["status"] == "pending"
         claimed = (await _ok(session, "claim_task", agent_id=str(agent.id), wait=0.5))["items"]
@@ -195,6 +199,7 @@ async def test_stdio_memory_and_a_task_from_submit_to_complete(
     assert faults == []
     assert (await dl.tenant(OTHER).tasks.get(foreign.id)).status == "pending"
     assert await dl.tenant(OTHER).tasks.count() == 1
+    assert await dl.tenant(TENANT).tasks.count() == 2  # the refused submits wrote nothing
     finished = await dl.tenant(TENANT).tasks.get(task["id"])
     assert finished.status == "completed"
     versions = await dl.tenant(TENANT).memory.history(stored["id"])
@@ -247,6 +252,9 @@ async def test_http_keys_roles_and_tenants(dl: DataLayer) -> None:
             assert hits[0]["id"] == remembered["id"]
             opened = await _ok(writer, "set_session", agent_id="planner", data={"step": 1})
             merged = await _ok(writer, "set_session", session_id=opened["id"], data={"goal": "x"})
+            assert "agent_id" in await _refused(writer, "set_session", data={"a": 1})
+            unknown = await _refused(writer, "get_session", session_id="no-such-session")
+            assert "does not exist" in unknown
             assert merged["data"] == {"step": 1, "goal": "x"}
             lock = await _ok(writer, "acquire_lock", name="deploy", ttl=10)
             assert lock["fencing_token"] >= 1
