@@ -187,7 +187,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         token: Annotated[str, Field(description="the token acquire_lock returned")],
     ) -> dict[str, Any]:
         async with access.tool(WRITE) as tenant:
-            if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            if not _TOKEN.fullmatch(token):
                 raise ToolError("token must be the 32-character token acquire_lock returned")
             lock = _held(tenant.lock(name), token)
             try:
