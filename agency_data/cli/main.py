@@ -36,7 +36,7 @@ from agency_data.cli.keys import keys_app
 from agency_data.cli.monitor import top
 from agency_data.cli.replica import replica_app
 from agency_data.cli.retention import retention_app
-from agency_data.cli.service import openapi, serve
+from agency_data.cli.service import mcp, openapi, serve
 from agency_data.cli.subjects import subjects_app
 from agency_data.cli.tasks import tasks_app
 from agency_data.config import DataLayerConfig
@@ -316,6 +316,7 @@ app.command()(top)
 app.command()(export)
 app.command()(serve)
 app.command()(openapi)
+app.command()(mcp)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(backup_app, name="backup")
 app.add_typer(audit_app, name="audit")
