@@ -85,7 +85,7 @@ async def test_stdio_memory_and_a_task_from_submit_to_complete(
     dl: DataLayer, database: str, redis_url: str, tmp_path: Path
 ) -> None:
     await dl.memory.setup(DIM)
-    _, key = await dl.admin.api_keys.create(TENANT, "read-write", name="mcp-writer")
+    made, key = await dl.admin.api_keys.create(TENANT, "read-write", name="mcp-writer")
     agent = await dl.tenant(TENANT).agents.create("worker", "executor")
     foreign = await dl.tenant(OTHER).tasks.create("elsewhere")
     params = StdioServerParameters(
@@ -195,6 +195,10 @@ async def test_stdio_memory_and_a_task_from_submit_to_complete(
         assert memories["embeds_text"] is False
         with pytest.raises(MCPError):
             await session.read_resource("agency-data://collections/nope")
+
+        # The key is checked at every call: revoked, the next call is refused.
+        await dl.admin.api_keys.revoke(made.id)
+        assert "not valid" in await _refused(session, "submit_task", type="late")
 
     assert faults == []
     assert (await dl.tenant(OTHER).tasks.get(foreign.id)).status == "pending"

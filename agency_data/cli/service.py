@@ -107,8 +107,8 @@ def mcp(
         async with DataLayer(settings) as dl:
             if transport is McpTransport.STDIO:
                 # Checked before the first message: a client with a bad key learns it at once.
-                principal = await server.principal_from_env(dl)
-                await server.serve_stdio(dl, principal)
+                key = await server.key_from_env(dl)
+                await server.serve_stdio(dl, key)
                 return
             async with server.running(dl, service) as running:
                 stop = asyncio.Event()

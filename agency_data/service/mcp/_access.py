@@ -1,6 +1,7 @@
 """Who calls an MCP tool, what its key may do, and library errors as MCP errors.
 
-Over stdio the key is checked once, at start, and every call runs as it. Over streamable
+Over stdio the process has one key (``AGENCY_DATA_API_KEY``), checked at start and again at
+every call, so a revoked key stops working at its next call as it does over HTTP. Over streamable
 HTTP each request carries ``Authorization: Bearer <key>``: the SDK's bearer middleware asks
 :class:`KeyVerifier`, which checks it as the HTTP API does (API keys, or JWTs when
 ``service.jwks_url`` is set), and the SDK hands the result to the tool through a context
@@ -41,21 +42,25 @@ WRITE = ApiKeyRole.READ_WRITE
 
 @dataclass(frozen=True)
 class Access:
-    """The data layer the tools call, the caller when the transport has one fixed key, and
-    the per-key rate limits (``service.rate_limit``) the HTTP API applies too."""
+    """The data layer the tools call, the transport's one key (stdio) and how it is checked,
+    and the per-key rate limits (``service.rate_limit``) the HTTP API applies too."""
 
     dl: DataLayer
     config: ServiceConfig
-    fixed: Principal | None = None
+    key: str | None = None
+    authenticator: Authenticator | None = None
     limiter: RateLimiter | None = None
 
-    def caller(self) -> Principal:
+    async def caller(self) -> Principal:
         """The principal of the call being handled."""
         token = get_access_token()
         if token is not None:
             return principal_of(token)
-        if self.fixed is not None:
-            return self.fixed
+        if self.key is not None and self.authenticator is not None:
+            try:
+                return await self.authenticator.authenticate({"x-api-key": self.key})
+            except AgencyDataError as exc:
+                raise ToolError(str(exc)) from None
         # Unreachable behind the SDK's bearer middleware; refused rather than run as nobody.
         raise ToolError("this call carries no API key: send 'Authorization: Bearer <API key>'")
 
@@ -74,7 +79,7 @@ class Access:
 
     @asynccontextmanager
     async def _scope(self, needs: ApiKeyRole, *, resource: bool) -> AsyncIterator[TenantScope]:
-        principal = self.caller()
+        principal = await self.caller()
         if not principal.role.allows(needs):
             message = (
                 f"this needs a {needs.value} key; the key {principal.key_id} is "

@@ -17,14 +17,14 @@ from agency_data import __version__
 from agency_data.config import ServiceConfig
 from agency_data.errors import AuthenticationFailed, ConfigError
 from agency_data.manager import DataLayer
-from agency_data.service.auth import Authenticator, Principal, RateLimiter
+from agency_data.service.auth import Authenticator, RateLimiter
 from agency_data.service.mcp._access import Access, KeyVerifier
 from agency_data.service.mcp.memory import add_memory_tools
 from agency_data.service.mcp.resources import add_resources
 from agency_data.service.mcp.work import add_work_tools
 from agency_data.service.server import RunningService, _bind
 
-__all__ = ["KEY_ENV", "MCP_PATH", "build_server", "principal_from_env", "running", "serve_stdio"]
+__all__ = ["KEY_ENV", "MCP_PATH", "build_server", "key_from_env", "running", "serve_stdio"]
 
 KEY_ENV = "AGENCY_DATA_API_KEY"
 """The environment variable holding the API key of ``agency-data mcp`` on stdio."""
@@ -43,17 +43,16 @@ _INSTRUCTIONS = (
 def build_server(
     dl: DataLayer,
     *,
-    principal: Principal | None = None,
+    key: str | None = None,
     auth: AuthSettings | None = None,
     config: ServiceConfig | None = None,
 ) -> MCPServer[Any]:
-    """The MCP server over ``dl``: its calls run as ``principal`` (stdio) or as the bearer
-    key of each request (HTTP, ``auth`` given). ``config`` (default ``dl.config.service``)
+    """The MCP server over ``dl``: its calls run as ``key`` (stdio; checked at each call) or
+    as the bearer key of each request (HTTP, ``auth`` given). ``config`` (default ``dl.config.service``)
     sets the rate limits and the longest waits."""
     settings = dl.config.service if config is None else config
-    verifier = None
-    if auth is not None:
-        verifier = KeyVerifier(Authenticator(dl.admin.api_keys, settings))
+    authenticator = Authenticator(dl.admin.api_keys, settings)
+    verifier = None if auth is None else KeyVerifier(authenticator)
     server: MCPServer[Any] = MCPServer(
         "agency-data",
         version=__version__,
@@ -64,16 +63,16 @@ def build_server(
     )
     # dl.scripts is None without Redis; the limiter then lets everything through.
     limiter = RateLimiter(dl.scripts, settings)
-    access = Access(dl, settings, principal, limiter)
+    access = Access(dl, settings, key, authenticator, limiter)
     add_memory_tools(server, access)
     add_work_tools(server, access)
     add_resources(server, access)
     return server
 
 
-async def principal_from_env(dl: DataLayer) -> Principal:
-    """The principal of the key in ``AGENCY_DATA_API_KEY``; :class:`AuthenticationFailed` if
-    there is none or it is not valid."""
+async def key_from_env(dl: DataLayer) -> str:
+    """The key in ``AGENCY_DATA_API_KEY``, checked; :class:`AuthenticationFailed` if there is
+    none or it is not valid."""
     key = os.environ.get(KEY_ENV, "").strip()
     if not key:
         raise AuthenticationFailed(
@@ -81,12 +80,13 @@ async def principal_from_env(dl: DataLayer) -> Principal:
             "`agency-data keys create --tenant T --role R` and set it"
         )
     authenticator = Authenticator(dl.admin.api_keys, dl.config.service)
-    return await authenticator.authenticate({"authorization": f"Bearer {key}"})
+    await authenticator.authenticate({"x-api-key": key})
+    return key
 
 
-async def serve_stdio(dl: DataLayer, principal: Principal) -> None:
-    """Serve MCP on stdin and stdout as ``principal`` until stdin closes."""
-    await build_server(dl, principal=principal).run_stdio_async()
+async def serve_stdio(dl: DataLayer, key: str) -> None:
+    """Serve MCP on stdin and stdout as the API key ``key`` until stdin closes."""
+    await build_server(dl, key=key).run_stdio_async()
 
 
 @contextlib.asynccontextmanager

@@ -106,7 +106,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         result: Annotated[Any, Field(description="any JSON value")] = None,
     ) -> dict[str, Any]:
         async with access.tool(WRITE) as tenant:
-            _fenced(access, lease_token, "complete_task")
+            await _fenced(access, lease_token, "complete_task")
             task = await tenant.tasks.complete(task_id, result, lease_token=lease_token)
             return _task(task)
 
@@ -126,7 +126,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         retry: bool = True,
     ) -> dict[str, Any]:
         async with access.tool(WRITE) as tenant:
-            _fenced(access, lease_token, "fail_task")
+            await _fenced(access, lease_token, "fail_task")
             task = await tenant.tasks.fail(task_id, error, retry=retry, lease_token=lease_token)
             return _task(task)
 
@@ -200,9 +200,9 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
             return {"name": lock.name, "released": True}
 
 
-def _fenced(access: Access, lease_token: str | None, tool: str) -> None:
+async def _fenced(access: Access, lease_token: str | None, tool: str) -> None:
     # An id without its lease moves the task whoever holds it: the operator's override only.
-    if lease_token is None and not access.caller().role.allows(ApiKeyRole.ADMIN):
+    if lease_token is None and not (await access.caller()).role.allows(ApiKeyRole.ADMIN):
         raise ToolError(
             f"{tool} needs the lease_token claim_task returned (only an admin key may finish "
             "a task without it)"
