@@ -96,6 +96,8 @@ class QueueOps:
         is waited on (LISTEN/NOTIFY, and a timer for the next scheduled task or lease
         expiry: no polling) until work arrives or the time is up; the result may be empty.
         Inside a transaction ``wait`` is ignored (a waiting claim would hold it open).
+        A cancelled claim takes nothing: tasks its statement had taken when the cancellation
+        came go back to the queue untouched (see :meth:`unclaim`) before it propagates.
         """
         agent = as_uuid(agent_id, "agent_id")
         wanted = as_list(types, "types", str)
@@ -108,13 +110,13 @@ class QueueOps:
         rescue = runtime.rescue_due(self.tenant)
         wakeups = runtime.wakeups
         if not wait or wakeups is None or self._db.in_transaction:
-            claimed = await self._claim(agent, wanted, n, lease, rescue)
+            claimed = await self._claim_safely(agent, wanted, n, lease, rescue)
         else:
             deadline = time.monotonic() + wait
             async with wakeups.subscription(self.tenant) as woken:
                 while True:
                     woken.clear()
-                    claimed = await self._claim(agent, wanted, n, lease, rescue)
+                    claimed = await self._claim_safely(agent, wanted, n, lease, rescue)
                     remaining = deadline - time.monotonic()
                     if claimed or remaining <= 0:
                         break
@@ -131,6 +133,69 @@ class QueueOps:
             for task in claimed:
                 runtime.leases.keep(task, lease_seconds=lease)
         return claimed
+
+    async def _claim_safely(
+        self, agent: UUID, types: list[str] | None, n: int, lease: float | None, rescue: bool
+    ) -> builtins.list[Task]:
+        """:meth:`_claim`, which a cancellation cannot cut off between the database taking
+        tasks and the caller getting them: the claim runs to its end, what it took goes back
+        to the queue untouched, and then the cancellation goes on. Without this, a claim
+        cancelled while its statement ran would leave its tasks leased to nobody until the
+        lease ran out (and the attempt counted)."""
+        if self._db.in_transaction:
+            # Cancelled, the transaction rolls back, and its claims with it.
+            return await self._claim(agent, types, n, lease, rescue)
+        claiming = asyncio.ensure_future(self._claim(agent, types, n, lease, rescue))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            await _shielded(self._hand_back(claiming))
+            raise
+
+    async def _hand_back(self, claiming: asyncio.Future[builtins.list[Task]]) -> None:
+        try:
+            claimed = await claiming
+        except Exception:  # noqa: BLE001 - a failed claim took nothing, and its caller is gone
+            return
+        if claimed:
+            try:
+                await self.unclaim(claimed)
+            except AgencyDataError as error:
+                _log.warning(
+                    "%d tasks of a cancelled claim were not handed back (%s); their leases "
+                    "will run out",
+                    len(claimed),
+                    error,
+                )
+
+    @observed("tasks.unclaim")
+    async def unclaim(self, tasks: Iterable[Task]) -> builtins.list[UUID]:
+        """Hand tasks a claim returned back to the queue as if never claimed: pending at
+        their place in the queue, the attempt not counted, the lease token void.
+
+        For claims whose claimant never got them (a cancelled claim, a reply that could not
+        be delivered); a worker that began on a task fails it instead. Tasks no longer held
+        under the token they were claimed with are left alone. Returns the ids handed back.
+        """
+        held: builtins.list[tuple[UUID, UUID]] = []
+        for index, task in enumerate(as_items(tasks, "tasks")):
+            if not isinstance(task, Task) or task.lease_token is None:
+                raise ValidationError(
+                    f"tasks[{index}] must be a Task a claim returned (with its lease_token)",
+                    field="tasks",
+                )
+            if task.tenant_id != self.tenant:
+                raise ValidationError(
+                    f"task {task.id} belongs to tenant {task.tenant_id!r}, not {self.tenant!r}",
+                    field="tasks",
+                )
+            held.append((task.id, task.lease_token))
+        if not held:
+            return []
+        rows = await self._db.fetch(*_sql.unclaim(self.tenant, held))
+        for task_id, token in held:
+            self._runtime.leases.finished(task_id, token)
+        return [row["id"] for row in rows]
 
     async def _claim(
         self, agent: UUID, types: list[str] | None, n: int, lease: float | None, rescue: bool
