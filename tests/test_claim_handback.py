@@ -120,3 +120,25 @@ async def test_a_lock_handle_made_from_its_holder_token_extends_and_releases_it(
     for bad in ("", "x" * 32, holder.upper(), 7):
         with pytest.raises(ValidationError):
             scope.lock("res", holder=bad)  # type: ignore[arg-type]
+
+
+async def test_an_override_completes_a_task_this_process_claimed_whoever_holds_it(
+    dl: DataLayer,
+) -> None:
+    scope = dl.tenant("acme")
+    tasks = scope.tasks
+    agent = (await scope.agents.create("w", "worker")).id
+    task = await tasks.create("job")
+    (first,) = await tasks.claim(agent, ["job"], lease_seconds=0.05)
+    await asyncio.sleep(0.1)
+    assert await tasks.sweep() == {"pending": 1, "dead": 0}
+    (second,) = await tasks.claim(agent, ["job"])
+    # Claimed here twice: a bare id says not which claim it speaks for.
+    with pytest.raises(ValidationError):
+        await tasks.complete(task.id, "x")
+    with pytest.raises(ValidationError):
+        await tasks.complete(task.id, "x", override=True, lease_token=second.lease_token)
+    done = await tasks.complete(task.id, "by hand", override=True)
+    assert done.status == "completed"
+    assert done.result == "by hand"
+    assert first.lease_token != second.lease_token

@@ -394,6 +394,7 @@ class QueueOps:
         result: Any = None,
         *,
         lease_token: UUID | str | None = None,
+        override: bool = False,
     ) -> Task:
         """Mark a running task completed, recording ``result`` (any JSON value).
 
@@ -401,9 +402,11 @@ class QueueOps:
         claimed is fenced too): if the lease was lost meanwhile, nothing changes and
         :class:`~agency_data.errors.LeaseLost` (or
         :class:`~agency_data.errors.TaskCancelled`) is raised. A bare id of a task claimed
-        elsewhere completes it whoever holds it: an operator's override.
+        elsewhere completes it whoever holds it: an operator's override. ``override=True``
+        makes that explicit (and unfenced even for a task this process claimed, as a
+        service does for its clients): it takes a task or id, not a lease token.
         """
-        task_id, token = self._held(task, lease_token)
+        task_id, token = self._held(task, lease_token, override)
         encoded = encode_json(result, "result", self._db.config.max_json_bytes)
         cipher = self._db.cipher
         if cipher.chosen("tasks", "result"):
@@ -427,6 +430,7 @@ class QueueOps:
         retry: bool = True,
         traceback: str | None = None,
         lease_token: UUID | str | None = None,
+        override: bool = False,
     ) -> Task:
         """Record a failed attempt of a running task.
 
@@ -434,9 +438,9 @@ class QueueOps:
         type's backoff (``retry_first`` doubling per attempt up to ``retry_most``, with
         jitter); out of attempts it is ``dead``; with ``retry=False`` it is ``failed`` for
         good. ``error`` is a message or the exception itself (its traceback is then kept
-        too). Fenced by the lease like :meth:`complete`.
+        too). Fenced by the lease like :meth:`complete` (``override`` as there).
         """
-        task_id, token = self._held(task, lease_token)
+        task_id, token = self._held(task, lease_token, override)
         message, trace = _error_text(error, traceback)
         check_bool(retry, "retry")
         cipher = self._db.cipher
@@ -557,9 +561,16 @@ class QueueOps:
             self._runtime.leases.finished(task_id, token)
 
     def _held(
-        self, task: Task | UUID | str, lease_token: UUID | str | None
+        self, task: Task | UUID | str, lease_token: UUID | str | None, override: bool = False
     ) -> tuple[UUID, UUID | None]:
         """The task's id and the lease token to fence with (None: not held here)."""
+        if check_bool(override, "override"):
+            if lease_token is not None:
+                raise ValidationError(
+                    "an override is not fenced: pass override=True or a lease_token, not both",
+                    field="lease_token",
+                )
+            return _task_id(task), None
         if lease_token is not None:
             return _task_id(task), as_uuid(lease_token, "lease_token")
         if isinstance(task, Task):
