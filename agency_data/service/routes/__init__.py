@@ -6,10 +6,11 @@ from typing import Any
 
 from agency_data.service.routes import health
 from agency_data.service.routes.agents import AgentsController
+from agency_data.service.routes.tasks import TasksController
 
 __all__ = ["PUBLIC_PATHS", "ROUTERS"]
 
-ROUTERS: list[Any] = [*health.ROUTES, AgentsController]
+ROUTERS: list[Any] = [*health.ROUTES, AgentsController, TasksController]
 """Every route handler and controller of the API."""
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
