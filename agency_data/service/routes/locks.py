@@ -6,6 +6,7 @@ extending or releasing needs it, and a client without it (of this tenant or anot
 ``409 LockNotOwned`` while the lock stays as it was. ``fencing_token`` rises with every grant,
 for guarding writes (see :mod:`agency_data.coord.locks`). A lock not granted within ``wait``
 is ``423 LockNotAcquired``; a lock is never left held for a client that left while waiting.
+A name is one path segment: names with a slash are for the library only.
 """
 
 from __future__ import annotations

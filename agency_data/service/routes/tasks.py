@@ -3,8 +3,9 @@
 Leases and fencing are the library's: a claim gives each task a ``lease_token``, and a
 heartbeat, completion or failure must present it (a stale one is ``409 LeaseLost``, and the
 task is left as it is). An admin key may complete or fail a task without it: the operator's
-override, which moves the task whoever holds it. Only a claim's answer carries lease tokens;
-every other read shows ``lease_token: null``, so that a reader cannot act as the holder.
+override, which moves the task whoever holds it. As in the library, only a claim hands out
+the token of a live lease: reads (get, list, search) show ``lease_token: null``, so that a
+reader cannot act as the holder.
 """
 
 from __future__ import annotations
