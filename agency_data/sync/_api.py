@@ -108,6 +108,8 @@ from agency_data.retention.runner import RetentionReport
 from agency_data.scope import M, T
 from agency_data.scope import QueryMethods as AsyncQueryMethods
 from agency_data.scope import TenantScope as AsyncTenantScope
+from agency_data.security.api_keys import ApiKey, ApiKeyRole
+from agency_data.security.api_keys import ApiKeys as AsyncApiKeys
 from agency_data.security.keys import KeyManager
 from agency_data.security.rekey import KeyAdmin as AsyncKeyAdmin
 from agency_data.security.rekey import ReencryptReport
@@ -137,6 +139,7 @@ __all__ = [
     "Admin",
     "AgentStore",
     "Alerts",
+    "ApiKeys",
     "AuditTrail",
     "Backups",
     "Cache",
@@ -440,6 +443,11 @@ class Admin(QueryMethods, CollectionAdmin):
         """The tenants' data keys: rotate the KEK, re-encrypt, retire, crypto-shred."""
         return self._child("keys", self._live().keys, KeyAdmin)
 
+    @property
+    def api_keys(self) -> ApiKeys:
+        """The service's API keys: make, list, revoke and check them."""
+        return self._child("api_keys", self._live().api_keys, ApiKeys)
+
     def top_statements(self, limit: int = 20, order: str = "total") -> list[StatementStats]:
         """The costliest statements of the layer's database, from ``pg_stat_statements``."""
         return self._portal.call(self._aio.top_statements(limit, order))
@@ -717,6 +725,17 @@ class Lock(Wrapper):
     def held(self) -> bool:
         """True between a successful acquire and release (as far as this holder knows)."""
         return self._aio.held
+
+    @property
+    def holder(self) -> str:
+        """The token naming this holder's grant: whoever presents it may extend or release
+        the lock (``Lock(..., holder=...)``), so keep it as secret as the lock is exclusive."""
+        return self._aio.holder
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the grant expires, as last seen by this handle (None: not known here)."""
+        return self._aio.expires_at
 
     def locked(self) -> bool:
         """Whether anyone holds the lock now (asked of Redis)."""
@@ -2306,11 +2325,18 @@ class TenantScope(QueryMethods):
         return self._portal.call(self._aio.aclose())
 
     def lock(
-        self, name: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
+        self,
+        name: str,
+        *,
+        ttl: float = 30.0,
+        wait: float = 0.0,
+        auto_renew: bool = False,
+        holder: str | None = None,
     ) -> Lock:
         """A distributed lock (see :mod:`agency_data.coord.locks`); use ``with``."""
         return Lock._of(
-            self._live().lock(name, ttl=ttl, wait=wait, auto_renew=auto_renew), self._portal
+            self._live().lock(name, ttl=ttl, wait=wait, auto_renew=auto_renew, holder=holder),
+            self._portal,
         )
 
     def export(
@@ -2321,6 +2347,50 @@ class TenantScope(QueryMethods):
         under ``masking.paths`` and masks every string by ``masking.rules``. Use ``for``;
         see :mod:`agency_data.security.export`."""
         return self._portal.iterate(self._aio.export(source, masked=masked, batch_size=batch_size))
+
+
+class ApiKeys(Wrapper):
+    """Synchronous twin of :class:`agency_data.security.api_keys.ApiKeys`.
+
+    Make, list, revoke and check API keys (``dl.admin.api_keys``).
+    """
+
+    __slots__ = ()
+    _aio: AsyncApiKeys
+    _aio_type: ClassVar[type[Any]] = AsyncApiKeys
+
+    @property
+    def aio(self) -> AsyncApiKeys:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    def create(
+        self,
+        tenant: str,
+        role: ApiKeyRole | str,
+        *,
+        name: str | None = None,
+        expires_in: float | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Make a key for ``tenant`` with ``role``; return it and its text, which is never
+        shown again. ``name`` (default: the key's id) is the audit trail's actor for what
+        the key does; ``expires_in`` (seconds) ends it by itself."""
+        return self._portal.call(self._aio.create(tenant, role, name=name, expires_in=expires_in))
+
+    def list(self, tenant: str | None = None, *, revoked: bool = False) -> builtins.list[ApiKey]:
+        """The keys of ``tenant`` (of every tenant when None, as the owner sees them), oldest
+        first; revoked ones too with ``revoked=True``."""
+        return self._portal.call(self._aio.list(tenant, revoked=revoked))
+
+    def revoke(self, key_id: str, *, tenant: str | None = None) -> ApiKey:
+        """Revoke the key with ``key_id``: requests carrying it are refused from now on.
+        :class:`NotFound` if there is no such key (of ``tenant``, when given)."""
+        return self._portal.call(self._aio.revoke(key_id, tenant=tenant))
+
+    def verify(self, text: Any) -> ApiKey:
+        """The live key ``text`` is; :class:`AuthenticationFailed` if it is malformed, unknown,
+        revoked or expired (the error does not say which)."""
+        return self._portal.call(self._aio.verify(text))
 
 
 class KeyAdmin(Wrapper):
@@ -2555,6 +2625,11 @@ class QueueOps(Wrapper):
             )
         )
 
+    def unclaim(self, tasks: Iterable[Task]) -> builtins.list[UUID]:
+        """Hand tasks a claim returned back to the queue as if never claimed: pending at
+        their place in the queue, the attempt not counted, the lease token void."""
+        return self._portal.call(self._aio.unclaim(self._portal.feed(tasks)))
+
     def heartbeat(
         self,
         task: Task | UUID | str,
@@ -2578,10 +2653,17 @@ class QueueOps(Wrapper):
         return self._portal.enter(self._aio.working(task, lease_seconds=lease_seconds), Job._of)
 
     def complete(
-        self, task: Task | UUID | str, result: Any = None, *, lease_token: UUID | str | None = None
+        self,
+        task: Task | UUID | str,
+        result: Any = None,
+        *,
+        lease_token: UUID | str | None = None,
+        override: bool = False,
     ) -> Task:
         """Mark a running task completed, recording ``result`` (any JSON value)."""
-        return self._portal.call(self._aio.complete(task, result, lease_token=lease_token))
+        return self._portal.call(
+            self._aio.complete(task, result, lease_token=lease_token, override=override)
+        )
 
     def fail(
         self,
@@ -2591,10 +2673,18 @@ class QueueOps(Wrapper):
         retry: bool = True,
         traceback: str | None = None,
         lease_token: UUID | str | None = None,
+        override: bool = False,
     ) -> Task:
         """Record a failed attempt of a running task."""
         return self._portal.call(
-            self._aio.fail(task, error, retry=retry, traceback=traceback, lease_token=lease_token)
+            self._aio.fail(
+                task,
+                error,
+                retry=retry,
+                traceback=traceback,
+                lease_token=lease_token,
+                override=override,
+            )
         )
 
     def cancel(self, task: Task | UUID | str, reason: str | None = None) -> Task:
