@@ -98,13 +98,16 @@ class LocksController(Controller):
         """Take the lock, waiting up to ``wait`` seconds; ``423`` if someone else holds it."""
         wanted = data if data is not None else Acquire()
         lock = tenant.lock(name, ttl=wanted.ttl, wait=longest_wait(request, wanted.wait))
+
+        async def let_go(_: int) -> None:
+            # Granted as the client left: nobody has the token, so it is let go now.
+            with contextlib.suppress(LockNotOwned):
+                await lock.release()
+
         try:
-            fence = await while_connected(request, lock.acquire())
-        except ClientGone as gone:
-            if gone.won is not None:
-                # Granted as the client left: nobody has the token, so it is let go now.
-                with contextlib.suppress(LockNotOwned):
-                    await lock.release()
+            fence = await while_connected(request, lock.acquire(), let_go)
+        except ClientGone:
+            # An answer for nobody: the lock was not left held.
             raise LockNotAcquired(f"lock {name!r}: the client left", name=name) from None
         return Grant(name=name, holder=lock.holder, fencing_token=fence, expires_at=lock.expires_at)
 

@@ -249,11 +249,9 @@ class TasksController(Controller):
             data.agent_id, data.types, data.n, wait=wait, lease_seconds=data.lease_seconds
         )
         try:
-            claimed = await while_connected(request, claiming)
-        except ClientGone as gone:
-            if gone.won:
-                await tenant.tasks.unclaim(gone.won)
-            return TaskList(items=[])
+            claimed = await while_connected(request, claiming, tenant.tasks.unclaim)
+        except ClientGone:
+            return TaskList(items=[])  # for nobody: what it took went back to the queue
         return TaskList(items=claimed)
 
     @post("/{task_id:uuid}/heartbeat", guards=[writes], status_code=200, summary="Extend a lease")
