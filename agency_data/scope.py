@@ -294,9 +294,18 @@ class TenantScope(QueryMethods):
         await self.memory.aclose()
 
     def lock(
-        self, name: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
+        self,
+        name: str,
+        *,
+        ttl: float = 30.0,
+        wait: float = 0.0,
+        auto_renew: bool = False,
+        holder: str | None = None,
     ) -> Lock:
-        """A distributed lock (see :mod:`agency_data.coord.locks`); use ``async with``."""
+        """A distributed lock (see :mod:`agency_data.coord.locks`); use ``async with``.
+
+        ``holder`` (a :attr:`Lock.holder` token) makes a handle for that holder's grant, to
+        extend or release it from another request or process."""
         if self._backend.scripts is None:
             raise BackendUnavailable(
                 "locks need Redis, and this DataLayer has no Redis client", backend="redis"
@@ -310,6 +319,7 @@ class TenantScope(QueryMethods):
             auto_renew=auto_renew,
             on_wait=self._backend.record_lock_wait,
             telemetry=self._backend.telemetry,
+            holder=holder,
         )
 
     def export(

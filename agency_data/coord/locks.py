@@ -26,10 +26,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import TracebackType
 
 from agency_data._tasks import cancel_and_wait
-from agency_data.errors import LockNotAcquired, LockNotOwned
+from agency_data.errors import LockNotAcquired, LockNotOwned, ValidationError
 from agency_data.inputs import check_bool, check_seconds
 from agency_data.observability import Telemetry, observed
 from agency_data.redis.client import cancelling
@@ -121,6 +122,7 @@ class Lock:
         auto_renew: bool = False,
         on_wait: Callable[[float], None] | None = None,
         telemetry: Telemetry | None = None,
+        holder: str | None = None,
     ) -> None:
         self._telemetry = telemetry if telemetry is not None else Telemetry.off()
         self.name = check_key(name, "name")
@@ -132,10 +134,12 @@ class Lock:
         self._keys = keys
         self._key = keys.lock(name)
         self._fence_key = keys.fence(name)
-        self._token = uuid.uuid4().hex
+        self._token = uuid.uuid4().hex if holder is None else _check_holder(holder)
         self.fencing_token: int | None = None
         self._expires_ms = 0
-        self._acquired = False
+        # A handle made with a holder token speaks for that grant (made by another handle,
+        # perhaps in another process); Redis decides on release or extend whether it holds.
+        self._acquired = holder is not None
         self.lost = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
 
@@ -147,6 +151,19 @@ class Lock:
         Ask Redis with :meth:`owned`.
         """
         return self._acquired and not self.lost.is_set()
+
+    @property
+    def holder(self) -> str:
+        """The token naming this holder's grant: whoever presents it may extend or release
+        the lock (``Lock(..., holder=...)``), so keep it as secret as the lock is exclusive."""
+        return self._token
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the grant expires, as last seen by this handle (None: not known here)."""
+        if not self._expires_ms:
+            return None
+        return datetime.fromtimestamp(self._expires_ms / 1000, UTC)
 
     async def locked(self) -> bool:
         """Whether anyone holds the lock now (asked of Redis)."""
@@ -235,6 +252,12 @@ class Lock:
             replace = replace_ttl
         if not self._acquired:
             raise LockNotOwned(f"lock {self.name!r} is not held by this holder", name=self.name)
+        if not replace and not self._expires_ms:
+            raise ValidationError(
+                "this handle was made from a holder token and does not know the expiry to add "
+                "to: pass replace_ttl=True (the time left becomes `additional`)",
+                field="replace_ttl",
+            )
         expires_ms = int(
             await self._scripts.run(
                 "lock_extend",
@@ -324,3 +347,13 @@ class Lock:
                 raise
             # The block already failed; its own error says more than the lost lock.
             _log.warning("lock %r had expired when its failing block ended", self.name)
+
+
+def _check_holder(holder: object) -> str:
+    # The tokens this module makes: 32 lowercase hex digits (uuid4().hex).
+    if not isinstance(holder, str) or len(holder) != 32 or holder.strip("0123456789abcdef"):
+        raise ValidationError(
+            "holder must be the token a lock's acquire gave (32 hexadecimal digits)",
+            field="holder",
+        )
+    return holder

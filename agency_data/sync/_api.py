@@ -726,6 +726,17 @@ class Lock(Wrapper):
         """True between a successful acquire and release (as far as this holder knows)."""
         return self._aio.held
 
+    @property
+    def holder(self) -> str:
+        """The token naming this holder's grant: whoever presents it may extend or release
+        the lock (``Lock(..., holder=...)``), so keep it as secret as the lock is exclusive."""
+        return self._aio.holder
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the grant expires, as last seen by this handle (None: not known here)."""
+        return self._aio.expires_at
+
     def locked(self) -> bool:
         """Whether anyone holds the lock now (asked of Redis)."""
         return self._portal.call(self._aio.locked())
@@ -2314,11 +2325,18 @@ class TenantScope(QueryMethods):
         return self._portal.call(self._aio.aclose())
 
     def lock(
-        self, name: str, *, ttl: float = 30.0, wait: float = 0.0, auto_renew: bool = False
+        self,
+        name: str,
+        *,
+        ttl: float = 30.0,
+        wait: float = 0.0,
+        auto_renew: bool = False,
+        holder: str | None = None,
     ) -> Lock:
         """A distributed lock (see :mod:`agency_data.coord.locks`); use ``with``."""
         return Lock._of(
-            self._live().lock(name, ttl=ttl, wait=wait, auto_renew=auto_renew), self._portal
+            self._live().lock(name, ttl=ttl, wait=wait, auto_renew=auto_renew, holder=holder),
+            self._portal,
         )
 
     def export(
@@ -2607,6 +2625,11 @@ class QueueOps(Wrapper):
             )
         )
 
+    def unclaim(self, tasks: Iterable[Task]) -> builtins.list[UUID]:
+        """Hand tasks a claim returned back to the queue as if never claimed: pending at
+        their place in the queue, the attempt not counted, the lease token void."""
+        return self._portal.call(self._aio.unclaim(self._portal.feed(tasks)))
+
     def heartbeat(
         self,
         task: Task | UUID | str,
@@ -2630,10 +2653,17 @@ class QueueOps(Wrapper):
         return self._portal.enter(self._aio.working(task, lease_seconds=lease_seconds), Job._of)
 
     def complete(
-        self, task: Task | UUID | str, result: Any = None, *, lease_token: UUID | str | None = None
+        self,
+        task: Task | UUID | str,
+        result: Any = None,
+        *,
+        lease_token: UUID | str | None = None,
+        override: bool = False,
     ) -> Task:
         """Mark a running task completed, recording ``result`` (any JSON value)."""
-        return self._portal.call(self._aio.complete(task, result, lease_token=lease_token))
+        return self._portal.call(
+            self._aio.complete(task, result, lease_token=lease_token, override=override)
+        )
 
     def fail(
         self,
@@ -2643,10 +2673,18 @@ class QueueOps(Wrapper):
         retry: bool = True,
         traceback: str | None = None,
         lease_token: UUID | str | None = None,
+        override: bool = False,
     ) -> Task:
         """Record a failed attempt of a running task."""
         return self._portal.call(
-            self._aio.fail(task, error, retry=retry, traceback=traceback, lease_token=lease_token)
+            self._aio.fail(
+                task,
+                error,
+                retry=retry,
+                traceback=traceback,
+                lease_token=lease_token,
+                override=override,
+            )
         )
 
     def cancel(self, task: Task | UUID | str, reason: str | None = None) -> Task:

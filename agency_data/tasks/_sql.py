@@ -456,6 +456,18 @@ def give_back(tenant: str, task_id: UUID, token: UUID, reason: str) -> tuple[Que
     )
 
 
+def unclaim(tenant: str, held: list[tuple[UUID, UUID]]) -> tuple[Query, Params]:
+    """Hand claimed tasks back as if never claimed: pending, due as before, the attempt
+    uncounted; only those still running under the given tokens. A row (id) each."""
+    return (
+        "UPDATE tasks AS t SET status = 'pending', attempts = greatest(t.attempts - 1, 0) "
+        "FROM unnest(%s::uuid[], %s::uuid[]) AS h(id, token) "
+        "WHERE t.tenant_id = %s AND t.id = h.id AND t.lease_token = h.token "
+        "AND t.status = 'running' RETURNING t.id",
+        [[task_id for task_id, _ in held], [token for _, token in held], tenant],
+    )
+
+
 POLICY_COLUMNS: LiteralString = "type, paused, lease_seconds, max_attempts, retry_first, retry_most"
 
 

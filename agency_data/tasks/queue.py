@@ -96,6 +96,8 @@ class QueueOps:
         is waited on (LISTEN/NOTIFY, and a timer for the next scheduled task or lease
         expiry: no polling) until work arrives or the time is up; the result may be empty.
         Inside a transaction ``wait`` is ignored (a waiting claim would hold it open).
+        A cancelled claim takes nothing: tasks its statement had taken when the cancellation
+        came go back to the queue untouched (see :meth:`unclaim`) before it propagates.
         """
         agent = as_uuid(agent_id, "agent_id")
         wanted = as_list(types, "types", str)
@@ -108,13 +110,13 @@ class QueueOps:
         rescue = runtime.rescue_due(self.tenant)
         wakeups = runtime.wakeups
         if not wait or wakeups is None or self._db.in_transaction:
-            claimed = await self._claim(agent, wanted, n, lease, rescue)
+            claimed = await self._claim_safely(agent, wanted, n, lease, rescue)
         else:
             deadline = time.monotonic() + wait
             async with wakeups.subscription(self.tenant) as woken:
                 while True:
                     woken.clear()
-                    claimed = await self._claim(agent, wanted, n, lease, rescue)
+                    claimed = await self._claim_safely(agent, wanted, n, lease, rescue)
                     remaining = deadline - time.monotonic()
                     if claimed or remaining <= 0:
                         break
@@ -131,6 +133,69 @@ class QueueOps:
             for task in claimed:
                 runtime.leases.keep(task, lease_seconds=lease)
         return claimed
+
+    async def _claim_safely(
+        self, agent: UUID, types: list[str] | None, n: int, lease: float | None, rescue: bool
+    ) -> builtins.list[Task]:
+        """:meth:`_claim`, which a cancellation cannot cut off between the database taking
+        tasks and the caller getting them: the claim runs to its end, what it took goes back
+        to the queue untouched, and then the cancellation goes on. Without this, a claim
+        cancelled while its statement ran would leave its tasks leased to nobody until the
+        lease ran out (and the attempt counted)."""
+        if self._db.in_transaction:
+            # Cancelled, the transaction rolls back, and its claims with it.
+            return await self._claim(agent, types, n, lease, rescue)
+        claiming = asyncio.ensure_future(self._claim(agent, types, n, lease, rescue))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            await _shielded(self._hand_back(claiming))
+            raise
+
+    async def _hand_back(self, claiming: asyncio.Future[builtins.list[Task]]) -> None:
+        try:
+            claimed = await claiming
+        except Exception:  # noqa: BLE001 - a failed claim took nothing, and its caller is gone
+            return
+        if claimed:
+            try:
+                await self.unclaim(claimed)
+            except AgencyDataError as error:
+                _log.warning(
+                    "%d tasks of a cancelled claim were not handed back (%s); their leases "
+                    "will run out",
+                    len(claimed),
+                    error,
+                )
+
+    @observed("tasks.unclaim")
+    async def unclaim(self, tasks: Iterable[Task]) -> builtins.list[UUID]:
+        """Hand tasks a claim returned back to the queue as if never claimed: pending at
+        their place in the queue, the attempt not counted, the lease token void.
+
+        For claims whose claimant never got them (a cancelled claim, a reply that could not
+        be delivered); a worker that began on a task fails it instead. Tasks no longer held
+        under the token they were claimed with are left alone. Returns the ids handed back.
+        """
+        held: builtins.list[tuple[UUID, UUID]] = []
+        for index, task in enumerate(as_items(tasks, "tasks")):
+            if not isinstance(task, Task) or task.lease_token is None:
+                raise ValidationError(
+                    f"tasks[{index}] must be a Task a claim returned (with its lease_token)",
+                    field="tasks",
+                )
+            if task.tenant_id != self.tenant:
+                raise ValidationError(
+                    f"task {task.id} belongs to tenant {task.tenant_id!r}, not {self.tenant!r}",
+                    field="tasks",
+                )
+            held.append((task.id, task.lease_token))
+        if not held:
+            return []
+        rows = await self._db.fetch(*_sql.unclaim(self.tenant, held))
+        for task_id, token in held:
+            self._runtime.leases.finished(task_id, token)
+        return [row["id"] for row in rows]
 
     async def _claim(
         self, agent: UUID, types: list[str] | None, n: int, lease: float | None, rescue: bool
@@ -329,6 +394,7 @@ class QueueOps:
         result: Any = None,
         *,
         lease_token: UUID | str | None = None,
+        override: bool = False,
     ) -> Task:
         """Mark a running task completed, recording ``result`` (any JSON value).
 
@@ -336,9 +402,11 @@ class QueueOps:
         claimed is fenced too): if the lease was lost meanwhile, nothing changes and
         :class:`~agency_data.errors.LeaseLost` (or
         :class:`~agency_data.errors.TaskCancelled`) is raised. A bare id of a task claimed
-        elsewhere completes it whoever holds it: an operator's override.
+        elsewhere completes it whoever holds it: an operator's override. ``override=True``
+        makes that explicit (and unfenced even for a task this process claimed, as a
+        service does for its clients): it takes a task or id, not a lease token.
         """
-        task_id, token = self._held(task, lease_token)
+        task_id, token = self._held(task, lease_token, override)
         encoded = encode_json(result, "result", self._db.config.max_json_bytes)
         cipher = self._db.cipher
         if cipher.chosen("tasks", "result"):
@@ -362,6 +430,7 @@ class QueueOps:
         retry: bool = True,
         traceback: str | None = None,
         lease_token: UUID | str | None = None,
+        override: bool = False,
     ) -> Task:
         """Record a failed attempt of a running task.
 
@@ -369,9 +438,9 @@ class QueueOps:
         type's backoff (``retry_first`` doubling per attempt up to ``retry_most``, with
         jitter); out of attempts it is ``dead``; with ``retry=False`` it is ``failed`` for
         good. ``error`` is a message or the exception itself (its traceback is then kept
-        too). Fenced by the lease like :meth:`complete`.
+        too). Fenced by the lease like :meth:`complete` (``override`` as there).
         """
-        task_id, token = self._held(task, lease_token)
+        task_id, token = self._held(task, lease_token, override)
         message, trace = _error_text(error, traceback)
         check_bool(retry, "retry")
         cipher = self._db.cipher
@@ -492,9 +561,16 @@ class QueueOps:
             self._runtime.leases.finished(task_id, token)
 
     def _held(
-        self, task: Task | UUID | str, lease_token: UUID | str | None
+        self, task: Task | UUID | str, lease_token: UUID | str | None, override: bool = False
     ) -> tuple[UUID, UUID | None]:
         """The task's id and the lease token to fence with (None: not held here)."""
+        if check_bool(override, "override"):
+            if lease_token is not None:
+                raise ValidationError(
+                    "an override is not fenced: pass override=True or a lease_token, not both",
+                    field="lease_token",
+                )
+            return _task_id(task), None
         if lease_token is not None:
             return _task_id(task), as_uuid(lease_token, "lease_token")
         if isinstance(task, Task):

@@ -6,10 +6,21 @@ from typing import Any
 
 from agency_data.service.routes import health
 from agency_data.service.routes.agents import AgentsController
+from agency_data.service.routes.cache import CacheController
+from agency_data.service.routes.locks import LocksController
+from agency_data.service.routes.sessions import SessionsController
+from agency_data.service.routes.tasks import TasksController
 
 __all__ = ["PUBLIC_PATHS", "ROUTERS"]
 
-ROUTERS: list[Any] = [*health.ROUTES, AgentsController]
+ROUTERS: list[Any] = [
+    *health.ROUTES,
+    AgentsController,
+    TasksController,
+    SessionsController,
+    LocksController,
+    CacheController,
+]
 """Every route handler and controller of the API."""
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
