@@ -75,34 +75,34 @@ class CollectionsController(Controller):
 
     path = "/v1/collections"
     tags = ["collections"]  # noqa: RUF012 - the framework reads a plain class attribute
-    dependencies = {**SCOPE, "admin": Provide(_admin)}  # noqa: RUF012 - read by the framework
+    dependencies = {**SCOPE, "collection_admin": Provide(_admin)}  # noqa: RUF012 - read by the framework
 
     @post("/", guards=[administers], summary="Create a collection")
     async def create_collection(
-        self, tenant: Tenant, admin: Admin, data: JSONBody[NewCollection]
+        self, tenant: Tenant, collection_admin: Admin, data: JSONBody[NewCollection]
     ) -> CollectionInfo:
         """Create a collection (and its index, unless ``index`` is null); with ``exist_ok``,
         one of the same shape already there is kept."""
         metric = _METRICS.get(data.metric, data.metric)
-        existed = data.exist_ok and data.name in await admin.list_collections()
-        await admin.create_collection(
+        existed = data.exist_ok and data.name in await collection_admin.list_collections()
+        await collection_admin.create_collection(
             data.name, data.dimension, metric, data.storage, exist_ok=data.exist_ok
         )
         collection = tenant.embeddings.collection(data.name)
         if data.index is not None and (await collection.spec()).index_kind is None:
             try:
-                await admin.create_index(data.name, data.index)
+                await collection_admin.create_index(data.name, data.index)
             except BaseException:
                 # The collection was made by this request and is still empty: all or nothing.
                 if not existed:
-                    await admin.drop_collection(data.name)
+                    await collection_admin.drop_collection(data.name)
                 raise
         return await collection.describe()
 
     @get("/", guards=[administers], summary="List collections")
-    async def list_collections(self, admin: Admin) -> CollectionNames:
+    async def list_collections(self, collection_admin: Admin) -> CollectionNames:
         """The names of every collection (they are shared by all tenants)."""
-        return CollectionNames(items=await admin.list_collections())
+        return CollectionNames(items=await collection_admin.list_collections())
 
     @get("/{name:str}", guards=[reads], summary="Describe a collection")
     async def describe_collection(self, tenant: Tenant, name: FromPath[str]) -> CollectionInfo:
@@ -110,7 +110,9 @@ class CollectionsController(Controller):
         return await tenant.embeddings.collection(name).describe()
 
     @delete("/{name:str}", guards=[administers], summary="Drop a collection")
-    async def drop_collection(self, tenant: Tenant, admin: Admin, name: FromPath[str]) -> None:
+    async def drop_collection(
+        self, tenant: Tenant, collection_admin: Admin, name: FromPath[str]
+    ) -> None:
         """Drop the collection, if no other tenant has rows in it (409 otherwise)."""
         if name == tenant.memory.collection:
             raise Conflict(
@@ -118,34 +120,36 @@ class CollectionsController(Controller):
                 "through the API",
                 field="name",
             )
-        await admin.drop_collection(name, sole_tenant=tenant.tenant_id)
+        await collection_admin.drop_collection(name, sole_tenant=tenant.tenant_id)
 
     @post("/{name:str}/index", guards=[administers], summary="Build a collection's index")
     async def create_collection_index(
-        self, tenant: Tenant, admin: Admin, name: FromPath[str], data: JSONBody[NewIndex]
+        self, tenant: Tenant, collection_admin: Admin, name: FromPath[str], data: JSONBody[NewIndex]
     ) -> CollectionInfo:
         """Build the ANN index concurrently (writes go on meanwhile); an existing one is a
         409 unless ``replace``."""
         # Only the options given: the library's defaults for the rest (IndexOptions' types
         # have no None for ef_construction).
         options = data.model_dump(exclude={"kind"}, exclude_none=True)
-        await admin.create_index(name, data.kind, **options)
+        await collection_admin.create_index(name, data.kind, **options)
         return await tenant.embeddings.collection(name).describe()
 
     @delete("/{name:str}/index", guards=[administers], summary="Drop a collection's index")
-    async def drop_collection_index(self, admin: Admin, name: FromPath[str]) -> None:
+    async def drop_collection_index(self, collection_admin: Admin, name: FromPath[str]) -> None:
         """Drop the ANN index: searches become exact scans."""
-        await admin.drop_index(name)
+        await collection_admin.drop_index(name)
 
     @post("/{name:str}/index/rebuild", guards=[administers], summary="Rebuild an index")
     async def rebuild_collection_index(
-        self, tenant: Tenant, admin: Admin, name: FromPath[str]
+        self, tenant: Tenant, collection_admin: Admin, name: FromPath[str]
     ) -> CollectionInfo:
         """Rebuild the ANN index concurrently."""
-        await admin.reindex(name)
+        await collection_admin.reindex(name)
         return await tenant.embeddings.collection(name).describe()
 
     @post("/{name:str}/optimize", guards=[administers], summary="Optimize a collection")
-    async def optimize_collection(self, admin: Admin, name: FromPath[str]) -> OptimizeReport:
+    async def optimize_collection(
+        self, collection_admin: Admin, name: FromPath[str]
+    ) -> OptimizeReport:
         """ANALYZE, vacuum or rebuild a bloated index, and fit IVFFlat lists to the rows."""
-        return await admin.optimize(name)
+        return await collection_admin.optimize(name)
