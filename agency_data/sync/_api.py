@@ -103,11 +103,14 @@ from agency_data.postgres.agents import AgentStore as AsyncAgentStore
 from agency_data.postgres.database import Isolation, Params, Query
 from agency_data.postgres.database import Transaction as AsyncTransaction
 from agency_data.redis.scripts import ScriptRegistry as AsyncScriptRegistry
+from agency_data.redis.subscription import Lost, Resubscribed
 from agency_data.retention.runner import Retention as AsyncRetention
 from agency_data.retention.runner import RetentionReport
 from agency_data.scope import M, T
 from agency_data.scope import QueryMethods as AsyncQueryMethods
 from agency_data.scope import TenantScope as AsyncTenantScope
+from agency_data.security.api_keys import ApiKey, ApiKeyRole
+from agency_data.security.api_keys import ApiKeys as AsyncApiKeys
 from agency_data.security.keys import KeyManager
 from agency_data.security.rekey import KeyAdmin as AsyncKeyAdmin
 from agency_data.security.rekey import ReencryptReport
@@ -137,6 +140,7 @@ __all__ = [
     "Admin",
     "AgentStore",
     "Alerts",
+    "ApiKeys",
     "AuditTrail",
     "Backups",
     "Cache",
@@ -387,9 +391,9 @@ class CollectionAdmin(Wrapper):
             self._aio.create_collection(name, dimension, metric, storage, exist_ok=exist_ok)
         )
 
-    def drop_collection(self, name: str) -> None:
+    def drop_collection(self, name: str, *, sole_tenant: str | None = None) -> None:
         """Drop a collection with every embedding in it, for all tenants."""
-        return self._portal.call(self._aio.drop_collection(name))
+        return self._portal.call(self._aio.drop_collection(name, sole_tenant=sole_tenant))
 
     def list_collections(self) -> list[str]:
         """The names of every collection."""
@@ -439,6 +443,11 @@ class Admin(QueryMethods, CollectionAdmin):
     def keys(self) -> KeyAdmin:
         """The tenants' data keys: rotate the KEK, re-encrypt, retire, crypto-shred."""
         return self._child("keys", self._live().keys, KeyAdmin)
+
+    @property
+    def api_keys(self) -> ApiKeys:
+        """The service's API keys: make, list, revoke and check them."""
+        return self._child("api_keys", self._live().api_keys, ApiKeys)
 
     def top_statements(self, limit: int = 20, order: str = "total") -> list[StatementStats]:
         """The costliest statements of the layer's database, from ``pg_stat_statements``."""
@@ -776,6 +785,18 @@ class PubSub(Wrapper):
         """Messages on ``channels`` (and channels matching glob ``patterns``) as they arrive."""
         return self._portal.iterate(
             self._aio.subscribe(*channels, patterns=patterns, reconnect_delay=reconnect_delay)
+        )
+
+    def listen(
+        self, *channels: str, patterns: Sequence[str] = (), reconnect_delay: float = 0.1
+    ) -> Generator[Message | Resubscribed | Lost, None, None]:
+        """What :meth:`subscribe` yields, and also when the subscription is in place
+        (:class:`Resubscribed`, ``first`` False after a reconnect) and when it was lost
+        (:class:`Lost`): messages published between the two were missed. A caller that must
+        not publish before its subscriber listens (a relay, an HTTP stream) waits for the
+        first :class:`Resubscribed`."""
+        return self._portal.iterate(
+            self._aio.listen(*channels, patterns=patterns, reconnect_delay=reconnect_delay)
         )
 
 
@@ -2321,6 +2342,50 @@ class TenantScope(QueryMethods):
         under ``masking.paths`` and masks every string by ``masking.rules``. Use ``for``;
         see :mod:`agency_data.security.export`."""
         return self._portal.iterate(self._aio.export(source, masked=masked, batch_size=batch_size))
+
+
+class ApiKeys(Wrapper):
+    """Synchronous twin of :class:`agency_data.security.api_keys.ApiKeys`.
+
+    Make, list, revoke and check API keys (``dl.admin.api_keys``).
+    """
+
+    __slots__ = ()
+    _aio: AsyncApiKeys
+    _aio_type: ClassVar[type[Any]] = AsyncApiKeys
+
+    @property
+    def aio(self) -> AsyncApiKeys:
+        """The async object this one stands for (for async code, on the portal's loop)."""
+        return self._aio
+
+    def create(
+        self,
+        tenant: str,
+        role: ApiKeyRole | str,
+        *,
+        name: str | None = None,
+        expires_in: float | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Make a key for ``tenant`` with ``role``; return it and its text, which is never
+        shown again. ``name`` (default: the key's id) is the audit trail's actor for what
+        the key does; ``expires_in`` (seconds) ends it by itself."""
+        return self._portal.call(self._aio.create(tenant, role, name=name, expires_in=expires_in))
+
+    def list(self, tenant: str | None = None, *, revoked: bool = False) -> builtins.list[ApiKey]:
+        """The keys of ``tenant`` (of every tenant when None, as the owner sees them), oldest
+        first; revoked ones too with ``revoked=True``."""
+        return self._portal.call(self._aio.list(tenant, revoked=revoked))
+
+    def revoke(self, key_id: str, *, tenant: str | None = None) -> ApiKey:
+        """Revoke the key with ``key_id``: requests carrying it are refused from now on.
+        :class:`NotFound` if there is no such key (of ``tenant``, when given)."""
+        return self._portal.call(self._aio.revoke(key_id, tenant=tenant))
+
+    def verify(self, text: Any) -> ApiKey:
+        """The live key ``text`` is; :class:`AuthenticationFailed` if it is malformed, unknown,
+        revoked or expired (the error does not say which)."""
+        return self._portal.call(self._aio.verify(text))
 
 
 class KeyAdmin(Wrapper):
