@@ -139,7 +139,12 @@ class CollectionsController(Controller):
         """Drop the ANN index: searches become exact scans."""
         await collection_admin.drop_index(name)
 
-    @post("/{name:str}/index/rebuild", guards=[administers], summary="Rebuild an index")
+    @post(
+        "/{name:str}/index/rebuild",
+        guards=[administers],
+        status_code=200,
+        summary="Rebuild an index",
+    )
     async def rebuild_collection_index(
         self, tenant: Tenant, collection_admin: Admin, name: FromPath[str]
     ) -> CollectionInfo:
@@ -147,7 +152,12 @@ class CollectionsController(Controller):
         await collection_admin.reindex(name)
         return await tenant.embeddings.collection(name).describe()
 
-    @post("/{name:str}/optimize", guards=[administers], summary="Optimize a collection")
+    @post(
+        "/{name:str}/optimize",
+        guards=[administers],
+        status_code=200,
+        summary="Optimize a collection",
+    )
     async def optimize_collection(
         self, collection_admin: Admin, name: FromPath[str]
     ) -> OptimizeReport:

@@ -185,7 +185,7 @@ class MemoryController(Controller):
         return MemoryCollection(collection=memory.collection, dimension=data.dimension)
 
     @post("/", guards=[writes], summary="Remember")
-    async def remember(self, tenant: Tenant, data: JSONBody[NewMemory]) -> Remembered:
+    async def remember_memory(self, tenant: Tenant, data: JSONBody[NewMemory]) -> Remembered:
         """Remember, or update the near-duplicate of the same agent and subject."""
         return await tenant.memory.remember(
             data.agent_id,
@@ -200,7 +200,7 @@ class MemoryController(Controller):
         )
 
     @post("/recall", guards=[reads], status_code=200, summary="Recall")
-    async def recall(self, tenant: Tenant, data: JSONBody[RecallQuery]) -> Page[Recalled]:
+    async def recall_memories(self, tenant: Tenant, data: JSONBody[RecallQuery]) -> Page[Recalled]:
         """The best memories for the query, best first, with their scores' parts."""
         found = await tenant.memory.recall(
             data.agent_id,
@@ -233,7 +233,7 @@ class MemoryController(Controller):
         return Page[MemoryRecord](items=found)
 
     @post("/forget", guards=[writes], status_code=200, summary="Forget memories")
-    async def forget(self, tenant: Tenant, data: JSONBody[Forget]) -> Forgotten:
+    async def forget_memories(self, tenant: Tenant, data: JSONBody[Forget]) -> Forgotten:
         """Forget by ids, agent, subject or filter (never everything by default)."""
         count = await tenant.memory.forget(
             data.ids,
@@ -346,7 +346,7 @@ class MemoryController(Controller):
         return Page[Path](items=found)
 
     @post("/relations", guards=[writes], status_code=200, summary="State a fact")
-    async def relate(self, tenant: Tenant, data: JSONBody[NewRelation]) -> Relation:
+    async def relate_entities(self, tenant: Tenant, data: JSONBody[NewRelation]) -> Relation:
         """State ``source -relation-> target``; returns the fact as now believed."""
         return await tenant.memory.graph.relate(
             data.source,
