@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from agency_data import DataLayer
 from agency_data.coord.pubsub import Resubscribed
 from agency_data.models import Message
 from agency_data.redis.keys import Keys
-from tests.service_support import OTHER, TENANT, Service
+from tests.service_support import OTHER, TENANT, Service, service_on
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -229,3 +230,31 @@ async def test_listen_says_when_the_subscription_is_in_place(dl: DataLayer) -> N
         assert first == Resubscribed(first=True)
         await pubsub.publish("c", {"x": 1})
         assert await anext(events) == Message(channel="c", data={"x": 1})
+
+
+async def test_event_streams_are_capped_at_half_the_redis_pool(
+    database: str, redis_url: str, tmp_path: Path
+) -> None:
+    async with service_on(database, redis_url, tmp_path, redis={"max_connections": 4}) as service:
+        async with (
+            sse(service, "/v1/pubsub/a/events") as first,
+            sse(service, "/v1/streams/s/events", params={"group": "g", "consumer": "c"}),
+        ):
+            assert (await first.next())["event"] == "subscribed"
+            for path, params in (
+                ("/v1/pubsub/b/events", {}),
+                ("/v1/streams/s/events", {"group": "g", "consumer": "d"}),
+            ):
+                response = await service.call("GET", path, params=params)
+                _problem(response, 503, "BackendUnavailable")
+            # The rest of the service still has Redis.
+            assert (await service.call("POST", "/v1/pubsub/a", json={"data": 1})).status_code == 200
+            assert (await first.next())["data"]["data"] == 1
+
+        async def reopened() -> bool:
+            async with service.client.stream(
+                "GET", "/v1/pubsub/b/events", headers=service.auth()
+            ) as response:
+                return response.status_code == 200
+
+        await _until(reopened)

@@ -11,6 +11,11 @@ Each event stream reads its source in a task of its own, a message at a time, an
 comment every ``_PING`` seconds of quiet so that proxies keep the connection and a vanished
 client is noticed. A client that disconnects ends the task, which closes the subscription and
 returns its Redis connection.
+
+Each open event stream holds a connection of the layer's Redis pool (a subscription for its
+whole life, a consumer through each blocking read), and the pool is shared with everything
+else (rate limits, caches, locks). So at most half of ``redis.max_connections`` streams are
+open at once; past that a new one is refused with 503 until one closes.
 """
 
 from __future__ import annotations
@@ -21,22 +26,24 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from pydantic import BaseModel, ConfigDict, Field
 
 from agency_data.coord.pubsub import Lost, Resubscribed
-from agency_data.errors import AgencyDataError
+from agency_data.errors import AgencyDataError, BackendUnavailable
 from agency_data.models import Message, StreamMessage
 from agency_data.redis.keys import check_key
 from agency_data.service.auth import reads, writes
-from agency_data.service.routes._common import SCOPE, Tenant
+from agency_data.service.routes._common import SCOPE, Tenant, state_of
 
 __all__ = ["EventsController"]
 
 _PING = 15.0
 _STREAM = {"stream": True}
+_SLOTS_KEY = "agency_data_event_streams"
 T = TypeVar("T")
 
 
@@ -81,6 +88,35 @@ class Acked(BaseModel):
     acknowledged: int
 
 
+class _Slots:
+    """How many event streams are open, and how many may be."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def check(self) -> None:
+        """:class:`BackendUnavailable` when every slot is taken."""
+        if self.open >= self.limit:
+            raise BackendUnavailable(
+                f"{self.open} event streams are open, the most this service keeps (half of "
+                "redis.max_connections, so that the rest of the service keeps Redis): retry "
+                "when one has closed",
+                backend="redis",
+            )
+
+
+def _slots(request: Request[Any, Any, Any]) -> _Slots:
+    # One count per app, kept in its state under a name of this module's own.
+    state = request.app.state
+    slots: _Slots | None = state.get(_SLOTS_KEY)
+    if slots is None:
+        pool = state_of(request).dl.config.redis.max_connections
+        slots = _Slots(max(1, pool // 2))
+        state[_SLOTS_KEY] = slots
+    return slots
+
+
 class _Pump(Generic[T]):
     """Reads ``source`` in a task of its own, one item ahead of the client at most."""
 
@@ -98,10 +134,12 @@ class _Pump(Generic[T]):
             raise
         except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
             await self._queue.put((None, exc))
+        else:
+            await self._queue.put((None, StopAsyncIteration()))
 
     async def next(self, timeout: float) -> T | None:
         """The next item; None after ``timeout`` seconds without one. Raises what the
-        source raised."""
+        source raised, and :class:`StopAsyncIteration` once it has ended."""
         try:
             item, error = await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
@@ -118,15 +156,20 @@ class _Pump(Generic[T]):
 
 
 async def _events(
-    source: Callable[[], AsyncGenerator[T, None]], render: Callable[[T], ServerSentEventMessage]
+    slots: _Slots,
+    source: Callable[[], AsyncGenerator[T, None]],
+    render: Callable[[T], ServerSentEventMessage],
 ) -> AsyncIterator[ServerSentEventMessage]:
     # The source starts with the first event asked for: a response never sent leaves nothing
-    # running.
+    # running (and takes no slot).
+    slots.open += 1
     pump = _Pump(source())
     try:
         while True:
             try:
                 item = await pump.next(_PING)
+            except StopAsyncIteration:
+                return
             except AgencyDataError as exc:
                 body = {"code": type(exc).__name__, "detail": str(exc)}
                 yield ServerSentEventMessage(event="error", data=_json(body))
@@ -137,6 +180,7 @@ async def _events(
                 yield render(item)
     finally:
         # Also when the client disconnects: the framework cancels this generator.
+        slots.open -= 1
         await pump.close()
 
 
@@ -156,12 +200,15 @@ def _stream_event(item: StreamMessage) -> ServerSentEventMessage:
     return ServerSentEventMessage(event="message", id=item.id, data=item.model_dump_json())
 
 
+Slots = NamedDependency[_Slots]
+
+
 class EventsController(Controller):
     """The caller's pub/sub channels and durable streams."""
 
     path = "/v1"
     tags = ["events"]  # noqa: RUF012 - the framework reads a plain class attribute
-    dependencies = SCOPE
+    dependencies = {**SCOPE, "event_slots": Provide(_slots, sync_to_thread=False)}  # noqa: RUF012
 
     @post("/pubsub/{channel:str}", guards=[writes], status_code=200, summary="Publish")
     async def publish_message(
@@ -176,12 +223,17 @@ class EventsController(Controller):
         opt=_STREAM,
         summary="Subscribe (Server-Sent Events)",
     )
-    async def subscribe_channel(self, tenant: Tenant, channel: FromPath[str]) -> ServerSentEvent:
+    async def subscribe_channel(
+        self, tenant: Tenant, event_slots: Slots, channel: FromPath[str]
+    ) -> ServerSentEvent:
         """The channel's messages as they come; the first event, ``subscribed``, says the
         subscription is in place (publish after it)."""
         # Checked now: once the events begin, an error can no longer be a problem response.
         check_key(channel, "channel")
-        return ServerSentEvent(_events(lambda: tenant.pubsub.listen(channel), _pubsub_event))
+        event_slots.check()
+        return ServerSentEvent(
+            _events(event_slots, lambda: tenant.pubsub.listen(channel), _pubsub_event)
+        )
 
     @post("/streams/{stream:str}", guards=[writes], summary="Append to a stream")
     async def append_message(
@@ -200,6 +252,7 @@ class EventsController(Controller):
     async def consume_stream(
         self,
         tenant: Tenant,
+        event_slots: Slots,
         stream: FromPath[str],
         group: Annotated[str, QueryParameter(min_length=1, max_length=1024)],
         consumer: Annotated[str, QueryParameter(min_length=1, max_length=1024)],
@@ -210,8 +263,10 @@ class EventsController(Controller):
         those others left unacknowledged for ``claim_after`` seconds included."""
         # Checked now: once the events begin, an error can no longer be a problem response.
         check_key(stream, "stream")
+        event_slots.check()
         return ServerSentEvent(
             _events(
+                event_slots,
                 lambda: tenant.streams.consume(
                     stream, group, consumer, count=count, claim_after=claim_after
                 ),
