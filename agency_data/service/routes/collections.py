@@ -9,6 +9,7 @@ reports the caller's rows only and takes any key: clients need a collection's di
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 from litestar import Controller, Request, delete, get, post
@@ -16,7 +17,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 from pydantic import BaseModel, ConfigDict, Field
 
-from agency_data.errors import Conflict
+from agency_data.errors import AgencyDataError, Conflict
 from agency_data.models import CollectionInfo, OptimizeReport
 from agency_data.service.auth import administers, reads
 from agency_data.service.routes._common import SCOPE, Tenant, state_of
@@ -93,9 +94,13 @@ class CollectionsController(Controller):
             try:
                 await collection_admin.create_index(data.name, data.index)
             except BaseException:
-                # The collection was made by this request and is still empty: all or nothing.
+                # All or nothing: the collection this request made goes, unless another
+                # tenant has stored into it meanwhile (then it stays, without an index).
                 if not existed:
-                    await collection_admin.drop_collection(data.name)
+                    with contextlib.suppress(AgencyDataError):
+                        await collection_admin.drop_collection(
+                            data.name, sole_tenant=tenant.tenant_id
+                        )
                 raise
         return await collection.describe()
 
