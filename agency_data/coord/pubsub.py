@@ -15,6 +15,7 @@ seconds, so handlers must tolerate the occasional repeat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ from agency_data.redis.errors import translate_errors
 from agency_data.redis.keys import Keys, check_key
 from agency_data.redis.subscription import Lost, Resubscribed, subscription
 
-__all__ = ["PubSub", "Streams"]
+__all__ = ["Lost", "PubSub", "Resubscribed", "Streams"]
 
 _MAX_MESSAGE = 1 << 20
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
@@ -79,6 +80,20 @@ class PubSub:
         Iterate with ``async for``; stop by breaking out (or use ``contextlib.aclosing``).
         If Redis goes away, the subscription waits and resubscribes when it is back.
         """
+        events = self.listen(*channels, patterns=patterns, reconnect_delay=reconnect_delay)
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                if isinstance(event, Message):
+                    yield event
+
+    async def listen(
+        self, *channels: str, patterns: Sequence[str] = (), reconnect_delay: float = 0.1
+    ) -> AsyncGenerator[Message | Resubscribed | Lost, None]:
+        """What :meth:`subscribe` yields, and also when the subscription is in place
+        (:class:`Resubscribed`, ``first`` False after a reconnect) and when it was lost
+        (:class:`Lost`): messages published between the two were missed. A caller that must
+        not publish before its subscriber listens (a relay, an HTTP stream) waits for the
+        first :class:`Resubscribed`."""
         check_seconds(reconnect_delay, "reconnect_delay", low=0.001, high=60)
         names = [self._keys.channel(check_key(c, "channel")) for c in channels]
         globs = [
@@ -87,15 +102,18 @@ class PubSub:
         if not names and not globs:
             raise ValidationError("subscribe to at least one channel or pattern", field="channels")
         prefix = len(self._keys.channel(""))
-        async for event in subscription(self._redis, names, globs, reconnect_delay=reconnect_delay):
-            if isinstance(event, Resubscribed | Lost):
-                continue
-            pattern = event.get("pattern")
-            yield Message(
-                channel=event["channel"].decode()[prefix:],
-                data=orjson.loads(event["data"]),
-                pattern=pattern.decode()[prefix:] if pattern else None,
-            )
+        events = subscription(self._redis, names, globs, reconnect_delay=reconnect_delay)
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                if isinstance(event, Resubscribed | Lost):
+                    yield event
+                    continue
+                pattern = event.get("pattern")
+                yield Message(
+                    channel=event["channel"].decode()[prefix:],
+                    data=orjson.loads(event["data"]),
+                    pattern=pattern.decode()[prefix:] if pattern else None,
+                )
 
 
 class Streams:

@@ -103,6 +103,7 @@ from agency_data.postgres.agents import AgentStore as AsyncAgentStore
 from agency_data.postgres.database import Isolation, Params, Query
 from agency_data.postgres.database import Transaction as AsyncTransaction
 from agency_data.redis.scripts import ScriptRegistry as AsyncScriptRegistry
+from agency_data.redis.subscription import Lost, Resubscribed
 from agency_data.retention.runner import Retention as AsyncRetention
 from agency_data.retention.runner import RetentionReport
 from agency_data.scope import M, T
@@ -390,9 +391,9 @@ class CollectionAdmin(Wrapper):
             self._aio.create_collection(name, dimension, metric, storage, exist_ok=exist_ok)
         )
 
-    def drop_collection(self, name: str) -> None:
+    def drop_collection(self, name: str, *, sole_tenant: str | None = None) -> None:
         """Drop a collection with every embedding in it, for all tenants."""
-        return self._portal.call(self._aio.drop_collection(name))
+        return self._portal.call(self._aio.drop_collection(name, sole_tenant=sole_tenant))
 
     def list_collections(self) -> list[str]:
         """The names of every collection."""
@@ -795,6 +796,18 @@ class PubSub(Wrapper):
         """Messages on ``channels`` (and channels matching glob ``patterns``) as they arrive."""
         return self._portal.iterate(
             self._aio.subscribe(*channels, patterns=patterns, reconnect_delay=reconnect_delay)
+        )
+
+    def listen(
+        self, *channels: str, patterns: Sequence[str] = (), reconnect_delay: float = 0.1
+    ) -> Generator[Message | Resubscribed | Lost, None, None]:
+        """What :meth:`subscribe` yields, and also when the subscription is in place
+        (:class:`Resubscribed`, ``first`` False after a reconnect) and when it was lost
+        (:class:`Lost`): messages published between the two were missed. A caller that must
+        not publish before its subscriber listens (a relay, an HTTP stream) waits for the
+        first :class:`Resubscribed`."""
+        return self._portal.iterate(
+            self._aio.listen(*channels, patterns=patterns, reconnect_delay=reconnect_delay)
         )
 
 
@@ -2363,6 +2376,10 @@ class ApiKeys(Wrapper):
     def aio(self) -> AsyncApiKeys:
         """The async object this one stands for (for async code, on the portal's loop)."""
         return self._aio
+
+    def close(self) -> None:
+        """Wait for the key lookups still running."""
+        return self._portal.call(self._aio.aclose())
 
     def create(
         self,

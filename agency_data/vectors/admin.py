@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Unpack
 
 from agency_data.errors import ValidationError
-from agency_data.inputs import brief
+from agency_data.inputs import brief, check_tenant
 from agency_data.models import CollectionInfo, OptimizeReport
 from agency_data.observability import observed
 from agency_data.postgres.database import Database
@@ -47,9 +47,15 @@ class CollectionAdmin:
         await self._catalog.create(name, dimension, metric, storage, exist_ok=exist_ok)
 
     @observed("admin.drop_collection")
-    async def drop_collection(self, name: str) -> None:
-        """Drop a collection with every embedding in it, for all tenants."""
-        await self._catalog.drop(check_name(name))
+    async def drop_collection(self, name: str, *, sole_tenant: str | None = None) -> None:
+        """Drop a collection with every embedding in it, for all tenants.
+
+        With ``sole_tenant`` (a tenant's administrator asking), the drop is refused with
+        :class:`Conflict` when any other tenant has a row in it: checked under the table's
+        exclusive lock, so none can be added between the check and the drop.
+        """
+        tenant = None if sole_tenant is None else check_tenant(sole_tenant)
+        await self._catalog.drop(check_name(name), sole_tenant=tenant)
 
     @observed("admin.list_collections")
     async def list_collections(self) -> list[str]:

@@ -196,16 +196,40 @@ class Catalog:
         self._cache[name] = spec
         return spec
 
-    async def drop(self, name: str) -> None:
-        """Drop the collection and every embedding in it (all tenants)."""
+    async def drop(self, name: str, *, sole_tenant: str | None = None) -> None:
+        """Drop the collection and every embedding in it (all tenants); with ``sole_tenant``,
+        :class:`Conflict` (and nothing dropped) when any other tenant has a row in it."""
         spec = await self.load(name)
         async with self._admin.transaction():
+            if sole_tenant is not None:
+                await self._refuse_others(spec, sole_tenant)
             await self._admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(spec.table_id))
             await self._admin.execute("DELETE FROM embedding_collections WHERE name = %s", [name])
             await self._admin.notes.action(self._admin, "collection.drop", "collection", name)
         self._cache.pop(name, None)
         # A collection made again under this name starts without the dropped one's embedder.
         self.embedders.pop(name, None)
+
+    async def _refuse_others(self, spec: CollectionSpec, tenant: str) -> None:
+        # Row-level security (forced on the owner too) hides the other tenants' rows, so the
+        # owner looks without it: lifted for this transaction only, under the lock that ALTER
+        # takes (no row can be added meanwhile, nobody sees the table unforced), and put back
+        # by the rollback when the drop is refused.
+        await self._admin.execute(
+            sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(spec.table_id)
+        )
+        others = await self._admin.fetch_value(
+            sql.SQL("SELECT count(DISTINCT tenant_id) FROM {} WHERE tenant_id <> %s").format(
+                spec.table_id
+            ),
+            [tenant],
+        )
+        if others:
+            raise Conflict(
+                f"collection {spec.name!r} holds embeddings of {others} other tenant(s): "
+                "a tenant may drop only a collection no other tenant uses",
+                field="name",
+            )
 
     async def set_index(
         self, spec: CollectionSpec, kind: str | None, quantization: str, options: dict[str, Any]
