@@ -118,3 +118,14 @@ async def test_create_refuses_bad_input(service: Service) -> None:
     ):
         with pytest.raises(ValidationError):
             await keys.create(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_body_field_named_like_a_dependency_is_a_422(service: Service) -> None:
+    # "tenant" is also the handlers' dependency: the framework took the error for its own.
+    response = await service.call(
+        "POST", "/v1/agents", json={"name": "x", "type": "t", "tenant": OTHER}
+    )
+    body = _problem(response, 422, "ValidationError")
+    assert body["field"] == "tenant"
+    assert await service.dl.tenant(OTHER).agents.count() == 0
+    assert await service.dl.tenant(TENANT).agents.count() == 0

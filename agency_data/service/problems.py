@@ -20,8 +20,9 @@ import re
 from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, InternalServerException
 from litestar.exceptions import ValidationException as FrameworkValidation
+from msgspec import ValidationError as MsgspecError
 
 from agency_data import errors
 from agency_data.errors import AgencyDataError
@@ -91,6 +92,12 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
             extra["task_id"] = str(exc.task_id)
         if isinstance(exc, errors.LeaseLost):
             extra["task_status"] = exc.status
+    elif (body_fields := _misread_body(exc)) is not None:
+        # The framework reports a body field named like a handler's dependency (``tenant``)
+        # as its own failure; it is the caller's input all the same (the handlers'
+        # dependencies are objects the service makes, never validated from a request).
+        status, code, extra = 422, "ValidationError", {"field": body_fields[0]}
+        detail = "the body has fields this operation does not take: " + ", ".join(body_fields)
     elif isinstance(exc, HTTPException):
         # The framework's input validation is the library's ValidationError: 422 alike.
         status = 422 if isinstance(exc, FrameworkValidation) else exc.status_code
@@ -119,6 +126,23 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="agency-data"'
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _misread_body(exc: Exception) -> list[str] | None:
+    """The body fields at fault, when ``exc`` is the framework's 500 for a body it refused."""
+    cause = exc.__cause__
+    if not isinstance(exc, InternalServerException) or not isinstance(cause, MsgspecError):
+        return None
+    found = getattr(cause, "errors", None)
+    if not isinstance(found, list):
+        return None
+    fields = []
+    for error in found:
+        where = [str(part) for part in error.get("loc", ())] if isinstance(error, dict) else []
+        if not where:
+            return None
+        fields.append(".".join(where[1:] if where[0] == "data" else where))
+    return fields or None
 
 
 def _framework_detail(exc: HTTPException) -> str:
