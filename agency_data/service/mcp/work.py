@@ -10,7 +10,6 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from agency_data.coord.locks import Lock
 from agency_data.errors import LockNotOwned
 from agency_data.models import Task
 from agency_data.security.api_keys import ApiKeyRole
@@ -179,7 +178,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         async with access.tool(WRITE) as tenant:
             lock = tenant.lock(name, ttl=ttl, wait=waited(wait))
             fence = await lock.acquire()
-            return {"name": lock.name, "token": _token_of(lock), "fencing_token": fence, "ttl": ttl}
+            return {"name": lock.name, "token": lock.holder, "fencing_token": fence, "ttl": ttl}
 
     @server.tool(description="Release a lock taken with acquire_lock, proving it with its token.")
     async def release_lock(
@@ -189,7 +188,7 @@ def add_work_tools(server: MCPServer[Any], access: Access) -> None:
         async with access.tool(WRITE) as tenant:
             if not _TOKEN.fullmatch(token):
                 raise ToolError("token must be the 32-character token acquire_lock returned")
-            lock = _held(tenant.lock(name), token)
+            lock = tenant.lock(name, holder=token)
             try:
                 await lock.release()
             except LockNotOwned:
@@ -211,16 +210,3 @@ async def _fenced(access: Access, lease_token: str | None, tool: str) -> None:
 
 def _task(task: Task) -> dict[str, Any]:
     return task.model_dump(mode="json", exclude={"traceback"})
-
-
-# A lock over MCP is taken in one call and released in another, so its owner token travels
-# through the client. Lock keeps the token to itself (in-process holders never need it):
-# these two read it after a grant and give it to the releasing holder.
-def _token_of(lock: Lock) -> str:
-    return lock._token
-
-
-def _held(lock: Lock, token: str) -> Lock:
-    lock._token = token
-    lock._acquired = True
-    return lock
