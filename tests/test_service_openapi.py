@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 import pytest
 import schemathesis
 
@@ -65,5 +66,5 @@ def test_operation_ids_are_unique_and_every_error_is_a_problem(document: dict[st
 def test_the_validator_catches_a_broken_document(document: dict[str, Any]) -> None:
     broken = json.loads(json.dumps(document))
     broken["paths"]["/v1/agents"]["get"]["responses"] = "none"
-    with pytest.raises(Exception, match="responses|none"):
+    with pytest.raises(jsonschema_rs.ValidationError, match=r"\"none\" is not of type"):
         schemathesis.openapi.from_dict(broken).validate()
