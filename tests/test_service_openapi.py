@@ -16,6 +16,7 @@ import pytest
 import schemathesis
 
 from agency_data.service import openapi_document
+from tests.service_support import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "openapi.json"
@@ -68,3 +69,21 @@ def test_the_validator_catches_a_broken_document(document: dict[str, Any]) -> No
     broken["paths"]["/v1/agents"]["get"]["responses"] = "none"
     with pytest.raises(jsonschema_rs.ValidationError, match=r"\"none\" is not of type"):
         schemathesis.openapi.from_dict(broken).validate()
+
+
+async def test_what_the_document_calls_public_answers_without_a_key(service: Service) -> None:
+    served = await service.client.get("/schema/openapi.json")
+    assert served.status_code == 200
+    document = served.json()
+    assert document == json.loads(COMMITTED.read_text())
+    public = [
+        path
+        for path, item in document["paths"].items()
+        if item.get("get", {}).get("security") == [] and "{" not in path
+    ]
+    assert {"/health", "/ready", "/metrics", "/schema", "/schema/openapi.json"} <= set(public)
+    for path in public:
+        response = await service.client.get(path)
+        assert response.status_code == 200, (path, response.status_code, response.text[:200])
+    # ... and what it does not call public needs a key.
+    assert (await service.client.get("/v1/agents")).status_code == 401
