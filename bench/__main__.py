@@ -41,6 +41,7 @@ from bench import (
     recovery,
     relational,
     rls,
+    service,
     sync,
     vectors,
     warmstart,
@@ -75,6 +76,7 @@ SCENARIOS = [
     "events",
     "graph",
     "memory",
+    "service",
 ]
 SIZES = {"20k": 20_000, "100k": 100_000, "1m": 1_000_000}
 ROOT = Path(__file__).parent.parent
@@ -178,6 +180,7 @@ async def main(args: argparse.Namespace) -> None:
                 "langgraph-store": lambda: langgraph_store.langgraph_store(b),
                 "graph": lambda: graph.graph(b),
                 "memory": lambda: memory.memory(b),
+                "service": lambda: service.service(b),
             }
             for name in SCENARIOS:
                 if name in chosen:

@@ -65,6 +65,7 @@ def finish_document(document: dict[str, Any], public: Collection[str]) -> dict[s
     """``document`` with every operation's error responses set to problems; the ``public``
     paths need no key."""
     doc = copy.deepcopy(document)
+    public = {*public, *_document_routes(doc)}
     doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
     problem = {
         "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
@@ -83,3 +84,28 @@ def finish_document(document: dict[str, Any], public: Collection[str]) -> dict[s
             for status in _EVERY + (_AUTHENTICATED if guarded else []):
                 responses[status] = {"description": _REASONS[status], **problem}
     return doc
+
+
+_DOCUMENT_TYPE = "application/vnd.oai.openapi+json"
+
+
+def _document_routes(doc: dict[str, Any]) -> list[str]:
+    """The framework's routes that serve this document (those under the prefix of the path
+    answering ``application/vnd.oai.openapi+json``), described as they answer: public (the gate
+    skips them), the document a JSON object rather than a string; their catch-all, which only
+    ever answers 404, left out. Returns their paths."""
+    paths: dict[str, Any] = doc.get("paths", {})
+    prefix = None
+    for path, item in paths.items():
+        ok = item.get("get", {}).get("responses", {}).get("200", {})
+        content = ok.get("content", {})
+        if _DOCUMENT_TYPE in content:
+            content[_DOCUMENT_TYPE]["schema"] = {"type": "object"}
+            prefix = path.rsplit("/", 1)[0]
+    if not prefix:
+        return []
+    mine = [p for p in paths if p == prefix or p.startswith(prefix + "/")]
+    for path in mine:
+        if "{" in path:
+            del paths[path]
+    return [p for p in mine if p in paths]
