@@ -221,6 +221,7 @@ class EventsController(Controller):
         "/pubsub/{channel:str}/events",
         guards=[reads],
         opt=_STREAM,
+        media_type="text/event-stream",
         summary="Subscribe (Server-Sent Events)",
     )
     async def subscribe_channel(
@@ -247,6 +248,7 @@ class EventsController(Controller):
         "/streams/{stream:str}/events",
         guards=[writes],
         opt=_STREAM,
+        media_type="text/event-stream",
         summary="Consume a stream (Server-Sent Events)",
     )
     async def consume_stream(
