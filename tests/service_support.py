@@ -44,6 +44,17 @@ class Service:
         return await self.client.request(method, path, headers=headers, **kw)
 
 
+def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The RFC 9457 problem ``response`` carries, checked to have ``status`` and ``code``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status, body
+    assert body["code"] == code, body
+    assert body["type"].startswith("urn:agency-data:problem:"), body
+    return body
+
+
 @asynccontextmanager
 async def start_service(
     dl: DataLayer, config: ServiceConfig | None = None

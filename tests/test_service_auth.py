@@ -8,36 +8,26 @@ import pytest
 
 from agency_data.errors import AuthenticationFailed, ValidationError
 from agency_data.security.api_keys import parse_key
-from tests.service_support import OTHER, TENANT, Service
+from tests.service_support import OTHER, TENANT, Service, problem
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _problem(response: object, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text  # type: ignore[attr-defined]
-    assert response.headers["content-type"].startswith("application/problem+json")  # type: ignore[attr-defined]
-    body = response.json()  # type: ignore[attr-defined]
-    assert body["status"] == status, body
-    assert body["code"] == code, body
-    assert body["type"].startswith("urn:agency-data:problem:")
-    return body  # type: ignore[no-any-return]
 
 
 async def test_no_key_wrong_key_and_revoked_key_are_401_and_change_nothing(
     service: Service,
 ) -> None:
     body = {"name": "a", "type": "planner"}
-    _problem(await service.client.post("/v1/agents", json=body), 401, "AuthenticationFailed")
+    problem(await service.client.post("/v1/agents", json=body), 401, "AuthenticationFailed")
     for bad in ("nonsense", "adk_", "adk_YWNtZQ.0000000000000000.x", "Basic abc"):
         response = await service.client.post(
             "/v1/agents", json=body, headers={"Authorization": f"Bearer {bad}"}
         )
-        _problem(response, 401, "AuthenticationFailed")
+        problem(response, 401, "AuthenticationFailed")
     key, secret = await service.dl.admin.api_keys.create(TENANT, "read-write", name="short")
     headers = {"Authorization": f"Bearer {secret}"}
     assert (await service.client.post("/v1/agents", json=body, headers=headers)).status_code == 201
     await service.dl.admin.api_keys.revoke(key.id)
-    _problem(
+    problem(
         await service.client.post("/v1/agents", json=body, headers=headers),
         401,
         "AuthenticationFailed",
@@ -50,14 +40,14 @@ async def test_a_key_whose_tenant_part_is_changed_is_refused(service: Service) -
     assert tenant == TENANT
     forged = service.keys[(TENANT, "admin")].replace("adk_YWNtZQ", "adk_Z2xvYmV4", 1)
     response = await service.client.get("/v1/agents", headers={"Authorization": f"Bearer {forged}"})
-    _problem(response, 401, "AuthenticationFailed")
+    problem(response, 401, "AuthenticationFailed")
 
 
 async def test_read_only_key_cannot_write(service: Service) -> None:
     response = await service.call(
         "POST", "/v1/agents", role="read-only", json={"name": "a", "type": "t"}
     )
-    body = _problem(response, 403, "PermissionDenied")
+    body = problem(response, 403, "PermissionDenied")
     assert "read-write" in str(body["detail"])
     assert (await service.dl.tenant(TENANT).agents.count()) == 0
     assert (await service.call("GET", "/v1/agents", role="read-only")).status_code == 200
@@ -68,7 +58,7 @@ async def test_another_tenants_ids_are_404(service: Service) -> None:
     agent_id = created.json()["id"]
     for method, kwargs in (("GET", {}), ("PATCH", {"json": {"name": "b"}}), ("DELETE", {})):
         response = await service.call(method, f"/v1/agents/{agent_id}", tenant=OTHER, **kwargs)
-        _problem(response, 404, "NotFound")
+        problem(response, 404, "NotFound")
     assert (await service.dl.tenant(TENANT).agents.get(agent_id)).name == "a"
     listed = await service.call("GET", "/v1/agents", tenant=OTHER)
     assert listed.json()["items"] == []
@@ -89,10 +79,10 @@ async def test_the_audit_actor_is_the_keys_name(service: Service) -> None:
 
 
 async def test_unknown_routes_and_bad_bodies_are_problems(service: Service) -> None:
-    _problem(await service.call("GET", "/v1/nothing"), 404, "NotFound")
-    _problem(await service.call("GET", f"/v1/agents/{uuid.uuid4()}"), 404, "NotFound")
-    _problem(await service.call("POST", "/v1/agents", json={"name": 5}), 422, "ValidationError")
-    _problem(
+    problem(await service.call("GET", "/v1/nothing"), 404, "NotFound")
+    problem(await service.call("GET", f"/v1/agents/{uuid.uuid4()}"), 404, "NotFound")
+    problem(await service.call("POST", "/v1/agents", json={"name": 5}), 422, "ValidationError")
+    problem(
         await service.call(
             "POST", "/v1/agents", content=b"{not json", headers={"content-type": "application/json"}
         ),
@@ -125,7 +115,7 @@ async def test_a_body_field_named_like_a_dependency_is_a_422(service: Service) -
     response = await service.call(
         "POST", "/v1/agents", json={"name": "x", "type": "t", "tenant": OTHER}
     )
-    body = _problem(response, 422, "ValidationError")
+    body = problem(response, 422, "ValidationError")
     assert body["field"] == "tenant"
     assert await service.dl.tenant(OTHER).agents.count() == 0
     assert await service.dl.tenant(TENANT).agents.count() == 0

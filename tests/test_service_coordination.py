@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
 
-from tests.service_support import OTHER, TENANT, Service
+from tests.service_support import OTHER, TENANT, Service, problem
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    return body
 
 
 # -- sessions ----------------------------------------------------------------------------------
@@ -51,8 +41,8 @@ async def test_a_session_is_opened_changed_touched_listed_and_ended(service: Ser
     )
     assert [s["id"] for s in listed.json()["items"]] == [session["id"], second["id"]]
     assert (await service.call("DELETE", path)).status_code == 204
-    _problem(await service.call("GET", path), 404, "NotFound")
-    _problem(await service.call("DELETE", path), 404, "NotFound")
+    problem(await service.call("GET", path), 404, "NotFound")
+    problem(await service.call("DELETE", path), 404, "NotFound")
     listed = await service.call("GET", "/v1/sessions", params={"agent_id": "planner-1"})
     assert [s["id"] for s in listed.json()["items"]] == [second["id"]]
 
@@ -68,8 +58,8 @@ async def test_sessions_refuse_bad_input_other_tenants_and_read_only_keys(
         {"agent_id": "a", "data": [1]},
         {"agent_id": "a", "tenant_id": OTHER},
     ):
-        _problem(await service.call("POST", "/v1/sessions", json=body), 422, "ValidationError")
-    _problem(await service.call("GET", "/v1/sessions"), 422, "ValidationError")
+        problem(await service.call("POST", "/v1/sessions", json=body), 422, "ValidationError")
+    problem(await service.call("GET", "/v1/sessions"), 422, "ValidationError")
     session = (
         await service.call("POST", "/v1/sessions", json={"agent_id": "a", "data": {"v": 1}})
     ).json()
@@ -79,7 +69,7 @@ async def test_sessions_refuse_bad_input_other_tenants_and_read_only_keys(
         ("PATCH", "", {}),
         ("POST", "/touch", {"ttl": -1}),
     ):
-        _problem(await service.call(method, path + suffix, json=body), 422, "ValidationError")
+        problem(await service.call(method, path + suffix, json=body), 422, "ValidationError")
     for method, suffix, body in (
         ("GET", "", None),
         ("PATCH", "", {"data": {"v": 2}}),
@@ -87,11 +77,11 @@ async def test_sessions_refuse_bad_input_other_tenants_and_read_only_keys(
         ("DELETE", "", None),
     ):
         response = await service.call(method, path + suffix, tenant=OTHER, json=body)
-        _problem(response, 404, "NotFound")
+        problem(response, 404, "NotFound")
         if method != "GET":
             response = await service.call(method, path + suffix, role="read-only", json=body)
-            _problem(response, 403, "PermissionDenied")
-    _problem(
+            problem(response, 403, "PermissionDenied")
+    problem(
         await service.call("POST", "/v1/sessions", role="read-only", json={"agent_id": "a"}),
         403,
         "PermissionDenied",
@@ -117,7 +107,7 @@ async def test_two_clients_contend_for_a_lock_and_only_its_holder_lets_go(
     state = await service.call("GET", "/v1/locks/report:7", role="read-only")
     assert state.json() == {"name": "report:7", "locked": True}
     # A second client: refused at once, then waiting until the first lets go.
-    _problem(await service.call("POST", "/v1/locks/report:7"), 423, "LockNotAcquired")
+    problem(await service.call("POST", "/v1/locks/report:7"), 423, "LockNotAcquired")
     waiting = asyncio.create_task(
         service.call("POST", "/v1/locks/report:7", json={"ttl": 30, "wait": 10})
     )
@@ -127,14 +117,14 @@ async def test_two_clients_contend_for_a_lock_and_only_its_holder_lets_go(
     # of another tenant with the very token.
     stranger = "0" * 32
     for tenant, token in ((TENANT, stranger), (OTHER, holder)):
-        _problem(
+        problem(
             await service.call(
                 "POST", "/v1/locks/report:7/release", tenant=tenant, json={"holder": token}
             ),
             409,
             "LockNotOwned",
         )
-        _problem(
+        problem(
             await service.call(
                 "POST",
                 "/v1/locks/report:7/extend",
@@ -157,7 +147,7 @@ async def test_two_clients_contend_for_a_lock_and_only_its_holder_lets_go(
     assert second.json()["fencing_token"] == grant["fencing_token"] + 1
     assert second.json()["holder"] != holder
     # The first holder's token is spent.
-    _problem(
+    problem(
         await service.call("POST", "/v1/locks/report:7/release", json={"holder": holder}),
         409,
         "LockNotOwned",
@@ -169,8 +159,8 @@ async def test_two_clients_contend_for_a_lock_and_only_its_holder_lets_go(
 
 async def test_locks_refuse_bad_input_and_read_only_keys(service: Service) -> None:
     for body in ({"ttl": 0}, {"ttl": -1}, {"wait": -1}, {"ttl": 1e12}, {"owner": "me"}):
-        _problem(await service.call("POST", "/v1/locks/x", json=body), 422, "ValidationError")
-    _problem(await service.call("POST", f"/v1/locks/{'k' * 1100}"), 422, "ValidationError")
+        problem(await service.call("POST", "/v1/locks/x", json=body), 422, "ValidationError")
+    problem(await service.call("POST", f"/v1/locks/{'k' * 1100}"), 422, "ValidationError")
     grant = (await service.call("POST", "/v1/locks/x")).json()
     for action, body in (
         ("release", {}),
@@ -179,7 +169,7 @@ async def test_locks_refuse_bad_input_and_read_only_keys(service: Service) -> No
         ("extend", {"holder": grant["holder"]}),
         ("extend", {"holder": grant["holder"], "ttl": 0}),
     ):
-        _problem(
+        problem(
             await service.call("POST", f"/v1/locks/x/{action}", json=body), 422, "ValidationError"
         )
     for target, body in (
@@ -187,7 +177,7 @@ async def test_locks_refuse_bad_input_and_read_only_keys(service: Service) -> No
         ("/v1/locks/x/extend", {"holder": grant["holder"], "ttl": 5}),
         ("/v1/locks/x/release", {"holder": grant["holder"]}),
     ):
-        _problem(
+        problem(
             await service.call("POST", target, role="read-only", json=body),
             403,
             "PermissionDenied",
@@ -226,14 +216,14 @@ async def test_cache_entries_are_set_read_and_invalidated(service: Service) -> N
     assert read.json() == {"key": key, "namespace": "default", "value": {"name": "Ada"}}
     await service.call("PUT", "/v1/cache/entries/null-value", json={"value": None})
     assert (await service.call("GET", "/v1/cache/entries/null-value")).json()["value"] is None
-    _problem(await service.call("GET", "/v1/cache/entries/absent"), 404, "NotFound")
+    problem(await service.call("GET", "/v1/cache/entries/absent"), 404, "NotFound")
     # Namespaces are apart.
     await service.call("PUT", "/v1/cache/entries/k", params={"namespace": "n1"}, json={"value": 1})
-    _problem(await service.call("GET", "/v1/cache/entries/k"), 404, "NotFound")
+    problem(await service.call("GET", "/v1/cache/entries/k"), 404, "NotFound")
     got = await service.call("GET", "/v1/cache/entries/k", params={"namespace": "n1"})
     assert got.json()["value"] == 1
     assert (await service.call("DELETE", path)).status_code == 204
-    _problem(await service.call("GET", path), 404, "NotFound")
+    problem(await service.call("GET", path), 404, "NotFound")
     assert (await service.call("DELETE", path)).status_code == 204
 
     for name in ("user:1", "user:2", "user*:3", "team:1"):
@@ -248,7 +238,7 @@ async def test_cache_entries_are_set_read_and_invalidated(service: Service) -> N
     removed = await service.call("POST", "/v1/cache/invalidate", json={"tags": ["t"]})
     # The library counts the tag's members, the three already removed among them.
     assert removed.json()["removed"] >= 1
-    _problem(await service.call("GET", "/v1/cache/entries/team:1"), 404, "NotFound")
+    problem(await service.call("GET", "/v1/cache/entries/team:1"), 404, "NotFound")
 
 
 async def test_the_cache_refuses_bad_input_other_tenants_and_read_only_keys(
@@ -257,8 +247,8 @@ async def test_the_cache_refuses_bad_input_other_tenants_and_read_only_keys(
     entry = "/v1/cache/entries/k"
     await service.call("PUT", entry, json={"value": "mine", "tags": ["tag"]})
     for params in ({"namespace": "records"}, {"namespace": "bad space"}, {"namespace": ""}):
-        _problem(await service.call("GET", entry, params=params), 422, "ValidationError")
-        _problem(
+        problem(await service.call("GET", entry, params=params), 422, "ValidationError")
+        problem(
             await service.call("PUT", entry, params=params, json={"value": 1}),
             422,
             "ValidationError",
@@ -270,9 +260,9 @@ async def test_the_cache_refuses_bad_input_other_tenants_and_read_only_keys(
         {"value": 1, "tags": [""]},
         {"value": 1, "extra": True},
     ):
-        _problem(await service.call("PUT", entry, json=body), 422, "ValidationError")
+        problem(await service.call("PUT", entry, json=body), 422, "ValidationError")
     long_key = quote("k" * 1025)
-    _problem(
+    problem(
         await service.call("PUT", f"/v1/cache/entries/{long_key}", json={"value": 1}),
         422,
         "ValidationError",
@@ -284,11 +274,11 @@ async def test_the_cache_refuses_bad_input_other_tenants_and_read_only_keys(
         {"tags": []},
         {"pattern": "*", "namespace": "records"},
     ):
-        _problem(
+        problem(
             await service.call("POST", "/v1/cache/invalidate", json=body), 422, "ValidationError"
         )
     # Another tenant sees none of it and removes none of it, by key, pattern or tag.
-    _problem(await service.call("GET", entry, tenant=OTHER), 404, "NotFound")
+    problem(await service.call("GET", entry, tenant=OTHER), 404, "NotFound")
     assert (await service.call("DELETE", entry, tenant=OTHER)).status_code == 204
     for body in ({"pattern": "*"}, {"tags": ["tag"]}, {"prefix": "k"}):
         removed = await service.call("POST", "/v1/cache/invalidate", tenant=OTHER, json=body)
@@ -299,6 +289,6 @@ async def test_the_cache_refuses_bad_input_other_tenants_and_read_only_keys(
         ("POST", "/v1/cache/invalidate", {"pattern": "*"}),
     ):
         response = await service.call(method, target, role="read-only", json=body)
-        _problem(response, 403, "PermissionDenied")
+        problem(response, 403, "PermissionDenied")
     assert (await service.dl.tenant(TENANT).cache.get("k")) == "mine"
     assert (await service.call("GET", entry, role="read-only")).json()["value"] == "mine"

@@ -18,16 +18,9 @@ from agency_data import DataLayer
 from agency_data.coord.pubsub import Resubscribed
 from agency_data.models import Message
 from agency_data.redis.keys import Keys
-from tests.service_support import OTHER, TENANT, Service, service_on
+from tests.service_support import OTHER, TENANT, Service, problem, service_on
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    return body
 
 
 class Events:
@@ -85,16 +78,16 @@ async def test_pubsub_delivers_to_the_tenants_subscribers_only(service: Service)
         await service.call("POST", "/v1/pubsub/news", tenant=OTHER, json={"data": "theirs"})
         # Their first message is their own: ours never reached them.
         assert (await theirs.next())["data"]["data"] == "theirs"
-    _problem(
+    problem(
         await service.call("POST", "/v1/pubsub/news", role="read-only", json={"data": 1}),
         403,
         "PermissionDenied",
     )
     for body in ({}, {"data": 1, "tenant_id": OTHER}):
-        _problem(await service.call("POST", "/v1/pubsub/news", json=body), 422, "ValidationError")
+        problem(await service.call("POST", "/v1/pubsub/news", json=body), 422, "ValidationError")
     huge = {"data": "x" * (1 << 20)}
-    _problem(await service.call("POST", "/v1/pubsub/news", json=huge), 422, "ValidationError")
-    _problem(await service.client.get("/v1/pubsub/news/events"), 401, "AuthenticationFailed")
+    problem(await service.call("POST", "/v1/pubsub/news", json=huge), 422, "ValidationError")
+    problem(await service.client.get("/v1/pubsub/news/events"), 401, "AuthenticationFailed")
 
 
 async def test_a_client_going_away_ends_its_subscription(service: Service, redis_url: str) -> None:
@@ -161,12 +154,12 @@ async def test_streams_deliver_acknowledge_and_redeliver(service: Service) -> No
 
 async def test_stream_requests_are_checked(service: Service, redis_url: str) -> None:
     path = "/v1/streams/jobs/events"
-    _problem(
+    problem(
         await service.call("POST", "/v1/streams/jobs", role="read-only", json={"data": 1}),
         403,
         "PermissionDenied",
     )
-    _problem(
+    problem(
         await service.call("GET", path, role="read-only", params={"group": "g", "consumer": "c"}),
         403,
         "PermissionDenied",
@@ -177,16 +170,16 @@ async def test_stream_requests_are_checked(service: Service, redis_url: str) -> 
         {"group": "g", "consumer": "c", "count": 0},
         {"group": "g", "consumer": "c", "claim_after": -1},
     ):
-        _problem(await service.call("GET", path, params=params), 422, "ValidationError")
+        problem(await service.call("GET", path, params=params), 422, "ValidationError")
     for body in (
         {"group": "g", "ids": ["not-an-id"]},
         {"group": "g", "ids": []},
         {"ids": ["1-0"]},
     ):
-        _problem(
+        problem(
             await service.call("POST", "/v1/streams/jobs/ack", json=body), 422, "ValidationError"
         )
-    _problem(
+    problem(
         await service.call("POST", "/v1/streams/jobs", json={"data": 1, "max_length": 0}),
         422,
         "ValidationError",
@@ -246,7 +239,7 @@ async def test_event_streams_are_capped_at_half_the_redis_pool(
                 ("/v1/streams/s/events", {"group": "g", "consumer": "d"}),
             ):
                 response = await service.call("GET", path, params=params)
-                _problem(response, 503, "BackendUnavailable")
+                problem(response, 503, "BackendUnavailable")
             # The rest of the service still has Redis.
             assert (await service.call("POST", "/v1/pubsub/a", json={"data": 1})).status_code == 200
             assert (await first.next())["data"]["data"] == 1

@@ -9,19 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.service_support import OTHER, TENANT, Service
+from tests.service_support import OTHER, TENANT, Service, problem
 
 pytestmark = pytest.mark.timeout(120)
 
 DIM = 4
-
-
-def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    return body
 
 
 def _vector(n: int) -> list[float]:
@@ -40,14 +32,14 @@ async def test_setup_takes_an_admin_key_and_a_matching_dimension(service: Servic
     body = {"dimension": DIM}
     for role in ("read-only", "read-write"):
         response = await service.call("POST", "/v1/memory/setup", role=role, json=body)
-        _problem(response, 403, "PermissionDenied")
-    _problem(await service.call("POST", "/v1/memory", json={"vector": _vector(0)}), 404, "NotFound")
+        problem(response, 403, "PermissionDenied")
+    problem(await service.call("POST", "/v1/memory", json={"vector": _vector(0)}), 404, "NotFound")
     await _setup(service)
     await _setup(service)  # idempotent
     response = await service.call("POST", "/v1/memory/setup", role="admin", json={"dimension": 8})
-    _problem(response, 409, "Conflict")
+    problem(response, 409, "Conflict")
     response = await service.call("POST", "/v1/memory/setup", role="admin", json={"dimension": 0})
-    _problem(response, 422, "ValidationError")
+    problem(response, 422, "ValidationError")
 
 
 async def test_remember_recall_get_history_and_forget(service: Service) -> None:
@@ -118,15 +110,15 @@ async def test_remember_recall_get_history_and_forget(service: Service) -> None:
     listed = await service.call("GET", "/v1/memory", params={"agent_id": "a1"})
     assert [m["id"] for m in listed.json()["items"]] == [memory_id]
 
-    _problem(
+    problem(
         await service.call(
             "POST", "/v1/memory/forget", role="read-only", json={"ids": [memory_id]}
         ),
         403,
         "PermissionDenied",
     )
-    _problem(await service.call("POST", "/v1/memory/forget", json={}), 422, "ValidationError")
-    _problem(
+    problem(await service.call("POST", "/v1/memory/forget", json={}), 422, "ValidationError")
+    problem(
         await service.call("POST", "/v1/memory/forget", json={"filter": {}}),
         422,
         "ValidationError",
@@ -152,14 +144,14 @@ async def test_bad_memory_input_is_422_and_stores_nothing(service: Service) -> N
         {},
         {"vector": _vector(0), "tenant_id": OTHER},
     ):
-        _problem(await service.call("POST", "/v1/memory", json=body), 422, "ValidationError")
+        problem(await service.call("POST", "/v1/memory", json=body), 422, "ValidationError")
     for body in (
         {"vector": [1.0]},
         {"vector": _vector(0), "limit": 0},
         {"vector": _vector(0), "weights": {"similarity": -1}},
     ):
-        _problem(await service.call("POST", "/v1/memory/recall", json=body), 422, "ValidationError")
-    _problem(
+        problem(await service.call("POST", "/v1/memory/recall", json=body), 422, "ValidationError")
+    problem(
         await service.call("POST", "/v1/memory", role="read-only", json={"vector": _vector(0)}),
         403,
         "PermissionDenied",
@@ -229,10 +221,10 @@ async def test_the_graph_over_http(service: Service) -> None:
         (f"/v1/memory/entities/{ann}/relations", {"as_of": "yesterday"}),
         ("/v1/memory/paths", {"source": ann, "target": ann}),
     ):
-        _problem(await service.call("GET", path, params=params), 422, "ValidationError")
+        problem(await service.call("GET", path, params=params), 422, "ValidationError")
     bad_relation = {"source": ann, "relation": "knows", "target": "nobody"}
-    _problem(await service.call("POST", "/v1/memory/relations", json=bad_relation), 404, "NotFound")
-    _problem(
+    problem(await service.call("POST", "/v1/memory/relations", json=bad_relation), 404, "NotFound")
+    problem(
         await service.call(
             "POST", "/v1/memory/entities", role="read-only", json={"name": "X", "type": "t"}
         ),
@@ -270,7 +262,7 @@ async def test_another_tenants_memories_and_entities_are_404(service: Service) -
         ("POST", f"/v1/memory/{memory_id}/entities", {"json": {"entity_ids": [ann]}}),
     ):
         response = await service.call(method, path, tenant=OTHER, **kw)
-        _problem(response, 404, "NotFound")
+        problem(response, 404, "NotFound")
     forgotten = await service.call(
         "POST", "/v1/memory/forget", tenant=OTHER, json={"ids": [memory_id], "hard": True}
     )

@@ -8,21 +8,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from agency_data.config import ServiceConfig
-from tests.service_support import OTHER, TENANT, Service, service_on
+from tests.service_support import OTHER, TENANT, Service, problem, service_on
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    return body
 
 
 async def _agent(service: Service, tenant: str = TENANT) -> str:
@@ -91,10 +82,10 @@ async def test_a_stale_lease_token_is_409_and_changes_nothing(service: Service) 
         ("fail", {"lease_token": stale, "error": "boom"}),
         ("heartbeat", {"lease_token": stale}),
     ):
-        problem = _problem(
+        refused = problem(
             await service.call("POST", f"{path}/{action}", json=body), 409, "LeaseLost"
         )
-        assert problem["task_id"] == task["id"]
+        assert refused["task_id"] == task["id"]
     now = await service.dl.tenant(TENANT).tasks.get(task["id"])
     assert now.status == "running"
     assert now.result is None
@@ -132,7 +123,7 @@ async def test_fail_retry_cancel_delete_and_the_admin_override(service: Service)
         "items"
     ]
     # Without the token: refused to a read-write key, the operator's override for an admin.
-    _problem(
+    problem(
         await service.call("POST", f"/v1/tasks/{once['id']}/complete", json={"result": 1}),
         422,
         "ValidationError",
@@ -144,14 +135,14 @@ async def test_fail_retry_cancel_delete_and_the_admin_override(service: Service)
     assert forced.status_code == 200, forced.text
     assert forced.json()["result"] == "by hand"
     # The worker that held it finds out.
-    _problem(
+    problem(
         await service.call(
             "POST", f"/v1/tasks/{once['id']}/heartbeat", json={"lease_token": item["lease_token"]}
         ),
         409,
         "LeaseLost",
     )
-    _problem(await service.call("POST", f"/v1/tasks/{once['id']}/retry"), 422, "ValidationError")
+    problem(await service.call("POST", f"/v1/tasks/{once['id']}/retry"), 422, "ValidationError")
 
     other = (await service.call("POST", "/v1/tasks", json={"type": "t"})).json()
     (held,) = (await service.call("POST", "/v1/tasks/claim", json={"agent_id": agent})).json()[
@@ -169,13 +160,11 @@ async def test_fail_retry_cancel_delete_and_the_admin_override(service: Service)
     )
     assert cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["error"] == "not needed"
-    _problem(
-        await service.call("POST", f"/v1/tasks/{pending['id']}/cancel"), 422, "ValidationError"
-    )
+    problem(await service.call("POST", f"/v1/tasks/{pending['id']}/cancel"), 422, "ValidationError")
     bare = (await service.call("POST", "/v1/tasks", json={"type": "t"})).json()
     assert (await service.call("POST", f"/v1/tasks/{bare['id']}/cancel")).status_code == 200
     assert (await service.call("DELETE", f"/v1/tasks/{bare['id']}")).status_code == 204
-    _problem(await service.call("GET", f"/v1/tasks/{bare['id']}"), 404, "NotFound")
+    problem(await service.call("GET", f"/v1/tasks/{bare['id']}"), 404, "NotFound")
 
 
 async def test_batches_lists_search_and_stats(service: Service) -> None:
@@ -206,7 +195,7 @@ async def test_batches_lists_search_and_stats(service: Service) -> None:
     conflict = await service.call(
         "POST", "/v1/tasks", json={"type": "research", "key": "beavers", "on_conflict": "raise"}
     )
-    _problem(conflict, 409, "Conflict")
+    problem(conflict, 409, "Conflict")
 
     listed = await service.call(
         "GET",
@@ -252,8 +241,8 @@ async def test_bad_inputs_are_problems_and_write_nothing(service: Service) -> No
         {"type": "t", "on_conflict": "ignore"},
         {"type": "t", "depends_on": ["not-a-uuid"]},
     ):
-        _problem(await service.call("POST", "/v1/tasks", json=body), 422, "ValidationError")
-    _problem(
+        problem(await service.call("POST", "/v1/tasks", json=body), 422, "ValidationError")
+    problem(
         await service.call(
             "POST", "/v1/tasks", json={"type": "t", "depends_on": [str(uuid.uuid4())]}
         ),
@@ -268,7 +257,7 @@ async def test_bad_inputs_are_problems_and_write_nothing(service: Service) -> No
         ]
     }
     for body in (cycle, {"tasks": []}, {"tasks": [{"type": "t"}, {"type": ""}]}):
-        _problem(await service.call("POST", "/v1/tasks/batch", json=body), 422, "ValidationError")
+        problem(await service.call("POST", "/v1/tasks/batch", json=body), 422, "ValidationError")
     for body in (
         {},
         {"agent_id": agent, "n": 0},
@@ -278,8 +267,8 @@ async def test_bad_inputs_are_problems_and_write_nothing(service: Service) -> No
         {"agent_id": agent, "types": []},
         {"agent_id": "nobody"},
     ):
-        _problem(await service.call("POST", "/v1/tasks/claim", json=body), 422, "ValidationError")
-    _problem(
+        problem(await service.call("POST", "/v1/tasks/claim", json=body), 422, "ValidationError")
+    problem(
         await service.call("POST", "/v1/tasks/claim", json={"agent_id": str(uuid.uuid4())}),
         404,
         "NotFound",
@@ -292,19 +281,19 @@ async def test_bad_inputs_are_problems_and_write_nothing(service: Service) -> No
         {"created_after": "yesterday"},
         {"cursor": "garbage"},
     ):
-        _problem(await service.call("GET", "/v1/tasks", params=params), 422, "ValidationError")
-    _problem(
+        problem(await service.call("GET", "/v1/tasks", params=params), 422, "ValidationError")
+    problem(
         await service.call("GET", "/v1/tasks/search", params={"text": ""}), 422, "ValidationError"
     )
-    _problem(await service.call("GET", "/v1/tasks/not-a-uuid"), 404, "NotFound")
+    problem(await service.call("GET", "/v1/tasks/not-a-uuid"), 404, "NotFound")
     missing = f"/v1/tasks/{uuid.uuid4()}"
-    _problem(await service.call("GET", missing), 404, "NotFound")
-    _problem(
+    problem(await service.call("GET", missing), 404, "NotFound")
+    problem(
         await service.call("POST", f"{missing}/complete", json={"lease_token": str(uuid.uuid4())}),
         404,
         "NotFound",
     )
-    _problem(
+    problem(
         await service.call("POST", f"{missing}/fail", json={"lease_token": str(uuid.uuid4())}),
         422,
         "ValidationError",  # no error given
@@ -331,14 +320,14 @@ async def test_another_tenants_tasks_are_404_and_unchanged(service: Service) -> 
     ):
         for role in ("read-write", "admin"):
             response = await service.call(method, path + suffix, tenant=OTHER, role=role, json=body)
-            _problem(response, 404, "NotFound")
-    _problem(
+            problem(response, 404, "NotFound")
+    problem(
         await service.call("POST", f"{path}/complete", tenant=OTHER, role="admin", json={}),
         404,
         "NotFound",
     )
     # Claiming for this tenant's agent is claiming for an agent the other tenant lacks.
-    _problem(
+    problem(
         await service.call("POST", "/v1/tasks/claim", tenant=OTHER, json={"agent_id": agent}),
         404,
         "NotFound",
@@ -372,7 +361,7 @@ async def test_a_read_only_key_cannot_queue_claim_or_finish(service: Service) ->
         ("DELETE", path, None),
     ):
         response = await service.call(method, target, role="read-only", json=body)
-        _problem(response, 403, "PermissionDenied")
+        problem(response, 403, "PermissionDenied")
     assert await service.dl.tenant(TENANT).tasks.count() == 1
     assert (await service.dl.tenant(TENANT).tasks.get(task["id"])).status == "pending"
     assert (await service.call("GET", path, role="read-only")).status_code == 200

@@ -10,19 +10,11 @@ import pytest
 
 from agency_data import DataLayer
 from agency_data.errors import Conflict, ValidationError
-from tests.service_support import OTHER, TENANT, Service
+from tests.service_support import OTHER, TENANT, Service, problem
 
 pytestmark = pytest.mark.timeout(120)
 
 DIM = 4
-
-
-def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    return body
 
 
 def _b64(values: list[float], dtype: str = "<f4") -> str:
@@ -67,9 +59,9 @@ async def test_collections_are_created_described_and_listed_by_admin_keys(
     assert listed.json()["items"] == ["notes", "plain"]
     described = await service.call("GET", "/v1/collections/notes", role="read-only")
     assert described.json()["dimension"] == DIM
-    _problem(await service.call("GET", "/v1/collections/nothing"), 404, "NotFound")
+    problem(await service.call("GET", "/v1/collections/nothing"), 404, "NotFound")
     again = {"name": "notes", "dimension": DIM, "metric": "l2", "storage": "halfvec"}
-    _problem(
+    problem(
         await service.call("POST", "/v1/collections", role="admin", json=again), 409, "Conflict"
     )
     kept = await service.call(
@@ -78,13 +70,13 @@ async def test_collections_are_created_described_and_listed_by_admin_keys(
     assert kept.status_code == 201
     for role in ("read-only", "read-write"):
         body = {"name": "nope", "dimension": DIM}
-        _problem(
+        problem(
             await service.call("POST", "/v1/collections", role=role, json=body),
             403,
             "PermissionDenied",
         )
-        _problem(await service.call("GET", "/v1/collections", role=role), 403, "PermissionDenied")
-        _problem(
+        problem(await service.call("GET", "/v1/collections", role=role), 403, "PermissionDenied")
+        problem(
             await service.call("DELETE", "/v1/collections/plain", role=role),
             403,
             "PermissionDenied",
@@ -96,7 +88,7 @@ async def test_collections_are_created_described_and_listed_by_admin_keys(
         {"name": "x", "dimension": DIM, "index": "flat"},
         {"name": "x", "dimension": DIM, "tenant_id": OTHER},
     ):
-        _problem(
+        problem(
             await service.call("POST", "/v1/collections", role="admin", json=bad),
             422,
             "ValidationError",
@@ -112,7 +104,7 @@ async def test_index_management(service: Service) -> None:
     assert built.status_code == 201, built.text
     assert built.json()["index"]["kind"] == "ivfflat"
     assert built.json()["index"]["options"]["lists"] == 2
-    _problem(
+    problem(
         await service.call("POST", "/v1/collections/notes/index", role="admin", json={}),
         409,
         "Conflict",
@@ -127,12 +119,12 @@ async def test_index_management(service: Service) -> None:
     optimized = await service.call("POST", "/v1/collections/notes/optimize", role="admin")
     assert optimized.status_code == 200
     assert optimized.json()["rows"] == 0
-    _problem(
+    problem(
         await service.call("POST", "/v1/collections/notes/index", role="admin", json={"m": 1000}),
         422,
         "ValidationError",
     )
-    _problem(
+    problem(
         await service.call("DELETE", "/v1/collections/notes/index", role="read-write"),
         403,
         "PermissionDenied",
@@ -153,7 +145,7 @@ async def test_a_tenant_cannot_drop_a_collection_holding_another_tenants_rows(
     )
     assert stored.status_code == 200, stored.text
     await service.call("POST", "/v1/collections/notes/embeddings", json={"items": [_item(2)]})
-    body = _problem(
+    body = problem(
         await service.call("DELETE", "/v1/collections/notes", role="admin"), 409, "Conflict"
     )
     assert "other tenant" in body["detail"]
@@ -170,12 +162,12 @@ async def test_a_tenant_cannot_drop_a_collection_holding_another_tenants_rows(
     )
     assert (await service.call("DELETE", "/v1/collections/notes", role="admin")).status_code == 204
     assert await service.dl.admin.list_collections() == []
-    _problem(await service.call("DELETE", "/v1/collections/notes", role="admin"), 404, "NotFound")
+    problem(await service.call("DELETE", "/v1/collections/notes", role="admin"), 404, "NotFound")
     await service.call(
         "POST", "/v1/memory/setup", role="admin", json={"dimension": DIM, "index": False}
     )
     memory = service.dl.config.memory.collection
-    _problem(
+    problem(
         await service.call("DELETE", f"/v1/collections/{memory}", role="admin"), 409, "Conflict"
     )
 
@@ -259,7 +251,7 @@ async def test_store_get_delete_and_search_json_and_base64(service: Service) -> 
     )
     assert hybrid.status_code == 200, hybrid.text
     assert "first" in [h["id"] for h in hybrid.json()["items"]]
-    _problem(
+    problem(
         await service.call(
             "POST", "/v1/collections/notes/search/hybrid", json={"text": "fox", "limit": 2}
         ),
@@ -267,7 +259,7 @@ async def test_store_get_delete_and_search_json_and_base64(service: Service) -> 
         "ValidationError",
     )
 
-    _problem(
+    problem(
         await service.call("DELETE", "/v1/collections/notes/embeddings/first", role="read-only"),
         403,
         "PermissionDenied",
@@ -275,15 +267,13 @@ async def test_store_get_delete_and_search_json_and_base64(service: Service) -> 
     assert (
         await service.call("DELETE", "/v1/collections/notes/embeddings/first")
     ).status_code == 204
-    _problem(await service.call("GET", "/v1/collections/notes/embeddings/first"), 404, "NotFound")
-    _problem(
-        await service.call("DELETE", "/v1/collections/notes/embeddings/first"), 404, "NotFound"
-    )
+    problem(await service.call("GET", "/v1/collections/notes/embeddings/first"), 404, "NotFound")
+    problem(await service.call("DELETE", "/v1/collections/notes/embeddings/first"), 404, "NotFound")
     deleted = await service.call(
         "POST", "/v1/collections/notes/embeddings/delete", json={"filter": {"metadata.team": "a"}}
     )
     assert deleted.json() == {"deleted": 3}
-    _problem(
+    problem(
         await service.call("POST", "/v1/collections/notes/embeddings/delete", json={}),
         422,
         "ValidationError",
@@ -338,8 +328,8 @@ async def test_bad_vectors_are_422_and_store_nothing(service: Service) -> None:
     ]
     for name, body, field in cases:
         response = await service.call("POST", f"/v1/collections/{name}/embeddings", json=body)
-        problem = _problem(response, 422, "ValidationError")
-        assert field in str(problem.get("field")) + problem["detail"], (body, problem)
+        refused = problem(response, 422, "ValidationError")
+        assert field in str(refused.get("field")) + refused["detail"], (body, refused)
     assert await _count(service) == 0
     assert await _count(service, name="halves") == 0
     for bad in (
@@ -350,19 +340,19 @@ async def test_bad_vectors_are_422_and_store_nothing(service: Service) -> None:
         {"vector": [1.0] * DIM, "filter": {"$or": "x"}},
     ):
         response = await service.call("POST", "/v1/collections/notes/search", json=bad)
-        _problem(response, 422, "ValidationError")
+        problem(response, 422, "ValidationError")
     response = await service.call(
         "POST",
         "/v1/collections/notes/search/batch",
         json={"queries": [{"vector": [1.0] * DIM}, {"vector": [1.0] * DIM, "limit": -1}]},
     )
-    assert "queries[1]" in _problem(response, 422, "ValidationError")["detail"]
-    _problem(
+    assert "queries[1]" in problem(response, 422, "ValidationError")["detail"]
+    problem(
         await service.call("POST", "/v1/collections/nothing/embeddings", json={"items": [good]}),
         404,
         "NotFound",
     )
-    _problem(
+    problem(
         await service.call(
             "POST", "/v1/collections/notes/embeddings", role="read-only", json={"items": [good]}
         ),
@@ -381,14 +371,14 @@ async def test_another_tenants_embeddings_are_404_and_never_found(service: Servi
     )
     ids = mine.json()["ids"]
     for embedding_id in ids:
-        _problem(
+        problem(
             await service.call(
                 "GET", f"/v1/collections/notes/embeddings/{embedding_id}", tenant=OTHER
             ),
             404,
             "NotFound",
         )
-        _problem(
+        problem(
             await service.call(
                 "DELETE", f"/v1/collections/notes/embeddings/{embedding_id}", tenant=OTHER
             ),
