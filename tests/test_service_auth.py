@@ -86,7 +86,7 @@ async def test_unknown_routes_and_bad_bodies_are_problems(service: Service) -> N
         await service.call(
             "POST", "/v1/agents", content=b"{not json", headers={"content-type": "application/json"}
         ),
-        400,
+        422,
         "ValidationError",
     )
 

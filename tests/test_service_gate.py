@@ -188,3 +188,32 @@ async def test_many_requests_at_once_each_run_as_their_own_tenant(service: Servi
     for tenant in ("acme", "globex"):
         page = (await service.call("GET", "/v1/agents?limit=100", tenant=tenant)).json()
         assert {a["name"].split("-")[0] for a in page["items"]} == {tenant}
+
+
+async def test_stopping_answers_long_polls_at_once_with_nothing_taken(
+    database: str, redis_url: str, tmp_path: Path
+) -> None:
+    from agency_data import DataLayer
+    from agency_data.service.server import running
+    from tests.conftest import make_config
+
+    async with DataLayer(make_config(database, redis_url, tmp_path)) as dl:
+        _, key = await dl.admin.api_keys.create(TENANT, "read-write")
+        agent = await dl.tenant(TENANT).agents.create("w", "t")
+        # The client outlives the server: it is the server's stopping that ends the claim.
+        async with httpx.AsyncClient(timeout=30) as client:
+            async with running(dl, ServiceConfig(port=0)) as svc:
+                claim = asyncio.create_task(
+                    client.post(
+                        f"{svc.url}/v1/tasks/claim",
+                        json={"agent_id": str(agent.id), "wait": 20},
+                        headers={"Authorization": f"Bearer {key}"},
+                    )
+                )
+                await asyncio.sleep(0.5)
+                started = time.monotonic()
+            stopped = time.monotonic() - started
+            answered = await claim
+        assert stopped < 5
+        assert answered.status_code == 200, answered.text
+        assert answered.json() == {"items": []}

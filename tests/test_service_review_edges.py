@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from agency_data import DataLayer, errors
 from agency_data.config import ServiceConfig
@@ -57,11 +58,6 @@ async def _mcp(dl: DataLayer, key: str, config: ServiceConfig) -> AsyncIterator[
 # --- Findings -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a deeply nested JSON body (5000 levels) is a 500: RecursionError while the body "
-    "is validated, logged as an unexpected error",
-)
 async def test_a_deeply_nested_body_is_a_client_error(service: Service) -> None:
     nested = b"[" * 5000 + b"]" * 5000
     body = b'{"name":"a","type":"t","capabilities":' + nested + b"}"
@@ -71,11 +67,6 @@ async def test_a_deeply_nested_body_is_a_client_error(service: Service) -> None:
     assert await service.dl.tenant(TENANT).agents.count() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a tenant's admin drops the ANN index of a collection other tenants store in (the "
-    "shared memory collection included): their searches become exact scans",
-)
 async def test_an_admin_cannot_drop_the_index_other_tenants_search_with(service: Service) -> None:
     await _globex_collection(service, rows=3)
     dropped = await service.call("DELETE", "/v1/collections/gsecret/index", role="admin")
@@ -91,23 +82,21 @@ async def test_an_admin_cannot_drop_the_index_other_tenants_search_with(service:
     assert dropped.status_code == 409, dropped.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an admin's optimize of a shared collection reports every tenant's row count "
-    "(OptimizeReport.rows), not its own",
-)
 async def test_optimize_reports_no_other_tenants_rows(service: Service) -> None:
+    # Refused outright on a collection another tenant uses: its report would count their rows.
     await _globex_collection(service, rows=5)
     report = await service.call("POST", "/v1/collections/gsecret/optimize", role="admin")
-    assert report.status_code == 200, report.text
-    assert report.json()["rows"] == 0, report.json()
+    assert report.status_code == 409, report.text
+    rebuilt = await service.call("POST", "/v1/collections/gsecret/index/rebuild", role="admin")
+    assert rebuilt.status_code == 409, rebuilt.text
+    # The only tenant in it may.
+    mine = await service.call(
+        "POST", "/v1/collections/gsecret/optimize", role="admin", tenant=OTHER
+    )
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["rows"] == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="describing a shared collection (any key) reports its whole table's and index's "
-    "size on disk: a read-only key watches another tenant's data grow",
-)
 async def test_describe_tells_nothing_of_other_tenants_volume(service: Service) -> None:
     await _globex_collection(service)
     before = (await service.call("GET", "/v1/collections/gsecret", role="read-only")).json()
@@ -121,31 +110,23 @@ async def test_describe_tells_nothing_of_other_tenants_volume(service: Service) 
     assert stored.status_code == 200
     after = (await service.call("GET", "/v1/collections/gsecret", role="read-only")).json()
     assert after["rows"] == before["rows"] == 0
-    assert (after["table_bytes"], after["index"]["size_bytes"]) == (
-        before["table_bytes"],
-        before["index"]["size_bytes"],
-    )
+    assert after == before
+    assert "table_bytes" not in after
+    assert "size_bytes" not in after["index"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the framework's 400 (malformed JSON) and 405 answer code ValidationError, whose "
-    "class the service answers 422: a client cannot tell the status from the code",
-)
 async def test_framework_errors_carry_a_code_whose_status_they_have(service: Service) -> None:
+    # (A method a route does not take stays 405, with an Allow header: no library class is it.)
     malformed = await service.call("POST", "/v1/agents", content=b"{", headers=JSON)
-    method = await service.call("PUT", "/v1/agents")
-    for response in (malformed, method):
+    as_text = await service.call(
+        "POST", "/v1/agents", content=b"x", headers={"content-type": "text/plain"}
+    )
+    for response in (malformed, as_text):
         body = response.json()
         code = getattr(errors, body["code"])
         assert status_of(code) == response.status_code, body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="event streams opened at once all pass the slot check before any takes a slot: "
-    "more than half the Redis pool is held by streams",
-)
 async def test_event_streams_opened_at_once_respect_the_cap(
     database: str, redis_url: str, tmp_path: Path
 ) -> None:
@@ -172,11 +153,6 @@ async def test_event_streams_opened_at_once_respect_the_cap(
         assert statuses.count(200) <= 2, (statuses, results)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the MCP resource agency-data://collections names every tenant's collections to "
-    "any key, while GET /v1/collections takes an admin key",
-)
 async def test_mcp_collections_resource_names_no_other_tenants_collections(
     dl: DataLayer,
 ) -> None:
@@ -188,15 +164,15 @@ async def test_mcp_collections_resource_names_no_other_tenants_collections(
     )
     _, key = await dl.admin.api_keys.create(TENANT, "read-only", name="reader")
     async with _mcp(dl, key, ServiceConfig(port=0)) as reader:
-        listed = await _resource(reader, "agency-data://collections")
-    assert "globex_private" not in listed["collections"], listed
+        # Collection names are every tenant's: an admin key's to list, as over HTTP.
+        with pytest.raises(MCPError, match="admin key"):
+            await reader.read_resource("agency-data://collections")
+        # One collection is described to any key, with this tenant's rows and no sizes.
+        shape = await _resource(reader, "agency-data://collections/globex_private")
+    assert shape["rows"] == 0
+    assert "table_bytes" not in shape
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MCP tool calls have no time limit: service.request_timeout ends HTTP requests "
-    "with 504 but an MCP call blocked on PostgreSQL runs on",
-)
 async def test_an_mcp_call_past_the_request_timeout_is_ended(dl: DataLayer) -> None:
     _, key = await dl.admin.api_keys.create(TENANT, "read-write", name="writer")
     async with (

@@ -60,7 +60,7 @@ def serve(
                 loop.add_signal_handler(sig, stop.set)
             typer.echo("ready")
             typer.echo(f"Service:    {running.url}")
-            typer.echo(f"OpenAPI:    {running.url}/openapi.json")
+            typer.echo(f"OpenAPI:    {running.url}/schema/openapi.json")
             await stop.wait()
             typer.echo("stopping", err=True)
 

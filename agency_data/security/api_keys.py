@@ -56,6 +56,11 @@ class ApiKeyRole(StrEnum):
     READ_WRITE = "read-write"
     ADMIN = "admin"
 
+    @property
+    def article(self) -> str:
+        """The role with its article, for messages: "a read-only", "an admin"."""
+        return f"an {self.value}" if self is ApiKeyRole.ADMIN else f"a {self.value}"
+
     def allows(self, needed: ApiKeyRole) -> bool:
         """Whether this role includes ``needed`` (admin > read-write > read-only)."""
         return _RANK[self] >= _RANK[needed]

@@ -140,7 +140,7 @@ def _requires(role: ApiKeyRole) -> Any:
             raise AuthenticationFailed("this request carries no credentials")
         if not principal.role.allows(role):
             raise PermissionDenied(
-                f"this needs a {role.value} key; the key {principal.key_id} is {principal.role.value}",
+                f"this needs {role.article} key; the key {principal.key_id} is {principal.role.value}",
             )
 
     guard.__name__ = f"requires_{role.name.lower()}"

@@ -35,6 +35,8 @@ class ServiceState:
     limiter: RateLimiter
     telemetry: ServiceTelemetry
     document: dict[str, Any] = field(default_factory=dict)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the server begins to stop: long polls end at once, with nothing taken."""
 
 
 def gate(app: ASGIApp) -> ASGIApp:

@@ -87,7 +87,11 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
         status = status_of(type(exc))
         code = type(exc).__name__
         detail = str(exc)
-        extra = {name: _plain(getattr(exc, name)) for name in _EXTENSIONS if hasattr(exc, name)}
+        extra = {
+            name: _plain(value)
+            for name in _EXTENSIONS
+            if (value := getattr(exc, name, None)) is not None
+        }
         if isinstance(exc, errors.LeaseLost | errors.TaskCancelled):
             extra["task_id"] = str(exc.task_id)
         if isinstance(exc, errors.LeaseLost):
@@ -98,9 +102,15 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
         # dependencies are objects the service makes, never validated from a request).
         status, code, extra = 422, "ValidationError", {"field": body_fields[0]}
         detail = "the body has fields this operation does not take: " + ", ".join(body_fields)
+    elif isinstance(exc, RecursionError):
+        # A body nested thousands of levels deep overflows the decoder's stack.
+        status, code, extra = 422, "ValidationError", {"field": "body"}
+        detail = "the body is nested too deeply to read; send a flatter document"
     elif isinstance(exc, HTTPException):
-        # The framework's input validation is the library's ValidationError: 422 alike.
-        status = 422 if isinstance(exc, FrameworkValidation) else exc.status_code
+        # The framework's input validation, and a body it could not parse, are the library's
+        # ValidationError: 422 alike, so a client can tell the status from the code.
+        refused_input = isinstance(exc, FrameworkValidation) or exc.status_code == 400
+        status = 422 if refused_input else exc.status_code
         kind = _FRAMEWORK.get(status, errors.AgencyDataError)
         code = kind.__name__
         detail = _framework_detail(exc)

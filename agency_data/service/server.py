@@ -1,7 +1,7 @@
 """Running the service: uvicorn on the caller's event loop, over one DataLayer.
 
-:func:`running` serves until its block ends (tests, embedding in a program); :func:`serve`
-serves until SIGINT or SIGTERM (``agency-data serve``). The socket is bound before uvicorn
+:func:`running` serves until its block ends (``agency-data serve`` ends it on SIGINT or
+SIGTERM; tests and programs that embed the service end it as they please). The socket is bound before uvicorn
 starts, so port 0 works and the real port is known at once.
 """
 
@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import uvicorn
+from litestar import Litestar
 
 from agency_data.config import ServiceConfig
 from agency_data.errors import ConfigError
 from agency_data.manager import DataLayer
 from agency_data.service.app import create_app
 
-__all__ = ["RunningService", "running", "serve"]
+__all__ = ["RunningService", "running"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ async def running(
     """Serve ``dl`` over HTTP on ``config.host``/``port`` (default ``dl.config.service``)
     while the block runs; stop, letting requests in flight finish, when it ends."""
     settings = dl.config.service if config is None else config
-    server = uvicorn.Server(_uvicorn_config(dl, settings))
+    app = create_app(dl, settings)
+    server = uvicorn.Server(_uvicorn_config(app))
     sock = _bind(settings.host, settings.port)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -55,26 +57,17 @@ async def running(
             await asyncio.sleep(0.01)
         yield RunningService(settings.host, sock.getsockname()[1])
     finally:
+        # Long polls answer at once (nothing taken), so that stopping waits for none of them.
+        app.state.service.stopping.set()
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task
         sock.close()
 
 
-async def serve(dl: DataLayer, config: ServiceConfig | None = None) -> None:
-    """Serve ``dl`` until the process gets SIGINT or SIGTERM."""
-    settings = dl.config.service if config is None else config
-    server = uvicorn.Server(_uvicorn_config(dl, settings))
-    sock = _bind(settings.host, settings.port)
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        sock.close()
-
-
-def _uvicorn_config(dl: DataLayer, settings: ServiceConfig) -> uvicorn.Config:
+def _uvicorn_config(app: Litestar) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(dl, settings),
+        app,
         lifespan="off",  # the DataLayer is opened and closed by the caller
         log_level="warning",
         access_log=False,

@@ -395,6 +395,11 @@ class CollectionAdmin(Wrapper):
         """Drop a collection with every embedding in it, for all tenants."""
         return self._portal.call(self._aio.drop_collection(name, sole_tenant=sole_tenant))
 
+    def refuse_shared(self, name: str, tenant: str) -> None:
+        """:class:`Conflict` when a tenant other than ``tenant`` has rows in collection
+        ``name`` (before a tenant's administrator changes its index)."""
+        return self._portal.call(self._aio.refuse_shared(name, tenant))
+
     def list_collections(self) -> list[str]:
         """The names of every collection."""
         return self._portal.call(self._aio.list_collections())

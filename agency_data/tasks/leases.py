@@ -67,7 +67,8 @@ def lost_lease(
     what = {
         "pending": "it went back to the queue (its lease ran out, or the attempt was failed)",
         "dead": "its lease ran out and it used up its attempts (dead)",
-        "running": "its lease ran out and another worker holds it now",
+        "running": "it is held under another lease token (its lease ran out and it was "
+        "claimed again, or the token given is not this claim's)",
         "completed": "it was completed by someone else"
         if held_by_other
         else "it is already completed",

@@ -57,6 +57,12 @@ class CollectionAdmin:
         tenant = None if sole_tenant is None else check_tenant(sole_tenant)
         await self._catalog.drop(check_name(name), sole_tenant=tenant)
 
+    @observed("admin.refuse_shared")
+    async def refuse_shared(self, name: str, tenant: str) -> None:
+        """:class:`Conflict` when a tenant other than ``tenant`` has rows in collection
+        ``name`` (before a tenant's administrator changes its index)."""
+        await self._catalog.refuse_shared(check_name(name), check_tenant(tenant))
+
     @observed("admin.list_collections")
     async def list_collections(self) -> list[str]:
         """The names of every collection."""

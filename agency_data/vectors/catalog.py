@@ -210,6 +210,18 @@ class Catalog:
         # A collection made again under this name starts without the dropped one's embedder.
         self.embedders.pop(name, None)
 
+    async def refuse_shared(self, name: str, tenant: str) -> None:
+        """:class:`Conflict` when a tenant other than ``tenant`` has a row in collection
+        ``name``: what one tenant's administrator does to a collection (its index) must not
+        cost others. Nothing changes either way."""
+        spec = await self.load(name)
+        try:
+            async with self._admin.transaction():
+                await self._refuse_others(spec, tenant)
+                raise _LookedOnly
+        except _LookedOnly:
+            pass
+
     async def _refuse_others(self, spec: CollectionSpec, tenant: str) -> None:
         # Row-level security (forced on the owner too) hides the other tenants' rows, so the
         # owner looks without it: lifted for this transaction only, under the lock that ALTER
@@ -219,15 +231,13 @@ class Catalog:
             sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(spec.table_id)
         )
         others = await self._admin.fetch_value(
-            sql.SQL("SELECT count(DISTINCT tenant_id) FROM {} WHERE tenant_id <> %s").format(
-                spec.table_id
-            ),
+            sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE tenant_id <> %s)").format(spec.table_id),
             [tenant],
         )
         if others:
             raise Conflict(
-                f"collection {spec.name!r} holds embeddings of {others} other tenant(s): "
-                "a tenant may drop only a collection no other tenant uses",
+                f"collection {spec.name!r} holds other tenants' embeddings: a tenant may drop "
+                "or change only a collection (and its index) no other tenant uses",
                 field="name",
             )
 
@@ -302,3 +312,7 @@ def _table_ddl(spec: CollectionSpec) -> list[sql.Composed]:
             sql.SQL("ALTER TABLE {} ALTER COLUMN vector SET STORAGE PLAIN").format(table)
         )
     return statements
+
+
+class _LookedOnly(Exception):
+    """Rolls back a transaction that only looked (and lifted row security to look)."""

@@ -77,7 +77,7 @@ async function main() {
   );
   if (again.name !== "ts-worker") throw new Error(`agent read back as ${again.name}`);
 
-  /** @type {Schemas["CollectionInfo"]} */
+  /** @type {Schemas["CollectionShape"]} */
   const info = ok(
     "create collection",
     await admin.POST("/v1/collections", {

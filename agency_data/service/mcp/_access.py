@@ -10,6 +10,7 @@ variable (:func:`get_access_token`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -72,9 +73,9 @@ class Access:
             yield tenant
 
     @asynccontextmanager
-    async def resource(self) -> AsyncIterator[TenantScope]:
-        """As :meth:`tool` for reading a resource (any key)."""
-        async with self._scope(READ, resource=True) as tenant:
+    async def resource(self, needs: ApiKeyRole = READ) -> AsyncIterator[TenantScope]:
+        """As :meth:`tool` for reading a resource (any key, unless ``needs`` says)."""
+        async with self._scope(needs, resource=True) as tenant:
             yield tenant
 
     @asynccontextmanager
@@ -82,17 +83,26 @@ class Access:
         principal = await self.caller()
         if not principal.role.allows(needs):
             message = (
-                f"this needs a {needs.value} key; the key {principal.key_id} is "
+                f"this needs {needs.article} key; the key {principal.key_id} is "
                 f"{principal.role.value}"
             )
             raise ResourceError(message) if resource else ToolError(message)
+        limit = self.config.request_timeout
         try:
             if self.limiter is not None:
                 await self.limiter.check(principal)
-            with acting_as(principal.name):
-                yield self.dl.tenant(principal.tenant)
+            # The HTTP API's time limit, for MCP calls alike (their waits end before it).
+            async with asyncio.timeout(limit):
+                with acting_as(principal.name):
+                    yield self.dl.tenant(principal.tenant)
         except MCPServerError:
             raise
+        except TimeoutError:
+            message = (
+                f"the call ran past service.request_timeout ({limit:g} s) and was ended; what "
+                "it had begun in a transaction was rolled back"
+            )
+            raise ResourceError(message) if resource else ToolError(message) from None
         except AgencyDataError as exc:
             # The message is written for the caller; the traceback stays here.
             _log.info("MCP call refused: %s", exc)

@@ -7,7 +7,9 @@ from typing import Any
 import orjson
 from mcp.server.mcpserver import MCPServer
 
+from agency_data.security.api_keys import ApiKeyRole
 from agency_data.service.mcp._access import Access
+from agency_data.service.routes.collections import CollectionShape
 
 __all__ = ["add_resources"]
 
@@ -20,11 +22,13 @@ def add_resources(server: MCPServer[Any], access: Access) -> None:
     @server.resource(
         "agency-data://collections",
         name="collections",
-        description="The embedding collections' names (memory lives in one of them).",
+        description="The embedding collections' names (memory lives in one of them); an "
+        "admin key's, as they are every tenant's.",
         mime_type=_JSON,
     )
     async def collections() -> str:
-        async with access.resource():
+        # Collections are shared by every tenant: their names are an administrator's to see.
+        async with access.resource(ApiKeyRole.ADMIN):
             names = await access.dl.embeddings.list_collections()
             memory = access.dl.config.memory.collection
             return _dumps({"collections": names, "memory": memory})
@@ -39,9 +43,10 @@ def add_resources(server: MCPServer[Any], access: Access) -> None:
     async def collection(name: str) -> str:
         async with access.resource() as tenant:
             found = tenant.embeddings.collection(name)
-            info = await found.describe()
+            # No sizes on disk: the table holds every tenant's rows (as over HTTP).
+            shape = CollectionShape.of(await found.describe())
             return _dumps(
-                {**info.model_dump(mode="json"), "embeds_text": found.embedder is not None}
+                {**shape.model_dump(mode="json"), "embeds_text": found.embedder is not None}
             )
 
     @server.resource(

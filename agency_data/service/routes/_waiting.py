@@ -35,7 +35,8 @@ _MIN_SPARE = 1.0
 
 
 class ClientGone(Exception):
-    """The client disconnected while its request waited (what the wait won was given back)."""
+    """The client disconnected, or the service began to stop, while its request waited (what
+    the wait won was given back)."""
 
 
 def longest_wait(request: Request[Any, Any, Any], wait: float) -> float:
@@ -57,7 +58,7 @@ async def while_connected(
     been read: what the client sends next can only be its disconnect.
     """
     doing: asyncio.Future[T] = asyncio.ensure_future(work)
-    watching: asyncio.Future[Any] = asyncio.ensure_future(_disconnect(request))
+    watching: asyncio.Future[Any] = asyncio.ensure_future(_disconnect_or_stop(request))
     try:
         await asyncio.wait([doing, watching], return_when=asyncio.FIRST_COMPLETED)
         if doing.done() and not watching.done():
@@ -74,11 +75,21 @@ async def while_connected(
     return doing.result()
 
 
-async def _disconnect(request: Request[Any, Any, Any]) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+async def _disconnect_or_stop(request: Request[Any, Any, Any]) -> None:
+    # The service stopping ends a wait as the client leaving does: the wait's answer (nothing
+    # claimed, no lock) goes out at once, rather than the shutdown waiting for the wait.
+    stopping = asyncio.ensure_future(state_of(request).stopping.wait())
+    try:
+        while not stopping.done():
+            receiving = asyncio.ensure_future(request.receive())
+            await asyncio.wait([receiving, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not receiving.done():
+                receiving.cancel()
+                return
+            if receiving.result()["type"] == "http.disconnect":
+                return
+    finally:
+        stopping.cancel()
 
 
 async def _abandon(doing: asyncio.Future[T], give_back: Callable[[T], Awaitable[Any]]) -> None:

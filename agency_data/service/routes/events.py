@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -95,8 +96,10 @@ class _Slots:
         self.limit = limit
         self.open = 0
 
-    def check(self) -> None:
-        """:class:`BackendUnavailable` when every slot is taken."""
+    def take(self) -> Callable[[], None]:
+        """Take a slot (:class:`BackendUnavailable` when every one is taken); the function
+        returned gives it back, once however often it is called. Taken at once, with no
+        await between the check and the count, so streams opened together cannot all pass."""
         if self.open >= self.limit:
             raise BackendUnavailable(
                 f"{self.open} event streams are open, the most this service keeps (half of "
@@ -104,6 +107,29 @@ class _Slots:
                 "when one has closed",
                 backend="redis",
             )
+        self.open += 1
+        held = True
+
+        def give_back() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.open -= 1
+
+        return give_back
+
+    def stream(
+        self,
+        source: Callable[[], AsyncGenerator[T, None]],
+        render: Callable[[T], ServerSentEventMessage],
+    ) -> ServerSentEvent:
+        """The events of ``source`` as a response, holding a slot until it ends."""
+        give_back = self.take()
+        events = _events(give_back, source, render)
+        # A response never sent never starts its generator, whose finally then never runs:
+        # the slot comes back when the generator is collected.
+        weakref.finalize(events, give_back)
+        return ServerSentEvent(events)
 
 
 def _slots(request: Request[Any, Any, Any]) -> _Slots:
@@ -156,13 +182,12 @@ class _Pump(Generic[T]):
 
 
 async def _events(
-    slots: _Slots,
+    give_back: Callable[[], None],
     source: Callable[[], AsyncGenerator[T, None]],
     render: Callable[[T], ServerSentEventMessage],
 ) -> AsyncIterator[ServerSentEventMessage]:
     # The source starts with the first event asked for: a response never sent leaves nothing
-    # running (and takes no slot).
-    slots.open += 1
+    # running.
     pump = _Pump(source())
     try:
         while True:
@@ -180,7 +205,7 @@ async def _events(
                 yield render(item)
     finally:
         # Also when the client disconnects: the framework cancels this generator.
-        slots.open -= 1
+        give_back()
         await pump.close()
 
 
@@ -231,10 +256,7 @@ class EventsController(Controller):
         subscription is in place (publish after it)."""
         # Checked now: once the events begin, an error can no longer be a problem response.
         check_key(channel, "channel")
-        event_slots.check()
-        return ServerSentEvent(
-            _events(event_slots, lambda: tenant.pubsub.listen(channel), _pubsub_event)
-        )
+        return event_slots.stream(lambda: tenant.pubsub.listen(channel), _pubsub_event)
 
     @post("/streams/{stream:str}", guards=[writes], summary="Append to a stream")
     async def append_message(
@@ -265,15 +287,11 @@ class EventsController(Controller):
         those others left unacknowledged for ``claim_after`` seconds included."""
         # Checked now: once the events begin, an error can no longer be a problem response.
         check_key(stream, "stream")
-        event_slots.check()
-        return ServerSentEvent(
-            _events(
-                event_slots,
-                lambda: tenant.streams.consume(
-                    stream, group, consumer, count=count, claim_after=claim_after
-                ),
-                _stream_event,
-            )
+        return event_slots.stream(
+            lambda: tenant.streams.consume(
+                stream, group, consumer, count=count, claim_after=claim_after
+            ),
+            _stream_event,
         )
 
     @post("/streams/{stream:str}/ack", guards=[writes], status_code=200, summary="Acknowledge")

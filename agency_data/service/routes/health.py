@@ -74,7 +74,8 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[str]:
             "/metrics answers only loopback clients unless service.metrics_token is set"
         )
     text = await state.dl.metrics_text() + state.telemetry.text()
-    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    # The framework adds the charset.
+    return Response(text, media_type="text/plain; version=0.0.4")
 
 
 def _loopback(request: Request[Any, Any, Any]) -> bool:
