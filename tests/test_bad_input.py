@@ -557,6 +557,8 @@ BASELINES: dict[str, Callable[[Probe], Any]] = {
     "admin.collection": lambda p: COLLECTION,
     "admin.audit.table": lambda p: "agents",
     "api_keys.tenant": lambda p: TENANT,
+    "admin.refuse_shared.name": lambda p: COLLECTION,
+    "admin.refuse_shared.tenant": lambda p: TENANT,
     "api_keys.role": lambda p: "read-only",
     "api_keys.key_id": lambda p: "0000000000000000",
     "api_keys.verify.text": lambda p: "adk_x",
