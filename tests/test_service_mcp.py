@@ -301,8 +301,9 @@ async def test_http_keys_roles_and_tenants(dl: DataLayer) -> None:
             assert "same entity" in await _refused(reader, "paths", source=ann.id, target=ann.id)
             queue = await _resource(reader, "agency-data://queue")
             assert queue["counts"] == {}
-            listed = await _resource(reader, "agency-data://collections")
-            assert dl.config.memory.collection in listed["collections"]
+            # Collection names are every tenant's: an admin key's to list.
+            with pytest.raises(MCPError, match="admin key"):
+                await reader.read_resource("agency-data://collections")
             memories = f"agency-data://collections/{dl.config.memory.collection}"
             described = await _resource(reader, memories)
             assert (described["rows"], described["embeds_text"]) == (1, True)

@@ -48,7 +48,6 @@ def create_app(dl: DataLayer, config: ServiceConfig | None = None) -> Litestar:
     )
     app = _build(settings, telemetry)
     app.state.service = state
-    state.document = document_of(app)
     return app
 
 
@@ -101,7 +100,11 @@ class _Document(JsonRenderPlugin):
     """Serves the finished document (errors described) rather than the framework's draft."""
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        return orjson.dumps(request.app.state.service.document)
+        state: ServiceState = request.app.state.service
+        # Made on first request: a fifth of a second that a service starting need not pay.
+        if state.document is None:
+            state.document = document_of(request.app)
+        return orjson.dumps(state.document)
 
 
 def _operation_id(handler: Any, method: Any, path: Any) -> str:

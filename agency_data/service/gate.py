@@ -34,7 +34,7 @@ class ServiceState:
     authenticator: Authenticator
     limiter: RateLimiter
     telemetry: ServiceTelemetry
-    document: dict[str, Any] = field(default_factory=dict)
+    document: dict[str, Any] | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the server begins to stop: long polls end at once, with nothing taken."""
 
