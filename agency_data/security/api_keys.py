@@ -167,7 +167,13 @@ class ApiKeys:
     async def revoke(self, key_id: str, *, tenant: str | None = None) -> ApiKey:
         """Revoke the key with ``key_id``: requests carrying it are refused from now on.
         :class:`NotFound` if there is no such key (of ``tenant``, when given)."""
-        check_text(key_id, "key_id", max_length=64)
+        if not isinstance(key_id, str) or len(key_id) != _ID_LENGTH or key_id.strip(_ID_ALPHABET):
+            raise ValidationError(
+                f"key_id must be a key's id, {_ID_LENGTH} lowercase letters and digits (the "
+                "middle part of adk_<tenant>.<id>.<secret>, as `keys issued` lists it); what "
+                "was given is not shown, as it may be a whole key",
+                field="key_id",
+            )
         db = self._admin if tenant is None else self._admin.for_tenant(check_tenant(tenant))
         row = await db.fetch_one(
             f"""UPDATE api_keys SET revoked_at = coalesce(revoked_at, clock_timestamp())

@@ -8,8 +8,6 @@ nothing. Another tenant's ids are simply not there (404), and its rows never com
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import datetime
 from typing import Any
 
 from litestar import Controller, delete, get, post
@@ -127,25 +125,11 @@ class Deleted(BaseModel):
     deleted: int
 
 
-class Hit(BaseModel):
-    """A search result; ``score`` per the collection's metric (RRF for hybrid), ``distance``
-    pgvector's."""
-
-    id: str
-    score: float
-    distance: float
-    entity_type: str
-    entity_id: str
-    metadata: dict[str, Any]
-    content: str | None
-    created_at: datetime
-    vector: list[float] | None = None
-
-
 class Hits(BaseModel):
-    """Search results, best first."""
+    """Search results, best first: the library's own (``score`` per the collection's metric,
+    RRF for hybrid; ``distance`` pgvector's), serialized as they are."""
 
-    items: list[Hit]
+    items: list[SimilarityResult]
 
 
 class BatchHits(BaseModel):
@@ -155,7 +139,8 @@ class BatchHits(BaseModel):
 
 
 def _hits(results: list[SimilarityResult]) -> Hits:
-    return Hits(items=[Hit(**dataclasses.asdict(hit)) for hit in results])
+    # Dataclass instances validate as they are: no copy through dicts on the search path.
+    return Hits.model_construct(items=results)
 
 
 class EmbeddingsController(Controller):
